@@ -1,0 +1,99 @@
+use std::fmt;
+
+/// What went wrong with a remote call, in the few kinds the filesystem distinguishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    NotFound,
+    AccessDenied(String),
+    /// The volume is full (Runpod's fixed-size network volumes).
+    NoSpace(String),
+    /// The object changed (If-Match / If-None-Match failed, or the ETag differs).
+    PreconditionFailed,
+    /// A key the provider refuses.
+    InvalidName(String),
+    /// The provider does not offer the operation.
+    Unsupported(String),
+    /// Worth retrying: 5xx, throttling, connection errors, timeouts.
+    Transient(String),
+    Other(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Transient(_))
+    }
+
+    /// The errno the filesystem reports for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            StoreError::NotFound => libc::ENOENT,
+            StoreError::AccessDenied(_) => libc::EACCES,
+            StoreError::NoSpace(_) => libc::ENOSPC,
+            StoreError::PreconditionFailed => libc::ESTALE,
+            StoreError::InvalidName(_) => libc::EINVAL,
+            StoreError::Unsupported(_) => libc::ENOTSUP,
+            StoreError::Transient(_) | StoreError::Other(_) => libc::EIO,
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::NotFound => f.write_str("not found"),
+            StoreError::AccessDenied(m) => write!(f, "access denied: {m}"),
+            StoreError::NoSpace(m) => write!(f, "no space left on the volume: {m}"),
+            StoreError::PreconditionFailed => f.write_str("the object changed remotely"),
+            StoreError::InvalidName(m) => write!(f, "name refused by the provider: {m}"),
+            StoreError::Unsupported(m) => write!(f, "not supported by the provider: {m}"),
+            StoreError::Transient(m) => write!(f, "temporary failure: {m}"),
+            StoreError::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Classifies an S3 error by HTTP status and error code.
+pub fn classify(status: Option<u16>, code: Option<&str>, message: &str) -> StoreError {
+    let msg = || match code {
+        Some(c) => format!("{c}: {message}"),
+        None => message.to_string(),
+    };
+    match code {
+        Some("NoSuchKey" | "NotFound" | "NoSuchUpload") => return StoreError::NotFound,
+        Some("NoSuchBucket") => return StoreError::Other(format!("no such bucket: {message}")),
+        Some("InsufficientStorage" | "QuotaExceeded" | "VolumeFull" | "NoSpaceLeft") => {
+            return StoreError::NoSpace(msg());
+        }
+        Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestTimeout")
+        | Some("InternalError" | "ServiceUnavailable" | "ConditionalRequestConflict" | "OperationAborted") => {
+            return StoreError::Transient(msg());
+        }
+        Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch") => {
+            return StoreError::AccessDenied(msg());
+        }
+        Some("RequestTimeTooSkewed") => {
+            return StoreError::AccessDenied(format!(
+                "{}; the local clock differs too much from the server's (check NTP)",
+                msg()
+            ));
+        }
+        Some("NotImplemented") => return StoreError::Unsupported(msg()),
+        Some("InvalidObjectName" | "KeyTooLongError") => return StoreError::InvalidName(msg()),
+        Some("PreconditionFailed") => return StoreError::PreconditionFailed,
+        _ => {}
+    }
+    match status {
+        Some(404) => StoreError::NotFound,
+        Some(401 | 403) => StoreError::AccessDenied(msg()),
+        Some(412) => StoreError::PreconditionFailed,
+        Some(429) => StoreError::Transient(msg()),
+        Some(501) => StoreError::Unsupported(msg()),
+        Some(507) => StoreError::NoSpace(msg()),
+        Some(s) if s >= 500 => StoreError::Transient(msg()),
+        _ => StoreError::Other(msg()),
+    }
+}

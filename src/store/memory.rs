@@ -1,0 +1,297 @@
+//! An in-memory object store with S3's flat key space, for fast tests of the filesystem
+//! core. Integration tests use a real S3 server instead.
+
+use super::*;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Clone)]
+struct Object {
+    data: Bytes,
+    etag: String,
+    modified: SystemTime,
+    metadata: Metadata,
+}
+
+#[derive(Default)]
+struct Upload {
+    key: String,
+    metadata: Metadata,
+    parts: HashMap<i32, Bytes>,
+}
+
+#[derive(Default)]
+pub struct MemoryStore {
+    objects: Mutex<BTreeMap<String, Object>>,
+    uploads: Mutex<HashMap<String, Upload>>,
+    next_id: AtomicU64,
+    requests: Mutex<HashMap<&'static str, u64>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    /// How many requests of one kind (`"list"`, `"head"`, `"get"`, `"put"`...) were made.
+    pub fn requests(&self, kind: &str) -> u64 {
+        self.requests.lock().unwrap().get(kind).copied().unwrap_or(0)
+    }
+
+    /// Every key, in order.
+    pub fn keys(&self) -> Vec<String> {
+        self.objects.lock().unwrap().keys().cloned().collect()
+    }
+
+    /// The body of `key`, read without counting as a request.
+    pub fn contents(&self, key: &str) -> Option<Bytes> {
+        self.objects.lock().unwrap().get(key).map(|o| o.data.clone())
+    }
+
+    fn count(&self, kind: &'static str) {
+        *self.requests.lock().unwrap().entry(kind).or_default() += 1;
+    }
+
+    fn store(&self, key: &str, data: Bytes, metadata: Metadata) -> String {
+        let etag = format!("\"m{}\"", self.next_id.fetch_add(1, Ordering::Relaxed));
+        let object = Object { data, etag: etag.clone(), modified: SystemTime::now(), metadata };
+        self.objects.lock().unwrap().insert(key.to_string(), object);
+        etag
+    }
+
+    fn object(&self, key: &str) -> StoreResult<Object> {
+        self.objects.lock().unwrap().get(key).cloned().ok_or(StoreError::NotFound)
+    }
+
+    fn meta(key: &str, o: &Object, with_metadata: bool) -> ObjectMeta {
+        ObjectMeta {
+            key: key.to_string(),
+            size: o.data.len() as u64,
+            etag: Some(o.etag.clone()),
+            last_modified: Some(o.modified),
+            metadata: if with_metadata { o.metadata.clone() } else { Metadata::new() },
+        }
+    }
+
+    fn slice(data: &Bytes, range: Range<u64>) -> Bytes {
+        let len = data.len() as u64;
+        data.slice(range.start.min(len) as usize..range.end.min(len) as usize)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for MemoryStore {
+    async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
+        self.count("head");
+        Ok(Self::meta(key, &self.object(key)?, true))
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<GetResponse> {
+        self.count("get");
+        let o = self.object(key)?;
+        if if_match.is_some_and(|etag| etag != o.etag) {
+            return Err(StoreError::PreconditionFailed);
+        }
+        let chunk = Self::slice(&o.data, range);
+        Ok(GetResponse {
+            etag: Some(o.etag),
+            object_size: o.data.len() as u64,
+            body: Box::pin(futures::stream::once(async move { Ok(chunk) })),
+        })
+    }
+
+    async fn list_page(&self, req: &ListRequest) -> StoreResult<ListPage> {
+        self.count("list");
+        let max = req.max_keys.unwrap_or(1000).clamp(1, 1000) as usize;
+        let objects = self.objects.lock().unwrap();
+        let after = req.continuation.clone().or_else(|| req.start_after.clone());
+        let mut page = ListPage::default();
+        let mut last_entry: Option<String> = None;
+        for (key, o) in objects.range(req.prefix.clone()..) {
+            if !key.starts_with(&req.prefix) {
+                break;
+            }
+            let rest = &key[req.prefix.len()..];
+            let common = req
+                .delimiter
+                .as_deref()
+                .and_then(|d| rest.find(d).map(|i| format!("{}{}", req.prefix, &rest[..i + d.len()])));
+            let entry = common.clone().unwrap_or_else(|| key.clone());
+            // The token is the last entry returned: everything up to it, and every key
+            // grouped under it, was on an earlier page.
+            if after.as_deref().is_some_and(|a| entry.as_str() <= a) || last_entry.as_ref() == Some(&entry) {
+                continue;
+            }
+            if page.objects.len() + page.prefixes.len() == max {
+                page.next = last_entry;
+                break;
+            }
+            match common {
+                Some(p) => page.prefixes.push(p),
+                None => page.objects.push(Self::meta(key, o, false)),
+            }
+            last_entry = Some(entry);
+        }
+        Ok(page)
+    }
+
+    async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<String> {
+        self.count("put");
+        if opts.if_none_match && self.objects.lock().unwrap().contains_key(key) {
+            return Err(StoreError::PreconditionFailed);
+        }
+        Ok(self.store(key, body, opts.metadata.clone()))
+    }
+
+    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String> {
+        self.count("create_multipart");
+        let id = format!("upload-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        let upload = Upload { key: key.to_string(), metadata: opts.metadata.clone(), ..Default::default() };
+        self.uploads.lock().unwrap().insert(id.clone(), upload);
+        Ok(id)
+    }
+
+    async fn upload_part(
+        &self,
+        _key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> StoreResult<CompletedPart> {
+        self.count("upload_part");
+        let mut uploads = self.uploads.lock().unwrap();
+        let upload = uploads.get_mut(upload_id).ok_or(StoreError::NotFound)?;
+        upload.parts.insert(number, body);
+        Ok(CompletedPart { number, etag: format!("\"p{number}\"") })
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        source: &str,
+        range: Range<u64>,
+    ) -> StoreResult<CompletedPart> {
+        let data = Self::slice(&self.object(source)?.data, range);
+        self.upload_part(key, upload_id, number, data).await
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> StoreResult<String> {
+        self.count("complete_multipart");
+        let upload = self.uploads.lock().unwrap().remove(upload_id).ok_or(StoreError::NotFound)?;
+        if upload.key != key {
+            return Err(StoreError::Other("upload belongs to another key".into()));
+        }
+        let mut data = Vec::new();
+        for part in parts {
+            let body = upload.parts.get(&part.number).ok_or_else(|| {
+                StoreError::Other(format!("InvalidPart: part {} was not uploaded", part.number))
+            })?;
+            data.extend_from_slice(body);
+        }
+        Ok(self.store(key, Bytes::from(data), upload.metadata))
+    }
+
+    async fn abort_multipart(&self, _key: &str, upload_id: &str) -> StoreResult<()> {
+        self.count("abort_multipart");
+        self.uploads.lock().unwrap().remove(upload_id);
+        Ok(())
+    }
+
+    async fn copy(
+        &self,
+        source: &str,
+        dest: &str,
+        metadata: Option<&Metadata>,
+    ) -> StoreResult<String> {
+        self.count("copy");
+        let o = self.object(source)?;
+        Ok(self.store(dest, o.data, metadata.cloned().unwrap_or(o.metadata)))
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.count("delete");
+        self.objects.lock().unwrap().remove(key);
+        Ok(())
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> StoreResult<()> {
+        self.count("delete_many");
+        let mut objects = self.objects.lock().unwrap();
+        for key in keys {
+            objects.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn rename(&self, source: &str, dest: &str) -> StoreResult<()> {
+        self.count("rename");
+        let mut objects = self.objects.lock().unwrap();
+        let o = objects.remove(source).ok_or(StoreError::NotFound)?;
+        objects.insert(dest.to_string(), o);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store_with(keys: &[&str]) -> MemoryStore {
+        let s = MemoryStore::new();
+        for k in keys {
+            s.put(k, Bytes::from_static(b"x"), &PutOptions::default()).await.unwrap();
+        }
+        s
+    }
+
+    #[tokio::test]
+    async fn lists_a_flat_key_space_with_delimiter_and_pages() {
+        let s = store_with(&["a", "a/b", "a/c", "d/", "e", "f/g/h"]).await;
+        let req = ListRequest { delimiter: Some("/".into()), ..Default::default() };
+        let page = s.list_page(&req).await.unwrap();
+        let keys: Vec<_> = page.objects.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["a", "e"]);
+        assert_eq!(page.prefixes, ["a/", "d/", "f/"]);
+        assert!(page.next.is_none());
+
+        let mut req = ListRequest { delimiter: Some("/".into()), max_keys: Some(2), ..Default::default() };
+        let mut seen = Vec::new();
+        loop {
+            let page = s.list_page(&req).await.unwrap();
+            seen.extend(page.objects.into_iter().map(|o| o.key));
+            seen.extend(page.prefixes);
+            match page.next {
+                Some(n) => req.continuation = Some(n),
+                None => break,
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, ["a", "a/", "d/", "e", "f/"]);
+    }
+
+    #[tokio::test]
+    async fn multipart_and_conditional_get() {
+        let s = MemoryStore::new();
+        let id = s.create_multipart("big", &PutOptions::default()).await.unwrap();
+        let p1 = s.upload_part("big", &id, 1, Bytes::from_static(b"hello ")).await.unwrap();
+        let p2 = s.upload_part("big", &id, 2, Bytes::from_static(b"world")).await.unwrap();
+        let etag = s.complete_multipart("big", &id, &[p1, p2]).await.unwrap();
+        let body = s.get_range("big", 6..100, Some(&etag)).await.unwrap().collect().await.unwrap();
+        assert_eq!(&body[..], b"world");
+        let stale = s.get_range("big", 0..1, Some("\"other\"")).await;
+        assert!(matches!(stale, Err(StoreError::PreconditionFailed)));
+    }
+}
