@@ -19,8 +19,136 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Mount SOURCE on MOUNTPOINT; returns once the mount is live (-f stays in front).
+    Mount(MountArgs),
+    /// Flush dirty data, then unmount MOUNTPOINT.
+    Unmount(UnmountArgs),
+    /// Show the mounts of this user: source, cache use, requests.
+    Status(StatusArgs),
+    /// Start an embedded S3 server with sample data on 127.0.0.1 and mount it.
+    Demo(DemoArgs),
     /// Connect to SOURCE, list one page and print the resolved profile and the first keys.
     Check(CheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MountArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// An empty directory to mount on.
+    pub mountpoint: PathBuf,
+    #[command(flatten)]
+    pub options: MountOptions,
+}
+
+/// How the mount behaves, apart from where the bucket is.
+#[derive(Debug, Clone, Args)]
+pub struct MountOptions {
+    /// Stay in the foreground and log to stderr.
+    #[arg(short, long)]
+    pub foreground: bool,
+    /// Mount read-only: writes fail with EROFS.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Memory for cached blocks and dirty data together (e.g. 1GiB, 512M).
+    #[arg(long, value_parser = parse_size, default_value = "1GiB", value_name = "SIZE")]
+    pub memory_limit: u64,
+    /// Seconds that names and attributes are trusted before asking the bucket again.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub metadata_ttl: f64,
+    /// Owner of files and directories without persisted metadata (default: the mounting user).
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// Group of files and directories without persisted metadata (default: the mounting user's).
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// Permission bits of files without persisted metadata, octal.
+    #[arg(long, value_parser = parse_mode, default_value = "644", value_name = "OCTAL")]
+    pub file_mode: u16,
+    /// Permission bits of directories without persisted metadata, octal.
+    #[arg(long, value_parser = parse_mode, default_value = "755", value_name = "OCTAL")]
+    pub dir_mode: u16,
+    /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf for non-root).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Log every request (same as RUST_LOG=s3vol=debug).
+    #[arg(long)]
+    pub debug: bool,
+    /// Write the log here instead of syslog when in the background.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub fuse_threads: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct UnmountArgs {
+    pub mountpoint: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this mount.
+    pub mountpoint: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to mount the demo bucket.
+    #[arg(default_value = "./s3vol-demo")]
+    pub mountpoint: PathBuf,
+}
+
+pub fn parse_mode(text: &str) -> Result<u16, String> {
+    u16::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("invalid mode '{text}': expected octal permission bits such as 644"))
+}
+
+/// Expands `-o k=v,flag,...` (fstab style: the long options without dashes) into
+/// `--k=v --flag`, so one clap definition serves both spellings.
+pub fn expand_dash_o(args: Vec<String>) -> Result<Vec<String>, String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut iter = args.into_iter();
+    while let Some(arg) = iter.next() {
+        let list = if arg == "-o" {
+            iter.next().ok_or("-o needs a value")?
+        } else if let Some(rest) = arg.strip_prefix("-o").filter(|r| !r.is_empty() && !arg.starts_with("--")) {
+            rest.to_string()
+        } else {
+            out.push(arg);
+            continue;
+        };
+        for opt in split_options(&list) {
+            if !opt.is_empty() {
+                out.push(format!("--{opt}"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Splits on commas not escaped with a backslash; `\\` is a backslash.
+pub fn split_options(list: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = list.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    parts.last_mut().expect("never empty").push(next);
+                }
+            }
+            ',' => parts.push(String::new()),
+            c => parts.last_mut().expect("never empty").push(c),
+        }
+    }
+    parts
 }
 
 #[derive(Debug, Args)]
@@ -114,6 +242,26 @@ pub enum MarkersArg {
     Supported,
     Native,
     Forbidden,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dash_o_becomes_long_options() {
+        let args = ["s3vol", "mount", "s3://b", "/mnt", "-o", "region=x,read-only,endpoint-url=http://a\\,b"];
+        let out = expand_dash_o(args.iter().map(|s| s.to_string()).collect()).unwrap();
+        assert_eq!(out[4..], ["--region=x", "--read-only", "--endpoint-url=http://a,b"]);
+        assert!(expand_dash_o(vec!["-o".into()]).is_err());
+    }
+
+    #[test]
+    fn modes_are_octal() {
+        assert_eq!(parse_mode("644"), Ok(0o644));
+        assert_eq!(parse_mode("0o755"), Ok(0o755));
+        assert!(parse_mode("999").is_err());
+    }
 }
 
 impl ConnectArgs {

@@ -1,7 +1,13 @@
 //! s3vol: mount S3-compatible object storage as a local directory through FUSE.
 
 pub mod cli;
+pub mod control;
 pub mod credentials;
+pub mod fs;
+pub mod fuse;
+pub mod logging;
+pub mod mount;
 pub mod provider;
+pub mod server;
 pub mod source;
 pub mod store;

@@ -1,19 +1,28 @@
 use clap::Parser;
-use s3vol::cli::{Cli, Command};
+use s3vol::cli::{Cli, Command, expand_dash_o};
 use std::process::ExitCode;
 
 mod check;
+mod commands;
+mod demo;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let args = match expand_dash_o(std::env::args().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("s3vol: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     match cli.command {
-        Command::Check(args) => check::run(&args),
+        Command::Mount(args) => s3vol::mount::run(args),
+        Command::Unmount(args) => commands::unmount(&args),
+        Command::Status(args) => commands::status(&args),
+        Command::Demo(args) => demo::run(&args),
+        Command::Check(args) => {
+            let _ = s3vol::logging::init(s3vol::logging::LogTarget::Stderr, false);
+            check::run(&args)
+        }
     }
 }

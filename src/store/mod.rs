@@ -87,6 +87,14 @@ pub struct CompletedPart {
     pub etag: String,
 }
 
+/// Request counters of a store, for `s3vol status`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreStats {
+    pub requests: u64,
+    pub errors: u64,
+    pub in_flight: u64,
+}
+
 /// Abstract object storage; implemented over S3 (`s3.rs`) and in memory (`memory.rs`).
 /// Keys are full keys in the bucket (the mount's prefix is the caller's business).
 #[async_trait]
@@ -156,4 +164,8 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Atomic rename; `Unsupported` where the provider has no RenameObject.
     async fn rename(&self, source: &str, dest: &str) -> StoreResult<()>;
+
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
 }

@@ -16,6 +16,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, Delete, MetadataDirective, ObjectIdentifier};
 use futures::StreamExt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -62,6 +63,8 @@ struct Inner {
     resolved: Resolved,
     settings: S3Settings,
     slots: Arc<Semaphore>,
+    requests: AtomicU64,
+    errors: AtomicU64,
 }
 
 impl S3Store {
@@ -119,6 +122,8 @@ impl S3Store {
                 resolved: resolved.clone(),
                 slots: Arc::new(Semaphore::new(settings.max_requests.max(1))),
                 settings,
+                requests: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
             }),
         })
     }
@@ -209,9 +214,17 @@ impl Inner {
             .retry
             .run(what, || async {
                 let _slot = self.slot().await;
-                op().await
+                self.counted(op().await)
             })
             .await
+    }
+
+    fn counted<T>(&self, result: StoreResult<T>) -> StoreResult<T> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if result.is_err() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
     }
 
     fn check_name(&self, key: &str) -> StoreResult<()> {
@@ -340,7 +353,7 @@ impl BodyState {
             tokio::time::sleep(self.inner.settings.retry.delay(attempt)).await;
             let etag = self.etag.clone();
             let range = self.next..self.end;
-            match self.inner.get_once(&self.key, range, etag.as_deref()).await {
+            match self.inner.counted(self.inner.get_once(&self.key, range, etag.as_deref()).await) {
                 Ok(resp) => self.body = resp.body,
                 Err(e) if e.is_transient() => self.body = Box::pin(futures::stream::once(async { Err(e) })),
                 Err(e) => {
@@ -385,7 +398,7 @@ impl ObjectStore for S3Store {
         let first = s
             .settings
             .retry
-            .run("GetObject", || s.get_once(key, range.clone(), if_match))
+            .run("GetObject", || async { s.counted(s.get_once(key, range.clone(), if_match).await) })
             .await?;
         let end = range.end.min(first.object_size);
         let state = BodyState {
@@ -722,6 +735,15 @@ impl ObjectStore for S3Store {
         })
         .await?;
         Ok(())
+    }
+
+    fn stats(&self) -> StoreStats {
+        let s = &self.inner;
+        StoreStats {
+            requests: s.requests.load(Ordering::Relaxed),
+            errors: s.errors.load(Ordering::Relaxed),
+            in_flight: (s.settings.max_requests.max(1) - s.slots.available_permits()) as u64,
+        }
     }
 }
 

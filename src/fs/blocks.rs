@@ -1,0 +1,299 @@
+//! The block cache: object data in fixed-size blocks keyed by key, ETag and index, held in
+//! memory within a byte budget. A block is fetched once however many readers want it
+//! (single flight), and runs of missing blocks are fetched as one ranged GET each, whose
+//! body fills the blocks in order as it streams in.
+
+use crate::store::{ObjectStore, StoreError};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    pub key: Arc<str>,
+    pub etag: Arc<str>,
+    pub index: u64,
+}
+
+/// The object a read is about: its key, the ETag seen at open, and its size.
+#[derive(Debug, Clone)]
+pub struct ObjectVersion {
+    pub key: Arc<str>,
+    pub etag: Arc<str>,
+    pub size: u64,
+}
+
+type BlockResult = Result<Bytes, StoreError>;
+type PendingBlock = Shared<BoxFuture<'static, BlockResult>>;
+
+#[derive(Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub fetched_bytes: AtomicU64,
+}
+
+pub struct BlockCache {
+    store: Arc<dyn ObjectStore>,
+    cache: moka::sync::Cache<BlockKey, Bytes>,
+    pending: Mutex<HashMap<BlockKey, PendingBlock>>,
+    pub block_size: u64,
+    /// Largest range one GET asks for; longer runs of blocks are split.
+    request_size: u64,
+    pub stats: CacheStats,
+}
+
+enum Slot {
+    Ready(Bytes),
+    Pending(PendingBlock),
+}
+
+impl BlockCache {
+    pub fn new(store: Arc<dyn ObjectStore>, budget: u64, block_size: u64, request_size: u64) -> Arc<BlockCache> {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(budget)
+            .weigher(|_: &BlockKey, v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
+            .support_invalidation_closures()
+            .build();
+        Arc::new(BlockCache {
+            store,
+            cache,
+            pending: Mutex::new(HashMap::new()),
+            block_size,
+            request_size: request_size.max(block_size),
+            stats: CacheStats::default(),
+        })
+    }
+
+    pub fn budget(&self) -> u64 {
+        self.cache.policy().max_capacity().unwrap_or(0)
+    }
+
+    /// Bytes of block data held now.
+    pub fn used(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.weighted_size()
+    }
+
+    /// Reads `range` of the object (clamped to its size), and makes sure the blocks up to
+    /// `prefetch_end` are fetched or being fetched.
+    pub async fn read(
+        self: &Arc<Self>,
+        object: &ObjectVersion,
+        range: Range<u64>,
+        prefetch_end: u64,
+    ) -> Result<Bytes, StoreError> {
+        let end = range.end.min(object.size);
+        if range.start >= end {
+            return Ok(Bytes::new());
+        }
+        let bs = self.block_size;
+        let wanted = range.start / bs..end.div_ceil(bs);
+        let last_block = object.size.div_ceil(bs);
+        let ensure_end = prefetch_end.min(object.size).div_ceil(bs).max(wanted.end).min(last_block);
+        let slots = self.claim(object, wanted.start..ensure_end, wanted.end);
+        let mut out = BytesMut::with_capacity((end - range.start) as usize);
+        for (i, slot) in slots.into_iter().enumerate() {
+            let block = match slot {
+                Slot::Ready(b) => b,
+                Slot::Pending(p) => p.await?,
+            };
+            let block_start = (wanted.start + i as u64) * bs;
+            let from = range.start.saturating_sub(block_start) as usize;
+            let to = ((end - block_start) as usize).min(block.len());
+            if from >= to {
+                return Err(StoreError::Other(format!("short block {} of {}", wanted.start + i as u64, object.key)));
+            }
+            out.extend_from_slice(&block[from..to]);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Returns a slot for each block in `blocks` below `wanted_end`, and starts fetches for
+    /// every missing block of `blocks`, the prefetch included.
+    fn claim(self: &Arc<Self>, object: &ObjectVersion, blocks: Range<u64>, wanted_end: u64) -> Vec<Slot> {
+        let mut slots = Vec::new();
+        let mut missing: Vec<(u64, oneshot::Sender<BlockResult>)> = Vec::new();
+        {
+            let mut pending = self.pending.lock().expect("pending map poisoned");
+            for index in blocks.clone() {
+                let key = BlockKey { key: object.key.clone(), etag: object.etag.clone(), index };
+                // Fetches insert into the cache before they leave `pending`, so a block in
+                // neither is truly missing.
+                let slot = if let Some(p) = pending.get(&key) {
+                    Some(Slot::Pending(p.clone()))
+                } else if let Some(b) = self.cache.get(&key) {
+                    Some(Slot::Ready(b))
+                } else {
+                    None
+                };
+                let slot = match slot {
+                    Some(s) => {
+                        if index < wanted_end {
+                            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                        }
+                        s
+                    }
+                    None => {
+                        if index < wanted_end {
+                            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let (tx, rx) = oneshot::channel();
+                        let fut: BoxFuture<'static, BlockResult> = rx
+                            .map(|r| r.unwrap_or_else(|_| Err(StoreError::Other("block fetch was dropped".into()))))
+                            .boxed();
+                        let shared = fut.shared();
+                        pending.insert(key, shared.clone());
+                        missing.push((index, tx));
+                        Slot::Pending(shared)
+                    }
+                };
+                if index < wanted_end {
+                    slots.push(slot);
+                }
+            }
+        }
+        for run in self.runs(missing) {
+            let this = self.clone();
+            let object = object.clone();
+            tokio::spawn(async move { this.fetch(object, run).await });
+        }
+        slots
+    }
+
+    /// Consecutive missing blocks, split into runs of at most `request_size` bytes.
+    fn runs(
+        &self,
+        missing: Vec<(u64, oneshot::Sender<BlockResult>)>,
+    ) -> Vec<Vec<(u64, oneshot::Sender<BlockResult>)>> {
+        let per_request = (self.request_size / self.block_size).max(1) as usize;
+        let mut runs: Vec<Vec<_>> = Vec::new();
+        for (index, tx) in missing {
+            match runs.last_mut() {
+                Some(run) if run.len() < per_request && run.last().is_some_and(|(i, _)| i + 1 == index) => {
+                    run.push((index, tx))
+                }
+                _ => runs.push(vec![(index, tx)]),
+            }
+        }
+        runs
+    }
+
+    /// One GET for a run of blocks; each block is published as soon as its bytes are in.
+    async fn fetch(self: Arc<Self>, object: ObjectVersion, run: Vec<(u64, oneshot::Sender<BlockResult>)>) {
+        let bs = self.block_size;
+        let first = run[0].0;
+        let start = first * bs;
+        let end = ((first + run.len() as u64) * bs).min(object.size);
+        let mut run = run.into_iter();
+        let result = async {
+            let resp = self.store.get_range(&object.key, start..end, Some(&object.etag)).await?;
+            let mut body = resp.body;
+            let mut buf = BytesMut::new();
+            let mut block_start = start;
+            while let Some(chunk) = body.next().await {
+                buf.extend_from_slice(&chunk?);
+                loop {
+                    let block_len = (bs.min(end - block_start)) as usize;
+                    if buf.len() < block_len || block_len == 0 {
+                        break;
+                    }
+                    let block = buf.split_to(block_len).freeze();
+                    self.stats.fetched_bytes.fetch_add(block_len as u64, Ordering::Relaxed);
+                    let Some((index, tx)) = run.next() else { break };
+                    self.publish(&object, index, Ok(block), tx);
+                    block_start += block_len as u64;
+                }
+            }
+            if block_start < end {
+                return Err(StoreError::Transient(format!(
+                    "{}: body ended at byte {block_start} of {end}",
+                    object.key
+                )));
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            for (index, tx) in run {
+                self.publish(&object, index, Err(e.clone()), tx);
+            }
+        }
+    }
+
+    fn publish(&self, object: &ObjectVersion, index: u64, result: BlockResult, tx: oneshot::Sender<BlockResult>) {
+        let key = BlockKey { key: object.key.clone(), etag: object.etag.clone(), index };
+        if let Ok(block) = &result {
+            self.cache.insert(key.clone(), block.clone());
+        }
+        self.pending.lock().expect("pending map poisoned").remove(&key);
+        let _ = tx.send(result);
+    }
+
+    /// Drops every cached block of `key` (after it was replaced or deleted).
+    pub fn forget_object(&self, key: &str) {
+        let key: Arc<str> = Arc::from(key);
+        let _ = self.cache.invalidate_entries_if(move |k, _| k.key == key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::PutOptions;
+    use crate::store::memory::MemoryStore;
+
+    async fn setup(len: usize) -> (Arc<MemoryStore>, Arc<BlockCache>, ObjectVersion, Vec<u8>) {
+        let store = Arc::new(MemoryStore::new());
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let etag = store.put("obj", Bytes::from(data.clone()), &PutOptions::default()).await.unwrap();
+        let cache = BlockCache::new(store.clone(), 1 << 30, 1000, 4000);
+        let object = ObjectVersion { key: "obj".into(), etag: etag.into(), size: len as u64 };
+        (store, cache, object, data)
+    }
+
+    #[tokio::test]
+    async fn reads_any_range_and_fetches_each_block_once() {
+        let (store, cache, object, data) = setup(10_500).await;
+        for (a, b) in [(0, 10), (999, 1001), (2500, 9000), (10_000, 20_000), (0, 10_500)] {
+            let got = cache.read(&object, a..b, 0).await.unwrap();
+            assert_eq!(&got[..], &data[a as usize..(b as usize).min(data.len())]);
+        }
+        // 11 blocks, fetched in runs of at most 4 blocks.
+        assert!(store.requests("get") <= 6, "{} GETs", store.requests("get"));
+    }
+
+    #[tokio::test]
+    async fn concurrent_readers_share_one_fetch() {
+        let (store, cache, object, data) = setup(4000).await;
+        let reads = (0..16).map(|_| cache.read(&object, 0..4000, 0));
+        for got in futures::future::join_all(reads).await {
+            assert_eq!(&got.unwrap()[..], &data[..]);
+        }
+        assert_eq!(store.requests("get"), 1);
+    }
+
+    #[tokio::test]
+    async fn prefetch_fills_ahead() {
+        let (store, cache, object, _) = setup(8000).await;
+        cache.read(&object, 0..10, 8000).await.unwrap();
+        tokio::task::yield_now().await;
+        let before = store.requests("get");
+        cache.read(&object, 4000..8000, 8000).await.unwrap();
+        assert_eq!(store.requests("get"), before);
+    }
+
+    #[tokio::test]
+    async fn a_replaced_object_is_never_mixed() {
+        let (store, cache, object, _) = setup(3000).await;
+        cache.read(&object, 0..1000, 0).await.unwrap();
+        store.put("obj", Bytes::from(vec![1u8; 3000]), &PutOptions::default()).await.unwrap();
+        let err = cache.read(&object, 1000..3000, 0).await.unwrap_err();
+        assert_eq!(err, StoreError::PreconditionFailed);
+    }
+}

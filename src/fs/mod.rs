@@ -1,0 +1,522 @@
+//! The filesystem core: namespace, metadata cache, reads. It knows object keys and errno
+//! values, and nothing of FUSE (the adapter in `fuse.rs` translates).
+
+pub mod attr;
+mod blocks;
+mod dir;
+mod names;
+mod readahead;
+pub mod tree;
+
+pub use attr::{Attr, Defaults, Kind};
+pub use dir::DirEntry;
+pub use tree::ROOT_INO;
+
+use crate::provider::Resolved;
+use crate::store::{ListRequest, ObjectStore, StoreError};
+use blocks::{BlockCache, ObjectVersion};
+use bytes::Bytes;
+use dir::{DirStream, ListState};
+use readahead::ReadAhead;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tree::{Seen, Tree};
+
+/// An errno value, positive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+pub type FsResult<T> = Result<T, Errno>;
+
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    pub defaults: Defaults,
+    pub metadata_ttl: Duration,
+    pub read_only: bool,
+    /// Memory for cached blocks (reads) and dirty data (writes) together.
+    pub memory_limit: u64,
+    pub block_size: u64,
+    /// First prefetch window of a sequential reader.
+    pub initial_prefetch: u64,
+    /// Largest prefetch window.
+    pub max_prefetch: u64,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            defaults: Defaults { uid: 0, gid: 0, file_mode: 0o644, dir_mode: 0o755 },
+            metadata_ttl: Duration::from_secs(5),
+            read_only: false,
+            memory_limit: 1 << 30,
+            block_size: 1 << 20,
+            initial_prefetch: 1 << 20,
+            max_prefetch: 64 << 20,
+        }
+    }
+}
+
+/// A file open for reading: the object version fixed at open.
+struct OpenFile {
+    ino: u64,
+    object: ObjectVersion,
+    readahead: Mutex<ReadAhead>,
+}
+
+/// What `open` tells the kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    pub fh: u64,
+    /// The kernel's cached pages of this file are still valid (same ETag).
+    pub keep_cache: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub free_blocks: u64,
+    pub files: u64,
+    pub free_files: u64,
+    pub block_size: u32,
+}
+
+#[derive(Default)]
+pub struct FsStats {
+    pub lookups: AtomicU64,
+    pub list_requests: AtomicU64,
+    pub head_requests: AtomicU64,
+}
+
+pub struct Fs {
+    store: Arc<dyn ObjectStore>,
+    resolved: Resolved,
+    config: FsConfig,
+    tree: Mutex<Tree>,
+    blocks: Arc<BlockCache>,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>>,
+    next_fh: AtomicU64,
+    pub stats: FsStats,
+}
+
+/// A snapshot of cache use, for `s3vol status`.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheReport {
+    pub block_bytes: u64,
+    pub block_budget: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub fetched_bytes: u64,
+    pub open_files: usize,
+}
+
+impl Fs {
+    pub fn new(store: Arc<dyn ObjectStore>, resolved: Resolved, config: FsConfig) -> Fs {
+        // Reads get the memory budget; a GET fetches up to 8 blocks at once.
+        let blocks = BlockCache::new(
+            store.clone(),
+            config.memory_limit,
+            config.block_size,
+            8 * config.block_size,
+        );
+        let tree = Tree::new(&resolved.prefix, config.defaults);
+        Fs {
+            store,
+            resolved,
+            tree: Mutex::new(tree),
+            blocks,
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            stats: FsStats::default(),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.config
+    }
+
+    pub fn cache_report(&self) -> CacheReport {
+        let s = &self.blocks.stats;
+        CacheReport {
+            block_bytes: self.blocks.used(),
+            block_budget: self.blocks.budget(),
+            hits: s.hits.load(Ordering::Relaxed),
+            misses: s.misses.load(Ordering::Relaxed),
+            fetched_bytes: s.fetched_bytes.load(Ordering::Relaxed),
+            open_files: self.files.lock().unwrap().len(),
+        }
+    }
+
+    pub fn store_stats(&self) -> crate::store::StoreStats {
+        self.store.stats()
+    }
+
+    fn tree(&self) -> std::sync::MutexGuard<'_, Tree> {
+        self.tree.lock().expect("inode table poisoned")
+    }
+
+    fn ttl_from_now(&self) -> Instant {
+        Instant::now() + self.config.metadata_ttl
+    }
+
+    /// Logs a failed remote call once, with the key, and returns its errno.
+    fn fail(&self, op: &str, key: &str, e: StoreError) -> Errno {
+        match &e {
+            StoreError::NotFound => {}
+            StoreError::PreconditionFailed => tracing::warn!(
+                "{op} {key:?}: the object changed remotely while open; reopen the file to read the new version"
+            ),
+            _ => tracing::warn!("{op} {key:?}: {e}"),
+        }
+        Errno(e.errno())
+    }
+
+    fn node_attr(&self, ino: u64) -> FsResult<Attr> {
+        self.tree().get(ino).map(|n| n.attr).ok_or(Errno(libc::ENOENT))
+    }
+
+    /// Attributes as cached, without a request (readdirplus answers from the listing).
+    pub fn cached_attr(&self, ino: u64) -> FsResult<Attr> {
+        self.node_attr(ino)
+    }
+
+    /// Object stores have no capacity to report (Runpod's volume size is not in its S3
+    /// API): a large, mostly free filesystem, so `df` and tools that check space proceed;
+    /// a full volume is reported as ENOSPC when a write fails.
+    pub fn statfs(&self) -> StatFs {
+        const BLOCK: u32 = 4096;
+        const TOTAL: u64 = (1 << 50) / BLOCK as u64;
+        StatFs { blocks: TOTAL, free_blocks: TOTAL, files: 1 << 32, free_files: 1 << 31, block_size: BLOCK }
+    }
+
+    pub fn attr_ttl(&self) -> Duration {
+        self.config.metadata_ttl
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        self.stats.lookups.fetch_add(1, Ordering::Relaxed);
+        if name.len() > 255 {
+            return Err(Errno(libc::ENAMETOOLONG));
+        }
+        let (parent_key, cached) = {
+            let tree = self.tree();
+            let p = tree.get(parent).ok_or(Errno(libc::ENOENT))?;
+            if p.attr.kind != Kind::Dir {
+                return Err(Errno(libc::ENOTDIR));
+            }
+            (p.key.clone(), tree.cached_lookup(parent, name, Instant::now()))
+        };
+        match cached {
+            Some(Some(ino)) => return self.node_attr(ino),
+            Some(None) => return Err(Errno(libc::ENOENT)),
+            None => {}
+        }
+        if names::unusable_name(name).is_some() {
+            return Err(Errno(libc::ENOENT));
+        }
+        match self.lookup_remote(&parent_key, name).await? {
+            Some((seen, metadata)) => {
+                let mut tree = self.tree();
+                let ino = tree.upsert(parent, &seen, self.ttl_from_now()).ok_or(Errno(libc::ENOENT))?;
+                let node = tree.get_mut(ino).ok_or(Errno(libc::ENOENT))?;
+                if let Some(m) = metadata {
+                    node.attr.apply_metadata(&m);
+                    node.metadata_loaded = true;
+                }
+                Ok(node.attr)
+            }
+            None => {
+                self.tree().remember_missing(parent, name, self.ttl_from_now());
+                Err(Errno(libc::ENOENT))
+            }
+        }
+    }
+
+    /// One round trip: a LIST of `prefix=name` with delimiter `/` finds the file, the
+    /// directory and its marker at once; where the provider keeps user metadata, a HEAD
+    /// runs alongside for the file's persisted mode, owner, mtime and symlink type.
+    async fn lookup_remote(
+        &self,
+        parent_key: &str,
+        name: &str,
+    ) -> FsResult<Option<(Seen, Option<crate::store::Metadata>)>> {
+        let key = format!("{parent_key}{name}");
+        let dir_key = format!("{key}/");
+        let list = async {
+            self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
+            let req = ListRequest {
+                prefix: key.clone(),
+                delimiter: Some("/".into()),
+                max_keys: Some(1000),
+                ..Default::default()
+            };
+            self.store.list_page(&req).await
+        };
+        let head = async {
+            if !self.resolved.profile.user_metadata {
+                return Ok(None);
+            }
+            self.stats.head_requests.fetch_add(1, Ordering::Relaxed);
+            match self.store.head(&key).await {
+                Ok(m) => Ok(Some(m)),
+                Err(StoreError::NotFound) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        let (page, head) = futures::join!(list, head);
+        let page = page.map_err(|e| self.fail("LIST", &key, e))?;
+        let hidden = self.resolved.profile.hidden_prefixes.iter().any(|h| dir_key == *h);
+        let is_dir = !hidden && page.prefixes.iter().any(|p| *p == dir_key);
+        let is_dir = is_dir || (page.next.is_some() && !hidden && self.dir_exists(&dir_key).await?);
+        if is_dir {
+            let seen = Seen { name: name.to_string(), kind: Kind::Dir, size: 0, mtime: SystemTime::UNIX_EPOCH, etag: None };
+            return Ok(Some((seen, None)));
+        }
+        let head = head.map_err(|e| self.fail("HEAD", &key, e))?;
+        let listed = page.objects.iter().find(|o| o.key == key);
+        let meta = match (head, listed) {
+            (Some(h), _) => Some((h.clone(), Some(h.metadata))),
+            (None, Some(o)) if !self.resolved.profile.user_metadata => Some((o.clone(), None)),
+            (None, Some(o)) => Some((o.clone(), None)),
+            (None, None) => None,
+        };
+        Ok(meta.map(|(o, metadata)| {
+            let seen = Seen {
+                name: name.to_string(),
+                kind: Kind::File,
+                size: o.size,
+                mtime: o.last_modified.unwrap_or(SystemTime::UNIX_EPOCH),
+                etag: o.etag.clone(),
+            };
+            (seen, metadata)
+        }))
+    }
+
+    /// Whether anything exists under `dir_key` (for a lookup whose first page was cut short
+    /// by siblings sorting before `name/`).
+    async fn dir_exists(&self, dir_key: &str) -> FsResult<bool> {
+        self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
+        let req = ListRequest { prefix: dir_key.to_string(), max_keys: Some(1), ..Default::default() };
+        let page = self.store.list_page(&req).await.map_err(|e| self.fail("LIST", dir_key, e))?;
+        Ok(!page.objects.is_empty() || !page.prefixes.is_empty())
+    }
+
+    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let (fresh, key, kind) = {
+            let tree = self.tree();
+            let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
+            (n.local || n.fresh_until > Instant::now(), n.key.clone(), n.attr.kind)
+        };
+        if fresh || kind == Kind::Dir {
+            return self.node_attr(ino);
+        }
+        self.refresh_file(ino, &key).await
+    }
+
+    /// Re-reads a file's attributes with one HEAD.
+    async fn refresh_file(&self, ino: u64, key: &str) -> FsResult<Attr> {
+        self.stats.head_requests.fetch_add(1, Ordering::Relaxed);
+        let head = self.store.head(key).await.map_err(|e| self.fail("HEAD", key, e))?;
+        let mut tree = self.tree();
+        let until = Instant::now() + self.config.metadata_ttl;
+        let node = tree.get_mut(ino).ok_or(Errno(libc::ENOENT))?;
+        if node.etag != head.etag {
+            node.attr.mtime = head.last_modified.unwrap_or(node.attr.mtime);
+        }
+        node.attr.size = head.size;
+        node.etag = head.etag;
+        node.attr.apply_metadata(&head.metadata);
+        node.metadata_loaded = true;
+        node.fresh_until = until;
+        Ok(node.attr)
+    }
+
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let key = {
+            let tree = self.tree();
+            let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
+            if n.attr.kind != Kind::Dir {
+                return Err(Errno(libc::ENOTDIR));
+            }
+            n.key.clone()
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let stream = Arc::new(tokio::sync::Mutex::new(DirStream::new(ino, key)));
+        self.dirs.lock().unwrap().insert(fh, stream);
+        Ok(fh)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().unwrap().remove(&fh);
+    }
+
+    /// Entries from `offset` on (as many as one page holds); empty at the end. Offsets 1
+    /// and 2 are `.` and `..`.
+    pub async fn readdir(&self, ino: u64, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
+        let stream = self.dirs.lock().unwrap().get(&fh).cloned().ok_or(Errno(libc::EBADF))?;
+        let mut s = stream.lock().await;
+        let mut out = Vec::new();
+        if offset < 2 {
+            let parent = self.tree().get(ino).map_or(ROOT_INO, |n| n.parent);
+            if offset < 1 {
+                out.push(DirEntry { ino, name: ".".into(), kind: Kind::Dir, next_offset: 1 });
+            }
+            out.push(DirEntry { ino: parent, name: "..".into(), kind: Kind::Dir, next_offset: 2 });
+        }
+        let offset = offset.max(dir::FIRST_LISTING_OFFSET - 1);
+        if offset + 1 < s.base {
+            s.restart();
+        }
+        // Advance page by page until the page that holds `offset`.
+        while offset + 1 >= s.end_offset() && s.state != ListState::Done {
+            self.next_dir_page(&mut s).await?;
+        }
+        let from = (offset + 1).saturating_sub(s.base) as usize;
+        out.extend(s.entries.iter().skip(from).cloned());
+        Ok(out)
+    }
+
+    /// Replaces the stream's entries with its next page.
+    async fn next_dir_page(&self, s: &mut DirStream) -> FsResult<()> {
+        let new_base = s.end_offset();
+        let now = Instant::now();
+        let until = now + self.config.metadata_ttl;
+        let cached = {
+            let tree = self.tree();
+            let n = tree.get(s.ino).ok_or(Errno(libc::ENOENT))?;
+            (s.state == ListState::Start && n.listed_until.is_some_and(|t| t > now))
+                .then(|| n.children.iter().map(|(name, ino)| (name.clone(), *ino)).collect::<Vec<_>>())
+        };
+        let entries: Vec<(String, u64, Kind)> = if let Some(children) = cached {
+            // A fresh complete listing is in the cache: no request.
+            s.state = ListState::Done;
+            let tree = self.tree();
+            children
+                .into_iter()
+                .filter_map(|(name, ino)| tree.get(ino).map(|n| (name, ino, n.attr.kind)))
+                .collect()
+        } else if s.state == ListState::More || s.state == ListState::Start {
+            self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
+            let page = self.store.list_page(&s.request()).await.map_err(|e| self.fail("LIST", &s.key, e))?;
+            let seen = dir::page_entries(&s.key, &page, self.resolved.profile.hidden_prefixes);
+            let mut tree = self.tree();
+            let mut entries = Vec::with_capacity(seen.len());
+            for e in &seen {
+                if let Some(ino) = tree.upsert(s.ino, e, until) {
+                    s.shown.insert(e.name.clone());
+                    let kind = tree.get(ino).map_or(e.kind, |n| n.attr.kind);
+                    entries.push((e.name.clone(), ino, kind));
+                }
+            }
+            s.token = page.next;
+            if s.token.is_none() {
+                s.state = ListState::Done;
+                tree.finish_listing(s.ino, &s.shown, until);
+                // Entries that exist only in the mount come last.
+                let local: Vec<(String, u64, Kind)> = tree
+                    .get(s.ino)
+                    .map(|n| {
+                        n.children
+                            .iter()
+                            .filter(|(name, _)| !s.shown.contains(*name))
+                            .filter_map(|(name, ino)| tree.get(*ino).map(|c| (name.clone(), *ino, c.attr.kind)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                entries.extend(local);
+            } else {
+                s.state = ListState::More;
+            }
+            entries
+        } else {
+            Vec::new()
+        };
+        s.base = new_base;
+        s.entries = entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, ino, kind))| DirEntry { ino, name, kind, next_offset: new_base + i as u64 + 1 })
+            .collect();
+        Ok(())
+    }
+
+    pub async fn open(&self, ino: u64, write: bool) -> FsResult<Opened> {
+        if write && self.config.read_only {
+            return Err(Errno(libc::EROFS));
+        }
+        if write {
+            return Err(Errno(libc::EROFS));
+        }
+        let (key, kind, fresh) = {
+            let tree = self.tree();
+            let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
+            (n.key.clone(), n.attr.kind, n.fresh_until > Instant::now() && n.etag.is_some())
+        };
+        if kind == Kind::Dir {
+            return Err(Errno(libc::EISDIR));
+        }
+        if !fresh {
+            self.refresh_file(ino, &key).await?;
+        }
+        let (object, keep_cache) = {
+            let mut tree = self.tree();
+            let n = tree.get_mut(ino).ok_or(Errno(libc::ENOENT))?;
+            let etag = n.etag.clone().unwrap_or_default();
+            let keep = n.kernel_cache_etag.as_deref() == Some(etag.as_str());
+            n.kernel_cache_etag = Some(etag.clone());
+            let object = ObjectVersion { key: Arc::from(key.as_str()), etag: Arc::from(etag.as_str()), size: n.attr.size };
+            (object, keep)
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let readahead = ReadAhead::new(self.config.initial_prefetch, self.max_window());
+        let file = Arc::new(OpenFile { ino, object, readahead: Mutex::new(readahead) });
+        self.files.lock().unwrap().insert(fh, file);
+        Ok(Opened { fh, keep_cache })
+    }
+
+    /// The prefetch window is capped so that a few sequential readers cannot evict each
+    /// other's prefetched blocks before they are read.
+    fn max_window(&self) -> u64 {
+        self.config.max_prefetch.min(self.config.memory_limit / 8).max(self.config.block_size)
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let file = self.files.lock().unwrap().get(&fh).cloned().ok_or(Errno(libc::EBADF))?;
+        let prefetch_end = file.readahead.lock().unwrap().on_read(offset, u64::from(size));
+        let range = offset..offset.saturating_add(u64::from(size));
+        match self.blocks.read(&file.object, range, prefetch_end).await {
+            Ok(data) => Ok(data),
+            Err(e) => {
+                if e == StoreError::PreconditionFailed {
+                    // The next open must see the new version.
+                    if let Some(n) = self.tree().get_mut(file.ino) {
+                        n.fresh_until = Instant::now();
+                        n.kernel_cache_etag = None;
+                    }
+                }
+                Err(self.fail("read", &file.object.key, e))
+            }
+        }
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.files.lock().unwrap().remove(&fh);
+    }
+
+    pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {
+        let key = {
+            let tree = self.tree();
+            let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
+            if n.attr.kind != Kind::Symlink {
+                return Err(Errno(libc::EINVAL));
+            }
+            n.key.clone()
+        };
+        let resp = self.store.get_range(&key, 0..4096, None).await.map_err(|e| self.fail("readlink", &key, e))?;
+        resp.collect().await.map_err(|e| self.fail("readlink", &key, e))
+    }
+}

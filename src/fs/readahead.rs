@@ -1,0 +1,56 @@
+//! Sequential-read detection per open file: the prefetch window starts small, so `head`,
+//! `file` and random reads fetch little, and doubles while reads stay sequential.
+
+#[derive(Debug, Clone)]
+pub struct ReadAhead {
+    /// Where the next sequential read would start.
+    next: u64,
+    window: u64,
+    initial: u64,
+    max: u64,
+}
+
+impl ReadAhead {
+    pub fn new(initial: u64, max: u64) -> ReadAhead {
+        ReadAhead { next: 0, window: 0, initial, max: max.max(initial) }
+    }
+
+    /// Records a read of `len` bytes at `offset`; returns how far ahead to prefetch
+    /// (an absolute offset).
+    pub fn on_read(&mut self, offset: u64, len: u64) -> u64 {
+        // The kernel issues readahead requests concurrently, so a sequential stream
+        // arrives slightly out of order: anything near the expected offset counts.
+        let slack = self.window.max(self.initial);
+        let sequential = offset.abs_diff(self.next) <= slack;
+        let end = offset + len;
+        if sequential {
+            self.window = if self.window == 0 { self.initial } else { (self.window * 2).min(self.max) };
+            self.next = self.next.max(end);
+            end + self.window
+        } else {
+            self.window = 0;
+            self.next = end;
+            end
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn window_grows_while_sequential_and_resets_on_a_jump() {
+        let mut r = ReadAhead::new(MIB, 8 * MIB);
+        assert_eq!(r.on_read(0, 4096), 4096 + MIB);
+        assert_eq!(r.on_read(4096, 4096), 8192 + 2 * MIB);
+        let mut at = 8192;
+        for _ in 0..10 {
+            r.on_read(at, 131072);
+            at += 131072;
+        }
+        assert_eq!(r.on_read(at, 4096), at + 4096 + 8 * MIB);
+        assert_eq!(r.on_read(500 * MIB, 4096), 500 * MIB + 4096);
+    }
+}

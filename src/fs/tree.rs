@@ -1,0 +1,250 @@
+//! The inode table and metadata cache: which names exist, under which inode, with which
+//! attributes, and until when that knowledge is trusted.
+//!
+//! Inode numbers are stable for the life of the mount: one key always maps to one inode.
+
+use super::attr::{Attr, Defaults, Kind};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Instant, SystemTime};
+
+pub const ROOT_INO: u64 = 1;
+
+#[derive(Debug)]
+pub struct Node {
+    pub parent: u64,
+    pub name: String,
+    /// Full object key; directories end with `/` (the root is the source's prefix).
+    pub key: String,
+    pub attr: Attr,
+    pub etag: Option<String>,
+    /// Attributes are trusted until then (the metadata TTL).
+    pub fresh_until: Instant,
+    /// The user metadata has been read (HEAD): mode, owner and mtime are the persisted ones.
+    pub metadata_loaded: bool,
+    /// Directories: known children by name.
+    pub children: BTreeMap<String, u64>,
+    /// Directories: the children map is the whole listing, trusted until then.
+    pub listed_until: Option<Instant>,
+    /// Exists in the mount but not (yet) in the bucket: a new file not uploaded, or an
+    /// empty directory on a provider without markers. Listings never drop it.
+    pub local: bool,
+    /// The ETag whose data the kernel's page cache holds for this file.
+    pub kernel_cache_etag: Option<String>,
+}
+
+/// What a listing says exists under a directory.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub name: String,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub etag: Option<String>,
+}
+
+pub struct Tree {
+    nodes: HashMap<u64, Node>,
+    by_key: HashMap<String, u64>,
+    negative: HashMap<(u64, String), Instant>,
+    next_ino: u64,
+    pub defaults: Defaults,
+}
+
+/// Negative entries kept at most; beyond it the oldest half is dropped.
+const NEGATIVE_BUDGET: usize = 100_000;
+
+impl Tree {
+    pub fn new(root_key: &str, defaults: Defaults) -> Tree {
+        let now = Instant::now();
+        let root = Node {
+            parent: ROOT_INO,
+            name: String::new(),
+            key: root_key.to_string(),
+            attr: Attr::new(ROOT_INO, Kind::Dir, 0, SystemTime::now(), &defaults),
+            etag: None,
+            fresh_until: now + std::time::Duration::from_secs(365 * 24 * 3600),
+            metadata_loaded: true,
+            children: BTreeMap::new(),
+            listed_until: None,
+            local: true,
+            kernel_cache_etag: None,
+        };
+        Tree {
+            nodes: HashMap::from([(ROOT_INO, root)]),
+            by_key: HashMap::from([(root_key.to_string(), ROOT_INO)]),
+            negative: HashMap::new(),
+            next_ino: ROOT_INO + 1,
+            defaults,
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<&Node> {
+        self.nodes.get(&ino)
+    }
+
+    pub fn get_mut(&mut self, ino: u64) -> Option<&mut Node> {
+        self.nodes.get_mut(&ino)
+    }
+
+    pub fn child_key(&self, parent: u64, name: &str, kind: Kind) -> Option<String> {
+        let p = self.nodes.get(&parent)?;
+        Some(match kind {
+            Kind::Dir => format!("{}{name}/", p.key),
+            Kind::File | Kind::Symlink => format!("{}{name}", p.key),
+        })
+    }
+
+    /// A cached answer for `name` under `parent`: `Some(Some(ino))` exists, `Some(None)`
+    /// known not to exist, `None` unknown (ask the store).
+    pub fn cached_lookup(&self, parent: u64, name: &str, now: Instant) -> Option<Option<u64>> {
+        let p = self.nodes.get(&parent)?;
+        if let Some(&ino) = p.children.get(name) {
+            let n = &self.nodes[&ino];
+            return (n.local || n.fresh_until > now).then_some(Some(ino));
+        }
+        if p.listed_until.is_some_and(|t| t > now) {
+            return Some(None);
+        }
+        match self.negative.get(&(parent, name.to_string())) {
+            Some(&until) if until > now => Some(None),
+            _ => None,
+        }
+    }
+
+    pub fn remember_missing(&mut self, parent: u64, name: &str, until: Instant) {
+        if self.negative.len() >= NEGATIVE_BUDGET {
+            let now = Instant::now();
+            self.negative.retain(|_, t| *t > now);
+            if self.negative.len() >= NEGATIVE_BUDGET {
+                self.negative.clear();
+            }
+        }
+        let child = self.nodes.get(&parent).and_then(|p| p.children.get(name).copied());
+        if let Some(ino) = child {
+            if self.nodes.get(&ino).is_some_and(|n| n.local) {
+                // A local entry is never hidden by a remote listing.
+                return;
+            }
+            if let Some(p) = self.nodes.get_mut(&parent) {
+                p.children.remove(name);
+            }
+        }
+        self.negative.insert((parent, name.to_string()), until);
+    }
+
+    /// Records that `seen` exists under `parent`; returns its inode.
+    pub fn upsert(&mut self, parent: u64, seen: &Seen, until: Instant) -> Option<u64> {
+        let key = self.child_key(parent, &seen.name, seen.kind)?;
+        self.negative.remove(&(parent, seen.name.clone()));
+        let ino = match self.by_key.get(&key) {
+            Some(&ino) => ino,
+            None => {
+                let ino = self.next_ino;
+                self.next_ino += 1;
+                self.by_key.insert(key.clone(), ino);
+                ino
+            }
+        };
+        let defaults = self.defaults;
+        let node = self.nodes.entry(ino).or_insert_with(|| Node {
+            parent,
+            name: seen.name.clone(),
+            key: key.clone(),
+            attr: Attr::new(ino, seen.kind, seen.size, seen.mtime, &defaults),
+            etag: None,
+            fresh_until: until,
+            metadata_loaded: false,
+            children: BTreeMap::new(),
+            listed_until: None,
+            local: false,
+            kernel_cache_etag: None,
+        });
+        if !node.local {
+            let changed = node.etag.is_some() && node.etag != seen.etag;
+            node.attr.size = seen.size;
+            if !node.metadata_loaded || changed {
+                node.attr.mtime = seen.mtime;
+            }
+            if changed {
+                node.metadata_loaded = false;
+            }
+            node.etag = seen.etag.clone();
+        }
+        node.fresh_until = until;
+        node.parent = parent;
+        node.name = seen.name.clone();
+        // A directory and a file of one name: the directory wins, the file is hidden.
+        let existing = self.nodes.get(&parent)?.children.get(&seen.name).copied();
+        let keep_existing = existing.is_some_and(|other| {
+            other != ino && seen.kind != Kind::Dir && self.nodes[&other].attr.kind == Kind::Dir
+        });
+        if !keep_existing {
+            self.nodes.get_mut(&parent)?.children.insert(seen.name.clone(), ino);
+        }
+        Some(ino)
+    }
+
+    /// After a complete listing of `parent`: forget children it did not show (unless they
+    /// are local), and trust the listing until `until`.
+    pub fn finish_listing(&mut self, parent: u64, shown: &std::collections::HashSet<String>, until: Instant) {
+        let Some(p) = self.nodes.get(&parent) else { return };
+        let gone: Vec<String> = p
+            .children
+            .iter()
+            .filter(|(name, ino)| !shown.contains(*name) && !self.nodes[*ino].local)
+            .map(|(name, _)| name.clone())
+            .collect();
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            for name in gone {
+                p.children.remove(&name);
+            }
+            p.listed_until = Some(until);
+        }
+    }
+
+    /// Drops cached knowledge of `parent`'s listing (after a change made through the mount).
+    pub fn invalidate_listing(&mut self, parent: u64) {
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            p.listed_until = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn defaults() -> Defaults {
+        Defaults { uid: 0, gid: 0, file_mode: 0o644, dir_mode: 0o755 }
+    }
+
+    fn seen(name: &str, kind: Kind) -> Seen {
+        Seen { name: name.into(), kind, size: 1, mtime: SystemTime::UNIX_EPOCH, etag: Some("e".into()) }
+    }
+
+    #[test]
+    fn inodes_are_stable_and_dirs_win_over_files() {
+        let mut t = Tree::new("p/", defaults());
+        let later = Instant::now() + Duration::from_secs(5);
+        let f = t.upsert(ROOT_INO, &seen("a", Kind::File), later).unwrap();
+        let d = t.upsert(ROOT_INO, &seen("a", Kind::Dir), later).unwrap();
+        assert_ne!(f, d);
+        assert_eq!(t.get(d).unwrap().key, "p/a/");
+        assert_eq!(t.upsert(ROOT_INO, &seen("a", Kind::File), later), Some(f));
+        assert_eq!(t.cached_lookup(ROOT_INO, "a", Instant::now()), Some(Some(d)));
+        assert_eq!(t.upsert(ROOT_INO, &seen("a", Kind::Dir), later), Some(d));
+    }
+
+    #[test]
+    fn negative_and_listing_caches_expire() {
+        let mut t = Tree::new("", defaults());
+        let now = Instant::now();
+        t.remember_missing(ROOT_INO, "x", now + Duration::from_secs(5));
+        assert_eq!(t.cached_lookup(ROOT_INO, "x", now), Some(None));
+        assert_eq!(t.cached_lookup(ROOT_INO, "x", now + Duration::from_secs(6)), None);
+        t.upsert(ROOT_INO, &seen("b", Kind::File), now + Duration::from_secs(5));
+        t.finish_listing(ROOT_INO, &Default::default(), now + Duration::from_secs(5));
+        assert_eq!(t.cached_lookup(ROOT_INO, "b", now), Some(None));
+    }
+}

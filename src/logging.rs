@@ -1,0 +1,68 @@
+//! Where log lines go: stderr in the foreground, a file or syslog (journald picks it up)
+//! in the background. `--debug` or `RUST_LOG` select the detail.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+
+pub enum LogTarget<'a> {
+    Stderr,
+    File(&'a Path),
+    Syslog,
+}
+
+fn filter(debug: bool) -> tracing_subscriber::EnvFilter {
+    let default = if debug { "s3vol=debug,info" } else { "s3vol=info,warn" };
+    match std::env::var("RUST_LOG") {
+        Ok(v) if !debug && !v.is_empty() => tracing_subscriber::EnvFilter::new(v),
+        _ => tracing_subscriber::EnvFilter::new(default),
+    }
+}
+
+pub fn init(target: LogTarget<'_>, debug: bool) -> Result<(), String> {
+    let builder = tracing_subscriber::fmt().with_env_filter(filter(debug));
+    let result = match target {
+        LogTarget::Stderr => builder.with_writer(std::io::stderr).try_init(),
+        LogTarget::File(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("log file {}: {e}", path.display()))?;
+            builder.with_ansi(false).with_writer(Mutex::new(file)).try_init()
+        }
+        LogTarget::Syslog => {
+            // SAFETY: the identity string is static and openlog keeps the pointer.
+            unsafe { libc::openlog(c"s3vol".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+            builder.with_ansi(false).without_time().with_writer(|| Syslog).try_init()
+        }
+    };
+    result.map_err(|e| format!("cannot start logging: {e}"))
+}
+
+/// Each formatted line becomes one syslog message.
+struct Syslog;
+
+impl Write for Syslog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let line = text.trim_end().replace('\0', " ");
+        let priority = if line.contains("ERROR") {
+            libc::LOG_ERR
+        } else if line.contains("WARN") {
+            libc::LOG_WARNING
+        } else {
+            libc::LOG_INFO
+        };
+        if let Ok(c) = CString::new(line) {
+            // SAFETY: both strings are NUL-terminated and outlive the call.
+            unsafe { libc::syslog(priority, c"%s".as_ptr(), c.as_ptr()) };
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

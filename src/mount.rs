@@ -1,0 +1,289 @@
+//! `s3vol mount`: check everything that can fail before the mount is live, daemonize,
+//! mount, serve until unmounted or signalled.
+
+use crate::cli::{MountArgs, MountOptions};
+use crate::control::{self, MountStatus};
+use crate::fs::{Defaults, Fs, FsConfig};
+use crate::fuse::FuseAdapter;
+use crate::logging::{self, LogTarget};
+use crate::provider::Resolved;
+use crate::store::s3::S3Store;
+use crate::store::{ListRequest, ObjectStore, RetryPolicy};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Tells the process that started the mount whether it went live.
+pub struct Ready {
+    pipe: Option<std::fs::File>,
+}
+
+impl Ready {
+    pub fn foreground() -> Ready {
+        Ready { pipe: None }
+    }
+
+    pub fn ok(&mut self) {
+        if let Some(mut pipe) = self.pipe.take() {
+            let _ = pipe.write_all(b"OK\n");
+        }
+    }
+
+    pub fn fail(&mut self, message: &str) {
+        match self.pipe.take() {
+            Some(mut pipe) => {
+                let _ = pipe.write_all(message.as_bytes());
+            }
+            None => eprintln!("s3vol: {message}"),
+        }
+    }
+}
+
+pub fn run(args: MountArgs) -> ExitCode {
+    let mut ready = Ready::foreground();
+    let result = (|| {
+        let resolved = args.connect.resolve()?;
+        let settings = args.connect.settings()?;
+        let mountpoint = check_mountpoint(&args.mountpoint)?;
+        if !args.options.foreground {
+            ready = daemonize()?;
+            let target = match &args.options.log_file {
+                Some(path) => LogTarget::File(path),
+                None => LogTarget::Syslog,
+            };
+            logging::init(target, args.options.debug)?;
+        } else {
+            logging::init(LogTarget::Stderr, args.options.debug)?;
+        }
+        let runtime = runtime()?;
+        let store = runtime.block_on(async {
+            let store = S3Store::connect(&resolved, settings).await?;
+            verify_bucket(&store, &resolved).await?;
+            Ok::<_, String>(store)
+        })?;
+        serve(&runtime, Arc::new(store), resolved, &args.connect.source, &mountpoint, &args.options, &mut ready)
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            ready.fail(&message);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("s3vol-io")
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// The mountpoint must be an existing, empty directory, and FUSE must be available.
+pub fn check_mountpoint(path: &Path) -> Result<PathBuf, String> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("mountpoint {shown}: {e}"))?;
+    if !meta.is_dir() {
+        return Err(format!("mountpoint {shown} is not a directory"));
+    }
+    let mut entries = std::fs::read_dir(path).map_err(|e| format!("mountpoint {shown}: {e}"))?;
+    if entries.next().is_some() {
+        return Err(format!("mountpoint {shown} is not empty"));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err("/dev/fuse is missing: load the fuse module (modprobe fuse) or install fuse3".into());
+    }
+    std::fs::canonicalize(path).map_err(|e| format!("mountpoint {shown}: {e}"))
+}
+
+/// One LIST of the mount root: wrong credentials, a missing bucket or an unreachable
+/// endpoint show up here, before the mount, with a few quick retries only.
+async fn verify_bucket(store: &S3Store, resolved: &Resolved) -> Result<(), String> {
+    let req = ListRequest { prefix: resolved.prefix.clone(), max_keys: Some(1), ..Default::default() };
+    let quick = RetryPolicy { max_attempts: 3, ..RetryPolicy::default() };
+    quick.run("check", || store.list_page(&req)).await.map(|_| ()).map_err(|e| {
+        let endpoint = resolved.endpoint.as_deref().unwrap_or("the AWS endpoint");
+        format!("cannot list bucket '{}' at {endpoint}: {e}", resolved.bucket)
+    })
+}
+
+/// Forks; the parent waits for the child to report the mount live (exit 0) or failed
+/// (its message, exit 1). Returns in the child.
+fn daemonize() -> Result<Ready, String> {
+    let (read_end, write_end): (OwnedFd, OwnedFd) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    // SAFETY: no other thread exists yet (the runtime starts after this).
+    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(write_end);
+            let mut answer = String::new();
+            let _ = std::fs::File::from(read_end).read_to_string(&mut answer);
+            if answer == "OK\n" {
+                std::process::exit(0);
+            }
+            let answer = if answer.is_empty() { "the mount daemon exited before the mount was live".into() } else { answer };
+            eprintln!("s3vol: {}", answer.trim_end());
+            std::process::exit(1);
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(read_end);
+            let _ = nix::unistd::setsid();
+            if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+                for fd in [0, 1, 2] {
+                    // SAFETY: dup2 onto the standard descriptors of this process.
+                    unsafe { libc::dup2(null.as_raw_fd(), fd) };
+                }
+            }
+            Ok(Ready { pipe: Some(std::fs::File::from(write_end)) })
+        }
+    }
+}
+
+pub fn fs_config(options: &MountOptions) -> FsConfig {
+    FsConfig {
+        defaults: Defaults {
+            uid: options.uid.unwrap_or_else(|| nix::unistd::getuid().as_raw()),
+            gid: options.gid.unwrap_or_else(|| nix::unistd::getgid().as_raw()),
+            file_mode: options.file_mode,
+            dir_mode: options.dir_mode,
+        },
+        metadata_ttl: Duration::from_secs_f64(options.metadata_ttl.max(0.0)),
+        read_only: options.read_only,
+        memory_limit: options.memory_limit,
+        ..FsConfig::default()
+    }
+}
+
+/// Mounts and serves until unmounted (`fusermount3 -u`, `s3vol unmount`) or signalled.
+pub fn serve(
+    runtime: &tokio::runtime::Runtime,
+    store: Arc<dyn ObjectStore>,
+    resolved: Resolved,
+    source: &str,
+    mountpoint: &Path,
+    options: &MountOptions,
+    ready: &mut Ready,
+) -> Result<(), String> {
+    let fs = Arc::new(Fs::new(store, resolved, fs_config(options)));
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(source.to_string()),
+        fuser::MountOption::Subtype("s3vol".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoAtime,
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+    ];
+    if options.read_only {
+        config.mount_options.push(fuser::MountOption::RO);
+    }
+    if options.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(options.fuse_threads.max(1));
+    config.clone_fd = true;
+    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
+    let mut session = fuser::Session::new(adapter, mountpoint, &config)
+        .map_err(|e| format!("cannot mount on {}: {e}", mountpoint.display()))?;
+    let started = Instant::now();
+    let unmounter = session.unmount_callable();
+    runtime.spawn(unmount_on_signal(unmounter, mountpoint.to_path_buf()));
+    let socket = control::socket_path(mountpoint);
+    let status = StatusSource { fs: fs.clone(), source: source.to_string(), mountpoint: mountpoint.to_path_buf(), started };
+    if let Err(e) = runtime.block_on(serve_control(&socket, status)) {
+        tracing::warn!("control socket {}: {e}; s3vol status will not see this mount", socket.display());
+    }
+    tracing::info!("mounted {source} on {}", mountpoint.display());
+    ready.ok();
+    let result = session.run().map_err(|e| format!("FUSE session: {e}"));
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("unmounted {}", mountpoint.display());
+    result
+}
+
+async fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter, mountpoint: PathBuf) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::warn!("cannot watch SIGTERM/SIGINT");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received: unmounting {}", mountpoint.display());
+    if let Err(e) = unmounter.unmount() {
+        tracing::warn!("unmount of {}: {e}", mountpoint.display());
+    }
+}
+
+struct StatusSource {
+    fs: Arc<Fs>,
+    source: String,
+    mountpoint: PathBuf,
+    started: Instant,
+}
+
+impl StatusSource {
+    fn status(&self) -> MountStatus {
+        let cache = self.fs.cache_report();
+        let store = self.fs.store_stats();
+        let stats = &self.fs.stats;
+        MountStatus {
+            source: self.source.clone(),
+            mountpoint: self.mountpoint.display().to_string(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            read_only: self.fs.config().read_only,
+            cache_bytes: cache.block_bytes,
+            cache_budget: cache.block_budget,
+            cache_hits: cache.hits,
+            cache_misses: cache.misses,
+            fetched_bytes: cache.fetched_bytes,
+            open_files: cache.open_files,
+            requests: store.requests,
+            request_errors: store.errors,
+            requests_in_flight: store.in_flight,
+            list_requests: stats.list_requests.load(std::sync::atomic::Ordering::Relaxed),
+            head_requests: stats.head_requests.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
+/// Answers `status` on the mount's control socket (owner-only permissions).
+async fn serve_control(socket: &Path, source: StatusSource) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = tokio::net::UnixListener::bind(socket)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    let source = Arc::new(source);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let source = source.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut line = String::new();
+                let mut reader = BufReader::new(read);
+                if tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line)).await.is_err() {
+                    return;
+                }
+                let reply = match line.trim() {
+                    "status" => serde_json::to_string(&source.status()).unwrap_or_default(),
+                    other => format!("{{\"error\":\"unknown command {other:?}\"}}"),
+                };
+                let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
+            });
+        }
+    });
+    Ok(())
+}

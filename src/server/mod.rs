@@ -1,0 +1,237 @@
+//! An embedded S3-compatible server for `s3vol demo` and the integration tests.
+//!
+//! Requests go through three layers: a quirk layer emulating provider restrictions
+//! (see [`Quirks`]), s3s (HTTP parsing and real SigV4 verification against one access
+//! key), and [`MemoryBackend`], an in-memory store with S3's flat key space. A second
+//! listener plays the CDN that Hugging Face redirects downloads to.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let server = s3vol::server::start(s3vol::server::ServerConfig::default()).await?;
+//! server.backend().create_bucket("bucket");
+//! server.quirks().emulate_hugging_face();
+//! println!("{} (key {}, secret {})", server.endpoint, server.access_key, server.secret_key);
+//! # Ok(())
+//! # }
+//! ```
+
+mod backend;
+mod body;
+mod buckets;
+mod conditions;
+mod front;
+mod listing;
+mod multipart;
+mod objects;
+mod operation;
+mod percent;
+mod quirks;
+mod redirect;
+mod s3_api;
+mod stats;
+
+use std::future::Future;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use s3s::auth::{S3Auth, SecretKey};
+use s3s::service::S3ServiceBuilder;
+use s3s::{S3Result, StdError, s3_error};
+use tokio::net::TcpListener;
+use tokio::task::{AbortHandle, JoinSet};
+
+pub use backend::{BackendError, MemoryBackend, StoredObject};
+pub use quirks::{InjectedFailure, Quirks, RequestFilter};
+pub use stats::RequestStats;
+
+use body::ResponseBody;
+use front::Front;
+use redirect::{Cdn, RedirectTarget};
+use s3_api::S3Api;
+
+/// The largest object or part the server accepts (and so buffers), as on S3.
+const MAX_OBJECT_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+
+/// S3 rejects multipart parts below 5 MiB, except the last one.
+const S3_MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the S3 endpoint listens; port 0 picks a free port. The redirect listener
+    /// binds the same IP on a free port.
+    pub addr: SocketAddr,
+    pub access_key: String,
+    pub secret_key: String,
+    /// Smallest accepted size of every multipart part but the last (S3: 5 MiB).
+    pub min_part_size: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            access_key: "s3vol-demo".to_owned(),
+            secret_key: "s3vol-demo-secret".to_owned(),
+            min_part_size: S3_MIN_PART_SIZE,
+        }
+    }
+}
+
+/// A server that runs until dropped or [`shutdown`](Self::shutdown).
+pub struct RunningServer {
+    /// `http://127.0.0.1:PORT`, for path-style clients.
+    pub endpoint: String,
+    pub addr: SocketAddr,
+    /// The CDN-like listener that `redirect_get` redirects downloads to.
+    pub redirect_addr: SocketAddr,
+    pub access_key: String,
+    pub secret_key: String,
+    backend: Arc<MemoryBackend>,
+    quirks: Arc<Quirks>,
+    stats: Arc<RequestStats>,
+    listeners: Vec<AbortHandle>,
+    /// The runtime [`start_blocking`] created, shut down with the server.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl RunningServer {
+    /// Direct access to the stored data, bypassing HTTP.
+    pub fn backend(&self) -> &Arc<MemoryBackend> {
+        &self.backend
+    }
+
+    pub fn quirks(&self) -> &Arc<Quirks> {
+        &self.quirks
+    }
+
+    pub fn stats(&self) -> &Arc<RequestStats> {
+        &self.stats
+    }
+
+    /// Stops both listeners and closes open connections (dropping does the same).
+    pub fn shutdown(self) {}
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        for listener in &self.listeners {
+            listener.abort();
+        }
+        // Not `drop(runtime)`: that blocks, and panics if the server is dropped inside
+        // another runtime.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Starts the server on the current tokio runtime.
+pub async fn start(config: ServerConfig) -> io::Result<RunningServer> {
+    let main_listener = TcpListener::bind(config.addr).await?;
+    let redirect_listener = TcpListener::bind((config.addr.ip(), 0)).await?;
+    let addr = main_listener.local_addr()?;
+    let redirect_addr = redirect_listener.local_addr()?;
+
+    let backend = Arc::new(MemoryBackend::new(config.min_part_size));
+    let quirks = Arc::new(Quirks::default());
+    let stats = Arc::new(RequestStats::default());
+    let redirect = Arc::new(RedirectTarget::new(redirect_addr));
+
+    let mut s3 = S3ServiceBuilder::new(S3Api::new(Arc::clone(&backend)));
+    s3.set_auth(SingleKeyAuth { access_key: config.access_key.clone(), secret_key: config.secret_key.clone().into() });
+    let front = Front { s3: s3.build(), quirks: Arc::clone(&quirks), stats: Arc::clone(&stats), redirect: Arc::clone(&redirect) };
+    let cdn = Cdn { backend: Arc::clone(&backend), quirks: Arc::clone(&quirks), stats: Arc::clone(&stats), target: redirect };
+
+    let listeners = vec![
+        serve(main_listener, move |req| front.clone().handle(req)),
+        serve(redirect_listener, move |req| cdn.clone().handle(req)),
+    ];
+    Ok(RunningServer {
+        endpoint: format!("http://{addr}"),
+        addr,
+        redirect_addr,
+        access_key: config.access_key,
+        secret_key: config.secret_key,
+        backend,
+        quirks,
+        stats,
+        listeners,
+        runtime: None,
+    })
+}
+
+/// Starts the server on a runtime of its own, for synchronous callers (FUSE mount
+/// tests). Must not be called from within an async context.
+///
+/// # Panics
+/// If the runtime cannot be created or the listeners cannot be bound.
+pub fn start_blocking(config: ServerConfig) -> RunningServer {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("s3vol-test-server")
+        .enable_all()
+        .build()
+        .expect("cannot create the S3 server runtime");
+    let mut server = runtime.block_on(start(config)).expect("cannot start the S3 server");
+    server.runtime = Some(runtime);
+    server
+}
+
+/// Accepts HTTP/1.1 (keep-alive) connections until aborted. Connections live in a
+/// `JoinSet` owned by the accept task, so aborting it also drops every connection.
+fn serve<H, F, E>(listener: TcpListener, handler: H) -> AbortHandle
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<ResponseBody>, E>> + Send + 'static,
+    E: Into<StdError>,
+{
+    tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let service = service_fn(handler.clone());
+                        connections.spawn(async move {
+                            // A client hanging up mid-request is its business, not an error here.
+                            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                        });
+                    }
+                    Err(error) => tracing::warn!(%error, "S3 test server: accept failed"),
+                },
+                Some(_) = connections.join_next() => {}
+            }
+        }
+    })
+    .abort_handle()
+}
+
+/// SigV4 credentials check against the one configured key pair. Unlike s3s's
+/// `SimpleAuth` (which answers `NotSignedUp`), an unknown key gets AWS's
+/// `InvalidAccessKeyId`.
+struct SingleKeyAuth {
+    access_key: String,
+    secret_key: SecretKey,
+}
+
+#[async_trait::async_trait]
+impl S3Auth for SingleKeyAuth {
+    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
+        if access_key == self.access_key {
+            return Ok(self.secret_key.clone());
+        }
+        Err(s3_error!(InvalidAccessKeyId, "The AWS Access Key Id you provided does not exist in our records."))
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section leaves the data
+/// consistent, and a panicking test thread must not break the server for others.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
