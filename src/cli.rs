@@ -29,6 +29,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Connect to SOURCE, list one page and print the resolved profile and the first keys.
     Check(CheckArgs),
+    /// mount(8)'s helper (installed as /sbin/mount.s3vol): SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS].
+    MountHelper(MountHelperArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -77,9 +79,38 @@ pub struct MountOptions {
     /// Write the log here instead of syslog when in the background.
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// Directory for staging files of dirty data (default: $XDG_CACHE_HOME/s3vol, /var/cache/s3vol for root).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Wait for the upload at close() and report its error (true), or upload in the background (false).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub upload_on_close: bool,
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub fuse_threads: usize,
+    /// Kernel mount flag, repeatable; the last word on a flag wins (default: nodev, nosuid, noatime).
+    #[arg(long, value_enum, value_name = "FLAG")]
+    pub kernel_option: Vec<KernelOption>,
+}
+
+/// The mount flags the kernel enforces, as mount(8) spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KernelOption {
+    Nosuid,
+    Suid,
+    Nodev,
+    Dev,
+    Noexec,
+    Exec,
+    Noatime,
+    Atime,
+}
+
+#[derive(Debug, Args)]
+pub struct MountHelperArgs {
+    /// Arguments as mount(8) passes them to /sbin/mount.TYPE.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +144,11 @@ pub fn parse_mode(text: &str) -> Result<u16, String> {
 /// Expands `-o k=v,flag,...` (fstab style: the long options without dashes) into
 /// `--k=v --flag`, so one clap definition serves both spellings.
 pub fn expand_dash_o(args: Vec<String>) -> Result<Vec<String>, String> {
+    // The mount helper follows mount(8)'s convention, where -o also holds ro/rw and
+    // kernel flags: it parses its own -o.
+    if args.get(1).is_some_and(|a| a == "mount-helper") {
+        return Ok(args);
+    }
     let mut out = Vec::with_capacity(args.len());
     let mut iter = args.into_iter();
     while let Some(arg) = iter.next() {

@@ -82,7 +82,10 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         allow_other: false,
         debug: false,
         log_file: None,
+        cache_dir: None,
+        upload_on_close: true,
         fuse_threads: 4,
+        kernel_option: Vec::new(),
     };
     mount::serve(&runtime, Arc::new(store), resolved, &source_text, &mountpoint, &options, &mut Ready::foreground())
 }

@@ -2,12 +2,13 @@
 //! tokio runtime and replies from that task, so a slow S3 call never holds up other
 //! requests. No filesystem logic lives here.
 
-use crate::fs::{Attr, Errno as CoreErrno, Fs, Kind};
+use crate::fs::{Attr, Caller, Errno as CoreErrno, Fs, Kind, OpenMode, SetAttr};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, Request,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
+use std::time::SystemTime;
 use std::ffi::OsStr;
 use std::sync::Arc;
 use tokio::runtime::Handle;
@@ -62,6 +63,41 @@ fn file_attr(a: &Attr) -> FileAttr {
         rdev: 0,
         blksize: 1 << 20,
         flags: 0,
+    }
+}
+
+fn open_mode(flags: OpenFlags) -> OpenMode {
+    let f = flags.0;
+    OpenMode {
+        write: (f & libc::O_ACCMODE) != libc::O_RDONLY,
+        truncate: f & libc::O_TRUNC != 0,
+        append: f & libc::O_APPEND != 0,
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller { uid: req.uid(), gid: req.gid() }
+}
+
+fn time(t: TimeOrNow) -> SystemTime {
+    match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    }
+}
+
+/// Replies to a call that creates an entry.
+fn reply_entry(fs: &Fs, reply: ReplyEntry, result: Result<Attr, CoreErrno>) {
+    match result {
+        Ok(attr) => reply.entry(&fs.attr_ttl(), &file_attr(&attr), Generation(0)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, result: Result<(), CoreErrno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
     }
 }
 
@@ -123,9 +159,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let write = (flags.0 & libc::O_ACCMODE) != libc::O_RDONLY;
+        let mode = open_mode(flags);
         self.spawn(move |fs| async move {
-            match fs.open(ino.0, write).await {
+            match fs.open(ino.0, mode).await {
                 Ok(o) => {
                     let flags = if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
                     reply.opened(FileHandle(o.fh), flags)
@@ -164,8 +200,164 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.release(fh.0);
-        reply.ok();
+        self.spawn(move |fs| async move {
+            fs.release(fh.0).await;
+            reply.ok()
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.spawn(move |fs| async move {
+            match fs.write(fh.0, offset, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        self.spawn(move |fs| async move { reply_empty(reply, fs.flush(fh.0).await) });
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.spawn(move |fs| async move { reply_empty(reply, fs.fsync(fh.0).await) });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = match utf8(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let caller = caller(req);
+        let open = open_mode(OpenFlags(flags));
+        self.spawn(move |fs| async move {
+            match fs.create(parent.0, &name, mode & !umask, open, caller).await {
+                Ok((attr, opened)) => reply.created(
+                    &fs.attr_ttl(),
+                    &file_attr(&attr),
+                    Generation(0),
+                    FileHandle(opened.fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let change = SetAttr { size, mode, uid, gid, mtime: mtime.map(time) };
+        self.spawn(move |fs| async move {
+            match fs.setattr(ino.0, fh.map(|f| f.0), change).await {
+                Ok(attr) => reply.attr(&fs.attr_ttl(), &file_attr(&attr)),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let name = match utf8(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let caller = caller(req);
+        self.spawn(move |fs| async move {
+            let result = fs.mkdir(parent.0, &name, mode & !umask, caller).await;
+            reply_entry(&fs, reply, result)
+        });
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+        let (name, target) = match (utf8(link_name), utf8(target.as_os_str())) {
+            (Ok(n), Ok(t)) => (n, t),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let caller = caller(req);
+        self.spawn(move |fs| async move {
+            let result = fs.symlink(parent.0, &name, &target, caller).await;
+            reply_entry(&fs, reply, result)
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Ok(name) = utf8(name) else { return reply.error(Errno::ENOENT) };
+        self.spawn(move |fs| async move { reply_empty(reply, fs.unlink(parent.0, &name).await) });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Ok(name) = utf8(name) else { return reply.error(Errno::ENOENT) };
+        self.spawn(move |fs| async move { reply_empty(reply, fs.rmdir(parent.0, &name).await) });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (Ok(name), Ok(newname)) = (utf8(name), utf8(newname)) else { return reply.error(Errno::EINVAL) };
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        self.spawn(move |fs| async move {
+            reply_empty(reply, fs.rename(parent.0, &name, newparent.0, &newname, no_replace).await)
+        });
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+        // No extended attributes; ENOTSUP also stops the kernel from asking again.
+        reply.error(Errno::ENOTSUP);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOTSUP);
+    }
+
+    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+        // Object stores have no hard links.
+        reply.error(Errno::EPERM);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

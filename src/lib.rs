@@ -7,6 +7,7 @@ pub mod fs;
 pub mod fuse;
 pub mod logging;
 pub mod mount;
+pub mod mount_helper;
 pub mod provider;
 pub mod server;
 pub mod source;

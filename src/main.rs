@@ -7,7 +7,12 @@ mod commands;
 mod demo;
 
 fn main() -> ExitCode {
-    let args = match expand_dash_o(std::env::args().collect()) {
+    let argv: Vec<String> = std::env::args().collect();
+    // mount(8) runs /sbin/mount.s3vol, a link to this binary, with its own convention.
+    if argv.first().is_some_and(|name| s3vol::mount_helper::invoked_as_helper(name)) {
+        return s3vol::mount_helper::run(&argv[1..]);
+    }
+    let args = match expand_dash_o(argv) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("s3vol: {e}");
@@ -24,5 +29,6 @@ fn main() -> ExitCode {
             let _ = s3vol::logging::init(s3vol::logging::LogTarget::Stderr, false);
             check::run(&args)
         }
+        Command::MountHelper(args) => s3vol::mount_helper::run(&args.args),
     }
 }

@@ -1,7 +1,7 @@
 //! `s3vol mount`: check everything that can fail before the mount is live, daemonize,
 //! mount, serve until unmounted or signalled.
 
-use crate::cli::{MountArgs, MountOptions};
+use crate::cli::{KernelOption, MountArgs, MountOptions};
 use crate::control::{self, MountStatus};
 use crate::fs::{Defaults, Fs, FsConfig};
 use crate::fuse::FuseAdapter;
@@ -154,7 +154,23 @@ pub fn fs_config(options: &MountOptions) -> FsConfig {
         metadata_ttl: Duration::from_secs_f64(options.metadata_ttl.max(0.0)),
         read_only: options.read_only,
         memory_limit: options.memory_limit,
+        cache_dir: options.cache_dir.clone().unwrap_or_else(default_cache_dir),
+        upload_on_close: options.upload_on_close,
         ..FsConfig::default()
+    }
+}
+
+/// `$XDG_CACHE_HOME/s3vol`, `~/.cache/s3vol`, or `/var/cache/s3vol` for root.
+pub fn default_cache_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/cache/s3vol");
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("s3vol");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".cache/s3vol"),
+        None => std::env::temp_dir().join(format!("s3vol-{}", nix::unistd::geteuid())),
     }
 }
 
@@ -174,10 +190,8 @@ pub fn serve(
         fuser::MountOption::FSName(source.to_string()),
         fuser::MountOption::Subtype("s3vol".into()),
         fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::NoAtime,
-        fuser::MountOption::NoDev,
-        fuser::MountOption::NoSuid,
     ];
+    config.mount_options.extend(kernel_flags(&options.kernel_option));
     if options.read_only {
         config.mount_options.push(fuser::MountOption::RO);
     }
@@ -191,7 +205,7 @@ pub fn serve(
         .map_err(|e| format!("cannot mount on {}: {e}", mountpoint.display()))?;
     let started = Instant::now();
     let unmounter = session.unmount_callable();
-    runtime.spawn(unmount_on_signal(unmounter, mountpoint.to_path_buf()));
+    runtime.spawn(unmount_on_signal(fs.clone(), unmounter, mountpoint.to_path_buf()));
     let socket = control::socket_path(mountpoint);
     let status = StatusSource { fs: fs.clone(), source: source.to_string(), mountpoint: mountpoint.to_path_buf(), started };
     if let Err(e) = runtime.block_on(serve_control(&socket, status)) {
@@ -200,12 +214,38 @@ pub fn serve(
     tracing::info!("mounted {source} on {}", mountpoint.display());
     ready.ok();
     let result = session.run().map_err(|e| format!("FUSE session: {e}"));
+    // Deferred uploads still pending when the kernel let go of the mount.
+    if runtime.block_on(fs.sync_all()).is_err() {
+        tracing::error!("some dirty data could not be uploaded before exit; see the lines above");
+    }
     let _ = std::fs::remove_file(&socket);
     tracing::info!("unmounted {}", mountpoint.display());
     result
 }
 
-async fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter, mountpoint: PathBuf) {
+/// nodev, nosuid and noatime unless `--kernel-option` (fstab: `dev`, `suid`, `atime`)
+/// asks for the opposite; the last word on a flag wins, as in mount(8).
+pub fn kernel_flags(chosen: &[KernelOption]) -> Vec<fuser::MountOption> {
+    use fuser::MountOption::{Atime, Dev, Exec, NoAtime, NoDev, NoExec, NoSuid, Suid};
+    let mut flags = vec![NoAtime, NoDev, NoSuid];
+    for option in chosen {
+        let (wanted, opposite) = match option {
+            KernelOption::Nosuid => (NoSuid, Suid),
+            KernelOption::Suid => (Suid, NoSuid),
+            KernelOption::Nodev => (NoDev, Dev),
+            KernelOption::Dev => (Dev, NoDev),
+            KernelOption::Noexec => (NoExec, Exec),
+            KernelOption::Exec => (Exec, NoExec),
+            KernelOption::Noatime => (NoAtime, Atime),
+            KernelOption::Atime => (Atime, NoAtime),
+        };
+        flags.retain(|flag| *flag != wanted && *flag != opposite);
+        flags.push(wanted);
+    }
+    flags
+}
+
+async fn unmount_on_signal(fs: Arc<Fs>, mut unmounter: fuser::SessionUnmounter, mountpoint: PathBuf) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::warn!("cannot watch SIGTERM/SIGINT");
@@ -215,7 +255,10 @@ async fn unmount_on_signal(mut unmounter: fuser::SessionUnmounter, mountpoint: P
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    tracing::info!("signal received: unmounting {}", mountpoint.display());
+    tracing::info!("signal received: uploading dirty data, then unmounting {}", mountpoint.display());
+    if fs.sync_all().await.is_err() {
+        tracing::error!("some dirty data could not be uploaded; it stays in the staging area until exit");
+    }
     if let Err(e) = unmounter.unmount() {
         tracing::warn!("unmount of {}: {e}", mountpoint.display());
     }

@@ -9,13 +9,19 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, MetadataDirective, ObjectIdentifier};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, Delete, MetadataDirective, ObjectIdentifier,
+};
 use s3s::crypto::{Checksum, Md5};
-use s3vol::server::{InjectedFailure, RequestFilter, RunningServer, ServerConfig, start, start_blocking};
+use s3vol::server::{
+    InjectedFailure, RequestFilter, RunningServer, ServerConfig, start, start_blocking,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BUCKET: &str = "bucket";
@@ -26,7 +32,11 @@ async fn server() -> RunningServer {
     server
 }
 
-fn client_with(server: &RunningServer, secret: &str, checksums: RequestChecksumCalculation) -> Client {
+fn client_with(
+    server: &RunningServer,
+    secret: &str,
+    checksums: RequestChecksumCalculation,
+) -> Client {
     let validation = match checksums {
         RequestChecksumCalculation::WhenRequired => ResponseChecksumValidation::WhenRequired,
         _ => ResponseChecksumValidation::WhenSupported,
@@ -35,7 +45,13 @@ fn client_with(server: &RunningServer, secret: &str, checksums: RequestChecksumC
         .behavior_version(BehaviorVersion::latest())
         .endpoint_url(&server.endpoint)
         .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(&server.access_key, secret, None, None, "smoke-test"))
+        .credentials_provider(Credentials::new(
+            &server.access_key,
+            secret,
+            None,
+            None,
+            "smoke-test",
+        ))
         .force_path_style(true)
         .request_checksum_calculation(checksums)
         .response_checksum_validation(validation)
@@ -47,18 +63,30 @@ fn client_with(server: &RunningServer, secret: &str, checksums: RequestChecksumC
 
 /// The SDK with its default (checksumming) behaviour.
 fn client(server: &RunningServer) -> Client {
-    client_with(server, &server.secret_key, RequestChecksumCalculation::WhenSupported)
+    client_with(
+        server,
+        &server.secret_key,
+        RequestChecksumCalculation::WhenSupported,
+    )
 }
 
 /// The SDK without optional checksums, as needed for Hugging Face.
 fn plain_client(server: &RunningServer) -> Client {
-    client_with(server, &server.secret_key, RequestChecksumCalculation::WhenRequired)
+    client_with(
+        server,
+        &server.secret_key,
+        RequestChecksumCalculation::WhenRequired,
+    )
 }
 
 /// HTTP status and S3 error code of a failed SDK call.
-fn failure<T: Debug, E: ProvideErrorMetadata + Debug>(result: Result<T, SdkError<E, HttpResponse>>) -> (u16, String) {
+fn failure<T: Debug, E: ProvideErrorMetadata + Debug>(
+    result: Result<T, SdkError<E, HttpResponse>>,
+) -> (u16, String) {
     let error = result.expect_err("the request should fail");
-    let status = error.raw_response().map_or(0, |response| response.status().as_u16());
+    let status = error
+        .raw_response()
+        .map_or(0, |response| response.status().as_u16());
     (status, error.code().unwrap_or_default().to_owned())
 }
 
@@ -74,12 +102,21 @@ async fn put(client: &Client, key: &str, body: &'static [u8]) {
 }
 
 async fn get(client: &Client, key: &str) -> Vec<u8> {
-    let response = client.get_object().bucket(BUCKET).key(key).send().await.expect("get");
+    let response = client
+        .get_object()
+        .bucket(BUCKET)
+        .key(key)
+        .send()
+        .await
+        .expect("get");
     response.body.collect().await.expect("get body").to_vec()
 }
 
 fn md5_hex(data: &[u8]) -> String {
-    Md5::checksum(data).iter().map(|byte| format!("{byte:02x}")).collect()
+    Md5::checksum(data)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 struct RawResponse {
@@ -90,7 +127,10 @@ struct RawResponse {
 
 impl RawResponse {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
     }
 }
 
@@ -98,12 +138,16 @@ impl RawResponse {
 /// not), so redirects and truncated bodies are seen exactly as sent.
 async fn raw_get(addr: SocketAddr, path_and_query: &str, headers: &[(&str, &str)]) -> RawResponse {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut request = format!("GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut request =
+        format!("GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send request");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
     let mut received = Vec::new();
     let mut chunk = [0_u8; 8192];
     while let Ok(read) = stream.read(&mut chunk).await {
@@ -112,15 +156,26 @@ async fn raw_get(addr: SocketAddr, path_and_query: &str, headers: &[(&str, &str)
         }
         received.extend_from_slice(&chunk[..read]);
     }
-    let split = received.windows(4).position(|window| window == b"\r\n\r\n").expect("response head");
+    let split = received
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .expect("response head");
     let head = String::from_utf8(received[..split].to_vec()).expect("ascii head");
     let mut lines = head.split("\r\n");
-    let status = lines.next().and_then(|line| line.split(' ').nth(1)).and_then(|code| code.parse().ok()).expect("status");
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .expect("status");
     let headers = lines
         .filter_map(|line| line.split_once(": "))
         .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .collect();
-    RawResponse { status, headers, body: received[split + 4..].to_vec() }
+    RawResponse {
+        status,
+        headers,
+        body: received[split + 4..].to_vec(),
+    }
 }
 
 #[tokio::test]
@@ -132,24 +187,62 @@ async fn flat_keyspace_lets_a_file_a_directory_and_a_marker_coexist() {
     put(&client, "d/", b"").await;
     put(&client, "d/e/f", b"deep").await;
 
-    let listing = client.list_objects_v2().bucket(BUCKET).delimiter("/").send().await.expect("list root");
-    let keys: Vec<_> = listing.contents().iter().filter_map(|object| object.key()).collect();
-    let prefixes: Vec<_> = listing.common_prefixes().iter().filter_map(|prefix| prefix.prefix()).collect();
+    let listing = client
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .delimiter("/")
+        .send()
+        .await
+        .expect("list root");
+    let keys: Vec<_> = listing
+        .contents()
+        .iter()
+        .filter_map(|object| object.key())
+        .collect();
+    let prefixes: Vec<_> = listing
+        .common_prefixes()
+        .iter()
+        .filter_map(|prefix| prefix.prefix())
+        .collect();
     assert_eq!(keys, ["a"]);
     assert_eq!(prefixes, ["a/", "d/"]);
     assert_eq!(listing.key_count(), Some(3));
     assert_eq!(listing.is_truncated(), Some(false));
 
-    let listing = client.list_objects_v2().bucket(BUCKET).prefix("d/").delimiter("/").send().await.expect("list d/");
-    let keys: Vec<_> = listing.contents().iter().filter_map(|object| object.key()).collect();
-    let prefixes: Vec<_> = listing.common_prefixes().iter().filter_map(|prefix| prefix.prefix()).collect();
+    let listing = client
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .prefix("d/")
+        .delimiter("/")
+        .send()
+        .await
+        .expect("list d/");
+    let keys: Vec<_> = listing
+        .contents()
+        .iter()
+        .filter_map(|object| object.key())
+        .collect();
+    let prefixes: Vec<_> = listing
+        .common_prefixes()
+        .iter()
+        .filter_map(|prefix| prefix.prefix())
+        .collect();
     assert_eq!(keys, ["d/"], "the empty marker object is listed as a key");
     assert_eq!(prefixes, ["d/e/"]);
 
     assert_eq!(get(&client, "a").await, b"file a");
     assert_eq!(get(&client, "a/b").await, b"file under a");
-    let head = client.head_object().bucket(BUCKET).key("a").send().await.expect("head");
-    assert_eq!(head.e_tag(), Some(format!("\"{}\"", md5_hex(b"file a")).as_str()));
+    let head = client
+        .head_object()
+        .bucket(BUCKET)
+        .key("a")
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(
+        head.e_tag(),
+        Some(format!("\"{}\"", md5_hex(b"file a")).as_str())
+    );
     assert_eq!(head.content_length(), Some(6));
     assert!(head.last_modified().is_some());
     assert_eq!(server.backend().keys(BUCKET), ["a", "a/b", "d/", "d/e/f"]);
@@ -166,7 +259,10 @@ async fn flat_keyspace_lets_a_file_a_directory_and_a_marker_coexist() {
 async fn listings_page_with_continuation_tokens_and_markers() {
     let server = server().await;
     for key in ["k1", "k2", "k3", "k4", "k5"] {
-        server.backend().put_object(BUCKET, key, "x", &[]).expect("put");
+        server
+            .backend()
+            .put_object(BUCKET, key, "x", &[])
+            .expect("put");
     }
     let client = client(&server);
     let mut keys = Vec::new();
@@ -180,7 +276,11 @@ async fn listings_page_with_continuation_tokens_and_markers() {
             .send()
             .await
             .expect("page");
-        keys.extend(page.contents().iter().filter_map(|object| object.key().map(str::to_owned)));
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|object| object.key().map(str::to_owned)),
+        );
         token = page.next_continuation_token().map(str::to_owned);
         assert_eq!(page.is_truncated(), Some(token.is_some()));
         if token.is_none() {
@@ -190,18 +290,42 @@ async fn listings_page_with_continuation_tokens_and_markers() {
     assert_eq!(keys, ["k1", "k2", "k3", "k4", "k5"]);
     assert_eq!(server.stats().count("ListObjectsV2"), 3);
 
-    let after = client.list_objects_v2().bucket(BUCKET).start_after("k3").send().await.expect("start-after");
+    let after = client
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .start_after("k3")
+        .send()
+        .await
+        .expect("start-after");
     assert_eq!(after.key_count(), Some(2));
-    let v1 = client.list_objects().bucket(BUCKET).marker("k1").max_keys(2).send().await.expect("list v1");
-    let v1_keys: Vec<_> = v1.contents().iter().filter_map(|object| object.key()).collect();
+    let v1 = client
+        .list_objects()
+        .bucket(BUCKET)
+        .marker("k1")
+        .max_keys(2)
+        .send()
+        .await
+        .expect("list v1");
+    let v1_keys: Vec<_> = v1
+        .contents()
+        .iter()
+        .filter_map(|object| object.key())
+        .collect();
     assert_eq!(v1_keys, ["k2", "k3"]);
-    assert_eq!((v1.is_truncated(), v1.next_marker()), (Some(true), Some("k3")));
+    assert_eq!(
+        (v1.is_truncated(), v1.next_marker()),
+        (Some(true), Some("k3"))
+    );
 }
 
 #[tokio::test]
 async fn wrong_credentials_are_refused_with_403() {
     let server = server().await;
-    let wrong_secret = client_with(&server, "not-the-secret", RequestChecksumCalculation::WhenSupported);
+    let wrong_secret = client_with(
+        &server,
+        "not-the-secret",
+        RequestChecksumCalculation::WhenSupported,
+    );
     let result = wrong_secret.list_objects_v2().bucket(BUCKET).send().await;
     assert_eq!(failure(result), (403, "SignatureDoesNotMatch".to_owned()));
 
@@ -209,7 +333,13 @@ async fn wrong_credentials_are_refused_with_403() {
         client(&server)
             .config()
             .to_builder()
-            .credentials_provider(Credentials::new("unknown", "secret", None, None, "smoke-test"))
+            .credentials_provider(Credentials::new(
+                "unknown",
+                "secret",
+                None,
+                None,
+                "smoke-test",
+            ))
             .build(),
     );
     let result = wrong_key.head_bucket().bucket(BUCKET).send().await;
@@ -224,16 +354,37 @@ async fn conditions_ranges_copies_and_deletes_follow_s3() {
     let client = client(&server);
     put(&client, "obj", b"0123456789").await;
 
-    let conditional = client.put_object().bucket(BUCKET).key("obj").if_none_match("*").body(ByteStream::from_static(b"x"));
-    assert_eq!(failure(conditional.send().await), (412, "PreconditionFailed".to_owned()));
-    let stale = client.get_object().bucket(BUCKET).key("obj").if_match("\"0123\"").send().await;
+    let conditional = client
+        .put_object()
+        .bucket(BUCKET)
+        .key("obj")
+        .if_none_match("*")
+        .body(ByteStream::from_static(b"x"));
+    assert_eq!(
+        failure(conditional.send().await),
+        (412, "PreconditionFailed".to_owned())
+    );
+    let stale = client
+        .get_object()
+        .bucket(BUCKET)
+        .key("obj")
+        .if_match("\"0123\"")
+        .send()
+        .await;
     assert_eq!(failure(stale), (412, "PreconditionFailed".to_owned()));
     let missing = client.get_object().bucket(BUCKET).key("nope").send().await;
     assert_eq!(failure(missing), (404, "NoSuchKey".to_owned()));
     let no_bucket = client.list_objects_v2().bucket("nobucket").send().await;
     assert_eq!(failure(no_bucket), (404, "NoSuchBucket".to_owned()));
 
-    let ranged = client.get_object().bucket(BUCKET).key("obj").range("bytes=2-5").send().await.expect("range");
+    let ranged = client
+        .get_object()
+        .bucket(BUCKET)
+        .key("obj")
+        .range("bytes=2-5")
+        .send()
+        .await
+        .expect("range");
     assert_eq!(ranged.content_range(), Some("bytes 2-5/10"));
     assert_eq!(ranged.body.collect().await.expect("body").to_vec(), b"2345");
 
@@ -248,10 +399,27 @@ async fn conditions_ranges_copies_and_deletes_follow_s3() {
         .send()
         .await
         .expect("copy onto itself with REPLACE");
-    let head = client.head_object().bucket(BUCKET).key("obj").send().await.expect("head");
+    let head = client
+        .head_object()
+        .bucket(BUCKET)
+        .key("obj")
+        .send()
+        .await
+        .expect("head");
     assert_eq!(head.content_type(), Some("text/plain"));
-    assert_eq!(head.metadata().and_then(|metadata| metadata.get("mode")).map(String::as_str), Some("644"));
-    let without_replace = client.copy_object().bucket(BUCKET).key("obj").copy_source(format!("{BUCKET}/obj")).send().await;
+    assert_eq!(
+        head.metadata()
+            .and_then(|metadata| metadata.get("mode"))
+            .map(String::as_str),
+        Some("644")
+    );
+    let without_replace = client
+        .copy_object()
+        .bucket(BUCKET)
+        .key("obj")
+        .copy_source(format!("{BUCKET}/obj"))
+        .send()
+        .await;
     assert_eq!(failure(without_replace), (400, "InvalidRequest".to_owned()));
 
     let deleted = client
@@ -259,7 +427,12 @@ async fn conditions_ranges_copies_and_deletes_follow_s3() {
         .bucket(BUCKET)
         .delete(
             Delete::builder()
-                .objects(ObjectIdentifier::builder().key("obj").build().expect("identifier"))
+                .objects(
+                    ObjectIdentifier::builder()
+                        .key("obj")
+                        .build()
+                        .expect("identifier"),
+                )
                 .build()
                 .expect("delete"),
         )
@@ -272,12 +445,26 @@ async fn conditions_ranges_copies_and_deletes_follow_s3() {
 
 #[tokio::test]
 async fn multipart_uploads_assemble_parts_and_copy_ranges() {
-    let server = start(ServerConfig { min_part_size: 4, ..ServerConfig::default() }).await.expect("server");
+    let server = start(ServerConfig {
+        min_part_size: 4,
+        ..ServerConfig::default()
+    })
+    .await
+    .expect("server");
     server.backend().create_bucket(BUCKET);
-    server.backend().put_object(BUCKET, "source", "0123456789", &[]).expect("source");
+    server
+        .backend()
+        .put_object(BUCKET, "source", "0123456789", &[])
+        .expect("source");
     let client = client(&server);
 
-    let upload = client.create_multipart_upload().bucket(BUCKET).key("big").send().await.expect("create");
+    let upload = client
+        .create_multipart_upload()
+        .bucket(BUCKET)
+        .key("big")
+        .send()
+        .await
+        .expect("create");
     let upload_id = upload.upload_id().expect("upload id");
     assert_eq!(server.backend().pending_uploads(BUCKET), ["big"]);
     let first = client
@@ -301,24 +488,78 @@ async fn multipart_uploads_assemble_parts_and_copy_ranges() {
         .send()
         .await
         .expect("part 2 by copy");
-    let second_etag = second.copy_part_result().and_then(|result| result.e_tag()).expect("copied part etag");
+    let second_etag = second
+        .copy_part_result()
+        .and_then(|result| result.e_tag())
+        .expect("copied part etag");
     let parts = [(1, first.e_tag().expect("part etag")), (2, second_etag)]
         .into_iter()
-        .map(|(number, etag)| CompletedPart::builder().part_number(number).e_tag(etag).build())
+        .map(|(number, etag)| {
+            CompletedPart::builder()
+                .part_number(number)
+                .e_tag(etag)
+                .build()
+        })
         .collect();
+    let listed_parts = client
+        .list_parts()
+        .bucket(BUCKET)
+        .key("big")
+        .upload_id(upload_id)
+        .send()
+        .await
+        .expect("list parts");
+    let sizes: Vec<_> = listed_parts
+        .parts()
+        .iter()
+        .map(|part| part.size())
+        .collect();
+    assert_eq!(sizes, [Some(4), Some(2)]);
+    let uploads = client
+        .list_multipart_uploads()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .expect("list uploads");
+    assert_eq!(uploads.uploads().len(), 1);
+
     let completed = client
         .complete_multipart_upload()
         .bucket(BUCKET)
         .key("big")
         .upload_id(upload_id)
-        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
         .send()
         .await
         .expect("complete");
 
     let part_md5s = [Md5::checksum(b"abcd"), Md5::checksum(b"89")].concat();
-    assert_eq!(completed.e_tag(), Some(format!("\"{}-2\"", md5_hex(&part_md5s)).as_str()));
+    assert_eq!(
+        completed.e_tag(),
+        Some(format!("\"{}-2\"", md5_hex(&part_md5s)).as_str())
+    );
     assert_eq!(get(&client, "big").await, b"abcd89");
+    assert!(server.backend().pending_uploads(BUCKET).is_empty());
+
+    let abandoned = client
+        .create_multipart_upload()
+        .bucket(BUCKET)
+        .key("abandoned")
+        .send()
+        .await
+        .expect("create");
+    client
+        .abort_multipart_upload()
+        .bucket(BUCKET)
+        .key("abandoned")
+        .upload_id(abandoned.upload_id().expect("upload id"))
+        .send()
+        .await
+        .expect("abort");
     assert!(server.backend().pending_uploads(BUCKET).is_empty());
 }
 
@@ -326,45 +567,87 @@ async fn multipart_uploads_assemble_parts_and_copy_ranges() {
 async fn reject_checksums_refuses_the_sdk_default_but_not_plain_uploads() {
     let server = server().await;
     server.quirks().set_reject_checksums(true);
-    let default_put = client(&server).put_object().bucket(BUCKET).key("k").body(ByteStream::from_static(b"data"));
-    assert_eq!(failure(default_put.send().await), (400, "InvalidRequest".to_owned()));
+    let default_put = client(&server)
+        .put_object()
+        .bucket(BUCKET)
+        .key("k")
+        .body(ByteStream::from_static(b"data"));
+    assert_eq!(
+        failure(default_put.send().await),
+        (400, "InvalidRequest".to_owned())
+    );
     put(&plain_client(&server), "k", b"data").await;
-    assert_eq!(server.backend().get_object(BUCKET, "k").map(|object| object.body), Some("data".into()));
+    assert_eq!(
+        server
+            .backend()
+            .get_object(BUCKET, "k")
+            .map(|object| object.body),
+        Some("data".into())
+    );
 }
 
 #[tokio::test]
 async fn redirect_get_sends_authenticated_downloads_to_a_cdn_that_refuses_s3_auth() {
     let server = server().await;
-    server.backend().put_object(BUCKET, "dir/a b.txt", "0123456789", &[]).expect("put");
+    server
+        .backend()
+        .put_object(BUCKET, "dir/a b.txt", "0123456789", &[])
+        .expect("put");
     server.quirks().set_redirect_get(true);
     let client = client(&server);
 
-    let sdk_get = client.get_object().bucket(BUCKET).key("dir/a b.txt").send().await;
+    let sdk_get = client
+        .get_object()
+        .bucket(BUCKET)
+        .key("dir/a b.txt")
+        .send()
+        .await;
     assert_eq!(failure(sdk_get).0, 302);
     let unsigned = raw_get(server.addr, "/bucket/dir/a%20b.txt", &[]).await;
-    assert_eq!(unsigned.status, 403, "the redirect is only given after authentication");
+    assert_eq!(
+        unsigned.status, 403,
+        "the redirect is only given after authentication"
+    );
 
     let presigned = client
         .get_object()
         .bucket(BUCKET)
         .key("dir/a b.txt")
-        .presigned(PresigningConfig::expires_in(Duration::from_secs(60)).expect("presigning config"))
+        .presigned(
+            PresigningConfig::expires_in(Duration::from_secs(60)).expect("presigning config"),
+        )
         .await
         .expect("presign");
-    let path = presigned.uri().strip_prefix(&server.endpoint).expect("presigned path");
+    let path = presigned
+        .uri()
+        .strip_prefix(&server.endpoint)
+        .expect("presigned path");
     let redirect = raw_get(server.addr, path, &[]).await;
     assert_eq!(redirect.status, 302);
     let cdn = format!("http://{}", server.redirect_addr);
     let location = redirect.header("location").expect("Location");
-    let cdn_path = location.strip_prefix(&cdn).expect("points at the redirect listener");
-    assert!(cdn_path.starts_with("/bucket/dir/a%20b.txt?sig="), "{location}");
+    let cdn_path = location
+        .strip_prefix(&cdn)
+        .expect("points at the redirect listener");
+    assert!(
+        cdn_path.starts_with("/bucket/dir/a%20b.txt?sig="),
+        "{location}"
+    );
 
     let ranged = raw_get(server.redirect_addr, cdn_path, &[("Range", "bytes=2-5")]).await;
     assert_eq!((ranged.status, ranged.body.as_slice()), (206, &b"2345"[..]));
     assert_eq!(ranged.header("content-range"), Some("bytes 2-5/10"));
-    assert_eq!(ranged.header("etag"), Some(format!("\"{}\"", md5_hex(b"0123456789")).as_str()));
+    assert_eq!(
+        ranged.header("etag"),
+        Some(format!("\"{}\"", md5_hex(b"0123456789")).as_str())
+    );
     assert!(ranged.header("last-modified").is_some());
-    let with_auth = raw_get(server.redirect_addr, cdn_path, &[("Authorization", "AWS4-HMAC-SHA256 Credential=x")]).await;
+    let with_auth = raw_get(
+        server.redirect_addr,
+        cdn_path,
+        &[("Authorization", "AWS4-HMAC-SHA256 Credential=x")],
+    )
+    .await;
     assert_eq!(with_auth.status, 400);
     let unsigned_cdn = raw_get(server.redirect_addr, "/bucket/dir/a%20b.txt", &[]).await;
     assert_eq!(unsigned_cdn.status, 403);
@@ -380,13 +663,21 @@ async fn reject_list_v1_only_allows_list_objects_v2() {
     let client = client(&server);
     let v1 = client.list_objects().bucket(BUCKET).send().await;
     assert_eq!(failure(v1), (400, "NotImplemented".to_owned()));
-    client.list_objects_v2().bucket(BUCKET).send().await.expect("V2 still works");
+    client
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .expect("V2 still works");
 }
 
 #[tokio::test]
 async fn drop_user_metadata_neither_stores_nor_returns_it() {
     let server = server().await;
-    server.backend().put_object(BUCKET, "stored-before", "x", &[("mode", "600")]).expect("put");
+    server
+        .backend()
+        .put_object(BUCKET, "stored-before", "x", &[("mode", "600")])
+        .expect("put");
     server.quirks().set_drop_user_metadata(true);
     let client = plain_client(&server);
     client
@@ -398,9 +689,26 @@ async fn drop_user_metadata_neither_stores_nor_returns_it() {
         .send()
         .await
         .expect("put with metadata");
-    assert!(server.backend().get_object(BUCKET, "k").expect("stored").metadata.is_empty());
-    let head = client.head_object().bucket(BUCKET).key("stored-before").send().await.expect("head");
-    assert_eq!(head.metadata(), None);
+    assert!(
+        server
+            .backend()
+            .get_object(BUCKET, "k")
+            .expect("stored")
+            .metadata
+            .is_empty()
+    );
+    let head = client
+        .head_object()
+        .bucket(BUCKET)
+        .key("stored-before")
+        .send()
+        .await
+        .expect("head");
+    assert!(
+        head.metadata().is_none_or(|metadata| metadata.is_empty()),
+        "{:?}",
+        head.metadata()
+    );
 }
 
 #[tokio::test]
@@ -408,9 +716,20 @@ async fn reject_trailing_slash_keys_refuses_directory_markers() {
     let server = server().await;
     server.quirks().set_reject_trailing_slash_keys(true);
     let client = client(&server);
-    let marker = client.put_object().bucket(BUCKET).key("dir/").body(ByteStream::from_static(b"")).send().await;
+    let marker = client
+        .put_object()
+        .bucket(BUCKET)
+        .key("dir/")
+        .body(ByteStream::from_static(b""))
+        .send()
+        .await;
     assert_eq!(failure(marker), (400, "InvalidArgument".to_owned()));
-    let multipart = client.create_multipart_upload().bucket(BUCKET).key("dir/").send().await;
+    let multipart = client
+        .create_multipart_upload()
+        .bucket(BUCKET)
+        .key("dir/")
+        .send()
+        .await;
     assert_eq!(failure(multipart), (400, "InvalidArgument".to_owned()));
     put(&client, "dir/file", b"x").await;
 }
@@ -418,10 +737,19 @@ async fn reject_trailing_slash_keys_refuses_directory_markers() {
 #[tokio::test]
 async fn reject_upload_part_copy_answers_501() {
     let server = server().await;
-    server.backend().put_object(BUCKET, "source", "x", &[]).expect("put");
+    server
+        .backend()
+        .put_object(BUCKET, "source", "x", &[])
+        .expect("put");
     server.quirks().set_reject_upload_part_copy(true);
     let client = client(&server);
-    let upload = client.create_multipart_upload().bucket(BUCKET).key("k").send().await.expect("create");
+    let upload = client
+        .create_multipart_upload()
+        .bucket(BUCKET)
+        .key("k")
+        .send()
+        .await
+        .expect("create");
     let copy = client
         .upload_part_copy()
         .bucket(BUCKET)
@@ -437,18 +765,35 @@ async fn reject_upload_part_copy_answers_501() {
 #[tokio::test]
 async fn reject_delete_objects_answers_501_but_single_deletes_work() {
     let server = server().await;
-    server.backend().put_object(BUCKET, "k", "x", &[]).expect("put");
+    server
+        .backend()
+        .put_object(BUCKET, "k", "x", &[])
+        .expect("put");
     server.quirks().set_reject_delete_objects(true);
     let client = client(&server);
-    let identifier = ObjectIdentifier::builder().key("k").build().expect("identifier");
+    let identifier = ObjectIdentifier::builder()
+        .key("k")
+        .build()
+        .expect("identifier");
     let batch = client
         .delete_objects()
         .bucket(BUCKET)
-        .delete(Delete::builder().objects(identifier).build().expect("delete"))
+        .delete(
+            Delete::builder()
+                .objects(identifier)
+                .build()
+                .expect("delete"),
+        )
         .send()
         .await;
     assert_eq!(failure(batch), (501, "NotImplemented".to_owned()));
-    client.delete_object().bucket(BUCKET).key("k").send().await.expect("single delete");
+    client
+        .delete_object()
+        .bucket(BUCKET)
+        .key("k")
+        .send()
+        .await
+        .expect("single delete");
     assert!(server.backend().keys(BUCKET).is_empty());
 }
 
@@ -457,10 +802,22 @@ async fn max_put_size_limits_put_object_but_not_parts() {
     let server = server().await;
     server.quirks().set_max_put_size(Some(4));
     let client = plain_client(&server);
-    let large = client.put_object().bucket(BUCKET).key("k").body(ByteStream::from_static(b"12345")).send().await;
+    let large = client
+        .put_object()
+        .bucket(BUCKET)
+        .key("k")
+        .body(ByteStream::from_static(b"12345"))
+        .send()
+        .await;
     assert_eq!(failure(large), (400, "EntityTooLarge".to_owned()));
     put(&client, "k", b"1234").await;
-    let upload = client.create_multipart_upload().bucket(BUCKET).key("m").send().await.expect("create");
+    let upload = client
+        .create_multipart_upload()
+        .bucket(BUCKET)
+        .key("m")
+        .send()
+        .await
+        .expect("create");
     client
         .upload_part()
         .bucket(BUCKET)
@@ -476,34 +833,86 @@ async fn max_put_size_limits_put_object_but_not_parts() {
 #[tokio::test]
 async fn inject_errors_fails_the_next_matching_requests() {
     let server = server().await;
-    server.backend().put_object(BUCKET, "k", "x", &[]).expect("put");
+    server
+        .backend()
+        .put_object(BUCKET, "k", "x", &[])
+        .expect("put");
     let client = client(&server);
 
-    server.quirks().inject_errors(2, InjectedFailure::SlowDown, RequestFilter::Operation("GetObject".to_owned()));
-    client.head_object().bucket(BUCKET).key("k").send().await.expect("other operations pass");
-    assert_eq!(failure(client.get_object().bucket(BUCKET).key("k").send().await), (503, "SlowDown".to_owned()));
-    assert_eq!(failure(client.get_object().bucket(BUCKET).key("k").send().await), (503, "SlowDown".to_owned()));
+    server.quirks().inject_errors(
+        2,
+        InjectedFailure::SlowDown,
+        RequestFilter::Operation("GetObject".to_owned()),
+    );
+    client
+        .head_object()
+        .bucket(BUCKET)
+        .key("k")
+        .send()
+        .await
+        .expect("other operations pass");
+    assert_eq!(
+        failure(client.get_object().bucket(BUCKET).key("k").send().await),
+        (503, "SlowDown".to_owned())
+    );
+    assert_eq!(
+        failure(client.get_object().bucket(BUCKET).key("k").send().await),
+        (503, "SlowDown".to_owned())
+    );
     assert_eq!(get(&client, "k").await, b"x");
 
-    server.quirks().inject_errors(1, InjectedFailure::BadGateway, RequestFilter::Method(http::Method::PUT));
-    let put_result = client.put_object().bucket(BUCKET).key("k").body(ByteStream::from_static(b"y")).send().await;
+    server.quirks().inject_errors(
+        1,
+        InjectedFailure::BadGateway,
+        RequestFilter::Method(http::Method::PUT),
+    );
+    let put_result = client
+        .put_object()
+        .bucket(BUCKET)
+        .key("k")
+        .body(ByteStream::from_static(b"y"))
+        .send()
+        .await;
     assert_eq!(failure(put_result).0, 502);
-    server.quirks().inject_errors(1, InjectedFailure::InternalError, RequestFilter::Any);
+    server
+        .quirks()
+        .inject_errors(1, InjectedFailure::InternalError, RequestFilter::Any);
     let listed = client.list_objects_v2().bucket(BUCKET).send().await;
     assert_eq!(failure(listed), (500, "InternalError".to_owned()));
-    client.list_objects_v2().bucket(BUCKET).send().await.expect("injections are used up");
+    client
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .expect("injections are used up");
 }
 
 #[tokio::test]
 async fn reset_mid_body_truncates_downloads_on_both_listeners() {
     let server = server().await;
-    server.backend().put_object(BUCKET, "k", "0123456789", &[]).expect("put");
+    server
+        .backend()
+        .put_object(BUCKET, "k", "0123456789", &[])
+        .expect("put");
     let client = client(&server);
 
     server.quirks().reset_mid_body(1, 3);
-    let response = client.get_object().bucket(BUCKET).key("k").send().await.expect("headers arrive");
-    assert!(response.body.collect().await.is_err(), "the body must end early");
-    assert_eq!(get(&client, "k").await, b"0123456789", "only the next download is cut");
+    let response = client
+        .get_object()
+        .bucket(BUCKET)
+        .key("k")
+        .send()
+        .await
+        .expect("headers arrive");
+    assert!(
+        response.body.collect().await.is_err(),
+        "the body must end early"
+    );
+    assert_eq!(
+        get(&client, "k").await,
+        b"0123456789",
+        "only the next download is cut"
+    );
 
     server.quirks().set_redirect_get(true);
     server.quirks().reset_mid_body(1, 3);
@@ -511,21 +920,39 @@ async fn reset_mid_body_truncates_downloads_on_both_listeners() {
         .get_object()
         .bucket(BUCKET)
         .key("k")
-        .presigned(PresigningConfig::expires_in(Duration::from_secs(60)).expect("presigning config"))
+        .presigned(
+            PresigningConfig::expires_in(Duration::from_secs(60)).expect("presigning config"),
+        )
         .await
         .expect("presign");
-    let redirect = raw_get(server.addr, presigned.uri().strip_prefix(&server.endpoint).expect("path"), &[]).await;
+    let redirect = raw_get(
+        server.addr,
+        presigned
+            .uri()
+            .strip_prefix(&server.endpoint)
+            .expect("path"),
+        &[],
+    )
+    .await;
     let location = redirect.header("location").expect("Location");
-    let cdn_path = location.strip_prefix(&format!("http://{}", server.redirect_addr)).expect("cdn path");
+    let cdn_path = location
+        .strip_prefix(&format!("http://{}", server.redirect_addr))
+        .expect("cdn path");
     let truncated = raw_get(server.redirect_addr, cdn_path, &[]).await;
-    assert_eq!((truncated.status, truncated.header("content-length")), (200, Some("10")));
+    assert_eq!(
+        (truncated.status, truncated.header("content-length")),
+        (200, Some("10"))
+    );
     assert_eq!(truncated.body, b"012");
 }
 
 #[tokio::test]
 async fn stall_body_pauses_mid_download() {
     let server = server().await;
-    server.backend().put_object(BUCKET, "k", "0123456789", &[]).expect("put");
+    server
+        .backend()
+        .put_object(BUCKET, "k", "0123456789", &[])
+        .expect("put");
     let stall = Duration::from_millis(300);
     server.quirks().stall_body(1, 4, stall);
     let started = Instant::now();
@@ -537,19 +964,39 @@ async fn stall_body_pauses_mid_download() {
 async fn repeat_continuation_token_echoes_each_token_once() {
     let server = server().await;
     for key in ["k1", "k2", "k3"] {
-        server.backend().put_object(BUCKET, key, "x", &[]).expect("put");
+        server
+            .backend()
+            .put_object(BUCKET, key, "x", &[])
+            .expect("put");
     }
     server.quirks().set_repeat_continuation_token(true);
     let client = client(&server);
-    let list = |token: Option<String>| client.list_objects_v2().bucket(BUCKET).max_keys(2).set_continuation_token(token).send();
+    let list = |token: Option<String>| {
+        client
+            .list_objects_v2()
+            .bucket(BUCKET)
+            .max_keys(2)
+            .set_continuation_token(token)
+            .send()
+    };
 
     let first = list(None).await.expect("first page");
-    let token = first.next_continuation_token().expect("truncated").to_owned();
+    let token = first
+        .next_continuation_token()
+        .expect("truncated")
+        .to_owned();
     let echoed = list(Some(token.clone())).await.expect("echo page");
-    assert_eq!((echoed.key_count(), echoed.is_truncated()), (Some(0), Some(true)));
+    assert_eq!(
+        (echoed.key_count(), echoed.is_truncated()),
+        (Some(0), Some(true))
+    );
     assert_eq!(echoed.next_continuation_token(), Some(token.as_str()));
     let second = list(Some(token)).await.expect("second page");
-    let keys: Vec<_> = second.contents().iter().filter_map(|object| object.key()).collect();
+    let keys: Vec<_> = second
+        .contents()
+        .iter()
+        .filter_map(|object| object.key())
+        .collect();
     assert_eq!((keys, second.is_truncated()), (vec!["k3"], Some(false)));
 }
 
@@ -559,19 +1006,39 @@ async fn latency_delays_every_answer() {
     let latency = Duration::from_millis(200);
     server.quirks().set_latency(latency);
     let started = Instant::now();
-    client(&server).head_bucket().bucket(BUCKET).send().await.expect("head bucket");
+    client(&server)
+        .head_bucket()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .expect("head bucket");
     assert!(started.elapsed() >= latency);
 }
 
 #[tokio::test]
 async fn volume_full_refuses_writes_with_507() {
     let server = server().await;
-    server.backend().put_object(BUCKET, "k", "x", &[]).expect("put");
+    server
+        .backend()
+        .put_object(BUCKET, "k", "x", &[])
+        .expect("put");
     server.quirks().set_volume_full(true);
     let client = client(&server);
-    let put_result = client.put_object().bucket(BUCKET).key("new").body(ByteStream::from_static(b"x")).send().await;
+    let put_result = client
+        .put_object()
+        .bucket(BUCKET)
+        .key("new")
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await;
     assert_eq!(failure(put_result), (507, "InsufficientStorage".to_owned()));
-    let copy = client.copy_object().bucket(BUCKET).key("copy").copy_source(format!("{BUCKET}/k")).send().await;
+    let copy = client
+        .copy_object()
+        .bucket(BUCKET)
+        .key("copy")
+        .copy_source(format!("{BUCKET}/k"))
+        .send()
+        .await;
     assert_eq!(failure(copy), (507, "InsufficientStorage".to_owned()));
     assert_eq!(get(&client, "k").await, b"x", "reads still work");
     server.quirks().clear();
@@ -582,8 +1049,14 @@ async fn volume_full_refuses_writes_with_507() {
 fn start_blocking_serves_synchronous_callers_until_dropped() {
     let server = start_blocking(ServerConfig::default());
     server.backend().create_bucket(BUCKET);
-    server.backend().put_object(BUCKET, "k", "sync", &[]).expect("put");
-    let client_runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    server
+        .backend()
+        .put_object(BUCKET, "k", "sync", &[])
+        .expect("put");
+    let client_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let body = client_runtime.block_on(get(&client(&server), "k"));
     assert_eq!(body, b"sync");
 
@@ -591,7 +1064,10 @@ fn start_blocking_serves_synchronous_callers_until_dropped() {
     server.shutdown();
     let deadline = Instant::now() + Duration::from_secs(2);
     while std::net::TcpStream::connect(addr).is_ok() {
-        assert!(Instant::now() < deadline, "the listener must close after shutdown");
+        assert!(
+            Instant::now() < deadline,
+            "the listener must close after shutdown"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }

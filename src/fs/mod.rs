@@ -3,14 +3,22 @@
 
 pub mod attr;
 mod blocks;
+mod content;
 mod dir;
+mod dirty;
 mod names;
+mod namespace;
+mod ranges;
 mod readahead;
 pub mod tree;
+mod upload;
+mod write;
 
 pub use attr::{Attr, Defaults, Kind};
 pub use dir::DirEntry;
+pub use namespace::Caller;
 pub use tree::ROOT_INO;
+pub use write::{DirtyReport, SetAttr};
 
 use crate::provider::Resolved;
 use crate::store::{ListRequest, ObjectStore, StoreError};
@@ -22,7 +30,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+use content::MemoryBudget;
+use dirty::FileData;
+use std::collections::HashSet;
+use std::path::PathBuf;
 use tree::{Seen, Tree};
+use upload::Uploader;
 
 /// An errno value, positive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +55,10 @@ pub struct FsConfig {
     pub initial_prefetch: u64,
     /// Largest prefetch window.
     pub max_prefetch: u64,
+    /// Staging files for dirty data that does not fit the memory budget.
+    pub cache_dir: PathBuf,
+    /// close() waits for the upload and returns its error; false defers it.
+    pub upload_on_close: bool,
 }
 
 impl Default for FsConfig {
@@ -54,15 +71,28 @@ impl Default for FsConfig {
             block_size: 1 << 20,
             initial_prefetch: 1 << 20,
             max_prefetch: 64 << 20,
+            cache_dir: std::env::temp_dir().join("s3vol"),
+            upload_on_close: true,
         }
     }
 }
 
-/// A file open for reading: the object version fixed at open.
+/// An open file handle.
 struct OpenFile {
     ino: u64,
-    object: ObjectVersion,
+    /// The object version reads see (fixed at open; moved by rename and our uploads).
+    object: Mutex<ObjectVersion>,
     readahead: Mutex<ReadAhead>,
+    writable: bool,
+    append: bool,
+}
+
+/// How a file is opened.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenMode {
+    pub write: bool,
+    pub truncate: bool,
+    pub append: bool,
 }
 
 /// What `open` tells the kernel.
@@ -96,9 +126,27 @@ pub struct Fs {
     tree: Mutex<Tree>,
     blocks: Arc<BlockCache>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Open handles per inode.
+    open_counts: Mutex<HashMap<u64, usize>>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>>,
+    /// Files with local changes (or open for writing), by inode.
+    data: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<FileData>>>>,
+    /// Unlinked while open: deleted from the bucket at the last close, hidden until then.
+    pending_deletes: Mutex<HashMap<u64, String>>,
+    hidden_keys: Mutex<HashSet<String>>,
+    uploader: Uploader,
+    dirty_budget: Arc<MemoryBudget>,
+    /// Uploads deferred by `upload_on_close = false`, and those that failed.
+    background: BackgroundUploads,
     next_fh: AtomicU64,
     pub stats: FsStats,
+}
+
+#[derive(Default)]
+struct BackgroundUploads {
+    pending: AtomicU64,
+    failed: AtomicU64,
+    idle: tokio::sync::Notify,
 }
 
 /// A snapshot of cache use, for `s3vol status`.
@@ -114,21 +162,27 @@ pub struct CacheReport {
 
 impl Fs {
     pub fn new(store: Arc<dyn ObjectStore>, resolved: Resolved, config: FsConfig) -> Fs {
-        // Reads get the memory budget; a GET fetches up to 8 blocks at once.
-        let blocks = BlockCache::new(
-            store.clone(),
-            config.memory_limit,
-            config.block_size,
-            8 * config.block_size,
-        );
+        // The memory limit is shared: half for cached blocks, a quarter for dirty data
+        // held in memory, a quarter for upload parts in flight. A GET fetches up to 8
+        // blocks at once.
+        let quarter = config.memory_limit / 4;
+        let blocks = BlockCache::new(store.clone(), 2 * quarter, config.block_size, 8 * config.block_size);
         let tree = Tree::new(&resolved.prefix, config.defaults);
+        let uploader = Uploader::new(store.clone(), resolved.clone(), blocks.clone(), quarter);
         Fs {
             store,
             resolved,
             tree: Mutex::new(tree),
             blocks,
             files: Mutex::new(HashMap::new()),
+            open_counts: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
+            data: Mutex::new(HashMap::new()),
+            pending_deletes: Mutex::new(HashMap::new()),
+            hidden_keys: Mutex::new(HashSet::new()),
+            uploader,
+            dirty_budget: MemoryBudget::new(quarter, quarter.min(8 << 20)),
+            background: BackgroundUploads::default(),
             next_fh: AtomicU64::new(1),
             stats: FsStats::default(),
             config,
@@ -277,6 +331,9 @@ impl Fs {
             return Ok(Some((seen, None)));
         }
         let head = head.map_err(|e| self.fail("HEAD", &key, e))?;
+        if self.hidden_keys.lock().unwrap().contains(&key) {
+            return Ok(None);
+        }
         let listed = page.objects.iter().find(|o| o.key == key);
         let meta = match (head, listed) {
             (Some(h), _) => Some((h.clone(), Some(h.metadata))),
@@ -402,7 +459,13 @@ impl Fs {
         } else if s.state == ListState::More || s.state == ListState::Start {
             self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
             let page = self.store.list_page(&s.request()).await.map_err(|e| self.fail("LIST", &s.key, e))?;
-            let seen = dir::page_entries(&s.key, &page, self.resolved.profile.hidden_prefixes);
+            let mut seen = dir::page_entries(&s.key, &page, self.resolved.profile.hidden_prefixes);
+            {
+                let hidden = self.hidden_keys.lock().unwrap();
+                if !hidden.is_empty() {
+                    seen.retain(|e| !hidden.contains(&format!("{}{}", s.key, e.name)));
+                }
+            }
             let mut tree = self.tree();
             let mut entries = Vec::with_capacity(seen.len());
             for e in &seen {
@@ -444,38 +507,69 @@ impl Fs {
         Ok(())
     }
 
-    pub async fn open(&self, ino: u64, write: bool) -> FsResult<Opened> {
-        if write && self.config.read_only {
+    /// Opens a file. Writable opens share one [`FileData`] per inode; `truncate` is O_TRUNC.
+    pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<Opened> {
+        if mode.write && self.config.read_only {
             return Err(Errno(libc::EROFS));
         }
-        if write {
-            return Err(Errno(libc::EROFS));
-        }
-        let (key, kind, fresh) = {
+        let (key, kind, fresh, local) = {
             let tree = self.tree();
             let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
-            (n.key.clone(), n.attr.kind, n.fresh_until > Instant::now() && n.etag.is_some())
+            (n.key.clone(), n.attr.kind, n.fresh_until > Instant::now() && n.etag.is_some(), n.local)
         };
         if kind == Kind::Dir {
             return Err(Errno(libc::EISDIR));
         }
-        if !fresh {
+        let has_data = self.data.lock().unwrap().contains_key(&ino);
+        if !fresh && !local && !has_data {
             self.refresh_file(ino, &key).await?;
         }
         let (object, keep_cache) = {
             let mut tree = self.tree();
             let n = tree.get_mut(ino).ok_or(Errno(libc::ENOENT))?;
             let etag = n.etag.clone().unwrap_or_default();
-            let keep = n.kernel_cache_etag.as_deref() == Some(etag.as_str());
+            let keep = !has_data && n.kernel_cache_etag.as_deref() == Some(etag.as_str());
             n.kernel_cache_etag = Some(etag.clone());
             let object = ObjectVersion { key: Arc::from(key.as_str()), etag: Arc::from(etag.as_str()), size: n.attr.size };
             (object, keep)
         };
+        if mode.write {
+            let data = self.file_data(ino, &object, local);
+            if mode.truncate {
+                self.truncate_data(ino, &data, 0).await?;
+            }
+        }
+        Ok(self.new_handle(ino, object, mode, keep_cache))
+    }
+
+    fn new_handle(&self, ino: u64, object: ObjectVersion, mode: OpenMode, keep_cache: bool) -> Opened {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let readahead = ReadAhead::new(self.config.initial_prefetch, self.max_window());
-        let file = Arc::new(OpenFile { ino, object, readahead: Mutex::new(readahead) });
+        let file = Arc::new(OpenFile {
+            ino,
+            object: Mutex::new(object),
+            readahead: Mutex::new(readahead),
+            writable: mode.write,
+            append: mode.append,
+        });
         self.files.lock().unwrap().insert(fh, file);
-        Ok(Opened { fh, keep_cache })
+        *self.open_counts.lock().unwrap().entry(ino).or_default() += 1;
+        Opened { fh, keep_cache }
+    }
+
+    /// The inode's local data, created over `object` (or empty for a file that exists
+    /// only locally).
+    fn file_data(&self, ino: u64, object: &ObjectVersion, local_only: bool) -> Arc<tokio::sync::Mutex<FileData>> {
+        let mut data = self.data.lock().unwrap();
+        data.entry(ino)
+            .or_insert_with(|| {
+                let base = (!local_only && !object.etag.is_empty()).then(|| object.clone());
+                let mut f = FileData::new(object.key.to_string(), base, self.dirty_budget.clone());
+                // A file that exists only here must reach the bucket even if empty.
+                f.dirty = local_only;
+                Arc::new(tokio::sync::Mutex::new(f))
+            })
+            .clone()
     }
 
     /// The prefetch window is capped so that a few sequential readers cannot evict each
@@ -484,11 +578,22 @@ impl Fs {
         self.config.max_prefetch.min(self.config.memory_limit / 8).max(self.config.block_size)
     }
 
+    fn handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
+        self.files.lock().unwrap().get(&fh).cloned().ok_or(Errno(libc::EBADF))
+    }
+
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        let file = self.files.lock().unwrap().get(&fh).cloned().ok_or(Errno(libc::EBADF))?;
-        let prefetch_end = file.readahead.lock().unwrap().on_read(offset, u64::from(size));
+        let file = self.handle(fh)?;
         let range = offset..offset.saturating_add(u64::from(size));
-        match self.blocks.read(&file.object, range, prefetch_end).await {
+        let data = self.data.lock().unwrap().get(&file.ino).cloned();
+        if let Some(data) = data {
+            let f = data.lock().await;
+            let key = f.key.clone();
+            return f.read(range, &self.blocks).await.map(Bytes::from).map_err(|e| self.fail("read", &key, e));
+        }
+        let prefetch_end = file.readahead.lock().unwrap().on_read(offset, u64::from(size));
+        let object = file.object.lock().unwrap().clone();
+        match self.blocks.read(&object, range, prefetch_end).await {
             Ok(data) => Ok(data),
             Err(e) => {
                 if e == StoreError::PreconditionFailed {
@@ -498,13 +603,43 @@ impl Fs {
                         n.kernel_cache_etag = None;
                     }
                 }
-                Err(self.fail("read", &file.object.key, e))
+                Err(self.fail("read", &object.key, e))
             }
         }
     }
 
-    pub fn release(&self, fh: u64) {
-        self.files.lock().unwrap().remove(&fh);
+    /// The last close of a handle. Clean local data is dropped with the last handle; a file
+    /// unlinked while open is deleted from the bucket now.
+    pub async fn release(&self, fh: u64) {
+        let Some(file) = self.files.lock().unwrap().remove(&fh) else { return };
+        let last = {
+            let mut counts = self.open_counts.lock().unwrap();
+            let n = counts.entry(file.ino).or_default();
+            *n = n.saturating_sub(1);
+            let last = *n == 0;
+            if last {
+                counts.remove(&file.ino);
+            }
+            last
+        };
+        if !last {
+            return;
+        }
+        let pending_delete = self.pending_deletes.lock().unwrap().remove(&file.ino);
+        if let Some(key) = pending_delete {
+            self.data.lock().unwrap().remove(&file.ino);
+            if let Err(e) = self.store.delete(&key).await {
+                self.fail("delete", &key, e);
+            }
+            self.hidden_keys.lock().unwrap().remove(&key);
+            return;
+        }
+        let data = self.data.lock().unwrap().get(&file.ino).cloned();
+        if let Some(data) = data
+            && !data.lock().await.dirty
+        {
+            self.data.lock().unwrap().remove(&file.ino);
+        }
     }
 
     pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {

@@ -202,6 +202,87 @@ impl Tree {
         }
     }
 
+    /// Removes `name` from `parent`'s children (the node stays for open handles) and
+    /// remembers it as missing.
+    pub fn remove_child(&mut self, parent: u64, name: &str, until: Instant) -> Option<u64> {
+        let ino = self.nodes.get_mut(&parent)?.children.remove(name)?;
+        self.negative.insert((parent, name.to_string()), until);
+        if let Some(n) = self.nodes.get(&ino) {
+            let key = n.key.clone();
+            if self.by_key.get(&key) == Some(&ino) {
+                self.by_key.remove(&key);
+            }
+        }
+        Some(ino)
+    }
+
+    /// Moves `ino` to `new_parent`/`new_name`, replacing what was there, and rewrites the
+    /// keys of every cached descendant. Inode numbers do not change.
+    pub fn move_node(&mut self, ino: u64, new_parent: u64, new_name: &str) -> Option<()> {
+        let (old_parent, old_name, old_key, kind) = {
+            let n = self.nodes.get(&ino)?;
+            (n.parent, n.name.clone(), n.key.clone(), n.attr.kind)
+        };
+        let new_key = self.child_key(new_parent, new_name, kind)?;
+        if let Some(p) = self.nodes.get_mut(&old_parent)
+            && p.children.get(&old_name) == Some(&ino)
+        {
+            p.children.remove(&old_name);
+        }
+        if let Some(replaced) = self.nodes.get_mut(&new_parent)?.children.insert(new_name.to_string(), ino)
+            && replaced != ino
+            && let Some(r) = self.nodes.get(&replaced)
+        {
+            let key = r.key.clone();
+            self.by_key.remove(&key);
+        }
+        self.negative.remove(&(new_parent, new_name.to_string()));
+        let n = self.nodes.get_mut(&ino)?;
+        n.parent = new_parent;
+        n.name = new_name.to_string();
+        self.rekey(ino, &old_key, &new_key);
+        Some(())
+    }
+
+    fn rekey(&mut self, ino: u64, old_prefix: &str, new_prefix: &str) {
+        let mut stack = vec![ino];
+        while let Some(i) = stack.pop() {
+            let Some(n) = self.nodes.get_mut(&i) else { continue };
+            let Some(rest) = n.key.strip_prefix(old_prefix) else { continue };
+            let new_key = format!("{new_prefix}{rest}");
+            let old_key = std::mem::replace(&mut n.key, new_key.clone());
+            stack.extend(n.children.values().copied());
+            if self.by_key.get(&old_key) == Some(&i) {
+                self.by_key.remove(&old_key);
+            }
+            self.by_key.insert(new_key, i);
+        }
+    }
+
+    /// Every cached node at or under `ino`.
+    pub fn descendants(&self, ino: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut stack = vec![ino];
+        while let Some(i) = stack.pop() {
+            out.push(i);
+            if let Some(n) = self.nodes.get(&i) {
+                stack.extend(n.children.values().copied());
+            }
+        }
+        out
+    }
+
+    /// Marks the ancestors of `ino` as existing in the bucket (a file was uploaded under
+    /// them), the root excepted.
+    pub fn mark_ancestors_remote(&mut self, ino: u64) {
+        let mut at = self.nodes.get(&ino).map(|n| n.parent);
+        while let Some(p) = at.filter(|p| *p != ROOT_INO) {
+            let Some(n) = self.nodes.get_mut(&p) else { break };
+            n.local = false;
+            at = Some(n.parent);
+        }
+    }
+
     /// Drops cached knowledge of `parent`'s listing (after a change made through the mount).
     pub fn invalidate_listing(&mut self, parent: u64) {
         if let Some(p) = self.nodes.get_mut(&parent) {
@@ -234,6 +315,20 @@ mod tests {
         assert_eq!(t.upsert(ROOT_INO, &seen("a", Kind::File), later), Some(f));
         assert_eq!(t.cached_lookup(ROOT_INO, "a", Instant::now()), Some(Some(d)));
         assert_eq!(t.upsert(ROOT_INO, &seen("a", Kind::Dir), later), Some(d));
+    }
+
+    #[test]
+    fn moving_a_directory_rekeys_its_descendants() {
+        let mut t = Tree::new("", defaults());
+        let later = Instant::now() + Duration::from_secs(5);
+        let d = t.upsert(ROOT_INO, &seen("d", Kind::Dir), later).unwrap();
+        let f = t.upsert(d, &seen("f", Kind::File), later).unwrap();
+        let e = t.upsert(ROOT_INO, &seen("e", Kind::Dir), later).unwrap();
+        t.move_node(d, e, "x").unwrap();
+        assert_eq!(t.get(f).unwrap().key, "e/x/f");
+        assert_eq!(t.cached_lookup(e, "x", Instant::now()), Some(Some(d)));
+        assert_eq!(t.get(ROOT_INO).unwrap().children.get("d"), None);
+        assert_eq!(t.descendants(e).len(), 3);
     }
 
     #[test]

@@ -30,7 +30,11 @@ pub struct StoredObject {
 }
 
 impl StoredObject {
-    pub(crate) fn new(body: Bytes, content_type: Option<String>, metadata: BTreeMap<String, String>) -> Self {
+    pub(crate) fn new(
+        body: Bytes,
+        content_type: Option<String>,
+        metadata: BTreeMap<String, String>,
+    ) -> Self {
         Self::with_etag(to_hex(&Md5::checksum(&body)), body, content_type, metadata)
     }
 
@@ -40,7 +44,13 @@ impl StoredObject {
         content_type: Option<String>,
         metadata: BTreeMap<String, String>,
     ) -> Self {
-        Self { body, etag, last_modified: SystemTime::now(), content_type, metadata }
+        Self {
+            body,
+            etag,
+            last_modified: SystemTime::now(),
+            content_type,
+            metadata,
+        }
     }
 
     pub(crate) fn size(&self) -> u64 {
@@ -58,7 +68,11 @@ pub(crate) struct StoredPart {
 
 impl StoredPart {
     pub(crate) fn new(body: Bytes) -> Self {
-        Self { md5: Md5::checksum(&body), body, last_modified: SystemTime::now() }
+        Self {
+            md5: Md5::checksum(&body),
+            body,
+            last_modified: SystemTime::now(),
+        }
     }
 
     pub(crate) fn etag(&self) -> String {
@@ -115,7 +129,10 @@ pub struct MemoryBackend {
 
 impl MemoryBackend {
     pub(crate) fn new(min_part_size: u64) -> Self {
-        Self { buckets: Mutex::default(), min_part_size }
+        Self {
+            buckets: Mutex::default(),
+            min_part_size,
+        }
     }
 
     /// Creates `bucket`; false if it already existed.
@@ -125,7 +142,14 @@ impl MemoryBackend {
             return false;
         }
         let created = SystemTime::now();
-        buckets.insert(bucket.to_owned(), Bucket { created, objects: BTreeMap::new(), uploads: HashMap::new() });
+        buckets.insert(
+            bucket.to_owned(),
+            Bucket {
+                created,
+                objects: BTreeMap::new(),
+                uploads: HashMap::new(),
+            },
+        );
         true
     }
 
@@ -138,11 +162,16 @@ impl MemoryBackend {
         body: impl Into<Bytes>,
         metadata: &[(&str, &str)],
     ) -> Result<String, BackendError> {
-        let metadata = metadata.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())).collect();
+        let metadata = metadata
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
         let object = StoredObject::new(body.into(), None, metadata);
         let etag = object.etag.clone();
         let mut buckets = lock(&self.buckets);
-        let bucket = buckets.get_mut(bucket).ok_or_else(|| BackendError::NoSuchBucket(bucket.to_owned()))?;
+        let bucket = buckets
+            .get_mut(bucket)
+            .ok_or_else(|| BackendError::NoSuchBucket(bucket.to_owned()))?;
         bucket.objects.insert(key.to_owned(), object);
         Ok(etag)
     }
@@ -160,7 +189,10 @@ impl MemoryBackend {
 
     /// All keys of `bucket` in S3 order (empty if the bucket does not exist).
     pub fn keys(&self, bucket: &str) -> Vec<String> {
-        lock(&self.buckets).get(bucket).map(|bucket| bucket.objects.keys().cloned().collect()).unwrap_or_default()
+        lock(&self.buckets)
+            .get(bucket)
+            .map(|bucket| bucket.objects.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Keys of the multipart uploads of `bucket` neither completed nor aborted, sorted.
@@ -168,7 +200,13 @@ impl MemoryBackend {
         let buckets = lock(&self.buckets);
         let mut keys: Vec<String> = buckets
             .get(bucket)
-            .map(|bucket| bucket.uploads.values().map(|upload| upload.key.clone()).collect())
+            .map(|bucket| {
+                bucket
+                    .uploads
+                    .values()
+                    .map(|upload| upload.key.clone())
+                    .collect()
+            })
             .unwrap_or_default();
         keys.sort();
         keys
@@ -179,8 +217,14 @@ impl MemoryBackend {
     }
 
     /// Runs `f` on `bucket` under the store lock; `NoSuchBucket` if it does not exist.
-    pub(crate) fn with_bucket<T>(&self, bucket: &str, f: impl FnOnce(&mut Bucket) -> S3Result<T>) -> S3Result<T> {
-        f(lock(&self.buckets).get_mut(bucket).ok_or_else(no_such_bucket)?)
+    pub(crate) fn with_bucket<T>(
+        &self,
+        bucket: &str,
+        f: impl FnOnce(&mut Bucket) -> S3Result<T>,
+    ) -> S3Result<T> {
+        f(lock(&self.buckets)
+            .get_mut(bucket)
+            .ok_or_else(no_such_bucket)?)
     }
 
     /// Runs `f` on all buckets under the store lock (bucket-level and cross-bucket operations).

@@ -14,7 +14,9 @@ use s3s::StdError;
 pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, StdError>;
 
 pub(crate) fn full(bytes: Bytes) -> ResponseBody {
-    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 pub(crate) fn empty() -> ResponseBody {
@@ -22,7 +24,11 @@ pub(crate) fn empty() -> ResponseBody {
 }
 
 /// An S3-style XML error, as real providers and gateways in front of them answer.
-pub(crate) fn s3_error_response(status: StatusCode, code: &str, message: &str) -> Response<ResponseBody> {
+pub(crate) fn s3_error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+) -> Response<ResponseBody> {
     let xml = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message></Error>",
         xml_escape(code),
@@ -30,9 +36,10 @@ pub(crate) fn s3_error_response(status: StatusCode, code: &str, message: &str) -
     );
     let mut response = Response::new(full(Bytes::from(xml)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/xml"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/xml"),
+    );
     response
 }
 
@@ -62,6 +69,9 @@ impl BodyFault {
     }
 }
 
+/// How long a reset waits for the bytes sent before it to leave the server.
+const FLUSH_GRACE: Duration = Duration::from_millis(20);
+
 struct FaultyBody {
     inner: ResponseBody,
     fault: Option<BodyFault>,
@@ -72,7 +82,12 @@ struct FaultyBody {
 }
 
 pub(crate) fn with_fault(inner: ResponseBody, fault: BodyFault) -> ResponseBody {
-    let state = FaultyBody { inner, fault: Some(fault), budget: fault.after_bytes(), held_back: None };
+    let state = FaultyBody {
+        inner,
+        fault: Some(fault),
+        budget: fault.after_bytes(),
+        held_back: None,
+    };
     StreamBody::new(stream::unfold(state, next_frame)).boxed_unsync()
 }
 
@@ -80,7 +95,13 @@ async fn next_frame(mut body: FaultyBody) -> Option<(Result<Frame<Bytes>, StdErr
     if let Some(rest) = body.held_back.take() {
         match body.fault.take() {
             Some(BodyFault::Reset { .. }) => {
-                let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected mid-body reset");
+                // hyper drops its unsent buffer when a body fails: give it time to
+                // flush the allowed bytes (and the headers) to the client first.
+                tokio::time::sleep(FLUSH_GRACE).await;
+                let reset = std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "injected mid-body reset",
+                );
                 return Some((Err(reset.into()), body));
             }
             Some(BodyFault::Stall { stall, .. }) => tokio::time::sleep(stall).await,
@@ -116,7 +137,9 @@ mod tests {
         let mut bytes = Vec::new();
         while let Some(frame) = body.frame().await {
             match frame {
-                Ok(frame) => bytes.extend_from_slice(frame.data_ref().map_or(&[][..], |data| &data[..])),
+                Ok(frame) => {
+                    bytes.extend_from_slice(frame.data_ref().map_or(&[][..], |data| &data[..]))
+                }
                 Err(_) => return (bytes, true),
             }
         }
@@ -125,20 +148,32 @@ mod tests {
 
     #[tokio::test]
     async fn reset_sends_exactly_the_budget_then_fails() {
-        let body = with_fault(full(Bytes::from_static(b"0123456789")), BodyFault::Reset { after_bytes: 4 });
+        let body = with_fault(
+            full(Bytes::from_static(b"0123456789")),
+            BodyFault::Reset { after_bytes: 4 },
+        );
         assert_eq!(collect(body).await, (b"0123".to_vec(), true));
     }
 
     #[tokio::test]
     async fn reset_at_zero_bytes_fails_immediately() {
-        let body = with_fault(full(Bytes::from_static(b"0123456789")), BodyFault::Reset { after_bytes: 0 });
+        let body = with_fault(
+            full(Bytes::from_static(b"0123456789")),
+            BodyFault::Reset { after_bytes: 0 },
+        );
         assert_eq!(collect(body).await, (Vec::new(), true));
     }
 
     #[tokio::test]
     async fn stall_delivers_everything_after_pausing() {
         let stall = Duration::from_millis(50);
-        let body = with_fault(full(Bytes::from_static(b"0123456789")), BodyFault::Stall { after_bytes: 3, stall });
+        let body = with_fault(
+            full(Bytes::from_static(b"0123456789")),
+            BodyFault::Stall {
+                after_bytes: 3,
+                stall,
+            },
+        );
         let started = std::time::Instant::now();
         assert_eq!(collect(body).await, (b"0123456789".to_vec(), false));
         assert!(started.elapsed() >= stall);

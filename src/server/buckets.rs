@@ -1,9 +1,10 @@
 //! Bucket operations: create, head, list buckets, delete, and both object listings.
 
 use s3s::dto::{
-    Bucket, CommonPrefix, CreateBucketInput, CreateBucketOutput, DeleteBucketInput, DeleteBucketOutput, EncodingType,
-    HeadBucketInput, HeadBucketOutput, ListBucketsInput, ListBucketsOutput, ListObjectsInput, ListObjectsOutput,
-    ListObjectsV2Input, ListObjectsV2Output, Object,
+    Bucket, CommonPrefix, CreateBucketInput, CreateBucketOutput, DeleteBucketInput,
+    DeleteBucketOutput, EncodingType, HeadBucketInput, HeadBucketOutput, ListBucketsInput,
+    ListBucketsOutput, ListObjectsInput, ListObjectsOutput, ListObjectsV2Input,
+    ListObjectsV2Output, Object,
 };
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
@@ -25,12 +26,18 @@ pub(crate) fn create_bucket(
     Ok(S3Response::new(CreateBucketOutput::default()))
 }
 
-pub(crate) fn head_bucket(backend: &MemoryBackend, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
+pub(crate) fn head_bucket(
+    backend: &MemoryBackend,
+    req: S3Request<HeadBucketInput>,
+) -> S3Result<S3Response<HeadBucketOutput>> {
     backend.with_bucket(&req.input.bucket, |_| Ok(()))?;
     Ok(S3Response::new(HeadBucketOutput::default()))
 }
 
-pub(crate) fn list_buckets(backend: &MemoryBackend, _req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
+pub(crate) fn list_buckets(
+    backend: &MemoryBackend,
+    _req: S3Request<ListBucketsInput>,
+) -> S3Result<S3Response<ListBucketsOutput>> {
     let buckets = backend.with_buckets(|buckets| {
         buckets
             .iter()
@@ -41,7 +48,10 @@ pub(crate) fn list_buckets(backend: &MemoryBackend, _req: S3Request<ListBucketsI
             })
             .collect()
     });
-    Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), ..Default::default() }))
+    Ok(S3Response::new(ListBucketsOutput {
+        buckets: Some(buckets),
+        ..Default::default()
+    }))
 }
 
 pub(crate) fn delete_bucket(
@@ -63,10 +73,17 @@ pub(crate) fn list_objects_v2(
     backend: &MemoryBackend,
     req: S3Request<ListObjectsV2Input>,
 ) -> S3Result<S3Response<ListObjectsV2Output>> {
-    let S3Request { input, extensions, .. } = req;
-    let resume_after = input.continuation_token.as_deref().map(decode_token).transpose()?;
+    let S3Request {
+        input, extensions, ..
+    } = req;
+    let resume_after = input
+        .continuation_token
+        .as_deref()
+        .map(decode_token)
+        .transpose()?;
     // Emulated Runpod quirk: an empty page that hands the same token back.
-    let echo_token = directives(&extensions).echo_continuation_token && input.continuation_token.is_some();
+    let echo_token =
+        directives(&extensions).echo_continuation_token && input.continuation_token.is_some();
     let query = ListQuery {
         prefix: input.prefix.as_deref().unwrap_or(""),
         delimiter: input.delimiter.as_deref(),
@@ -75,23 +92,34 @@ pub(crate) fn list_objects_v2(
     };
     let names = Names::new(input.encoding_type.as_ref());
     let page = backend.with_bucket(&input.bucket, |bucket| {
-        Ok(if echo_token { Page::default() } else { Page::render(listing::list(&bucket.objects, &query), &names) })
+        Ok(if echo_token {
+            Page::default()
+        } else {
+            Page::render(listing::list(&bucket.objects, &query), &names)
+        })
     })?;
     let next_continuation_token = if echo_token {
         input.continuation_token.clone()
     } else {
-        page.resume_after.as_deref().map(|name| to_hex(name.as_bytes()))
+        page.resume_after
+            .as_deref()
+            .map(|name| to_hex(name.as_bytes()))
     };
     Ok(S3Response::new(ListObjectsV2Output {
         name: Some(input.bucket),
         prefix: Some(names.encode(query.prefix)),
         delimiter: query.delimiter.map(|delimiter| names.encode(delimiter)),
         max_keys: Some(count_field(query.max_keys)),
-        key_count: Some(count_field(page.contents.len() + page.common_prefixes.len())),
+        key_count: Some(count_field(
+            page.contents.len() + page.common_prefixes.len(),
+        )),
         is_truncated: Some(next_continuation_token.is_some()),
         next_continuation_token,
         continuation_token: input.continuation_token,
-        start_after: input.start_after.as_deref().map(|start| names.encode(start)),
+        start_after: input
+            .start_after
+            .as_deref()
+            .map(|start| names.encode(start)),
         encoding_type: input.encoding_type,
         contents: Some(page.contents),
         common_prefixes: Some(page.common_prefixes),
@@ -99,7 +127,10 @@ pub(crate) fn list_objects_v2(
     }))
 }
 
-pub(crate) fn list_objects(backend: &MemoryBackend, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
+pub(crate) fn list_objects(
+    backend: &MemoryBackend,
+    req: S3Request<ListObjectsInput>,
+) -> S3Result<S3Response<ListObjectsOutput>> {
     let input = req.input;
     let query = ListQuery {
         prefix: input.prefix.as_deref().unwrap_or(""),
@@ -108,12 +139,20 @@ pub(crate) fn list_objects(backend: &MemoryBackend, req: S3Request<ListObjectsIn
         max_keys: max_keys(input.max_keys)?,
     };
     let names = Names::new(input.encoding_type.as_ref());
-    let page = backend.with_bucket(&input.bucket, |bucket| Ok(Page::render(listing::list(&bucket.objects, &query), &names)))?;
+    let page = backend.with_bucket(&input.bucket, |bucket| {
+        Ok(Page::render(listing::list(&bucket.objects, &query), &names))
+    })?;
     Ok(S3Response::new(ListObjectsOutput {
         name: Some(input.bucket.clone()),
         prefix: Some(names.encode(query.prefix)),
         delimiter: query.delimiter.map(|delimiter| names.encode(delimiter)),
-        marker: Some(input.marker.as_deref().map(|marker| names.encode(marker)).unwrap_or_default()),
+        marker: Some(
+            input
+                .marker
+                .as_deref()
+                .map(|marker| names.encode(marker))
+                .unwrap_or_default(),
+        ),
         max_keys: Some(count_field(query.max_keys)),
         is_truncated: Some(page.resume_after.is_some()),
         next_marker: page.resume_after.as_deref().map(|name| names.encode(name)),
@@ -136,8 +175,13 @@ fn max_keys(requested: Option<i32>) -> S3Result<usize> {
 /// Continuation tokens are the hex of the name the next page resumes after: opaque to
 /// clients, safe in URLs, and stateless for the server.
 fn decode_token(token: &str) -> S3Result<String> {
-    let invalid = || s3_error!(InvalidArgument, "The continuation token provided is incorrect");
-    if token.len() % 2 != 0 || !token.is_ascii() {
+    let invalid = || {
+        s3_error!(
+            InvalidArgument,
+            "The continuation token provided is incorrect"
+        )
+    };
+    if !token.len().is_multiple_of(2) || !token.is_ascii() {
         return Err(invalid());
     }
     let bytes = (0..token.len())
@@ -155,11 +199,17 @@ struct Names {
 
 impl Names {
     fn new(encoding: Option<&EncodingType>) -> Self {
-        Self { url_encoded: encoding.is_some_and(|encoding| encoding.as_str() == EncodingType::URL) }
+        Self {
+            url_encoded: encoding.is_some_and(|encoding| encoding.as_str() == EncodingType::URL),
+        }
     }
 
     fn encode(&self, name: &str) -> String {
-        if self.url_encoded { encode_key(name) } else { name.to_owned() }
+        if self.url_encoded {
+            encode_key(name)
+        } else {
+            name.to_owned()
+        }
     }
 }
 
@@ -172,7 +222,10 @@ struct Page {
 
 impl Page {
     fn render(page: ListPage<'_, StoredObject>, names: &Names) -> Self {
-        let mut rendered = Self { resume_after: page.resume_after, ..Self::default() };
+        let mut rendered = Self {
+            resume_after: page.resume_after,
+            ..Self::default()
+        };
         for entry in page.entries {
             match entry {
                 Entry::Object(key, object) => rendered.contents.push(Object {
@@ -182,9 +235,9 @@ impl Page {
                     size: Some(size_field(object.size())),
                     ..Default::default()
                 }),
-                Entry::CommonPrefix(prefix) => rendered
-                    .common_prefixes
-                    .push(CommonPrefix { prefix: Some(names.encode(prefix)) }),
+                Entry::CommonPrefix(prefix) => rendered.common_prefixes.push(CommonPrefix {
+                    prefix: Some(names.encode(prefix)),
+                }),
             }
         }
         rendered
@@ -198,7 +251,10 @@ mod tests {
     #[test]
     fn continuation_tokens_round_trip_and_reject_garbage() {
         let name = "dir/ü x";
-        assert_eq!(decode_token(&to_hex(name.as_bytes())).ok().as_deref(), Some(name));
+        assert_eq!(
+            decode_token(&to_hex(name.as_bytes())).ok().as_deref(),
+            Some(name)
+        );
         assert!(decode_token("abc").is_err());
         assert!(decode_token("zz").is_err());
         assert!(decode_token("ü1").is_err());

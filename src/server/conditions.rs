@@ -30,21 +30,29 @@ impl Preconditions<'_> {
         let modified_at = whole_seconds(object.last_modified);
         let fails = match self.if_match {
             Some(condition) => !matches(condition, &object.etag),
-            None => self.if_unmodified_since.is_some_and(|since| modified_at > *since),
+            None => self
+                .if_unmodified_since
+                .is_some_and(|since| modified_at > *since),
         };
         if fails {
-            return Err(s3_error!(PreconditionFailed, "At least one of the pre-conditions you specified did not hold"));
+            return Err(s3_error!(
+                PreconditionFailed,
+                "At least one of the pre-conditions you specified did not hold"
+            ));
         }
         let unchanged = match self.if_none_match {
             Some(condition) => matches(condition, &object.etag),
-            None => self.if_modified_since.is_some_and(|since| modified_at <= *since),
+            None => self
+                .if_modified_since
+                .is_some_and(|since| modified_at <= *since),
         };
         match (unchanged, on_unchanged) {
             (false, _) => Ok(()),
             (true, OnUnchanged::NotModified) => Err(s3_error!(NotModified)),
-            (true, OnUnchanged::PreconditionFailed) => {
-                Err(s3_error!(PreconditionFailed, "At least one of the pre-conditions you specified did not hold"))
-            }
+            (true, OnUnchanged::PreconditionFailed) => Err(s3_error!(
+                PreconditionFailed,
+                "At least one of the pre-conditions you specified did not hold"
+            )),
         }
     }
 }
@@ -59,13 +67,19 @@ pub(crate) fn check_write(
     if let Some(condition) = if_match {
         let existing = existing.ok_or_else(|| s3_error!(NoSuchKey))?;
         if !matches(condition, &existing.etag) {
-            return Err(s3_error!(PreconditionFailed, "the object's ETag does not match If-Match"));
+            return Err(s3_error!(
+                PreconditionFailed,
+                "the object's ETag does not match If-Match"
+            ));
         }
     }
     if let (Some(condition), Some(existing)) = (if_none_match, existing)
         && matches(condition, &existing.etag)
     {
-        return Err(s3_error!(PreconditionFailed, "the object already exists (If-None-Match)"));
+        return Err(s3_error!(
+            PreconditionFailed,
+            "the object already exists (If-None-Match)"
+        ));
     }
     Ok(())
 }
@@ -79,7 +93,10 @@ fn matches(condition: &ETagCondition, etag: &str) -> bool {
 
 /// HTTP dates have whole seconds, so comparisons with them must ignore sub-seconds.
 fn whole_seconds(time: SystemTime) -> Timestamp {
-    let seconds = time.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let seconds = time
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     Timestamp::from(UNIX_EPOCH + Duration::from_secs(seconds))
 }
 
@@ -111,16 +128,34 @@ mod tests {
         let current = etag(&object.etag);
         let other = etag("0123");
         let check = |pre: Preconditions<'_>| code(pre.check(&object, OnUnchanged::NotModified));
-        assert_eq!(check(Preconditions { if_match: Some(&current), ..Default::default() }), None);
         assert_eq!(
-            check(Preconditions { if_match: Some(&other), ..Default::default() }),
+            check(Preconditions {
+                if_match: Some(&current),
+                ..Default::default()
+            }),
+            None
+        );
+        assert_eq!(
+            check(Preconditions {
+                if_match: Some(&other),
+                ..Default::default()
+            }),
             Some(S3ErrorCode::PreconditionFailed)
         );
         assert_eq!(
-            check(Preconditions { if_none_match: Some(&current), ..Default::default() }),
+            check(Preconditions {
+                if_none_match: Some(&current),
+                ..Default::default()
+            }),
             Some(S3ErrorCode::NotModified)
         );
-        assert_eq!(check(Preconditions { if_none_match: Some(&other), ..Default::default() }), None);
+        assert_eq!(
+            check(Preconditions {
+                if_none_match: Some(&other),
+                ..Default::default()
+            }),
+            None
+        );
     }
 
     #[test]
@@ -129,9 +164,18 @@ mod tests {
         let any = ETagCondition::Any;
         let current = etag(&object.etag);
         assert_eq!(code(check_write(None, Some(&any), None)), None);
-        assert_eq!(code(check_write(None, Some(&any), Some(&object))), Some(S3ErrorCode::PreconditionFailed));
+        assert_eq!(
+            code(check_write(None, Some(&any), Some(&object))),
+            Some(S3ErrorCode::PreconditionFailed)
+        );
         assert_eq!(code(check_write(Some(&current), None, Some(&object))), None);
-        assert_eq!(code(check_write(Some(&etag("0123")), None, Some(&object))), Some(S3ErrorCode::PreconditionFailed));
-        assert_eq!(code(check_write(Some(&current), None, None)), Some(S3ErrorCode::NoSuchKey));
+        assert_eq!(
+            code(check_write(Some(&etag("0123")), None, Some(&object))),
+            Some(S3ErrorCode::PreconditionFailed)
+        );
+        assert_eq!(
+            code(check_write(Some(&current), None, None)),
+            Some(S3ErrorCode::NoSuchKey)
+        );
     }
 }

@@ -26,7 +26,10 @@ pub(crate) struct Front {
 }
 
 impl Front {
-    pub(crate) async fn handle(self, req: Request<Incoming>) -> Result<Response<ResponseBody>, HttpError> {
+    pub(crate) async fn handle(
+        self,
+        req: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, HttpError> {
         let call = S3Call::classify(req.method(), req.uri(), req.headers());
         self.stats.record(call.operation.name());
         tokio::time::sleep(self.quirks.latency()).await;
@@ -47,7 +50,8 @@ impl Front {
             .injected_failure(call.operation.name(), req.method())
             .or_else(|| self.quirks.rejection(call, req.headers()))
             .or_else(|| {
-                let too_large = declared_body_length(req.headers()).is_some_and(|length| length > MAX_OBJECT_SIZE);
+                let too_large = declared_body_length(req.headers())
+                    .is_some_and(|length| length > MAX_OBJECT_SIZE);
                 too_large.then(|| {
                     s3_error_response(
                         StatusCode::BAD_REQUEST,
@@ -61,8 +65,12 @@ impl Front {
     fn alter_answer(&self, call: &S3Call, response: HttpResponse) -> Response<ResponseBody> {
         let (mut parts, body) = response.into_parts();
         if self.quirks.drops_user_metadata() {
-            let user_metadata: Vec<_> =
-                parts.headers.keys().filter(|name| name.as_str().starts_with("x-amz-meta-")).cloned().collect();
+            let user_metadata: Vec<_> = parts
+                .headers
+                .keys()
+                .filter(|name| name.as_str().starts_with("x-amz-meta-"))
+                .cloned()
+                .collect();
             for name in user_metadata {
                 parts.headers.remove(name);
             }

@@ -28,7 +28,10 @@ pub(crate) struct ListPage<'a, V> {
     pub(crate) resume_after: Option<String>,
 }
 
-pub(crate) fn list<'a, V>(objects: &'a BTreeMap<String, V>, query: &ListQuery<'_>) -> ListPage<'a, V> {
+pub(crate) fn list<'a, V>(
+    objects: &'a BTreeMap<String, V>,
+    query: &ListQuery<'_>,
+) -> ListPage<'a, V> {
     let delimiter = query.delimiter.filter(|delimiter| !delimiter.is_empty());
     let start = match query.after {
         Some(after) if after >= query.prefix => Bound::Excluded(after),
@@ -42,7 +45,8 @@ pub(crate) fn list<'a, V>(objects: &'a BTreeMap<String, V>, query: &ListQuery<'_
         }
         let rolled_up = delimiter.and_then(|delimiter| {
             let rest = &key[query.prefix.len()..];
-            rest.find(delimiter).map(|at| &key[..query.prefix.len() + at + delimiter.len()])
+            rest.find(delimiter)
+                .map(|at| &key[..query.prefix.len() + at + delimiter.len()])
         });
         let name = rolled_up.unwrap_or(key);
         // Keys under a common prefix already listed (on this page or, via `after`, on
@@ -51,7 +55,10 @@ pub(crate) fn list<'a, V>(objects: &'a BTreeMap<String, V>, query: &ListQuery<'_
             continue;
         }
         if entries.len() == query.max_keys {
-            return ListPage { entries, resume_after: last_name.map(str::to_owned) };
+            return ListPage {
+                entries,
+                resume_after: last_name.map(str::to_owned),
+            };
         }
         entries.push(match rolled_up {
             Some(common_prefix) => Entry::CommonPrefix(common_prefix),
@@ -59,7 +66,10 @@ pub(crate) fn list<'a, V>(objects: &'a BTreeMap<String, V>, query: &ListQuery<'_
         });
         last_name = Some(name);
     }
-    ListPage { entries, resume_after: None }
+    ListPage {
+        entries,
+        resume_after: None,
+    }
 }
 
 #[cfg(test)]
@@ -80,8 +90,18 @@ mod tests {
             .collect()
     }
 
-    fn query<'a>(prefix: &'a str, delimiter: Option<&'a str>, after: Option<&'a str>, max_keys: usize) -> ListQuery<'a> {
-        ListQuery { prefix, delimiter, after, max_keys }
+    fn query<'a>(
+        prefix: &'a str,
+        delimiter: Option<&'a str>,
+        after: Option<&'a str>,
+        max_keys: usize,
+    ) -> ListQuery<'a> {
+        ListQuery {
+            prefix,
+            delimiter,
+            after,
+            max_keys,
+        }
     }
 
     #[test]

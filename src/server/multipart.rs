@@ -6,9 +6,10 @@ use std::time::SystemTime;
 use bytes::BytesMut;
 use s3s::crypto::{Checksum, Md5};
 use s3s::dto::{
-    AbortMultipartUploadInput, AbortMultipartUploadOutput, CompleteMultipartUploadInput, CompleteMultipartUploadOutput,
-    CopyPartResult, CreateMultipartUploadInput, CreateMultipartUploadOutput, ListMultipartUploadsInput,
-    ListMultipartUploadsOutput, ListPartsInput, ListPartsOutput, MultipartUpload, Part, Range, UploadPartCopyInput,
+    AbortMultipartUploadInput, AbortMultipartUploadOutput, CompleteMultipartUploadInput,
+    CompleteMultipartUploadOutput, CopyPartResult, CreateMultipartUploadInput,
+    CreateMultipartUploadOutput, ListMultipartUploadsInput, ListMultipartUploadsOutput,
+    ListPartsInput, ListPartsOutput, MultipartUpload, Part, Range, UploadPartCopyInput,
     UploadPartCopyOutput, UploadPartInput, UploadPartOutput,
 };
 use s3s::{S3Request, S3Response, S3Result, s3_error};
@@ -28,7 +29,9 @@ pub(crate) fn create_multipart_upload(
     backend: &MemoryBackend,
     req: S3Request<CreateMultipartUploadInput>,
 ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
-    let S3Request { input, extensions, .. } = req;
+    let S3Request {
+        input, extensions, ..
+    } = req;
     let upload_id = format!("{:032x}", fastrand::u128(..));
     let upload = Upload {
         key: input.key.clone(),
@@ -56,9 +59,14 @@ pub(crate) async fn upload_part(
     let S3Request { input, .. } = req;
     check_part_number(input.part_number)?;
     let part = StoredPart::new(collect_body(input.body).await?);
-    let output = UploadPartOutput { e_tag: etag(&part.etag()), ..Default::default() };
+    let output = UploadPartOutput {
+        e_tag: etag(&part.etag()),
+        ..Default::default()
+    };
     backend.with_bucket(&input.bucket, |bucket| {
-        upload_of(&mut bucket.uploads, &input.upload_id, &input.key)?.parts.insert(input.part_number, part);
+        upload_of(&mut bucket.uploads, &input.upload_id, &input.key)?
+            .parts
+            .insert(input.part_number, part);
         Ok(())
     })?;
     Ok(S3Response::new(output))
@@ -84,14 +92,20 @@ pub(crate) fn upload_part_copy(
         if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
     };
     let part = backend.with_buckets(|buckets| -> S3Result<StoredPart> {
-        let source = buckets.get(source_bucket).ok_or_else(no_such_bucket)?.object(source_key)?;
+        let source = buckets
+            .get(source_bucket)
+            .ok_or_else(no_such_bucket)?
+            .object(source_key)?;
         conditions.check(source, OnUnchanged::PreconditionFailed)?;
         let body = match range {
             None => source.body.clone(),
             Some(range) => {
-                let range = range
-                    .check(source.size())
-                    .map_err(|_| s3_error!(InvalidRange, "The x-amz-copy-source-range is not satisfiable"))?;
+                let range = range.check(source.size()).map_err(|_| {
+                    s3_error!(
+                        InvalidRange,
+                        "The x-amz-copy-source-range is not satisfiable"
+                    )
+                })?;
                 source.body.slice(range.start as usize..range.end as usize)
             }
         };
@@ -117,9 +131,15 @@ pub(crate) fn complete_multipart_upload(
     req: S3Request<CompleteMultipartUploadInput>,
 ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
     let input = req.input;
-    let requested = input.multipart_upload.and_then(|upload| upload.parts).unwrap_or_default();
+    let requested = input
+        .multipart_upload
+        .and_then(|upload| upload.parts)
+        .unwrap_or_default();
     if requested.is_empty() {
-        return Err(s3_error!(MalformedXML, "You must specify at least one part"));
+        return Err(s3_error!(
+            MalformedXML,
+            "You must specify at least one part"
+        ));
     }
     let min_part_size = backend.min_part_size();
     let object = backend.with_bucket(&input.bucket, |bucket| {
@@ -130,25 +150,50 @@ pub(crate) fn complete_multipart_upload(
         for (index, wanted) in requested.iter().enumerate() {
             let number = wanted.part_number.unwrap_or(0);
             if number <= previous_number {
-                return Err(s3_error!(InvalidPartOrder, "The list of parts was not in ascending order"));
+                return Err(s3_error!(
+                    InvalidPartOrder,
+                    "The list of parts was not in ascending order"
+                ));
             }
             previous_number = number;
             let part = upload
                 .parts
                 .get(&number)
-                .filter(|part| wanted.e_tag.as_ref().is_some_and(|etag| etag.value() == part.etag()))
-                .ok_or_else(|| s3_error!(InvalidPart, "part {number} was not uploaded or its ETag does not match"))?;
+                .filter(|part| {
+                    wanted
+                        .e_tag
+                        .as_ref()
+                        .is_some_and(|etag| etag.value() == part.etag())
+                })
+                .ok_or_else(|| {
+                    s3_error!(
+                        InvalidPart,
+                        "part {number} was not uploaded or its ETag does not match"
+                    )
+                })?;
             let is_last = index + 1 == requested.len();
             if !is_last && (part.body.len() as u64) < min_part_size {
-                return Err(s3_error!(EntityTooSmall, "part {number} is smaller than the minimum part size"));
+                return Err(s3_error!(
+                    EntityTooSmall,
+                    "part {number} is smaller than the minimum part size"
+                ));
             }
             body.extend_from_slice(&part.body);
             part_md5s.extend_from_slice(&part.md5);
         }
         // S3's multipart ETag: the MD5 of the concatenated binary part MD5s, then the part count.
         let etag = format!("{}-{}", to_hex(&Md5::checksum(&part_md5s)), requested.len());
-        let object = StoredObject::with_etag(etag, body.freeze(), upload.content_type.clone(), upload.metadata.clone());
-        check_write(input.if_match.as_ref(), input.if_none_match.as_ref(), bucket.objects.get(&input.key))?;
+        let object = StoredObject::with_etag(
+            etag,
+            body.freeze(),
+            upload.content_type.clone(),
+            upload.metadata.clone(),
+        );
+        check_write(
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+            bucket.objects.get(&input.key),
+        )?;
         bucket.uploads.remove(&input.upload_id);
         bucket.objects.insert(input.key.clone(), object.clone());
         Ok(object)
@@ -174,7 +219,10 @@ pub(crate) fn abort_multipart_upload(
     Ok(S3Response::new(AbortMultipartUploadOutput::default()))
 }
 
-pub(crate) fn list_parts(backend: &MemoryBackend, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+pub(crate) fn list_parts(
+    backend: &MemoryBackend,
+    req: S3Request<ListPartsInput>,
+) -> S3Result<S3Response<ListPartsOutput>> {
     let input = req.input;
     let after = input.part_number_marker.unwrap_or(0);
     let max_parts = page_size(input.max_parts);
@@ -196,7 +244,10 @@ pub(crate) fn list_parts(backend: &MemoryBackend, req: S3Request<ListPartsInput>
     let is_truncated = parts.len() > max_parts;
     parts.truncate(max_parts);
     Ok(S3Response::new(ListPartsOutput {
-        next_part_number_marker: parts.last().and_then(|part| part.part_number).filter(|_| is_truncated),
+        next_part_number_marker: parts
+            .last()
+            .and_then(|part| part.part_number)
+            .filter(|_| is_truncated),
         is_truncated: Some(is_truncated),
         max_parts: Some(count_field(max_parts)),
         part_number_marker: input.part_number_marker,
@@ -226,7 +277,10 @@ pub(crate) fn list_multipart_uploads(
     uploads.sort();
     // Without an upload-id marker, the key marker excludes every upload of that key.
     let key_marker = input.key_marker.as_deref().unwrap_or("");
-    let id_marker = input.upload_id_marker.as_deref().filter(|_| !key_marker.is_empty());
+    let id_marker = input
+        .upload_id_marker
+        .as_deref()
+        .filter(|_| !key_marker.is_empty());
     uploads.retain(|(key, id, _)| match id_marker {
         Some(id_marker) => (key.as_str(), id.as_str()) > (key_marker, id_marker),
         None => key.as_str() > key_marker,
@@ -276,9 +330,14 @@ fn check_part_number(number: i32) -> S3Result<()> {
     if (1..=MAX_PART_NUMBER).contains(&number) {
         return Ok(());
     }
-    Err(s3_error!(InvalidArgument, "Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive"))
+    Err(s3_error!(
+        InvalidArgument,
+        "Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive"
+    ))
 }
 
 fn page_size(requested: Option<i32>) -> usize {
-    requested.and_then(|n| usize::try_from(n).ok()).map_or(MAX_PAGE, |n| n.min(MAX_PAGE))
+    requested
+        .and_then(|n| usize::try_from(n).ok())
+        .map_or(MAX_PAGE, |n| n.min(MAX_PAGE))
 }

@@ -2,9 +2,10 @@
 //! (conditional writes), CopyObject, DeleteObject and DeleteObjects.
 
 use s3s::dto::{
-    CopyObjectInput, CopyObjectOutput, CopyObjectResult, CopySource, DeleteObjectInput, DeleteObjectOutput,
-    DeleteObjectsInput, DeleteObjectsOutput, DeletedObject, GetObjectInput, GetObjectOutput, HeadObjectInput,
-    HeadObjectOutput, MetadataDirective, PutObjectInput, PutObjectOutput, StreamingBlob,
+    CopyObjectInput, CopyObjectOutput, CopyObjectResult, CopySource, DeleteObjectInput,
+    DeleteObjectOutput, DeleteObjectsInput, DeleteObjectsOutput, DeletedObject, GetObjectInput,
+    GetObjectOutput, HeadObjectInput, HeadObjectOutput, MetadataDirective, PutObjectInput,
+    PutObjectOutput, StreamingBlob,
 };
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
@@ -15,7 +16,10 @@ use super::s3_api::{collect_body, directives, etag, size_field, to_metadata, use
 /// DeleteObjects accepts at most this many keys per request, as on AWS.
 const MAX_KEYS_PER_DELETE: usize = 1000;
 
-pub(crate) fn head_object(backend: &MemoryBackend, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+pub(crate) fn head_object(
+    backend: &MemoryBackend,
+    req: S3Request<HeadObjectInput>,
+) -> S3Result<S3Response<HeadObjectOutput>> {
     let input = &req.input;
     let conditions = Preconditions {
         if_match: input.if_match.as_ref(),
@@ -35,10 +39,16 @@ pub(crate) fn head_object(backend: &MemoryBackend, req: S3Request<HeadObjectInpu
     }))
 }
 
-pub(crate) fn get_object(backend: &MemoryBackend, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+pub(crate) fn get_object(
+    backend: &MemoryBackend,
+    req: S3Request<GetObjectInput>,
+) -> S3Result<S3Response<GetObjectOutput>> {
     let input = &req.input;
     if input.part_number.is_some() {
-        return Err(s3_error!(NotImplemented, "GetObject by partNumber is not supported"));
+        return Err(s3_error!(
+            NotImplemented,
+            "GetObject by partNumber is not supported"
+        ));
     }
     let conditions = Preconditions {
         if_match: input.if_match.as_ref(),
@@ -55,7 +65,10 @@ pub(crate) fn get_object(backend: &MemoryBackend, req: S3Request<GetObjectInput>
                 .check(total)
                 .map_err(|_| s3_error!(InvalidRange, "The requested range is not satisfiable"))?;
             let slice = object.body.slice(range.start as usize..range.end as usize);
-            (slice, Some(format!("bytes {}-{}/{total}", range.start, range.end - 1)))
+            (
+                slice,
+                Some(format!("bytes {}-{}/{total}", range.start, range.end - 1)),
+            )
         }
     };
     Ok(S3Response::new(GetObjectOutput {
@@ -88,12 +101,26 @@ pub(crate) async fn put_object(
     backend: &MemoryBackend,
     req: S3Request<PutObjectInput>,
 ) -> S3Result<S3Response<PutObjectOutput>> {
-    let S3Request { input, extensions, .. } = req;
+    let S3Request {
+        input, extensions, ..
+    } = req;
     let body = collect_body(input.body).await?;
-    let object = StoredObject::new(body, input.content_type, user_metadata(input.metadata, &extensions));
-    let output = PutObjectOutput { e_tag: etag(&object.etag), size: Some(size_field(object.size())), ..Default::default() };
+    let object = StoredObject::new(
+        body,
+        input.content_type,
+        user_metadata(input.metadata, &extensions),
+    );
+    let output = PutObjectOutput {
+        e_tag: etag(&object.etag),
+        size: Some(size_field(object.size())),
+        ..Default::default()
+    };
     backend.with_bucket(&input.bucket, |bucket| {
-        check_write(input.if_match.as_ref(), input.if_none_match.as_ref(), bucket.objects.get(&input.key))?;
+        check_write(
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+            bucket.objects.get(&input.key),
+        )?;
         bucket.objects.insert(input.key, object);
         Ok(())
     })?;
@@ -104,12 +131,20 @@ pub(crate) async fn put_object(
 pub(crate) fn bucket_and_key(source: &CopySource) -> S3Result<(&str, &str)> {
     match source {
         CopySource::Bucket { bucket, key, .. } => Ok((bucket, key)),
-        _ => Err(s3_error!(NotImplemented, "only bucket/key copy sources are supported")),
+        _ => Err(s3_error!(
+            NotImplemented,
+            "only bucket/key copy sources are supported"
+        )),
     }
 }
 
-pub(crate) fn copy_object(backend: &MemoryBackend, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
-    let S3Request { input, extensions, .. } = req;
+pub(crate) fn copy_object(
+    backend: &MemoryBackend,
+    req: S3Request<CopyObjectInput>,
+) -> S3Result<S3Response<CopyObjectOutput>> {
+    let S3Request {
+        input, extensions, ..
+    } = req;
     let (source_bucket, source_key) = bucket_and_key(&input.copy_source)?;
     let replace = input
         .metadata_directive
@@ -128,10 +163,16 @@ pub(crate) fn copy_object(backend: &MemoryBackend, req: S3Request<CopyObjectInpu
         if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
     };
     let copy = backend.with_buckets(|buckets| -> S3Result<StoredObject> {
-        let source = buckets.get(source_bucket).ok_or_else(no_such_bucket)?.object(source_key)?;
+        let source = buckets
+            .get(source_bucket)
+            .ok_or_else(no_such_bucket)?
+            .object(source_key)?;
         conditions.check(source, OnUnchanged::PreconditionFailed)?;
         let (content_type, metadata) = if replace {
-            (input.content_type, user_metadata(input.metadata, &extensions))
+            (
+                input.content_type,
+                user_metadata(input.metadata, &extensions),
+            )
         } else if directives(&extensions).drop_user_metadata {
             (source.content_type.clone(), Default::default())
         } else {
@@ -158,7 +199,11 @@ pub(crate) fn delete_object(
 ) -> S3Result<S3Response<DeleteObjectOutput>> {
     let input = &req.input;
     backend.with_bucket(&input.bucket, |bucket| {
-        check_write(input.if_match.as_ref(), None, bucket.objects.get(&input.key))?;
+        check_write(
+            input.if_match.as_ref(),
+            None,
+            bucket.objects.get(&input.key),
+        )?;
         bucket.objects.remove(&input.key);
         Ok(())
     })?;
@@ -172,7 +217,10 @@ pub(crate) fn delete_objects(
     let S3Request { input, .. } = req;
     let targets = input.delete.objects;
     if targets.len() > MAX_KEYS_PER_DELETE {
-        return Err(s3_error!(MalformedXML, "at most {MAX_KEYS_PER_DELETE} keys can be deleted per request"));
+        return Err(s3_error!(
+            MalformedXML,
+            "at most {MAX_KEYS_PER_DELETE} keys can be deleted per request"
+        ));
     }
     backend.with_bucket(&input.bucket, |bucket| {
         for target in &targets {
@@ -185,7 +233,13 @@ pub(crate) fn delete_objects(
     let deleted = targets
         .into_iter()
         .filter(|_| !quiet)
-        .map(|target| DeletedObject { key: Some(target.key), ..Default::default() })
+        .map(|target| DeletedObject {
+            key: Some(target.key),
+            ..Default::default()
+        })
         .collect();
-    Ok(S3Response::new(DeleteObjectsOutput { deleted: Some(deleted), ..Default::default() }))
+    Ok(S3Response::new(DeleteObjectsOutput {
+        deleted: Some(deleted),
+        ..Default::default()
+    }))
 }

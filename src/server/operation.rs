@@ -69,7 +69,11 @@ pub(crate) struct S3Call {
 impl S3Call {
     pub(crate) fn classify(method: &Method, uri: &Uri, headers: &HeaderMap) -> Self {
         let Some(path) = percent::decode(uri.path()) else {
-            return Self { operation: Operation::Other, bucket: None, key: None };
+            return Self {
+                operation: Operation::Other,
+                bucket: None,
+                key: None,
+            };
         };
         let path = path.strip_prefix('/').unwrap_or(&path);
         let (bucket, key) = match path.split_once('/') {
@@ -97,7 +101,11 @@ pub(crate) fn declared_body_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 fn root_operation(method: &Method) -> Operation {
-    if method == Method::GET { Operation::ListBuckets } else { Operation::Other }
+    if method == Method::GET {
+        Operation::ListBuckets
+    } else {
+        Operation::Other
+    }
 }
 
 fn has(query: Option<&str>, name: &str) -> bool {
@@ -107,9 +115,15 @@ fn has(query: Option<&str>, name: &str) -> bool {
 fn bucket_operation(method: &Method, query: Option<&str>) -> Operation {
     let has = |name| has(query, name);
     match *method {
-        Method::GET if percent::query_param(query, "list-type").as_deref() == Some("2") => Operation::ListObjectsV2,
+        Method::GET if percent::query_param(query, "list-type").as_deref() == Some("2") => {
+            Operation::ListObjectsV2
+        }
         Method::GET if has("uploads") => Operation::ListMultipartUploads,
-        Method::GET if ["location", "versioning", "versions", "acl", "policy"].into_iter().any(has) => {
+        Method::GET
+            if ["location", "versioning", "versions", "acl", "policy"]
+                .into_iter()
+                .any(has) =>
+        {
             Operation::Other
         }
         Method::GET => Operation::ListObjects,
@@ -154,12 +168,30 @@ mod tests {
 
     #[test]
     fn classifies_bucket_requests() {
-        assert_eq!(classify(Method::GET, "/", false).operation, Operation::ListBuckets);
-        assert_eq!(classify(Method::GET, "/b?list-type=2&prefix=x", false).operation, Operation::ListObjectsV2);
-        assert_eq!(classify(Method::GET, "/b/?prefix=x", false).operation, Operation::ListObjects);
-        assert_eq!(classify(Method::GET, "/b?location", false).operation, Operation::Other);
-        assert_eq!(classify(Method::POST, "/b?delete", false).operation, Operation::DeleteObjects);
-        assert_eq!(classify(Method::HEAD, "/b", false).operation, Operation::HeadBucket);
+        assert_eq!(
+            classify(Method::GET, "/", false).operation,
+            Operation::ListBuckets
+        );
+        assert_eq!(
+            classify(Method::GET, "/b?list-type=2&prefix=x", false).operation,
+            Operation::ListObjectsV2
+        );
+        assert_eq!(
+            classify(Method::GET, "/b/?prefix=x", false).operation,
+            Operation::ListObjects
+        );
+        assert_eq!(
+            classify(Method::GET, "/b?location", false).operation,
+            Operation::Other
+        );
+        assert_eq!(
+            classify(Method::POST, "/b?delete", false).operation,
+            Operation::DeleteObjects
+        );
+        assert_eq!(
+            classify(Method::HEAD, "/b", false).operation,
+            Operation::HeadBucket
+        );
     }
 
     #[test]
@@ -168,12 +200,33 @@ mod tests {
         assert_eq!(call.operation, Operation::GetObject);
         assert_eq!(call.bucket.as_deref(), Some("b"));
         assert_eq!(call.key.as_deref(), Some("dir/a b"));
-        assert_eq!(classify(Method::PUT, "/b/d/", false).key.as_deref(), Some("d/"));
-        assert_eq!(classify(Method::PUT, "/b/k", true).operation, Operation::CopyObject);
-        assert_eq!(classify(Method::PUT, "/b/k?partNumber=1&uploadId=u", true).operation, Operation::UploadPartCopy);
-        assert_eq!(classify(Method::PUT, "/b/k?partNumber=1&uploadId=u", false).operation, Operation::UploadPart);
-        assert_eq!(classify(Method::POST, "/b/k?uploads", false).operation, Operation::CreateMultipartUpload);
-        assert_eq!(classify(Method::POST, "/b/k?uploadId=u", false).operation, Operation::CompleteMultipartUpload);
-        assert_eq!(classify(Method::DELETE, "/b/k?uploadId=u", false).operation, Operation::AbortMultipartUpload);
+        assert_eq!(
+            classify(Method::PUT, "/b/d/", false).key.as_deref(),
+            Some("d/")
+        );
+        assert_eq!(
+            classify(Method::PUT, "/b/k", true).operation,
+            Operation::CopyObject
+        );
+        assert_eq!(
+            classify(Method::PUT, "/b/k?partNumber=1&uploadId=u", true).operation,
+            Operation::UploadPartCopy
+        );
+        assert_eq!(
+            classify(Method::PUT, "/b/k?partNumber=1&uploadId=u", false).operation,
+            Operation::UploadPart
+        );
+        assert_eq!(
+            classify(Method::POST, "/b/k?uploads", false).operation,
+            Operation::CreateMultipartUpload
+        );
+        assert_eq!(
+            classify(Method::POST, "/b/k?uploadId=u", false).operation,
+            Operation::CompleteMultipartUpload
+        );
+        assert_eq!(
+            classify(Method::DELETE, "/b/k?uploadId=u", false).operation,
+            Operation::AbortMultipartUpload
+        );
     }
 }

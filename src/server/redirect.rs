@@ -30,11 +30,20 @@ pub(crate) struct RedirectTarget {
 
 impl RedirectTarget {
     pub(crate) fn new(addr: SocketAddr) -> Self {
-        Self { origin: format!("http://{addr}"), signature: format!("{:032x}", fastrand::u128(..)) }
+        Self {
+            origin: format!("http://{addr}"),
+            signature: format!("{:032x}", fastrand::u128(..)),
+        }
     }
 
     pub(crate) fn location(&self, bucket: &str, key: &str) -> String {
-        format!("{}/{}/{}?sig={}", self.origin, percent::encode_key(bucket), percent::encode_key(key), self.signature)
+        format!(
+            "{}/{}/{}?sig={}",
+            self.origin,
+            percent::encode_key(bucket),
+            percent::encode_key(key),
+            self.signature
+        )
     }
 
     fn is_signed(&self, query: Option<&str>) -> bool {
@@ -45,7 +54,11 @@ impl RedirectTarget {
 /// The `302 Found` sent instead of the object.
 pub(crate) fn redirect_response(location: &str) -> Response<ResponseBody> {
     let Ok(location) = HeaderValue::from_str(location) else {
-        return s3_error_response(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "unrepresentable redirect");
+        return s3_error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "unrepresentable redirect",
+        );
     };
     let mut response = Response::new(empty());
     *response.status_mut() = StatusCode::FOUND;
@@ -63,7 +76,10 @@ pub(crate) struct Cdn {
 }
 
 impl Cdn {
-    pub(crate) async fn handle(self, req: Request<Incoming>) -> Result<Response<ResponseBody>, std::convert::Infallible> {
+    pub(crate) async fn handle(
+        self,
+        req: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
         self.stats.record(REDIRECT_GET);
         tokio::time::sleep(self.quirks.latency()).await;
         Ok(self.respond(&req))
@@ -81,17 +97,36 @@ impl Cdn {
             );
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return s3_error_response(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "only GET and HEAD");
+            return s3_error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "only GET and HEAD",
+            );
         }
         if !self.target.is_signed(req.uri().query()) {
-            return s3_error_response(StatusCode::FORBIDDEN, "AccessDenied", "missing or invalid URL signature");
+            return s3_error_response(
+                StatusCode::FORBIDDEN,
+                "AccessDenied",
+                "missing or invalid URL signature",
+            );
         }
         let Some(object) = self.object_at(req.uri().path()) else {
-            return s3_error_response(StatusCode::NOT_FOUND, "NoSuchKey", "The specified key does not exist.");
+            return s3_error_response(
+                StatusCode::NOT_FOUND,
+                "NoSuchKey",
+                "The specified key does not exist.",
+            );
         };
-        let range = req.headers().get(header::RANGE).and_then(|value| value.to_str().ok());
+        let range = req
+            .headers()
+            .get(header::RANGE)
+            .and_then(|value| value.to_str().ok());
         let response = object_response(&object, range);
-        match self.quirks.take_body_fault().filter(|_| req.method() == Method::GET && response.status().is_success()) {
+        match self
+            .quirks
+            .take_body_fault()
+            .filter(|_| req.method() == Method::GET && response.status().is_success())
+        {
             Some(fault) => response.map(|body| with_fault(body, fault)),
             None => response,
         }
@@ -113,7 +148,11 @@ fn object_response(object: &StoredObject, range: Option<&str>) -> Response<Respo
         Some(range) => match range.check(total) {
             Ok(range) => {
                 let slice = object.body.slice(range.start as usize..range.end as usize);
-                (StatusCode::PARTIAL_CONTENT, slice, Some(format!("bytes {}-{}/{total}", range.start, range.end - 1)))
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    slice,
+                    Some(format!("bytes {}-{}/{total}", range.start, range.end - 1)),
+                )
             }
             Err(_) => {
                 let mut response = s3_error_response(
@@ -121,7 +160,11 @@ fn object_response(object: &StoredObject, range: Option<&str>) -> Response<Respo
                     "InvalidRange",
                     "The requested range is not satisfiable",
                 );
-                set_header(&mut response, header::CONTENT_RANGE, &format!("bytes */{total}"));
+                set_header(
+                    &mut response,
+                    header::CONTENT_RANGE,
+                    &format!("bytes */{total}"),
+                );
                 return response;
             }
         },
@@ -153,6 +196,8 @@ fn set_header(response: &mut Response<ResponseBody>, name: HeaderName, value: &s
 
 fn http_date(object: &StoredObject) -> Option<String> {
     let mut formatted = Vec::new();
-    Timestamp::from(object.last_modified).format(TimestampFormat::HttpDate, &mut formatted).ok()?;
+    Timestamp::from(object.last_modified)
+        .format(TimestampFormat::HttpDate, &mut formatted)
+        .ok()?;
     String::from_utf8(formatted).ok()
 }

@@ -50,7 +50,10 @@ impl S3 for S3Api {
         buckets::list_objects(&self.backend, req)
     }
 
-    async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> Answer<ListObjectsV2Output> {
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> Answer<ListObjectsV2Output> {
         buckets::list_objects_v2(&self.backend, req)
     }
 
@@ -74,7 +77,10 @@ impl S3 for S3Api {
         objects::delete_object(&self.backend, req)
     }
 
-    async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> Answer<DeleteObjectsOutput> {
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> Answer<DeleteObjectsOutput> {
         objects::delete_objects(&self.backend, req)
     }
 
@@ -89,7 +95,10 @@ impl S3 for S3Api {
         multipart::upload_part(&self.backend, req).await
     }
 
-    async fn upload_part_copy(&self, req: S3Request<UploadPartCopyInput>) -> Answer<UploadPartCopyOutput> {
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> Answer<UploadPartCopyOutput> {
         multipart::upload_part_copy(&self.backend, req)
     }
 
@@ -122,7 +131,9 @@ impl S3 for S3Api {
 /// Reads a request body into memory, refusing more than [`MAX_OBJECT_SIZE`] bytes
 /// whatever the request declared.
 pub(crate) async fn collect_body(body: Option<StreamingBlob>) -> S3Result<Bytes> {
-    let Some(mut body) = body else { return Ok(Bytes::new()) };
+    let Some(mut body) = body else {
+        return Ok(Bytes::new());
+    };
     let mut collected = BytesMut::new();
     while let Some(chunk) = body.next().await {
         // s3s reports failed aws-chunked signatures or checksums as S3 errors; keep them.
@@ -131,7 +142,10 @@ pub(crate) async fn collect_body(body: Option<StreamingBlob>) -> S3Result<Bytes>
             Err(other) => S3Error::with_source(S3ErrorCode::IncompleteBody, other),
         })?;
         if (collected.len() + chunk.len()) as u64 > MAX_OBJECT_SIZE {
-            return Err(s3_error!(EntityTooLarge, "Your proposed upload exceeds the maximum allowed object size."));
+            return Err(s3_error!(
+                EntityTooLarge,
+                "Your proposed upload exceeds the maximum allowed object size."
+            ));
         }
         collected.extend_from_slice(&chunk);
     }
@@ -139,11 +153,17 @@ pub(crate) async fn collect_body(body: Option<StreamingBlob>) -> S3Result<Bytes>
 }
 
 pub(crate) fn directives(extensions: &Extensions) -> BackendDirectives {
-    extensions.get::<BackendDirectives>().copied().unwrap_or_default()
+    extensions
+        .get::<BackendDirectives>()
+        .copied()
+        .unwrap_or_default()
 }
 
 /// The user metadata to store for a write, honouring the drop-metadata quirk.
-pub(crate) fn user_metadata(metadata: Option<Metadata>, extensions: &Extensions) -> BTreeMap<String, String> {
+pub(crate) fn user_metadata(
+    metadata: Option<Metadata>,
+    extensions: &Extensions,
+) -> BTreeMap<String, String> {
     if directives(extensions).drop_user_metadata {
         return BTreeMap::new();
     }

@@ -17,7 +17,10 @@ pub struct RequestStats {
 impl RequestStats {
     /// Requests received for `operation` since start or the last [`reset`](Self::reset).
     pub fn count(&self, operation: &str) -> u64 {
-        lock(&self.by_operation).get(operation).copied().unwrap_or(0)
+        lock(&self.by_operation)
+            .get(operation)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Requests received on both listeners.
@@ -27,7 +30,10 @@ impl RequestStats {
 
     /// All non-zero counters, sorted by name (handy in assertion messages).
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
-        lock(&self.by_operation).iter().map(|(name, count)| ((*name).to_owned(), *count)).collect()
+        lock(&self.by_operation)
+            .iter()
+            .map(|(name, count)| ((*name).to_owned(), *count))
+            .collect()
     }
 
     pub fn reset(&self) {

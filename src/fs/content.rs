@@ -1,0 +1,171 @@
+//! The bytes a file holds locally: in memory while small and while the dirty-memory budget
+//! allows, else in a staging file under the cache directory.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Dirty bytes held in memory across all files, against a budget.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    used: AtomicU64,
+    limit: u64,
+    /// Largest in-memory content of one file; larger files are staged on disk.
+    per_file: u64,
+}
+
+impl MemoryBudget {
+    pub fn new(limit: u64, per_file: u64) -> Arc<MemoryBudget> {
+        Arc::new(MemoryBudget { used: AtomicU64::new(0), limit, per_file })
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn try_take(&self, bytes: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| (u + bytes <= self.limit).then_some(u + bytes))
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+pub enum Content {
+    Memory { bytes: Vec<u8>, budget: Arc<MemoryBudget> },
+    Staged { file: File, path: PathBuf },
+}
+
+impl Content {
+    pub fn new(budget: Arc<MemoryBudget>) -> Content {
+        Content::Memory { bytes: Vec::new(), budget }
+    }
+
+    #[cfg(test)]
+    pub fn is_staged(&self) -> bool {
+        matches!(self, Content::Staged { .. })
+    }
+
+    /// Writes `data` at `offset`, moving to a staging file in `staging_dir` when memory
+    /// would go over the file's or the mount's budget.
+    pub fn write_at(&mut self, offset: u64, data: &[u8], staging_dir: &Path) -> std::io::Result<()> {
+        let end = offset + data.len() as u64;
+        if let Content::Memory { bytes, budget } = self {
+            let grow = end.saturating_sub(bytes.len() as u64);
+            if end > budget.per_file || (grow > 0 && !budget.try_take(grow)) {
+                self.spill(staging_dir)?;
+            } else {
+                if grow > 0 {
+                    bytes.resize(end as usize, 0);
+                }
+                bytes[offset as usize..end as usize].copy_from_slice(data);
+                return Ok(());
+            }
+        }
+        match self {
+            Content::Staged { file, .. } => file.write_all_at(data, offset),
+            Content::Memory { .. } => unreachable!("spilled above"),
+        }
+    }
+
+    /// Reads `len` bytes at `offset`; what was never written reads as zeros.
+    pub fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let mut out = vec![0u8; len];
+        match self {
+            Content::Memory { bytes, .. } => {
+                let start = (offset as usize).min(bytes.len());
+                let end = (offset as usize + len).min(bytes.len());
+                out[..end - start].copy_from_slice(&bytes[start..end]);
+            }
+            Content::Staged { file, .. } => {
+                let mut done = 0;
+                while done < len {
+                    let n = file.read_at(&mut out[done..], offset + done as u64)?;
+                    if n == 0 {
+                        break;
+                    }
+                    done += n;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn truncate(&mut self, size: u64) -> std::io::Result<()> {
+        match self {
+            Content::Memory { bytes, budget } => {
+                if (size as usize) < bytes.len() {
+                    budget.give_back(bytes.len() as u64 - size);
+                    bytes.truncate(size as usize);
+                    bytes.shrink_to_fit();
+                }
+                Ok(())
+            }
+            Content::Staged { file, .. } => {
+                if file.metadata()?.len() > size {
+                    file.set_len(size)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Empties the content (after an upload), returning memory to the budget.
+    pub fn clear(&mut self) -> std::io::Result<()> {
+        self.truncate(0)
+    }
+
+    fn spill(&mut self, staging_dir: &Path) -> std::io::Result<()> {
+        let Content::Memory { bytes, budget } = self else { return Ok(()) };
+        std::fs::create_dir_all(staging_dir)?;
+        let path = staging_dir.join(format!("staging-{}-{:016x}", std::process::id(), fastrand::u64(..)));
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        file.write_all_at(bytes, 0)?;
+        budget.give_back(bytes.len() as u64);
+        *self = Content::Staged { file, path };
+        Ok(())
+    }
+}
+
+impl Drop for Content {
+    fn drop(&mut self) {
+        match self {
+            Content::Memory { bytes, budget } => budget.give_back(bytes.len() as u64),
+            Content::Staged { path, .. } => {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spills_to_disk_beyond_the_budget_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = MemoryBudget::new(100, 1000);
+        let mut a = Content::new(budget.clone());
+        a.write_at(0, &[1; 60], dir.path()).unwrap();
+        assert!(!a.is_staged());
+        assert_eq!(budget.used(), 60);
+        let mut b = Content::new(budget.clone());
+        b.write_at(10, &[2; 60], dir.path()).unwrap();
+        assert!(b.is_staged());
+        assert_eq!(budget.used(), 60);
+        assert_eq!(b.read_at(0, 80).unwrap(), [vec![0; 10], vec![2; 60], vec![0; 10]].concat());
+        a.truncate(20).unwrap();
+        assert_eq!(budget.used(), 20);
+        drop(a);
+        assert_eq!(budget.used(), 0);
+        let staged = std::fs::read_dir(dir.path()).unwrap().count();
+        drop(b);
+        assert_eq!((staged, std::fs::read_dir(dir.path()).unwrap().count()), (1, 0));
+    }
+}

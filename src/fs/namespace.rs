@@ -1,0 +1,361 @@
+//! Namespace changes: create, mkdir, rmdir, unlink, rename, symlink.
+
+use super::*;
+use crate::provider::Markers;
+use crate::store::{ListRequest, PutOptions};
+use futures::StreamExt;
+
+/// Who asks, for the owner of what they create.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Directory renames copy this many keys at once.
+const RENAME_CONCURRENCY: usize = 16;
+
+impl Fs {
+    fn check_writable(&self) -> FsResult<()> {
+        if self.config.read_only { Err(Errno(libc::EROFS)) } else { Ok(()) }
+    }
+
+    /// The key a new entry gets, after the checks every creating call makes.
+    fn new_child_key(&self, parent: u64, name: &str, kind: Kind) -> FsResult<String> {
+        self.check_writable()?;
+        if name.len() > 255 {
+            return Err(Errno(libc::ENAMETOOLONG));
+        }
+        if names::unusable_name(name).is_some() || name.contains('/') {
+            return Err(Errno(libc::EINVAL));
+        }
+        let key = {
+            let tree = self.tree();
+            let p = tree.get(parent).ok_or(Errno(libc::ENOENT))?;
+            if p.attr.kind != Kind::Dir {
+                return Err(Errno(libc::ENOTDIR));
+            }
+            tree.child_key(parent, name, kind).ok_or(Errno(libc::ENOENT))?
+        };
+        if key.len() > 1024 {
+            return Err(Errno(libc::ENAMETOOLONG));
+        }
+        let file_key = key.trim_end_matches('/');
+        if let Some(why) = self.resolved.forbidden_key(file_key) {
+            tracing::warn!("cannot create {file_key:?}: the provider forbids this name ({why})");
+            return Err(Errno(libc::EINVAL));
+        }
+        Ok(key)
+    }
+
+    /// Adds a node that exists only in the mount so far.
+    fn add_local(&self, parent: u64, name: &str, kind: Kind, perm: u32, caller: Caller, size: u64) -> FsResult<u64> {
+        let mut tree = self.tree();
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let seen = Seen { name: name.to_string(), kind, size, mtime: SystemTime::now(), etag: None };
+        let ino = tree.upsert(parent, &seen, far).ok_or(Errno(libc::ENOENT))?;
+        let n = tree.get_mut(ino).ok_or(Errno(libc::ENOENT))?;
+        n.local = true;
+        n.etag = None;
+        n.metadata_loaded = true;
+        n.attr.kind = kind;
+        n.attr.size = size;
+        n.attr.mtime = SystemTime::now();
+        n.attr.perm = (perm & 0o7777) as u16;
+        n.attr.uid = caller.uid;
+        n.attr.gid = caller.gid;
+        if kind == Kind::Dir {
+            n.children.clear();
+            n.listed_until = Some(Instant::now() + self.config.metadata_ttl);
+        }
+        if let Some(p) = tree.get_mut(parent) {
+            p.attr.mtime = SystemTime::now();
+        }
+        Ok(ino)
+    }
+
+    pub async fn create(&self, parent: u64, name: &str, mode: u32, open: OpenMode, caller: Caller) -> FsResult<(Attr, Opened)> {
+        let key = self.new_child_key(parent, name, Kind::File)?;
+        self.hidden_keys.lock().unwrap().remove(&key);
+        let ino = self.add_local(parent, name, Kind::File, mode, caller, 0)?;
+        let object = ObjectVersion { key: Arc::from(key.as_str()), etag: Arc::from(""), size: 0 };
+        // A create replaces whatever local data a previous file of this inode left.
+        self.data.lock().unwrap().remove(&ino);
+        self.file_data(ino, &object, true);
+        let opened = self.new_handle(ino, object, OpenMode { write: true, ..open }, false);
+        Ok((self.node_attr(ino)?, opened))
+    }
+
+    pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, caller: Caller) -> FsResult<Attr> {
+        let key = self.new_child_key(parent, name, Kind::Dir)?;
+        let markers = self.resolved.profile.markers;
+        let ino = self.add_local(parent, name, Kind::Dir, mode, caller, 0)?;
+        if markers == Markers::Forbidden {
+            // Lives in the mount until a file is written into it.
+            return self.node_attr(ino);
+        }
+        let metadata = self.metadata_for(ino);
+        let opts = PutOptions { metadata, ..Default::default() };
+        if let Err(e) = self.store.put(&key, Bytes::new(), &opts).await {
+            self.tree().remove_child(parent, name, Instant::now());
+            return Err(self.fail("mkdir", &key, e));
+        }
+        if let Some(n) = self.tree().get_mut(ino) {
+            n.local = false;
+            n.fresh_until = Instant::now() + self.config.metadata_ttl;
+        }
+        self.node_attr(ino)
+    }
+
+    /// The child `name` of `parent`, looked up if not cached.
+    async fn child(&self, parent: u64, name: &str) -> FsResult<(u64, Attr)> {
+        let attr = self.lookup(parent, name).await?;
+        Ok((attr.ino, attr))
+    }
+
+    /// Whether the bucket holds anything under `dir_key` other than its marker.
+    async fn remote_dir_is_empty(&self, dir_key: &str) -> FsResult<bool> {
+        self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
+        let req = ListRequest { prefix: dir_key.to_string(), max_keys: Some(2), ..Default::default() };
+        let page = self.store.list_page(&req).await.map_err(|e| self.fail("LIST", dir_key, e))?;
+        let hidden = self.hidden_keys.lock().unwrap();
+        Ok(page.objects.iter().all(|o| o.key == dir_key || hidden.contains(&o.key)) && page.prefixes.is_empty())
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.check_writable()?;
+        let (ino, attr) = self.child(parent, name).await?;
+        if attr.kind != Kind::Dir {
+            return Err(Errno(libc::ENOTDIR));
+        }
+        let (key, local, has_local_children) = {
+            let tree = self.tree();
+            let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
+            let local_children = n.children.values().any(|c| tree.get(*c).is_some_and(|c| c.local));
+            (n.key.clone(), n.local, local_children)
+        };
+        if has_local_children || (!local && !self.remote_dir_is_empty(&key).await?) {
+            return Err(Errno(libc::ENOTEMPTY));
+        }
+        if !local && self.resolved.profile.markers != Markers::Forbidden {
+            self.store.delete(&key).await.map_err(|e| self.fail("rmdir", &key, e))?;
+        }
+        self.tree().remove_child(parent, name, Instant::now() + self.config.metadata_ttl);
+        Ok(())
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.check_writable()?;
+        let (ino, attr) = self.child(parent, name).await?;
+        if attr.kind == Kind::Dir {
+            return Err(Errno(libc::EISDIR));
+        }
+        let (key, local) = {
+            let tree = self.tree();
+            let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
+            (n.key.clone(), n.local)
+        };
+        let open = self.open_counts.lock().unwrap().contains_key(&ino);
+        if open {
+            // Readers of an open file keep working: the object goes at the last close.
+            if !local {
+                self.hidden_keys.lock().unwrap().insert(key.clone());
+                self.pending_deletes.lock().unwrap().insert(ino, key.clone());
+            }
+            if let Some(d) = self.data.lock().unwrap().get(&ino) {
+                // Nothing to upload for a file that no longer has a name.
+                if let Ok(mut f) = d.try_lock() {
+                    f.dirty = false;
+                }
+            }
+        } else {
+            if !local {
+                self.store.delete(&key).await.map_err(|e| self.fail("unlink", &key, e))?;
+            }
+            self.data.lock().unwrap().remove(&ino);
+        }
+        self.tree().remove_child(parent, name, Instant::now() + self.config.metadata_ttl);
+        self.blocks.forget_object(&key);
+        Ok(())
+    }
+
+    pub async fn symlink(&self, parent: u64, name: &str, target: &str, caller: Caller) -> FsResult<Attr> {
+        let key = self.new_child_key(parent, name, Kind::Symlink)?;
+        if !self.resolved.profile.user_metadata {
+            tracing::warn!("cannot create symlink {key:?}: the provider keeps no user metadata to mark it");
+            return Err(Errno(libc::EPERM));
+        }
+        let ino = self.add_local(parent, name, Kind::Symlink, 0o777, caller, target.len() as u64)?;
+        let opts = PutOptions { metadata: self.metadata_for(ino), ..Default::default() };
+        match self.store.put(&key, Bytes::from(target.to_string()), &opts).await {
+            Ok(etag) => {
+                let mut tree = self.tree();
+                if let Some(n) = tree.get_mut(ino) {
+                    n.local = false;
+                    n.etag = Some(etag);
+                    n.fresh_until = Instant::now() + self.config.metadata_ttl;
+                }
+                tree.mark_ancestors_remote(ino);
+                drop(tree);
+                self.node_attr(ino)
+            }
+            Err(e) => {
+                self.tree().remove_child(parent, name, Instant::now());
+                Err(self.fail("symlink", &key, e))
+            }
+        }
+    }
+
+    pub async fn rename(&self, parent: u64, name: &str, new_parent: u64, new_name: &str, no_replace: bool) -> FsResult<()> {
+        self.check_writable()?;
+        let (ino, attr) = self.child(parent, name).await?;
+        let new_key = self.new_child_key(new_parent, new_name, attr.kind)?;
+        let target = match self.child(new_parent, new_name).await {
+            Ok((t, t_attr)) => Some((t, t_attr)),
+            Err(Errno(libc::ENOENT)) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some((t, t_attr)) = target {
+            if t == ino {
+                return Ok(());
+            }
+            if no_replace {
+                return Err(Errno(libc::EEXIST));
+            }
+            match (attr.kind == Kind::Dir, t_attr.kind == Kind::Dir) {
+                (true, false) => return Err(Errno(libc::ENOTDIR)),
+                (false, true) => return Err(Errno(libc::EISDIR)),
+                (true, true) => self.rmdir(new_parent, new_name).await?,
+                (false, false) => {}
+            }
+        }
+        if attr.kind == Kind::Dir {
+            self.rename_dir(ino, &new_key).await?;
+        } else {
+            self.rename_file(ino, &new_key).await?;
+        }
+        let mut tree = self.tree();
+        tree.move_node(ino, new_parent, new_name).ok_or(Errno(libc::ENOENT))?;
+        tree.remember_missing(parent, name, Instant::now() + self.config.metadata_ttl);
+        if attr.kind == Kind::Dir {
+            // Copies may have new ETags: the next open asks the bucket.
+            for d in tree.descendants(ino) {
+                if let Some(n) = tree.get_mut(d)
+                    && !n.local
+                {
+                    n.fresh_until = Instant::now();
+                    n.etag = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves one object: RenameObject where offered, else copy and delete (download and
+    /// upload where the provider cannot copy). Returns the new ETag.
+    async fn move_object(&self, from: &str, to: &str, size: u64) -> Result<Option<String>, StoreError> {
+        match self.store.rename(from, to).await {
+            Ok(()) => return Ok(None),
+            Err(StoreError::Unsupported(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let etag = self.copy_object(from, to, size).await?;
+        self.store.delete(from).await?;
+        Ok(Some(etag))
+    }
+
+    /// Server-side copy; objects over the single-copy limit (the PutObject limit) go
+    /// through a multipart copy; providers without copy get a download and upload.
+    async fn copy_object(&self, from: &str, to: &str, size: u64) -> Result<String, StoreError> {
+        if size <= self.resolved.profile.max_put_size {
+            match self.store.copy(from, to, None).await {
+                Err(StoreError::Unsupported(_)) => {}
+                other => return other,
+            }
+        }
+        let head = self.store.head(from).await?;
+        let base = ObjectVersion { key: Arc::from(from), etag: Arc::from(head.etag.unwrap_or_default().as_str()), size: head.size };
+        let mut f = FileData::new(to.to_string(), Some(base), self.dirty_budget.clone());
+        f.dirty = true;
+        let version = self.uploader.upload(&mut f, &head.metadata).await?;
+        Ok(version.etag.to_string())
+    }
+
+    async fn rename_file(&self, ino: u64, new_key: &str) -> FsResult<()> {
+        // Local changes go out first, under the old name: then one server-side move.
+        self.sync_ino(ino).await?;
+        let (old_key, local, size) = {
+            let tree = self.tree();
+            let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
+            (n.key.clone(), n.local, n.attr.size)
+        };
+        let new_etag = if local {
+            None
+        } else {
+            self.move_object(&old_key, new_key, size).await.map_err(|e| self.fail("rename", &old_key, e))?
+        };
+        if let Some(d) = self.data.lock().unwrap().get(&ino)
+            && let Ok(mut f) = d.try_lock()
+        {
+            f.key = new_key.to_string();
+            if let Some(b) = &mut f.base {
+                b.key = Arc::from(new_key);
+                if let Some(etag) = &new_etag {
+                    b.etag = Arc::from(etag.as_str());
+                }
+            }
+        }
+        if let Some(etag) = &new_etag
+            && let Some(n) = self.tree().get_mut(ino)
+        {
+            n.etag = Some(etag.clone());
+        }
+        for file in self.files.lock().unwrap().values().filter(|h| h.ino == ino) {
+            let mut object = file.object.lock().unwrap();
+            object.key = Arc::from(new_key);
+            if let Some(etag) = &new_etag {
+                object.etag = Arc::from(etag.as_str());
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves every key under the directory, concurrently (bounded), after uploading the
+    /// local changes of files inside it.
+    async fn rename_dir(&self, ino: u64, new_key: &str) -> FsResult<()> {
+        let (old_key, descendants) = {
+            let tree = self.tree();
+            let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
+            (n.key.clone(), tree.descendants(ino))
+        };
+        for d in &descendants {
+            self.sync_ino(*d).await?;
+        }
+        let mut continuation = None;
+        loop {
+            self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
+            let req = ListRequest { prefix: old_key.clone(), continuation: continuation.clone(), ..Default::default() };
+            let page = self.store.list_page(&req).await.map_err(|e| self.fail("LIST", &old_key, e))?;
+            let jobs: Vec<(String, String, u64)> = page
+                .objects
+                .iter()
+                .map(|o| (o.key.clone(), format!("{new_key}{}", &o.key[old_key.len()..]), o.size))
+                .collect();
+            let moves = futures::stream::iter(jobs)
+                .map(|(from, to, size)| async move {
+                    self.move_object(&from, &to, size).await.map_err(|e| self.fail("rename", &from, e))
+                })
+                .buffer_unordered(RENAME_CONCURRENCY);
+            let results: Vec<FsResult<Option<String>>> = moves.collect().await;
+            for r in results {
+                r?;
+            }
+            // Listing again from the start would see only what is left; continue instead.
+            continuation = page.next;
+            if continuation.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,191 @@
+//! Sends a file's local changes to the bucket: one PutObject for small files, a multipart
+//! upload otherwise (parts of unchanged base data copied server-side where the provider
+//! offers UploadPartCopy), and parts streamed out while a large file is still written.
+//! A failed multipart upload is aborted: a half-written object is never visible.
+
+use super::blocks::{BlockCache, ObjectVersion};
+use super::dirty::{FileData, Piece, Streaming};
+use crate::provider::Resolved;
+use crate::store::{CompletedPart, Metadata, ObjectStore, PutOptions, StoreError, StoreResult};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+pub struct Uploader {
+    store: Arc<dyn ObjectStore>,
+    resolved: Resolved,
+    blocks: Arc<BlockCache>,
+    /// Parts in flight across the mount: bounds the memory part buffers take.
+    part_slots: Arc<Semaphore>,
+    parts_in_flight: usize,
+}
+
+impl Uploader {
+    pub fn new(store: Arc<dyn ObjectStore>, resolved: Resolved, blocks: Arc<BlockCache>, part_memory: u64) -> Uploader {
+        let part = resolved.part_size_for(0).max(1);
+        let parts_in_flight = (part_memory / part).clamp(2, 16) as usize;
+        Uploader { store, resolved, blocks, part_slots: Arc::new(Semaphore::new(parts_in_flight)), parts_in_flight }
+    }
+
+    /// Objects up to this size go out in one PutObject.
+    fn single_put_limit(&self) -> u64 {
+        let p = &self.resolved.profile;
+        p.preferred_part_size.min(p.max_put_size).max(1)
+    }
+
+    fn put_options(&self, metadata: &Metadata) -> PutOptions {
+        PutOptions { content_type: None, metadata: metadata.clone(), if_none_match: false }
+    }
+
+    /// Called after each write: while a new file grows sequentially past whole parts,
+    /// those parts are sent in the background. Waits for a part slot (back-pressure).
+    pub async fn stream_parts(&self, f: &mut FileData, metadata: &Metadata) -> StoreResult<()> {
+        let part_size = self.resolved.part_size_for(0);
+        if !f.independent_of_base() || f.size <= self.single_put_limit() {
+            return Ok(());
+        }
+        if f.streaming.as_ref().is_some_and(|s| s.broken) {
+            return Ok(());
+        }
+        loop {
+            let started = f.streaming.as_ref().map_or(0, |s| s.started);
+            let start = started as u64 * part_size;
+            let end = start + part_size;
+            if end > f.size || started as u32 >= self.resolved.profile.max_parts {
+                return Ok(());
+            }
+            let whole = f.pieces(start..end).iter().all(|p| matches!(p, Piece::Local(_)));
+            if !whole {
+                return Ok(());
+            }
+            if f.streaming.is_none() {
+                let upload_id = self.store.create_multipart(&f.key, &self.put_options(metadata)).await?;
+                f.streaming = Some(Streaming { upload_id, part_size, started: 0, tasks: Vec::new(), broken: false });
+            }
+            let slot = self.part_slots.clone().acquire_owned().await.expect("part slots never close");
+            let body = Bytes::from(f.read_local(start..end)?);
+            let s = f.streaming.as_mut().expect("created above");
+            s.started += 1;
+            let (store, key, id, number) = (self.store.clone(), f.key.clone(), s.upload_id.clone(), s.started);
+            s.tasks.push(tokio::spawn(async move {
+                let _slot = slot;
+                store.upload_part(&key, &id, number, body).await
+            }));
+        }
+    }
+
+    /// Uploads the file's content; returns the new object version. The caller marks the
+    /// data clean.
+    pub async fn upload(&self, f: &mut FileData, metadata: &Metadata) -> StoreResult<ObjectVersion> {
+        if f.size > self.resolved.profile.max_object_size {
+            return Err(StoreError::Other(format!(
+                "{} bytes is over the provider's object size limit of {}",
+                f.size, self.resolved.profile.max_object_size
+            )));
+        }
+        if let Some(s) = f.streaming.take() {
+            if !s.broken && f.size <= s.part_size * u64::from(self.resolved.profile.max_parts) {
+                return self.finish_streaming(f, s).await;
+            }
+            self.abort(&f.key, s).await;
+        }
+        let etag = if f.size <= self.single_put_limit() {
+            let body = Bytes::from(f.read(0..f.size, &self.blocks).await?);
+            self.store.put(&f.key, body, &self.put_options(metadata)).await?
+        } else {
+            self.multipart(f, metadata).await?
+        };
+        Ok(ObjectVersion { key: Arc::from(f.key.as_str()), etag: Arc::from(etag.as_str()), size: f.size })
+    }
+
+    async fn finish_streaming(&self, f: &mut FileData, mut s: Streaming) -> StoreResult<ObjectVersion> {
+        let tail_start = s.started as u64 * s.part_size;
+        let mut tail = None;
+        if tail_start < f.size || s.started == 0 {
+            let body = Bytes::from(f.read_local(tail_start..f.size)?);
+            s.started += 1;
+            tail = Some((s.started, body));
+        }
+        let tail_result = match tail {
+            Some((number, body)) => self.store.upload_part(&f.key, &s.upload_id, number, body).await.map(Some),
+            None => Ok(None),
+        };
+        let mut parts = Vec::with_capacity(s.tasks.len() + 1);
+        let mut failure = tail_result.as_ref().err().cloned();
+        for task in s.tasks.drain(..) {
+            match task.await {
+                Ok(Ok(part)) => parts.push(part),
+                Ok(Err(e)) => failure = failure.or(Some(e)),
+                Err(e) => failure = failure.or(Some(StoreError::Other(format!("part upload task: {e}")))),
+            }
+        }
+        if let Some(e) = failure {
+            self.abort(&f.key, s).await;
+            return Err(e);
+        }
+        parts.extend(tail_result?);
+        parts.sort_by_key(|p| p.number);
+        match self.store.complete_multipart(&f.key, &s.upload_id, &parts).await {
+            Ok(etag) => Ok(ObjectVersion { key: Arc::from(f.key.as_str()), etag: Arc::from(etag.as_str()), size: f.size }),
+            Err(e) => {
+                self.abort(&f.key, s).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(&self, key: &str, mut s: Streaming) {
+        for task in s.tasks.drain(..) {
+            let _ = task.await;
+        }
+        if let Err(e) = self.store.abort_multipart(key, &s.upload_id).await {
+            tracing::warn!("aborting the multipart upload of {key:?}: {e}");
+        }
+    }
+
+    /// A multipart upload of the whole file: untouched base ranges are copied server-side
+    /// where possible, everything else is assembled and sent; parts run concurrently.
+    async fn multipart(&self, f: &FileData, metadata: &Metadata) -> StoreResult<String> {
+        let p = &self.resolved.profile;
+        let part_size = self.resolved.part_size_for(f.size);
+        let count = f.size.div_ceil(part_size);
+        let upload_id = self.store.create_multipart(&f.key, &self.put_options(metadata)).await?;
+        let copy_from = f.base.as_ref().map(|b| b.key.to_string());
+        let results: Vec<StoreResult<CompletedPart>> = futures::stream::iter(0..count)
+            .map(|i| {
+                let range = i * part_size..((i + 1) * part_size).min(f.size);
+                let copy_from = copy_from.clone();
+                let upload_id = upload_id.clone();
+                async move {
+                    let number = i as i32 + 1;
+                    let copyable = p.upload_part_copy
+                        && f.is_pure_base(range.clone())
+                        && (range.end - range.start >= p.min_part_size || range.end == f.size);
+                    if let (true, Some(source)) = (copyable, copy_from) {
+                        let r = self.store.upload_part_copy(&f.key, &upload_id, number, &source, range.clone()).await;
+                        if !matches!(r, Err(StoreError::Unsupported(_))) {
+                            return r;
+                        }
+                    }
+                    let _slot = self.part_slots.acquire().await.expect("part slots never close");
+                    let body = Bytes::from(f.read(range, &self.blocks).await?);
+                    self.store.upload_part(&f.key, &upload_id, number, body).await
+                }
+            })
+            .buffered(self.parts_in_flight)
+            .collect()
+            .await;
+        let parts: StoreResult<Vec<CompletedPart>> = results.into_iter().collect();
+        let outcome = match parts {
+            Ok(parts) => self.store.complete_multipart(&f.key, &upload_id, &parts).await,
+            Err(e) => Err(e),
+        };
+        if outcome.is_err()
+            && let Err(e) = self.store.abort_multipart(&f.key, &upload_id).await
+        {
+            tracing::warn!("aborting the multipart upload of {:?}: {e}", f.key);
+        }
+        outcome
+    }
+}

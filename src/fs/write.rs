@@ -1,0 +1,300 @@
+//! Writes: the write-back buffer per file, uploads at close/fsync (or in the background),
+//! truncation and attribute changes.
+
+use super::*;
+
+/// Attribute changes of one setattr call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub size: Option<u64>,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mtime: Option<SystemTime>,
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+impl Fs {
+    pub(super) fn staging_dir(&self) -> PathBuf {
+        self.config.cache_dir.join("staging")
+    }
+
+    /// Metadata persisted with an upload of `ino`, where the provider keeps it.
+    pub(super) fn metadata_for(&self, ino: u64) -> crate::store::Metadata {
+        match (self.resolved.profile.user_metadata, self.tree().get(ino)) {
+            (true, Some(n)) => n.attr.to_metadata(),
+            _ => crate::store::Metadata::new(),
+        }
+    }
+
+    fn touch_node(&self, ino: u64, size: u64) {
+        if let Some(n) = self.tree().get_mut(ino) {
+            n.attr.size = size;
+            n.attr.mtime = SystemTime::now();
+        }
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, bytes: &[u8]) -> FsResult<u32> {
+        let file = self.handle(fh)?;
+        if !file.writable {
+            return Err(Errno(libc::EBADF));
+        }
+        let data = self.data.lock().unwrap().get(&file.ino).cloned().ok_or(Errno(libc::EBADF))?;
+        let mut f = data.lock().await;
+        let offset = if file.append { f.size } else { offset };
+        let end = offset.checked_add(bytes.len() as u64).ok_or(Errno(libc::EFBIG))?;
+        if end > self.resolved.profile.max_object_size {
+            return Err(Errno(libc::EFBIG));
+        }
+        f.write(offset, bytes, &self.staging_dir()).map_err(|e| {
+            tracing::warn!("write to {:?}: staging file under {}: {e}", f.key, self.staging_dir().display());
+            io_errno(&e)
+        })?;
+        self.touch_node(file.ino, f.size);
+        let metadata = self.metadata_for(file.ino);
+        if let Err(e) = self.uploader.stream_parts(&mut f, &metadata).await {
+            // Not fatal: the whole file is uploaded at close instead.
+            tracing::warn!("streaming upload of {:?}: {e}; will upload at close", f.key);
+            if let Some(s) = &mut f.streaming {
+                s.broken = true;
+            }
+        }
+        Ok(bytes.len() as u32)
+    }
+
+    /// close(): uploads the file's changes and reports the upload's error, unless uploads
+    /// are deferred (`upload_on_close = false`).
+    pub async fn flush(self: &Arc<Self>, fh: u64) -> FsResult<()> {
+        let file = self.handle(fh)?;
+        if !file.writable {
+            return Ok(());
+        }
+        if self.config.upload_on_close {
+            return self.sync_ino(file.ino).await;
+        }
+        let this = self.clone();
+        self.background.pending.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(async move {
+            if this.sync_ino(file.ino).await.is_err() {
+                this.background.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            this.drop_clean_data(file.ino).await;
+            if this.background.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                this.background.idle.notify_waiters();
+            }
+        });
+        Ok(())
+    }
+
+    /// Drops local data of an inode nobody has open any more, once it is clean.
+    async fn drop_clean_data(&self, ino: u64) {
+        if self.open_counts.lock().unwrap().contains_key(&ino) {
+            return;
+        }
+        let data = self.data.lock().unwrap().get(&ino).cloned();
+        if let Some(data) = data
+            && !data.lock().await.dirty
+        {
+            self.data.lock().unwrap().remove(&ino);
+        }
+    }
+
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        let file = self.handle(fh)?;
+        self.sync_ino(file.ino).await
+    }
+
+    /// Uploads `ino`'s local changes, if any, and points the inode at the new object.
+    pub async fn sync_ino(&self, ino: u64) -> FsResult<()> {
+        let Some(data) = self.data.lock().unwrap().get(&ino).cloned() else { return Ok(()) };
+        let mut f = data.lock().await;
+        if !f.dirty {
+            return Ok(());
+        }
+        let metadata = self.metadata_for(ino);
+        let version = match self.uploader.upload(&mut f, &metadata).await {
+            Ok(v) => v,
+            Err(e) => return Err(self.fail("upload", &f.key.clone(), e)),
+        };
+        f.uploaded(version.clone()).map_err(|e| io_errno(&e))?;
+        let mut tree = self.tree();
+        if let Some(n) = tree.get_mut(ino) {
+            n.etag = Some(version.etag.to_string());
+            n.attr.size = version.size;
+            n.local = false;
+            n.metadata_loaded = true;
+            n.fresh_until = Instant::now() + self.config.metadata_ttl;
+            // The kernel's pages hold exactly what was uploaded.
+            n.kernel_cache_etag = Some(version.etag.to_string());
+        }
+        tree.mark_ancestors_remote(ino);
+        drop(tree);
+        for file in self.files.lock().unwrap().values().filter(|h| h.ino == ino) {
+            *file.object.lock().unwrap() = version.clone();
+        }
+        Ok(())
+    }
+
+    /// Uploads every file with local changes; the first error is returned after all tried.
+    pub async fn sync_all(&self) -> FsResult<()> {
+        let inos: Vec<u64> = self.data.lock().unwrap().keys().copied().collect();
+        let mut first_error = Ok(());
+        for ino in inos {
+            if let Err(e) = self.sync_ino(ino).await {
+                first_error = first_error.and(Err(e));
+            }
+        }
+        while self.background.pending.load(Ordering::Acquire) > 0 {
+            let idle = self.background.idle.notified();
+            if self.background.pending.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), idle).await;
+        }
+        first_error
+    }
+
+    /// Bytes and files not yet in the bucket, and background uploads (pending, failed).
+    pub fn dirty_report(&self) -> DirtyReport {
+        let data: Vec<_> = self.data.lock().unwrap().values().cloned().collect();
+        let (mut files, mut bytes) = (0, 0);
+        for d in data {
+            if let Ok(f) = d.try_lock()
+                && f.dirty
+            {
+                files += 1;
+                bytes += f.size;
+            }
+        }
+        DirtyReport {
+            files,
+            bytes,
+            memory: self.dirty_budget.used(),
+            pending_uploads: self.background.pending.load(Ordering::Relaxed),
+            failed_uploads: self.background.failed.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(super) async fn truncate_data(
+        &self,
+        ino: u64,
+        data: &Arc<tokio::sync::Mutex<FileData>>,
+        size: u64,
+    ) -> FsResult<()> {
+        if size > self.resolved.profile.max_object_size {
+            return Err(Errno(libc::EFBIG));
+        }
+        let mut f = data.lock().await;
+        f.truncate(size).map_err(|e| io_errno(&e))?;
+        drop(f);
+        self.touch_node(ino, size);
+        Ok(())
+    }
+
+    pub async fn setattr(&self, ino: u64, fh: Option<u64>, change: SetAttr) -> FsResult<Attr> {
+        if self.config.read_only {
+            return Err(Errno(libc::EROFS));
+        }
+        let (kind, local, key) = {
+            let tree = self.tree();
+            let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
+            (n.attr.kind, n.local, n.key.clone())
+        };
+        if let Some(size) = change.size {
+            if kind == Kind::Dir {
+                return Err(Errno(libc::EISDIR));
+            }
+            let object = self.current_version(ino, &key).await?;
+            let data = self.file_data(ino, &object, local);
+            self.truncate_data(ino, &data, size).await?;
+            // A file truncated while not open (`truncate -s`) is uploaded now.
+            let open_for_write = fh.is_some_and(|fh| self.handle(fh).is_ok_and(|h| h.writable))
+                || self.files.lock().unwrap().values().any(|h| h.ino == ino && h.writable);
+            if !open_for_write {
+                self.sync_ino(ino).await?;
+                self.drop_clean_data(ino).await;
+            }
+        }
+        let meta_change = change.mode.is_some() || change.uid.is_some() || change.gid.is_some() || change.mtime.is_some();
+        if meta_change {
+            {
+                let mut tree = self.tree();
+                let n = tree.get_mut(ino).ok_or(Errno(libc::ENOENT))?;
+                if let Some(mode) = change.mode {
+                    n.attr.perm = (mode & 0o7777) as u16;
+                }
+                if let Some(uid) = change.uid {
+                    n.attr.uid = uid;
+                }
+                if let Some(gid) = change.gid {
+                    n.attr.gid = gid;
+                }
+                if let Some(mtime) = change.mtime {
+                    n.attr.mtime = mtime;
+                }
+            }
+            self.persist_metadata(ino, kind, local, &key).await?;
+        }
+        self.node_attr(ino)
+    }
+
+    /// The object version an inode stands for now (HEAD when the cache is stale).
+    async fn current_version(&self, ino: u64, key: &str) -> FsResult<ObjectVersion> {
+        let (fresh, local) = {
+            let tree = self.tree();
+            let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
+            (n.fresh_until > Instant::now() && n.etag.is_some(), n.local)
+        };
+        if !fresh && !local && !self.data.lock().unwrap().contains_key(&ino) {
+            self.refresh_file(ino, key).await?;
+        }
+        let tree = self.tree();
+        let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
+        Ok(ObjectVersion {
+            key: Arc::from(key),
+            etag: Arc::from(n.etag.clone().unwrap_or_default().as_str()),
+            size: n.attr.size,
+        })
+    }
+
+    /// Mode, owner and mtime go with the next upload of a file with local changes, or by
+    /// a CopyObject onto itself otherwise. Directories and providers without user
+    /// metadata keep them in the mount only.
+    async fn persist_metadata(&self, ino: u64, kind: Kind, local: bool, key: &str) -> FsResult<()> {
+        let has_dirty_data = match self.data.lock().unwrap().get(&ino).cloned() {
+            Some(d) => d.try_lock().map_or(true, |f| f.dirty),
+            None => false,
+        };
+        if !self.resolved.profile.user_metadata || kind == Kind::Dir || local || has_dirty_data {
+            return Ok(());
+        }
+        let metadata = self.metadata_for(ino);
+        let etag = self.store.copy(key, key, Some(&metadata)).await.map_err(|e| self.fail("chmod/chown/utimens", key, e))?;
+        let mut tree = self.tree();
+        if let Some(n) = tree.get_mut(ino) {
+            // Same bytes, new ETag: the kernel's pages stay valid.
+            if n.kernel_cache_etag == n.etag {
+                n.kernel_cache_etag = Some(etag.clone());
+            }
+            n.etag = Some(etag.clone());
+        }
+        drop(tree);
+        for file in self.files.lock().unwrap().values().filter(|h| h.ino == ino) {
+            let mut object = file.object.lock().unwrap();
+            object.etag = Arc::from(etag.as_str());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DirtyReport {
+    pub files: u64,
+    pub bytes: u64,
+    pub memory: u64,
+    pub pending_uploads: u64,
+    pub failed_uploads: u64,
+}
