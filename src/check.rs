@@ -22,14 +22,30 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     };
     let p = &resolved.profile;
     println!("provider:     {}", p.provider.name());
-    println!("endpoint:     {}", resolved.endpoint.as_deref().unwrap_or("(AWS default)"));
-    println!("region:       {}", resolved.region.as_deref().unwrap_or("(AWS default chain)"));
+    println!(
+        "endpoint:     {}",
+        resolved.endpoint.as_deref().unwrap_or("(AWS default)")
+    );
+    println!(
+        "region:       {}",
+        resolved.region.as_deref().unwrap_or("(AWS default chain)")
+    );
     println!("addressing:   {:?}", p.addressing);
     println!("bucket:       {}", resolved.bucket);
-    println!("prefix:       {}", if resolved.prefix.is_empty() { "(none)" } else { &resolved.prefix });
+    println!(
+        "prefix:       {}",
+        if resolved.prefix.is_empty() {
+            "(none)"
+        } else {
+            &resolved.prefix
+        }
+    );
     println!("checksums:    {:?}", p.checksums);
     println!("max put:      {} bytes", p.max_put_size);
-    println!("part size:    min {} / preferred {} / max {} bytes, {} parts", p.min_part_size, p.preferred_part_size, p.max_part_size, p.max_parts);
+    println!(
+        "part size:    min {} / preferred {} / max {} bytes, {} parts",
+        p.min_part_size, p.preferred_part_size, p.max_part_size, p.max_parts
+    );
     println!(
         "capabilities: delete-objects={} upload-part-copy={} rename-object={} user-metadata={} markers={:?} get-redirects={} list-v1={}",
         p.delete_objects, p.upload_part_copy, p.rename_object, p.user_metadata, p.markers, p.get_redirects, p.list_v1
@@ -54,8 +70,16 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     });
     match result {
         Ok(page) => {
-            println!("listing:      ok ({} keys, {} prefixes on the first page)", page.objects.len(), page.prefixes.len());
-            let names = page.prefixes.iter().cloned().chain(page.objects.iter().map(|o| o.key.clone()));
+            println!(
+                "listing:      ok ({} keys, {} prefixes on the first page)",
+                page.objects.len(),
+                page.prefixes.len()
+            );
+            let names = page
+                .prefixes
+                .iter()
+                .cloned()
+                .chain(page.objects.iter().map(|o| o.key.clone()));
             for name in names.take(args.keys) {
                 println!("  {name}");
             }

@@ -11,7 +11,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(name = "s3vol", version, about = "Mount S3-compatible object storage (Runpod network volumes, Hugging Face Storage Buckets, CoreWeave AI Object Storage, AWS S3) as a local directory")]
+#[command(
+    name = "s3vol",
+    version,
+    about = "Mount S3-compatible object storage (Runpod network volumes, Hugging Face Storage Buckets, CoreWeave AI Object Storage, AWS S3) as a local directory"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -154,7 +158,10 @@ pub fn expand_dash_o(args: Vec<String>) -> Result<Vec<String>, String> {
     while let Some(arg) = iter.next() {
         let list = if arg == "-o" {
             iter.next().ok_or("-o needs a value")?
-        } else if let Some(rest) = arg.strip_prefix("-o").filter(|r| !r.is_empty() && !arg.starts_with("--")) {
+        } else if let Some(rest) = arg
+            .strip_prefix("-o")
+            .filter(|r| !r.is_empty() && !arg.starts_with("--"))
+        {
             rest.to_string()
         } else {
             out.push(arg);
@@ -280,26 +287,6 @@ pub enum MarkersArg {
     Forbidden,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dash_o_becomes_long_options() {
-        let args = ["s3vol", "mount", "s3://b", "/mnt", "-o", "region=x,read-only,endpoint-url=http://a\\,b"];
-        let out = expand_dash_o(args.iter().map(|s| s.to_string()).collect()).unwrap();
-        assert_eq!(out[4..], ["--region=x", "--read-only", "--endpoint-url=http://a,b"]);
-        assert!(expand_dash_o(vec!["-o".into()]).is_err());
-    }
-
-    #[test]
-    fn modes_are_octal() {
-        assert_eq!(parse_mode("644"), Ok(0o644));
-        assert_eq!(parse_mode("0o755"), Ok(0o755));
-        assert!(parse_mode("999").is_err());
-    }
-}
-
 impl ConnectArgs {
     pub fn source(&self) -> Result<Source, String> {
         Source::parse(&self.source).map_err(|e| e.to_string())
@@ -345,7 +332,10 @@ impl ConnectArgs {
             None => None,
         };
         Ok(S3Settings {
-            retry: RetryPolicy { max_attempts: self.retries.max(1), ..RetryPolicy::default() },
+            retry: RetryPolicy {
+                max_attempts: self.retries.max(1),
+                ..RetryPolicy::default()
+            },
             connect_timeout: Duration::from_secs(self.connect_timeout),
             read_timeout: Duration::from_secs(self.read_timeout),
             max_requests: self.max_requests,
@@ -353,5 +343,32 @@ impl ConnectArgs {
             credentials,
             ..S3Settings::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dash_o_becomes_long_options() {
+        let args = [
+            "s3vol",
+            "mount",
+            "s3://b",
+            "/mnt",
+            "-o",
+            "region=x,read-only,endpoint-url=http://a\\,b",
+        ];
+        let out = expand_dash_o(args.iter().map(|s| s.to_string()).collect()).unwrap();
+        assert_eq!(out[4..], ["--region=x", "--read-only", "--endpoint-url=http://a,b"]);
+        assert!(expand_dash_o(vec!["-o".into()]).is_err());
+    }
+
+    #[test]
+    fn modes_are_octal() {
+        assert_eq!(parse_mode("644"), Ok(0o644));
+        assert_eq!(parse_mode("0o755"), Ok(0o755));
+        assert!(parse_mode("999").is_err());
     }
 }

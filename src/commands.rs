@@ -12,7 +12,11 @@ pub fn unmount(args: &UnmountArgs) -> ExitCode {
     match output {
         Ok(o) if o.status.success() => {}
         Ok(o) => {
-            eprintln!("s3vol: cannot unmount {}: {}", mountpoint.display(), String::from_utf8_lossy(&o.stderr).trim());
+            eprintln!(
+                "s3vol: cannot unmount {}: {}",
+                mountpoint.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
             return ExitCode::FAILURE;
         }
         Err(e) => {
@@ -54,9 +58,26 @@ pub fn status(args: &StatusArgs) -> ExitCode {
 
 fn print_status(m: &MountStatus) {
     let lookups = m.cache_hits + m.cache_misses;
-    let hit_rate = if lookups == 0 { 0.0 } else { 100.0 * m.cache_hits as f64 / lookups as f64 };
-    println!("{} on {} (pid {}, up {}s{})", m.source, m.mountpoint, m.pid, m.uptime_secs, if m.read_only { ", read-only" } else { "" });
-    println!("  cache:    {} of {} bytes, hit rate {hit_rate:.1}% ({} hits, {} misses), {} bytes fetched", m.cache_bytes, m.cache_budget, m.cache_hits, m.cache_misses, m.fetched_bytes);
-    println!("  requests: {} ({} failed, {} in flight; {} LIST, {} HEAD by the namespace)", m.requests, m.request_errors, m.requests_in_flight, m.list_requests, m.head_requests);
+    let hit_rate = if lookups == 0 {
+        0.0
+    } else {
+        100.0 * m.cache_hits as f64 / lookups as f64
+    };
+    println!(
+        "{} on {} (pid {}, up {}s{})",
+        m.source,
+        m.mountpoint,
+        m.pid,
+        m.uptime_secs,
+        if m.read_only { ", read-only" } else { "" }
+    );
+    println!(
+        "  cache:    {} of {} bytes, hit rate {hit_rate:.1}% ({} hits, {} misses), {} bytes fetched",
+        m.cache_bytes, m.cache_budget, m.cache_hits, m.cache_misses, m.fetched_bytes
+    );
+    println!(
+        "  requests: {} ({} failed, {} in flight; {} LIST, {} HEAD by the namespace)",
+        m.requests, m.request_errors, m.requests_in_flight, m.list_requests, m.head_requests
+    );
     println!("  files:    {} open", m.open_files);
 }

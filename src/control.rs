@@ -60,7 +60,9 @@ pub fn request(socket: &Path, command: &str, timeout: Option<Duration>) -> std::
 
 /// Every reachable mount's status; stale sockets (a daemon that died) are removed.
 pub fn all_statuses() -> Vec<MountStatus> {
-    let Ok(entries) = std::fs::read_dir(socket_dir()) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(socket_dir()) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();

@@ -30,7 +30,10 @@ pub fn read_credentials_file(path: &Path) -> Result<StaticCredentials, String> {
 }
 
 fn parse(text: &str) -> Option<StaticCredentials> {
-    let lines = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
     let (mut access, mut secret, mut token) = (None, None, None);
     for line in lines {
         if line.starts_with('[') {
@@ -50,9 +53,11 @@ fn parse(text: &str) -> Option<StaticCredentials> {
         }
     }
     match (access, secret) {
-        (Some(a), Some(s)) if !a.is_empty() && !s.is_empty() => {
-            Some(StaticCredentials { access_key: a, secret_key: s, session_token: token })
-        }
+        (Some(a), Some(s)) if !a.is_empty() && !s.is_empty() => Some(StaticCredentials {
+            access_key: a,
+            secret_key: s,
+            session_token: token,
+        }),
         _ => None,
     }
 }

@@ -1,13 +1,13 @@
 //! `s3vol demo`: the embedded S3 server on 127.0.0.1 with a small sample tree, mounted.
 
 use s3vol::cli::{DemoArgs, MountOptions};
+use s3vol::credentials::StaticCredentials;
 use s3vol::logging::{self, LogTarget};
 use s3vol::mount::{self, Ready};
 use s3vol::provider::{Overrides, Resolved};
 use s3vol::server::{self, ServerConfig};
 use s3vol::source::Source;
 use s3vol::store::s3::{S3Settings, S3Store};
-use s3vol::credentials::StaticCredentials;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -34,11 +34,23 @@ fn sample_tree() -> Vec<(String, Vec<u8>)> {
     }
     let text = |s: &str| s.as_bytes().to_vec();
     vec![
-        ("README.txt".into(), text("This bucket is served by s3vol's embedded S3 server and mounted through FUSE.\n")),
-        ("models/tiny-llm/config.json".into(), text("{\"hidden_size\": 64, \"layers\": 2}\n")),
+        (
+            "README.txt".into(),
+            text("This bucket is served by s3vol's embedded S3 server and mounted through FUSE.\n"),
+        ),
+        (
+            "models/tiny-llm/config.json".into(),
+            text("{\"hidden_size\": 64, \"layers\": 2}\n"),
+        ),
         ("models/tiny-llm/weights.bin".into(), weights),
-        ("datasets/images/cat 01.txt".into(), text("a picture of a cat, described\n")),
-        ("datasets/images/dog 02.txt".into(), text("a picture of a dog, described\n")),
+        (
+            "datasets/images/cat 01.txt".into(),
+            text("a picture of a cat, described\n"),
+        ),
+        (
+            "datasets/images/dog 02.txt".into(),
+            text("a picture of a dog, described\n"),
+        ),
         ("datasets/notes/résumé été.txt".into(), text("unicode names work\n")),
         ("datasets/notes/a+b #1 100%.txt".into(), text("so do +, # and %\n")),
         ("empty-dir/".into(), Vec::new()),
@@ -52,23 +64,43 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
     let runtime = mount::runtime()?;
     let config = ServerConfig::default();
     let (access_key, secret_key) = (config.access_key.clone(), config.secret_key.clone());
-    let server = runtime.block_on(server::start(config)).map_err(|e| format!("embedded S3 server: {e}"))?;
+    let server = runtime
+        .block_on(server::start(config))
+        .map_err(|e| format!("embedded S3 server: {e}"))?;
     server.backend().create_bucket(BUCKET);
     for (key, body) in sample_tree() {
-        server.backend().put_object(BUCKET, &key, body, &[]).map_err(|e| format!("{key}: {e:?}"))?;
+        server
+            .backend()
+            .put_object(BUCKET, &key, body, &[])
+            .map_err(|e| format!("{key}: {e:?}"))?;
     }
     let source_text = format!("s3://{BUCKET}");
     let source = Source::parse(&source_text).map_err(|e| e.to_string())?;
-    let overrides = Overrides { endpoint_url: Some(server.endpoint.clone()), force_path_style: true, region: Some("us-east-1".into()), ..Default::default() };
+    let overrides = Overrides {
+        endpoint_url: Some(server.endpoint.clone()),
+        force_path_style: true,
+        region: Some("us-east-1".into()),
+        ..Default::default()
+    };
     let resolved = Resolved::new(&source, &overrides);
     let settings = S3Settings {
-        credentials: Some(StaticCredentials { access_key, secret_key, session_token: None }),
+        credentials: Some(StaticCredentials {
+            access_key,
+            secret_key,
+            session_token: None,
+        }),
         ..S3Settings::default()
     };
     let store = runtime.block_on(S3Store::connect(&resolved, settings))?;
-    println!("embedded S3 server: {} (bucket '{BUCKET}', path style)", server.endpoint);
+    println!(
+        "embedded S3 server: {} (bucket '{BUCKET}', path style)",
+        server.endpoint
+    );
     println!("mounted on {}; try:", mountpoint.display());
-    println!("  ls -lR {0}\n  cat {0}/README.txt\n  sha256sum {0}/models/tiny-llm/weights.bin", mountpoint.display());
+    println!(
+        "  ls -lR {0}\n  cat {0}/README.txt\n  sha256sum {0}/models/tiny-llm/weights.bin",
+        mountpoint.display()
+    );
     println!("  s3vol status\nCtrl-C unmounts.");
     let options = MountOptions {
         foreground: true,
@@ -87,5 +119,13 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         fuse_threads: 4,
         kernel_option: Vec::new(),
     };
-    mount::serve(&runtime, Arc::new(store), resolved, &source_text, &mountpoint, &options, &mut Ready::foreground())
+    mount::serve(
+        &runtime,
+        Arc::new(store),
+        resolved,
+        &source_text,
+        &mountpoint,
+        &options,
+        &mut Ready::foreground(),
+    )
 }

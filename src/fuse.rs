@@ -8,9 +8,9 @@ use fuser::{
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
-use std::time::SystemTime;
 use std::ffi::OsStr;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::runtime::Handle;
 
 pub struct FuseAdapter {
@@ -76,7 +76,10 @@ fn open_mode(flags: OpenFlags) -> OpenMode {
 }
 
 fn caller(req: &Request) -> Caller {
-    Caller { uid: req.uid(), gid: req.gid() }
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
 }
 
 fn time(t: TimeOrNow) -> SystemTime {
@@ -121,8 +124,12 @@ impl Filesystem for FuseAdapter {
             // An old kernel lacks some: mount anyway, a little slower.
             let _ = config.add_capabilities(flag);
         }
-        let _ = config.set_max_readahead(4 << 20).or_else(|max| config.set_max_readahead(max));
-        let _ = config.set_max_background(256).or_else(|max| config.set_max_background(max));
+        let _ = config
+            .set_max_readahead(4 << 20)
+            .or_else(|max| config.set_max_readahead(max));
+        let _ = config
+            .set_max_background(256)
+            .or_else(|max| config.set_max_background(max));
         let _ = config.set_max_write(1 << 20).or_else(|max| config.set_max_write(max));
         Ok(())
     }
@@ -163,7 +170,11 @@ impl Filesystem for FuseAdapter {
         self.spawn(move |fs| async move {
             match fs.open(ino.0, mode).await {
                 Ok(o) => {
-                    let flags = if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                    let flags = if o.keep_cache {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
                     reply.opened(FileHandle(o.fh), flags)
                 }
                 Err(e) => reply.error(errno(e)),
@@ -283,7 +294,13 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let change = SetAttr { size, mode, uid, gid, mtime: mtime.map(time) };
+        let change = SetAttr {
+            size,
+            mode,
+            uid,
+            gid,
+            mtime: mtime.map(time),
+        };
         self.spawn(move |fs| async move {
             match fs.setattr(ino.0, fh.map(|f| f.0), change).await {
                 Ok(attr) => reply.attr(&fs.attr_ttl(), &file_attr(&attr)),
@@ -317,12 +334,16 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let Ok(name) = utf8(name) else { return reply.error(Errno::ENOENT) };
+        let Ok(name) = utf8(name) else {
+            return reply.error(Errno::ENOENT);
+        };
         self.spawn(move |fs| async move { reply_empty(reply, fs.unlink(parent.0, &name).await) });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let Ok(name) = utf8(name) else { return reply.error(Errno::ENOENT) };
+        let Ok(name) = utf8(name) else {
+            return reply.error(Errno::ENOENT);
+        };
         self.spawn(move |fs| async move { reply_empty(reply, fs.rmdir(parent.0, &name).await) });
     }
 
@@ -336,13 +357,18 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let (Ok(name), Ok(newname)) = (utf8(name), utf8(newname)) else { return reply.error(Errno::EINVAL) };
+        let (Ok(name), Ok(newname)) = (utf8(name), utf8(newname)) else {
+            return reply.error(Errno::EINVAL);
+        };
         if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::EINVAL);
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         self.spawn(move |fs| async move {
-            reply_empty(reply, fs.rename(parent.0, &name, newparent.0, &newname, no_replace).await)
+            reply_empty(
+                reply,
+                fs.rename(parent.0, &name, newparent.0, &newname, no_replace).await,
+            )
         });
     }
 
@@ -392,7 +418,14 @@ impl Filesystem for FuseAdapter {
                     let ttl = fs.attr_ttl();
                     for e in entries {
                         let Ok(attr) = fs.cached_attr(e.ino) else { continue };
-                        if reply.add(INodeNo(e.ino), e.next_offset, &e.name, &ttl, &file_attr(&attr), Generation(0)) {
+                        if reply.add(
+                            INodeNo(e.ino),
+                            e.next_offset,
+                            &e.name,
+                            &ttl,
+                            &file_attr(&attr),
+                            Generation(0),
+                        ) {
                             break;
                         }
                     }
@@ -410,6 +443,15 @@ impl Filesystem for FuseAdapter {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let s = self.fs.statfs();
-        reply.statfs(s.blocks, s.free_blocks, s.free_blocks, s.files, s.free_files, s.block_size, 255, s.block_size);
+        reply.statfs(
+            s.blocks,
+            s.free_blocks,
+            s.free_blocks,
+            s.files,
+            s.free_files,
+            s.block_size,
+            255,
+            s.block_size,
+        );
     }
 }

@@ -35,7 +35,11 @@ pub fn init(target: LogTarget<'_>, debug: bool) -> Result<(), String> {
         LogTarget::Syslog => {
             // SAFETY: the identity string is static and openlog keeps the pointer.
             unsafe { libc::openlog(c"s3vol".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
-            builder.with_ansi(false).without_time().with_writer(|| Syslog).try_init()
+            builder
+                .with_ansi(false)
+                .without_time()
+                .with_writer(|| Syslog)
+                .try_init()
         }
     };
     result.map_err(|e| format!("cannot start logging: {e}"))

@@ -9,7 +9,10 @@ mod demo;
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     // mount(8) runs /sbin/mount.s3vol, a link to this binary, with its own convention.
-    if argv.first().is_some_and(|name| s3vol::mount_helper::invoked_as_helper(name)) {
+    if argv
+        .first()
+        .is_some_and(|name| s3vol::mount_helper::invoked_as_helper(name))
+    {
         return s3vol::mount_helper::run(&argv[1..]);
     }
     let args = match expand_dash_o(argv) {

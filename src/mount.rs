@@ -64,7 +64,15 @@ pub fn run(args: MountArgs) -> ExitCode {
             verify_bucket(&store, &resolved).await?;
             Ok::<_, String>(store)
         })?;
-        serve(&runtime, Arc::new(store), resolved, &args.connect.source, &mountpoint, &args.options, &mut ready)
+        serve(
+            &runtime,
+            Arc::new(store),
+            resolved,
+            &args.connect.source,
+            &mountpoint,
+            &args.options,
+            &mut ready,
+        )
     })();
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -104,12 +112,23 @@ pub fn check_mountpoint(path: &Path) -> Result<PathBuf, String> {
 /// One LIST of the mount root: wrong credentials, a missing bucket or an unreachable
 /// endpoint show up here, before the mount, with a few quick retries only.
 async fn verify_bucket(store: &S3Store, resolved: &Resolved) -> Result<(), String> {
-    let req = ListRequest { prefix: resolved.prefix.clone(), max_keys: Some(1), ..Default::default() };
-    let quick = RetryPolicy { max_attempts: 3, ..RetryPolicy::default() };
-    quick.run("check", || store.list_page(&req)).await.map(|_| ()).map_err(|e| {
-        let endpoint = resolved.endpoint.as_deref().unwrap_or("the AWS endpoint");
-        format!("cannot list bucket '{}' at {endpoint}: {e}", resolved.bucket)
-    })
+    let req = ListRequest {
+        prefix: resolved.prefix.clone(),
+        max_keys: Some(1),
+        ..Default::default()
+    };
+    let quick = RetryPolicy {
+        max_attempts: 3,
+        ..RetryPolicy::default()
+    };
+    quick
+        .run("check", || store.list_page(&req))
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            let endpoint = resolved.endpoint.as_deref().unwrap_or("the AWS endpoint");
+            format!("cannot list bucket '{}' at {endpoint}: {e}", resolved.bucket)
+        })
 }
 
 /// Forks; the parent waits for the child to report the mount live (exit 0) or failed
@@ -125,7 +144,11 @@ fn daemonize() -> Result<Ready, String> {
             if answer == "OK\n" {
                 std::process::exit(0);
             }
-            let answer = if answer.is_empty() { "the mount daemon exited before the mount was live".into() } else { answer };
+            let answer = if answer.is_empty() {
+                "the mount daemon exited before the mount was live".into()
+            } else {
+                answer
+            };
             eprintln!("s3vol: {}", answer.trim_end());
             std::process::exit(1);
         }
@@ -138,7 +161,9 @@ fn daemonize() -> Result<Ready, String> {
                     unsafe { libc::dup2(null.as_raw_fd(), fd) };
                 }
             }
-            Ok(Ready { pipe: Some(std::fs::File::from(write_end)) })
+            Ok(Ready {
+                pipe: Some(std::fs::File::from(write_end)),
+            })
         }
     }
 }
@@ -207,9 +232,17 @@ pub fn serve(
     let unmounter = session.unmount_callable();
     runtime.spawn(unmount_on_signal(fs.clone(), unmounter, mountpoint.to_path_buf()));
     let socket = control::socket_path(mountpoint);
-    let status = StatusSource { fs: fs.clone(), source: source.to_string(), mountpoint: mountpoint.to_path_buf(), started };
+    let status = StatusSource {
+        fs: fs.clone(),
+        source: source.to_string(),
+        mountpoint: mountpoint.to_path_buf(),
+        started,
+    };
     if let Err(e) = runtime.block_on(serve_control(&socket, status)) {
-        tracing::warn!("control socket {}: {e}; s3vol status will not see this mount", socket.display());
+        tracing::warn!(
+            "control socket {}: {e}; s3vol status will not see this mount",
+            socket.display()
+        );
     }
     tracing::info!("mounted {source} on {}", mountpoint.display());
     ready.ok();
@@ -255,7 +288,10 @@ async fn unmount_on_signal(fs: Arc<Fs>, mut unmounter: fuser::SessionUnmounter, 
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    tracing::info!("signal received: uploading dirty data, then unmounting {}", mountpoint.display());
+    tracing::info!(
+        "signal received: uploading dirty data, then unmounting {}",
+        mountpoint.display()
+    );
     if fs.sync_all().await.is_err() {
         tracing::error!("some dirty data could not be uploaded; it stays in the staging area until exit");
     }
@@ -311,13 +347,18 @@ async fn serve_control(socket: &Path, source: StatusSource) -> std::io::Result<(
     let source = Arc::new(source);
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let source = source.clone();
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
                 let mut reader = BufReader::new(read);
-                if tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line)).await.is_err() {
+                if tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 let reply = match line.trim() {

@@ -20,9 +20,7 @@ const DROPPED: &[&str] = &[
 /// `user=NAME` is what mount(8) passes for a user mount of a `user` fstab line.
 const DROPPED_PREFIXES: &[&str] = &["x-systemd.", "comment=", "user="];
 /// Flags the kernel enforces; `--kernel-option` hands them to the FUSE mount.
-const KERNEL_FLAGS: &[&str] = &[
-    "nosuid", "suid", "nodev", "dev", "noexec", "exec", "noatime", "atime",
-];
+const KERNEL_FLAGS: &[&str] = &["nosuid", "suid", "nodev", "dev", "noexec", "exec", "noatime", "atime"];
 
 /// One invocation of the helper, decoded.
 #[derive(Debug)]
@@ -37,9 +35,7 @@ pub struct HelperCall {
 }
 
 pub fn invoked_as_helper(argv0: &str) -> bool {
-    Path::new(argv0)
-        .file_name()
-        .is_some_and(|name| name == HELPER_NAME)
+    Path::new(argv0).file_name().is_some_and(|name| name == HELPER_NAME)
 }
 
 /// Decodes the helper's arguments (without the program name). `-s` (sloppy) and `-n` (no
@@ -57,10 +53,7 @@ pub fn helper_args(args: &[String]) -> Result<HelperCall, String> {
             iter.next().ok_or("-t needs a value")?;
         } else if let Some(list) = arg.strip_prefix("-o") {
             options.extend(split_options(list));
-        } else if let Some(flags) = arg
-            .strip_prefix('-')
-            .filter(|f| !f.is_empty() && !f.starts_with('-'))
-        {
+        } else if let Some(flags) = arg.strip_prefix('-').filter(|f| !f.is_empty() && !f.starts_with('-')) {
             for flag in flags.chars() {
                 match flag {
                     'f' => fake = true,
@@ -75,8 +68,7 @@ pub fn helper_args(args: &[String]) -> Result<HelperCall, String> {
             positional.push(arg.clone());
         }
     }
-    let [source, mountpoint] =
-        <[String; 2]>::try_from(positional).map_err(|_| USAGE.to_string())?;
+    let [source, mountpoint] = <[String; 2]>::try_from(positional).map_err(|_| USAGE.to_string())?;
     let mut argv = vec!["s3vol".to_string(), "mount".to_string(), source, mountpoint];
     argv.extend(mount_flags(&options));
     let cli = Cli::try_parse_from(&argv).map_err(option_error)?;
@@ -115,9 +107,7 @@ fn mount_flags(options: &[String]) -> Vec<String> {
 fn option_error(error: clap::Error) -> String {
     let unknown = match error.kind() {
         ErrorKind::DisplayHelp => Some("help".to_string()),
-        ErrorKind::UnknownArgument => error
-            .get(ContextKind::InvalidArg)
-            .map(|arg| arg.to_string()),
+        ErrorKind::UnknownArgument => error.get(ContextKind::InvalidArg).map(|arg| arg.to_string()),
         _ => None,
     };
     if let Some(arg) = unknown {
@@ -202,24 +192,15 @@ mod tests {
     fn options_become_mount_flags() {
         let cases: &[(&str, &[&str])] = &[
             ("s3://b /mnt", &[]),
-            (
-                "s3://b /mnt -o region=x,allow-other",
-                &["--region=x", "--allow-other"],
-            ),
+            ("s3://b /mnt -o region=x,allow-other", &["--region=x", "--allow-other"]),
             ("s3://b /mnt -oregion=x", &["--region=x"]),
-            (
-                "s3://b /mnt -o region=a -o profile=p",
-                &["--region=a", "--profile=p"],
-            ),
+            ("s3://b /mnt -o region=a -o profile=p", &["--region=a", "--profile=p"]),
             ("-v -o region=x s3://b /mnt", &["--region=x"]),
             (
                 r"s3://b /mnt -o endpoint-url=http://h/a\,b,region=r",
                 &["--endpoint-url=http://h/a,b", "--region=r"],
             ),
-            (
-                r"s3://b /mnt -o log-file=/var/log/a\\b",
-                &[r"--log-file=/var/log/a\b"],
-            ),
+            (r"s3://b /mnt -o log-file=/var/log/a\\b", &[r"--log-file=/var/log/a\b"]),
             (
                 "s3://b /mnt -o credentials-file=/etc/s3vol/vol.cred",
                 &["--credentials-file=/etc/s3vol/vol.cred"],
@@ -258,10 +239,7 @@ mod tests {
     #[test]
     fn positionals_and_flags() {
         let call = helper("runpod://EU-RO-1/vol /mnt/vol -f -v -o allow-other").unwrap();
-        assert_eq!(
-            call.argv[..4],
-            ["s3vol", "mount", "runpod://EU-RO-1/vol", "/mnt/vol"]
-        );
+        assert_eq!(call.argv[..4], ["s3vol", "mount", "runpod://EU-RO-1/vol", "/mnt/vol"]);
         assert!(call.fake && call.verbose);
         assert_eq!(call.mount.connect.source, "runpod://EU-RO-1/vol");
         assert_eq!(call.mount.mountpoint, Path::new("/mnt/vol"));
@@ -274,8 +252,7 @@ mod tests {
 
     #[test]
     fn parsed_options_reach_mount_args() {
-        let call =
-            helper("s3://b /mnt -o ro,noexec,suid,memory-limit=2GiB,force-path-style").unwrap();
+        let call = helper("s3://b /mnt -o ro,noexec,suid,memory-limit=2GiB,force-path-style").unwrap();
         assert!(call.mount.options.read_only && call.mount.connect.force_path_style);
         assert_eq!(call.mount.options.memory_limit, 2 << 30);
         assert_eq!(
@@ -308,11 +285,7 @@ mod tests {
             ("s3://b /mnt -o kernel-option=nosync", "kernel-option"),
         ];
         for (args, expected) in cases {
-            let args: Vec<String> = args
-                .split(' ')
-                .filter(|a| !a.is_empty())
-                .map(String::from)
-                .collect();
+            let args: Vec<String> = args.split(' ').filter(|a| !a.is_empty()).map(String::from).collect();
             let error = helper_args(&args).expect_err(&format!("{args:?} must be rejected"));
             assert!(error.contains(expected), "{args:?}: {error}");
             assert!(!error.contains('\n'), "{args:?}: one line: {error}");

@@ -6,8 +6,8 @@
 use crate::source::Source;
 
 pub const RUNPOD_DATACENTERS: &[&str] = &[
-    "EU-CZ-1", "EU-RO-1", "EUR-IS-1", "EUR-NO-1", "US-CA-2", "US-GA-2", "US-IL-1", "US-KS-2",
-    "US-MD-1", "US-MO-1", "US-MO-2", "US-NC-1", "US-NC-2", "US-NE-1", "US-WA-1",
+    "EU-CZ-1", "EU-RO-1", "EUR-IS-1", "EUR-NO-1", "US-CA-2", "US-GA-2", "US-IL-1", "US-KS-2", "US-MD-1", "US-MO-1",
+    "US-MO-2", "US-NC-1", "US-NC-2", "US-NE-1", "US-WA-1",
 ];
 
 const KB: u64 = 1000;
@@ -379,9 +379,18 @@ mod tests {
     fn hf_endpoint_keeps_its_trailing_slash() {
         let r = resolve("hf://ns/b", Overrides::default());
         assert_eq!(r.endpoint.as_deref(), Some("https://s3.hf.co/ns/"));
-        let o = Overrides { endpoint_url: Some("http://127.0.0.1:9/ns".into()), ..Default::default() };
-        assert_eq!(resolve("hf://ns/b", o).endpoint.as_deref(), Some("http://127.0.0.1:9/ns/"));
-        let o = Overrides { endpoint_url: Some("http://127.0.0.1:9".into()), ..Default::default() };
+        let o = Overrides {
+            endpoint_url: Some("http://127.0.0.1:9/ns".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve("hf://ns/b", o).endpoint.as_deref(),
+            Some("http://127.0.0.1:9/ns/")
+        );
+        let o = Overrides {
+            endpoint_url: Some("http://127.0.0.1:9".into()),
+            ..Default::default()
+        };
         assert_eq!(resolve("s3://b", o).endpoint.as_deref(), Some("http://127.0.0.1:9"));
     }
 

@@ -120,7 +120,10 @@ mod tests {
     #[test]
     fn parses_every_form() {
         let s = ok("s3://bucket");
-        assert_eq!((s.provider, s.bucket.as_str(), s.prefix.as_str()), (Provider::Aws, "bucket", ""));
+        assert_eq!(
+            (s.provider, s.bucket.as_str(), s.prefix.as_str()),
+            (Provider::Aws, "bucket", "")
+        );
         let s = ok("s3://bucket/a/b");
         assert_eq!(s.prefix, "a/b/");
         let s = ok("runpod://eu-ro-1/vol123/models/");
@@ -132,7 +135,10 @@ mod tests {
         assert_eq!(s.scope.as_deref(), Some("my-org"));
         assert_eq!(s.bucket, "weights");
         let s = ok("cw://data/x");
-        assert_eq!((s.provider, s.bucket.as_str(), s.prefix.as_str()), (Provider::CoreWeave, "data", "x/"));
+        assert_eq!(
+            (s.provider, s.bucket.as_str(), s.prefix.as_str()),
+            (Provider::CoreWeave, "data", "x/")
+        );
     }
 
     #[test]

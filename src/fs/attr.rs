@@ -48,7 +48,15 @@ impl Attr {
             Kind::File => d.file_mode,
             Kind::Symlink => 0o777,
         };
-        Attr { ino, kind, size, mtime, perm, uid: d.uid, gid: d.gid }
+        Attr {
+            ino,
+            kind,
+            size,
+            mtime,
+            perm,
+            uid: d.uid,
+            gid: d.gid,
+        }
     }
 
     /// Applies s3fs-style metadata (`mode` is the decimal st_mode with its type bits,
@@ -99,7 +107,12 @@ mod tests {
 
     #[test]
     fn s3fs_metadata_round_trip() {
-        let d = Defaults { uid: 1, gid: 2, file_mode: 0o644, dir_mode: 0o755 };
+        let d = Defaults {
+            uid: 1,
+            gid: 2,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+        };
         let mut a = Attr::new(5, Kind::File, 3, UNIX_EPOCH, &d);
         a.perm = 0o600;
         a.kind = Kind::Symlink;

@@ -95,7 +95,11 @@ impl BlockCache {
         let bs = self.block_size;
         let wanted = range.start / bs..end.div_ceil(bs);
         let last_block = object.size.div_ceil(bs);
-        let ensure_end = prefetch_end.min(object.size).div_ceil(bs).max(wanted.end).min(last_block);
+        let ensure_end = prefetch_end
+            .min(object.size)
+            .div_ceil(bs)
+            .max(wanted.end)
+            .min(last_block);
         let slots = self.claim(object, wanted.start..ensure_end, wanted.end);
         let mut out = BytesMut::with_capacity((end - range.start) as usize);
         for (i, slot) in slots.into_iter().enumerate() {
@@ -107,7 +111,11 @@ impl BlockCache {
             let from = range.start.saturating_sub(block_start) as usize;
             let to = ((end - block_start) as usize).min(block.len());
             if from >= to {
-                return Err(StoreError::Other(format!("short block {} of {}", wanted.start + i as u64, object.key)));
+                return Err(StoreError::Other(format!(
+                    "short block {} of {}",
+                    wanted.start + i as u64,
+                    object.key
+                )));
             }
             out.extend_from_slice(&block[from..to]);
         }
@@ -122,15 +130,16 @@ impl BlockCache {
         {
             let mut pending = self.pending.lock().expect("pending map poisoned");
             for index in blocks.clone() {
-                let key = BlockKey { key: object.key.clone(), etag: object.etag.clone(), index };
+                let key = BlockKey {
+                    key: object.key.clone(),
+                    etag: object.etag.clone(),
+                    index,
+                };
                 // Fetches insert into the cache before they leave `pending`, so a block in
                 // neither is truly missing.
-                let slot = if let Some(p) = pending.get(&key) {
-                    Some(Slot::Pending(p.clone()))
-                } else if let Some(b) = self.cache.get(&key) {
-                    Some(Slot::Ready(b))
-                } else {
-                    None
+                let slot = match pending.get(&key) {
+                    Some(p) => Some(Slot::Pending(p.clone())),
+                    None => self.cache.get(&key).map(Slot::Ready),
                 };
                 let slot = match slot {
                     Some(s) => {
@@ -167,10 +176,7 @@ impl BlockCache {
     }
 
     /// Consecutive missing blocks, split into runs of at most `request_size` bytes.
-    fn runs(
-        &self,
-        missing: Vec<(u64, oneshot::Sender<BlockResult>)>,
-    ) -> Vec<Vec<(u64, oneshot::Sender<BlockResult>)>> {
+    fn runs(&self, missing: Vec<(u64, oneshot::Sender<BlockResult>)>) -> Vec<Vec<(u64, oneshot::Sender<BlockResult>)>> {
         let per_request = (self.request_size / self.block_size).max(1) as usize;
         let mut runs: Vec<Vec<_>> = Vec::new();
         for (index, tx) in missing {
@@ -192,7 +198,10 @@ impl BlockCache {
         let end = ((first + run.len() as u64) * bs).min(object.size);
         let mut run = run.into_iter();
         let result = async {
-            let resp = self.store.get_range(&object.key, start..end, Some(&object.etag)).await?;
+            let resp = self
+                .store
+                .get_range(&object.key, start..end, Some(&object.etag))
+                .await?;
             let mut body = resp.body;
             let mut buf = BytesMut::new();
             let mut block_start = start;
@@ -227,7 +236,11 @@ impl BlockCache {
     }
 
     fn publish(&self, object: &ObjectVersion, index: u64, result: BlockResult, tx: oneshot::Sender<BlockResult>) {
-        let key = BlockKey { key: object.key.clone(), etag: object.etag.clone(), index };
+        let key = BlockKey {
+            key: object.key.clone(),
+            etag: object.etag.clone(),
+            index,
+        };
         if let Ok(block) = &result {
             self.cache.insert(key.clone(), block.clone());
         }
@@ -251,9 +264,16 @@ mod tests {
     async fn setup(len: usize) -> (Arc<MemoryStore>, Arc<BlockCache>, ObjectVersion, Vec<u8>) {
         let store = Arc::new(MemoryStore::new());
         let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-        let etag = store.put("obj", Bytes::from(data.clone()), &PutOptions::default()).await.unwrap();
+        let etag = store
+            .put("obj", Bytes::from(data.clone()), &PutOptions::default())
+            .await
+            .unwrap();
         let cache = BlockCache::new(store.clone(), 1 << 30, 1000, 4000);
-        let object = ObjectVersion { key: "obj".into(), etag: etag.into(), size: len as u64 };
+        let object = ObjectVersion {
+            key: "obj".into(),
+            etag: etag.into(),
+            size: len as u64,
+        };
         (store, cache, object, data)
     }
 
@@ -292,7 +312,10 @@ mod tests {
     async fn a_replaced_object_is_never_mixed() {
         let (store, cache, object, _) = setup(3000).await;
         cache.read(&object, 0..1000, 0).await.unwrap();
-        store.put("obj", Bytes::from(vec![1u8; 3000]), &PutOptions::default()).await.unwrap();
+        store
+            .put("obj", Bytes::from(vec![1u8; 3000]), &PutOptions::default())
+            .await
+            .unwrap();
         let err = cache.read(&object, 1000..3000, 0).await.unwrap_err();
         assert_eq!(err, StoreError::PreconditionFailed);
     }

@@ -18,7 +18,11 @@ pub struct MemoryBudget {
 
 impl MemoryBudget {
     pub fn new(limit: u64, per_file: u64) -> Arc<MemoryBudget> {
-        Arc::new(MemoryBudget { used: AtomicU64::new(0), limit, per_file })
+        Arc::new(MemoryBudget {
+            used: AtomicU64::new(0),
+            limit,
+            per_file,
+        })
     }
 
     pub fn used(&self) -> u64 {
@@ -27,7 +31,9 @@ impl MemoryBudget {
 
     fn try_take(&self, bytes: u64) -> bool {
         self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| (u + bytes <= self.limit).then_some(u + bytes))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u + bytes <= self.limit).then_some(u + bytes)
+            })
             .is_ok()
     }
 
@@ -43,7 +49,10 @@ pub enum Content {
 
 impl Content {
     pub fn new(budget: Arc<MemoryBudget>) -> Content {
-        Content::Memory { bytes: Vec::new(), budget }
+        Content::Memory {
+            bytes: Vec::new(),
+            budget,
+        }
     }
 
     #[cfg(test)]
@@ -121,10 +130,16 @@ impl Content {
     }
 
     fn spill(&mut self, staging_dir: &Path) -> std::io::Result<()> {
-        let Content::Memory { bytes, budget } = self else { return Ok(()) };
+        let Content::Memory { bytes, budget } = self else {
+            return Ok(());
+        };
         std::fs::create_dir_all(staging_dir)?;
         let path = staging_dir.join(format!("staging-{}-{:016x}", std::process::id(), fastrand::u64(..)));
-        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
         file.write_all_at(bytes, 0)?;
         budget.give_back(bytes.len() as u64);
         *self = Content::Staged { file, path };
@@ -159,7 +174,10 @@ mod tests {
         b.write_at(10, &[2; 60], dir.path()).unwrap();
         assert!(b.is_staged());
         assert_eq!(budget.used(), 60);
-        assert_eq!(b.read_at(0, 80).unwrap(), [vec![0; 10], vec![2; 60], vec![0; 10]].concat());
+        assert_eq!(
+            b.read_at(0, 80).unwrap(),
+            [vec![0; 10], vec![2; 60], vec![0; 10]].concat()
+        );
         a.truncate(20).unwrap();
         assert_eq!(budget.used(), 20);
         drop(a);

@@ -87,7 +87,9 @@ pub fn page_entries(dir_key: &str, page: &ListPage, hidden: &[&str]) -> Vec<Seen
         .collect();
     let mut out = Vec::with_capacity(page.objects.len() + page.prefixes.len());
     for o in &page.objects {
-        let Some(name) = o.key.strip_prefix(dir_key) else { continue };
+        let Some(name) = o.key.strip_prefix(dir_key) else {
+            continue;
+        };
         if name.is_empty() || dirs.contains(name) {
             // The directory's own marker, or a file hidden by a directory of its name.
             continue;
@@ -105,7 +107,9 @@ pub fn page_entries(dir_key: &str, page: &ListPage, hidden: &[&str]) -> Vec<Seen
         });
     }
     for p in &page.prefixes {
-        let Some(name) = p.strip_prefix(dir_key).and_then(|n| n.strip_suffix('/')) else { continue };
+        let Some(name) = p.strip_prefix(dir_key).and_then(|n| n.strip_suffix('/')) else {
+            continue;
+        };
         if hidden.iter().any(|h| p == h) {
             continue;
         }
@@ -135,14 +139,31 @@ mod tests {
     use crate::store::ObjectMeta;
 
     fn obj(key: &str) -> ObjectMeta {
-        ObjectMeta { key: key.into(), size: 1, etag: None, last_modified: None, metadata: Default::default() }
+        ObjectMeta {
+            key: key.into(),
+            size: 1,
+            etag: None,
+            last_modified: None,
+            metadata: Default::default(),
+        }
     }
 
     #[test]
     fn page_entries_skip_markers_hidden_and_bad_names() {
         let page = ListPage {
-            objects: vec![obj("d/"), obj("d/a"), obj("d/b"), obj("d/."), obj(&format!("d/{}", "x".repeat(300)))],
-            prefixes: vec!["d/b/".into(), "d/c/".into(), "d//".into(), "d/.s3compat_uploads/".into()],
+            objects: vec![
+                obj("d/"),
+                obj("d/a"),
+                obj("d/b"),
+                obj("d/."),
+                obj(&format!("d/{}", "x".repeat(300))),
+            ],
+            prefixes: vec![
+                "d/b/".into(),
+                "d/c/".into(),
+                "d//".into(),
+                "d/.s3compat_uploads/".into(),
+            ],
             next: None,
         };
         let seen = page_entries("d/", &page, &["d/.s3compat_uploads/"]);

@@ -135,7 +135,10 @@ impl FileData {
                 Piece::Local(r) => out.extend(self.read_local(r)?),
                 Piece::Zero(r) => out.resize(out.len() + (r.end - r.start) as usize, 0),
                 Piece::Base(r) => {
-                    let base = self.base.as_ref().ok_or_else(|| StoreError::Other("no base object".into()))?;
+                    let base = self
+                        .base
+                        .as_ref()
+                        .ok_or_else(|| StoreError::Other("no base object".into()))?;
                     out.extend_from_slice(&blocks.read(base, r.clone(), r.end).await?);
                 }
             }
@@ -166,7 +169,11 @@ mod tests {
     use super::*;
 
     fn data(base_size: u64) -> FileData {
-        let base = ObjectVersion { key: "k".into(), etag: "e".into(), size: base_size };
+        let base = ObjectVersion {
+            key: "k".into(),
+            etag: "e".into(),
+            size: base_size,
+        };
         FileData::new("k".into(), Some(base), MemoryBudget::new(1 << 20, 1 << 20))
     }
 
@@ -175,13 +182,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut f = data(100);
         f.write(10, &[1; 10], dir.path()).unwrap();
-        assert_eq!(f.pieces(0..100), vec![Piece::Base(0..10), Piece::Local(10..20), Piece::Base(20..100)]);
+        assert_eq!(
+            f.pieces(0..100),
+            vec![Piece::Base(0..10), Piece::Local(10..20), Piece::Base(20..100)]
+        );
         f.truncate(50).unwrap();
         f.truncate(120).unwrap();
-        assert_eq!(
-            f.pieces(40..200),
-            vec![Piece::Base(40..50), Piece::Zero(50..120)]
-        );
+        assert_eq!(f.pieces(40..200), vec![Piece::Base(40..50), Piece::Zero(50..120)]);
         assert!(f.is_pure_base(20..50) && !f.is_pure_base(0..20) && !f.is_pure_base(40..60));
         f.write(130, &[2; 5], dir.path()).unwrap();
         assert_eq!(f.pieces(118..140), vec![Piece::Zero(118..130), Piece::Local(130..135)]);

@@ -24,16 +24,16 @@ use crate::provider::Resolved;
 use crate::store::{ListRequest, ObjectStore, StoreError};
 use blocks::{BlockCache, ObjectVersion};
 use bytes::Bytes;
+use content::MemoryBudget;
 use dir::{DirStream, ListState};
+use dirty::FileData;
 use readahead::ReadAhead;
 use std::collections::HashMap;
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use content::MemoryBudget;
-use dirty::FileData;
-use std::collections::HashSet;
-use std::path::PathBuf;
 use tree::{Seen, Tree};
 use upload::Uploader;
 
@@ -64,7 +64,12 @@ pub struct FsConfig {
 impl Default for FsConfig {
     fn default() -> Self {
         FsConfig {
-            defaults: Defaults { uid: 0, gid: 0, file_mode: 0o644, dir_mode: 0o755 },
+            defaults: Defaults {
+                uid: 0,
+                gid: 0,
+                file_mode: 0o644,
+                dir_mode: 0o755,
+            },
             metadata_ttl: Duration::from_secs(5),
             read_only: false,
             memory_limit: 1 << 30,
@@ -244,7 +249,13 @@ impl Fs {
     pub fn statfs(&self) -> StatFs {
         const BLOCK: u32 = 4096;
         const TOTAL: u64 = (1 << 50) / BLOCK as u64;
-        StatFs { blocks: TOTAL, free_blocks: TOTAL, files: 1 << 32, free_files: 1 << 31, block_size: BLOCK }
+        StatFs {
+            blocks: TOTAL,
+            free_blocks: TOTAL,
+            files: 1 << 32,
+            free_files: 1 << 31,
+            block_size: BLOCK,
+        }
     }
 
     pub fn attr_ttl(&self) -> Duration {
@@ -275,7 +286,9 @@ impl Fs {
         match self.lookup_remote(&parent_key, name).await? {
             Some((seen, metadata)) => {
                 let mut tree = self.tree();
-                let ino = tree.upsert(parent, &seen, self.ttl_from_now()).ok_or(Errno(libc::ENOENT))?;
+                let ino = tree
+                    .upsert(parent, &seen, self.ttl_from_now())
+                    .ok_or(Errno(libc::ENOENT))?;
                 let node = tree.get_mut(ino).ok_or(Errno(libc::ENOENT))?;
                 if let Some(m) = metadata {
                     node.attr.apply_metadata(&m);
@@ -324,10 +337,16 @@ impl Fs {
         let (page, head) = futures::join!(list, head);
         let page = page.map_err(|e| self.fail("LIST", &key, e))?;
         let hidden = self.resolved.profile.hidden_prefixes.iter().any(|h| dir_key == *h);
-        let is_dir = !hidden && page.prefixes.iter().any(|p| *p == dir_key);
+        let is_dir = !hidden && page.prefixes.contains(&dir_key);
         let is_dir = is_dir || (page.next.is_some() && !hidden && self.dir_exists(&dir_key).await?);
         if is_dir {
-            let seen = Seen { name: name.to_string(), kind: Kind::Dir, size: 0, mtime: SystemTime::UNIX_EPOCH, etag: None };
+            let seen = Seen {
+                name: name.to_string(),
+                kind: Kind::Dir,
+                size: 0,
+                mtime: SystemTime::UNIX_EPOCH,
+                etag: None,
+            };
             return Ok(Some((seen, None)));
         }
         let head = head.map_err(|e| self.fail("HEAD", &key, e))?;
@@ -357,8 +376,16 @@ impl Fs {
     /// by siblings sorting before `name/`).
     async fn dir_exists(&self, dir_key: &str) -> FsResult<bool> {
         self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
-        let req = ListRequest { prefix: dir_key.to_string(), max_keys: Some(1), ..Default::default() };
-        let page = self.store.list_page(&req).await.map_err(|e| self.fail("LIST", dir_key, e))?;
+        let req = ListRequest {
+            prefix: dir_key.to_string(),
+            max_keys: Some(1),
+            ..Default::default()
+        };
+        let page = self
+            .store
+            .list_page(&req)
+            .await
+            .map_err(|e| self.fail("LIST", dir_key, e))?;
         Ok(!page.objects.is_empty() || !page.prefixes.is_empty())
     }
 
@@ -420,9 +447,19 @@ impl Fs {
         if offset < 2 {
             let parent = self.tree().get(ino).map_or(ROOT_INO, |n| n.parent);
             if offset < 1 {
-                out.push(DirEntry { ino, name: ".".into(), kind: Kind::Dir, next_offset: 1 });
+                out.push(DirEntry {
+                    ino,
+                    name: ".".into(),
+                    kind: Kind::Dir,
+                    next_offset: 1,
+                });
             }
-            out.push(DirEntry { ino: parent, name: "..".into(), kind: Kind::Dir, next_offset: 2 });
+            out.push(DirEntry {
+                ino: parent,
+                name: "..".into(),
+                kind: Kind::Dir,
+                next_offset: 2,
+            });
         }
         let offset = offset.max(dir::FIRST_LISTING_OFFSET - 1);
         if offset + 1 < s.base {
@@ -445,8 +482,12 @@ impl Fs {
         let cached = {
             let tree = self.tree();
             let n = tree.get(s.ino).ok_or(Errno(libc::ENOENT))?;
-            (s.state == ListState::Start && n.listed_until.is_some_and(|t| t > now))
-                .then(|| n.children.iter().map(|(name, ino)| (name.clone(), *ino)).collect::<Vec<_>>())
+            (s.state == ListState::Start && n.listed_until.is_some_and(|t| t > now)).then(|| {
+                n.children
+                    .iter()
+                    .map(|(name, ino)| (name.clone(), *ino))
+                    .collect::<Vec<_>>()
+            })
         };
         let entries: Vec<(String, u64, Kind)> = if let Some(children) = cached {
             // A fresh complete listing is in the cache: no request.
@@ -458,7 +499,11 @@ impl Fs {
                 .collect()
         } else if s.state == ListState::More || s.state == ListState::Start {
             self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
-            let page = self.store.list_page(&s.request()).await.map_err(|e| self.fail("LIST", &s.key, e))?;
+            let page = self
+                .store
+                .list_page(&s.request())
+                .await
+                .map_err(|e| self.fail("LIST", &s.key, e))?;
             let mut seen = dir::page_entries(&s.key, &page, self.resolved.profile.hidden_prefixes);
             {
                 let hidden = self.hidden_keys.lock().unwrap();
@@ -502,7 +547,12 @@ impl Fs {
         s.entries = entries
             .into_iter()
             .enumerate()
-            .map(|(i, (name, ino, kind))| DirEntry { ino, name, kind, next_offset: new_base + i as u64 + 1 })
+            .map(|(i, (name, ino, kind))| DirEntry {
+                ino,
+                name,
+                kind,
+                next_offset: new_base + i as u64 + 1,
+            })
             .collect();
         Ok(())
     }
@@ -515,7 +565,12 @@ impl Fs {
         let (key, kind, fresh, local) = {
             let tree = self.tree();
             let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
-            (n.key.clone(), n.attr.kind, n.fresh_until > Instant::now() && n.etag.is_some(), n.local)
+            (
+                n.key.clone(),
+                n.attr.kind,
+                n.fresh_until > Instant::now() && n.etag.is_some(),
+                n.local,
+            )
         };
         if kind == Kind::Dir {
             return Err(Errno(libc::EISDIR));
@@ -530,7 +585,11 @@ impl Fs {
             let etag = n.etag.clone().unwrap_or_default();
             let keep = !has_data && n.kernel_cache_etag.as_deref() == Some(etag.as_str());
             n.kernel_cache_etag = Some(etag.clone());
-            let object = ObjectVersion { key: Arc::from(key.as_str()), etag: Arc::from(etag.as_str()), size: n.attr.size };
+            let object = ObjectVersion {
+                key: Arc::from(key.as_str()),
+                etag: Arc::from(etag.as_str()),
+                size: n.attr.size,
+            };
             (object, keep)
         };
         if mode.write {
@@ -575,7 +634,10 @@ impl Fs {
     /// The prefetch window is capped so that a few sequential readers cannot evict each
     /// other's prefetched blocks before they are read.
     fn max_window(&self) -> u64 {
-        self.config.max_prefetch.min(self.config.memory_limit / 8).max(self.config.block_size)
+        self.config
+            .max_prefetch
+            .min(self.config.memory_limit / 8)
+            .max(self.config.block_size)
     }
 
     fn handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
@@ -589,7 +651,11 @@ impl Fs {
         if let Some(data) = data {
             let f = data.lock().await;
             let key = f.key.clone();
-            return f.read(range, &self.blocks).await.map(Bytes::from).map_err(|e| self.fail("read", &key, e));
+            return f
+                .read(range, &self.blocks)
+                .await
+                .map(Bytes::from)
+                .map_err(|e| self.fail("read", &key, e));
         }
         let prefetch_end = file.readahead.lock().unwrap().on_read(offset, u64::from(size));
         let object = file.object.lock().unwrap().clone();
@@ -611,7 +677,9 @@ impl Fs {
     /// The last close of a handle. Clean local data is dropped with the last handle; a file
     /// unlinked while open is deleted from the bucket now.
     pub async fn release(&self, fh: u64) {
-        let Some(file) = self.files.lock().unwrap().remove(&fh) else { return };
+        let Some(file) = self.files.lock().unwrap().remove(&fh) else {
+            return;
+        };
         let last = {
             let mut counts = self.open_counts.lock().unwrap();
             let n = counts.entry(file.ino).or_default();
@@ -651,7 +719,11 @@ impl Fs {
             }
             n.key.clone()
         };
-        let resp = self.store.get_range(&key, 0..4096, None).await.map_err(|e| self.fail("readlink", &key, e))?;
+        let resp = self
+            .store
+            .get_range(&key, 0..4096, None)
+            .await
+            .map_err(|e| self.fail("readlink", &key, e))?;
         resp.collect().await.map_err(|e| self.fail("readlink", &key, e))
     }
 }

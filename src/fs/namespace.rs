@@ -17,7 +17,11 @@ const RENAME_CONCURRENCY: usize = 16;
 
 impl Fs {
     fn check_writable(&self) -> FsResult<()> {
-        if self.config.read_only { Err(Errno(libc::EROFS)) } else { Ok(()) }
+        if self.config.read_only {
+            Err(Errno(libc::EROFS))
+        } else {
+            Ok(())
+        }
     }
 
     /// The key a new entry gets, after the checks every creating call makes.
@@ -52,7 +56,13 @@ impl Fs {
     fn add_local(&self, parent: u64, name: &str, kind: Kind, perm: u32, caller: Caller, size: u64) -> FsResult<u64> {
         let mut tree = self.tree();
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        let seen = Seen { name: name.to_string(), kind, size, mtime: SystemTime::now(), etag: None };
+        let seen = Seen {
+            name: name.to_string(),
+            kind,
+            size,
+            mtime: SystemTime::now(),
+            etag: None,
+        };
         let ino = tree.upsert(parent, &seen, far).ok_or(Errno(libc::ENOENT))?;
         let n = tree.get_mut(ino).ok_or(Errno(libc::ENOENT))?;
         n.local = true;
@@ -74,11 +84,22 @@ impl Fs {
         Ok(ino)
     }
 
-    pub async fn create(&self, parent: u64, name: &str, mode: u32, open: OpenMode, caller: Caller) -> FsResult<(Attr, Opened)> {
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        open: OpenMode,
+        caller: Caller,
+    ) -> FsResult<(Attr, Opened)> {
         let key = self.new_child_key(parent, name, Kind::File)?;
         self.hidden_keys.lock().unwrap().remove(&key);
         let ino = self.add_local(parent, name, Kind::File, mode, caller, 0)?;
-        let object = ObjectVersion { key: Arc::from(key.as_str()), etag: Arc::from(""), size: 0 };
+        let object = ObjectVersion {
+            key: Arc::from(key.as_str()),
+            etag: Arc::from(""),
+            size: 0,
+        };
         // A create replaces whatever local data a previous file of this inode left.
         self.data.lock().unwrap().remove(&ino);
         self.file_data(ino, &object, true);
@@ -95,7 +116,10 @@ impl Fs {
             return self.node_attr(ino);
         }
         let metadata = self.metadata_for(ino);
-        let opts = PutOptions { metadata, ..Default::default() };
+        let opts = PutOptions {
+            metadata,
+            ..Default::default()
+        };
         if let Err(e) = self.store.put(&key, Bytes::new(), &opts).await {
             self.tree().remove_child(parent, name, Instant::now());
             return Err(self.fail("mkdir", &key, e));
@@ -116,8 +140,16 @@ impl Fs {
     /// Whether the bucket holds anything under `dir_key` other than its marker.
     async fn remote_dir_is_empty(&self, dir_key: &str) -> FsResult<bool> {
         self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
-        let req = ListRequest { prefix: dir_key.to_string(), max_keys: Some(2), ..Default::default() };
-        let page = self.store.list_page(&req).await.map_err(|e| self.fail("LIST", dir_key, e))?;
+        let req = ListRequest {
+            prefix: dir_key.to_string(),
+            max_keys: Some(2),
+            ..Default::default()
+        };
+        let page = self
+            .store
+            .list_page(&req)
+            .await
+            .map_err(|e| self.fail("LIST", dir_key, e))?;
         let hidden = self.hidden_keys.lock().unwrap();
         Ok(page.objects.iter().all(|o| o.key == dir_key || hidden.contains(&o.key)) && page.prefixes.is_empty())
     }
@@ -140,7 +172,8 @@ impl Fs {
         if !local && self.resolved.profile.markers != Markers::Forbidden {
             self.store.delete(&key).await.map_err(|e| self.fail("rmdir", &key, e))?;
         }
-        self.tree().remove_child(parent, name, Instant::now() + self.config.metadata_ttl);
+        self.tree()
+            .remove_child(parent, name, Instant::now() + self.config.metadata_ttl);
         Ok(())
     }
 
@@ -170,11 +203,15 @@ impl Fs {
             }
         } else {
             if !local {
-                self.store.delete(&key).await.map_err(|e| self.fail("unlink", &key, e))?;
+                self.store
+                    .delete(&key)
+                    .await
+                    .map_err(|e| self.fail("unlink", &key, e))?;
             }
             self.data.lock().unwrap().remove(&ino);
         }
-        self.tree().remove_child(parent, name, Instant::now() + self.config.metadata_ttl);
+        self.tree()
+            .remove_child(parent, name, Instant::now() + self.config.metadata_ttl);
         self.blocks.forget_object(&key);
         Ok(())
     }
@@ -186,7 +223,10 @@ impl Fs {
             return Err(Errno(libc::EPERM));
         }
         let ino = self.add_local(parent, name, Kind::Symlink, 0o777, caller, target.len() as u64)?;
-        let opts = PutOptions { metadata: self.metadata_for(ino), ..Default::default() };
+        let opts = PutOptions {
+            metadata: self.metadata_for(ino),
+            ..Default::default()
+        };
         match self.store.put(&key, Bytes::from(target.to_string()), &opts).await {
             Ok(etag) => {
                 let mut tree = self.tree();
@@ -206,7 +246,14 @@ impl Fs {
         }
     }
 
-    pub async fn rename(&self, parent: u64, name: &str, new_parent: u64, new_name: &str, no_replace: bool) -> FsResult<()> {
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        no_replace: bool,
+    ) -> FsResult<()> {
         self.check_writable()?;
         let (ino, attr) = self.child(parent, name).await?;
         let new_key = self.new_child_key(new_parent, new_name, attr.kind)?;
@@ -274,7 +321,11 @@ impl Fs {
             }
         }
         let head = self.store.head(from).await?;
-        let base = ObjectVersion { key: Arc::from(from), etag: Arc::from(head.etag.unwrap_or_default().as_str()), size: head.size };
+        let base = ObjectVersion {
+            key: Arc::from(from),
+            etag: Arc::from(head.etag.unwrap_or_default().as_str()),
+            size: head.size,
+        };
         let mut f = FileData::new(to.to_string(), Some(base), self.dirty_budget.clone());
         f.dirty = true;
         let version = self.uploader.upload(&mut f, &head.metadata).await?;
@@ -292,7 +343,9 @@ impl Fs {
         let new_etag = if local {
             None
         } else {
-            self.move_object(&old_key, new_key, size).await.map_err(|e| self.fail("rename", &old_key, e))?
+            self.move_object(&old_key, new_key, size)
+                .await
+                .map_err(|e| self.fail("rename", &old_key, e))?
         };
         if let Some(d) = self.data.lock().unwrap().get(&ino)
             && let Ok(mut f) = d.try_lock()
@@ -334,8 +387,16 @@ impl Fs {
         let mut continuation = None;
         loop {
             self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
-            let req = ListRequest { prefix: old_key.clone(), continuation: continuation.clone(), ..Default::default() };
-            let page = self.store.list_page(&req).await.map_err(|e| self.fail("LIST", &old_key, e))?;
+            let req = ListRequest {
+                prefix: old_key.clone(),
+                continuation: continuation.clone(),
+                ..Default::default()
+            };
+            let page = self
+                .store
+                .list_page(&req)
+                .await
+                .map_err(|e| self.fail("LIST", &old_key, e))?;
             let jobs: Vec<(String, String, u64)> = page
                 .objects
                 .iter()
@@ -343,7 +404,9 @@ impl Fs {
                 .collect();
             let moves = futures::stream::iter(jobs)
                 .map(|(from, to, size)| async move {
-                    self.move_object(&from, &to, size).await.map_err(|e| self.fail("rename", &from, e))
+                    self.move_object(&from, &to, size)
+                        .await
+                        .map_err(|e| self.fail("rename", &from, e))
                 })
                 .buffer_unordered(RENAME_CONCURRENCY);
             let results: Vec<FsResult<Option<String>>> = moves.collect().await;

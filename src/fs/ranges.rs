@@ -33,7 +33,12 @@ impl RangeSet {
 
     /// Removes everything at or after `at`.
     pub fn truncate(&mut self, at: u64) {
-        let cut: Vec<(u64, u64)> = self.spans.range(..).filter(|&(_, &e)| e > at).map(|(&s, &e)| (s, e)).collect();
+        let cut: Vec<(u64, u64)> = self
+            .spans
+            .range(..)
+            .filter(|&(_, &e)| e > at)
+            .map(|(&s, &e)| (s, e))
+            .collect();
         for (s, _) in cut {
             self.spans.remove(&s);
             if s < at {
@@ -47,7 +52,10 @@ impl RangeSet {
         let mut out = Vec::new();
         let mut at = r.start;
         let first = self.spans.range(..=r.start).next_back().map(|(&s, &e)| (s, e));
-        let rest = self.spans.range(r.start + 1..r.end.max(r.start + 1)).map(|(&s, &e)| (s, e));
+        let rest = self
+            .spans
+            .range(r.start + 1..r.end.max(r.start + 1))
+            .map(|(&s, &e)| (s, e));
         for (s, e) in first.into_iter().chain(rest) {
             if e <= at {
                 continue;
@@ -85,7 +93,16 @@ mod tests {
         s.insert(10..20);
         s.insert(30..40);
         s.insert(20..25);
-        assert_eq!(s.split(0..50), vec![(0..10, false), (10..25, true), (25..30, false), (30..40, true), (40..50, false)]);
+        assert_eq!(
+            s.split(0..50),
+            vec![
+                (0..10, false),
+                (10..25, true),
+                (25..30, false),
+                (30..40, true),
+                (40..50, false)
+            ]
+        );
         s.insert(5..35);
         assert_eq!(s.split(0..50), vec![(0..5, false), (5..40, true), (40..50, false)]);
         assert_eq!(s.split(6..39), vec![(6..39, true)]);

@@ -12,7 +12,12 @@ pub struct ReadAhead {
 
 impl ReadAhead {
     pub fn new(initial: u64, max: u64) -> ReadAhead {
-        ReadAhead { next: 0, window: 0, initial, max: max.max(initial) }
+        ReadAhead {
+            next: 0,
+            window: 0,
+            initial,
+            max: max.max(initial),
+        }
     }
 
     /// Records a read of `len` bytes at `offset`; returns how far ahead to prefetch
@@ -24,7 +29,11 @@ impl ReadAhead {
         let sequential = offset.abs_diff(self.next) <= slack;
         let end = offset + len;
         if sequential {
-            self.window = if self.window == 0 { self.initial } else { (self.window * 2).min(self.max) };
+            self.window = if self.window == 0 {
+                self.initial
+            } else {
+                (self.window * 2).min(self.max)
+            };
             self.next = self.next.max(end);
             end + self.window
         } else {

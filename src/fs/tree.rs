@@ -175,9 +175,8 @@ impl Tree {
         node.name = seen.name.clone();
         // A directory and a file of one name: the directory wins, the file is hidden.
         let existing = self.nodes.get(&parent)?.children.get(&seen.name).copied();
-        let keep_existing = existing.is_some_and(|other| {
-            other != ino && seen.kind != Kind::Dir && self.nodes[&other].attr.kind == Kind::Dir
-        });
+        let keep_existing = existing
+            .is_some_and(|other| other != ino && seen.kind != Kind::Dir && self.nodes[&other].attr.kind == Kind::Dir);
         if !keep_existing {
             self.nodes.get_mut(&parent)?.children.insert(seen.name.clone(), ino);
         }
@@ -229,7 +228,11 @@ impl Tree {
         {
             p.children.remove(&old_name);
         }
-        if let Some(replaced) = self.nodes.get_mut(&new_parent)?.children.insert(new_name.to_string(), ino)
+        if let Some(replaced) = self
+            .nodes
+            .get_mut(&new_parent)?
+            .children
+            .insert(new_name.to_string(), ino)
             && replaced != ino
             && let Some(r) = self.nodes.get(&replaced)
         {
@@ -248,7 +251,9 @@ impl Tree {
         let mut stack = vec![ino];
         while let Some(i) = stack.pop() {
             let Some(n) = self.nodes.get_mut(&i) else { continue };
-            let Some(rest) = n.key.strip_prefix(old_prefix) else { continue };
+            let Some(rest) = n.key.strip_prefix(old_prefix) else {
+                continue;
+            };
             let new_key = format!("{new_prefix}{rest}");
             let old_key = std::mem::replace(&mut n.key, new_key.clone());
             stack.extend(n.children.values().copied());
@@ -297,11 +302,22 @@ mod tests {
     use std::time::Duration;
 
     fn defaults() -> Defaults {
-        Defaults { uid: 0, gid: 0, file_mode: 0o644, dir_mode: 0o755 }
+        Defaults {
+            uid: 0,
+            gid: 0,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+        }
     }
 
     fn seen(name: &str, kind: Kind) -> Seen {
-        Seen { name: name.into(), kind, size: 1, mtime: SystemTime::UNIX_EPOCH, etag: Some("e".into()) }
+        Seen {
+            name: name.into(),
+            kind,
+            size: 1,
+            mtime: SystemTime::UNIX_EPOCH,
+            etag: Some("e".into()),
+        }
     }
 
     #[test]

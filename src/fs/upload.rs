@@ -25,7 +25,13 @@ impl Uploader {
     pub fn new(store: Arc<dyn ObjectStore>, resolved: Resolved, blocks: Arc<BlockCache>, part_memory: u64) -> Uploader {
         let part = resolved.part_size_for(0).max(1);
         let parts_in_flight = (part_memory / part).clamp(2, 16) as usize;
-        Uploader { store, resolved, blocks, part_slots: Arc::new(Semaphore::new(parts_in_flight)), parts_in_flight }
+        Uploader {
+            store,
+            resolved,
+            blocks,
+            part_slots: Arc::new(Semaphore::new(parts_in_flight)),
+            parts_in_flight,
+        }
     }
 
     /// Objects up to this size go out in one PutObject.
@@ -35,7 +41,11 @@ impl Uploader {
     }
 
     fn put_options(&self, metadata: &Metadata) -> PutOptions {
-        PutOptions { content_type: None, metadata: metadata.clone(), if_none_match: false }
+        PutOptions {
+            content_type: None,
+            metadata: metadata.clone(),
+            if_none_match: false,
+        }
     }
 
     /// Called after each write: while a new file grows sequentially past whole parts,
@@ -61,9 +71,20 @@ impl Uploader {
             }
             if f.streaming.is_none() {
                 let upload_id = self.store.create_multipart(&f.key, &self.put_options(metadata)).await?;
-                f.streaming = Some(Streaming { upload_id, part_size, started: 0, tasks: Vec::new(), broken: false });
+                f.streaming = Some(Streaming {
+                    upload_id,
+                    part_size,
+                    started: 0,
+                    tasks: Vec::new(),
+                    broken: false,
+                });
             }
-            let slot = self.part_slots.clone().acquire_owned().await.expect("part slots never close");
+            let slot = self
+                .part_slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("part slots never close");
             let body = Bytes::from(f.read_local(start..end)?);
             let s = f.streaming.as_mut().expect("created above");
             s.started += 1;
@@ -96,7 +117,11 @@ impl Uploader {
         } else {
             self.multipart(f, metadata).await?
         };
-        Ok(ObjectVersion { key: Arc::from(f.key.as_str()), etag: Arc::from(etag.as_str()), size: f.size })
+        Ok(ObjectVersion {
+            key: Arc::from(f.key.as_str()),
+            etag: Arc::from(etag.as_str()),
+            size: f.size,
+        })
     }
 
     async fn finish_streaming(&self, f: &mut FileData, mut s: Streaming) -> StoreResult<ObjectVersion> {
@@ -108,7 +133,11 @@ impl Uploader {
             tail = Some((s.started, body));
         }
         let tail_result = match tail {
-            Some((number, body)) => self.store.upload_part(&f.key, &s.upload_id, number, body).await.map(Some),
+            Some((number, body)) => self
+                .store
+                .upload_part(&f.key, &s.upload_id, number, body)
+                .await
+                .map(Some),
             None => Ok(None),
         };
         let mut parts = Vec::with_capacity(s.tasks.len() + 1);
@@ -127,7 +156,11 @@ impl Uploader {
         parts.extend(tail_result?);
         parts.sort_by_key(|p| p.number);
         match self.store.complete_multipart(&f.key, &s.upload_id, &parts).await {
-            Ok(etag) => Ok(ObjectVersion { key: Arc::from(f.key.as_str()), etag: Arc::from(etag.as_str()), size: f.size }),
+            Ok(etag) => Ok(ObjectVersion {
+                key: Arc::from(f.key.as_str()),
+                etag: Arc::from(etag.as_str()),
+                size: f.size,
+            }),
             Err(e) => {
                 self.abort(&f.key, s).await;
                 Err(e)
@@ -163,7 +196,10 @@ impl Uploader {
                         && f.is_pure_base(range.clone())
                         && (range.end - range.start >= p.min_part_size || range.end == f.size);
                     if let (true, Some(source)) = (copyable, copy_from) {
-                        let r = self.store.upload_part_copy(&f.key, &upload_id, number, &source, range.clone()).await;
+                        let r = self
+                            .store
+                            .upload_part_copy(&f.key, &upload_id, number, &source, range.clone())
+                            .await;
                         if !matches!(r, Err(StoreError::Unsupported(_))) {
                             return r;
                         }

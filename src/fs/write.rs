@@ -42,7 +42,13 @@ impl Fs {
         if !file.writable {
             return Err(Errno(libc::EBADF));
         }
-        let data = self.data.lock().unwrap().get(&file.ino).cloned().ok_or(Errno(libc::EBADF))?;
+        let data = self
+            .data
+            .lock()
+            .unwrap()
+            .get(&file.ino)
+            .cloned()
+            .ok_or(Errno(libc::EBADF))?;
         let mut f = data.lock().await;
         let offset = if file.append { f.size } else { offset };
         let end = offset.checked_add(bytes.len() as u64).ok_or(Errno(libc::EFBIG))?;
@@ -50,7 +56,11 @@ impl Fs {
             return Err(Errno(libc::EFBIG));
         }
         f.write(offset, bytes, &self.staging_dir()).map_err(|e| {
-            tracing::warn!("write to {:?}: staging file under {}: {e}", f.key, self.staging_dir().display());
+            tracing::warn!(
+                "write to {:?}: staging file under {}: {e}",
+                f.key,
+                self.staging_dir().display()
+            );
             io_errno(&e)
         })?;
         self.touch_node(file.ino, f.size);
@@ -109,7 +119,9 @@ impl Fs {
 
     /// Uploads `ino`'s local changes, if any, and points the inode at the new object.
     pub async fn sync_ino(&self, ino: u64) -> FsResult<()> {
-        let Some(data) = self.data.lock().unwrap().get(&ino).cloned() else { return Ok(()) };
+        let Some(data) = self.data.lock().unwrap().get(&ino).cloned() else {
+            return Ok(());
+        };
         let mut f = data.lock().await;
         if !f.dirty {
             return Ok(());
@@ -218,7 +230,8 @@ impl Fs {
                 self.drop_clean_data(ino).await;
             }
         }
-        let meta_change = change.mode.is_some() || change.uid.is_some() || change.gid.is_some() || change.mtime.is_some();
+        let meta_change =
+            change.mode.is_some() || change.uid.is_some() || change.gid.is_some() || change.mtime.is_some();
         if meta_change {
             {
                 let mut tree = self.tree();
@@ -272,7 +285,11 @@ impl Fs {
             return Ok(());
         }
         let metadata = self.metadata_for(ino);
-        let etag = self.store.copy(key, key, Some(&metadata)).await.map_err(|e| self.fail("chmod/chown/utimens", key, e))?;
+        let etag = self
+            .store
+            .copy(key, key, Some(&metadata))
+            .await
+            .map_err(|e| self.fail("chmod/chown/utimens", key, e))?;
         let mut tree = self.tree();
         if let Some(n) = tree.get_mut(ino) {
             // Same bytes, new ETag: the kernel's pages stay valid.

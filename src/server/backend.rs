@@ -30,11 +30,7 @@ pub struct StoredObject {
 }
 
 impl StoredObject {
-    pub(crate) fn new(
-        body: Bytes,
-        content_type: Option<String>,
-        metadata: BTreeMap<String, String>,
-    ) -> Self {
+    pub(crate) fn new(body: Bytes, content_type: Option<String>, metadata: BTreeMap<String, String>) -> Self {
         Self::with_etag(to_hex(&Md5::checksum(&body)), body, content_type, metadata)
     }
 
@@ -200,13 +196,7 @@ impl MemoryBackend {
         let buckets = lock(&self.buckets);
         let mut keys: Vec<String> = buckets
             .get(bucket)
-            .map(|bucket| {
-                bucket
-                    .uploads
-                    .values()
-                    .map(|upload| upload.key.clone())
-                    .collect()
-            })
+            .map(|bucket| bucket.uploads.values().map(|upload| upload.key.clone()).collect())
             .unwrap_or_default();
         keys.sort();
         keys
@@ -217,14 +207,8 @@ impl MemoryBackend {
     }
 
     /// Runs `f` on `bucket` under the store lock; `NoSuchBucket` if it does not exist.
-    pub(crate) fn with_bucket<T>(
-        &self,
-        bucket: &str,
-        f: impl FnOnce(&mut Bucket) -> S3Result<T>,
-    ) -> S3Result<T> {
-        f(lock(&self.buckets)
-            .get_mut(bucket)
-            .ok_or_else(no_such_bucket)?)
+    pub(crate) fn with_bucket<T>(&self, bucket: &str, f: impl FnOnce(&mut Bucket) -> S3Result<T>) -> S3Result<T> {
+        f(lock(&self.buckets).get_mut(bucket).ok_or_else(no_such_bucket)?)
     }
 
     /// Runs `f` on all buckets under the store lock (bucket-level and cross-bucket operations).

@@ -14,9 +14,7 @@ use s3s::StdError;
 pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, StdError>;
 
 pub(crate) fn full(bytes: Bytes) -> ResponseBody {
-    Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
 }
 
 pub(crate) fn empty() -> ResponseBody {
@@ -24,11 +22,7 @@ pub(crate) fn empty() -> ResponseBody {
 }
 
 /// An S3-style XML error, as real providers and gateways in front of them answer.
-pub(crate) fn s3_error_response(
-    status: StatusCode,
-    code: &str,
-    message: &str,
-) -> Response<ResponseBody> {
+pub(crate) fn s3_error_response(status: StatusCode, code: &str, message: &str) -> Response<ResponseBody> {
     let xml = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message></Error>",
         xml_escape(code),
@@ -98,10 +92,7 @@ async fn next_frame(mut body: FaultyBody) -> Option<(Result<Frame<Bytes>, StdErr
                 // hyper drops its unsent buffer when a body fails: give it time to
                 // flush the allowed bytes (and the headers) to the client first.
                 tokio::time::sleep(FLUSH_GRACE).await;
-                let reset = std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "injected mid-body reset",
-                );
+                let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected mid-body reset");
                 return Some((Err(reset.into()), body));
             }
             Some(BodyFault::Stall { stall, .. }) => tokio::time::sleep(stall).await,
@@ -137,9 +128,7 @@ mod tests {
         let mut bytes = Vec::new();
         while let Some(frame) = body.frame().await {
             match frame {
-                Ok(frame) => {
-                    bytes.extend_from_slice(frame.data_ref().map_or(&[][..], |data| &data[..]))
-                }
+                Ok(frame) => bytes.extend_from_slice(frame.data_ref().map_or(&[][..], |data| &data[..])),
                 Err(_) => return (bytes, true),
             }
         }
@@ -169,10 +158,7 @@ mod tests {
         let stall = Duration::from_millis(50);
         let body = with_fault(
             full(Bytes::from_static(b"0123456789")),
-            BodyFault::Stall {
-                after_bytes: 3,
-                stall,
-            },
+            BodyFault::Stall { after_bytes: 3, stall },
         );
         let started = std::time::Instant::now();
         assert_eq!(collect(body).await, (b"0123456789".to_vec(), false));

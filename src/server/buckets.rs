@@ -1,10 +1,9 @@
 //! Bucket operations: create, head, list buckets, delete, and both object listings.
 
 use s3s::dto::{
-    Bucket, CommonPrefix, CreateBucketInput, CreateBucketOutput, DeleteBucketInput,
-    DeleteBucketOutput, EncodingType, HeadBucketInput, HeadBucketOutput, ListBucketsInput,
-    ListBucketsOutput, ListObjectsInput, ListObjectsOutput, ListObjectsV2Input,
-    ListObjectsV2Output, Object,
+    Bucket, CommonPrefix, CreateBucketInput, CreateBucketOutput, DeleteBucketInput, DeleteBucketOutput, EncodingType,
+    HeadBucketInput, HeadBucketOutput, ListBucketsInput, ListBucketsOutput, ListObjectsInput, ListObjectsOutput,
+    ListObjectsV2Input, ListObjectsV2Output, Object,
 };
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
@@ -73,17 +72,10 @@ pub(crate) fn list_objects_v2(
     backend: &MemoryBackend,
     req: S3Request<ListObjectsV2Input>,
 ) -> S3Result<S3Response<ListObjectsV2Output>> {
-    let S3Request {
-        input, extensions, ..
-    } = req;
-    let resume_after = input
-        .continuation_token
-        .as_deref()
-        .map(decode_token)
-        .transpose()?;
+    let S3Request { input, extensions, .. } = req;
+    let resume_after = input.continuation_token.as_deref().map(decode_token).transpose()?;
     // Emulated Runpod quirk: an empty page that hands the same token back.
-    let echo_token =
-        directives(&extensions).echo_continuation_token && input.continuation_token.is_some();
+    let echo_token = directives(&extensions).echo_continuation_token && input.continuation_token.is_some();
     let query = ListQuery {
         prefix: input.prefix.as_deref().unwrap_or(""),
         delimiter: input.delimiter.as_deref(),
@@ -101,25 +93,18 @@ pub(crate) fn list_objects_v2(
     let next_continuation_token = if echo_token {
         input.continuation_token.clone()
     } else {
-        page.resume_after
-            .as_deref()
-            .map(|name| to_hex(name.as_bytes()))
+        page.resume_after.as_deref().map(|name| to_hex(name.as_bytes()))
     };
     Ok(S3Response::new(ListObjectsV2Output {
         name: Some(input.bucket),
         prefix: Some(names.encode(query.prefix)),
         delimiter: query.delimiter.map(|delimiter| names.encode(delimiter)),
         max_keys: Some(count_field(query.max_keys)),
-        key_count: Some(count_field(
-            page.contents.len() + page.common_prefixes.len(),
-        )),
+        key_count: Some(count_field(page.contents.len() + page.common_prefixes.len())),
         is_truncated: Some(next_continuation_token.is_some()),
         next_continuation_token,
         continuation_token: input.continuation_token,
-        start_after: input
-            .start_after
-            .as_deref()
-            .map(|start| names.encode(start)),
+        start_after: input.start_after.as_deref().map(|start| names.encode(start)),
         encoding_type: input.encoding_type,
         contents: Some(page.contents),
         common_prefixes: Some(page.common_prefixes),
@@ -175,12 +160,7 @@ fn max_keys(requested: Option<i32>) -> S3Result<usize> {
 /// Continuation tokens are the hex of the name the next page resumes after: opaque to
 /// clients, safe in URLs, and stateless for the server.
 fn decode_token(token: &str) -> S3Result<String> {
-    let invalid = || {
-        s3_error!(
-            InvalidArgument,
-            "The continuation token provided is incorrect"
-        )
-    };
+    let invalid = || s3_error!(InvalidArgument, "The continuation token provided is incorrect");
     if !token.len().is_multiple_of(2) || !token.is_ascii() {
         return Err(invalid());
     }
@@ -251,10 +231,7 @@ mod tests {
     #[test]
     fn continuation_tokens_round_trip_and_reject_garbage() {
         let name = "dir/ü x";
-        assert_eq!(
-            decode_token(&to_hex(name.as_bytes())).ok().as_deref(),
-            Some(name)
-        );
+        assert_eq!(decode_token(&to_hex(name.as_bytes())).ok().as_deref(), Some(name));
         assert!(decode_token("abc").is_err());
         assert!(decode_token("zz").is_err());
         assert!(decode_token("ü1").is_err());

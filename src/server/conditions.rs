@@ -30,9 +30,7 @@ impl Preconditions<'_> {
         let modified_at = whole_seconds(object.last_modified);
         let fails = match self.if_match {
             Some(condition) => !matches(condition, &object.etag),
-            None => self
-                .if_unmodified_since
-                .is_some_and(|since| modified_at > *since),
+            None => self.if_unmodified_since.is_some_and(|since| modified_at > *since),
         };
         if fails {
             return Err(s3_error!(
@@ -42,9 +40,7 @@ impl Preconditions<'_> {
         }
         let unchanged = match self.if_none_match {
             Some(condition) => matches(condition, &object.etag),
-            None => self
-                .if_modified_since
-                .is_some_and(|since| modified_at <= *since),
+            None => self.if_modified_since.is_some_and(|since| modified_at <= *since),
         };
         match (unchanged, on_unchanged) {
             (false, _) => Ok(()),
@@ -93,10 +89,7 @@ fn matches(condition: &ETagCondition, etag: &str) -> bool {
 
 /// HTTP dates have whole seconds, so comparisons with them must ignore sub-seconds.
 fn whole_seconds(time: SystemTime) -> Timestamp {
-    let seconds = time
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let seconds = time.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     Timestamp::from(UNIX_EPOCH + Duration::from_secs(seconds))
 }
 

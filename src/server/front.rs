@@ -26,10 +26,7 @@ pub(crate) struct Front {
 }
 
 impl Front {
-    pub(crate) async fn handle(
-        self,
-        req: Request<Incoming>,
-    ) -> Result<Response<ResponseBody>, HttpError> {
+    pub(crate) async fn handle(self, req: Request<Incoming>) -> Result<Response<ResponseBody>, HttpError> {
         let call = S3Call::classify(req.method(), req.uri(), req.headers());
         self.stats.record(call.operation.name());
         tokio::time::sleep(self.quirks.latency()).await;
@@ -50,8 +47,7 @@ impl Front {
             .injected_failure(call.operation.name(), req.method())
             .or_else(|| self.quirks.rejection(call, req.headers()))
             .or_else(|| {
-                let too_large = declared_body_length(req.headers())
-                    .is_some_and(|length| length > MAX_OBJECT_SIZE);
+                let too_large = declared_body_length(req.headers()).is_some_and(|length| length > MAX_OBJECT_SIZE);
                 too_large.then(|| {
                     s3_error_response(
                         StatusCode::BAD_REQUEST,

@@ -28,10 +28,7 @@ pub(crate) struct ListPage<'a, V> {
     pub(crate) resume_after: Option<String>,
 }
 
-pub(crate) fn list<'a, V>(
-    objects: &'a BTreeMap<String, V>,
-    query: &ListQuery<'_>,
-) -> ListPage<'a, V> {
+pub(crate) fn list<'a, V>(objects: &'a BTreeMap<String, V>, query: &ListQuery<'_>) -> ListPage<'a, V> {
     let delimiter = query.delimiter.filter(|delimiter| !delimiter.is_empty());
     let start = match query.after {
         Some(after) if after >= query.prefix => Bound::Excluded(after),

@@ -193,9 +193,7 @@ pub fn start_blocking(config: ServerConfig) -> RunningServer {
         .enable_all()
         .build()
         .expect("cannot create the S3 server runtime");
-    let mut server = runtime
-        .block_on(start(config))
-        .expect("cannot start the S3 server");
+    let mut server = runtime.block_on(start(config)).expect("cannot start the S3 server");
     server.runtime = Some(runtime);
     server
 }

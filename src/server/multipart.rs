@@ -6,10 +6,9 @@ use std::time::SystemTime;
 use bytes::BytesMut;
 use s3s::crypto::{Checksum, Md5};
 use s3s::dto::{
-    AbortMultipartUploadInput, AbortMultipartUploadOutput, CompleteMultipartUploadInput,
-    CompleteMultipartUploadOutput, CopyPartResult, CreateMultipartUploadInput,
-    CreateMultipartUploadOutput, ListMultipartUploadsInput, ListMultipartUploadsOutput,
-    ListPartsInput, ListPartsOutput, MultipartUpload, Part, Range, UploadPartCopyInput,
+    AbortMultipartUploadInput, AbortMultipartUploadOutput, CompleteMultipartUploadInput, CompleteMultipartUploadOutput,
+    CopyPartResult, CreateMultipartUploadInput, CreateMultipartUploadOutput, ListMultipartUploadsInput,
+    ListMultipartUploadsOutput, ListPartsInput, ListPartsOutput, MultipartUpload, Part, Range, UploadPartCopyInput,
     UploadPartCopyOutput, UploadPartInput, UploadPartOutput,
 };
 use s3s::{S3Request, S3Response, S3Result, s3_error};
@@ -29,9 +28,7 @@ pub(crate) fn create_multipart_upload(
     backend: &MemoryBackend,
     req: S3Request<CreateMultipartUploadInput>,
 ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
-    let S3Request {
-        input, extensions, ..
-    } = req;
+    let S3Request { input, extensions, .. } = req;
     let upload_id = format!("{:032x}", fastrand::u128(..));
     let upload = Upload {
         key: input.key.clone(),
@@ -100,12 +97,9 @@ pub(crate) fn upload_part_copy(
         let body = match range {
             None => source.body.clone(),
             Some(range) => {
-                let range = range.check(source.size()).map_err(|_| {
-                    s3_error!(
-                        InvalidRange,
-                        "The x-amz-copy-source-range is not satisfiable"
-                    )
-                })?;
+                let range = range
+                    .check(source.size())
+                    .map_err(|_| s3_error!(InvalidRange, "The x-amz-copy-source-range is not satisfiable"))?;
                 source.body.slice(range.start as usize..range.end as usize)
             }
         };
@@ -136,10 +130,7 @@ pub(crate) fn complete_multipart_upload(
         .and_then(|upload| upload.parts)
         .unwrap_or_default();
     if requested.is_empty() {
-        return Err(s3_error!(
-            MalformedXML,
-            "You must specify at least one part"
-        ));
+        return Err(s3_error!(MalformedXML, "You must specify at least one part"));
     }
     let min_part_size = backend.min_part_size();
     let object = backend.with_bucket(&input.bucket, |bucket| {
@@ -159,18 +150,8 @@ pub(crate) fn complete_multipart_upload(
             let part = upload
                 .parts
                 .get(&number)
-                .filter(|part| {
-                    wanted
-                        .e_tag
-                        .as_ref()
-                        .is_some_and(|etag| etag.value() == part.etag())
-                })
-                .ok_or_else(|| {
-                    s3_error!(
-                        InvalidPart,
-                        "part {number} was not uploaded or its ETag does not match"
-                    )
-                })?;
+                .filter(|part| wanted.e_tag.as_ref().is_some_and(|etag| etag.value() == part.etag()))
+                .ok_or_else(|| s3_error!(InvalidPart, "part {number} was not uploaded or its ETag does not match"))?;
             let is_last = index + 1 == requested.len();
             if !is_last && (part.body.len() as u64) < min_part_size {
                 return Err(s3_error!(
@@ -244,10 +225,7 @@ pub(crate) fn list_parts(
     let is_truncated = parts.len() > max_parts;
     parts.truncate(max_parts);
     Ok(S3Response::new(ListPartsOutput {
-        next_part_number_marker: parts
-            .last()
-            .and_then(|part| part.part_number)
-            .filter(|_| is_truncated),
+        next_part_number_marker: parts.last().and_then(|part| part.part_number).filter(|_| is_truncated),
         is_truncated: Some(is_truncated),
         max_parts: Some(count_field(max_parts)),
         part_number_marker: input.part_number_marker,
@@ -277,10 +255,7 @@ pub(crate) fn list_multipart_uploads(
     uploads.sort();
     // Without an upload-id marker, the key marker excludes every upload of that key.
     let key_marker = input.key_marker.as_deref().unwrap_or("");
-    let id_marker = input
-        .upload_id_marker
-        .as_deref()
-        .filter(|_| !key_marker.is_empty());
+    let id_marker = input.upload_id_marker.as_deref().filter(|_| !key_marker.is_empty());
     uploads.retain(|(key, id, _)| match id_marker {
         Some(id_marker) => (key.as_str(), id.as_str()) > (key_marker, id_marker),
         None => key.as_str() > key_marker,

@@ -2,10 +2,9 @@
 //! (conditional writes), CopyObject, DeleteObject and DeleteObjects.
 
 use s3s::dto::{
-    CopyObjectInput, CopyObjectOutput, CopyObjectResult, CopySource, DeleteObjectInput,
-    DeleteObjectOutput, DeleteObjectsInput, DeleteObjectsOutput, DeletedObject, GetObjectInput,
-    GetObjectOutput, HeadObjectInput, HeadObjectOutput, MetadataDirective, PutObjectInput,
-    PutObjectOutput, StreamingBlob,
+    CopyObjectInput, CopyObjectOutput, CopyObjectResult, CopySource, DeleteObjectInput, DeleteObjectOutput,
+    DeleteObjectsInput, DeleteObjectsOutput, DeletedObject, GetObjectInput, GetObjectOutput, HeadObjectInput,
+    HeadObjectOutput, MetadataDirective, PutObjectInput, PutObjectOutput, StreamingBlob,
 };
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
@@ -45,10 +44,7 @@ pub(crate) fn get_object(
 ) -> S3Result<S3Response<GetObjectOutput>> {
     let input = &req.input;
     if input.part_number.is_some() {
-        return Err(s3_error!(
-            NotImplemented,
-            "GetObject by partNumber is not supported"
-        ));
+        return Err(s3_error!(NotImplemented, "GetObject by partNumber is not supported"));
     }
     let conditions = Preconditions {
         if_match: input.if_match.as_ref(),
@@ -65,10 +61,7 @@ pub(crate) fn get_object(
                 .check(total)
                 .map_err(|_| s3_error!(InvalidRange, "The requested range is not satisfiable"))?;
             let slice = object.body.slice(range.start as usize..range.end as usize);
-            (
-                slice,
-                Some(format!("bytes {}-{}/{total}", range.start, range.end - 1)),
-            )
+            (slice, Some(format!("bytes {}-{}/{total}", range.start, range.end - 1)))
         }
     };
     Ok(S3Response::new(GetObjectOutput {
@@ -101,15 +94,9 @@ pub(crate) async fn put_object(
     backend: &MemoryBackend,
     req: S3Request<PutObjectInput>,
 ) -> S3Result<S3Response<PutObjectOutput>> {
-    let S3Request {
-        input, extensions, ..
-    } = req;
+    let S3Request { input, extensions, .. } = req;
     let body = collect_body(input.body).await?;
-    let object = StoredObject::new(
-        body,
-        input.content_type,
-        user_metadata(input.metadata, &extensions),
-    );
+    let object = StoredObject::new(body, input.content_type, user_metadata(input.metadata, &extensions));
     let output = PutObjectOutput {
         e_tag: etag(&object.etag),
         size: Some(size_field(object.size())),
@@ -131,10 +118,7 @@ pub(crate) async fn put_object(
 pub(crate) fn bucket_and_key(source: &CopySource) -> S3Result<(&str, &str)> {
     match source {
         CopySource::Bucket { bucket, key, .. } => Ok((bucket, key)),
-        _ => Err(s3_error!(
-            NotImplemented,
-            "only bucket/key copy sources are supported"
-        )),
+        _ => Err(s3_error!(NotImplemented, "only bucket/key copy sources are supported")),
     }
 }
 
@@ -142,9 +126,7 @@ pub(crate) fn copy_object(
     backend: &MemoryBackend,
     req: S3Request<CopyObjectInput>,
 ) -> S3Result<S3Response<CopyObjectOutput>> {
-    let S3Request {
-        input, extensions, ..
-    } = req;
+    let S3Request { input, extensions, .. } = req;
     let (source_bucket, source_key) = bucket_and_key(&input.copy_source)?;
     let replace = input
         .metadata_directive
@@ -169,10 +151,7 @@ pub(crate) fn copy_object(
             .object(source_key)?;
         conditions.check(source, OnUnchanged::PreconditionFailed)?;
         let (content_type, metadata) = if replace {
-            (
-                input.content_type,
-                user_metadata(input.metadata, &extensions),
-            )
+            (input.content_type, user_metadata(input.metadata, &extensions))
         } else if directives(&extensions).drop_user_metadata {
             (source.content_type.clone(), Default::default())
         } else {
@@ -199,11 +178,7 @@ pub(crate) fn delete_object(
 ) -> S3Result<S3Response<DeleteObjectOutput>> {
     let input = &req.input;
     backend.with_bucket(&input.bucket, |bucket| {
-        check_write(
-            input.if_match.as_ref(),
-            None,
-            bucket.objects.get(&input.key),
-        )?;
+        check_write(input.if_match.as_ref(), None, bucket.objects.get(&input.key))?;
         bucket.objects.remove(&input.key);
         Ok(())
     })?;

@@ -115,9 +115,7 @@ fn has(query: Option<&str>, name: &str) -> bool {
 fn bucket_operation(method: &Method, query: Option<&str>) -> Operation {
     let has = |name| has(query, name);
     match *method {
-        Method::GET if percent::query_param(query, "list-type").as_deref() == Some("2") => {
-            Operation::ListObjectsV2
-        }
+        Method::GET if percent::query_param(query, "list-type").as_deref() == Some("2") => Operation::ListObjectsV2,
         Method::GET if has("uploads") => Operation::ListMultipartUploads,
         Method::GET
             if ["location", "versioning", "versions", "acl", "policy"]
@@ -168,10 +166,7 @@ mod tests {
 
     #[test]
     fn classifies_bucket_requests() {
-        assert_eq!(
-            classify(Method::GET, "/", false).operation,
-            Operation::ListBuckets
-        );
+        assert_eq!(classify(Method::GET, "/", false).operation, Operation::ListBuckets);
         assert_eq!(
             classify(Method::GET, "/b?list-type=2&prefix=x", false).operation,
             Operation::ListObjectsV2
@@ -180,18 +175,12 @@ mod tests {
             classify(Method::GET, "/b/?prefix=x", false).operation,
             Operation::ListObjects
         );
-        assert_eq!(
-            classify(Method::GET, "/b?location", false).operation,
-            Operation::Other
-        );
+        assert_eq!(classify(Method::GET, "/b?location", false).operation, Operation::Other);
         assert_eq!(
             classify(Method::POST, "/b?delete", false).operation,
             Operation::DeleteObjects
         );
-        assert_eq!(
-            classify(Method::HEAD, "/b", false).operation,
-            Operation::HeadBucket
-        );
+        assert_eq!(classify(Method::HEAD, "/b", false).operation, Operation::HeadBucket);
     }
 
     #[test]
@@ -200,14 +189,8 @@ mod tests {
         assert_eq!(call.operation, Operation::GetObject);
         assert_eq!(call.bucket.as_deref(), Some("b"));
         assert_eq!(call.key.as_deref(), Some("dir/a b"));
-        assert_eq!(
-            classify(Method::PUT, "/b/d/", false).key.as_deref(),
-            Some("d/")
-        );
-        assert_eq!(
-            classify(Method::PUT, "/b/k", true).operation,
-            Operation::CopyObject
-        );
+        assert_eq!(classify(Method::PUT, "/b/d/", false).key.as_deref(), Some("d/"));
+        assert_eq!(classify(Method::PUT, "/b/k", true).operation, Operation::CopyObject);
         assert_eq!(
             classify(Method::PUT, "/b/k?partNumber=1&uploadId=u", true).operation,
             Operation::UploadPartCopy

@@ -67,10 +67,7 @@ mod tests {
         let query = Some("list-type=2&delete&continuation-token=a%2Bb+c");
         assert_eq!(query_param(query, "list-type").as_deref(), Some("2"));
         assert_eq!(query_param(query, "delete").as_deref(), Some(""));
-        assert_eq!(
-            query_param(query, "continuation-token").as_deref(),
-            Some("a+b c")
-        );
+        assert_eq!(query_param(query, "continuation-token").as_deref(), Some("a+b c"));
         assert_eq!(query_param(query, "prefix"), None);
         assert_eq!(query_param(None, "prefix"), None);
     }

@@ -55,10 +55,7 @@ struct Countdown<T> {
 }
 
 /// Take one use of a countdown whose payload passes `applies`; the slot empties at zero.
-fn take_one<T: Clone>(
-    slot: &Mutex<Option<Countdown<T>>>,
-    applies: impl FnOnce(&T) -> bool,
-) -> Option<T> {
+fn take_one<T: Clone>(slot: &Mutex<Option<Countdown<T>>>, applies: impl FnOnce(&T) -> bool) -> Option<T> {
     let mut slot = lock(slot);
     let countdown = slot.as_mut().filter(|countdown| applies(&countdown.what))?;
     countdown.remaining -= 1;
@@ -70,10 +67,7 @@ fn take_one<T: Clone>(
 }
 
 fn arm<T>(slot: &Mutex<Option<Countdown<T>>>, count: u32, what: T) {
-    *lock(slot) = (count > 0).then_some(Countdown {
-        remaining: count,
-        what,
-    });
+    *lock(slot) = (count > 0).then_some(Countdown { remaining: count, what });
 }
 
 /// Per-request decisions the backend must apply itself, passed through the request's
@@ -184,21 +178,13 @@ impl Quirks {
     /// `after_bytes` bytes of the body, then drop the connection. A body no longer
     /// than `after_bytes` is sent whole but still uses up one of the `count`.
     pub fn reset_mid_body(&self, count: u32, after_bytes: u64) {
-        arm(
-            &self.resets_mid_body,
-            count,
-            BodyFault::Reset { after_bytes },
-        );
+        arm(&self.resets_mid_body, count, BodyFault::Reset { after_bytes });
     }
 
     /// The next `count` object downloads send `after_bytes` bytes, pause for `stall`,
     /// then send the rest. Checked after [`reset_mid_body`](Self::reset_mid_body).
     pub fn stall_body(&self, count: u32, after_bytes: u64, stall: Duration) {
-        arm(
-            &self.stalled_bodies,
-            count,
-            BodyFault::Stall { after_bytes, stall },
-        );
+        arm(&self.stalled_bodies, count, BodyFault::Stall { after_bytes, stall });
     }
 
     /// Everything the Hugging Face S3 gateway refuses or does differently.
@@ -256,20 +242,12 @@ impl Quirks {
     }
 
     /// Takes one injected failure if the request matches, as a ready response.
-    pub(crate) fn injected_failure(
-        &self,
-        operation: &str,
-        method: &Method,
-    ) -> Option<Response<ResponseBody>> {
-        let (failure, _) = take_one(&self.injected_errors, |(_, filter)| {
-            filter.matches(operation, method)
-        })?;
+    pub(crate) fn injected_failure(&self, operation: &str, method: &Method) -> Option<Response<ResponseBody>> {
+        let (failure, _) = take_one(&self.injected_errors, |(_, filter)| filter.matches(operation, method))?;
         Some(match failure {
-            InjectedFailure::BadGateway => s3_error_response(
-                StatusCode::BAD_GATEWAY,
-                "BadGateway",
-                "injected bad gateway",
-            ),
+            InjectedFailure::BadGateway => {
+                s3_error_response(StatusCode::BAD_GATEWAY, "BadGateway", "injected bad gateway")
+            }
             InjectedFailure::SlowDown => s3_error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "SlowDown",
@@ -285,24 +263,15 @@ impl Quirks {
 
     /// Takes one pending body fault for an object download, if any.
     pub(crate) fn take_body_fault(&self) -> Option<BodyFault> {
-        take_one(&self.resets_mid_body, |_| true)
-            .or_else(|| take_one(&self.stalled_bodies, |_| true))
+        take_one(&self.resets_mid_body, |_| true).or_else(|| take_one(&self.stalled_bodies, |_| true))
     }
 
     /// The response a provider restriction gives `call` before it reaches s3s, if any.
-    pub(crate) fn rejection(
-        &self,
-        call: &S3Call,
-        headers: &HeaderMap,
-    ) -> Option<Response<ResponseBody>> {
+    pub(crate) fn rejection(&self, call: &S3Call, headers: &HeaderMap) -> Option<Response<ResponseBody>> {
         let on = |flag: &AtomicBool| flag.load(Ordering::Relaxed);
         let op = call.operation;
         let (status, code, message) = if on(&self.reject_checksums) && carries_checksum(headers) {
-            (
-                StatusCode::BAD_REQUEST,
-                "InvalidRequest",
-                "checksums are not supported",
-            )
+            (StatusCode::BAD_REQUEST, "InvalidRequest", "checksums are not supported")
         } else if on(&self.reject_list_v1) && op == Operation::ListObjects {
             (
                 StatusCode::BAD_REQUEST,
@@ -368,15 +337,11 @@ impl Quirks {
 }
 
 fn carries_checksum(headers: &HeaderMap) -> bool {
-    let header_text = |name| {
-        headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or("")
-    };
-    headers.keys().any(|name| {
-        name.as_str().starts_with("x-amz-checksum-") || name == "x-amz-sdk-checksum-algorithm"
-    }) || header_text(header::CONTENT_ENCODING.as_str()).contains("aws-chunked")
+    let header_text = |name| headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or("");
+    headers
+        .keys()
+        .any(|name| name.as_str().starts_with("x-amz-checksum-") || name == "x-amz-sdk-checksum-algorithm")
+        || header_text(header::CONTENT_ENCODING.as_str()).contains("aws-chunked")
         || header_text("x-amz-content-sha256").starts_with("STREAMING-")
             && header_text("x-amz-content-sha256").contains("TRAILER")
 }
@@ -391,9 +356,6 @@ fn writes_key(op: Operation) -> bool {
 fn stores_data(op: Operation) -> bool {
     matches!(
         op,
-        Operation::PutObject
-            | Operation::UploadPart
-            | Operation::UploadPartCopy
-            | Operation::CopyObject
+        Operation::PutObject | Operation::UploadPart | Operation::UploadPartCopy | Operation::CopyObject
     )
 }

@@ -97,11 +97,7 @@ impl Cdn {
             );
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return s3_error_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "MethodNotAllowed",
-                "only GET and HEAD",
-            );
+            return s3_error_response(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "only GET and HEAD");
         }
         if !self.target.is_signed(req.uri().query()) {
             return s3_error_response(
@@ -111,16 +107,9 @@ impl Cdn {
             );
         }
         let Some(object) = self.object_at(req.uri().path()) else {
-            return s3_error_response(
-                StatusCode::NOT_FOUND,
-                "NoSuchKey",
-                "The specified key does not exist.",
-            );
+            return s3_error_response(StatusCode::NOT_FOUND, "NoSuchKey", "The specified key does not exist.");
         };
-        let range = req
-            .headers()
-            .get(header::RANGE)
-            .and_then(|value| value.to_str().ok());
+        let range = req.headers().get(header::RANGE).and_then(|value| value.to_str().ok());
         let response = object_response(&object, range);
         match self
             .quirks
@@ -160,11 +149,7 @@ fn object_response(object: &StoredObject, range: Option<&str>) -> Response<Respo
                     "InvalidRange",
                     "The requested range is not satisfiable",
                 );
-                set_header(
-                    &mut response,
-                    header::CONTENT_RANGE,
-                    &format!("bytes */{total}"),
-                );
+                set_header(&mut response, header::CONTENT_RANGE, &format!("bytes */{total}"));
                 return response;
             }
         },

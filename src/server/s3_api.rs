@@ -50,10 +50,7 @@ impl S3 for S3Api {
         buckets::list_objects(&self.backend, req)
     }
 
-    async fn list_objects_v2(
-        &self,
-        req: S3Request<ListObjectsV2Input>,
-    ) -> Answer<ListObjectsV2Output> {
+    async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> Answer<ListObjectsV2Output> {
         buckets::list_objects_v2(&self.backend, req)
     }
 
@@ -77,10 +74,7 @@ impl S3 for S3Api {
         objects::delete_object(&self.backend, req)
     }
 
-    async fn delete_objects(
-        &self,
-        req: S3Request<DeleteObjectsInput>,
-    ) -> Answer<DeleteObjectsOutput> {
+    async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> Answer<DeleteObjectsOutput> {
         objects::delete_objects(&self.backend, req)
     }
 
@@ -95,10 +89,7 @@ impl S3 for S3Api {
         multipart::upload_part(&self.backend, req).await
     }
 
-    async fn upload_part_copy(
-        &self,
-        req: S3Request<UploadPartCopyInput>,
-    ) -> Answer<UploadPartCopyOutput> {
+    async fn upload_part_copy(&self, req: S3Request<UploadPartCopyInput>) -> Answer<UploadPartCopyOutput> {
         multipart::upload_part_copy(&self.backend, req)
     }
 
@@ -153,17 +144,11 @@ pub(crate) async fn collect_body(body: Option<StreamingBlob>) -> S3Result<Bytes>
 }
 
 pub(crate) fn directives(extensions: &Extensions) -> BackendDirectives {
-    extensions
-        .get::<BackendDirectives>()
-        .copied()
-        .unwrap_or_default()
+    extensions.get::<BackendDirectives>().copied().unwrap_or_default()
 }
 
 /// The user metadata to store for a write, honouring the drop-metadata quirk.
-pub(crate) fn user_metadata(
-    metadata: Option<Metadata>,
-    extensions: &Extensions,
-) -> BTreeMap<String, String> {
+pub(crate) fn user_metadata(metadata: Option<Metadata>, extensions: &Extensions) -> BTreeMap<String, String> {
     if directives(extensions).drop_user_metadata {
         return BTreeMap::new();
     }

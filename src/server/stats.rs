@@ -17,10 +17,7 @@ pub struct RequestStats {
 impl RequestStats {
     /// Requests received for `operation` since start or the last [`reset`](Self::reset).
     pub fn count(&self, operation: &str) -> u64 {
-        lock(&self.by_operation)
-            .get(operation)
-            .copied()
-            .unwrap_or(0)
+        lock(&self.by_operation).get(operation).copied().unwrap_or(0)
     }
 
     /// Requests received on both listeners.

@@ -55,13 +55,23 @@ impl MemoryStore {
 
     fn store(&self, key: &str, data: Bytes, metadata: Metadata) -> String {
         let etag = format!("\"m{}\"", self.next_id.fetch_add(1, Ordering::Relaxed));
-        let object = Object { data, etag: etag.clone(), modified: SystemTime::now(), metadata };
+        let object = Object {
+            data,
+            etag: etag.clone(),
+            modified: SystemTime::now(),
+            metadata,
+        };
         self.objects.lock().unwrap().insert(key.to_string(), object);
         etag
     }
 
     fn object(&self, key: &str) -> StoreResult<Object> {
-        self.objects.lock().unwrap().get(key).cloned().ok_or(StoreError::NotFound)
+        self.objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .ok_or(StoreError::NotFound)
     }
 
     fn meta(key: &str, o: &Object, with_metadata: bool) -> ObjectMeta {
@@ -70,7 +80,11 @@ impl MemoryStore {
             size: o.data.len() as u64,
             etag: Some(o.etag.clone()),
             last_modified: Some(o.modified),
-            metadata: if with_metadata { o.metadata.clone() } else { Metadata::new() },
+            metadata: if with_metadata {
+                o.metadata.clone()
+            } else {
+                Metadata::new()
+            },
         }
     }
 
@@ -87,12 +101,7 @@ impl ObjectStore for MemoryStore {
         Ok(Self::meta(key, &self.object(key)?, true))
     }
 
-    async fn get_range(
-        &self,
-        key: &str,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<GetResponse> {
+    async fn get_range(&self, key: &str, range: Range<u64>, if_match: Option<&str>) -> StoreResult<GetResponse> {
         self.count("get");
         let o = self.object(key)?;
         if if_match.is_some_and(|etag| etag != o.etag) {
@@ -152,23 +161,24 @@ impl ObjectStore for MemoryStore {
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String> {
         self.count("create_multipart");
         let id = format!("upload-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
-        let upload = Upload { key: key.to_string(), metadata: opts.metadata.clone(), ..Default::default() };
+        let upload = Upload {
+            key: key.to_string(),
+            metadata: opts.metadata.clone(),
+            ..Default::default()
+        };
         self.uploads.lock().unwrap().insert(id.clone(), upload);
         Ok(id)
     }
 
-    async fn upload_part(
-        &self,
-        _key: &str,
-        upload_id: &str,
-        number: i32,
-        body: Bytes,
-    ) -> StoreResult<CompletedPart> {
+    async fn upload_part(&self, _key: &str, upload_id: &str, number: i32, body: Bytes) -> StoreResult<CompletedPart> {
         self.count("upload_part");
         let mut uploads = self.uploads.lock().unwrap();
         let upload = uploads.get_mut(upload_id).ok_or(StoreError::NotFound)?;
         upload.parts.insert(number, body);
-        Ok(CompletedPart { number, etag: format!("\"p{number}\"") })
+        Ok(CompletedPart {
+            number,
+            etag: format!("\"p{number}\""),
+        })
     }
 
     async fn upload_part_copy(
@@ -183,22 +193,23 @@ impl ObjectStore for MemoryStore {
         self.upload_part(key, upload_id, number, data).await
     }
 
-    async fn complete_multipart(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: &[CompletedPart],
-    ) -> StoreResult<String> {
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[CompletedPart]) -> StoreResult<String> {
         self.count("complete_multipart");
-        let upload = self.uploads.lock().unwrap().remove(upload_id).ok_or(StoreError::NotFound)?;
+        let upload = self
+            .uploads
+            .lock()
+            .unwrap()
+            .remove(upload_id)
+            .ok_or(StoreError::NotFound)?;
         if upload.key != key {
             return Err(StoreError::Other("upload belongs to another key".into()));
         }
         let mut data = Vec::new();
         for part in parts {
-            let body = upload.parts.get(&part.number).ok_or_else(|| {
-                StoreError::Other(format!("InvalidPart: part {} was not uploaded", part.number))
-            })?;
+            let body = upload
+                .parts
+                .get(&part.number)
+                .ok_or_else(|| StoreError::Other(format!("InvalidPart: part {} was not uploaded", part.number)))?;
             data.extend_from_slice(body);
         }
         Ok(self.store(key, Bytes::from(data), upload.metadata))
@@ -210,12 +221,7 @@ impl ObjectStore for MemoryStore {
         Ok(())
     }
 
-    async fn copy(
-        &self,
-        source: &str,
-        dest: &str,
-        metadata: Option<&Metadata>,
-    ) -> StoreResult<String> {
+    async fn copy(&self, source: &str, dest: &str, metadata: Option<&Metadata>) -> StoreResult<String> {
         self.count("copy");
         let o = self.object(source)?;
         Ok(self.store(dest, o.data, metadata.cloned().unwrap_or(o.metadata)))
@@ -252,7 +258,9 @@ mod tests {
     async fn store_with(keys: &[&str]) -> MemoryStore {
         let s = MemoryStore::new();
         for k in keys {
-            s.put(k, Bytes::from_static(b"x"), &PutOptions::default()).await.unwrap();
+            s.put(k, Bytes::from_static(b"x"), &PutOptions::default())
+                .await
+                .unwrap();
         }
         s
     }
@@ -260,14 +268,21 @@ mod tests {
     #[tokio::test]
     async fn lists_a_flat_key_space_with_delimiter_and_pages() {
         let s = store_with(&["a", "a/b", "a/c", "d/", "e", "f/g/h"]).await;
-        let req = ListRequest { delimiter: Some("/".into()), ..Default::default() };
+        let req = ListRequest {
+            delimiter: Some("/".into()),
+            ..Default::default()
+        };
         let page = s.list_page(&req).await.unwrap();
         let keys: Vec<_> = page.objects.iter().map(|o| o.key.as_str()).collect();
         assert_eq!(keys, ["a", "e"]);
         assert_eq!(page.prefixes, ["a/", "d/", "f/"]);
         assert!(page.next.is_none());
 
-        let mut req = ListRequest { delimiter: Some("/".into()), max_keys: Some(2), ..Default::default() };
+        let mut req = ListRequest {
+            delimiter: Some("/".into()),
+            max_keys: Some(2),
+            ..Default::default()
+        };
         let mut seen = Vec::new();
         loop {
             let page = s.list_page(&req).await.unwrap();
@@ -286,10 +301,22 @@ mod tests {
     async fn multipart_and_conditional_get() {
         let s = MemoryStore::new();
         let id = s.create_multipart("big", &PutOptions::default()).await.unwrap();
-        let p1 = s.upload_part("big", &id, 1, Bytes::from_static(b"hello ")).await.unwrap();
-        let p2 = s.upload_part("big", &id, 2, Bytes::from_static(b"world")).await.unwrap();
+        let p1 = s
+            .upload_part("big", &id, 1, Bytes::from_static(b"hello "))
+            .await
+            .unwrap();
+        let p2 = s
+            .upload_part("big", &id, 2, Bytes::from_static(b"world"))
+            .await
+            .unwrap();
         let etag = s.complete_multipart("big", &id, &[p1, p2]).await.unwrap();
-        let body = s.get_range("big", 6..100, Some(&etag)).await.unwrap().collect().await.unwrap();
+        let body = s
+            .get_range("big", 6..100, Some(&etag))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
         assert_eq!(&body[..], b"world");
         let stale = s.get_range("big", 0..1, Some("\"other\"")).await;
         assert!(matches!(stale, Err(StoreError::PreconditionFailed)));

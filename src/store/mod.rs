@@ -103,12 +103,7 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// GET of `range` (clamped to the object's end). With `if_match`, an object whose ETag
     /// differs fails with `PreconditionFailed`, whether or not the server honours If-Match.
-    async fn get_range(
-        &self,
-        key: &str,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<GetResponse>;
+    async fn get_range(&self, key: &str, range: Range<u64>, if_match: Option<&str>) -> StoreResult<GetResponse>;
 
     async fn list_page(&self, req: &ListRequest) -> StoreResult<ListPage>;
 
@@ -117,13 +112,7 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String>;
 
-    async fn upload_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        number: i32,
-        body: Bytes,
-    ) -> StoreResult<CompletedPart>;
+    async fn upload_part(&self, key: &str, upload_id: &str, number: i32, body: Bytes) -> StoreResult<CompletedPart>;
 
     /// Server-side copy of `range` of `source` into a part; `Unsupported` where the
     /// provider has no UploadPartCopy.
@@ -137,23 +126,13 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> StoreResult<CompletedPart>;
 
     /// Returns the new ETag.
-    async fn complete_multipart(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: &[CompletedPart],
-    ) -> StoreResult<String>;
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[CompletedPart]) -> StoreResult<String>;
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()>;
 
     /// Server-side copy. `metadata: Some` replaces the metadata (copy onto itself to change
     /// metadata only); `None` keeps the source's.
-    async fn copy(
-        &self,
-        source: &str,
-        dest: &str,
-        metadata: Option<&Metadata>,
-    ) -> StoreResult<String>;
+    async fn copy(&self, source: &str, dest: &str, metadata: Option<&Metadata>) -> StoreResult<String>;
 
     /// Deleting a missing key succeeds, as in S3.
     async fn delete(&self, key: &str) -> StoreResult<()>;

@@ -28,7 +28,9 @@ impl RedirectClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        Ok(RedirectClient { client: Client::builder(TokioExecutor::new()).build(https) })
+        Ok(RedirectClient {
+            client: Client::builder(TokioExecutor::new()).build(https),
+        })
     }
 
     pub async fn get(
@@ -51,13 +53,25 @@ impl RedirectClient {
             .map_err(|e| StoreError::Transient(format!("redirected GET: {e}")))?;
         let status = response.status().as_u16();
         let header = |name: http::header::HeaderName| {
-            response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
         };
         if status == 416 {
-            return Ok(GetResponse { etag: None, object_size: range.start, body: Box::pin(futures::stream::empty()) });
+            return Ok(GetResponse {
+                etag: None,
+                object_size: range.start,
+                body: Box::pin(futures::stream::empty()),
+            });
         }
         if !(200..300).contains(&status) {
-            return Err(super::error::classify(Some(status), None, &format!("redirected GET answered {status}")));
+            return Err(super::error::classify(
+                Some(status),
+                None,
+                &format!("redirected GET answered {status}"),
+            ));
         }
         let etag = header(http::header::ETAG);
         if let (Some(want), Some(got)) = (if_match, etag.as_deref())
@@ -86,7 +100,11 @@ impl RedirectClient {
         // 200 to a ranged request means the whole object: skip to the range's start.
         let skip = if status == 200 { range.start } else { 0 };
         let body = window(chunks, skip, range.end - range.start);
-        Ok(GetResponse { etag, object_size, body: Box::pin(body) })
+        Ok(GetResponse {
+            etag,
+            object_size,
+            body: Box::pin(body),
+        })
     }
 }
 

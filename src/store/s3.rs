@@ -85,7 +85,10 @@ impl S3Store {
         if let Some(region) = &resolved.region {
             loader = loader.region(Region::new(region.clone()));
         }
-        let creds = settings.credentials.clone().or_else(|| provider_env_credentials(resolved));
+        let creds = settings
+            .credentials
+            .clone()
+            .or_else(|| provider_env_credentials(resolved));
         if let Some(c) = creds {
             loader = loader.credentials_provider(Credentials::new(
                 c.access_key,
@@ -96,8 +99,8 @@ impl S3Store {
             ));
         }
         let sdk = loader.load().await;
-        let mut config = aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(resolved.profile.addressing == Addressing::Path);
+        let mut config =
+            aws_sdk_s3::config::Builder::from(&sdk).force_path_style(resolved.profile.addressing == Addressing::Path);
         if sdk.region().is_none() {
             config = config.region(Region::new("us-east-1"));
         }
@@ -201,7 +204,11 @@ pub(super) fn total_from_content_range(range: &str) -> Option<u64> {
 
 impl Inner {
     async fn slot(&self) -> OwnedSemaphorePermit {
-        self.slots.clone().acquire_owned().await.expect("the request semaphore is never closed")
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the request semaphore is never closed")
     }
 
     /// One request under a slot, retried by the policy.
@@ -240,18 +247,12 @@ impl Inner {
 
     /// One attempt at a ranged GET: the SDK's, or a redirect's Location fetched without
     /// credentials.
-    async fn get_once(
-        &self,
-        key: &str,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<GetResponse> {
-        let mut req = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!("bytes={}-{}", range.start, range.end - 1));
+    async fn get_once(&self, key: &str, range: Range<u64>, if_match: Option<&str>) -> StoreResult<GetResponse> {
+        let mut req = self.client.get_object().bucket(&self.bucket).key(key).range(format!(
+            "bytes={}-{}",
+            range.start,
+            range.end - 1
+        ));
         if self.resolved.profile.get_if_match {
             req = req.set_if_match(if_match.map(str::to_string));
         }
@@ -287,7 +288,11 @@ impl Inner {
             let chunk = body.next().await?;
             Some((chunk.map_err(|e| StoreError::Transient(error_chain(&e))), body))
         });
-        Ok(GetResponse { etag, object_size, body: Box::pin(body) })
+        Ok(GetResponse {
+            etag,
+            object_size,
+            body: Box::pin(body),
+        })
     }
 }
 
@@ -295,9 +300,7 @@ pub(super) fn encode_key(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
     for b in key.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                out.push(b as char)
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => out.push(b as char),
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -353,7 +356,10 @@ impl BodyState {
             tokio::time::sleep(self.inner.settings.retry.delay(attempt)).await;
             let etag = self.etag.clone();
             let range = self.next..self.end;
-            match self.inner.counted(self.inner.get_once(&self.key, range, etag.as_deref()).await) {
+            match self
+                .inner
+                .counted(self.inner.get_once(&self.key, range, etag.as_deref()).await)
+            {
                 Ok(resp) => self.body = resp.body,
                 Err(e) if e.is_transient() => self.body = Box::pin(futures::stream::once(async { Err(e) })),
                 Err(e) => {
@@ -384,21 +390,22 @@ impl ObjectStore for S3Store {
         })
     }
 
-    async fn get_range(
-        &self,
-        key: &str,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<GetResponse> {
+    async fn get_range(&self, key: &str, range: Range<u64>, if_match: Option<&str>) -> StoreResult<GetResponse> {
         if range.is_empty() {
-            return Ok(GetResponse { etag: None, object_size: 0, body: Box::pin(futures::stream::empty()) });
+            return Ok(GetResponse {
+                etag: None,
+                object_size: 0,
+                body: Box::pin(futures::stream::empty()),
+            });
         }
         let s = &self.inner;
         let slot = s.slot().await;
         let first = s
             .settings
             .retry
-            .run("GetObject", || async { s.counted(s.get_once(key, range.clone(), if_match).await) })
+            .run("GetObject", || async {
+                s.counted(s.get_once(key, range.clone(), if_match).await)
+            })
             .await?;
         let end = range.end.min(first.object_size);
         let state = BodyState {
@@ -458,13 +465,21 @@ impl ObjectStore for S3Store {
                 })
             })
             .collect();
-        let prefixes = out.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_string)).collect();
+        let prefixes = out
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix().map(str::to_string))
+            .collect();
         let next = if out.is_truncated() == Some(true) {
             out.next_continuation_token().map(str::to_string)
         } else {
             None
         };
-        Ok(ListPage { objects, prefixes, next })
+        Ok(ListPage {
+            objects,
+            prefixes,
+            next,
+        })
     }
 
     async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<String> {
@@ -518,13 +533,7 @@ impl ObjectStore for S3Store {
             .ok_or_else(|| StoreError::Other("CreateMultipartUpload returned no upload id".into()))
     }
 
-    async fn upload_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        number: i32,
-        body: Bytes,
-    ) -> StoreResult<CompletedPart> {
+    async fn upload_part(&self, key: &str, upload_id: &str, number: i32, body: Bytes) -> StoreResult<CompletedPart> {
         let s = &self.inner;
         let out = s
             .call("UploadPart", || async {
@@ -541,7 +550,10 @@ impl ObjectStore for S3Store {
                 r.map_err(|e| store_error(&e))
             })
             .await?;
-        Ok(CompletedPart { number, etag: out.e_tag().unwrap_or_default().to_string() })
+        Ok(CompletedPart {
+            number,
+            etag: out.e_tag().unwrap_or_default().to_string(),
+        })
     }
 
     async fn upload_part_copy(
@@ -573,15 +585,13 @@ impl ObjectStore for S3Store {
             })
             .await?;
         let etag = out.copy_part_result().and_then(|r| r.e_tag()).unwrap_or_default();
-        Ok(CompletedPart { number, etag: etag.to_string() })
+        Ok(CompletedPart {
+            number,
+            etag: etag.to_string(),
+        })
     }
 
-    async fn complete_multipart(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: &[CompletedPart],
-    ) -> StoreResult<String> {
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[CompletedPart]) -> StoreResult<String> {
         let s = &self.inner;
         let upload = CompletedMultipartUpload::builder()
             .set_parts(Some(
@@ -640,12 +650,7 @@ impl ObjectStore for S3Store {
         }
     }
 
-    async fn copy(
-        &self,
-        source: &str,
-        dest: &str,
-        metadata: Option<&Metadata>,
-    ) -> StoreResult<String> {
+    async fn copy(&self, source: &str, dest: &str, metadata: Option<&Metadata>) -> StoreResult<String> {
         let s = &self.inner;
         s.check_name(dest)?;
         let directive = metadata.map(|_| MetadataDirective::Replace);
@@ -664,7 +669,11 @@ impl ObjectStore for S3Store {
                 r.map_err(|e| store_error(&e))
             })
             .await?;
-        Ok(out.copy_object_result().and_then(|r| r.e_tag()).unwrap_or_default().to_string())
+        Ok(out
+            .copy_object_result()
+            .and_then(|r| r.e_tag())
+            .unwrap_or_default()
+            .to_string())
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
@@ -702,7 +711,13 @@ impl ObjectStore for S3Store {
                 .map_err(|e| StoreError::Other(e.to_string()))?;
             let out = s
                 .call("DeleteObjects", || async {
-                    let r = s.client.delete_objects().bucket(&s.bucket).delete(delete.clone()).send().await;
+                    let r = s
+                        .client
+                        .delete_objects()
+                        .bucket(&s.bucket)
+                        .delete(delete.clone())
+                        .send()
+                        .await;
                     r.map_err(|e| store_error(&e))
                 })
                 .await?;
@@ -750,7 +765,11 @@ impl ObjectStore for S3Store {
 impl S3Store {
     /// User metadata goes only to providers that keep it.
     fn metadata_to_send(&self, m: &Metadata) -> Option<std::collections::HashMap<String, String>> {
-        if self.inner.resolved.profile.user_metadata { hash_map(m) } else { None }
+        if self.inner.resolved.profile.user_metadata {
+            hash_map(m)
+        } else {
+            None
+        }
     }
 }
 
