@@ -41,8 +41,9 @@ pub enum ListState {
     Done,
 }
 
-/// Offsets 1 and 2 are `.` and `..`; listing entries start at 3.
-pub const FIRST_LISTING_OFFSET: u64 = 3;
+/// Positions 0 and 1 are `.` and `..`; listing entries start at 2. An entry's
+/// `next_offset` is its position plus one: where the kernel asks to continue.
+pub const FIRST_LISTING_OFFSET: u64 = 2;
 
 impl DirStream {
     pub fn new(ino: u64, key: String) -> DirStream {

@@ -461,15 +461,15 @@ impl Fs {
                 next_offset: 2,
             });
         }
-        let offset = offset.max(dir::FIRST_LISTING_OFFSET - 1);
-        if offset + 1 < s.base {
+        let offset = offset.max(dir::FIRST_LISTING_OFFSET);
+        if offset < s.base {
             s.restart();
         }
         // Advance page by page until the page that holds `offset`.
-        while offset + 1 >= s.end_offset() && s.state != ListState::Done {
+        while offset >= s.end_offset() && s.state != ListState::Done {
             self.next_dir_page(&mut s).await?;
         }
-        let from = (offset + 1).saturating_sub(s.base) as usize;
+        let from = (offset - s.base) as usize;
         out.extend(s.entries.iter().skip(from).cloned());
         Ok(out)
     }

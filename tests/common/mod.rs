@@ -1,0 +1,173 @@
+//! Shared test harness: an in-process S3 server and real FUSE mounts of it, each mount
+//! undone by a Drop guard (also when the test panics).
+#![allow(dead_code)]
+
+use s3vol::server::{RunningServer, ServerConfig, start_blocking};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BUCKET: &str = "test";
+
+/// A fresh server with an empty bucket `test`; parts of any size are accepted so tests
+/// can use small part sizes.
+pub fn server() -> RunningServer {
+    let server = start_blocking(ServerConfig { min_part_size: 0, ..ServerConfig::default() });
+    server.backend().create_bucket(BUCKET);
+    server
+}
+
+pub fn put(server: &RunningServer, key: &str, body: impl Into<bytes::Bytes>) {
+    server.backend().put_object(BUCKET, key, body, &[]).expect("bucket exists");
+}
+
+pub fn object(server: &RunningServer, key: &str) -> Option<Vec<u8>> {
+    server.backend().get_object(BUCKET, key).map(|o| o.body.to_vec())
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// `s3vol mount -f` of a source on the server, in a child process; unmounted on drop.
+pub struct Mount {
+    pub path: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Mount {
+    /// Mounts `s3://test` (path style) with `extra` options.
+    pub fn new(server: &RunningServer, extra: &[&str]) -> Mount {
+        Mount::source(server, &format!("s3://{BUCKET}"), &server.endpoint, extra)
+    }
+
+    pub fn source(server: &RunningServer, source: &str, endpoint: &str, extra: &[&str]) -> Mount {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).expect("mountpoint");
+        let log = dir.path().join("s3vol.log");
+        let cache = dir.path().join("cache");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_s3vol"));
+        cmd.arg("mount")
+            .arg(source)
+            .arg(&path)
+            .args(["-f", "--endpoint-url", endpoint, "--force-path-style", "--region", "us-east-1"])
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(["--retries", "3", "--metadata-ttl", "1"])
+            .args(extra)
+            .env("AWS_ACCESS_KEY_ID", &server.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
+            .env_remove("AWS_PROFILE")
+            .env("RUST_LOG", "s3vol=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        let child = cmd.spawn().expect("start s3vol");
+        let mut mount = Mount { path, child: Some(child), log, _dir: dir };
+        mount.wait_until_mounted();
+        mount
+    }
+
+    fn wait_until_mounted(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !is_mounted(&self.path) {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("s3vol exited with {status} before mounting:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "mount did not come up in 30 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// Unmounts and waits for the daemon to exit; returns its log.
+    pub fn unmount(mut self) -> String {
+        self.stop();
+        self.log()
+    }
+
+    fn stop(&mut self) {
+        if is_mounted(&self.path) {
+            let _ = Command::new("fusermount3").arg("-u").arg(&self.path).status();
+        }
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    _ if Instant::now() > deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+        if is_mounted(&self.path) {
+            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.path).status();
+        }
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("running")
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- s3vol log ---\n{}", self.log());
+        }
+        // Lazy unmount first: a panicking test may hold files open.
+        if is_mounted(&self.path) {
+            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.path).status();
+        }
+        self.stop();
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let wanted = path.to_string_lossy().replace(' ', "\\040");
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(wanted.as_str()))
+}
+
+/// Every path under `root`, relative, directories with a trailing `/`.
+pub fn walk(root: &Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {
+            let entry = entry.expect("entry");
+            let rel = entry.path().strip_prefix(root).expect("under root").to_string_lossy().to_string();
+            if entry.file_type().expect("type").is_dir() {
+                out.insert(format!("{rel}/"));
+                stack.push(entry.path());
+            } else {
+                out.insert(rel);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,160 @@
+//! Reading through a real FUSE mount of the in-process S3 server.
+
+mod common;
+
+use common::{Mount, pattern, put, server, walk};
+use std::collections::BTreeSet;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+
+#[test]
+fn lists_a_tree_of_1500_keys_in_nested_prefixes() {
+    let s = server();
+    let mut expected = BTreeSet::new();
+    for i in 0..1500 {
+        let key = format!("d{}/s{}/f{i}.txt", i % 7, i % 13);
+        put(&s, &key, format!("{i}"));
+        expected.insert(key);
+    }
+    let m = Mount::new(&s, &[]);
+    let seen = walk(&m.path);
+    let files: BTreeSet<String> = seen.iter().filter(|p| !p.ends_with('/')).cloned().collect();
+    assert_eq!(files, expected);
+    assert_eq!(seen.iter().filter(|p| p.ends_with('/')).count(), 7 + 7 * 13);
+    assert_eq!(std::fs::read_to_string(m.join("d3/s10/f101.txt")).unwrap(), "101");
+}
+
+#[test]
+fn reads_a_64_mib_object_byte_for_byte() {
+    let s = server();
+    let data = pattern(64 << 20, 7);
+    put(&s, "big.bin", data.clone());
+    let m = Mount::new(&s, &["--memory-limit", "64MiB"]);
+    let path = m.join("big.bin");
+
+    // Sequential.
+    assert!(std::fs::read(&path).unwrap() == data, "sequential read differs");
+
+    // Random offsets.
+    let file = std::fs::File::open(&path).unwrap();
+    let mut rng = 12345u64;
+    for _ in 0..200 {
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let offset = (rng >> 16) % (data.len() as u64);
+        let len = ((rng >> 40) % 300_000) as usize + 1;
+        let mut buf = vec![0u8; len];
+        let n = file.read_at(&mut buf, offset).unwrap();
+        let end = (offset as usize + len).min(data.len());
+        assert_eq!(n, end - offset as usize);
+        assert!(buf[..n] == data[offset as usize..end], "random read at {offset} differs");
+    }
+
+    // Concurrent readers, each over its own region and the whole file.
+    std::thread::scope(|scope| {
+        for t in 0..4u64 {
+            let (path, data) = (&path, &data);
+            scope.spawn(move || {
+                let mut f = std::fs::File::open(path).unwrap();
+                let start = t * (16 << 20);
+                f.seek(SeekFrom::Start(start)).unwrap();
+                let mut buf = vec![0u8; 16 << 20];
+                f.read_exact(&mut buf).unwrap();
+                assert!(buf == data[start as usize..start as usize + (16 << 20)], "reader {t} differs");
+            });
+        }
+    });
+}
+
+#[test]
+fn names_with_special_characters_work_both_ways() {
+    let s = server();
+    let names = ["with space.txt", "hash#tag", "100% done", "a+b=c", "résumé été.txt", "日本語", "emoji 🎉"];
+    for n in names {
+        put(&s, &format!("dir/{n}"), n.to_string());
+    }
+    let m = Mount::new(&s, &[]);
+    for n in names {
+        assert_eq!(std::fs::read_to_string(m.join(&format!("dir/{n}"))).unwrap(), n);
+    }
+    let listed: BTreeSet<String> = std::fs::read_dir(m.join("dir")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(listed, names.iter().map(|n| n.to_string()).collect());
+    // And written through the mount, they become the same keys.
+    for n in names {
+        std::fs::write(m.join(&format!("new {n}")), n).unwrap();
+        assert_eq!(common::object(&s, &format!("new {n}")).as_deref(), Some(n.as_bytes()));
+    }
+}
+
+#[test]
+fn marker_directories_and_a_file_beside_its_directory() {
+    let s = server();
+    put(&s, "empty/", "");
+    put(&s, "nested/marker/", "");
+    put(&s, "a", "file a");
+    put(&s, "a/b", "file b");
+    put(&s, "bad//name", "unreachable");
+    put(&s, "dot/./x", "unreachable");
+    let m = Mount::new(&s, &[]);
+    assert!(m.join("empty").is_dir());
+    assert_eq!(std::fs::read_dir(m.join("empty")).unwrap().count(), 0);
+    assert!(m.join("nested/marker").is_dir());
+    // The directory wins over the file of the same name.
+    assert!(m.join("a").is_dir());
+    assert_eq!(std::fs::read_to_string(m.join("a/b")).unwrap(), "file b");
+    let root: BTreeSet<String> = std::fs::read_dir(&m.path).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(root, ["a", "bad", "dot", "empty", "nested"].iter().map(|s| s.to_string()).collect());
+    // Unusable names are skipped, never break the listing.
+    assert_eq!(std::fs::read_dir(m.join("bad")).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(m.join("dot")).unwrap().count(), 0);
+}
+
+#[test]
+fn an_object_replaced_remotely_while_open_is_never_mixed() {
+    let s = server();
+    let old = pattern(8 << 20, 1);
+    put(&s, "f.bin", old.clone());
+    let m = Mount::new(&s, &[]);
+    let file = std::fs::File::open(m.join("f.bin")).unwrap();
+    let mut head = vec![0u8; 4096];
+    file.read_exact_at(&mut head, 0).unwrap();
+    assert!(head == old[..4096]);
+    put(&s, "f.bin", pattern(8 << 20, 2));
+    let mut tail = vec![0u8; 4096];
+    let err = file.read_exact_at(&mut tail, 6 << 20).expect_err("a read of the replaced object must fail");
+    assert!(matches!(err.raw_os_error(), Some(libc::ESTALE) | Some(libc::EIO)), "{err}");
+    drop(file);
+    // A new open sees the new version once the metadata TTL (1 s) has passed.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(std::fs::read(m.join("f.bin")).unwrap() == pattern(8 << 20, 2));
+    assert!(m.unmount().contains("changed remotely"));
+}
+
+#[test]
+fn missing_files_and_read_only_mounts() {
+    let s = server();
+    put(&s, "x", "1");
+    let m = Mount::new(&s, &["--read-only"]);
+    assert_eq!(std::fs::read(m.join("nope")).unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    let err = std::fs::write(m.join("new"), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    let err = std::fs::OpenOptions::new().write(true).open(m.join("x")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+}
+
+#[test]
+fn ls_l_costs_list_pages_and_no_head() {
+    let s = server();
+    for i in 0..2500 {
+        put(&s, &format!("many/f{i:05}"), "x");
+    }
+    let m = Mount::new(&s, &[]);
+    let before = (s.stats().count("ListObjectsV2"), s.stats().count("HeadObject"));
+    let out = std::process::Command::new("ls").arg("-l").arg(m.join("many")).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2501);
+    let lists = s.stats().count("ListObjectsV2") - before.0;
+    let heads = s.stats().count("HeadObject") - before.1;
+    // The lookup of `many` itself, then 3 pages.
+    assert!(lists <= 5, "{lists} LIST requests");
+    assert_eq!(heads, 1, "only the lookup of `many` may HEAD");
+}
