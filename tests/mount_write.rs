@@ -1,0 +1,283 @@
+//! Writing through a real FUSE mount: files, uploads, namespace changes, errors.
+
+mod common;
+
+use common::{BUCKET, Mount, object, pattern, put, server, walk};
+use std::fs::{self, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+
+fn errno(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or_else(|| panic!("no errno in {e}"))
+}
+
+#[test]
+fn file_lifecycle_reads_its_own_writes_and_uploads_at_close() {
+    let s = server();
+    let m = Mount::new(&s, &[]);
+    let p = m.join("f.txt");
+    let mut f = OpenOptions::new().write(true).read(true).create_new(true).open(&p).unwrap();
+    f.write_all(b"hello world").unwrap();
+    // Read-your-writes before any upload.
+    let mut buf = [0u8; 5];
+    f.read_exact_at(&mut buf, 6).unwrap();
+    assert_eq!(&buf, b"world");
+    assert_eq!(object(&s, "f.txt"), None, "nothing is uploaded before close");
+    f.write_all_at(b"J", 0).unwrap();
+    f.sync_all().unwrap();
+    assert_eq!(object(&s, "f.txt").as_deref(), Some(&b"Jello world"[..]), "fsync uploads");
+    drop(f);
+
+    // O_EXCL on an existing name.
+    let err = OpenOptions::new().write(true).create_new(true).open(&p).unwrap_err();
+    assert_eq!(errno(err), libc::EEXIST);
+
+    // O_APPEND.
+    let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"!").unwrap();
+    drop(f);
+    assert_eq!(object(&s, "f.txt").as_deref(), Some(&b"Jello world!"[..]));
+
+    // Truncate a file that is not open: shrink, then grow with zeros.
+    let f = OpenOptions::new().write(true).open(&p).unwrap();
+    drop(f);
+    fs::File::options().write(true).open(&p).unwrap().set_len(5).unwrap();
+    assert_eq!(object(&s, "f.txt").as_deref(), Some(&b"Jello"[..]));
+    std::process::Command::new("truncate").args(["-s", "8"]).arg(&p).status().unwrap();
+    assert_eq!(object(&s, "f.txt").as_deref(), Some(&b"Jello\0\0\0"[..]));
+    assert_eq!(fs::metadata(&p).unwrap().len(), 8);
+
+    // O_TRUNC, then an overwrite in the middle.
+    fs::write(&p, b"0123456789").unwrap();
+    let f = OpenOptions::new().write(true).open(&p).unwrap();
+    f.write_all_at(b"ab", 4).unwrap();
+    drop(f);
+    assert_eq!(fs::read(&p).unwrap(), b"0123ab6789");
+    assert_eq!(object(&s, "f.txt").as_deref(), Some(&b"0123ab6789"[..]));
+
+    // Empty files exist.
+    fs::File::create(m.join("empty")).unwrap();
+    assert_eq!(object(&s, "empty").as_deref(), Some(&b""[..]));
+}
+
+#[test]
+fn many_handles_see_one_content() {
+    let s = server();
+    put(&s, "shared", "aaaaaaaaaa");
+    let m = Mount::new(&s, &[]);
+    let p = m.join("shared");
+    let w1 = OpenOptions::new().write(true).open(&p).unwrap();
+    let w2 = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    w1.write_all_at(b"XX", 0).unwrap();
+    w2.write_all_at(b"YY", 8).unwrap();
+    let mut buf = vec![0u8; 10];
+    w2.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, b"XXaaaaaaYY");
+    drop(w1);
+    drop(w2);
+    assert_eq!(object(&s, "shared").as_deref(), Some(&b"XXaaaaaaYY"[..]));
+}
+
+#[test]
+fn chmod_chown_and_utimens_persist_as_s3fs_metadata() {
+    let s = server();
+    let m = Mount::new(&s, &[]);
+    let p = m.join("meta");
+    fs::write(&p, "x").unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&p, Some(1234), Some(5678)).unwrap();
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    fs::File::options().write(true).open(&p).unwrap().set_modified(when).unwrap();
+    let stored = s.backend().get_object(BUCKET, "meta").unwrap();
+    assert_eq!(stored.metadata.get("mode").map(String::as_str), Some("33152"), "{:?}", stored.metadata);
+    assert_eq!(stored.metadata.get("uid").map(String::as_str), Some("1234"));
+    assert_eq!(stored.metadata.get("gid").map(String::as_str), Some("5678"));
+    assert_eq!(stored.metadata.get("mtime").map(String::as_str), Some("1600000000"));
+    drop(m);
+    let m = Mount::new(&s, &[]);
+    let meta = fs::metadata(m.join("meta")).unwrap();
+    assert_eq!((meta.mode() & 0o7777, meta.uid(), meta.gid(), meta.mtime()), (0o600, 1234, 5678, 1_600_000_000));
+}
+
+#[test]
+fn changing_part_of_a_large_object_copies_the_rest_server_side() {
+    let s = server();
+    let mut data = pattern(24 << 20, 3);
+    put(&s, "large", data.clone());
+    let m = Mount::new(&s, &["--part-size", "8MiB"]);
+    let f = OpenOptions::new().write(true).open(m.join("large")).unwrap();
+    f.write_all_at(b"patched", 9 << 20).unwrap();
+    drop(f);
+    data[9 << 20..(9 << 20) + 7].copy_from_slice(b"patched");
+    assert!(object(&s, "large").unwrap() == data, "content differs after the partial update");
+    assert_eq!(s.stats().count("UploadPartCopy"), 2, "{:?}", s.stats().snapshot());
+    assert_eq!(s.stats().count("UploadPart"), 1, "{:?}", s.stats().snapshot());
+}
+
+#[test]
+fn a_large_sequential_write_streams_parts_before_close() {
+    let s = server();
+    let m = Mount::new(&s, &["--part-size", "5MiB"]);
+    let data = pattern(23 << 20, 4);
+    let mut f = fs::File::create(m.join("stream")).unwrap();
+    for chunk in data.chunks(1 << 20) {
+        f.write_all(chunk).unwrap();
+    }
+    assert_eq!(s.backend().pending_uploads(BUCKET), ["stream"], "the multipart upload starts while writing");
+    drop(f);
+    assert!(object(&s, "stream").unwrap() == data);
+    assert_eq!(s.stats().count("UploadPart"), 5, "{:?}\n{}", s.stats().snapshot(), m.log());
+    assert_eq!(s.stats().count("PutObject"), 0);
+    assert!(s.backend().pending_uploads(BUCKET).is_empty());
+}
+
+#[test]
+fn unlinked_open_files_keep_working_until_closed() {
+    let s = server();
+    let data = pattern(3 << 20, 5);
+    put(&s, "doomed", data.clone());
+    let m = Mount::new(&s, &[]);
+    let f = fs::File::open(m.join("doomed")).unwrap();
+    fs::remove_file(m.join("doomed")).unwrap();
+    assert!(!m.join("doomed").exists());
+    let mut buf = vec![0u8; 1 << 20];
+    f.read_exact_at(&mut buf, 2 << 20).unwrap();
+    assert!(buf == data[2 << 20..3 << 20]);
+    drop(f);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(object(&s, "doomed"), None);
+}
+
+#[test]
+fn renames_of_files_and_directories() {
+    let s = server();
+    put(&s, "a.txt", "A");
+    put(&s, "b.txt", "B");
+    for i in 0..40 {
+        put(&s, &format!("dir/sub/f{i}"), format!("{i}"));
+    }
+    put(&s, "dir/", "");
+    let m = Mount::new(&s, &[]);
+    fs::rename(m.join("a.txt"), m.join("c.txt")).unwrap();
+    assert_eq!(object(&s, "a.txt"), None);
+    assert_eq!(object(&s, "c.txt").as_deref(), Some(&b"A"[..]));
+    // Over an existing file.
+    fs::rename(m.join("c.txt"), m.join("b.txt")).unwrap();
+    assert_eq!(fs::read_to_string(m.join("b.txt")).unwrap(), "A");
+    assert_eq!(object(&s, "c.txt"), None);
+    // A directory with everything under it.
+    fs::rename(m.join("dir"), m.join("moved")).unwrap();
+    let keys = s.backend().keys(BUCKET);
+    assert!(keys.iter().all(|k| !k.starts_with("dir/")), "{keys:?}");
+    assert_eq!(keys.iter().filter(|k| k.starts_with("moved/sub/")).count(), 40);
+    assert!(keys.contains(&"moved/".to_string()));
+    assert_eq!(fs::read_to_string(m.join("moved/sub/f7")).unwrap(), "7");
+    // A file written but not yet closed, renamed.
+    let mut f = fs::File::create(m.join("tmp")).unwrap();
+    f.write_all(b"draft").unwrap();
+    fs::rename(m.join("tmp"), m.join("final")).unwrap();
+    f.write_all(b"!").unwrap();
+    drop(f);
+    assert_eq!(object(&s, "final").as_deref(), Some(&b"draft!"[..]));
+    assert_eq!(object(&s, "tmp"), None);
+}
+
+#[test]
+fn directories_markers_and_enotempty() {
+    let s = server();
+    let m = Mount::new(&s, &[]);
+    fs::create_dir(m.join("d")).unwrap();
+    assert_eq!(object(&s, "d/").as_deref(), Some(&b""[..]));
+    fs::write(m.join("d/f"), "x").unwrap();
+    assert_eq!(errno(fs::remove_dir(m.join("d")).unwrap_err()), libc::ENOTEMPTY);
+    fs::remove_file(m.join("d/f")).unwrap();
+    fs::remove_dir(m.join("d")).unwrap();
+    assert!(s.backend().keys(BUCKET).is_empty());
+    fs::create_dir_all(m.join("keep/empty")).unwrap();
+    drop(m);
+    let m = Mount::new(&s, &[]);
+    assert!(m.join("keep/empty").is_dir(), "empty directories survive a remount");
+    assert_eq!(errno(fs::create_dir(m.join("keep")).unwrap_err()), libc::EEXIST);
+    assert_eq!(errno(fs::remove_file(m.join("keep")).unwrap_err()), libc::EISDIR);
+    fs::write(m.join("plain"), "x").unwrap();
+    assert_eq!(errno(fs::read_dir(m.join("plain")).unwrap_err()), libc::ENOTDIR);
+}
+
+#[test]
+fn symlinks_are_s3fs_compatible() {
+    let s = server();
+    let m = Mount::new(&s, &[]);
+    fs::write(m.join("target"), "t").unwrap();
+    std::os::unix::fs::symlink("target", m.join("link")).unwrap();
+    assert_eq!(fs::read_link(m.join("link")).unwrap().to_str(), Some("target"));
+    assert_eq!(fs::read_to_string(m.join("link")).unwrap(), "t");
+    let stored = s.backend().get_object(BUCKET, "link").unwrap();
+    assert_eq!(&stored.body[..], b"target");
+    let mode: u32 = stored.metadata["mode"].parse().unwrap();
+    assert_eq!(mode & 0o170000, 0o120000);
+    drop(m);
+    let m = Mount::new(&s, &[]);
+    assert!(fs::symlink_metadata(m.join("link")).unwrap().file_type().is_symlink());
+}
+
+#[test]
+fn errors_map_to_errno() {
+    let s = server();
+    let m = Mount::new(&s, &[]);
+    let long = "x".repeat(256);
+    assert_eq!(errno(fs::write(m.join(&long), "x").unwrap_err()), libc::ENAMETOOLONG);
+    assert_eq!(errno(fs::hard_link(m.join("a"), m.join("b")).unwrap_err()), libc::ENOENT);
+    fs::write(m.join("a"), "a").unwrap();
+    assert_eq!(errno(fs::hard_link(m.join("a"), m.join("b")).unwrap_err()), libc::EPERM);
+}
+
+#[test]
+fn a_full_volume_is_enospc_and_loses_nothing() {
+    let s = server();
+    let m = Mount::new(&s, &[]);
+    s.quirks().set_volume_full(true);
+    let mut f = fs::File::create(m.join("precious")).unwrap();
+    f.write_all(b"keep me").unwrap();
+    let err = f.sync_all().unwrap_err();
+    assert_eq!(errno(err), libc::ENOSPC);
+    drop(f);
+    assert_eq!(fs::read(m.join("precious")).unwrap(), b"keep me", "the data stays readable in the mount");
+    s.quirks().set_volume_full(false);
+    let log = m.unmount();
+    assert_eq!(object(&s, "precious").as_deref(), Some(&b"keep me"[..]), "uploaded at unmount:\n{log}");
+    assert!(log.contains("no space left"), "{log}");
+}
+
+#[test]
+fn read_only_mount_refuses_every_change() {
+    let s = server();
+    put(&s, "f", "x");
+    put(&s, "d/", "");
+    let m = Mount::new(&s, &["--read-only"]);
+    assert_eq!(errno(fs::create_dir(m.join("n")).unwrap_err()), libc::EROFS);
+    assert_eq!(errno(fs::remove_file(m.join("f")).unwrap_err()), libc::EROFS);
+    assert_eq!(errno(fs::rename(m.join("f"), m.join("g")).unwrap_err()), libc::EROFS);
+    assert_eq!(errno(fs::remove_dir(m.join("d")).unwrap_err()), libc::EROFS);
+    assert_eq!(errno(fs::set_permissions(m.join("f"), fs::Permissions::from_mode(0o600)).unwrap_err()), libc::EROFS);
+    assert_eq!(walk(&m.path).len(), 2);
+}
+
+#[test]
+fn deferred_uploads_complete_in_the_background() {
+    let s = server();
+    let m = Mount::new(&s, &["--upload-on-close", "false"]);
+    for i in 0..200 {
+        let mut f = fs::File::create(m.join(&format!("f{i}"))).unwrap();
+        f.write_all(format!("{i}").as_bytes()).unwrap();
+    }
+    let mut f = OpenOptions::new().write(true).open(m.join("f7")).unwrap();
+    f.seek(SeekFrom::End(0)).unwrap();
+    f.write_all(b"+").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    m.unmount();
+    for i in 0..200 {
+        let want = if i == 7 { "7+".to_string() } else { i.to_string() };
+        assert_eq!(object(&s, &format!("f{i}")), Some(want.into_bytes()), "f{i}");
+    }
+}
