@@ -1,13 +1,17 @@
 //! `s3vol unmount` and `s3vol status`: clients of a running mount's control socket.
 
 use s3vol::cli::{StatusArgs, UnmountArgs};
-use s3vol::control::{self, MountStatus};
+use s3vol::control::{self, FlushReport, MountStatus};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 pub fn unmount(args: &UnmountArgs) -> ExitCode {
     let mountpoint = std::fs::canonicalize(&args.mountpoint).unwrap_or_else(|_| args.mountpoint.clone());
     let socket = control::socket_path(&mountpoint);
+    if let Err(message) = flush(&socket) {
+        eprintln!("s3vol: {message}; not unmounting {}", mountpoint.display());
+        return ExitCode::FAILURE;
+    }
     let output = Command::new("fusermount3").arg("-u").arg(&mountpoint).output();
     match output {
         Ok(o) if o.status.success() => {}
@@ -31,6 +35,54 @@ pub fn unmount(args: &UnmountArgs) -> ExitCode {
     }
     println!("unmounted {}", mountpoint.display());
     ExitCode::SUCCESS
+}
+
+/// Asks the daemon to upload everything dirty, printing what it waits for.
+fn flush(socket: &std::path::Path) -> Result<(), String> {
+    let Ok(line) = control::request(socket, "status", Some(Duration::from_secs(10))) else {
+        // No daemon answering (killed, or not an s3vol mount): nothing to flush.
+        return Ok(());
+    };
+    let status: MountStatus = serde_json::from_str(&line).map_err(|e| format!("bad status reply: {e}"))?;
+    if status.dirty_files > 0 || status.uploads_pending > 0 {
+        println!("uploading {} files ({} bytes) before unmounting...", status.dirty_files, status.dirty_bytes);
+    }
+    let progress = std::thread::spawn({
+        let socket = socket.to_path_buf();
+        move || progress_lines(&socket)
+    });
+    let reply = control::request(socket, "flush", None).map_err(|e| format!("flush: {e}"));
+    DONE.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = progress.join();
+    let report: FlushReport = serde_json::from_str(&reply?).map_err(|e| format!("bad flush reply: {e}"))?;
+    match report.error {
+        Some(e) => Err(e),
+        None => {
+            if report.files > 0 {
+                println!("uploaded {} files ({} bytes)", report.files, report.bytes);
+            }
+            Ok(())
+        }
+    }
+}
+
+static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A progress line every few seconds while a long flush runs.
+fn progress_lines(socket: &std::path::Path) {
+    let mut ticks = 0u32;
+    while !DONE.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        ticks += 1;
+        if ticks % 15 != 0 {
+            continue;
+        }
+        if let Ok(line) = control::request(socket, "status", Some(Duration::from_secs(5)))
+            && let Ok(s) = serde_json::from_str::<MountStatus>(&line)
+        {
+            println!("  still uploading: {} files, {} bytes dirty, {} uploads pending", s.dirty_files, s.dirty_bytes, s.uploads_pending);
+        }
+    }
 }
 
 pub fn status(args: &StatusArgs) -> ExitCode {
@@ -80,4 +132,8 @@ fn print_status(m: &MountStatus) {
         m.requests, m.request_errors, m.requests_in_flight, m.list_requests, m.head_requests
     );
     println!("  files:    {} open", m.open_files);
+    println!(
+        "  dirty:    {} files, {} bytes ({} in memory); uploads {} pending, {} failed",
+        m.dirty_files, m.dirty_bytes, m.dirty_memory, m.uploads_pending, m.uploads_failed
+    );
 }

@@ -25,6 +25,19 @@ pub struct MountStatus {
     pub requests_in_flight: u64,
     pub list_requests: u64,
     pub head_requests: u64,
+    pub dirty_files: u64,
+    pub dirty_bytes: u64,
+    pub dirty_memory: u64,
+    pub uploads_pending: u64,
+    pub uploads_failed: u64,
+}
+
+/// The answer to `flush`: what was waited for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlushReport {
+    pub files: u64,
+    pub bytes: u64,
+    pub error: Option<String>,
 }
 
 /// Where control sockets live: root's in /run, a user's in their runtime directory.

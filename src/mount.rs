@@ -2,7 +2,7 @@
 //! mount, serve until unmounted or signalled.
 
 use crate::cli::{KernelOption, MountArgs, MountOptions};
-use crate::control::{self, MountStatus};
+use crate::control::{self, FlushReport, MountStatus};
 use crate::fs::{Defaults, Fs, FsConfig};
 use crate::fuse::FuseAdapter;
 use crate::logging::{self, LogTarget};
@@ -312,6 +312,7 @@ impl StatusSource {
         let cache = self.fs.cache_report();
         let store = self.fs.store_stats();
         let stats = &self.fs.stats;
+        let dirty = self.fs.dirty_report();
         MountStatus {
             source: self.source.clone(),
             mountpoint: self.mountpoint.display().to_string(),
@@ -329,7 +330,18 @@ impl StatusSource {
             requests_in_flight: store.in_flight,
             list_requests: stats.list_requests.load(std::sync::atomic::Ordering::Relaxed),
             head_requests: stats.head_requests.load(std::sync::atomic::Ordering::Relaxed),
+            dirty_files: dirty.files,
+            dirty_bytes: dirty.bytes,
+            dirty_memory: dirty.memory,
+            uploads_pending: dirty.pending_uploads,
+            uploads_failed: dirty.failed_uploads,
         }
+    }
+
+    async fn flush(&self) -> FlushReport {
+        let before = self.fs.dirty_report();
+        let error = self.fs.sync_all().await.err().map(|e| format!("upload failed: errno {}; see the log", e.0));
+        FlushReport { files: before.files, bytes: before.bytes, error }
     }
 }
 
@@ -363,6 +375,7 @@ async fn serve_control(socket: &Path, source: StatusSource) -> std::io::Result<(
                 }
                 let reply = match line.trim() {
                     "status" => serde_json::to_string(&source.status()).unwrap_or_default(),
+                    "flush" => serde_json::to_string(&source.flush().await).unwrap_or_default(),
                     other => format!("{{\"error\":\"unknown command {other:?}\"}}"),
                 };
                 let _ = write.write_all(format!("{reply}\n").as_bytes()).await;

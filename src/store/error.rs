@@ -56,6 +56,9 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// How a NoSuchBucket error starts; the store replaces it with one naming the bucket.
+pub(super) const NO_SUCH_BUCKET: &str = "no such bucket";
+
 /// Classifies an S3 error by HTTP status and error code.
 pub fn classify(status: Option<u16>, code: Option<&str>, message: &str) -> StoreError {
     let msg = || match code {
@@ -64,7 +67,7 @@ pub fn classify(status: Option<u16>, code: Option<&str>, message: &str) -> Store
     };
     match code {
         Some("NoSuchKey" | "NotFound" | "NoSuchUpload") => return StoreError::NotFound,
-        Some("NoSuchBucket") => return StoreError::Other(format!("no such bucket: {message}")),
+        Some("NoSuchBucket") => return StoreError::Other(format!("{NO_SUCH_BUCKET}: {message}")),
         Some("InsufficientStorage" | "QuotaExceeded" | "VolumeFull" | "NoSpaceLeft") => {
             return StoreError::NoSpace(msg());
         }

@@ -2,7 +2,7 @@
 //! our own retries and timeouts, a bound on concurrent requests, resumable GET bodies and
 //! GET redirects followed without credentials.
 
-use super::error::classify;
+use super::error::{NO_SUCH_BUCKET, classify};
 use super::redirect::RedirectClient;
 use super::*;
 use crate::credentials::StaticCredentials;
@@ -197,6 +197,28 @@ fn redirect_location<E>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse
     raw.headers().get("location").map(str::to_string)
 }
 
+/// DeleteObjects is the one call whose checksum S3 requires, so even "checksums only when
+/// required" puts `x-amz-checksum-crc32` on it, which a gateway that refuses checksum
+/// headers (Hugging Face) rejects. Content-MD5, what S3 first required there, replaces it.
+/// Runs before signing, so the signature covers the final headers.
+fn content_md5_instead_of_checksums(req: &mut aws_sdk_s3::config::http::HttpRequest) {
+    use s3s::crypto::{Checksum, Md5};
+    let Some(md5) = req.body().bytes().map(|body| aws_smithy_types::base64::encode(Md5::checksum(body))) else {
+        return;
+    };
+    let headers = req.headers_mut();
+    let checksums: Vec<String> = headers
+        .iter()
+        .map(|(name, _)| name)
+        .filter(|name| name.starts_with("x-amz-checksum-") || *name == "x-amz-sdk-checksum-algorithm")
+        .map(str::to_string)
+        .collect();
+    for name in checksums {
+        headers.remove(name);
+    }
+    headers.insert("content-md5", md5);
+}
+
 /// `bytes START-END/TOTAL` -> TOTAL.
 pub(super) fn total_from_content_range(range: &str) -> Option<u64> {
     range.rsplit_once('/')?.1.trim().parse().ok()
@@ -231,7 +253,18 @@ impl Inner {
         if result.is_err() {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
-        result
+        result.map_err(|e| self.name_bucket(e))
+    }
+
+    /// S3's NoSuchBucket message does not say which bucket: this one does.
+    fn name_bucket(&self, e: StoreError) -> StoreError {
+        match e {
+            StoreError::Other(m) if m.starts_with(NO_SUCH_BUCKET) => {
+                let endpoint = self.resolved.endpoint.as_deref().unwrap_or("the AWS default endpoint");
+                StoreError::Other(format!("{NO_SUCH_BUCKET} '{}' at {endpoint}", self.bucket))
+            }
+            e => e,
+        }
     }
 
     fn check_name(&self, key: &str) -> StoreResult<()> {
@@ -711,14 +744,11 @@ impl ObjectStore for S3Store {
                 .map_err(|e| StoreError::Other(e.to_string()))?;
             let out = s
                 .call("DeleteObjects", || async {
-                    let r = s
-                        .client
-                        .delete_objects()
-                        .bucket(&s.bucket)
-                        .delete(delete.clone())
-                        .send()
-                        .await;
-                    r.map_err(|e| store_error(&e))
+                    let mut op = s.client.delete_objects().bucket(&s.bucket).delete(delete.clone()).customize();
+                    if s.resolved.profile.checksums == ChecksumPolicy::WhenRequired {
+                        op = op.mutate_request(content_md5_instead_of_checksums);
+                    }
+                    op.send().await.map_err(|e| store_error(&e))
                 })
                 .await?;
             if let Some(e) = out.errors().first() {

@@ -1,0 +1,164 @@
+//! The command line: check, mount in the background, status, unmount, signals, and the
+//! clear errors before anything is mounted.
+
+mod common;
+
+use common::{BUCKET, is_mounted, object, put, server};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn s3vol(server: &s3vol::server::RunningServer, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_s3vol"))
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", &server.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
+        .env_remove("AWS_PROFILE")
+        .output()
+        .expect("run s3vol")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn check_prints_the_profile_and_the_first_keys() {
+    let s = server();
+    put(&s, "models/a.bin", "a");
+    put(&s, "readme", "r");
+    let o = s3vol(&s, &["check", "s3://test", "--endpoint-url", &s.endpoint, "--force-path-style"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    for want in ["endpoint:     http://127.0.0.1", "addressing:   Path", "models/", "readme", "listing:      ok"] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn check_fails_clearly_on_bad_input() {
+    let s = server();
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["check", "ftp://x"], 2, "unknown scheme"),
+        (&["check", "runpod://XX-9/vol"], 2, "EU-RO-1"),
+        (&["check", "s3://"], 2, "empty bucket"),
+        (&["check", "s3://nosuch", "--endpoint-url", &s.endpoint, "--force-path-style"], 1, "no such bucket"),
+        (
+            &["check", "s3://test", "--endpoint-url", "http://127.0.0.1:9", "--force-path-style", "--retries", "1"],
+            1,
+            "cannot list",
+        ),
+    ];
+    for (args, code, message) in cases {
+        let o = s3vol(&s, args);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(*code), "{args:?}: {out}");
+        assert!(out.contains(message), "{args:?}: expected {message:?} in {out}");
+        assert_eq!(out.trim().lines().filter(|l| l.starts_with("s3vol:")).count(), 1, "one line: {out}");
+    }
+    let wrong = Command::new(env!("CARGO_BIN_EXE_s3vol"))
+        .args(["check", "s3://test", "--endpoint-url", &s.endpoint, "--force-path-style"])
+        .env("AWS_ACCESS_KEY_ID", &s.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", "wrong")
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(text(&wrong).contains("access denied"), "{}", text(&wrong));
+}
+
+/// A background mount, undone by drop: the daemon is found through `s3vol status`.
+struct Background {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if is_mounted(&self.path) {
+            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.path).status();
+        }
+    }
+}
+
+#[test]
+fn mount_in_the_background_status_and_unmount() {
+    let s = server();
+    put(&s, "hello.txt", "hi");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mnt");
+    std::fs::create_dir(&path).unwrap();
+    let bg = Background { path: path.clone(), _dir: dir };
+    let mp = path.to_str().unwrap();
+    let log = bg._dir.path().join("log");
+    let o = s3vol(
+        &s,
+        &["mount", "s3://test", mp, "--endpoint-url", &s.endpoint, "--force-path-style", "--log-file", log.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(is_mounted(&path), "the mount is live when `mount` returns");
+    assert_eq!(std::fs::read_to_string(path.join("hello.txt")).unwrap(), "hi");
+
+    let o = s3vol(&s, &["status", mp, "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(status[0]["source"], "s3://test");
+    assert!(status[0]["requests"].as_u64().unwrap() >= 2);
+
+    std::fs::write(path.join("new.txt"), "written").unwrap();
+    let o = s3vol(&s, &["unmount", mp]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!is_mounted(&path));
+    assert_eq!(object(&s, "new.txt").as_deref(), Some(&b"written"[..]));
+    drop(bg);
+}
+
+#[test]
+fn mount_refuses_what_cannot_work_before_mounting() {
+    let s = server();
+    let dir = tempfile::tempdir().unwrap();
+    let busy = dir.path().join("busy");
+    std::fs::create_dir(&busy).unwrap();
+    std::fs::write(busy.join("x"), "x").unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let ep = s.endpoint.clone();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["s3://test".into(), busy.display().to_string()], "not empty"),
+        (vec!["s3://test".into(), dir.path().join("missing").display().to_string()], "No such file"),
+        (vec!["s3://nosuch".into(), empty.display().to_string()], "no such bucket"),
+        (vec!["hf://only-namespace".into(), empty.display().to_string()], "empty bucket"),
+    ];
+    for (args, message) in cases {
+        let mut full = vec!["mount".to_string()];
+        full.extend(args.clone());
+        full.extend(["--endpoint-url".into(), ep.clone(), "--force-path-style".into()]);
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        let o = s3vol(&s, &refs);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(message), "{args:?}: expected {message:?} in {}", text(&o));
+        assert!(!is_mounted(&empty));
+    }
+}
+
+#[test]
+fn sigterm_uploads_dirty_data_then_unmounts() {
+    let s = server();
+    let m = common::Mount::new(&s, &["--upload-on-close", "false"]);
+    // Slow uploads: dirty data is still pending when the signal arrives.
+    s.quirks().set_latency(Duration::from_millis(50));
+    let mut files = Vec::new();
+    for i in 0..50 {
+        let p = m.join(&format!("f{i}"));
+        std::fs::write(&p, format!("{i}")).unwrap();
+        files.push(p);
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(m.pid() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while is_mounted(&m.path) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!is_mounted(&m.path), "SIGTERM unmounts");
+    for i in 0..50 {
+        assert_eq!(object(&s, &format!("f{i}")), Some(i.to_string().into_bytes()), "f{i} in {BUCKET}");
+    }
+    assert!(m.unmount().contains("signal received"));
+}
