@@ -592,13 +592,19 @@ impl Fs {
             };
             (object, keep)
         };
+        // The handle counts before the data is looked up, so a concurrent last release
+        // cannot drop the data this open is about to use.
+        let opened = self.new_handle(ino, object.clone(), mode, keep_cache);
         if mode.write {
             let data = self.file_data(ino, &object, local);
-            if mode.truncate {
-                self.truncate_data(ino, &data, 0).await?;
+            if mode.truncate
+                && let Err(e) = self.truncate_data(ino, &data, 0).await
+            {
+                self.release(opened.fh).await;
+                return Err(e);
             }
         }
-        Ok(self.new_handle(ino, object, mode, keep_cache))
+        Ok(opened)
     }
 
     fn new_handle(&self, ino: u64, object: ObjectVersion, mode: OpenMode, keep_cache: bool) -> Opened {
@@ -702,12 +708,7 @@ impl Fs {
             self.hidden_keys.lock().unwrap().remove(&key);
             return;
         }
-        let data = self.data.lock().unwrap().get(&file.ino).cloned();
-        if let Some(data) = data
-            && !data.lock().await.dirty
-        {
-            self.data.lock().unwrap().remove(&file.ino);
-        }
+        self.drop_clean_data(file.ino).await;
     }
 
     pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {

@@ -99,15 +99,14 @@ impl Fs {
         Ok(())
     }
 
-    /// Drops local data of an inode nobody has open any more, once it is clean.
-    async fn drop_clean_data(&self, ino: u64) {
-        if self.open_counts.lock().unwrap().contains_key(&ino) {
-            return;
-        }
-        let data = self.data.lock().unwrap().get(&ino).cloned();
-        if let Some(data) = data
-            && !data.lock().await.dirty
-        {
+    /// Drops local data of an inode nobody has open any more, once it is clean. The open
+    /// count is checked under its lock at the moment of removal: an open racing with the
+    /// last release keeps the data.
+    pub(super) async fn drop_clean_data(&self, ino: u64) {
+        let Some(data) = self.data.lock().unwrap().get(&ino).cloned() else { return };
+        let f = data.lock().await;
+        let counts = self.open_counts.lock().unwrap();
+        if !f.dirty && !counts.contains_key(&ino) {
             self.data.lock().unwrap().remove(&ino);
         }
     }
