@@ -74,7 +74,7 @@ fn progress_lines(socket: &std::path::Path) {
     while !DONE.load(std::sync::atomic::Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
         ticks += 1;
-        if ticks % 15 != 0 {
+        if !ticks.is_multiple_of(15) {
             continue;
         }
         if let Ok(line) = control::request(socket, "status", Some(Duration::from_secs(5)))

@@ -210,6 +210,11 @@ pub fn serve(
     ready: &mut Ready,
 ) -> Result<(), String> {
     let fs = Arc::new(Fs::new(store, resolved, fs_config(options)));
+    // What a killed daemon left in the journal goes out before any file is served.
+    let recovered = runtime.block_on(fs.recover());
+    if !recovered.failed.is_empty() {
+        tracing::error!("{} journaled files could not be recovered; see above", recovered.failed.len());
+    }
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName(source.to_string()),

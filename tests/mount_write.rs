@@ -5,7 +5,7 @@ mod common;
 use common::{BUCKET, Mount, object, pattern, put, server, walk};
 use std::fs::{self, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 
 fn errno(e: std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or_else(|| panic!("no errno in {e}"))

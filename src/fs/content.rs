@@ -44,7 +44,9 @@ impl MemoryBudget {
 
 pub enum Content {
     Memory { bytes: Vec<u8>, budget: Arc<MemoryBudget> },
-    Staged { file: File, path: PathBuf },
+    /// `journaled`: a journal record names this file; it must survive a crash, so it is
+    /// removed only once its data is uploaded (`clear`), never by Drop.
+    Staged { file: File, path: PathBuf, journaled: bool },
 }
 
 impl Content {
@@ -124,13 +126,41 @@ impl Content {
         }
     }
 
-    /// Empties the content (after an upload), returning memory to the budget.
-    pub fn clear(&mut self) -> std::io::Result<()> {
+    /// Empties the content (after an upload): memory goes back to the budget, a staging
+    /// file is removed.
+    pub fn clear(&mut self, budget: &Arc<MemoryBudget>) -> std::io::Result<()> {
+        if let Content::Staged { path, .. } = self {
+            let path = path.clone();
+            *self = Content::new(budget.clone());
+            return match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
         self.truncate(0)
     }
 
+    /// Makes the content durable in a staging file (for the journal) and returns its path.
+    pub fn persist(&mut self, staging_dir: &Path) -> std::io::Result<PathBuf> {
+        self.spill(staging_dir)?;
+        match self {
+            Content::Staged { file, path, journaled } => {
+                file.sync_data()?;
+                *journaled = true;
+                Ok(path.clone())
+            }
+            Content::Memory { .. } => unreachable!("spilled above"),
+        }
+    }
+
+    /// Reopens a staging file left by a previous run.
+    pub fn reopen(path: &Path) -> std::io::Result<Content> {
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Content::Staged { file, path: path.to_path_buf(), journaled: true })
+    }
+
     fn spill(&mut self, staging_dir: &Path) -> std::io::Result<()> {
-        let Content::Memory { bytes, budget } = self else {
+        let Content::Memory { bytes, .. } = self else {
             return Ok(());
         };
         std::fs::create_dir_all(staging_dir)?;
@@ -141,8 +171,8 @@ impl Content {
             .create_new(true)
             .open(&path)?;
         file.write_all_at(bytes, 0)?;
-        budget.give_back(bytes.len() as u64);
-        *self = Content::Staged { file, path };
+        // Dropping the memory variant returns its bytes to the budget.
+        *self = Content::Staged { file, path, journaled: false };
         Ok(())
     }
 }
@@ -151,9 +181,10 @@ impl Drop for Content {
     fn drop(&mut self) {
         match self {
             Content::Memory { bytes, budget } => budget.give_back(bytes.len() as u64),
-            Content::Staged { path, .. } => {
+            Content::Staged { path, journaled: false, .. } => {
                 let _ = std::fs::remove_file(path);
             }
+            Content::Staged { journaled: true, .. } => {}
         }
     }
 }
@@ -179,6 +210,14 @@ mod tests {
             [vec![0; 10], vec![2; 60], vec![0; 10]].concat()
         );
         a.truncate(20).unwrap();
+        assert_eq!(budget.used(), 20);
+        // Spilling gives the memory back exactly once.
+        let mut c = Content::new(budget.clone());
+        c.write_at(0, &[3; 30], dir.path()).unwrap();
+        assert_eq!(budget.used(), 50);
+        c.persist(dir.path()).unwrap();
+        assert_eq!(budget.used(), 20);
+        c.clear(&budget).unwrap();
         assert_eq!(budget.used(), 20);
         drop(a);
         assert_eq!(budget.used(), 0);

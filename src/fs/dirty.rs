@@ -42,6 +42,9 @@ pub struct FileData {
     /// The content differs from the remote object.
     pub dirty: bool,
     pub streaming: Option<Streaming>,
+    /// The journal record that makes this data survive a crash, once written.
+    pub journal: Option<std::path::PathBuf>,
+    budget: Arc<MemoryBudget>,
 }
 
 impl FileData {
@@ -52,11 +55,47 @@ impl FileData {
             base_limit: size,
             size,
             base,
-            content: Content::new(budget),
+            content: Content::new(budget.clone()),
             local: RangeSet::default(),
             dirty: false,
             streaming: None,
+            journal: None,
+            budget,
         }
+    }
+
+    /// Data left by a crashed run: the staging file and what of it is local.
+    pub fn recovered(r: &super::journal::Record, content: Content, budget: Arc<MemoryBudget>) -> FileData {
+        let mut local = RangeSet::default();
+        for &(start, end) in &r.local {
+            local.insert(start..end);
+        }
+        FileData {
+            key: r.key.clone(),
+            base: r.base.as_ref().map(|b| ObjectVersion {
+                key: Arc::from(b.key.as_str()),
+                etag: Arc::from(b.etag.as_str()),
+                size: b.size,
+            }),
+            base_limit: r.base_limit,
+            size: r.size,
+            content,
+            local,
+            dirty: true,
+            streaming: None,
+            journal: None,
+            budget,
+        }
+    }
+
+    /// The local ranges, for the journal.
+    pub fn local_ranges(&self) -> Vec<(u64, u64)> {
+        self.local.spans().collect()
+    }
+
+    /// Makes the local bytes durable on disk; returns the staging file.
+    pub fn persist(&mut self, staging_dir: &Path) -> std::io::Result<std::path::PathBuf> {
+        self.content.persist(staging_dir)
     }
 
     pub fn write(&mut self, offset: u64, data: &[u8], staging_dir: &Path) -> std::io::Result<()> {
@@ -154,7 +193,7 @@ impl FileData {
 
     /// After a successful upload: the new object is the base and nothing is local.
     pub fn uploaded(&mut self, new_base: ObjectVersion) -> std::io::Result<()> {
-        self.content.clear()?;
+        self.content.clear(&self.budget)?;
         self.local = RangeSet::default();
         self.base_limit = new_base.size;
         self.size = new_base.size;

@@ -6,6 +6,8 @@ mod blocks;
 mod content;
 mod dir;
 mod dirty;
+mod journal;
+mod recovery;
 mod names;
 mod namespace;
 mod ranges;
@@ -17,6 +19,7 @@ mod write;
 pub use attr::{Attr, Defaults, Kind};
 pub use dir::DirEntry;
 pub use namespace::Caller;
+pub use recovery::Recovered;
 pub use tree::ROOT_INO;
 pub use write::{DirtyReport, SetAttr};
 
@@ -140,6 +143,7 @@ pub struct Fs {
     pending_deletes: Mutex<HashMap<u64, String>>,
     hidden_keys: Mutex<HashSet<String>>,
     uploader: Uploader,
+    journal: Arc<journal::Journal>,
     dirty_budget: Arc<MemoryBudget>,
     /// Uploads deferred by `upload_on_close = false`, and those that failed.
     background: BackgroundUploads,
@@ -173,7 +177,8 @@ impl Fs {
         let quarter = config.memory_limit / 4;
         let blocks = BlockCache::new(store.clone(), 2 * quarter, config.block_size, 8 * config.block_size);
         let tree = Tree::new(&resolved.prefix, config.defaults);
-        let uploader = Uploader::new(store.clone(), resolved.clone(), blocks.clone(), quarter);
+        let journal = Arc::new(journal::Journal::new(&config.cache_dir));
+        let uploader = Uploader::new(store.clone(), resolved.clone(), blocks.clone(), quarter, journal.clone());
         Fs {
             store,
             resolved,
@@ -186,6 +191,7 @@ impl Fs {
             pending_deletes: Mutex::new(HashMap::new()),
             hidden_keys: Mutex::new(HashSet::new()),
             uploader,
+            journal,
             dirty_budget: MemoryBudget::new(quarter, quarter.min(8 << 20)),
             background: BackgroundUploads::default(),
             next_fh: AtomicU64::new(1),

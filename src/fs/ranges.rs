@@ -78,6 +78,10 @@ impl RangeSet {
         out
     }
 
+    pub fn spans(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.spans.iter().map(|(&s, &e)| (s, e))
+    }
+
     pub fn intersects(&self, r: Range<u64>) -> bool {
         !r.is_empty() && self.split(r).iter().any(|(_, inside)| *inside)
     }

@@ -5,6 +5,7 @@
 
 use super::blocks::{BlockCache, ObjectVersion};
 use super::dirty::{FileData, Piece, Streaming};
+use super::journal::Journal;
 use crate::provider::Resolved;
 use crate::store::{CompletedPart, Metadata, ObjectStore, PutOptions, StoreError, StoreResult};
 use bytes::Bytes;
@@ -19,10 +20,17 @@ pub struct Uploader {
     /// Parts in flight across the mount: bounds the memory part buffers take.
     part_slots: Arc<Semaphore>,
     parts_in_flight: usize,
+    journal: Arc<Journal>,
 }
 
 impl Uploader {
-    pub fn new(store: Arc<dyn ObjectStore>, resolved: Resolved, blocks: Arc<BlockCache>, part_memory: u64) -> Uploader {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        resolved: Resolved,
+        blocks: Arc<BlockCache>,
+        part_memory: u64,
+        journal: Arc<Journal>,
+    ) -> Uploader {
         let part = resolved.part_size_for(0).max(1);
         let parts_in_flight = (part_memory / part).clamp(2, 16) as usize;
         Uploader {
@@ -31,6 +39,7 @@ impl Uploader {
             blocks,
             part_slots: Arc::new(Semaphore::new(parts_in_flight)),
             parts_in_flight,
+            journal,
         }
     }
 
@@ -46,6 +55,16 @@ impl Uploader {
             metadata: metadata.clone(),
             if_none_match: false,
         }
+    }
+
+    /// Starts a multipart upload and journals its id, so that a crash leaves nothing
+    /// behind that the next mount cannot abort.
+    async fn start_multipart(&self, f: &mut FileData, metadata: &Metadata) -> StoreResult<String> {
+        let upload_id = self.store.create_multipart(&f.key, &self.put_options(metadata)).await?;
+        if let Err(e) = self.journal.record(f, metadata, Some(upload_id.clone())) {
+            tracing::warn!("journal for {:?}: {e}; a crash now would leave the upload to expire", f.key);
+        }
+        Ok(upload_id)
     }
 
     /// Called after each write: while a new file grows sequentially past whole parts,
@@ -70,7 +89,7 @@ impl Uploader {
                 return Ok(());
             }
             if f.streaming.is_none() {
-                let upload_id = self.store.create_multipart(&f.key, &self.put_options(metadata)).await?;
+                let upload_id = self.start_multipart(f, metadata).await?;
                 f.streaming = Some(Streaming {
                     upload_id,
                     part_size,
@@ -179,11 +198,12 @@ impl Uploader {
 
     /// A multipart upload of the whole file: untouched base ranges are copied server-side
     /// where possible, everything else is assembled and sent; parts run concurrently.
-    async fn multipart(&self, f: &FileData, metadata: &Metadata) -> StoreResult<String> {
+    async fn multipart(&self, f: &mut FileData, metadata: &Metadata) -> StoreResult<String> {
         let p = &self.resolved.profile;
         let part_size = self.resolved.part_size_for(f.size);
         let count = f.size.div_ceil(part_size);
-        let upload_id = self.store.create_multipart(&f.key, &self.put_options(metadata)).await?;
+        let upload_id = self.start_multipart(f, metadata).await?;
+        let f = &*f;
         let copy_from = f.base.as_ref().map(|b| b.key.to_string());
         let results: Vec<StoreResult<CompletedPart>> = futures::stream::iter(0..count)
             .map(|i| {

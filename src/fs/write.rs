@@ -19,7 +19,7 @@ fn io_errno(e: &std::io::Error) -> Errno {
 
 impl Fs {
     pub(super) fn staging_dir(&self) -> PathBuf {
-        self.config.cache_dir.join("staging")
+        self.journal.staging_dir()
     }
 
     /// Metadata persisted with an upload of `ino`, where the provider keeps it.
@@ -126,11 +126,19 @@ impl Fs {
             return Ok(());
         }
         let metadata = self.metadata_for(ino);
+        // Durable before the upload starts: a crash from here on is recovered at the next
+        // mount with the same cache directory.
+        let upload_id = f.streaming.as_ref().map(|s| s.upload_id.clone());
+        if let Err(e) = self.journal.record(&mut f, &metadata, upload_id) {
+            tracing::warn!("journal for {:?} under {}: {e}", f.key, self.config.cache_dir.display());
+            return Err(io_errno(&e));
+        }
         let version = match self.uploader.upload(&mut f, &metadata).await {
             Ok(v) => v,
             Err(e) => return Err(self.fail("upload", &f.key.clone(), e)),
         };
         f.uploaded(version.clone()).map_err(|e| io_errno(&e))?;
+        self.journal.forget(&mut f);
         let mut tree = self.tree();
         if let Some(n) = tree.get_mut(ino) {
             n.etag = Some(version.etag.to_string());

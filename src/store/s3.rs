@@ -156,7 +156,9 @@ fn store_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
             let e = se.err();
-            let message = e.message().map_or_else(|| e.to_string(), str::to_string);
+            // Without a message ("unhandled error": a body the SDK could not parse), the
+            // source chain says what was wrong with the answer.
+            let message = e.message().map_or_else(|| error_chain(err), str::to_string);
             classify(Some(status), e.code(), &message)
         }
         SdkError::TimeoutError(_) => StoreError::Transient("request timed out".into()),
@@ -203,9 +205,10 @@ fn redirect_location<E>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse
 /// Runs before signing, so the signature covers the final headers.
 fn content_md5_instead_of_checksums(req: &mut aws_sdk_s3::config::http::HttpRequest) {
     use s3s::crypto::{Checksum, Md5};
-    let Some(md5) = req.body().bytes().map(|body| aws_smithy_types::base64::encode(Md5::checksum(body))) else {
+    let Some(body) = req.body().bytes() else {
         return;
     };
+    let md5 = aws_smithy_types::base64::encode(Md5::checksum(body));
     let headers = req.headers_mut();
     let checksums: Vec<String> = headers
         .iter()
@@ -744,7 +747,12 @@ impl ObjectStore for S3Store {
                 .map_err(|e| StoreError::Other(e.to_string()))?;
             let out = s
                 .call("DeleteObjects", || async {
-                    let mut op = s.client.delete_objects().bucket(&s.bucket).delete(delete.clone()).customize();
+                    let mut op = s
+                        .client
+                        .delete_objects()
+                        .bucket(&s.bucket)
+                        .delete(delete.clone())
+                        .customize();
                     if s.resolved.profile.checksums == ChecksumPolicy::WhenRequired {
                         op = op.mutate_request(content_md5_instead_of_checksums);
                     }
@@ -810,6 +818,19 @@ mod tests {
     #[test]
     fn keys_are_percent_encoded_for_copy_sources() {
         assert_eq!(encode_key("a b/#%+é"), "a%20b/%23%25%2B%C3%A9");
+    }
+
+    #[test]
+    fn delete_objects_checksum_headers_become_content_md5() {
+        let mut req = aws_sdk_s3::config::http::HttpRequest::new(aws_smithy_types::body::SdkBody::from("hello"));
+        req.headers_mut().insert("x-amz-checksum-crc32", "NhCmhg==");
+        req.headers_mut().insert("x-amz-sdk-checksum-algorithm", "CRC32");
+        req.headers_mut().insert("content-type", "application/xml");
+        content_md5_instead_of_checksums(&mut req);
+        let names: Vec<&str> = req.headers().iter().map(|(name, _)| name).collect();
+        assert!(!names.iter().any(|n| n.contains("checksum")), "{names:?}");
+        assert_eq!(req.headers().get("content-md5"), Some("XUFAKrxLKna5cZ2REBfFkg=="));
+        assert_eq!(req.headers().get("content-type"), Some("application/xml"));
     }
 
     #[test]

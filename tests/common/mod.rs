@@ -2,6 +2,8 @@
 //! undone by a Drop guard (also when the test panics).
 #![allow(dead_code)]
 
+pub mod moto;
+
 use s3vol::server::{RunningServer, ServerConfig, start_blocking};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,8 +65,6 @@ impl Mount {
             .arg(source)
             .arg(&path)
             .args(["-f", "--endpoint-url", endpoint, "--force-path-style", "--region", "us-east-1"])
-            .arg("--cache-dir")
-            .arg(&cache)
             .args(["--retries", "3", "--metadata-ttl", "1"])
             .args(extra)
             .env("AWS_ACCESS_KEY_ID", &server.access_key)
@@ -74,6 +74,9 @@ impl Mount {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));
+        if !extra.contains(&"--cache-dir") {
+            cmd.arg("--cache-dir").arg(&cache);
+        }
         let child = cmd.spawn().expect("start s3vol");
         let mut mount = Mount { path, child: Some(child), log, _dir: dir };
         mount.wait_until_mounted();
@@ -126,6 +129,16 @@ impl Mount {
         if is_mounted(&self.path) {
             let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.path).status();
         }
+    }
+
+    /// Kills the daemon with SIGKILL (a crash) and clears the dead mount.
+    pub fn kill(mut self) -> String {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.path).status();
+        self.log()
     }
 
     /// The daemon's process id.

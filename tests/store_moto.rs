@@ -1,0 +1,330 @@
+//! `S3Store` against moto server, an S3 implementation independent of the embedded one,
+//! for the cases that depend on S3's flat key space and on S3 semantics the embedded
+//! server could get wrong in the same way as the store: `a`, `a/b` and the marker `d/`
+//! side by side, pagination, multipart, copy, DeleteObjects, ranged GET, head metadata.
+//!
+//! moto must be installed (`pip install "moto[server]"`): without it these tests fail.
+
+mod common;
+use common::moto;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use moto::Moto;
+use s3vol::credentials::StaticCredentials;
+use s3vol::provider::{Overrides, Resolved};
+use s3vol::source::Source;
+use s3vol::store::s3::{S3Settings, S3Store};
+use s3vol::store::{ListRequest, Metadata, ObjectStore, PutOptions, RetryPolicy, StoreError, StoreResult};
+use std::time::Duration;
+
+/// A store on a fresh bucket of the shared moto server. Bind `_moto` (not `..`) when
+/// destructuring: it keeps the server alive until the test ends.
+struct Fixture {
+    store: S3Store,
+    _moto: Arc<Moto>,
+}
+
+/// `s3://BUCKET` on moto, path style, with the generic profile's default checksums.
+async fn fixture(stem: &str) -> Fixture {
+    let moto = Moto::shared();
+    let bucket = moto.new_bucket(stem);
+    let source = Source::parse(&format!("s3://{bucket}")).expect("a valid source");
+    let overrides = Overrides {
+        endpoint_url: Some(moto.endpoint.clone()),
+        force_path_style: true,
+        region: Some("us-east-1".into()),
+        ..Overrides::default()
+    };
+    let settings = S3Settings {
+        credentials: Some(StaticCredentials {
+            access_key: "testing".into(),
+            secret_key: "testing".into(),
+            session_token: None,
+        }),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(20),
+        },
+        connect_timeout: Duration::from_secs(2),
+        read_timeout: Duration::from_secs(10),
+        ..S3Settings::default()
+    };
+    let store = S3Store::connect(&Resolved::new(&source, &overrides), settings)
+        .await
+        .expect("the store connects");
+    Fixture { store, _moto: moto }
+}
+
+fn pattern(len: usize, seed: u8) -> Bytes {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
+        .collect()
+}
+
+fn meta(pairs: &[(&str, &str)]) -> Metadata {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+async fn put(store: &S3Store, key: &str, body: Bytes) {
+    store
+        .put(key, body, &PutOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+}
+
+async fn read(store: &S3Store, key: &str, range: Range<u64>) -> StoreResult<Bytes> {
+    store.get_range(key, range, None).await?.collect().await
+}
+
+/// One page of `prefix` with `delimiter`: (keys, prefixes).
+async fn list(store: &S3Store, prefix: &str, delimiter: Option<&str>) -> (Vec<String>, Vec<String>) {
+    let (keys, prefixes, pages) = list_all(store, prefix, delimiter, 1000).await;
+    assert_eq!(pages, 1, "'{prefix}' fits in one page");
+    (keys, prefixes)
+}
+
+/// Pages through `prefix`: (keys, prefixes, number of pages).
+async fn list_all(
+    store: &S3Store,
+    prefix: &str,
+    delimiter: Option<&str>,
+    max_keys: i32,
+) -> (Vec<String>, Vec<String>, usize) {
+    let (mut keys, mut prefixes) = (Vec::new(), Vec::new());
+    let mut continuation = None;
+    for pages in 1..=100 {
+        let page = store
+            .list_page(&ListRequest {
+                prefix: prefix.to_owned(),
+                delimiter: delimiter.map(str::to_owned),
+                continuation: continuation.take(),
+                max_keys: Some(max_keys),
+                ..ListRequest::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("list '{prefix}': {e:?}"));
+        keys.extend(page.objects.into_iter().map(|o| o.key));
+        prefixes.extend(page.prefixes);
+        match page.next {
+            Some(next) => continuation = Some(next),
+            None => return (keys, prefixes, pages),
+        }
+    }
+    panic!("pagination of '{prefix}' did not end after 100 pages");
+}
+
+#[tokio::test]
+async fn file_directory_and_marker_coexist_in_the_flat_key_space() {
+    let Fixture { store, _moto } = fixture("flat").await;
+    put(&store, "a", pattern(3, 1)).await;
+    put(&store, "a/b", pattern(5, 2)).await;
+    put(&store, "d/", Bytes::new()).await;
+
+    assert_eq!(
+        list(&store, "", Some("/")).await,
+        (vec!["a".into()], vec!["a/".into(), "d/".into()])
+    );
+    assert_eq!(list(&store, "a/", Some("/")).await, (vec!["a/b".into()], vec![]));
+    assert_eq!(
+        list(&store, "d/", Some("/")).await,
+        (vec!["d/".into()], vec![]),
+        "the marker is listed under its own prefix"
+    );
+    assert_eq!(list(&store, "", None).await.0, ["a", "a/b", "d/"]);
+    assert_eq!(store.head("a").await.unwrap().size, 3);
+    assert_eq!(store.head("a/b").await.unwrap().size, 5);
+    assert_eq!(store.head("d/").await.unwrap().size, 0);
+
+    store.delete("a").await.unwrap();
+    assert_eq!(
+        list(&store, "", Some("/")).await,
+        (vec![], vec!["a/".into(), "d/".into()])
+    );
+    assert_eq!(read(&store, "a/b", 0..5).await.unwrap(), pattern(5, 2));
+}
+
+#[tokio::test]
+async fn pagination_returns_every_key_and_prefix_once() {
+    let Fixture { store, _moto } = fixture("pages").await;
+    let keys: Vec<String> = (0..25).map(|i| format!("p/k{i:02}")).collect();
+    for key in &keys {
+        put(&store, key, pattern(1, 0)).await;
+    }
+    let dirs: Vec<String> = (0..12).map(|i| format!("q/s{i:02}/")).collect();
+    for dir in &dirs {
+        put(&store, &format!("{dir}x"), pattern(1, 0)).await;
+    }
+
+    let (listed, prefixes, pages) = list_all(&store, "p/", None, 10).await;
+    assert_eq!((listed, prefixes, pages), (keys, vec![], 3));
+    let (listed, prefixes, pages) = list_all(&store, "q/", Some("/"), 5).await;
+    assert_eq!((listed, prefixes, pages), (vec![], dirs, 3));
+}
+
+#[tokio::test]
+async fn multipart_upload_complete_abort_and_minimum_part_size() {
+    let Fixture { store, _moto } = fixture("multipart").await;
+    let parts = [pattern(5 << 20, 1), pattern(1000, 2)];
+
+    let upload = store.create_multipart("big", &PutOptions::default()).await.unwrap();
+    let mut done = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        done.push(
+            store
+                .upload_part("big", &upload, i as i32 + 1, part.clone())
+                .await
+                .unwrap(),
+        );
+    }
+    let etag = store.complete_multipart("big", &upload, &done).await.unwrap();
+    assert!(etag.ends_with("-2\""), "multipart ETag: {etag}");
+    let head = store.head("big").await.unwrap();
+    assert_eq!(head.size, (5 << 20) + 1000);
+    assert_eq!(head.etag.as_deref(), Some(etag.as_str()));
+    let tail = read(&store, "big", (5 << 20) - 10..(5 << 20) + 1000).await.unwrap();
+    assert_eq!(tail, Bytes::from([&parts[0][(5 << 20) - 10..], &parts[1][..]].concat()));
+
+    let upload = store.create_multipart("dropped", &PutOptions::default()).await.unwrap();
+    store.upload_part("dropped", &upload, 1, pattern(10, 3)).await.unwrap();
+    store.abort_multipart("dropped", &upload).await.unwrap();
+    assert_eq!(store.head("dropped").await, Err(StoreError::NotFound));
+
+    // S3 (and moto) refuse parts under 5 MiB but the last: the store reports it.
+    let upload = store.create_multipart("small", &PutOptions::default()).await.unwrap();
+    let first = store.upload_part("small", &upload, 1, pattern(1000, 4)).await.unwrap();
+    let last = store.upload_part("small", &upload, 2, pattern(1000, 5)).await.unwrap();
+    let result = store.complete_multipart("small", &upload, &[first, last]).await;
+    assert!(
+        matches!(&result, Err(StoreError::Other(m)) if m.contains("EntityTooSmall")),
+        "{result:?}"
+    );
+    store.abort_multipart("small", &upload).await.unwrap();
+}
+
+#[tokio::test]
+async fn copy_keeps_or_replaces_metadata() {
+    let Fixture { store, _moto } = fixture("copy").await;
+    let body = pattern(300, 6);
+    let opts = PutOptions {
+        metadata: meta(&[("mode", "33188")]),
+        ..PutOptions::default()
+    };
+    store.put("dir/src #1", body.clone(), &opts).await.unwrap();
+
+    store.copy("dir/src #1", "kept", None).await.unwrap();
+    assert_eq!(store.head("kept").await.unwrap().metadata, meta(&[("mode", "33188")]));
+    assert_eq!(read(&store, "kept", 0..300).await.unwrap(), body);
+
+    let new = meta(&[("mode", "33261"), ("mtime", "1700000000")]);
+    store.copy("dir/src #1", "replaced", Some(&new)).await.unwrap();
+    assert_eq!(store.head("replaced").await.unwrap().metadata, new);
+
+    store
+        .copy("dir/src #1", "dir/src #1", Some(&new))
+        .await
+        .expect("self-copy with REPLACE");
+    assert_eq!(store.head("dir/src #1").await.unwrap().metadata, new);
+    assert_eq!(read(&store, "dir/src #1", 0..300).await.unwrap(), body);
+}
+
+#[tokio::test]
+async fn delete_many_uses_delete_objects() {
+    let Fixture { store, _moto } = fixture("delete").await;
+    let doomed: Vec<String> = (0..30).map(|i| format!("dir/f{i:02}")).collect();
+    for key in &doomed {
+        put(&store, key, pattern(10, 0)).await;
+    }
+    put(&store, "keep", pattern(10, 0)).await;
+
+    let mut keys = doomed.clone();
+    keys.push("never-existed".into());
+    store.delete_many(&keys).await.expect("DeleteObjects");
+    assert_eq!(list(&store, "", None).await.0, ["keep"]);
+}
+
+#[tokio::test]
+async fn ranged_get_is_exact_and_clamped() {
+    let Fixture { store, _moto } = fixture("ranges").await;
+    let body = pattern(100, 7);
+    put(&store, "f", body.clone()).await;
+
+    assert_eq!(read(&store, "f", 10..20).await.unwrap(), body.slice(10..20));
+    assert_eq!(read(&store, "f", 0..100).await.unwrap(), body);
+    assert_eq!(
+        read(&store, "f", 90..200).await.unwrap(),
+        body.slice(90..),
+        "clamped to the end"
+    );
+    assert_eq!(
+        read(&store, "f", 100..200).await.unwrap(),
+        Bytes::new(),
+        "past the end: empty"
+    );
+    let response = store.get_range("f", 10..20, None).await.unwrap();
+    assert_eq!(response.object_size, 100);
+
+    let etag = store.head("f").await.unwrap().etag.expect("an ETag");
+    let fresh = store.get_range("f", 0..10, Some(&etag)).await.unwrap();
+    assert_eq!(fresh.collect().await.unwrap(), body.slice(0..10));
+    put(&store, "f", pattern(100, 8)).await;
+    let stale = store.get_range("f", 0..10, Some(&etag)).await.map(|r| r.etag);
+    assert_eq!(stale, Err(StoreError::PreconditionFailed));
+    assert_eq!(read(&store, "missing", 0..10).await, Err(StoreError::NotFound));
+}
+
+#[tokio::test]
+async fn head_returns_size_etag_content_type_and_metadata() {
+    let Fixture { store, _moto } = fixture("head").await;
+    let opts = PutOptions {
+        content_type: Some("text/plain".into()),
+        metadata: meta(&[("mode", "33188"), ("uid", "1000")]),
+        ..PutOptions::default()
+    };
+    let etag = store.put("dir/f", pattern(42, 9), &opts).await.unwrap();
+
+    let head = store.head("dir/f").await.unwrap();
+    assert_eq!(head.key, "dir/f");
+    assert_eq!(head.size, 42);
+    assert_eq!(head.etag.as_deref(), Some(etag.as_str()));
+    assert_eq!(head.metadata, opts.metadata);
+    assert!(head.last_modified.is_some());
+    assert_eq!(
+        store.head("dir").await,
+        Err(StoreError::NotFound),
+        "no implicit directory object"
+    );
+    assert_eq!(store.head("missing").await, Err(StoreError::NotFound));
+}
+
+#[test]
+fn missing_moto_fails_with_the_install_hint() {
+    // `-S` leaves site-packages (and so moto) off Python's path: as if it were not installed.
+    let failure = std::panic::catch_unwind(|| Moto::start_with("python3", &["-S"]))
+        .err()
+        .expect("starting moto without site-packages fails");
+    let message = failure.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("pip install \"moto[server]\""), "{message}");
+    assert!(
+        message.contains("No module named"),
+        "Python's error is shown: {message}"
+    );
+
+    let failure = std::panic::catch_unwind(|| Moto::start_with("/nonexistent/python3", &[]))
+        .err()
+        .expect("a missing interpreter fails");
+    let message = failure.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("pip install \"moto[server]\""), "{message}");
+}
+
+#[test]
+fn moto_versions_compare_numerically() {
+    assert!(moto::version_at_least("5.2.2", [5, 2, 2]));
+    assert!(moto::version_at_least("5.10.0", [5, 2, 2]));
+    assert!(moto::version_at_least("6.0.0.dev1", [5, 2, 2]));
+    assert!(!moto::version_at_least("5.2.1", [5, 2, 2]));
+    assert!(!moto::version_at_least("4.2.14", [5, 2, 2]));
+}
