@@ -2,6 +2,7 @@
 //! store settings.
 
 use crate::credentials::read_credentials_file;
+use crate::fs::disk_cache::CacheSize;
 use crate::provider::{ChecksumPolicy, Markers, Overrides, Resolved, parse_size};
 use crate::source::Source;
 use crate::store::RetryPolicy;
@@ -35,6 +36,19 @@ pub enum Command {
     Check(CheckArgs),
     /// mount(8)'s helper (installed as /sbin/mount.s3vol): SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS].
     MountHelper(MountHelperArgs),
+    /// Manage the persistent block cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Empty the block cache (safe while mounted: the mount using it empties it).
+    Clear {
+        /// The cache directory (default: the same default as `mount`).
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -86,6 +100,12 @@ pub struct MountOptions {
     /// Directory for staging files of dirty data (default: $XDG_CACHE_HOME/s3vol, /var/cache/s3vol for root).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Largest size of the persistent block cache under --cache-dir: bytes (e.g. 20GiB) or a share of its disk (e.g. 10%); 0 disables it.
+    #[arg(long, value_parser = CacheSize::parse, default_value = "10%", value_name = "SIZE|PCT")]
+    pub cache_size: CacheSize,
+    /// Free space the block cache always leaves on its disk: bytes or a share of the disk.
+    #[arg(long, value_parser = CacheSize::parse, default_value = "5%", value_name = "SIZE|PCT")]
+    pub cache_min_free: CacheSize,
     /// Wait for the upload at close() and report its error (true), or upload in the background (false).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub upload_on_close: bool,

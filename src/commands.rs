@@ -131,9 +131,50 @@ fn print_status(m: &MountStatus) {
         "  requests: {} ({} failed, {} in flight; {} LIST, {} HEAD by the namespace)",
         m.requests, m.request_errors, m.requests_in_flight, m.list_requests, m.head_requests
     );
+    let disk_lookups = m.disk_hits + m.disk_misses;
+    let disk_rate = if disk_lookups == 0 { 0.0 } else { 100.0 * m.disk_hits as f64 / disk_lookups as f64 };
+    println!(
+        "  disk:     {} of {} bytes in {}, hit rate {disk_rate:.1}%, {} evictions, {} corrupt blocks dropped",
+        m.disk_bytes, m.disk_budget, m.cache_dir, m.disk_evictions, m.disk_corrupt
+    );
     println!("  files:    {} open", m.open_files);
     println!(
         "  dirty:    {} files, {} bytes ({} in memory); uploads {} pending, {} failed",
         m.dirty_files, m.dirty_bytes, m.dirty_memory, m.uploads_pending, m.uploads_failed
     );
+}
+
+/// `s3vol cache clear`: each cache instance is emptied by the mount holding it, or here
+/// when no mount does.
+pub fn cache_clear(cache_dir: Option<std::path::PathBuf>) -> ExitCode {
+    use s3vol::fs::disk_cache::{cache_dir_in_use, clear_unlocked};
+    let base = cache_dir.unwrap_or_else(s3vol::mount::default_cache_dir);
+    let mut instances = vec![base.clone()];
+    if let Ok(entries) = std::fs::read_dir(&base) {
+        instances.extend(entries.flatten().map(|e| e.path()).filter(|p| {
+            p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("mount-"))
+        }));
+    }
+    let mounts = control::all_statuses();
+    let mut failed = false;
+    for dir in instances {
+        let result = if cache_dir_in_use(&dir) {
+            let shown = dir.display().to_string();
+            match mounts.iter().find(|m| m.cache_dir == shown) {
+                Some(m) => control::request(&control::socket_path(std::path::Path::new(&m.mountpoint)), "cache-clear", None)
+                    .map(|reply| format!("cleared by the mount on {}: {}", m.mountpoint, reply.trim())),
+                None => Err(std::io::Error::other("in use by a mount this user cannot reach")),
+            }
+        } else {
+            clear_unlocked(&dir).map(|n| format!("removed {n} blocks"))
+        };
+        match result {
+            Ok(message) => println!("{}: {message}", dir.display()),
+            Err(e) => {
+                eprintln!("s3vol: {}: {e}", dir.display());
+                failed = true;
+            }
+        }
+    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }

@@ -30,6 +30,13 @@ pub struct MountStatus {
     pub dirty_memory: u64,
     pub uploads_pending: u64,
     pub uploads_failed: u64,
+    pub cache_dir: String,
+    pub disk_bytes: u64,
+    pub disk_budget: u64,
+    pub disk_hits: u64,
+    pub disk_misses: u64,
+    pub disk_evictions: u64,
+    pub disk_corrupt: u64,
 }
 
 /// The answer to `flush`: what was waited for.

@@ -115,6 +115,8 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         debug: false,
         log_file: None,
         cache_dir: None,
+        cache_size: s3vol::fs::disk_cache::CacheSize::Bytes(0),
+        cache_min_free: s3vol::fs::disk_cache::CacheSize::Percent(5.0),
         upload_on_close: true,
         fuse_threads: 4,
         kernel_option: Vec::new(),

@@ -1,5 +1,5 @@
 use clap::Parser;
-use s3vol::cli::{Cli, Command, expand_dash_o};
+use s3vol::cli::{CacheCommand, Cli, Command, expand_dash_o};
 use std::process::ExitCode;
 
 mod check;
@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         Command::Unmount(args) => commands::unmount(&args),
         Command::Status(args) => commands::status(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Cache(CacheCommand::Clear { cache_dir }) => commands::cache_clear(cache_dir),
         Command::Check(args) => {
             let _ = s3vol::logging::init(s3vol::logging::LogTarget::Stderr, false);
             check::run(&args)

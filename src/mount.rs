@@ -3,6 +3,7 @@
 
 use crate::cli::{KernelOption, MountArgs, MountOptions};
 use crate::control::{self, FlushReport, MountStatus};
+use crate::fs::disk_cache::{CacheSize, lock_cache_dir};
 use crate::fs::{Defaults, Fs, FsConfig};
 use crate::fuse::FuseAdapter;
 use crate::logging::{self, LogTarget};
@@ -209,29 +210,39 @@ pub fn serve(
     options: &MountOptions,
     ready: &mut Ready,
 ) -> Result<(), String> {
-    let fs = Arc::new(Fs::new(store, resolved, fs_config(options)));
+    let mut config = fs_config(options);
+    // One mount per cache directory: a second one gets its own subdirectory.
+    let (cache_root, _cache_lock) = lock_cache_dir(&config.cache_dir)
+        .map_err(|e| format!("cache directory {}: {e}", config.cache_dir.display()))?;
+    config.cache_dir = cache_root;
+    if options.cache_size != CacheSize::Bytes(0) {
+        let budget = options.cache_size.resolve(&config.cache_dir);
+        config.disk_cache = Some((budget, options.cache_min_free.resolve(&config.cache_dir)));
+    }
+    let cache_dir = config.cache_dir.clone();
+    let fs = Arc::new(Fs::new(store, resolved, config));
     // What a killed daemon left in the journal goes out before any file is served.
     let recovered = runtime.block_on(fs.recover());
     if !recovered.failed.is_empty() {
         tracing::error!("{} journaled files could not be recovered; see above", recovered.failed.len());
     }
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
+    let mut fuse_config = fuser::Config::default();
+    fuse_config.mount_options = vec![
         fuser::MountOption::FSName(source.to_string()),
         fuser::MountOption::Subtype("s3vol".into()),
         fuser::MountOption::DefaultPermissions,
     ];
-    config.mount_options.extend(kernel_flags(&options.kernel_option));
+    fuse_config.mount_options.extend(kernel_flags(&options.kernel_option));
     if options.read_only {
-        config.mount_options.push(fuser::MountOption::RO);
+        fuse_config.mount_options.push(fuser::MountOption::RO);
     }
     if options.allow_other {
-        config.acl = fuser::SessionACL::All;
+        fuse_config.acl = fuser::SessionACL::All;
     }
-    config.n_threads = Some(options.fuse_threads.max(1));
-    config.clone_fd = true;
+    fuse_config.n_threads = Some(options.fuse_threads.max(1));
+    fuse_config.clone_fd = true;
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
-    let mut session = fuser::Session::new(adapter, mountpoint, &config)
+    let mut session = fuser::Session::new(adapter, mountpoint, &fuse_config)
         .map_err(|e| format!("cannot mount on {}: {e}", mountpoint.display()))?;
     let started = Instant::now();
     let unmounter = session.unmount_callable();
@@ -241,6 +252,7 @@ pub fn serve(
         fs: fs.clone(),
         source: source.to_string(),
         mountpoint: mountpoint.to_path_buf(),
+        cache_dir,
         started,
     };
     if let Err(e) = runtime.block_on(serve_control(&socket, status)) {
@@ -309,6 +321,7 @@ struct StatusSource {
     fs: Arc<Fs>,
     source: String,
     mountpoint: PathBuf,
+    cache_dir: PathBuf,
     started: Instant,
 }
 
@@ -340,6 +353,13 @@ impl StatusSource {
             dirty_memory: dirty.memory,
             uploads_pending: dirty.pending_uploads,
             uploads_failed: dirty.failed_uploads,
+            cache_dir: self.cache_dir.display().to_string(),
+            disk_bytes: cache.disk_bytes,
+            disk_budget: cache.disk_budget,
+            disk_hits: cache.disk_hits,
+            disk_misses: cache.disk_misses,
+            disk_evictions: cache.disk_evictions,
+            disk_corrupt: cache.disk_corrupt,
         }
     }
 
@@ -381,6 +401,7 @@ async fn serve_control(socket: &Path, source: StatusSource) -> std::io::Result<(
                 let reply = match line.trim() {
                     "status" => serde_json::to_string(&source.status()).unwrap_or_default(),
                     "flush" => serde_json::to_string(&source.flush().await).unwrap_or_default(),
+                    "cache-clear" => format!("{{\"removed\":{}}}", source.fs.clear_disk_cache()),
                     other => format!("{{\"error\":\"unknown command {other:?}\"}}"),
                 };
                 let _ = write.write_all(format!("{reply}\n").as_bytes()).await;

@@ -3,6 +3,7 @@
 //! (single flight), and runs of missing blocks are fetched as one ranged GET each, whose
 //! body fills the blocks in order as it streams in.
 
+use super::disk_cache::DiskCache;
 use crate::store::{ObjectStore, StoreError};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -46,6 +47,8 @@ pub struct BlockCache {
     /// Largest range one GET asks for; longer runs of blocks are split.
     request_size: u64,
     pub stats: CacheStats,
+    /// The persistent cache behind memory: checked before the network, filled from it.
+    pub disk: Option<Arc<DiskCache>>,
 }
 
 enum Slot {
@@ -54,7 +57,13 @@ enum Slot {
 }
 
 impl BlockCache {
-    pub fn new(store: Arc<dyn ObjectStore>, budget: u64, block_size: u64, request_size: u64) -> Arc<BlockCache> {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        budget: u64,
+        block_size: u64,
+        request_size: u64,
+        disk: Option<Arc<DiskCache>>,
+    ) -> Arc<BlockCache> {
         let cache = moka::sync::Cache::builder()
             .max_capacity(budget)
             .weigher(|_: &BlockKey, v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
@@ -67,6 +76,7 @@ impl BlockCache {
             block_size,
             request_size: request_size.max(block_size),
             stats: CacheStats::default(),
+            disk,
         })
     }
 
@@ -191,7 +201,50 @@ impl BlockCache {
     }
 
     /// One GET for a run of blocks; each block is published as soon as its bytes are in.
+    /// Serves a run of blocks from the disk cache where it has them, and the rest from the
+    /// network, one GET per consecutive stretch.
     async fn fetch(self: Arc<Self>, object: ObjectVersion, run: Vec<(u64, oneshot::Sender<BlockResult>)>) {
+        let Some(disk) = self.disk.clone() else {
+            return self.fetch_remote(object, run).await;
+        };
+        let indexes: Vec<u64> = run.iter().map(|(i, _)| *i).collect();
+        let (key, etag) = (object.key.clone(), object.etag.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            indexes.into_iter().map(|i| disk.get(&key, &etag, i)).collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut missing: Vec<(u64, oneshot::Sender<BlockResult>)> = Vec::new();
+        let mut found = found.into_iter();
+        for (index, tx) in run {
+            match found.next().flatten() {
+                Some(block) if block.len() as u64 == self.block_len(&object, index) => {
+                    self.publish(&object, index, Ok(block), tx)
+                }
+                _ => {
+                    if let Some(last) = missing.last()
+                        && last.0 + 1 != index
+                    {
+                        let stretch = std::mem::take(&mut missing);
+                        self.clone().fetch_remote(object.clone(), stretch).await;
+                    }
+                    missing.push((index, tx));
+                }
+            }
+        }
+        if !missing.is_empty() {
+            self.fetch_remote(object, missing).await;
+        }
+    }
+
+    fn block_len(&self, object: &ObjectVersion, index: u64) -> u64 {
+        let start = index * self.block_size;
+        self.block_size.min(object.size.saturating_sub(start))
+    }
+
+    /// One GET for consecutive blocks; each block is published as soon as its bytes are
+    /// in, and written to the disk cache in the background.
+    async fn fetch_remote(self: Arc<Self>, object: ObjectVersion, run: Vec<(u64, oneshot::Sender<BlockResult>)>) {
         let bs = self.block_size;
         let first = run[0].0;
         let start = first * bs;
@@ -215,6 +268,9 @@ impl BlockCache {
                     let block = buf.split_to(block_len).freeze();
                     self.stats.fetched_bytes.fetch_add(block_len as u64, Ordering::Relaxed);
                     let Some((index, tx)) = run.next() else { break };
+                    if let Some(disk) = &self.disk {
+                        disk.put_later(&object.key, &object.etag, index, block.clone());
+                    }
                     self.publish(&object, index, Ok(block), tx);
                     block_start += block_len as u64;
                 }
@@ -268,7 +324,7 @@ mod tests {
             .put("obj", Bytes::from(data.clone()), &PutOptions::default())
             .await
             .unwrap();
-        let cache = BlockCache::new(store.clone(), 1 << 30, 1000, 4000);
+        let cache = BlockCache::new(store.clone(), 1 << 30, 1000, 4000, None);
         let object = ObjectVersion {
             key: "obj".into(),
             etag: etag.into(),

@@ -15,6 +15,8 @@ pub struct BaseRecord {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
+    /// Records of another bucket (a cache directory reused for another mount) are left.
+    pub bucket: String,
     pub key: String,
     pub size: u64,
     /// The remote object the unwritten bytes come from, as it was when written.
@@ -29,8 +31,15 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn of(f: &super::dirty::FileData, staging: PathBuf, metadata: &crate::store::Metadata, upload_id: Option<String>) -> Record {
+    pub fn of(
+        bucket: &str,
+        f: &super::dirty::FileData,
+        staging: PathBuf,
+        metadata: &crate::store::Metadata,
+        upload_id: Option<String>,
+    ) -> Record {
         Record {
+            bucket: bucket.to_string(),
             key: f.key.clone(),
             size: f.size,
             base: f.base.as_ref().map(|b| BaseRecord { key: b.key.to_string(), etag: b.etag.to_string(), size: b.size }),
@@ -45,11 +54,12 @@ impl Record {
 
 pub struct Journal {
     dir: PathBuf,
+    bucket: String,
 }
 
 impl Journal {
-    pub fn new(cache_dir: &Path) -> Journal {
-        Journal { dir: cache_dir.join("journal") }
+    pub fn new(cache_dir: &Path, bucket: &str) -> Journal {
+        Journal { dir: cache_dir.join("journal"), bucket: bucket.to_string() }
     }
 
     pub fn staging_dir(&self) -> PathBuf {
@@ -84,7 +94,7 @@ impl Journal {
         upload_id: Option<String>,
     ) -> std::io::Result<()> {
         let staging = f.persist(&self.staging_dir())?;
-        let record = Record::of(f, staging, metadata, upload_id);
+        let record = Record::of(&self.bucket, f, staging, metadata, upload_id);
         f.journal = Some(self.save(f.journal.as_deref(), &record)?);
         Ok(())
     }
@@ -116,7 +126,8 @@ impl Journal {
             match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| {
                 serde_json::from_slice::<Record>(&b).map_err(|e| e.to_string())
             }) {
-                Ok(r) => out.push((path, r)),
+                Ok(r) if r.bucket == self.bucket => out.push((path, r)),
+                Ok(r) => tracing::info!("journal {} belongs to bucket {:?}; left for its mount", path.display(), r.bucket),
                 Err(e) => tracing::error!("journal {} is unreadable ({e}); left in place", path.display()),
             }
         }

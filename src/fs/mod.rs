@@ -6,6 +6,7 @@ mod blocks;
 mod content;
 mod dir;
 mod dirty;
+pub mod disk_cache;
 mod journal;
 mod recovery;
 mod names;
@@ -62,6 +63,9 @@ pub struct FsConfig {
     pub cache_dir: PathBuf,
     /// close() waits for the upload and returns its error; false defers it.
     pub upload_on_close: bool,
+    /// The persistent block cache under `cache_dir`: size budget and free space to keep
+    /// (bytes); `None` disables it.
+    pub disk_cache: Option<(u64, u64)>,
 }
 
 impl Default for FsConfig {
@@ -81,6 +85,7 @@ impl Default for FsConfig {
             max_prefetch: 64 << 20,
             cache_dir: std::env::temp_dir().join("s3vol"),
             upload_on_close: true,
+            disk_cache: None,
         }
     }
 }
@@ -167,6 +172,12 @@ pub struct CacheReport {
     pub misses: u64,
     pub fetched_bytes: u64,
     pub open_files: usize,
+    pub disk_bytes: u64,
+    pub disk_budget: u64,
+    pub disk_hits: u64,
+    pub disk_misses: u64,
+    pub disk_evictions: u64,
+    pub disk_corrupt: u64,
 }
 
 impl Fs {
@@ -175,9 +186,18 @@ impl Fs {
         // held in memory, a quarter for upload parts in flight. A GET fetches up to 8
         // blocks at once.
         let quarter = config.memory_limit / 4;
-        let blocks = BlockCache::new(store.clone(), 2 * quarter, config.block_size, 8 * config.block_size);
+        let disk = config.disk_cache.and_then(|(budget, min_free)| {
+            match disk_cache::DiskCache::open(&config.cache_dir, &resolved.bucket, budget, min_free) {
+                Ok(d) => Some(Arc::new(d)),
+                Err(e) => {
+                    tracing::warn!("disk cache under {}: {e}; reading without it", config.cache_dir.display());
+                    None
+                }
+            }
+        });
+        let blocks = BlockCache::new(store.clone(), 2 * quarter, config.block_size, 8 * config.block_size, disk);
         let tree = Tree::new(&resolved.prefix, config.defaults);
-        let journal = Arc::new(journal::Journal::new(&config.cache_dir));
+        let journal = Arc::new(journal::Journal::new(&config.cache_dir, &resolved.bucket));
         let uploader = Uploader::new(store.clone(), resolved.clone(), blocks.clone(), quarter, journal.clone());
         Fs {
             store,
@@ -206,6 +226,7 @@ impl Fs {
 
     pub fn cache_report(&self) -> CacheReport {
         let s = &self.blocks.stats;
+        let disk = self.blocks.disk.as_deref();
         CacheReport {
             block_bytes: self.blocks.used(),
             block_budget: self.blocks.budget(),
@@ -213,7 +234,18 @@ impl Fs {
             misses: s.misses.load(Ordering::Relaxed),
             fetched_bytes: s.fetched_bytes.load(Ordering::Relaxed),
             open_files: self.files.lock().unwrap().len(),
+            disk_bytes: disk.map_or(0, |d| d.used()),
+            disk_budget: disk.map_or(0, |d| d.budget()),
+            disk_hits: disk.map_or(0, |d| d.stats.hits.load(Ordering::Relaxed)),
+            disk_misses: disk.map_or(0, |d| d.stats.misses.load(Ordering::Relaxed)),
+            disk_evictions: disk.map_or(0, |d| d.stats.evictions.load(Ordering::Relaxed)),
+            disk_corrupt: disk.map_or(0, |d| d.stats.corrupt.load(Ordering::Relaxed)),
         }
+    }
+
+    /// Empties the disk cache (`s3vol cache clear` while mounted); returns blocks removed.
+    pub fn clear_disk_cache(&self) -> u64 {
+        self.blocks.disk.as_ref().map_or(0, |d| d.clear())
     }
 
     pub fn store_stats(&self) -> crate::store::StoreStats {
