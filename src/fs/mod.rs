@@ -156,11 +156,35 @@ pub struct Fs {
     pub stats: FsStats,
 }
 
-#[derive(Default)]
 struct BackgroundUploads {
-    pending: AtomicU64,
+    /// One permit per upload in flight: bounds them, and waiting for all permits is
+    /// waiting for them all to finish.
+    slots: Arc<tokio::sync::Semaphore>,
     failed: AtomicU64,
-    idle: tokio::sync::Notify,
+}
+
+/// Deferred uploads (`upload_on_close = false`) in flight at once; close() waits for a
+/// slot beyond it.
+const BACKGROUND_UPLOADS: u32 = 64;
+
+impl Default for BackgroundUploads {
+    fn default() -> Self {
+        BackgroundUploads {
+            slots: Arc::new(tokio::sync::Semaphore::new(BACKGROUND_UPLOADS as usize)),
+            failed: AtomicU64::new(0),
+        }
+    }
+}
+
+impl BackgroundUploads {
+    fn pending(&self) -> u64 {
+        u64::from(BACKGROUND_UPLOADS) - self.slots.available_permits() as u64
+    }
+
+    async fn wait_idle(&self) {
+        let all = self.slots.acquire_many(BACKGROUND_UPLOADS).await;
+        drop(all);
+    }
 }
 
 /// A snapshot of cache use, for `s3vol status`.

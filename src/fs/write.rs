@@ -85,16 +85,14 @@ impl Fs {
         if self.config.upload_on_close {
             return self.sync_ino(file.ino).await;
         }
+        let slot = self.background.slots.clone().acquire_owned().await.expect("never closed");
         let this = self.clone();
-        self.background.pending.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
+            let _slot = slot;
             if this.sync_ino(file.ino).await.is_err() {
                 this.background.failed.fetch_add(1, Ordering::Relaxed);
             }
             this.drop_clean_data(file.ino).await;
-            if this.background.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-                this.background.idle.notify_waiters();
-            }
         });
         Ok(())
     }
@@ -159,21 +157,15 @@ impl Fs {
 
     /// Uploads every file with local changes; the first error is returned after all tried.
     pub async fn sync_all(&self) -> FsResult<()> {
+        use futures::StreamExt;
         let inos: Vec<u64> = self.data.lock().unwrap().keys().copied().collect();
-        let mut first_error = Ok(());
-        for ino in inos {
-            if let Err(e) = self.sync_ino(ino).await {
-                first_error = first_error.and(Err(e));
-            }
-        }
-        while self.background.pending.load(Ordering::Acquire) > 0 {
-            let idle = self.background.idle.notified();
-            if self.background.pending.load(Ordering::Acquire) == 0 {
-                break;
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(100), idle).await;
-        }
-        first_error
+        let results: Vec<FsResult<()>> = futures::stream::iter(inos)
+            .map(|ino| self.sync_ino(ino))
+            .buffer_unordered(BACKGROUND_UPLOADS as usize)
+            .collect()
+            .await;
+        self.background.wait_idle().await;
+        results.into_iter().collect()
     }
 
     /// Bytes and files not yet in the bucket, and background uploads (pending, failed).
@@ -192,7 +184,7 @@ impl Fs {
             files,
             bytes,
             memory: self.dirty_budget.used(),
-            pending_uploads: self.background.pending.load(Ordering::Relaxed),
+            pending_uploads: self.background.pending(),
             failed_uploads: self.background.failed.load(Ordering::Relaxed),
         }
     }
