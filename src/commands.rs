@@ -137,7 +137,7 @@ fn print_status(m: &MountStatus) {
         "  disk:     {} of {} bytes in {}, hit rate {disk_rate:.1}%, {} evictions, {} corrupt blocks dropped",
         m.disk_bytes, m.disk_budget, m.cache_dir, m.disk_evictions, m.disk_corrupt
     );
-    println!("  files:    {} open", m.open_files);
+    println!("  files:    {} open, {} inodes cached", m.open_files, m.inodes);
     println!(
         "  dirty:    {} files, {} bytes ({} in memory); uploads {} pending, {} failed",
         m.dirty_files, m.dirty_bytes, m.dirty_memory, m.uploads_pending, m.uploads_failed

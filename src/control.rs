@@ -25,6 +25,7 @@ pub struct MountStatus {
     pub requests_in_flight: u64,
     pub list_requests: u64,
     pub head_requests: u64,
+    pub inodes: u64,
     pub dirty_files: u64,
     pub dirty_bytes: u64,
     pub dirty_memory: u64,

@@ -147,6 +147,10 @@ impl Filesystem for FuseAdapter {
         });
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.spawn(move |fs| async move {
             match fs.getattr(ino.0).await {
@@ -427,6 +431,10 @@ impl Filesystem for FuseAdapter {
                             Generation(0),
                         ) {
                             break;
+                        }
+                        // The kernel now holds a reference to every entry but . and ..
+                        if e.name != "." && e.name != ".." {
+                            fs.note_lookup(e.ino);
                         }
                     }
                     reply.ok()

@@ -180,6 +180,8 @@ pub fn fs_config(options: &MountOptions) -> FsConfig {
         metadata_ttl: Duration::from_secs_f64(options.metadata_ttl.max(0.0)),
         read_only: options.read_only,
         memory_limit: options.memory_limit,
+        // About 4 KiB of memory limit per cached name (a node takes a few hundred bytes).
+        max_nodes: (options.memory_limit / 4096).max(4096) as usize,
         cache_dir: options.cache_dir.clone().unwrap_or_else(default_cache_dir),
         upload_on_close: options.upload_on_close,
         ..FsConfig::default()
@@ -348,6 +350,7 @@ impl StatusSource {
             requests_in_flight: store.in_flight,
             list_requests: stats.list_requests.load(std::sync::atomic::Ordering::Relaxed),
             head_requests: stats.head_requests.load(std::sync::atomic::Ordering::Relaxed),
+            inodes: self.fs.inode_count() as u64,
             dirty_files: dirty.files,
             dirty_bytes: dirty.bytes,
             dirty_memory: dirty.memory,

@@ -158,3 +158,32 @@ fn ls_l_costs_list_pages_and_no_head() {
     assert!(lists <= 5, "{lists} LIST requests");
     assert_eq!(heads, 1, "only the lookup of `many` may HEAD");
 }
+
+#[test]
+fn the_inode_table_stays_within_its_budget_when_the_kernel_forgets() {
+    let s = server();
+    for i in 0..12_000 {
+        put(&s, &format!("big/f{i:05}"), "x");
+    }
+    // 16 MiB of memory limit: 4,096 inodes.
+    let m = Mount::new(&s, &["--memory-limit", "16MiB"]);
+    let listed = std::fs::read_dir(m.join("big")).unwrap().count();
+    assert_eq!(listed, 12_000);
+    for i in (0..12_000).step_by(7) {
+        std::fs::metadata(m.join(&format!("big/f{i:05}"))).unwrap();
+    }
+    // The kernel forgets its dentries and inodes: FORGET for each.
+    std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    std::fs::read_dir(m.join("big")).unwrap().count();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_s3vol"))
+        .args(["status", m.path.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let inodes = status[0]["inodes"].as_u64().unwrap();
+    eprintln!("{inodes} inodes cached");
+    assert!(inodes <= 4096 + 1100, "{inodes} inodes cached");
+    // Everything still resolves, with data intact.
+    assert_eq!(std::fs::read_to_string(m.join("big/f00007")).unwrap(), "x");
+    assert_eq!(std::fs::read_dir(m.join("big")).unwrap().count(), 12_000);
+}

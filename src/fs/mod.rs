@@ -59,6 +59,8 @@ pub struct FsConfig {
     pub initial_prefetch: u64,
     /// Largest prefetch window.
     pub max_prefetch: u64,
+    /// Entries the inode table keeps at most (beyond it, unreferenced ones are dropped).
+    pub max_nodes: usize,
     /// Staging files for dirty data that does not fit the memory budget.
     pub cache_dir: PathBuf,
     /// close() waits for the upload and returns its error; false defers it.
@@ -83,6 +85,7 @@ impl Default for FsConfig {
             block_size: 1 << 20,
             initial_prefetch: 1 << 20,
             max_prefetch: 64 << 20,
+            max_nodes: 256 * 1024,
             cache_dir: std::env::temp_dir().join("s3vol"),
             upload_on_close: true,
             disk_cache: None,
@@ -324,7 +327,50 @@ impl Fs {
         self.config.metadata_ttl
     }
 
+    /// Resolves `name` for the kernel, which then holds a reference to the inode.
     pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        let attr = self.find(parent, name).await?;
+        self.tree().add_lookup(attr.ino);
+        Ok(attr)
+    }
+
+    /// Entries in the inode table now.
+    pub fn inode_count(&self) -> usize {
+        self.tree().len()
+    }
+
+    /// The kernel was given `ino` in a readdirplus entry.
+    pub fn note_lookup(&self, ino: u64) {
+        self.tree().add_lookup(ino);
+    }
+
+    /// The kernel dropped `count` references to `ino`.
+    pub fn forget(&self, ino: u64, count: u64) {
+        self.tree().forget(ino, count);
+    }
+
+    /// Keeps the inode table within its budget: unreferenced entries the kernel forgot
+    /// (or never saw) go, oldest first, unless a file is open or has local data.
+    fn trim_tree(&self) {
+        let excess = self.tree().len().saturating_sub(self.config.max_nodes);
+        if excess == 0 {
+            return;
+        }
+        let candidates = self.tree().eviction_candidates(excess + 64);
+        let pinned: Vec<bool> = {
+            let open = self.open_counts.lock().unwrap();
+            let data = self.data.lock().unwrap();
+            let deletes = self.pending_deletes.lock().unwrap();
+            candidates.iter().map(|i| open.contains_key(i) || data.contains_key(i) || deletes.contains_key(i)).collect()
+        };
+        let mut tree = self.tree();
+        for (ino, pinned) in candidates.into_iter().zip(pinned) {
+            if pinned { tree.keep(ino) } else { tree.evict(ino) }
+        }
+    }
+
+    /// `lookup` without the kernel reference (for the core's own resolution of names).
+    async fn find(&self, parent: u64, name: &str) -> FsResult<Attr> {
         self.stats.lookups.fetch_add(1, Ordering::Relaxed);
         if name.len() > 255 {
             return Err(Errno(libc::ENAMETOOLONG));
@@ -345,6 +391,7 @@ impl Fs {
         if names::unusable_name(name).is_some() {
             return Err(Errno(libc::ENOENT));
         }
+        self.trim_tree();
         match self.lookup_remote(&parent_key, name).await? {
             Some((seen, metadata)) => {
                 let mut tree = self.tree();
@@ -605,6 +652,7 @@ impl Fs {
         } else {
             Vec::new()
         };
+        self.trim_tree();
         s.base = new_base;
         s.entries = entries
             .into_iter()

@@ -68,6 +68,8 @@ impl Fs {
         n.local = true;
         n.etag = None;
         n.metadata_loaded = true;
+        // The entry goes to the kernel, which then holds a reference.
+        n.lookups += 1;
         n.attr.kind = kind;
         n.attr.size = size;
         n.attr.mtime = SystemTime::now();
@@ -133,7 +135,7 @@ impl Fs {
 
     /// The child `name` of `parent`, looked up if not cached.
     async fn child(&self, parent: u64, name: &str) -> FsResult<(u64, Attr)> {
-        let attr = self.lookup(parent, name).await?;
+        let attr = self.find(parent, name).await?;
         Ok((attr.ino, attr))
     }
 

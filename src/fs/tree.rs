@@ -30,6 +30,9 @@ pub struct Node {
     pub local: bool,
     /// The ETag whose data the kernel's page cache holds for this file.
     pub kernel_cache_etag: Option<String>,
+    /// References the kernel holds (entries it was given minus those it forgot): a node
+    /// at zero may be dropped from the table to keep it within its budget.
+    pub lookups: u64,
 }
 
 /// What a listing says exists under a directory.
@@ -46,6 +49,9 @@ pub struct Tree {
     nodes: HashMap<u64, Node>,
     by_key: HashMap<String, u64>,
     negative: HashMap<(u64, String), Instant>,
+    /// Nodes that had no kernel reference at some point, oldest first: where eviction
+    /// looks (each is checked again before it goes).
+    unreferenced: std::collections::VecDeque<u64>,
     next_ino: u64,
     pub defaults: Defaults,
 }
@@ -68,11 +74,13 @@ impl Tree {
             listed_until: None,
             local: true,
             kernel_cache_etag: None,
+            lookups: 1,
         };
         Tree {
             nodes: HashMap::from([(ROOT_INO, root)]),
             by_key: HashMap::from([(root_key.to_string(), ROOT_INO)]),
             negative: HashMap::new(),
+            unreferenced: std::collections::VecDeque::new(),
             next_ino: ROOT_INO + 1,
             defaults,
         }
@@ -142,6 +150,7 @@ impl Tree {
                 let ino = self.next_ino;
                 self.next_ino += 1;
                 self.by_key.insert(key.clone(), ino);
+                self.unreferenced.push_back(ino);
                 ino
             }
         };
@@ -158,6 +167,7 @@ impl Tree {
             listed_until: None,
             local: false,
             kernel_cache_etag: None,
+            lookups: 0,
         });
         if !node.local {
             let changed = node.etag.is_some() && node.etag != seen.etag;
@@ -288,6 +298,72 @@ impl Tree {
         }
     }
 
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The kernel was given an entry for `ino`.
+    pub fn add_lookup(&mut self, ino: u64) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.lookups += 1;
+        }
+    }
+
+    /// The kernel forgot `count` references to `ino`.
+    pub fn forget(&mut self, ino: u64, count: u64) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.lookups = n.lookups.saturating_sub(count);
+            if n.lookups == 0 {
+                self.unreferenced.push_back(ino);
+            }
+        }
+    }
+
+    fn evictable(&self, ino: u64) -> bool {
+        ino != ROOT_INO
+            && self.nodes.get(&ino).is_some_and(|n| n.lookups == 0 && n.children.is_empty() && !n.local)
+    }
+
+    /// Up to `want` nodes that could be dropped, oldest unreferenced first.
+    pub fn eviction_candidates(&mut self, want: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut looked = 0;
+        while out.len() < want && looked < 4 * want.max(16) {
+            let Some(ino) = self.unreferenced.pop_front() else { break };
+            looked += 1;
+            if self.evictable(ino) {
+                out.push(ino);
+            }
+        }
+        out
+    }
+
+    /// Drops `ino` if it is still unreferenced; its parent's listing is no longer whole,
+    /// and the parent becomes a candidate once it has no children left.
+    pub fn evict(&mut self, ino: u64) {
+        if !self.evictable(ino) {
+            return;
+        }
+        let Some(n) = self.nodes.remove(&ino) else { return };
+        if self.by_key.get(&n.key) == Some(&ino) {
+            self.by_key.remove(&n.key);
+        }
+        if let Some(p) = self.nodes.get_mut(&n.parent) {
+            if p.children.get(&n.name) == Some(&ino) {
+                p.children.remove(&n.name);
+            }
+            p.listed_until = None;
+            if p.children.is_empty() && p.lookups == 0 {
+                self.unreferenced.push_back(n.parent);
+            }
+        }
+    }
+
+    /// Puts a candidate that could not go now back at the end of the line.
+    pub fn keep(&mut self, ino: u64) {
+        self.unreferenced.push_back(ino);
+    }
+
     /// Drops cached knowledge of `parent`'s listing (after a change made through the mount).
     pub fn invalidate_listing(&mut self, parent: u64) {
         if let Some(p) = self.nodes.get_mut(&parent) {
@@ -345,6 +421,32 @@ mod tests {
         assert_eq!(t.cached_lookup(e, "x", Instant::now()), Some(Some(d)));
         assert_eq!(t.get(ROOT_INO).unwrap().children.get("d"), None);
         assert_eq!(t.descendants(e).len(), 3);
+    }
+
+    #[test]
+    fn unreferenced_leaves_are_evicted_and_their_parent_listing_forgotten() {
+        let mut t = Tree::new("", defaults());
+        let later = Instant::now() + Duration::from_secs(5);
+        let d = t.upsert(ROOT_INO, &seen("d", Kind::Dir), later).unwrap();
+        let f = t.upsert(d, &seen("f", Kind::File), later).unwrap();
+        let g = t.upsert(d, &seen("g", Kind::File), later).unwrap();
+        t.finish_listing(d, &["f".to_string(), "g".to_string()].into(), later);
+        t.add_lookup(g);
+        let candidates = t.eviction_candidates(10);
+        assert_eq!(candidates, vec![f], "d has children, g is referenced");
+        t.evict(f);
+        assert!(t.get(f).is_none());
+        assert_eq!(t.cached_lookup(d, "f", Instant::now()), None, "unknown again, not missing");
+        t.forget(g, 1);
+        for ino in t.eviction_candidates(10) {
+            t.evict(ino);
+        }
+        assert!(t.get(g).is_none());
+        for ino in t.eviction_candidates(10) {
+            t.evict(ino);
+        }
+        assert!(t.get(d).is_none(), "an emptied, unreferenced directory goes too");
+        assert_eq!(t.len(), 1);
     }
 
     #[test]
