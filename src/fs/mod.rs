@@ -336,7 +336,7 @@ impl Fs {
 
     /// Entries in the inode table now.
     pub fn inode_count(&self) -> usize {
-        self.tree().len()
+        self.tree().node_count()
     }
 
     /// The kernel was given `ino` in a readdirplus entry.
@@ -352,7 +352,7 @@ impl Fs {
     /// Keeps the inode table within its budget: unreferenced entries the kernel forgot
     /// (or never saw) go, oldest first, unless a file is open or has local data.
     fn trim_tree(&self) {
-        let excess = self.tree().len().saturating_sub(self.config.max_nodes);
+        let excess = self.tree().node_count().saturating_sub(self.config.max_nodes);
         if excess == 0 {
             return;
         }

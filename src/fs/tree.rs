@@ -298,7 +298,8 @@ impl Tree {
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// Entries in the table (never zero: the root stays).
+    pub fn node_count(&self) -> usize {
         self.nodes.len()
     }
 
@@ -446,7 +447,7 @@ mod tests {
             t.evict(ino);
         }
         assert!(t.get(d).is_none(), "an emptied, unreferenced directory goes too");
-        assert_eq!(t.len(), 1);
+        assert_eq!(t.node_count(), 1);
     }
 
     #[test]
