@@ -210,7 +210,10 @@ impl BlockCache {
         let indexes: Vec<u64> = run.iter().map(|(i, _)| *i).collect();
         let (key, etag) = (object.key.clone(), object.etag.clone());
         let found = tokio::task::spawn_blocking(move || {
-            indexes.into_iter().map(|i| disk.get(&key, &etag, i)).collect::<Vec<_>>()
+            indexes
+                .into_iter()
+                .map(|i| disk.get(&key, &etag, i))
+                .collect::<Vec<_>>()
         })
         .await
         .unwrap_or_default();

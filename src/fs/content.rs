@@ -43,10 +43,17 @@ impl MemoryBudget {
 }
 
 pub enum Content {
-    Memory { bytes: Vec<u8>, budget: Arc<MemoryBudget> },
+    Memory {
+        bytes: Vec<u8>,
+        budget: Arc<MemoryBudget>,
+    },
     /// `journaled`: a journal record names this file; it must survive a crash, so it is
     /// removed only once its data is uploaded (`clear`), never by Drop.
-    Staged { file: File, path: PathBuf, journaled: bool },
+    Staged {
+        file: File,
+        path: PathBuf,
+        journaled: bool,
+    },
 }
 
 impl Content {
@@ -156,7 +163,11 @@ impl Content {
     /// Reopens a staging file left by a previous run.
     pub fn reopen(path: &Path) -> std::io::Result<Content> {
         let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
-        Ok(Content::Staged { file, path: path.to_path_buf(), journaled: true })
+        Ok(Content::Staged {
+            file,
+            path: path.to_path_buf(),
+            journaled: true,
+        })
     }
 
     fn spill(&mut self, staging_dir: &Path) -> std::io::Result<()> {
@@ -172,7 +183,11 @@ impl Content {
             .open(&path)?;
         file.write_all_at(bytes, 0)?;
         // Dropping the memory variant returns its bytes to the budget.
-        *self = Content::Staged { file, path, journaled: false };
+        *self = Content::Staged {
+            file,
+            path,
+            journaled: false,
+        };
         Ok(())
     }
 }
@@ -181,7 +196,9 @@ impl Drop for Content {
     fn drop(&mut self) {
         match self {
             Content::Memory { bytes, budget } => budget.give_back(bytes.len() as u64),
-            Content::Staged { path, journaled: false, .. } => {
+            Content::Staged {
+                path, journaled: false, ..
+            } => {
                 let _ = std::fs::remove_file(path);
             }
             Content::Staged { journaled: true, .. } => {}

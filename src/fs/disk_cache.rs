@@ -86,23 +86,40 @@ fn disk_bytes(dir: &Path) -> (u64, u64) {
 /// it, a `mount-N` subdirectory of its own. The lock lives as long as the returned file.
 pub fn lock_cache_dir(base: &Path) -> std::io::Result<(PathBuf, File)> {
     for n in 1..=16 {
-        let dir = if n == 1 { base.to_path_buf() } else { base.join(format!("mount-{n}")) };
+        let dir = if n == 1 {
+            base.to_path_buf()
+        } else {
+            base.join(format!("mount-{n}"))
+        };
         std::fs::create_dir_all(&dir)?;
-        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))?;
         // SAFETY: flock on a descriptor this function owns.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
             if n > 1 {
-                tracing::info!("cache directory {} is in use by another mount; using {}", base.display(), dir.display());
+                tracing::info!(
+                    "cache directory {} is in use by another mount; using {}",
+                    base.display(),
+                    dir.display()
+                );
             }
             return Ok((dir, lock));
         }
     }
-    Err(std::io::Error::other(format!("cache directory {} is in use by 16 mounts", base.display())))
+    Err(std::io::Error::other(format!(
+        "cache directory {} is in use by 16 mounts",
+        base.display()
+    )))
 }
 
 /// Whether another process holds `dir`'s lock.
 pub fn cache_dir_in_use(dir: &Path) -> bool {
-    let Ok(lock) = std::fs::OpenOptions::new().write(true).open(dir.join("lock")) else { return false };
+    let Ok(lock) = std::fs::OpenOptions::new().write(true).open(dir.join("lock")) else {
+        return false;
+    };
     // SAFETY: flock on a descriptor this function owns; released when it closes.
     unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
 }
@@ -115,7 +132,9 @@ impl DiskCache {
         std::fs::create_dir_all(&dir)?;
         let mut found = Vec::new();
         for sub in std::fs::read_dir(&dir)?.flatten() {
-            let Ok(files) = std::fs::read_dir(sub.path()) else { continue };
+            let Ok(files) = std::fs::read_dir(sub.path()) else {
+                continue;
+            };
             for f in files.flatten() {
                 let name = f.file_name().to_string_lossy().to_string();
                 let Ok(meta) = f.metadata() else { continue };
@@ -128,7 +147,10 @@ impl DiskCache {
             }
         }
         found.sort();
-        let mut index = Index { lru: lru::LruCache::unbounded(), used: 0 };
+        let mut index = Index {
+            lru: lru::LruCache::unbounded(),
+            used: 0,
+        };
         for (_, name, size) in found {
             index.used += size;
             index.lru.put(name, size);
@@ -160,7 +182,10 @@ impl DiskCache {
 
     fn name(identity: &str) -> String {
         use md5::Digest;
-        md5::Md5::digest(identity.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+        md5::Md5::digest(identity.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -182,7 +207,10 @@ impl DiskCache {
                 Some(data)
             }
             None => {
-                tracing::warn!("disk cache block {} is corrupt or unreadable; dropped and refetched", path.display());
+                tracing::warn!(
+                    "disk cache block {} is corrupt or unreadable; dropped and refetched",
+                    path.display()
+                );
                 self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
                 self.stats.misses.fetch_add(1, Ordering::Relaxed);
                 self.forget(&name);
@@ -201,7 +229,9 @@ impl DiskCache {
 
     /// Writes a block in the background, unless too many writes are pending already.
     pub fn put_later(self: &Arc<Self>, key: &str, etag: &str, index: u64, data: Bytes) {
-        let Ok(permit) = self.writes.clone().try_acquire_owned() else { return };
+        let Ok(permit) = self.writes.clone().try_acquire_owned() else {
+            return;
+        };
         let (this, identity) = (self.clone(), self.identity(key, etag, index));
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -274,7 +304,9 @@ impl DiskCache {
 pub fn clear_unlocked(root: &Path) -> std::io::Result<u64> {
     let dir = root.join("blocks");
     let mut removed = 0;
-    let Ok(subdirs) = std::fs::read_dir(&dir) else { return Ok(0) };
+    let Ok(subdirs) = std::fs::read_dir(&dir) else {
+        return Ok(0);
+    };
     for sub in subdirs.flatten() {
         for f in std::fs::read_dir(sub.path())?.flatten() {
             std::fs::remove_file(f.path())?;

@@ -42,7 +42,11 @@ impl Record {
             bucket: bucket.to_string(),
             key: f.key.clone(),
             size: f.size,
-            base: f.base.as_ref().map(|b| BaseRecord { key: b.key.to_string(), etag: b.etag.to_string(), size: b.size }),
+            base: f.base.as_ref().map(|b| BaseRecord {
+                key: b.key.to_string(),
+                etag: b.etag.to_string(),
+                size: b.size,
+            }),
             base_limit: f.base_limit,
             local: f.local_ranges(),
             staging,
@@ -59,7 +63,10 @@ pub struct Journal {
 
 impl Journal {
     pub fn new(cache_dir: &Path, bucket: &str) -> Journal {
-        Journal { dir: cache_dir.join("journal"), bucket: bucket.to_string() }
+        Journal {
+            dir: cache_dir.join("journal"),
+            bucket: bucket.to_string(),
+        }
     }
 
     pub fn staging_dir(&self) -> PathBuf {
@@ -71,7 +78,9 @@ impl Journal {
         std::fs::create_dir_all(&self.dir)?;
         let path = match existing {
             Some(p) => p.to_path_buf(),
-            None => self.dir.join(format!("{}-{:016x}.json", std::process::id(), fastrand::u64(..))),
+            None => self
+                .dir
+                .join(format!("{}-{:016x}.json", std::process::id(), fastrand::u64(..))),
         };
         let tmp = path.with_extension("tmp");
         let text = serde_json::to_vec(record).map_err(std::io::Error::other)?;
@@ -116,18 +125,25 @@ impl Journal {
 
     /// Records left by earlier runs; unreadable ones are reported and skipped.
     pub fn pending(&self) -> Vec<(PathBuf, Record)> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
-            match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| {
-                serde_json::from_slice::<Record>(&b).map_err(|e| e.to_string())
-            }) {
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Record>(&b).map_err(|e| e.to_string()))
+            {
                 Ok(r) if r.bucket == self.bucket => out.push((path, r)),
-                Ok(r) => tracing::info!("journal {} belongs to bucket {:?}; left for its mount", path.display(), r.bucket),
+                Ok(r) => tracing::info!(
+                    "journal {} belongs to bucket {:?}; left for its mount",
+                    path.display(),
+                    r.bucket
+                ),
                 Err(e) => tracing::error!("journal {} is unreadable ({e}); left in place", path.display()),
             }
         }

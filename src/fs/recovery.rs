@@ -30,7 +30,11 @@ impl Fs {
                     self.journal.remove(&path);
                 }
                 Ok(target) => {
-                    tracing::info!("recovered {:?}: {} bytes uploaded after a crash", record.key, record.size);
+                    tracing::info!(
+                        "recovered {:?}: {} bytes uploaded after a crash",
+                        record.key,
+                        record.size
+                    );
                     out.uploaded.extend(target);
                     self.journal.remove(&path);
                 }
@@ -67,13 +71,25 @@ impl Fs {
         let base = r.base.as_ref().map(|b| b.etag.clone());
         if current != base {
             if current.is_some() && self.already_uploaded(&f, current.as_deref()).await {
-                f.uploaded(ObjectVersion { key: Arc::from(""), etag: Arc::from(""), size: 0 }).map_err(|e| e.to_string())?;
+                f.uploaded(ObjectVersion {
+                    key: Arc::from(""),
+                    etag: Arc::from(""),
+                    size: 0,
+                })
+                .map_err(|e| e.to_string())?;
                 return Ok(None);
             }
-            let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+            let stamp = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
             f.key = format!("{}.s3vol-conflict-{stamp}", r.key);
         }
-        let version = self.uploader.upload(&mut f, &r.metadata).await.map_err(|e| e.to_string())?;
+        let version = self
+            .uploader
+            .upload(&mut f, &r.metadata)
+            .await
+            .map_err(|e| e.to_string())?;
         let key = f.key.clone();
         f.uploaded(version).map_err(|e| e.to_string())?;
         f.journal = None;

@@ -322,7 +322,10 @@ impl Tree {
 
     fn evictable(&self, ino: u64) -> bool {
         ino != ROOT_INO
-            && self.nodes.get(&ino).is_some_and(|n| n.lookups == 0 && n.children.is_empty() && !n.local)
+            && self
+                .nodes
+                .get(&ino)
+                .is_some_and(|n| n.lookups == 0 && n.children.is_empty() && !n.local)
     }
 
     /// Up to `want` nodes that could be dropped, oldest unreferenced first.
@@ -330,7 +333,9 @@ impl Tree {
         let mut out = Vec::new();
         let mut looked = 0;
         while out.len() < want && looked < 4 * want.max(16) {
-            let Some(ino) = self.unreferenced.pop_front() else { break };
+            let Some(ino) = self.unreferenced.pop_front() else {
+                break;
+            };
             looked += 1;
             if self.evictable(ino) {
                 out.push(ino);
@@ -437,7 +442,11 @@ mod tests {
         assert_eq!(candidates, vec![f], "d has children, g is referenced");
         t.evict(f);
         assert!(t.get(f).is_none());
-        assert_eq!(t.cached_lookup(d, "f", Instant::now()), None, "unknown again, not missing");
+        assert_eq!(
+            t.cached_lookup(d, "f", Instant::now()),
+            None,
+            "unknown again, not missing"
+        );
         t.forget(g, 1);
         for ino in t.eviction_candidates(10) {
             t.evict(ino);

@@ -62,7 +62,10 @@ impl Uploader {
     async fn start_multipart(&self, f: &mut FileData, metadata: &Metadata) -> StoreResult<String> {
         let upload_id = self.store.create_multipart(&f.key, &self.put_options(metadata)).await?;
         if let Err(e) = self.journal.record(f, metadata, Some(upload_id.clone())) {
-            tracing::warn!("journal for {:?}: {e}; a crash now would leave the upload to expire", f.key);
+            tracing::warn!(
+                "journal for {:?}: {e}; a crash now would leave the upload to expire",
+                f.key
+            );
         }
         Ok(upload_id)
     }

@@ -85,7 +85,13 @@ impl Fs {
         if self.config.upload_on_close {
             return self.sync_ino(file.ino).await;
         }
-        let slot = self.background.slots.clone().acquire_owned().await.expect("never closed");
+        let slot = self
+            .background
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
         let this = self.clone();
         tokio::spawn(async move {
             let _slot = slot;
@@ -101,7 +107,9 @@ impl Fs {
     /// count is checked under its lock at the moment of removal: an open racing with the
     /// last release keeps the data.
     pub(super) async fn drop_clean_data(&self, ino: u64) {
-        let Some(data) = self.data.lock().unwrap().get(&ino).cloned() else { return };
+        let Some(data) = self.data.lock().unwrap().get(&ino).cloned() else {
+            return;
+        };
         let f = data.lock().await;
         let counts = self.open_counts.lock().unwrap();
         if !f.dirty && !counts.contains_key(&ino) {

@@ -1,0 +1,210 @@
+//! Resolving names: lookups (one LIST, with a HEAD alongside where metadata is kept),
+//! attributes, and the inode table's budget.
+
+use super::*;
+
+impl Fs {
+    /// Resolves `name` for the kernel, which then holds a reference to the inode.
+    pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        let attr = self.find(parent, name).await?;
+        self.tree().add_lookup(attr.ino);
+        Ok(attr)
+    }
+
+    /// Entries in the inode table now.
+    pub fn inode_count(&self) -> usize {
+        self.tree().node_count()
+    }
+
+    /// The kernel was given `ino` in a readdirplus entry.
+    pub fn note_lookup(&self, ino: u64) {
+        self.tree().add_lookup(ino);
+    }
+
+    /// The kernel dropped `count` references to `ino`.
+    pub fn forget(&self, ino: u64, count: u64) {
+        self.tree().forget(ino, count);
+    }
+
+    /// Keeps the inode table within its budget: unreferenced entries the kernel forgot
+    /// (or never saw) go, oldest first, unless a file is open or has local data.
+    pub(super) fn trim_tree(&self) {
+        let excess = self.tree().node_count().saturating_sub(self.config.max_nodes);
+        if excess == 0 {
+            return;
+        }
+        let candidates = self.tree().eviction_candidates(excess + 64);
+        let pinned: Vec<bool> = {
+            let open = self.open_counts.lock().unwrap();
+            let data = self.data.lock().unwrap();
+            let deletes = self.pending_deletes.lock().unwrap();
+            candidates
+                .iter()
+                .map(|i| open.contains_key(i) || data.contains_key(i) || deletes.contains_key(i))
+                .collect()
+        };
+        let mut tree = self.tree();
+        for (ino, pinned) in candidates.into_iter().zip(pinned) {
+            if pinned { tree.keep(ino) } else { tree.evict(ino) }
+        }
+    }
+
+    /// `lookup` without the kernel reference (for the core's own resolution of names).
+    pub(super) async fn find(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        self.stats.lookups.fetch_add(1, Ordering::Relaxed);
+        if name.len() > 255 {
+            return Err(Errno(libc::ENAMETOOLONG));
+        }
+        let (parent_key, cached) = {
+            let tree = self.tree();
+            let p = tree.get(parent).ok_or(Errno(libc::ENOENT))?;
+            if p.attr.kind != Kind::Dir {
+                return Err(Errno(libc::ENOTDIR));
+            }
+            (p.key.clone(), tree.cached_lookup(parent, name, Instant::now()))
+        };
+        match cached {
+            Some(Some(ino)) => return self.node_attr(ino),
+            Some(None) => return Err(Errno(libc::ENOENT)),
+            None => {}
+        }
+        if names::unusable_name(name).is_some() {
+            return Err(Errno(libc::ENOENT));
+        }
+        self.trim_tree();
+        match self.lookup_remote(&parent_key, name).await? {
+            Some((seen, metadata)) => {
+                let mut tree = self.tree();
+                let ino = tree
+                    .upsert(parent, &seen, self.ttl_from_now())
+                    .ok_or(Errno(libc::ENOENT))?;
+                let node = tree.get_mut(ino).ok_or(Errno(libc::ENOENT))?;
+                if let Some(m) = metadata {
+                    node.attr.apply_metadata(&m);
+                    node.metadata_loaded = true;
+                }
+                Ok(node.attr)
+            }
+            None => {
+                self.tree().remember_missing(parent, name, self.ttl_from_now());
+                Err(Errno(libc::ENOENT))
+            }
+        }
+    }
+
+    /// One round trip: a LIST of `prefix=name` with delimiter `/` finds the file, the
+    /// directory and its marker at once; where the provider keeps user metadata, a HEAD
+    /// runs alongside for the file's persisted mode, owner, mtime and symlink type.
+    pub(super) async fn lookup_remote(
+        &self,
+        parent_key: &str,
+        name: &str,
+    ) -> FsResult<Option<(Seen, Option<crate::store::Metadata>)>> {
+        let key = format!("{parent_key}{name}");
+        let dir_key = format!("{key}/");
+        let list = async {
+            self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
+            let req = ListRequest {
+                prefix: key.clone(),
+                delimiter: Some("/".into()),
+                max_keys: Some(1000),
+                ..Default::default()
+            };
+            self.store.list_page(&req).await
+        };
+        let head = async {
+            if !self.resolved.profile.user_metadata {
+                return Ok(None);
+            }
+            self.stats.head_requests.fetch_add(1, Ordering::Relaxed);
+            match self.store.head(&key).await {
+                Ok(m) => Ok(Some(m)),
+                Err(StoreError::NotFound) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        let (page, head) = futures::join!(list, head);
+        let page = page.map_err(|e| self.fail("LIST", &key, e))?;
+        let hidden = self.resolved.profile.hidden_prefixes.iter().any(|h| dir_key == *h);
+        let is_dir = !hidden && page.prefixes.contains(&dir_key);
+        let is_dir = is_dir || (page.next.is_some() && !hidden && self.dir_exists(&dir_key).await?);
+        if is_dir {
+            let seen = Seen {
+                name: name.to_string(),
+                kind: Kind::Dir,
+                size: 0,
+                mtime: SystemTime::UNIX_EPOCH,
+                etag: None,
+            };
+            return Ok(Some((seen, None)));
+        }
+        let head = head.map_err(|e| self.fail("HEAD", &key, e))?;
+        if self.hidden_keys.lock().unwrap().contains(&key) {
+            return Ok(None);
+        }
+        let listed = page.objects.iter().find(|o| o.key == key);
+        let meta = match (head, listed) {
+            (Some(h), _) => Some((h.clone(), Some(h.metadata))),
+            (None, Some(o)) if !self.resolved.profile.user_metadata => Some((o.clone(), None)),
+            (None, Some(o)) => Some((o.clone(), None)),
+            (None, None) => None,
+        };
+        Ok(meta.map(|(o, metadata)| {
+            let seen = Seen {
+                name: name.to_string(),
+                kind: Kind::File,
+                size: o.size,
+                mtime: o.last_modified.unwrap_or(SystemTime::UNIX_EPOCH),
+                etag: o.etag.clone(),
+            };
+            (seen, metadata)
+        }))
+    }
+
+    /// Whether anything exists under `dir_key` (for a lookup whose first page was cut short
+    /// by siblings sorting before `name/`).
+    pub(super) async fn dir_exists(&self, dir_key: &str) -> FsResult<bool> {
+        self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
+        let req = ListRequest {
+            prefix: dir_key.to_string(),
+            max_keys: Some(1),
+            ..Default::default()
+        };
+        let page = self
+            .store
+            .list_page(&req)
+            .await
+            .map_err(|e| self.fail("LIST", dir_key, e))?;
+        Ok(!page.objects.is_empty() || !page.prefixes.is_empty())
+    }
+
+    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let (fresh, key, kind) = {
+            let tree = self.tree();
+            let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
+            (n.local || n.fresh_until > Instant::now(), n.key.clone(), n.attr.kind)
+        };
+        if fresh || kind == Kind::Dir {
+            return self.node_attr(ino);
+        }
+        self.refresh_file(ino, &key).await
+    }
+
+    /// Re-reads a file's attributes with one HEAD.
+    pub(super) async fn refresh_file(&self, ino: u64, key: &str) -> FsResult<Attr> {
+        self.stats.head_requests.fetch_add(1, Ordering::Relaxed);
+        let head = self.store.head(key).await.map_err(|e| self.fail("HEAD", key, e))?;
+        let mut tree = self.tree();
+        let until = Instant::now() + self.config.metadata_ttl;
+        let node = tree.get_mut(ino).ok_or(Errno(libc::ENOENT))?;
+        if node.etag != head.etag {
+            node.attr.mtime = head.last_modified.unwrap_or(node.attr.mtime);
+        }
+        node.attr.size = head.size;
+        node.etag = head.etag;
+        node.attr.apply_metadata(&head.metadata);
+        node.metadata_loaded = true;
+        node.fresh_until = until;
+        Ok(node.attr)
+    }
+}

@@ -1,0 +1,182 @@
+//! Opening files and reading them: through the block cache, or through a file's local
+//! data when it has changes; the last close.
+
+use super::*;
+
+impl Fs {
+    /// Opens a file. Writable opens share one [`FileData`] per inode; `truncate` is O_TRUNC.
+    pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<Opened> {
+        if mode.write && self.config.read_only {
+            return Err(Errno(libc::EROFS));
+        }
+        let (key, kind, fresh, local) = {
+            let tree = self.tree();
+            let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
+            (
+                n.key.clone(),
+                n.attr.kind,
+                n.fresh_until > Instant::now() && n.etag.is_some(),
+                n.local,
+            )
+        };
+        if kind == Kind::Dir {
+            return Err(Errno(libc::EISDIR));
+        }
+        let has_data = self.data.lock().unwrap().contains_key(&ino);
+        if !fresh && !local && !has_data {
+            self.refresh_file(ino, &key).await?;
+        }
+        let (object, keep_cache) = {
+            let mut tree = self.tree();
+            let n = tree.get_mut(ino).ok_or(Errno(libc::ENOENT))?;
+            let etag = n.etag.clone().unwrap_or_default();
+            let keep = !has_data && n.kernel_cache_etag.as_deref() == Some(etag.as_str());
+            n.kernel_cache_etag = Some(etag.clone());
+            let object = ObjectVersion {
+                key: Arc::from(key.as_str()),
+                etag: Arc::from(etag.as_str()),
+                size: n.attr.size,
+            };
+            (object, keep)
+        };
+        // The handle counts before the data is looked up, so a concurrent last release
+        // cannot drop the data this open is about to use.
+        let opened = self.new_handle(ino, object.clone(), mode, keep_cache);
+        if mode.write {
+            let data = self.file_data(ino, &object, local);
+            if mode.truncate
+                && let Err(e) = self.truncate_data(ino, &data, 0).await
+            {
+                self.release(opened.fh).await;
+                return Err(e);
+            }
+        }
+        Ok(opened)
+    }
+
+    pub(super) fn new_handle(&self, ino: u64, object: ObjectVersion, mode: OpenMode, keep_cache: bool) -> Opened {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let readahead = ReadAhead::new(self.config.initial_prefetch, self.max_window());
+        let file = Arc::new(OpenFile {
+            ino,
+            object: Mutex::new(object),
+            readahead: Mutex::new(readahead),
+            writable: mode.write,
+            append: mode.append,
+        });
+        self.files.lock().unwrap().insert(fh, file);
+        *self.open_counts.lock().unwrap().entry(ino).or_default() += 1;
+        Opened { fh, keep_cache }
+    }
+
+    /// The inode's local data, created over `object` (or empty for a file that exists
+    /// only locally).
+    pub(super) fn file_data(
+        &self,
+        ino: u64,
+        object: &ObjectVersion,
+        local_only: bool,
+    ) -> Arc<tokio::sync::Mutex<FileData>> {
+        let mut data = self.data.lock().unwrap();
+        data.entry(ino)
+            .or_insert_with(|| {
+                let base = (!local_only && !object.etag.is_empty()).then(|| object.clone());
+                let mut f = FileData::new(object.key.to_string(), base, self.dirty_budget.clone());
+                // A file that exists only here must reach the bucket even if empty.
+                f.dirty = local_only;
+                Arc::new(tokio::sync::Mutex::new(f))
+            })
+            .clone()
+    }
+
+    /// The prefetch window is capped so that a few sequential readers cannot evict each
+    /// other's prefetched blocks before they are read.
+    pub(super) fn max_window(&self) -> u64 {
+        self.config
+            .max_prefetch
+            .min(self.config.memory_limit / 8)
+            .max(self.config.block_size)
+    }
+
+    pub(super) fn handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
+        self.files.lock().unwrap().get(&fh).cloned().ok_or(Errno(libc::EBADF))
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let file = self.handle(fh)?;
+        let range = offset..offset.saturating_add(u64::from(size));
+        let data = self.data.lock().unwrap().get(&file.ino).cloned();
+        if let Some(data) = data {
+            let f = data.lock().await;
+            let key = f.key.clone();
+            return f
+                .read(range, &self.blocks)
+                .await
+                .map(Bytes::from)
+                .map_err(|e| self.fail("read", &key, e));
+        }
+        let prefetch_end = file.readahead.lock().unwrap().on_read(offset, u64::from(size));
+        let object = file.object.lock().unwrap().clone();
+        match self.blocks.read(&object, range, prefetch_end).await {
+            Ok(data) => Ok(data),
+            Err(e) => {
+                if e == StoreError::PreconditionFailed {
+                    // The next open must see the new version.
+                    if let Some(n) = self.tree().get_mut(file.ino) {
+                        n.fresh_until = Instant::now();
+                        n.kernel_cache_etag = None;
+                    }
+                }
+                Err(self.fail("read", &object.key, e))
+            }
+        }
+    }
+
+    /// The last close of a handle. Clean local data is dropped with the last handle; a file
+    /// unlinked while open is deleted from the bucket now.
+    pub async fn release(&self, fh: u64) {
+        let Some(file) = self.files.lock().unwrap().remove(&fh) else {
+            return;
+        };
+        let last = {
+            let mut counts = self.open_counts.lock().unwrap();
+            let n = counts.entry(file.ino).or_default();
+            *n = n.saturating_sub(1);
+            let last = *n == 0;
+            if last {
+                counts.remove(&file.ino);
+            }
+            last
+        };
+        if !last {
+            return;
+        }
+        let pending_delete = self.pending_deletes.lock().unwrap().remove(&file.ino);
+        if let Some(key) = pending_delete {
+            self.data.lock().unwrap().remove(&file.ino);
+            if let Err(e) = self.store.delete(&key).await {
+                self.fail("delete", &key, e);
+            }
+            self.hidden_keys.lock().unwrap().remove(&key);
+            return;
+        }
+        self.drop_clean_data(file.ino).await;
+    }
+
+    pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {
+        let key = {
+            let tree = self.tree();
+            let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
+            if n.attr.kind != Kind::Symlink {
+                return Err(Errno(libc::EINVAL));
+            }
+            n.key.clone()
+        };
+        let resp = self
+            .store
+            .get_range(&key, 0..4096, None)
+            .await
+            .map_err(|e| self.fail("readlink", &key, e))?;
+        resp.collect().await.map_err(|e| self.fail("readlink", &key, e))
+    }
+}
