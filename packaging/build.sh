@@ -8,7 +8,12 @@ cargo deb --version >/dev/null 2>&1 || cargo install --locked cargo-deb
 cargo generate-rpm --version >/dev/null 2>&1 || cargo install --locked cargo-generate-rpm
 
 cargo build --release --locked
-# Both tools package target/release/s3vol as built above.
-cargo deb --no-build --locked
-cargo generate-rpm
+# The release profile keeps line tables for backtraces; the packages ship stripped binaries.
+cargo deb --no-build --strip
+# cargo-generate-rpm packages target/release/s3vol as it is: give it a stripped copy.
+rpm_target=target/rpm-staging
+mkdir -p "$rpm_target/release"
+strip -o "$rpm_target/release/s3vol" target/release/s3vol
+mkdir -p target/generate-rpm
+cargo generate-rpm --target-dir "$rpm_target" --output target/generate-rpm/
 ls -l target/debian/*.deb target/generate-rpm/*.rpm
