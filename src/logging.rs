@@ -3,7 +3,8 @@
 
 use std::ffi::CString;
 use std::io::Write;
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 pub enum LogTarget<'a> {
@@ -25,12 +26,9 @@ pub fn init(target: LogTarget<'_>, debug: bool) -> Result<(), String> {
     let result = match target {
         LogTarget::Stderr => builder.with_writer(std::io::stderr).try_init(),
         LogTarget::File(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("log file {}: {e}", path.display()))?;
-            builder.with_ansi(false).with_writer(Mutex::new(file)).try_init()
+            let file = open_log(path)?;
+            *LOG_FILE.lock().unwrap_or_else(|e| e.into_inner()) = Some((path.to_path_buf(), file));
+            builder.with_ansi(false).with_writer(|| LogFile).try_init()
         }
         LogTarget::Syslog => {
             // SAFETY: the identity string is static and openlog keeps the pointer.
@@ -43,6 +41,43 @@ pub fn init(target: LogTarget<'_>, debug: bool) -> Result<(), String> {
         }
     };
     result.map_err(|e| format!("cannot start logging: {e}"))
+}
+
+fn open_log(path: &Path) -> Result<File, String> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("log file {}: {e}", path.display()))
+}
+
+/// The `--log-file` in use, swapped by [`reopen`].
+static LOG_FILE: Mutex<Option<(PathBuf, File)>> = Mutex::new(None);
+
+/// Reopens the log file (SIGHUP), so logrotate can move the old one away.
+pub fn reopen() {
+    let mut current = LOG_FILE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((path, file)) = current.as_mut() {
+        match open_log(path) {
+            Ok(new) => *file = new,
+            Err(e) => tracing::warn!("SIGHUP: {e}; still writing to the old file"),
+        }
+    }
+}
+
+struct LogFile;
+
+impl Write for LogFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match LOG_FILE.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            Some((_, file)) => file.write(buf),
+            None => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Each formatted line becomes one syslog message.

@@ -51,14 +51,13 @@ pub fn run(args: MountArgs) -> ExitCode {
         let mountpoint = check_mountpoint(&args.mountpoint)?;
         if !args.options.foreground {
             ready = daemonize()?;
-            let target = match &args.options.log_file {
-                Some(path) => LogTarget::File(path),
-                None => LogTarget::Syslog,
-            };
-            logging::init(target, args.options.debug)?;
-        } else {
-            logging::init(LogTarget::Stderr, args.options.debug)?;
         }
+        let target = match (&args.options.log_file, args.options.foreground) {
+            (Some(path), _) => LogTarget::File(path),
+            (None, true) => LogTarget::Stderr,
+            (None, false) => LogTarget::Syslog,
+        };
+        logging::init(target, args.options.debug)?;
         let runtime = runtime()?;
         let store = runtime.block_on(async {
             let store = S3Store::connect(&resolved, settings).await?;
@@ -249,6 +248,7 @@ pub fn serve(
     let started = Instant::now();
     let unmounter = session.unmount_callable();
     runtime.spawn(unmount_on_signal(fs.clone(), unmounter, mountpoint.to_path_buf()));
+    runtime.spawn(reopen_log_on_hangup());
     let socket = control::socket_path(mountpoint);
     let status = StatusSource {
         fs: fs.clone(),
@@ -316,6 +316,15 @@ async fn unmount_on_signal(fs: Arc<Fs>, mut unmounter: fuser::SessionUnmounter, 
     }
     if let Err(e) = unmounter.unmount() {
         tracing::warn!("unmount of {}: {e}", mountpoint.display());
+    }
+}
+
+async fn reopen_log_on_hangup() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else { return };
+    while hangup.recv().await.is_some() {
+        crate::logging::reopen();
+        tracing::info!("SIGHUP: log file reopened");
     }
 }
 

@@ -162,3 +162,21 @@ fn sigterm_uploads_dirty_data_then_unmounts() {
     }
     assert!(m.unmount().contains("signal received"));
 }
+
+#[test]
+fn sighup_reopens_the_log_file() {
+    let s = server();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("s3vol.log");
+    let m = common::Mount::new(&s, &["--log-file", log.to_str().unwrap()]);
+    let rotated = dir.path().join("s3vol.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(m.pid() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("log file reopened") {
+        assert!(Instant::now() < deadline, "no new log file after SIGHUP");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(std::fs::read_to_string(&rotated).unwrap().contains("mounted s3://test"));
+    assert!(is_mounted(&m.path), "SIGHUP does not unmount");
+}

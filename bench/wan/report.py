@@ -1,0 +1,392 @@
+#!/usr/bin/env python3
+"""Turns bench/run's results (one JSON object per measured case) into BENCHMARKS.md and a
+PNG bar chart (gnuplot).
+
+    python3 bench/wan/report.py --results results.jsonl --meta meta.json \
+        --output BENCHMARKS.md --chart bench/wan/chart.png
+
+Every figure is the median of the successful runs of a (server, workload, tool). A ratio
+is s3vol's speed divided by the other tool's speed, so above 1 means s3vol is faster,
+whatever the unit (for times: the other's time / s3vol's time).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+from collections import defaultdict
+
+# id: (label, unit, higher_is_better)
+WORKLOADS = {
+    "seq1": ("Sequential read, 1 reader, cold", "MiB/s", True),
+    "seq1-warm": ("Re-read of that file, same mount (warm)", "MiB/s", True),
+    "seq4": ("Sequential read, 4 readers of the same file, cold (aggregate)", "MiB/s", True),
+    "rand1": ("Random 256 KiB reads, 1 reader, cold", "MiB/s", True),
+    "rand4": ("Random 256 KiB reads, 4 readers, cold (aggregate)", "MiB/s", True),
+    "ttfb-big": ("Time to first byte (open + read 1 B), big file", "ms", False),
+    "ttfb-small": ("Time to first byte (open + read 1 B), 4 KiB file", "ms", False),
+    "write": ("Sequential write, until in the bucket", "MiB/s", True),
+    "close": ("close() of a new 1-byte file (median)", "ms", False),
+    "create": ("Create small files of 4-64 KiB, until in the bucket", "s", False),
+    "cp": ("cp -r of the geesefs tree, until in the bucket", "s", False),
+    "rm": ("rm -r of that tree, until gone from the bucket", "s", False),
+    "untar": ("Untar of a source tarball, until in the bucket", "s", False),
+    "ls": ("ls -l of a directory of many files", "s", False),
+    "find": ("find over a tree", "s", False),
+}
+
+TOOLS = ["s3vol", "s3vol-async", "rclone-full", "rclone", "s3fs", "raw"]
+TOOL_LABELS = {
+    "s3vol": "s3vol",
+    "s3vol-async": "s3vol --upload-on-close false",
+    "rclone-full": "rclone mount --vfs-cache-mode full",
+    "rclone": "rclone mount (default: cache off)",
+    "s3fs": "s3fs",
+    "raw": "raw aws-sdk (baseline)",
+}
+PEERS = ["rclone-full", "rclone", "s3fs"]
+
+# S3 operation names, abbreviated in the request tables.
+OPERATIONS = {
+    "ListObjectsV2": "LIST",
+    "ListObjects": "LIST1",
+    "HeadObject": "HEAD",
+    "GetObject": "GET",
+    "PutObject": "PUT",
+    "UploadPart": "PART",
+    "CreateMultipartUpload": "MPU",
+    "CompleteMultipartUpload": "DONE",
+    "DeleteObject": "DEL",
+    "DeleteObjects": "DELN",
+    "CopyObject": "COPY",
+    "HeadBucket": "HEADB",
+}
+
+
+def load(path):
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+class Cell:
+    """The runs of one (server, workload, tool)."""
+
+    def __init__(self):
+        self.values = []
+        self.failures = []  # (status, note, timeout)
+        self.records = []
+
+    @property
+    def median(self):
+        return statistics.median(self.values) if self.values else None
+
+    def failure(self):
+        return self.failures[0] if self.failures and not self.values else None
+
+
+def collect(results):
+    cells = defaultdict(Cell)
+    for record in results:
+        cell = cells[(record["server"], record["workload"], record["tool"])]
+        cell.records.append(record)
+        if record["status"] == "ok":
+            cell.values.append(float(record["value"]))
+        else:
+            cell.failures.append((record["status"], record.get("note", ""), record.get("timeout_s")))
+    return cells
+
+
+def fmt(value, unit):
+    if value is None:
+        return "—"
+    if unit == "MiB/s":
+        return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+    if unit == "ms":
+        return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def cell_text(cell, unit):
+    if cell is None:
+        return "—"
+    failure = cell.failure()
+    if failure:
+        status, _, timeout = failure
+        return f"**timeout** (> {timeout} s)" if status == "timeout" else "**failed**"
+    text = fmt(cell.median, unit)
+    if len(cell.values) > 1:
+        text += f" ({len(cell.values)} runs)" if False else ""
+    if cell.failures:
+        text += " (some runs failed)"
+    return text
+
+
+def speed_ratio(mine, other, higher_better):
+    if mine is None or other is None or mine == 0 or other == 0:
+        return None
+    return mine / other if higher_better else other / mine
+
+
+def ratio_text(cells, server, workload, tool, other):
+    """s3vol's (or s3vol-async's) speed over `other`'s, or a bound when `other` timed out."""
+    _, unit, higher = WORKLOADS[workload]
+    mine = cells.get((server, workload, tool))
+    theirs = cells.get((server, workload, other))
+    if mine is None or mine.median is None or theirs is None:
+        return "—"
+    if theirs.median is not None:
+        ratio = speed_ratio(mine.median, theirs.median, higher)
+        return "—" if ratio is None else f"{ratio:.2f}"
+    failure = theirs.failure()
+    if failure and failure[0] == "timeout" and unit == "s" and failure[2]:
+        return f"> {float(failure[2]) / mine.median:.1f}"
+    return "n/a (peer failed)" if failure else "—"
+
+
+def requests_text(record):
+    counts = dict(record.get("requests") or {})
+    # The harness's own polling (until the bucket holds the data) is not the tool's.
+    for op, n in (record.get("harness_requests") or {}).items():
+        counts[op] = counts.get(op, 0) - n
+    counts = {op: n for op, n in counts.items() if n > 0}
+    if not counts:
+        return "—"
+    total = sum(counts.values())
+    parts = [f"{n} {OPERATIONS.get(op, op)}" for op, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+    return f"{total}: " + ", ".join(parts)
+
+
+def median_record(cell):
+    """The successful run whose value is the median (or nearest to it)."""
+    ok = [r for r in cell.records if r["status"] == "ok"]
+    if not ok:
+        return cell.records[0] if cell.records else None
+    return min(ok, key=lambda r: abs(float(r["value"]) - cell.median))
+
+
+def server_table(cells, server, workloads, tools, sizes):
+    lines = []
+    header = ["Workload", "unit"] + [TOOL_LABELS[t] for t in tools]
+    ratio_columns = [p for p in PEERS + ["raw"] if p in tools]
+    header += [f"s3vol vs {p}" for p in ratio_columns]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for workload in workloads:
+        label, unit, higher = WORKLOADS[workload]
+        label = f"{label}{sizes.get(workload, '')}"
+        row = [label, unit + (" ↑" if higher else " ↓")]
+        for tool in tools:
+            row.append(cell_text(cells.get((server, workload, tool)), unit))
+        for other in ratio_columns:
+            text = ratio_text(cells, server, workload, "s3vol", other)
+            if (server, workload, "s3vol-async") in cells:
+                text += f" (async {ratio_text(cells, server, workload, 's3vol-async', other)})"
+            if other == "raw" and workload == "seq1-warm":
+                text = "— (no network)"
+            row.append(text)
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def request_table(cells, server, workloads, tools):
+    lines = [
+        "| Workload | " + " | ".join(TOOL_LABELS[t] for t in tools if t != "raw") + " | raw |",
+        "|" + "---|" * (len([t for t in tools if t != "raw"]) + 2),
+    ]
+    for workload in workloads:
+        row = [WORKLOADS[workload][0]]
+        for tool in [t for t in tools if t != "raw"] + ["raw"]:
+            cell = cells.get((server, workload, tool))
+            if cell is None:
+                row.append("—")
+                continue
+            record = median_record(cell)
+            text = requests_text(record) if record else "—"
+            if record and record.get("s3vol_counters"):
+                counters = record["s3vol_counters"]
+                text += " · status: " + ", ".join(f"{k} {v}" for k, v in counters.items())
+            if record and record["status"] != "ok":
+                text += f" ({record['status']})"
+            row.append(text)
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def failures_section(cells, server):
+    lines = []
+    for (srv, workload, tool), cell in sorted(cells.items()):
+        if srv != server:
+            continue
+        for status, note, _ in cell.failures:
+            lines.append(f"- {WORKLOADS[workload][0]} — {TOOL_LABELS[tool]}: **{status}**: {note.strip() or '(no message)'}")
+    return lines
+
+
+def chart(cells, server, workloads, tools, path, meta):
+    """Grouped bars: each tool's speed relative to the raw baseline (1 = raw aws-sdk),
+    log scale. The warm re-read is compared to the cold raw GET rate."""
+    shown = [t for t in tools if t != "raw"]
+    rows = []
+    for workload in workloads:
+        _, unit, higher = WORKLOADS[workload]
+        base_workload = "seq1" if workload == "seq1-warm" else workload
+        raw = cells.get((server, base_workload, "raw"))
+        if raw is None or raw.median is None:
+            continue
+        values = []
+        for tool in shown:
+            cell = cells.get((server, workload, tool))
+            ratio = speed_ratio(cell.median, raw.median, higher) if cell and cell.median is not None else None
+            values.append("?" if ratio is None else f"{ratio:.4f}")
+        rows.append((workload, values))
+    if not rows:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "data.txt")
+        with open(data, "w") as handle:
+            handle.write("workload " + " ".join(f'"{TOOL_LABELS[t]}"' for t in shown) + "\n")
+            for workload, values in rows:
+                handle.write(f'"{workload}" ' + " ".join(values) + "\n")
+        link = meta["link"]
+        title = (
+            f"Speed relative to raw aws-sdk on the same link (1 = raw; higher is faster; log scale)\\n"
+            f"server {server}; link {link['delay_ms_each_way']} ms each way (RTT {link.get('rtt_ms', '?')} ms), "
+            f"{link['rate']}; median of up to {meta['runs']} runs; missing bar = failed or timed out"
+        )
+        colors = ["#1f77b4", "#7fb2e5", "#d62728", "#ff9896", "#2ca02c"]
+        plots = []
+        for i, _ in enumerate(shown):
+            plots.append(f"'{data}' using {i + 2}:xtic(1) title columnheader({i + 2}) lc rgb '{colors[i % len(colors)]}'")
+        script = f"""
+set terminal pngcairo size 1600,800 font 'DejaVu Sans,11'
+set output '{path}'
+set title "{title}"
+set style data histogram
+set style histogram cluster gap 1
+set style fill solid 0.9 border -1
+set boxwidth 0.9
+set logscale y
+set yrange [0.005:*]
+set grid ytics
+set ylabel 'speed / raw aws-sdk speed'
+set xtics rotate by -25 noenhanced
+set key top right noenhanced
+set datafile missing '?'
+set arrow from graph 0, first 1 to graph 1, first 1 nohead dt 2 lw 2 lc rgb 'black'
+plot {', '.join(plots)}
+"""
+        subprocess.run(["gnuplot"], input=script, text=True, check=True)
+    return True
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", required=True)
+    parser.add_argument("--meta", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--chart", required=True)
+    parser.add_argument("--elapsed", type=int, default=None)
+    args = parser.parse_args()
+
+    results = load(args.results)
+    with open(args.meta) as handle:
+        meta = json.load(handle)
+    cells = collect(results)
+    servers = list(dict.fromkeys(r["server"] for r in results))
+    workloads = [w for w in WORKLOADS if any(r["workload"] == w for r in results)]
+    tools = [t for t in TOOLS if any(r["tool"] == t for r in results)]
+    sizes_meta = meta["sizes"]
+    big = f"{int(sizes_meta['big_mib']) // 1024} GiB" if int(sizes_meta["big_mib"]) >= 1024 else f"{sizes_meta['big_mib']} MiB"
+    sizes = {
+        "seq1": f", {big}",
+        "seq4": f", {big}",
+        "rand1": f" over {big}, {sizes_meta['random_seconds']} s",
+        "rand4": f" over {big}, {sizes_meta['random_seconds']} s",
+        "write": f", {big}",
+        "ttfb-big": f" ({big})",
+        "create": f": {int(sizes_meta['small_files']):,} files",
+        "cp": f": {sizes_meta['tree']}",
+        "untar": f" ({sizes_meta['tarball'].split(':')[0]})",
+        "ls": f": {int(sizes_meta['ls_files']):,} files",
+        "find": f": {sizes_meta['find']}",
+    }
+
+    chart_ok = chart(cells, servers[0], workloads, tools, args.chart, meta) if servers else False
+    link = meta["link"]
+    versions = meta["versions"]
+    out = []
+    out.append("# s3vol benchmarks: a WAN-like link, the peers side by side")
+    out.append("")
+    out.append(
+        "Made by `sudo bench/run`" + (" --quick" if meta["quick"] else "") + f" on {meta['date']}"
+        + (f" in {args.elapsed // 60} min" if args.elapsed else "")
+        + f" ({meta['machine']['cpus']} CPUs, {meta['machine']['memory_gib']} GiB). "
+        "The S3 server runs in a network namespace; the link to it adds a one-way delay and a rate cap in "
+        "each direction (below); "
+        "every tool mounts the bucket from the host side, so every request crosses the link. "
+        "Each case runs on a fresh mount after `echo 3 > /proc/sys/vm/drop_caches` (the warm re-read "
+        "reuses the mount of the cold read). Writes are timed until the bucket holds the data "
+        "(polled with HEAD/LIST by the harness), so asynchronous uploaders are timed to the end; "
+        "the time at which the writing program returned is in `results-last.jsonl` (`writer_s`)."
+    )
+    out.append("")
+    out.append(f"**Ratios** are s3vol's speed divided by the other's (> 1: s3vol faster; for times, their "
+               f"time / s3vol's time); `(async …)` is the same for `s3vol --upload-on-close false`. "
+               f"↑ higher is better, ↓ lower is better. Figures are medians of up to {meta['runs']} runs; a case "
+               f"slower than {meta['slow_s']} s runs once; a case over {meta['timeout_s']} s is stopped and "
+               f"reported as a timeout; a failure is reported, never hidden.")
+    out.append("")
+    out.append("## Link and versions")
+    out.append("")
+    out.append(f"- link: {link['qdisc']}; measured RTT {link.get('rtt_ms')} ms (ping); iperf3 download "
+               f"{link.get('download_mbit', 0):.0f} Mbit/s (4 streams {link.get('download_4_streams_mbit', 0):.0f}), "
+               f"upload {link.get('upload_mbit', 0):.0f} Mbit/s (4 streams {link.get('upload_4_streams_mbit', 0):.0f})")
+    for name, version in versions.items():
+        out.append(f"- {name}: {version}")
+    out.append(f"- sizes: big file {big}; random reads for {sizes_meta['random_seconds']} s each; "
+               f"{int(sizes_meta['small_files']):,} small files; tree {sizes_meta['tree']}; ls of "
+               f"{int(sizes_meta['ls_files']):,} files; find over {sizes_meta['find']}; tarball {sizes_meta['tarball']}; "
+               f"close latency over {sizes_meta['close_files']} files")
+    out.append("- tools use their defaults but for the endpoint, path-style addressing and the credentials; "
+               "s3vol and rclone get a fresh cache directory per mount")
+    out.append("- raw baselines (`examples/bench_client.rs`, s3vol's own aws-sdk client `S3Store` without FUSE): "
+               "reads are 8 MiB ranged GETs, 8 in flight (4 readers: the object 4 times over); random reads are "
+               "256 KiB ranged GETs, 1 or 4 in flight; first byte is a GET on a warm connection; the write is a "
+               "multipart upload of 16 MiB parts, 8 in flight; close is one PutObject of 1 byte; small files, "
+               "the tree and the untarred sources are PutObject with 32 in flight; rm is a listing then "
+               "DeleteObject with 32 in flight; ls is the delimited listing; find is the flat listing of the tree")
+    out.append("")
+    for server in servers:
+        server_label = {
+            "s3s-fs": "s3s-fs 0.14.1 (objects as files on disk)",
+            "bench": "s3vol's example server `examples/bench_server.rs` (in memory), a check",
+        }.get(server, server)
+        out.append(f"## Results: {server_label}")
+        out.append("")
+        if server == servers[0] and chart_ok:
+            out.append(f"![chart](bench/wan/{os.path.basename(args.chart)})")
+            out.append("")
+        out.extend(server_table(cells, server, workloads, tools, sizes))
+        out.append("")
+        out.append(f"### Requests received by the server ({server}, the median run)")
+        out.append("")
+        out.append("Counted at the server for every tool (s3s-fs: its per-request log; the example server: its "
+                   "counters); for s3vol, `status:` gives s3vol's own counters (`s3vol status --json`). "
+                   "The harness's own polling (HEAD/LIST until the bucket holds the data) is subtracted.")
+        out.append("")
+        out.extend(request_table(cells, server, workloads, tools))
+        out.append("")
+        failures = failures_section(cells, server)
+        if failures:
+            out.append(f"### Failures and timeouts ({server})")
+            out.append("")
+            out.extend(failures)
+            out.append("")
+    with open(args.output, "w") as handle:
+        handle.write("\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()
