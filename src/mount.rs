@@ -249,6 +249,8 @@ pub fn serve(
     let unmounter = session.unmount_callable();
     runtime.spawn(unmount_on_signal(fs.clone(), unmounter, mountpoint.to_path_buf()));
     runtime.spawn(reopen_log_on_hangup());
+    let mp = mountpoint.to_path_buf();
+    runtime.spawn_blocking(move || raise_kernel_readahead(&mp));
     let socket = control::socket_path(mountpoint);
     let status = StatusSource {
         fs: fs.clone(),
@@ -316,6 +318,22 @@ async fn unmount_on_signal(fs: Arc<Fs>, mut unmounter: fuser::SessionUnmounter, 
     }
     if let Err(e) = unmounter.unmount() {
         tracing::warn!("unmount of {}: {e}", mountpoint.display());
+    }
+}
+
+/// FUSE caps the kernel's readahead at 128 KiB (the INIT reply can only lower it); root
+/// can raise it through sysfs, so sequential reads arrive as 1 MiB requests. Runs once the
+/// session serves requests (the stat below is answered by this mount).
+fn raise_kernel_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let Ok(meta) = std::fs::metadata(mountpoint) else { return };
+    let dev = meta.dev();
+    let path = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
+    if let Err(e) = std::fs::write(&path, "4096") {
+        tracing::debug!("{path}: {e}; kernel readahead stays at its default");
     }
 }
 

@@ -68,6 +68,9 @@ impl BlockCache {
             .max_capacity(budget)
             .weigher(|_: &BlockKey, v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
             .support_invalidation_closures()
+            // Plain LRU: TinyLFU admission turns away freshly prefetched blocks once the
+            // cache is full, and they are then fetched again.
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .build();
         Arc::new(BlockCache {
             store,
@@ -111,7 +114,7 @@ impl BlockCache {
             .max(wanted.end)
             .min(last_block);
         let slots = self.claim(object, wanted.start..ensure_end, wanted.end);
-        let mut out = BytesMut::with_capacity((end - range.start) as usize);
+        let mut pieces = Vec::with_capacity(slots.len());
         for (i, slot) in slots.into_iter().enumerate() {
             let block = match slot {
                 Slot::Ready(b) => b,
@@ -121,15 +124,16 @@ impl BlockCache {
             let from = range.start.saturating_sub(block_start) as usize;
             let to = ((end - block_start) as usize).min(block.len());
             if from >= to {
-                return Err(StoreError::Other(format!(
-                    "short block {} of {}",
-                    wanted.start + i as u64,
-                    object.key
-                )));
+                return Err(StoreError::Other(format!("short block {} of {}", wanted.start + i as u64, object.key)));
             }
-            out.extend_from_slice(&block[from..to]);
+            pieces.push(block.slice(from..to));
         }
-        Ok(out.freeze())
+        // Kernel reads are aligned and at most one block long: usually one piece, handed
+        // out without a copy.
+        Ok(match pieces.len() {
+            1 => pieces.pop().unwrap_or_default(),
+            _ => Bytes::from(pieces.concat()),
+        })
     }
 
     /// Returns a slot for each block in `blocks` below `wanted_end`, and starts fetches for

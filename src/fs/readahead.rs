@@ -6,18 +6,15 @@ pub struct ReadAhead {
     /// Where the next sequential read would start.
     next: u64,
     window: u64,
+    /// How far prefetching has been asked for.
+    frontier: u64,
     initial: u64,
     max: u64,
 }
 
 impl ReadAhead {
     pub fn new(initial: u64, max: u64) -> ReadAhead {
-        ReadAhead {
-            next: 0,
-            window: 0,
-            initial,
-            max: max.max(initial),
-        }
+        ReadAhead { next: 0, window: 0, frontier: 0, initial, max: max.max(initial) }
     }
 
     /// Records a read of `len` bytes at `offset`; returns how far ahead to prefetch
@@ -28,19 +25,23 @@ impl ReadAhead {
         let slack = self.window.max(self.initial);
         let sequential = offset.abs_diff(self.next) <= slack;
         let end = offset + len;
-        if sequential {
-            self.window = if self.window == 0 {
-                self.initial
-            } else {
-                (self.window * 2).min(self.max)
-            };
-            self.next = self.next.max(end);
-            end + self.window
-        } else {
+        if !sequential {
             self.window = 0;
             self.next = end;
-            end
+            self.frontier = end;
+            return end;
         }
+        self.next = self.next.max(end);
+        if self.window == 0 {
+            self.window = self.initial;
+            self.frontier = end + self.window;
+        } else if self.frontier < end + self.window / 2 {
+            // Less than half a window left ahead: grow the window and refill it in one
+            // go, so one claim covers many blocks, fetched as a few large GETs.
+            self.window = (self.window * 2).min(self.max);
+            self.frontier = end + self.window;
+        }
+        self.frontier
     }
 }
 
@@ -50,16 +51,22 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     #[test]
-    fn window_grows_while_sequential_and_resets_on_a_jump() {
+    fn window_refills_in_whole_windows_grows_and_resets_on_a_jump() {
         let mut r = ReadAhead::new(MIB, 8 * MIB);
         assert_eq!(r.on_read(0, 4096), 4096 + MIB);
-        assert_eq!(r.on_read(4096, 4096), 8192 + 2 * MIB);
+        // Plenty left ahead: no new prefetch.
+        assert_eq!(r.on_read(4096, 4096), 4096 + MIB);
         let mut at = 8192;
-        for _ in 0..10 {
-            r.on_read(at, 131072);
+        let mut frontiers = Vec::new();
+        for _ in 0..200 {
+            frontiers.push(r.on_read(at, 131072));
             at += 131072;
         }
-        assert_eq!(r.on_read(at, 4096), at + 4096 + 8 * MIB);
+        frontiers.dedup();
+        // Refills are whole windows, doubling up to 8 MiB.
+        let steps: Vec<u64> = frontiers.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(steps.iter().all(|s| *s >= MIB / 2), "{steps:?}");
+        assert_eq!(r.on_read(at, 4096) - (at + 4096) <= 8 * MIB, true);
         assert_eq!(r.on_read(500 * MIB, 4096), 500 * MIB + 4096);
     }
 }
