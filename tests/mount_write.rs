@@ -281,3 +281,19 @@ fn deferred_uploads_complete_in_the_background() {
         assert_eq!(object(&s, &format!("f{i}")), Some(want.into_bytes()), "f{i}");
     }
 }
+
+#[test]
+fn creating_many_files_in_a_directory_lists_it_once_per_ttl() {
+    let s = server();
+    put(&s, "d/existing", "x");
+    let m = Mount::new(&s, &["--metadata-ttl", "30"]);
+    let before = (s.stats().count("ListObjectsV2"), s.stats().count("HeadObject"));
+    for i in 0..100 {
+        fs::write(m.join(&format!("d/new{i}")), "y").unwrap();
+    }
+    let lists = s.stats().count("ListObjectsV2") - before.0;
+    let heads = s.stats().count("HeadObject") - before.1;
+    assert!(lists <= 3, "{lists} LIST requests for 100 creates");
+    assert!(heads <= 3, "{heads} HEAD requests for 100 creates");
+    assert_eq!(s.backend().keys(BUCKET).len(), 101);
+}

@@ -72,7 +72,7 @@ impl Fs {
             return Err(Errno(libc::ENOENT));
         }
         self.trim_tree();
-        match self.lookup_remote(&parent_key, name).await? {
+        match self.lookup_remote(parent, &parent_key, name).await? {
             Some((seen, metadata)) => {
                 let mut tree = self.tree();
                 let ino = tree
@@ -92,24 +92,25 @@ impl Fs {
         }
     }
 
-    /// One round trip: a LIST of `prefix=name` with delimiter `/` finds the file, the
-    /// directory and its marker at once; where the provider keeps user metadata, a HEAD
-    /// runs alongside for the file's persisted mode, owner, mtime and symlink type.
+    /// One round trip. A small directory is listed whole (one page): the answer for every
+    /// sibling is then cached too, so creating many files in one directory costs one LIST
+    /// per metadata TTL, not one per name. In a large directory a LIST of `prefix=name`
+    /// with delimiter `/` finds the file, the directory and its marker at once. Where the
+    /// provider keeps user metadata, a HEAD runs alongside for the file's persisted mode,
+    /// owner, mtime and symlink type.
     pub(super) async fn lookup_remote(
         &self,
+        parent: u64,
         parent_key: &str,
         name: &str,
     ) -> FsResult<Option<(Seen, Option<crate::store::Metadata>)>> {
         let key = format!("{parent_key}{name}");
         let dir_key = format!("{key}/");
+        let whole_dir = !self.tree().get(parent).is_some_and(|p| p.large);
         let list = async {
             self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
-            let req = ListRequest {
-                prefix: key.clone(),
-                delimiter: Some("/".into()),
-                max_keys: Some(1000),
-                ..Default::default()
-            };
+            let prefix = if whole_dir { parent_key.to_string() } else { key.clone() };
+            let req = ListRequest { prefix, delimiter: Some("/".into()), max_keys: Some(1000), ..Default::default() };
             self.store.list_page(&req).await
         };
         let head = async {
@@ -124,18 +125,30 @@ impl Fs {
             }
         };
         let (page, head) = futures::join!(list, head);
-        let page = page.map_err(|e| self.fail("LIST", &key, e))?;
+        let mut page = page.map_err(|e| self.fail("LIST", &key, e))?;
+        if whole_dir {
+            self.absorb_dir_page(parent, parent_key, &page);
+            // Keys sort by byte: `name/` is the last spelling of `name` a page can hold.
+            let last = page.objects.last().map(|o| o.key.as_str()).max(page.prefixes.last().map(String::as_str));
+            let covered = page.next.is_none() || last.is_some_and(|l| dir_key.as_str() <= l);
+            if !covered {
+                if let Some(p) = self.tree().get_mut(parent) {
+                    p.large = true;
+                }
+                self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
+                let req =
+                    ListRequest { prefix: key.clone(), delimiter: Some("/".into()), max_keys: Some(1000), ..Default::default() };
+                page = self.store.list_page(&req).await.map_err(|e| self.fail("LIST", &key, e))?;
+            } else {
+                // The page answered: nothing beyond it can be `name`.
+                page.next = None;
+            }
+        }
         let hidden = self.resolved.profile.hidden_prefixes.iter().any(|h| dir_key == *h);
         let is_dir = !hidden && page.prefixes.contains(&dir_key);
         let is_dir = is_dir || (page.next.is_some() && !hidden && self.dir_exists(&dir_key).await?);
         if is_dir {
-            let seen = Seen {
-                name: name.to_string(),
-                kind: Kind::Dir,
-                size: 0,
-                mtime: SystemTime::UNIX_EPOCH,
-                etag: None,
-            };
+            let seen = Seen { name: name.to_string(), kind: Kind::Dir, size: 0, mtime: SystemTime::UNIX_EPOCH, etag: None };
             return Ok(Some((seen, None)));
         }
         let head = head.map_err(|e| self.fail("HEAD", &key, e))?;
@@ -159,6 +172,27 @@ impl Fs {
             };
             (seen, metadata)
         }))
+    }
+
+    /// Feeds a first page of a directory's listing into the cache; a complete one is the
+    /// whole listing until the TTL runs out.
+    fn absorb_dir_page(&self, parent: u64, parent_key: &str, page: &crate::store::ListPage) {
+        let mut seen = dir::page_entries(parent_key, page, self.resolved.profile.hidden_prefixes);
+        {
+            let hidden = self.hidden_keys.lock().unwrap();
+            seen.retain(|e| !hidden.contains(&format!("{parent_key}{}", e.name)));
+        }
+        let until = self.ttl_from_now();
+        let mut tree = self.tree();
+        let mut shown = std::collections::HashSet::new();
+        for e in &seen {
+            if tree.upsert(parent, e, until).is_some() {
+                shown.insert(e.name.clone());
+            }
+        }
+        if page.next.is_none() {
+            tree.finish_listing(parent, &shown, until);
+        }
     }
 
     /// Whether anything exists under `dir_key` (for a lookup whose first page was cut short

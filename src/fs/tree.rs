@@ -30,6 +30,9 @@ pub struct Node {
     pub local: bool,
     /// The ETag whose data the kernel's page cache holds for this file.
     pub kernel_cache_etag: Option<String>,
+    /// Directories: the first LIST page did not hold the whole listing; lookups of single
+    /// names then list just that name.
+    pub large: bool,
     /// References the kernel holds (entries it was given minus those it forgot): a node
     /// at zero may be dropped from the table to keep it within its budget.
     pub lookups: u64,
@@ -75,6 +78,7 @@ impl Tree {
             local: true,
             kernel_cache_etag: None,
             lookups: 1,
+            large: false,
         };
         Tree {
             nodes: HashMap::from([(ROOT_INO, root)]),
@@ -168,6 +172,7 @@ impl Tree {
             local: false,
             kernel_cache_etag: None,
             lookups: 0,
+            large: false,
         });
         if !node.local {
             let changed = node.etag.is_some() && node.etag != seen.etag;

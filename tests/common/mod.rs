@@ -65,7 +65,7 @@ impl Mount {
             .arg(source)
             .arg(&path)
             .args(["-f", "--endpoint-url", endpoint, "--force-path-style", "--region", "us-east-1"])
-            .args(["--retries", "3", "--metadata-ttl", "1"])
+            .args(["--retries", "3"])
             .args(extra)
             .env("AWS_ACCESS_KEY_ID", &server.access_key)
             .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
@@ -76,6 +76,10 @@ impl Mount {
             .stderr(std::fs::File::create(&log).expect("log file"));
         if !extra.contains(&"--cache-dir") {
             cmd.arg("--cache-dir").arg(&cache);
+        }
+        // A short TTL so tests see remote changes quickly, unless a test sets its own.
+        if !extra.contains(&"--metadata-ttl") {
+            cmd.args(["--metadata-ttl", "1"]);
         }
         let child = cmd.spawn().expect("start s3vol");
         let mut mount = Mount { path, child: Some(child), log, _dir: dir };
