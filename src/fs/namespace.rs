@@ -95,6 +95,11 @@ impl Fs {
         caller: Caller,
     ) -> FsResult<(Attr, Opened)> {
         let key = self.new_child_key(parent, name, Kind::File)?;
+        // A deferred delete of this very key must land before the new file does.
+        let deleting = self.hidden_keys.lock().unwrap().contains(&key);
+        if deleting {
+            self.background.wait_idle().await;
+        }
         self.hidden_keys.lock().unwrap().remove(&key);
         let ino = self.add_local(parent, name, Kind::File, mode, caller, 0)?;
         let object = ObjectVersion {
@@ -168,6 +173,11 @@ impl Fs {
             let local_children = n.children.values().any(|c| tree.get(*c).is_some_and(|c| c.local));
             (n.key.clone(), n.local, local_children)
         };
+        let deletes_pending = self.hidden_keys.lock().unwrap().iter().any(|k| k.starts_with(&key));
+        if deletes_pending {
+            // Deferred deletes of its files first: then the bucket shows what is left.
+            self.background.wait_idle().await;
+        }
         if has_local_children || (!local && !self.remote_dir_is_empty(&key).await?) {
             return Err(Errno(libc::ENOTEMPTY));
         }
@@ -179,11 +189,19 @@ impl Fs {
         Ok(())
     }
 
-    pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
+    pub async fn unlink(self: &Arc<Self>, parent: u64, name: &str) -> FsResult<()> {
         self.check_writable()?;
         let (ino, attr) = self.child(parent, name).await?;
         if attr.kind == Kind::Dir {
             return Err(Errno(libc::EISDIR));
+        }
+        // Nothing to upload for a file that no longer has a name. An upload already under
+        // way finishes first (it holds the data): after it, the file is in the bucket.
+        let data = self.data.lock().unwrap().get(&ino).cloned();
+        if let Some(d) = data {
+            let mut f = d.lock().await;
+            f.dirty = false;
+            self.journal.forget(&mut f);
         }
         let (key, local) = {
             let tree = self.tree();
@@ -197,24 +215,34 @@ impl Fs {
                 self.hidden_keys.lock().unwrap().insert(key.clone());
                 self.pending_deletes.lock().unwrap().insert(ino, key.clone());
             }
-            if let Some(d) = self.data.lock().unwrap().get(&ino) {
-                // Nothing to upload for a file that no longer has a name.
-                if let Ok(mut f) = d.try_lock() {
-                    f.dirty = false;
-                }
-            }
         } else {
-            if !local {
-                self.store
-                    .delete(&key)
-                    .await
-                    .map_err(|e| self.fail("unlink", &key, e))?;
-            }
             self.data.lock().unwrap().remove(&ino);
+            if !local {
+                self.delete_object(&key).await?;
+            }
         }
-        self.tree()
-            .remove_child(parent, name, Instant::now() + self.config.metadata_ttl);
+        self.tree().remove_child(parent, name, Instant::now() + self.config.metadata_ttl);
         self.blocks.forget_object(&key);
+        Ok(())
+    }
+
+    /// Deletes now, or, with deferred uploads, in the background like them (hidden from
+    /// this mount's listings until done; a failure is logged and counted).
+    async fn delete_object(self: &Arc<Self>, key: &str) -> FsResult<()> {
+        if self.config.upload_on_close {
+            return self.store.delete(key).await.map_err(|e| self.fail("unlink", key, e));
+        }
+        self.hidden_keys.lock().unwrap().insert(key.to_string());
+        let slot = self.background.slots.clone().acquire_owned().await.expect("never closed");
+        let (this, key) = (self.clone(), key.to_string());
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = this.store.delete(&key).await {
+                this.fail("unlink", &key, e);
+                this.background.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            this.hidden_keys.lock().unwrap().remove(&key);
+        });
         Ok(())
     }
 

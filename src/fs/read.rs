@@ -154,7 +154,10 @@ impl Fs {
         let pending_delete = self.pending_deletes.lock().unwrap().remove(&file.ino);
         if let Some(key) = pending_delete {
             self.data.lock().unwrap().remove(&file.ino);
-            if let Err(e) = self.store.delete(&key).await {
+            // The name may have been created again since the unlink: then the object is
+            // the new file's.
+            let recreated = self.tree().has_key(&key);
+            if !recreated && let Err(e) = self.store.delete(&key).await {
                 self.fail("delete", &key, e);
             }
             self.hidden_keys.lock().unwrap().remove(&key);

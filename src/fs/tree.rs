@@ -303,6 +303,11 @@ impl Tree {
         }
     }
 
+    /// Whether a node currently stands for `key`.
+    pub fn has_key(&self, key: &str) -> bool {
+        self.by_key.contains_key(key)
+    }
+
     /// Entries in the table (never zero: the root stays).
     pub fn node_count(&self) -> usize {
         self.nodes.len()

@@ -1,0 +1,428 @@
+//! Bad input: each case fails with one clear message (or the right errno), in bounded
+//! time, and loses nothing. Cases already covered elsewhere are not repeated here:
+//! tests/cli.rs (malformed sources for `check`, missing bucket, unreachable endpoint,
+//! wrong credentials for `check`, non-empty and missing mountpoints), tests/mount_write.rs
+//! (a 256-byte file name, ENOSPC at fsync), tests/mount_providers.rs (HF names at create).
+
+mod common;
+
+use common::{BUCKET, Mount, is_mounted, object, pattern, put, server, walk};
+use s3vol::server::{RunningServer, ServerConfig, start_blocking};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+/// The longest a refused command may take: a few quick retries at most.
+const BOUND: Duration = Duration::from_secs(60);
+
+fn s3vol(s: &RunningServer) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_s3vol"));
+    cmd.env("AWS_ACCESS_KEY_ID", &s.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &s.secret_key)
+        .env_remove("AWS_PROFILE");
+    cmd
+}
+
+/// Runs `cmd` to its end, killing it (by its pid) if it takes longer than [`BOUND`].
+fn run(mut cmd: Command) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the command");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(BOUND) {
+        Ok(output) => output.expect("wait for the command"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            panic!("{cmd:?} did not finish within {BOUND:?}");
+        }
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// The command failed with `code`, said so in one `s3vol:` line containing `wanted`, and
+/// returns that line.
+#[track_caller]
+fn assert_refused(o: &Output, code: i32, wanted: &[&str], what: &str) -> String {
+    let out = text(o);
+    assert_eq!(o.status.code(), Some(code), "{what}: exit status; output:\n{out}");
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("s3vol:")).collect();
+    assert_eq!(lines.len(), 1, "{what}: one error line expected in:\n{out}");
+    for w in wanted {
+        assert!(lines[0].contains(w), "{what}: expected {w:?} in {:?}", lines[0]);
+    }
+    lines[0].to_string()
+}
+
+/// An error about a server that is not (a working) S3 names the endpoint (`check` prints
+/// it on its own line first) and speaks of the answer, not of the SDK's internals.
+#[track_caller]
+fn assert_names_the_endpoint(o: &Output, endpoint: &str, what: &str) -> String {
+    let line = assert_refused(o, 1, &[], what);
+    assert!(text(o).contains(endpoint), "{what}: the endpoint {endpoint} is named in:\n{}", text(o));
+    for internal in ["bug in the SDK", "StartEl", "com.amazonaws"] {
+        assert!(!line.contains(internal), "{what}: SDK internals ({internal:?}) in {line:?}");
+    }
+    line
+}
+
+/// An empty mountpoint; a mount that should have been refused but was made is undone.
+struct Mountpoint {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Mountpoint {
+    fn new() -> Mountpoint {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("mnt");
+        fs::create_dir(&path).expect("mountpoint");
+        Mountpoint { path, _dir: dir }
+    }
+
+    fn arg(&self) -> &str {
+        self.path.to_str().expect("utf-8 temp path")
+    }
+
+    #[track_caller]
+    fn assert_untouched(&self) {
+        assert!(!is_mounted(&self.path), "nothing may be mounted on {}", self.path.display());
+        assert_eq!(fs::read_dir(&self.path).map(|d| d.count()).ok(), Some(0), "the mountpoint stays empty");
+    }
+}
+
+impl Drop for Mountpoint {
+    fn drop(&mut self) {
+        if is_mounted(&self.path) {
+            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.path).status();
+        }
+    }
+}
+
+/// `s3vol mount SOURCE MOUNTPOINT` (in the background, as users run it) against `endpoint`.
+fn mount_command(s: &RunningServer, source: &str, mp: &Mountpoint, endpoint: &str, extra: &[&str]) -> Command {
+    let mut cmd = s3vol(s);
+    cmd.args(["mount", source, mp.arg(), "--endpoint-url", endpoint, "--force-path-style"])
+        .args(["--retries", "2", "--connect-timeout", "2", "--read-timeout", "2"])
+        .args(extra);
+    cmd
+}
+
+fn check_command(s: &RunningServer, endpoint: &str) -> Command {
+    let mut cmd = s3vol(s);
+    cmd.args(["check", "s3://test", "--endpoint-url", endpoint, "--force-path-style", "--retries", "2"]);
+    cmd
+}
+
+/// A plain HTTP server on 127.0.0.1 that answers every request with `status`,
+/// `content_type` and `body`: a web server where an S3 endpoint was expected, or a
+/// broken S3 gateway. Stops when dropped.
+struct FakeEndpoint {
+    url: String,
+    stop: Arc<AtomicBool>,
+    addr: std::net::SocketAddr,
+}
+
+impl FakeEndpoint {
+    fn start(status: &str, content_type: &str, body: &str) -> FakeEndpoint {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let stop = Arc::new(AtomicBool::new(false));
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = read_request_head(&mut stream);
+                let _ = stream.write_all(response.as_bytes());
+            }
+        });
+        FakeEndpoint { url: format!("http://{addr}"), stop, addr }
+    }
+}
+
+impl Drop for FakeEndpoint {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = std::net::TcpStream::connect(self.addr); // wakes the accept loop
+    }
+}
+
+/// Reads up to the blank line that ends an HTTP request head (bodies are not read).
+fn read_request_head(stream: &mut impl Read) -> io::Result<()> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte)? == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    Ok(())
+}
+
+#[test]
+fn malformed_sources_are_refused_by_mount_before_any_request() {
+    let s = server();
+    let cases = [
+        ("bucket-without-scheme", "no scheme"),
+        ("gs://bucket", "unknown scheme"),
+        ("s3://bucket/a//b", "empty, '.' or '..' segment"),
+        ("s3://bucket/../up", "empty, '.' or '..' segment"),
+        ("s3://bu cket", "whitespace"),
+        ("runpod://EU-RO-1/", "empty volume id"),
+        ("hf:///bucket", "empty namespace"),
+    ];
+    for (source, message) in cases {
+        let mp = Mountpoint::new();
+        let o = run(mount_command(&s, source, &mp, &s.endpoint, &[]));
+        assert_refused(&o, 1, &["invalid source", message], source);
+        mp.assert_untouched();
+    }
+    assert_eq!(s.stats().total(), 0, "refused before any request: {:?}", s.stats().snapshot());
+}
+
+#[test]
+fn unknown_options_are_usage_errors_naming_the_option() {
+    let s = server();
+    let mp = Mountpoint::new();
+    let cases: [(&[&str], &str); 4] = [
+        (&["--no-such-option"], "--no-such-option"),
+        (&["-o", "region=us-east-1,no_such_flag"], "--no_such_flag"),
+        (&["--markers", "sometimes"], "sometimes"),
+        (&["--memory-limit", "lots"], "lots"),
+    ];
+    for (extra, named) in cases {
+        let o = run(mount_command(&s, "s3://test", &mp, &s.endpoint, extra));
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: a usage error exits 2:\n{out}");
+        assert!(out.contains(named), "{extra:?}: the message names {named:?}:\n{out}");
+        mp.assert_untouched();
+    }
+    assert_eq!(s.stats().total(), 0, "refused before any request");
+}
+
+#[test]
+fn wrong_credentials_are_refused_by_mount() {
+    let s = server();
+    put(&s, "kept", "kept");
+    for (key, secret) in [(s.access_key.as_str(), "wrong-secret"), ("no-such-key", s.secret_key.as_str())] {
+        let mp = Mountpoint::new();
+        let mut cmd = mount_command(&s, "s3://test", &mp, &s.endpoint, &[]);
+        cmd.env("AWS_ACCESS_KEY_ID", key).env("AWS_SECRET_ACCESS_KEY", secret);
+        let o = run(cmd);
+        assert_refused(&o, 1, &["access denied"], &format!("key {key}, secret {secret}"));
+        mp.assert_untouched();
+    }
+    assert_eq!(object(&s, "kept").as_deref(), Some(&b"kept"[..]));
+}
+
+#[test]
+fn a_clock_two_hours_off_is_named_as_the_cause() {
+    let probe = Command::new("faketime").arg("--version").output();
+    assert!(probe.is_ok(), "faketime is required for this test (apt-get install faketime)");
+    let s = server();
+    let mp = Mountpoint::new();
+    let check = check_command(&s, &s.endpoint);
+    let mount = mount_command(&s, "s3://test", &mp, &s.endpoint, &[]);
+    for (what, inner) in [("check", check), ("mount", mount)] {
+        // libfaketime (Debian package `faketime`) shifts the clock of the s3vol process only.
+        let mut cmd = Command::new("faketime");
+        cmd.args(["-f", "-2h"]).arg(inner.get_program()).args(inner.get_args());
+        cmd.envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        cmd.env_remove("AWS_PROFILE");
+        assert_refused(&run(cmd), 1, &["clock"], what);
+    }
+    mp.assert_untouched();
+}
+
+#[test]
+fn an_endpoint_that_is_not_s3_is_a_clear_error() {
+    let s = server();
+    let html = "<!DOCTYPE html><html><head><title>Welcome to nginx!</title></head>\
+                <body><h1>Welcome to nginx!</h1></body></html>";
+    for status in ["200 OK", "404 Not Found"] {
+        let web = FakeEndpoint::start(status, "text/html", html);
+        let mp = Mountpoint::new();
+        let check = run(check_command(&s, &web.url));
+        let mount = run(mount_command(&s, "s3://test", &mp, &web.url, &[]));
+        for (what, o) in [("check", check), ("mount", mount)] {
+            let what = format!("{what} of a web server answering {status}");
+            let line = assert_names_the_endpoint(&o, &web.url, &what);
+            // Not "not found" or an XML parser's complaint: the answer was a web page.
+            assert!(line.contains("not an S3") || line.contains("HTML"), "{what}: say the answer was not S3: {line:?}");
+        }
+        mp.assert_untouched();
+    }
+}
+
+#[test]
+fn a_server_answering_malformed_xml_is_a_clear_error() {
+    let s = server();
+    let garbage = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult><Contents><Key>a</Key><Size>x";
+    let broken = FakeEndpoint::start("200 OK", "application/xml", garbage);
+    let mp = Mountpoint::new();
+    let check = run(check_command(&s, &broken.url));
+    let mount = run(mount_command(&s, "s3://test", &mp, &broken.url, &[]));
+    for (what, o) in [("check", check), ("mount", mount)] {
+        let line = assert_names_the_endpoint(&o, &broken.url, &format!("{what} against malformed XML"));
+        assert!(line.contains("XML"), "{what}: say the answer was malformed XML: {line:?}");
+    }
+    mp.assert_untouched();
+}
+
+#[test]
+fn a_mountpoint_that_is_a_file_is_refused_and_left_alone() {
+    let s = server();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    fs::write(&file, "precious").unwrap();
+    let mut cmd = s3vol(&s);
+    cmd.args(["mount", "s3://test", file.to_str().unwrap(), "--endpoint-url", &s.endpoint, "--force-path-style"]);
+    assert_refused(&run(cmd), 1, &["not a directory"], "mount on a file");
+    assert_eq!(fs::read(&file).unwrap(), b"precious");
+    assert!(!is_mounted(&file));
+}
+
+fn errno<T: std::fmt::Debug>(r: io::Result<T>) -> i32 {
+    r.expect_err("must fail").raw_os_error().expect("an OS error")
+}
+
+#[test]
+fn names_over_255_bytes_are_enametoolong_and_change_nothing() {
+    let s = server();
+    put(&s, "keep", "k");
+    // A key whose name cannot be a file name (and one that can, exactly 255 bytes).
+    put(&s, &format!("d/{}", "l".repeat(256)), "hidden");
+    put(&s, &format!("d/{}", "m".repeat(255)), "shown");
+    let m = Mount::new(&s, &[]);
+    let long = "x".repeat(256);
+    assert_eq!(errno(fs::create_dir(m.join(&long))), libc::ENAMETOOLONG, "mkdir");
+    assert_eq!(errno(fs::metadata(m.join(&long))), libc::ENAMETOOLONG, "stat");
+    assert_eq!(errno(fs::rename(m.join("keep"), m.join(&long))), libc::ENAMETOOLONG, "rename");
+    assert_eq!(errno(std::os::unix::fs::symlink("keep", m.join(&long))), libc::ENAMETOOLONG, "symlink");
+    let max = "y".repeat(255);
+    fs::write(m.join(&max), "255 bytes").expect("a 255-byte name works");
+    let listed: Vec<String> = fs::read_dir(m.join("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(listed, ["m".repeat(255)], "the 256-byte key is skipped, the rest listed");
+    let log = m.unmount();
+    assert_eq!(object(&s, "keep").as_deref(), Some(&b"k"[..]), "the rename source is intact");
+    assert_eq!(object(&s, &max).as_deref(), Some(&b"255 bytes"[..]));
+    let keys = s.backend().keys(BUCKET);
+    assert_eq!(keys.len(), 4, "nothing else was created: {keys:?}");
+    assert!(log.contains("longer than 255 bytes"), "the skipped key is logged:\n{log}");
+}
+
+/// A path cannot carry NUL through the system call interface: the C string ends there.
+/// Rust refuses such a path before any call, so nothing reaches the mount.
+#[test]
+fn a_path_with_nul_is_refused_and_creates_nothing() {
+    let s = server();
+    put(&s, "ok", "ok");
+    let m = Mount::new(&s, &[]);
+    for path in [m.join("a\0b"), m.join("dir\0/file")] {
+        let err = fs::write(&path, "x").expect_err("NUL in a path");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+    }
+    assert_eq!(fs::create_dir(m.join("d\0")).expect_err("NUL").kind(), io::ErrorKind::InvalidInput);
+    assert_eq!(fs::rename(m.join("ok"), m.join("o\0k")).expect_err("NUL").kind(), io::ErrorKind::InvalidInput);
+    assert_eq!(walk(&m.path).into_iter().collect::<Vec<_>>(), ["ok"]);
+    m.unmount();
+    assert_eq!(s.backend().keys(BUCKET), ["ok"], "nothing created, nothing lost");
+}
+
+/// Another client's key with a NUL byte cannot be a file name: README promises it is
+/// skipped with a warning and never breaks a listing. XML 1.0 cannot carry NUL, so a
+/// listing must ask for URL-encoded keys (`encoding-type=url`) to receive it at all.
+#[test]
+fn a_key_with_nul_in_the_bucket_is_skipped_and_the_rest_listed() {
+    let s = server();
+    put(&s, "ok", "ok");
+    put(&s, "bad\0key", "hidden");
+    put(&s, "d/ctrl\u{1}char", "not XML 1.0 either");
+    put(&s, "d/fine", "fine");
+    let m = Mount::new(&s, &[]);
+    let mut names: Vec<String> = walk(&m.path).into_iter().collect();
+    names.sort();
+    assert_eq!(names, ["d/", "d/ctrl\u{1}char", "d/fine", "ok"], "the NUL key is skipped, the rest listed");
+    let log = m.unmount();
+    assert!(log.contains("NUL byte"), "the skipped key is logged:\n{log}");
+    assert_eq!(s.backend().keys(BUCKET).len(), 4, "nothing lost");
+}
+
+#[test]
+fn hugging_face_forbidden_names_at_mkdir_and_rename_are_einval_and_keep_the_source() {
+    let s = start_blocking(ServerConfig::default());
+    s.backend().create_bucket("ns");
+    s.quirks().emulate_hugging_face();
+    s.backend().put_object("ns", "cfg/config.json", "{}", &[]).unwrap();
+    let m = Mount::source(&s, "hf://org/ns", &s.endpoint.clone(), &[]);
+    assert_eq!(errno(fs::create_dir(m.join("back\\slash"))), libc::EINVAL, "mkdir");
+    assert_eq!(errno(fs::rename(m.join("cfg/config.json"), m.join("cfg/x\\y"))), libc::EINVAL, "rename");
+    assert_eq!(errno(fs::rename(m.join("cfg"), m.join("up.."))), libc::EINVAL, "rename of a directory");
+    assert_eq!(fs::read(m.join("cfg/config.json")).unwrap(), b"{}", "the source is intact");
+    assert_eq!(walk(&m.path).len(), 2, "nothing created: {:?}", walk(&m.path));
+    let log = m.unmount();
+    assert_eq!(s.backend().keys("ns"), ["cfg/config.json"], "the bucket is unchanged:\n{log}");
+}
+
+fn count_files(dir: &Path) -> usize {
+    fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// A full volume: close() reports ENOSPC, the bytes stay readable and staged (journal and
+/// staging file under --cache-dir); the next fsync after space is freed uploads a small
+/// file, and a large one (multipart, aborted, nothing left behind) survives even a crash
+/// of the daemon: the next mount with the cache directory uploads it.
+#[test]
+fn a_full_volume_keeps_the_data_staged_until_it_can_be_uploaded() {
+    let s = server();
+    let cache = tempfile::tempdir().unwrap();
+    let opts = ["--cache-dir", cache.path().to_str().unwrap(), "--part-size", "5MiB"];
+    let m = Mount::new(&s, &opts);
+    let (small, large) = (pattern(100_000, 1), pattern(12 << 20, 2));
+    s.quirks().set_volume_full(true);
+    for (name, data) in [("small", &small), ("large", &large)] {
+        let mut f = fs::File::create(m.join(name)).unwrap();
+        f.write_all(data).unwrap();
+        assert_eq!(errno(f.sync_all()), libc::ENOSPC, "{name}: fsync on a full volume");
+        assert!(fs::read(m.join(name)).unwrap() == *data, "{name}: readable in the mount");
+    }
+    assert_eq!(count_files(&cache.path().join("journal")), 2, "both files journaled");
+    assert!(count_files(&cache.path().join("staging")) >= 2, "both files staged");
+    assert!(s.backend().pending_uploads(BUCKET).is_empty(), "the failed multipart upload was aborted");
+
+    s.quirks().set_volume_full(false);
+    let f = fs::OpenOptions::new().write(true).open(m.join("small")).unwrap();
+    f.sync_all().expect("fsync once there is space");
+    assert!(object(&s, "small") == Some(small), "small uploaded at the retry");
+    assert_eq!(object(&s, "large"), None, "precondition: large waits for its next fsync, close or unmount");
+
+    let log = m.kill();
+    assert!(!log.contains("panicked"), "{log}");
+    let m = Mount::new(&s, &opts);
+    assert!(object(&s, "large").as_deref() == Some(&large[..]), "large recovered from the staging area");
+    drop(m);
+    assert_eq!(count_files(&cache.path().join("journal")), 0, "journal emptied");
+}
