@@ -86,7 +86,11 @@ pub fn run(args: &CheckArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("s3vol: cannot list s3://{}/{}: {e}", resolved.bucket, resolved.prefix);
+            let endpoint = resolved.endpoint.as_deref().unwrap_or("the AWS endpoint");
+            eprintln!(
+                "s3vol: cannot list s3://{}/{} at {endpoint}: {e}",
+                resolved.bucket, resolved.prefix
+            );
             ExitCode::FAILURE
         }
     }

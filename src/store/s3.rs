@@ -13,7 +13,7 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, Delete, MetadataDirective, ObjectIdentifier};
+use aws_sdk_s3::types::{CompletedMultipartUpload, Delete, EncodingType, MetadataDirective, ObjectIdentifier};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -154,6 +154,11 @@ fn provider_env_credentials(resolved: &Resolved) -> Option<StaticCredentials> {
 fn store_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
     err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> StoreError {
+    if let Some(raw) = err.raw_response()
+        && let Some(wrong) = not_s3(raw, err)
+    {
+        return StoreError::Other(wrong);
+    }
     match err {
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
@@ -178,6 +183,41 @@ fn store_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
         }
         _ => StoreError::Other(error_chain(err)),
     }
+}
+
+/// Says what is wrong when the endpoint's answer is not S3 at all: a web page (a wrong
+/// `--endpoint-url`, a captive portal) or XML that does not parse.
+fn not_s3(raw: &aws_sdk_s3::config::http::HttpResponse, err: &dyn std::error::Error) -> Option<String> {
+    let content_type = raw
+        .headers()
+        .get("content-type")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let body = raw.body().bytes().unwrap_or_default();
+    let start = String::from_utf8_lossy(&body[..body.len().min(64)])
+        .trim_start()
+        .to_ascii_lowercase();
+    let status = raw.status().as_u16();
+    // Some servers label empty or XML error bodies text/html (moto's 404 to a HEAD): the
+    // body decides.
+    let html_body = start.starts_with("<!doctype html") || start.starts_with("<html");
+    let labelled_html = content_type.starts_with("text/html")
+        && !start.is_empty()
+        && !start.starts_with("<?xml")
+        && !start.starts_with("<error");
+    if html_body || labelled_html {
+        return Some(format!(
+            "the endpoint answered with an HTML page (HTTP {status}), not an S3 response: is --endpoint-url right?"
+        ));
+    }
+    let chain = error_chain(err);
+    (chain.contains("error parsing XML") || chain.contains("invalid XML")).then(|| {
+        let preview: String = String::from_utf8_lossy(&body[..body.len().min(80)])
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect();
+        format!("the endpoint's answer (HTTP {status}) is not valid S3 XML (it starts {preview:?})")
+    })
 }
 
 /// The whole `source()` chain: the SDK's top-level messages alone ("dispatch failure") do
@@ -345,6 +385,32 @@ pub(super) fn encode_key(key: &str) -> String {
     out
 }
 
+/// Decodes a key of an `encoding-type=url` listing: `%XX` escapes, and `+` for a space
+/// (S3 encodes a literal `+` as `%2B`). A malformed escape is kept as it is.
+fn url_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn metadata_map(m: Option<&std::collections::HashMap<String, String>>) -> Metadata {
     m.map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect())
         .unwrap_or_default()
@@ -477,6 +543,9 @@ impl ObjectStore for S3Store {
                     .set_continuation_token(req.continuation.clone())
                     .set_start_after(req.start_after.clone())
                     .set_max_keys(req.max_keys)
+                    // Keys may hold characters XML 1.0 cannot carry (NUL, control
+                    // characters): ask for them percent-encoded.
+                    .encoding_type(EncodingType::Url)
                     .send()
                     .await
                     .map_err(|e| store_error(&e))?;
@@ -490,12 +559,14 @@ impl ObjectStore for S3Store {
                 Ok(r)
             })
             .await?;
+        let encoded = out.encoding_type() == Some(&EncodingType::Url);
+        let name = |text: &str| if encoded { url_decode(text) } else { text.to_string() };
         let objects = out
             .contents()
             .iter()
             .filter_map(|o| {
                 Some(ObjectMeta {
-                    key: o.key()?.to_string(),
+                    key: name(o.key()?),
                     size: o.size().unwrap_or(0).max(0) as u64,
                     etag: o.e_tag().map(str::to_string),
                     last_modified: o.last_modified().and_then(|t| SystemTime::try_from(*t).ok()),
@@ -506,7 +577,7 @@ impl ObjectStore for S3Store {
         let prefixes = out
             .common_prefixes()
             .iter()
-            .filter_map(|p| p.prefix().map(str::to_string))
+            .filter_map(|p| p.prefix().map(name))
             .collect();
         let next = if out.is_truncated() == Some(true) {
             out.next_continuation_token().map(str::to_string)
@@ -833,6 +904,12 @@ mod tests {
         assert!(!names.iter().any(|n| n.contains("checksum")), "{names:?}");
         assert_eq!(req.headers().get("content-md5"), Some("XUFAKrxLKna5cZ2REBfFkg=="));
         assert_eq!(req.headers().get("content-type"), Some("application/xml"));
+    }
+
+    #[test]
+    fn url_encoded_listing_keys() {
+        assert_eq!(url_decode("a%20b+c%2Bd%00e/%C3%A9"), "a b c+d\0e/é");
+        assert_eq!(url_decode("100%"), "100%");
     }
 
     #[test]
