@@ -441,7 +441,7 @@ async fn upload_part_copy_is_unsupported_on_runpod_without_a_request() {
     put_direct(&server, "src", &pattern(100, 0));
     let upload = store.create_multipart("dst", &PutOptions::default()).await.unwrap();
 
-    let result = store.upload_part_copy("dst", &upload, 1, "src", 0..100).await;
+    let result = store.upload_part_copy("dst", &upload, 1, "src", None, 0..100).await;
     let e = failure(&server, result, "UploadPartCopy on Runpod");
     assert!(matches!(e, StoreError::Unsupported(_)), "{e:?}");
     assert_eq!(e.errno(), libc::ENOTSUP);
@@ -458,7 +458,7 @@ async fn upload_part_copy_refused_by_the_server_is_unsupported() {
     put_direct(&server, "src", &pattern(100, 0));
     let upload = store.create_multipart("dst", &PutOptions::default()).await.unwrap();
 
-    let result = store.upload_part_copy("dst", &upload, 1, "src", 0..100).await;
+    let result = store.upload_part_copy("dst", &upload, 1, "src", None, 0..100).await;
     let e = failure(&server, result, "UploadPartCopy against the 501 quirk");
     assert!(matches!(e, StoreError::Unsupported(_)), "{e:?}");
     assert_eq!(count(&server, "UploadPartCopy"), 1, "a 501 is not retried");
@@ -938,7 +938,7 @@ async fn upload_part_copy_round_trip_on_a_generic_profile() {
 
     let upload = store.create_multipart("dst", &PutOptions::default()).await.unwrap();
     let copied = store
-        .upload_part_copy("dst", &upload, 1, "src dir/#1", 1000..2500)
+        .upload_part_copy("dst", &upload, 1, "src dir/#1", None, 1000..2500)
         .await
         .expect("UploadPartCopy");
     let uploaded = store.upload_part("dst", &upload, 2, tail.clone()).await.unwrap();

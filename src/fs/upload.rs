@@ -207,7 +207,9 @@ impl Uploader {
         let count = f.size.div_ceil(part_size);
         let upload_id = self.start_multipart(f, metadata).await?;
         let f = &*f;
-        let copy_from = f.base.as_ref().map(|b| b.key.to_string());
+        // Copies name the base's ETag: a base replaced remotely meanwhile fails the copy
+        // rather than mixing its new bytes into ours.
+        let copy_from = f.base.as_ref().map(|b| (b.key.to_string(), b.etag.to_string()));
         let results: Vec<StoreResult<CompletedPart>> = futures::stream::iter(0..count)
             .map(|i| {
                 let range = i * part_size..((i + 1) * part_size).min(f.size);
@@ -218,10 +220,10 @@ impl Uploader {
                     let copyable = p.upload_part_copy
                         && f.is_pure_base(range.clone())
                         && (range.end - range.start >= p.min_part_size || range.end == f.size);
-                    if let (true, Some(source)) = (copyable, copy_from) {
+                    if let (true, Some((source, etag))) = (copyable, copy_from) {
                         let r = self
                             .store
-                            .upload_part_copy(&f.key, &upload_id, number, &source, range.clone())
+                            .upload_part_copy(&f.key, &upload_id, number, &source, Some(&etag), range.clone())
                             .await;
                         if !matches!(r, Err(StoreError::Unsupported(_))) {
                             return r;

@@ -187,9 +187,14 @@ impl ObjectStore for MemoryStore {
         upload_id: &str,
         number: i32,
         source: &str,
+        source_etag: Option<&str>,
         range: Range<u64>,
     ) -> StoreResult<CompletedPart> {
-        let data = Self::slice(&self.object(source)?.data, range);
+        let object = self.object(source)?;
+        if source_etag.is_some_and(|e| e != object.etag) {
+            return Err(StoreError::PreconditionFailed);
+        }
+        let data = Self::slice(&object.data, range);
         self.upload_part(key, upload_id, number, data).await
     }
 

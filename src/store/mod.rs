@@ -115,13 +115,15 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn upload_part(&self, key: &str, upload_id: &str, number: i32, body: Bytes) -> StoreResult<CompletedPart>;
 
     /// Server-side copy of `range` of `source` into a part; `Unsupported` where the
-    /// provider has no UploadPartCopy.
+    /// provider has no UploadPartCopy. With `source_etag`, a source that changed fails
+    /// with `PreconditionFailed` instead of copying the new version's bytes.
     async fn upload_part_copy(
         &self,
         key: &str,
         upload_id: &str,
         number: i32,
         source: &str,
+        source_etag: Option<&str>,
         range: Range<u64>,
     ) -> StoreResult<CompletedPart>;
 

@@ -671,6 +671,7 @@ impl ObjectStore for S3Store {
         upload_id: &str,
         number: i32,
         source: &str,
+        source_etag: Option<&str>,
         range: Range<u64>,
     ) -> StoreResult<CompletedPart> {
         let s = &self.inner;
@@ -688,6 +689,7 @@ impl ObjectStore for S3Store {
                     .part_number(number)
                     .copy_source(s.copy_source(source))
                     .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
+                    .set_copy_source_if_match(source_etag.map(str::to_string))
                     .send()
                     .await;
                 r.map_err(|e| store_error(&e))
