@@ -88,8 +88,11 @@ fn assert_bytes(got: io::Result<Vec<u8>>, want: &[u8], what: &str) {
     assert!(got == want, "{what}: {} bytes differ from the {} expected", got.len(), want.len());
 }
 
+/// Metadata is not cached (TTL 0), so every lookup asks the server: these tests are about
+/// what happens to requests, and a cached listing would answer without one.
 fn mount(s: &RunningServer, extra: &[&str]) -> Mount {
     let mut args = SHORT_TIMEOUTS.to_vec();
+    args.extend(["--metadata-ttl", "0"]);
     args.extend(extra);
     Mount::new(s, &args)
 }
