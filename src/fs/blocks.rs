@@ -3,6 +3,7 @@
 //! (single flight), and runs of missing blocks are fetched as one ranged GET each, whose
 //! body fills the blocks in order as it streams in.
 
+use super::budget::TransferBudget;
 use super::disk_cache::DiskCache;
 use crate::store::{ObjectStore, StoreError};
 use bytes::{Bytes, BytesMut};
@@ -49,6 +50,8 @@ pub struct BlockCache {
     pub stats: CacheStats,
     /// The persistent cache behind memory: checked before the network, filled from it.
     pub disk: Option<Arc<DiskCache>>,
+    /// Memory for ranges being received, shared with uploads.
+    budget: Arc<TransferBudget>,
 }
 
 enum Slot {
@@ -63,6 +66,7 @@ impl BlockCache {
         block_size: u64,
         request_size: u64,
         disk: Option<Arc<DiskCache>>,
+        transfers: Arc<TransferBudget>,
     ) -> Arc<BlockCache> {
         let cache = moka::sync::Cache::builder()
             .max_capacity(budget)
@@ -80,6 +84,7 @@ impl BlockCache {
             request_size: request_size.max(block_size),
             stats: CacheStats::default(),
             disk,
+            budget: transfers,
         })
     }
 
@@ -124,7 +129,11 @@ impl BlockCache {
             let from = range.start.saturating_sub(block_start) as usize;
             let to = ((end - block_start) as usize).min(block.len());
             if from >= to {
-                return Err(StoreError::Other(format!("short block {} of {}", wanted.start + i as u64, object.key)));
+                return Err(StoreError::Other(format!(
+                    "short block {} of {}",
+                    wanted.start + i as u64,
+                    object.key
+                )));
             }
             pieces.push(block.slice(from..to));
         }
@@ -257,6 +266,7 @@ impl BlockCache {
         let start = first * bs;
         let end = ((first + run.len() as u64) * bs).min(object.size);
         let mut run = run.into_iter();
+        let _room = self.budget.take(end - start).await;
         let result = async {
             let resp = self
                 .store
@@ -331,7 +341,7 @@ mod tests {
             .put("obj", Bytes::from(data.clone()), &PutOptions::default())
             .await
             .unwrap();
-        let cache = BlockCache::new(store.clone(), 1 << 30, 1000, 4000, None);
+        let cache = BlockCache::new(store.clone(), 1 << 30, 1000, 4000, None, TransferBudget::new(1 << 20));
         let object = ObjectVersion {
             key: "obj".into(),
             etag: etag.into(),

@@ -110,7 +110,12 @@ impl Fs {
         let list = async {
             self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
             let prefix = if whole_dir { parent_key.to_string() } else { key.clone() };
-            let req = ListRequest { prefix, delimiter: Some("/".into()), max_keys: Some(1000), ..Default::default() };
+            let req = ListRequest {
+                prefix,
+                delimiter: Some("/".into()),
+                max_keys: Some(1000),
+                ..Default::default()
+            };
             self.store.list_page(&req).await
         };
         let head = async {
@@ -129,16 +134,28 @@ impl Fs {
         if whole_dir {
             self.absorb_dir_page(parent, parent_key, &page);
             // Keys sort by byte: `name/` is the last spelling of `name` a page can hold.
-            let last = page.objects.last().map(|o| o.key.as_str()).max(page.prefixes.last().map(String::as_str));
+            let last = page
+                .objects
+                .last()
+                .map(|o| o.key.as_str())
+                .max(page.prefixes.last().map(String::as_str));
             let covered = page.next.is_none() || last.is_some_and(|l| dir_key.as_str() <= l);
             if !covered {
                 if let Some(p) = self.tree().get_mut(parent) {
                     p.large = true;
                 }
                 self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
-                let req =
-                    ListRequest { prefix: key.clone(), delimiter: Some("/".into()), max_keys: Some(1000), ..Default::default() };
-                page = self.store.list_page(&req).await.map_err(|e| self.fail("LIST", &key, e))?;
+                let req = ListRequest {
+                    prefix: key.clone(),
+                    delimiter: Some("/".into()),
+                    max_keys: Some(1000),
+                    ..Default::default()
+                };
+                page = self
+                    .store
+                    .list_page(&req)
+                    .await
+                    .map_err(|e| self.fail("LIST", &key, e))?;
             } else {
                 // The page answered: nothing beyond it can be `name`.
                 page.next = None;
@@ -148,7 +165,13 @@ impl Fs {
         let is_dir = !hidden && page.prefixes.contains(&dir_key);
         let is_dir = is_dir || (page.next.is_some() && !hidden && self.dir_exists(&dir_key).await?);
         if is_dir {
-            let seen = Seen { name: name.to_string(), kind: Kind::Dir, size: 0, mtime: SystemTime::UNIX_EPOCH, etag: None };
+            let seen = Seen {
+                name: name.to_string(),
+                kind: Kind::Dir,
+                size: 0,
+                mtime: SystemTime::UNIX_EPOCH,
+                etag: None,
+            };
             return Ok(Some((seen, None)));
         }
         let head = head.map_err(|e| self.fail("HEAD", &key, e))?;

@@ -3,6 +3,7 @@
 
 pub mod attr;
 mod blocks;
+mod budget;
 mod content;
 mod dir;
 mod dirty;
@@ -213,7 +214,7 @@ pub struct CacheReport {
 impl Fs {
     pub fn new(store: Arc<dyn ObjectStore>, resolved: Resolved, config: FsConfig) -> Fs {
         // The memory limit is shared: half for cached blocks, a quarter for dirty data
-        // held in memory, a quarter for upload parts in flight. A GET fetches up to 8
+        // held in memory, a quarter for bodies in flight (GETs and uploads). A GET fetches up to 8
         // blocks at once.
         let quarter = config.memory_limit / 4;
         let disk = config.disk_cache.and_then(|(budget, min_free)| {
@@ -228,12 +229,15 @@ impl Fs {
                 }
             }
         });
+        // Bodies in flight, reads and uploads together, share the last quarter.
+        let transfers = budget::TransferBudget::new(quarter);
         let blocks = BlockCache::new(
             store.clone(),
             2 * quarter,
             config.block_size,
             8 * config.block_size,
             disk,
+            transfers.clone(),
         );
         let tree = Tree::new(&resolved.prefix, config.defaults);
         let journal = Arc::new(journal::Journal::new(&config.cache_dir, &resolved.bucket));
@@ -241,7 +245,7 @@ impl Fs {
             store.clone(),
             resolved.clone(),
             blocks.clone(),
-            quarter,
+            transfers,
             journal.clone(),
         );
         Fs {

@@ -221,7 +221,8 @@ impl Fs {
                 self.delete_object(&key).await?;
             }
         }
-        self.tree().remove_child(parent, name, Instant::now() + self.config.metadata_ttl);
+        self.tree()
+            .remove_child(parent, name, Instant::now() + self.config.metadata_ttl);
         self.blocks.forget_object(&key);
         Ok(())
     }
@@ -233,7 +234,13 @@ impl Fs {
             return self.store.delete(key).await.map_err(|e| self.fail("unlink", key, e));
         }
         self.hidden_keys.lock().unwrap().insert(key.to_string());
-        let slot = self.background.slots.clone().acquire_owned().await.expect("never closed");
+        let slot = self
+            .background
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
         let (this, key) = (self.clone(), key.to_string());
         tokio::spawn(async move {
             let _slot = slot;

@@ -14,7 +14,13 @@ pub struct ReadAhead {
 
 impl ReadAhead {
     pub fn new(initial: u64, max: u64) -> ReadAhead {
-        ReadAhead { next: 0, window: 0, frontier: 0, initial, max: max.max(initial) }
+        ReadAhead {
+            next: 0,
+            window: 0,
+            frontier: 0,
+            initial,
+            max: max.max(initial),
+        }
     }
 
     /// Records a read of `len` bytes at `offset`; returns how far ahead to prefetch

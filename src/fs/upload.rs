@@ -4,6 +4,7 @@
 //! A failed multipart upload is aborted: a half-written object is never visible.
 
 use super::blocks::{BlockCache, ObjectVersion};
+use super::budget::TransferBudget;
 use super::dirty::{FileData, Piece, Streaming};
 use super::journal::Journal;
 use crate::provider::Resolved;
@@ -11,14 +12,14 @@ use crate::store::{CompletedPart, Metadata, ObjectStore, PutOptions, StoreError,
 use bytes::Bytes;
 use futures::StreamExt;
 use std::sync::Arc;
-use tokio::sync::Semaphore;
 
 pub struct Uploader {
     store: Arc<dyn ObjectStore>,
     resolved: Resolved,
     blocks: Arc<BlockCache>,
-    /// Parts in flight across the mount: bounds the memory part buffers take.
-    part_slots: Arc<Semaphore>,
+    /// Memory for upload bodies in flight, shared with reads in flight.
+    budget: Arc<TransferBudget>,
+    /// Parts of one file sent at once.
     parts_in_flight: usize,
     journal: Arc<Journal>,
 }
@@ -28,17 +29,15 @@ impl Uploader {
         store: Arc<dyn ObjectStore>,
         resolved: Resolved,
         blocks: Arc<BlockCache>,
-        part_memory: u64,
+        budget: Arc<TransferBudget>,
         journal: Arc<Journal>,
     ) -> Uploader {
-        let part = resolved.part_size_for(0).max(1);
-        let parts_in_flight = (part_memory / part).clamp(2, 16) as usize;
         Uploader {
             store,
             resolved,
             blocks,
-            part_slots: Arc::new(Semaphore::new(parts_in_flight)),
-            parts_in_flight,
+            budget,
+            parts_in_flight: 8,
             journal,
         }
     }
@@ -54,6 +53,17 @@ impl Uploader {
             content_type: None,
             metadata: metadata.clone(),
             if_none_match: false,
+        }
+    }
+
+    /// Room in the transfer budget for a body assembled from `range`. Bytes fetched from
+    /// the base take their room on the way in (the block cache's fetch): taking it here too
+    /// could wait on itself, so a range that needs the base takes none.
+    async fn room_for(&self, f: &FileData, range: std::ops::Range<u64>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let local = f.pieces(range.clone()).iter().all(|p| !matches!(p, Piece::Base(_)));
+        match local {
+            true => Some(self.budget.take(range.end - range.start).await),
+            false => None,
         }
     }
 
@@ -101,12 +111,7 @@ impl Uploader {
                     broken: false,
                 });
             }
-            let slot = self
-                .part_slots
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("part slots never close");
+            let slot = self.budget.take(end - start).await;
             let body = Bytes::from(f.read_local(start..end)?);
             let s = f.streaming.as_mut().expect("created above");
             s.started += 1;
@@ -134,6 +139,7 @@ impl Uploader {
             self.abort(&f.key, s).await;
         }
         let etag = if f.size <= self.single_put_limit() {
+            let _room = self.room_for(f, 0..f.size).await;
             let body = Bytes::from(f.read(0..f.size, &self.blocks).await?);
             self.store.put(&f.key, body, &self.put_options(metadata)).await?
         } else {
@@ -149,6 +155,7 @@ impl Uploader {
     async fn finish_streaming(&self, f: &mut FileData, mut s: Streaming) -> StoreResult<ObjectVersion> {
         let tail_start = s.started as u64 * s.part_size;
         let mut tail = None;
+        let _room = self.budget.take(f.size.saturating_sub(tail_start)).await;
         if tail_start < f.size || s.started == 0 {
             let body = Bytes::from(f.read_local(tail_start..f.size)?);
             s.started += 1;
@@ -229,7 +236,7 @@ impl Uploader {
                             return r;
                         }
                     }
-                    let _slot = self.part_slots.acquire().await.expect("part slots never close");
+                    let _room = self.room_for(f, range.clone()).await;
                     let body = Bytes::from(f.read(range, &self.blocks).await?);
                     self.store.upload_part(&f.key, &upload_id, number, body).await
                 }
