@@ -45,7 +45,10 @@ fn flush(socket: &std::path::Path) -> Result<(), String> {
     };
     let status: MountStatus = serde_json::from_str(&line).map_err(|e| format!("bad status reply: {e}"))?;
     if status.dirty_files > 0 || status.uploads_pending > 0 {
-        println!("uploading {} files ({} bytes) before unmounting...", status.dirty_files, status.dirty_bytes);
+        println!(
+            "uploading {} files ({} bytes) before unmounting...",
+            status.dirty_files, status.dirty_bytes
+        );
     }
     let progress = std::thread::spawn({
         let socket = socket.to_path_buf();
@@ -80,7 +83,10 @@ fn progress_lines(socket: &std::path::Path) {
         if let Ok(line) = control::request(socket, "status", Some(Duration::from_secs(5)))
             && let Ok(s) = serde_json::from_str::<MountStatus>(&line)
         {
-            println!("  still uploading: {} files, {} bytes dirty, {} uploads pending", s.dirty_files, s.dirty_bytes, s.uploads_pending);
+            println!(
+                "  still uploading: {} files, {} bytes dirty, {} uploads pending",
+                s.dirty_files, s.dirty_bytes, s.uploads_pending
+            );
         }
     }
 }
@@ -132,7 +138,11 @@ fn print_status(m: &MountStatus) {
         m.requests, m.request_errors, m.requests_in_flight, m.list_requests, m.head_requests
     );
     let disk_lookups = m.disk_hits + m.disk_misses;
-    let disk_rate = if disk_lookups == 0 { 0.0 } else { 100.0 * m.disk_hits as f64 / disk_lookups as f64 };
+    let disk_rate = if disk_lookups == 0 {
+        0.0
+    } else {
+        100.0 * m.disk_hits as f64 / disk_lookups as f64
+    };
     println!(
         "  disk:     {} of {} bytes in {}, hit rate {disk_rate:.1}%, {} evictions, {} corrupt blocks dropped",
         m.disk_bytes, m.disk_budget, m.cache_dir, m.disk_evictions, m.disk_corrupt
@@ -151,9 +161,12 @@ pub fn cache_clear(cache_dir: Option<std::path::PathBuf>) -> ExitCode {
     let base = cache_dir.unwrap_or_else(s3vol::mount::default_cache_dir);
     let mut instances = vec![base.clone()];
     if let Ok(entries) = std::fs::read_dir(&base) {
-        instances.extend(entries.flatten().map(|e| e.path()).filter(|p| {
-            p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("mount-"))
-        }));
+        instances.extend(
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("mount-"))),
+        );
     }
     let mounts = control::all_statuses();
     let mut failed = false;
@@ -161,8 +174,12 @@ pub fn cache_clear(cache_dir: Option<std::path::PathBuf>) -> ExitCode {
         let result = if cache_dir_in_use(&dir) {
             let shown = dir.display().to_string();
             match mounts.iter().find(|m| m.cache_dir == shown) {
-                Some(m) => control::request(&control::socket_path(std::path::Path::new(&m.mountpoint)), "cache-clear", None)
-                    .map(|reply| format!("cleared by the mount on {}: {}", m.mountpoint, reply.trim())),
+                Some(m) => control::request(
+                    &control::socket_path(std::path::Path::new(&m.mountpoint)),
+                    "cache-clear",
+                    None,
+                )
+                .map(|reply| format!("cleared by the mount on {}: {}", m.mountpoint, reply.trim())),
                 None => Err(std::io::Error::other("in use by a mount this user cannot reach")),
             }
         } else {

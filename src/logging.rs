@@ -2,8 +2,8 @@
 //! in the background. `--debug` or `RUST_LOG` select the detail.
 
 use std::ffi::CString;
-use std::io::Write;
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 

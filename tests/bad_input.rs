@@ -44,14 +44,21 @@ fn run(mut cmd: Command) -> Output {
     match rx.recv_timeout(BOUND) {
         Ok(output) => output.expect("wait for the command"),
         Err(_) => {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             panic!("{cmd:?} did not finish within {BOUND:?}");
         }
     }
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// The command failed with `code`, said so in one `s3vol:` line containing `wanted`, and
@@ -73,9 +80,16 @@ fn assert_refused(o: &Output, code: i32, wanted: &[&str], what: &str) -> String 
 #[track_caller]
 fn assert_names_the_endpoint(o: &Output, endpoint: &str, what: &str) -> String {
     let line = assert_refused(o, 1, &[], what);
-    assert!(text(o).contains(endpoint), "{what}: the endpoint {endpoint} is named in:\n{}", text(o));
+    assert!(
+        text(o).contains(endpoint),
+        "{what}: the endpoint {endpoint} is named in:\n{}",
+        text(o)
+    );
     for internal in ["bug in the SDK", "StartEl", "com.amazonaws"] {
-        assert!(!line.contains(internal), "{what}: SDK internals ({internal:?}) in {line:?}");
+        assert!(
+            !line.contains(internal),
+            "{what}: SDK internals ({internal:?}) in {line:?}"
+        );
     }
     line
 }
@@ -100,8 +114,16 @@ impl Mountpoint {
 
     #[track_caller]
     fn assert_untouched(&self) {
-        assert!(!is_mounted(&self.path), "nothing may be mounted on {}", self.path.display());
-        assert_eq!(fs::read_dir(&self.path).map(|d| d.count()).ok(), Some(0), "the mountpoint stays empty");
+        assert!(
+            !is_mounted(&self.path),
+            "nothing may be mounted on {}",
+            self.path.display()
+        );
+        assert_eq!(
+            fs::read_dir(&self.path).map(|d| d.count()).ok(),
+            Some(0),
+            "the mountpoint stays empty"
+        );
     }
 }
 
@@ -116,15 +138,30 @@ impl Drop for Mountpoint {
 /// `s3vol mount SOURCE MOUNTPOINT` (in the background, as users run it) against `endpoint`.
 fn mount_command(s: &RunningServer, source: &str, mp: &Mountpoint, endpoint: &str, extra: &[&str]) -> Command {
     let mut cmd = s3vol(s);
-    cmd.args(["mount", source, mp.arg(), "--endpoint-url", endpoint, "--force-path-style"])
-        .args(["--retries", "2", "--connect-timeout", "2", "--read-timeout", "2"])
-        .args(extra);
+    cmd.args([
+        "mount",
+        source,
+        mp.arg(),
+        "--endpoint-url",
+        endpoint,
+        "--force-path-style",
+    ])
+    .args(["--retries", "2", "--connect-timeout", "2", "--read-timeout", "2"])
+    .args(extra);
     cmd
 }
 
 fn check_command(s: &RunningServer, endpoint: &str) -> Command {
     let mut cmd = s3vol(s);
-    cmd.args(["check", "s3://test", "--endpoint-url", endpoint, "--force-path-style", "--retries", "2"]);
+    cmd.args([
+        "check",
+        "s3://test",
+        "--endpoint-url",
+        endpoint,
+        "--force-path-style",
+        "--retries",
+        "2",
+    ]);
     cmd
 }
 
@@ -158,7 +195,11 @@ impl FakeEndpoint {
                 let _ = stream.write_all(response.as_bytes());
             }
         });
-        FakeEndpoint { url: format!("http://{addr}"), stop, addr }
+        FakeEndpoint {
+            url: format!("http://{addr}"),
+            stop,
+            addr,
+        }
     }
 }
 
@@ -200,7 +241,12 @@ fn malformed_sources_are_refused_by_mount_before_any_request() {
         assert_refused(&o, 1, &["invalid source", message], source);
         mp.assert_untouched();
     }
-    assert_eq!(s.stats().total(), 0, "refused before any request: {:?}", s.stats().snapshot());
+    assert_eq!(
+        s.stats().total(),
+        0,
+        "refused before any request: {:?}",
+        s.stats().snapshot()
+    );
 }
 
 #[test]
@@ -227,7 +273,10 @@ fn unknown_options_are_usage_errors_naming_the_option() {
 fn wrong_credentials_are_refused_by_mount() {
     let s = server();
     put(&s, "kept", "kept");
-    for (key, secret) in [(s.access_key.as_str(), "wrong-secret"), ("no-such-key", s.secret_key.as_str())] {
+    for (key, secret) in [
+        (s.access_key.as_str(), "wrong-secret"),
+        ("no-such-key", s.secret_key.as_str()),
+    ] {
         let mp = Mountpoint::new();
         let mut cmd = mount_command(&s, "s3://test", &mp, &s.endpoint, &[]);
         cmd.env("AWS_ACCESS_KEY_ID", key).env("AWS_SECRET_ACCESS_KEY", secret);
@@ -241,7 +290,10 @@ fn wrong_credentials_are_refused_by_mount() {
 #[test]
 fn a_clock_two_hours_off_is_named_as_the_cause() {
     let probe = Command::new("faketime").arg("--version").output();
-    assert!(probe.is_ok(), "faketime is required for this test (apt-get install faketime)");
+    assert!(
+        probe.is_ok(),
+        "faketime is required for this test (apt-get install faketime)"
+    );
     let s = server();
     let mp = Mountpoint::new();
     let check = check_command(&s, &s.endpoint);
@@ -271,7 +323,10 @@ fn an_endpoint_that_is_not_s3_is_a_clear_error() {
             let what = format!("{what} of a web server answering {status}");
             let line = assert_names_the_endpoint(&o, &web.url, &what);
             // Not "not found" or an XML parser's complaint: the answer was a web page.
-            assert!(line.contains("not an S3") || line.contains("HTML"), "{what}: say the answer was not S3: {line:?}");
+            assert!(
+                line.contains("not an S3") || line.contains("HTML"),
+                "{what}: say the answer was not S3: {line:?}"
+            );
         }
         mp.assert_untouched();
     }
@@ -287,7 +342,10 @@ fn a_server_answering_malformed_xml_is_a_clear_error() {
     let mount = run(mount_command(&s, "s3://test", &mp, &broken.url, &[]));
     for (what, o) in [("check", check), ("mount", mount)] {
         let line = assert_names_the_endpoint(&o, &broken.url, &format!("{what} against malformed XML"));
-        assert!(line.contains("XML"), "{what}: say the answer was malformed XML: {line:?}");
+        assert!(
+            line.contains("XML"),
+            "{what}: say the answer was malformed XML: {line:?}"
+        );
     }
     mp.assert_untouched();
 }
@@ -299,7 +357,14 @@ fn a_mountpoint_that_is_a_file_is_refused_and_left_alone() {
     let file = dir.path().join("file");
     fs::write(&file, "precious").unwrap();
     let mut cmd = s3vol(&s);
-    cmd.args(["mount", "s3://test", file.to_str().unwrap(), "--endpoint-url", &s.endpoint, "--force-path-style"]);
+    cmd.args([
+        "mount",
+        "s3://test",
+        file.to_str().unwrap(),
+        "--endpoint-url",
+        &s.endpoint,
+        "--force-path-style",
+    ]);
     assert_refused(&run(cmd), 1, &["not a directory"], "mount on a file");
     assert_eq!(fs::read(&file).unwrap(), b"precious");
     assert!(!is_mounted(&file));
@@ -320,18 +385,40 @@ fn names_over_255_bytes_are_enametoolong_and_change_nothing() {
     let long = "x".repeat(256);
     assert_eq!(errno(fs::create_dir(m.join(&long))), libc::ENAMETOOLONG, "mkdir");
     assert_eq!(errno(fs::metadata(m.join(&long))), libc::ENAMETOOLONG, "stat");
-    assert_eq!(errno(fs::rename(m.join("keep"), m.join(&long))), libc::ENAMETOOLONG, "rename");
-    assert_eq!(errno(std::os::unix::fs::symlink("keep", m.join(&long))), libc::ENAMETOOLONG, "symlink");
+    assert_eq!(
+        errno(fs::rename(m.join("keep"), m.join(&long))),
+        libc::ENAMETOOLONG,
+        "rename"
+    );
+    assert_eq!(
+        errno(std::os::unix::fs::symlink("keep", m.join(&long))),
+        libc::ENAMETOOLONG,
+        "symlink"
+    );
     let max = "y".repeat(255);
     fs::write(m.join(&max), "255 bytes").expect("a 255-byte name works");
-    let listed: Vec<String> = fs::read_dir(m.join("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert_eq!(listed, ["m".repeat(255)], "the 256-byte key is skipped, the rest listed");
+    let listed: Vec<String> = fs::read_dir(m.join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        ["m".repeat(255)],
+        "the 256-byte key is skipped, the rest listed"
+    );
     let log = m.unmount();
-    assert_eq!(object(&s, "keep").as_deref(), Some(&b"k"[..]), "the rename source is intact");
+    assert_eq!(
+        object(&s, "keep").as_deref(),
+        Some(&b"k"[..]),
+        "the rename source is intact"
+    );
     assert_eq!(object(&s, &max).as_deref(), Some(&b"255 bytes"[..]));
     let keys = s.backend().keys(BUCKET);
     assert_eq!(keys.len(), 4, "nothing else was created: {keys:?}");
-    assert!(log.contains("longer than 255 bytes"), "the skipped key is logged:\n{log}");
+    assert!(
+        log.contains("longer than 255 bytes"),
+        "the skipped key is logged:\n{log}"
+    );
 }
 
 /// A path cannot carry NUL through the system call interface: the C string ends there.
@@ -345,8 +432,14 @@ fn a_path_with_nul_is_refused_and_creates_nothing() {
         let err = fs::write(&path, "x").expect_err("NUL in a path");
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
     }
-    assert_eq!(fs::create_dir(m.join("d\0")).expect_err("NUL").kind(), io::ErrorKind::InvalidInput);
-    assert_eq!(fs::rename(m.join("ok"), m.join("o\0k")).expect_err("NUL").kind(), io::ErrorKind::InvalidInput);
+    assert_eq!(
+        fs::create_dir(m.join("d\0")).expect_err("NUL").kind(),
+        io::ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        fs::rename(m.join("ok"), m.join("o\0k")).expect_err("NUL").kind(),
+        io::ErrorKind::InvalidInput
+    );
     assert_eq!(walk(&m.path).into_iter().collect::<Vec<_>>(), ["ok"]);
     m.unmount();
     assert_eq!(s.backend().keys(BUCKET), ["ok"], "nothing created, nothing lost");
@@ -365,7 +458,11 @@ fn a_key_with_nul_in_the_bucket_is_skipped_and_the_rest_listed() {
     let m = Mount::new(&s, &[]);
     let mut names: Vec<String> = walk(&m.path).into_iter().collect();
     names.sort();
-    assert_eq!(names, ["d/", "d/ctrl\u{1}char", "d/fine", "ok"], "the NUL key is skipped, the rest listed");
+    assert_eq!(
+        names,
+        ["d/", "d/ctrl\u{1}char", "d/fine", "ok"],
+        "the NUL key is skipped, the rest listed"
+    );
     let log = m.unmount();
     assert!(log.contains("NUL byte"), "the skipped key is logged:\n{log}");
     assert_eq!(s.backend().keys(BUCKET).len(), 4, "nothing lost");
@@ -379,12 +476,28 @@ fn hugging_face_forbidden_names_at_mkdir_and_rename_are_einval_and_keep_the_sour
     s.backend().put_object("ns", "cfg/config.json", "{}", &[]).unwrap();
     let m = Mount::source(&s, "hf://org/ns", &s.endpoint.clone(), &[]);
     assert_eq!(errno(fs::create_dir(m.join("back\\slash"))), libc::EINVAL, "mkdir");
-    assert_eq!(errno(fs::rename(m.join("cfg/config.json"), m.join("cfg/x\\y"))), libc::EINVAL, "rename");
-    assert_eq!(errno(fs::rename(m.join("cfg"), m.join("up.."))), libc::EINVAL, "rename of a directory");
-    assert_eq!(fs::read(m.join("cfg/config.json")).unwrap(), b"{}", "the source is intact");
+    assert_eq!(
+        errno(fs::rename(m.join("cfg/config.json"), m.join("cfg/x\\y"))),
+        libc::EINVAL,
+        "rename"
+    );
+    assert_eq!(
+        errno(fs::rename(m.join("cfg"), m.join("up.."))),
+        libc::EINVAL,
+        "rename of a directory"
+    );
+    assert_eq!(
+        fs::read(m.join("cfg/config.json")).unwrap(),
+        b"{}",
+        "the source is intact"
+    );
     assert_eq!(walk(&m.path).len(), 2, "nothing created: {:?}", walk(&m.path));
     let log = m.unmount();
-    assert_eq!(s.backend().keys("ns"), ["cfg/config.json"], "the bucket is unchanged:\n{log}");
+    assert_eq!(
+        s.backend().keys("ns"),
+        ["cfg/config.json"],
+        "the bucket is unchanged:\n{log}"
+    );
 }
 
 fn count_files(dir: &Path) -> usize {
@@ -407,22 +520,35 @@ fn a_full_volume_keeps_the_data_staged_until_it_can_be_uploaded() {
         let mut f = fs::File::create(m.join(name)).unwrap();
         f.write_all(data).unwrap();
         assert_eq!(errno(f.sync_all()), libc::ENOSPC, "{name}: fsync on a full volume");
-        assert!(fs::read(m.join(name)).unwrap() == *data, "{name}: readable in the mount");
+        assert!(
+            fs::read(m.join(name)).unwrap() == *data,
+            "{name}: readable in the mount"
+        );
     }
     assert_eq!(count_files(&cache.path().join("journal")), 2, "both files journaled");
     assert!(count_files(&cache.path().join("staging")) >= 2, "both files staged");
-    assert!(s.backend().pending_uploads(BUCKET).is_empty(), "the failed multipart upload was aborted");
+    assert!(
+        s.backend().pending_uploads(BUCKET).is_empty(),
+        "the failed multipart upload was aborted"
+    );
 
     s.quirks().set_volume_full(false);
     let f = fs::OpenOptions::new().write(true).open(m.join("small")).unwrap();
     f.sync_all().expect("fsync once there is space");
     assert!(object(&s, "small") == Some(small), "small uploaded at the retry");
-    assert_eq!(object(&s, "large"), None, "precondition: large waits for its next fsync, close or unmount");
+    assert_eq!(
+        object(&s, "large"),
+        None,
+        "precondition: large waits for its next fsync, close or unmount"
+    );
 
     let log = m.kill();
     assert!(!log.contains("panicked"), "{log}");
     let m = Mount::new(&s, &opts);
-    assert!(object(&s, "large").as_deref() == Some(&large[..]), "large recovered from the staging area");
+    assert!(
+        object(&s, "large").as_deref() == Some(&large[..]),
+        "large recovered from the staging area"
+    );
     drop(m);
     assert_eq!(count_files(&cache.path().join("journal")), 0, "journal emptied");
 }

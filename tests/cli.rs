@@ -18,7 +18,11 @@ fn s3vol(server: &s3vol::server::RunningServer, args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 #[test]
@@ -26,10 +30,25 @@ fn check_prints_the_profile_and_the_first_keys() {
     let s = server();
     put(&s, "models/a.bin", "a");
     put(&s, "readme", "r");
-    let o = s3vol(&s, &["check", "s3://test", "--endpoint-url", &s.endpoint, "--force-path-style"]);
+    let o = s3vol(
+        &s,
+        &[
+            "check",
+            "s3://test",
+            "--endpoint-url",
+            &s.endpoint,
+            "--force-path-style",
+        ],
+    );
     let out = text(&o);
     assert!(o.status.success(), "{out}");
-    for want in ["endpoint:     http://127.0.0.1", "addressing:   Path", "models/", "readme", "listing:      ok"] {
+    for want in [
+        "endpoint:     http://127.0.0.1",
+        "addressing:   Path",
+        "models/",
+        "readme",
+        "listing:      ok",
+    ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
 }
@@ -41,9 +60,27 @@ fn check_fails_clearly_on_bad_input() {
         (&["check", "ftp://x"], 2, "unknown scheme"),
         (&["check", "runpod://XX-9/vol"], 2, "EU-RO-1"),
         (&["check", "s3://"], 2, "empty bucket"),
-        (&["check", "s3://nosuch", "--endpoint-url", &s.endpoint, "--force-path-style"], 1, "no such bucket"),
         (
-            &["check", "s3://test", "--endpoint-url", "http://127.0.0.1:9", "--force-path-style", "--retries", "1"],
+            &[
+                "check",
+                "s3://nosuch",
+                "--endpoint-url",
+                &s.endpoint,
+                "--force-path-style",
+            ],
+            1,
+            "no such bucket",
+        ),
+        (
+            &[
+                "check",
+                "s3://test",
+                "--endpoint-url",
+                "http://127.0.0.1:9",
+                "--force-path-style",
+                "--retries",
+                "1",
+            ],
             1,
             "cannot list",
         ),
@@ -53,10 +90,20 @@ fn check_fails_clearly_on_bad_input() {
         let out = text(&o);
         assert_eq!(o.status.code(), Some(*code), "{args:?}: {out}");
         assert!(out.contains(message), "{args:?}: expected {message:?} in {out}");
-        assert_eq!(out.trim().lines().filter(|l| l.starts_with("s3vol:")).count(), 1, "one line: {out}");
+        assert_eq!(
+            out.trim().lines().filter(|l| l.starts_with("s3vol:")).count(),
+            1,
+            "one line: {out}"
+        );
     }
     let wrong = Command::new(env!("CARGO_BIN_EXE_s3vol"))
-        .args(["check", "s3://test", "--endpoint-url", &s.endpoint, "--force-path-style"])
+        .args([
+            "check",
+            "s3://test",
+            "--endpoint-url",
+            &s.endpoint,
+            "--force-path-style",
+        ])
         .env("AWS_ACCESS_KEY_ID", &s.access_key)
         .env("AWS_SECRET_ACCESS_KEY", "wrong")
         .output()
@@ -86,12 +133,24 @@ fn mount_in_the_background_status_and_unmount() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mnt");
     std::fs::create_dir(&path).unwrap();
-    let bg = Background { path: path.clone(), _dir: dir };
+    let bg = Background {
+        path: path.clone(),
+        _dir: dir,
+    };
     let mp = path.to_str().unwrap();
     let log = bg._dir.path().join("log");
     let o = s3vol(
         &s,
-        &["mount", "s3://test", mp, "--endpoint-url", &s.endpoint, "--force-path-style", "--log-file", log.to_str().unwrap()],
+        &[
+            "mount",
+            "s3://test",
+            mp,
+            "--endpoint-url",
+            &s.endpoint,
+            "--force-path-style",
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
     );
     assert!(o.status.success(), "{}", text(&o));
     assert!(is_mounted(&path), "the mount is live when `mount` returns");
@@ -123,9 +182,18 @@ fn mount_refuses_what_cannot_work_before_mounting() {
     let ep = s.endpoint.clone();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["s3://test".into(), busy.display().to_string()], "not empty"),
-        (vec!["s3://test".into(), dir.path().join("missing").display().to_string()], "No such file"),
-        (vec!["s3://nosuch".into(), empty.display().to_string()], "no such bucket"),
-        (vec!["hf://only-namespace".into(), empty.display().to_string()], "empty bucket"),
+        (
+            vec!["s3://test".into(), dir.path().join("missing").display().to_string()],
+            "No such file",
+        ),
+        (
+            vec!["s3://nosuch".into(), empty.display().to_string()],
+            "no such bucket",
+        ),
+        (
+            vec!["hf://only-namespace".into(), empty.display().to_string()],
+            "empty bucket",
+        ),
     ];
     for (args, message) in cases {
         let mut full = vec!["mount".to_string()];
@@ -134,7 +202,11 @@ fn mount_refuses_what_cannot_work_before_mounting() {
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
         let o = s3vol(&s, &refs);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
-        assert!(text(&o).contains(message), "{args:?}: expected {message:?} in {}", text(&o));
+        assert!(
+            text(&o).contains(message),
+            "{args:?}: expected {message:?} in {}",
+            text(&o)
+        );
         assert!(!is_mounted(&empty));
     }
 }
@@ -151,14 +223,22 @@ fn sigterm_uploads_dirty_data_then_unmounts() {
         std::fs::write(&p, format!("{i}")).unwrap();
         files.push(p);
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(m.pid() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(m.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while is_mounted(&m.path) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!is_mounted(&m.path), "SIGTERM unmounts");
     for i in 0..50 {
-        assert_eq!(object(&s, &format!("f{i}")), Some(i.to_string().into_bytes()), "f{i} in {BUCKET}");
+        assert_eq!(
+            object(&s, &format!("f{i}")),
+            Some(i.to_string().into_bytes()),
+            "f{i} in {BUCKET}"
+        );
     }
     assert!(m.unmount().contains("signal received"));
 }
@@ -171,9 +251,16 @@ fn sighup_reopens_the_log_file() {
     let m = common::Mount::new(&s, &["--log-file", log.to_str().unwrap()]);
     let rotated = dir.path().join("s3vol.log.1");
     std::fs::rename(&log, &rotated).unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(m.pid() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(m.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("log file reopened") {
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("log file reopened")
+    {
         assert!(Instant::now() < deadline, "no new log file after SIGHUP");
         std::thread::sleep(Duration::from_millis(20));
     }

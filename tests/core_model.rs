@@ -36,17 +36,43 @@ struct Pick(usize);
 #[derive(Debug, Clone)]
 enum Op {
     /// open (create if missing, O_TRUNC if asked), pwrite, close.
-    Write { path: Pick, offset: u16, len: u16, seed: u8, truncate: bool },
+    Write {
+        path: Pick,
+        offset: u16,
+        len: u16,
+        seed: u8,
+        truncate: bool,
+    },
     /// truncate(2) of a file that is not open.
-    Truncate { path: Pick, size: u16 },
-    Unlink { path: Pick },
-    Mkdir { path: Pick },
-    Rmdir { path: Pick },
-    Rename { from: Pick, to: Pick },
+    Truncate {
+        path: Pick,
+        size: u16,
+    },
+    Unlink {
+        path: Pick,
+    },
+    Mkdir {
+        path: Pick,
+    },
+    Rmdir {
+        path: Pick,
+    },
+    Rename {
+        from: Pick,
+        to: Pick,
+    },
     /// Another client writes an object (a `dir/` marker if `marker`).
-    RemotePut { path: Pick, len: u16, seed: u8, marker: bool },
+    RemotePut {
+        path: Pick,
+        len: u16,
+        seed: u8,
+        marker: bool,
+    },
     /// Another client deletes an object (a `dir/` marker if `marker`).
-    RemoteDelete { path: Pick, marker: bool },
+    RemoteDelete {
+        path: Pick,
+        marker: bool,
+    },
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -66,7 +92,9 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 }
 
 fn bytes(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
+        .collect()
 }
 
 /// The reference: the bucket's keys and bodies. What a mount shows follows from it: a
@@ -83,7 +111,12 @@ impl Model {
             return Some(Kind::Dir);
         }
         let dir = format!("{path}/");
-        if self.keys.range(dir.clone()..).next().is_some_and(|(k, _)| k.starts_with(&dir)) {
+        if self
+            .keys
+            .range(dir.clone()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(&dir))
+        {
             Some(Kind::Dir)
         } else if self.keys.contains_key(path) {
             Some(Kind::File)
@@ -115,12 +148,18 @@ impl Model {
     }
 
     fn children(&self, dir: &str) -> BTreeMap<String, Kind> {
-        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
         let mut names = BTreeMap::new();
         for key in self.keys.keys().filter(|k| k.starts_with(&prefix)) {
             let name = key[prefix.len()..].split('/').next().unwrap_or_default();
             if !name.is_empty() {
-                names.entry(name.to_string()).or_insert_with(|| self.kind(&join(dir, name)).expect("exists"));
+                names
+                    .entry(name.to_string())
+                    .or_insert_with(|| self.kind(&join(dir, name)).expect("exists"));
             }
         }
         names
@@ -159,7 +198,11 @@ impl Model {
 }
 
 fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") }
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
 }
 
 fn split(path: &str) -> (&str, &str) {
@@ -194,7 +237,11 @@ impl Core {
             ..FsConfig::default()
         };
         let fs = Arc::new(Fs::new(store.clone(), resolved, config));
-        Core { fs, store, _cache: cache }
+        Core {
+            fs,
+            store,
+            _cache: cache,
+        }
     }
 
     /// The inode of `path`, looked up component by component as the kernel does.
@@ -222,11 +269,18 @@ impl Core {
         let (parent, name) = self.parent(path).await?;
         let fh = match self.fs.lookup(parent, &name).await {
             Ok(attr) => {
-                let mode = OpenMode { write: true, truncate, append: false };
+                let mode = OpenMode {
+                    write: true,
+                    truncate,
+                    append: false,
+                };
                 self.fs.open(attr.ino, mode).await?.fh
             }
             Err(Errno(libc::ENOENT)) => {
-                let mode = OpenMode { write: true, ..OpenMode::default() };
+                let mode = OpenMode {
+                    write: true,
+                    ..OpenMode::default()
+                };
                 self.fs.create(parent, &name, 0o644, mode, CALLER).await?.1.fh
             }
             Err(e) => return Err(e),
@@ -243,7 +297,10 @@ impl Core {
         if kind == Kind::Dir {
             return Err(Errno(libc::EISDIR));
         }
-        let change = SetAttr { size: Some(size), ..SetAttr::default() };
+        let change = SetAttr {
+            size: Some(size),
+            ..SetAttr::default()
+        };
         self.fs.setattr(ino, None, change).await.map(drop)
     }
 
@@ -285,7 +342,10 @@ impl Core {
     }
 
     async fn remote_put(&self, key: &str, body: Vec<u8>) {
-        self.store.put(key, body.into(), &PutOptions::default()).await.expect("put");
+        self.store
+            .put(key, body.into(), &PutOptions::default())
+            .await
+            .expect("put");
     }
 }
 
@@ -297,7 +357,13 @@ async fn step(core: &Core, model: &mut Model, op: &Op) {
     paths.dedup();
     let path = |p: &Pick| paths[p.0 % paths.len()].clone();
     let (want, got, what): (Result<(), i32>, Result<(), Errno>, String) = match op {
-        Op::Write { path: p, offset, len, seed, truncate } => {
+        Op::Write {
+            path: p,
+            offset,
+            len,
+            seed,
+            truncate,
+        } => {
             let path = path(p);
             let data = bytes(usize::from(*len), *seed);
             let offset = u64::from(*offset);
@@ -322,7 +388,9 @@ async fn step(core: &Core, model: &mut Model, op: &Op) {
         }
         Op::Truncate { path: p, size } => {
             let path = path(p);
-            let want = model.lookup(&path).and_then(|k| if k == Kind::Dir { Err(libc::EISDIR) } else { Ok(()) });
+            let want = model
+                .lookup(&path)
+                .and_then(|k| if k == Kind::Dir { Err(libc::EISDIR) } else { Ok(()) });
             let got = core.truncate(&path, u64::from(*size)).await;
             if want.is_ok() && got.is_ok() {
                 model.file_mut(&path).resize(usize::from(*size), 0);
@@ -331,7 +399,9 @@ async fn step(core: &Core, model: &mut Model, op: &Op) {
         }
         Op::Unlink { path: p } => {
             let path = path(p);
-            let want = model.lookup(&path).and_then(|k| if k == Kind::Dir { Err(libc::EISDIR) } else { Ok(()) });
+            let want = model
+                .lookup(&path)
+                .and_then(|k| if k == Kind::Dir { Err(libc::EISDIR) } else { Ok(()) });
             let got = match core.parent(&path).await {
                 Ok((parent, name)) => core.fs.unlink(parent, &name).await,
                 Err(e) => Err(e),
@@ -399,9 +469,18 @@ async fn step(core: &Core, model: &mut Model, op: &Op) {
             }
             (want, got, format!("rename {from} -> {to}"))
         }
-        Op::RemotePut { path: p, len, seed, marker } => {
+        Op::RemotePut {
+            path: p,
+            len,
+            seed,
+            marker,
+        } => {
             let key = if *marker { format!("{}/", path(p)) } else { path(p) };
-            let body = if *marker { Vec::new() } else { bytes(usize::from(*len), *seed) };
+            let body = if *marker {
+                Vec::new()
+            } else {
+                bytes(usize::from(*len), *seed)
+            };
             core.remote_put(&key, body.clone()).await;
             model.keys.insert(key, body);
             return;
@@ -413,7 +492,11 @@ async fn step(core: &Core, model: &mut Model, op: &Op) {
             return;
         }
     };
-    assert_eq!(got.map_err(|e| e.0), want, "{what}: errno of the core (left) and the model (right)");
+    assert_eq!(
+        got.map_err(|e| e.0),
+        want,
+        "{what}: errno of the core (left) and the model (right)"
+    );
 }
 
 /// What rename(2) of `from` to `to` gives, and the kind moved.
@@ -466,24 +549,48 @@ async fn check(core: &Core, model: &Model, after: &str) {
             (k, body)
         })
         .collect();
-    assert!(bucket == model.keys, "after {after}: bucket {:?}\n model {:?}", summary(&bucket), summary(&model.keys));
+    assert!(
+        bucket == model.keys,
+        "after {after}: bucket {:?}\n model {:?}",
+        summary(&bucket),
+        summary(&model.keys)
+    );
     let mut paths = universe();
     paths.extend(model.paths());
     paths.push(String::new());
     for path in paths {
         let got = core.walk(&path).await;
-        assert_eq!(got.map(|g| g.1).map_err(|e| e.0), model.lookup(&path), "after {after}: lookup {path:?}");
+        assert_eq!(
+            got.map(|g| g.1).map_err(|e| e.0),
+            model.lookup(&path),
+            "after {after}: lookup {path:?}"
+        );
         let Ok((ino, kind)) = got else { continue };
         if kind == Kind::Dir {
-            let entries = core.readdir(ino).await.unwrap_or_else(|e| panic!("after {after}: readdir {path:?}: {e:?}"));
+            let entries = core
+                .readdir(ino)
+                .await
+                .unwrap_or_else(|e| panic!("after {after}: readdir {path:?}: {e:?}"));
             assert_eq!(entries, model.children(&path), "after {after}: entries of {path:?}");
             continue;
         }
-        let attr = core.fs.getattr(ino).await.unwrap_or_else(|e| panic!("after {after}: getattr {path:?}: {e:?}"));
+        let attr = core
+            .fs
+            .getattr(ino)
+            .await
+            .unwrap_or_else(|e| panic!("after {after}: getattr {path:?}: {e:?}"));
         let want = &model.keys[&path];
         assert_eq!(attr.size, want.len() as u64, "after {after}: size of {path:?}");
-        let body = core.read_all(ino).await.unwrap_or_else(|e| panic!("after {after}: read {path:?}: {e:?}"));
-        assert!(&body == want, "after {after}: {path:?} holds {} bytes, the model {}", body.len(), want.len());
+        let body = core
+            .read_all(ino)
+            .await
+            .unwrap_or_else(|e| panic!("after {after}: read {path:?}: {e:?}"));
+        assert!(
+            &body == want,
+            "after {after}: {path:?} holds {} bytes, the model {}",
+            body.len(),
+            want.len()
+        );
     }
 }
 
@@ -492,7 +599,10 @@ fn summary(keys: &BTreeMap<String, Vec<u8>>) -> Vec<(String, usize)> {
 }
 
 fn run(ops: &[Op]) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(async {
         let core = Core::new();
         let mut model = Model::default();
@@ -519,11 +629,31 @@ fn fixed_sequences() {
     // universe(): a a/a a/b a/c b b/a b/b b/c c c/a c/b c/c (sorted with model paths).
     run(&[
         Op::Mkdir { path: p(0) },
-        Op::Write { path: p(1), offset: 0, len: 9000, seed: 1, truncate: false },
-        Op::RemotePut { path: p(0), len: 10, seed: 2, marker: false },
+        Op::Write {
+            path: p(1),
+            offset: 0,
+            len: 9000,
+            seed: 1,
+            truncate: false,
+        },
+        Op::RemotePut {
+            path: p(0),
+            len: 10,
+            seed: 2,
+            marker: false,
+        },
         Op::Rename { from: p(0), to: p(4) },
-        Op::Write { path: p(4), offset: 5000, len: 100, seed: 3, truncate: false },
-        Op::RemoteDelete { path: p(4), marker: true },
+        Op::Write {
+            path: p(4),
+            offset: 5000,
+            len: 100,
+            seed: 3,
+            truncate: false,
+        },
+        Op::RemoteDelete {
+            path: p(4),
+            marker: true,
+        },
         Op::Unlink { path: p(0) },
     ]);
 }
@@ -532,12 +662,18 @@ fn fixed_sequences() {
 /// another client replaces the object with `theirs`, then closes. Returns what close()
 /// gave and what the bucket holds.
 fn write_while_replaced(base: &[u8], offset: u64, local: &[u8], theirs: &[u8]) -> (Result<(), Errno>, Vec<u8>) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(async {
         let core = Core::new();
         core.remote_put("f", base.to_vec()).await;
         let (ino, _) = core.walk("f").await.expect("f exists");
-        let mode = OpenMode { write: true, ..OpenMode::default() };
+        let mode = OpenMode {
+            write: true,
+            ..OpenMode::default()
+        };
         let fh = core.fs.open(ino, mode).await.expect("open").fh;
         core.fs.write(fh, offset, local).await.expect("write");
         core.remote_put("f", theirs.to_vec()).await;
@@ -581,12 +717,19 @@ fn an_upload_never_mixes_a_remotely_replaced_base_with_local_changes() {
 /// running from that file dies of SIGSEGV (pjdfstest open::etxtbsy shows it).
 #[test]
 fn o_trunc_truncates_whatever_the_access_mode() {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(async {
         let core = Core::new();
         core.remote_put("f", bytes(100, 1)).await;
         let (ino, _) = core.walk("f").await.expect("f exists");
-        let mode = OpenMode { write: false, truncate: true, append: false };
+        let mode = OpenMode {
+            write: false,
+            truncate: true,
+            append: false,
+        };
         let fh = core.fs.open(ino, mode).await.expect("open O_RDONLY|O_TRUNC").fh;
         let size = core.fs.getattr(ino).await.expect("getattr").size;
         let read = core.fs.read(fh, 0, 1000).await.expect("read");
@@ -594,6 +737,10 @@ fn o_trunc_truncates_whatever_the_access_mode() {
         core.fs.release(fh).await;
         assert_eq!((size, read.len()), (0, 0), "size and bytes seen after O_TRUNC");
         assert_eq!(closed, Ok(()));
-        assert_eq!(core.store.contents("f").map(|b| b.len()), Some(0), "the bucket holds the truncated file");
+        assert_eq!(
+            core.store.contents("f").map(|b| b.len()),
+            Some(0),
+            "the bucket holds the truncated file"
+        );
     });
 }

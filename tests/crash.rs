@@ -9,11 +9,22 @@ use std::time::Duration;
 
 /// Writes `data` to `name` in a thread whose close() blocks on a slow server, kills the
 /// daemon while the upload is in flight, and returns the cache directory.
-fn kill_during_close(s: &s3vol::server::RunningServer, cache: &std::path::Path, name: &str, data: Vec<u8>, extra: &[&str]) {
+fn kill_during_close(
+    s: &s3vol::server::RunningServer,
+    cache: &std::path::Path,
+    name: &str,
+    data: Vec<u8>,
+    extra: &[&str],
+) {
     let mut args = vec!["--cache-dir", cache.to_str().unwrap()];
     args.extend(extra);
     let m = Mount::new(s, &args);
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(m.join(name)).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.join(name))
+        .unwrap();
     f.write_all(&data).unwrap();
     // close() uploads through a slow server; the daemon dies first.
     s.quirks().set_latency(Duration::from_secs(3));
@@ -31,14 +42,25 @@ fn data_written_before_a_crash_reaches_the_bucket_at_the_next_mount() {
     let cache = tempfile::tempdir().unwrap();
     let data = pattern(3 << 20, 21);
     kill_during_close(&s, cache.path(), "survivor.bin", data.clone(), &[]);
-    assert_eq!(object(&s, "survivor.bin"), None, "the upload did not finish before the kill");
+    assert_eq!(
+        object(&s, "survivor.bin"),
+        None,
+        "the upload did not finish before the kill"
+    );
     let m = Mount::new(&s, &["--cache-dir", cache.path().to_str().unwrap()]);
-    assert!(object(&s, "survivor.bin").as_deref() == Some(&data[..]), "recovered before serving");
+    assert!(
+        object(&s, "survivor.bin").as_deref() == Some(&data[..]),
+        "recovered before serving"
+    );
     assert!(std::fs::read(m.join("survivor.bin")).unwrap() == data);
     let log = m.unmount();
     assert!(log.contains("recovered \"survivor.bin\""), "{log}");
     let journal = cache.path().join("journal");
-    assert_eq!(std::fs::read_dir(&journal).map(|d| d.count()).unwrap_or(0), 0, "journal emptied");
+    assert_eq!(
+        std::fs::read_dir(&journal).map(|d| d.count()).unwrap_or(0),
+        0,
+        "journal emptied"
+    );
 }
 
 #[test]
@@ -49,9 +71,15 @@ fn a_base_changed_remotely_meanwhile_gives_a_conflict_copy() {
     kill_during_close(&s, cache.path(), "shared.txt", b"mine, written locally".to_vec(), &[]);
     put(&s, "shared.txt", "theirs, written by another pod");
     let m = Mount::new(&s, &["--cache-dir", cache.path().to_str().unwrap()]);
-    assert_eq!(object(&s, "shared.txt").as_deref(), Some(&b"theirs, written by another pod"[..]));
+    assert_eq!(
+        object(&s, "shared.txt").as_deref(),
+        Some(&b"theirs, written by another pod"[..])
+    );
     let keys = s.backend().keys(BUCKET);
-    let conflict = keys.iter().find(|k| k.starts_with("shared.txt.s3vol-conflict-")).expect("a conflict copy");
+    let conflict = keys
+        .iter()
+        .find(|k| k.starts_with("shared.txt.s3vol-conflict-"))
+        .expect("a conflict copy");
     assert_eq!(object(&s, conflict).as_deref(), Some(&b"mine, written locally"[..]));
     drop(m);
 }
@@ -62,9 +90,18 @@ fn a_stale_multipart_upload_is_aborted_and_the_file_uploaded() {
     let cache = tempfile::tempdir().unwrap();
     let data = pattern(12 << 20, 5);
     kill_during_close(&s, cache.path(), "big.bin", data.clone(), &["--part-size", "5MiB"]);
-    assert!(!s.backend().pending_uploads(BUCKET).is_empty(), "a multipart upload was in flight");
-    let m = Mount::new(&s, &["--cache-dir", cache.path().to_str().unwrap(), "--part-size", "5MiB"]);
-    assert!(s.backend().pending_uploads(BUCKET).is_empty(), "stale uploads are aborted");
+    assert!(
+        !s.backend().pending_uploads(BUCKET).is_empty(),
+        "a multipart upload was in flight"
+    );
+    let m = Mount::new(
+        &s,
+        &["--cache-dir", cache.path().to_str().unwrap(), "--part-size", "5MiB"],
+    );
+    assert!(
+        s.backend().pending_uploads(BUCKET).is_empty(),
+        "stale uploads are aborted"
+    );
     assert!(object(&s, "big.bin").as_deref() == Some(&data[..]));
     drop(m);
 }

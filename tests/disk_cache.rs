@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 fn block_files(cache: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    let Ok(subdirs) = std::fs::read_dir(cache.join("blocks")) else { return out };
+    let Ok(subdirs) = std::fs::read_dir(cache.join("blocks")) else {
+        return out;
+    };
     for sub in subdirs.flatten() {
         out.extend(std::fs::read_dir(sub.path()).unwrap().flatten().map(|e| e.path()));
     }
@@ -20,7 +22,11 @@ fn block_files(cache: &Path) -> Vec<std::path::PathBuf> {
 fn wait_for_blocks(cache: &Path, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while block_files(cache).len() < n {
-        assert!(Instant::now() < deadline, "{} of {n} blocks written", block_files(cache).len());
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} blocks written",
+            block_files(cache).len()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -74,7 +80,10 @@ fn a_corrupt_block_is_dropped_and_refetched() {
         std::fs::write(&file, raw).unwrap();
     }
     let m = mount(&s, cache.path(), &[]);
-    assert!(std::fs::read(m.join("f")).unwrap() == data, "corrupt blocks are never served");
+    assert!(
+        std::fs::read(m.join("f")).unwrap() == data,
+        "corrupt blocks are never served"
+    );
     assert!(m.unmount().contains("corrupt"));
 }
 
@@ -89,7 +98,10 @@ fn the_cache_stays_within_its_size_under_a_larger_workload() {
     for i in 0..6 {
         assert!(std::fs::read(m.join(&format!("f{i}"))).unwrap() == pattern(3 << 20, i));
         std::thread::sleep(Duration::from_millis(100));
-        let total: u64 = block_files(cache.path()).iter().map(|f| f.metadata().map_or(0, |m| m.len())).sum();
+        let total: u64 = block_files(cache.path())
+            .iter()
+            .map(|f| f.metadata().map_or(0, |m| m.len()))
+            .sum();
         assert!(total <= 5 << 20, "{total} bytes on disk after file {i}");
     }
     drop(m);

@@ -45,7 +45,11 @@ fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static)
 fn close(file: File) -> io::Result<()> {
     let fd = file.into_raw_fd();
     // SAFETY: `fd` came from `file`, which gave up ownership; it is closed exactly once.
-    if unsafe { libc::close(fd) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn read(path: PathBuf) -> io::Result<Vec<u8>> {
@@ -85,7 +89,12 @@ fn assert_eio<T: std::fmt::Debug>(result: io::Result<T>, what: &str) {
 #[track_caller]
 fn assert_bytes(got: io::Result<Vec<u8>>, want: &[u8], what: &str) {
     let got = got.unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(got == want, "{what}: {} bytes differ from the {} expected", got.len(), want.len());
+    assert!(
+        got == want,
+        "{what}: {} bytes differ from the {} expected",
+        got.len(),
+        want.len()
+    );
 }
 
 /// Metadata is not cached (TTL 0), so every lookup asks the server: these tests are about
@@ -98,12 +107,14 @@ fn mount(s: &RunningServer, extra: &[&str]) -> Mount {
 }
 
 fn inject(s: &RunningServer, count: u32, failure: InjectedFailure, operation: &str) {
-    s.quirks().inject_errors(count, failure, RequestFilter::Operation(operation.into()));
+    s.quirks()
+        .inject_errors(count, failure, RequestFilter::Operation(operation.into()));
 }
 
 /// Disarms any pending injected failure.
 fn stop_injecting(s: &RunningServer) {
-    s.quirks().inject_errors(0, InjectedFailure::BadGateway, RequestFilter::Any);
+    s.quirks()
+        .inject_errors(0, InjectedFailure::BadGateway, RequestFilter::Any);
 }
 
 #[test]
@@ -116,12 +127,19 @@ fn reads_writes_and_lookups_survive_errors_within_the_retry_budget() {
     for (i, failure) in FAILURES.into_iter().enumerate() {
         // Two failures, then success: the third and last attempt gets through.
         inject(&s, 2, failure, "GetObject");
-        assert_bytes(read(m.join(&format!("r{i}"))), &pattern(2 << 20, i as u32), &format!("read under {failure:?}"));
+        assert_bytes(
+            read(m.join(&format!("r{i}"))),
+            &pattern(2 << 20, i as u32),
+            &format!("read under {failure:?}"),
+        );
 
         inject(&s, 2, failure, "PutObject");
         let data = pattern(100_000, 10 + i as u32);
         write(m.join(&format!("w{i}")), data.clone()).unwrap_or_else(|e| panic!("write under {failure:?}: {e}"));
-        assert!(object(&s, &format!("w{i}")) == Some(data), "w{i} uploaded under {failure:?}");
+        assert!(
+            object(&s, &format!("w{i}")) == Some(data),
+            "w{i} uploaded under {failure:?}"
+        );
 
         // A name created by another client after the mount: LIST and HEAD fail first.
         put(&s, &format!("late{i}"), "late");
@@ -140,9 +158,15 @@ fn multipart_uploads_survive_errors_on_every_step() {
         inject(&s, 2, failure, step);
         let data = pattern((5 << 20) + 1234, 20 + i as u32);
         write(m.join(&format!("big{i}")), data.clone()).unwrap_or_else(|e| panic!("{step} under {failure:?}: {e}"));
-        assert!(object(&s, &format!("big{i}")) == Some(data), "big{i}: {step} under {failure:?}");
+        assert!(
+            object(&s, &format!("big{i}")) == Some(data),
+            "big{i}: {step} under {failure:?}"
+        );
     }
-    assert!(s.backend().pending_uploads(BUCKET).is_empty(), "no multipart upload left behind");
+    assert!(
+        s.backend().pending_uploads(BUCKET).is_empty(),
+        "no multipart upload left behind"
+    );
 }
 
 #[test]
@@ -160,7 +184,10 @@ fn a_spent_retry_budget_is_eio_and_nothing_is_lost() {
     s.stats().reset();
     inject(&s, u32::MAX, InjectedFailure::SlowDown, "PutObject");
     let written = pattern(200_000, 2);
-    assert_eio(write(m.join("w"), written.clone()), "close while every PUT is throttled");
+    assert_eio(
+        write(m.join("w"), written.clone()),
+        "close while every PUT is throttled",
+    );
     assert_eq!(s.stats().count("PutObject"), 3, "--retries 3: three attempts, no more");
     assert_bytes(read(m.join("w")), &written, "the data stays readable in the mount");
     stop_injecting(&s);
@@ -244,7 +271,10 @@ fn a_lost_server_fails_calls_in_bounded_time_and_the_mount_recovers() {
     let mut open = File::create(m.join("during")).expect("create while the server is up");
 
     drop(s); // Connections are refused from now on.
-    assert_eio(stat(m.join("never-seen")), "lookup without a server (not ENOENT: nothing is known)");
+    assert_eio(
+        stat(m.join("never-seen")),
+        "lookup without a server (not ENOENT: nothing is known)",
+    );
     // Creating needs a lookup, which fails: the caller knows at once.
     assert_eio(write(m.join("new"), b"x".to_vec()), "create without a server");
     let during = pattern(300_000, 9);
@@ -253,10 +283,18 @@ fn a_lost_server_fails_calls_in_bounded_time_and_the_mount_recovers() {
         move || open.write_all(&during).and_then(|()| close(open))
     });
     assert_eio(closed, "close without a server");
-    assert_bytes(read(m.join("during")), &during, "data written without a server stays readable");
+    assert_bytes(
+        read(m.join("during")),
+        &during,
+        "data written without a server stays readable",
+    );
 
     // The server comes back on the same address with the same data and credentials.
-    let s = start_blocking(ServerConfig { addr, min_part_size: 0, ..ServerConfig::default() });
+    let s = start_blocking(ServerConfig {
+        addr,
+        min_part_size: 0,
+        ..ServerConfig::default()
+    });
     s.backend().create_bucket(BUCKET);
     put(&s, "kept", kept.clone());
     put(&s, "before", "before");
@@ -267,7 +305,10 @@ fn a_lost_server_fails_calls_in_bounded_time_and_the_mount_recovers() {
     fsync(m.join("during")).expect("the kept data uploads once the server is back");
     write(m.join("after"), b"after".to_vec()).expect("write after the server came back");
     let log = m.unmount();
-    assert!(object(&s, "during") == Some(during), "written while the server was away:\n{log}");
+    assert!(
+        object(&s, "during") == Some(during),
+        "written while the server was away:\n{log}"
+    );
     assert_eq!(object(&s, "after").as_deref(), Some(&b"after"[..]));
     assert!(!log.contains("panicked"), "{log}");
 }

@@ -43,7 +43,9 @@ impl Resources {
         let mut files = Vec::new();
         let mut sockets = 0;
         for entry in fs::read_dir(format!("/proc/{pid}/fd")).expect("daemon alive").flatten() {
-            let target = fs::read_link(entry.path()).map(|t| t.display().to_string()).unwrap_or_default();
+            let target = fs::read_link(entry.path())
+                .map(|t| t.display().to_string())
+                .unwrap_or_default();
             if target.starts_with("socket:") {
                 sockets += 1;
             } else {
@@ -54,16 +56,29 @@ impl Resources {
         let threads = fs::read_dir(format!("/proc/{pid}/task"))
             .expect("daemon alive")
             .flatten()
-            .map(|t| fs::read_to_string(t.path().join("comm")).unwrap_or_default().trim().to_string())
+            .map(|t| {
+                fs::read_to_string(t.path().join("comm"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            })
             .collect();
-        Resources { files, sockets, threads }
+        Resources {
+            files,
+            sockets,
+            threads,
+        }
     }
 }
 
 fn peak_rss_mib(pid: u32) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon alive");
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
-    let kib: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("a number");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("a number");
     kib / 1024
 }
 
@@ -96,7 +111,8 @@ fn reader(root: PathBuf, shared: Arc<BTreeMap<String, Vec<u8>>>, seed: u64, unti
                 let len = rng.usize(1..=MIB);
                 let at = rng.usize(..want.len() - len);
                 let mut buf = vec![0; len];
-                f.read_exact_at(&mut buf, at as u64).unwrap_or_else(|e| panic!("pread {name} at {at}: {e}"));
+                f.read_exact_at(&mut buf, at as u64)
+                    .unwrap_or_else(|e| panic!("pread {name} at {at}: {e}"));
                 assert!(buf == want[at..at + len], "{name}: {len} bytes at {at} differ");
             }
         }
@@ -120,7 +136,11 @@ impl Writer {
     }
 
     fn random_size(&mut self) -> usize {
-        if self.rng.u8(..6) == 0 { self.rng.usize(8 * MIB..=32 * MIB) } else { self.rng.usize(1024..=64 * 1024) }
+        if self.rng.u8(..6) == 0 {
+            self.rng.usize(8 * MIB..=32 * MIB)
+        } else {
+            self.rng.usize(1024..=64 * 1024)
+        }
     }
 
     fn pick(&mut self) -> Option<String> {
@@ -132,12 +152,21 @@ impl Writer {
     fn verify(&self, name: &str) {
         let got = fs::read(self.path(name)).unwrap_or_else(|e| panic!("read back {name}: {e}"));
         let want = &self.files[name];
-        assert!(&got == want, "{name}: {} bytes read back, {} expected, content differs", got.len(), want.len());
+        assert!(
+            &got == want,
+            "{name}: {} bytes read back, {} expected, content differs",
+            got.len(),
+            want.len()
+        );
     }
 
     fn step(&mut self) {
         let name = self.pick();
-        let action = if self.files.len() >= FILES_PER_WRITER { self.rng.u8(1..6) } else { self.rng.u8(..6) };
+        let action = if self.files.len() >= FILES_PER_WRITER {
+            self.rng.u8(1..6)
+        } else {
+            self.rng.u8(..6)
+        };
         match (action, name) {
             (0, _) | (_, None) => self.create(),
             (1, Some(n)) => self.overwrite(&n),
@@ -170,8 +199,12 @@ impl Writer {
         let size = self.files[name].len();
         let at = self.rng.usize(..=size);
         let patch = pattern(self.rng.usize(1..=256 * 1024), self.rng.u32(..));
-        let f = OpenOptions::new().write(true).open(self.path(name)).unwrap_or_else(|e| panic!("open {name}: {e}"));
-        f.write_all_at(&patch, at as u64).unwrap_or_else(|e| panic!("pwrite {name}: {e}"));
+        let f = OpenOptions::new()
+            .write(true)
+            .open(self.path(name))
+            .unwrap_or_else(|e| panic!("open {name}: {e}"));
+        f.write_all_at(&patch, at as u64)
+            .unwrap_or_else(|e| panic!("pwrite {name}: {e}"));
         f.sync_all().unwrap_or_else(|e| panic!("fsync {name}: {e}"));
         drop(f);
         let data = self.files.get_mut(name).expect("known");
@@ -184,7 +217,10 @@ impl Writer {
 
     fn append(&mut self, name: &str) {
         let tail = pattern(self.rng.usize(1..=128 * 1024), self.rng.u32(..));
-        let mut f = OpenOptions::new().append(true).open(self.path(name)).unwrap_or_else(|e| panic!("open {name}: {e}"));
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(self.path(name))
+            .unwrap_or_else(|e| panic!("open {name}: {e}"));
         f.write_all(&tail).unwrap_or_else(|e| panic!("append {name}: {e}"));
         f.sync_all().unwrap_or_else(|e| panic!("fsync {name}: {e}"));
         drop(f);
@@ -194,8 +230,12 @@ impl Writer {
 
     fn truncate(&mut self, name: &str) {
         let size = self.rng.usize(..=self.files[name].len() + 4096);
-        let f = OpenOptions::new().write(true).open(self.path(name)).unwrap_or_else(|e| panic!("open {name}: {e}"));
-        f.set_len(size as u64).unwrap_or_else(|e| panic!("truncate {name}: {e}"));
+        let f = OpenOptions::new()
+            .write(true)
+            .open(self.path(name))
+            .unwrap_or_else(|e| panic!("open {name}: {e}"));
+        f.set_len(size as u64)
+            .unwrap_or_else(|e| panic!("truncate {name}: {e}"));
         f.sync_all().unwrap_or_else(|e| panic!("fsync {name}: {e}"));
         drop(f);
         self.files.get_mut(name).expect("known").resize(size, 0);
@@ -219,7 +259,13 @@ fn writer_dir(id: usize) -> String {
 fn writer(root: PathBuf, id: usize, until: Instant) -> BTreeMap<String, Vec<u8>> {
     let dir = writer_dir(id);
     fs::create_dir(root.join(&dir)).unwrap_or_else(|e| panic!("mkdir {dir}: {e}"));
-    let mut w = Writer { root, dir, rng: fastrand::Rng::with_seed(id as u64), files: BTreeMap::new(), next: 0 };
+    let mut w = Writer {
+        root,
+        dir,
+        rng: fastrand::Rng::with_seed(id as u64),
+        files: BTreeMap::new(),
+        next: 0,
+    };
     while Instant::now() < until {
         w.step();
     }
@@ -249,7 +295,12 @@ fn check_tree(root: &Path, expected: &BTreeMap<String, Vec<u8>>) {
     assert_eq!(got, want, "the mount's tree after the load");
     for (name, data) in expected {
         let got = fs::read(root.join(name)).unwrap_or_else(|e| panic!("final read of {name}: {e}"));
-        assert!(&got == data, "{name}: final content differs in the mount ({} bytes, {} expected)", got.len(), data.len());
+        assert!(
+            &got == data,
+            "{name}: final content differs in the mount ({} bytes, {} expected)",
+            got.len(),
+            data.len()
+        );
     }
 }
 
@@ -262,7 +313,12 @@ fn thirty_two_threads_of_readers_and_writers_lose_nothing_and_leak_nothing() {
     }
     let m = Mount::new(
         &s,
-        &["--memory-limit", &format!("{LIMIT_MIB}MiB"), "--max-requests", &MAX_REQUESTS.to_string()],
+        &[
+            "--memory-limit",
+            &format!("{LIMIT_MIB}MiB"),
+            "--max-requests",
+            &MAX_REQUESTS.to_string(),
+        ],
     );
     let pid = m.pid();
     // Warm up (one read, one write) so lazily started threads count in the baseline.
@@ -326,7 +382,10 @@ fn thirty_two_threads_of_readers_and_writers_lose_nothing_and_leak_nothing() {
     assert!(!log.contains("panicked"), "{log}");
     let mut keys: BTreeSet<String> = s.backend().keys(BUCKET).into_iter().collect();
     for (key, data) in &expected {
-        assert!(object(&s, key).as_ref() == Some(data), "{key}: the bucket holds other bytes");
+        assert!(
+            object(&s, key).as_ref() == Some(data),
+            "{key}: the bucket holds other bytes"
+        );
         keys.remove(key);
     }
     keys.retain(|k| !(k.starts_with('w') && k.ends_with('/')));
@@ -358,7 +417,11 @@ fn peak_rss_of_concurrent_uploads(threads: usize, size: usize, extra: &[&str]) -
     }
     let peak = peak_rss_mib(m.pid());
     for i in 0..threads {
-        assert_eq!(object(&s, &format!("f{i}")).map(|o| o.len()), Some(size), "f{i} uploaded");
+        assert_eq!(
+            object(&s, &format!("f{i}")).map(|o| o.len()),
+            Some(size),
+            "f{i} uploaded"
+        );
     }
     peak
 }

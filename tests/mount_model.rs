@@ -31,13 +31,33 @@ const DIRS: &[&str] = &["d1", "d2", "d1/d3"];
 
 #[derive(Debug)]
 enum Op {
-    Write { path: &'static str, offset: u64, len: usize, byte: u8 },
-    Append { path: &'static str, len: usize },
-    Truncate { path: &'static str, size: u64 },
-    Rename { from: &'static str, to: &'static str },
-    Unlink { path: &'static str },
-    Mkdir { path: &'static str },
-    Rmdir { path: &'static str },
+    Write {
+        path: &'static str,
+        offset: u64,
+        len: usize,
+        byte: u8,
+    },
+    Append {
+        path: &'static str,
+        len: usize,
+    },
+    Truncate {
+        path: &'static str,
+        size: u64,
+    },
+    Rename {
+        from: &'static str,
+        to: &'static str,
+    },
+    Unlink {
+        path: &'static str,
+    },
+    Mkdir {
+        path: &'static str,
+    },
+    Rmdir {
+        path: &'static str,
+    },
 }
 
 fn random_op(rng: &mut Rng) -> Op {
@@ -48,11 +68,20 @@ fn random_op(rng: &mut Rng) -> Op {
             len: (rng.next() % 5000) as usize + 1,
             byte: rng.next() as u8,
         },
-        3 => Op::Append { path: rng.pick(PATHS), len: (rng.next() % 700) as usize + 1 },
-        4 => Op::Truncate { path: rng.pick(PATHS), size: rng.next() % 6000 },
+        3 => Op::Append {
+            path: rng.pick(PATHS),
+            len: (rng.next() % 700) as usize + 1,
+        },
+        4 => Op::Truncate {
+            path: rng.pick(PATHS),
+            size: rng.next() % 6000,
+        },
         5 => {
             let all: Vec<&'static str> = PATHS.iter().chain(DIRS).copied().collect();
-            Op::Rename { from: rng.pick(&all), to: rng.pick(&all) }
+            Op::Rename {
+                from: rng.pick(&all),
+                to: rng.pick(&all),
+            }
         }
         6 => Op::Unlink { path: rng.pick(PATHS) },
         7 => Op::Mkdir { path: rng.pick(DIRS) },
@@ -63,7 +92,12 @@ fn random_op(rng: &mut Rng) -> Op {
 fn apply(root: &Path, op: &Op) -> Result<(), i32> {
     let p = |rel: &str| root.join(rel);
     let r: std::io::Result<()> = match op {
-        Op::Write { path, offset, len, byte } => OpenOptions::new()
+        Op::Write {
+            path,
+            offset,
+            len,
+            byte,
+        } => OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
@@ -74,7 +108,10 @@ fn apply(root: &Path, op: &Op) -> Result<(), i32> {
             .create(true)
             .open(p(path))
             .and_then(|mut f| f.write_all(&vec![b'+'; *len])),
-        Op::Truncate { path, size } => OpenOptions::new().write(true).open(p(path)).and_then(|f| f.set_len(*size)),
+        Op::Truncate { path, size } => OpenOptions::new()
+            .write(true)
+            .open(p(path))
+            .and_then(|f| f.set_len(*size)),
         Op::Rename { from, to } => fs::rename(p(from), p(to)),
         Op::Unlink { path } => fs::remove_file(p(path)),
         Op::Mkdir { path } => fs::create_dir(p(path)),
@@ -104,12 +141,20 @@ fn run(seed: u64, steps: usize) {
         let want = apply(local.path(), &op);
         let got = apply(&m.path, &op);
         assert_eq!(got, want, "seed {seed} step {step}: {op:?}");
-        assert_eq!(snapshot(&m.path), snapshot(local.path()), "seed {seed} step {step} after {op:?}");
+        assert_eq!(
+            snapshot(&m.path),
+            snapshot(local.path()),
+            "seed {seed} step {step} after {op:?}"
+        );
         if step % 40 == 39 {
             m.unmount();
             m = Mount::new(&s, &[]);
             // Empty directories persist as markers; everything else as objects.
-            assert_eq!(snapshot(&m.path), snapshot(local.path()), "seed {seed} after remount at step {step}");
+            assert_eq!(
+                snapshot(&m.path),
+                snapshot(local.path()),
+                "seed {seed} after remount at step {step}"
+            );
         }
     }
 }

@@ -17,7 +17,9 @@ fn hf_mount(extra: &[&str]) -> (s3vol::server::RunningServer, Mount) {
     let s = start_blocking(ServerConfig::default());
     s.backend().create_bucket("ns");
     s.quirks().emulate_hugging_face();
-    s.backend().put_object("ns", "model.bin", pattern(5 << 20, 9), &[]).unwrap();
+    s.backend()
+        .put_object("ns", "model.bin", pattern(5 << 20, 9), &[])
+        .unwrap();
     s.backend().put_object("ns", "cfg/config.json", "{}", &[]).unwrap();
     let m = Mount::source(&s, "hf://org/ns", &s.endpoint.clone(), extra);
     (s, m)
@@ -45,10 +47,16 @@ fn hugging_face_directories_live_in_the_mount_until_a_file_is_written() {
     let (s, m) = hf_mount(&[]);
     fs::create_dir(m.join("empty")).unwrap();
     assert!(m.join("empty").is_dir());
-    assert!(s.backend().keys("ns").iter().all(|k| !k.ends_with('/')), "no marker objects on HF");
+    assert!(
+        s.backend().keys("ns").iter().all(|k| !k.ends_with('/')),
+        "no marker objects on HF"
+    );
     fs::create_dir(m.join("later")).unwrap();
     fs::write(m.join("later/file"), "x").unwrap();
-    assert_eq!(s.backend().get_object("ns", "later/file").map(|o| o.body.to_vec()), Some(b"x".to_vec()));
+    assert_eq!(
+        s.backend().get_object("ns", "later/file").map(|o| o.body.to_vec()),
+        Some(b"x".to_vec())
+    );
     fs::remove_dir(m.join("empty")).unwrap();
     assert!(!m.join("empty").exists());
 }
@@ -64,7 +72,10 @@ fn hugging_face_forbidden_names_are_einval() {
 }
 
 fn runpod(extra: &[&str]) -> (s3vol::server::RunningServer, Mount) {
-    let s = start_blocking(ServerConfig { min_part_size: 0, ..ServerConfig::default() });
+    let s = start_blocking(ServerConfig {
+        min_part_size: 0,
+        ..ServerConfig::default()
+    });
     s.backend().create_bucket("vol");
     s.quirks().emulate_runpod();
     let m = Mount::source(&s, "runpod://EU-RO-1/vol", &s.endpoint.clone(), extra);
@@ -76,12 +87,19 @@ fn runpod_hides_its_upload_folder_and_survives_repeated_tokens() {
     let s = start_blocking(ServerConfig::default());
     s.backend().create_bucket("vol");
     s.quirks().emulate_runpod();
-    s.backend().put_object("vol", ".s3compat_uploads/abc/part1", "x", &[]).unwrap();
+    s.backend()
+        .put_object("vol", ".s3compat_uploads/abc/part1", "x", &[])
+        .unwrap();
     for i in 0..2200 {
-        s.backend().put_object("vol", &format!("data/f{i:04}"), "d", &[]).unwrap();
+        s.backend()
+            .put_object("vol", &format!("data/f{i:04}"), "d", &[])
+            .unwrap();
     }
     let m = Mount::source(&s, "runpod://EU-RO-1/vol", &s.endpoint.clone(), &[]);
-    let root: Vec<String> = fs::read_dir(&m.path).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let root: Vec<String> = fs::read_dir(&m.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     assert_eq!(root, ["data"]);
     assert!(!m.join(".s3compat_uploads").exists());
     let names = fs::read_dir(m.join("data")).unwrap().count();
@@ -97,7 +115,12 @@ fn runpod_large_files_use_multipart_below_the_put_cap() {
     f.write_all(&data).unwrap();
     drop(f);
     assert!(object_in(&s, "vol", "ckpt.bin") == data);
-    assert_eq!(s.stats().count("PutObject"), 0, "over the cap: multipart only {:?}", s.stats().snapshot());
+    assert_eq!(
+        s.stats().count("PutObject"),
+        0,
+        "over the cap: multipart only {:?}",
+        s.stats().snapshot()
+    );
     // Partial update without UploadPartCopy: unchanged ranges are fetched and re-sent.
     let f = fs::OpenOptions::new().write(true).open(m.join("ckpt.bin")).unwrap();
     f.write_all_at(b"x", 10).unwrap();
@@ -116,7 +139,10 @@ fn runpod_large_files_use_multipart_below_the_put_cap() {
 }
 
 fn object_in(s: &s3vol::server::RunningServer, bucket: &str, key: &str) -> Vec<u8> {
-    s.backend().get_object(bucket, key).map(|o| o.body.to_vec()).unwrap_or_default()
+    s.backend()
+        .get_object(bucket, key)
+        .map(|o| o.body.to_vec())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -124,14 +150,22 @@ fn transient_errors_are_retried_through_the_mount() {
     let s = server();
     put(&s, "f", pattern(2 << 20, 4));
     let m = Mount::new(&s, &[]);
-    s.quirks().inject_errors(2, s3vol::server::InjectedFailure::BadGateway, s3vol::server::RequestFilter::Any);
+    s.quirks().inject_errors(
+        2,
+        s3vol::server::InjectedFailure::BadGateway,
+        s3vol::server::RequestFilter::Any,
+    );
     assert!(fs::read(m.join("f")).unwrap() == pattern(2 << 20, 4));
     s.quirks().reset_mid_body(1, 100_000);
     let f = fs::File::open(m.join("f")).unwrap();
     let mut buf = vec![0u8; 1 << 20];
     f.read_exact_at(&mut buf, 1 << 20).unwrap();
     assert!(buf == pattern(2 << 20, 4)[1 << 20..]);
-    s.quirks().inject_errors(2, s3vol::server::InjectedFailure::SlowDown, s3vol::server::RequestFilter::Any);
+    s.quirks().inject_errors(
+        2,
+        s3vol::server::InjectedFailure::SlowDown,
+        s3vol::server::RequestFilter::Any,
+    );
     fs::write(m.join("g"), "after throttling").unwrap();
     assert_eq!(object(&s, "g").as_deref(), Some(&b"after throttling"[..]));
 }

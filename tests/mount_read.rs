@@ -46,7 +46,10 @@ fn reads_a_64_mib_object_byte_for_byte() {
         let n = file.read_at(&mut buf, offset).unwrap();
         let end = (offset as usize + len).min(data.len());
         assert_eq!(n, end - offset as usize);
-        assert!(buf[..n] == data[offset as usize..end], "random read at {offset} differs");
+        assert!(
+            buf[..n] == data[offset as usize..end],
+            "random read at {offset} differs"
+        );
     }
 
     // Concurrent readers, each over its own region and the whole file.
@@ -59,7 +62,10 @@ fn reads_a_64_mib_object_byte_for_byte() {
                 f.seek(SeekFrom::Start(start)).unwrap();
                 let mut buf = vec![0u8; 16 << 20];
                 f.read_exact(&mut buf).unwrap();
-                assert!(buf == data[start as usize..start as usize + (16 << 20)], "reader {t} differs");
+                assert!(
+                    buf == data[start as usize..start as usize + (16 << 20)],
+                    "reader {t} differs"
+                );
             });
         }
     });
@@ -68,7 +74,15 @@ fn reads_a_64_mib_object_byte_for_byte() {
 #[test]
 fn names_with_special_characters_work_both_ways() {
     let s = server();
-    let names = ["with space.txt", "hash#tag", "100% done", "a+b=c", "résumé été.txt", "日本語", "emoji 🎉"];
+    let names = [
+        "with space.txt",
+        "hash#tag",
+        "100% done",
+        "a+b=c",
+        "résumé été.txt",
+        "日本語",
+        "emoji 🎉",
+    ];
     for n in names {
         put(&s, &format!("dir/{n}"), n.to_string());
     }
@@ -76,7 +90,10 @@ fn names_with_special_characters_work_both_ways() {
     for n in names {
         assert_eq!(std::fs::read_to_string(m.join(&format!("dir/{n}"))).unwrap(), n);
     }
-    let listed: BTreeSet<String> = std::fs::read_dir(m.join("dir")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let listed: BTreeSet<String> = std::fs::read_dir(m.join("dir"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     assert_eq!(listed, names.iter().map(|n| n.to_string()).collect());
     // And written through the mount, they become the same keys.
     for n in names {
@@ -101,8 +118,17 @@ fn marker_directories_and_a_file_beside_its_directory() {
     // The directory wins over the file of the same name.
     assert!(m.join("a").is_dir());
     assert_eq!(std::fs::read_to_string(m.join("a/b")).unwrap(), "file b");
-    let root: BTreeSet<String> = std::fs::read_dir(&m.path).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert_eq!(root, ["a", "bad", "dot", "empty", "nested"].iter().map(|s| s.to_string()).collect());
+    let root: BTreeSet<String> = std::fs::read_dir(&m.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        root,
+        ["a", "bad", "dot", "empty", "nested"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
     // Unusable names are skipped, never break the listing.
     assert_eq!(std::fs::read_dir(m.join("bad")).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(m.join("dot")).unwrap().count(), 0);
@@ -120,8 +146,13 @@ fn an_object_replaced_remotely_while_open_is_never_mixed() {
     assert!(head == old[..4096]);
     put(&s, "f.bin", pattern(8 << 20, 2));
     let mut tail = vec![0u8; 4096];
-    let err = file.read_exact_at(&mut tail, 6 << 20).expect_err("a read of the replaced object must fail");
-    assert!(matches!(err.raw_os_error(), Some(libc::ESTALE) | Some(libc::EIO)), "{err}");
+    let err = file
+        .read_exact_at(&mut tail, 6 << 20)
+        .expect_err("a read of the replaced object must fail");
+    assert!(
+        matches!(err.raw_os_error(), Some(libc::ESTALE) | Some(libc::EIO)),
+        "{err}"
+    );
     drop(file);
     // A new open sees the new version once the metadata TTL (1 s) has passed.
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -134,7 +165,10 @@ fn missing_files_and_read_only_mounts() {
     let s = server();
     put(&s, "x", "1");
     let m = Mount::new(&s, &["--read-only"]);
-    assert_eq!(std::fs::read(m.join("nope")).unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    assert_eq!(
+        std::fs::read(m.join("nope")).unwrap_err().kind(),
+        std::io::ErrorKind::NotFound
+    );
     let err = std::fs::write(m.join("new"), "x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
     let err = std::fs::OpenOptions::new().write(true).open(m.join("x")).unwrap_err();
@@ -149,7 +183,11 @@ fn ls_l_costs_list_pages_and_no_head() {
     }
     let m = Mount::new(&s, &[]);
     let before = (s.stats().count("ListObjectsV2"), s.stats().count("HeadObject"));
-    let out = std::process::Command::new("ls").arg("-l").arg(m.join("many")).output().unwrap();
+    let out = std::process::Command::new("ls")
+        .arg("-l")
+        .arg(m.join("many"))
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2501);
     let lists = s.stats().count("ListObjectsV2") - before.0;

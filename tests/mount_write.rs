@@ -16,7 +16,12 @@ fn file_lifecycle_reads_its_own_writes_and_uploads_at_close() {
     let s = server();
     let m = Mount::new(&s, &[]);
     let p = m.join("f.txt");
-    let mut f = OpenOptions::new().write(true).read(true).create_new(true).open(&p).unwrap();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create_new(true)
+        .open(&p)
+        .unwrap();
     f.write_all(b"hello world").unwrap();
     // Read-your-writes before any upload.
     let mut buf = [0u8; 5];
@@ -25,7 +30,11 @@ fn file_lifecycle_reads_its_own_writes_and_uploads_at_close() {
     assert_eq!(object(&s, "f.txt"), None, "nothing is uploaded before close");
     f.write_all_at(b"J", 0).unwrap();
     f.sync_all().unwrap();
-    assert_eq!(object(&s, "f.txt").as_deref(), Some(&b"Jello world"[..]), "fsync uploads");
+    assert_eq!(
+        object(&s, "f.txt").as_deref(),
+        Some(&b"Jello world"[..]),
+        "fsync uploads"
+    );
     drop(f);
 
     // O_EXCL on an existing name.
@@ -43,7 +52,11 @@ fn file_lifecycle_reads_its_own_writes_and_uploads_at_close() {
     drop(f);
     fs::File::options().write(true).open(&p).unwrap().set_len(5).unwrap();
     assert_eq!(object(&s, "f.txt").as_deref(), Some(&b"Jello"[..]));
-    std::process::Command::new("truncate").args(["-s", "8"]).arg(&p).status().unwrap();
+    std::process::Command::new("truncate")
+        .args(["-s", "8"])
+        .arg(&p)
+        .status()
+        .unwrap();
     assert_eq!(object(&s, "f.txt").as_deref(), Some(&b"Jello\0\0\0"[..]));
     assert_eq!(fs::metadata(&p).unwrap().len(), 8);
 
@@ -87,16 +100,29 @@ fn chmod_chown_and_utimens_persist_as_s3fs_metadata() {
     fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
     std::os::unix::fs::chown(&p, Some(1234), Some(5678)).unwrap();
     let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
-    fs::File::options().write(true).open(&p).unwrap().set_modified(when).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
     let stored = s.backend().get_object(BUCKET, "meta").unwrap();
-    assert_eq!(stored.metadata.get("mode").map(String::as_str), Some("33152"), "{:?}", stored.metadata);
+    assert_eq!(
+        stored.metadata.get("mode").map(String::as_str),
+        Some("33152"),
+        "{:?}",
+        stored.metadata
+    );
     assert_eq!(stored.metadata.get("uid").map(String::as_str), Some("1234"));
     assert_eq!(stored.metadata.get("gid").map(String::as_str), Some("5678"));
     assert_eq!(stored.metadata.get("mtime").map(String::as_str), Some("1600000000"));
     drop(m);
     let m = Mount::new(&s, &[]);
     let meta = fs::metadata(m.join("meta")).unwrap();
-    assert_eq!((meta.mode() & 0o7777, meta.uid(), meta.gid(), meta.mtime()), (0o600, 1234, 5678, 1_600_000_000));
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid(), meta.gid(), meta.mtime()),
+        (0o600, 1234, 5678, 1_600_000_000)
+    );
 }
 
 #[test]
@@ -109,7 +135,10 @@ fn changing_part_of_a_large_object_copies_the_rest_server_side() {
     f.write_all_at(b"patched", 9 << 20).unwrap();
     drop(f);
     data[9 << 20..(9 << 20) + 7].copy_from_slice(b"patched");
-    assert!(object(&s, "large").unwrap() == data, "content differs after the partial update");
+    assert!(
+        object(&s, "large").unwrap() == data,
+        "content differs after the partial update"
+    );
     assert_eq!(s.stats().count("UploadPartCopy"), 2, "{:?}", s.stats().snapshot());
     assert_eq!(s.stats().count("UploadPart"), 1, "{:?}", s.stats().snapshot());
 }
@@ -126,10 +155,19 @@ fn a_large_sequential_write_streams_parts_before_close() {
     // The multipart upload is created by the write that completes the first part. (Other
     // tests' fork+exec closing inherited descriptors can send FLUSH meanwhile, which
     // uploads what was written so far: exact part counts would be flaky.)
-    assert!(s.stats().count("CreateMultipartUpload") >= 1, "{:?}", s.stats().snapshot());
+    assert!(
+        s.stats().count("CreateMultipartUpload") >= 1,
+        "{:?}",
+        s.stats().snapshot()
+    );
     drop(f);
     assert!(object(&s, "stream").unwrap() == data);
-    assert!(s.stats().count("UploadPart") >= 4, "{:?}\n{}", s.stats().snapshot(), m.log());
+    assert!(
+        s.stats().count("UploadPart") >= 4,
+        "{:?}\n{}",
+        s.stats().snapshot(),
+        m.log()
+    );
     assert!(s.backend().pending_uploads(BUCKET).is_empty());
 }
 
@@ -228,7 +266,10 @@ fn errors_map_to_errno() {
     let m = Mount::new(&s, &[]);
     let long = "x".repeat(256);
     assert_eq!(errno(fs::write(m.join(&long), "x").unwrap_err()), libc::ENAMETOOLONG);
-    assert_eq!(errno(fs::hard_link(m.join("a"), m.join("b")).unwrap_err()), libc::ENOENT);
+    assert_eq!(
+        errno(fs::hard_link(m.join("a"), m.join("b")).unwrap_err()),
+        libc::ENOENT
+    );
     fs::write(m.join("a"), "a").unwrap();
     assert_eq!(errno(fs::hard_link(m.join("a"), m.join("b")).unwrap_err()), libc::EPERM);
 }
@@ -243,10 +284,18 @@ fn a_full_volume_is_enospc_and_loses_nothing() {
     let err = f.sync_all().unwrap_err();
     assert_eq!(errno(err), libc::ENOSPC);
     drop(f);
-    assert_eq!(fs::read(m.join("precious")).unwrap(), b"keep me", "the data stays readable in the mount");
+    assert_eq!(
+        fs::read(m.join("precious")).unwrap(),
+        b"keep me",
+        "the data stays readable in the mount"
+    );
     s.quirks().set_volume_full(false);
     let log = m.unmount();
-    assert_eq!(object(&s, "precious").as_deref(), Some(&b"keep me"[..]), "uploaded at unmount:\n{log}");
+    assert_eq!(
+        object(&s, "precious").as_deref(),
+        Some(&b"keep me"[..]),
+        "uploaded at unmount:\n{log}"
+    );
     assert!(log.contains("no space left"), "{log}");
 }
 
@@ -260,7 +309,10 @@ fn read_only_mount_refuses_every_change() {
     assert_eq!(errno(fs::remove_file(m.join("f")).unwrap_err()), libc::EROFS);
     assert_eq!(errno(fs::rename(m.join("f"), m.join("g")).unwrap_err()), libc::EROFS);
     assert_eq!(errno(fs::remove_dir(m.join("d")).unwrap_err()), libc::EROFS);
-    assert_eq!(errno(fs::set_permissions(m.join("f"), fs::Permissions::from_mode(0o600)).unwrap_err()), libc::EROFS);
+    assert_eq!(
+        errno(fs::set_permissions(m.join("f"), fs::Permissions::from_mode(0o600)).unwrap_err()),
+        libc::EROFS
+    );
     assert_eq!(walk(&m.path).len(), 2);
 }
 
@@ -311,7 +363,11 @@ fn deferred_deletes_and_names_created_again() {
     for i in 0..50 {
         fs::remove_file(m.join(&format!("d/f{i}"))).unwrap();
     }
-    assert_eq!(fs::read_dir(m.join("d")).unwrap().count(), 0, "gone at once in the mount");
+    assert_eq!(
+        fs::read_dir(m.join("d")).unwrap().count(),
+        0,
+        "gone at once in the mount"
+    );
     fs::write(m.join("d/f7"), "new").unwrap();
     fs::remove_file(m.join("d/f7")).unwrap();
     fs::remove_dir(m.join("d")).unwrap();

@@ -15,13 +15,9 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, Delete, MetadataDirective, ObjectIdentifier,
-};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, MetadataDirective, ObjectIdentifier};
 use s3s::crypto::{Checksum, Md5};
-use s3vol::server::{
-    InjectedFailure, RequestFilter, RunningServer, ServerConfig, start, start_blocking,
-};
+use s3vol::server::{InjectedFailure, RequestFilter, RunningServer, ServerConfig, start, start_blocking};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BUCKET: &str = "bucket";
@@ -32,11 +28,7 @@ async fn server() -> RunningServer {
     server
 }
 
-fn client_with(
-    server: &RunningServer,
-    secret: &str,
-    checksums: RequestChecksumCalculation,
-) -> Client {
+fn client_with(server: &RunningServer, secret: &str, checksums: RequestChecksumCalculation) -> Client {
     let validation = match checksums {
         RequestChecksumCalculation::WhenRequired => ResponseChecksumValidation::WhenRequired,
         _ => ResponseChecksumValidation::WhenSupported,
@@ -45,13 +37,7 @@ fn client_with(
         .behavior_version(BehaviorVersion::latest())
         .endpoint_url(&server.endpoint)
         .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            &server.access_key,
-            secret,
-            None,
-            None,
-            "smoke-test",
-        ))
+        .credentials_provider(Credentials::new(&server.access_key, secret, None, None, "smoke-test"))
         .force_path_style(true)
         .request_checksum_calculation(checksums)
         .response_checksum_validation(validation)
@@ -63,30 +49,18 @@ fn client_with(
 
 /// The SDK with its default (checksumming) behaviour.
 fn client(server: &RunningServer) -> Client {
-    client_with(
-        server,
-        &server.secret_key,
-        RequestChecksumCalculation::WhenSupported,
-    )
+    client_with(server, &server.secret_key, RequestChecksumCalculation::WhenSupported)
 }
 
 /// The SDK without optional checksums, as needed for Hugging Face.
 fn plain_client(server: &RunningServer) -> Client {
-    client_with(
-        server,
-        &server.secret_key,
-        RequestChecksumCalculation::WhenRequired,
-    )
+    client_with(server, &server.secret_key, RequestChecksumCalculation::WhenRequired)
 }
 
 /// HTTP status and S3 error code of a failed SDK call.
-fn failure<T: Debug, E: ProvideErrorMetadata + Debug>(
-    result: Result<T, SdkError<E, HttpResponse>>,
-) -> (u16, String) {
+fn failure<T: Debug, E: ProvideErrorMetadata + Debug>(result: Result<T, SdkError<E, HttpResponse>>) -> (u16, String) {
     let error = result.expect_err("the request should fail");
-    let status = error
-        .raw_response()
-        .map_or(0, |response| response.status().as_u16());
+    let status = error.raw_response().map_or(0, |response| response.status().as_u16());
     (status, error.code().unwrap_or_default().to_owned())
 }
 
@@ -102,21 +76,12 @@ async fn put(client: &Client, key: &str, body: &'static [u8]) {
 }
 
 async fn get(client: &Client, key: &str) -> Vec<u8> {
-    let response = client
-        .get_object()
-        .bucket(BUCKET)
-        .key(key)
-        .send()
-        .await
-        .expect("get");
+    let response = client.get_object().bucket(BUCKET).key(key).send().await.expect("get");
     response.body.collect().await.expect("get body").to_vec()
 }
 
 fn md5_hex(data: &[u8]) -> String {
-    Md5::checksum(data)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    Md5::checksum(data).iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 struct RawResponse {
@@ -138,16 +103,12 @@ impl RawResponse {
 /// not), so redirects and truncated bodies are seen exactly as sent.
 async fn raw_get(addr: SocketAddr, path_and_query: &str, headers: &[(&str, &str)]) -> RawResponse {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut request =
-        format!("GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut request = format!("GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("send request");
+    stream.write_all(request.as_bytes()).await.expect("send request");
     let mut received = Vec::new();
     let mut chunk = [0_u8; 8192];
     while let Ok(read) = stream.read(&mut chunk).await {
@@ -194,11 +155,7 @@ async fn flat_keyspace_lets_a_file_a_directory_and_a_marker_coexist() {
         .send()
         .await
         .expect("list root");
-    let keys: Vec<_> = listing
-        .contents()
-        .iter()
-        .filter_map(|object| object.key())
-        .collect();
+    let keys: Vec<_> = listing.contents().iter().filter_map(|object| object.key()).collect();
     let prefixes: Vec<_> = listing
         .common_prefixes()
         .iter()
@@ -217,11 +174,7 @@ async fn flat_keyspace_lets_a_file_a_directory_and_a_marker_coexist() {
         .send()
         .await
         .expect("list d/");
-    let keys: Vec<_> = listing
-        .contents()
-        .iter()
-        .filter_map(|object| object.key())
-        .collect();
+    let keys: Vec<_> = listing.contents().iter().filter_map(|object| object.key()).collect();
     let prefixes: Vec<_> = listing
         .common_prefixes()
         .iter()
@@ -232,17 +185,8 @@ async fn flat_keyspace_lets_a_file_a_directory_and_a_marker_coexist() {
 
     assert_eq!(get(&client, "a").await, b"file a");
     assert_eq!(get(&client, "a/b").await, b"file under a");
-    let head = client
-        .head_object()
-        .bucket(BUCKET)
-        .key("a")
-        .send()
-        .await
-        .expect("head");
-    assert_eq!(
-        head.e_tag(),
-        Some(format!("\"{}\"", md5_hex(b"file a")).as_str())
-    );
+    let head = client.head_object().bucket(BUCKET).key("a").send().await.expect("head");
+    assert_eq!(head.e_tag(), Some(format!("\"{}\"", md5_hex(b"file a")).as_str()));
     assert_eq!(head.content_length(), Some(6));
     assert!(head.last_modified().is_some());
     assert_eq!(server.backend().keys(BUCKET), ["a", "a/b", "d/", "d/e/f"]);
@@ -259,10 +203,7 @@ async fn flat_keyspace_lets_a_file_a_directory_and_a_marker_coexist() {
 async fn listings_page_with_continuation_tokens_and_markers() {
     let server = server().await;
     for key in ["k1", "k2", "k3", "k4", "k5"] {
-        server
-            .backend()
-            .put_object(BUCKET, key, "x", &[])
-            .expect("put");
+        server.backend().put_object(BUCKET, key, "x", &[]).expect("put");
     }
     let client = client(&server);
     let mut keys = Vec::new();
@@ -306,26 +247,15 @@ async fn listings_page_with_continuation_tokens_and_markers() {
         .send()
         .await
         .expect("list v1");
-    let v1_keys: Vec<_> = v1
-        .contents()
-        .iter()
-        .filter_map(|object| object.key())
-        .collect();
+    let v1_keys: Vec<_> = v1.contents().iter().filter_map(|object| object.key()).collect();
     assert_eq!(v1_keys, ["k2", "k3"]);
-    assert_eq!(
-        (v1.is_truncated(), v1.next_marker()),
-        (Some(true), Some("k3"))
-    );
+    assert_eq!((v1.is_truncated(), v1.next_marker()), (Some(true), Some("k3")));
 }
 
 #[tokio::test]
 async fn wrong_credentials_are_refused_with_403() {
     let server = server().await;
-    let wrong_secret = client_with(
-        &server,
-        "not-the-secret",
-        RequestChecksumCalculation::WhenSupported,
-    );
+    let wrong_secret = client_with(&server, "not-the-secret", RequestChecksumCalculation::WhenSupported);
     let result = wrong_secret.list_objects_v2().bucket(BUCKET).send().await;
     assert_eq!(failure(result), (403, "SignatureDoesNotMatch".to_owned()));
 
@@ -333,13 +263,7 @@ async fn wrong_credentials_are_refused_with_403() {
         client(&server)
             .config()
             .to_builder()
-            .credentials_provider(Credentials::new(
-                "unknown",
-                "secret",
-                None,
-                None,
-                "smoke-test",
-            ))
+            .credentials_provider(Credentials::new("unknown", "secret", None, None, "smoke-test"))
             .build(),
     );
     let result = wrong_key.head_bucket().bucket(BUCKET).send().await;
@@ -427,12 +351,7 @@ async fn conditions_ranges_copies_and_deletes_follow_s3() {
         .bucket(BUCKET)
         .delete(
             Delete::builder()
-                .objects(
-                    ObjectIdentifier::builder()
-                        .key("obj")
-                        .build()
-                        .expect("identifier"),
-                )
+                .objects(ObjectIdentifier::builder().key("obj").build().expect("identifier"))
                 .build()
                 .expect("delete"),
         )
@@ -494,12 +413,7 @@ async fn multipart_uploads_assemble_parts_and_copy_ranges() {
         .expect("copied part etag");
     let parts = [(1, first.e_tag().expect("part etag")), (2, second_etag)]
         .into_iter()
-        .map(|(number, etag)| {
-            CompletedPart::builder()
-                .part_number(number)
-                .e_tag(etag)
-                .build()
-        })
+        .map(|(number, etag)| CompletedPart::builder().part_number(number).e_tag(etag).build())
         .collect();
     let listed_parts = client
         .list_parts()
@@ -509,11 +423,7 @@ async fn multipart_uploads_assemble_parts_and_copy_ranges() {
         .send()
         .await
         .expect("list parts");
-    let sizes: Vec<_> = listed_parts
-        .parts()
-        .iter()
-        .map(|part| part.size())
-        .collect();
+    let sizes: Vec<_> = listed_parts.parts().iter().map(|part| part.size()).collect();
     assert_eq!(sizes, [Some(4), Some(2)]);
     let uploads = client
         .list_multipart_uploads()
@@ -528,11 +438,7 @@ async fn multipart_uploads_assemble_parts_and_copy_ranges() {
         .bucket(BUCKET)
         .key("big")
         .upload_id(upload_id)
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .set_parts(Some(parts))
-                .build(),
-        )
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
         .send()
         .await
         .expect("complete");
@@ -572,16 +478,10 @@ async fn reject_checksums_refuses_the_sdk_default_but_not_plain_uploads() {
         .bucket(BUCKET)
         .key("k")
         .body(ByteStream::from_static(b"data"));
-    assert_eq!(
-        failure(default_put.send().await),
-        (400, "InvalidRequest".to_owned())
-    );
+    assert_eq!(failure(default_put.send().await), (400, "InvalidRequest".to_owned()));
     put(&plain_client(&server), "k", b"data").await;
     assert_eq!(
-        server
-            .backend()
-            .get_object(BUCKET, "k")
-            .map(|object| object.body),
+        server.backend().get_object(BUCKET, "k").map(|object| object.body),
         Some("data".into())
     );
 }
@@ -596,43 +496,25 @@ async fn redirect_get_sends_authenticated_downloads_to_a_cdn_that_refuses_s3_aut
     server.quirks().set_redirect_get(true);
     let client = client(&server);
 
-    let sdk_get = client
-        .get_object()
-        .bucket(BUCKET)
-        .key("dir/a b.txt")
-        .send()
-        .await;
+    let sdk_get = client.get_object().bucket(BUCKET).key("dir/a b.txt").send().await;
     assert_eq!(failure(sdk_get).0, 302);
     let unsigned = raw_get(server.addr, "/bucket/dir/a%20b.txt", &[]).await;
-    assert_eq!(
-        unsigned.status, 403,
-        "the redirect is only given after authentication"
-    );
+    assert_eq!(unsigned.status, 403, "the redirect is only given after authentication");
 
     let presigned = client
         .get_object()
         .bucket(BUCKET)
         .key("dir/a b.txt")
-        .presigned(
-            PresigningConfig::expires_in(Duration::from_secs(60)).expect("presigning config"),
-        )
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(60)).expect("presigning config"))
         .await
         .expect("presign");
-    let path = presigned
-        .uri()
-        .strip_prefix(&server.endpoint)
-        .expect("presigned path");
+    let path = presigned.uri().strip_prefix(&server.endpoint).expect("presigned path");
     let redirect = raw_get(server.addr, path, &[]).await;
     assert_eq!(redirect.status, 302);
     let cdn = format!("http://{}", server.redirect_addr);
     let location = redirect.header("location").expect("Location");
-    let cdn_path = location
-        .strip_prefix(&cdn)
-        .expect("points at the redirect listener");
-    assert!(
-        cdn_path.starts_with("/bucket/dir/a%20b.txt?sig="),
-        "{location}"
-    );
+    let cdn_path = location.strip_prefix(&cdn).expect("points at the redirect listener");
+    assert!(cdn_path.starts_with("/bucket/dir/a%20b.txt?sig="), "{location}");
 
     let ranged = raw_get(server.redirect_addr, cdn_path, &[("Range", "bytes=2-5")]).await;
     assert_eq!((ranged.status, ranged.body.as_slice()), (206, &b"2345"[..]));
@@ -724,12 +606,7 @@ async fn reject_trailing_slash_keys_refuses_directory_markers() {
         .send()
         .await;
     assert_eq!(failure(marker), (400, "InvalidArgument".to_owned()));
-    let multipart = client
-        .create_multipart_upload()
-        .bucket(BUCKET)
-        .key("dir/")
-        .send()
-        .await;
+    let multipart = client.create_multipart_upload().bucket(BUCKET).key("dir/").send().await;
     assert_eq!(failure(multipart), (400, "InvalidArgument".to_owned()));
     put(&client, "dir/file", b"x").await;
 }
@@ -737,10 +614,7 @@ async fn reject_trailing_slash_keys_refuses_directory_markers() {
 #[tokio::test]
 async fn reject_upload_part_copy_answers_501() {
     let server = server().await;
-    server
-        .backend()
-        .put_object(BUCKET, "source", "x", &[])
-        .expect("put");
+    server.backend().put_object(BUCKET, "source", "x", &[]).expect("put");
     server.quirks().set_reject_upload_part_copy(true);
     let client = client(&server);
     let upload = client
@@ -765,25 +639,14 @@ async fn reject_upload_part_copy_answers_501() {
 #[tokio::test]
 async fn reject_delete_objects_answers_501_but_single_deletes_work() {
     let server = server().await;
-    server
-        .backend()
-        .put_object(BUCKET, "k", "x", &[])
-        .expect("put");
+    server.backend().put_object(BUCKET, "k", "x", &[]).expect("put");
     server.quirks().set_reject_delete_objects(true);
     let client = client(&server);
-    let identifier = ObjectIdentifier::builder()
-        .key("k")
-        .build()
-        .expect("identifier");
+    let identifier = ObjectIdentifier::builder().key("k").build().expect("identifier");
     let batch = client
         .delete_objects()
         .bucket(BUCKET)
-        .delete(
-            Delete::builder()
-                .objects(identifier)
-                .build()
-                .expect("delete"),
-        )
+        .delete(Delete::builder().objects(identifier).build().expect("delete"))
         .send()
         .await;
     assert_eq!(failure(batch), (501, "NotImplemented".to_owned()));
@@ -833,10 +696,7 @@ async fn max_put_size_limits_put_object_but_not_parts() {
 #[tokio::test]
 async fn inject_errors_fails_the_next_matching_requests() {
     let server = server().await;
-    server
-        .backend()
-        .put_object(BUCKET, "k", "x", &[])
-        .expect("put");
+    server.backend().put_object(BUCKET, "k", "x", &[]).expect("put");
     let client = client(&server);
 
     server.quirks().inject_errors(
@@ -861,11 +721,9 @@ async fn inject_errors_fails_the_next_matching_requests() {
     );
     assert_eq!(get(&client, "k").await, b"x");
 
-    server.quirks().inject_errors(
-        1,
-        InjectedFailure::BadGateway,
-        RequestFilter::Method(http::Method::PUT),
-    );
+    server
+        .quirks()
+        .inject_errors(1, InjectedFailure::BadGateway, RequestFilter::Method(http::Method::PUT));
     let put_result = client
         .put_object()
         .bucket(BUCKET)
@@ -904,15 +762,8 @@ async fn reset_mid_body_truncates_downloads_on_both_listeners() {
         .send()
         .await
         .expect("headers arrive");
-    assert!(
-        response.body.collect().await.is_err(),
-        "the body must end early"
-    );
-    assert_eq!(
-        get(&client, "k").await,
-        b"0123456789",
-        "only the next download is cut"
-    );
+    assert!(response.body.collect().await.is_err(), "the body must end early");
+    assert_eq!(get(&client, "k").await, b"0123456789", "only the next download is cut");
 
     server.quirks().set_redirect_get(true);
     server.quirks().reset_mid_body(1, 3);
@@ -920,17 +771,12 @@ async fn reset_mid_body_truncates_downloads_on_both_listeners() {
         .get_object()
         .bucket(BUCKET)
         .key("k")
-        .presigned(
-            PresigningConfig::expires_in(Duration::from_secs(60)).expect("presigning config"),
-        )
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(60)).expect("presigning config"))
         .await
         .expect("presign");
     let redirect = raw_get(
         server.addr,
-        presigned
-            .uri()
-            .strip_prefix(&server.endpoint)
-            .expect("path"),
+        presigned.uri().strip_prefix(&server.endpoint).expect("path"),
         &[],
     )
     .await;
@@ -964,10 +810,7 @@ async fn stall_body_pauses_mid_download() {
 async fn repeat_continuation_token_echoes_each_token_once() {
     let server = server().await;
     for key in ["k1", "k2", "k3"] {
-        server
-            .backend()
-            .put_object(BUCKET, key, "x", &[])
-            .expect("put");
+        server.backend().put_object(BUCKET, key, "x", &[]).expect("put");
     }
     server.quirks().set_repeat_continuation_token(true);
     let client = client(&server);
@@ -981,22 +824,12 @@ async fn repeat_continuation_token_echoes_each_token_once() {
     };
 
     let first = list(None).await.expect("first page");
-    let token = first
-        .next_continuation_token()
-        .expect("truncated")
-        .to_owned();
+    let token = first.next_continuation_token().expect("truncated").to_owned();
     let echoed = list(Some(token.clone())).await.expect("echo page");
-    assert_eq!(
-        (echoed.key_count(), echoed.is_truncated()),
-        (Some(0), Some(true))
-    );
+    assert_eq!((echoed.key_count(), echoed.is_truncated()), (Some(0), Some(true)));
     assert_eq!(echoed.next_continuation_token(), Some(token.as_str()));
     let second = list(Some(token)).await.expect("second page");
-    let keys: Vec<_> = second
-        .contents()
-        .iter()
-        .filter_map(|object| object.key())
-        .collect();
+    let keys: Vec<_> = second.contents().iter().filter_map(|object| object.key()).collect();
     assert_eq!((keys, second.is_truncated()), (vec!["k3"], Some(false)));
 }
 
@@ -1018,10 +851,7 @@ async fn latency_delays_every_answer() {
 #[tokio::test]
 async fn volume_full_refuses_writes_with_507() {
     let server = server().await;
-    server
-        .backend()
-        .put_object(BUCKET, "k", "x", &[])
-        .expect("put");
+    server.backend().put_object(BUCKET, "k", "x", &[]).expect("put");
     server.quirks().set_volume_full(true);
     let client = client(&server);
     let put_result = client
@@ -1049,10 +879,7 @@ async fn volume_full_refuses_writes_with_507() {
 fn start_blocking_serves_synchronous_callers_until_dropped() {
     let server = start_blocking(ServerConfig::default());
     server.backend().create_bucket(BUCKET);
-    server
-        .backend()
-        .put_object(BUCKET, "k", "sync", &[])
-        .expect("put");
+    server.backend().put_object(BUCKET, "k", "sync", &[]).expect("put");
     let client_runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1064,10 +891,7 @@ fn start_blocking_serves_synchronous_callers_until_dropped() {
     server.shutdown();
     let deadline = Instant::now() + Duration::from_secs(2);
     while std::net::TcpStream::connect(addr).is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "the listener must close after shutdown"
-        );
+        assert!(Instant::now() < deadline, "the listener must close after shutdown");
         std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -14,13 +14,19 @@ pub const BUCKET: &str = "test";
 /// A fresh server with an empty bucket `test`; parts of any size are accepted so tests
 /// can use small part sizes.
 pub fn server() -> RunningServer {
-    let server = start_blocking(ServerConfig { min_part_size: 0, ..ServerConfig::default() });
+    let server = start_blocking(ServerConfig {
+        min_part_size: 0,
+        ..ServerConfig::default()
+    });
     server.backend().create_bucket(BUCKET);
     server
 }
 
 pub fn put(server: &RunningServer, key: &str, body: impl Into<bytes::Bytes>) {
-    server.backend().put_object(BUCKET, key, body, &[]).expect("bucket exists");
+    server
+        .backend()
+        .put_object(BUCKET, key, body, &[])
+        .expect("bucket exists");
 }
 
 pub fn object(server: &RunningServer, key: &str) -> Option<Vec<u8>> {
@@ -64,7 +70,14 @@ impl Mount {
         cmd.arg("mount")
             .arg(source)
             .arg(&path)
-            .args(["-f", "--endpoint-url", endpoint, "--force-path-style", "--region", "us-east-1"])
+            .args([
+                "-f",
+                "--endpoint-url",
+                endpoint,
+                "--force-path-style",
+                "--region",
+                "us-east-1",
+            ])
             .args(["--retries", "3"])
             .args(extra)
             .env("AWS_ACCESS_KEY_ID", &server.access_key)
@@ -82,7 +95,12 @@ impl Mount {
             cmd.args(["--metadata-ttl", "1"]);
         }
         let child = cmd.spawn().expect("start s3vol");
-        let mut mount = Mount { path, child: Some(child), log, _dir: dir };
+        let mut mount = Mount {
+            path,
+            child: Some(child),
+            log,
+            _dir: dir,
+        };
         mount.wait_until_mounted();
         mount
     }
@@ -93,7 +111,11 @@ impl Mount {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("s3vol exited with {status} before mounting:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "mount did not come up in 30 s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "mount did not come up in 30 s:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -177,7 +199,12 @@ pub fn walk(root: &Path) -> std::collections::BTreeSet<String> {
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {
             let entry = entry.expect("entry");
-            let rel = entry.path().strip_prefix(root).expect("under root").to_string_lossy().to_string();
+            let rel = entry
+                .path()
+                .strip_prefix(root)
+                .expect("under root")
+                .to_string_lossy()
+                .to_string();
             if entry.file_type().expect("type").is_dir() {
                 out.insert(format!("{rel}/"));
                 stack.push(entry.path());
