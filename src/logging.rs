@@ -14,7 +14,13 @@ pub enum LogTarget<'a> {
 }
 
 fn filter(debug: bool) -> tracing_subscriber::EnvFilter {
-    let default = if debug { "s3vol=debug,info" } else { "s3vol=info,warn" };
+    // The SDK's own warnings (e.g. an absent EC2 metadata service) say nothing the user can
+    // act on; our errors carry what matters.
+    let default = if debug {
+        "s3vol=debug,info"
+    } else {
+        "s3vol=info,aws_config=error,warn"
+    };
     match std::env::var("RUST_LOG") {
         Ok(v) if !debug && !v.is_empty() => tracing_subscriber::EnvFilter::new(v),
         _ => tracing_subscriber::EnvFilter::new(default),

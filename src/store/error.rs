@@ -62,6 +62,7 @@ pub(super) const NO_SUCH_BUCKET: &str = "no such bucket";
 /// Classifies an S3 error by HTTP status and error code.
 pub fn classify(status: Option<u16>, code: Option<&str>, message: &str) -> StoreError {
     let msg = || match code {
+        Some(c) if message.is_empty() => c.to_string(),
         Some(c) => format!("{c}: {message}"),
         None => message.to_string(),
     };

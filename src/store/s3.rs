@@ -84,6 +84,19 @@ impl S3Store {
         }
         if let Some(region) = &resolved.region {
             loader = loader.region(Region::new(region.clone()));
+        } else if resolved.endpoint.is_some() {
+            // A custom endpoint is not on EC2's metadata service: environment, then the
+            // profile, then us-east-1 (which S3-compatible servers accept).
+            let mut from_profile = aws_config::profile::ProfileFileRegionProvider::builder();
+            if let Some(profile) = &settings.aws_profile {
+                from_profile = from_profile.profile_name(profile);
+            }
+            let chain = aws_config::meta::region::RegionProviderChain::first_try(
+                aws_config::environment::EnvironmentVariableRegionProvider::new(),
+            )
+            .or_else(from_profile.build())
+            .or_else(Region::new("us-east-1"));
+            loader = loader.region(chain);
         }
         let creds = settings
             .credentials
@@ -163,9 +176,13 @@ fn store_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
             let e = se.err();
-            // Without a message ("unhandled error": a body the SDK could not parse), the
-            // source chain says what was wrong with the answer.
-            let message = e.message().map_or_else(|| error_chain(err), str::to_string);
+            // Without a message: the code says it all when there is one; otherwise (a body
+            // the SDK could not parse) the source chain says what was wrong.
+            let message = match (e.message(), e.code()) {
+                (Some(m), _) => m.to_string(),
+                (None, Some(_)) => String::new(),
+                (None, None) => error_chain(err),
+            };
             classify(Some(status), e.code(), &message)
         }
         SdkError::TimeoutError(_) => StoreError::Transient("request timed out".into()),
