@@ -221,18 +221,22 @@ impl Fs {
     /// Whether anything exists under `dir_key` (for a lookup whose first page was cut short
     /// by siblings sorting before `name/`).
     pub(super) async fn dir_exists(&self, dir_key: &str) -> FsResult<bool> {
+        let page = self.first_keys(dir_key, 1).await?;
+        Ok(!page.objects.is_empty() || !page.prefixes.is_empty())
+    }
+
+    /// The first `count` keys under `prefix` (no delimiter).
+    pub(super) async fn first_keys(&self, prefix: &str, count: i32) -> FsResult<crate::store::ListPage> {
         self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
         let req = ListRequest {
-            prefix: dir_key.to_string(),
-            max_keys: Some(1),
+            prefix: prefix.to_string(),
+            max_keys: Some(count),
             ..Default::default()
         };
-        let page = self
-            .store
+        self.store
             .list_page(&req)
             .await
-            .map_err(|e| self.fail("LIST", dir_key, e))?;
-        Ok(!page.objects.is_empty() || !page.prefixes.is_empty())
+            .map_err(|e| self.fail("LIST", prefix, e))
     }
 
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {

@@ -146,17 +146,7 @@ impl Fs {
 
     /// Whether the bucket holds anything under `dir_key` other than its marker.
     async fn remote_dir_is_empty(&self, dir_key: &str) -> FsResult<bool> {
-        self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
-        let req = ListRequest {
-            prefix: dir_key.to_string(),
-            max_keys: Some(2),
-            ..Default::default()
-        };
-        let page = self
-            .store
-            .list_page(&req)
-            .await
-            .map_err(|e| self.fail("LIST", dir_key, e))?;
+        let page = self.first_keys(dir_key, 2).await?;
         let hidden = self.hidden_keys.lock().unwrap();
         Ok(page.objects.iter().all(|o| o.key == dir_key || hidden.contains(&o.key)) && page.prefixes.is_empty())
     }
