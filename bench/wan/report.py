@@ -114,10 +114,10 @@ def cell_text(cell, unit):
     failure = cell.failure()
     if failure:
         status, _, timeout = failure
-        return f"**timeout** (> {timeout} s)" if status == "timeout" else "**failed**"
+        if status == "timeout":
+            return f"**timeout** (> {timeout} s)"
+        return "not run (previous phase timed out)" if status == "not run" else "**failed**"
     text = fmt(cell.median, unit)
-    if len(cell.values) > 1:
-        text += f" ({len(cell.values)} runs)" if False else ""
     if cell.failures:
         text += " (some runs failed)"
     return text
@@ -134,7 +134,13 @@ def ratio_text(cells, server, workload, tool, other):
     _, unit, higher = WORKLOADS[workload]
     mine = cells.get((server, workload, tool))
     theirs = cells.get((server, workload, other))
-    if mine is None or mine.median is None or theirs is None:
+    if mine is None or theirs is None:
+        return "—"
+    if mine.median is None:
+        # s3vol timed out: its speed is below what the timeout allows.
+        failure = mine.failure()
+        if failure and failure[0] == "timeout" and unit == "s" and failure[2] and theirs.median is not None:
+            return f"< {theirs.median / float(failure[2]):.2f}"
         return "—"
     if theirs.median is not None:
         ratio = speed_ratio(mine.median, theirs.median, higher)
@@ -142,7 +148,9 @@ def ratio_text(cells, server, workload, tool, other):
     failure = theirs.failure()
     if failure and failure[0] == "timeout" and unit == "s" and failure[2]:
         return f"> {float(failure[2]) / mine.median:.1f}"
-    return "n/a (peer failed)" if failure else "—"
+    if failure and failure[0] == "failed":
+        return "n/a (peer failed)"
+    return "—"
 
 
 def requests_text(record):
@@ -288,6 +296,7 @@ def main():
     parser.add_argument("--output", required=True)
     parser.add_argument("--chart", required=True)
     parser.add_argument("--elapsed", type=int, default=None)
+    parser.add_argument("--notes", default=None, help="hand-written findings appended to the report, if the file exists")
     args = parser.parse_args()
 
     results = load(args.results)
@@ -322,7 +331,8 @@ def main():
     out.append(
         "Made by `sudo bench/run`" + (" --quick" if meta["quick"] else "") + f" on {meta['date']}"
         + (f" in {args.elapsed // 60} min" if args.elapsed else "")
-        + f" ({meta['machine']['cpus']} CPUs, {meta['machine']['memory_gib']} GiB). "
+        + f" ({meta['machine']['cpus']} CPUs, {meta['machine']['memory_gib']} GiB, load average "
+        f"{meta['machine'].get('load_average_at_start', '?')} at the start: other work shared the machine). "
         "The S3 server runs in a network namespace; the link to it adds a one-way delay and a rate cap in "
         "each direction (below); "
         "every tool mounts the bucket from the host side, so every request crosses the link. "
@@ -340,9 +350,13 @@ def main():
     out.append("")
     out.append("## Link and versions")
     out.append("")
-    out.append(f"- link: {link['qdisc']}; measured RTT {link.get('rtt_ms')} ms (ping); iperf3 download "
-               f"{link.get('download_mbit', 0):.0f} Mbit/s (4 streams {link.get('download_4_streams_mbit', 0):.0f}), "
-               f"upload {link.get('upload_mbit', 0):.0f} Mbit/s (4 streams {link.get('upload_4_streams_mbit', 0):.0f})")
+    def mbit(name):
+        value = link.get(name)
+        return "?" if value is None else f"{value:.0f}"
+
+    out.append(f"- link: {link['qdisc']}; measured RTT {link.get('rtt_ms')} ms (ping); iperf3 (TCP, 5 s) download "
+               f"{mbit('download_mbit')} Mbit/s with 1 stream, {mbit('download_4_streams_mbit')} with 4; upload "
+               f"{mbit('upload_mbit')} with 1, {mbit('upload_4_streams_mbit')} with 4")
     for name, version in versions.items():
         out.append(f"- {name}: {version}")
     out.append(f"- sizes: big file {big}; random reads for {sizes_meta['random_seconds']} s each; "
@@ -374,7 +388,9 @@ def main():
         out.append("")
         out.append("Counted at the server for every tool (s3s-fs: its per-request log; the example server: its "
                    "counters); for s3vol, `status:` gives s3vol's own counters (`s3vol status --json`). "
-                   "The harness's own polling (HEAD/LIST until the bucket holds the data) is subtracted.")
+                   "The harness's own polling (HEAD/LIST until the bucket holds the data) is subtracted. "
+                   "A case that times out has its counts in the failure list. cp and rm are one case (cp -r, then "
+                   "rm -r on the same mount): their counts are those of both; so are seq1 and the warm re-read's.")
         out.append("")
         out.extend(request_table(cells, server, workloads, tools))
         out.append("")
@@ -384,6 +400,9 @@ def main():
             out.append("")
             out.extend(failures)
             out.append("")
+    if args.notes and os.path.exists(args.notes):
+        with open(args.notes) as handle:
+            out.append(handle.read().rstrip())
     with open(args.output, "w") as handle:
         handle.write("\n".join(out) + "\n")
 

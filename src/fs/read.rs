@@ -6,7 +6,7 @@ use super::*;
 impl Fs {
     /// Opens a file. Writable opens share one [`FileData`] per inode; `truncate` is O_TRUNC.
     pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<Opened> {
-        if mode.write && self.config.read_only {
+        if (mode.write || mode.truncate) && self.config.read_only {
             return Err(Errno(libc::EROFS));
         }
         let (key, kind, fresh, local) = {
@@ -42,10 +42,18 @@ impl Fs {
         // The handle counts before the data is looked up, so a concurrent last release
         // cannot drop the data this open is about to use.
         let opened = self.new_handle(ino, object.clone(), mode, keep_cache);
-        if mode.write {
+        if mode.write || mode.truncate {
             let data = self.file_data(ino, &object, local);
             if mode.truncate
                 && let Err(e) = self.truncate_data(ino, &data, 0).await
+            {
+                self.release(opened.fh).await;
+                return Err(e);
+            }
+            // Linux truncates on O_RDONLY|O_TRUNC too; with no writer to close it, the
+            // empty file is uploaded now.
+            if !mode.write
+                && let Err(e) = self.sync_ino(ino).await
             {
                 self.release(opened.fh).await;
                 return Err(e);
