@@ -7,6 +7,10 @@ use common::{BUCKET, Mount, object, pattern, put, server};
 use std::io::Write;
 use std::time::Duration;
 
+/// The tests run one at a time: another test's fork+exec closes inherited descriptors,
+/// and that close sends FLUSH, which would upload before the kill.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Writes `data` to `name` in a thread whose close() blocks on a slow server, kills the
 /// daemon while the upload is in flight, and returns the cache directory.
 fn kill_during_close(
@@ -38,6 +42,7 @@ fn kill_during_close(
 
 #[test]
 fn data_written_before_a_crash_reaches_the_bucket_at_the_next_mount() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = server();
     let cache = tempfile::tempdir().unwrap();
     let data = pattern(3 << 20, 21);
@@ -65,6 +70,7 @@ fn data_written_before_a_crash_reaches_the_bucket_at_the_next_mount() {
 
 #[test]
 fn a_base_changed_remotely_meanwhile_gives_a_conflict_copy() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = server();
     put(&s, "shared.txt", "original");
     let cache = tempfile::tempdir().unwrap();
@@ -86,6 +92,7 @@ fn a_base_changed_remotely_meanwhile_gives_a_conflict_copy() {
 
 #[test]
 fn a_stale_multipart_upload_is_aborted_and_the_file_uploaded() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = server();
     let cache = tempfile::tempdir().unwrap();
     let data = pattern(12 << 20, 5);

@@ -31,6 +31,8 @@ pub struct DirStream {
     pub state: ListState,
     /// Names shown so far, to reconcile the cache once the listing is complete.
     pub shown: HashSet<String>,
+    /// The directory's change count when the listing started (see `Tree::finish_listing`).
+    pub changes_at_start: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +57,7 @@ impl DirStream {
             token: None,
             state: ListState::Start,
             shown: HashSet::new(),
+            changes_at_start: 0,
         }
     }
 

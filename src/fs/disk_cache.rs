@@ -245,23 +245,37 @@ impl DiskCache {
         let name = Self::name(identity);
         let path = self.path(&name);
         let size = encoded_len(identity, data) as u64;
-        self.evict(size);
-        let (_, available) = disk_bytes(&self.dir);
-        if available < self.min_free + size || size > self.budget {
+        if size > self.budget || !self.reserve(size) {
             return Ok(());
         }
         std::fs::create_dir_all(path.parent().expect("two levels"))?;
         let tmp = path.with_file_name(format!(".tmp-{name}-{:08x}", fastrand::u32(..)));
-        let mut file = File::create(&tmp)?;
-        file.write_all(&encode(identity, data))?;
-        drop(file);
-        std::fs::rename(&tmp, &path)?;
+        let written = File::create(&tmp)
+            .and_then(|mut file| file.write_all(&encode(identity, data)))
+            .and_then(|()| std::fs::rename(&tmp, &path));
         let mut index = self.index.lock().unwrap();
+        if let Err(e) = written {
+            index.used -= size;
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        // `size` was reserved: replacing a block gives back the old one's.
         if let Some(old) = index.lru.put(name, size) {
             index.used -= old;
         }
-        index.used += size;
         Ok(())
+    }
+
+    /// Makes room for `size` bytes and counts them as used, so that concurrent writes
+    /// cannot overshoot the budget together; false if the disk is too full.
+    fn reserve(&self, size: u64) -> bool {
+        self.evict(size);
+        let mut index = self.index.lock().unwrap();
+        if index.used + size > self.budget || disk_bytes(&self.dir).1 < self.min_free + size {
+            return false;
+        }
+        index.used += size;
+        true
     }
 
     /// Evicts least recently used blocks until `incoming` more bytes fit the budget and

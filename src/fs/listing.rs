@@ -82,6 +82,9 @@ impl Fs {
                 .filter_map(|(name, ino)| tree.get(ino).map(|n| (name, ino, n.attr.kind)))
                 .collect()
         } else if s.state == ListState::More || s.state == ListState::Start {
+            if s.state == ListState::Start {
+                s.changes_at_start = self.tree().dir_changes(s.ino);
+            }
             self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
             let page = self
                 .store
@@ -107,7 +110,7 @@ impl Fs {
             s.token = page.next;
             if s.token.is_none() {
                 s.state = ListState::Done;
-                tree.finish_listing(s.ino, &s.shown, until);
+                tree.finish_listing(s.ino, &s.shown, until, s.changes_at_start);
                 // Entries that exist only in the mount come last.
                 let local: Vec<(String, u64, Kind)> = tree
                     .get(s.ino)

@@ -106,7 +106,10 @@ impl Fs {
     ) -> FsResult<Option<(Seen, Option<crate::store::Metadata>)>> {
         let key = format!("{parent_key}{name}");
         let dir_key = format!("{key}/");
-        let whole_dir = !self.tree().get(parent).is_some_and(|p| p.large);
+        let (whole_dir, changes) = {
+            let tree = self.tree();
+            (!tree.get(parent).is_some_and(|p| p.large), tree.dir_changes(parent))
+        };
         let list = async {
             self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
             let prefix = if whole_dir { parent_key.to_string() } else { key.clone() };
@@ -132,7 +135,7 @@ impl Fs {
         let (page, head) = futures::join!(list, head);
         let mut page = page.map_err(|e| self.fail("LIST", &key, e))?;
         if whole_dir {
-            self.absorb_dir_page(parent, parent_key, &page);
+            self.absorb_dir_page(parent, parent_key, &page, changes);
             // Keys sort by byte: `name/` is the last spelling of `name` a page can hold.
             let last = page
                 .objects
@@ -199,7 +202,7 @@ impl Fs {
 
     /// Feeds a first page of a directory's listing into the cache; a complete one is the
     /// whole listing until the TTL runs out.
-    fn absorb_dir_page(&self, parent: u64, parent_key: &str, page: &crate::store::ListPage) {
+    fn absorb_dir_page(&self, parent: u64, parent_key: &str, page: &crate::store::ListPage, changes: u64) {
         let mut seen = dir::page_entries(parent_key, page, self.resolved.profile.hidden_prefixes);
         {
             let hidden = self.hidden_keys.lock().unwrap();
@@ -214,7 +217,7 @@ impl Fs {
             }
         }
         if page.next.is_none() {
-            tree.finish_listing(parent, &shown, until);
+            tree.finish_listing(parent, &shown, until, changes);
         }
     }
 

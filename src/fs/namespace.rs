@@ -83,6 +83,7 @@ impl Fs {
         if let Some(p) = tree.get_mut(parent) {
             p.attr.mtime = SystemTime::now();
         }
+        tree.dir_changed(parent);
         Ok(ino)
     }
 

@@ -33,6 +33,9 @@ pub struct Node {
     /// Directories: the first LIST page did not hold the whole listing; lookups of single
     /// names then list just that name.
     pub large: bool,
+    /// Directories: changes made through the mount. A listing that started before one
+    /// cannot be the whole truth: it would drop what was just created here.
+    pub changes: u64,
     /// References the kernel holds (entries it was given minus those it forgot): a node
     /// at zero may be dropped from the table to keep it within its budget.
     pub lookups: u64,
@@ -79,6 +82,7 @@ impl Tree {
             kernel_cache_etag: None,
             lookups: 1,
             large: false,
+            changes: 0,
         };
         Tree {
             nodes: HashMap::from([(ROOT_INO, root)]),
@@ -173,6 +177,7 @@ impl Tree {
             kernel_cache_etag: None,
             lookups: 0,
             large: false,
+            changes: 0,
         });
         if !node.local {
             let changed = node.etag.is_some() && node.etag != seen.etag;
@@ -198,10 +203,31 @@ impl Tree {
         Some(ino)
     }
 
-    /// After a complete listing of `parent`: forget children it did not show (unless they
-    /// are local), and trust the listing until `until`.
-    pub fn finish_listing(&mut self, parent: u64, shown: &std::collections::HashSet<String>, until: Instant) {
+    /// Records a change made through the mount under directory `dir`.
+    pub fn dir_changed(&mut self, dir: u64) {
+        if let Some(d) = self.nodes.get_mut(&dir) {
+            d.changes += 1;
+        }
+    }
+
+    pub fn dir_changes(&self, dir: u64) -> u64 {
+        self.nodes.get(&dir).map_or(0, |d| d.changes)
+    }
+
+    /// After a complete listing of `parent` that started when its change count was
+    /// `changes_at_start`: forget children it did not show (unless they are local), and
+    /// trust the listing until `until`. A listing overtaken by a change here is not used.
+    pub fn finish_listing(
+        &mut self,
+        parent: u64,
+        shown: &std::collections::HashSet<String>,
+        until: Instant,
+        changes_at_start: u64,
+    ) {
         let Some(p) = self.nodes.get(&parent) else { return };
+        if p.changes != changes_at_start {
+            return;
+        }
         let gone: Vec<String> = p
             .children
             .iter()
@@ -219,6 +245,7 @@ impl Tree {
     /// Removes `name` from `parent`'s children (the node stays for open handles) and
     /// remembers it as missing.
     pub fn remove_child(&mut self, parent: u64, name: &str, until: Instant) -> Option<u64> {
+        self.dir_changed(parent);
         let ino = self.nodes.get_mut(&parent)?.children.remove(name)?;
         self.negative.insert((parent, name.to_string()), until);
         if let Some(n) = self.nodes.get(&ino) {
@@ -238,6 +265,8 @@ impl Tree {
             (n.parent, n.name.clone(), n.key.clone(), n.attr.kind)
         };
         let new_key = self.child_key(new_parent, new_name, kind)?;
+        self.dir_changed(old_parent);
+        self.dir_changed(new_parent);
         if let Some(p) = self.nodes.get_mut(&old_parent)
             && p.children.get(&old_name) == Some(&ino)
         {
@@ -446,7 +475,7 @@ mod tests {
         let d = t.upsert(ROOT_INO, &seen("d", Kind::Dir), later).unwrap();
         let f = t.upsert(d, &seen("f", Kind::File), later).unwrap();
         let g = t.upsert(d, &seen("g", Kind::File), later).unwrap();
-        t.finish_listing(d, &["f".to_string(), "g".to_string()].into(), later);
+        t.finish_listing(d, &["f".to_string(), "g".to_string()].into(), later, 0);
         t.add_lookup(g);
         let candidates = t.eviction_candidates(10);
         assert_eq!(candidates, vec![f], "d has children, g is referenced");
@@ -477,7 +506,7 @@ mod tests {
         assert_eq!(t.cached_lookup(ROOT_INO, "x", now), Some(None));
         assert_eq!(t.cached_lookup(ROOT_INO, "x", now + Duration::from_secs(6)), None);
         t.upsert(ROOT_INO, &seen("b", Kind::File), now + Duration::from_secs(5));
-        t.finish_listing(ROOT_INO, &Default::default(), now + Duration::from_secs(5));
+        t.finish_listing(ROOT_INO, &Default::default(), now + Duration::from_secs(5), 0);
         assert_eq!(t.cached_lookup(ROOT_INO, "b", now), Some(None));
     }
 }

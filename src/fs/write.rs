@@ -156,6 +156,9 @@ impl Fs {
             n.kernel_cache_etag = Some(version.etag.to_string());
         }
         tree.mark_ancestors_remote(ino);
+        if let Some(parent) = tree.get(ino).map(|n| n.parent) {
+            tree.dir_changed(parent);
+        }
         drop(tree);
         for file in self.files.lock().unwrap().values().filter(|h| h.ino == ino) {
             *file.object.lock().unwrap() = version.clone();
