@@ -92,7 +92,6 @@ fn the_deb_installs_the_binary_the_helper_link_units_and_docs() {
     assert_same_file(&examples.join("mnt-vol.mount"), "systemd/mnt-vol.mount");
     assert_same_file(&examples.join("mnt-vol.automount"), "systemd/mnt-vol.automount");
     assert_same_file(&root.join("usr/share/doc/s3vol/README.md"), "README.md");
-    assert_same_file(&root.join("usr/share/doc/s3vol/service.md"), "docs/service.md");
 
     let depends = run(Command::new("dpkg-deb").arg("--field").arg(&deb).arg("Depends"));
     let depends = String::from_utf8_lossy(&depends.stdout);
