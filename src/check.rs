@@ -28,7 +28,11 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     );
     println!(
         "region:       {}",
-        resolved.region.as_deref().unwrap_or("(AWS default chain)")
+        resolved.region.as_deref().unwrap_or(match resolved.endpoint {
+            // Custom endpoints skip the EC2 metadata service (see S3Store::connect).
+            Some(_) => "(AWS_REGION or the profile's, else us-east-1)",
+            None => "(AWS default chain)",
+        })
     );
     println!("addressing:   {:?}", p.addressing);
     println!("bucket:       {}", resolved.bucket);
