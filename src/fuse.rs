@@ -118,10 +118,11 @@ impl Filesystem for FuseAdapter {
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_BIG_WRITES,
             InitFlags::FUSE_MAX_PAGES,
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
         ];
         for flag in wanted {
-            // An old kernel lacks some: mount anyway, a little slower.
+            // An old kernel lacks some: mount anyway, a little slower. (No ATOMIC_O_TRUNC:
+            // the kernel then truncates with a setattr after its own checks, so an O_TRUNC
+            // refused with ETXTBSY truncates nothing.)
             let _ = config.add_capabilities(flag);
         }
         let _ = config

@@ -552,3 +552,48 @@ fn a_full_volume_keeps_the_data_staged_until_it_can_be_uploaded() {
     drop(m);
     assert_eq!(count_files(&cache.path().join("journal")), 0, "journal emptied");
 }
+
+/// open(O_RDONLY | O_TRUNC) of a program that is running from the mount: Linux refuses
+/// the truncation with ETXTBSY, and the file (and the program) must survive the refusal.
+/// With FUSE_ATOMIC_O_TRUNC the truncation travels inside the open request, which the
+/// kernel sends before its ETXTBSY check: the filesystem must not have truncated by then.
+#[test]
+fn a_refused_o_trunc_of_a_running_program_truncates_nothing() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let s = server();
+    let m = Mount::new(&s, &[]);
+    let sleep = ["/usr/bin/sleep", "/bin/sleep"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("sleep(1)");
+    let program = fs::read(sleep).unwrap();
+    for i in 0..10 {
+        let path = m.join(&format!("prog{i}"));
+        fs::write(&path, &program).unwrap();
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let mut running = Command::new(&path)
+            .arg("30")
+            .spawn()
+            .expect("run the program from the mount");
+        let opened = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_TRUNC)
+            .open(&path);
+        let alive = running.try_wait().unwrap().is_none();
+        let _ = running.kill();
+        let status = running.wait().unwrap();
+        assert_eq!(errno(opened), libc::ETXTBSY, "prog{i}: O_TRUNC of a running program");
+        assert!(
+            fs::read(&path).unwrap() == program,
+            "prog{i}: the refused O_TRUNC truncated the file"
+        );
+        assert!(alive, "prog{i}: the running program died ({status})");
+    }
+    let log = m.unmount();
+    for i in 0..10 {
+        assert!(
+            object(&s, &format!("prog{i}")) == Some(program.clone()),
+            "prog{i} in the bucket:\n{log}"
+        );
+    }
+}
