@@ -18,13 +18,12 @@
 //!
 //! prints "ready" once both devices exist, then runs until killed.
 
-use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -92,7 +91,14 @@ struct Counters {
 /// One direction: a reader that stamps each packet with its release time (the end of its
 /// transmission at `rate`, plus the delay) or drops it when the queue is longer than
 /// `queue`, and a writer that sleeps until each release time.
-fn forward(mut from: File, mut to: File, delay: Duration, bytes_per_sec: f64, queue: Duration, counters: Arc<Counters>) {
+fn forward(
+    mut from: File,
+    mut to: File,
+    delay: Duration,
+    bytes_per_sec: f64,
+    queue: Duration,
+    counters: Arc<Counters>,
+) {
     let (sender, receiver) = mpsc::channel::<(Instant, Vec<u8>)>();
     thread::spawn(move || {
         for (release, packet) in receiver {
@@ -144,15 +150,18 @@ fn main() {
     println!("ready");
     std::io::stdout().flush().ok();
 
-    let directions = [("to-server", Arc::new(Counters::new())), ("to-host", Arc::new(Counters::new()))];
+    let directions = [
+        ("to-server", Arc::new(Counters::new())),
+        ("to-host", Arc::new(Counters::new())),
+    ];
     let (host_reader, ns_writer) = (host.try_clone().unwrap(), ns.try_clone().unwrap());
     let up = Arc::clone(&directions[0].1);
     let down = Arc::clone(&directions[1].1);
     thread::spawn(move || forward(host_reader, ns_writer, delay, bytes_per_sec, queue, up));
     thread::spawn(move || forward(ns, host, delay, bytes_per_sec, queue, down));
 
-    // A line of counters now and then, for the log: drops mean the queue overflowed.
-    let last = Mutex::new(VecDeque::new());
+    // A line of counters now and then, when they changed: drops mean the queue overflowed.
+    let mut last = Vec::new();
     loop {
         thread::sleep(Duration::from_secs(30));
         let line: Vec<String> = directions
@@ -166,13 +175,9 @@ fn main() {
                 )
             })
             .collect();
-        let mut last = last.lock().unwrap();
-        if last.back() != Some(&line) {
+        if line != last {
             eprintln!("delayline: {}", line.join("; "));
-            last.push_back(line);
-            if last.len() > 1 {
-                last.pop_front();
-            }
+            last = line;
         }
     }
 }

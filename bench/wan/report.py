@@ -182,6 +182,8 @@ def server_table(cells, server, workloads, tools, sizes):
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for workload in workloads:
+        if not any((server, workload, tool) in cells for tool in tools):
+            continue
         label, unit, higher = WORKLOADS[workload]
         label = f"{label}{sizes.get(workload, '')}"
         row = [label, unit + (" ↑" if higher else " ↓")]
@@ -204,6 +206,8 @@ def request_table(cells, server, workloads, tools):
         "|" + "---|" * (len([t for t in tools if t != "raw"]) + 2),
     ]
     for workload in workloads:
+        if not any((server, workload, tool) in cells for tool in tools):
+            continue
         row = [WORKLOADS[workload][0]]
         for tool in [t for t in tools if t != "raw"] + ["raw"]:
             cell = cells.get((server, workload, tool))
@@ -339,7 +343,7 @@ def main():
         "Each case runs on a fresh mount after `echo 3 > /proc/sys/vm/drop_caches` (the warm re-read "
         "reuses the mount of the cold read). Writes are timed until the bucket holds the data "
         "(polled with HEAD/LIST by the harness), so asynchronous uploaders are timed to the end; "
-        "the time at which the writing program returned is in `results-last.jsonl` (`writer_s`)."
+        "the time at which the writing program returned is in `bench/wan/results-last.jsonl` (`writer_s`)."
     )
     out.append("")
     out.append(f"**Ratios** are s3vol's speed divided by the other's (> 1: s3vol faster; for times, their "
@@ -374,13 +378,13 @@ def main():
     out.append("")
     for server in servers:
         server_label = {
-            "s3s-fs": "s3s-fs 0.14.1 (objects as files on disk)",
-            "bench": "s3vol's example server `examples/bench_server.rs` (in memory), a check",
+            "s3s-fs": "s3s-fs 0.14.1 (objects as files on disk), a check",
+            "bench": "s3vol's example server `examples/bench_server.rs` (in memory)",
         }.get(server, server)
         out.append(f"## Results: {server_label}")
         out.append("")
         if server == servers[0] and chart_ok:
-            out.append(f"![chart](bench/wan/{os.path.basename(args.chart)})")
+            out.append(f"![chart]({os.path.relpath(args.chart, os.path.dirname(os.path.abspath(args.output)))})")
             out.append("")
         out.extend(server_table(cells, server, workloads, tools, sizes))
         out.append("")
