@@ -109,6 +109,9 @@ pub struct MountOptions {
     /// Wait for the upload at close() and report its error (true), or upload in the background (false).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub upload_on_close: bool,
+    /// Reading a directory lists its subdirectories in the background (16 at once), so tree walks need no round trip per directory.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub list_prefetch: bool,
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub fuse_threads: usize,

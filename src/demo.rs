@@ -118,6 +118,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         cache_size: s3vol::fs::disk_cache::CacheSize::Bytes(0),
         cache_min_free: s3vol::fs::disk_cache::CacheSize::Percent(5.0),
         upload_on_close: true,
+        list_prefetch: true,
         fuse_threads: 4,
         kernel_option: Vec::new(),
     };

@@ -62,6 +62,10 @@ pub fn run(args: MountArgs) -> ExitCode {
         let store = runtime.block_on(async {
             let store = S3Store::connect(&resolved, settings).await?;
             verify_bucket(&store, &resolved).await?;
+            tokio::spawn({
+                let store = store.clone();
+                async move { store.warm_up(WARM_CONNECTIONS).await }
+            });
             Ok::<_, String>(store)
         })?;
         serve(
@@ -83,6 +87,9 @@ pub fn run(args: MountArgs) -> ExitCode {
         }
     }
 }
+
+/// Connections opened ahead of the first requests: a lookup's LIST and HEAD, then the GET.
+const WARM_CONNECTIONS: usize = 4;
 
 pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
     // glibc gives every thread that allocates its own arena: with FUSE, runtime and
@@ -188,6 +195,7 @@ pub fn fs_config(options: &MountOptions) -> FsConfig {
         max_nodes: (options.memory_limit / 4096).max(4096) as usize,
         cache_dir: options.cache_dir.clone().unwrap_or_else(default_cache_dir),
         upload_on_close: options.upload_on_close,
+        list_prefetch: options.list_prefetch,
         ..FsConfig::default()
     }
 }

@@ -230,6 +230,37 @@ fn stalled_bodies_time_out_and_resume_or_eio() {
     assert_bytes(read(m.join("g")), &g, "read after the stalls stopped");
 }
 
+/// A read waits for the bytes it asks for, not for the whole block they are in: on a slow
+/// link the first kilobytes of a block arrive long before its last ones.
+#[test]
+fn a_read_is_answered_from_the_first_bytes_of_a_block() {
+    let s = server();
+    let f = pattern(4 << 20, 8);
+    put(&s, "f", f.clone());
+    // A long read timeout: waiting for the whole block would be a 30 s wait, then a second
+    // GET for the rest.
+    let m = Mount::new(&s, &["--read-timeout", "30"]);
+    stat(m.join("f")).expect("lookup");
+    let gets = s.stats().count("GetObject");
+    s.quirks().stall_body(1, 200_000, FOREVER);
+    let head = within("reading the first bytes of a stalled block", {
+        let path = m.join("f");
+        move || -> io::Result<Vec<u8>> {
+            let mut buf = vec![0u8; 4096];
+            let n = std::os::unix::fs::FileExt::read_at(&File::open(path)?, &mut buf, 0)?;
+            buf.truncate(n);
+            Ok(buf)
+        }
+    });
+    assert_bytes(head, &f[..4096], "first 4 KiB");
+    assert_eq!(
+        s.stats().count("GetObject"),
+        gets + 1,
+        "the read was answered while its GET was still stalled"
+    );
+    s.quirks().stall_body(0, 0, Duration::ZERO);
+}
+
 #[test]
 fn latency_slows_requests_down_and_too_much_of_it_is_eio() {
     let s = server();

@@ -225,3 +225,34 @@ fn the_inode_table_stays_within_its_budget_when_the_kernel_forgets() {
     assert_eq!(std::fs::read_to_string(m.join("big/f00007")).unwrap(), "x");
     assert_eq!(std::fs::read_dir(m.join("big")).unwrap().count(), 12_000);
 }
+
+/// Reading a directory lists its subdirectories in the background: a tree walk then finds
+/// every listing ready, and nothing is listed twice.
+#[test]
+fn reading_a_directory_prefetches_its_subdirectories() {
+    let s = server();
+    for d in 0..20 {
+        for f in 0..3 {
+            put(&s, &format!("p/d{d}/f{f}"), "x");
+        }
+    }
+    let m = Mount::new(&s, &["--metadata-ttl", "60"]);
+    let before = s.stats().count("ListObjectsV2");
+    assert_eq!(std::fs::read_dir(m.join("p")).unwrap().count(), 20);
+    // The lookup of p (a listing of the root), p's listing, then one per subdirectory,
+    // none of which was read yet.
+    let wanted = before + 22;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while s.stats().count("ListObjectsV2") < wanted && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(s.stats().count("ListObjectsV2"), wanted, "{}", m.log());
+    for d in 0..20 {
+        assert_eq!(std::fs::read_dir(m.join(&format!("p/d{d}"))).unwrap().count(), 3);
+    }
+    assert_eq!(
+        s.stats().count("ListObjectsV2"),
+        wanted,
+        "the walk listed nothing again"
+    );
+}

@@ -392,3 +392,51 @@ fn a_name_created_again_while_the_old_file_is_open_keeps_the_new_file() {
     assert_eq!(object(&s, "f").as_deref(), Some(&b"new"[..]));
     assert_eq!(fs::read_to_string(m.join("f")).unwrap(), "new");
 }
+
+/// `--upload-on-close false` puts directory markers in the background; removing, renaming
+/// or re-creating a directory right after mkdir still leaves exactly the markers wanted.
+#[test]
+fn deferred_directory_markers_settle_before_rmdir_and_rename() {
+    let s = server();
+    let m = Mount::new(&s, &["--upload-on-close", "false", "--metadata-ttl", "30"]);
+    for i in 0..40 {
+        fs::create_dir(m.join(&format!("d{i}"))).unwrap();
+    }
+    for i in 0..10 {
+        fs::remove_dir(m.join(&format!("d{i}"))).unwrap();
+    }
+    for i in 10..20 {
+        fs::rename(m.join(&format!("d{i}")), m.join(&format!("r{i}"))).unwrap();
+    }
+    for i in 20..25 {
+        fs::remove_dir(m.join(&format!("d{i}"))).unwrap();
+        fs::create_dir(m.join(&format!("d{i}"))).unwrap();
+    }
+    fs::create_dir(m.join("d30/sub")).unwrap();
+    fs::write(m.join("d30/sub/f"), "x").unwrap();
+    m.unmount();
+    let mut want: Vec<String> = (20..40).map(|i| format!("d{i}/")).collect();
+    want.extend((10..20).map(|i| format!("r{i}/")));
+    want.extend(["d30/sub/".to_string(), "d30/sub/f".to_string()]);
+    want.sort();
+    assert_eq!(s.backend().keys(BUCKET), want);
+}
+
+/// `rm -r` lists each directory, unlinks its entries, then removes it: the listing it just
+/// emptied answers whether the directory is empty, without another LIST.
+#[test]
+fn rm_r_trusts_the_listing_it_just_emptied() {
+    let s = server();
+    for d in 0..10 {
+        for f in 0..5 {
+            put(&s, &format!("t/d{d}/f{f}"), "x");
+        }
+    }
+    let m = Mount::new(&s, &["--metadata-ttl", "60", "--list-prefetch", "false"]);
+    let before = s.stats().count("ListObjectsV2");
+    fs::remove_dir_all(m.join("t")).unwrap();
+    let lists = s.stats().count("ListObjectsV2") - before;
+    // The lookup of t (a listing of the root), then one LIST per directory read.
+    assert!(lists <= 12, "{lists} LIST requests for rm -r of 11 directories");
+    assert!(s.backend().keys(BUCKET).is_empty());
+}

@@ -1,19 +1,20 @@
 //! The block cache: object data in fixed-size blocks keyed by key, ETag and index, held in
 //! memory within a byte budget. A block is fetched once however many readers want it
 //! (single flight), and runs of missing blocks are fetched as one ranged GET each, whose
-//! body fills the blocks in order as it streams in.
+//! body fills the blocks in order as it streams in. A read waits only for the bytes it asks
+//! for, not for the whole block: on a long-distance link a 1 MiB block takes several round
+//! trips of TCP slow start, while the first kilobytes arrive after one.
 
 use super::budget::TransferBudget;
 use super::disk_cache::DiskCache;
 use crate::store::{ObjectStore, StoreError};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use futures::future::{BoxFuture, FutureExt, Shared};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BlockKey {
@@ -31,7 +32,40 @@ pub struct ObjectVersion {
 }
 
 type BlockResult = Result<Bytes, StoreError>;
-type PendingBlock = Shared<BoxFuture<'static, BlockResult>>;
+
+/// A block being fetched: the pieces of its body received so far, then its outcome.
+#[derive(Default)]
+struct Progress {
+    pieces: Vec<Bytes>,
+    received: usize,
+    done: Option<BlockResult>,
+}
+
+impl Progress {
+    /// Bytes `range` of the block if they have arrived (copied only when they span pieces).
+    fn take(&self, range: Range<usize>) -> Option<Bytes> {
+        if self.received < range.end {
+            return None;
+        }
+        let mut out = BytesMut::with_capacity(range.len());
+        let mut offset = 0;
+        for piece in &self.pieces {
+            let (from, to) = (range.start.max(offset), range.end.min(offset + piece.len()));
+            if from < to {
+                let slice = piece.slice(from - offset..to - offset);
+                if out.is_empty() && slice.len() == range.len() {
+                    return Some(slice);
+                }
+                out.extend_from_slice(&slice);
+            }
+            offset += piece.len();
+        }
+        Some(out.freeze())
+    }
+}
+
+type PendingBlock = watch::Receiver<Progress>;
+type BlockSender = watch::Sender<Progress>;
 
 #[derive(Default)]
 pub struct CacheStats {
@@ -121,21 +155,15 @@ impl BlockCache {
         let slots = self.claim(object, wanted.start..ensure_end, wanted.end);
         let mut pieces = Vec::with_capacity(slots.len());
         for (i, slot) in slots.into_iter().enumerate() {
-            let block = match slot {
-                Slot::Ready(b) => b,
-                Slot::Pending(p) => p.await?,
-            };
-            let block_start = (wanted.start + i as u64) * bs;
+            let index = wanted.start + i as u64;
+            let block_start = index * bs;
             let from = range.start.saturating_sub(block_start) as usize;
-            let to = ((end - block_start) as usize).min(block.len());
-            if from >= to {
-                return Err(StoreError::Other(format!(
-                    "short block {} of {}",
-                    wanted.start + i as u64,
-                    object.key
-                )));
-            }
-            pieces.push(block.slice(from..to));
+            let to = ((end - block_start) as usize).min(self.block_len(object, index) as usize);
+            let piece = match slot {
+                Slot::Ready(block) => Self::slice(&block, from..to),
+                Slot::Pending(progress) => Self::wait_for(progress, from..to).await?,
+            };
+            pieces.push(piece.ok_or_else(|| StoreError::Other(format!("short block {index} of {}", object.key)))?);
         }
         // Kernel reads are aligned and at most one block long: usually one piece, handed
         // out without a copy.
@@ -145,11 +173,28 @@ impl BlockCache {
         })
     }
 
+    fn slice(block: &Bytes, range: Range<usize>) -> Option<Bytes> {
+        (range.start < range.end && range.end <= block.len()).then(|| block.slice(range))
+    }
+
+    /// Waits until bytes `range` of a block being fetched have arrived, or its fetch ended.
+    async fn wait_for(mut progress: PendingBlock, range: Range<usize>) -> Result<Option<Bytes>, StoreError> {
+        let state = progress
+            .wait_for(|p| p.done.is_some() || p.received >= range.end)
+            .await
+            .map_err(|_| StoreError::Other("block fetch was dropped".into()))?;
+        match &state.done {
+            Some(Ok(block)) => Ok(Self::slice(block, range)),
+            Some(Err(e)) => Err(e.clone()),
+            None => Ok(state.take(range)),
+        }
+    }
+
     /// Returns a slot for each block in `blocks` below `wanted_end`, and starts fetches for
     /// every missing block of `blocks`, the prefetch included.
     fn claim(self: &Arc<Self>, object: &ObjectVersion, blocks: Range<u64>, wanted_end: u64) -> Vec<Slot> {
         let mut slots = Vec::new();
-        let mut missing: Vec<(u64, oneshot::Sender<BlockResult>)> = Vec::new();
+        let mut missing: Vec<(u64, BlockSender)> = Vec::new();
         {
             let mut pending = self.pending.lock().expect("pending map poisoned");
             for index in blocks.clone() {
@@ -175,14 +220,10 @@ impl BlockCache {
                         if index < wanted_end {
                             self.stats.misses.fetch_add(1, Ordering::Relaxed);
                         }
-                        let (tx, rx) = oneshot::channel();
-                        let fut: BoxFuture<'static, BlockResult> = rx
-                            .map(|r| r.unwrap_or_else(|_| Err(StoreError::Other("block fetch was dropped".into()))))
-                            .boxed();
-                        let shared = fut.shared();
-                        pending.insert(key, shared.clone());
+                        let (tx, rx) = watch::channel(Progress::default());
+                        pending.insert(key, rx.clone());
                         missing.push((index, tx));
-                        Slot::Pending(shared)
+                        Slot::Pending(rx)
                     }
                 };
                 if index < wanted_end {
@@ -199,7 +240,7 @@ impl BlockCache {
     }
 
     /// Consecutive missing blocks, split into runs of at most `request_size` bytes.
-    fn runs(&self, missing: Vec<(u64, oneshot::Sender<BlockResult>)>) -> Vec<Vec<(u64, oneshot::Sender<BlockResult>)>> {
+    fn runs(&self, missing: Vec<(u64, BlockSender)>) -> Vec<Vec<(u64, BlockSender)>> {
         let per_request = (self.request_size / self.block_size).max(1) as usize;
         let mut runs: Vec<Vec<_>> = Vec::new();
         for (index, tx) in missing {
@@ -216,7 +257,7 @@ impl BlockCache {
     /// One GET for a run of blocks; each block is published as soon as its bytes are in.
     /// Serves a run of blocks from the disk cache where it has them, and the rest from the
     /// network, one GET per consecutive stretch.
-    async fn fetch(self: Arc<Self>, object: ObjectVersion, run: Vec<(u64, oneshot::Sender<BlockResult>)>) {
+    async fn fetch(self: Arc<Self>, object: ObjectVersion, run: Vec<(u64, BlockSender)>) {
         let Some(disk) = self.disk.clone() else {
             return self.fetch_remote(object, run).await;
         };
@@ -230,7 +271,7 @@ impl BlockCache {
         })
         .await
         .unwrap_or_default();
-        let mut missing: Vec<(u64, oneshot::Sender<BlockResult>)> = Vec::new();
+        let mut missing: Vec<(u64, BlockSender)> = Vec::new();
         let mut found = found.into_iter();
         for (index, tx) in run {
             match found.next().flatten() {
@@ -260,12 +301,13 @@ impl BlockCache {
 
     /// One GET for consecutive blocks; each block is published as soon as its bytes are
     /// in, and written to the disk cache in the background.
-    async fn fetch_remote(self: Arc<Self>, object: ObjectVersion, run: Vec<(u64, oneshot::Sender<BlockResult>)>) {
+    async fn fetch_remote(self: Arc<Self>, object: ObjectVersion, run: Vec<(u64, BlockSender)>) {
         let bs = self.block_size;
         let first = run[0].0;
         let start = first * bs;
         let end = ((first + run.len() as u64) * bs).min(object.size);
         let mut run = run.into_iter();
+        let mut current = run.next();
         let _room = self.budget.take(end - start).await;
         let result = async {
             let resp = self
@@ -273,23 +315,29 @@ impl BlockCache {
                 .get_range(&object.key, start..end, Some(&object.etag))
                 .await?;
             let mut body = resp.body;
-            let mut buf = BytesMut::new();
             let mut block_start = start;
             while let Some(chunk) = body.next().await {
-                buf.extend_from_slice(&chunk?);
-                loop {
-                    let block_len = (bs.min(end - block_start)) as usize;
-                    if buf.len() < block_len || block_len == 0 {
-                        break;
+                let mut chunk = chunk?;
+                while !chunk.is_empty() {
+                    let Some((index, tx)) = current.as_ref() else { break };
+                    let block_len = bs.min(end - block_start) as usize;
+                    let missing = block_len - tx.borrow().received;
+                    let piece = chunk.split_to(missing.min(chunk.len()));
+                    tx.send_modify(|p| {
+                        p.received += piece.len();
+                        p.pieces.push(piece);
+                    });
+                    if tx.borrow().received == block_len {
+                        let block = Self::assemble(&tx.borrow().pieces, block_len);
+                        self.stats.fetched_bytes.fetch_add(block_len as u64, Ordering::Relaxed);
+                        if let Some(disk) = &self.disk {
+                            disk.put_later(&object.key, &object.etag, *index, block.clone());
+                        }
+                        let (index, tx) = current.take().expect("checked above");
+                        self.publish(&object, index, Ok(block), tx);
+                        block_start += block_len as u64;
+                        current = run.next();
                     }
-                    let block = buf.split_to(block_len).freeze();
-                    self.stats.fetched_bytes.fetch_add(block_len as u64, Ordering::Relaxed);
-                    let Some((index, tx)) = run.next() else { break };
-                    if let Some(disk) = &self.disk {
-                        disk.put_later(&object.key, &object.etag, index, block.clone());
-                    }
-                    self.publish(&object, index, Ok(block), tx);
-                    block_start += block_len as u64;
                 }
             }
             if block_start < end {
@@ -302,13 +350,21 @@ impl BlockCache {
         }
         .await;
         if let Err(e) = result {
-            for (index, tx) in run {
+            for (index, tx) in current.into_iter().chain(run) {
                 self.publish(&object, index, Err(e.clone()), tx);
             }
         }
     }
 
-    fn publish(&self, object: &ObjectVersion, index: u64, result: BlockResult, tx: oneshot::Sender<BlockResult>) {
+    /// One block from the pieces its body arrived in. Always a copy: a piece may be a
+    /// slice of a larger receive buffer, which the cache must not keep alive.
+    fn assemble(pieces: &[Bytes], len: usize) -> Bytes {
+        let mut block = BytesMut::with_capacity(len);
+        pieces.iter().for_each(|p| block.extend_from_slice(p));
+        block.freeze()
+    }
+
+    fn publish(&self, object: &ObjectVersion, index: u64, result: BlockResult, tx: BlockSender) {
         let key = BlockKey {
             key: object.key.clone(),
             etag: object.etag.clone(),
@@ -318,7 +374,10 @@ impl BlockCache {
             self.cache.insert(key.clone(), block.clone());
         }
         self.pending.lock().expect("pending map poisoned").remove(&key);
-        let _ = tx.send(result);
+        tx.send_modify(|p| {
+            p.pieces.clear();
+            p.done = Some(result);
+        });
     }
 
     /// Drops every cached block of `key` (after it was replaced or deleted).

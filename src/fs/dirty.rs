@@ -26,6 +26,8 @@ pub struct Streaming {
     /// Parts started so far (numbered 1..=started).
     pub started: i32,
     pub tasks: Vec<JoinHandle<StoreResult<CompletedPart>>>,
+    /// One permit per part that may be in flight at once.
+    pub slots: std::sync::Arc<tokio::sync::Semaphore>,
     /// A write landed in a part already sent: the upload must start over at flush.
     pub broken: bool,
 }

@@ -24,7 +24,7 @@ impl Fs {
 
     /// Entries from `offset` on (as many as one page holds); empty at the end. Offsets 1
     /// and 2 are `.` and `..`.
-    pub async fn readdir(&self, ino: u64, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
+    pub async fn readdir(self: &Arc<Self>, ino: u64, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
         let stream = self.dirs.lock().unwrap().get(&fh).cloned().ok_or(Errno(libc::EBADF))?;
         let mut s = stream.lock().await;
         let mut out = Vec::new();
@@ -59,8 +59,11 @@ impl Fs {
     }
 
     /// Replaces the stream's entries with its next page.
-    pub(super) async fn next_dir_page(&self, s: &mut DirStream) -> FsResult<()> {
+    pub(super) async fn next_dir_page(self: &Arc<Self>, s: &mut DirStream) -> FsResult<()> {
         let new_base = s.end_offset();
+        if s.state == ListState::Start {
+            self.wait_for_prefetch(s.ino).await;
+        }
         let now = Instant::now();
         let until = now + self.config.metadata_ttl;
         let cached = {
@@ -130,6 +133,7 @@ impl Fs {
         } else {
             Vec::new()
         };
+        self.prefetch_listings(&entries);
         self.trim_tree();
         s.base = new_base;
         s.entries = entries

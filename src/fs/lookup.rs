@@ -202,7 +202,7 @@ impl Fs {
 
     /// Feeds a first page of a directory's listing into the cache; a complete one is the
     /// whole listing until the TTL runs out.
-    fn absorb_dir_page(&self, parent: u64, parent_key: &str, page: &crate::store::ListPage, changes: u64) {
+    pub(super) fn absorb_dir_page(&self, parent: u64, parent_key: &str, page: &crate::store::ListPage, changes: u64) {
         let mut seen = dir::page_entries(parent_key, page, self.resolved.profile.hidden_prefixes);
         {
             let hidden = self.hidden_keys.lock().unwrap();

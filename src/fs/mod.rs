@@ -9,6 +9,7 @@ mod dir;
 mod dirty;
 pub mod disk_cache;
 mod journal;
+mod list_prefetch;
 mod listing;
 mod lookup;
 mod names;
@@ -72,6 +73,8 @@ pub struct FsConfig {
     /// The persistent block cache under `cache_dir`: size budget and free space to keep
     /// (bytes); `None` disables it.
     pub disk_cache: Option<(u64, u64)>,
+    /// Reading a directory lists its subdirectories in the background.
+    pub list_prefetch: bool,
 }
 
 impl Default for FsConfig {
@@ -93,6 +96,7 @@ impl Default for FsConfig {
             cache_dir: std::env::temp_dir().join("s3vol"),
             upload_on_close: true,
             disk_cache: None,
+            list_prefetch: true,
         }
     }
 }
@@ -154,6 +158,9 @@ pub struct Fs {
     /// Unlinked while open: deleted from the bucket at the last close, hidden until then.
     pending_deletes: Mutex<HashMap<u64, String>>,
     hidden_keys: Mutex<HashSet<String>>,
+    /// Directory markers being put in the background (`upload_on_close = false`).
+    pending_markers: Mutex<HashSet<String>>,
+    list_prefetch: list_prefetch::ListPrefetch,
     uploader: Uploader,
     journal: Arc<journal::Journal>,
     dirty_budget: Arc<MemoryBudget>,
@@ -259,6 +266,8 @@ impl Fs {
             data: Mutex::new(HashMap::new()),
             pending_deletes: Mutex::new(HashMap::new()),
             hidden_keys: Mutex::new(HashSet::new()),
+            pending_markers: Mutex::new(HashSet::new()),
+            list_prefetch: Default::default(),
             uploader,
             journal,
             dirty_budget: MemoryBudget::new(quarter, quarter.min(8 << 20)),

@@ -115,7 +115,7 @@ impl Fs {
         Ok((self.node_attr(ino)?, opened))
     }
 
-    pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, caller: Caller) -> FsResult<Attr> {
+    pub async fn mkdir(self: &Arc<Self>, parent: u64, name: &str, mode: u32, caller: Caller) -> FsResult<Attr> {
         let key = self.new_child_key(parent, name, Kind::Dir)?;
         let markers = self.resolved.profile.markers;
         let ino = self.add_local(parent, name, Kind::Dir, mode, caller, 0)?;
@@ -123,20 +123,72 @@ impl Fs {
             // Lives in the mount until a file is written into it.
             return self.node_attr(ino);
         }
-        let metadata = self.metadata_for(ino);
         let opts = PutOptions {
-            metadata,
+            metadata: self.metadata_for(ino),
             ..Default::default()
         };
+        if !self.config.upload_on_close {
+            self.put_marker_later(ino, key, opts).await;
+            return self.node_attr(ino);
+        }
         if let Err(e) = self.store.put(&key, Bytes::new(), &opts).await {
             self.tree().remove_child(parent, name, Instant::now());
             return Err(self.fail("mkdir", &key, e));
         }
-        if let Some(n) = self.tree().get_mut(ino) {
+        self.marker_is_in(ino, &key);
+        self.node_attr(ino)
+    }
+
+    /// The directory exists in the bucket now.
+    fn marker_is_in(&self, ino: u64, key: &str) {
+        if let Some(n) = self.tree().get_mut(ino).filter(|n| n.key == key) {
             n.local = false;
             n.fresh_until = Instant::now() + self.config.metadata_ttl;
         }
-        self.node_attr(ino)
+    }
+
+    /// `upload_on_close = false`: the marker goes out in the background like file uploads
+    /// (a `cp -r` of many directories would otherwise wait a round trip per directory).
+    /// Until it is in, the directory is local; a failure is logged and counted in status.
+    async fn put_marker_later(self: &Arc<Self>, ino: u64, key: String, opts: PutOptions) {
+        if self.hidden_keys.lock().unwrap().contains(&key) {
+            // The delete of an earlier directory of this name goes first.
+            self.background.wait_idle().await;
+        }
+        self.pending_markers.lock().unwrap().insert(key.clone());
+        let slot = self
+            .background
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            match this.store.put(&key, Bytes::new(), &opts).await {
+                Ok(_) => this.marker_is_in(ino, &key),
+                Err(e) => {
+                    this.fail("mkdir", &key, e);
+                    this.background.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            this.pending_markers.lock().unwrap().remove(&key);
+        });
+    }
+
+    /// Waits for background marker puts under `dir_key`, so that removing or moving the
+    /// directory sees them in the bucket.
+    async fn settle_markers(&self, dir_key: &str) {
+        let pending = self
+            .pending_markers
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|k| k.starts_with(dir_key));
+        if pending {
+            self.background.wait_idle().await;
+        }
     }
 
     /// The child `name` of `parent`, looked up if not cached.
@@ -152,28 +204,41 @@ impl Fs {
         Ok(page.objects.iter().all(|o| o.key == dir_key || hidden.contains(&o.key)) && page.prefixes.is_empty())
     }
 
-    pub async fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
+    pub async fn rmdir(self: &Arc<Self>, parent: u64, name: &str) -> FsResult<()> {
         self.check_writable()?;
         let (ino, attr) = self.child(parent, name).await?;
         if attr.kind != Kind::Dir {
             return Err(Errno(libc::ENOTDIR));
         }
-        let (key, local, has_local_children) = {
+        let key = self.tree().get(ino).ok_or(Errno(libc::ENOENT))?.key.clone();
+        self.settle_markers(&key).await;
+        let (local, children, listed) = {
             let tree = self.tree();
             let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
             let local_children = n.children.values().any(|c| tree.get(*c).is_some_and(|c| c.local));
-            (n.key.clone(), n.local, local_children)
+            let listed = n.listed_until.is_some_and(|t| t > Instant::now());
+            (n.local, (!n.children.is_empty(), local_children), listed)
         };
-        let deletes_pending = self.hidden_keys.lock().unwrap().iter().any(|k| k.starts_with(&key));
-        if deletes_pending {
-            // Deferred deletes of its files first: then the bucket shows what is left.
-            self.background.wait_idle().await;
-        }
-        if has_local_children || (!local && !self.remote_dir_is_empty(&key).await?) {
+        let (any_children, local_children) = children;
+        if local_children {
             return Err(Errno(libc::ENOTEMPTY));
         }
+        // A whole listing still within its TTL, every entry of which was removed through
+        // the mount: empty without asking the bucket again (`rm -r` lists, unlinks, then
+        // removes each directory).
+        let known_empty = listed && !any_children;
+        if !local && !known_empty {
+            let deletes_pending = self.hidden_keys.lock().unwrap().iter().any(|k| k.starts_with(&key));
+            if deletes_pending {
+                // Deferred deletes of its files first: then the bucket shows what is left.
+                self.background.wait_idle().await;
+            }
+            if !self.remote_dir_is_empty(&key).await? {
+                return Err(Errno(libc::ENOTEMPTY));
+            }
+        }
         if !local && self.resolved.profile.markers != Markers::Forbidden {
-            self.store.delete(&key).await.map_err(|e| self.fail("rmdir", &key, e))?;
+            self.delete_object(&key).await?;
         }
         self.tree()
             .remove_child(parent, name, Instant::now() + self.config.metadata_ttl);
@@ -220,9 +285,11 @@ impl Fs {
 
     /// Deletes now, or, with deferred uploads, in the background like them (hidden from
     /// this mount's listings until done; a failure is logged and counted).
+    /// Deletes `key` now, or with `upload_on_close = false` in the background (hidden
+    /// from listings until it is gone).
     async fn delete_object(self: &Arc<Self>, key: &str) -> FsResult<()> {
         if self.config.upload_on_close {
-            return self.store.delete(key).await.map_err(|e| self.fail("unlink", key, e));
+            return self.store.delete(key).await.map_err(|e| self.fail("delete", key, e));
         }
         self.hidden_keys.lock().unwrap().insert(key.to_string());
         let slot = self
@@ -236,7 +303,7 @@ impl Fs {
         tokio::spawn(async move {
             let _slot = slot;
             if let Err(e) = this.store.delete(&key).await {
-                this.fail("unlink", &key, e);
+                this.fail("delete", &key, e);
                 this.background.failed.fetch_add(1, Ordering::Relaxed);
             }
             this.hidden_keys.lock().unwrap().remove(&key);
@@ -275,7 +342,7 @@ impl Fs {
     }
 
     pub async fn rename(
-        &self,
+        self: &Arc<Self>,
         parent: u64,
         name: &str,
         new_parent: u64,
@@ -409,6 +476,7 @@ impl Fs {
             let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
             (n.key.clone(), tree.descendants(ino))
         };
+        self.settle_markers(&old_key).await;
         for d in &descendants {
             self.sync_ino(*d).await?;
         }

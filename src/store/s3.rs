@@ -17,7 +17,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, Delete, EncodingType, Metadata
 use futures::StreamExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Knobs of the S3 client that are not provider facts.
@@ -52,6 +52,7 @@ impl Default for S3Settings {
     }
 }
 
+#[derive(Clone)]
 pub struct S3Store {
     inner: Arc<Inner>,
 }
@@ -148,6 +149,18 @@ impl S3Store {
 
     pub fn resolved(&self) -> &Resolved {
         &self.inner.resolved
+    }
+
+    /// Opens `connections` connections to the endpoint with as many concurrent HeadBucket
+    /// requests, answers ignored. The first lookup after a mount sends a LIST and a HEAD
+    /// at once, then a GET: on a link 40 ms long, each one that must open its own
+    /// connection first pays a round trip (two with TLS) more.
+    pub async fn warm_up(&self, connections: usize) {
+        let requests = (0..connections).map(|_| {
+            let head = self.inner.client.head_bucket().bucket(&self.inner.bucket).send();
+            tokio::time::timeout(self.inner.settings.connect_timeout * 2, head)
+        });
+        futures::future::join_all(requests).await;
     }
 }
 
@@ -296,7 +309,7 @@ impl Inner {
     }
 
     /// One request under a slot, retried by the policy.
-    async fn call<T, F, Fut>(&self, what: &str, op: F) -> StoreResult<T>
+    async fn call<T, F, Fut>(&self, what: &str, key: &str, op: F) -> StoreResult<T>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = StoreResult<T>>,
@@ -305,12 +318,20 @@ impl Inner {
             .retry
             .run(what, || async {
                 let _slot = self.slot().await;
-                self.counted(op().await)
+                let started = Instant::now();
+                self.counted(what, key, started, op().await)
             })
             .await
     }
 
-    fn counted<T>(&self, result: StoreResult<T>) -> StoreResult<T> {
+    /// Counts one request and logs it at debug level (`--debug`): operation, key, outcome
+    /// and time to the answer (for a GET, to its response headers).
+    fn counted<T>(&self, what: &str, key: &str, started: Instant, result: StoreResult<T>) -> StoreResult<T> {
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        match &result {
+            Ok(_) => tracing::debug!(target: "s3vol::request", "{what} {key:?}: ok in {ms:.1} ms"),
+            Err(e) => tracing::debug!(target: "s3vol::request", "{what} {key:?}: {e} in {ms:.1} ms"),
+        }
         self.requests.fetch_add(1, Ordering::Relaxed);
         if result.is_err() {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -477,10 +498,14 @@ impl BodyState {
             tokio::time::sleep(self.inner.settings.retry.delay(attempt)).await;
             let etag = self.etag.clone();
             let range = self.next..self.end;
-            match self
-                .inner
-                .counted(self.inner.get_once(&self.key, range, etag.as_deref()).await)
-            {
+            let what = format!(
+                "GetObject (resumed) bytes={}-{}",
+                range.start,
+                range.end.saturating_sub(1)
+            );
+            let started = Instant::now();
+            let answer = self.inner.get_once(&self.key, range, etag.as_deref()).await;
+            match self.inner.counted(&what, &self.key, started, answer) {
                 Ok(resp) => self.body = resp.body,
                 Err(e) if e.is_transient() => self.body = Box::pin(futures::stream::once(async { Err(e) })),
                 Err(e) => {
@@ -497,7 +522,7 @@ impl ObjectStore for S3Store {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
         let s = &self.inner;
         let out = s
-            .call("HeadObject", || async {
+            .call("HeadObject", key, || async {
                 let r = s.client.head_object().bucket(&s.bucket).key(key).send().await;
                 r.map_err(|e| store_error(&e))
             })
@@ -525,7 +550,9 @@ impl ObjectStore for S3Store {
             .settings
             .retry
             .run("GetObject", || async {
-                s.counted(s.get_once(key, range.clone(), if_match).await)
+                let started = Instant::now();
+                let what = format!("GetObject bytes={}-{}", range.start, range.end.saturating_sub(1));
+                s.counted(&what, key, started, s.get_once(key, range.clone(), if_match).await)
             })
             .await?;
         let end = range.end.min(first.object_size);
@@ -550,7 +577,7 @@ impl ObjectStore for S3Store {
     async fn list_page(&self, req: &ListRequest) -> StoreResult<ListPage> {
         let s = &self.inner;
         let out = s
-            .call("ListObjectsV2", || async {
+            .call("ListObjectsV2", &req.prefix, || async {
                 let r = s
                     .client
                     .list_objects_v2()
@@ -619,7 +646,7 @@ impl ObjectStore for S3Store {
             )));
         }
         let out = s
-            .call("PutObject", || async {
+            .call("PutObject", key, || async {
                 let r = s
                     .client
                     .put_object()
@@ -641,7 +668,7 @@ impl ObjectStore for S3Store {
         let s = &self.inner;
         s.check_name(key)?;
         let out = s
-            .call("CreateMultipartUpload", || async {
+            .call("CreateMultipartUpload", key, || async {
                 let r = s
                     .client
                     .create_multipart_upload()
@@ -662,7 +689,7 @@ impl ObjectStore for S3Store {
     async fn upload_part(&self, key: &str, upload_id: &str, number: i32, body: Bytes) -> StoreResult<CompletedPart> {
         let s = &self.inner;
         let out = s
-            .call("UploadPart", || async {
+            .call("UploadPart", key, || async {
                 let r = s
                     .client
                     .upload_part()
@@ -696,7 +723,7 @@ impl ObjectStore for S3Store {
             return Err(StoreError::Unsupported("UploadPartCopy".into()));
         }
         let out = s
-            .call("UploadPartCopy", || async {
+            .call("UploadPartCopy", key, || async {
                 let r = s
                     .client
                     .upload_part_copy()
@@ -739,7 +766,7 @@ impl ObjectStore for S3Store {
             .operation_attempt_timeout(s.settings.complete_timeout)
             .build();
         let out = s
-            .call("CompleteMultipartUpload", || async {
+            .call("CompleteMultipartUpload", key, || async {
                 let r = s
                     .client
                     .complete_multipart_upload()
@@ -760,7 +787,7 @@ impl ObjectStore for S3Store {
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
         let s = &self.inner;
         let r = s
-            .call("AbortMultipartUpload", || async {
+            .call("AbortMultipartUpload", key, || async {
                 let r = s
                     .client
                     .abort_multipart_upload()
@@ -783,7 +810,7 @@ impl ObjectStore for S3Store {
         s.check_name(dest)?;
         let directive = metadata.map(|_| MetadataDirective::Replace);
         let out = s
-            .call("CopyObject", || async {
+            .call("CopyObject", dest, || async {
                 let r = s
                     .client
                     .copy_object()
@@ -807,7 +834,7 @@ impl ObjectStore for S3Store {
     async fn delete(&self, key: &str) -> StoreResult<()> {
         let s = &self.inner;
         let r = s
-            .call("DeleteObject", || async {
+            .call("DeleteObject", key, || async {
                 let r = s.client.delete_object().bucket(&s.bucket).key(key).send().await;
                 r.map_err(|e| store_error(&e))
             })
@@ -838,7 +865,7 @@ impl ObjectStore for S3Store {
                 .build()
                 .map_err(|e| StoreError::Other(e.to_string()))?;
             let out = s
-                .call("DeleteObjects", || async {
+                .call("DeleteObjects", &chunk[0], || async {
                     let mut op = s
                         .client
                         .delete_objects()
@@ -866,7 +893,7 @@ impl ObjectStore for S3Store {
         s.check_name(dest)?;
         // One token for every attempt: a retried rename that already happened is a no-op.
         let token = format!("s3vol-{:016x}", fastrand::u64(..));
-        s.call("RenameObject", || async {
+        s.call("RenameObject", dest, || async {
             let r = s
                 .client
                 .rename_object()
