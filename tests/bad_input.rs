@@ -287,6 +287,35 @@ fn wrong_credentials_are_refused_by_mount() {
     assert_eq!(object(&s, "kept").as_deref(), Some(&b"kept"[..]));
 }
 
+/// No credentials anywhere: one line that says what to set, at once (not ten retries of
+/// the SDK's credential chain).
+#[test]
+fn missing_credentials_are_named_without_retries() {
+    let s = server();
+    let home = tempfile::tempdir().unwrap();
+    let mp = Mountpoint::new();
+    let mut cmd = mount_command(&s, "s3://test", &mp, &s.endpoint, &[]);
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        .env("HOME", home.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    let o = run(cmd);
+    assert_refused(
+        &o,
+        1,
+        &["no credentials found", "AWS_ACCESS_KEY_ID", "--credentials-file"],
+        "no credentials",
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("attempts"), "not retried: {stderr}");
+    mp.assert_untouched();
+    assert_eq!(s.stats().total(), 0, "nothing reached the server");
+}
+
 #[test]
 fn a_clock_two_hours_off_is_named_as_the_cause() {
     let probe = Command::new("faketime").arg("--version").output();

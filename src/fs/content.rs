@@ -147,6 +147,15 @@ impl Content {
         self.truncate(0)
     }
 
+    /// Another handle on the staging file, if the content is staged (to sync it in the
+    /// background while it is still written).
+    pub fn staging_file(&self) -> Option<File> {
+        match self {
+            Content::Staged { file, .. } => file.try_clone().ok(),
+            Content::Memory { .. } => None,
+        }
+    }
+
     /// Makes the content durable in a staging file (for the journal) and returns its path.
     pub fn persist(&mut self, staging_dir: &Path) -> std::io::Result<PathBuf> {
         self.spill(staging_dir)?;

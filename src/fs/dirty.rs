@@ -26,6 +26,8 @@ pub struct Streaming {
     /// Parts started so far (numbered 1..=started).
     pub started: i32,
     pub tasks: Vec<JoinHandle<StoreResult<CompletedPart>>>,
+    /// The staging file's background sync (`sync_staging_later`).
+    pub syncing: Option<JoinHandle<()>>,
     /// One permit per part that may be in flight at once.
     pub slots: std::sync::Arc<tokio::sync::Semaphore>,
     /// A write landed in a part already sent: the upload must start over at flush.
@@ -93,6 +95,23 @@ impl FileData {
     /// The local ranges, for the journal.
     pub fn local_ranges(&self) -> Vec<(u64, u64)> {
         self.local.spans().collect()
+    }
+
+    /// Flushes the staging file to disk in the background, once at a time, while a large
+    /// file is written: the fsync that makes it durable before its upload completes then
+    /// has little left to write.
+    pub fn sync_staging_later(&mut self) {
+        let Some(file) = self.content.staging_file() else {
+            return;
+        };
+        let Some(s) = self.streaming.as_mut() else { return };
+        if s.syncing.as_ref().is_none_or(|h| h.is_finished()) {
+            s.syncing = Some(tokio::task::spawn_blocking(move || {
+                if let Err(e) = file.sync_data() {
+                    tracing::debug!("background sync of a staging file: {e}");
+                }
+            }));
+        }
     }
 
     /// Makes the local bytes durable on disk; returns the staging file.

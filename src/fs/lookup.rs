@@ -3,6 +3,15 @@
 
 use super::*;
 
+/// What a remote lookup found: the entry, its persisted metadata (from the HEAD), and for a
+/// directory the first page of its own listing with the directory's change count when it
+/// was asked for.
+pub(super) struct Found {
+    seen: Seen,
+    metadata: Option<crate::store::Metadata>,
+    listing: Option<(crate::store::ListPage, u64)>,
+}
+
 impl Fs {
     /// Resolves `name` for the kernel, which then holds a reference to the inode.
     pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
@@ -73,17 +82,28 @@ impl Fs {
         }
         self.trim_tree();
         match self.lookup_remote(parent, &parent_key, name).await? {
-            Some((seen, metadata)) => {
-                let mut tree = self.tree();
-                let ino = tree
-                    .upsert(parent, &seen, self.ttl_from_now())
-                    .ok_or(Errno(libc::ENOENT))?;
-                let node = tree.get_mut(ino).ok_or(Errno(libc::ENOENT))?;
-                if let Some(m) = metadata {
-                    node.attr.apply_metadata(&m);
-                    node.metadata_loaded = true;
+            Some(Found {
+                seen,
+                metadata,
+                listing,
+            }) => {
+                let (ino, attr) = {
+                    let mut tree = self.tree();
+                    let ino = tree
+                        .upsert(parent, &seen, self.ttl_from_now())
+                        .ok_or(Errno(libc::ENOENT))?;
+                    let node = tree.get_mut(ino).ok_or(Errno(libc::ENOENT))?;
+                    if let Some(m) = metadata {
+                        node.attr.apply_metadata(&m);
+                        node.metadata_loaded = true;
+                    }
+                    (ino, node.attr)
+                };
+                if let Some((page, changes)) = listing {
+                    let key = format!("{parent_key}{name}/");
+                    self.absorb_dir_page(ino, &key, &page, changes);
                 }
-                Ok(node.attr)
+                Ok(attr)
             }
             None => {
                 self.tree().remember_missing(parent, name, self.ttl_from_now());
@@ -97,30 +117,36 @@ impl Fs {
     /// per metadata TTL, not one per name. In a large directory a LIST of `prefix=name`
     /// with delimiter `/` finds the file, the directory and its marker at once. Where the
     /// provider keeps user metadata, a HEAD runs alongside for the file's persisted mode,
-    /// owner, mtime and symlink type.
-    pub(super) async fn lookup_remote(
-        &self,
-        parent: u64,
-        parent_key: &str,
-        name: &str,
-    ) -> FsResult<Option<(Seen, Option<crate::store::Metadata>)>> {
+    /// owner, mtime and symlink type. A third request lists `name/` itself: if `name` is a
+    /// directory, the next component of the path is then answered from that listing, so
+    /// opening `a/b/c` cold costs one round trip in all, not one per component.
+    pub(super) async fn lookup_remote(&self, parent: u64, parent_key: &str, name: &str) -> FsResult<Option<Found>> {
         let key = format!("{parent_key}{name}");
         let dir_key = format!("{key}/");
-        let (whole_dir, changes) = {
+        let (whole_dir, changes, child_changes) = {
             let tree = self.tree();
-            (!tree.get(parent).is_some_and(|p| p.large), tree.dir_changes(parent))
+            let child_changes = tree
+                .get(parent)
+                .and_then(|p| p.children.get(name))
+                .map_or(0, |c| tree.dir_changes(*c));
+            (
+                !tree.get(parent).is_some_and(|p| p.large),
+                tree.dir_changes(parent),
+                child_changes,
+            )
         };
-        let list = async {
+        let delimited = |prefix: String| {
             self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
-            let prefix = if whole_dir { parent_key.to_string() } else { key.clone() };
             let req = ListRequest {
                 prefix,
                 delimiter: Some("/".into()),
                 max_keys: Some(1000),
                 ..Default::default()
             };
-            self.store.list_page(&req).await
+            async move { self.store.list_page(&req).await }
         };
+        let list = delimited(if whole_dir { parent_key.to_string() } else { key.clone() });
+        let child_list = delimited(dir_key.clone());
         let head = async {
             if !self.resolved.profile.user_metadata {
                 return Ok(None);
@@ -132,8 +158,9 @@ impl Fs {
                 Err(e) => Err(e),
             }
         };
-        let (page, head) = futures::join!(list, head);
+        let (page, head, child_page) = futures::join!(list, head, child_list);
         let mut page = page.map_err(|e| self.fail("LIST", &key, e))?;
+        let child_page = child_page.map_err(|e| self.fail("LIST", &dir_key, e))?;
         if whole_dir {
             self.absorb_dir_page(parent, parent_key, &page, changes);
             // Keys sort by byte: `name/` is the last spelling of `name` a page can hold.
@@ -165,8 +192,8 @@ impl Fs {
             }
         }
         let hidden = self.resolved.profile.hidden_prefixes.iter().any(|h| dir_key == *h);
-        let is_dir = !hidden && page.prefixes.contains(&dir_key);
-        let is_dir = is_dir || (page.next.is_some() && !hidden && self.dir_exists(&dir_key).await?);
+        let child_listed = !child_page.objects.is_empty() || !child_page.prefixes.is_empty();
+        let is_dir = !hidden && (page.prefixes.contains(&dir_key) || child_listed);
         if is_dir {
             let seen = Seen {
                 name: name.to_string(),
@@ -175,7 +202,11 @@ impl Fs {
                 mtime: SystemTime::UNIX_EPOCH,
                 etag: None,
             };
-            return Ok(Some((seen, None)));
+            return Ok(Some(Found {
+                seen,
+                metadata: None,
+                listing: Some((child_page, child_changes)),
+            }));
         }
         let head = head.map_err(|e| self.fail("HEAD", &key, e))?;
         if self.hidden_keys.lock().unwrap().contains(&key) {
@@ -196,7 +227,11 @@ impl Fs {
                 mtime: o.last_modified.unwrap_or(SystemTime::UNIX_EPOCH),
                 etag: o.etag.clone(),
             };
-            (seen, metadata)
+            Found {
+                seen,
+                metadata,
+                listing: None,
+            }
         }))
     }
 
@@ -219,13 +254,6 @@ impl Fs {
         if page.next.is_none() {
             tree.finish_listing(parent, &shown, until, changes);
         }
-    }
-
-    /// Whether anything exists under `dir_key` (for a lookup whose first page was cut short
-    /// by siblings sorting before `name/`).
-    pub(super) async fn dir_exists(&self, dir_key: &str) -> FsResult<bool> {
-        let page = self.first_keys(dir_key, 1).await?;
-        Ok(!page.objects.is_empty() || !page.prefixes.is_empty())
     }
 
     /// The first `count` keys under `prefix` (no delimiter).

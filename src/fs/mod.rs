@@ -36,7 +36,7 @@ use bytes::Bytes;
 use content::MemoryBudget;
 use dir::{DirStream, ListState};
 use dirty::FileData;
-use readahead::ReadAhead;
+use readahead::ReadStreams;
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -106,7 +106,8 @@ struct OpenFile {
     ino: u64,
     /// The object version reads see (fixed at open; moved by rename and our uploads).
     object: Mutex<ObjectVersion>,
-    readahead: Mutex<ReadAhead>,
+    /// Shared by every handle of the inode.
+    readahead: Arc<Mutex<ReadStreams>>,
     writable: bool,
     append: bool,
 }
@@ -152,6 +153,8 @@ pub struct Fs {
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     /// Open handles per inode.
     open_counts: Mutex<HashMap<u64, usize>>,
+    /// Sequential-read detection of each open inode.
+    read_streams: Mutex<HashMap<u64, Arc<Mutex<ReadStreams>>>>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>>,
     /// Files with local changes (or open for writing), by inode.
     data: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<FileData>>>>,
@@ -262,6 +265,7 @@ impl Fs {
             blocks,
             files: Mutex::new(HashMap::new()),
             open_counts: Mutex::new(HashMap::new()),
+            read_streams: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             data: Mutex::new(HashMap::new()),
             pending_deletes: Mutex::new(HashMap::new()),

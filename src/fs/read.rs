@@ -64,11 +64,22 @@ impl Fs {
 
     pub(super) fn new_handle(&self, ino: u64, object: ObjectVersion, mode: OpenMode, keep_cache: bool) -> Opened {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let readahead = ReadAhead::new(self.config.initial_prefetch, self.max_window());
+        let readahead = self
+            .read_streams
+            .lock()
+            .unwrap()
+            .entry(ino)
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(ReadStreams::new(
+                    self.config.initial_prefetch,
+                    self.max_window(),
+                )))
+            })
+            .clone();
         let file = Arc::new(OpenFile {
             ino,
             object: Mutex::new(object),
-            readahead: Mutex::new(readahead),
+            readahead,
             writable: mode.write,
             append: mode.append,
         });
@@ -153,6 +164,7 @@ impl Fs {
             let last = *n == 0;
             if last {
                 counts.remove(&file.ino);
+                self.read_streams.lock().unwrap().remove(&file.ino);
             }
             last
         };

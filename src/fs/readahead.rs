@@ -1,5 +1,51 @@
-//! Sequential-read detection per open file: the prefetch window starts small, so `head`,
-//! `file` and random reads fetch little, and doubles while reads stay sequential.
+//! Sequential-read detection: the prefetch window starts small, so `head`, `file` and
+//! random reads fetch little, and doubles while reads stay sequential. State is per file
+//! and holds several streams: readers of one file through different handles that move
+//! together (the kernel then asks for each page once, through whichever handle misses
+//! it) are one stream, and readers at different places are separate streams.
+
+/// Streams tracked per file; a new one replaces the one used least recently.
+const STREAMS: usize = 8;
+
+#[derive(Debug)]
+pub struct ReadStreams {
+    /// Each stream with the tick of its last read.
+    streams: Vec<(ReadAhead, u64)>,
+    tick: u64,
+    initial: u64,
+    max: u64,
+}
+
+impl ReadStreams {
+    pub fn new(initial: u64, max: u64) -> ReadStreams {
+        ReadStreams {
+            streams: Vec::new(),
+            tick: 0,
+            initial,
+            max,
+        }
+    }
+
+    /// Records a read; returns how far ahead to prefetch (an absolute offset).
+    pub fn on_read(&mut self, offset: u64, len: u64) -> u64 {
+        self.tick += 1;
+        let found = self.streams.iter().position(|(s, _)| s.follows(offset));
+        let i = match found {
+            Some(i) => i,
+            None if self.streams.len() < STREAMS => {
+                self.streams.push((ReadAhead::new(self.initial, self.max), 0));
+                self.streams.len() - 1
+            }
+            None => {
+                let oldest = (0..self.streams.len()).min_by_key(|i| self.streams[*i].1).unwrap_or(0);
+                self.streams[oldest].0 = ReadAhead::new(self.initial, self.max);
+                oldest
+            }
+        };
+        self.streams[i].1 = self.tick;
+        self.streams[i].0.on_read(offset, len)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ReadAhead {
@@ -23,13 +69,17 @@ impl ReadAhead {
         }
     }
 
+    /// Whether a read at `offset` continues this stream. The kernel issues readahead
+    /// requests concurrently, so a sequential stream arrives slightly out of order:
+    /// anything near the expected offset counts.
+    fn follows(&self, offset: u64) -> bool {
+        offset.abs_diff(self.next) <= self.window.max(self.initial)
+    }
+
     /// Records a read of `len` bytes at `offset`; returns how far ahead to prefetch
     /// (an absolute offset).
     pub fn on_read(&mut self, offset: u64, len: u64) -> u64 {
-        // The kernel issues readahead requests concurrently, so a sequential stream
-        // arrives slightly out of order: anything near the expected offset counts.
-        let slack = self.window.max(self.initial);
-        let sequential = offset.abs_diff(self.next) <= slack;
+        let sequential = self.follows(offset);
         let end = offset + len;
         if !sequential {
             self.window = 0;
@@ -74,5 +124,25 @@ mod tests {
         assert!(steps.iter().all(|s| *s >= MIB / 2), "{steps:?}");
         assert!(r.on_read(at, 4096) - (at + 4096) <= 8 * MIB);
         assert_eq!(r.on_read(500 * MIB, 4096), 500 * MIB + 4096);
+    }
+
+    #[test]
+    fn readers_moving_together_share_a_stream_and_distant_ones_do_not() {
+        let mut streams = ReadStreams::new(MIB, 64 * MIB);
+        // Four readers of one file, each missing the pages the others already read.
+        let mut frontier = 0;
+        for i in 0..256u64 {
+            frontier = streams.on_read(i * 256 * 1024, 256 * 1024);
+        }
+        assert!(
+            frontier >= 64 * MIB + 32 * MIB,
+            "window grew to the maximum: {frontier}"
+        );
+        assert_eq!(streams.streams.len(), 1);
+        // A second reader far away starts its own stream and leaves the first one intact.
+        streams.on_read(900 * MIB, 4096);
+        streams.on_read(900 * MIB + 4096, 131072);
+        assert_eq!(streams.streams.len(), 2);
+        assert!(streams.on_read(256 * 256 * 1024, 256 * 1024) >= 64 * MIB);
     }
 }

@@ -109,6 +109,7 @@ impl Uploader {
                     started: 0,
                     tasks: Vec::new(),
                     slots: Arc::new(tokio::sync::Semaphore::new(self.parts_in_flight)),
+                    syncing: None,
                     broken: false,
                 });
             }
@@ -125,6 +126,7 @@ impl Uploader {
                 let _slots = (slot, in_flight);
                 store.upload_part(&key, &id, number, body).await
             }));
+            f.sync_staging_later();
         }
     }
 

@@ -177,6 +177,9 @@ fn provider_env_credentials(resolved: &Resolved) -> Option<StaticCredentials> {
 }
 
 /// Turns an SDK error into our error kinds, by HTTP status and S3 error code.
+const NO_CREDENTIALS: &str = "no credentials found: set AWS_ACCESS_KEY_ID and \
+    AWS_SECRET_ACCESS_KEY (or the provider's variables), or use --credentials-file FILE or --profile NAME";
+
 fn store_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
     err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> StoreError {
@@ -201,6 +204,16 @@ fn store_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
         SdkError::TimeoutError(_) => StoreError::Transient("request timed out".into()),
         SdkError::DispatchFailure(df) => {
             let detail = error_chain(err);
+            let credentials = [
+                "while loading credentials",
+                "credential provider",
+                "no credentials found",
+            ];
+            if credentials.iter().any(|c| detail.contains(c)) {
+                // Not worth retrying, and the SDK's chain of reasons (down to the EC2
+                // metadata service) does not say what to do.
+                return StoreError::AccessDenied(NO_CREDENTIALS.into());
+            }
             if df.is_user() {
                 StoreError::Other(detail)
             } else {
