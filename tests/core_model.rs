@@ -744,3 +744,24 @@ fn o_trunc_truncates_whatever_the_access_mode() {
         );
     });
 }
+
+/// A symlink is an object with `x-amz-meta-mode` saying S_IFLNK. Replaced by another client
+/// with a plain object, it is a plain file again: the new object's attributes, not the old
+/// object's metadata.
+#[test]
+fn a_symlink_replaced_remotely_by_a_plain_object_is_a_file_again() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let core = Core::new();
+        core.fs.symlink(ROOT_INO, "l", "target", CALLER).await.expect("symlink");
+        assert_eq!(core.walk("l").await.expect("l").1, Kind::Symlink);
+        core.remote_put("l", b"plain".to_vec()).await;
+        let (ino, kind) = core.walk("l").await.expect("l after the replacement");
+        assert_eq!(kind, Kind::File);
+        let attr = core.fs.getattr(ino).await.expect("getattr");
+        assert_eq!((attr.kind, attr.size), (Kind::File, 5));
+    });
+}

@@ -293,6 +293,37 @@ plot {', '.join(plots)}
     return True
 
 
+def before_after_table(before, after, server, workloads):
+    """s3vol's figures in an earlier run (`--before`) next to this run's, with the ratio to
+    the raw baseline of each run (the machine's load differs between runs; the ratio to raw
+    measured in the same run is the fairer comparison)."""
+    rows = [
+        "| Workload | unit | s3vol before | s3vol after | vs raw before → after | async before | async after "
+        "| async vs raw before → after |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def ratio(cells, tool, workload):
+        _, unit, higher = WORKLOADS[workload]
+        mine, raw = cells.get((server, workload, tool)), cells.get((server, workload, "raw"))
+        value = speed_ratio(mine.median if mine else None, raw.median if raw else None, higher)
+        return "—" if value is None else f"{value:.2f}"
+
+    for workload in workloads:
+        label, unit, higher = WORKLOADS[workload]
+        arrow = "↑" if higher else "↓"
+        row = [label, f"{unit} {arrow}"]
+        for tool in ("s3vol", "s3vol-async"):
+            old, new = before.get((server, workload, tool)), after.get((server, workload, tool))
+            if old is None and new is None:
+                row += ["—", "—", "—"]
+                continue
+            row += [cell_text(old, unit), cell_text(new, unit),
+                    f"{ratio(before, tool, workload)} → {ratio(after, tool, workload)}"]
+        rows.append("| " + " | ".join(row) + " |")
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", required=True)
@@ -301,6 +332,7 @@ def main():
     parser.add_argument("--chart", required=True)
     parser.add_argument("--elapsed", type=int, default=None)
     parser.add_argument("--notes", default=None, help="hand-written findings appended to the report, if the file exists")
+    parser.add_argument("--before", default=None, help="results of an earlier run, for a before/after table of s3vol")
     args = parser.parse_args()
 
     results = load(args.results)
@@ -404,6 +436,16 @@ def main():
             out.append("")
             out.extend(failures)
             out.append("")
+    if args.before and os.path.exists(args.before) and servers:
+        before = collect(load(args.before))
+        out.append(f"## s3vol before and after the fixes ({servers[0]})")
+        out.append("")
+        out.append("Before: the run of `bench/wan/results-before.jsonl` (the binary before the fixes listed "
+                   "below, same harness and link, a more loaded machine). After: this run. The ratios to the raw "
+                   "baseline come from the same run as the figure.")
+        out.append("")
+        out.extend(before_after_table(before, cells, servers[0], workloads))
+        out.append("")
     if args.notes and os.path.exists(args.notes):
         with open(args.notes) as handle:
             out.append(handle.read().rstrip())

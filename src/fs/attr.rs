@@ -67,6 +67,7 @@ impl Attr {
             self.kind = match mode & S_IFMT {
                 S_IFLNK => Kind::Symlink,
                 S_IFDIR => Kind::Dir,
+                S_IFREG => Kind::File,
                 _ => self.kind,
             };
         }

@@ -95,12 +95,7 @@ impl Fs {
                 .await
                 .map_err(|e| self.fail("LIST", &s.key, e))?;
             let mut seen = dir::page_entries(&s.key, &page, self.resolved.profile.hidden_prefixes);
-            {
-                let hidden = self.hidden_keys.lock().unwrap();
-                if !hidden.is_empty() {
-                    seen.retain(|e| !hidden.contains(&format!("{}{}", s.key, e.name)));
-                }
-            }
+            self.drop_hidden(&s.key, &mut seen);
             let mut tree = self.tree();
             let mut entries = Vec::with_capacity(seen.len());
             for e in &seen {

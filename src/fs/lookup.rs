@@ -235,14 +235,25 @@ impl Fs {
         }))
     }
 
+    /// Drops entries whose object is being deleted in the background (a file's key, or a
+    /// directory's marker): the bucket may list them until the delete is done.
+    pub(super) fn drop_hidden(&self, parent_key: &str, seen: &mut Vec<Seen>) {
+        let hidden = self.hidden_keys.lock().unwrap();
+        if hidden.is_empty() {
+            return;
+        }
+        seen.retain(|e| {
+            let key = format!("{parent_key}{}", e.name);
+            let marker = format!("{key}/");
+            !hidden.contains(&key) && !(e.kind == Kind::Dir && hidden.contains(&marker))
+        });
+    }
+
     /// Feeds a first page of a directory's listing into the cache; a complete one is the
     /// whole listing until the TTL runs out.
     pub(super) fn absorb_dir_page(&self, parent: u64, parent_key: &str, page: &crate::store::ListPage, changes: u64) {
         let mut seen = dir::page_entries(parent_key, page, self.resolved.profile.hidden_prefixes);
-        {
-            let hidden = self.hidden_keys.lock().unwrap();
-            seen.retain(|e| !hidden.contains(&format!("{parent_key}{}", e.name)));
-        }
+        self.drop_hidden(parent_key, &mut seen);
         let until = self.ttl_from_now();
         let mut tree = self.tree();
         let mut shown = std::collections::HashSet::new();

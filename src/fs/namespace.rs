@@ -212,14 +212,13 @@ impl Fs {
         }
         let key = self.tree().get(ino).ok_or(Errno(libc::ENOENT))?.key.clone();
         self.settle_markers(&key).await;
-        let (local, children, listed) = {
+        let (local, any_children, local_children, listed) = {
             let tree = self.tree();
             let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
             let local_children = n.children.values().any(|c| tree.get(*c).is_some_and(|c| c.local));
             let listed = n.listed_until.is_some_and(|t| t > Instant::now());
-            (n.local, (!n.children.is_empty(), local_children), listed)
+            (n.local, !n.children.is_empty(), local_children, listed)
         };
-        let (any_children, local_children) = children;
         if local_children {
             return Err(Errno(libc::ENOTEMPTY));
         }
@@ -285,8 +284,6 @@ impl Fs {
 
     /// Deletes now, or, with deferred uploads, in the background like them (hidden from
     /// this mount's listings until done; a failure is logged and counted).
-    /// Deletes `key` now, or with `upload_on_close = false` in the background (hidden
-    /// from listings until it is gone).
     async fn delete_object(self: &Arc<Self>, key: &str) -> FsResult<()> {
         if self.config.upload_on_close {
             return self.store.delete(key).await.map_err(|e| self.fail("delete", key, e));

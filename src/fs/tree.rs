@@ -186,6 +186,9 @@ impl Tree {
                 node.attr.mtime = seen.mtime;
             }
             if changed {
+                // Another object now: the old one's persisted mode, owner and type (a
+                // symlink's S_IFLNK) say nothing of it until its own metadata is read.
+                node.attr = Attr::new(ino, seen.kind, seen.size, seen.mtime, &defaults);
                 node.metadata_loaded = false;
             }
             node.etag = seen.etag.clone();
