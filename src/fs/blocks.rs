@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
@@ -34,11 +34,24 @@ pub struct ObjectVersion {
 type BlockResult = Result<Bytes, StoreError>;
 
 /// A block being fetched: the pieces of its body received so far, then its outcome.
-#[derive(Default)]
 struct Progress {
     pieces: Vec<Bytes>,
     received: usize,
+    /// The fewest bytes a waiting reader needs (registered by the readers through a
+    /// shared borrow, hence atomic); `usize::MAX` when none waits.
+    wanted: AtomicUsize,
     done: Option<BlockResult>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            pieces: Vec::new(),
+            received: 0,
+            wanted: AtomicUsize::new(usize::MAX),
+            done: None,
+        }
+    }
 }
 
 impl Progress {
@@ -180,7 +193,13 @@ impl BlockCache {
     /// Waits until bytes `range` of a block being fetched have arrived, or its fetch ended.
     async fn wait_for(mut progress: PendingBlock, range: Range<usize>) -> Result<Option<Bytes>, StoreError> {
         let state = progress
-            .wait_for(|p| p.done.is_some() || p.received >= range.end)
+            .wait_for(|p| {
+                let ready = p.done.is_some() || p.received >= range.end;
+                if !ready {
+                    p.wanted.fetch_min(range.end, Ordering::AcqRel);
+                }
+                ready
+            })
             .await
             .map_err(|_| StoreError::Other("block fetch was dropped".into()))?;
         match &state.done {
@@ -323,9 +342,18 @@ impl BlockCache {
                     let block_len = bs.min(end - block_start) as usize;
                     let missing = block_len - tx.borrow().received;
                     let piece = chunk.split_to(missing.min(chunk.len()));
-                    tx.send_modify(|p| {
+                    // Readers wake only once the bytes one of them waits for are in:
+                    // waking every reader of the block for each small chunk of the body
+                    // costs more CPU than the whole copy.
+                    tx.send_if_modified(|p| {
                         p.received += piece.len();
                         p.pieces.push(piece);
+                        let wake = p.received >= *p.wanted.get_mut();
+                        if wake {
+                            // The woken readers that need more register again.
+                            *p.wanted.get_mut() = usize::MAX;
+                        }
+                        wake
                     });
                     if tx.borrow().received == block_len {
                         let block = Self::assemble(&tx.borrow().pieces, block_len);
