@@ -245,7 +245,8 @@ impl Fs {
         seen.retain(|e| {
             let key = format!("{parent_key}{}", e.name);
             let marker = format!("{key}/");
-            !hidden.contains(&key) && !(e.kind == Kind::Dir && hidden.contains(&marker))
+            let deleting = hidden.contains(&key) || (e.kind == Kind::Dir && hidden.contains(&marker));
+            !deleting
         });
     }
 
