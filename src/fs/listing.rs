@@ -99,7 +99,7 @@ impl Fs {
             let mut tree = self.tree();
             let mut entries = Vec::with_capacity(seen.len());
             for e in &seen {
-                if let Some(ino) = tree.upsert(s.ino, e, until) {
+                if let Some(ino) = tree.upsert_listed(s.ino, e, until, s.changes_at_start) {
                     s.shown.insert(e.name.clone());
                     let kind = tree.get(ino).map_or(e.kind, |n| n.attr.kind);
                     entries.push((e.name.clone(), ino, kind));

@@ -259,7 +259,7 @@ impl Fs {
         let mut tree = self.tree();
         let mut shown = std::collections::HashSet::new();
         for e in &seen {
-            if tree.upsert(parent, e, until).is_some() {
+            if tree.upsert_listed(parent, e, until, changes).is_some() {
                 shown.insert(e.name.clone());
             }
         }

@@ -84,6 +84,10 @@ impl Fs {
             p.attr.mtime = SystemTime::now();
         }
         tree.dir_changed(parent);
+        let placed_at = tree.dir_changes(parent);
+        if let Some(n) = tree.get_mut(ino) {
+            n.placed_at = placed_at;
+        }
         Ok(ino)
     }
 

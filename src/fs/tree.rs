@@ -36,6 +36,9 @@ pub struct Node {
     /// Directories: changes made through the mount. A listing that started before one
     /// cannot be the whole truth: it would drop what was just created here.
     pub changes: u64,
+    /// The parent's change count when a change through the mount put this node there (0
+    /// for nodes learned from the bucket): a listing that started before it may omit it.
+    pub placed_at: u64,
     /// References the kernel holds (entries it was given minus those it forgot): a node
     /// at zero may be dropped from the table to keep it within its budget.
     pub lookups: u64,
@@ -83,6 +86,7 @@ impl Tree {
             lookups: 1,
             large: false,
             changes: 0,
+            placed_at: 0,
         };
         Tree {
             nodes: HashMap::from([(ROOT_INO, root)]),
@@ -148,6 +152,21 @@ impl Tree {
         self.negative.insert((parent, name.to_string()), until);
     }
 
+    /// `upsert` for an entry of a listing that started when `parent`'s change count was
+    /// `changes_at_start`: if changes were made since, a name removed through the mount
+    /// meanwhile (still remembered as missing) is not brought back by the older listing.
+    pub fn upsert_listed(&mut self, parent: u64, seen: &Seen, until: Instant, changes_at_start: u64) -> Option<u64> {
+        let overtaken = self.dir_changes(parent) != changes_at_start;
+        let removed = self
+            .negative
+            .get(&(parent, seen.name.clone()))
+            .is_some_and(|t| *t > Instant::now());
+        if overtaken && removed {
+            return None;
+        }
+        self.upsert(parent, seen, until)
+    }
+
     /// Records that `seen` exists under `parent`; returns its inode.
     pub fn upsert(&mut self, parent: u64, seen: &Seen, until: Instant) -> Option<u64> {
         let key = self.child_key(parent, &seen.name, seen.kind)?;
@@ -178,6 +197,7 @@ impl Tree {
             lookups: 0,
             large: false,
             changes: 0,
+            placed_at: 0,
         });
         if !node.local {
             let changed = node.etag.is_some() && node.etag != seen.etag;
@@ -218,8 +238,8 @@ impl Tree {
     }
 
     /// After a complete listing of `parent` that started when its change count was
-    /// `changes_at_start`: forget children it did not show (unless they are local), and
-    /// trust the listing until `until`. A listing overtaken by a change here is not used.
+    /// `changes_at_start`: forget children it did not show (unless they are local or were
+    /// placed here since it started), and trust the listing until `until`.
     pub fn finish_listing(
         &mut self,
         parent: u64,
@@ -228,13 +248,15 @@ impl Tree {
         changes_at_start: u64,
     ) {
         let Some(p) = self.nodes.get(&parent) else { return };
-        if p.changes != changes_at_start {
-            return;
-        }
+        // Children placed here by a change made since the listing started are kept even
+        // if it does not show them; everything else it does not show is gone.
         let gone: Vec<String> = p
             .children
             .iter()
-            .filter(|(name, ino)| !shown.contains(*name) && !self.nodes[*ino].local)
+            .filter(|(name, ino)| {
+                let n = &self.nodes[*ino];
+                !shown.contains(*name) && !n.local && n.placed_at <= changes_at_start
+            })
             .map(|(name, _)| name.clone())
             .collect();
         if let Some(p) = self.nodes.get_mut(&parent) {
@@ -287,7 +309,9 @@ impl Tree {
             self.by_key.remove(&key);
         }
         self.negative.remove(&(new_parent, new_name.to_string()));
+        let placed_at = self.dir_changes(new_parent);
         let n = self.nodes.get_mut(&ino)?;
+        n.placed_at = placed_at;
         n.parent = new_parent;
         n.name = new_name.to_string();
         self.rekey(ino, &old_key, &new_key);
