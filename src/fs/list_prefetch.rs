@@ -11,6 +11,9 @@ use tokio::sync::watch;
 const CONCURRENT: usize = 16;
 /// Prefetches queued at most; subdirectories beyond are listed when they are read.
 const QUEUED: usize = 512;
+/// Subdirectories after the one being read whose listings are prefetched: a walk that
+/// goes past the first QUEUED ones keeps finding its next listings ready.
+const SIBLINGS: usize = 32;
 
 pub(super) struct ListPrefetch {
     slots: Arc<tokio::sync::Semaphore>,
@@ -79,6 +82,26 @@ impl Fs {
                 stage.send_replace(Stage::Done);
             });
         }
+    }
+
+    /// A directory is being read: prefetch the listings of the subdirectories that follow
+    /// it in its parent (a tree walk reads them next), beyond the ones its parent's
+    /// listing started.
+    pub(super) fn prefetch_siblings(self: &Arc<Self>, ino: u64) {
+        let next: Vec<(String, u64, Kind)> = {
+            let tree = self.tree();
+            let Some(node) = tree.get(ino) else { return };
+            let Some(parent) = tree.get(node.parent) else { return };
+            let after = (std::ops::Bound::Excluded(node.name.clone()), std::ops::Bound::Unbounded);
+            parent
+                .children
+                .range::<String, _>(after)
+                .filter_map(|(name, c)| tree.get(*c).map(|n| (name.clone(), *c, n.attr.kind)))
+                .filter(|(_, _, kind)| *kind == Kind::Dir)
+                .take(SIBLINGS)
+                .collect()
+        };
+        self.prefetch_listings(&next);
     }
 
     /// One page of `key`'s listing into the cache (a complete one is the whole listing).

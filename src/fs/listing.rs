@@ -62,6 +62,7 @@ impl Fs {
     pub(super) async fn next_dir_page(self: &Arc<Self>, s: &mut DirStream) -> FsResult<()> {
         let new_base = s.end_offset();
         if s.state == ListState::Start {
+            self.prefetch_siblings(s.ino);
             self.wait_for_prefetch(s.ino).await;
         }
         let now = Instant::now();

@@ -6,6 +6,8 @@
 
 /// Streams tracked per file; a new one replaces the one used least recently.
 const STREAMS: usize = 8;
+/// At full window, prefetching resumes once this much was read: one ranged GET.
+const REFILL_STEP: u64 = 8 << 20;
 
 #[derive(Debug)]
 pub struct ReadStreams {
@@ -69,6 +71,15 @@ impl ReadAhead {
         }
     }
 
+    /// Refill when less than this is left ahead of the reader.
+    fn low_water(&self) -> u64 {
+        if self.window < self.max {
+            self.window / 2
+        } else {
+            self.window - REFILL_STEP.min(self.window / 2)
+        }
+    }
+
     /// Whether a read at `offset` continues this stream. The kernel issues readahead
     /// requests concurrently, so a sequential stream arrives slightly out of order:
     /// anything near the expected offset counts.
@@ -91,9 +102,11 @@ impl ReadAhead {
         if self.window == 0 {
             self.window = self.initial;
             self.frontier = end + self.window;
-        } else if self.frontier < end + self.window / 2 {
-            // Less than half a window left ahead: grow the window and refill it in one
-            // go, so one claim covers many blocks, fetched as a few large GETs.
+        } else if self.frontier < end + self.low_water() {
+            // While the window grows: refilled in whole windows, so one claim covers many
+            // blocks, fetched as a few large GETs. At full size: refilled a GET's worth at
+            // a time, so the GETs in flight stay as many and their connections busy (a
+            // connection idle between bursts starts over in TCP slow start).
             self.window = (self.window * 2).min(self.max);
             self.frontier = end + self.window;
         }
