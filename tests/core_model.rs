@@ -598,12 +598,17 @@ fn summary(keys: &BTreeMap<String, Vec<u8>>) -> Vec<(String, usize)> {
     keys.iter().map(|(k, v)| (k.clone(), v.len())).collect()
 }
 
-fn run(ops: &[Op]) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// Runs a test body on a fresh single-threaded runtime.
+fn block_on<F: std::future::Future>(body: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime");
-    runtime.block_on(async {
+        .expect("runtime")
+        .block_on(body)
+}
+
+fn run(ops: &[Op]) {
+    block_on(async {
         let core = Core::new();
         let mut model = Model::default();
         for (i, op) in ops.iter().enumerate() {
@@ -662,11 +667,7 @@ fn fixed_sequences() {
 /// another client replaces the object with `theirs`, then closes. Returns what close()
 /// gave and what the bucket holds.
 fn write_while_replaced(base: &[u8], offset: u64, local: &[u8], theirs: &[u8]) -> (Result<(), Errno>, Vec<u8>) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    block_on(async {
         let core = Core::new();
         core.remote_put("f", base.to_vec()).await;
         let (ino, _) = core.walk("f").await.expect("f exists");
@@ -717,11 +718,7 @@ fn an_upload_never_mixes_a_remotely_replaced_base_with_local_changes() {
 /// running from that file dies of SIGSEGV (pjdfstest open::etxtbsy shows it).
 #[test]
 fn o_trunc_truncates_whatever_the_access_mode() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    block_on(async {
         let core = Core::new();
         core.remote_put("f", bytes(100, 1)).await;
         let (ino, _) = core.walk("f").await.expect("f exists");
@@ -750,11 +747,7 @@ fn o_trunc_truncates_whatever_the_access_mode() {
 /// object's metadata.
 #[test]
 fn a_symlink_replaced_remotely_by_a_plain_object_is_a_file_again() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    block_on(async {
         let core = Core::new();
         core.fs.symlink(ROOT_INO, "l", "target", CALLER).await.expect("symlink");
         assert_eq!(core.walk("l").await.expect("l").1, Kind::Symlink);

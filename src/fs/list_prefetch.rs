@@ -96,6 +96,9 @@ impl Fs {
             parent
                 .children
                 .range::<String, _>(after)
+                // Bounded: a directory of many files and few subdirectories is not
+                // scanned to its end on every opendir.
+                .take(SIBLINGS * 32)
                 .filter_map(|(name, c)| tree.get(*c).map(|n| (name.clone(), *c, n.attr.kind)))
                 .filter(|(_, _, kind)| *kind == Kind::Dir)
                 .take(SIBLINGS)
@@ -107,14 +110,7 @@ impl Fs {
     /// One page of `key`'s listing into the cache (a complete one is the whole listing).
     async fn prefetch_listing(&self, ino: u64, key: &str) {
         let changes = self.tree().dir_changes(ino);
-        self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
-        let req = ListRequest {
-            prefix: key.to_string(),
-            delimiter: Some("/".into()),
-            max_keys: Some(1000),
-            ..Default::default()
-        };
-        match self.store.list_page(&req).await {
+        match self.first_page(key).await {
             Ok(page) => self.absorb_dir_page(ino, key, &page, changes),
             // The directory's own readdir will ask again and report the error.
             Err(e) => tracing::debug!("prefetch of the listing of {key:?}: {e}"),

@@ -135,18 +135,8 @@ impl Fs {
                 child_changes,
             )
         };
-        let delimited = |prefix: String| {
-            self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
-            let req = ListRequest {
-                prefix,
-                delimiter: Some("/".into()),
-                max_keys: Some(1000),
-                ..Default::default()
-            };
-            async move { self.store.list_page(&req).await }
-        };
-        let list = delimited(if whole_dir { parent_key.to_string() } else { key.clone() });
-        let child_list = delimited(dir_key.clone());
+        let list = self.first_page(if whole_dir { parent_key } else { &key });
+        let child_list = self.first_page(&dir_key);
         let head = async {
             if !self.resolved.profile.user_metadata {
                 return Ok(None);
@@ -174,18 +164,7 @@ impl Fs {
                 if let Some(p) = self.tree().get_mut(parent) {
                     p.large = true;
                 }
-                self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
-                let req = ListRequest {
-                    prefix: key.clone(),
-                    delimiter: Some("/".into()),
-                    max_keys: Some(1000),
-                    ..Default::default()
-                };
-                page = self
-                    .store
-                    .list_page(&req)
-                    .await
-                    .map_err(|e| self.fail("LIST", &key, e))?;
+                page = self.first_page(&key).await.map_err(|e| self.fail("LIST", &key, e))?;
             } else {
                 // The page answered: nothing beyond it can be `name`.
                 page.next = None;
@@ -266,6 +245,18 @@ impl Fs {
         if page.next.is_none() {
             tree.finish_listing(parent, &shown, until, changes);
         }
+    }
+
+    /// The first page of the `/`-delimited listing of `prefix` (counted in the stats).
+    pub(super) async fn first_page(&self, prefix: &str) -> Result<crate::store::ListPage, StoreError> {
+        self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
+        let req = ListRequest {
+            prefix: prefix.to_string(),
+            delimiter: Some("/".into()),
+            max_keys: Some(1000),
+            ..Default::default()
+        };
+        self.store.list_page(&req).await
     }
 
     /// The first `count` keys under `prefix` (no delimiter).

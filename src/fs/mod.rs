@@ -193,6 +193,32 @@ impl Default for BackgroundUploads {
     }
 }
 
+impl Fs {
+    /// Runs `work` as a background task once a background slot is free (the caller waits
+    /// for one: that is the bound on deferred work). `work` logs its own failure and
+    /// returns false; failures are counted for `s3vol status`.
+    async fn in_background<Fut>(self: &Arc<Self>, work: impl FnOnce(Arc<Fs>) -> Fut)
+    where
+        Fut: std::future::Future<Output = bool> + Send + 'static,
+    {
+        let slot = self
+            .background
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let this = self.clone();
+        let work = work(self.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            if !work.await {
+                this.background.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+}
+
 impl BackgroundUploads {
     fn pending(&self) -> u64 {
         u64::from(BACKGROUND_UPLOADS) - self.slots.available_permits() as u64

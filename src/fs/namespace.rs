@@ -160,25 +160,22 @@ impl Fs {
             self.background.wait_idle().await;
         }
         self.pending_markers.lock().unwrap().insert(key.clone());
-        let slot = self
-            .background
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        let this = self.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            match this.store.put(&key, Bytes::new(), &opts).await {
-                Ok(_) => this.marker_is_in(ino, &key),
+        self.in_background(|this| async move {
+            let result = this.store.put(&key, Bytes::new(), &opts).await;
+            let put = match result {
+                Ok(_) => {
+                    this.marker_is_in(ino, &key);
+                    true
+                }
                 Err(e) => {
                     this.fail("mkdir", &key, e);
-                    this.background.failed.fetch_add(1, Ordering::Relaxed);
+                    false
                 }
-            }
+            };
             this.pending_markers.lock().unwrap().remove(&key);
-        });
+            put
+        })
+        .await;
     }
 
     /// Waits for background marker puts under `dir_key`, so that removing or moving the
@@ -293,22 +290,19 @@ impl Fs {
             return self.store.delete(key).await.map_err(|e| self.fail("delete", key, e));
         }
         self.hidden_keys.lock().unwrap().insert(key.to_string());
-        let slot = self
-            .background
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        let (this, key) = (self.clone(), key.to_string());
-        tokio::spawn(async move {
-            let _slot = slot;
-            if let Err(e) = this.store.delete(&key).await {
-                this.fail("delete", &key, e);
-                this.background.failed.fetch_add(1, Ordering::Relaxed);
-            }
+        let key = key.to_string();
+        self.in_background(|this| async move {
+            let deleted = match this.store.delete(&key).await {
+                Ok(()) => true,
+                Err(e) => {
+                    this.fail("delete", &key, e);
+                    false
+                }
+            };
             this.hidden_keys.lock().unwrap().remove(&key);
-        });
+            deleted
+        })
+        .await;
         Ok(())
     }
 

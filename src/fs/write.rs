@@ -85,21 +85,12 @@ impl Fs {
         if self.config.upload_on_close {
             return self.sync_ino(file.ino).await;
         }
-        let slot = self
-            .background
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        let this = self.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            if this.sync_ino(file.ino).await.is_err() {
-                this.background.failed.fetch_add(1, Ordering::Relaxed);
-            }
+        self.in_background(|this| async move {
+            let uploaded = this.sync_ino(file.ino).await.is_ok();
             this.drop_clean_data(file.ino).await;
-        });
+            uploaded
+        })
+        .await;
         Ok(())
     }
 
