@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BlockKey {
@@ -32,6 +32,38 @@ pub struct ObjectVersion {
 }
 
 type BlockResult = Result<Bytes, StoreError>;
+
+/// What a read prefetches: the blocks up to `end`, their GETs limited by `gets` (a file's
+/// sequential stream) or all at once (`None`).
+#[derive(Default)]
+pub struct Prefetch {
+    pub end: u64,
+    pub gets: Option<Arc<GetSlots>>,
+}
+
+/// Room for a few prefetch GETs at once, handed out in the order the GETs were claimed,
+/// so the GETs nearest the reader go first.
+#[derive(Debug)]
+pub struct GetSlots {
+    turn: tokio::sync::Mutex<()>,
+    slots: Arc<Semaphore>,
+}
+
+impl GetSlots {
+    pub fn new(gets: usize) -> Arc<GetSlots> {
+        Arc::new(GetSlots {
+            turn: tokio::sync::Mutex::new(()),
+            slots: Arc::new(Semaphore::new(gets.max(1))),
+        })
+    }
+}
+
+impl Prefetch {
+    /// No prefetch: only the blocks the read needs.
+    pub fn none() -> Prefetch {
+        Prefetch::default()
+    }
+}
 
 /// A block being fetched: the pieces of its body received so far, then its outcome.
 struct Progress {
@@ -93,7 +125,7 @@ pub struct BlockCache {
     pending: Mutex<HashMap<BlockKey, PendingBlock>>,
     pub block_size: u64,
     /// Largest range one GET asks for; longer runs of blocks are split.
-    request_size: u64,
+    pub request_size: u64,
     pub stats: CacheStats,
     /// The persistent cache behind memory: checked before the network, filled from it.
     pub disk: Option<Arc<DiskCache>>,
@@ -146,13 +178,14 @@ impl BlockCache {
     }
 
     /// Reads `range` of the object (clamped to its size), and makes sure the blocks up to
-    /// `prefetch_end` are fetched or being fetched.
+    /// `prefetch.end` are fetched or being fetched.
     pub async fn read(
         self: &Arc<Self>,
         object: &ObjectVersion,
         range: Range<u64>,
-        prefetch_end: u64,
+        prefetch: Prefetch,
     ) -> Result<Bytes, StoreError> {
+        let prefetch_end = prefetch.end;
         let end = range.end.min(object.size);
         if range.start >= end {
             return Ok(Bytes::new());
@@ -165,7 +198,7 @@ impl BlockCache {
             .div_ceil(bs)
             .max(wanted.end)
             .min(last_block);
-        let slots = self.claim(object, wanted.start..ensure_end, wanted.end);
+        let slots = self.claim(object, wanted.start..ensure_end, wanted.end, prefetch.gets);
         let mut pieces = Vec::with_capacity(slots.len());
         for (i, slot) in slots.into_iter().enumerate() {
             let index = wanted.start + i as u64;
@@ -210,8 +243,15 @@ impl BlockCache {
     }
 
     /// Returns a slot for each block in `blocks` below `wanted_end`, and starts fetches for
-    /// every missing block of `blocks`, the prefetch included.
-    fn claim(self: &Arc<Self>, object: &ObjectVersion, blocks: Range<u64>, wanted_end: u64) -> Vec<Slot> {
+    /// every missing block of `blocks`, the prefetch included: GETs with a wanted block at
+    /// once, the others in order as `gets` has room.
+    fn claim(
+        self: &Arc<Self>,
+        object: &ObjectVersion,
+        blocks: Range<u64>,
+        wanted_end: u64,
+        gets: Option<Arc<GetSlots>>,
+    ) -> Vec<Slot> {
         let mut slots = Vec::new();
         let mut missing: Vec<(u64, BlockSender)> = Vec::new();
         {
@@ -250,21 +290,45 @@ impl BlockCache {
                 }
             }
         }
-        for run in self.runs(missing) {
+        let (wanted, ahead): (Vec<_>, Vec<_>) = self
+            .runs(missing)
+            .into_iter()
+            .partition(|run| gets.is_none() || run[0].0 < wanted_end);
+        for run in wanted {
             let this = self.clone();
             let object = object.clone();
             tokio::spawn(async move { this.fetch(object, run).await });
         }
+        if let Some(gets) = gets.filter(|_| !ahead.is_empty()) {
+            let this = self.clone();
+            let object = object.clone();
+            // Claims take their turns in order (the lock is fair), and each its runs.
+            tokio::spawn(async move {
+                let _turn = gets.turn.lock().await;
+                for run in ahead {
+                    let Ok(slot) = gets.slots.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let (this, object) = (this.clone(), object.clone());
+                    tokio::spawn(async move {
+                        this.fetch(object, run).await;
+                        drop(slot);
+                    });
+                }
+            });
+        }
         slots
     }
 
-    /// Consecutive missing blocks, split into runs of at most `request_size` bytes.
+    /// Consecutive missing blocks, split into runs that do not cross a multiple of
+    /// `request_size`: a sequential reader's refills then are whole GETs, not a GET and a
+    /// sliver.
     fn runs(&self, missing: Vec<(u64, BlockSender)>) -> Vec<Vec<(u64, BlockSender)>> {
-        let per_request = (self.request_size / self.block_size).max(1) as usize;
+        let per_request = (self.request_size / self.block_size).max(1);
         let mut runs: Vec<Vec<_>> = Vec::new();
         for (index, tx) in missing {
             match runs.last_mut() {
-                Some(run) if run.len() < per_request && run.last().is_some_and(|(i, _)| i + 1 == index) => {
+                Some(run) if index % per_request != 0 && run.last().is_some_and(|(i, _)| i + 1 == index) => {
                     run.push((index, tx))
                 }
                 _ => runs.push(vec![(index, tx)]),
@@ -421,6 +485,10 @@ mod tests {
     use crate::store::PutOptions;
     use crate::store::memory::MemoryStore;
 
+    fn ahead(end: u64) -> Prefetch {
+        Prefetch { end, gets: None }
+    }
+
     async fn setup(len: usize) -> (Arc<MemoryStore>, Arc<BlockCache>, ObjectVersion, Vec<u8>) {
         let store = Arc::new(MemoryStore::new());
         let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
@@ -441,17 +509,18 @@ mod tests {
     async fn reads_any_range_and_fetches_each_block_once() {
         let (store, cache, object, data) = setup(10_500).await;
         for (a, b) in [(0, 10), (999, 1001), (2500, 9000), (10_000, 20_000), (0, 10_500)] {
-            let got = cache.read(&object, a..b, 0).await.unwrap();
+            let got = cache.read(&object, a..b, Prefetch::none()).await.unwrap();
             assert_eq!(&got[..], &data[a as usize..(b as usize).min(data.len())]);
         }
-        // 11 blocks, fetched in runs of at most 4 blocks.
-        assert!(store.requests("get") <= 6, "{} GETs", store.requests("get"));
+        // 11 blocks, fetched in runs that do not cross a multiple of 4 blocks: 0, 1, 2-3,
+        // 4-7, 8, 10, 9.
+        assert_eq!(store.requests("get"), 7);
     }
 
     #[tokio::test]
     async fn concurrent_readers_share_one_fetch() {
         let (store, cache, object, data) = setup(4000).await;
-        let reads = (0..16).map(|_| cache.read(&object, 0..4000, 0));
+        let reads = (0..16).map(|_| cache.read(&object, 0..4000, Prefetch::none()));
         for got in futures::future::join_all(reads).await {
             assert_eq!(&got.unwrap()[..], &data[..]);
         }
@@ -461,22 +530,60 @@ mod tests {
     #[tokio::test]
     async fn prefetch_fills_ahead() {
         let (store, cache, object, _) = setup(8000).await;
-        cache.read(&object, 0..10, 8000).await.unwrap();
+        cache.read(&object, 0..10, ahead(8000)).await.unwrap();
         tokio::task::yield_now().await;
         let before = store.requests("get");
-        cache.read(&object, 4000..8000, 8000).await.unwrap();
+        cache.read(&object, 4000..8000, ahead(8000)).await.unwrap();
         assert_eq!(store.requests("get"), before);
+    }
+
+    #[tokio::test]
+    async fn prefetch_gets_wait_for_a_slot_and_go_in_order() {
+        let (store, cache, object, data) = setup(20_000).await;
+        let gate = store.hold_gets();
+        let gets = GetSlots::new(2);
+        let reader = {
+            let (cache, object) = (cache.clone(), object.clone());
+            let prefetch = Prefetch {
+                end: 20_000,
+                gets: Some(gets),
+            };
+            tokio::spawn(async move { cache.read(&object, 0..10, prefetch).await })
+        };
+        let settle = || async {
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+        };
+        settle().await;
+        // The read's own GET goes at once, two prefetch GETs take the slots, two wait.
+        assert_eq!(store.get_starts(), [0, 4000, 8000]);
+        // The read's GET holds no slot: answering it starts nothing new.
+        gate.add_permits(1);
+        settle().await;
+        assert_eq!(&reader.await.unwrap().unwrap()[..], &data[..10]);
+        assert_eq!(store.get_starts(), [0, 4000, 8000]);
+        // A prefetch GET that ends hands its slot to the next one, nearest first.
+        gate.add_permits(1);
+        settle().await;
+        assert_eq!(store.get_starts(), [0, 4000, 8000, 12000]);
+        gate.add_permits(10);
+        settle().await;
+        assert_eq!(store.get_starts(), [0, 4000, 8000, 12000, 16000]);
+        let all = cache.read(&object, 0..20_000, Prefetch::none()).await.unwrap();
+        assert_eq!(&all[..], &data[..]);
+        assert_eq!(store.requests("get"), 5);
     }
 
     #[tokio::test]
     async fn a_replaced_object_is_never_mixed() {
         let (store, cache, object, _) = setup(3000).await;
-        cache.read(&object, 0..1000, 0).await.unwrap();
+        cache.read(&object, 0..1000, Prefetch::none()).await.unwrap();
         store
             .put("obj", Bytes::from(vec![1u8; 3000]), &PutOptions::default())
             .await
             .unwrap();
-        let err = cache.read(&object, 1000..3000, 0).await.unwrap_err();
+        let err = cache.read(&object, 1000..3000, Prefetch::none()).await.unwrap_err();
         assert_eq!(err, StoreError::PreconditionFailed);
     }
 }

@@ -1,7 +1,7 @@
 //! A file with local changes: the bytes written locally over a remote base object.
 //! Whatever was not written reads from the base (below `base_limit`) or as zeros.
 
-use super::blocks::{BlockCache, ObjectVersion};
+use super::blocks::{BlockCache, ObjectVersion, Prefetch};
 use super::content::{Content, MemoryBudget};
 use super::ranges::RangeSet;
 use crate::store::{CompletedPart, StoreError, StoreResult};
@@ -199,7 +199,7 @@ impl FileData {
                         .base
                         .as_ref()
                         .ok_or_else(|| StoreError::Other("no base object".into()))?;
-                    out.extend_from_slice(&blocks.read(base, r.clone(), r.end).await?);
+                    out.extend_from_slice(&blocks.read(base, r.clone(), Prefetch::none()).await?);
                 }
             }
         }

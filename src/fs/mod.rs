@@ -31,7 +31,7 @@ pub use write::{DirtyReport, SetAttr};
 
 use crate::provider::Resolved;
 use crate::store::{ListRequest, ObjectStore, StoreError};
-use blocks::{BlockCache, ObjectVersion};
+use blocks::{BlockCache, ObjectVersion, Prefetch};
 use bytes::Bytes;
 use content::MemoryBudget;
 use dir::{DirStream, ListState};
@@ -91,7 +91,7 @@ impl Default for FsConfig {
             memory_limit: 1 << 30,
             block_size: 1 << 20,
             initial_prefetch: 1 << 20,
-            max_prefetch: 64 << 20,
+            max_prefetch: 128 << 20,
             max_nodes: 256 * 1024,
             cache_dir: std::env::temp_dir().join("s3vol"),
             upload_on_close: true,

@@ -73,6 +73,7 @@ impl Fs {
                 Arc::new(Mutex::new(ReadStreams::new(
                     self.config.initial_prefetch,
                     self.max_window(),
+                    self.blocks.request_size,
                 )))
             })
             .clone();
@@ -134,9 +135,15 @@ impl Fs {
                 .map(Bytes::from)
                 .map_err(|e| self.fail("read", &key, e));
         }
-        let prefetch_end = file.readahead.lock().unwrap().on_read(offset, u64::from(size));
+        let prefetch = {
+            let mut streams = file.readahead.lock().unwrap();
+            Prefetch {
+                end: streams.on_read(offset, u64::from(size)),
+                gets: Some(streams.gets.clone()),
+            }
+        };
         let object = file.object.lock().unwrap().clone();
-        match self.blocks.read(&object, range, prefetch_end).await {
+        match self.blocks.read(&object, range, prefetch).await {
             Ok(data) => Ok(data),
             Err(e) => {
                 if e == StoreError::PreconditionFailed {

@@ -3,11 +3,19 @@
 //! and holds several streams: readers of one file through different handles that move
 //! together (the kernel then asks for each page once, through whichever handle misses
 //! it) are one stream, and readers at different places are separate streams.
+//!
+//! The window is claimed in whole GETs (`step`, the size of one ranged GET), and at full
+//! size it is twice what the file may have in flight (`PREFETCH_GETS`): GETs sharing a
+//! link finish together, so a window of exactly the GETs in flight is refilled in bursts,
+//! each starting with an idle round trip; the queued half keeps the link busy instead.
+
+use super::blocks::GetSlots;
+use std::sync::Arc;
 
 /// Streams tracked per file; a new one replaces the one used least recently.
 const STREAMS: usize = 8;
-/// At full window, prefetching resumes once this much was read: one ranged GET.
-const REFILL_STEP: u64 = 8 << 20;
+/// Prefetch GETs of one file in flight at once; the rest of its window waits in order.
+const PREFETCH_GETS: usize = 8;
 
 #[derive(Debug)]
 pub struct ReadStreams {
@@ -16,15 +24,21 @@ pub struct ReadStreams {
     tick: u64,
     initial: u64,
     max: u64,
+    step: u64,
+    /// Slots for the file's prefetch GETs (see `PREFETCH_GETS`).
+    pub gets: Arc<GetSlots>,
 }
 
 impl ReadStreams {
-    pub fn new(initial: u64, max: u64) -> ReadStreams {
+    /// Windows from `initial` up to `max` bytes, refilled `step` bytes (one GET) at a time.
+    pub fn new(initial: u64, max: u64, step: u64) -> ReadStreams {
         ReadStreams {
             streams: Vec::new(),
             tick: 0,
             initial,
             max,
+            step,
+            gets: GetSlots::new(PREFETCH_GETS),
         }
     }
 
@@ -35,12 +49,13 @@ impl ReadStreams {
         let i = match found {
             Some(i) => i,
             None if self.streams.len() < STREAMS => {
-                self.streams.push((ReadAhead::new(self.initial, self.max), 0));
+                self.streams
+                    .push((ReadAhead::new(self.initial, self.max, self.step), 0));
                 self.streams.len() - 1
             }
             None => {
                 let oldest = (0..self.streams.len()).min_by_key(|i| self.streams[*i].1).unwrap_or(0);
-                self.streams[oldest].0 = ReadAhead::new(self.initial, self.max);
+                self.streams[oldest].0 = ReadAhead::new(self.initial, self.max, self.step);
                 oldest
             }
         };
@@ -58,16 +73,18 @@ pub struct ReadAhead {
     frontier: u64,
     initial: u64,
     max: u64,
+    step: u64,
 }
 
 impl ReadAhead {
-    pub fn new(initial: u64, max: u64) -> ReadAhead {
+    pub fn new(initial: u64, max: u64, step: u64) -> ReadAhead {
         ReadAhead {
             next: 0,
             window: 0,
             frontier: 0,
             initial,
             max: max.max(initial),
+            step: step.max(1),
         }
     }
 
@@ -76,8 +93,16 @@ impl ReadAhead {
         if self.window < self.max {
             self.window / 2
         } else {
-            self.window - REFILL_STEP.min(self.window / 2)
+            self.window - self.step.min(self.window / 2)
         }
+    }
+
+    /// The window's end, rounded down to a whole GET once the window is that large (to a
+    /// whole window before), so that each refill claims whole GETs on their boundaries
+    /// rather than a GET and a sliver. Still past `end`, as the window is at least that.
+    fn window_end(&self, end: u64) -> u64 {
+        let whole = self.window.min(self.step);
+        (end + self.window) / whole * whole
     }
 
     /// Whether a read at `offset` continues this stream. The kernel issues readahead
@@ -101,14 +126,14 @@ impl ReadAhead {
         self.next = self.next.max(end);
         if self.window == 0 {
             self.window = self.initial;
-            self.frontier = end + self.window;
+            self.frontier = self.window_end(end);
         } else if self.frontier < end + self.low_water() {
             // While the window grows: refilled in whole windows, so one claim covers many
             // blocks, fetched as a few large GETs. At full size: refilled a GET's worth at
             // a time, so the GETs in flight stay as many and their connections busy (a
             // connection idle between bursts starts over in TCP slow start).
             self.window = (self.window * 2).min(self.max);
-            self.frontier = end + self.window;
+            self.frontier = self.frontier.max(self.window_end(end));
         }
         self.frontier
     }
@@ -120,28 +145,32 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     #[test]
-    fn window_refills_in_whole_windows_grows_and_resets_on_a_jump() {
-        let mut r = ReadAhead::new(MIB, 8 * MIB);
-        assert_eq!(r.on_read(0, 4096), 4096 + MIB);
+    fn window_grows_in_whole_gets_and_resets_on_a_jump() {
+        let mut r = ReadAhead::new(MIB, 16 * MIB, 4 * MIB);
+        // The first window ends on a block boundary.
+        assert_eq!(r.on_read(0, 4096), MIB);
         // Plenty left ahead: no new prefetch.
-        assert_eq!(r.on_read(4096, 4096), 4096 + MIB);
+        assert_eq!(r.on_read(4096, 4096), MIB);
         let mut at = 8192;
         let mut frontiers = Vec::new();
-        for _ in 0..200 {
-            frontiers.push(r.on_read(at, 131072));
+        for _ in 0..400 {
+            let frontier = r.on_read(at, 131072);
             at += 131072;
+            assert!(frontier >= at && frontier <= at + 16 * MIB, "{frontier} at {at}");
+            frontiers.push(frontier);
         }
         frontiers.dedup();
-        // Refills are whole windows, doubling up to 8 MiB.
-        let steps: Vec<u64> = frontiers.windows(2).map(|w| w[1] - w[0]).collect();
-        assert!(steps.iter().all(|s| *s >= MIB / 2), "{steps:?}");
-        assert!(r.on_read(at, 4096) - (at + 4096) <= 8 * MIB);
+        let full: Vec<u64> = frontiers.iter().copied().filter(|f| *f > 24 * MIB).collect();
+        assert!(full.len() > 5, "{frontiers:?}");
+        // At full window, every refill is one whole GET on a GET boundary.
+        assert!(full.iter().all(|f| f % (4 * MIB) == 0), "{full:?}");
+        assert!(full.windows(2).all(|w| w[1] - w[0] == 4 * MIB), "{full:?}");
         assert_eq!(r.on_read(500 * MIB, 4096), 500 * MIB + 4096);
     }
 
     #[test]
     fn readers_moving_together_share_a_stream_and_distant_ones_do_not() {
-        let mut streams = ReadStreams::new(MIB, 64 * MIB);
+        let mut streams = ReadStreams::new(MIB, 64 * MIB, 8 * MIB);
         // Four readers of one file, each missing the pages the others already read.
         let mut frontier = 0;
         for i in 0..256u64 {

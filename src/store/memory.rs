@@ -3,8 +3,8 @@
 
 use super::*;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone)]
 struct Object {
@@ -27,6 +27,10 @@ pub struct MemoryStore {
     uploads: Mutex<HashMap<String, Upload>>,
     next_id: AtomicU64,
     requests: Mutex<HashMap<&'static str, u64>>,
+    /// Where each GET's range started, in the order they were sent.
+    get_starts: Mutex<Vec<u64>>,
+    /// Once set, each GET's body waits for a permit from it.
+    get_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 impl MemoryStore {
@@ -37,6 +41,19 @@ impl MemoryStore {
     /// How many requests of one kind (`"list"`, `"head"`, `"get"`, `"put"`...) were made.
     pub fn requests(&self, kind: &str) -> u64 {
         self.requests.lock().unwrap().get(kind).copied().unwrap_or(0)
+    }
+
+    /// Where each GET's range started, in the order they were sent.
+    pub fn get_starts(&self) -> Vec<u64> {
+        self.get_starts.lock().unwrap().clone()
+    }
+
+    /// Holds every GET from now on in flight until the returned gate has a permit for it
+    /// (`add_permits`), so a test can see which GETs are under way at once.
+    pub fn hold_gets(&self) -> Arc<tokio::sync::Semaphore> {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        *self.get_gate.lock().unwrap() = Some(gate.clone());
+        gate
     }
 
     /// Every key, in order.
@@ -107,11 +124,18 @@ impl ObjectStore for MemoryStore {
         if if_match.is_some_and(|etag| etag != o.etag) {
             return Err(StoreError::PreconditionFailed);
         }
+        self.get_starts.lock().unwrap().push(range.start);
         let chunk = Self::slice(&o.data, range);
+        let gate = self.get_gate.lock().unwrap().clone();
         Ok(GetResponse {
             etag: Some(o.etag),
             object_size: o.data.len() as u64,
-            body: Box::pin(futures::stream::once(async move { Ok(chunk) })),
+            body: Box::pin(futures::stream::once(async move {
+                if let Some(gate) = gate {
+                    gate.acquire().await.expect("the gate is never closed").forget();
+                }
+                Ok(chunk)
+            })),
         })
     }
 
