@@ -758,3 +758,25 @@ fn a_symlink_replaced_remotely_by_a_plain_object_is_a_file_again() {
         assert_eq!((attr.kind, attr.size), (Kind::File, 5));
     });
 }
+
+/// A lookup that goes to the bucket also lists `name/`, so that a directory's next path
+/// component is answered from that listing; a name last seen as a file (a revalidation
+/// after the metadata TTL) is spared that LIST, and still becomes a directory if it did.
+#[test]
+fn revalidating_a_file_lists_only_its_directory() {
+    block_on(async {
+        let core = Core::new();
+        core.remote_put("f", b"data".to_vec()).await;
+        let lists = || core.store.requests("list");
+        let before = lists();
+        assert_eq!(core.walk("f").await.expect("f").1, Kind::File);
+        assert_eq!(lists() - before, 2, "cold: the root and f/");
+        let before = lists();
+        assert_eq!(core.walk("f").await.expect("f again").1, Kind::File);
+        assert_eq!(lists() - before, 1, "revalidation: the root only");
+        core.store.delete("f").await.expect("delete");
+        core.remote_put("f/inner", b"x".to_vec()).await;
+        assert_eq!(core.walk("f").await.expect("f as a directory").1, Kind::Dir);
+        assert_eq!(core.walk("f/inner").await.expect("f/inner").1, Kind::File);
+    });
+}

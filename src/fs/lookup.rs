@@ -119,24 +119,30 @@ impl Fs {
     /// provider keeps user metadata, a HEAD runs alongside for the file's persisted mode,
     /// owner, mtime and symlink type. A third request lists `name/` itself: if `name` is a
     /// directory, the next component of the path is then answered from that listing, so
-    /// opening `a/b/c` cold costs one round trip in all, not one per component.
+    /// opening `a/b/c` cold costs one round trip in all, not one per component. It is not
+    /// sent for a name last seen as a file (a revalidation after the metadata TTL).
     pub(super) async fn lookup_remote(&self, parent: u64, parent_key: &str, name: &str) -> FsResult<Option<Found>> {
         let key = format!("{parent_key}{name}");
         let dir_key = format!("{key}/");
-        let (whole_dir, changes, child_changes) = {
+        let (whole_dir, changes, child_changes, known_file) = {
             let tree = self.tree();
-            let child_changes = tree
-                .get(parent)
-                .and_then(|p| p.children.get(name))
-                .map_or(0, |c| tree.dir_changes(*c));
+            let child = tree.get(parent).and_then(|p| p.children.get(name)).copied();
             (
                 !tree.get(parent).is_some_and(|p| p.large),
                 tree.dir_changes(parent),
-                child_changes,
+                child.map_or(0, |c| tree.dir_changes(c)),
+                child
+                    .and_then(|c| tree.get(c))
+                    .is_some_and(|n| n.attr.kind == Kind::File),
             )
         };
         let list = self.first_page(if whole_dir { parent_key } else { &key });
-        let child_list = self.first_page(&dir_key);
+        let child_list = async {
+            if known_file {
+                return Ok(None);
+            }
+            self.first_page(&dir_key).await.map(Some)
+        };
         let head = async {
             if !self.resolved.profile.user_metadata {
                 return Ok(None);
@@ -171,7 +177,9 @@ impl Fs {
             }
         }
         let hidden = self.resolved.profile.hidden_prefixes.iter().any(|h| dir_key == *h);
-        let child_listed = !child_page.objects.is_empty() || !child_page.prefixes.is_empty();
+        let child_listed = child_page
+            .as_ref()
+            .is_some_and(|c| !c.objects.is_empty() || !c.prefixes.is_empty());
         let is_dir = !hidden && (page.prefixes.contains(&dir_key) || child_listed);
         if is_dir {
             let seen = Seen {
@@ -184,7 +192,7 @@ impl Fs {
             return Ok(Some(Found {
                 seen,
                 metadata: None,
-                listing: Some((child_page, child_changes)),
+                listing: child_page.map(|c| (c, child_changes)),
             }));
         }
         let head = head.map_err(|e| self.fail("HEAD", &key, e))?;
