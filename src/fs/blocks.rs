@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Semaphore, watch};
 
@@ -47,6 +47,8 @@ pub struct Prefetch {
 pub struct GetSlots {
     turn: tokio::sync::Mutex<()>,
     slots: Arc<Semaphore>,
+    /// Set when the file is closed: GETs still queued are dropped unless a reader waits.
+    abandoned: AtomicBool,
 }
 
 impl GetSlots {
@@ -54,7 +56,13 @@ impl GetSlots {
         Arc::new(GetSlots {
             turn: tokio::sync::Mutex::new(()),
             slots: Arc::new(Semaphore::new(gets.max(1))),
+            abandoned: AtomicBool::new(false),
         })
+    }
+
+    /// No one reads on: the prefetch GETs not yet started need not be.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Relaxed);
     }
 }
 
@@ -306,9 +314,10 @@ impl BlockCache {
             tokio::spawn(async move {
                 let _turn = gets.turn.lock().await;
                 for run in ahead {
-                    let Ok(slot) = gets.slots.clone().acquire_owned().await else {
-                        return;
-                    };
+                    let slot = gets.slots.clone().acquire_owned().await.expect("never closed");
+                    if gets.abandoned.load(Ordering::Relaxed) && this.unclaim_unwanted(&object, &run) {
+                        continue;
+                    }
                     let (this, object) = (this.clone(), object.clone());
                     tokio::spawn(async move {
                         this.fetch(object, run).await;
@@ -318,6 +327,23 @@ impl BlockCache {
             });
         }
         slots
+    }
+
+    /// Gives up the claim on a run of blocks no reader waits for (only the pending map
+    /// holds a receiver; readers take theirs under the same lock); false if one waits.
+    fn unclaim_unwanted(&self, object: &ObjectVersion, run: &[(u64, BlockSender)]) -> bool {
+        let mut pending = self.pending.lock().expect("pending map poisoned");
+        if run.iter().any(|(_, tx)| tx.receiver_count() > 1) {
+            return false;
+        }
+        for (index, _) in run {
+            pending.remove(&BlockKey {
+                key: object.key.clone(),
+                etag: object.etag.clone(),
+                index: *index,
+            });
+        }
+        true
     }
 
     /// Consecutive missing blocks, split into runs that do not cross a multiple of
@@ -573,6 +599,49 @@ mod tests {
         let all = cache.read(&object, 0..20_000, Prefetch::none()).await.unwrap();
         assert_eq!(&all[..], &data[..]);
         assert_eq!(store.requests("get"), 5);
+    }
+
+    #[tokio::test]
+    async fn queued_prefetch_gets_of_a_closed_file_are_dropped_unless_awaited() {
+        let (store, cache, object, data) = setup(20_000).await;
+        let gate = store.hold_gets();
+        let gets = GetSlots::new(1);
+        let prefetch = Prefetch {
+            end: 20_000,
+            gets: Some(gets.clone()),
+        };
+        let settle = || async {
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+        };
+        let first = {
+            let (cache, object) = (cache.clone(), object.clone());
+            tokio::spawn(async move { cache.read(&object, 0..10, prefetch).await })
+        };
+        settle().await;
+        assert_eq!(store.get_starts(), [0, 4000]);
+        // Another reader waits for a block whose GET is queued (8000-11999).
+        let waiting = {
+            let (cache, object) = (cache.clone(), object.clone());
+            tokio::spawn(async move { cache.read(&object, 9000..9010, Prefetch::none()).await })
+        };
+        settle().await;
+        gets.abandon();
+        gate.add_permits(100);
+        settle().await;
+        assert_eq!(&first.await.unwrap().unwrap()[..], &data[..10]);
+        assert_eq!(&waiting.await.unwrap().unwrap()[..], &data[9000..9010]);
+        // The awaited GET went; the two nobody waited for did not.
+        assert_eq!(store.get_starts(), [0, 4000, 8000]);
+        // Their blocks are not left claimed: a later read fetches them.
+        let rest = cache.read(&object, 12_000..20_000, Prefetch::none());
+        let rest = tokio::time::timeout(std::time::Duration::from_secs(10), rest)
+            .await
+            .expect("blocks left claimed")
+            .unwrap();
+        assert_eq!(&rest[..], &data[12_000..20_000]);
+        assert_eq!(store.get_starts(), [0, 4000, 8000, 12_000, 16_000]);
     }
 
     #[tokio::test]

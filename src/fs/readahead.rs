@@ -64,6 +64,13 @@ impl ReadStreams {
     }
 }
 
+/// The file's last handle is closed: its queued prefetch GETs need not go.
+impl Drop for ReadStreams {
+    fn drop(&mut self) {
+        self.gets.abandon();
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ReadAhead {
     /// Where the next sequential read would start.
