@@ -279,6 +279,7 @@ async fn raw_put_big(key: &str, size: u64, part: u64, in_flight: usize) -> Value
     let data = Bytes::from(generated(size));
     let started = Instant::now();
     let requests;
+    let mut complete_seconds = 0.0;
     if size <= part {
         store
             .put(key, data, &PutOptions::default())
@@ -302,13 +303,16 @@ async fn raw_put_big(key: &str, size: u64, part: u64, in_flight: usize) -> Value
             .await
             .unwrap_or_else(|e| fail(format!("UploadPart {key}: {e}")));
         completed.sort_by_key(|p| p.number);
+        let completing = Instant::now();
         store
             .complete_multipart(key, &upload_id, &completed)
             .await
             .unwrap_or_else(|e| fail(format!("CompleteMultipartUpload {key}: {e}")));
+        complete_seconds = completing.elapsed().as_secs_f64();
     }
     let seconds = started.elapsed().as_secs_f64();
-    json!({"seconds": seconds, "bytes": size, "requests": requests, "mib_per_s": size as f64 / MIB as f64 / seconds})
+    json!({"seconds": seconds, "bytes": size, "requests": requests, "mib_per_s": size as f64 / MIB as f64 / seconds,
+           "complete_seconds": complete_seconds})
 }
 
 /// PutObject of a `size`-byte object, `count` times one after the other: the median
