@@ -83,11 +83,7 @@ impl Fs {
         if let Some(p) = tree.get_mut(parent) {
             p.attr.mtime = SystemTime::now();
         }
-        tree.dir_changed(parent);
-        let placed_at = tree.dir_changes(parent);
-        if let Some(n) = tree.get_mut(ino) {
-            n.placed_at = placed_at;
-        }
+        tree.placed(ino);
         Ok(ino)
     }
 
@@ -145,9 +141,10 @@ impl Fs {
 
     /// The directory exists in the bucket now.
     fn marker_is_in(&self, ino: u64, key: &str) {
-        if let Some(n) = self.tree().get_mut(ino).filter(|n| n.key == key) {
-            n.local = false;
+        let mut tree = self.tree();
+        if let Some(n) = tree.get_mut(ino).filter(|n| n.key == key) {
             n.fresh_until = Instant::now() + self.config.metadata_ttl;
+            tree.now_in_bucket(ino);
         }
     }
 
@@ -321,11 +318,10 @@ impl Fs {
             Ok(etag) => {
                 let mut tree = self.tree();
                 if let Some(n) = tree.get_mut(ino) {
-                    n.local = false;
                     n.etag = Some(etag);
                     n.fresh_until = Instant::now() + self.config.metadata_ttl;
                 }
-                tree.mark_ancestors_remote(ino);
+                tree.now_in_bucket(ino);
                 drop(tree);
                 self.node_attr(ino)
             }

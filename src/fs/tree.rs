@@ -248,8 +248,6 @@ impl Tree {
         changes_at_start: u64,
     ) {
         let Some(p) = self.nodes.get(&parent) else { return };
-        // Children placed here by a change made since the listing started are kept even
-        // if it does not show them; everything else it does not show is gone.
         let gone: Vec<String> = p
             .children
             .iter()
@@ -291,7 +289,6 @@ impl Tree {
         };
         let new_key = self.child_key(new_parent, new_name, kind)?;
         self.dir_changed(old_parent);
-        self.dir_changed(new_parent);
         if let Some(p) = self.nodes.get_mut(&old_parent)
             && p.children.get(&old_name) == Some(&ino)
         {
@@ -309,12 +306,11 @@ impl Tree {
             self.by_key.remove(&key);
         }
         self.negative.remove(&(new_parent, new_name.to_string()));
-        let placed_at = self.dir_changes(new_parent);
         let n = self.nodes.get_mut(&ino)?;
-        n.placed_at = placed_at;
         n.parent = new_parent;
         n.name = new_name.to_string();
         self.rekey(ino, &old_key, &new_key);
+        self.placed(ino);
         Some(())
     }
 
@@ -350,12 +346,31 @@ impl Tree {
 
     /// Marks the ancestors of `ino` as existing in the bucket (a file was uploaded under
     /// them), the root excepted.
-    pub fn mark_ancestors_remote(&mut self, ino: u64) {
-        let mut at = self.nodes.get(&ino).map(|n| n.parent);
-        while let Some(p) = at.filter(|p| *p != ROOT_INO) {
-            let Some(n) = self.nodes.get_mut(&p) else { break };
-            n.local = false;
+    /// `ino` reached the bucket through the mount: it and the ancestors made locally for
+    /// it are local no more, and each of them is `placed` (a listing that started before
+    /// may not show it yet, and must not drop it).
+    pub fn now_in_bucket(&mut self, ino: u64) {
+        let mut at = Some(ino);
+        while let Some(i) = at.filter(|i| *i != ROOT_INO) {
+            let Some(n) = self.nodes.get_mut(&i) else { break };
+            let was_local = std::mem::replace(&mut n.local, false);
             at = Some(n.parent);
+            if was_local {
+                self.placed(i);
+            }
+        }
+    }
+
+    /// A change through the mount put `ino` where it is (created, moved or uploaded): its
+    /// parent's change count moves on, and a listing that started before may omit it.
+    pub fn placed(&mut self, ino: u64) {
+        let Some(parent) = self.nodes.get(&ino).map(|n| n.parent) else {
+            return;
+        };
+        self.dir_changed(parent);
+        let at = self.dir_changes(parent);
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.placed_at = at;
         }
     }
 
@@ -523,6 +538,28 @@ mod tests {
         }
         assert!(t.get(d).is_none(), "an emptied, unreferenced directory goes too");
         assert_eq!(t.node_count(), 1);
+    }
+
+    /// A file created here, then a listing of its directory starts, then the file's
+    /// upload lands before the listing ends: the listing does not show it, and must not
+    /// drop it (it is no longer local, but it was placed after the listing began).
+    #[test]
+    fn a_listing_that_began_before_an_upload_landed_keeps_the_file() {
+        let mut t = Tree::new("", defaults());
+        let later = Instant::now() + Duration::from_secs(5);
+        let d = t.upsert(ROOT_INO, &seen("d", Kind::Dir), later).unwrap();
+        let f = t.upsert(d, &seen("new", Kind::File), later).unwrap();
+        t.get_mut(f).unwrap().local = true;
+        t.placed(f);
+        let listing_began = t.dir_changes(d);
+        t.now_in_bucket(f);
+        assert!(!t.get(f).unwrap().local);
+        t.finish_listing(d, &Default::default(), later, listing_began);
+        assert_eq!(t.cached_lookup(d, "new", Instant::now()), Some(Some(f)));
+        // A later listing that still does not show it is believed.
+        let listing_began = t.dir_changes(d);
+        t.finish_listing(d, &Default::default(), later, listing_began);
+        assert_eq!(t.cached_lookup(d, "new", Instant::now()), Some(None));
     }
 
     #[test]

@@ -140,16 +140,15 @@ impl Fs {
         if let Some(n) = tree.get_mut(ino) {
             n.etag = Some(version.etag.to_string());
             n.attr.size = version.size;
-            n.local = false;
             n.metadata_loaded = true;
             n.fresh_until = Instant::now() + self.config.metadata_ttl;
             // The kernel's pages hold exactly what was uploaded.
             n.kernel_cache_etag = Some(version.etag.to_string());
         }
-        tree.mark_ancestors_remote(ino);
-        if let Some(parent) = tree.get(ino).map(|n| n.parent) {
-            tree.dir_changed(parent);
-        }
+        // Placed even if it was in the bucket before: a listing that started before the
+        // upload shows the old version.
+        tree.placed(ino);
+        tree.now_in_bucket(ino);
         drop(tree);
         for file in self.files.lock().unwrap().values().filter(|h| h.ino == ino) {
             *file.object.lock().unwrap() = version.clone();
