@@ -511,6 +511,13 @@ mod tests {
     use crate::store::PutOptions;
     use crate::store::memory::MemoryStore;
 
+    /// Lets the spawned fetches of a single-threaded test runtime run as far as they can.
+    async fn settle() {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+    }
+
     fn ahead(end: u64) -> Prefetch {
         Prefetch { end, gets: None }
     }
@@ -576,11 +583,6 @@ mod tests {
             };
             tokio::spawn(async move { cache.read(&object, 0..10, prefetch).await })
         };
-        let settle = || async {
-            for _ in 0..100 {
-                tokio::task::yield_now().await;
-            }
-        };
         settle().await;
         // The read's own GET goes at once, two prefetch GETs take the slots, two wait.
         assert_eq!(store.get_starts(), [0, 4000, 8000]);
@@ -609,11 +611,6 @@ mod tests {
         let prefetch = Prefetch {
             end: 20_000,
             gets: Some(gets.clone()),
-        };
-        let settle = || async {
-            for _ in 0..100 {
-                tokio::task::yield_now().await;
-            }
         };
         let first = {
             let (cache, object) = (cache.clone(), object.clone());
