@@ -822,7 +822,7 @@ async fn multipart_upload(store: &S3Store, key: &str, data: &Bytes, part: u64, i
 
 fn expect_object_size(server: &RunningServer, bucket: &str, key: &str, size: u64) {
     let object = server.backend().get_object(bucket, key);
-    let stored = object.map(|o| o.body.len() as u64);
+    let stored = object.map(|o| o.body.len());
     assert_eq!(stored, Some(size), "{bucket}/{key} was uploaded whole");
 }
 

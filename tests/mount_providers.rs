@@ -38,7 +38,7 @@ fn hugging_face_reads_follow_redirects_and_writes_send_no_checksums() {
 
     fs::write(m.join("cfg/new.txt"), "written").unwrap();
     let stored = s.backend().get_object("ns", "cfg/new.txt").expect("uploaded");
-    assert_eq!(&stored.body[..], b"written");
+    assert_eq!(stored.body.to_vec(), b"written");
     assert!(stored.metadata.is_empty(), "HF keeps no user metadata");
 }
 

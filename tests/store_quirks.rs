@@ -152,7 +152,7 @@ async fn read(store: &S3Store, key: &str, range: Range<u64>) -> StoreResult<Byte
 
 /// The body stored under `key` in bucket `vol`, read past HTTP.
 fn stored(server: &RunningServer, key: &str) -> Option<Bytes> {
-    server.backend().get_object(BUCKET, key).map(|o| o.body)
+    server.backend().get_object(BUCKET, key).map(|o| o.body.to_bytes())
 }
 
 fn put_direct(server: &RunningServer, key: &str, body: &Bytes) -> String {

@@ -10,16 +10,16 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use bytes::Bytes;
-use s3s::crypto::{Checksum, Md5};
 use s3s::{S3Error, S3Result, s3_error};
 
 use super::lock;
+use super::rope::Rope;
 
 /// One stored object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredObject {
-    pub body: Bytes,
+    /// Kept as the pieces it was uploaded in (see [`Rope`]).
+    pub body: Rope,
     /// Unquoted: MD5 hex of the body for simple uploads, `<md5 of part md5s>-<parts>`
     /// for multipart uploads.
     pub etag: String,
@@ -30,13 +30,13 @@ pub struct StoredObject {
 }
 
 impl StoredObject {
-    pub(crate) fn new(body: Bytes, content_type: Option<String>, metadata: BTreeMap<String, String>) -> Self {
-        Self::with_etag(to_hex(&Md5::checksum(&body)), body, content_type, metadata)
+    pub(crate) fn new(body: Rope, content_type: Option<String>, metadata: BTreeMap<String, String>) -> Self {
+        Self::with_etag(to_hex(&body.md5()), body, content_type, metadata)
     }
 
     pub(crate) fn with_etag(
         etag: String,
-        body: Bytes,
+        body: Rope,
         content_type: Option<String>,
         metadata: BTreeMap<String, String>,
     ) -> Self {
@@ -50,22 +50,22 @@ impl StoredObject {
     }
 
     pub(crate) fn size(&self) -> u64 {
-        self.body.len() as u64
+        self.body.len()
     }
 }
 
 /// A part uploaded to a multipart upload.
 #[derive(Debug, Clone)]
 pub(crate) struct StoredPart {
-    pub(crate) body: Bytes,
+    pub(crate) body: Rope,
     pub(crate) md5: [u8; 16],
     pub(crate) last_modified: SystemTime,
 }
 
 impl StoredPart {
-    pub(crate) fn new(body: Bytes) -> Self {
+    pub(crate) fn new(body: Rope) -> Self {
         Self {
-            md5: Md5::checksum(&body),
+            md5: body.md5(),
             body,
             last_modified: SystemTime::now(),
         }
@@ -155,14 +155,14 @@ impl MemoryBackend {
         &self,
         bucket: &str,
         key: &str,
-        body: impl Into<Bytes>,
+        body: impl Into<bytes::Bytes>,
         metadata: &[(&str, &str)],
     ) -> Result<String, BackendError> {
         let metadata = metadata
             .iter()
             .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
             .collect();
-        let object = StoredObject::new(body.into(), None, metadata);
+        let object = StoredObject::new(Rope::from(body.into()), None, metadata);
         let etag = object.etag.clone();
         let mut buckets = lock(&self.buckets);
         let bucket = buckets

@@ -97,14 +97,13 @@ fn whole_seconds(time: SystemTime) -> Timestamp {
 mod tests {
     use std::collections::BTreeMap;
 
-    use bytes::Bytes;
     use s3s::S3ErrorCode;
     use s3s::dto::ETag;
 
     use super::*;
 
     fn object() -> StoredObject {
-        StoredObject::new(Bytes::from_static(b"x"), None, BTreeMap::new())
+        StoredObject::new(bytes::Bytes::from_static(b"x").into(), None, BTreeMap::new())
     }
 
     fn etag(value: &str) -> ETagCondition {

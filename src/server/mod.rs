@@ -27,6 +27,7 @@ mod operation;
 mod percent;
 mod quirks;
 mod redirect;
+mod rope;
 mod s3_api;
 mod stats;
 
@@ -49,6 +50,7 @@ use tokio::task::{AbortHandle, JoinSet};
 
 pub use backend::{BackendError, MemoryBackend, StoredObject};
 pub use quirks::{InjectedFailure, Quirks, RequestFilter};
+pub use rope::Rope;
 pub use stats::RequestStats;
 
 use body::ResponseBody;

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use bytes::BytesMut;
 use s3s::crypto::{Checksum, Md5};
 use s3s::dto::{
     AbortMultipartUploadInput, AbortMultipartUploadOutput, CompleteMultipartUploadInput, CompleteMultipartUploadOutput,
@@ -16,6 +15,7 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 use super::backend::{MemoryBackend, StoredObject, StoredPart, Upload, no_such_bucket, to_hex};
 use super::conditions::{OnUnchanged, Preconditions, check_write};
 use super::objects::bucket_and_key;
+use super::rope::Rope;
 use super::s3_api::{collect_body, count_field, etag, size_field, user_metadata};
 
 /// S3 part numbers run from 1 to 10000.
@@ -55,7 +55,7 @@ pub(crate) async fn upload_part(
 ) -> S3Result<S3Response<UploadPartOutput>> {
     let S3Request { input, .. } = req;
     check_part_number(input.part_number)?;
-    let part = StoredPart::new(collect_body(input.body).await?);
+    let part = StoredPart::new(collect_body(input.body).await?.into());
     let output = UploadPartOutput {
         e_tag: etag(&part.etag()),
         ..Default::default()
@@ -100,7 +100,7 @@ pub(crate) fn upload_part_copy(
                 let range = range
                     .check(source.size())
                     .map_err(|_| s3_error!(InvalidRange, "The x-amz-copy-source-range is not satisfiable"))?;
-                source.body.slice(range.start as usize..range.end as usize)
+                source.body.slice(range.start..range.end)
             }
         };
         let part = StoredPart::new(body);
@@ -135,14 +135,7 @@ pub(crate) fn complete_multipart_upload(
     let min_part_size = backend.min_part_size();
     let object = backend.with_bucket(&input.bucket, |bucket| {
         let upload = upload_of(&mut bucket.uploads, &input.upload_id, &input.key)?;
-        // Sized once: growing a GiB-sized body by doubling copies it over and over, and
-        // made CompleteMultipartUpload take seconds.
-        let total = requested
-            .iter()
-            .filter_map(|p| upload.parts.get(&p.part_number.unwrap_or(0)))
-            .map(|p| p.body.len())
-            .sum();
-        let mut body = BytesMut::with_capacity(total);
+        let mut parts = Vec::with_capacity(requested.len());
         let mut part_md5s = Vec::with_capacity(requested.len() * 16);
         let mut previous_number = 0;
         for (index, wanted) in requested.iter().enumerate() {
@@ -160,20 +153,20 @@ pub(crate) fn complete_multipart_upload(
                 .filter(|part| wanted.e_tag.as_ref().is_some_and(|etag| etag.value() == part.etag()))
                 .ok_or_else(|| s3_error!(InvalidPart, "part {number} was not uploaded or its ETag does not match"))?;
             let is_last = index + 1 == requested.len();
-            if !is_last && (part.body.len() as u64) < min_part_size {
+            if !is_last && part.body.len() < min_part_size {
                 return Err(s3_error!(
                     EntityTooSmall,
                     "part {number} is smaller than the minimum part size"
                 ));
             }
-            body.extend_from_slice(&part.body);
+            parts.push(&part.body);
             part_md5s.extend_from_slice(&part.md5);
         }
         // S3's multipart ETag: the MD5 of the concatenated binary part MD5s, then the part count.
         let etag = format!("{}-{}", to_hex(&Md5::checksum(&part_md5s)), requested.len());
         let object = StoredObject::with_etag(
             etag,
-            body.freeze(),
+            Rope::concat(parts),
             upload.content_type.clone(),
             upload.metadata.clone(),
         );
@@ -223,7 +216,7 @@ pub(crate) fn list_parts(
             .map(|(number, part)| Part {
                 part_number: Some(*number),
                 e_tag: etag(&part.etag()),
-                size: Some(size_field(part.body.len() as u64)),
+                size: Some(size_field(part.body.len())),
                 last_modified: Some(part.last_modified.into()),
                 ..Default::default()
             })

@@ -60,15 +60,15 @@ pub(crate) fn get_object(
             let range = range
                 .check(total)
                 .map_err(|_| s3_error!(InvalidRange, "The requested range is not satisfiable"))?;
-            let slice = object.body.slice(range.start as usize..range.end as usize);
+            let slice = object.body.slice(range.start..range.end);
             (slice, Some(format!("bytes {}-{}/{total}", range.start, range.end - 1)))
         }
     };
     Ok(S3Response::new(GetObjectOutput {
         accept_ranges: Some("bytes".to_owned()),
-        content_length: Some(size_field(body.len() as u64)),
+        content_length: Some(size_field(body.len())),
         content_range,
-        body: Some(StreamingBlob::from(s3s::Body::from(body))),
+        body: Some(StreamingBlob::new(body.into_body())),
         content_type: object.content_type.clone(),
         e_tag: etag(&object.etag),
         last_modified: Some(object.last_modified.into()),
@@ -96,7 +96,11 @@ pub(crate) async fn put_object(
 ) -> S3Result<S3Response<PutObjectOutput>> {
     let S3Request { input, extensions, .. } = req;
     let body = collect_body(input.body).await?;
-    let object = StoredObject::new(body, input.content_type, user_metadata(input.metadata, &extensions));
+    let object = StoredObject::new(
+        body.into(),
+        input.content_type,
+        user_metadata(input.metadata, &extensions),
+    );
     let output = PutObjectOutput {
         e_tag: etag(&object.etag),
         size: Some(size_field(object.size())),

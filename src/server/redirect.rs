@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use s3s::dto::{Range, Timestamp, TimestampFormat};
 
 use super::backend::{MemoryBackend, StoredObject};
-use super::body::{ResponseBody, empty, full, s3_error_response, with_fault};
+use super::body::{ResponseBody, empty, s3_error_response, with_fault};
 use super::percent;
 use super::quirks::Quirks;
 use super::stats::RequestStats;
@@ -136,7 +137,7 @@ fn object_response(object: &StoredObject, range: Option<&str>) -> Response<Respo
         None => (StatusCode::OK, object.body.clone(), None),
         Some(range) => match range.check(total) {
             Ok(range) => {
-                let slice = object.body.slice(range.start as usize..range.end as usize);
+                let slice = object.body.slice(range.start..range.end);
                 (
                     StatusCode::PARTIAL_CONTENT,
                     slice,
@@ -155,7 +156,7 @@ fn object_response(object: &StoredObject, range: Option<&str>) -> Response<Respo
         },
     };
     let length = body.len();
-    let mut response = Response::new(full(body));
+    let mut response = Response::new(body.into_body().boxed_unsync());
     *response.status_mut() = status;
     set_header(&mut response, header::CONTENT_LENGTH, &length.to_string());
     set_header(&mut response, header::ETAG, &format!("\"{}\"", object.etag));

@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use http::Extensions;
 use s3s::dto::*;
+use s3s::stream::ByteStream;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use super::MAX_OBJECT_SIZE;
@@ -119,13 +120,19 @@ impl S3 for S3Api {
     }
 }
 
+/// The most [`collect_body`] reserves up front.
+const MAX_RESERVED: usize = 64 * 1024 * 1024;
+
 /// Reads a request body into memory, refusing more than [`MAX_OBJECT_SIZE`] bytes
 /// whatever the request declared.
 pub(crate) async fn collect_body(body: Option<StreamingBlob>) -> S3Result<Bytes> {
     let Some(mut body) = body else {
         return Ok(Bytes::new());
     };
-    let mut collected = BytesMut::new();
+    // Reserve what the request announced (bounded, since it is only a claim): growing a
+    // part-sized buffer by doubling copies it several times over.
+    let announced = body.remaining_length().exact().unwrap_or(0);
+    let mut collected = BytesMut::with_capacity(announced.min(MAX_RESERVED));
     while let Some(chunk) = body.next().await {
         // s3s reports failed aws-chunked signatures or checksums as S3 errors; keep them.
         let chunk = chunk.map_err(|error| match error.downcast::<S3Error>() {
