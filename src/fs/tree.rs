@@ -154,7 +154,9 @@ impl Tree {
 
     /// `upsert` for an entry of a listing that started when `parent`'s change count was
     /// `changes_at_start`: if changes were made since, a name removed through the mount
-    /// meanwhile (still remembered as missing) is not brought back by the older listing.
+    /// meanwhile (still remembered as missing) is not brought back by the older listing,
+    /// and an entry placed meanwhile (an upload that replaced the object, a rename) keeps
+    /// the size and ETag the mount gave it rather than the listing's older ones.
     pub fn upsert_listed(&mut self, parent: u64, seen: &Seen, until: Instant, changes_at_start: u64) -> Option<u64> {
         let overtaken = self.dir_changes(parent) != changes_at_start;
         let removed = self
@@ -163,6 +165,13 @@ impl Tree {
             .is_some_and(|t| *t > Instant::now());
         if overtaken && removed {
             return None;
+        }
+        if let Some(&ino) = self
+            .child_key(parent, &seen.name, seen.kind)
+            .and_then(|key| self.by_key.get(&key))
+            && self.nodes.get(&ino).is_some_and(|n| n.placed_at > changes_at_start)
+        {
+            return Some(ino);
         }
         self.upsert(parent, seen, until)
     }
@@ -560,6 +569,31 @@ mod tests {
         let listing_began = t.dir_changes(d);
         t.finish_listing(d, &Default::default(), later, listing_began);
         assert_eq!(t.cached_lookup(d, "new", Instant::now()), Some(None));
+    }
+
+    /// An upload replaces an object that is already in the bucket while a listing of its
+    /// directory is under way: the listing's older size and ETag must not win.
+    #[test]
+    fn a_listing_that_began_before_a_replacing_upload_keeps_the_new_version() {
+        let mut t = Tree::new("", defaults());
+        let later = Instant::now() + Duration::from_secs(5);
+        let d = t.upsert(ROOT_INO, &seen("d", Kind::Dir), later).unwrap();
+        let f = t.upsert(d, &seen("f", Kind::File), later).unwrap();
+        let listing_began = t.dir_changes(d);
+        let n = t.get_mut(f).unwrap();
+        n.etag = Some("new".into());
+        n.attr.size = 9;
+        t.placed(f);
+        let version = |t: &Tree| (t.get(f).unwrap().etag.clone(), t.get(f).unwrap().attr.size);
+        assert_eq!(
+            t.upsert_listed(d, &seen("f", Kind::File), later, listing_began),
+            Some(f)
+        );
+        assert_eq!(version(&t), (Some("new".into()), 9));
+        // A listing that began after the upload is believed.
+        let listing_began = t.dir_changes(d);
+        t.upsert_listed(d, &seen("f", Kind::File), later, listing_began);
+        assert_eq!(version(&t), (Some("e".into()), 1));
     }
 
     #[test]
