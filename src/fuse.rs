@@ -9,7 +9,9 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::SystemTime;
 use tokio::runtime::Handle;
 
@@ -23,14 +25,29 @@ impl FuseAdapter {
         FuseAdapter { fs, rt }
     }
 
-    /// Runs `work` on the runtime with a clone of the core.
+    /// Runs `work` with a clone of the core: on this FUSE thread up to its first wait, then
+    /// on the runtime. A request the core answers from memory (a create, a write into the
+    /// buffer, a deferred close, a cached lookup) is replied to at once, without waiting
+    /// for a runtime thread that may be busy with uploads.
     fn spawn<F, Fut>(&self, work: F)
     where
         F: FnOnce(Arc<Fs>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let fs = self.fs.clone();
-        self.rt.spawn(async move { work(fs).await });
+        let _runtime = self.rt.enter();
+        let mut task = Box::pin(work(self.fs.clone()));
+        // The first poll's waker is never woken; the runtime polls the task again at
+        // once, which registers its own waker with whatever the task waits for.
+        let mut first = Context::from_waker(std::task::Waker::noop());
+        // A panic stays in its request, as it would on the runtime: the dropped reply
+        // answers EIO and this FUSE thread lives on.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(&mut first))) {
+            Ok(Poll::Pending) => {
+                self.rt.spawn(task);
+            }
+            Ok(Poll::Ready(())) => {}
+            Err(_) => tracing::error!("a request handler panicked; the request failed with EIO"),
+        }
     }
 }
 
@@ -378,12 +395,14 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
-        // No extended attributes; ENOTSUP also stops the kernel from asking again.
-        reply.error(Errno::ENOTSUP);
+        // No extended attributes. ENOSYS, not ENOTSUP: only ENOSYS makes the kernel stop
+        // asking (it asked for security.capability before every first write of a file);
+        // callers still see EOPNOTSUPP.
+        reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
-        reply.error(Errno::ENOTSUP);
+        reply.error(Errno::ENOSYS);
     }
 
     fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
