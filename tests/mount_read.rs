@@ -176,6 +176,28 @@ fn missing_files_and_read_only_mounts() {
 }
 
 #[test]
+fn extended_attributes_are_not_supported() {
+    let s = server();
+    put(&s, "x", "1");
+    let m = Mount::new(&s, &[]);
+    let path = std::ffi::CString::new(m.join("x").into_os_string().into_encoded_bytes()).unwrap();
+    let name = c"user.test";
+    // Twice: the first answer (ENOSYS to the kernel) is remembered by the kernel, and the
+    // caller sees EOPNOTSUPP both times.
+    for _ in 0..2 {
+        // SAFETY: both strings are NUL-terminated; a null buffer of size 0 asks for the size.
+        let got = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        assert_eq!(got, -1);
+        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EOPNOTSUPP));
+        // SAFETY: as above.
+        let listed = unsafe { libc::listxattr(path.as_ptr(), std::ptr::null_mut(), 0) };
+        assert_eq!(listed, -1);
+        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EOPNOTSUPP));
+    }
+    assert_eq!(std::fs::read_to_string(m.join("x")).unwrap(), "1");
+}
+
+#[test]
 fn ls_l_costs_list_pages_and_no_head() {
     let s = server();
     for i in 0..2500 {
