@@ -5,6 +5,15 @@ use s3vol::control::{self, FlushReport, MountStatus};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
+/// A line of an unmount's progress. Nobody may be reading stdout (a closed pipe, a
+/// detached job): that must not stop the flush and unmount halfway, as `println!` would.
+macro_rules! progress {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub fn unmount(args: &UnmountArgs) -> ExitCode {
     let mountpoint = std::fs::canonicalize(&args.mountpoint).unwrap_or_else(|_| args.mountpoint.clone());
     let socket = control::socket_path(&mountpoint);
@@ -33,7 +42,7 @@ pub fn unmount(args: &UnmountArgs) -> ExitCode {
     while socket.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!("unmounted {}", mountpoint.display());
+    progress!("unmounted {}", mountpoint.display());
     ExitCode::SUCCESS
 }
 
@@ -45,7 +54,7 @@ fn flush(socket: &std::path::Path) -> Result<(), String> {
     };
     let status: MountStatus = serde_json::from_str(&line).map_err(|e| format!("bad status reply: {e}"))?;
     if status.dirty_files > 0 || status.uploads_pending > 0 {
-        println!(
+        progress!(
             "uploading {} files ({} bytes) before unmounting...",
             status.dirty_files, status.dirty_bytes
         );
@@ -62,7 +71,7 @@ fn flush(socket: &std::path::Path) -> Result<(), String> {
         Some(e) => Err(e),
         None => {
             if report.files > 0 {
-                println!("uploaded {} files ({} bytes)", report.files, report.bytes);
+                progress!("uploaded {} files ({} bytes)", report.files, report.bytes);
             }
             Ok(())
         }
@@ -83,7 +92,7 @@ fn progress_lines(socket: &std::path::Path) {
         if let Ok(line) = control::request(socket, "status", Some(Duration::from_secs(5)))
             && let Ok(s) = serde_json::from_str::<MountStatus>(&line)
         {
-            println!(
+            progress!(
                 "  still uploading: {} files, {} bytes dirty, {} uploads pending",
                 s.dirty_files, s.dirty_bytes, s.uploads_pending
             );

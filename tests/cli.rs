@@ -171,6 +171,49 @@ fn mount_in_the_background_status_and_unmount() {
 }
 
 #[test]
+fn unmount_finishes_when_nobody_reads_its_output() {
+    let s = server();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mnt");
+    std::fs::create_dir(&path).unwrap();
+    let log = dir.path().join("log");
+    let bg = Background {
+        path: path.clone(),
+        _dir: dir,
+    };
+    let mp = path.to_str().unwrap();
+    let o = s3vol(
+        &s,
+        &[
+            "mount",
+            "s3://test",
+            mp,
+            "--endpoint-url",
+            &s.endpoint,
+            "--force-path-style",
+            "--upload-on-close",
+            "false",
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::write(path.join("late.txt"), "deferred").unwrap();
+    // Standard output is a pipe nobody reads: every line unmount prints fails (EPIPE).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = Command::new(env!("CARGO_BIN_EXE_s3vol"))
+        .args(["unmount", mp])
+        .stdout(writer)
+        .output()
+        .expect("run s3vol");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!is_mounted(&path));
+    assert_eq!(object(&s, "late.txt").as_deref(), Some(&b"deferred"[..]));
+    drop(bg);
+}
+
+#[test]
 fn mount_refuses_what_cannot_work_before_mounting() {
     let s = server();
     let dir = tempfile::tempdir().unwrap();

@@ -333,6 +333,7 @@ def main():
     parser.add_argument("--elapsed", type=int, default=None)
     parser.add_argument("--notes", default=None, help="hand-written findings appended to the report, if the file exists")
     parser.add_argument("--before", default=None, help="results of an earlier run, for a before/after table of s3vol")
+    parser.add_argument("--previous", default=None, help="results of the previous full run, for a second such table")
     args = parser.parse_args()
 
     results = load(args.results)
@@ -436,15 +437,22 @@ def main():
             out.append("")
             out.extend(failures)
             out.append("")
-    if args.before and os.path.exists(args.before) and servers:
-        before = collect(load(args.before))
-        out.append(f"## s3vol before and after the fixes ({servers[0]})")
+    comparisons = [
+        (args.before, "s3vol before and after the fixes",
+         "Before: the run of `bench/wan/results-before.jsonl` (the binary before the fixes listed below, same "
+         "harness and link, a more loaded machine). After: this run."),
+        (args.previous, "s3vol in the previous full run and in this one",
+         "Previous: the full run kept in `bench/wan/results-previous.jsonl` (the binary before the latest round of "
+         "fixes, see the last round below). Now: this run."),
+    ]
+    for path, title, text in comparisons:
+        if not (path and os.path.exists(path) and servers):
+            continue
+        out.append(f"## {title} ({servers[0]})")
         out.append("")
-        out.append("Before: the run of `bench/wan/results-before.jsonl` (the binary before the fixes listed "
-                   "below, same harness and link, a more loaded machine). After: this run. The ratios to the raw "
-                   "baseline come from the same run as the figure.")
+        out.append(text + " The ratios to the raw baseline come from the same run as the figure.")
         out.append("")
-        out.extend(before_after_table(before, cells, servers[0], workloads))
+        out.extend(before_after_table(collect(load(path)), cells, servers[0], workloads))
         out.append("")
     if args.notes and os.path.exists(args.notes):
         with open(args.notes) as handle:
