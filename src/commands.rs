@@ -56,7 +56,8 @@ fn flush(socket: &std::path::Path) -> Result<(), String> {
     if status.dirty_files > 0 || status.uploads_pending > 0 {
         progress!(
             "uploading {} files ({} bytes) before unmounting...",
-            status.dirty_files, status.dirty_bytes
+            status.dirty_files,
+            status.dirty_bytes
         );
     }
     let progress = std::thread::spawn({
@@ -94,7 +95,9 @@ fn progress_lines(socket: &std::path::Path) {
         {
             progress!(
                 "  still uploading: {} files, {} bytes dirty, {} uploads pending",
-                s.dirty_files, s.dirty_bytes, s.uploads_pending
+                s.dirty_files,
+                s.dirty_bytes,
+                s.uploads_pending
             );
         }
     }
