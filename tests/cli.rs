@@ -126,34 +126,39 @@ impl Drop for Background {
     }
 }
 
-#[test]
-fn mount_in_the_background_status_and_unmount() {
-    let s = server();
-    put(&s, "hello.txt", "hi");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("mnt");
-    std::fs::create_dir(&path).unwrap();
-    let bg = Background {
-        path: path.clone(),
-        _dir: dir,
-    };
-    let mp = path.to_str().unwrap();
-    let log = bg._dir.path().join("log");
-    let o = s3vol(
-        &s,
-        &[
+impl Background {
+    /// `s3vol mount s3://test` on a fresh directory, in the background (logging to a file
+    /// beside it), with `extra` options; returns once the mount is live.
+    fn mount(s: &s3vol::server::RunningServer, extra: &[&str]) -> Background {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).unwrap();
+        let log = dir.path().join("log");
+        let mut args = vec![
             "mount",
             "s3://test",
-            mp,
+            path.to_str().unwrap(),
             "--endpoint-url",
             &s.endpoint,
             "--force-path-style",
             "--log-file",
             log.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(is_mounted(&path), "the mount is live when `mount` returns");
+        ];
+        args.extend_from_slice(extra);
+        let o = s3vol(s, &args);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(is_mounted(&path), "the mount is live when `mount` returns");
+        Background { path, _dir: dir }
+    }
+}
+
+#[test]
+fn mount_in_the_background_status_and_unmount() {
+    let s = server();
+    put(&s, "hello.txt", "hi");
+    let bg = Background::mount(&s, &[]);
+    let path = bg.path.clone();
+    let mp = path.to_str().unwrap();
     assert_eq!(std::fs::read_to_string(path.join("hello.txt")).unwrap(), "hi");
 
     let o = s3vol(&s, &["status", mp, "--json"]);
@@ -173,31 +178,9 @@ fn mount_in_the_background_status_and_unmount() {
 #[test]
 fn unmount_finishes_when_nobody_reads_its_output() {
     let s = server();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("mnt");
-    std::fs::create_dir(&path).unwrap();
-    let log = dir.path().join("log");
-    let bg = Background {
-        path: path.clone(),
-        _dir: dir,
-    };
+    let bg = Background::mount(&s, &["--upload-on-close", "false"]);
+    let path = bg.path.clone();
     let mp = path.to_str().unwrap();
-    let o = s3vol(
-        &s,
-        &[
-            "mount",
-            "s3://test",
-            mp,
-            "--endpoint-url",
-            &s.endpoint,
-            "--force-path-style",
-            "--upload-on-close",
-            "false",
-            "--log-file",
-            log.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
     std::fs::write(path.join("late.txt"), "deferred").unwrap();
     // Standard output is a pipe nobody reads: every line unmount prints fails (EPIPE).
     let (reader, writer) = std::io::pipe().unwrap();
