@@ -63,9 +63,18 @@ fn main() {
         ("delete-prefix", [prefix, in_flight]) => block_on(raw_delete_prefix(prefix, num(in_flight))),
         ("list", [prefix, delimiter]) => block_on(raw_list(prefix, *delimiter == "1")),
         // Harness helpers.
-        ("wait-object", [key, size, timeout]) => {
-            block_on(wait_object(key, num(size), Duration::from_secs(num(timeout))))
-        }
+        ("wait-object", [key, size, timeout]) => block_on(wait_object(
+            key,
+            num(size),
+            Duration::from_secs(num(timeout)),
+            Duration::from_millis(100),
+        )),
+        ("wait-object", [key, size, timeout, every_ms]) => block_on(wait_object(
+            key,
+            num(size),
+            Duration::from_secs(num(timeout)),
+            Duration::from_millis(num(every_ms)),
+        )),
         ("wait-count", [prefix, count, timeout]) => {
             block_on(wait_count(prefix, num(count), Duration::from_secs(num(timeout))))
         }
@@ -94,7 +103,7 @@ fn usage() -> ! {
          get KEY PART_MIB IN_FLIGHT COPIES | get-random KEY BLOCK_KIB IN_FLIGHT SECONDS | ttfb KEY\n\
          put-big KEY SIZE_MIB PART_MIB IN_FLIGHT | put-latency PREFIX COUNT [SIZE] | put-dir DIR PREFIX IN_FLIGHT\n\
          delete-prefix PREFIX IN_FLIGHT | list PREFIX DELIMITER(0|1)\n\
-         wait-object KEY SIZE TIMEOUT_S | wait-count PREFIX COUNT TIMEOUT_S\n\
+         wait-object KEY SIZE TIMEOUT_S [EVERY_MS] | wait-count PREFIX COUNT TIMEOUT_S\n\
          file-ttfb PATH | close-latency DIR COUNT | write-file PATH SIZE_MIB\n\
          make-files DIR COUNT MIN_KIB MAX_KIB | make-tree DIR DIRS FILES FILE_SIZE | make-find-tree DIR TOP SUB FILES"
     );
@@ -455,7 +464,7 @@ async fn raw_list(prefix: &str, delimiter: bool) -> Value {
 }
 
 /// Polls HEAD until `key` exists with `size` bytes: the end of an asynchronous upload.
-async fn wait_object(key: &str, size: u64, timeout: Duration) -> Value {
+async fn wait_object(key: &str, size: u64, timeout: Duration, every: Duration) -> Value {
     let store = store().await;
     let started = Instant::now();
     let mut heads = 0;
@@ -464,13 +473,19 @@ async fn wait_object(key: &str, size: u64, timeout: Duration) -> Value {
         if let Ok(meta) = store.head(key).await
             && meta.size == size
         {
-            // The harness subtracts its own requests from the server's counts.
-            return json!({"seconds": started.elapsed().as_secs_f64(), "requests": {"HeadObject": heads}});
+            // `found_unix`: when the answer came, for a harness that started this poller
+            // before the write and keeps its own clock. It subtracts these requests from
+            // the server's counts.
+            let found_unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            return json!({"seconds": started.elapsed().as_secs_f64(), "found_unix": found_unix,
+                          "requests": {"HeadObject": heads}});
         }
         if started.elapsed() > timeout {
             fail(format!("{key} did not reach {size} bytes in {timeout:?}"));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(every).await;
     }
 }
 

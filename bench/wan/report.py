@@ -375,7 +375,8 @@ def main():
         "every tool mounts the bucket from the host side, so every request crosses the link. "
         "Each case runs on a fresh mount after `echo 3 > /proc/sys/vm/drop_caches` (the warm re-read "
         "reuses the mount of the cold read). Writes are timed until the bucket holds the data "
-        "(polled with HEAD/LIST by the harness), so asynchronous uploaders are timed to the end; "
+        "(polled with HEAD/LIST by the harness; the big file by a poller started with the writer that "
+        "asks every 20 ms), so asynchronous uploaders are timed to the end; "
         "the time at which the writing program returned is in `bench/wan/results-last.jsonl` (`writer_s`)."
     )
     out.append("")
