@@ -1,6 +1,7 @@
-//! The FUSE adapter: decodes each kernel request, hands it to the filesystem core on the
-//! tokio runtime and replies from that task, so a slow S3 call never holds up other
-//! requests. No filesystem logic lives here.
+//! The FUSE adapter: decodes each kernel request, runs the filesystem core's answer on
+//! the FUSE thread until it first waits and on the tokio runtime from there, and replies
+//! from that task, so a slow S3 call never holds up other requests and an answer from
+//! memory never waits for a runtime thread. No filesystem logic lives here.
 
 use crate::fs::{Attr, Caller, Errno as CoreErrno, Fs, Kind, OpenMode, SetAttr};
 use fuser::{
