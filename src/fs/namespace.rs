@@ -261,14 +261,20 @@ impl Fs {
             let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
             (n.key.clone(), n.local)
         };
-        let open = self.open_counts.lock().unwrap().contains_key(&ino);
-        if open {
-            // Readers of an open file keep working: the object goes at the last close.
-            if !local {
+        // Decided under the open counts' lock, which the last release also holds while it
+        // looks for a pending delete: a release racing with this unlink either sees the
+        // delete or has already closed the file (then it is deleted here).
+        let open = {
+            let counts = self.open_counts.lock().unwrap();
+            let open = counts.contains_key(&ino);
+            if open && !local {
+                // Readers of an open file keep working: the object goes at the last close.
                 self.hidden_keys.lock().unwrap().insert(key.clone());
                 self.pending_deletes.lock().unwrap().insert(ino, key.clone());
             }
-        } else {
+            open
+        };
+        if !open {
             self.data.lock().unwrap().remove(&ino);
             if !local {
                 self.delete_object(&key).await?;

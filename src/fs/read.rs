@@ -164,21 +164,24 @@ impl Fs {
         let Some(file) = self.files.lock().unwrap().remove(&fh) else {
             return;
         };
-        let last = {
+        // The pending delete is taken under the open counts' lock, as unlink decides under
+        // it (see there).
+        let (last, pending_delete) = {
             let mut counts = self.open_counts.lock().unwrap();
             let n = counts.entry(file.ino).or_default();
             *n = n.saturating_sub(1);
             let last = *n == 0;
+            let mut pending_delete = None;
             if last {
                 counts.remove(&file.ino);
                 self.read_streams.lock().unwrap().remove(&file.ino);
+                pending_delete = self.pending_deletes.lock().unwrap().remove(&file.ino);
             }
-            last
+            (last, pending_delete)
         };
         if !last {
             return;
         }
-        let pending_delete = self.pending_deletes.lock().unwrap().remove(&file.ino);
         if let Some(key) = pending_delete {
             self.data.lock().unwrap().remove(&file.ino);
             // The name may have been created again since the unlink: then the object is
