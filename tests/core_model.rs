@@ -780,3 +780,68 @@ fn revalidating_a_file_lists_only_its_directory() {
         assert_eq!(core.walk("f/inner").await.expect("f/inner").1, Kind::File);
     });
 }
+
+/// Runs `observe` (a readdir or a lookup of `d/f`) with its LISTs answered from the bucket
+/// as it was while `d/f`, unlinked while open, was waiting for its last close, and
+/// answered only after that close deleted it. Returns what `observe` saw.
+async fn observe_across_a_deferred_delete<T, F, Fut>(core: &Core, observe: F) -> T
+where
+    F: FnOnce(Arc<Fs>, u64) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    core.fs.mkdir(ROOT_INO, "d", 0o755, CALLER).await.expect("mkdir d");
+    core.write("d/f", 0, b"data", false).await.expect("write d/f");
+    let (dir, _) = core.walk("d").await.expect("d");
+    let (file, _) = core.walk("d/f").await.expect("d/f");
+    let fh = core.fs.open(file, OpenMode::default()).await.expect("open").fh;
+    core.fs.unlink(dir, "f").await.expect("unlink while open");
+    assert!(core.store.contents("d/f").is_some(), "deleted at the last close");
+
+    let gate = core.store.hold_lists();
+    let lists = core.store.requests("list");
+    let observer = tokio::spawn(observe(core.fs.clone(), dir));
+    // One thread: once a LIST is counted, it has read the keys and waits.
+    while core.store.requests("list") == lists {
+        tokio::task::yield_now().await;
+    }
+    core.fs.release(fh).await;
+    assert!(core.store.contents("d/f").is_none(), "deleted at the last close");
+    gate.close();
+    observer.await.expect("observer task")
+}
+
+/// A file unlinked while open is deleted from the bucket at its last close, and hidden
+/// from listings until then. A LIST sent before that close but answered after it (the
+/// delete done, the name no longer hidden) still shows the file: it must not bring the
+/// file back.
+#[test]
+fn a_listing_older_than_a_deferred_delete_does_not_bring_the_file_back() {
+    block_on(async {
+        let core = Core::new();
+        let names = observe_across_a_deferred_delete(&core, |fs, dir| async move {
+            let fh = fs.opendir(dir).await.expect("opendir");
+            let page = fs.readdir(dir, fh, 0).await.expect("readdir");
+            fs.releasedir(fh);
+            page.into_iter().map(|e| e.name).collect::<Vec<String>>()
+        })
+        .await;
+        assert_eq!(names, [".", ".."], "what readdir of d shows");
+        assert_eq!(core.walk("d/f").await.map(|(_, k)| k), Err(Errno(libc::ENOENT)));
+    });
+}
+
+/// The same for a lookup, whose HEAD and LISTs may find the file before its delete.
+#[test]
+fn a_lookup_older_than_a_deferred_delete_does_not_find_the_file() {
+    block_on(async {
+        let core = Core::new();
+        let found =
+            observe_across_a_deferred_delete(
+                &core,
+                |fs, dir| async move { fs.lookup(dir, "f").await.map(|a| a.kind) },
+            )
+            .await;
+        assert_eq!(found, Err(Errno(libc::ENOENT)), "what a lookup of d/f finds");
+    });
+}

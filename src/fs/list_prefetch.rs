@@ -109,9 +109,9 @@ impl Fs {
 
     /// One page of `key`'s listing into the cache (a complete one is the whole listing).
     async fn prefetch_listing(&self, ino: u64, key: &str) {
-        let changes = self.tree().dir_changes(ino);
+        let start = self.listing_start(ino, key);
         match self.first_page(key).await {
-            Ok(page) => self.absorb_dir_page(ino, key, &page, changes),
+            Ok(page) => self.absorb_dir_page(ino, key, &page, &start),
             // The directory's own readdir will ask again and report the error.
             Err(e) => tracing::debug!("prefetch of the listing of {key:?}: {e}"),
         }

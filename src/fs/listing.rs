@@ -90,13 +90,14 @@ impl Fs {
                 s.changes_at_start = self.tree().dir_changes(s.ino);
             }
             self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
+            let hidden_at_start = self.hidden_under(&s.key);
             let page = self
                 .store
                 .list_page(&s.request())
                 .await
                 .map_err(|e| self.fail("LIST", &s.key, e))?;
             let mut seen = dir::page_entries(&s.key, &page, self.resolved.profile.hidden_prefixes);
-            self.drop_hidden(&s.key, &mut seen);
+            self.drop_hidden(&s.key, &mut seen, &hidden_at_start);
             let mut tree = self.tree();
             let mut entries = Vec::with_capacity(seen.len());
             for e in &seen {

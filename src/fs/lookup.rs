@@ -4,12 +4,23 @@
 use super::*;
 
 /// What a remote lookup found: the entry, its persisted metadata (from the HEAD), and for a
-/// directory the first page of its own listing with the directory's change count when it
+/// directory the first page of its own listing with what the mount had changed when it
 /// was asked for.
 pub(super) struct Found {
     seen: Seen,
     metadata: Option<crate::store::Metadata>,
-    listing: Option<(crate::store::ListPage, u64)>,
+    listing: Option<(crate::store::ListPage, ListingStart)>,
+}
+
+/// The mount's own changes under a directory when a LIST of it was sent: the listing is
+/// older than any change made since, and must not undo it.
+pub(super) struct ListingStart {
+    /// The directory's change count.
+    pub changes: u64,
+    /// Keys under the directory whose objects were being deleted. The listing may show
+    /// them although their deletes are done by the time it arrives and they are no longer
+    /// hidden.
+    pub hidden: HashSet<String>,
 }
 
 impl Fs {
@@ -99,9 +110,9 @@ impl Fs {
                     }
                     (ino, node.attr)
                 };
-                if let Some((page, changes)) = listing {
+                if let Some((page, start)) = listing {
                     let key = format!("{parent_key}{name}/");
-                    self.absorb_dir_page(ino, &key, &page, changes);
+                    self.absorb_dir_page(ino, &key, &page, &start);
                 }
                 Ok(attr)
             }
@@ -124,17 +135,21 @@ impl Fs {
     pub(super) async fn lookup_remote(&self, parent: u64, parent_key: &str, name: &str) -> FsResult<Option<Found>> {
         let key = format!("{parent_key}{name}");
         let dir_key = format!("{key}/");
-        let (whole_dir, changes, child_changes, known_file) = {
+        let (whole_dir, child, known_file) = {
             let tree = self.tree();
             let child = tree.get(parent).and_then(|p| p.children.get(name)).copied();
             (
                 !tree.get(parent).is_some_and(|p| p.large),
-                tree.dir_changes(parent),
-                child.map_or(0, |c| tree.dir_changes(c)),
+                child,
                 child
                     .and_then(|c| tree.get(c))
                     .is_some_and(|n| n.attr.kind == Kind::File),
             )
+        };
+        let start = self.listing_start(parent, parent_key);
+        let child_start = ListingStart {
+            changes: child.map_or(0, |c| self.tree().dir_changes(c)),
+            hidden: self.hidden_under(&dir_key),
         };
         let list = self.first_page(if whole_dir { parent_key } else { &key });
         let child_list = async {
@@ -158,7 +173,7 @@ impl Fs {
         let mut page = page.map_err(|e| self.fail("LIST", &key, e))?;
         let child_page = child_page.map_err(|e| self.fail("LIST", &dir_key, e))?;
         if whole_dir {
-            self.absorb_dir_page(parent, parent_key, &page, changes);
+            self.absorb_dir_page(parent, parent_key, &page, &start);
             // Keys sort by byte: `name/` is the last spelling of `name` a page can hold.
             let last = page
                 .objects
@@ -192,11 +207,11 @@ impl Fs {
             return Ok(Some(Found {
                 seen,
                 metadata: None,
-                listing: child_page.map(|c| (c, child_changes)),
+                listing: child_page.map(|c| (c, child_start)),
             }));
         }
         let head = head.map_err(|e| self.fail("HEAD", &key, e))?;
-        if self.hidden_keys.lock().unwrap().contains(&key) {
+        if start.hidden.contains(&key) || self.hidden_keys.lock().unwrap().contains(&key) {
             return Ok(None);
         }
         let listed = page.objects.iter().find(|o| o.key == key);
@@ -222,36 +237,57 @@ impl Fs {
         }))
     }
 
-    /// Drops entries whose object is being deleted in the background (a file's key, or a
-    /// directory's marker): the bucket may list them until the delete is done.
-    pub(super) fn drop_hidden(&self, parent_key: &str, seen: &mut Vec<Seen>) {
+    /// What a LIST of directory `dir` sent now must not undo.
+    pub(super) fn listing_start(&self, dir: u64, dir_key: &str) -> ListingStart {
+        ListingStart {
+            changes: self.tree().dir_changes(dir),
+            hidden: self.hidden_under(dir_key),
+        }
+    }
+
+    /// The keys under `prefix` whose objects are being deleted.
+    pub(super) fn hidden_under(&self, prefix: &str) -> HashSet<String> {
         let hidden = self.hidden_keys.lock().unwrap();
-        if hidden.is_empty() {
+        hidden.iter().filter(|k| k.starts_with(prefix)).cloned().collect()
+    }
+
+    /// Drops entries whose object is being deleted (a file's key, or a directory's
+    /// marker), or was when the listing was sent: the bucket may list them until the
+    /// delete is done.
+    pub(super) fn drop_hidden(&self, parent_key: &str, seen: &mut Vec<Seen>, hidden_at_start: &HashSet<String>) {
+        let hidden = self.hidden_keys.lock().unwrap();
+        if hidden.is_empty() && hidden_at_start.is_empty() {
             return;
         }
+        let deleting = |key: &String| hidden.contains(key) || hidden_at_start.contains(key);
         seen.retain(|e| {
             let key = format!("{parent_key}{}", e.name);
             let marker = format!("{key}/");
-            let deleting = hidden.contains(&key) || (e.kind == Kind::Dir && hidden.contains(&marker));
-            !deleting
+            !(deleting(&key) || (e.kind == Kind::Dir && deleting(&marker)))
         });
     }
 
     /// Feeds a first page of a directory's listing into the cache; a complete one is the
     /// whole listing until the TTL runs out.
-    pub(super) fn absorb_dir_page(&self, parent: u64, parent_key: &str, page: &crate::store::ListPage, changes: u64) {
+    pub(super) fn absorb_dir_page(
+        &self,
+        parent: u64,
+        parent_key: &str,
+        page: &crate::store::ListPage,
+        start: &ListingStart,
+    ) {
         let mut seen = dir::page_entries(parent_key, page, self.resolved.profile.hidden_prefixes);
-        self.drop_hidden(parent_key, &mut seen);
+        self.drop_hidden(parent_key, &mut seen, &start.hidden);
         let until = self.ttl_from_now();
         let mut tree = self.tree();
         let mut shown = std::collections::HashSet::new();
         for e in &seen {
-            if tree.upsert_listed(parent, e, until, changes).is_some() {
+            if tree.upsert_listed(parent, e, until, start.changes).is_some() {
                 shown.insert(e.name.clone());
             }
         }
         if page.next.is_none() {
-            tree.finish_listing(parent, &shown, until, changes);
+            tree.finish_listing(parent, &shown, until, start.changes);
         }
     }
 

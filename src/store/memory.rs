@@ -31,6 +31,8 @@ pub struct MemoryStore {
     get_starts: Mutex<Vec<u64>>,
     /// Once set, each GET's body waits for a permit from it.
     get_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    /// Once set, each LIST waits for a permit from it before it answers.
+    list_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 impl MemoryStore {
@@ -53,6 +55,16 @@ impl MemoryStore {
     pub fn hold_gets(&self) -> Arc<tokio::sync::Semaphore> {
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         *self.get_gate.lock().unwrap() = Some(gate.clone());
+        gate
+    }
+
+    /// Holds every LIST from now on between reading the keys and answering, until the
+    /// returned gate has a permit for it (or is closed: then every LIST goes through). The
+    /// answer is then older than the bucket, as a real LIST's is when changes land while
+    /// it travels back.
+    pub fn hold_lists(&self) -> Arc<tokio::sync::Semaphore> {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        *self.list_gate.lock().unwrap() = Some(gate.clone());
         gate
     }
 
@@ -105,6 +117,41 @@ impl MemoryStore {
         }
     }
 
+    /// One page of a listing of the keys as they are now.
+    fn list_now(&self, req: &ListRequest) -> ListPage {
+        let max = req.max_keys.unwrap_or(1000).clamp(1, 1000) as usize;
+        let objects = self.objects.lock().unwrap();
+        let after = req.continuation.clone().or_else(|| req.start_after.clone());
+        let mut page = ListPage::default();
+        let mut last_entry: Option<String> = None;
+        for (key, o) in objects.range(req.prefix.clone()..) {
+            if !key.starts_with(&req.prefix) {
+                break;
+            }
+            let rest = &key[req.prefix.len()..];
+            let common = req
+                .delimiter
+                .as_deref()
+                .and_then(|d| rest.find(d).map(|i| format!("{}{}", req.prefix, &rest[..i + d.len()])));
+            let entry = common.clone().unwrap_or_else(|| key.clone());
+            // The token is the last entry returned: everything up to it, and every key
+            // grouped under it, was on an earlier page.
+            if after.as_deref().is_some_and(|a| entry.as_str() <= a) || last_entry.as_ref() == Some(&entry) {
+                continue;
+            }
+            if page.objects.len() + page.prefixes.len() == max {
+                page.next = last_entry;
+                break;
+            }
+            match common {
+                Some(p) => page.prefixes.push(p),
+                None => page.objects.push(Self::meta(key, o, false)),
+            }
+            last_entry = Some(entry);
+        }
+        page
+    }
+
     fn slice(data: &Bytes, range: Range<u64>) -> Bytes {
         let len = data.len() as u64;
         data.slice(range.start.min(len) as usize..range.end.min(len) as usize)
@@ -141,35 +188,12 @@ impl ObjectStore for MemoryStore {
 
     async fn list_page(&self, req: &ListRequest) -> StoreResult<ListPage> {
         self.count("list");
-        let max = req.max_keys.unwrap_or(1000).clamp(1, 1000) as usize;
-        let objects = self.objects.lock().unwrap();
-        let after = req.continuation.clone().or_else(|| req.start_after.clone());
-        let mut page = ListPage::default();
-        let mut last_entry: Option<String> = None;
-        for (key, o) in objects.range(req.prefix.clone()..) {
-            if !key.starts_with(&req.prefix) {
-                break;
-            }
-            let rest = &key[req.prefix.len()..];
-            let common = req
-                .delimiter
-                .as_deref()
-                .and_then(|d| rest.find(d).map(|i| format!("{}{}", req.prefix, &rest[..i + d.len()])));
-            let entry = common.clone().unwrap_or_else(|| key.clone());
-            // The token is the last entry returned: everything up to it, and every key
-            // grouped under it, was on an earlier page.
-            if after.as_deref().is_some_and(|a| entry.as_str() <= a) || last_entry.as_ref() == Some(&entry) {
-                continue;
-            }
-            if page.objects.len() + page.prefixes.len() == max {
-                page.next = last_entry;
-                break;
-            }
-            match common {
-                Some(p) => page.prefixes.push(p),
-                None => page.objects.push(Self::meta(key, o, false)),
-            }
-            last_entry = Some(entry);
+        let page = self.list_now(req);
+        let gate = self.list_gate.lock().unwrap().clone();
+        if let Some(gate) = gate
+            && let Ok(permit) = gate.acquire().await
+        {
+            permit.forget();
         }
         Ok(page)
     }
