@@ -1,6 +1,7 @@
-//! The FUSE adapter: decodes each kernel request, hands it to the filesystem core on the
-//! tokio runtime and replies from that task, so a slow S3 call never holds up other
-//! requests. No filesystem logic lives here.
+//! The FUSE adapter: decodes each kernel request, runs the filesystem core's answer on
+//! the FUSE thread until it first waits and on the tokio runtime from there, and replies
+//! from that task, so a slow S3 call never holds up other requests and an answer from
+//! memory never waits for a runtime thread. No filesystem logic lives here.
 
 use crate::fs::{Attr, Caller, Errno as CoreErrno, Fs, Kind, OpenMode, SetAttr};
 use fuser::{
@@ -9,7 +10,10 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::SystemTime;
 use tokio::runtime::Handle;
 
@@ -23,14 +27,34 @@ impl FuseAdapter {
         FuseAdapter { fs, rt }
     }
 
-    /// Runs `work` on the runtime with a clone of the core.
+    /// Runs `work` with a clone of the core, see [`run_from_here`].
     fn spawn<F, Fut>(&self, work: F)
     where
         F: FnOnce(Arc<Fs>) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
     {
-        let fs = self.fs.clone();
-        self.rt.spawn(async move { work(fs).await });
+        run_from_here(&self.rt, work(self.fs.clone()));
+    }
+}
+
+/// Runs `task` on the calling (FUSE) thread up to its first wait, then on the runtime. A
+/// request the core answers from memory (a create, a write into the buffer, a deferred
+/// close, a cached lookup) is replied to at once, without waiting for a runtime thread
+/// that may be busy with uploads.
+fn run_from_here(rt: &Handle, task: impl Future<Output = ()> + Send + 'static) {
+    let _runtime = rt.enter();
+    let mut task = Box::pin(task);
+    // The first poll's waker is never woken; the runtime polls the task again at once,
+    // which registers its own waker with whatever the task waits for.
+    let mut first = Context::from_waker(std::task::Waker::noop());
+    // A panic stays in its request, as it would on the runtime: the dropped reply answers
+    // EIO and this FUSE thread lives on.
+    match std::panic::catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(&mut first))) {
+        Ok(Poll::Pending) => {
+            rt.spawn(task);
+        }
+        Ok(Poll::Ready(())) => {}
+        Err(_) => tracing::error!("a request handler panicked; the request failed with EIO"),
     }
 }
 
@@ -464,5 +488,59 @@ impl Filesystem for FuseAdapter {
             255,
             s.block_size,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_from_here;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_task_that_never_waits_finishes_on_the_calling_thread() {
+        let rt = runtime();
+        let (tx, rx) = mpsc::channel();
+        run_from_here(
+            rt.handle(),
+            async move { tx.send(std::thread::current().id()).unwrap() },
+        );
+        // Already sent when the call returns, and from this thread.
+        assert_eq!(rx.try_recv(), Ok(std::thread::current().id()));
+    }
+
+    #[test]
+    fn a_task_that_waits_is_finished_by_the_runtime() {
+        let rt = runtime();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<u32>();
+        let (done_tx, done_rx) = mpsc::channel();
+        run_from_here(rt.handle(), async move {
+            let value = go_rx.await.unwrap();
+            // A timer needs the runtime's driver: the task really runs there now.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            done_tx.send((value, std::thread::current().id())).unwrap();
+        });
+        assert!(done_rx.try_recv().is_err(), "cannot finish before it is woken");
+        go_tx.send(7).unwrap();
+        let (value, thread) = done_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(value, 7);
+        assert_ne!(thread, std::thread::current().id());
+    }
+
+    #[test]
+    fn a_panicking_task_does_not_take_the_calling_thread_down() {
+        let rt = runtime();
+        run_from_here(rt.handle(), async { panic!("handler bug") });
+        let (tx, rx) = mpsc::channel();
+        run_from_here(rt.handle(), async move { tx.send(()).unwrap() });
+        assert_eq!(rx.try_recv(), Ok(()));
     }
 }
