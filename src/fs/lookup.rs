@@ -248,7 +248,11 @@ impl Fs {
     /// The keys under `prefix` whose objects are being deleted.
     pub(super) fn hidden_under(&self, prefix: &str) -> HashSet<String> {
         let hidden = self.hidden_keys.lock().unwrap();
-        hidden.iter().filter(|k| k.starts_with(prefix)).cloned().collect()
+        hidden
+            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .take_while(|k| k.starts_with(prefix))
+            .cloned()
+            .collect()
     }
 
     /// Drops entries whose object is being deleted (a file's key, or a directory's

@@ -37,6 +37,7 @@ use content::MemoryBudget;
 use dir::{DirStream, ListState};
 use dirty::FileData;
 use readahead::ReadStreams;
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -160,7 +161,9 @@ pub struct Fs {
     data: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<FileData>>>>,
     /// Unlinked while open: deleted from the bucket at the last close, hidden until then.
     pending_deletes: Mutex<HashMap<u64, String>>,
-    hidden_keys: Mutex<HashSet<String>>,
+    /// Keys whose objects are being deleted (in the background, or at a last close):
+    /// listings leave them out. Sorted, so a directory's are found by their prefix.
+    hidden_keys: Mutex<BTreeSet<String>>,
     /// Directory markers being put in the background (`upload_on_close = false`).
     pending_markers: Mutex<HashSet<String>>,
     list_prefetch: list_prefetch::ListPrefetch,
@@ -295,7 +298,7 @@ impl Fs {
             dirs: Mutex::new(HashMap::new()),
             data: Mutex::new(HashMap::new()),
             pending_deletes: Mutex::new(HashMap::new()),
-            hidden_keys: Mutex::new(HashSet::new()),
+            hidden_keys: Mutex::new(BTreeSet::new()),
             pending_markers: Mutex::new(HashSet::new()),
             list_prefetch: Default::default(),
             uploader,
