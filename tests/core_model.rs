@@ -796,7 +796,7 @@ where
     let (file, _) = core.walk("d/f").await.expect("d/f");
     let fh = core.fs.open(file, OpenMode::default()).await.expect("open").fh;
     core.fs.unlink(dir, "f").await.expect("unlink while open");
-    assert!(core.store.contents("d/f").is_some(), "deleted at the last close");
+    assert!(core.store.contents("d/f").is_some(), "kept until the last close");
 
     let gate = core.store.hold_lists();
     let lists = core.store.requests("list");
