@@ -146,12 +146,13 @@ impl Fs {
                     .is_some_and(|n| n.attr.kind == Kind::File),
             )
         };
-        let start = self.listing_start(parent, parent_key);
+        let list_prefix = if whole_dir { parent_key } else { key.as_str() };
+        let start = self.listing_start(parent, list_prefix);
         let child_start = ListingStart {
             changes: child.map_or(0, |c| self.tree().dir_changes(c)),
             hidden: self.hidden_under(&dir_key),
         };
-        let list = self.first_page(if whole_dir { parent_key } else { &key });
+        let list = self.first_page(list_prefix);
         let child_list = async {
             if known_file {
                 return Ok(None);
@@ -237,22 +238,25 @@ impl Fs {
         }))
     }
 
-    /// What a LIST of directory `dir` sent now must not undo.
-    pub(super) fn listing_start(&self, dir: u64, dir_key: &str) -> ListingStart {
+    /// What a LIST of `prefix` in directory `dir`, sent now, must not undo.
+    pub(super) fn listing_start(&self, dir: u64, prefix: &str) -> ListingStart {
         ListingStart {
             changes: self.tree().dir_changes(dir),
-            hidden: self.hidden_under(dir_key),
+            hidden: self.hidden_under(prefix),
         }
     }
 
-    /// The keys under `prefix` whose objects are being deleted.
+    /// The keys starting with `prefix` whose objects are being deleted.
     pub(super) fn hidden_under(&self, prefix: &str) -> HashSet<String> {
         let hidden = self.hidden_keys.lock().unwrap();
-        hidden
-            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
-            .take_while(|k| k.starts_with(prefix))
-            .cloned()
-            .collect()
+        starting_with(&hidden, prefix).cloned().collect()
+    }
+
+    /// Whether any key starting with `prefix` is being deleted.
+    pub(super) fn any_hidden_under(&self, prefix: &str) -> bool {
+        starting_with(&self.hidden_keys.lock().unwrap(), prefix)
+            .next()
+            .is_some()
     }
 
     /// Drops entries whose object is being deleted (a file's key, or a directory's
@@ -350,4 +354,10 @@ impl Fs {
         node.fresh_until = until;
         Ok(node.attr)
     }
+}
+
+/// The keys of a sorted set that start with `prefix`, found by range.
+fn starting_with<'a>(keys: &'a BTreeSet<String>, prefix: &'a str) -> impl Iterator<Item = &'a String> {
+    keys.range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+        .take_while(move |k| k.starts_with(prefix))
 }

@@ -225,7 +225,7 @@ impl Fs {
         // removes each directory).
         let known_empty = listed && !any_children;
         if !local && !known_empty {
-            let deletes_pending = !self.hidden_under(&key).is_empty();
+            let deletes_pending = self.any_hidden_under(&key);
             if deletes_pending {
                 // Deferred deletes of its files first: then the bucket shows what is left.
                 self.background.wait_idle().await;
