@@ -5,15 +5,18 @@
 //! for, not for the whole block: on a long-distance link a 1 MiB block takes several round
 //! trips of TCP slow start, while the first kilobytes arrive after one.
 
+mod get_run;
+
 use super::budget::TransferBudget;
 use super::disk_cache::DiskCache;
 use crate::store::{ObjectStore, StoreError};
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use get_run::GetRest;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -47,6 +50,7 @@ pub struct Prefetch {
 pub struct GetSlots {
     turn: tokio::sync::Mutex<()>,
     slots: Arc<Semaphore>,
+    gets: usize,
     /// Set when the file is closed: GETs still queued are dropped unless a reader waits.
     abandoned: AtomicBool,
 }
@@ -56,8 +60,15 @@ impl GetSlots {
         Arc::new(GetSlots {
             turn: tokio::sync::Mutex::new(()),
             slots: Arc::new(Semaphore::new(gets.max(1))),
+            gets: gets.max(1),
             abandoned: AtomicBool::new(false),
         })
+    }
+
+    /// Whether most of the slots are free: the window ahead is fetched, and GETs that take
+    /// over a lagging one's blocks use a link that would otherwise sit idle.
+    fn mostly_idle(&self) -> bool {
+        self.slots.available_permits() * 2 >= self.gets
     }
 
     /// No one reads on: the prefetch GETs not yet started need not be.
@@ -81,6 +92,8 @@ struct Progress {
     /// shared borrow, hence atomic); `usize::MAX` when none waits.
     wanted: AtomicUsize,
     done: Option<BlockResult>,
+    /// Its GET's blocks not reached yet (weak: those blocks' senders are in it).
+    rest: Weak<GetRest>,
 }
 
 impl Default for Progress {
@@ -90,6 +103,7 @@ impl Default for Progress {
             received: 0,
             wanted: AtomicUsize::new(usize::MAX),
             done: None,
+            rest: Weak::new(),
         }
     }
 }
@@ -119,6 +133,9 @@ impl Progress {
 
 type PendingBlock = watch::Receiver<Progress>;
 type BlockSender = watch::Sender<Progress>;
+
+/// How long a reader waits on a block before it asks whether the block's GET lags.
+const LAG_CHECK: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
 pub struct CacheStats {
@@ -194,6 +211,7 @@ impl BlockCache {
         prefetch: Prefetch,
     ) -> Result<Bytes, StoreError> {
         let prefetch_end = prefetch.end;
+        let gets = prefetch.gets.clone();
         let end = range.end.min(object.size);
         if range.start >= end {
             return Ok(Bytes::new());
@@ -215,7 +233,7 @@ impl BlockCache {
             let to = ((end - block_start) as usize).min(self.block_len(object, index) as usize);
             let piece = match slot {
                 Slot::Ready(block) => Self::slice(&block, from..to),
-                Slot::Pending(progress) => Self::wait_for(progress, from..to).await?,
+                Slot::Pending(progress) => self.wait_for(object, progress, from..to, gets.as_deref()).await?,
             };
             pieces.push(piece.ok_or_else(|| StoreError::Other(format!("short block {index} of {}", object.key)))?);
         }
@@ -232,21 +250,41 @@ impl BlockCache {
     }
 
     /// Waits until bytes `range` of a block being fetched have arrived, or its fetch ended.
-    async fn wait_for(mut progress: PendingBlock, range: Range<usize>) -> Result<Option<Bytes>, StoreError> {
-        let state = progress
-            .wait_for(|p| {
+    /// While it waits and the file's link is mostly idle, it lets a lagging GET be taken
+    /// over (see `get_run`).
+    async fn wait_for(
+        self: &Arc<Self>,
+        object: &ObjectVersion,
+        mut progress: PendingBlock,
+        range: Range<usize>,
+        gets: Option<&GetSlots>,
+    ) -> Result<Option<Bytes>, StoreError> {
+        loop {
+            let arrived = progress.wait_for(|p| {
                 let ready = p.done.is_some() || p.received >= range.end;
                 if !ready {
                     p.wanted.fetch_min(range.end, Ordering::AcqRel);
                 }
                 ready
-            })
-            .await
-            .map_err(|_| StoreError::Other("block fetch was dropped".into()))?;
-        match &state.done {
-            Some(Ok(block)) => Ok(Self::slice(block, range)),
-            Some(Err(e)) => Err(e.clone()),
-            None => Ok(state.take(range)),
+            });
+            let outcome = match tokio::time::timeout(LAG_CHECK, arrived).await {
+                Ok(Ok(state)) => Some(match &state.done {
+                    Some(Ok(block)) => Ok(Self::slice(block, range.clone())),
+                    Some(Err(e)) => Err(e.clone()),
+                    None => Ok(state.take(range.clone())),
+                }),
+                Ok(Err(_)) => Some(Err(StoreError::Other("block fetch was dropped".into()))),
+                Err(_) => None,
+            };
+            if let Some(outcome) = outcome {
+                return outcome;
+            }
+            let rest = progress.borrow().rest.upgrade();
+            if let Some(rest) = rest
+                && gets.is_some_and(GetSlots::mostly_idle)
+            {
+                self.take_over_if_lagging(object, &rest);
+            }
         }
     }
 
@@ -408,78 +446,24 @@ impl BlockCache {
         self.block_size.min(object.size.saturating_sub(start))
     }
 
-    /// One GET for consecutive blocks; each block is published as soon as its bytes are
-    /// in, and written to the disk cache in the background.
-    async fn fetch_remote(self: Arc<Self>, object: ObjectVersion, run: Vec<(u64, BlockSender)>) {
-        let bs = self.block_size;
-        let first = run[0].0;
-        let start = first * bs;
-        let end = ((first + run.len() as u64) * bs).min(object.size);
-        let mut run = run.into_iter();
-        let mut current = run.next();
-        let _room = self.budget.take(end - start).await;
-        let result = async {
-            let resp = self
-                .store
-                .get_range(&object.key, start..end, Some(&object.etag))
-                .await?;
-            let mut body = resp.body;
-            let mut block_start = start;
-            while let Some(chunk) = body.next().await {
-                let mut chunk = chunk?;
-                while !chunk.is_empty() {
-                    let Some((index, tx)) = current.as_ref() else { break };
-                    let block_len = bs.min(end - block_start) as usize;
-                    let missing = block_len - tx.borrow().received;
-                    let piece = chunk.split_to(missing.min(chunk.len()));
-                    // Readers wake only once the bytes one of them waits for are in:
-                    // waking every reader of the block for each small chunk of the body
-                    // costs more CPU than the whole copy.
-                    tx.send_if_modified(|p| {
-                        p.received += piece.len();
-                        p.pieces.push(piece);
-                        let wake = p.received >= *p.wanted.get_mut();
-                        if wake {
-                            // The woken readers that need more register again.
-                            *p.wanted.get_mut() = usize::MAX;
-                        }
-                        wake
-                    });
-                    if tx.borrow().received == block_len {
-                        let block = Self::assemble(&tx.borrow().pieces, block_len);
-                        self.stats.fetched_bytes.fetch_add(block_len as u64, Ordering::Relaxed);
-                        if let Some(disk) = &self.disk {
-                            disk.put_later(&object.key, &object.etag, *index, block.clone());
-                        }
-                        let (index, tx) = current.take().expect("checked above");
-                        self.publish(&object, index, Ok(block), tx);
-                        block_start += block_len as u64;
-                        current = run.next();
-                    }
-                }
-            }
-            if block_start < end {
-                return Err(StoreError::Transient(format!(
-                    "{}: body ended at byte {block_start} of {end}",
-                    object.key
-                )));
-            }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = result {
-            for (index, tx) in current.into_iter().chain(run) {
-                self.publish(&object, index, Err(e.clone()), tx);
-            }
-        }
-    }
-
     /// One block from the pieces its body arrived in. Always a copy: a piece may be a
     /// slice of a larger receive buffer, which the cache must not keep alive.
     fn assemble(pieces: &[Bytes], len: usize) -> Bytes {
         let mut block = BytesMut::with_capacity(len);
         pieces.iter().for_each(|p| block.extend_from_slice(p));
         block.freeze()
+    }
+
+    /// A block received whole: counted, written to the disk cache in the background, and
+    /// published.
+    fn keep(&self, object: &ObjectVersion, index: u64, block: Bytes, tx: BlockSender) {
+        self.stats
+            .fetched_bytes
+            .fetch_add(block.len() as u64, Ordering::Relaxed);
+        if let Some(disk) = &self.disk {
+            disk.put_later(&object.key, &object.etag, index, block.clone());
+        }
+        self.publish(object, index, Ok(block), tx);
     }
 
     fn publish(&self, object: &ObjectVersion, index: u64, result: BlockResult, tx: BlockSender) {
@@ -522,7 +506,7 @@ mod tests {
         Prefetch { end, gets: None }
     }
 
-    async fn setup(len: usize) -> (Arc<MemoryStore>, Arc<BlockCache>, ObjectVersion, Vec<u8>) {
+    pub async fn setup(len: usize) -> (Arc<MemoryStore>, Arc<BlockCache>, ObjectVersion, Vec<u8>) {
         let store = Arc::new(MemoryStore::new());
         let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
         let etag = store

@@ -31,6 +31,8 @@ pub struct MemoryStore {
     get_starts: Mutex<Vec<u64>>,
     /// Once set, each GET's body waits for a permit from it.
     get_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    /// A delay before the body of the next GET whose range starts at the key.
+    get_delays: Mutex<HashMap<u64, std::time::Duration>>,
     /// Once set, each LIST waits for a permit from it before it answers.
     list_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
@@ -56,6 +58,12 @@ impl MemoryStore {
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         *self.get_gate.lock().unwrap() = Some(gate.clone());
         gate
+    }
+
+    /// Delays the body of the next GET whose range starts at `start` by `delay` (a slow
+    /// connection, next to GETs that answer at once).
+    pub fn delay_next_get_at(&self, start: u64, delay: std::time::Duration) {
+        self.get_delays.lock().unwrap().insert(start, delay);
     }
 
     /// Holds every LIST from now on between reading the keys and answering, until the
@@ -172,12 +180,16 @@ impl ObjectStore for MemoryStore {
             return Err(StoreError::PreconditionFailed);
         }
         self.get_starts.lock().unwrap().push(range.start);
+        let delay = self.get_delays.lock().unwrap().remove(&range.start);
         let chunk = Self::slice(&o.data, range);
         let gate = self.get_gate.lock().unwrap().clone();
         Ok(GetResponse {
             etag: Some(o.etag),
             object_size: o.data.len() as u64,
             body: Box::pin(futures::stream::once(async move {
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
                 if let Some(gate) = gate {
                     gate.acquire().await.expect("the gate is never closed").forget();
                 }
