@@ -114,7 +114,7 @@ enum Event {
 
 impl BlockCache {
     /// One GET for consecutive blocks; each block is published as soon as its bytes are
-    /// in. If it lags, the blocks it has not reached are taken over by new GETs and it
+    /// in. If it lags, the blocks it has not reached are taken over by a new GET and it
     /// stops after its current block (see the module's comment).
     pub(super) async fn fetch_remote(self: Arc<Self>, object: ObjectVersion, run: Vec<(u64, BlockSender)>) {
         let first = run[0].0;
