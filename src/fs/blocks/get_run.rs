@@ -6,9 +6,9 @@
 //! when a reader waits on a GET, its file's prefetch slots are mostly free and a GET after
 //! it has finished first, the blocks it has not reached go out as a new GET, and a second
 //! GET races it for the rest of the block it is in. The GET task stays the only writer of
-//! its blocks. Only then: a takeover closes a connection and opens another in TCP slow
-//! start, which costs more than it saves while the link is busy (measured: BENCHMARKS.md,
-//! notes item 21).
+//! its blocks. A takeover waits for an idle link because it closes a connection and opens
+//! another in TCP slow start, which costs more than it saves while the link is busy
+//! (measured: BENCHMARKS.md, notes item 21).
 
 use super::{BlockCache, BlockKey, BlockSender, ObjectVersion};
 use crate::store::{StoreError, StoreResult};
@@ -294,7 +294,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_lagging_get_gives_its_blocks_to_new_gets_and_races_for_its_current_one() {
+    async fn a_lagging_get_gives_its_blocks_to_a_new_get_and_races_for_its_current_one() {
         // Blocks of 1000 bytes, GETs of up to 4: the read's GET (0-3) crawls, the prefetch
         // GETs after it (4-7, 8-11) answer at once.
         let (store, cache, object, data) = setup(12_000).await;
