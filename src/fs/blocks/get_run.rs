@@ -12,7 +12,7 @@
 
 use super::{BlockCache, BlockKey, BlockSender, ObjectVersion};
 use crate::store::{StoreError, StoreResult};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use std::collections::VecDeque;
@@ -232,19 +232,16 @@ impl BlockCache {
 
     /// `range` of the object in one piece, with where it starts.
     async fn get_bytes(&self, object: &ObjectVersion, range: Range<u64>) -> StoreResult<(u64, Bytes)> {
-        let mut body = self
+        let bytes = self
             .store
             .get_range(&object.key, range.clone(), Some(&object.etag))
             .await?
-            .body;
-        let mut bytes = BytesMut::with_capacity((range.end - range.start) as usize);
-        while let Some(chunk) = body.next().await {
-            bytes.extend_from_slice(&chunk?);
-        }
+            .collect()
+            .await?;
         if bytes.len() as u64 != range.end - range.start {
             return Err(StoreError::Transient(format!("{}: short racing GET", object.key)));
         }
-        Ok((range.start, bytes.freeze()))
+        Ok((range.start, bytes))
     }
 
     /// Called while a reader waits on one of `rest`'s blocks and the link is mostly idle:
