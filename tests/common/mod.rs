@@ -61,6 +61,17 @@ impl Mount {
     }
 
     pub fn source(server: &RunningServer, source: &str, endpoint: &str, extra: &[&str]) -> Mount {
+        Mount::with_keys((&server.access_key, &server.secret_key), source, endpoint, extra)
+    }
+
+    /// Mounts `s3://BUCKET` of a moto server (path style; moto accepts any credentials)
+    /// with `extra` options.
+    pub fn moto(moto: &moto::Moto, bucket: &str, extra: &[&str]) -> Mount {
+        Mount::with_keys(("testing", "testing"), &format!("s3://{bucket}"), &moto.endpoint, extra)
+    }
+
+    /// Mounts `source` at `endpoint` with the credentials `(access key, secret key)`.
+    pub fn with_keys(keys: (&str, &str), source: &str, endpoint: &str, extra: &[&str]) -> Mount {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).expect("mountpoint");
@@ -80,8 +91,8 @@ impl Mount {
             ])
             .args(["--retries", "3"])
             .args(extra)
-            .env("AWS_ACCESS_KEY_ID", &server.access_key)
-            .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
+            .env("AWS_ACCESS_KEY_ID", keys.0)
+            .env("AWS_SECRET_ACCESS_KEY", keys.1)
             .env_remove("AWS_PROFILE")
             .env("RUST_LOG", "s3vol=debug")
             .stdin(Stdio::null())

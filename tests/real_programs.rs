@@ -1,0 +1,627 @@
+//! Real programs (tar, rsync, git, python venv, sqlite3, an editor's save, two mounts of
+//! one bucket, a lock-file loop) against real mounts on moto server, each compared with
+//! the same tree on a local directory or checked after a remount: what users run on a
+//! bucket, checked the way they would notice breakage.
+//!
+//! moto must be installed (`pip install "moto[server]"`): without it these tests fail, as
+//! the other moto tests do. tar, rsync, git, python3, sqlite3 and GNU coreutils/diffutils
+//! must be on PATH. The lock-file test runs on the embedded server, which counts requests.
+
+mod common;
+
+use common::Mount;
+use common::moto::Moto;
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::{FileExt, PermissionsExt, symlink};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// Runs `cmd` and returns its output, whatever its exit status.
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs `cmd`, panics with its output unless it exits 0; returns its stdout.
+fn must(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}",
+        out.status,
+        describe(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a program that may not even start (a file that lost its executable bit):
+/// its stdout when it exits 0, else what went wrong.
+fn exec(cmd: &mut Command) -> Result<String, String> {
+    match cmd.output() {
+        Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Ok(out) => Err(format!("{cmd:?} exited {}:\n{}", out.status, describe(&out))),
+        Err(e) => Err(format!("{cmd:?} did not start: {e}")),
+    }
+}
+
+/// The last 80 lines of a mount's log.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(80)..].join("\n")
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "--- stdout ---\n{}--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `bash -o pipefail -c script` with `args` as `$1`, `$2`, ...
+fn bash(script: &str, args: &[&Path]) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.args(["-o", "pipefail", "-c", script, "bash"]).args(args);
+    cmd
+}
+
+/// `python3 -c script` with `args` as `sys.argv[1:]`.
+fn python(script: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).args(args);
+    cmd
+}
+
+/// Sets the mtime of `path` (not following a symlink) to `secs` since the epoch.
+fn set_mtime(path: &Path, secs: u64) {
+    must(Command::new("touch").args(["-h", "-d", &format!("@{secs}")]).arg(path));
+}
+
+/// A source tree with what archives carry besides bytes: modes 0600, 0640 and 0755,
+/// a 0700 directory, nested directories, an empty file, relative and dangling symlinks,
+/// and mtimes in the past (distinct per file).
+fn build_tree(root: &Path) {
+    let file = |rel: &str, body: &[u8], mode: u32| {
+        let p = root.join(rel);
+        fs::write(&p, body).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    };
+    fs::create_dir_all(root.join("sub/deep")).unwrap();
+    fs::create_dir_all(root.join("private")).unwrap();
+    file("readme.txt", b"hello from the archive\n", 0o644);
+    file("secret.key", b"-----BEGIN KEY-----\nnot really\n", 0o600);
+    file("tool.sh", b"#!/bin/sh\necho tool\n", 0o755);
+    file("empty", b"", 0o644);
+    file("private/inner.txt", b"only for the owner\n", 0o640);
+    file("sub/deep/data.bin", &common::pattern(100 << 10, 7), 0o644);
+    symlink("readme.txt", root.join("link-to-readme")).unwrap();
+    symlink("../tool.sh", root.join("sub/rel-link")).unwrap();
+    symlink("does/not/exist", root.join("dangling")).unwrap();
+    fs::set_permissions(root.join("private"), fs::Permissions::from_mode(0o700)).unwrap();
+    // The root is archived as `.`: give it ordinary permissions (a temp dir is 0700).
+    fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+    for (i, rel) in [
+        "readme.txt",
+        "secret.key",
+        "tool.sh",
+        "empty",
+        "private/inner.txt",
+        "sub/deep/data.bin",
+    ]
+    .iter()
+    .enumerate()
+    {
+        set_mtime(&root.join(rel), 1_600_000_000 + 86_400 * i as u64);
+    }
+}
+
+/// Every entry under `root` (relative, sorted), from find(1).
+fn entries(root: &Path) -> Vec<String> {
+    let out = must(
+        Command::new("find")
+            .arg(root)
+            .args(["-mindepth", "1", "-printf", "%P\\n"]),
+    );
+    let mut list: Vec<String> = out.lines().map(str::to_owned).collect();
+    list.sort();
+    list
+}
+
+/// One line per entry: `name type mode mtime`, the mtime of directories and symlinks
+/// left out (tar and rsync set a directory's mtime after filling it, and nobody reads a
+/// symlink's own mtime).
+fn stat_lines(root: &Path, rels: &[String]) -> String {
+    let out = run(Command::new("stat")
+        .current_dir(root)
+        .args(["-c", "%n\t%F\t%a\t%Y"])
+        .args(rels));
+    let mut lines = String::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let mtime = if f[1] == "directory" || f[1] == "symbolic link" {
+            "-"
+        } else {
+            f[3]
+        };
+        lines.push_str(&format!("{} | {} | {} | {}\n", f[0], f[1], f[2], mtime));
+    }
+    // A name stat could not find shows up here.
+    lines.push_str(&String::from_utf8_lossy(&out.stderr));
+    lines
+}
+
+/// `diff -r --no-dereference a b`: bytes, names and symlink targets; "" when equal.
+fn diff_trees(a: &Path, b: &Path) -> String {
+    let out = run(Command::new("diff").arg("-r").arg("--no-dereference").arg(a).arg(b));
+    if out.status.success() {
+        String::new()
+    } else {
+        format!("diff exited {}:\n{}", out.status, describe(&out))
+    }
+}
+
+/// Names in `dir`, sorted.
+fn names(dir: &Path) -> BTreeSet<String> {
+    fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A tree unpacked by `tar -xp` onto the mount keeps, after a remount, every byte, every
+/// mode (0600 keys, 0755 scripts, a 0700 directory), every file's mtime and every
+/// symlink. Guards against metadata that lives only in the mount's memory: a restored
+/// backup whose scripts are no longer executable, whose keys become world-readable, or
+/// whose symlinks come back as small text files.
+#[test]
+fn tar_round_trip_keeps_modes_mtimes_and_symlinks_after_a_remount() {
+    let moto = Moto::shared();
+    let bucket = moto.new_bucket("tar");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    build_tree(&src);
+
+    let m = Mount::moto(&moto, &bucket, &[]);
+    must(&mut bash(
+        r#"tar -C "$1" -cf - . | tar -C "$2" -xpf -"#,
+        &[&src, &m.path],
+    ));
+    let before = m.unmount();
+
+    let m = Mount::moto(&moto, &bucket, &[]);
+    let rels = entries(&src);
+    let diff = diff_trees(&src, &m.path);
+    let want = stat_lines(&src, &rels);
+    let got = stat_lines(&m.path, &rels);
+    let link = fs::read_link(m.join("link-to-readme")).map(|t| t.to_string_lossy().into_owned());
+    let mut failures = Vec::new();
+    if !diff.is_empty() {
+        failures.push(format!("trees differ after the remount: {diff}"));
+    }
+    if want != got {
+        failures.push(format!(
+            "stat (name | type | mode | mtime) differs after the remount\n--- source ---\n{want}--- mount ---\n{got}"
+        ));
+    }
+    if link.as_deref().ok() != Some("readme.txt") {
+        failures.push(format!("readlink link-to-readme: {link:?}, want \"readme.txt\""));
+    }
+    if !failures.is_empty() {
+        eprintln!("--- log of the first mount (end) ---\n{}", tail(&before));
+        panic!("{}", failures.join("\n\n"));
+    }
+}
+
+/// `rsync -a` onto the mount, then after a remount a checksum dry run finds nothing to
+/// transfer. Guards against backups that rsync copies again in full every night (lost
+/// mtimes or modes make every file look changed) and against symlinks that rsync would
+/// recreate.
+#[test]
+fn rsync_finds_nothing_to_do_after_a_remount() {
+    let moto = Moto::shared();
+    let bucket = moto.new_bucket("rsync");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    build_tree(&src);
+    let from = format!("{}/", src.display());
+
+    let m = Mount::moto(&moto, &bucket, &[]);
+    let to = format!("{}/", m.path.display());
+    must(Command::new("rsync").args(["-a", &from, &to]));
+    let before = m.unmount();
+
+    let m = Mount::moto(&moto, &bucket, &[]);
+    let to = format!("{}/", m.path.display());
+    // Directory mtimes are left out (--omit-dir-times): the mount's root is no object, so
+    // its mtime cannot outlive the mount, and a directory's mtime changing costs rsync
+    // only a utimes, never a transfer. Everything else must match: content (-c), mode,
+    // mtime of files, symlinks, owner.
+    let itemized = must(Command::new("rsync").args(["-anc", "--itemize-changes", "--omit-dir-times", &from, &to]));
+    // Without --omit-dir-times, only lines about directory times are tolerated (and shown).
+    let all = must(Command::new("rsync").args(["-anc", "--itemize-changes", &from, &to]));
+    let beyond_dir_times: Vec<&str> = all
+        .lines()
+        .filter(|l| !(l.starts_with(".d") && l.get(..11).is_some_and(|f| f[2..].trim_matches('.') == "t")))
+        .collect();
+    if !itemized.is_empty() || !beyond_dir_times.is_empty() {
+        eprintln!("--- log of the first mount (end) ---\n{}", tail(&before));
+        panic!(
+            "rsync would change things after the remount\n\
+             --- rsync -anc --itemize-changes --omit-dir-times ---\n{itemized}\
+             --- rsync -anc --itemize-changes ---\n{all}\
+             --- stat (name | type | mode | mtime), source ---\n{}\
+             --- mount ---\n{}",
+            stat_lines(&src, &entries(&src)),
+            stat_lines(&m.path, &entries(&src)),
+        );
+    }
+    if !all.is_empty() {
+        eprintln!("directory mtimes rsync would set again (tolerated):\n{all}");
+    }
+}
+
+/// `git clone` onto the mount, remount: the work tree is clean and the executable script
+/// still runs. Guards against repositories that show every script as modified (lost
+/// executable bit), symlinks turned into files, or an index git cannot read back.
+#[test]
+fn git_clone_is_clean_and_runs_its_script_after_a_remount() {
+    let moto = Moto::shared();
+    let bucket = moto.new_bucket("git");
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    fs::create_dir(&repo).unwrap();
+    fs::write(repo.join("README.md"), "# a repository\n").unwrap();
+    fs::write(repo.join("run.sh"), "#!/bin/sh\necho ok\n").unwrap();
+    fs::set_permissions(repo.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    symlink("README.md", repo.join("link")).unwrap();
+    let git = || {
+        let mut cmd = Command::new("git");
+        cmd.env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"]);
+        cmd
+    };
+    must(git().arg("-C").arg(&repo).args(["init", "-q"]));
+    must(git().arg("-C").arg(&repo).args(["add", "."]));
+    must(git().arg("-C").arg(&repo).args(["commit", "-q", "-m", "first"]));
+
+    let m = Mount::moto(&moto, &bucket, &[]);
+    // A file:// URL: the transport of a network clone (packs, no hard links).
+    must(
+        git()
+            .args(["clone", "-q"])
+            .arg(format!("file://{}", repo.display()))
+            .arg(m.join("clone")),
+    );
+    let before = m.unmount();
+
+    let m = Mount::moto(&moto, &bucket, &[]);
+    let clone = m.join("clone");
+    let status = run(git().arg("-C").arg(&clone).args(["status", "--porcelain"]));
+    let script = exec(&mut Command::new(clone.join("run.sh")));
+    let mut failures = Vec::new();
+    if !status.status.success() || !status.stdout.is_empty() || !status.stderr.is_empty() {
+        failures.push(format!(
+            "git status --porcelain is not empty after the remount ({}):\n{}\n--- git diff ---\n{}",
+            status.status,
+            describe(&status),
+            String::from_utf8_lossy(&run(git().arg("-C").arg(&clone).args(["diff"])).stdout)
+        ));
+    }
+    if script.as_deref() != Ok("ok\n") {
+        failures.push(format!("clone/run.sh after the remount: {script:?}"));
+    }
+    if !failures.is_empty() {
+        let rels: Vec<String> = ["README.md", "run.sh", "link"].map(String::from).to_vec();
+        eprintln!("--- log of the first mount (end) ---\n{}", tail(&before));
+        panic!(
+            "{}\n--- stat (name | type | mode | mtime), repository ---\n{}--- clone ---\n{}",
+            failures.join("\n\n"),
+            stat_lines(&repo, &rels),
+            stat_lines(&clone, &rels)
+        );
+    }
+}
+
+/// A Python virtual environment created on the mount still runs after a remount. Guards
+/// against `venv/bin/python` (a symlink to the interpreter) coming back as a regular
+/// file: "Permission denied" or "Exec format error" for every job started from the venv.
+#[test]
+fn python_venv_runs_after_a_remount() {
+    let moto = Moto::shared();
+    let bucket = moto.new_bucket("venv");
+    let m = Mount::moto(&moto, &bucket, &[]);
+    must(
+        Command::new("python3")
+            .args(["-m", "venv", "--without-pip"])
+            .arg(m.join("venv")),
+    );
+    let link = fs::read_link(m.join("venv/bin/python")).expect("venv/bin/python is a symlink");
+    let before = m.unmount();
+
+    let m = Mount::moto(&moto, &bucket, &[]);
+    let out = exec(Command::new(m.join("venv/bin/python")).args(["-c", "print(42)"]));
+    if out.as_deref() != Ok("42\n") {
+        let bin = m.join("venv/bin");
+        let rels: Vec<String> = names(&bin).into_iter().collect();
+        eprintln!("--- log of the first mount (end) ---\n{}", tail(&before));
+        panic!(
+            "venv/bin/python -c 'print(42)' after the remount: {out:?}\n\
+             readlink before the remount: {}; after: {:?}\n--- stat venv/bin ---\n{}",
+            link.display(),
+            fs::read_link(m.join("venv/bin/python")),
+            stat_lines(&bin, &rels)
+        );
+    }
+}
+
+/// One SQLite database with the default rollback journal and one in WAL mode, filled in
+/// several transactions, pass `integrity_check` with every row after a remount. Guards
+/// against databases corrupted by a journal that was renamed, truncated or deleted out of
+/// order, or by writes at offsets that did not reach the bucket.
+#[test]
+fn sqlite_databases_survive_a_remount_intact() {
+    let moto = Moto::shared();
+    let bucket = moto.new_bucket("sqlite");
+    let fill = "create table t(id integer primary key, v text);\n".to_owned()
+        + &(0..4)
+            .map(|i| {
+                format!(
+                    "begin;\nwith recursive n(x) as (select 1 union all select x + 1 from n where x < 250)\n\
+                     insert into t(v) select printf('row %d of batch {i}, %s', x, hex(randomblob(40))) from n;\ncommit;\n"
+                )
+            })
+            .collect::<String>();
+    let m = Mount::moto(&moto, &bucket, &[]);
+    let sqlite = |db: &str, sql: &str| must(Command::new("sqlite3").arg(m.join(db)).arg(sql));
+    sqlite("rollback.db", &fill);
+    // WAL keeps its index in `-shm`, shared through mmap; a FUSE file can be mmapped
+    // shared, so WAL runs as it does on a local disk (no locking_mode=exclusive).
+    let mode = sqlite("wal.db", "pragma journal_mode=wal;");
+    assert_eq!(mode.trim(), "wal", "journal_mode=wal was refused");
+    sqlite("wal.db", &fill);
+    let before = m.unmount();
+
+    let m = Mount::moto(&moto, &bucket, &[]);
+    let mut failures = Vec::new();
+    for db in ["rollback.db", "wal.db"] {
+        let out = run(Command::new("sqlite3")
+            .arg(m.join(db))
+            .arg("pragma integrity_check; select count(*) from t;"));
+        if !out.status.success() || out.stdout != b"ok\n1000\n" {
+            failures.push(format!("{db} ({}):\n{}", out.status, describe(&out)));
+        }
+    }
+    let left: Vec<String> = names(&m.path)
+        .into_iter()
+        .filter(|n| n.ends_with("-journal") || n.ends_with("-wal") || n.ends_with("-shm"))
+        .collect();
+    if !failures.is_empty() {
+        eprintln!("--- log of the first mount (end) ---\n{}", tail(&before));
+        panic!(
+            "after the remount (integrity_check; count(*)):\n{}\nleft beside the databases: {left:?}",
+            failures.join("\n")
+        );
+    }
+}
+
+/// An editor's save (write `f.txt.tmp`, fsync it, rename it over `f.txt`) leaves the new
+/// content under the old name and no temporary file after a remount. Guards against saves
+/// that come back as the previous version or leave `.tmp` files behind.
+#[test]
+fn editor_save_by_rename_keeps_the_new_content_after_a_remount() {
+    let moto = Moto::shared();
+    let bucket = moto.new_bucket("editor");
+    let m = Mount::moto(&moto, &bucket, &[]);
+    fs::create_dir(m.join("notes")).unwrap();
+    fs::write(m.join("notes/f.txt"), "the old text\n").unwrap();
+    must(&mut python(
+        r#"
+import os, sys
+path = sys.argv[1]
+tmp = path + ".tmp"
+with open(tmp, "w") as f:
+    f.write("the new text, saved the way editors save\n")
+    f.flush()
+    os.fsync(f.fileno())
+os.rename(tmp, path)
+"#,
+        &[&m.join("notes/f.txt").to_string_lossy()],
+    ));
+    let before = m.unmount();
+
+    let m = Mount::moto(&moto, &bucket, &[]);
+    let content = fs::read_to_string(m.join("notes/f.txt"));
+    let listing = names(&m.join("notes"));
+    if content.as_deref().ok() != Some("the new text, saved the way editors save\n")
+        || listing != BTreeSet::from(["f.txt".to_owned()])
+    {
+        eprintln!("--- log of the first mount (end) ---\n{}", tail(&before));
+        panic!("after the remount: notes/f.txt is {content:?}, notes/ holds {listing:?}");
+    }
+}
+
+/// `cat path` in a new process: (exit status, stdout, stderr).
+fn cat(path: &Path) -> (bool, String, String) {
+    let out = run(Command::new("cat").arg(path));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Two mounts of one bucket, each with its own cache directory, `--metadata-ttl 1`:
+/// A, then `setup` on A, then B (so B's first look at the bucket finds what `setup`
+/// made). Returns the server, the bucket's name and the mounts A and B.
+fn two_mounts(stem: &str, setup: impl FnOnce(&Mount)) -> (std::sync::Arc<Moto>, String, Mount, Mount) {
+    let moto = Moto::shared();
+    let bucket = moto.new_bucket(stem);
+    let a = Mount::moto(&moto, &bucket, &["--metadata-ttl", "1"]);
+    setup(&a);
+    let b = Mount::moto(&moto, &bucket, &["--metadata-ttl", "1"]);
+    (moto, bucket, a, b)
+}
+
+/// A file replaced through mount B is what a new `cat` on mount A prints once the
+/// metadata TTL has passed, also when A had read (and cached) the old version. Guards
+/// against a node that keeps serving a stale copy of a file another machine rewrote.
+#[test]
+fn a_file_replaced_on_another_mount_is_seen_after_the_ttl() {
+    let old = "first version, written through A\n";
+    let new = "second version, written through mount B, longer than the first\n";
+    let (_moto, _bucket, a, b) = two_mounts("ttl", |a| fs::write(a.join("x"), old).unwrap());
+    assert_eq!(cat(&a.join("x")), (true, old.to_owned(), String::new()));
+    fs::write(b.join("x"), new).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        cat(&a.join("x")),
+        (true, new.to_owned(), String::new()),
+        "cat x on A 2 s after B replaced it (TTL 1 s)"
+    );
+}
+
+/// Right after mount B replaces files (within A's metadata TTL), a new `cat` of each on
+/// mount A succeeds with the old or the new content, never an error: a new open is not a
+/// reader that saw the old version. Guards against ESTALE/EIO in jobs that read a file
+/// another node just rewrote (checkpoints, configs, datasets being refreshed).
+#[test]
+fn a_fresh_open_right_after_a_remote_replace_never_fails() {
+    let old = |i: usize| format!("old content of z{i}\n");
+    let new = |i: usize| format!("new content of z{i}, written through mount B\n");
+    let (_moto, _bucket, a, b) = two_mounts("fresh", |a| {
+        fs::create_dir(a.join("d")).unwrap();
+        for i in 0..6 {
+            fs::write(a.join(&format!("d/z{i}")), old(i)).unwrap();
+        }
+    });
+    // A knows every file's version: z0..z2 only by stat, z3..z5 also by their content.
+    for i in 0..6 {
+        let path = a.join(&format!("d/z{i}"));
+        assert_eq!(fs::metadata(&path).unwrap().len(), old(i).len() as u64);
+        if i >= 3 {
+            assert_eq!(fs::read_to_string(&path).unwrap(), old(i));
+        }
+    }
+    let replaced = Instant::now();
+    for i in 0..6 {
+        fs::write(b.join(&format!("d/z{i}")), new(i)).unwrap();
+    }
+    let mut failures = Vec::new();
+    for i in 0..6 {
+        let (ok, out, err) = cat(&a.join(&format!("d/z{i}")));
+        if !ok || (out != old(i) && out != new(i)) {
+            failures.push(format!("z{i}: ok={ok} stdout={out:?} stderr={err:?}"));
+        }
+    }
+    let elapsed = replaced.elapsed();
+    assert!(
+        failures.is_empty(),
+        "cat on A right after B replaced the files ({elapsed:?} after the first replace, TTL 1 s):\n{}",
+        failures.join("\n")
+    );
+}
+
+/// A writes to a file it opened before B replaced it: afterwards the bucket holds B's
+/// version under the name and A's version beside it as `NAME.s3vol-conflict-*`. Guards
+/// against a lost update: two nodes editing one file, one of them silently overwriting
+/// the other's work.
+#[test]
+fn a_write_racing_a_remote_replace_keeps_both_versions() {
+    let (moto, bucket, a, b) = two_mounts("conflict", |a| {
+        fs::create_dir(a.join("docs")).unwrap();
+        fs::write(a.join("docs/y"), "original y\n").unwrap();
+    });
+    let a_text = "A's edit of y, longer than the original\n";
+    let b_text = "B's replacement of y\n";
+
+    // What Python's open(path, "r+b") does: O_RDWR, no truncation.
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(a.join("docs/y"))
+        .unwrap();
+    fs::write(b.join("docs/y"), b_text).unwrap();
+    let wrote = f.write_all_at(a_text.as_bytes(), 0);
+    // close() may report the conflict or succeed: only what is kept is checked.
+    let closed = {
+        use std::os::fd::IntoRawFd;
+        let fd = f.into_raw_fd();
+        // SAFETY: `fd` is an open descriptor this function owns (taken from `f`).
+        if unsafe { libc::close(fd) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    eprintln!("A's write: {wrote:?}, A's close: {closed:?}");
+    let log_a = a.unmount();
+    let log_b = b.unmount();
+
+    // A fresh mount shows what the bucket holds.
+    let c = Mount::moto(&moto, &bucket, &[]);
+    let listing = names(&c.join("docs"));
+    let y = fs::read_to_string(c.join("docs/y"));
+    let conflicts: Vec<(String, std::io::Result<String>)> = listing
+        .iter()
+        .filter(|n| n.starts_with("y.s3vol-conflict-"))
+        .map(|n| (n.clone(), fs::read_to_string(c.join("docs").join(n))))
+        .collect();
+    let kept_a = conflicts.iter().any(|(_, body)| body.as_deref().ok() == Some(a_text));
+    if y.as_deref().ok() != Some(b_text) || !kept_a {
+        eprintln!(
+            "--- log of mount A (end) ---\n{}\n--- log of mount B (end) ---\n{}",
+            tail(&log_a),
+            tail(&log_b)
+        );
+        panic!(
+            "after A wrote to y opened before B replaced it (A's write {wrote:?}, close {closed:?}):\n\
+             docs/ holds {listing:?}\ny = {y:?} (want B's {b_text:?})\n\
+             conflict copies: {conflicts:?} (want one with A's {a_text:?})"
+        );
+    }
+}
+
+/// huggingface_hub's file lock (the `filelock` package) opens its lock file with
+/// O_RDWR|O_CREAT|O_TRUNC and fchmods it to 0644 at every acquire, then closes it at
+/// release. On an already empty 0644 file these change nothing: they must cost no upload
+/// or metadata copy. Guards against a download of N files from the Hub turning into
+/// thousands of PutObject/CopyObject requests (and their cost and rate limits). Runs on
+/// the embedded server, which counts requests by operation.
+#[test]
+fn a_lock_file_loop_uploads_nothing() {
+    let s = common::server();
+    let m = Mount::new(&s, &[]);
+    fs::create_dir(m.join(".locks")).unwrap();
+    let lock = m.join(".locks/model.safetensors.lock");
+    let lock = lock.to_string_lossy();
+    let acquire_release = r#"
+import os, sys, time
+path, n = sys.argv[1], int(sys.argv[2])
+for _ in range(n):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.fchmod(fd, 0o644)
+    os.close(fd)
+    time.sleep(0.05)
+"#;
+    // The first acquire creates the lock file (an upload, not counted).
+    must(&mut python(acquire_release, &[&lock, "1"]));
+    s.stats().reset();
+    must(&mut python(acquire_release, &[&lock, "40"]));
+    let log = m.unmount();
+    let counts = s.stats().snapshot();
+    let writes: u64 = ["PutObject", "CopyObject", "CreateMultipartUpload", "UploadPart"]
+        .iter()
+        .map(|op| s.stats().count(op))
+        .sum();
+    assert_eq!(
+        writes,
+        0,
+        "40 no-op acquire/release cycles of a lock file sent writes; requests at the server \
+         during the loop and the unmount: {counts:?}\n--- s3vol log (end) ---\n{}",
+        tail(&log)
+    );
+}
