@@ -8,6 +8,7 @@ use s3vol::provider::{Overrides, Resolved};
 use s3vol::server::{self, ServerConfig};
 use s3vol::source::Source;
 use s3vol::store::s3::{S3Settings, S3Store};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -57,6 +58,32 @@ fn sample_tree() -> Vec<(String, Vec<u8>)> {
     ]
 }
 
+/// The commands the demo suggests, each runnable as printed by a POSIX shell from any
+/// directory: absolute paths, quoted where needed, and this binary by its own path (after
+/// `cargo run` there is no `s3vol` on PATH).
+fn try_lines(mountpoint: &Path) -> Vec<String> {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("s3vol"));
+    let under = |rel: &str| shell_quote(&mountpoint.join(rel));
+    vec![
+        format!("ls -lR {}", shell_quote(mountpoint)),
+        format!("cat {}", under("README.txt")),
+        format!("sha256sum {}", under("models/tiny-llm/weights.bin")),
+        format!("{} status {}", shell_quote(&exe), shell_quote(mountpoint)),
+    ]
+}
+
+/// `path` as one POSIX shell word: as is when it holds only characters no shell treats
+/// specially, otherwise in single quotes (a `'` inside becomes `'\''`).
+fn shell_quote(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./,:@%+=".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text.into_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
 fn demo(args: &DemoArgs) -> Result<(), String> {
     std::fs::create_dir_all(&args.mountpoint).map_err(|e| format!("{}: {e}", args.mountpoint.display()))?;
     let mountpoint = mount::check_mountpoint(&args.mountpoint)?;
@@ -96,12 +123,11 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         "embedded S3 server: {} (bucket '{BUCKET}', path style)",
         server.endpoint
     );
-    println!("mounted on {}; try:", mountpoint.display());
-    println!(
-        "  ls -lR {0}\n  cat {0}/README.txt\n  sha256sum {0}/models/tiny-llm/weights.bin",
-        mountpoint.display()
-    );
-    println!("  s3vol status\nCtrl-C unmounts.");
+    let mut announce = format!("mounted on {}; try:\n", mountpoint.display());
+    for line in try_lines(&mountpoint) {
+        announce += &format!("  {line}\n");
+    }
+    announce += "Ctrl-C unmounts.\n";
     let options = MountOptions {
         foreground: true,
         read_only: false,
@@ -129,6 +155,19 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         &source_text,
         &mountpoint,
         &options,
-        &mut Ready::foreground(),
+        &mut Ready::announcing(announce),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quote_leaves_plain_paths_alone_and_quotes_the_rest() {
+        assert_eq!(shell_quote(Path::new("/tmp/s3vol-demo")), "/tmp/s3vol-demo");
+        assert_eq!(shell_quote(Path::new("/tmp/my demo")), "'/tmp/my demo'");
+        assert_eq!(shell_quote(Path::new("/tmp/it's $x")), r"'/tmp/it'\''s $x'");
+        assert_eq!(shell_quote(Path::new("/tmp/été")), "'/tmp/été'");
+    }
 }

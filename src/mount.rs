@@ -20,16 +20,34 @@ use std::time::{Duration, Instant};
 /// Tells the process that started the mount whether it went live.
 pub struct Ready {
     pipe: Option<std::fs::File>,
+    /// Printed on standard output once the mount is live and its control socket is up.
+    announce: Option<String>,
 }
 
 impl Ready {
     pub fn foreground() -> Ready {
-        Ready { pipe: None }
+        Ready {
+            pipe: None,
+            announce: None,
+        }
+    }
+
+    /// In the foreground, printing `text` once the mount is live.
+    pub fn announcing(text: String) -> Ready {
+        Ready {
+            pipe: None,
+            announce: Some(text),
+        }
     }
 
     pub fn ok(&mut self) {
         if let Some(mut pipe) = self.pipe.take() {
             let _ = pipe.write_all(b"OK\n");
+        }
+        if let Some(text) = self.announce.take() {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
         }
     }
 
@@ -175,6 +193,7 @@ fn daemonize() -> Result<Ready, String> {
             }
             Ok(Ready {
                 pipe: Some(std::fs::File::from(write_end)),
+                announce: None,
             })
         }
     }

@@ -293,3 +293,99 @@ fn sighup_reopens_the_log_file() {
     assert!(std::fs::read_to_string(&rotated).unwrap().contains("mounted s3://test"));
     assert!(is_mounted(&m.path), "SIGHUP does not unmount");
 }
+
+/// `s3vol demo` in a child process; unmounted and stopped on drop.
+struct Demo {
+    child: std::process::Child,
+    path: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- s3vol demo log ---\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        if is_mounted(&self.path) {
+            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.path).status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn demo_prints_commands_that_run_as_printed() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    // A space and a quote in the path: the printed commands must quote it.
+    let path = dir.path().join("my demo's mount");
+    let log = dir.path().join("demo.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_s3vol"))
+        .arg("demo")
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start s3vol demo");
+    let stdout = child.stdout.take().unwrap();
+    let demo = Demo {
+        child,
+        path: path.clone(),
+        log,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut printed = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("demo output after {printed:?}: {e}"));
+        if line == "Ctrl-C unmounts." {
+            break;
+        }
+        printed.push(line);
+    }
+    assert!(is_mounted(&path), "the demo is mounted when it prints what to try");
+    let commands: Vec<&str> = printed.iter().filter_map(|l| l.strip_prefix("  ")).collect();
+    assert!(
+        commands.iter().any(|c| c.contains(" status ")),
+        "no status command in {printed:?}"
+    );
+    for command in &commands {
+        // From another directory, with nothing of ours on PATH.
+        let o = Command::new("sh")
+            .args(["-c", command])
+            .current_dir("/")
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .output()
+            .expect("run sh");
+        assert!(o.status.success(), "`{command}` failed:\n{}", text(&o));
+        if command.contains(" status ") {
+            assert!(text(&o).contains("s3://demo on "), "{}", text(&o));
+        }
+    }
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(demo.child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while is_mounted(&path) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!is_mounted(&path), "Ctrl-C unmounts");
+    drop(demo);
+}

@@ -1,7 +1,7 @@
 //! moto server (<https://github.com/getmoto/moto>), a second S3 implementation independent
 //! of the embedded server, run as a child process on 127.0.0.1.
 //!
-//! moto must be installed (`pip install "moto[server]"`; `.ci/run` does it). When it is
+//! moto must be installed (`pip install "moto[server]"`; `tests/setup` does it). When it is
 //! missing, [`Moto::start`] panics with that instruction: tests that need moto fail, never
 //! skip silently.
 //!
@@ -24,7 +24,8 @@ use std::time::Duration;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Install instruction included in every failure to start moto.
-pub const INSTALL_HINT: &str = "moto server is required for this test: pip install \"moto[server]\"";
+pub const INSTALL_HINT: &str =
+    "moto server is required for this test: pip install \"moto[server]\" (tests/setup installs it)";
 
 /// The oldest moto these tests accept: 5.2.0 and 5.2.1 answer CompleteMultipartUpload with
 /// the root element `CompleteMultipartUploadResponse` instead of
