@@ -197,26 +197,67 @@ fn extended_attributes_are_not_supported() {
     assert_eq!(std::fs::read_to_string(m.join("x")).unwrap(), "1");
 }
 
+/// A listing carries no user metadata: `ls -l` of a fresh mount HEADs each entry once (all
+/// of a page at once) so that persisted modes and symlinks show from the first listing on;
+/// listing again after the TTL costs LIST pages only.
 #[test]
-fn ls_l_costs_list_pages_and_no_head() {
+fn ls_l_shows_persisted_metadata_from_the_first_listing_with_one_head_per_entry() {
     let s = server();
     for i in 0..2500 {
         put(&s, &format!("many/f{i:05}"), "x");
     }
-    let m = Mount::new(&s, &[]);
-    let before = (s.stats().count("ListObjectsV2"), s.stats().count("HeadObject"));
-    let out = std::process::Command::new("ls")
-        .arg("-l")
-        .arg(m.join("many"))
-        .output()
+    let backend = s.backend();
+    let mode = |m: u32| m.to_string();
+    let (exe, link) = (mode(0o100755), mode(0o120777));
+    backend
+        .put_object(
+            common::BUCKET,
+            "many/run.sh",
+            "#!/bin/sh\n",
+            &[("mode", &exe), ("mtime", "1600000000")],
+        )
         .unwrap();
-    assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2501);
-    let lists = s.stats().count("ListObjectsV2") - before.0;
-    let heads = s.stats().count("HeadObject") - before.1;
-    // The lookup of `many` itself, then 3 pages.
+    backend
+        .put_object(common::BUCKET, "many/link", "f00001", &[("mode", &link)])
+        .unwrap();
+    let m = Mount::new(&s, &["--metadata-ttl", "1"]);
+    let ls = || {
+        let out = std::process::Command::new("ls")
+            .args(["-l", "--time-style=+%s"])
+            .arg(m.join("many"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let count = || (s.stats().count("ListObjectsV2"), s.stats().count("HeadObject"));
+    let before = count();
+    let listing = ls();
+    assert_eq!(listing.lines().count(), 2503);
+    let line = |name: &str| {
+        listing
+            .lines()
+            .find(|l| l.split_whitespace().nth(6) == Some(name))
+            .unwrap_or_else(|| panic!("{name} not in the listing"))
+            .to_string()
+    };
+    assert!(line("run.sh").starts_with("-rwxr-xr-x"), "{}", line("run.sh"));
+    assert!(line("run.sh").contains(" 1600000000 "), "{}", line("run.sh"));
+    assert!(line("link").starts_with("lrwxrwxrwx"), "{}", line("link"));
+    assert!(line("link").ends_with("link -> f00001"), "{}", line("link"));
+    let (lists, heads) = (count().0 - before.0, count().1 - before.1);
+    // The lookup of `many` (LIST of the root and of `many/`), then 3 pages.
     assert!(lists <= 5, "{lists} LIST requests");
-    assert_eq!(heads, 1, "only the lookup of `many` may HEAD");
+    // One HEAD per entry, and the lookup's HEADs of `many` and its marker.
+    assert!((2502..=2504).contains(&heads), "{heads} HEAD requests");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let before = count();
+    let again = ls();
+    assert_eq!(again.lines().count(), 2503);
+    let (lists, heads) = (count().0 - before.0, count().1 - before.1);
+    // The revalidation of `many`, then 3 pages.
+    assert!(lists <= 5, "{lists} LIST requests");
+    assert!(heads <= 2, "{heads} HEAD requests: the entries' metadata is known");
 }
 
 #[test]

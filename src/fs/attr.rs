@@ -60,15 +60,17 @@ impl Attr {
     }
 
     /// Applies s3fs-style metadata (`mode` is the decimal st_mode with its type bits,
-    /// `mtime` decimal seconds); returns the kind the metadata declares.
+    /// `mtime` decimal seconds). A type that contradicts the key (a directory's marker
+    /// declaring a file, a plain key declaring a directory) is ignored, and so is a value
+    /// that does not parse or is out of range: what comes from the bucket never panics.
     pub fn apply_metadata(&mut self, m: &Metadata) {
         if let Some(mode) = m.get(META_MODE).and_then(|v| v.trim().parse::<u32>().ok()) {
             self.perm = (mode & 0o7777) as u16;
-            self.kind = match mode & S_IFMT {
-                S_IFLNK => Kind::Symlink,
-                S_IFDIR => Kind::Dir,
-                S_IFREG => Kind::File,
-                _ => self.kind,
+            self.kind = match (self.kind, mode & S_IFMT) {
+                (Kind::Dir, _) => Kind::Dir,
+                (_, S_IFLNK) => Kind::Symlink,
+                (_, S_IFREG) => Kind::File,
+                (kind, _) => kind,
             };
         }
         if let Some(uid) = m.get(META_UID).and_then(|v| v.trim().parse().ok()) {
@@ -77,11 +79,8 @@ impl Attr {
         if let Some(gid) = m.get(META_GID).and_then(|v| v.trim().parse().ok()) {
             self.gid = gid;
         }
-        if let Some(secs) = m.get(META_MTIME).and_then(|v| v.trim().parse::<f64>().ok())
-            && secs.is_finite()
-            && secs >= 0.0
-        {
-            self.mtime = UNIX_EPOCH + Duration::from_secs_f64(secs);
+        if let Some(mtime) = m.get(META_MTIME).and_then(|v| parse_mtime(v)) {
+            self.mtime = mtime;
         }
     }
 
@@ -100,6 +99,13 @@ impl Attr {
             (META_MTIME.to_string(), mtime.to_string()),
         ])
     }
+}
+
+/// Decimal seconds since the epoch, as s3fs writes them; `None` for anything that is not
+/// a time a file can have.
+fn parse_mtime(v: &str) -> Option<SystemTime> {
+    let secs = v.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0)?;
+    UNIX_EPOCH.checked_add(Duration::try_from_secs_f64(secs).ok()?)
 }
 
 #[cfg(test)]
@@ -124,5 +130,29 @@ mod tests {
         let mut b = Attr::new(5, Kind::File, 3, UNIX_EPOCH, &d);
         b.apply_metadata(&m);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn nonsense_metadata_is_ignored() {
+        let d = Defaults {
+            uid: 1,
+            gid: 2,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+        };
+        let mut a = Attr::new(5, Kind::File, 3, UNIX_EPOCH, &d);
+        let m = Metadata::from([
+            (META_MTIME.to_string(), "1e20".to_string()),
+            (META_MODE.to_string(), (S_IFDIR | 0o700).to_string()),
+            (META_UID.to_string(), "-1".to_string()),
+        ]);
+        a.apply_metadata(&m);
+        assert_eq!((a.kind, a.perm, a.uid, a.mtime), (Kind::File, 0o700, 1, UNIX_EPOCH));
+        let mut dir = Attr::new(6, Kind::Dir, 0, UNIX_EPOCH, &d);
+        dir.apply_metadata(&Metadata::from([(
+            META_MODE.to_string(),
+            (S_IFLNK | 0o777).to_string(),
+        )]));
+        assert_eq!(dir.kind, Kind::Dir);
     }
 }

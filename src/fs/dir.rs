@@ -5,7 +5,7 @@
 use super::attr::Kind;
 use super::names::unusable_name;
 use super::tree::Seen;
-use crate::store::{ListPage, ListRequest};
+use crate::store::{ListPage, StoreResult};
 use std::collections::HashSet;
 use std::time::SystemTime;
 
@@ -26,13 +26,23 @@ pub struct DirStream {
     /// Entries of the current page; `entries[i]` has offset `base + i`.
     pub entries: Vec<DirEntry>,
     pub base: u64,
-    pub token: Option<String>,
-    /// Where the listing stands: not started, in progress (`token`), or complete.
+    /// Where the listing stands: not started, in progress, or complete.
     pub state: ListState,
     /// Names shown so far, to reconcile the cache once the listing is complete.
     pub shown: HashSet<String>,
     /// The directory's change count when the listing started (see `Tree::finish_listing`).
     pub changes_at_start: u64,
+    /// Pages listed ahead of the reader, with the HEADs of their entries under way.
+    pub pages: Option<tokio::sync::mpsc::Receiver<StoreResult<ListedPage>>>,
+}
+
+/// A LIST page listed ahead of the reader.
+pub struct ListedPage {
+    pub page: ListPage,
+    /// Keys under the directory being deleted when the LIST was sent.
+    pub hidden_at_start: HashSet<String>,
+    /// The HEADs of its entries that lack metadata, started when the page arrived.
+    pub heads: tokio::task::JoinHandle<super::listed_metadata::Heads>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,25 +64,15 @@ impl DirStream {
             key,
             entries: Vec::new(),
             base: FIRST_LISTING_OFFSET,
-            token: None,
             state: ListState::Start,
             shown: HashSet::new(),
             changes_at_start: 0,
+            pages: None,
         }
     }
 
     pub fn restart(&mut self) {
         *self = DirStream::new(self.ino, std::mem::take(&mut self.key));
-    }
-
-    pub fn request(&self) -> ListRequest {
-        ListRequest {
-            prefix: self.key.clone(),
-            delimiter: Some("/".into()),
-            continuation: self.token.clone(),
-            start_after: None,
-            max_keys: Some(1000),
-        }
     }
 
     pub fn end_offset(&self) -> u64 {
@@ -131,6 +131,23 @@ pub fn page_entries(dir_key: &str, page: &ListPage, hidden: &[&str]) -> Vec<Seen
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// The times a LIST page of directory `dir_key` tells of the directory itself: its marker's
+/// LastModified (if the page holds the marker) and the newest LastModified of its entries.
+pub fn page_times(dir_key: &str, page: &ListPage) -> (Option<SystemTime>, Option<SystemTime>) {
+    let marker = page
+        .objects
+        .iter()
+        .find(|o| o.key == dir_key)
+        .and_then(|o| o.last_modified);
+    let newest = page
+        .objects
+        .iter()
+        .filter(|o| o.key != dir_key)
+        .filter_map(|o| o.last_modified)
+        .max();
+    (marker, newest)
 }
 
 fn warn_unusable(key: &str, why: &str) {

@@ -107,13 +107,12 @@ impl Fs {
         self.prefetch_listings(&next);
     }
 
-    /// One page of `key`'s listing into the cache (a complete one is the whole listing).
+    /// One page of `key`'s listing into the cache (a complete one is the whole listing),
+    /// with its entries' metadata.
     async fn prefetch_listing(&self, ino: u64, key: &str) {
-        let start = self.listing_start(ino, key);
-        match self.first_page(key).await {
-            Ok(page) => self.absorb_dir_page(ino, key, &page, &start),
+        if let Err(e) = self.list_with_metadata(ino, key).await {
             // The directory's own readdir will ask again and report the error.
-            Err(e) => tracing::debug!("prefetch of the listing of {key:?}: {e}"),
+            tracing::debug!("prefetch of the listing of {key:?}: {e}");
         }
     }
 

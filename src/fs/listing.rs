@@ -1,6 +1,14 @@
 //! Directory handles: readdir streams LIST pages into entries and the metadata cache.
+//! Pages are listed a little ahead of the reader, and the HEADs for each page's metadata
+//! start the moment it arrives, so the HEADs of consecutive pages overlap.
 
 use super::*;
+use crate::store::StoreResult;
+use dir::ListedPage;
+use tokio::sync::mpsc;
+
+/// Pages listed ahead of the page being read (each at most 1,000 entries and their HEADs).
+const PAGES_AHEAD: usize = 2;
 
 impl Fs {
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
@@ -78,8 +86,11 @@ impl Fs {
             })
         };
         let entries: Vec<(String, u64, Kind)> = if let Some(children) = cached {
-            // A fresh complete listing is in the cache: no request.
+            // A fresh complete listing is in the cache: no LIST, and HEADs only for
+            // entries whose metadata is not in yet (a lookup's listing of the directory).
             s.state = ListState::Done;
+            let inos: Vec<u64> = children.iter().map(|(_, ino)| *ino).collect();
+            self.load_metadata(&inos).await;
             let tree = self.tree();
             children
                 .into_iter()
@@ -88,28 +99,52 @@ impl Fs {
         } else if s.state == ListState::More || s.state == ListState::Start {
             if s.state == ListState::Start {
                 s.changes_at_start = self.tree().dir_changes(s.ino);
+                s.pages = Some(self.list_ahead(s.key.clone()));
             }
-            self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
-            let hidden_at_start = self.hidden_under(&s.key);
-            let page = self
-                .store
-                .list_page(&s.request())
-                .await
-                .map_err(|e| self.fail("LIST", &s.key, e))?;
+            let listed = match s.pages.as_mut() {
+                Some(pages) => pages.recv().await,
+                None => None,
+            };
+            let listed = match listed {
+                Some(Ok(listed)) => listed,
+                failed => {
+                    // The next readdir starts the listing again.
+                    s.restart();
+                    return Err(match failed {
+                        Some(Err(e)) => self.fail("LIST", &s.key, e),
+                        _ => Errno(libc::EIO),
+                    });
+                }
+            };
+            let ListedPage {
+                page,
+                hidden_at_start,
+                heads,
+            } = listed;
             let mut seen = dir::page_entries(&s.key, &page, self.resolved.profile.hidden_prefixes);
             self.drop_hidden(&s.key, &mut seen, &hidden_at_start);
-            let mut tree = self.tree();
-            let mut entries = Vec::with_capacity(seen.len());
-            for e in &seen {
-                if let Some(ino) = tree.upsert_listed(s.ino, e, until, s.changes_at_start) {
-                    s.shown.insert(e.name.clone());
-                    let kind = tree.get(ino).map_or(e.kind, |n| n.attr.kind);
-                    entries.push((e.name.clone(), ino, kind));
+            let (marker, newest) = dir::page_times(&s.key, &page);
+            let mut shown = Vec::with_capacity(seen.len());
+            {
+                let mut tree = self.tree();
+                tree.note_dir_listing(s.ino, marker, newest);
+                for e in &seen {
+                    if let Some(ino) = tree.upsert_listed(s.ino, e, until, s.changes_at_start) {
+                        s.shown.insert(e.name.clone());
+                        shown.push((e.name.clone(), ino));
+                    }
                 }
             }
-            s.token = page.next;
-            if s.token.is_none() {
+            // The entries go out with their persisted type and modes.
+            self.apply_heads(&heads.await.unwrap_or_default());
+            let mut tree = self.tree();
+            let mut entries: Vec<(String, u64, Kind)> = shown
+                .into_iter()
+                .filter_map(|(name, ino)| tree.get(ino).map(|n| (name, ino, n.attr.kind)))
+                .collect();
+            if page.next.is_none() {
                 s.state = ListState::Done;
+                s.pages = None;
                 tree.finish_listing(s.ino, &s.shown, until, s.changes_at_start);
                 // Entries that exist only in the mount come last.
                 let local: Vec<(String, u64, Kind)> = tree
@@ -144,5 +179,50 @@ impl Fs {
             })
             .collect();
         Ok(())
+    }
+
+    /// Lists `key` page by page, ahead of its reader by at most [`PAGES_AHEAD`] pages,
+    /// starting the HEADs of each page's entries as soon as it arrives. Ends at the last
+    /// page, at an error (sent on), or when the reader is gone.
+    fn list_ahead(self: &Arc<Self>, key: String) -> mpsc::Receiver<StoreResult<ListedPage>> {
+        let (pages, reader) = mpsc::channel(PAGES_AHEAD);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut continuation = None;
+            loop {
+                let hidden_at_start = this.hidden_under(&key);
+                this.stats.list_requests.fetch_add(1, Ordering::Relaxed);
+                let request = ListRequest {
+                    prefix: key.clone(),
+                    delimiter: Some("/".into()),
+                    continuation: continuation.take(),
+                    start_after: None,
+                    max_keys: Some(1000),
+                };
+                let page = match this.store.list_page(&request).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = pages.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let wanted = this.keys_wanting_metadata(&key, &page);
+                let heads = {
+                    let this = this.clone();
+                    tokio::spawn(async move { this.head_all(wanted).await })
+                };
+                continuation = page.next.clone();
+                let last = continuation.is_none();
+                let listed = ListedPage {
+                    page,
+                    hidden_at_start,
+                    heads,
+                };
+                if pages.send(Ok(listed)).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        reader
     }
 }

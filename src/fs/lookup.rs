@@ -9,6 +9,8 @@ use super::*;
 pub(super) struct Found {
     seen: Seen,
     metadata: Option<crate::store::Metadata>,
+    /// A directory's marker: `Some(None)` it has none, `None` unknown (its HEAD failed).
+    marker: Option<Option<crate::store::ObjectMeta>>,
     listing: Option<(crate::store::ListPage, ListingStart)>,
 }
 
@@ -84,7 +86,11 @@ impl Fs {
             (p.key.clone(), tree.cached_lookup(parent, name, Instant::now()))
         };
         match cached {
-            Some(Some(ino)) => return self.node_attr(ino),
+            Some(Some(ino)) => {
+                // Known from a listing only: its persisted type and modes first.
+                self.load_metadata(&[ino]).await;
+                return self.node_attr(ino);
+            }
             Some(None) => return Err(Errno(libc::ENOENT)),
             None => {}
         }
@@ -96,6 +102,7 @@ impl Fs {
             Some(Found {
                 seen,
                 metadata,
+                marker,
                 listing,
             }) => {
                 let (ino, attr) = {
@@ -108,7 +115,15 @@ impl Fs {
                         node.attr.apply_metadata(&m);
                         node.metadata_loaded = true;
                     }
-                    (ino, node.attr)
+                    let key = node.key.clone();
+                    if seen.kind == Kind::Dir && self.resolved.profile.user_metadata {
+                        match &marker {
+                            Some(Some(m)) => tree.apply_head(&key, m),
+                            Some(None) => tree.apply_missing(&key),
+                            None => {}
+                        }
+                    }
+                    (ino, tree.get(ino).ok_or(Errno(libc::ENOENT))?.attr)
                 };
                 if let Some((page, start)) = listing {
                     let key = format!("{parent_key}{name}/");
@@ -159,18 +174,11 @@ impl Fs {
             }
             self.first_page(&dir_key).await.map(Some)
         };
-        let head = async {
-            if !self.resolved.profile.user_metadata {
-                return Ok(None);
-            }
-            self.stats.head_requests.fetch_add(1, Ordering::Relaxed);
-            match self.store.head(&key).await {
-                Ok(m) => Ok(Some(m)),
-                Err(StoreError::NotFound) => Ok(None),
-                Err(e) => Err(e),
-            }
-        };
-        let (page, head, child_page) = futures::join!(list, head, child_list);
+        let head = self.head_if_metadata(&key, true);
+        // A directory's persisted metadata is in its marker.
+        let markers = self.resolved.profile.markers != crate::provider::Markers::Forbidden;
+        let marker_head = self.head_if_metadata(&dir_key, !known_file && markers);
+        let (page, head, child_page, marker) = futures::join!(list, head, child_list, marker_head);
         let mut page = page.map_err(|e| self.fail("LIST", &key, e))?;
         let child_page = child_page.map_err(|e| self.fail("LIST", &dir_key, e))?;
         if whole_dir {
@@ -208,6 +216,8 @@ impl Fs {
             return Ok(Some(Found {
                 seen,
                 metadata: None,
+                // A failed HEAD of the marker leaves default modes (a later lookup asks again).
+                marker: marker.ok(),
                 listing: child_page.map(|c| (c, child_start)),
             }));
         }
@@ -233,9 +243,28 @@ impl Fs {
             Found {
                 seen,
                 metadata,
+                marker: None,
                 listing: None,
             }
         }))
+    }
+
+    /// The HEAD of `key` where the provider keeps user metadata and `wanted`; `None` if
+    /// there is no such object.
+    async fn head_if_metadata(
+        &self,
+        key: &str,
+        wanted: bool,
+    ) -> crate::store::StoreResult<Option<crate::store::ObjectMeta>> {
+        if !wanted || !self.resolved.profile.user_metadata {
+            return Ok(None);
+        }
+        self.stats.head_requests.fetch_add(1, Ordering::Relaxed);
+        match self.store.head(key).await {
+            Ok(m) => Ok(Some(m)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// What a LIST of `prefix` in directory `dir`, sent now, must not undo.
@@ -287,7 +316,9 @@ impl Fs {
         let mut seen = dir::page_entries(parent_key, page, self.resolved.profile.hidden_prefixes);
         self.drop_hidden(parent_key, &mut seen, &start.hidden);
         let until = self.ttl_from_now();
+        let (marker, newest) = dir::page_times(parent_key, page);
         let mut tree = self.tree();
+        tree.note_dir_listing(parent, marker, newest);
         let mut shown = std::collections::HashSet::new();
         for e in &seen {
             if tree.upsert_listed(parent, e, until, start.changes).is_some() {

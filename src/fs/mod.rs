@@ -10,6 +10,7 @@ mod dirty;
 pub mod disk_cache;
 mod journal;
 mod list_prefetch;
+mod listed_metadata;
 mod listing;
 mod lookup;
 mod names;
@@ -44,7 +45,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tree::{Seen, Tree};
+use tree::{DirMtime, Seen, Tree};
 use upload::Uploader;
 
 /// An errno value, positive.
@@ -167,6 +168,8 @@ pub struct Fs {
     /// Directory markers being put in the background (`upload_on_close = false`).
     pending_markers: Mutex<HashSet<String>>,
     list_prefetch: list_prefetch::ListPrefetch,
+    /// Bounds the HEADs that read listed entries' metadata (see `listed_metadata.rs`).
+    metadata_heads: tokio::sync::Semaphore,
     uploader: Uploader,
     journal: Arc<journal::Journal>,
     dirty_budget: Arc<MemoryBudget>,
@@ -301,6 +304,7 @@ impl Fs {
             hidden_keys: Mutex::new(BTreeSet::new()),
             pending_markers: Mutex::new(HashSet::new()),
             list_prefetch: Default::default(),
+            metadata_heads: tokio::sync::Semaphore::new(listed_metadata::CONCURRENT_HEADS),
             uploader,
             journal,
             dirty_budget: MemoryBudget::new(quarter, quarter.min(8 << 20)),

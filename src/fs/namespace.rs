@@ -68,6 +68,7 @@ impl Fs {
         n.local = true;
         n.etag = None;
         n.metadata_loaded = true;
+        n.dir_mtime = DirMtime::Settled;
         // The entry goes to the kernel, which then holds a reference.
         n.lookups += 1;
         n.attr.kind = kind;
@@ -82,6 +83,7 @@ impl Fs {
         }
         if let Some(p) = tree.get_mut(parent) {
             p.attr.mtime = SystemTime::now();
+            p.dir_mtime = DirMtime::Settled;
         }
         tree.placed(ino);
         Ok(ino)

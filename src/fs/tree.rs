@@ -21,6 +21,8 @@ pub struct Node {
     pub fresh_until: Instant,
     /// The user metadata has been read (HEAD): mode, owner and mtime are the persisted ones.
     pub metadata_loaded: bool,
+    /// Directories: where the mtime comes from (a listing may only replace a guess).
+    pub dir_mtime: DirMtime,
     /// Directories: known children by name.
     pub children: BTreeMap<String, u64>,
     /// Directories: the children map is the whole listing, trusted until then.
@@ -44,6 +46,18 @@ pub struct Node {
     pub lookups: u64,
 }
 
+/// Where a directory's mtime comes from, best last. An object store has no directory
+/// mtime: the marker's persisted `mtime` or its LastModified is the real one; without a
+/// marker, the newest entry seen in the directory's listing; before any listing, the
+/// mount time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DirMtime {
+    MountTime,
+    NewestEntry,
+    /// From the marker object, or set through the mount: listings leave it alone.
+    Settled,
+}
+
 /// What a listing says exists under a directory.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -63,6 +77,8 @@ pub struct Tree {
     unreferenced: std::collections::VecDeque<u64>,
     next_ino: u64,
     pub defaults: Defaults,
+    /// The mtime of a directory nothing better is known of.
+    mounted_at: SystemTime,
 }
 
 /// Negative entries kept at most; beyond it the oldest half is dropped.
@@ -71,14 +87,16 @@ const NEGATIVE_BUDGET: usize = 100_000;
 impl Tree {
     pub fn new(root_key: &str, defaults: Defaults) -> Tree {
         let now = Instant::now();
+        let mounted_at = SystemTime::now();
         let root = Node {
             parent: ROOT_INO,
             name: String::new(),
             key: root_key.to_string(),
-            attr: Attr::new(ROOT_INO, Kind::Dir, 0, SystemTime::now(), &defaults),
+            attr: Attr::new(ROOT_INO, Kind::Dir, 0, mounted_at, &defaults),
             etag: None,
             fresh_until: now + std::time::Duration::from_secs(365 * 24 * 3600),
             metadata_loaded: true,
+            dir_mtime: DirMtime::MountTime,
             children: BTreeMap::new(),
             listed_until: None,
             local: true,
@@ -95,6 +113,7 @@ impl Tree {
             unreferenced: std::collections::VecDeque::new(),
             next_ino: ROOT_INO + 1,
             defaults,
+            mounted_at,
         }
     }
 
@@ -191,14 +210,20 @@ impl Tree {
             }
         };
         let defaults = self.defaults;
+        // A listing gives a directory no time of its own.
+        let mtime = match seen.kind {
+            Kind::Dir => self.mounted_at,
+            _ => seen.mtime,
+        };
         let node = self.nodes.entry(ino).or_insert_with(|| Node {
             parent,
             name: seen.name.clone(),
             key: key.clone(),
-            attr: Attr::new(ino, seen.kind, seen.size, seen.mtime, &defaults),
+            attr: Attr::new(ino, seen.kind, seen.size, mtime, &defaults),
             etag: None,
             fresh_until: until,
             metadata_loaded: false,
+            dir_mtime: DirMtime::MountTime,
             children: BTreeMap::new(),
             listed_until: None,
             local: false,
@@ -208,7 +233,7 @@ impl Tree {
             changes: 0,
             placed_at: 0,
         });
-        if !node.local {
+        if !node.local && node.attr.kind != Kind::Dir {
             let changed = node.etag.is_some() && node.etag != seen.etag;
             node.attr.size = seen.size;
             if !node.metadata_loaded || changed {
@@ -233,6 +258,73 @@ impl Tree {
             self.nodes.get_mut(&parent)?.children.insert(seen.name.clone(), ino);
         }
         Some(ino)
+    }
+
+    /// The inode standing for `key` (a directory's key ends with `/`).
+    pub fn ino_by_key(&self, key: &str) -> Option<u64> {
+        self.by_key.get(key).copied()
+    }
+
+    /// A listing of directory `dir` arrived: `marker` is its marker's LastModified if the
+    /// page held the marker, `newest` the newest LastModified among its entries.
+    pub fn note_dir_listing(&mut self, dir: u64, marker: Option<SystemTime>, newest: Option<SystemTime>) {
+        let Some(n) = self.nodes.get_mut(&dir) else { return };
+        match (n.dir_mtime, marker, newest) {
+            (DirMtime::Settled, _, _) => {}
+            (_, Some(marker), _) => {
+                n.attr.mtime = marker;
+                n.dir_mtime = DirMtime::Settled;
+            }
+            (DirMtime::MountTime, None, Some(newest)) => {
+                n.attr.mtime = newest;
+                n.dir_mtime = DirMtime::NewestEntry;
+            }
+            (DirMtime::NewestEntry, None, Some(newest)) if newest > n.attr.mtime => n.attr.mtime = newest,
+            _ => {}
+        }
+    }
+
+    /// The HEAD of `key` (a file, or a directory's marker) answered `head`: its persisted
+    /// mode, owner, mtime and symlink type apply to the node, unless the node stands for
+    /// another version of the object by now (or for local changes).
+    pub fn apply_head(&mut self, key: &str, head: &crate::store::ObjectMeta) {
+        let Some(n) = self.by_key.get(key).and_then(|ino| self.nodes.get_mut(ino)) else {
+            return;
+        };
+        if n.local {
+            return;
+        }
+        if n.attr.kind == Kind::Dir {
+            n.attr.mtime = head.last_modified.unwrap_or(n.attr.mtime);
+            n.attr.apply_metadata(&head.metadata);
+            n.dir_mtime = DirMtime::Settled;
+        } else {
+            if n.etag.is_some() && n.etag != head.etag {
+                return;
+            }
+            n.etag = head.etag.clone();
+            n.attr.size = head.size;
+            n.attr.apply_metadata(&head.metadata);
+        }
+        n.metadata_loaded = true;
+    }
+
+    /// The HEAD of `key` found nothing: a directory without a marker has no persisted
+    /// metadata to wait for (a file's object is gone: a lookup will tell).
+    pub fn apply_missing(&mut self, key: &str) {
+        if let Some(n) = self.by_key.get(key).and_then(|ino| self.nodes.get_mut(ino))
+            && n.attr.kind == Kind::Dir
+        {
+            n.metadata_loaded = true;
+        }
+    }
+
+    /// The persisted metadata of `key` is known: its node has it (nothing to HEAD).
+    pub fn metadata_known(&self, key: &str, etag: Option<&str>) -> bool {
+        self.by_key
+            .get(key)
+            .and_then(|ino| self.nodes.get(ino))
+            .is_some_and(|n| n.local || (n.metadata_loaded && (n.attr.kind == Kind::Dir || n.etag.as_deref() == etag)))
     }
 
     /// Records a change made through the mount under directory `dir`.

@@ -247,6 +247,7 @@ impl Fs {
                 }
                 if let Some(mtime) = change.mtime {
                     n.attr.mtime = mtime;
+                    n.dir_mtime = DirMtime::Settled;
                 }
             }
             self.persist_metadata(ino, kind, local, &key).await?;
@@ -274,14 +275,17 @@ impl Fs {
     }
 
     /// Mode, owner and mtime go with the next upload of a file with local changes, or by
-    /// a CopyObject onto itself otherwise. Directories and providers without user
-    /// metadata keep them in the mount only.
+    /// a CopyObject onto itself otherwise; a directory's go into its marker. Providers
+    /// without user metadata (and directories without markers) keep them in the mount only.
     async fn persist_metadata(&self, ino: u64, kind: Kind, local: bool, key: &str) -> FsResult<()> {
+        if kind == Kind::Dir {
+            return self.persist_dir_metadata(ino, key).await;
+        }
         let has_dirty_data = match self.data.lock().unwrap().get(&ino).cloned() {
             Some(d) => d.try_lock().map_or(true, |f| f.dirty),
             None => false,
         };
-        if !self.resolved.profile.user_metadata || kind == Kind::Dir || local || has_dirty_data {
+        if !self.resolved.profile.user_metadata || local || has_dirty_data {
             return Ok(());
         }
         let metadata = self.metadata_for(ino);
@@ -303,6 +307,31 @@ impl Fs {
             let mut object = file.object.lock().unwrap();
             object.etag = Arc::from(etag.as_str());
         }
+        Ok(())
+    }
+}
+
+impl Fs {
+    /// A directory's mode, owner and mtime are its marker's metadata: the marker is put
+    /// again with them (a directory known only from its keys gets a marker now).
+    async fn persist_dir_metadata(&self, ino: u64, key: &str) -> FsResult<()> {
+        let profile = &self.resolved.profile;
+        if !profile.user_metadata || profile.markers == crate::provider::Markers::Forbidden || ino == ROOT_INO {
+            return Ok(());
+        }
+        if self.pending_markers.lock().unwrap().contains(key) {
+            // Its first marker is still on its way (`--upload-on-close false`): this one
+            // must land after it.
+            self.background.wait_idle().await;
+        }
+        let opts = crate::store::PutOptions {
+            metadata: self.metadata_for(ino),
+            ..Default::default()
+        };
+        self.store
+            .put(key, Bytes::new(), &opts)
+            .await
+            .map_err(|e| self.fail("chmod/chown/utimens", key, e))?;
         Ok(())
     }
 }
