@@ -280,6 +280,13 @@ pub fn serve(
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
     let mut session = fuser::Session::new(adapter, mountpoint, &fuse_config)
         .map_err(|e| format!("cannot mount on {}: {e}", mountpoint.display()))?;
+    let notifier = session.notifier();
+    fs.on_attrs_stale(Arc::new(move |ino| {
+        // A negative offset: attributes only, the kernel's pages stay.
+        if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), -1, 0) {
+            tracing::debug!("telling the kernel inode {ino} changed: {e}");
+        }
+    }));
     let started = Instant::now();
     let unmounter = session.unmount_callable();
     runtime.spawn(unmount_on_signal(fs.clone(), unmounter, mountpoint.to_path_buf()));

@@ -38,7 +38,7 @@ type BlockResult = Result<Bytes, StoreError>;
 
 /// What a read prefetches: the blocks up to `end`, their GETs limited by `gets` (a file's
 /// sequential stream) or all at once (`None`).
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Prefetch {
     pub end: u64,
     pub gets: Option<Arc<GetSlots>>,

@@ -112,6 +112,9 @@ struct OpenFile {
     readahead: Arc<Mutex<ReadStreams>>,
     writable: bool,
     append: bool,
+    /// Some read of this handle has returned bytes: from then on a changed object is
+    /// ESTALE (the reader saw the old version), before it the new version is read.
+    has_read: std::sync::atomic::AtomicBool,
 }
 
 /// How a file is opened.
@@ -177,7 +180,13 @@ pub struct Fs {
     background: BackgroundUploads,
     next_fh: AtomicU64,
     pub stats: FsStats,
+    /// Tells the kernel an inode's cached attributes are stale (set by the FUSE adapter).
+    kernel_attrs_stale: std::sync::OnceLock<AttrsStale>,
 }
+
+/// Marks an inode's attributes in the kernel as stale, so it asks again (its size changed
+/// behind the kernel's back).
+pub type AttrsStale = Arc<dyn Fn(u64) + Send + Sync>;
 
 struct BackgroundUploads {
     /// One permit per upload in flight: bounds them, and waiting for all permits is
@@ -311,8 +320,14 @@ impl Fs {
             background: BackgroundUploads::default(),
             next_fh: AtomicU64::new(1),
             stats: FsStats::default(),
+            kernel_attrs_stale: Default::default(),
             config,
         }
+    }
+
+    /// How to tell the kernel that an inode's attributes changed (called once, at mount).
+    pub fn on_attrs_stale(&self, notify: AttrsStale) {
+        let _ = self.kernel_attrs_stale.set(notify);
     }
 
     pub fn config(&self) -> &FsConfig {

@@ -83,6 +83,7 @@ impl Fs {
             readahead,
             writable: mode.write,
             append: mode.append,
+            has_read: Default::default(),
         });
         self.files.lock().unwrap().insert(fh, file);
         *self.open_counts.lock().unwrap().entry(ino).or_default() += 1;
@@ -143,8 +144,22 @@ impl Fs {
             }
         };
         let object = file.object.lock().unwrap().clone();
-        match self.blocks.read(&object, range, prefetch).await {
-            Ok(data) => Ok(data),
+        let mut result = self.blocks.read(&object, range.clone(), prefetch.clone()).await;
+        if result == Err(StoreError::PreconditionFailed) && !file.has_read.load(Ordering::Relaxed) {
+            // Changed remotely since the mount last saw it, and this handle has shown
+            // nothing of the old version: it reads the new one.
+            match self.revalidate(&file).await {
+                Ok(object) => result = self.blocks.read(&object, range, prefetch).await,
+                Err(e) => return Err(e),
+            }
+        }
+        match result {
+            Ok(data) => {
+                if !data.is_empty() {
+                    file.has_read.store(true, Ordering::Relaxed);
+                }
+                Ok(data)
+            }
             Err(e) => {
                 if e == StoreError::PreconditionFailed {
                     // The next open must see the new version.
@@ -156,6 +171,32 @@ impl Fs {
                 Err(self.fail("read", &object.key, e))
             }
         }
+    }
+
+    /// Points a handle that has read nothing yet at the object's current version, and
+    /// tells the kernel its size may have changed.
+    async fn revalidate(&self, file: &OpenFile) -> FsResult<ObjectVersion> {
+        let key = file.object.lock().unwrap().key.clone();
+        let attr = self.refresh_file(file.ino, &key).await?;
+        let etag = {
+            let mut tree = self.tree();
+            let n = tree.get_mut(file.ino).ok_or(Errno(libc::ENOENT))?;
+            n.kernel_cache_etag = n.etag.clone();
+            n.etag.clone().unwrap_or_default()
+        };
+        tracing::info!("{key:?} changed remotely before its first read: reading the new version");
+        let object = ObjectVersion {
+            key,
+            etag: Arc::from(etag.as_str()),
+            size: attr.size,
+        };
+        *file.object.lock().unwrap() = object.clone();
+        if let Some(notify) = self.kernel_attrs_stale.get().cloned() {
+            let ino = file.ino;
+            // Off this request: the kernel may wait for it while it takes the notice.
+            tokio::task::spawn_blocking(move || notify(ino));
+        }
+        Ok(object)
     }
 
     /// The last close of a handle. Clean local data is dropped with the last handle; a file

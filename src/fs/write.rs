@@ -13,6 +13,20 @@ pub struct SetAttr {
     pub mtime: Option<SystemTime>,
 }
 
+impl SetAttr {
+    /// The changes that differ from `current`. The size counts as a change only where
+    /// `current` is the whole truth: a file's size as the mount knows it.
+    fn without_no_ops(self, current: &Attr) -> SetAttr {
+        SetAttr {
+            size: self.size.filter(|s| *s != current.size),
+            mode: self.mode.filter(|m| (m & 0o7777) as u16 != current.perm),
+            uid: self.uid.filter(|u| *u != current.uid),
+            gid: self.gid.filter(|g| *g != current.gid),
+            mtime: self.mtime.filter(|t| *t != current.mtime),
+        }
+    }
+}
+
 fn io_errno(e: &std::io::Error) -> Errno {
     Errno(e.raw_os_error().unwrap_or(libc::EIO))
 }
@@ -200,9 +214,13 @@ impl Fs {
             return Err(Errno(libc::EFBIG));
         }
         let mut f = data.lock().await;
+        let changed = f.size != size;
         f.truncate(size).map_err(|e| io_errno(&e))?;
         drop(f);
-        self.touch_node(ino, size);
+        // O_TRUNC of an empty file changes nothing, not even the mtime.
+        if changed {
+            self.touch_node(ino, size);
+        }
         Ok(())
     }
 
@@ -210,11 +228,14 @@ impl Fs {
         if self.config.read_only {
             return Err(Errno(libc::EROFS));
         }
-        let (kind, local, key) = {
+        let (kind, local, key, current) = {
             let tree = self.tree();
             let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
-            (n.attr.kind, n.local, n.key.clone())
+            (n.attr.kind, n.local, n.key.clone(), n.attr)
         };
+        // A change to what the file already has is no change: no request (a lock file's
+        // O_TRUNC of an empty file and fchmod to its mode, many times a second).
+        let change = change.without_no_ops(&current);
         if let Some(size) = change.size {
             if kind == Kind::Dir {
                 return Err(Errno(libc::EISDIR));
