@@ -815,7 +815,7 @@ async fn multipart_upload(store: &S3Store, key: &str, data: &Bytes, part: u64, i
         .expect("upload part");
     completed.sort_by_key(|p| p.number);
     store
-        .complete_multipart(key, &upload_id, &completed)
+        .complete_multipart(key, &upload_id, &completed, None)
         .await
         .expect("complete multipart");
 }

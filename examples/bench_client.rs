@@ -314,7 +314,7 @@ async fn raw_put_big(key: &str, size: u64, part: u64, in_flight: usize) -> Value
         completed.sort_by_key(|p| p.number);
         let completing = Instant::now();
         store
-            .complete_multipart(key, &upload_id, &completed)
+            .complete_multipart(key, &upload_id, &completed, None)
             .await
             .unwrap_or_else(|e| fail(format!("CompleteMultipartUpload {key}: {e}")));
         complete_seconds = completing.elapsed().as_secs_f64();

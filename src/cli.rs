@@ -274,6 +274,10 @@ pub struct ConnectArgs {
     /// Whether the provider offers RenameObject.
     #[arg(long, value_name = "BOOL")]
     pub rename_object: Option<bool>,
+    /// Whether the provider honours If-Match on PutObject and CompleteMultipartUpload
+    /// (else a HEAD before each upload of a changed file checks for a remote change).
+    #[arg(long, value_name = "BOOL")]
+    pub conditional_writes: Option<bool>,
     /// How the provider treats `dir/` marker objects.
     #[arg(long, value_enum)]
     pub markers: Option<MarkersArg>,
@@ -340,6 +344,7 @@ impl ConnectArgs {
             }),
             get_redirects: self.get_redirects,
             list_v1: self.list_v1,
+            conditional_writes: self.conditional_writes,
         }
     }
 

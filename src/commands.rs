@@ -164,6 +164,12 @@ fn print_status(m: &MountStatus) {
         "  dirty:    {} files, {} bytes ({} in memory); uploads {} pending, {} failed",
         m.dirty_files, m.dirty_bytes, m.dirty_memory, m.uploads_pending, m.uploads_failed
     );
+    if m.conflicts > 0 {
+        println!(
+            "  conflicts: {} files changed here and remotely; this mount's versions are kept as NAME.s3vol-conflict-TIMESTAMP",
+            m.conflicts
+        );
+    }
 }
 
 /// `s3vol cache clear`: each cache instance is emptied by the mount holding it, or here

@@ -31,6 +31,9 @@ pub struct MountStatus {
     pub dirty_memory: u64,
     pub uploads_pending: u64,
     pub uploads_failed: u64,
+    /// Files changed here and remotely: this mount's version was kept beside the name.
+    #[serde(default)]
+    pub conflicts: u64,
     pub cache_dir: String,
     pub disk_bytes: u64,
     pub disk_budget: u64,

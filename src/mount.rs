@@ -429,6 +429,7 @@ impl StatusSource {
             dirty_memory: dirty.memory,
             uploads_pending: dirty.pending_uploads,
             uploads_failed: dirty.failed_uploads,
+            conflicts: dirty.conflicts,
             cache_dir: self.cache_dir.display().to_string(),
             disk_bytes: cache.disk_bytes,
             disk_budget: cache.disk_budget,

@@ -102,6 +102,11 @@ pub struct Profile {
     pub list_v1: bool,
     /// The provider honours If-Match on GetObject; otherwise the response ETag is compared.
     pub get_if_match: bool,
+    /// The provider honours If-Match on PutObject: an upload of a changed file names the
+    /// version it was based on. Otherwise a HEAD just before the upload compares.
+    pub put_if_match: bool,
+    /// The same on CompleteMultipartUpload.
+    pub complete_if_match: bool,
     /// Key prefixes (relative to the bucket) the provider uses for itself; never shown.
     pub hidden_prefixes: &'static [&'static str],
     pub name_rules: NameRules,
@@ -129,6 +134,10 @@ const AWS: Profile = Profile {
     get_redirects: false,
     list_v1: true,
     get_if_match: true,
+    // Conditional writes on PutObject and CompleteMultipartUpload (AWS since 2024,
+    // CoreWeave "Conditional writes").
+    put_if_match: true,
+    complete_if_match: true,
     hidden_prefixes: &[],
     name_rules: NameRules::Any,
     credential_env: None,
@@ -158,6 +167,9 @@ pub const PROFILES: &[Profile] = &[
         get_redirects: false,
         list_v1: true,
         get_if_match: true,
+        // The Runpod S3 API documents no conditional writes.
+        put_if_match: false,
+        complete_if_match: false,
         hidden_prefixes: &[".s3compat_uploads/"],
         name_rules: NameRules::Any,
         credential_env: Some(("RUNPOD_S3_ACCESS_KEY", "RUNPOD_S3_SECRET_KEY")),
@@ -183,6 +195,10 @@ pub const PROFILES: &[Profile] = &[
         get_redirects: true,
         list_v1: false,
         get_if_match: false,
+        // "If-Match / If-None-Match preconditions are honored on PutObject"; nothing is
+        // said of CompleteMultipartUpload.
+        put_if_match: true,
+        complete_if_match: false,
         hidden_prefixes: &[],
         name_rules: NameRules::HuggingFace,
         credential_env: None,
@@ -233,6 +249,8 @@ pub struct Overrides {
     pub markers: Option<Markers>,
     pub get_redirects: Option<bool>,
     pub list_v1: Option<bool>,
+    /// Both `put_if_match` and `complete_if_match`.
+    pub conditional_writes: Option<bool>,
 }
 
 /// A profile applied to one source, with the command line's overrides: what the store and
@@ -260,6 +278,10 @@ impl Resolved {
         set!(checksums, max_put_size, min_part_size, max_part_size, max_parts);
         set!(delete_objects, upload_part_copy, rename_object, user_metadata, markers);
         set!(get_redirects, list_v1);
+        if let Some(v) = o.conditional_writes {
+            p.put_if_match = v;
+            p.complete_if_match = v;
+        }
         if let Some(size) = o.part_size {
             p.preferred_part_size = size;
         }

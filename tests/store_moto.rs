@@ -180,7 +180,7 @@ async fn multipart_upload_complete_abort_and_minimum_part_size() {
                 .unwrap(),
         );
     }
-    let etag = store.complete_multipart("big", &upload, &done).await.unwrap();
+    let etag = store.complete_multipart("big", &upload, &done, None).await.unwrap();
     assert!(etag.ends_with("-2\""), "multipart ETag: {etag}");
     let head = store.head("big").await.unwrap();
     assert_eq!(head.size, (5 << 20) + 1000);
@@ -197,7 +197,7 @@ async fn multipart_upload_complete_abort_and_minimum_part_size() {
     let upload = store.create_multipart("small", &PutOptions::default()).await.unwrap();
     let first = store.upload_part("small", &upload, 1, pattern(1000, 4)).await.unwrap();
     let last = store.upload_part("small", &upload, 2, pattern(1000, 5)).await.unwrap();
-    let result = store.complete_multipart("small", &upload, &[first, last]).await;
+    let result = store.complete_multipart("small", &upload, &[first, last], None).await;
     assert!(
         matches!(&result, Err(StoreError::Other(m)) if m.contains("EntityTooSmall")),
         "{result:?}"

@@ -210,7 +210,7 @@ async fn multipart(store: &S3Store, key: &str, parts: &[Bytes]) -> StoreResult<S
     for (i, body) in parts.iter().enumerate() {
         done.push(store.upload_part(key, &upload, i as i32 + 1, body.clone()).await?);
     }
-    store.complete_multipart(key, &upload, &done).await
+    store.complete_multipart(key, &upload, &done, None).await
 }
 
 // ---------------------------------------------------------------- Hugging Face quirks
@@ -355,7 +355,7 @@ async fn hf_profile_does_not_send_user_metadata_but_keeps_content_type() {
 
     let upload = store.create_multipart("m", &opts).await.unwrap();
     let part = store.upload_part("m", &upload, 1, pattern(10, 1)).await.unwrap();
-    store.complete_multipart("m", &upload, &[part]).await.unwrap();
+    store.complete_multipart("m", &upload, &[part], None).await.unwrap();
     let object = server.backend().get_object(BUCKET, "m").expect("stored");
     assert!(object.metadata.is_empty(), "metadata sent: {:?}", object.metadata);
 }
@@ -910,7 +910,7 @@ async fn multipart_create_upload_complete_and_abort() {
                 .unwrap(),
         );
     }
-    let etag = store.complete_multipart("big", &upload, &done).await.unwrap();
+    let etag = store.complete_multipart("big", &upload, &done, None).await.unwrap();
     assert!(etag.ends_with("-3\""), "multipart ETag: {etag}");
     assert_eq!(stored(&server, "big"), Some(Bytes::from(parts.concat())));
     assert!(server.backend().pending_uploads(BUCKET).is_empty());
@@ -943,7 +943,7 @@ async fn upload_part_copy_round_trip_on_a_generic_profile() {
         .expect("UploadPartCopy");
     let uploaded = store.upload_part("dst", &upload, 2, tail.clone()).await.unwrap();
     store
-        .complete_multipart("dst", &upload, &[copied, uploaded])
+        .complete_multipart("dst", &upload, &[copied, uploaded], None)
         .await
         .unwrap();
     assert_eq!(

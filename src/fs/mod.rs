@@ -144,6 +144,8 @@ pub struct StatFs {
 
 #[derive(Default)]
 pub struct FsStats {
+    /// Uploads refused because the object changed remotely (kept as conflict copies).
+    pub conflicts: AtomicU64,
     pub lookups: AtomicU64,
     pub list_requests: AtomicU64,
     pub head_requests: AtomicU64,

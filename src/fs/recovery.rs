@@ -79,11 +79,7 @@ impl Fs {
                 .map_err(|e| e.to_string())?;
                 return Ok(None);
             }
-            let stamp = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs();
-            f.key = format!("{}.s3vol-conflict-{stamp}", r.key);
+            f.key = conflict_key(&r.key);
         }
         let version = self
             .uploader
@@ -107,4 +103,13 @@ impl Fs {
             Err(_) => false,
         }
     }
+}
+
+/// Where this mount's version of `key` goes when the object changed remotely meanwhile.
+pub(super) fn conflict_key(key: &str) -> String {
+    let stamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    format!("{key}.s3vol-conflict-{stamp}")
 }

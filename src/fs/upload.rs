@@ -53,6 +53,23 @@ impl Uploader {
             content_type: None,
             metadata: metadata.clone(),
             if_none_match: false,
+            if_match: None,
+        }
+    }
+
+    /// Where the provider does not honour If-Match on the request that will make the
+    /// object, a HEAD just before the upload asks whether the object is still the version
+    /// the file was based on. Returns the If-Match to send (`None`: nothing to check, or
+    /// checked already).
+    async fn precondition(&self, f: &FileData, honoured: bool) -> StoreResult<Option<String>> {
+        let Some(expected) = based_on(f) else { return Ok(None) };
+        if honoured {
+            return Ok(Some(expected));
+        }
+        match self.store.head(&f.key).await {
+            Ok(head) if head.etag.as_deref() == Some(expected.as_str()) => Ok(None),
+            Ok(_) | Err(StoreError::NotFound) => Err(StoreError::PreconditionFailed),
+            Err(e) => Err(e),
         }
     }
 
@@ -139,18 +156,31 @@ impl Uploader {
                 f.size, self.resolved.profile.max_object_size
             )));
         }
+        let profile = &self.resolved.profile;
         if let Some(s) = f.streaming.take() {
-            if !s.broken && f.size <= s.part_size * u64::from(self.resolved.profile.max_parts) {
-                return self.finish_streaming(f, s).await;
+            if !s.broken && f.size <= s.part_size * u64::from(profile.max_parts) {
+                let if_match = match self.precondition(f, profile.complete_if_match).await {
+                    Ok(if_match) => if_match,
+                    Err(e) => {
+                        self.abort(&f.key, s).await;
+                        return Err(e);
+                    }
+                };
+                return self.finish_streaming(f, s, if_match).await;
             }
             self.abort(&f.key, s).await;
         }
         let etag = if f.size <= self.single_put_limit() {
+            let options = PutOptions {
+                if_match: self.precondition(f, profile.put_if_match).await?,
+                ..self.put_options(metadata)
+            };
             let _room = self.room_for(f, 0..f.size).await;
             let body = Bytes::from(f.read(0..f.size, &self.blocks).await?);
-            self.store.put(&f.key, body, &self.put_options(metadata)).await?
+            self.store.put(&f.key, body, &options).await?
         } else {
-            self.multipart(f, metadata).await?
+            let if_match = self.precondition(f, profile.complete_if_match).await?;
+            self.multipart(f, metadata, if_match).await?
         };
         Ok(ObjectVersion {
             key: Arc::from(f.key.as_str()),
@@ -159,7 +189,12 @@ impl Uploader {
         })
     }
 
-    async fn finish_streaming(&self, f: &mut FileData, mut s: Streaming) -> StoreResult<ObjectVersion> {
+    async fn finish_streaming(
+        &self,
+        f: &mut FileData,
+        mut s: Streaming,
+        if_match: Option<String>,
+    ) -> StoreResult<ObjectVersion> {
         let tail_start = s.started as u64 * s.part_size;
         let mut tail = None;
         let _room = self.budget.take(f.size.saturating_sub(tail_start)).await;
@@ -191,7 +226,11 @@ impl Uploader {
         }
         parts.extend(tail_result?);
         parts.sort_by_key(|p| p.number);
-        match self.store.complete_multipart(&f.key, &s.upload_id, &parts).await {
+        match self
+            .store
+            .complete_multipart(&f.key, &s.upload_id, &parts, if_match.as_deref())
+            .await
+        {
             Ok(etag) => Ok(ObjectVersion {
                 key: Arc::from(f.key.as_str()),
                 etag: Arc::from(etag.as_str()),
@@ -215,7 +254,7 @@ impl Uploader {
 
     /// A multipart upload of the whole file: untouched base ranges are copied server-side
     /// where possible, everything else is assembled and sent; parts run concurrently.
-    async fn multipart(&self, f: &mut FileData, metadata: &Metadata) -> StoreResult<String> {
+    async fn multipart(&self, f: &mut FileData, metadata: &Metadata, if_match: Option<String>) -> StoreResult<String> {
         let p = &self.resolved.profile;
         let part_size = self.resolved.part_size_for(f.size);
         let count = f.size.div_ceil(part_size);
@@ -253,7 +292,11 @@ impl Uploader {
             .await;
         let parts: StoreResult<Vec<CompletedPart>> = results.into_iter().collect();
         let outcome = match parts {
-            Ok(parts) => self.store.complete_multipart(&f.key, &upload_id, &parts).await,
+            Ok(parts) => {
+                self.store
+                    .complete_multipart(&f.key, &upload_id, &parts, if_match.as_deref())
+                    .await
+            }
             Err(e) => Err(e),
         };
         if outcome.is_err()
@@ -263,4 +306,13 @@ impl Uploader {
         }
         outcome
     }
+}
+
+/// The ETag of the object a file's changes were made to, if they are to replace it under
+/// the same key: the upload must not silently overwrite another client's newer version.
+fn based_on(f: &FileData) -> Option<String> {
+    f.base
+        .as_ref()
+        .filter(|b| *b.key == *f.key && !b.etag.is_empty())
+        .map(|b| b.etag.to_string())
 }

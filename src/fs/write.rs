@@ -62,7 +62,8 @@ impl Fs {
             .unwrap()
             .get(&file.ino)
             .cloned()
-            .ok_or(Errno(libc::EBADF))?;
+            // Its data went to a conflict copy: the file changed remotely.
+            .ok_or(Errno(libc::ESTALE))?;
         let mut f = data.lock().await;
         let offset = if file.append { f.size } else { offset };
         let end = offset.checked_add(bytes.len() as u64).ok_or(Errno(libc::EFBIG))?;
@@ -146,6 +147,9 @@ impl Fs {
         }
         let version = match self.uploader.upload(&mut f, &metadata).await {
             Ok(v) => v,
+            Err(StoreError::PreconditionFailed | StoreError::NotFound) => {
+                return self.keep_as_conflict(ino, &data, &mut f, &metadata).await;
+            }
             Err(e) => return Err(self.fail("upload", &f.key.clone(), e)),
         };
         f.uploaded(version.clone()).map_err(|e| io_errno(&e))?;
@@ -201,6 +205,7 @@ impl Fs {
             memory: self.dirty_budget.used(),
             pending_uploads: self.background.pending(),
             failed_uploads: self.background.failed.load(Ordering::Relaxed),
+            conflicts: self.stats.conflicts.load(Ordering::Relaxed),
         }
     }
 
@@ -315,24 +320,83 @@ impl Fs {
             .copy(key, key, Some(&metadata))
             .await
             .map_err(|e| self.fail("chmod/chown/utimens", key, e))?;
-        let mut tree = self.tree();
-        if let Some(n) = tree.get_mut(ino) {
+        if let Some(n) = self.tree().get_mut(ino) {
             // Same bytes, new ETag: the kernel's pages stay valid.
             if n.kernel_cache_etag == n.etag {
                 n.kernel_cache_etag = Some(etag.clone());
             }
             n.etag = Some(etag.clone());
         }
-        drop(tree);
         for file in self.files.lock().unwrap().values().filter(|h| h.ino == ino) {
             let mut object = file.object.lock().unwrap();
             object.etag = Arc::from(etag.as_str());
+        }
+        // Clean data of an open file is based on the new version now (its next upload
+        // names it, and is no conflict with this copy).
+        let data = self.data.lock().unwrap().get(&ino).cloned();
+        if let Some(data) = data
+            && let Some(base) = data.lock().await.base.as_mut().filter(|b| *b.key == *key)
+        {
+            base.etag = Arc::from(etag.as_str());
         }
         Ok(())
     }
 }
 
 impl Fs {
+    /// The object changed remotely since the mount last saw it (or is gone): this mount's
+    /// version is stored beside it as `NAME.s3vol-conflict-TIMESTAMP` instead of
+    /// overwriting it, as crash recovery does. The name then stands for the remote object
+    /// again; handles still open on it are stale.
+    async fn keep_as_conflict(
+        &self,
+        ino: u64,
+        data: &Arc<tokio::sync::Mutex<FileData>>,
+        f: &mut FileData,
+        metadata: &crate::store::Metadata,
+    ) -> FsResult<()> {
+        let conflict = recovery::conflict_key(&f.key);
+        let original = std::mem::replace(&mut f.key, conflict);
+        let version = match self.uploader.upload(f, metadata).await {
+            Ok(version) => version,
+            Err(e) => {
+                let conflict = std::mem::replace(&mut f.key, original);
+                tracing::error!(
+                    "{:?} changed remotely since this mount last saw it, and storing this mount's version as {conflict:?} failed: {e}; it stays in the cache directory's journal",
+                    f.key
+                );
+                return Err(Errno(e.errno()));
+            }
+        };
+        f.uploaded(version).map_err(|e| io_errno(&e))?;
+        self.journal.forget(f);
+        self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "{original:?} changed remotely since this mount last saw it: this mount's version is kept as {:?}",
+            f.key
+        );
+        {
+            let mut data_map = self.data.lock().unwrap();
+            if data_map.get(&ino).is_some_and(|d| Arc::ptr_eq(d, data)) {
+                data_map.remove(&ino);
+            }
+        }
+        let mut tree = self.tree();
+        let parent = tree.get_mut(ino).map(|n| {
+            n.fresh_until = Instant::now();
+            n.kernel_cache_etag = None;
+            n.parent
+        });
+        if let Some(parent) = parent {
+            tree.invalidate_listing(parent);
+        }
+        drop(tree);
+        if let Some(notify) = self.kernel_attrs_stale.get().cloned() {
+            tokio::task::spawn_blocking(move || notify(ino));
+        }
+        Ok(())
+    }
+
     /// A directory's mode, owner and mtime are its marker's metadata: the marker is put
     /// again with them (a directory known only from its keys gets a marker now).
     async fn persist_dir_metadata(&self, ino: u64, key: &str) -> FsResult<()> {
@@ -364,4 +428,5 @@ pub struct DirtyReport {
     pub memory: u64,
     pub pending_uploads: u64,
     pub failed_uploads: u64,
+    pub conflicts: u64,
 }

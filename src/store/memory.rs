@@ -38,6 +38,17 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// A conditional write's `If-Match`: the current object must have that ETag (S3
+    /// answers 404 for a missing object).
+    fn check_if_match(&self, key: &str, if_match: Option<&str>) -> StoreResult<()> {
+        let Some(want) = if_match else { return Ok(()) };
+        match self.objects.lock().unwrap().get(key) {
+            None => Err(StoreError::NotFound),
+            Some(o) if o.etag != want => Err(StoreError::PreconditionFailed),
+            Some(_) => Ok(()),
+        }
+    }
+
     pub fn new() -> MemoryStore {
         MemoryStore::default()
     }
@@ -215,6 +226,7 @@ impl ObjectStore for MemoryStore {
         if opts.if_none_match && self.objects.lock().unwrap().contains_key(key) {
             return Err(StoreError::PreconditionFailed);
         }
+        self.check_if_match(key, opts.if_match.as_deref())?;
         Ok(self.store(key, body, opts.metadata.clone()))
     }
 
@@ -258,8 +270,15 @@ impl ObjectStore for MemoryStore {
         self.upload_part(key, upload_id, number, data).await
     }
 
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[CompletedPart]) -> StoreResult<String> {
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        if_match: Option<&str>,
+    ) -> StoreResult<String> {
         self.count("complete_multipart");
+        self.check_if_match(key, if_match)?;
         let upload = self
             .uploads
             .lock()
@@ -374,7 +393,7 @@ mod tests {
             .upload_part("big", &id, 2, Bytes::from_static(b"world"))
             .await
             .unwrap();
-        let etag = s.complete_multipart("big", &id, &[p1, p2]).await.unwrap();
+        let etag = s.complete_multipart("big", &id, &[p1, p2], None).await.unwrap();
         let body = s
             .get_range("big", 6..100, Some(&etag))
             .await

@@ -79,6 +79,9 @@ pub struct PutOptions {
     pub metadata: Metadata,
     /// Fail with PreconditionFailed if the key exists (`If-None-Match: *`).
     pub if_none_match: bool,
+    /// Fail with PreconditionFailed if the object's ETag is another (`If-Match`); a missing
+    /// object fails with NotFound or PreconditionFailed, as the provider answers.
+    pub if_match: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,8 +130,14 @@ pub trait ObjectStore: Send + Sync + 'static {
         range: Range<u64>,
     ) -> StoreResult<CompletedPart>;
 
-    /// Returns the new ETag.
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[CompletedPart]) -> StoreResult<String>;
+    /// Returns the new ETag. With `if_match`, as `PutOptions::if_match`.
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        if_match: Option<&str>,
+    ) -> StoreResult<String>;
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()>;
 

@@ -669,6 +669,7 @@ impl ObjectStore for S3Store {
                     .set_content_type(opts.content_type.clone())
                     .set_metadata(self.metadata_to_send(&opts.metadata))
                     .set_if_none_match(opts.if_none_match.then(|| "*".to_string()))
+                    .set_if_match(opts.if_match.clone())
                     .send()
                     .await;
                 r.map_err(|e| store_error(&e))
@@ -759,7 +760,13 @@ impl ObjectStore for S3Store {
         })
     }
 
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[CompletedPart]) -> StoreResult<String> {
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        if_match: Option<&str>,
+    ) -> StoreResult<String> {
         let s = &self.inner;
         let upload = CompletedMultipartUpload::builder()
             .set_parts(Some(
@@ -787,6 +794,7 @@ impl ObjectStore for S3Store {
                     .key(key)
                     .upload_id(upload_id)
                     .multipart_upload(upload.clone())
+                    .set_if_match(if_match.map(str::to_string))
                     .customize()
                     .config_override(aws_sdk_s3::config::Builder::new().timeout_config(long.clone()))
                     .send()
