@@ -134,10 +134,11 @@ const AWS: Profile = Profile {
     get_redirects: false,
     list_v1: true,
     get_if_match: true,
-    // Conditional writes on PutObject and CompleteMultipartUpload (AWS since 2024,
-    // CoreWeave "Conditional writes").
+    // If-Match on PutObject: AWS (since 2024), CoreWeave ("Conditional writes"), MinIO,
+    // moto. On CompleteMultipartUpload S3-compatible servers differ (moto ignores it): the
+    // generic row checks with a HEAD, one request per multipart upload.
     put_if_match: true,
-    complete_if_match: true,
+    complete_if_match: false,
     hidden_prefixes: &[],
     name_rules: NameRules::Any,
     credential_env: None,
@@ -208,6 +209,8 @@ pub const PROFILES: &[Profile] = &[
         endpoint: EndpointRule::Fixed("https://cwobject.com"),
         region: RegionRule::Fixed("us-east-1"),
         rename_object: true,
+        // "supports conditional writes for s3:PutObject, s3:CompleteMultiPartUpLoad".
+        complete_if_match: true,
         ..AWS
     },
 ];

@@ -458,9 +458,18 @@ fn cat(path: &Path) -> (bool, String, String) {
 /// A, then `setup` on A, then B (so B's first look at the bucket finds what `setup`
 /// made). Returns the server, the bucket's name and the mounts A and B.
 fn two_mounts(stem: &str, setup: impl FnOnce(&Mount)) -> (std::sync::Arc<Moto>, String, Mount, Mount) {
+    two_mounts_with(stem, &[], setup)
+}
+
+/// `two_mounts` with `a_extra` options on mount A.
+fn two_mounts_with(
+    stem: &str,
+    a_extra: &[&str],
+    setup: impl FnOnce(&Mount),
+) -> (std::sync::Arc<Moto>, String, Mount, Mount) {
     let moto = Moto::shared();
     let bucket = moto.new_bucket(stem);
-    let a = Mount::moto(&moto, &bucket, &["--metadata-ttl", "1"]);
+    let a = Mount::moto(&moto, &bucket, &[&["--metadata-ttl", "1"], a_extra].concat());
     setup(&a);
     let b = Mount::moto(&moto, &bucket, &["--metadata-ttl", "1"]);
     (moto, bucket, a, b)
@@ -531,7 +540,18 @@ fn a_fresh_open_right_after_a_remote_replace_never_fails() {
 /// the other's work.
 #[test]
 fn a_write_racing_a_remote_replace_keeps_both_versions() {
-    let (moto, bucket, a, b) = two_mounts("conflict", |a| {
+    racing_write_keeps_both_versions("conflict", &[]);
+}
+
+/// The same where the provider does not honour If-Match on uploads: a HEAD just before the
+/// upload finds the change.
+#[test]
+fn a_write_racing_a_remote_replace_keeps_both_versions_without_conditional_writes() {
+    racing_write_keeps_both_versions("conflict-head", &["--conditional-writes", "false"]);
+}
+
+fn racing_write_keeps_both_versions(stem: &str, a_extra: &[&str]) {
+    let (moto, bucket, a, b) = two_mounts_with(stem, a_extra, |a| {
         fs::create_dir(a.join("docs")).unwrap();
         fs::write(a.join("docs/y"), "original y\n").unwrap();
     });

@@ -1071,3 +1071,42 @@ async fn hf_store_works_against_the_hugging_face_emulation() {
     assert!(server.backend().keys(BUCKET).is_empty());
     assert_eq!(count(&server, "ListObjects"), 0);
 }
+
+/// Conditional writes (`put_if_match`, `complete_if_match` in the provider table): an
+/// upload that names the version it replaces is refused once another client replaced it.
+#[tokio::test]
+async fn conditional_writes_refuse_an_object_replaced_meanwhile() {
+    let server = server().await;
+    let store = s3_store(&server).await;
+    let if_match = |etag: &str| PutOptions {
+        if_match: Some(etag.to_string()),
+        ..PutOptions::default()
+    };
+    let seen = store.put("f", pattern(10, 1), &PutOptions::default()).await.unwrap();
+    let ours = store
+        .put("f", pattern(10, 2), &if_match(&seen))
+        .await
+        .expect("unchanged");
+    let e = failure(
+        &server,
+        store.put("f", pattern(10, 3), &if_match(&seen)).await,
+        "stale put",
+    );
+    assert_eq!(e, StoreError::PreconditionFailed);
+    assert_eq!(stored(&server, "f"), Some(pattern(10, 2)));
+    let upload = store.create_multipart("f", &PutOptions::default()).await.unwrap();
+    let part = store.upload_part("f", &upload, 1, pattern(10, 4)).await.unwrap();
+    let stale = store
+        .complete_multipart("f", &upload, std::slice::from_ref(&part), Some(&seen))
+        .await;
+    assert_eq!(
+        failure(&server, stale, "stale complete"),
+        StoreError::PreconditionFailed
+    );
+    assert_eq!(stored(&server, "f"), Some(pattern(10, 2)));
+    store
+        .complete_multipart("f", &upload, &[part], Some(&ours))
+        .await
+        .expect("a complete naming the current version");
+    assert_eq!(stored(&server, "f"), Some(pattern(10, 4)));
+}
