@@ -374,9 +374,13 @@ impl Fs {
         let head = self.store.head(key).await.map_err(|e| self.fail("HEAD", key, e))?;
         let mut tree = self.tree();
         let until = Instant::now() + self.config.metadata_ttl;
+        let defaults = tree.defaults;
         let node = tree.get_mut(ino).ok_or(Errno(libc::ENOENT))?;
         if node.etag != head.etag {
-            node.attr.mtime = head.last_modified.unwrap_or(node.attr.mtime);
+            let mtime = head.last_modified.unwrap_or(node.attr.mtime);
+            // Another object now: the old one's persisted mode, owner and type say nothing
+            // of it; only its own metadata counts.
+            node.attr = Attr::new(ino, Kind::File, head.size, mtime, &defaults);
         }
         node.attr.size = head.size;
         node.etag = head.etag;
