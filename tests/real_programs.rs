@@ -578,6 +578,12 @@ fn racing_write_keeps_both_versions(stem: &str, a_extra: &[&str]) {
         }
     };
     eprintln!("A's write: {wrote:?}, A's close: {closed:?}");
+    // `s3vol status` counts the conflict.
+    let status = run(Command::new(env!("CARGO_BIN_EXE_s3vol"))
+        .args(["status", "--json"])
+        .arg(&a.path));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    let status_conflicts = status[0].get("conflicts").and_then(serde_json::Value::as_u64);
     let log_a = a.unmount();
     let log_b = b.unmount();
 
@@ -591,7 +597,7 @@ fn racing_write_keeps_both_versions(stem: &str, a_extra: &[&str]) {
         .map(|n| (n.clone(), fs::read_to_string(c.join("docs").join(n))))
         .collect();
     let kept_a = conflicts.iter().any(|(_, body)| body.as_deref().ok() == Some(a_text));
-    if y.as_deref().ok() != Some(b_text) || !kept_a {
+    if y.as_deref().ok() != Some(b_text) || !kept_a || status_conflicts != Some(1) {
         eprintln!(
             "--- log of mount A (end) ---\n{}\n--- log of mount B (end) ---\n{}",
             tail(&log_a),
@@ -600,7 +606,8 @@ fn racing_write_keeps_both_versions(stem: &str, a_extra: &[&str]) {
         panic!(
             "after A wrote to y opened before B replaced it (A's write {wrote:?}, close {closed:?}):\n\
              docs/ holds {listing:?}\ny = {y:?} (want B's {b_text:?})\n\
-             conflict copies: {conflicts:?} (want one with A's {a_text:?})"
+             conflict copies: {conflicts:?} (want one with A's {a_text:?})\n\
+             conflicts in A's status: {status_conflicts:?} (want 1)"
         );
     }
 }
