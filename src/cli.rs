@@ -297,7 +297,7 @@ pub struct ConnectArgs {
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub read_timeout: u64,
     /// Requests in flight at once.
-    #[arg(long, default_value_t = 64, value_name = "N")]
+    #[arg(long, default_value_t = 256, value_name = "N")]
     pub max_requests: usize,
 }
 

@@ -45,7 +45,7 @@ impl Default for S3Settings {
             read_timeout: Duration::from_secs(60),
             operation_timeout: Duration::from_secs(300),
             complete_timeout: Duration::from_secs(1800),
-            max_requests: 64,
+            max_requests: 256,
             aws_profile: None,
             credentials: None,
         }
