@@ -378,11 +378,14 @@ async fn step(core: &Core, model: &mut Model, op: &Op) {
                 if *truncate {
                     file.clear();
                 }
-                let end = offset as usize + data.len();
-                if file.len() < end {
-                    file.resize(end, 0);
+                // A write of no bytes changes nothing (POSIX), even past the end.
+                if !data.is_empty() {
+                    let end = offset as usize + data.len();
+                    if file.len() < end {
+                        file.resize(end, 0);
+                    }
+                    file[offset as usize..end].copy_from_slice(&data);
                 }
-                file[offset as usize..end].copy_from_slice(&data);
             }
             (want, got, format!("write {path} at {offset}"))
         }
