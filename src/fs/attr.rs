@@ -112,14 +112,16 @@ fn parse_mtime(v: &str) -> Option<SystemTime> {
 mod tests {
     use super::*;
 
+    const DEFAULTS: Defaults = Defaults {
+        uid: 1,
+        gid: 2,
+        file_mode: 0o644,
+        dir_mode: 0o755,
+    };
+
     #[test]
     fn s3fs_metadata_round_trip() {
-        let d = Defaults {
-            uid: 1,
-            gid: 2,
-            file_mode: 0o644,
-            dir_mode: 0o755,
-        };
+        let d = DEFAULTS;
         let mut a = Attr::new(5, Kind::File, 3, UNIX_EPOCH, &d);
         a.perm = 0o600;
         a.kind = Kind::Symlink;
@@ -134,12 +136,7 @@ mod tests {
 
     #[test]
     fn nonsense_metadata_is_ignored() {
-        let d = Defaults {
-            uid: 1,
-            gid: 2,
-            file_mode: 0o644,
-            dir_mode: 0o755,
-        };
+        let d = DEFAULTS;
         let mut a = Attr::new(5, Kind::File, 3, UNIX_EPOCH, &d);
         let m = Metadata::from([
             (META_MTIME.to_string(), "1e20".to_string()),
