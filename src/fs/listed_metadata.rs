@@ -26,12 +26,11 @@ impl Fs {
         if !self.resolved.profile.user_metadata {
             return Vec::new();
         }
-        let markers = self.resolved.profile.markers != crate::provider::Markers::Forbidden;
         let entries = dir::page_entries(dir_key, page, self.resolved.profile.hidden_prefixes);
         let tree = self.tree();
         entries
             .into_iter()
-            .filter(|e| e.kind != Kind::Dir || markers)
+            .filter(|e| self.may_carry_metadata(e.kind))
             .filter_map(|e| {
                 let key = match e.kind {
                     Kind::Dir => format!("{dir_key}{}/", e.name),
@@ -44,16 +43,19 @@ impl Fs {
 
     /// The keys among `inos` whose persisted metadata is still to be read.
     fn keys_of_unloaded(&self, inos: &[u64]) -> Vec<String> {
-        if !self.resolved.profile.user_metadata {
-            return Vec::new();
-        }
-        let markers = self.resolved.profile.markers != crate::provider::Markers::Forbidden;
         let tree = self.tree();
         inos.iter()
             .filter_map(|ino| tree.get(*ino))
-            .filter(|n| !n.local && !n.metadata_loaded && (n.attr.kind != Kind::Dir || markers))
+            .filter(|n| !n.local && !n.metadata_loaded && self.may_carry_metadata(n.attr.kind))
             .map(|n| n.key.clone())
             .collect()
+    }
+
+    /// Whether an entry of `kind` can have persisted metadata to read: where the provider
+    /// keeps user metadata, a file always, a directory where it can have a marker.
+    pub(super) fn may_carry_metadata(&self, kind: Kind) -> bool {
+        let profile = &self.resolved.profile;
+        profile.user_metadata && (kind != Kind::Dir || profile.markers != crate::provider::Markers::Forbidden)
     }
 
     /// HEADs `keys`, at most [`CONCURRENT_HEADS`] at once across the mount.

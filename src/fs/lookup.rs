@@ -174,10 +174,9 @@ impl Fs {
             }
             self.first_page(&dir_key).await.map(Some)
         };
-        let head = self.head_if_metadata(&key, true);
+        let head = self.head_if_metadata(&key, self.may_carry_metadata(Kind::File));
         // A directory's persisted metadata is in its marker.
-        let markers = self.resolved.profile.markers != crate::provider::Markers::Forbidden;
-        let marker_head = self.head_if_metadata(&dir_key, !known_file && markers);
+        let marker_head = self.head_if_metadata(&dir_key, !known_file && self.may_carry_metadata(Kind::Dir));
         let (page, head, child_page, marker) = futures::join!(list, head, child_list, marker_head);
         let mut page = page.map_err(|e| self.fail("LIST", &key, e))?;
         let child_page = child_page.map_err(|e| self.fail("LIST", &dir_key, e))?;
@@ -249,14 +248,13 @@ impl Fs {
         }))
     }
 
-    /// The HEAD of `key` where the provider keeps user metadata and `wanted`; `None` if
-    /// there is no such object.
+    /// The HEAD of `key` if `wanted`; `None` if there is no such object.
     async fn head_if_metadata(
         &self,
         key: &str,
         wanted: bool,
     ) -> crate::store::StoreResult<Option<crate::store::ObjectMeta>> {
-        if !wanted || !self.resolved.profile.user_metadata {
+        if !wanted {
             return Ok(None);
         }
         self.stats.head_requests.fetch_add(1, Ordering::Relaxed);

@@ -332,6 +332,14 @@ impl Fs {
         let _ = self.kernel_attrs_stale.set(notify);
     }
 
+    /// The kernel's cached attributes of `ino` are stale (its object changed remotely).
+    pub(super) fn tell_kernel_attrs_changed(&self, ino: u64) {
+        if let Some(notify) = self.kernel_attrs_stale.get().cloned() {
+            // Off this request: the kernel may wait for it while it takes the notice.
+            tokio::task::spawn_blocking(move || notify(ino));
+        }
+    }
+
     pub fn config(&self) -> &FsConfig {
         &self.config
     }

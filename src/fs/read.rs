@@ -191,11 +191,7 @@ impl Fs {
             size: attr.size,
         };
         *file.object.lock().unwrap() = object.clone();
-        if let Some(notify) = self.kernel_attrs_stale.get().cloned() {
-            let ino = file.ino;
-            // Off this request: the kernel may wait for it while it takes the notice.
-            tokio::task::spawn_blocking(move || notify(ino));
-        }
+        self.tell_kernel_attrs_changed(file.ino);
         Ok(object)
     }
 

@@ -50,7 +50,7 @@ pub struct Node {
 /// mtime: the marker's persisted `mtime` or its LastModified is the real one; without a
 /// marker, the newest entry seen in the directory's listing; before any listing, the
 /// mount time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DirMtime {
     MountTime,
     NewestEntry,
@@ -258,11 +258,6 @@ impl Tree {
             self.nodes.get_mut(&parent)?.children.insert(seen.name.clone(), ino);
         }
         Some(ino)
-    }
-
-    /// The inode standing for `key` (a directory's key ends with `/`).
-    pub fn ino_by_key(&self, key: &str) -> Option<u64> {
-        self.by_key.get(key).copied()
     }
 
     /// A listing of directory `dir` arrived: `marker` is its marker's LastModified if the

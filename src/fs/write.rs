@@ -391,17 +391,14 @@ impl Fs {
             tree.invalidate_listing(parent);
         }
         drop(tree);
-        if let Some(notify) = self.kernel_attrs_stale.get().cloned() {
-            tokio::task::spawn_blocking(move || notify(ino));
-        }
+        self.tell_kernel_attrs_changed(ino);
         Ok(())
     }
 
     /// A directory's mode, owner and mtime are its marker's metadata: the marker is put
     /// again with them (a directory known only from its keys gets a marker now).
     async fn persist_dir_metadata(&self, ino: u64, key: &str) -> FsResult<()> {
-        let profile = &self.resolved.profile;
-        if !profile.user_metadata || profile.markers == crate::provider::Markers::Forbidden || ino == ROOT_INO {
+        if !self.may_carry_metadata(Kind::Dir) || ino == ROOT_INO {
             return Ok(());
         }
         if self.pending_markers.lock().unwrap().contains(key) {
