@@ -14,11 +14,11 @@ pub struct SetAttr {
 }
 
 impl SetAttr {
-    /// The changes that differ from `current`. The size counts as a change only where
-    /// `current` is the whole truth: a file's size as the mount knows it.
+    /// The metadata changes that differ from `current`. The size is checked once the
+    /// file's version is current (see `setattr`).
     fn without_no_ops(self, current: &Attr) -> SetAttr {
         SetAttr {
-            size: self.size.filter(|s| *s != current.size),
+            size: self.size,
             mode: self.mode.filter(|m| (m & 0o7777) as u16 != current.perm),
             uid: self.uid.filter(|u| *u != current.uid),
             gid: self.gid.filter(|g| *g != current.gid),
@@ -246,14 +246,18 @@ impl Fs {
                 return Err(Errno(libc::EISDIR));
             }
             let object = self.current_version(ino, &key).await?;
-            let data = self.file_data(ino, &object, local);
-            self.truncate_data(ino, &data, size).await?;
-            // A file truncated while not open (`truncate -s`) is uploaded now.
-            let open_for_write = fh.is_some_and(|fh| self.handle(fh).is_ok_and(|h| h.writable))
-                || self.files.lock().unwrap().values().any(|h| h.ino == ino && h.writable);
-            if !open_for_write {
-                self.sync_ino(ino).await?;
-                self.drop_clean_data(ino).await;
+            // The size as the mount knows it once revalidated (local data included): the
+            // same size is no change.
+            if self.node_attr(ino)?.size != size {
+                let data = self.file_data(ino, &object, local);
+                self.truncate_data(ino, &data, size).await?;
+                // A file truncated while not open (`truncate -s`) is uploaded now.
+                let open_for_write = fh.is_some_and(|fh| self.handle(fh).is_ok_and(|h| h.writable))
+                    || self.files.lock().unwrap().values().any(|h| h.ino == ino && h.writable);
+                if !open_for_write {
+                    self.sync_ino(ino).await?;
+                    self.drop_clean_data(ino).await;
+                }
             }
         }
         let meta_change =
