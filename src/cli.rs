@@ -3,7 +3,8 @@
 
 use crate::credentials::read_credentials_file;
 use crate::fs::disk_cache::CacheSize;
-use crate::provider::{ChecksumPolicy, Markers, Overrides, Resolved, parse_size};
+use crate::option_values::{parse_memory_limit, parse_nonzero_size, parse_positive, parse_ttl};
+use crate::provider::{ChecksumPolicy, Markers, Overrides, Resolved};
 use crate::source::Source;
 use crate::store::RetryPolicy;
 use crate::store::s3::S3Settings;
@@ -71,11 +72,12 @@ pub struct MountOptions {
     #[arg(long)]
     pub read_only: bool,
     /// Memory for cached blocks and dirty data together (e.g. 1GiB, 512M).
-    #[arg(long, value_parser = parse_size, default_value = "1GiB", value_name = "SIZE")]
+    #[arg(long, value_parser = parse_memory_limit, default_value = "1GiB", value_name = "SIZE")]
     pub memory_limit: u64,
-    /// Seconds that names and attributes are trusted before asking the bucket again.
-    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
-    pub metadata_ttl: f64,
+    /// Seconds that names and attributes are trusted before asking the bucket again; `inf`
+    /// trusts them until the mount ends (only this machine changes the bucket).
+    #[arg(long, value_parser = parse_ttl, default_value = "5", value_name = "SECS", allow_negative_numbers = true)]
+    pub metadata_ttl: Duration,
     /// Owner of files and directories without persisted metadata (default: the mounting user).
     #[arg(long)]
     pub uid: Option<u32>,
@@ -91,6 +93,10 @@ pub struct MountOptions {
     /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf for non-root).
     #[arg(long)]
     pub allow_other: bool,
+    /// Keep setuid, setgid and sticky bits read from the bucket's metadata (dropped by default:
+    /// whoever writes the bucket could plant a setuid program).
+    #[arg(long)]
+    pub keep_special_modes: bool,
     /// Log every request (same as RUST_LOG=s3vol=debug).
     #[arg(long)]
     pub debug: bool,
@@ -113,7 +119,7 @@ pub struct MountOptions {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub list_prefetch: bool,
     /// FUSE worker threads.
-    #[arg(long, default_value_t = 4, value_name = "N")]
+    #[arg(long, value_parser = parse_positive::<usize>, default_value = "4", value_name = "N")]
     pub fuse_threads: usize,
     /// Kernel mount flag, repeatable; the last word on a flag wins (default: nodev, nosuid, noatime).
     #[arg(long, value_enum, value_name = "FLAG")]
@@ -254,16 +260,16 @@ pub struct ConnectArgs {
     #[arg(long)]
     pub no_user_metadata: bool,
     /// Largest single PutObject; larger files use multipart uploads (e.g. 500MB).
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    #[arg(long, value_parser = parse_nonzero_size, value_name = "SIZE")]
     pub max_put_size: Option<u64>,
     /// Multipart part size (grown when an object would need more than --max-parts parts).
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    #[arg(long, value_parser = parse_nonzero_size, value_name = "SIZE")]
     pub part_size: Option<u64>,
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    #[arg(long, value_parser = parse_nonzero_size, value_name = "SIZE")]
     pub min_part_size: Option<u64>,
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    #[arg(long, value_parser = parse_nonzero_size, value_name = "SIZE")]
     pub max_part_size: Option<u64>,
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_parser = parse_positive::<u32>, value_name = "N")]
     pub max_parts: Option<u32>,
     /// Whether the provider offers DeleteObjects (batch delete).
     #[arg(long, value_name = "BOOL")]
@@ -288,16 +294,16 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "BOOL")]
     pub list_v1: Option<bool>,
     /// Attempts per request, the first included (5xx, throttling, connection errors).
-    #[arg(long, default_value_t = 10, value_name = "N")]
+    #[arg(long, value_parser = parse_positive::<u32>, default_value = "10", value_name = "N")]
     pub retries: u32,
     /// Seconds to wait for a connection.
-    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    #[arg(long, value_parser = parse_positive::<u64>, default_value = "10", value_name = "SECS")]
     pub connect_timeout: u64,
     /// Seconds of silence from the server before a request is retried.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    #[arg(long, value_parser = parse_positive::<u64>, default_value = "60", value_name = "SECS")]
     pub read_timeout: u64,
     /// Requests in flight at once.
-    #[arg(long, default_value_t = 256, value_name = "N")]
+    #[arg(long, value_parser = parse_positive::<usize>, default_value = "256", value_name = "N")]
     pub max_requests: usize,
 }
 

@@ -28,9 +28,14 @@ fn filter(debug: bool) -> tracing_subscriber::EnvFilter {
 }
 
 pub fn init(target: LogTarget<'_>, debug: bool) -> Result<(), String> {
-    let builder = tracing_subscriber::fmt().with_env_filter(filter(debug));
+    // A log line that cannot be written is dropped: the subscriber's own complaint about it
+    // would go to stderr with eprintln!, which panics when stderr is gone (a `| tee` that
+    // exited), killing whatever task was logging (the signal handler, say).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter(debug))
+        .log_internal_errors(false);
     let result = match target {
-        LogTarget::Stderr => builder.with_writer(std::io::stderr).try_init(),
+        LogTarget::Stderr => builder.with_writer(|| LossyStderr).try_init(),
         LogTarget::File(path) => {
             let file = open_log(path)?;
             *LOG_FILE.lock().unwrap_or_else(|e| e.into_inner()) = Some((path.to_path_buf(), file));
@@ -46,7 +51,20 @@ pub fn init(target: LogTarget<'_>, debug: bool) -> Result<(), String> {
                 .try_init()
         }
     };
-    result.map_err(|e| format!("cannot start logging: {e}"))
+    result.map_err(|e| format!("cannot start logging: {e}"))?;
+    // A panic (a bug) in a request fails that request; say so where the log goes (a daemon's
+    // stderr is /dev/null), on one line, instead of on stderr only.
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info.location().map(|l| format!(" at {l}")).unwrap_or_default();
+        tracing::error!("a bug: panicked{at}: {what}; the request failed, the mount goes on");
+    }));
+    Ok(())
 }
 
 fn open_log(path: &Path) -> Result<File, String> {
@@ -75,10 +93,11 @@ struct LogFile;
 
 impl Write for LogFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match LOG_FILE.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-            Some((_, file)) => file.write(buf),
-            None => Ok(buf.len()),
+        // A line that cannot be written (a full disk) is dropped, never an error.
+        if let Some((_, file)) = LOG_FILE.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            let _ = file.write_all(buf);
         }
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -108,6 +127,21 @@ impl Write for Syslog {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// stderr, where a failed write (a closed pipe) drops the line instead of failing.
+struct LossyStderr;
+
+impl Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
         Ok(())
     }
 }

@@ -206,8 +206,9 @@ pub fn fs_config(options: &MountOptions) -> FsConfig {
             gid: options.gid.unwrap_or_else(|| nix::unistd::getgid().as_raw()),
             file_mode: options.file_mode,
             dir_mode: options.dir_mode,
+            keep_special_modes: options.keep_special_modes,
         },
-        metadata_ttl: Duration::from_secs_f64(options.metadata_ttl.max(0.0)),
+        metadata_ttl: options.metadata_ttl,
         read_only: options.read_only,
         memory_limit: options.memory_limit,
         // About 4 KiB of memory limit per cached name (a node takes a few hundred bytes).
@@ -268,14 +269,18 @@ pub fn serve(
         fuser::MountOption::Subtype("s3vol".into()),
         fuser::MountOption::DefaultPermissions,
     ];
-    fuse_config.mount_options.extend(kernel_flags(&options.kernel_option));
+    let flags = kernel_flags(&options.kernel_option);
+    if flags.contains(&fuser::MountOption::Suid) {
+        tracing::warn!("{}", suid_warning(options.keep_special_modes));
+    }
+    fuse_config.mount_options.extend(flags);
     if options.read_only {
         fuse_config.mount_options.push(fuser::MountOption::RO);
     }
     if options.allow_other {
         fuse_config.acl = fuser::SessionACL::All;
     }
-    fuse_config.n_threads = Some(options.fuse_threads.max(1));
+    fuse_config.n_threads = Some(options.fuse_threads);
     fuse_config.clone_fd = true;
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
     let mut session = fuser::Session::new(adapter, mountpoint, &fuse_config)
@@ -317,6 +322,19 @@ pub fn serve(
     let _ = std::fs::remove_file(&socket);
     tracing::info!("unmounted {}", mountpoint.display());
     result
+}
+
+/// What `suid` lets whoever writes the bucket do, said once at mount.
+pub fn suid_warning(keep_special_modes: bool) -> String {
+    let bits = if keep_special_modes {
+        "and --keep-special-modes keeps the setuid bits that objects' metadata declare: \
+         anyone who can write the bucket can plant a program that runs as its declared owner, \
+         root included"
+    } else {
+        "setuid bits from the bucket's metadata are dropped, but a setuid program written \
+         through this mount runs with its owner's privileges"
+    };
+    format!("mounted with suid: {bits}; use nosuid (the default) unless you need it")
 }
 
 /// nodev, nosuid and noatime unless `--kernel-option` (fstab: `dev`, `suid`, `atime`)

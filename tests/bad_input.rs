@@ -11,6 +11,7 @@ use s3vol::server::{RunningServer, ServerConfig, start_blocking};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -176,13 +177,15 @@ struct FakeEndpoint {
 
 impl FakeEndpoint {
     fn start(status: &str, content_type: &str, body: &str) -> FakeEndpoint {
+        let response = http_response(status, content_type, body);
+        FakeEndpoint::answering(move |_| response.clone())
+    }
+
+    /// Answers each request with `answer(its request line)`.
+    fn answering(answer: impl Fn(&str) -> String + Send + 'static) -> FakeEndpoint {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("address");
         let stop = Arc::new(AtomicBool::new(false));
-        let response = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
         let stopped = stop.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
@@ -191,8 +194,11 @@ impl FakeEndpoint {
                 }
                 let Ok(mut stream) = stream else { continue };
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let _ = read_request_head(&mut stream);
-                let _ = stream.write_all(response.as_bytes());
+                let Ok(head) = read_request_head(&mut stream) else {
+                    continue;
+                };
+                let line = head.lines().next().unwrap_or_default().to_string();
+                let _ = stream.write_all(answer(&line).as_bytes());
             }
         });
         FakeEndpoint {
@@ -210,8 +216,15 @@ impl Drop for FakeEndpoint {
     }
 }
 
+fn http_response(status: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 /// Reads up to the blank line that ends an HTTP request head (bodies are not read).
-fn read_request_head(stream: &mut impl Read) -> io::Result<()> {
+fn read_request_head(stream: &mut impl Read) -> io::Result<String> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -220,7 +233,7 @@ fn read_request_head(stream: &mut impl Read) -> io::Result<()> {
         }
         head.push(byte[0]);
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&head).into_owned())
 }
 
 #[test]
@@ -253,13 +266,28 @@ fn malformed_sources_are_refused_by_mount_before_any_request() {
 fn unknown_options_are_usage_errors_naming_the_option() {
     let s = server();
     let mp = Mountpoint::new();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: &[(&[&str], &str)] = &[
         (&["--no-such-option"], "--no-such-option"),
         (&["-o", "region=us-east-1,no_such_flag"], "--no_such_flag"),
         (&["--markers", "sometimes"], "sometimes"),
         (&["--memory-limit", "lots"], "lots"),
+        // Values with no meaning: refused, naming the option, never a panic or a hang.
+        (&["--metadata-ttl", "-1"], "--metadata-ttl"),
+        (&["--metadata-ttl", "NaN"], "--metadata-ttl"),
+        (&["-o", "metadata-ttl=soon"], "--metadata-ttl"),
+        (&["--part-size", "0"], "--part-size"),
+        (&["--min-part-size", "0"], "--min-part-size"),
+        (&["--max-part-size", "0"], "--max-part-size"),
+        (&["--max-put-size", "0"], "--max-put-size"),
+        (&["--max-parts", "0"], "--max-parts"),
+        (&["--max-requests", "0"], "--max-requests"),
+        (&["--retries", "0"], "--retries"),
+        (&["--connect-timeout", "0"], "--connect-timeout"),
+        (&["--read-timeout", "0"], "--read-timeout"),
+        (&["--fuse-threads", "0"], "--fuse-threads"),
+        (&["--memory-limit", "0"], "--memory-limit"),
     ];
-    for (extra, named) in cases {
+    for &(extra, named) in cases {
         let o = run(mount_command(&s, "s3://test", &mp, &s.endpoint, extra));
         let out = text(&o);
         assert_eq!(o.status.code(), Some(2), "{extra:?}: a usage error exits 2:\n{out}");
@@ -625,4 +653,97 @@ fn a_refused_o_trunc_of_a_running_program_truncates_nothing() {
             "prog{i} in the bucket:\n{log}"
         );
     }
+}
+
+/// Objects whose metadata another client (or an attacker with write access to the bucket)
+/// filled with nonsense or with a setuid-root mode. Each is looked up by name on a fresh
+/// mount, so its HEAD is read: the mount keeps serving every request after it, the
+/// special bits are dropped (kept only with --keep-special-modes), the nonsense is ignored
+/// with a log line.
+#[test]
+fn hostile_object_metadata_never_takes_the_mount_down() {
+    let s = server();
+    let backend = s.backend();
+    let hostile: &[(&str, &[(&str, &str)])] = &[
+        ("far-future", &[("mtime", "1e20")]),
+        ("negative-time", &[("mtime", "-1e30")]),
+        ("setuid-root", &[("mode", "35309"), ("uid", "0"), ("gid", "0")]),
+        ("claims-a-dir", &[("mode", "16877")]),
+        (
+            "garbage",
+            &[("mode", "rwxr-xr-x"), ("uid", "-5"), ("gid", "99999999999")],
+        ),
+        ("huge-mode", &[("mode", "4294967295")]),
+    ];
+    for (key, metadata) in hostile {
+        backend.put_object(BUCKET, key, "x", metadata).expect("put");
+    }
+    put(&s, "plain", "plain");
+    let m = Mount::new(&s, &[]);
+    let now = std::time::SystemTime::now();
+    for (key, _) in hostile {
+        let meta = fs::metadata(m.join(key)).unwrap_or_else(|e| panic!("stat {key}: {e}\n{}", m.log()));
+        assert!(meta.is_file(), "{key} is a plain file");
+        assert_eq!(meta.mode() & 0o7000, 0, "{key}: no setuid, setgid or sticky bit");
+        let age = now.duration_since(meta.modified().unwrap()).unwrap_or_default();
+        if key.ends_with("time") {
+            assert!(
+                age < Duration::from_secs(3600),
+                "{key}: the object's LastModified, not the nonsense"
+            );
+        }
+        // Every request after it still works.
+        assert_eq!(fs::read(m.join("plain")).unwrap(), b"plain", "after {key}");
+        fs::write(m.join(&format!("written-after-{key}")), key).unwrap();
+    }
+    assert_eq!(fs::metadata(m.join("setuid-root")).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(fs::metadata(m.join("setuid-root")).unwrap().uid(), 0);
+    let log = m.unmount();
+    assert!(
+        log.contains("ignoring metadata"),
+        "one log line for the nonsense:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    for (key, _) in hostile {
+        assert_eq!(
+            object(&s, &format!("written-after-{key}")).as_deref(),
+            Some(key.as_bytes())
+        );
+    }
+    let trusting = Mount::new(&s, &["--keep-special-modes", "--kernel-option", "suid"]);
+    assert_eq!(
+        fs::metadata(trusting.join("setuid-root")).unwrap().mode() & 0o7777,
+        0o4755
+    );
+    let log = trusting.unmount();
+    assert!(log.contains("mounted with suid"), "suid is said once at mount:\n{log}");
+}
+
+/// A server that answers every listing with an empty page and a fresh continuation token
+/// would keep `ls` going forever: the listing ends with EIO after a bounded number of pages.
+#[test]
+fn endless_empty_listing_pages_end_in_an_error() {
+    let pages = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = pages.clone();
+    let fake = FakeEndpoint::answering(move |line| {
+        if line.starts_with("HEAD") {
+            return http_response("404 Not Found", "application/xml", "");
+        }
+        let n = counted.fetch_add(1, Ordering::Relaxed);
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult><Name>b</Name><Prefix></Prefix>\
+             <KeyCount>0</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated>\
+             <NextContinuationToken>token-{n}</NextContinuationToken></ListBucketResult>"
+        );
+        http_response("200 OK", "application/xml", &body)
+    });
+    let m = Mount::with_keys(("k", "s"), "s3://b", &fake.url, &["--metadata-ttl", "0"]);
+    let mut ls = Command::new("ls");
+    ls.arg("-f").arg(&m.path);
+    let o = run(ls);
+    assert!(!o.status.success(), "ls must fail, not list forever");
+    assert!(text(&o).contains("Input/output error"), "{}", text(&o));
+    let sent = pages.load(Ordering::Relaxed);
+    assert!(sent < 500, "{sent} listing requests for one ls");
+    assert!(m.unmount().contains("empty pages in a row"));
 }

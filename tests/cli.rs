@@ -269,6 +269,27 @@ fn sigterm_uploads_dirty_data_then_unmounts() {
     assert!(m.unmount().contains("signal received"));
 }
 
+/// `s3vol mount -f ... 2>&1 | tee log`, then the reader of stderr goes away (tee exits
+/// on Ctrl-C first): the daemon still stops on SIGINT and SIGTERM, and unmounts. Log lines
+/// it cannot write are dropped, never fatal.
+#[test]
+fn a_daemon_whose_stderr_is_gone_still_stops_on_sigint_and_sigterm() {
+    let s = server();
+    for signal in [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGTERM] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        let mut m = common::Mount::with_stderr(&s, &[], writer.into());
+        drop(reader);
+        // Requests log (debug is on): those lines now meet a closed pipe.
+        std::fs::write(m.join("f"), "x").unwrap();
+        assert_eq!(std::fs::read(m.join("f")).unwrap(), b"x");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(m.pid() as i32), signal).unwrap();
+        let status = m.wait_exit(Duration::from_secs(60));
+        assert!(status.is_some(), "{signal}: the daemon must exit");
+        assert!(!is_mounted(&m.path), "{signal}: unmounted");
+        assert_eq!(object(&s, "f").as_deref(), Some(&b"x"[..]));
+    }
+}
+
 #[test]
 fn sighup_reopens_the_log_file() {
     let s = server();

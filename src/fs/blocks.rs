@@ -12,10 +12,11 @@ use super::disk_cache::DiskCache;
 use crate::store::{ObjectStore, StoreError};
 use bytes::{Bytes, BytesMut};
 use get_run::GetRest;
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 
@@ -301,7 +302,7 @@ impl BlockCache {
         let mut slots = Vec::new();
         let mut missing: Vec<(u64, BlockSender)> = Vec::new();
         {
-            let mut pending = self.pending.lock().expect("pending map poisoned");
+            let mut pending = self.pending.lock();
             for index in blocks.clone() {
                 let key = BlockKey {
                     key: object.key.clone(),
@@ -370,7 +371,7 @@ impl BlockCache {
     /// Gives up the claim on a run of blocks no reader waits for (only the pending map
     /// holds a receiver; readers take theirs under the same lock); false if one waits.
     fn unclaim_unwanted(&self, object: &ObjectVersion, run: &[(u64, BlockSender)]) -> bool {
-        let mut pending = self.pending.lock().expect("pending map poisoned");
+        let mut pending = self.pending.lock();
         if run.iter().any(|(_, tx)| tx.receiver_count() > 1) {
             return false;
         }
@@ -475,7 +476,7 @@ impl BlockCache {
         if let Ok(block) = &result {
             self.cache.insert(key.clone(), block.clone());
         }
-        self.pending.lock().expect("pending map poisoned").remove(&key);
+        self.pending.lock().remove(&key);
         tx.send_modify(|p| {
             p.pieces.clear();
             p.done = Some(result);

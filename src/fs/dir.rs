@@ -191,4 +191,35 @@ mod tests {
         let names: Vec<_> = seen.iter().map(|s| (s.name.as_str(), s.kind)).collect();
         assert_eq!(names, [("a", Kind::File), ("b", Kind::Dir), ("c", Kind::Dir)]);
     }
+
+    /// Keys and prefixes from a server that ignores the prefix or the delimiter.
+    fn hostile_key() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::prop_oneof![
+            "d/[a-c./\\x00]{0,6}",
+            "[a-d/]{0,4}",
+            "d/\\PC{0,300}",
+            proptest::strategy::Just("d/".to_string()),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever a page holds, each entry is a name the kernel can take, in order.
+        #[test]
+        fn any_page_gives_only_usable_names(
+            keys in proptest::collection::vec(hostile_key(), 0..20),
+            prefixes in proptest::collection::vec(hostile_key(), 0..10),
+        ) {
+            let page = ListPage {
+                objects: keys.iter().map(|k| obj(k)).collect(),
+                prefixes,
+                next: None,
+            };
+            let seen = page_entries("d/", &page, &[]);
+            for s in &seen {
+                proptest::prop_assert!(unusable_name(&s.name).is_none(), "{:?}", s.name);
+            }
+            proptest::prop_assert!(seen.windows(2).all(|w| w[0].name <= w[1].name));
+            let _ = page_times("d/", &page);
+        }
+    }
 }

@@ -5,12 +5,13 @@
 //! space is kept, evicting least recently used blocks one at a time as blocks are added.
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 
 const MAGIC: &[u8; 8] = b"S3VBLK1\0";
@@ -169,7 +170,7 @@ impl DiskCache {
     }
 
     pub fn used(&self) -> u64 {
-        self.index.lock().unwrap().used
+        self.index.lock().used
     }
 
     pub fn budget(&self) -> u64 {
@@ -196,7 +197,7 @@ impl DiskCache {
     pub fn get(&self, key: &str, etag: &str, index: u64) -> Option<Bytes> {
         let identity = self.identity(key, etag, index);
         let name = Self::name(&identity);
-        if self.index.lock().unwrap().lru.get(&name).is_none() {
+        if self.index.lock().lru.get(&name).is_none() {
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -220,7 +221,7 @@ impl DiskCache {
     }
 
     fn forget(&self, name: &str) {
-        let mut index = self.index.lock().unwrap();
+        let mut index = self.index.lock();
         if let Some(size) = index.lru.pop(name) {
             index.used -= size;
         }
@@ -253,7 +254,7 @@ impl DiskCache {
         let written = File::create(&tmp)
             .and_then(|mut file| file.write_all(&encode(identity, data)))
             .and_then(|()| std::fs::rename(&tmp, &path));
-        let mut index = self.index.lock().unwrap();
+        let mut index = self.index.lock();
         if let Err(e) = written {
             index.used -= size;
             let _ = std::fs::remove_file(&tmp);
@@ -270,7 +271,7 @@ impl DiskCache {
     /// cannot overshoot the budget together; false if the disk is too full.
     fn reserve(&self, size: u64) -> bool {
         self.evict(size);
-        let mut index = self.index.lock().unwrap();
+        let mut index = self.index.lock();
         if index.used + size > self.budget || disk_bytes(&self.dir).1 < self.min_free + size {
             return false;
         }
@@ -283,7 +284,7 @@ impl DiskCache {
     fn evict(&self, incoming: u64) {
         loop {
             let victim = {
-                let mut index = self.index.lock().unwrap();
+                let mut index = self.index.lock();
                 let over_budget = index.used + incoming > self.budget;
                 let low_disk = disk_bytes(&self.dir).1 < self.min_free + incoming;
                 if !(over_budget || low_disk) || index.lru.is_empty() {
@@ -301,7 +302,7 @@ impl DiskCache {
     /// Removes every block (`s3vol cache clear`).
     pub fn clear(&self) -> u64 {
         let names: Vec<String> = {
-            let mut index = self.index.lock().unwrap();
+            let mut index = self.index.lock();
             index.used = 0;
             let names = index.lru.iter().map(|(n, _)| n.clone()).collect();
             index.lru.clear();

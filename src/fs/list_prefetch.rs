@@ -58,7 +58,7 @@ impl Fs {
                 }
             };
             let stage = {
-                let mut in_flight = self.list_prefetch.in_flight.lock().unwrap();
+                let mut in_flight = self.list_prefetch.in_flight.lock();
                 if in_flight.len() >= QUEUED || in_flight.contains_key(ino) {
                     continue;
                 }
@@ -78,7 +78,7 @@ impl Fs {
                     stage.send_replace(Stage::Listing);
                     this.prefetch_listing(ino, &key).await;
                 }
-                this.list_prefetch.in_flight.lock().unwrap().remove(&ino);
+                this.list_prefetch.in_flight.lock().remove(&ino);
                 stage.send_replace(Stage::Done);
             });
         }
@@ -118,7 +118,7 @@ impl Fs {
 
     /// Waits for a prefetch of `ino`'s listing under way, if any.
     pub(super) async fn wait_for_prefetch(&self, ino: u64) {
-        let waiter = self.list_prefetch.in_flight.lock().unwrap().get(&ino).cloned();
+        let waiter = self.list_prefetch.in_flight.lock().get(&ino).cloned();
         if let Some(mut waiter) = waiter.filter(|w| *w.borrow() == Stage::Listing) {
             let _ = waiter.wait_for(|stage| *stage == Stage::Done).await;
         }

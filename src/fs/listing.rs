@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::store::StoreResult;
+use crate::store::pagination::Pagination;
 use dir::ListedPage;
 use tokio::sync::mpsc;
 
@@ -22,18 +23,18 @@ impl Fs {
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let stream = Arc::new(tokio::sync::Mutex::new(DirStream::new(ino, key)));
-        self.dirs.lock().unwrap().insert(fh, stream);
+        self.dirs.lock().insert(fh, stream);
         Ok(fh)
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.dirs.lock().unwrap().remove(&fh);
+        self.dirs.lock().remove(&fh);
     }
 
     /// Entries from `offset` on (as many as one page holds); empty at the end. Offsets 1
     /// and 2 are `.` and `..`.
     pub async fn readdir(self: &Arc<Self>, ino: u64, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
-        let stream = self.dirs.lock().unwrap().get(&fh).cloned().ok_or(Errno(libc::EBADF))?;
+        let stream = self.dirs.lock().get(&fh).cloned().ok_or(Errno(libc::EBADF))?;
         let mut s = stream.lock().await;
         let mut out = Vec::new();
         if offset < 2 {
@@ -189,6 +190,7 @@ impl Fs {
         let this = self.clone();
         tokio::spawn(async move {
             let mut continuation = None;
+            let mut pagination = Pagination::default();
             loop {
                 let hidden_at_start = this.hidden_under(&key);
                 this.stats.list_requests.fetch_add(1, Ordering::Relaxed);
@@ -206,12 +208,19 @@ impl Fs {
                         return;
                     }
                 };
+                let next = match pagination.next(&key, &page) {
+                    Ok(next) => next,
+                    Err(e) => {
+                        let _ = pages.send(Err(e)).await;
+                        return;
+                    }
+                };
                 let wanted = this.keys_wanting_metadata(&key, &page);
                 let heads = {
                     let this = this.clone();
                     tokio::spawn(async move { this.head_all(wanted).await })
                 };
-                continuation = page.next.clone();
+                continuation = next;
                 let last = continuation.is_none();
                 let listed = ListedPage {
                     page,

@@ -57,9 +57,9 @@ impl Fs {
         }
         let candidates = self.tree().eviction_candidates(excess + 64);
         let pinned: Vec<bool> = {
-            let open = self.open_counts.lock().unwrap();
-            let data = self.data.lock().unwrap();
-            let deletes = self.pending_deletes.lock().unwrap();
+            let open = self.open_counts.lock();
+            let data = self.data.lock();
+            let deletes = self.pending_deletes.lock();
             candidates
                 .iter()
                 .map(|i| open.contains_key(i) || data.contains_key(i) || deletes.contains_key(i))
@@ -112,7 +112,8 @@ impl Fs {
                         .ok_or(Errno(libc::ENOENT))?;
                     let node = tree.get_mut(ino).ok_or(Errno(libc::ENOENT))?;
                     if let Some(m) = metadata {
-                        node.attr.apply_metadata(&m);
+                        node.attr
+                            .apply_metadata(&node.key, &m, self.config.defaults.keep_special_modes);
                         node.metadata_loaded = true;
                     }
                     let key = node.key.clone();
@@ -221,7 +222,7 @@ impl Fs {
             }));
         }
         let head = head.map_err(|e| self.fail("HEAD", &key, e))?;
-        if start.hidden.contains(&key) || self.hidden_keys.lock().unwrap().contains(&key) {
+        if start.hidden.contains(&key) || self.hidden_keys.lock().contains(&key) {
             return Ok(None);
         }
         let listed = page.objects.iter().find(|o| o.key == key);
@@ -275,22 +276,20 @@ impl Fs {
 
     /// The keys starting with `prefix` whose objects are being deleted.
     pub(super) fn hidden_under(&self, prefix: &str) -> HashSet<String> {
-        let hidden = self.hidden_keys.lock().unwrap();
+        let hidden = self.hidden_keys.lock();
         starting_with(&hidden, prefix).cloned().collect()
     }
 
     /// Whether any key starting with `prefix` is being deleted.
     pub(super) fn any_hidden_under(&self, prefix: &str) -> bool {
-        starting_with(&self.hidden_keys.lock().unwrap(), prefix)
-            .next()
-            .is_some()
+        starting_with(&self.hidden_keys.lock(), prefix).next().is_some()
     }
 
     /// Drops entries whose object is being deleted (a file's key, or a directory's
     /// marker), or was when the listing was sent: the bucket may list them until the
     /// delete is done.
     pub(super) fn drop_hidden(&self, parent_key: &str, seen: &mut Vec<Seen>, hidden_at_start: &HashSet<String>) {
-        let hidden = self.hidden_keys.lock().unwrap();
+        let hidden = self.hidden_keys.lock();
         if hidden.is_empty() && hidden_at_start.is_empty() {
             return;
         }
@@ -382,7 +381,8 @@ impl Fs {
         }
         node.attr.size = head.size;
         node.etag = head.etag;
-        node.attr.apply_metadata(&head.metadata);
+        node.attr
+            .apply_metadata(&node.key, &head.metadata, defaults.keep_special_modes);
         node.metadata_loaded = true;
         node.fresh_until = until;
         Ok(node.attr)

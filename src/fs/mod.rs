@@ -15,6 +15,8 @@ mod listing;
 mod lookup;
 mod names;
 mod namespace;
+#[cfg(test)]
+mod panic_tests;
 mod ranges;
 mod read;
 mod readahead;
@@ -37,13 +39,14 @@ use bytes::Bytes;
 use content::MemoryBudget;
 use dir::{DirStream, ListState};
 use dirty::FileData;
+use parking_lot::Mutex;
 use readahead::ReadStreams;
 use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tree::{DirMtime, Seen, Tree};
 use upload::Uploader;
@@ -87,6 +90,7 @@ impl Default for FsConfig {
                 gid: 0,
                 file_mode: 0o644,
                 dir_mode: 0o755,
+                keep_special_modes: false,
             },
             metadata_ttl: Duration::from_secs(5),
             read_only: false,
@@ -353,7 +357,7 @@ impl Fs {
             hits: s.hits.load(Ordering::Relaxed),
             misses: s.misses.load(Ordering::Relaxed),
             fetched_bytes: s.fetched_bytes.load(Ordering::Relaxed),
-            open_files: self.files.lock().unwrap().len(),
+            open_files: self.files.lock().len(),
             disk_bytes: disk.map_or(0, |d| d.used()),
             disk_budget: disk.map_or(0, |d| d.budget()),
             disk_hits: disk.map_or(0, |d| d.stats.hits.load(Ordering::Relaxed)),
@@ -372,8 +376,8 @@ impl Fs {
         self.store.stats()
     }
 
-    pub(super) fn tree(&self) -> std::sync::MutexGuard<'_, Tree> {
-        self.tree.lock().expect("inode table poisoned")
+    pub(super) fn tree(&self) -> parking_lot::MutexGuard<'_, Tree> {
+        self.tree.lock()
     }
 
     pub(super) fn ttl_from_now(&self) -> Instant {

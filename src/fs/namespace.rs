@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::provider::Markers;
+use crate::store::pagination::Pagination;
 use crate::store::{ListRequest, PutOptions};
 use futures::StreamExt;
 
@@ -99,11 +100,11 @@ impl Fs {
     ) -> FsResult<(Attr, Opened)> {
         let key = self.new_child_key(parent, name, Kind::File)?;
         // A deferred delete of this very key must land before the new file does.
-        let deleting = self.hidden_keys.lock().unwrap().contains(&key);
+        let deleting = self.hidden_keys.lock().contains(&key);
         if deleting {
             self.background.wait_idle().await;
         }
-        self.hidden_keys.lock().unwrap().remove(&key);
+        self.hidden_keys.lock().remove(&key);
         let ino = self.add_local(parent, name, Kind::File, mode, caller, 0)?;
         let object = ObjectVersion {
             key: Arc::from(key.as_str()),
@@ -111,7 +112,7 @@ impl Fs {
             size: 0,
         };
         // A create replaces whatever local data a previous file of this inode left.
-        self.data.lock().unwrap().remove(&ino);
+        self.data.lock().remove(&ino);
         self.file_data(ino, &object, true);
         let opened = self.new_handle(ino, object, OpenMode { write: true, ..open }, false);
         Ok((self.node_attr(ino)?, opened))
@@ -154,11 +155,11 @@ impl Fs {
     /// (a `cp -r` of many directories would otherwise wait a round trip per directory).
     /// Until it is in, the directory is local; a failure is logged and counted in status.
     async fn put_marker_later(self: &Arc<Self>, ino: u64, key: String, opts: PutOptions) {
-        if self.hidden_keys.lock().unwrap().contains(&key) {
+        if self.hidden_keys.lock().contains(&key) {
             // The delete of an earlier directory of this name goes first.
             self.background.wait_idle().await;
         }
-        self.pending_markers.lock().unwrap().insert(key.clone());
+        self.pending_markers.lock().insert(key.clone());
         self.in_background(|this| async move {
             let result = this.store.put(&key, Bytes::new(), &opts).await;
             let put = match result {
@@ -171,7 +172,7 @@ impl Fs {
                     false
                 }
             };
-            this.pending_markers.lock().unwrap().remove(&key);
+            this.pending_markers.lock().remove(&key);
             put
         })
         .await;
@@ -180,12 +181,7 @@ impl Fs {
     /// Waits for background marker puts under `dir_key`, so that removing or moving the
     /// directory sees them in the bucket.
     async fn settle_markers(&self, dir_key: &str) {
-        let pending = self
-            .pending_markers
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|k| k.starts_with(dir_key));
+        let pending = self.pending_markers.lock().iter().any(|k| k.starts_with(dir_key));
         if pending {
             self.background.wait_idle().await;
         }
@@ -200,7 +196,7 @@ impl Fs {
     /// Whether the bucket holds anything under `dir_key` other than its marker.
     async fn remote_dir_is_empty(&self, dir_key: &str) -> FsResult<bool> {
         let page = self.first_keys(dir_key, 2).await?;
-        let hidden = self.hidden_keys.lock().unwrap();
+        let hidden = self.hidden_keys.lock();
         Ok(page.objects.iter().all(|o| o.key == dir_key || hidden.contains(&o.key)) && page.prefixes.is_empty())
     }
 
@@ -252,7 +248,7 @@ impl Fs {
         }
         // Nothing to upload for a file that no longer has a name. An upload already under
         // way finishes first (it holds the data): after it, the file is in the bucket.
-        let data = self.data.lock().unwrap().get(&ino).cloned();
+        let data = self.data.lock().get(&ino).cloned();
         if let Some(d) = data {
             let mut f = d.lock().await;
             f.dirty = false;
@@ -267,17 +263,17 @@ impl Fs {
         // looks for a pending delete: a release racing with this unlink either sees the
         // delete or has already closed the file (then it is deleted here).
         let open = {
-            let counts = self.open_counts.lock().unwrap();
+            let counts = self.open_counts.lock();
             let open = counts.contains_key(&ino);
             if open && !local {
                 // Readers of an open file keep working: the object goes at the last close.
-                self.hidden_keys.lock().unwrap().insert(key.clone());
-                self.pending_deletes.lock().unwrap().insert(ino, key.clone());
+                self.hidden_keys.lock().insert(key.clone());
+                self.pending_deletes.lock().insert(ino, key.clone());
             }
             open
         };
         if !open {
-            self.data.lock().unwrap().remove(&ino);
+            self.data.lock().remove(&ino);
             if !local {
                 self.delete_object(&key).await?;
             }
@@ -294,7 +290,7 @@ impl Fs {
         if self.config.upload_on_close {
             return self.store.delete(key).await.map_err(|e| self.fail("delete", key, e));
         }
-        self.hidden_keys.lock().unwrap().insert(key.to_string());
+        self.hidden_keys.lock().insert(key.to_string());
         let key = key.to_string();
         self.in_background(|this| async move {
             let deleted = match this.store.delete(&key).await {
@@ -304,7 +300,7 @@ impl Fs {
                     false
                 }
             };
-            this.hidden_keys.lock().unwrap().remove(&key);
+            this.hidden_keys.lock().remove(&key);
             deleted
         })
         .await;
@@ -441,7 +437,7 @@ impl Fs {
                 .await
                 .map_err(|e| self.fail("rename", &old_key, e))?
         };
-        if let Some(d) = self.data.lock().unwrap().get(&ino)
+        if let Some(d) = self.data.lock().get(&ino)
             && let Ok(mut f) = d.try_lock()
         {
             f.key = new_key.to_string();
@@ -457,8 +453,8 @@ impl Fs {
         {
             n.etag = Some(etag.clone());
         }
-        for file in self.files.lock().unwrap().values().filter(|h| h.ino == ino) {
-            let mut object = file.object.lock().unwrap();
+        for file in self.files.lock().values().filter(|h| h.ino == ino) {
+            let mut object = file.object.lock();
             object.key = Arc::from(new_key);
             if let Some(etag) = &new_etag {
                 object.etag = Arc::from(etag.as_str());
@@ -480,6 +476,7 @@ impl Fs {
             self.sync_ino(*d).await?;
         }
         let mut continuation = None;
+        let mut pagination = Pagination::default();
         loop {
             self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
             let req = ListRequest {
@@ -492,10 +489,14 @@ impl Fs {
                 .list_page(&req)
                 .await
                 .map_err(|e| self.fail("LIST", &old_key, e))?;
+            // A key outside the prefix (a server that ignored it) is not ours to move.
             let jobs: Vec<(String, String, u64)> = page
                 .objects
                 .iter()
-                .map(|o| (o.key.clone(), format!("{new_key}{}", &o.key[old_key.len()..]), o.size))
+                .filter_map(|o| {
+                    let rest = o.key.strip_prefix(old_key.as_str())?;
+                    Some((o.key.clone(), format!("{new_key}{rest}"), o.size))
+                })
                 .collect();
             let moves = futures::stream::iter(jobs)
                 .map(|(from, to, size)| async move {
@@ -509,7 +510,9 @@ impl Fs {
                 r?;
             }
             // Listing again from the start would see only what is left; continue instead.
-            continuation = page.next;
+            continuation = pagination
+                .next(&old_key, &page)
+                .map_err(|e| self.fail("LIST", &old_key, e))?;
             if continuation.is_none() {
                 break;
             }

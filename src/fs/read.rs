@@ -22,7 +22,7 @@ impl Fs {
         if kind == Kind::Dir {
             return Err(Errno(libc::EISDIR));
         }
-        let has_data = self.data.lock().unwrap().contains_key(&ino);
+        let has_data = self.data.lock().contains_key(&ino);
         if !fresh && !local && !has_data {
             self.refresh_file(ino, &key).await?;
         }
@@ -67,7 +67,6 @@ impl Fs {
         let readahead = self
             .read_streams
             .lock()
-            .unwrap()
             .entry(ino)
             .or_insert_with(|| {
                 Arc::new(Mutex::new(ReadStreams::new(
@@ -85,8 +84,8 @@ impl Fs {
             append: mode.append,
             has_read: Default::default(),
         });
-        self.files.lock().unwrap().insert(fh, file);
-        *self.open_counts.lock().unwrap().entry(ino).or_default() += 1;
+        self.files.lock().insert(fh, file);
+        *self.open_counts.lock().entry(ino).or_default() += 1;
         Opened { fh, keep_cache }
     }
 
@@ -98,7 +97,7 @@ impl Fs {
         object: &ObjectVersion,
         local_only: bool,
     ) -> Arc<tokio::sync::Mutex<FileData>> {
-        let mut data = self.data.lock().unwrap();
+        let mut data = self.data.lock();
         data.entry(ino)
             .or_insert_with(|| {
                 let base = (!local_only && !object.etag.is_empty()).then(|| object.clone());
@@ -120,13 +119,13 @@ impl Fs {
     }
 
     pub(super) fn handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
-        self.files.lock().unwrap().get(&fh).cloned().ok_or(Errno(libc::EBADF))
+        self.files.lock().get(&fh).cloned().ok_or(Errno(libc::EBADF))
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let file = self.handle(fh)?;
         let range = offset..offset.saturating_add(u64::from(size));
-        let data = self.data.lock().unwrap().get(&file.ino).cloned();
+        let data = self.data.lock().get(&file.ino).cloned();
         if let Some(data) = data {
             let f = data.lock().await;
             let key = f.key.clone();
@@ -137,13 +136,13 @@ impl Fs {
                 .map_err(|e| self.fail("read", &key, e));
         }
         let prefetch = {
-            let mut streams = file.readahead.lock().unwrap();
+            let mut streams = file.readahead.lock();
             Prefetch {
                 end: streams.on_read(offset, u64::from(size)),
                 gets: Some(streams.gets.clone()),
             }
         };
-        let object = file.object.lock().unwrap().clone();
+        let object = file.object.lock().clone();
         let mut result = self.blocks.read(&object, range.clone(), prefetch.clone()).await;
         if result == Err(StoreError::PreconditionFailed) && !file.has_read.load(Ordering::Relaxed) {
             // Changed remotely since the mount last saw it, and this handle has shown
@@ -176,7 +175,7 @@ impl Fs {
     /// Points a handle that has read nothing yet at the object's current version, and
     /// tells the kernel its size may have changed.
     async fn revalidate(&self, file: &OpenFile) -> FsResult<ObjectVersion> {
-        let key = file.object.lock().unwrap().key.clone();
+        let key = file.object.lock().key.clone();
         let attr = self.refresh_file(file.ino, &key).await?;
         let etag = {
             let mut tree = self.tree();
@@ -190,7 +189,7 @@ impl Fs {
             etag: Arc::from(etag.as_str()),
             size: attr.size,
         };
-        *file.object.lock().unwrap() = object.clone();
+        *file.object.lock() = object.clone();
         self.tell_kernel_attrs_changed(file.ino);
         Ok(object)
     }
@@ -198,21 +197,21 @@ impl Fs {
     /// The last close of a handle. Clean local data is dropped with the last handle; a file
     /// unlinked while open is deleted from the bucket now.
     pub async fn release(&self, fh: u64) {
-        let Some(file) = self.files.lock().unwrap().remove(&fh) else {
+        let Some(file) = self.files.lock().remove(&fh) else {
             return;
         };
         // The pending delete is taken under the open counts' lock, as unlink decides under
         // it (see there).
         let (last, pending_delete) = {
-            let mut counts = self.open_counts.lock().unwrap();
+            let mut counts = self.open_counts.lock();
             let n = counts.entry(file.ino).or_default();
             *n = n.saturating_sub(1);
             let last = *n == 0;
             let mut pending_delete = None;
             if last {
                 counts.remove(&file.ino);
-                self.read_streams.lock().unwrap().remove(&file.ino);
-                pending_delete = self.pending_deletes.lock().unwrap().remove(&file.ino);
+                self.read_streams.lock().remove(&file.ino);
+                pending_delete = self.pending_deletes.lock().remove(&file.ino);
             }
             (last, pending_delete)
         };
@@ -220,14 +219,14 @@ impl Fs {
             return;
         }
         if let Some(key) = pending_delete {
-            self.data.lock().unwrap().remove(&file.ino);
+            self.data.lock().remove(&file.ino);
             // The name may have been created again since the unlink: then the object is
             // the new file's.
             let recreated = self.tree().has_key(&key);
             if !recreated && let Err(e) = self.store.delete(&key).await {
                 self.fail("delete", &key, e);
             }
-            self.hidden_keys.lock().unwrap().remove(&key);
+            self.hidden_keys.lock().remove(&key);
             return;
         }
         self.drop_clean_data(file.ino).await;

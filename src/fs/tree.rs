@@ -283,6 +283,7 @@ impl Tree {
     /// mode, owner, mtime and symlink type apply to the node, unless the node stands for
     /// another version of the object by now (or for local changes).
     pub fn apply_head(&mut self, key: &str, head: &crate::store::ObjectMeta) {
+        let keep_special = self.defaults.keep_special_modes;
         let Some(n) = self.by_key.get(key).and_then(|ino| self.nodes.get_mut(ino)) else {
             return;
         };
@@ -291,7 +292,7 @@ impl Tree {
         }
         if n.attr.kind == Kind::Dir {
             n.attr.mtime = head.last_modified.unwrap_or(n.attr.mtime);
-            n.attr.apply_metadata(&head.metadata);
+            n.attr.apply_metadata(key, &head.metadata, keep_special);
             n.dir_mtime = DirMtime::Settled;
         } else {
             if n.etag.is_some() && n.etag != head.etag {
@@ -299,7 +300,7 @@ impl Tree {
             }
             n.etag = head.etag.clone();
             n.attr.size = head.size;
-            n.attr.apply_metadata(&head.metadata);
+            n.attr.apply_metadata(key, &head.metadata, keep_special);
         }
         n.metadata_loaded = true;
     }
@@ -566,6 +567,7 @@ mod tests {
             gid: 0,
             file_mode: 0o644,
             dir_mode: 0o755,
+            keep_special_modes: false,
         }
     }
 

@@ -59,7 +59,6 @@ impl Fs {
         let data = self
             .data
             .lock()
-            .unwrap()
             .get(&file.ino)
             .cloned()
             // Its data went to a conflict copy: the file changed remotely.
@@ -113,13 +112,13 @@ impl Fs {
     /// count is checked under its lock at the moment of removal: an open racing with the
     /// last release keeps the data.
     pub(super) async fn drop_clean_data(&self, ino: u64) {
-        let Some(data) = self.data.lock().unwrap().get(&ino).cloned() else {
+        let Some(data) = self.data.lock().get(&ino).cloned() else {
             return;
         };
         let f = data.lock().await;
-        let counts = self.open_counts.lock().unwrap();
+        let counts = self.open_counts.lock();
         if !f.dirty && !counts.contains_key(&ino) {
-            self.data.lock().unwrap().remove(&ino);
+            self.data.lock().remove(&ino);
         }
     }
 
@@ -130,7 +129,7 @@ impl Fs {
 
     /// Uploads `ino`'s local changes, if any, and points the inode at the new object.
     pub async fn sync_ino(&self, ino: u64) -> FsResult<()> {
-        let Some(data) = self.data.lock().unwrap().get(&ino).cloned() else {
+        let Some(data) = self.data.lock().get(&ino).cloned() else {
             return Ok(());
         };
         let mut f = data.lock().await;
@@ -168,8 +167,8 @@ impl Fs {
         tree.placed(ino);
         tree.now_in_bucket(ino);
         drop(tree);
-        for file in self.files.lock().unwrap().values().filter(|h| h.ino == ino) {
-            *file.object.lock().unwrap() = version.clone();
+        for file in self.files.lock().values().filter(|h| h.ino == ino) {
+            *file.object.lock() = version.clone();
         }
         Ok(())
     }
@@ -177,7 +176,7 @@ impl Fs {
     /// Uploads every file with local changes; the first error is returned after all tried.
     pub async fn sync_all(&self) -> FsResult<()> {
         use futures::StreamExt;
-        let inos: Vec<u64> = self.data.lock().unwrap().keys().copied().collect();
+        let inos: Vec<u64> = self.data.lock().keys().copied().collect();
         let results: Vec<FsResult<()>> = futures::stream::iter(inos)
             .map(|ino| self.sync_ino(ino))
             .buffer_unordered(BACKGROUND_UPLOADS as usize)
@@ -189,7 +188,7 @@ impl Fs {
 
     /// Bytes and files not yet in the bucket, and background uploads (pending, failed).
     pub fn dirty_report(&self) -> DirtyReport {
-        let data: Vec<_> = self.data.lock().unwrap().values().cloned().collect();
+        let data: Vec<_> = self.data.lock().values().cloned().collect();
         let (mut files, mut bytes) = (0, 0);
         for d in data {
             if let Ok(f) = d.try_lock()
@@ -253,7 +252,7 @@ impl Fs {
                 self.truncate_data(ino, &data, size).await?;
                 // A file truncated while not open (`truncate -s`) is uploaded now.
                 let open_for_write = fh.is_some_and(|fh| self.handle(fh).is_ok_and(|h| h.writable))
-                    || self.files.lock().unwrap().values().any(|h| h.ino == ino && h.writable);
+                    || self.files.lock().values().any(|h| h.ino == ino && h.writable);
                 if !open_for_write {
                     self.sync_ino(ino).await?;
                     self.drop_clean_data(ino).await;
@@ -292,7 +291,7 @@ impl Fs {
             let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
             (n.fresh_until > Instant::now() && n.etag.is_some(), n.local)
         };
-        if !fresh && !local && !self.data.lock().unwrap().contains_key(&ino) {
+        if !fresh && !local && !self.data.lock().contains_key(&ino) {
             self.refresh_file(ino, key).await?;
         }
         let tree = self.tree();
@@ -311,7 +310,7 @@ impl Fs {
         if kind == Kind::Dir {
             return self.persist_dir_metadata(ino, key).await;
         }
-        let has_dirty_data = match self.data.lock().unwrap().get(&ino).cloned() {
+        let has_dirty_data = match self.data.lock().get(&ino).cloned() {
             Some(d) => d.try_lock().map_or(true, |f| f.dirty),
             None => false,
         };
@@ -331,13 +330,13 @@ impl Fs {
             }
             n.etag = Some(etag.clone());
         }
-        for file in self.files.lock().unwrap().values().filter(|h| h.ino == ino) {
-            let mut object = file.object.lock().unwrap();
+        for file in self.files.lock().values().filter(|h| h.ino == ino) {
+            let mut object = file.object.lock();
             object.etag = Arc::from(etag.as_str());
         }
         // Clean data of an open file is based on the new version now (its next upload
         // names it, and is no conflict with this copy).
-        let data = self.data.lock().unwrap().get(&ino).cloned();
+        let data = self.data.lock().get(&ino).cloned();
         if let Some(data) = data
             && let Some(base) = data.lock().await.base.as_mut().filter(|b| *b.key == *key)
         {
@@ -380,7 +379,7 @@ impl Fs {
             f.key
         );
         {
-            let mut data_map = self.data.lock().unwrap();
+            let mut data_map = self.data.lock();
             if data_map.get(&ino).is_some_and(|d| Arc::ptr_eq(d, data)) {
                 data_map.remove(&ino);
             }
@@ -405,7 +404,7 @@ impl Fs {
         if !self.may_carry_metadata(Kind::Dir) || ino == ROOT_INO {
             return Ok(());
         }
-        if self.pending_markers.lock().unwrap().contains(key) {
+        if self.pending_markers.lock().contains(key) {
             // Its first marker is still on its way (`--upload-on-close false`): this one
             // must land after it.
             self.background.wait_idle().await;

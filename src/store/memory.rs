@@ -2,9 +2,10 @@
 //! core. Integration tests use a real S3 server instead.
 
 use super::*;
+use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 #[derive(Clone)]
 struct Object {
@@ -42,7 +43,7 @@ impl MemoryStore {
     /// answers 404 for a missing object).
     fn check_if_match(&self, key: &str, if_match: Option<&str>) -> StoreResult<()> {
         let Some(want) = if_match else { return Ok(()) };
-        match self.objects.lock().unwrap().get(key) {
+        match self.objects.lock().get(key) {
             None => Err(StoreError::NotFound),
             Some(o) if o.etag != want => Err(StoreError::PreconditionFailed),
             Some(_) => Ok(()),
@@ -55,26 +56,26 @@ impl MemoryStore {
 
     /// How many requests of one kind (`"list"`, `"head"`, `"get"`, `"put"`...) were made.
     pub fn requests(&self, kind: &str) -> u64 {
-        self.requests.lock().unwrap().get(kind).copied().unwrap_or(0)
+        self.requests.lock().get(kind).copied().unwrap_or(0)
     }
 
     /// Where each GET's range started, in the order they were sent.
     pub fn get_starts(&self) -> Vec<u64> {
-        self.get_starts.lock().unwrap().clone()
+        self.get_starts.lock().clone()
     }
 
     /// Holds every GET from now on in flight until the returned gate has a permit for it
     /// (`add_permits`), so a test can see which GETs are under way at once.
     pub fn hold_gets(&self) -> Arc<tokio::sync::Semaphore> {
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        *self.get_gate.lock().unwrap() = Some(gate.clone());
+        *self.get_gate.lock() = Some(gate.clone());
         gate
     }
 
     /// Delays the body of the next GET whose range starts at `start` by `delay` (a slow
     /// connection, next to GETs that answer at once).
     pub fn delay_next_get_at(&self, start: u64, delay: std::time::Duration) {
-        self.get_delays.lock().unwrap().insert(start, delay);
+        self.get_delays.lock().insert(start, delay);
     }
 
     /// Holds every LIST from now on between reading the keys and answering, until the
@@ -83,22 +84,22 @@ impl MemoryStore {
     /// it travels back.
     pub fn hold_lists(&self) -> Arc<tokio::sync::Semaphore> {
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        *self.list_gate.lock().unwrap() = Some(gate.clone());
+        *self.list_gate.lock() = Some(gate.clone());
         gate
     }
 
     /// Every key, in order.
     pub fn keys(&self) -> Vec<String> {
-        self.objects.lock().unwrap().keys().cloned().collect()
+        self.objects.lock().keys().cloned().collect()
     }
 
     /// The body of `key`, read without counting as a request.
     pub fn contents(&self, key: &str) -> Option<Bytes> {
-        self.objects.lock().unwrap().get(key).map(|o| o.data.clone())
+        self.objects.lock().get(key).map(|o| o.data.clone())
     }
 
     fn count(&self, kind: &'static str) {
-        *self.requests.lock().unwrap().entry(kind).or_default() += 1;
+        *self.requests.lock().entry(kind).or_default() += 1;
     }
 
     fn store(&self, key: &str, data: Bytes, metadata: Metadata) -> String {
@@ -109,17 +110,12 @@ impl MemoryStore {
             modified: SystemTime::now(),
             metadata,
         };
-        self.objects.lock().unwrap().insert(key.to_string(), object);
+        self.objects.lock().insert(key.to_string(), object);
         etag
     }
 
     fn object(&self, key: &str) -> StoreResult<Object> {
-        self.objects
-            .lock()
-            .unwrap()
-            .get(key)
-            .cloned()
-            .ok_or(StoreError::NotFound)
+        self.objects.lock().get(key).cloned().ok_or(StoreError::NotFound)
     }
 
     fn meta(key: &str, o: &Object, with_metadata: bool) -> ObjectMeta {
@@ -139,7 +135,7 @@ impl MemoryStore {
     /// One page of a listing of the keys as they are now.
     fn list_now(&self, req: &ListRequest) -> ListPage {
         let max = req.max_keys.unwrap_or(1000).clamp(1, 1000) as usize;
-        let objects = self.objects.lock().unwrap();
+        let objects = self.objects.lock();
         let after = req.continuation.clone().or_else(|| req.start_after.clone());
         let mut page = ListPage::default();
         let mut last_entry: Option<String> = None;
@@ -190,10 +186,10 @@ impl ObjectStore for MemoryStore {
         if if_match.is_some_and(|etag| etag != o.etag) {
             return Err(StoreError::PreconditionFailed);
         }
-        self.get_starts.lock().unwrap().push(range.start);
-        let delay = self.get_delays.lock().unwrap().remove(&range.start);
+        self.get_starts.lock().push(range.start);
+        let delay = self.get_delays.lock().remove(&range.start);
         let chunk = Self::slice(&o.data, range);
-        let gate = self.get_gate.lock().unwrap().clone();
+        let gate = self.get_gate.lock().clone();
         Ok(GetResponse {
             etag: Some(o.etag),
             object_size: o.data.len() as u64,
@@ -212,7 +208,7 @@ impl ObjectStore for MemoryStore {
     async fn list_page(&self, req: &ListRequest) -> StoreResult<ListPage> {
         self.count("list");
         let page = self.list_now(req);
-        let gate = self.list_gate.lock().unwrap().clone();
+        let gate = self.list_gate.lock().clone();
         if let Some(gate) = gate
             && let Ok(permit) = gate.acquire().await
         {
@@ -223,7 +219,7 @@ impl ObjectStore for MemoryStore {
 
     async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<String> {
         self.count("put");
-        if opts.if_none_match && self.objects.lock().unwrap().contains_key(key) {
+        if opts.if_none_match && self.objects.lock().contains_key(key) {
             return Err(StoreError::PreconditionFailed);
         }
         self.check_if_match(key, opts.if_match.as_deref())?;
@@ -238,13 +234,13 @@ impl ObjectStore for MemoryStore {
             metadata: opts.metadata.clone(),
             ..Default::default()
         };
-        self.uploads.lock().unwrap().insert(id.clone(), upload);
+        self.uploads.lock().insert(id.clone(), upload);
         Ok(id)
     }
 
     async fn upload_part(&self, _key: &str, upload_id: &str, number: i32, body: Bytes) -> StoreResult<CompletedPart> {
         self.count("upload_part");
-        let mut uploads = self.uploads.lock().unwrap();
+        let mut uploads = self.uploads.lock();
         let upload = uploads.get_mut(upload_id).ok_or(StoreError::NotFound)?;
         upload.parts.insert(number, body);
         Ok(CompletedPart {
@@ -279,12 +275,7 @@ impl ObjectStore for MemoryStore {
     ) -> StoreResult<String> {
         self.count("complete_multipart");
         self.check_if_match(key, if_match)?;
-        let upload = self
-            .uploads
-            .lock()
-            .unwrap()
-            .remove(upload_id)
-            .ok_or(StoreError::NotFound)?;
+        let upload = self.uploads.lock().remove(upload_id).ok_or(StoreError::NotFound)?;
         if upload.key != key {
             return Err(StoreError::Other("upload belongs to another key".into()));
         }
@@ -301,7 +292,7 @@ impl ObjectStore for MemoryStore {
 
     async fn abort_multipart(&self, _key: &str, upload_id: &str) -> StoreResult<()> {
         self.count("abort_multipart");
-        self.uploads.lock().unwrap().remove(upload_id);
+        self.uploads.lock().remove(upload_id);
         Ok(())
     }
 
@@ -313,13 +304,13 @@ impl ObjectStore for MemoryStore {
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.count("delete");
-        self.objects.lock().unwrap().remove(key);
+        self.objects.lock().remove(key);
         Ok(())
     }
 
     async fn delete_many(&self, keys: &[String]) -> StoreResult<()> {
         self.count("delete_many");
-        let mut objects = self.objects.lock().unwrap();
+        let mut objects = self.objects.lock();
         for key in keys {
             objects.remove(key);
         }
@@ -328,7 +319,7 @@ impl ObjectStore for MemoryStore {
 
     async fn rename(&self, source: &str, dest: &str) -> StoreResult<()> {
         self.count("rename");
-        let mut objects = self.objects.lock().unwrap();
+        let mut objects = self.objects.lock();
         let o = objects.remove(source).ok_or(StoreError::NotFound)?;
         objects.insert(dest.to_string(), o);
         Ok(())

@@ -2,6 +2,7 @@
 
 mod error;
 pub mod memory;
+pub mod pagination;
 mod redirect;
 mod retry;
 pub mod s3;

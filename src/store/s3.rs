@@ -411,7 +411,7 @@ impl Inner {
         let object_size = resp
             .content_range()
             .and_then(total_from_content_range)
-            .or_else(|| resp.content_length().map(|l| l as u64))
+            .or_else(|| resp.content_length().and_then(|l| u64::try_from(l).ok()))
             .unwrap_or(0);
         let body = futures::stream::unfold(resp.body, |mut body: ByteStream| async move {
             let chunk = body.next().await?;

@@ -72,10 +72,22 @@ impl Mount {
 
     /// Mounts `source` at `endpoint` with the credentials `(access key, secret key)`.
     pub fn with_keys(keys: (&str, &str), source: &str, endpoint: &str, extra: &[&str]) -> Mount {
+        Mount::logging_to(keys, source, endpoint, extra, None)
+    }
+
+    /// As [`Mount::new`], with the daemon's stderr going to `stderr` instead of the log file
+    /// (which then stays empty).
+    pub fn with_stderr(server: &RunningServer, extra: &[&str], stderr: Stdio) -> Mount {
+        let keys = (server.access_key.as_str(), server.secret_key.as_str());
+        Mount::logging_to(keys, &format!("s3://{BUCKET}"), &server.endpoint, extra, Some(stderr))
+    }
+
+    fn logging_to(keys: (&str, &str), source: &str, endpoint: &str, extra: &[&str], stderr: Option<Stdio>) -> Mount {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).expect("mountpoint");
         let log = dir.path().join("s3vol.log");
+        let stderr = stderr.unwrap_or_else(|| std::fs::File::create(&log).expect("log file").into());
         let cache = dir.path().join("cache");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_s3vol"));
         cmd.arg("mount")
@@ -97,7 +109,7 @@ impl Mount {
             .env("RUST_LOG", "s3vol=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"));
+            .stderr(stderr);
         if !extra.contains(&"--cache-dir") {
             cmd.arg("--cache-dir").arg(&cache);
         }
@@ -176,6 +188,20 @@ impl Mount {
         }
         let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.path).status();
         self.log()
+    }
+
+    /// Waits up to `bound` for the daemon to exit by itself; its status, if it did.
+    pub fn wait_exit(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// The daemon's process id.

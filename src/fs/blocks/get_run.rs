@@ -15,10 +15,11 @@ use crate::store::{StoreError, StoreResult};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::ops::Range;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -41,11 +42,11 @@ pub(super) struct GetRest {
 
 impl GetRest {
     fn next(&self) -> Option<(u64, BlockSender)> {
-        self.blocks.lock().expect("rest poisoned").pop_front()
+        self.blocks.lock().pop_front()
     }
 
     fn take_all(&self) -> Vec<(u64, BlockSender)> {
-        self.blocks.lock().expect("rest poisoned").drain(..).collect()
+        self.blocks.lock().drain(..).collect()
     }
 }
 
@@ -127,7 +128,7 @@ impl BlockCache {
             race: Notify::new(),
             raced: AtomicBool::new(false),
         });
-        for (_, tx) in rest.blocks.lock().expect("rest poisoned").iter() {
+        for (_, tx) in rest.blocks.lock().iter() {
             tx.send_if_modified(|p| {
                 p.rest = Arc::downgrade(&rest);
                 false
