@@ -34,6 +34,8 @@ const READ_BUCKET: &str = "bench";
 /// The big objects are `big0`, `big1`, ... (one per concurrent sequential reader).
 const BIG_KEY: &str = "big";
 const MANY_DIR: &str = "many";
+/// The directory of the `bigdir` workload.
+const BIG_DIR: &str = "bigdir";
 
 /// The raw GET baseline: ranges and parallelism of a well-tuned downloader.
 const RAW_RANGE: u64 = 8 * MIB;
@@ -69,6 +71,7 @@ fn main() {
             Workload::Write => bench_sequential_write(&mut bench),
             Workload::Small => bench_small_files(&mut bench),
             Workload::Tree => bench_tree(&mut bench),
+            Workload::BigDir => bench_big_directory(&mut bench),
         }
     }
     bench.finish();
@@ -86,6 +89,7 @@ enum Workload {
     Write,
     Small,
     Tree,
+    BigDir,
 }
 
 impl Workload {
@@ -98,6 +102,8 @@ impl Workload {
         Workload::Small,
         Workload::Tree,
     ];
+    /// Run only when named: minutes of setup and a lot of server memory.
+    const ON_REQUEST: [Workload; 1] = [Workload::BigDir];
 
     fn name(self) -> &'static str {
         match self {
@@ -108,6 +114,7 @@ impl Workload {
             Workload::Write => "write",
             Workload::Small => "small",
             Workload::Tree => "tree",
+            Workload::BigDir => "bigdir",
         }
     }
 
@@ -120,18 +127,25 @@ impl Workload {
             Workload::Write => "sequential write through the mount",
             Workload::Small => "create+write of small files",
             Workload::Tree => "cp -r and rm -r of a tree of small files",
+            Workload::BigDir => "a directory of a million keys: listing and the daemon's memory",
         }
     }
 
     fn parse(name: &str) -> Workload {
         Workload::ALL
             .into_iter()
+            .chain(Workload::ON_REQUEST)
             .find(|w| w.name() == name)
             .unwrap_or_else(|| panic!("unknown workload {name:?}; known: {}", Workload::names()))
     }
 
     fn names() -> String {
-        Workload::ALL.map(Workload::name).join(", ")
+        Workload::ALL
+            .into_iter()
+            .chain(Workload::ON_REQUEST)
+            .map(Workload::name)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -147,6 +161,9 @@ struct Config {
     small_files: usize,
     tree_dirs: usize,
     tree_files: usize,
+    /// Keys in the directory of the `bigdir` workload, and the --memory-limit of its mount.
+    bigdir_files: usize,
+    bigdir_memory_mib: usize,
     /// Extra `s3vol mount` options for every mount (S3VOL_BENCH_MOUNT_ARGS).
     mount_args: Vec<String>,
     /// The kernel's readahead for each mount, written to its BDI after mounting
@@ -178,6 +195,8 @@ impl Config {
             small_files: env_number("S3VOL_BENCH_SMALL_FILES", 2000),
             tree_dirs: env_number("S3VOL_BENCH_TREE_DIRS", 1024).max(1),
             tree_files: env_number("S3VOL_BENCH_TREE_FILES", 6400),
+            bigdir_files: env_number("S3VOL_BENCH_BIGDIR_FILES", 1_000_000),
+            bigdir_memory_mib: env_number("S3VOL_BENCH_BIGDIR_MEMORY_MIB", 256).max(1),
             mount_args: mount_args.split_whitespace().map(str::to_owned).collect(),
             read_ahead_kb: std::env::var("S3VOL_BENCH_READ_AHEAD_KB")
                 .ok()
@@ -203,6 +222,12 @@ impl Config {
         }
         if let Some(kb) = self.read_ahead_kb {
             text += &format!(", read_ahead_kb {kb}");
+        }
+        if self.workloads.contains(&Workload::BigDir) {
+            text += &format!(
+                ", bigdir of {} keys at --memory-limit {} MiB",
+                self.bigdir_files, self.bigdir_memory_mib
+            );
         }
         text
     }
@@ -937,6 +962,102 @@ async fn delete_objects(store: &S3Store, keys: &[String], in_flight: usize) {
 // ---------------------------------------------------------------------------------------
 // 7. cp -r and rm -r of a tree of small files
 
+/// Issue 20 item 7: `ls -f` and then `find` of one directory of `bigdir_files` empty
+/// objects, on a mount with a small --memory-limit. The figures are the daemon's peak RSS
+/// against that limit and what each listed entry costs it (RSS growth / entries).
+fn bench_big_directory(bench: &mut Bench) {
+    let files = bench.config.bigdir_files;
+    let limit_mib = bench.config.bigdir_memory_mib as u64;
+    let started = Instant::now();
+    for i in 0..files {
+        let key = format!("{BIG_DIR}/k{i:07}");
+        bench
+            .server
+            .backend()
+            .put_object(READ_BUCKET, &key, Bytes::new(), &[])
+            .expect("bucket");
+    }
+    println!(
+        "  {} keys in place ({:.1} s)",
+        thousands(files),
+        secs(started.elapsed())
+    );
+
+    let limit = format!("{limit_mib}MiB");
+    let mount = bench.mount(READ_BUCKET, &["--memory-limit", &limit]);
+    let pid = mount.pid();
+    let idle = process_rss(pid, "VmRSS:").expect("daemon alive");
+    let dir = mount.join(BIG_DIR);
+    // `ls -f` reads the directory without sorting or a stat per entry; it prints . and ..
+    let ls = bench.measure(|| output_lines(Command::new("ls").arg("-f").arg(&dir)));
+    assert_eq!(ls.value, files + 2, "ls -f lists every key once, plus . and ..");
+    let after_ls = process_rss(pid, "VmHWM:").expect("daemon alive");
+    let inodes_after_ls = mount.status().and_then(|s| s["inodes"].as_u64());
+    println!(
+        "  ls -f: {} lines in {:.1} s; {}; peak RSS {} (idle {}), inodes {:?}",
+        thousands(ls.value),
+        secs(ls.elapsed),
+        ls.requests_text(),
+        size_text(after_ls),
+        size_text(idle),
+        inodes_after_ls
+    );
+    // find prints the directory itself and each entry; it also reads every d_type.
+    let find = bench.measure(|| output_lines(Command::new("find").arg(&dir)));
+    assert_eq!(find.value, files + 1, "find lists every key once, plus the directory");
+    let peak = process_rss(pid, "VmHWM:").expect("daemon alive");
+    let now = process_rss(pid, "VmRSS:").expect("daemon alive");
+    println!(
+        "  find (same mount): {} lines in {:.1} s; {}; peak RSS {}, RSS now {}; {}",
+        thousands(find.value),
+        secs(find.elapsed),
+        find.requests_text(),
+        size_text(peak),
+        size_text(now),
+        mount.summary()
+    );
+    drop(mount);
+
+    let limit_bytes = limit_mib * MIB;
+    let per_entry = peak.saturating_sub(idle) as f64 / files as f64;
+    bench.report.add(
+        format!(
+            "ls -f, then find, of {} keys in one directory, --memory-limit {limit}",
+            thousands(files)
+        ),
+        format!(
+            "{:.1} s + {:.1} s, {} LIST; peak RSS {} = limit {} {}; {:.0} B per listed entry above the idle {}",
+            secs(ls.elapsed),
+            secs(find.elapsed),
+            ls.count("ListObjectsV2") + find.count("ListObjectsV2"),
+            size_text(peak),
+            if peak <= limit_bytes { "−" } else { "+" },
+            size_text(peak.abs_diff(limit_bytes)),
+            per_entry,
+            size_text(idle),
+        ),
+        "—",
+        None,
+    );
+    for i in 0..files {
+        bench
+            .server
+            .backend()
+            .delete_object(READ_BUCKET, &format!("{BIG_DIR}/k{i:07}"));
+    }
+}
+
+/// Runs `command`; returns the number of lines it printed.
+fn output_lines(command: &mut Command) -> usize {
+    let output = command.output().expect("run the command");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout.iter().filter(|&&b| b == b'\n').count()
+}
+
 fn bench_tree(bench: &mut Bench) {
     let (dirs, count) = (bench.config.tree_dirs, bench.config.tree_files);
     let local = tempfile::tempdir().expect("temp dir");
@@ -1177,6 +1298,10 @@ impl Mount {
         self.path.join(relative)
     }
 
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("daemon running")
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -1296,8 +1421,13 @@ fn status_text(status: &serde_json::Value) -> String {
 
 /// VmHWM of a process, in bytes.
 fn peak_rss(pid: u32) -> Option<u64> {
+    process_rss(pid, "VmHWM:")
+}
+
+/// A memory figure of /proc/PID/status (`VmHWM:` peak RSS, `VmRSS:` RSS now), in bytes.
+fn process_rss(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * KIB)
 }

@@ -1,10 +1,12 @@
 //! s3vol: mount S3-compatible object storage as a local directory through FUSE.
 
+pub mod accept;
 pub mod cli;
 pub mod control;
 pub mod credentials;
 pub mod fs;
 pub mod fuse;
+pub mod limits;
 pub mod logging;
 pub mod mount;
 pub mod mount_helper;

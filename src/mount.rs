@@ -244,6 +244,10 @@ pub fn serve(
     options: &MountOptions,
     ready: &mut Ready,
 ) -> Result<(), String> {
+    match crate::limits::raise_open_files_limit() {
+        Ok(limit) => tracing::debug!("open files limit: {limit}"),
+        Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
+    }
     let mut config = fs_config(options);
     // One mount per cache directory: a second one gets its own subdirectory.
     let (cache_root, _cache_lock) = lock_cache_dir(&config.cache_dir)
@@ -487,8 +491,9 @@ async fn serve_control(socket: &Path, source: StatusSource) -> std::io::Result<(
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     let source = Arc::new(source);
     tokio::spawn(async move {
+        let mut backoff = crate::accept::AcceptBackoff::new("control socket");
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Some((stream, _)) = backoff.accepted(listener.accept().await).await else {
                 continue;
             };
             let source = source.clone();

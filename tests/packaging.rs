@@ -135,3 +135,82 @@ fn the_maintainer_scripts_link_sbin_only_without_merged_usr() {
     );
     script(&merged, "postrm", "remove");
 }
+
+/// `s3vol@vol.service` from the unit template, in `dir`, with the installed binary's path
+/// replaced by the binary under test: `systemd-analyze verify` checks that every command
+/// exists. Needs systemd-analyze (Debian: package systemd; tests/setup installs it); it
+/// runs without systemd as PID 1.
+fn unit_instance(dir: &Path) -> PathBuf {
+    let template = std::fs::read_to_string(Path::new(CRATE_DIR).join("systemd/s3vol@.service")).expect("unit template");
+    let unit = dir.join("s3vol@vol.service");
+    std::fs::write(&unit, template.replace("/usr/bin/s3vol", env!("CARGO_BIN_EXE_s3vol"))).expect("write the unit");
+    unit
+}
+
+#[test]
+fn the_service_unit_passes_systemd_analyze_verify() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let unit = unit_instance(work.path());
+    let output = run(Command::new("systemd-analyze").arg("verify").arg(&unit));
+    // Unknown or misspelt directives are only warnings: any output is a mistake.
+    let said = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
+    assert!(said.trim().is_empty(), "systemd-analyze verify: {said}");
+}
+
+/// The sandbox keeps the mount visible to the host: no directive that gives the service
+/// a mount namespace of its own (a FUSE mount made inside one never propagates out), and
+/// what those directives would forbid is kept out by capabilities and system calls, so
+/// systemd's exposure score stays low.
+#[test]
+fn the_service_unit_is_sandboxed_without_a_mount_namespace() {
+    const NAMESPACING: &[&str] = &[
+        "ProtectSystem",
+        "ProtectHome",
+        "PrivateTmp",
+        "PrivateDevices",
+        "PrivateMounts",
+        "PrivateUsers",
+        "PrivateNetwork",
+        "PrivateIPC",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectKernelLogs",
+        "ProtectControlGroups",
+        "ProtectProc",
+        "ProcSubset",
+        "ReadWritePaths",
+        "ReadOnlyPaths",
+        "InaccessiblePaths",
+        "ExecPaths",
+        "NoExecPaths",
+        "BindPaths",
+        "BindReadOnlyPaths",
+        "TemporaryFileSystem",
+        "MountFlags",
+        "RootDirectory",
+        "RootImage",
+    ];
+    let template = std::fs::read_to_string(Path::new(CRATE_DIR).join("systemd/s3vol@.service")).expect("unit template");
+    for line in template.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
+        let key = line.split('=').next().unwrap_or_default();
+        assert!(
+            !NAMESPACING.contains(&key),
+            "{line}: a mount namespace would hide the FUSE mount from the host"
+        );
+    }
+
+    let work = tempfile::tempdir().expect("temp dir");
+    let unit = unit_instance(work.path());
+    let output = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(&unit));
+    let report = String::from_utf8_lossy(&output.stdout);
+    let score: f64 = report
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for s3vol@vol.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{report}"));
+    // 9.6 without any sandboxing; 4.0 with what FUSE allows.
+    assert!(score <= 4.0, "exposure {score}:\n{report}");
+}

@@ -36,6 +36,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use crate::accept::AcceptBackoff;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -210,18 +211,18 @@ where
 {
     tokio::spawn(async move {
         let mut connections = JoinSet::new();
+        let mut backoff = AcceptBackoff::new("S3 test server");
         loop {
             tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
+                accepted = listener.accept() => {
+                    if let Some((stream, _)) = backoff.accepted(accepted).await {
                         let service = service_fn(handler.clone());
                         connections.spawn(async move {
                             // A client hanging up mid-request is its business, not an error here.
                             let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
                         });
                     }
-                    Err(error) => tracing::warn!(%error, "S3 test server: accept failed"),
-                },
+                }
                 Some(_) = connections.join_next() => {}
             }
         }
