@@ -769,16 +769,16 @@ async fn wrong_secret_is_access_denied() {
     let store = connect(generic(), generic_overrides(&server), bad).await;
 
     let e = failure(&server, store.list_page(&ListRequest::default()).await, "list");
-    assert!(matches!(e, StoreError::AccessDenied(_)), "{e:?}");
+    assert!(matches!(e, StoreError::CredentialsRejected(_)), "{e:?}");
     assert_eq!(e.errno(), libc::EACCES);
     let e = failure(&server, store.head("f").await, "head");
-    assert!(matches!(e, StoreError::AccessDenied(_)), "{e:?}");
+    assert!(matches!(e, StoreError::CredentialsRejected(_)), "{e:?}");
     let e = failure(
         &server,
         store.put("g", pattern(10, 0), &PutOptions::default()).await,
         "put",
     );
-    assert!(matches!(e, StoreError::AccessDenied(_)), "{e:?}");
+    assert!(matches!(e, StoreError::CredentialsRejected(_)), "{e:?}");
     assert_eq!(
         server.stats().total(),
         3,

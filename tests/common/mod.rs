@@ -72,6 +72,14 @@ impl Mount {
 
     /// Mounts `source` at `endpoint` with the credentials `(access key, secret key)`.
     pub fn with_keys(keys: (&str, &str), source: &str, endpoint: &str, extra: &[&str]) -> Mount {
+        Mount::with_env(source, endpoint, extra, |cmd| {
+            cmd.env("AWS_ACCESS_KEY_ID", keys.0)
+                .env("AWS_SECRET_ACCESS_KEY", keys.1);
+        })
+    }
+
+    /// Mounts `source` at `endpoint`; `credentials` puts them in the daemon's environment.
+    pub fn with_env(source: &str, endpoint: &str, extra: &[&str], credentials: impl FnOnce(&mut Command)) -> Mount {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).expect("mountpoint");
@@ -91,13 +99,12 @@ impl Mount {
             ])
             .args(["--retries", "3"])
             .args(extra)
-            .env("AWS_ACCESS_KEY_ID", keys.0)
-            .env("AWS_SECRET_ACCESS_KEY", keys.1)
             .env_remove("AWS_PROFILE")
             .env("RUST_LOG", "s3vol=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));
+        credentials(&mut cmd);
         if !extra.contains(&"--cache-dir") {
             cmd.arg("--cache-dir").arg(&cache);
         }
@@ -225,4 +232,21 @@ pub fn walk(root: &Path) -> std::collections::BTreeSet<String> {
         }
     }
     out
+}
+
+/// Writes a `--credentials-file` (0600) for `keys`, replacing the file by a rename as
+/// rotation tools do.
+pub fn write_credentials_file(path: &Path, keys: &s3vol::server::KeyPair) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut text = format!(
+        "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+        keys.access_key, keys.secret_key
+    );
+    if let Some(token) = &keys.session_token {
+        text += &format!("aws_session_token = {token}\n");
+    }
+    let next = path.with_extension("new");
+    std::fs::write(&next, text).expect("write the credentials file");
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+    std::fs::rename(&next, path).expect("replace the credentials file");
 }
