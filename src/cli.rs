@@ -1,7 +1,7 @@
 //! The command line: clap definitions and their translation into profile overrides and
 //! store settings.
 
-use crate::credentials::read_credentials_file;
+use crate::credentials::CredentialsFile;
 use crate::fs::disk_cache::CacheSize;
 use crate::option_values::{parse_memory_limit, parse_nonzero_size, parse_positive, parse_ttl};
 use crate::provider::{ChecksumPolicy, Markers, Overrides, Resolved};
@@ -250,7 +250,7 @@ pub struct ConnectArgs {
     /// Named profile in ~/.aws/config and ~/.aws/credentials.
     #[arg(long)]
     pub profile: Option<String>,
-    /// File with the access key and secret ('ACCESS:SECRET' or aws_access_key_id/aws_secret_access_key lines); must not be world-readable.
+    /// File with the access key and secret ('ACCESS:SECRET', or aws_access_key_id/aws_secret_access_key/aws_session_token lines); must not be world-readable; re-read when it changes.
     #[arg(long, value_name = "FILE")]
     pub credentials_file: Option<PathBuf>,
     /// Send request checksums always (when-supported) or only where the operation requires them.
@@ -361,8 +361,8 @@ impl ConnectArgs {
     }
 
     pub fn settings(&self) -> Result<S3Settings, String> {
-        let credentials = match &self.credentials_file {
-            Some(path) => Some(read_credentials_file(path)?),
+        let credentials_file = match &self.credentials_file {
+            Some(path) => Some(CredentialsFile::open(path)?),
             None => None,
         };
         Ok(S3Settings {
@@ -374,7 +374,7 @@ impl ConnectArgs {
             read_timeout: Duration::from_secs(self.read_timeout),
             max_requests: self.max_requests,
             aws_profile: self.profile.clone(),
-            credentials,
+            credentials_file,
             ..S3Settings::default()
         })
     }

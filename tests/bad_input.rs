@@ -6,8 +6,8 @@
 
 mod common;
 
-use common::{BUCKET, Mount, is_mounted, object, pattern, put, server, walk};
-use s3vol::server::{RunningServer, ServerConfig, start_blocking};
+use common::{BUCKET, Mount, is_mounted, object, pattern, put, server, walk, write_credentials_file};
+use s3vol::server::{KeyPair, RunningServer, ServerConfig, start_blocking};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::TcpListener;
@@ -608,6 +608,83 @@ fn a_full_volume_keeps_the_data_staged_until_it_can_be_uploaded() {
     );
     drop(m);
     assert_eq!(count_files(&cache.path().join("journal")), 0, "journal emptied");
+}
+
+fn session_keys(token: &str) -> KeyPair {
+    KeyPair {
+        access_key: "ASIA-SESSION".into(),
+        secret_key: "session-secret".into(),
+        session_token: Some(token.into()),
+    }
+}
+
+/// A session token that expires under a mount with a `--credentials-file`: fsync fails
+/// with EACCES and one log line that says so and which file to renew; the data stays
+/// readable and staged; once the file holds a valid token the next fsync uploads it,
+/// without a remount.
+#[test]
+fn expired_credentials_are_named_and_the_data_waits_for_renewed_ones() {
+    let s = server();
+    s.keys().rotate(session_keys("token-1"));
+    let dir = tempfile::tempdir().unwrap();
+    let cred = dir.path().join("vol.cred");
+    write_credentials_file(&cred, &session_keys("token-1"));
+    let cache = dir.path().join("cache");
+    let m = Mount::new(
+        &s,
+        &[
+            "--credentials-file",
+            cred.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            // Every lookup asks the bucket: none is answered from the listing just made.
+            "--metadata-ttl",
+            "0",
+        ],
+    );
+    let mut f = fs::File::create(m.join("dirty")).unwrap();
+    f.write_all(b"first half, ").unwrap();
+
+    s.keys().rotate(session_keys("token-2"));
+    let data = [&b"first half, "[..], &pattern(100_000, 3)].concat();
+    f.write_all(&data[12..]).unwrap();
+    assert_eq!(errno(f.sync_all()), libc::EACCES, "fsync with an expired token");
+    let log = m.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("credentials expired"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line for one failed fsync:\n{log}");
+    for wanted in ["ExpiredToken", cred.to_str().unwrap(), "dirty"] {
+        assert!(lines[0].contains(wanted), "{wanted:?} in {:?}", lines[0]);
+    }
+    assert!(fs::read(m.join("dirty")).unwrap() == data, "readable in the mount");
+    assert_eq!(count_files(&cache.join("journal")), 1, "journaled");
+    assert!(count_files(&cache.join("staging")) >= 1, "staged");
+    assert_eq!(object(&s, "dirty"), None);
+    // A lookup of a name not seen yet (a HEAD, whose answer has no body) says the same.
+    put(&s, "remote", "r");
+    assert_eq!(
+        errno(fs::metadata(m.join("remote"))),
+        libc::EACCES,
+        "stat with an expired token"
+    );
+    assert!(
+        m.log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("remote") && l.contains("credentials expired: ExpiredToken")),
+        "{}",
+        m.log()
+    );
+
+    write_credentials_file(&cred, &session_keys("token-2"));
+    f.sync_all().expect("fsync once the file holds a valid token");
+    assert!(object(&s, "dirty").as_deref() == Some(&data[..]), "uploaded");
+    assert_eq!(fs::read(m.join("remote")).unwrap(), b"r");
+    drop(f);
+    let log = m.unmount();
+    assert!(!log.contains("panicked"), "{log}");
+    assert_eq!(count_files(&cache.join("journal")), 0, "journal emptied");
 }
 
 /// open(O_RDONLY | O_TRUNC) of a program that is running from the mount: Linux refuses

@@ -12,6 +12,7 @@ use s3s::{HttpError, HttpResponse};
 
 use super::MAX_OBJECT_SIZE;
 use super::body::{ResponseBody, s3_error_response, with_fault};
+use super::keys::AcceptedKeys;
 use super::operation::{Operation, S3Call, declared_body_length};
 use super::quirks::Quirks;
 use super::redirect::{RedirectTarget, redirect_response};
@@ -20,6 +21,7 @@ use super::stats::RequestStats;
 #[derive(Clone)]
 pub(crate) struct Front {
     pub(crate) s3: S3Service,
+    pub(crate) keys: Arc<AcceptedKeys>,
     pub(crate) quirks: Arc<Quirks>,
     pub(crate) stats: Arc<RequestStats>,
     pub(crate) redirect: Arc<RedirectTarget>,
@@ -46,6 +48,7 @@ impl Front {
         self.quirks
             .injected_failure(call.operation.name(), req.method())
             .or_else(|| self.quirks.rejection(call, req.headers()))
+            .or_else(|| self.keys.token_refusal(req.headers()))
             .or_else(|| {
                 let too_large = declared_body_length(req.headers()).is_some_and(|length| length > MAX_OBJECT_SIZE);
                 too_large.then(|| {

@@ -20,6 +20,7 @@ mod body;
 mod buckets;
 mod conditions;
 mod front;
+mod keys;
 mod listing;
 mod multipart;
 mod objects;
@@ -42,20 +43,21 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use s3s::auth::{S3Auth, SecretKey};
+use s3s::StdError;
 use s3s::service::S3ServiceBuilder;
 use s3s::validation::NameValidation;
-use s3s::{S3Result, StdError, s3_error};
 use tokio::net::TcpListener;
 use tokio::task::{AbortHandle, JoinSet};
 
 pub use backend::{BackendError, MemoryBackend, StoredObject};
+pub use keys::{AcceptedKeys, KeyPair};
 pub use quirks::{InjectedFailure, Quirks, RequestFilter};
 pub use rope::Rope;
 pub use stats::RequestStats;
 
 use body::ResponseBody;
 use front::Front;
+use keys::CurrentKeyAuth;
 use redirect::{Cdn, RedirectTarget};
 use s3_api::S3Api;
 
@@ -94,8 +96,10 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// The CDN-like listener that `redirect_get` redirects downloads to.
     pub redirect_addr: SocketAddr,
+    /// The key pair the server started with; [`keys`](Self::keys) rotates it.
     pub access_key: String,
     pub secret_key: String,
+    keys: Arc<AcceptedKeys>,
     backend: Arc<MemoryBackend>,
     quirks: Arc<Quirks>,
     stats: Arc<RequestStats>,
@@ -108,6 +112,11 @@ impl RunningServer {
     /// Direct access to the stored data, bypassing HTTP.
     pub fn backend(&self) -> &Arc<MemoryBackend> {
         &self.backend
+    }
+
+    /// The credentials the server accepts, replaceable while it runs.
+    pub fn keys(&self) -> &Arc<AcceptedKeys> {
+        &self.keys
     }
 
     pub fn quirks(&self) -> &Arc<Quirks> {
@@ -149,12 +158,15 @@ pub async fn start(config: ServerConfig) -> io::Result<RunningServer> {
 
     let mut s3 = S3ServiceBuilder::new(S3Api::new(Arc::clone(&backend)));
     s3.set_validation(AnyBucketName);
-    s3.set_auth(SingleKeyAuth {
+    let keys = Arc::new(AcceptedKeys::new(KeyPair {
         access_key: config.access_key.clone(),
-        secret_key: config.secret_key.clone().into(),
-    });
+        secret_key: config.secret_key.clone(),
+        session_token: None,
+    }));
+    s3.set_auth(CurrentKeyAuth(Arc::clone(&keys)));
     let front = Front {
         s3: s3.build(),
+        keys: Arc::clone(&keys),
         quirks: Arc::clone(&quirks),
         stats: Arc::clone(&stats),
         redirect: Arc::clone(&redirect),
@@ -176,6 +188,7 @@ pub async fn start(config: ServerConfig) -> io::Result<RunningServer> {
         redirect_addr,
         access_key: config.access_key,
         secret_key: config.secret_key,
+        keys,
         backend,
         quirks,
         stats,
@@ -228,27 +241,6 @@ where
         }
     })
     .abort_handle()
-}
-
-/// SigV4 credentials check against the one configured key pair. Unlike s3s's
-/// `SimpleAuth` (which answers `NotSignedUp`), an unknown key gets AWS's
-/// `InvalidAccessKeyId`.
-struct SingleKeyAuth {
-    access_key: String,
-    secret_key: SecretKey,
-}
-
-#[async_trait::async_trait]
-impl S3Auth for SingleKeyAuth {
-    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
-        if access_key == self.access_key {
-            return Ok(self.secret_key.clone());
-        }
-        Err(s3_error!(
-            InvalidAccessKeyId,
-            "The AWS Access Key Id you provided does not exist in our records."
-        ))
-    }
 }
 
 /// Accepts every bucket name, like the direct API does: providers differ in their

@@ -5,6 +5,11 @@ use std::fmt;
 pub enum StoreError {
     NotFound,
     AccessDenied(String),
+    /// The server does not know the access key, or the signature does not match its
+    /// secret (`InvalidAccessKeyId`, `SignatureDoesNotMatch`): often a rotated key.
+    CredentialsRejected(String),
+    /// The session token has expired (`ExpiredToken`); the message says what to refresh.
+    CredentialsExpired(String),
     /// The volume is full (Runpod's fixed-size network volumes).
     NoSpace(String),
     /// The object changed (If-Match / If-None-Match failed, or the ETag differs).
@@ -25,11 +30,22 @@ impl StoreError {
         matches!(self, StoreError::Transient(_))
     }
 
+    /// Could new credentials cure this? A HEAD's refusal carries no error code, so a
+    /// plain 403 counts too.
+    pub fn may_be_stale_credentials(&self) -> bool {
+        matches!(
+            self,
+            StoreError::AccessDenied(_) | StoreError::CredentialsRejected(_) | StoreError::CredentialsExpired(_)
+        )
+    }
+
     /// The errno the filesystem reports for this error.
     pub fn errno(&self) -> i32 {
         match self {
             StoreError::NotFound => libc::ENOENT,
-            StoreError::AccessDenied(_) => libc::EACCES,
+            StoreError::AccessDenied(_) | StoreError::CredentialsRejected(_) | StoreError::CredentialsExpired(_) => {
+                libc::EACCES
+            }
             StoreError::NoSpace(_) => libc::ENOSPC,
             StoreError::PreconditionFailed => libc::ESTALE,
             StoreError::InvalidName(_) => libc::EINVAL,
@@ -43,7 +59,8 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreError::NotFound => f.write_str("not found"),
-            StoreError::AccessDenied(m) => write!(f, "access denied: {m}"),
+            StoreError::AccessDenied(m) | StoreError::CredentialsRejected(m) => write!(f, "access denied: {m}"),
+            StoreError::CredentialsExpired(m) => write!(f, "credentials expired: {m}"),
             StoreError::NoSpace(m) => write!(f, "no space left on the volume: {m}"),
             StoreError::PreconditionFailed => f.write_str("the object changed remotely"),
             StoreError::InvalidName(m) => write!(f, "name refused by the provider: {m}"),
@@ -76,8 +93,12 @@ pub fn classify(status: Option<u16>, code: Option<&str>, message: &str) -> Store
         | Some("InternalError" | "ServiceUnavailable" | "ConditionalRequestConflict" | "OperationAborted") => {
             return StoreError::Transient(msg());
         }
-        Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch") => {
-            return StoreError::AccessDenied(msg());
+        Some("AccessDenied") => return StoreError::AccessDenied(msg()),
+        Some("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "InvalidClientTokenId") => {
+            return StoreError::CredentialsRejected(msg());
+        }
+        Some("ExpiredToken" | "ExpiredTokenException" | "TokenRefreshRequired") => {
+            return StoreError::CredentialsExpired(msg());
         }
         Some("RequestTimeTooSkewed") => {
             return StoreError::AccessDenied(format!(
@@ -99,5 +120,28 @@ pub fn classify(status: Option<u16>, code: Option<&str>, message: &str) -> Store
         Some(507) => StoreError::NoSpace(msg()),
         Some(s) if s >= 500 => StoreError::Transient(msg()),
         _ => StoreError::Other(msg()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_errors_are_told_apart_and_all_eacces() {
+        let expired = classify(Some(400), Some("ExpiredToken"), "The provided token has expired.");
+        assert_eq!(
+            expired,
+            StoreError::CredentialsExpired("ExpiredToken: The provided token has expired.".into())
+        );
+        assert!(expired.to_string().starts_with("credentials expired: ExpiredToken"));
+        let rejected = classify(Some(403), Some("InvalidAccessKeyId"), "unknown key");
+        assert!(matches!(rejected, StoreError::CredentialsRejected(_)));
+        let denied = classify(Some(403), Some("AccessDenied"), "policy");
+        for e in [&expired, &rejected, &denied] {
+            assert_eq!(e.errno(), libc::EACCES);
+            assert!(e.may_be_stale_credentials() && !e.is_transient());
+        }
+        assert!(!classify(Some(404), None, "").may_be_stale_credentials());
     }
 }

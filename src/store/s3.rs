@@ -5,12 +5,12 @@
 use super::error::{NO_SUCH_BUCKET, classify};
 use super::redirect::RedirectClient;
 use super::*;
-use crate::credentials::StaticCredentials;
+use crate::credentials::{CredentialsFile, StaticCredentials};
 use crate::provider::{Addressing, ChecksumPolicy, Resolved};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{IdentityCache, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, Delete, EncodingType, MetadataDirective, ObjectIdentifier};
@@ -35,6 +35,8 @@ pub struct S3Settings {
     pub max_requests: usize,
     pub aws_profile: Option<String>,
     pub credentials: Option<StaticCredentials>,
+    /// `--credentials-file`, re-read when it changes; wins over `credentials`.
+    pub credentials_file: Option<CredentialsFile>,
 }
 
 impl Default for S3Settings {
@@ -48,6 +50,7 @@ impl Default for S3Settings {
             max_requests: 256,
             aws_profile: None,
             credentials: None,
+            credentials_file: None,
         }
     }
 }
@@ -103,20 +106,21 @@ impl S3Store {
             .credentials
             .clone()
             .or_else(|| provider_env_credentials(resolved));
-        if let Some(c) = creds {
-            loader = loader.credentials_provider(Credentials::new(
-                c.access_key,
-                c.secret_key,
-                c.session_token,
-                None,
-                "s3vol",
-            ));
+        if let Some(file) = &settings.credentials_file {
+            loader = loader.credentials_provider(file.clone());
+        } else if let Some(c) = creds {
+            loader = loader.credentials_provider(c.to_sdk("s3vol"));
         }
         let sdk = loader.load().await;
         let mut config =
             aws_sdk_s3::config::Builder::from(&sdk).force_path_style(resolved.profile.addressing == Addressing::Path);
         if sdk.region().is_none() {
             config = config.region(Region::new("us-east-1"));
+        }
+        if settings.credentials_file.is_some() {
+            // The SDK would keep file credentials, which carry no expiry, for 15 minutes;
+            // the file provider is cheap to ask for every request and sees a rotation.
+            config = config.identity_cache(IdentityCache::no_cache());
         }
         if let Some(endpoint) = &resolved.endpoint {
             config = config.endpoint_url(endpoint);
@@ -210,6 +214,12 @@ fn store_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
                 "no credentials found",
             ];
             if credentials.iter().any(|c| detail.contains(c)) {
+                tracing::debug!("loading credentials: {detail}");
+                if detail.contains("SSO") || detail.contains("UnauthorizedException") {
+                    // An SSO profile whose login expired: the hint says to log in again.
+                    let cause = detail.rsplit(": ").next().unwrap_or_default();
+                    return StoreError::CredentialsExpired(format!("the SSO login gives no credentials ({cause})"));
+                }
                 // Not worth retrying, and the SDK's chain of reasons (down to the EC2
                 // metadata service) does not say what to do.
                 return StoreError::AccessDenied(NO_CREDENTIALS.into());
@@ -327,14 +337,34 @@ impl Inner {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = StoreResult<T>>,
     {
-        self.settings
-            .retry
-            .run(what, || async {
+        self.with_fresh_credentials(what, || {
+            self.settings.retry.run(what, || async {
                 let _slot = self.slot().await;
                 let started = Instant::now();
                 self.counted(what, key, started, op().await)
             })
-            .await
+        })
+        .await
+    }
+
+    /// Runs `attempts`; when the server refused the credentials and the credentials file
+    /// now holds others (a rotated key or session token), runs it once more with those.
+    async fn with_fresh_credentials<T, F, Fut>(&self, what: &str, attempts: F) -> StoreResult<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = StoreResult<T>>,
+    {
+        let Some(file) = &self.settings.credentials_file else {
+            return attempts().await;
+        };
+        let signed_with = file.generation();
+        match attempts().await {
+            Err(e) if e.may_be_stale_credentials() && file.refresh() != signed_with => {
+                tracing::debug!("{what}: {e}; retrying with the new credentials");
+                attempts().await
+            }
+            other => other,
+        }
     }
 
     /// Counts one request and logs it at debug level (`--debug`): operation, key, outcome
@@ -349,17 +379,36 @@ impl Inner {
         if result.is_err() {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
-        result.map_err(|e| self.name_bucket(e))
+        result.map_err(|e| self.explain(e))
     }
 
-    /// S3's NoSuchBucket message does not say which bucket: this one does.
-    fn name_bucket(&self, e: StoreError) -> StoreError {
+    /// S3's NoSuchBucket message does not say which bucket, and ExpiredToken does not say
+    /// where the credentials came from: these do.
+    fn explain(&self, e: StoreError) -> StoreError {
         match e {
             StoreError::Other(m) if m.starts_with(NO_SUCH_BUCKET) => {
                 let endpoint = self.resolved.endpoint.as_deref().unwrap_or("the AWS default endpoint");
                 StoreError::Other(format!("{NO_SUCH_BUCKET} '{}' at {endpoint}", self.bucket))
             }
+            StoreError::CredentialsExpired(m) => StoreError::CredentialsExpired(format!("{m}; {}", self.renew_hint())),
             e => e,
+        }
+    }
+
+    /// What to do about expired credentials, by where they come from.
+    fn renew_hint(&self) -> String {
+        if let Some(file) = &self.settings.credentials_file {
+            return format!(
+                "write new ones to {} (read again at the next request)",
+                file.path().display()
+            );
+        }
+        match &self.settings.aws_profile {
+            Some(p) => format!("re-login (aws sso login --profile {p}) or renew profile '{p}'"),
+            None => {
+                "re-login (aws sso login) or renew them, then remount; --credentials-file FILE is re-read while mounted"
+                    .into()
+            }
         }
     }
 
@@ -537,7 +586,18 @@ impl ObjectStore for S3Store {
         let out = s
             .call("HeadObject", key, || async {
                 let r = s.client.head_object().bucket(&s.bucket).key(key).send().await;
-                r.map_err(|e| store_error(&e))
+                match r {
+                    Ok(out) => Ok(out),
+                    // The answer to a HEAD has no body to name the error: a bare 400 is
+                    // an expired session token as often as anything. A one-byte GET of
+                    // the key gets the error's code.
+                    Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 400) => Err(s
+                        .get_once(key, 0..1, None)
+                        .await
+                        .err()
+                        .unwrap_or_else(|| store_error(&e))),
+                    Err(e) => Err(store_error(&e)),
+                }
             })
             .await?;
         Ok(ObjectMeta {
@@ -560,12 +620,12 @@ impl ObjectStore for S3Store {
         let s = &self.inner;
         let slot = s.slot().await;
         let first = s
-            .settings
-            .retry
-            .run("GetObject", || async {
-                let started = Instant::now();
-                let what = format!("GetObject bytes={}-{}", range.start, range.end.saturating_sub(1));
-                s.counted(&what, key, started, s.get_once(key, range.clone(), if_match).await)
+            .with_fresh_credentials("GetObject", || {
+                s.settings.retry.run("GetObject", || async {
+                    let started = Instant::now();
+                    let what = format!("GetObject bytes={}-{}", range.start, range.end.saturating_sub(1));
+                    s.counted(&what, key, started, s.get_once(key, range.clone(), if_match).await)
+                })
             })
             .await?;
         let end = range.end.min(first.object_size);

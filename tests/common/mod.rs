@@ -72,22 +72,29 @@ impl Mount {
 
     /// Mounts `source` at `endpoint` with the credentials `(access key, secret key)`.
     pub fn with_keys(keys: (&str, &str), source: &str, endpoint: &str, extra: &[&str]) -> Mount {
-        Mount::logging_to(keys, source, endpoint, extra, None)
+        Mount::with_env(source, endpoint, extra, |cmd| {
+            cmd.env("AWS_ACCESS_KEY_ID", keys.0)
+                .env("AWS_SECRET_ACCESS_KEY", keys.1);
+        })
     }
 
     /// As [`Mount::new`], with the daemon's stderr going to `stderr` instead of the log file
     /// (which then stays empty).
     pub fn with_stderr(server: &RunningServer, extra: &[&str], stderr: Stdio) -> Mount {
-        let keys = (server.access_key.as_str(), server.secret_key.as_str());
-        Mount::logging_to(keys, &format!("s3://{BUCKET}"), &server.endpoint, extra, Some(stderr))
+        Mount::with_env(&format!("s3://{BUCKET}"), &server.endpoint, extra, |cmd| {
+            cmd.env("AWS_ACCESS_KEY_ID", &server.access_key)
+                .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
+                .stderr(stderr);
+        })
     }
 
-    fn logging_to(keys: (&str, &str), source: &str, endpoint: &str, extra: &[&str], stderr: Option<Stdio>) -> Mount {
+    /// Mounts `source` at `endpoint`; `credentials` puts them in the daemon's environment
+    /// (and may redirect its stderr).
+    pub fn with_env(source: &str, endpoint: &str, extra: &[&str], credentials: impl FnOnce(&mut Command)) -> Mount {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).expect("mountpoint");
         let log = dir.path().join("s3vol.log");
-        let stderr = stderr.unwrap_or_else(|| std::fs::File::create(&log).expect("log file").into());
         let cache = dir.path().join("cache");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_s3vol"));
         cmd.arg("mount")
@@ -103,13 +110,12 @@ impl Mount {
             ])
             .args(["--retries", "3"])
             .args(extra)
-            .env("AWS_ACCESS_KEY_ID", keys.0)
-            .env("AWS_SECRET_ACCESS_KEY", keys.1)
             .env_remove("AWS_PROFILE")
             .env("RUST_LOG", "s3vol=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr);
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        credentials(&mut cmd);
         if !extra.contains(&"--cache-dir") {
             cmd.arg("--cache-dir").arg(&cache);
         }
@@ -251,4 +257,21 @@ pub fn walk(root: &Path) -> std::collections::BTreeSet<String> {
         }
     }
     out
+}
+
+/// Writes a `--credentials-file` (0600) for `keys`, replacing the file by a rename as
+/// rotation tools do.
+pub fn write_credentials_file(path: &Path, keys: &s3vol::server::KeyPair) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut text = format!(
+        "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+        keys.access_key, keys.secret_key
+    );
+    if let Some(token) = &keys.session_token {
+        text += &format!("aws_session_token = {token}\n");
+    }
+    let next = path.with_extension("new");
+    std::fs::write(&next, text).expect("write the credentials file");
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+    std::fs::rename(&next, path).expect("replace the credentials file");
 }
