@@ -8,6 +8,7 @@ pub mod fuse;
 pub mod logging;
 pub mod mount;
 pub mod mount_helper;
+pub mod private_dir;
 pub mod provider;
 pub mod server;
 pub mod source;
