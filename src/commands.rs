@@ -16,8 +16,12 @@ macro_rules! progress {
 
 pub fn unmount(args: &UnmountArgs) -> ExitCode {
     let mountpoint = std::fs::canonicalize(&args.mountpoint).unwrap_or_else(|_| args.mountpoint.clone());
+    if let Err(message) = control::existing_socket_dir() {
+        eprintln!("s3vol: {message}; not unmounting {}", mountpoint.display());
+        return ExitCode::FAILURE;
+    }
     let socket = control::socket_path(&mountpoint);
-    if let Err(message) = flush(&socket) {
+    if let Err(message) = flush(&socket, &mountpoint) {
         eprintln!("s3vol: {message}; not unmounting {}", mountpoint.display());
         return ExitCode::FAILURE;
     }
@@ -47,10 +51,22 @@ pub fn unmount(args: &UnmountArgs) -> ExitCode {
 }
 
 /// Asks the daemon to upload everything dirty, printing what it waits for.
-fn flush(socket: &std::path::Path) -> Result<(), String> {
-    let Ok(line) = control::request(socket, "status", Some(Duration::from_secs(10))) else {
-        // No daemon answering (killed, or not an s3vol mount): nothing to flush.
-        return Ok(());
+fn flush(socket: &std::path::Path, mountpoint: &std::path::Path) -> Result<(), String> {
+    let line = match control::request(socket, "status", Some(Duration::from_secs(10))) {
+        Ok(line) => line,
+        // A live daemon that cannot be asked to flush: unmounting now would not wait for
+        // its uploads (and their errors would go unseen).
+        Err(e) if control::live_s3vol_mount(mountpoint) => {
+            return Err(format!(
+                "{} is a live s3vol mount, but its control socket {} does not answer ({e}), so its dirty data cannot be uploaded first; `fusermount3 -u {}` unmounts it without waiting (the daemon still uploads what is dirty as it exits, and logs failures)",
+                mountpoint.display(),
+                socket.display(),
+                mountpoint.display()
+            ));
+        }
+        // No daemon (killed: the journal keeps its data; or not an s3vol mount): nothing
+        // to flush.
+        Err(_) => return Ok(()),
     };
     let status: MountStatus = serde_json::from_str(&line).map_err(|e| format!("bad status reply: {e}"))?;
     if status.dirty_files > 0 || status.uploads_pending > 0 {
@@ -104,7 +120,13 @@ fn progress_lines(socket: &std::path::Path) {
 }
 
 pub fn status(args: &StatusArgs) -> ExitCode {
-    let mut mounts = control::all_statuses();
+    let mut mounts = match control::all_statuses() {
+        Ok(mounts) => mounts,
+        Err(message) => {
+            eprintln!("s3vol: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
     if let Some(mp) = &args.mountpoint {
         let mp = std::fs::canonicalize(mp).unwrap_or_else(|_| mp.clone());
         mounts.retain(|m| std::path::Path::new(&m.mountpoint) == mp);
@@ -186,7 +208,13 @@ pub fn cache_clear(cache_dir: Option<std::path::PathBuf>) -> ExitCode {
                 .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("mount-"))),
         );
     }
-    let mounts = control::all_statuses();
+    let mounts = match control::all_statuses() {
+        Ok(mounts) => mounts,
+        Err(message) => {
+            eprintln!("s3vol: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut failed = false;
     for dir in instances {
         let result = if cache_dir_in_use(&dir) {

@@ -1,6 +1,7 @@
 //! The daemon's control socket: `s3vol status` and `s3vol unmount` talk to a running mount
 //! over a unix socket only its owner (root: root) can open.
 
+use crate::private_dir::{self, Link, Purpose};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -51,7 +52,14 @@ pub struct FlushReport {
     pub error: Option<String>,
 }
 
-/// Where control sockets live: root's in /run, a user's in their runtime directory.
+const SOCKET_DIR: Purpose = Purpose {
+    what: "control socket directory",
+    elsewhere: "set XDG_RUNTIME_DIR to a private directory of yours",
+};
+
+/// Where control sockets live: root's in /run, a user's in their runtime directory, else
+/// in /tmp (a predictable name, so it is used only if it is private and ours: see
+/// `prepare_socket_dir`).
 pub fn socket_dir() -> PathBuf {
     if nix::unistd::geteuid().is_root() {
         return PathBuf::from("/run/s3vol");
@@ -60,6 +68,27 @@ pub fn socket_dir() -> PathBuf {
         Some(dir) => PathBuf::from(dir).join("s3vol"),
         None => PathBuf::from(format!("/tmp/s3vol-{}", nix::unistd::geteuid())),
     }
+}
+
+/// Creates the socket directory (0700) or checks it (lstat: a real directory, owned by
+/// this user, writable by nobody else) before a mount serves its socket there. The error
+/// is a message for the user.
+pub fn prepare_socket_dir() -> Result<PathBuf, String> {
+    let dir = socket_dir();
+    if let Some(mode) = private_dir::create(&dir, SOCKET_DIR, Link::Refuse)? {
+        tracing::warn!(
+            "control socket directory {} was readable by other users (mode {mode:04o}); made private (0700)",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// The socket directory for a client, checked as `prepare_socket_dir` does; `None` if
+/// there is none (no mount of this user ever ran).
+pub fn existing_socket_dir() -> Result<Option<PathBuf>, String> {
+    let dir = socket_dir();
+    Ok(private_dir::check(&dir, SOCKET_DIR, Link::Refuse)?.then_some(dir))
 }
 
 /// One socket per mountpoint, named by a hash of its path (paths can be longer than a
@@ -82,10 +111,14 @@ pub fn request(socket: &Path, command: &str, timeout: Option<Duration>) -> std::
     Ok(line)
 }
 
-/// Every reachable mount's status; stale sockets (a daemon that died) are removed.
-pub fn all_statuses() -> Vec<MountStatus> {
-    let Ok(entries) = std::fs::read_dir(socket_dir()) else {
-        return Vec::new();
+/// Every reachable mount's status; stale sockets (a daemon that died) are removed. An
+/// unsafe socket directory is an error: its sockets could be anyone's.
+pub fn all_statuses() -> Result<Vec<MountStatus>, String> {
+    let Some(dir) = existing_socket_dir()? else {
+        return Ok(Vec::new());
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for entry in entries.flatten() {
@@ -106,5 +139,84 @@ pub fn all_statuses() -> Vec<MountStatus> {
         }
     }
     out.sort_by(|a: &MountStatus, b| a.mountpoint.cmp(&b.mountpoint));
-    out
+    Ok(out)
+}
+
+/// Whether `mountinfo` (the text of /proc/self/mountinfo) shows an s3vol mount on
+/// `mountpoint`: a FUSE filesystem of subtype s3vol (`fuse.s3vol`, as fusermount3 mounts
+/// it), or of type `fuse` (root mounts directly, and the subtype is not kept) whose
+/// source is an s3vol SOURCE (`s3://test`: s3vol names its mounts so).
+pub fn is_s3vol_mount(mountinfo: &str, mountpoint: &Path) -> bool {
+    mountinfo.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(separator) = fields.iter().position(|f| *f == "-") else {
+            return false;
+        };
+        let at = fields.get(4).is_some_and(|mp| Path::new(&unescape(mp)) == mountpoint);
+        let fstype = fields.get(separator + 1).copied().unwrap_or("");
+        let source = unescape(fields.get(separator + 2).copied().unwrap_or(""));
+        at && (fstype == "fuse.s3vol" || (fstype == "fuse" && crate::source::Source::parse(&source).is_ok()))
+    })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push(d.iter().fold(0u32, |n, b| n * 8 + u32::from(b - b'0')) as u8);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether an s3vol daemon serves `mountpoint` now: it is an s3vol mount and it answers
+/// (a killed daemon's mount fails with ENOTCONN). A daemon that does not answer within
+/// a few seconds counts as alive: it may be busy, and its data is not to be given up on.
+pub fn live_s3vol_mount(mountpoint: &Path) -> bool {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if !is_s3vol_mount(&mountinfo, mountpoint) {
+        return false;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = mountpoint.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::metadata(&path).map_err(|e| e.raw_os_error()));
+    });
+    !matches!(rx.recv_timeout(Duration::from_secs(5)), Ok(Err(Some(libc::ENOTCONN))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3vol_mounts_are_found_in_mountinfo() {
+        let info = "\
+36 25 0:32 / /mnt/a rw,nosuid,nodev,noatime - fuse.s3vol s3://test rw,user_id=0,group_id=0
+37 25 0:33 / /mnt/my\\040vol rw,nosuid shared:5 - fuse.s3vol s3://b rw,user_id=0,group_id=0
+38 25 0:34 / /mnt/direct rw - fuse s3://c rw,user_id=0,group_id=0,default_permissions
+39 25 0:35 / /mnt/other rw - fuse.sshfs host: rw,user_id=0
+40 25 0:36 / /mnt/plain rw - fuse x rw,user_id=0
+";
+        assert!(is_s3vol_mount(info, Path::new("/mnt/a")));
+        assert!(is_s3vol_mount(info, Path::new("/mnt/my vol")));
+        assert!(is_s3vol_mount(info, Path::new("/mnt/direct")));
+        assert!(!is_s3vol_mount(info, Path::new("/mnt/other")));
+        assert!(!is_s3vol_mount(info, Path::new("/mnt/plain")));
+        assert!(!is_s3vol_mount(info, Path::new("/mnt")));
+        assert!(!is_s3vol_mount("", Path::new("/mnt/a")));
+    }
 }

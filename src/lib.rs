@@ -11,6 +11,7 @@ pub mod logging;
 pub mod mount;
 pub mod mount_helper;
 pub mod option_values;
+pub mod private_dir;
 pub mod provider;
 pub mod server;
 pub mod source;

@@ -249,9 +249,10 @@ pub fn serve(
         Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
     }
     let mut config = fs_config(options);
+    // Checked before anything is mounted: `s3vol unmount` needs the socket.
+    control::prepare_socket_dir()?;
     // One mount per cache directory: a second one gets its own subdirectory.
-    let (cache_root, _cache_lock) = lock_cache_dir(&config.cache_dir)
-        .map_err(|e| format!("cache directory {}: {e}", config.cache_dir.display()))?;
+    let (cache_root, _cache_lock) = lock_cache_dir(&config.cache_dir)?;
     config.cache_dir = cache_root;
     if options.cache_size != CacheSize::Bytes(0) {
         let budget = options.cache_size.resolve(&config.cache_dir);
@@ -482,10 +483,7 @@ impl StatusSource {
 async fn serve_control(socket: &Path, source: StatusSource) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
+    // Its directory is private (`control::prepare_socket_dir`, at the start of `serve`).
     let _ = std::fs::remove_file(socket);
     let listener = tokio::net::UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;

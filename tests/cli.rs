@@ -115,6 +115,7 @@ fn check_fails_clearly_on_bad_input() {
 /// A background mount, undone by drop: the daemon is found through `s3vol status`.
 struct Background {
     path: std::path::PathBuf,
+    log: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -148,7 +149,7 @@ impl Background {
         let o = s3vol(s, &args);
         assert!(o.status.success(), "{}", text(&o));
         assert!(is_mounted(&path), "the mount is live when `mount` returns");
-        Background { path, _dir: dir }
+        Background { path, log, _dir: dir }
     }
 }
 
@@ -409,4 +410,81 @@ fn demo_prints_commands_that_run_as_printed() {
     }
     assert!(!is_mounted(&path), "Ctrl-C unmounts");
     drop(demo);
+}
+
+#[test]
+fn a_cache_directory_others_can_write_or_own_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = server();
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    let mount = || {
+        s3vol(
+            &s,
+            &[
+                "mount",
+                "s3://test",
+                mp.to_str().unwrap(),
+                "--endpoint-url",
+                &s.endpoint,
+                "--force-path-style",
+                "--cache-dir",
+                cache.to_str().unwrap(),
+            ],
+        )
+    };
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let o = mount();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    for part in [cache.to_str().unwrap(), "mode 0777", "chmod 700", "--cache-dir"] {
+        assert!(text(&o).contains(part), "{part:?} missing: {}", text(&o));
+    }
+    assert!(!is_mounted(&mp));
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // Another user's directory, where this test may give it away (as root).
+    if nix::unistd::chown(&cache, Some(nix::unistd::Uid::from_raw(65534)), None).is_ok() {
+        let o = mount();
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(text(&o).contains("belongs to uid 65534"), "{}", text(&o));
+        assert!(!is_mounted(&mp));
+    }
+}
+
+#[test]
+fn a_cache_directory_only_others_can_read_is_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = server();
+    let cache = tempfile::tempdir().unwrap();
+    std::fs::create_dir(cache.path().join("journal")).unwrap();
+    for dir in [cache.path().to_path_buf(), cache.path().join("journal")] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let bg = Background::mount(&s, &["--cache-dir", cache.path().to_str().unwrap()]);
+    for dir in [cache.path().to_path_buf(), cache.path().join("journal")] {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+    }
+    let text = std::fs::read_to_string(&bg.log).unwrap();
+    assert_eq!(text.matches("made private").count(), 1, "one line: {text}");
+    drop(bg);
+}
+
+#[test]
+fn unmount_refuses_a_live_mount_whose_control_socket_is_gone() {
+    let s = server();
+    let bg = Background::mount(&s, &[]);
+    let socket = s3vol::control::socket_path(&std::fs::canonicalize(&bg.path).unwrap());
+    std::fs::remove_file(&socket).unwrap();
+    let o = s3vol(&s, &["unmount", bg.path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("live s3vol mount") && text(&o).contains(socket.to_str().unwrap()),
+        "{}",
+        text(&o)
+    );
+    assert!(is_mounted(&bg.path), "not unmounted without its flush");
+    drop(bg);
 }

@@ -112,3 +112,137 @@ fn a_stale_multipart_upload_is_aborted_and_the_file_uploaded() {
     assert!(object(&s, "big.bin").as_deref() == Some(&data[..]));
     drop(m);
 }
+
+/// The process umask, set until dropped; mounts started meanwhile inherit it.
+struct Umask(nix::sys::stat::Mode);
+
+impl Umask {
+    fn set(mask: u32) -> Umask {
+        Umask(nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask)))
+    }
+}
+
+impl Drop for Umask {
+    fn drop(&mut self) {
+        nix::sys::stat::umask(self.0);
+    }
+}
+
+/// Every path under `root` with its mode bits.
+fn modes(root: &std::path::Path) -> Vec<(std::path::PathBuf, u32, bool)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().flatten().map(|e| e.path()));
+        }
+        out.push((path, meta.mode() & 0o7777, meta.is_dir()));
+    }
+    out
+}
+
+#[test]
+fn under_umask_0_the_cache_directory_blocks_staging_and_journal_are_private() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _umask = Umask::set(0);
+    let s = server();
+    put(&s, "read.bin", pattern(2 << 20, 9));
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let m = Mount::new(&s, &["--cache-dir", cache.to_str().unwrap()]);
+    assert!(std::fs::read(m.join("read.bin")).unwrap() == pattern(2 << 20, 9));
+    // Blocks are written to disk in the background.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !modes(&cache.join("blocks")).iter().any(|(_, _, dir)| !dir) {
+        assert!(std::time::Instant::now() < deadline, "no block reached the disk cache");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    m.unmount();
+    // Leaves a staging file and its journal record.
+    kill_during_close(&s, &cache, "written.bin", pattern(3 << 20, 10), &[]);
+    let all = modes(&cache);
+    let under = |sub: &str| {
+        all.iter()
+            .filter(|(p, _, dir)| !dir && p.starts_with(cache.join(sub)))
+            .count()
+    };
+    assert!(
+        under("blocks") > 0 && under("staging") > 0 && under("journal") > 0,
+        "{all:?}"
+    );
+    for (path, mode, dir) in &all {
+        let want = if *dir { 0o700 } else { 0o600 };
+        assert_eq!(*mode, want, "{} has mode {mode:04o}", path.display());
+    }
+}
+
+/// A journal record as a crashed mount of `endpoint` would have written it, naming
+/// `staging` for `size` bytes of `key`.
+fn craft_record(cache: &std::path::Path, endpoint: &str, key: &str, staging: &std::path::Path, size: u64) {
+    let record = serde_json::json!({
+        "bucket": BUCKET, "endpoint": endpoint, "key": key, "size": size, "base": null,
+        "base_limit": 0, "local": [[0, size]], "staging": staging, "upload_id": null,
+        "metadata": {},
+    });
+    std::fs::create_dir_all(cache.join("journal")).unwrap();
+    std::fs::write(cache.join("journal/1-crafted.json"), record.to_string()).unwrap();
+}
+
+#[test]
+fn a_record_naming_a_file_outside_the_staging_directory_is_refused() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = server();
+    let cache = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let secret = elsewhere.path().join("staging-1-passwd");
+    std::fs::write(&secret, "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+    craft_record(cache.path(), &s.endpoint, "stolen", &secret, 32);
+    let m = Mount::new(&s, &["--cache-dir", cache.path().to_str().unwrap()]);
+    let log = m.unmount();
+    assert!(log.contains("refused") && log.contains("outside"), "{log}");
+    assert_eq!(object(&s, "stolen"), None, "not uploaded");
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap(),
+        "root:x:0:0:root:/root:/bin/bash\n",
+        "untouched"
+    );
+    assert!(cache.path().join("journal/1-crafted.json").exists(), "left in place");
+}
+
+#[test]
+fn a_record_of_another_endpoint_waits_for_a_mount_of_that_endpoint() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (ours, other) = (server(), server());
+    let cache = tempfile::tempdir().unwrap();
+    let data = pattern(2 << 20, 11);
+    kill_during_close(&ours, cache.path(), "f.bin", data.clone(), &[]);
+    let m = Mount::new(&other, &["--cache-dir", cache.path().to_str().unwrap()]);
+    let log = m.unmount();
+    assert!(log.contains("belongs to") && log.contains(&ours.endpoint), "{log}");
+    assert_eq!(
+        object(&other, "f.bin"),
+        None,
+        "the same bucket name on another endpoint"
+    );
+    let m = Mount::new(&ours, &["--cache-dir", cache.path().to_str().unwrap()]);
+    assert!(object(&ours, "f.bin").as_deref() == Some(&data[..]));
+    drop(m);
+}
+
+#[test]
+fn a_read_only_mount_does_not_recover() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = server();
+    let cache = tempfile::tempdir().unwrap();
+    let data = pattern(2 << 20, 12);
+    kill_during_close(&s, cache.path(), "f.bin", data.clone(), &[]);
+    let m = Mount::new(&s, &["--cache-dir", cache.path().to_str().unwrap(), "--read-only"]);
+    let log = m.unmount();
+    assert!(log.contains("read-only"), "{log}");
+    assert_eq!(object(&s, "f.bin"), None);
+    let m = Mount::new(&s, &["--cache-dir", cache.path().to_str().unwrap()]);
+    assert!(object(&s, "f.bin").as_deref() == Some(&data[..]));
+    drop(m);
+}

@@ -2,10 +2,13 @@
 //! allows, else in a staging file under the cache directory.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// How staging files are named (`staging-PID-RANDOM`).
+pub const STAGING_PREFIX: &str = "staging-";
 
 /// Dirty bytes held in memory across all files, against a budget.
 #[derive(Debug)]
@@ -133,25 +136,22 @@ impl Content {
         }
     }
 
-    /// Empties the content (after an upload): memory goes back to the budget, a staging
-    /// file is removed.
-    pub fn clear(&mut self, budget: &Arc<MemoryBudget>) -> std::io::Result<()> {
-        if let Content::Staged { path, file, .. } = self {
-            let path = path.clone();
-            // Kept open past the unlink: the last close frees the file's blocks, which is
-            // left to `close_in_background`.
-            let last_handle = file.try_clone();
-            *self = Content::new(budget.clone());
-            let removed = match std::fs::remove_file(path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            };
-            if let Ok(handle) = last_handle {
-                close_in_background(handle);
-            }
-            return removed;
-        }
-        self.truncate(0)
+    /// Empties the content (after an upload): memory goes back to the budget. A staging
+    /// file is handed back still on disk: a journal record may name it, and it goes only
+    /// once the record is gone (`UploadedStaging::remove`).
+    pub fn clear(&mut self, budget: &Arc<MemoryBudget>) -> Option<UploadedStaging> {
+        let Content::Staged { path, file, journaled } = self else {
+            let _ = self.truncate(0);
+            return None;
+        };
+        let left = file.try_clone().ok().map(|file| UploadedStaging {
+            path: path.clone(),
+            file,
+        });
+        // Not removed by Drop either way: the caller removes it.
+        *journaled = true;
+        *self = Content::new(budget.clone());
+        left
     }
 
     /// Another handle on the staging file, if the content is staged (to sync it in the
@@ -176,9 +176,17 @@ impl Content {
         }
     }
 
-    /// Reopens a staging file left by a previous run.
+    /// Reopens a staging file left by a previous run: a regular file, never through a
+    /// symbolic link.
     pub fn reopen(path: &Path) -> std::io::Result<Content> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)?;
+        if !file.metadata()?.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
         Ok(Content::Staged {
             file,
             path: path.to_path_buf(),
@@ -190,12 +198,17 @@ impl Content {
         let Content::Memory { bytes, .. } = self else {
             return Ok(());
         };
-        std::fs::create_dir_all(staging_dir)?;
-        let path = staging_dir.join(format!("staging-{}-{:016x}", std::process::id(), fastrand::u64(..)));
+        super::disk_cache::create_private_dirs(staging_dir)?;
+        let path = staging_dir.join(format!(
+            "{STAGING_PREFIX}{}-{:016x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)?;
         file.write_all_at(bytes, 0)?;
         // Dropping the memory variant returns its bytes to the budget.
@@ -205,6 +218,30 @@ impl Content {
             journaled: false,
         };
         Ok(())
+    }
+}
+
+/// A staging file whose data is in the bucket, not yet removed.
+pub struct UploadedStaging {
+    path: PathBuf,
+    /// Kept open past the unlink: the last close frees the file's blocks, which is left
+    /// to `close_in_background`.
+    file: File,
+}
+
+impl UploadedStaging {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Unlinks the file (already gone is fine).
+    pub fn remove(self) -> std::io::Result<()> {
+        let removed = match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+        close_in_background(self.file);
+        removed
     }
 }
 
@@ -263,7 +300,7 @@ mod tests {
         assert_eq!(budget.used(), 50);
         c.persist(dir.path()).unwrap();
         assert_eq!(budget.used(), 20);
-        c.clear(&budget).unwrap();
+        c.clear(&budget).expect("staged").remove().unwrap();
         assert_eq!(budget.used(), 20);
         drop(a);
         assert_eq!(budget.used(), 0);
@@ -291,7 +328,7 @@ mod tests {
             .write_at(0, &vec![1; BACKGROUND_CLOSE_MIN as usize], dir.path())
             .unwrap();
         assert_eq!(open_under(dir.path()), 1);
-        content.clear(&budget).unwrap();
+        content.clear(&budget).expect("staged").remove().unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "unlinked by clear");
         for _ in 0..500 {
             if open_under(dir.path()) == 0 {

@@ -2,7 +2,7 @@
 //! Whatever was not written reads from the base (below `base_limit`) or as zeros.
 
 use super::blocks::{BlockCache, ObjectVersion, Prefetch};
-use super::content::{Content, MemoryBudget};
+use super::content::{Content, MemoryBudget, UploadedStaging};
 use super::ranges::RangeSet;
 use crate::store::{CompletedPart, StoreError, StoreResult};
 use std::ops::Range;
@@ -212,15 +212,17 @@ impl FileData {
             .map_err(|e| StoreError::Other(format!("staging file: {e}")))
     }
 
-    /// After a successful upload: the new object is the base and nothing is local.
-    pub fn uploaded(&mut self, new_base: ObjectVersion) -> std::io::Result<()> {
-        self.content.clear(&self.budget)?;
+    /// After a successful upload: the new object is the base and nothing is local, all
+    /// at once (no state where ranges count as local while their bytes are gone). The
+    /// staging file, if any, is handed back still on disk: the caller removes it once the
+    /// journal record naming it is gone (`Journal::uploaded`).
+    pub fn uploaded(&mut self, new_base: ObjectVersion) -> Option<UploadedStaging> {
         self.local = RangeSet::default();
         self.base_limit = new_base.size;
         self.size = new_base.size;
         self.base = Some(new_base);
         self.dirty = false;
-        Ok(())
+        self.content.clear(&self.budget)
     }
 }
 

@@ -4,11 +4,13 @@
 //! (temporary file, rename). The size stays under a budget and a minimum of free disk
 //! space is kept, evicting least recently used blocks one at a time as blocks are added.
 
+use crate::private_dir::{self, Link, Purpose};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,21 +85,56 @@ fn disk_bytes(dir: &Path) -> (u64, u64) {
     }
 }
 
+const CACHE_DIR: Purpose = Purpose {
+    what: "cache directory",
+    elsewhere: "choose another with --cache-dir",
+};
+
+/// What a cache directory holds; each is private like the directory itself.
+const CACHE_SUBDIRS: [&str; 3] = ["blocks", "staging", "journal"];
+
+/// Creates a cache directory and its parts with mode 0700, or checks existing ones (see
+/// `private_dir`). An older s3vol's directories, readable by others, are made private
+/// with one log line.
+fn private_cache_dir(dir: &Path) -> Result<(), String> {
+    let mut loosened = Vec::new();
+    if let Some(mode) = private_dir::create(dir, CACHE_DIR, Link::Follow)? {
+        loosened.push(format!("{} (mode {mode:04o})", dir.display()));
+    }
+    for sub in CACHE_SUBDIRS {
+        let path = dir.join(sub);
+        if let Some(mode) = private_dir::create(&path, CACHE_DIR, Link::Refuse)? {
+            loosened.push(format!("{} (mode {mode:04o})", path.display()));
+        }
+    }
+    if !loosened.is_empty() {
+        tracing::warn!(
+            "made private (mode 0700): {}; other users could read cached objects and unuploaded writes",
+            loosened.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Takes the lock of a cache directory: the base itself, or for a second mount sharing
 /// it, a `mount-N` subdirectory of its own. The lock lives as long as the returned file.
-pub fn lock_cache_dir(base: &Path) -> std::io::Result<(PathBuf, File)> {
+/// The directory returned is absolute (journal records name their staging files by it).
+pub fn lock_cache_dir(base: &Path) -> Result<(PathBuf, File), String> {
+    let failed = |dir: &Path, e: std::io::Error| format!("cache directory {}: {e}", dir.display());
     for n in 1..=16 {
         let dir = if n == 1 {
             base.to_path_buf()
         } else {
             base.join(format!("mount-{n}"))
         };
-        std::fs::create_dir_all(&dir)?;
+        private_cache_dir(&dir)?;
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(dir.join("lock"))?;
+            .mode(0o600)
+            .open(dir.join("lock"))
+            .map_err(|e| failed(&dir, e))?;
         // SAFETY: flock on a descriptor this function owns.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
             if n > 1 {
@@ -107,13 +144,11 @@ pub fn lock_cache_dir(base: &Path) -> std::io::Result<(PathBuf, File)> {
                     dir.display()
                 );
             }
+            let dir = std::fs::canonicalize(&dir).map_err(|e| failed(&dir, e))?;
             return Ok((dir, lock));
         }
     }
-    Err(std::io::Error::other(format!(
-        "cache directory {} is in use by 16 mounts",
-        base.display()
-    )))
+    Err(format!("cache directory {} is in use by 16 mounts", base.display()))
 }
 
 /// Whether another process holds `dir`'s lock.
@@ -130,7 +165,7 @@ impl DiskCache {
     /// mount time, never on the read path).
     pub fn open(root: &Path, bucket: &str, budget: u64, min_free: u64) -> std::io::Result<DiskCache> {
         let dir = root.join("blocks");
-        std::fs::create_dir_all(&dir)?;
+        create_private_dirs(&dir)?;
         let mut found = Vec::new();
         for sub in std::fs::read_dir(&dir)?.flatten() {
             let Ok(files) = std::fs::read_dir(sub.path()) else {
@@ -249,9 +284,13 @@ impl DiskCache {
         if size > self.budget || !self.reserve(size) {
             return Ok(());
         }
-        std::fs::create_dir_all(path.parent().expect("two levels"))?;
+        create_private_dirs(path.parent().expect("two levels"))?;
         let tmp = path.with_file_name(format!(".tmp-{name}-{:08x}", fastrand::u32(..)));
-        let written = File::create(&tmp)
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
             .and_then(|mut file| file.write_all(&encode(identity, data)))
             .and_then(|()| std::fs::rename(&tmp, &path));
         let mut index = self.index.lock();
@@ -313,6 +352,11 @@ impl DiskCache {
         }
         names.len() as u64
     }
+}
+
+/// `dir` and its missing parents, created 0700 whatever the umask (they hold private data).
+pub(crate) fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 /// Removes every block under a cache directory that no mount holds.

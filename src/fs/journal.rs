@@ -3,8 +3,12 @@
 //! what they are. The next mount with the same cache directory finishes what a killed
 //! daemon left.
 
+use super::content::{STAGING_PREFIX, UploadedStaging};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BaseRecord {
@@ -15,8 +19,13 @@ pub struct BaseRecord {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
-    /// Records of another bucket (a cache directory reused for another mount) are left.
+    /// Records of another bucket or endpoint (a cache directory reused for another mount)
+    /// are left for a mount of theirs.
     pub bucket: String,
+    /// The endpoint URL (`aws`: the SDK's default). `None`: written by an s3vol that did
+    /// not record it; applied to a mount of the same bucket, as that version did.
+    #[serde(default)]
+    pub endpoint: Option<String>,
     pub key: String,
     pub size: u64,
     /// The remote object the unwritten bytes come from, as it was when written.
@@ -24,6 +33,7 @@ pub struct Record {
     pub base_limit: u64,
     /// Byte ranges held in the staging file.
     pub local: Vec<(u64, u64)>,
+    /// Trusted only inside this journal's staging directory (`Journal::staging_file`).
     pub staging: PathBuf,
     /// A multipart upload that was in progress: aborted on recovery.
     pub upload_id: Option<String>,
@@ -31,15 +41,16 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn of(
-        bucket: &str,
+    fn of(
+        journal: &Journal,
         f: &super::dirty::FileData,
         staging: PathBuf,
         metadata: &crate::store::Metadata,
         upload_id: Option<String>,
     ) -> Record {
         Record {
-            bucket: bucket.to_string(),
+            bucket: journal.bucket.clone(),
+            endpoint: Some(journal.endpoint.clone()),
             key: f.key.clone(),
             size: f.size,
             base: f.base.as_ref().map(|b| BaseRecord {
@@ -56,16 +67,40 @@ impl Record {
     }
 }
 
+/// Whose a record is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Owner {
+    ThisMount,
+    /// Written before records named their endpoint, for this bucket.
+    ThisBucketOnAnyEndpoint,
+    /// Another mount's: who it is, for the log.
+    Other(String),
+}
+
+/// The journal's records as found at mount time.
+pub struct Listing {
+    pub records: Vec<(PathBuf, Record)>,
+    /// Records that could not be read: what they name is unknown.
+    pub unreadable: usize,
+}
+
 pub struct Journal {
     dir: PathBuf,
     bucket: String,
+    endpoint: String,
+}
+
+/// How records name an endpoint: the URL without a trailing slash, or `aws`.
+fn endpoint_name(endpoint: Option<&str>) -> String {
+    endpoint.map_or_else(|| "aws".to_string(), |e| e.trim_end_matches('/').to_string())
 }
 
 impl Journal {
-    pub fn new(cache_dir: &Path, bucket: &str) -> Journal {
+    pub fn new(cache_dir: &Path, bucket: &str, endpoint: Option<&str>) -> Journal {
         Journal {
             dir: cache_dir.join("journal"),
             bucket: bucket.to_string(),
+            endpoint: endpoint_name(endpoint),
         }
     }
 
@@ -75,7 +110,7 @@ impl Journal {
 
     /// Writes `record` atomically (temp file, fsync, rename); returns its path.
     pub fn save(&self, existing: Option<&Path>, record: &Record) -> std::io::Result<PathBuf> {
-        std::fs::create_dir_all(&self.dir)?;
+        super::disk_cache::create_private_dirs(&self.dir)?;
         let path = match existing {
             Some(p) => p.to_path_buf(),
             None => self
@@ -84,7 +119,13 @@ impl Journal {
         };
         let tmp = path.with_extension("tmp");
         let text = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-        let file = std::fs::File::create(&tmp)?;
+        // A temp file left by a crash is replaced, never reused with its old mode.
+        let _ = std::fs::remove_file(&tmp);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         std::io::Write::write_all(&mut &file, &text)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
@@ -103,32 +144,61 @@ impl Journal {
         upload_id: Option<String>,
     ) -> std::io::Result<()> {
         let staging = f.persist(&self.staging_dir())?;
-        let record = Record::of(&self.bucket, f, staging, metadata, upload_id);
+        let record = Record::of(self, f, staging, metadata, upload_id);
         f.journal = Some(self.save(f.journal.as_deref(), &record)?);
         Ok(())
     }
 
-    /// After the data reached the bucket.
+    /// After the data a record names reached the bucket: the record goes first, then
+    /// the staging file, so that no record ever names a removed file. Failures are
+    /// logged, not returned (the data is in the bucket): a staging file left behind is
+    /// removed at the next mount; a record that could not be removed keeps its staging
+    /// file and is returned, for the file's next record to replace.
+    pub fn uploaded(&self, record: Option<PathBuf>, staging: Option<UploadedStaging>) -> Option<PathBuf> {
+        if let Some(path) = record
+            && !self.remove(&path)
+        {
+            return Some(path);
+        }
+        if let Some(staging) = staging {
+            let shown = staging.path().display().to_string();
+            if let Err(e) = staging.remove() {
+                tracing::warn!("staging file {shown}: {e}; its data is in the bucket, and the next mount removes it");
+            }
+        }
+        None
+    }
+
+    /// The file's data is not to be uploaded any more (its name is gone): its record goes.
+    /// Its staging file, still in use while the file is open, no record names from now
+    /// on: the next mount removes it if this one does not.
     pub fn forget(&self, f: &mut super::dirty::FileData) {
         if let Some(path) = f.journal.take() {
             self.remove(&path);
         }
     }
 
-    pub fn remove(&self, path: &Path) {
-        if let Err(e) = std::fs::remove_file(path)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!("journal {}: {e}", path.display());
+    /// Removes a record; false (logged) if it is still there.
+    pub fn remove(&self, path: &Path) -> bool {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!("journal {}: {e}", path.display());
+                false
+            }
+            _ => true,
         }
     }
 
-    /// Records left by earlier runs; unreadable ones are reported and skipped.
-    pub fn pending(&self) -> Vec<(PathBuf, Record)> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
+    /// Every record left by earlier runs, whichever mount wrote it; unreadable ones are
+    /// reported and counted.
+    pub fn read(&self) -> Listing {
+        let mut listing = Listing {
+            records: Vec::new(),
+            unreadable: 0,
         };
-        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return listing;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_none_or(|e| e != "json") {
@@ -138,16 +208,100 @@ impl Journal {
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice::<Record>(&b).map_err(|e| e.to_string()))
             {
-                Ok(r) if r.bucket == self.bucket => out.push((path, r)),
-                Ok(r) => tracing::info!(
-                    "journal {} belongs to bucket {:?}; left for its mount",
-                    path.display(),
-                    r.bucket
-                ),
-                Err(e) => tracing::error!("journal {} is unreadable ({e}); left in place", path.display()),
+                Ok(r) => listing.records.push((path, r)),
+                Err(e) => {
+                    tracing::error!("journal {} is unreadable ({e}); left in place", path.display());
+                    listing.unreadable += 1;
+                }
             }
         }
-        out
+        listing
+    }
+
+    /// Whether `r` is this mount's to recover: same bucket, same endpoint.
+    pub fn owner(&self, r: &Record) -> Owner {
+        match r.endpoint.as_deref() {
+            _ if r.bucket != self.bucket => Owner::Other(format!("bucket {:?}", r.bucket)),
+            None => Owner::ThisBucketOnAnyEndpoint,
+            Some(e) if endpoint_name(Some(e)) == self.endpoint => Owner::ThisMount,
+            Some(e) => Owner::Other(format!("bucket {:?} at {e}", r.bucket)),
+        }
+    }
+
+    /// The staging file a record names, if it is one of this journal's: a plain
+    /// `staging-*` name directly in its staging directory. Anything else (another
+    /// directory, `..`, a name of another kind) is refused: a record is data read from
+    /// disk, and must not make the daemon read, upload or remove another file.
+    pub fn staging_file(&self, r: &Record) -> Result<PathBuf, String> {
+        let refused = |why: &str| format!("staging file {} {why}", r.staging.display());
+        let name = match r.staging.file_name() {
+            Some(name) if name.to_string_lossy().starts_with(STAGING_PREFIX) => name,
+            _ => return Err(refused("is not a staging file name")),
+        };
+        if r.staging
+            .components()
+            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        {
+            return Err(refused("is not a plain path"));
+        }
+        let ours = self.staging_dir();
+        let parent = r.staging.parent().unwrap_or(Path::new(""));
+        // The same directory under another spelling (a symlinked --cache-dir) is ours too.
+        let same = parent == ours
+            || matches!(
+                (std::fs::canonicalize(parent), std::fs::canonicalize(&ours)),
+                (Ok(a), Ok(b)) if a == b
+            );
+        if !same {
+            return Err(refused(&format!(
+                "is outside this journal's staging directory {}",
+                ours.display()
+            )));
+        }
+        Ok(ours.join(name))
+    }
+
+    /// Removes the staging files no record names: writes a crash cut off before their
+    /// record existed, or whose removal after an upload failed. Only regular files directly
+    /// in the staging directory; the caller holds the cache directory's lock, so no live
+    /// mount is writing there. Nothing is removed while a record is unreadable (what it
+    /// names is unknown).
+    pub fn remove_unnamed_staging(&self, listing: &Listing) -> usize {
+        if listing.unreadable > 0 {
+            tracing::warn!(
+                "{} unreadable journal records: staging files under {} are kept",
+                listing.unreadable,
+                self.staging_dir().display()
+            );
+            return 0;
+        }
+        let named: HashSet<OsString> = listing
+            .records
+            .iter()
+            .filter_map(|(_, r)| self.staging_file(r).ok())
+            .filter_map(|p| p.file_name().map(OsString::from))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(self.staging_dir()) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let regular = entry.file_type().is_ok_and(|t| t.is_file());
+            if !regular || named.contains(&entry.file_name()) {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::warn!("staging file {}: {e}", entry.path().display()),
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                "removed {removed} staging files under {} that no journal record names",
+                self.staging_dir().display()
+            );
+        }
+        removed
     }
 }
 
@@ -157,4 +311,65 @@ pub fn md5_etag(data: &[u8]) -> String {
     let digest = md5::Md5::digest(data);
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("\"{hex}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(bucket: &str, endpoint: Option<&str>, staging: PathBuf) -> Record {
+        Record {
+            bucket: bucket.into(),
+            endpoint: endpoint.map(String::from),
+            key: "k".into(),
+            size: 0,
+            base: None,
+            base_limit: 0,
+            local: Vec::new(),
+            staging,
+            upload_id: None,
+            metadata: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_record_belongs_to_its_bucket_and_endpoint() {
+        let journal = Journal::new(Path::new("/c"), "b", Some("https://s3.example/"));
+        let staging = PathBuf::from("/c/staging/staging-1-2");
+        let owner = |bucket, endpoint| journal.owner(&record(bucket, endpoint, staging.clone()));
+        assert_eq!(owner("b", Some("https://s3.example")), Owner::ThisMount);
+        assert_eq!(owner("b", None), Owner::ThisBucketOnAnyEndpoint);
+        assert!(matches!(owner("b", Some("https://other.example")), Owner::Other(_)));
+        assert!(matches!(owner("c", Some("https://s3.example")), Owner::Other(_)));
+        let aws = Journal::new(Path::new("/c"), "b", None);
+        assert_eq!(aws.owner(&record("b", Some("aws"), staging.clone())), Owner::ThisMount);
+        assert!(matches!(
+            aws.owner(&record("b", Some("https://s3.example"), staging)),
+            Owner::Other(_)
+        ));
+    }
+
+    #[test]
+    fn only_plain_names_in_the_own_staging_directory_are_trusted() {
+        let cache = tempfile::tempdir().unwrap();
+        let journal = Journal::new(cache.path(), "b", None);
+        std::fs::create_dir(journal.staging_dir()).unwrap();
+        let staging = |path: PathBuf| journal.staging_file(&record("b", None, path));
+        let own = journal.staging_dir().join("staging-1-2");
+        assert_eq!(staging(own.clone()), Ok(own.clone()));
+        // The same directory through a symlinked cache directory.
+        let link = cache.path().join("link");
+        std::os::unix::fs::symlink(cache.path(), &link).unwrap();
+        assert_eq!(staging(link.join("staging/staging-1-2")), Ok(own));
+        for bad in [
+            PathBuf::from("/etc/passwd"),
+            PathBuf::from("/tmp/staging-1-2"),
+            journal.staging_dir().join("../journal/staging-1-2"),
+            journal.staging_dir().join("lock"),
+            journal.staging_dir(),
+            PathBuf::from("staging-1-2"),
+        ] {
+            assert!(staging(bad.clone()).is_err(), "{} accepted", bad.display());
+        }
+    }
 }

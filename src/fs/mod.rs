@@ -297,7 +297,11 @@ impl Fs {
             transfers.clone(),
         );
         let tree = Tree::new(&resolved.prefix, config.defaults);
-        let journal = Arc::new(journal::Journal::new(&config.cache_dir, &resolved.bucket));
+        let journal = Arc::new(journal::Journal::new(
+            &config.cache_dir,
+            &resolved.bucket,
+            resolved.endpoint.as_deref(),
+        ));
         let uploader = Uploader::new(
             store.clone(),
             resolved.clone(),

@@ -2,9 +2,9 @@
 //! serves files. An object that changed remotely meanwhile is not overwritten: the
 //! recovered data goes to `NAME.s3vol-conflict-TIMESTAMP` beside it.
 
-use super::content::Content;
+use super::content::{Content, UploadedStaging};
 use super::dirty::FileData;
-use super::journal::{Record, md5_etag};
+use super::journal::{Owner, Record, md5_etag};
 use super::*;
 
 /// What recovery did, for the log and for tests.
@@ -13,37 +13,84 @@ pub struct Recovered {
     pub uploaded: Vec<String>,
     pub conflicts: Vec<String>,
     pub failed: Vec<String>,
+    /// Records naming a file outside the staging directory: not applied, left in place.
+    pub refused: Vec<String>,
+    /// This mount's records left for a later read-write mount (this one is read-only).
+    pub deferred: Vec<String>,
+    /// Records of another bucket or endpoint, left for a mount of theirs.
+    pub others: usize,
 }
 
 impl Fs {
     pub async fn recover(&self) -> Recovered {
         let mut out = Recovered::default();
-        for (path, record) in self.journal.pending() {
-            match self.recover_one(&path, &record).await {
-                Ok(Some(target)) if target != record.key => {
-                    tracing::warn!(
-                        "recovered {:?} ({} bytes) as {target:?}: the object changed remotely after it was written",
-                        record.key,
-                        record.size
-                    );
-                    out.conflicts.push(target);
-                    self.journal.remove(&path);
+        let listing = self.journal.read();
+        // The cache directory's lock is held: no live mount writes these staging files.
+        self.journal.remove_unnamed_staging(&listing);
+        let mut mine = Vec::new();
+        for (path, record) in listing.records {
+            match self.journal.owner(&record) {
+                Owner::Other(whose) => {
+                    tracing::info!("journal {} belongs to {whose}; left for its mount", path.display());
+                    out.others += 1;
+                    continue;
                 }
-                Ok(target) => {
-                    tracing::info!(
-                        "recovered {:?}: {} bytes uploaded after a crash",
-                        record.key,
-                        record.size
-                    );
-                    out.uploaded.extend(target);
-                    self.journal.remove(&path);
+                Owner::ThisBucketOnAnyEndpoint => tracing::info!(
+                    "journal {} names no endpoint (written by an older s3vol): recovered into this mount of bucket {:?}",
+                    path.display(),
+                    record.bucket
+                ),
+                Owner::ThisMount => {}
+            }
+            match self.journal.staging_file(&record) {
+                Ok(staging) => mine.push((path, record, staging)),
+                Err(why) => {
+                    tracing::error!("journal {} refused: {why}; not applied, left in place", path.display());
+                    out.refused.push(record.key);
+                }
+            }
+        }
+        if self.config.read_only && !mine.is_empty() {
+            tracing::warn!(
+                "{} journaled files ({}) are not recovered: this mount is read-only; a read-write mount with this cache directory uploads them",
+                mine.len(),
+                mine.iter()
+                    .map(|(_, r, _)| format!("{:?}", r.key))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            out.deferred = mine.into_iter().map(|(_, r, _)| r.key).collect();
+            return out;
+        }
+        for (path, record, staging) in mine {
+            match self.recover_one(&path, &record, &staging).await {
+                Ok((target, left)) => {
+                    match &target {
+                        Some(target) if *target != record.key => {
+                            tracing::warn!(
+                                "recovered {:?} ({} bytes) as {target:?}: the object changed remotely after it was written",
+                                record.key,
+                                record.size
+                            );
+                            out.conflicts.push(target.clone());
+                        }
+                        _ => {
+                            tracing::info!(
+                                "recovered {:?}: {} bytes uploaded after a crash",
+                                record.key,
+                                record.size
+                            );
+                            out.uploaded.extend(target);
+                        }
+                    }
+                    self.journal.uploaded(Some(path), left);
                 }
                 Err(e) => {
                     tracing::error!(
                         "cannot recover {:?} from {}: {e}; its data stays in {} for the next mount",
                         record.key,
                         path.display(),
-                        record.staging.display()
+                        staging.display()
                     );
                     out.failed.push(record.key.clone());
                 }
@@ -52,14 +99,21 @@ impl Fs {
         out
     }
 
-    /// Uploads one record's data; returns the key written (`None`: it was already there).
-    async fn recover_one(&self, path: &std::path::Path, r: &Record) -> Result<Option<String>, String> {
+    /// Uploads one record's data from `staging` (checked to be the journal's own); returns
+    /// the key written (`None`: it was already there) and the staging file to remove once
+    /// the record is gone.
+    async fn recover_one(
+        &self,
+        path: &std::path::Path,
+        r: &Record,
+        staging: &std::path::Path,
+    ) -> Result<(Option<String>, Option<UploadedStaging>), String> {
         if let Some(id) = &r.upload_id
             && let Err(e) = self.store.abort_multipart(&r.key, id).await
         {
             tracing::warn!("aborting the stale multipart upload of {:?}: {e}", r.key);
         }
-        let content = Content::reopen(&r.staging).map_err(|e| format!("staging file {}: {e}", r.staging.display()))?;
+        let content = Content::reopen(staging).map_err(|e| format!("staging file {}: {e}", staging.display()))?;
         let mut f = FileData::recovered(r, content, self.dirty_budget.clone());
         // Re-journaling during this upload rewrites the same record.
         f.journal = Some(path.to_path_buf());
@@ -71,13 +125,12 @@ impl Fs {
         let base = r.base.as_ref().map(|b| b.etag.clone());
         if current != base {
             if current.is_some() && self.already_uploaded(&f, current.as_deref()).await {
-                f.uploaded(ObjectVersion {
+                let left = f.uploaded(ObjectVersion {
                     key: Arc::from(""),
                     etag: Arc::from(""),
                     size: 0,
-                })
-                .map_err(|e| e.to_string())?;
-                return Ok(None);
+                });
+                return Ok((None, left));
             }
             f.key = conflict_key(&r.key);
         }
@@ -87,9 +140,9 @@ impl Fs {
             .await
             .map_err(|e| e.to_string())?;
         let key = f.key.clone();
-        f.uploaded(version).map_err(|e| e.to_string())?;
+        let left = f.uploaded(version);
         f.journal = None;
-        Ok(Some(key))
+        Ok((Some(key), left))
     }
 
     /// Whether the remote object is this data already (the upload finished just before
@@ -112,4 +165,190 @@ pub(super) fn conflict_key(key: &str) -> String {
         .unwrap_or_default()
         .as_secs();
     format!("{key}.s3vol-conflict-{stamp}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::journal::Journal;
+    use super::*;
+    use crate::provider::Overrides;
+    use crate::source::Source;
+    use crate::store::memory::MemoryStore;
+    use std::path::Path;
+
+    const ENDPOINT: &str = "http://127.0.0.1:9";
+
+    fn fs(store: &Arc<MemoryStore>, cache: &Path, endpoint: &str, read_only: bool) -> Arc<Fs> {
+        let overrides = Overrides {
+            endpoint_url: Some(endpoint.to_string()),
+            ..Overrides::default()
+        };
+        let resolved = Resolved::new(&Source::parse("s3://b").unwrap(), &overrides);
+        let config = FsConfig {
+            cache_dir: cache.to_path_buf(),
+            read_only,
+            // A quarter of it, 1 KiB, is the most dirty data a file keeps in memory:
+            // larger writes are staged on disk.
+            memory_limit: 4096,
+            ..FsConfig::default()
+        };
+        Arc::new(Fs::new(store.clone(), resolved, config))
+    }
+
+    /// A record as a crashed mount of `endpoint` leaves it: `data` for `key` in a staging
+    /// file (at `staging`, or a fresh one in the staging directory).
+    fn crashed_write(cache: &Path, endpoint: Option<&str>, key: &str, data: &[u8], staging: Option<&Path>) -> PathBuf {
+        let journal = Journal::new(cache, "b", Some(ENDPOINT));
+        let path = match staging {
+            Some(path) => path.to_path_buf(),
+            None => {
+                std::fs::create_dir_all(journal.staging_dir()).unwrap();
+                let path = journal
+                    .staging_dir()
+                    .join(format!("staging-1-{:016x}", fastrand::u64(..)));
+                std::fs::write(&path, data).unwrap();
+                path
+            }
+        };
+        let record = Record {
+            bucket: "b".into(),
+            endpoint: endpoint.map(String::from),
+            key: key.into(),
+            size: data.len() as u64,
+            base: None,
+            base_limit: 0,
+            local: vec![(0, data.len() as u64)],
+            staging: path.clone(),
+            upload_id: None,
+            metadata: Default::default(),
+        };
+        journal.save(None, &record).unwrap();
+        path
+    }
+
+    fn records(cache: &Path) -> usize {
+        std::fs::read_dir(cache.join("journal")).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count()
+        })
+    }
+
+    #[tokio::test]
+    async fn an_unlink_failure_after_an_upload_never_uploads_zeros_later() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let fs = fs(&store, cache.path(), ENDPOINT, false);
+        let caller = Caller { uid: 0, gid: 0 };
+        let open = OpenMode {
+            write: true,
+            ..OpenMode::default()
+        };
+        let (_, opened) = fs.create(ROOT_INO, "f", 0o644, open, caller).await.unwrap();
+        fs.write(opened.fh, 0, &[7; 10_000]).await.unwrap();
+        // The staging file's name is taken by a directory: unlinking it fails (EISDIR,
+        // also for root), while the open file still holds the data.
+        let staging: Vec<_> = std::fs::read_dir(cache.path().join("staging"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert_eq!(staging.len(), 1, "the write was staged on disk");
+        let name = staging[0].path();
+        std::fs::remove_file(&name).unwrap();
+        std::fs::create_dir(&name).unwrap();
+        fs.flush(opened.fh)
+            .await
+            .expect("the upload succeeded; the unlink is only logged");
+        assert_eq!(store.contents("f").as_deref(), Some(&[7u8; 10_000][..]));
+        assert_eq!(records(cache.path()), 0, "no record is left naming the staging file");
+        fs.write(opened.fh, 0, &[1]).await.unwrap();
+        fs.flush(opened.fh).await.unwrap();
+        let mut expected = vec![7u8; 10_000];
+        expected[0] = 1;
+        assert!(
+            store.contents("f").as_deref() == Some(&expected[..]),
+            "the second upload has the first one's bytes, not zeros"
+        );
+        fs.release(opened.fh).await;
+    }
+
+    #[tokio::test]
+    async fn a_read_only_mount_leaves_the_journal_for_a_read_write_one() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let staging = crashed_write(cache.path(), Some(ENDPOINT), "k", b"journaled", None);
+        let done = fs(&store, cache.path(), ENDPOINT, true).recover().await;
+        assert_eq!(done.deferred, ["k"]);
+        assert!(store.keys().is_empty() && staging.exists() && records(cache.path()) == 1);
+        let done = fs(&store, cache.path(), ENDPOINT, false).recover().await;
+        assert_eq!(done.uploaded, ["k"]);
+        assert_eq!(store.contents("k").as_deref(), Some(&b"journaled"[..]));
+        assert!(!staging.exists() && records(cache.path()) == 0);
+    }
+
+    #[tokio::test]
+    async fn records_of_another_endpoint_are_left_and_older_ones_are_recovered() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let theirs = crashed_write(cache.path(), Some("http://127.0.0.1:10/"), "theirs", b"t", None);
+        let older = crashed_write(cache.path(), None, "older", b"o", None);
+        let done = fs(&store, cache.path(), ENDPOINT, false).recover().await;
+        assert_eq!((done.others, &done.uploaded[..]), (1, &["older".to_string()][..]));
+        assert_eq!(store.keys(), ["older"]);
+        assert!(theirs.exists() && !older.exists() && records(cache.path()) == 1);
+        // Their own mount (the same URL up to a trailing slash) takes it.
+        let done = fs(&store, cache.path(), "http://127.0.0.1:10", false).recover().await;
+        assert_eq!(done.uploaded, ["theirs"]);
+    }
+
+    #[tokio::test]
+    async fn a_record_naming_a_file_outside_the_staging_directory_is_refused() {
+        let cache = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        // Named like a staging file: only where it is gives it away.
+        let secret = elsewhere.path().join("staging-1-passwd");
+        std::fs::write(&secret, "root:x:0:0").unwrap();
+        let store = Arc::new(MemoryStore::new());
+        crashed_write(cache.path(), Some(ENDPOINT), "direct", b"", Some(&secret));
+        let dotdot = cache
+            .path()
+            .join("staging/../..")
+            .join(elsewhere.path().strip_prefix(cache.path().parent().unwrap()).unwrap())
+            .join("staging-1-passwd");
+        crashed_write(cache.path(), Some(ENDPOINT), "dotdot", b"", Some(&dotdot));
+        // A name in the staging directory that links out is not followed either.
+        let link = cache.path().join("staging/staging-1-link");
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        crashed_write(cache.path(), Some(ENDPOINT), "link", b"", Some(&link));
+        let done = fs(&store, cache.path(), ENDPOINT, false).recover().await;
+        let mut refused = done.refused.clone();
+        refused.sort();
+        assert_eq!(refused, ["direct", "dotdot"]);
+        assert_eq!(done.failed, ["link"]);
+        assert!(store.keys().is_empty(), "nothing uploaded");
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "root:x:0:0");
+        assert!(link.is_symlink(), "only regular files are removed");
+        assert_eq!(records(cache.path()), 3, "refused records stay in place");
+    }
+
+    #[tokio::test]
+    async fn staging_files_no_record_names_are_removed_at_mount() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let theirs = crashed_write(cache.path(), Some("http://127.0.0.1:10"), "theirs", b"t", None);
+        let orphan = cache.path().join("staging/staging-1-0000000000000001");
+        std::fs::write(&orphan, "cut off before its record").unwrap();
+        let subdir = cache.path().join("staging/staging-dir");
+        std::fs::create_dir(&subdir).unwrap();
+        fs(&store, cache.path(), ENDPOINT, true).recover().await;
+        assert!(!orphan.exists(), "removed");
+        assert!(theirs.exists(), "another mount's record names it");
+        assert!(subdir.exists(), "not a regular file");
+        // An unreadable record could name any file: then nothing is removed.
+        std::fs::write(&orphan, "again").unwrap();
+        std::fs::write(cache.path().join("journal/broken.json"), "{").unwrap();
+        fs(&store, cache.path(), ENDPOINT, true).recover().await;
+        assert!(orphan.exists());
+    }
 }

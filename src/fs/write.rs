@@ -151,8 +151,8 @@ impl Fs {
             }
             Err(e) => return Err(self.fail("upload", &f.key.clone(), e)),
         };
-        f.uploaded(version.clone()).map_err(|e| io_errno(&e))?;
-        self.journal.forget(&mut f);
+        let staging = f.uploaded(version.clone());
+        f.journal = self.journal.uploaded(f.journal.take(), staging);
         let mut tree = self.tree();
         if let Some(n) = tree.get_mut(ino) {
             n.etag = Some(version.etag.to_string());
@@ -371,8 +371,8 @@ impl Fs {
                 return Err(Errno(e.errno()));
             }
         };
-        f.uploaded(version).map_err(|e| io_errno(&e))?;
-        self.journal.forget(f);
+        let staging = f.uploaded(version);
+        f.journal = self.journal.uploaded(f.journal.take(), staging);
         self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             "{original:?} changed remotely since this mount last saw it: this mount's version is kept as {:?}",
