@@ -276,7 +276,9 @@ fn a_delete_the_killed_daemon_had_not_sent_is_sent_by_the_next_mount() {
     let log = m.unmount();
     assert!(log.contains("recovered the delete of \"doomed\""), "{log}");
     assert_eq!(
-        std::fs::read_dir(cache.path().join("journal")).map(|d| d.count()).unwrap_or(0),
+        std::fs::read_dir(cache.path().join("journal"))
+            .map(|d| d.count())
+            .unwrap_or(0),
         0,
         "journal emptied"
     );
