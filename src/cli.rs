@@ -122,9 +122,9 @@ pub struct MountOptions {
     /// Older spelling of --upload-mode: true is on-close, false is background.
     #[arg(long, hide = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub upload_on_close: Option<bool>,
-    /// Free space writes leave on the cache directory's disk: beyond it a write waits for uploads, then fails with ENOSPC. Bytes or a share of the disk.
-    #[arg(long, value_parser = CacheSize::parse, default_value = "1GiB", value_name = "SIZE|PCT")]
-    pub staging_min_free: CacheSize,
+    /// Free space writes leave on the cache directory's disk: beyond it a write waits for uploads, then fails with ENOSPC. Bytes or a share of the disk (default: the smaller of 1GiB and 5%).
+    #[arg(long, value_parser = CacheSize::parse, value_name = "SIZE|PCT")]
+    pub staging_min_free: Option<CacheSize>,
     /// Reading a directory lists its subdirectories in the background (16 at once), so tree walks need no round trip per directory.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub list_prefetch: bool,

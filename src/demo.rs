@@ -146,7 +146,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         cache_min_free: s3vol::fs::disk_cache::CacheSize::Percent(5.0),
         upload_mode: s3vol::cli::UploadModeArg::Background,
         upload_on_close: None,
-        staging_min_free: s3vol::fs::disk_cache::CacheSize::Bytes(64 << 20),
+        staging_min_free: None,
         list_prefetch: true,
         fuse_threads: 4,
         kernel_option: Vec::new(),

@@ -258,7 +258,11 @@ pub fn serve(
         let budget = options.cache_size.resolve(&config.cache_dir);
         config.disk_cache = Some((budget, options.cache_min_free.resolve(&config.cache_dir)));
     }
-    config.staging_min_free = options.staging_min_free.resolve(&config.cache_dir);
+    config.staging_min_free = match options.staging_min_free {
+        Some(floor) => floor.resolve(&config.cache_dir),
+        // A small disk (a tmpfs) keeps a share of itself, a large one 1 GiB.
+        None => CacheSize::Percent(5.0).resolve(&config.cache_dir).min(1 << 30),
+    };
     let cache_dir = config.cache_dir.clone();
     let fs = Arc::new(Fs::new(store, resolved, config));
     // What a killed daemon left in the journal goes out before any file is served.

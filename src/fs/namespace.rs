@@ -541,15 +541,35 @@ impl Fs {
 
     /// Moves every key under the directory, concurrently (bounded), after uploading the
     /// local changes of files inside it.
-    async fn rename_dir(&self, ino: u64, new_key: &str) -> FsResult<()> {
+    async fn rename_dir(self: &Arc<Self>, ino: u64, new_key: &str) -> FsResult<()> {
         let (old_key, descendants) = {
             let tree = self.tree();
             let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
-            (n.key.clone(), tree.descendants(ino))
+            let descendants: Vec<(u64, Option<String>)> = tree
+                .descendants(ino)
+                .into_iter()
+                .map(|d| {
+                    // Files not in the bucket yet move with their pending upload.
+                    let moved = tree
+                        .get(d)
+                        .filter(|c| c.local && c.attr.kind == Kind::File)
+                        .and_then(|c| c.key.strip_prefix(n.key.as_str()))
+                        .map(|rest| format!("{new_key}{rest}"));
+                    (d, moved)
+                })
+                .collect();
+            (n.key.clone(), descendants)
         };
         self.settle_markers(&old_key).await;
         let synced: Vec<FsResult<()>> = futures::stream::iter(descendants)
-            .map(|d| self.sync_ino(d))
+            .map(|(d, moved)| async move {
+                if let Some(to) = moved
+                    && self.retarget_pending(d, &to).await?
+                {
+                    return Ok(());
+                }
+                self.sync_ino(d).await
+            })
             .buffer_unordered(RENAME_CONCURRENCY)
             .collect()
             .await;

@@ -195,6 +195,51 @@ impl Tree {
         self.upsert(parent, seen, until)
     }
 
+    /// A file the mount holds data for before anything was listed (journaled data a
+    /// crashed run left): its node, and nodes for its directories, under the root. New
+    /// directories are local until the file reaches the bucket (`now_in_bucket`). `None`
+    /// for a key outside the root or with an empty name.
+    pub fn place_file(&mut self, key: &str, size: u64, in_bucket: Option<&str>, until: Instant) -> Option<u64> {
+        let root_key = self.nodes.get(&ROOT_INO)?.key.clone();
+        let rest = key.strip_prefix(root_key.as_str())?;
+        let mut parts: Vec<&str> = rest.split('/').collect();
+        let name = parts.pop().filter(|n| !n.is_empty())?;
+        let mut parent = ROOT_INO;
+        for dir in parts {
+            if dir.is_empty() {
+                return None;
+            }
+            let seen = Seen {
+                name: dir.to_string(),
+                kind: Kind::Dir,
+                size: 0,
+                mtime: SystemTime::now(),
+                etag: None,
+            };
+            let known = self
+                .child_key(parent, dir, Kind::Dir)
+                .is_some_and(|k| self.by_key.contains_key(&k));
+            let ino = self.upsert(parent, &seen, until)?;
+            if !known {
+                self.nodes.get_mut(&ino)?.local = true;
+            }
+            parent = ino;
+        }
+        let seen = Seen {
+            name: name.to_string(),
+            kind: Kind::File,
+            size,
+            mtime: SystemTime::now(),
+            etag: in_bucket.map(String::from),
+        };
+        let ino = self.upsert(parent, &seen, until)?;
+        let n = self.nodes.get_mut(&ino)?;
+        n.attr.size = size;
+        n.etag = in_bucket.map(String::from);
+        n.local = in_bucket.is_none();
+        Some(ino)
+    }
+
     /// Records that `seen` exists under `parent`; returns its inode.
     pub fn upsert(&mut self, parent: u64, seen: &Seen, until: Instant) -> Option<u64> {
         let key = self.child_key(parent, &seen.name, seen.kind)?;

@@ -273,9 +273,24 @@ impl Fs {
     }
 
     /// Data a crashed run journaled whose upload failed at mount: the queue retries it like
-    /// a closed file's (it has no inode: the mount does not show it until uploaded).
+    /// a closed file's.
     pub(super) fn adopt(self: &Arc<Self>, f: FileData) {
-        let ino = self.writeback.adopted.fetch_sub(1, Ordering::Relaxed);
+        // Shown in the mount (readable, and removable: an unlink drops it) where its name
+        // can be placed; else queued under an inode of its own.
+        let in_bucket = f.base.as_ref().filter(|b| *b.key == *f.key).map(|b| b.etag.to_string());
+        let placed = self
+            .tree()
+            .place_file(&f.key, f.size, in_bucket.as_deref(), self.ttl_from_now());
+        let placed = placed.filter(|ino| !self.data.lock().contains_key(ino));
+        if let (Some(ino), Some(metadata)) = (placed, &f.recovered_metadata)
+            && let Some(n) = self.tree().get_mut(ino)
+        {
+            // Mode, owner and mtime as journaled: the node's carry them from here on.
+            n.attr
+                .apply_metadata(&f.key, metadata, self.config.defaults.keep_special_modes);
+            n.metadata_loaded = true;
+        }
+        let ino = placed.unwrap_or_else(|| self.writeback.adopted.fetch_sub(1, Ordering::Relaxed));
         self.data.lock().insert(ino, Arc::new(tokio::sync::Mutex::new(f)));
         self.queue_upload(ino);
     }
