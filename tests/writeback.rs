@@ -256,13 +256,16 @@ fn assert_no_panic(log: &str) {
 // ---------------------------------------------------------------------------------------
 // The copier
 
-/// 2,000 small files (a few hundred bytes to a few KiB, each different) in five
-/// subdirectories.
+/// Files per set of directories (see [`small_files`]).
+const SET: usize = 200;
+
+/// Files a few hundred bytes to a few KiB long, each different, in five subdirectories
+/// of `tree/sN/`, a new N every [`SET`] files.
 fn small_files(n: usize) -> Arc<Vec<(String, Vec<u8>)>> {
     Arc::new(
         (0..n)
             .map(|i| {
-                let name = format!("tree/d{}/f{i:05}.bin", i % 5);
+                let name = format!("tree/s{}/d{}/f{i:05}.bin", i / SET, i % 5);
                 let mut body = format!("{name}\n").into_bytes();
                 body.extend(pattern(200 + (i * 7919) % 4000, i as u32 + 1));
                 (name, body)
@@ -401,6 +404,7 @@ fn kill_at(m: Mount, copier: Copier, closes: usize) -> (Vec<usize>, String) {
 /// The daemon is killed three times during one copy (after about 100, 1,000 and 1,900
 /// closes); each time a new mount with the same cache directory must have put every
 /// recorded file in the bucket before it serves. The copy then resumes where it stopped.
+/// (With `--upload-mode on-close` every close waits for a 100 ms round trip: minutes.)
 #[test]
 fn every_closed_file_survives_sigkill_of_the_daemon() {
     let _serial = serial();
@@ -412,9 +416,23 @@ fn every_closed_file_survives_sigkill_of_the_daemon() {
     for kill_after in [100, 1000, 1900] {
         let m = mount_cache(&s, cache.path(), &[]);
         let copier = Copier::start(&m.path, files.clone(), next..files.len());
+        // A WAN-like link once the copier writes into directories it made through this
+        // mount (a new name there needs no lookup, so the copier does not wait for the
+        // link): uploads lag behind the closes when the daemon is killed. None while the
+        // next mount recovers.
+        let fresh = next.div_ceil(SET) * SET;
+        assert!(copier.wait_for_closes(fresh - next), "the copier stopped early");
+        s.quirks().set_latency(Duration::from_millis(100));
         let (recorded, _log) = kill_at(m, copier, kill_after - next);
+        s.quirks().set_latency(Duration::ZERO);
         recorded_all.extend(&recorded);
         next = recorded_all.len();
+        // Not asserted (0 is right for a mode where close waits for the upload): how much
+        // the next mount has to recover.
+        eprintln!(
+            "killed after {next} closes, {} of them not yet in the bucket",
+            not_in_bucket(&s, &files, &recorded_all).len()
+        );
 
         // The next mount recovers the journal before it serves.
         let m = mount_cache(&s, cache.path(), &[]);
@@ -585,6 +603,11 @@ fn a_daemon_killed_while_the_server_is_down_uploads_everything_at_the_next_mount
     let down = take_down(s);
     let (recorded, log) = kill_at(m, copier, 450);
     let s = bring_back(down);
+    eprintln!(
+        "killed after {} closes, {} of them not yet in the bucket",
+        recorded.len(),
+        not_in_bucket(&s, &files, &recorded).len()
+    );
     let m = mount_cache(&s, cache.path(), &[]);
     let missing = not_in_bucket(&s, &files, &recorded);
     assert!(
@@ -678,6 +701,7 @@ fn a_full_staging_disk_fails_writes_cleanly_and_loses_nothing_closed() {
         "full/f{failed_at:03}: a full staging disk fails with ENOSPC or EIO, not {e:?}"
     );
     assert!(!closed.is_empty(), "some files fit before the disk was full: {e}");
+    eprintln!("{} files of 1 MiB closed, then full/f{failed_at:03} failed: {e}", closed.len());
     // The daemon is alive and serves what was closed from its staging files.
     assert!(is_mounted(&m.path), "still mounted");
     for &i in closed.iter().step_by(5) {
@@ -739,6 +763,15 @@ fn an_unlinked_pending_file_never_reaches_the_bucket() {
         write_file(&path, &pattern(500 + i, 100 + i as u32)).expect("write and close");
         fs::remove_file(&path).expect("unlink right after close");
     }
+    // And with uploads in flight on a slow link when the unlink comes.
+    s.quirks().set_latency(Duration::from_millis(50));
+    for i in 300..360 {
+        let path = m.join(&format!("race/f{i}"));
+        write_file(&path, &pattern(500 + i, 100 + i as u32)).expect("write and close");
+        std::thread::sleep(Duration::from_millis(i as u64 % 3 * 20));
+        fs::remove_file(&path).expect("unlink right after close");
+    }
+    s.quirks().set_latency(Duration::ZERO);
     sync_ok(&m, "after the racing unlinks");
     let raced = |s: &RunningServer| -> Vec<String> { keys_under(s, "race/").into_iter().filter(|k| k != "race/").collect() };
     assert!(raced(&s).is_empty(), "unlinked, yet in the bucket after sync: {:?}", raced(&s));
@@ -826,9 +859,17 @@ fn a_renamed_pending_file_lands_under_its_new_name_only() {
         write_file(&m.join(&format!("q/a{i}")), &pattern(700, 500 + i)).expect("write and close");
         fs::rename(m.join(&format!("q/a{i}")), m.join(&format!("q/b{i}"))).expect("rename right after close");
     }
+    // And with uploads in flight on a slow link when the rename comes.
+    s.quirks().set_latency(Duration::from_millis(50));
+    for i in 200..260u32 {
+        write_file(&m.join(&format!("q/a{i}")), &pattern(700, 500 + i)).expect("write and close");
+        std::thread::sleep(Duration::from_millis(u64::from(i % 3) * 20));
+        fs::rename(m.join(&format!("q/a{i}")), m.join(&format!("q/b{i}"))).expect("rename right after close");
+    }
+    s.quirks().set_latency(Duration::ZERO);
     sync_ok(&m, "after the racing renames");
     std::thread::sleep(Duration::from_secs(2));
-    for i in 0..200u32 {
+    for i in 0..260u32 {
         assert!(
             object(&s, &format!("q/b{i}")) == Some(pattern(700, 500 + i)),
             "q/b{i} has the bytes written as q/a{i}"
@@ -871,15 +912,19 @@ fn rmdir_and_directory_rename_see_pending_files() {
             format!("f{i}")
         }
     };
+    // A slow link, so that the uploads are still under way when the rename comes.
+    s.quirks().set_latency(Duration::from_millis(50));
     for i in 0..120u32 {
         write_file(&m.join("d").join(name(i)), &pattern(1500, 900 + i)).expect("write into d");
     }
     let pending = uploads_pending(&m);
-    within("mv d e", {
+    let renamed = within("mv d e", {
         let (from, to) = (m.join("d"), m.join("e"));
         move || fs::rename(from, to)
-    })
-    .unwrap_or_else(|e| panic!("mv d e with {pending} uploads pending: {e}\n{}", m.log()));
+    });
+    s.quirks().set_latency(Duration::ZERO);
+    renamed.unwrap_or_else(|e| panic!("mv d e with {pending} uploads pending: {e}\n{}", m.log()));
+    eprintln!("mv d e with {pending} uploads pending");
     sync_ok(&m, "after mv d e");
     for i in 0..120u32 {
         assert!(
@@ -1065,6 +1110,8 @@ fn upload_modes_and_the_deprecated_alias() {
     for (options, waits) in [
         (&[][..], false),
         (&["--upload-mode", "background"][..], false),
+        (&["--staging-min-free", "5%"][..], false),
+        (&["--staging-min-free", "64MiB"][..], false),
         (&["--upload-mode", "on-close"][..], true),
         (&["--upload-on-close", "true"][..], true),
         (&["--upload-on-close", "false"][..], false),
