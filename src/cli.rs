@@ -29,6 +29,10 @@ pub enum Command {
     Mount(MountArgs),
     /// Flush dirty data, then unmount MOUNTPOINT.
     Unmount(UnmountArgs),
+    /// Wait until everything written before it is in the bucket (every mount, or MOUNTPOINT's).
+    Sync(SyncArgs),
+    /// Drop the local changes of files whose upload the bucket refused (see `status`).
+    Discard(DiscardArgs),
     /// Show the mounts of this user: source, cache use, requests.
     Status(StatusArgs),
     /// Start an embedded S3 server with sample data on 127.0.0.1 and mount it.
@@ -112,9 +116,15 @@ pub struct MountOptions {
     /// Free space the block cache always leaves on its disk: bytes or a share of the disk.
     #[arg(long, value_parser = CacheSize::parse, default_value = "5%", value_name = "SIZE|PCT")]
     pub cache_min_free: CacheSize,
-    /// Wait for the upload at close() and report its error (true), or upload in the background (false).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub upload_on_close: bool,
+    /// When close() returns: `background` once the file is journaled on local disk (the upload follows; `s3vol sync` waits for it), `on-close` once it is in the bucket (close reports the upload's error).
+    #[arg(long, value_enum, default_value = "background", value_name = "MODE")]
+    pub upload_mode: UploadModeArg,
+    /// Older spelling of --upload-mode: true is on-close, false is background.
+    #[arg(long, hide = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub upload_on_close: Option<bool>,
+    /// Free space writes leave on the cache directory's disk: beyond it a write waits for uploads, then fails with ENOSPC. Bytes or a share of the disk.
+    #[arg(long, value_parser = CacheSize::parse, default_value = "1GiB", value_name = "SIZE|PCT")]
+    pub staging_min_free: CacheSize,
     /// Reading a directory lists its subdirectories in the background (16 at once), so tree walks need no round trip per directory.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub list_prefetch: bool,
@@ -149,6 +159,19 @@ pub struct MountHelperArgs {
 #[derive(Debug, Args)]
 pub struct UnmountArgs {
     pub mountpoint: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Only this mount.
+    pub mountpoint: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DiscardArgs {
+    /// Files inside a mount whose upload was refused.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -307,6 +330,12 @@ pub struct ConnectArgs {
     pub max_requests: usize,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UploadModeArg {
+    Background,
+    OnClose,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ChecksumArg {
     WhenSupported,
@@ -318,6 +347,17 @@ pub enum MarkersArg {
     Supported,
     Native,
     Forbidden,
+}
+
+impl MountOptions {
+    /// `--upload-mode`, or the older `--upload-on-close` where given.
+    pub fn upload_mode(&self) -> crate::fs::UploadMode {
+        use crate::fs::UploadMode;
+        match (self.upload_on_close, self.upload_mode) {
+            (Some(true), _) | (None, UploadModeArg::OnClose) => UploadMode::OnClose,
+            (Some(false), _) | (None, UploadModeArg::Background) => UploadMode::Background,
+        }
+    }
 }
 
 impl ConnectArgs {

@@ -1,7 +1,9 @@
-//! `s3vol unmount` and `s3vol status`: clients of a running mount's control socket.
+//! `s3vol unmount`, `sync`, `discard` and `status`: clients of a running mount's control
+//! socket.
 
-use s3vol::cli::{StatusArgs, UnmountArgs};
+use s3vol::cli::{DiscardArgs, StatusArgs, SyncArgs, UnmountArgs};
 use s3vol::control::{self, FlushReport, MountStatus};
+use std::io::IsTerminal;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
@@ -76,14 +78,7 @@ fn flush(socket: &std::path::Path, mountpoint: &std::path::Path) -> Result<(), S
             status.dirty_bytes
         );
     }
-    let progress = std::thread::spawn({
-        let socket = socket.to_path_buf();
-        move || progress_lines(&socket)
-    });
-    let reply = control::request(socket, "flush", None).map_err(|e| format!("flush: {e}"));
-    DONE.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = progress.join();
-    let report: FlushReport = serde_json::from_str(&reply?).map_err(|e| format!("bad flush reply: {e}"))?;
+    let report = wait_with_progress(socket, "flush")?;
     match report.error {
         Some(e) => Err(e),
         None => {
@@ -95,28 +90,183 @@ fn flush(socket: &std::path::Path, mountpoint: &std::path::Path) -> Result<(), S
     }
 }
 
-static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Sends `command` (`flush` or `sync`), showing what is left while the daemon works: one
+/// line redrawn in place on a terminal, a plain line every few seconds otherwise.
+fn wait_with_progress(socket: &std::path::Path, command: &str) -> Result<FlushReport, String> {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = std::thread::spawn({
+        let (socket, done) = (socket.to_path_buf(), done.clone());
+        move || progress_lines(&socket, &done)
+    });
+    let reply = control::request(socket, command, None).map_err(|e| format!("{command}: {e}"));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = progress.join();
+    serde_json::from_str(&reply?).map_err(|e| format!("bad {command} reply: {e}"))
+}
 
-/// A progress line every few seconds while a long flush runs.
-fn progress_lines(socket: &std::path::Path) {
+fn progress_lines(socket: &std::path::Path, done: &std::sync::atomic::AtomicBool) {
+    let terminal = std::io::stdout().is_terminal();
+    let every = if terminal { 2 } else { 25 };
+    let mut tracker = Progress::default();
     let mut ticks = 0u32;
-    while !DONE.load(std::sync::atomic::Ordering::Relaxed) {
+    let mut drawn = false;
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
         ticks += 1;
-        if !ticks.is_multiple_of(15) {
+        if !ticks.is_multiple_of(every) {
             continue;
         }
-        if let Ok(line) = control::request(socket, "status", Some(Duration::from_secs(5)))
-            && let Ok(s) = serde_json::from_str::<MountStatus>(&line)
-        {
-            progress!(
-                "  still uploading: {} files, {} bytes dirty, {} uploads pending",
-                s.dirty_files,
-                s.dirty_bytes,
-                s.uploads_pending
-            );
+        let Ok(line) = control::request(socket, "status", Some(Duration::from_secs(5))) else {
+            continue;
+        };
+        let Ok(s) = serde_json::from_str::<MountStatus>(&line) else {
+            continue;
+        };
+        let text = tracker.line(&s);
+        if terminal {
+            use std::io::Write;
+            let _ = write!(std::io::stdout(), "\r\x1b[K{text}");
+            let _ = std::io::stdout().flush();
+            drawn = true;
+        } else {
+            progress!("  {text}");
         }
     }
+    if drawn {
+        use std::io::Write;
+        let _ = write!(std::io::stdout(), "\r\x1b[K");
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// What is left to upload, and how fast it goes, from successive statuses.
+#[derive(Default)]
+struct Progress {
+    last: Option<(Instant, u64)>,
+    /// Bytes per second, smoothed.
+    rate: f64,
+}
+
+impl Progress {
+    fn line(&mut self, s: &MountStatus) -> String {
+        let now = Instant::now();
+        let left = s.dirty_bytes;
+        if let Some((then, before)) = self.last {
+            let secs = now.duration_since(then).as_secs_f64().max(0.001);
+            let sample = before.saturating_sub(left) as f64 / secs;
+            self.rate = if self.rate == 0.0 {
+                sample
+            } else {
+                0.7 * self.rate + 0.3 * sample
+            };
+        }
+        self.last = Some((now, left));
+        let eta = if self.rate > 1.0 {
+            format!(", about {}s left", (left as f64 / self.rate).ceil() as u64)
+        } else {
+            String::new()
+        };
+        let refused = match s.upload_failures.len() {
+            0 => String::new(),
+            n => format!(", {n} refused"),
+        };
+        format!(
+            "{} files, {:.1} MiB to upload ({} uploads pending{refused}), {:.1} MiB/s{eta}",
+            s.dirty_files,
+            left as f64 / (1 << 20) as f64,
+            s.uploads_pending,
+            self.rate / (1 << 20) as f64
+        )
+    }
+}
+
+/// `s3vol sync [MOUNTPOINT]`: everything written before it is in the bucket when it
+/// returns 0; refused files are named and it returns 1.
+pub fn sync(args: &SyncArgs) -> ExitCode {
+    let mut mounts = match control::all_statuses() {
+        Ok(mounts) => mounts,
+        Err(message) => {
+            eprintln!("s3vol: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(mp) = &args.mountpoint {
+        let mp = std::fs::canonicalize(mp).unwrap_or_else(|_| mp.clone());
+        mounts.retain(|m| std::path::Path::new(&m.mountpoint) == mp);
+        if mounts.is_empty() {
+            eprintln!("s3vol: no s3vol mount on {}", mp.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    let mut failed = false;
+    for m in &mounts {
+        let socket = control::socket_path(std::path::Path::new(&m.mountpoint));
+        match wait_with_progress(&socket, "sync") {
+            Ok(report) => {
+                for r in &report.refused {
+                    eprintln!("s3vol: {}/{}: upload refused: {}", m.mountpoint, r.path, r.reason);
+                }
+                match report.error {
+                    Some(e) => {
+                        eprintln!("s3vol: {}: {e}", m.mountpoint);
+                        failed = true;
+                    }
+                    None => progress!("{}: everything written is in the bucket", m.mountpoint),
+                }
+            }
+            Err(e) => {
+                eprintln!("s3vol: {}: {e}", m.mountpoint);
+                failed = true;
+            }
+        }
+    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+/// `s3vol discard PATH...`: drops the refused local changes of each file, through the
+/// mount that holds it.
+pub fn discard(args: &DiscardArgs) -> ExitCode {
+    let mounts = match control::all_statuses() {
+        Ok(mounts) => mounts,
+        Err(message) => {
+            eprintln!("s3vol: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    for path in &args.paths {
+        let absolute = match path.parent().map(std::fs::canonicalize) {
+            Some(Ok(dir)) => path.file_name().map_or(dir.clone(), |name| dir.join(name)),
+            _ => std::path::absolute(path).unwrap_or_else(|_| path.clone()),
+        };
+        let owner = mounts
+            .iter()
+            .filter_map(|m| Some((m, absolute.strip_prefix(&m.mountpoint).ok()?)))
+            .max_by_key(|(m, _)| m.mountpoint.len());
+        let Some((m, relative)) = owner else {
+            eprintln!("s3vol: {}: not inside an s3vol mount of this user", path.display());
+            failed = true;
+            continue;
+        };
+        let socket = control::socket_path(std::path::Path::new(&m.mountpoint));
+        let command = format!("discard {}", relative.display());
+        let reply = control::request(&socket, &command, Some(Duration::from_secs(60)))
+            .map_err(|e| e.to_string())
+            .and_then(|line| serde_json::from_str::<serde_json::Value>(&line).map_err(|e| e.to_string()));
+        match reply {
+            Ok(v) if v.get("discarded").is_some() => progress!("discarded the local changes of {}", path.display()),
+            Ok(v) => {
+                let e = v.get("error").and_then(|e| e.as_str()).unwrap_or("unexpected reply");
+                eprintln!("s3vol: {e}");
+                failed = true;
+            }
+            Err(e) => {
+                eprintln!("s3vol: {}: {e}", path.display());
+                failed = true;
+            }
+        }
+    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 pub fn status(args: &StatusArgs) -> ExitCode {
@@ -186,6 +336,12 @@ fn print_status(m: &MountStatus) {
         "  dirty:    {} files, {} bytes ({} in memory); uploads {} pending, {} failed",
         m.dirty_files, m.dirty_bytes, m.dirty_memory, m.uploads_pending, m.uploads_failed
     );
+    for f in &m.upload_failures {
+        println!(
+            "  refused:  {} ({}); `s3vol discard {}/{}` drops it",
+            f.path, f.reason, m.mountpoint, f.path
+        );
+    }
     if m.conflicts > 0 {
         println!(
             "  conflicts: {} files changed here and remotely; this mount's versions are kept as NAME.s3vol-conflict-TIMESTAMP",

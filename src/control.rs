@@ -42,14 +42,26 @@ pub struct MountStatus {
     pub disk_misses: u64,
     pub disk_evictions: u64,
     pub disk_corrupt: u64,
+    /// Uploads the bucket refused: their data stays until uploaded, deleted or discarded.
+    #[serde(default)]
+    pub upload_failures: Vec<UploadFailure>,
 }
 
-/// The answer to `flush`: what was waited for.
+/// A file whose upload the bucket refused, by its path in the mount.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadFailure {
+    pub path: String,
+    pub reason: String,
+}
+
+/// The answer to `flush` (unmount) and `sync`: what was waited for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FlushReport {
     pub files: u64,
     pub bytes: u64,
     pub error: Option<String>,
+    #[serde(default)]
+    pub refused: Vec<UploadFailure>,
 }
 
 const SOCKET_DIR: Purpose = Purpose {

@@ -26,6 +26,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Mount(args) => s3vol::mount::run(args),
         Command::Unmount(args) => commands::unmount(&args),
+        Command::Sync(args) => commands::sync(&args),
+        Command::Discard(args) => commands::discard(&args),
         Command::Status(args) => commands::status(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Cache(CacheCommand::Clear { cache_dir }) => commands::cache_clear(cache_dir),

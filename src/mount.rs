@@ -2,9 +2,9 @@
 //! mount, serve until unmounted or signalled.
 
 use crate::cli::{KernelOption, MountArgs, MountOptions};
-use crate::control::{self, FlushReport, MountStatus};
+use crate::control::{self, FlushReport, MountStatus, UploadFailure};
 use crate::fs::disk_cache::{CacheSize, lock_cache_dir};
-use crate::fs::{Defaults, Fs, FsConfig};
+use crate::fs::{Defaults, Fs, FsConfig, Settle};
 use crate::fuse::FuseAdapter;
 use crate::logging::{self, LogTarget};
 use crate::provider::Resolved;
@@ -214,7 +214,7 @@ pub fn fs_config(options: &MountOptions) -> FsConfig {
         // About 4 KiB of memory limit per cached name (a node takes a few hundred bytes).
         max_nodes: (options.memory_limit / 4096).max(4096) as usize,
         cache_dir: options.cache_dir.clone().unwrap_or_else(default_cache_dir),
-        upload_on_close: options.upload_on_close,
+        upload_mode: options.upload_mode(),
         list_prefetch: options.list_prefetch,
         ..FsConfig::default()
     }
@@ -258,6 +258,7 @@ pub fn serve(
         let budget = options.cache_size.resolve(&config.cache_dir);
         config.disk_cache = Some((budget, options.cache_min_free.resolve(&config.cache_dir)));
     }
+    config.staging_min_free = options.staging_min_free.resolve(&config.cache_dir);
     let cache_dir = config.cache_dir.clone();
     let fs = Arc::new(Fs::new(store, resolved, config));
     // What a killed daemon left in the journal goes out before any file is served.
@@ -320,10 +321,11 @@ pub fn serve(
     tracing::info!("mounted {source} on {}", mountpoint.display());
     ready.ok();
     let result = session.run().map_err(|e| format!("FUSE session: {e}"));
-    // Deferred uploads still pending when the kernel let go of the mount.
-    if runtime.block_on(fs.sync_all()).is_err() {
+    // Uploads still pending when the kernel let go of the mount.
+    if runtime.block_on(fs.sync_all(Settle::OneAttempt)).is_err() {
         tracing::error!("some dirty data could not be uploaded before exit; see the lines above");
     }
+    fs.close_journal();
     let _ = std::fs::remove_file(&socket);
     tracing::info!("unmounted {}", mountpoint.display());
     result
@@ -378,8 +380,10 @@ async fn unmount_on_signal(fs: Arc<Fs>, mut unmounter: fuser::SessionUnmounter, 
         "signal received: uploading dirty data, then unmounting {}",
         mountpoint.display()
     );
-    if fs.sync_all().await.is_err() {
-        tracing::error!("some dirty data could not be uploaded; it stays in the staging area until exit");
+    if fs.sync_all(Settle::OneAttempt).await.is_err() {
+        tracing::error!(
+            "some dirty data could not be uploaded; it stays journaled in the cache directory for the next mount"
+        );
     }
     if let Err(e) = unmounter.unmount() {
         tracing::warn!("unmount of {}: {e}", mountpoint.display());
@@ -460,21 +464,46 @@ impl StatusSource {
             disk_misses: cache.disk_misses,
             disk_evictions: cache.disk_evictions,
             disk_corrupt: cache.disk_corrupt,
+            upload_failures: self.upload_failures(),
         }
     }
 
-    async fn flush(&self) -> FlushReport {
+    fn upload_failures(&self) -> Vec<UploadFailure> {
+        self.fs
+            .upload_refusals()
+            .into_iter()
+            .map(|(path, reason)| UploadFailure { path, reason })
+            .collect()
+    }
+
+    /// `flush` (unmount: one more try each) and `sync` (until uploaded or refused).
+    async fn flush(&self, how: Settle) -> FlushReport {
         let before = self.fs.dirty_report();
-        let error = self
-            .fs
-            .sync_all()
-            .await
-            .err()
-            .map(|e| format!("upload failed: errno {}; see the log", e.0));
+        let error = self.fs.sync_all(how).await.err().map(|e| match e.0 {
+            libc::EIO => "some files are not in the bucket; see the log".to_string(),
+            errno => format!(
+                "upload failed: {}; see the log",
+                std::io::Error::from_raw_os_error(errno)
+            ),
+        });
         FlushReport {
             files: before.files,
             bytes: before.bytes,
             error,
+            refused: self.upload_failures(),
+        }
+    }
+
+    async fn discard(&self, path: &str) -> String {
+        match self.fs.discard(path).await {
+            Ok(()) => "{\"discarded\":true}".to_string(),
+            Err(e) => serde_json::json!({
+                "error": format!("{path}: {}", match e.0 {
+                    libc::ENOENT => "no refused upload of this file".to_string(),
+                    errno => std::io::Error::from_raw_os_error(errno).to_string(),
+                })
+            })
+            .to_string(),
         }
     }
 }
@@ -505,9 +534,12 @@ async fn serve_control(socket: &Path, source: StatusSource) -> std::io::Result<(
                 {
                     return;
                 }
-                let reply = match line.trim() {
+                let line = line.trim_end_matches('\n');
+                let reply = match line {
                     "status" => serde_json::to_string(&source.status()).unwrap_or_default(),
-                    "flush" => serde_json::to_string(&source.flush().await).unwrap_or_default(),
+                    "flush" => serde_json::to_string(&source.flush(Settle::OneAttempt).await).unwrap_or_default(),
+                    "sync" => serde_json::to_string(&source.flush(Settle::Uploaded).await).unwrap_or_default(),
+                    other if other.starts_with("discard ") => source.discard(&other["discard ".len()..]).await,
                     "cache-clear" => format!("{{\"removed\":{}}}", source.fs.clear_disk_cache()),
                     other => format!("{{\"error\":\"unknown command {other:?}\"}}"),
                 };

@@ -14,7 +14,7 @@
 //! `PROPTEST_CASES=N` runs more cases; a failure prints the shrunk operation sequence.
 
 use proptest::prelude::*;
-use s3vol::fs::{Caller, Errno, Fs, FsConfig, Kind, OpenMode, ROOT_INO, SetAttr};
+use s3vol::fs::{Caller, Errno, Fs, FsConfig, Kind, OpenMode, ROOT_INO, SetAttr, UploadMode};
 use s3vol::provider::{Overrides, Resolved};
 use s3vol::source::Source;
 use s3vol::store::memory::MemoryStore;
@@ -234,6 +234,8 @@ impl Core {
             initial_prefetch: BLOCK,
             max_prefetch: 4 * BLOCK,
             cache_dir: cache.path().to_path_buf(),
+            // The model checks the bucket right after close(): close waits for the upload.
+            upload_mode: UploadMode::OnClose,
             ..FsConfig::default()
         };
         let fs = Arc::new(Fs::new(store.clone(), resolved, config));

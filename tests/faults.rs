@@ -98,10 +98,12 @@ fn assert_bytes(got: io::Result<Vec<u8>>, want: &[u8], what: &str) {
 }
 
 /// Metadata is not cached (TTL 0), so every lookup asks the server: these tests are about
-/// what happens to requests, and a cached listing would answer without one.
+/// what happens to requests, and a cached listing would answer without one. close() waits
+/// for the upload, so its outcome is close()'s (the background mode's retries are tested
+/// in `writeback.rs`).
 fn mount(s: &RunningServer, extra: &[&str]) -> Mount {
     let mut args = SHORT_TIMEOUTS.to_vec();
-    args.extend(["--metadata-ttl", "0"]);
+    args.extend(["--metadata-ttl", "0", "--upload-mode", "on-close"]);
     args.extend(extra);
     Mount::new(s, &args)
 }

@@ -33,6 +33,8 @@ fn a_1_gib_write_and_read_stay_within_the_memory_budget() {
         f.write_all(&c).unwrap();
     }
     drop(f);
+    // The upload follows close(): the peak counts it once it is over.
+    m.sync();
     let after_write = peak_rss_mib(m.pid());
 
     let stored = object(&s, "big").expect("uploaded");

@@ -42,6 +42,7 @@ fn hugging_face_reads_follow_redirects_and_writes_send_no_checksums() {
     assert!(buf == pattern(5 << 20, 9)[3_000_000..3_001_000]);
 
     fs::write(m.join("cfg/new.txt"), "written").unwrap();
+    m.sync();
     let stored = s.backend().get_object("ns", "cfg/new.txt").expect("uploaded");
     assert_eq!(stored.body.to_vec(), b"written");
     assert!(stored.metadata.is_empty(), "HF keeps no user metadata");
@@ -58,6 +59,7 @@ fn hugging_face_directories_live_in_the_mount_until_a_file_is_written() {
     );
     fs::create_dir(m.join("later")).unwrap();
     fs::write(m.join("later/file"), "x").unwrap();
+    m.sync();
     assert_eq!(
         s.backend().get_object("ns", "later/file").map(|o| o.body.to_vec()),
         Some(b"x".to_vec())
@@ -119,6 +121,7 @@ fn runpod_large_files_use_multipart_below_the_put_cap() {
     let mut f = fs::File::create(m.join("ckpt.bin")).unwrap();
     f.write_all(&data).unwrap();
     drop(f);
+    m.sync();
     assert!(object_in(&s, "vol", "ckpt.bin") == data);
     assert_eq!(
         s.stats().count("PutObject"),
@@ -132,6 +135,7 @@ fn runpod_large_files_use_multipart_below_the_put_cap() {
     drop(f);
     let mut want = data.clone();
     want[10] = b'x';
+    m.sync();
     assert!(object_in(&s, "vol", "ckpt.bin") == want);
     assert_eq!(s.stats().count("UploadPartCopy"), 0);
     // Directory removal deletes one key at a time (no DeleteObjects).
@@ -172,6 +176,7 @@ fn transient_errors_are_retried_through_the_mount() {
         s3vol::server::RequestFilter::Any,
     );
     fs::write(m.join("g"), "after throttling").unwrap();
+    m.sync();
     assert_eq!(object(&s, "g").as_deref(), Some(&b"after throttling"[..]));
 }
 
@@ -204,6 +209,7 @@ fn a_credentials_file_rotated_under_a_live_mount_keeps_it_working() {
     let m = Mount::new(&s, &["--credentials-file", cred.to_str().unwrap()]);
     assert!(fs::read(m.join("data1")).unwrap() == pattern(300_000, 1));
     fs::write(m.join("written1"), "one").unwrap();
+    m.sync();
     assert_eq!(object(&s, "written1").as_deref(), Some(&b"one"[..]));
 
     let second = keys("ASIA-TWO", "secret-two", Some("token-two"));
@@ -214,6 +220,7 @@ fn a_credentials_file_rotated_under_a_live_mount_keeps_it_working() {
         "uncached read after rotation"
     );
     fs::write(m.join("written2"), "two").unwrap();
+    m.sync();
     assert_eq!(object(&s, "written2").as_deref(), Some(&b"two"[..]));
 
     s.keys().rotate(keys("ASIA-TWO", "secret-three", None));
@@ -223,6 +230,7 @@ fn a_credentials_file_rotated_under_a_live_mount_keeps_it_working() {
         "uncached read after rotation"
     );
     fs::write(m.join("written3"), "three").unwrap();
+    m.sync();
     assert_eq!(object(&s, "written3").as_deref(), Some(&b"three"[..]));
 
     let log = m.unmount();
@@ -338,6 +346,7 @@ fn an_sso_profile_mounts_with_the_role_credentials_of_the_portal() {
     let m = Mount::with_env(&source, &s.endpoint, &["--profile", "work"], sso_environment);
     assert_eq!(fs::read(m.join("from-sso")).unwrap(), b"hello");
     fs::write(m.join("to-sso"), "written").unwrap();
+    m.sync();
     assert_eq!(object(&s, "to-sso").as_deref(), Some(&b"written"[..]));
     let log = m.unmount();
     assert!(!log.contains("panicked"), "{log}");

@@ -98,6 +98,7 @@ fn names_with_special_characters_work_both_ways() {
     // And written through the mount, they become the same keys.
     for n in names {
         std::fs::write(m.join(&format!("new {n}")), n).unwrap();
+        m.sync();
         assert_eq!(common::object(&s, &format!("new {n}")).as_deref(), Some(n.as_bytes()));
     }
 }

@@ -14,7 +14,8 @@ fn errno(e: std::io::Error) -> i32 {
 #[test]
 fn file_lifecycle_reads_its_own_writes_and_uploads_at_close() {
     let s = server();
-    let m = Mount::new(&s, &[]);
+    // close() waits for the upload in this mode: the bucket is checked right after it.
+    let m = Mount::new(&s, &["--upload-mode", "on-close"]);
     let p = m.join("f.txt");
     let mut f = OpenOptions::new()
         .write(true)
@@ -106,6 +107,7 @@ fn chmod_chown_and_utimens_persist_as_s3fs_metadata() {
         .unwrap()
         .set_modified(when)
         .unwrap();
+    m.sync();
     let stored = s.backend().get_object(BUCKET, "meta").unwrap();
     assert_eq!(
         stored.metadata.get("mode").map(String::as_str),
@@ -135,6 +137,7 @@ fn changing_part_of_a_large_object_copies_the_rest_server_side() {
     f.write_all_at(b"patched", 9 << 20).unwrap();
     drop(f);
     data[9 << 20..(9 << 20) + 7].copy_from_slice(b"patched");
+    m.sync();
     assert!(
         object(&s, "large").unwrap() == data,
         "content differs after the partial update"
@@ -161,6 +164,7 @@ fn a_large_sequential_write_streams_parts_before_close() {
         s.stats().snapshot()
     );
     drop(f);
+    m.sync();
     assert!(object(&s, "stream").unwrap() == data);
     assert!(
         s.stats().count("UploadPart") >= 4,
@@ -218,6 +222,7 @@ fn renames_of_files_and_directories() {
     fs::rename(m.join("tmp"), m.join("final")).unwrap();
     f.write_all(b"!").unwrap();
     drop(f);
+    m.sync();
     assert_eq!(object(&s, "final").as_deref(), Some(&b"draft!"[..]));
     assert_eq!(object(&s, "tmp"), None);
 }
@@ -227,11 +232,13 @@ fn directories_markers_and_enotempty() {
     let s = server();
     let m = Mount::new(&s, &[]);
     fs::create_dir(m.join("d")).unwrap();
+    m.sync();
     assert_eq!(object(&s, "d/").as_deref(), Some(&b""[..]));
     fs::write(m.join("d/f"), "x").unwrap();
     assert_eq!(errno(fs::remove_dir(m.join("d")).unwrap_err()), libc::ENOTEMPTY);
     fs::remove_file(m.join("d/f")).unwrap();
     fs::remove_dir(m.join("d")).unwrap();
+    m.sync();
     assert!(s.backend().keys(BUCKET).is_empty());
     fs::create_dir_all(m.join("keep/empty")).unwrap();
     drop(m);
@@ -349,6 +356,7 @@ fn creating_many_files_in_a_directory_lists_it_once_per_ttl() {
     let heads = s.stats().count("HeadObject") - before.1;
     assert!(lists <= 3, "{lists} LIST requests for 100 creates");
     assert!(heads <= 3, "{heads} HEAD requests for 100 creates");
+    m.sync();
     assert_eq!(s.backend().keys(BUCKET).len(), 101);
 }
 
@@ -438,5 +446,6 @@ fn rm_r_trusts_the_listing_it_just_emptied() {
     let lists = s.stats().count("ListObjectsV2") - before;
     // The lookup of t (a listing of the root), then one LIST per directory read.
     assert!(lists <= 12, "{lists} LIST requests for rm -r of 11 directories");
+    m.sync();
     assert!(s.backend().keys(BUCKET).is_empty());
 }

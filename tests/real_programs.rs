@@ -471,6 +471,8 @@ fn two_mounts_with(
     let bucket = moto.new_bucket(stem);
     let a = Mount::moto(&moto, &bucket, &[&["--metadata-ttl", "1"], a_extra].concat());
     setup(&a);
+    // Another machine sees what is in the bucket: A's uploads follow its closes.
+    a.sync();
     let b = Mount::moto(&moto, &bucket, &["--metadata-ttl", "1"]);
     (moto, bucket, a, b)
 }
@@ -485,6 +487,7 @@ fn a_file_replaced_on_another_mount_is_seen_after_the_ttl() {
     let (_moto, _bucket, a, b) = two_mounts("ttl", |a| fs::write(a.join("x"), old).unwrap());
     assert_eq!(cat(&a.join("x")), (true, old.to_owned(), String::new()));
     fs::write(b.join("x"), new).unwrap();
+    b.sync();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         cat(&a.join("x")),
@@ -519,6 +522,7 @@ fn a_fresh_open_right_after_a_remote_replace_never_fails() {
     for i in 0..6 {
         fs::write(b.join(&format!("d/z{i}")), new(i)).unwrap();
     }
+    b.sync();
     let mut failures = Vec::new();
     for i in 0..6 {
         let (ok, out, err) = cat(&a.join(&format!("d/z{i}")));
@@ -565,6 +569,7 @@ fn racing_write_keeps_both_versions(stem: &str, a_extra: &[&str]) {
         .open(a.join("docs/y"))
         .unwrap();
     fs::write(b.join("docs/y"), b_text).unwrap();
+    b.sync();
     let wrote = f.write_all_at(a_text.as_bytes(), 0);
     // close() may report the conflict or succeed: only what is kept is checked.
     let closed = {
@@ -578,7 +583,8 @@ fn racing_write_keeps_both_versions(stem: &str, a_extra: &[&str]) {
         }
     };
     eprintln!("A's write: {wrote:?}, A's close: {closed:?}");
-    // `s3vol status` counts the conflict.
+    // The upload follows close(): once it is over, `s3vol status` counts the conflict.
+    a.sync();
     let status = run(Command::new(env!("CARGO_BIN_EXE_s3vol"))
         .args(["status", "--json"])
         .arg(&a.path));

@@ -176,6 +176,21 @@ impl Content {
         }
     }
 
+    /// The bytes, if held in memory (they can go into the journal inline).
+    pub fn in_memory(&self) -> Option<&[u8]> {
+        match self {
+            Content::Memory { bytes, .. } => Some(bytes),
+            Content::Staged { .. } => None,
+        }
+    }
+
+    /// Bytes a previous run journaled inline. Counted against the budget even past it: they
+    /// are there already, and go once uploaded.
+    pub fn from_bytes(bytes: Vec<u8>, budget: Arc<MemoryBudget>) -> Content {
+        budget.used.fetch_add(bytes.len() as u64, Ordering::AcqRel);
+        Content::Memory { bytes, budget }
+    }
+
     /// Reopens a staging file left by a previous run: a regular file, never through a
     /// symbolic link.
     pub fn reopen(path: &Path) -> std::io::Result<Content> {

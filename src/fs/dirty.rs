@@ -4,11 +4,11 @@
 use super::blocks::{BlockCache, ObjectVersion, Prefetch};
 use super::content::{Content, MemoryBudget, UploadedStaging};
 use super::ranges::RangeSet;
-use crate::store::{CompletedPart, StoreError, StoreResult};
+use super::upload::Streaming;
+use crate::store::{StoreError, StoreResult};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
-use tokio::task::JoinHandle;
 
 /// Where the bytes of a range come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,22 +16,6 @@ pub enum Piece {
     Local(Range<u64>),
     Base(Range<u64>),
     Zero(Range<u64>),
-}
-
-/// A multipart upload started while a file is written sequentially, so that close() only
-/// sends the tail.
-pub struct Streaming {
-    pub upload_id: String,
-    pub part_size: u64,
-    /// Parts started so far (numbered 1..=started).
-    pub started: i32,
-    pub tasks: Vec<JoinHandle<StoreResult<CompletedPart>>>,
-    /// The staging file's background sync (`sync_staging_later`).
-    pub syncing: Option<JoinHandle<()>>,
-    /// One permit per part that may be in flight at once.
-    pub slots: std::sync::Arc<tokio::sync::Semaphore>,
-    /// A write landed in a part already sent: the upload must start over at flush.
-    pub broken: bool,
 }
 
 pub struct FileData {
@@ -47,7 +31,9 @@ pub struct FileData {
     pub dirty: bool,
     pub streaming: Option<Streaming>,
     /// The journal record that makes this data survive a crash, once written.
-    pub journal: Option<std::path::PathBuf>,
+    pub journal: Option<super::journal::RecordRef>,
+    /// The record describes the data as it is (no write or truncate since).
+    pub journal_current: bool,
     budget: Arc<MemoryBudget>,
 }
 
@@ -64,6 +50,7 @@ impl FileData {
             dirty: false,
             streaming: None,
             journal: None,
+            journal_current: false,
             budget,
         }
     }
@@ -88,6 +75,7 @@ impl FileData {
             dirty: true,
             streaming: None,
             journal: None,
+            journal_current: false,
             budget,
         }
     }
@@ -97,21 +85,14 @@ impl FileData {
         self.local.spans().collect()
     }
 
-    /// Flushes the staging file to disk in the background, once at a time, while a large
-    /// file is written: the fsync that makes it durable before its upload completes then
-    /// has little left to write.
-    pub fn sync_staging_later(&mut self) {
-        let Some(file) = self.content.staging_file() else {
-            return;
-        };
-        let Some(s) = self.streaming.as_mut() else { return };
-        if s.syncing.as_ref().is_none_or(|h| h.is_finished()) {
-            s.syncing = Some(tokio::task::spawn_blocking(move || {
-                if let Err(e) = file.sync_data() {
-                    tracing::debug!("background sync of a staging file: {e}");
-                }
-            }));
-        }
+    /// Another handle on the staging file, if the content is staged.
+    pub fn staging_file(&self) -> Option<std::fs::File> {
+        self.content.staging_file()
+    }
+
+    /// The local bytes, if held in memory.
+    pub fn bytes_in_memory(&self) -> Option<&[u8]> {
+        self.content.in_memory()
     }
 
     /// Makes the local bytes durable on disk; returns the staging file.
@@ -125,14 +106,13 @@ impl FileData {
         }
         self.content.write_at(offset, data, staging_dir)?;
         let end = offset + data.len() as u64;
-        if let Some(s) = &mut self.streaming
-            && offset < s.started as u64 * s.part_size
-        {
-            s.broken = true;
+        if let Some(s) = &mut self.streaming {
+            s.changed_from(offset);
         }
         self.local.insert(offset..end);
         self.size = self.size.max(end);
         self.dirty = true;
+        self.journal_current = false;
         Ok(())
     }
 
@@ -141,14 +121,13 @@ impl FileData {
             self.content.truncate(size)?;
             self.local.truncate(size);
             self.base_limit = self.base_limit.min(size);
-            if let Some(s) = &mut self.streaming
-                && size < s.started as u64 * s.part_size
-            {
-                s.broken = true;
+            if let Some(s) = &mut self.streaming {
+                s.changed_from(size);
             }
         }
         if size != self.size {
             self.dirty = true;
+            self.journal_current = false;
         }
         self.size = size;
         Ok(())

@@ -74,6 +74,12 @@ impl CacheSize {
     }
 }
 
+/// Bytes available on the filesystem holding `dir`, if it can be asked.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(s.blocks_available() * s.fragment_size())
+}
+
 /// (total, available) bytes of the filesystem holding `dir`.
 fn disk_bytes(dir: &Path) -> (u64, u64) {
     match nix::sys::statvfs::statvfs(dir) {

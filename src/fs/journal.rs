@@ -1,14 +1,41 @@
-//! The crash journal: before a file's changes are uploaded (or a multipart upload is
-//! started for them), its bytes are made durable in a staging file and a record says
-//! what they are. The next mount with the same cache directory finishes what a killed
-//! daemon left.
+//! The crash journal: before close() returns (or a file's upload starts), its changes are
+//! durable on local disk and a record says what they are: small files' bytes inline in the
+//! journal's log (`journal_log.rs`, group-committed), larger ones in a staging file the
+//! record names. The next mount with the same cache directory finishes what a killed
+//! daemon left. Records written by older versions (one JSON file each) are still read.
 
 use super::content::{STAGING_PREFIX, UploadedStaging};
+use super::journal_log::Log;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::ffi::OsString;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
+
+/// Files up to this size held in memory are journaled inline in the log.
+const INLINE_MAX: usize = 1 << 20;
+
+/// Where a record is: a JSON file of an older version, or an id in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordRef {
+    Legacy(PathBuf),
+    Log(u64),
+}
+
+impl std::fmt::Display for RecordRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordRef::Legacy(path) => write!(f, "journal {}", path.display()),
+            RecordRef::Log(id) => write!(f, "journal record {id:016x}"),
+        }
+    }
+}
+
+/// A record read back at mount, with its inline bytes.
+pub struct Journaled {
+    pub at: RecordRef,
+    pub record: Record,
+    pub inline: Vec<u8>,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BaseRecord {
@@ -38,13 +65,16 @@ pub struct Record {
     /// A multipart upload that was in progress: aborted on recovery.
     pub upload_id: Option<String>,
     pub metadata: crate::store::Metadata,
+    /// The bytes are inline in the log entry, not in `staging`.
+    #[serde(default)]
+    pub inline: bool,
 }
 
 impl Record {
     fn of(
         journal: &Journal,
         f: &super::dirty::FileData,
-        staging: PathBuf,
+        staging: Option<PathBuf>,
         metadata: &crate::store::Metadata,
         upload_id: Option<String>,
     ) -> Record {
@@ -60,7 +90,8 @@ impl Record {
             }),
             base_limit: f.base_limit,
             local: f.local_ranges(),
-            staging,
+            inline: staging.is_none(),
+            staging: staging.unwrap_or_default(),
             upload_id,
             metadata: metadata.clone(),
         }
@@ -79,7 +110,7 @@ pub enum Owner {
 
 /// The journal's records as found at mount time.
 pub struct Listing {
-    pub records: Vec<(PathBuf, Record)>,
+    pub records: Vec<Journaled>,
     /// Records that could not be read: what they name is unknown.
     pub unreadable: usize,
 }
@@ -88,6 +119,7 @@ pub struct Journal {
     dir: PathBuf,
     bucket: String,
     endpoint: String,
+    log: Log,
 }
 
 /// How records name an endpoint: the URL without a trailing slash, or `aws`.
@@ -97,8 +129,10 @@ fn endpoint_name(endpoint: Option<&str>) -> String {
 
 impl Journal {
     pub fn new(cache_dir: &Path, bucket: &str, endpoint: Option<&str>) -> Journal {
+        let dir = cache_dir.join("journal");
         Journal {
-            dir: cache_dir.join("journal"),
+            log: Log::new(&dir),
+            dir,
             bucket: bucket.to_string(),
             endpoint: endpoint_name(endpoint),
         }
@@ -108,57 +142,75 @@ impl Journal {
         self.dir.with_file_name("staging")
     }
 
-    /// Writes `record` atomically (temp file, fsync, rename); returns its path.
-    pub fn save(&self, existing: Option<&Path>, record: &Record) -> std::io::Result<PathBuf> {
+    /// Writes `record` as an older version did (one JSON file): what tests of upgrades
+    /// and of hostile records craft.
+    #[cfg(test)]
+    pub fn save(&self, record: &Record) -> std::io::Result<PathBuf> {
         super::disk_cache::create_private_dirs(&self.dir)?;
-        let path = match existing {
-            Some(p) => p.to_path_buf(),
-            None => self
-                .dir
-                .join(format!("{}-{:016x}.json", std::process::id(), fastrand::u64(..))),
-        };
-        let tmp = path.with_extension("tmp");
-        let text = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-        // A temp file left by a crash is replaced, never reused with its old mode.
-        let _ = std::fs::remove_file(&tmp);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        std::io::Write::write_all(&mut &file, &text)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        if let Ok(dir) = std::fs::File::open(&self.dir) {
-            let _ = dir.sync_all();
-        }
+        let path = self
+            .dir
+            .join(format!("{}-{:016x}.json", std::process::id(), fastrand::u64(..)));
+        std::fs::write(&path, serde_json::to_vec(record).map_err(std::io::Error::other)?)?;
         Ok(path)
     }
 
-    /// Makes `f`'s bytes durable and (re)writes its record, naming `upload_id` if a
-    /// multipart upload is in progress for it.
-    pub fn record(
+    /// Makes `f`'s changes durable and (re)writes its record, naming `upload_id` if a
+    /// multipart upload is in progress for it. Returns once the record is on disk; records
+    /// of many files appended meanwhile share one flush.
+    pub async fn record(
         &self,
         f: &mut super::dirty::FileData,
         metadata: &crate::store::Metadata,
         upload_id: Option<String>,
     ) -> std::io::Result<()> {
-        let staging = f.persist(&self.staging_dir())?;
+        let inline = f
+            .bytes_in_memory()
+            .filter(|b| b.len() <= INLINE_MAX)
+            .map(<[u8]>::to_vec);
+        let staging = match inline {
+            Some(_) => None,
+            None => Some(f.persist(&self.staging_dir())?),
+        };
         let record = Record::of(self, f, staging, metadata, upload_id);
-        f.journal = Some(self.save(f.journal.as_deref(), &record)?);
+        let header = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+        let id = match &f.journal {
+            Some(RecordRef::Log(id)) => *id,
+            _ => fastrand::u64(..),
+        };
+        let at = self.log.put(id, &header, inline.as_deref().unwrap_or_default())?;
+        self.log.commit(at).await?;
+        // A recovered record of an older version is replaced by this one.
+        f.journal_current = true;
+        if let Some(RecordRef::Legacy(path)) = f.journal.replace(RecordRef::Log(id)) {
+            self.remove_legacy(&path);
+        }
         Ok(())
     }
 
-    /// After the data a record names reached the bucket: the record goes first, then
-    /// the staging file, so that no record ever names a removed file. Failures are
-    /// logged, not returned (the data is in the bucket): a staging file left behind is
-    /// removed at the next mount; a record that could not be removed keeps its staging
-    /// file and is returned, for the file's next record to replace.
-    pub fn uploaded(&self, record: Option<PathBuf>, staging: Option<UploadedStaging>) -> Option<PathBuf> {
-        if let Some(path) = record
-            && !self.remove(&path)
-        {
-            return Some(path);
+    /// After the data a record names reached the bucket: the record is marked done first
+    /// (durably when a staging file goes: no record may name a removed file), then the
+    /// staging file is removed. Failures are logged, not returned (the data is in the
+    /// bucket): a staging file left behind is removed at the next mount; a record that
+    /// could not be marked done keeps its staging file and is returned, for the file's next
+    /// record to replace.
+    pub async fn uploaded(&self, record: Option<RecordRef>, staging: Option<UploadedStaging>) -> Option<RecordRef> {
+        match record {
+            Some(RecordRef::Legacy(path)) if !self.remove_legacy(&path) => return Some(RecordRef::Legacy(path)),
+            Some(RecordRef::Log(id)) => {
+                let done = self.log.done(id);
+                let durable = match (done, &staging) {
+                    (Ok(at), Some(_)) => self.log.commit(at).await,
+                    (done, _) => done.map(|_| ()),
+                };
+                if let Err(e) = durable {
+                    tracing::warn!(
+                        "journal under {}: {e}; the record stays until the next mount",
+                        self.dir.display()
+                    );
+                    return Some(RecordRef::Log(id));
+                }
+            }
+            _ => {}
         }
         if let Some(staging) = staging {
             let shown = staging.path().display().to_string();
@@ -169,17 +221,39 @@ impl Journal {
         None
     }
 
-    /// The file's data is not to be uploaded any more (its name is gone): its record goes.
-    /// Its staging file, still in use while the file is open, no record names from now
-    /// on: the next mount removes it if this one does not.
-    pub fn forget(&self, f: &mut super::dirty::FileData) {
-        if let Some(path) = f.journal.take() {
-            self.remove(&path);
+    /// The file's data is not to be uploaded any more (its name is gone, or the user dropped
+    /// it): its record goes, durably (a crash must not bring the data back). Its staging
+    /// file, still in use while the file is open, no record names from now on: the next
+    /// mount removes it if this one does not.
+    pub async fn forget(&self, f: &mut super::dirty::FileData) {
+        match f.journal.take() {
+            Some(RecordRef::Legacy(path)) => {
+                self.remove_legacy(&path);
+            }
+            Some(RecordRef::Log(id)) => {
+                let durable = match self.log.done(id) {
+                    Ok(at) => self.log.commit(at).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = durable {
+                    tracing::warn!(
+                        "journal under {}: {e}; {:?} may be uploaded again after a crash",
+                        self.dir.display(),
+                        f.key
+                    );
+                }
+            }
+            None => {}
         }
     }
 
-    /// Removes a record; false (logged) if it is still there.
-    pub fn remove(&self, path: &Path) -> bool {
+    /// At a clean exit, once uploads are over.
+    pub fn close(&self) {
+        self.log.close();
+    }
+
+    /// Removes an older version's record; false (logged) if it is still there.
+    fn remove_legacy(&self, path: &Path) -> bool {
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 tracing::warn!("journal {}: {e}", path.display());
@@ -190,15 +264,27 @@ impl Journal {
     }
 
     /// Every record left by earlier runs, whichever mount wrote it; unreadable ones are
-    /// reported and counted.
+    /// reported and counted. Read once, at mount: the log's records stay live until done.
     pub fn read(&self) -> Listing {
+        let (logged, unreadable) = self.log.read();
         let mut listing = Listing {
             records: Vec::new(),
-            unreadable: 0,
+            unreadable,
         };
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return listing;
-        };
+        for entry in logged {
+            match serde_json::from_slice::<Record>(&entry.header) {
+                Ok(record) => listing.records.push(Journaled {
+                    at: RecordRef::Log(entry.id),
+                    record,
+                    inline: entry.inline,
+                }),
+                Err(e) => {
+                    tracing::error!("journal record {:016x} is unreadable ({e}); left in place", entry.id);
+                    listing.unreadable += 1;
+                }
+            }
+        }
+        let entries = std::fs::read_dir(&self.dir).into_iter().flatten();
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_none_or(|e| e != "json") {
@@ -208,7 +294,11 @@ impl Journal {
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice::<Record>(&b).map_err(|e| e.to_string()))
             {
-                Ok(r) => listing.records.push((path, r)),
+                Ok(record) => listing.records.push(Journaled {
+                    at: RecordRef::Legacy(path),
+                    record,
+                    inline: Vec::new(),
+                }),
                 Err(e) => {
                     tracing::error!("journal {} is unreadable ({e}); left in place", path.display());
                     listing.unreadable += 1;
@@ -278,7 +368,8 @@ impl Journal {
         let named: HashSet<OsString> = listing
             .records
             .iter()
-            .filter_map(|(_, r)| self.staging_file(r).ok())
+            .filter(|j| !j.record.inline)
+            .filter_map(|j| self.staging_file(&j.record).ok())
             .filter_map(|p| p.file_name().map(OsString::from))
             .collect();
         let Ok(entries) = std::fs::read_dir(self.staging_dir()) else {
@@ -329,6 +420,7 @@ mod tests {
             staging,
             upload_id: None,
             metadata: Default::default(),
+            inline: false,
         }
     }
 

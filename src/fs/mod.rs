@@ -9,6 +9,7 @@ mod dir;
 mod dirty;
 pub mod disk_cache;
 mod journal;
+mod journal_log;
 mod list_prefetch;
 mod listed_metadata;
 mod listing;
@@ -24,13 +25,15 @@ mod recovery;
 pub mod tree;
 mod upload;
 mod write;
+mod writeback;
 
 pub use attr::{Attr, Defaults, Kind};
 pub use dir::DirEntry;
 pub use namespace::Caller;
 pub use recovery::Recovered;
 pub use tree::ROOT_INO;
-pub use write::{DirtyReport, SetAttr};
+pub use write::SetAttr;
+pub use writeback::{DirtyReport, Settle, UploadMode};
 
 use crate::provider::Resolved;
 use crate::store::{ListRequest, ObjectStore, StoreError};
@@ -73,8 +76,11 @@ pub struct FsConfig {
     pub max_nodes: usize,
     /// Staging files for dirty data that does not fit the memory budget.
     pub cache_dir: PathBuf,
-    /// close() waits for the upload and returns its error; false defers it.
-    pub upload_on_close: bool,
+    /// When close() returns: once journaled (the upload follows) or once uploaded.
+    pub upload_mode: UploadMode,
+    /// Free space writes leave on the cache directory's disk (bytes): beyond it they wait
+    /// for uploads to drain, then fail with ENOSPC.
+    pub staging_min_free: u64,
     /// The persistent block cache under `cache_dir`: size budget and free space to keep
     /// (bytes); `None` disables it.
     pub disk_cache: Option<(u64, u64)>,
@@ -100,7 +106,8 @@ impl Default for FsConfig {
             max_prefetch: 128 << 20,
             max_nodes: 256 * 1024,
             cache_dir: std::env::temp_dir().join("s3vol"),
-            upload_on_close: true,
+            upload_mode: UploadMode::Background,
+            staging_min_free: 0,
             disk_cache: None,
             list_prefetch: true,
         }
@@ -174,7 +181,7 @@ pub struct Fs {
     /// Keys whose objects are being deleted (in the background, or at a last close):
     /// listings leave them out. Sorted, so a directory's are found by their prefix.
     hidden_keys: Mutex<BTreeSet<String>>,
-    /// Directory markers being put in the background (`upload_on_close = false`).
+    /// Directory markers being put in the background (`UploadMode::Background`).
     pending_markers: Mutex<HashSet<String>>,
     list_prefetch: list_prefetch::ListPrefetch,
     /// Bounds the HEADs that read listed entries' metadata (see `listed_metadata.rs`).
@@ -182,8 +189,10 @@ pub struct Fs {
     uploader: Uploader,
     journal: Arc<journal::Journal>,
     dirty_budget: Arc<MemoryBudget>,
-    /// Uploads deferred by `upload_on_close = false`, and those that failed.
-    background: BackgroundUploads,
+    /// Files' uploads after close: queued, in flight, refused.
+    writeback: writeback::WriteBack,
+    /// Directory markers and deletes deferred by `UploadMode::Background`.
+    background: BackgroundRequests,
     next_fh: AtomicU64,
     pub stats: FsStats,
     /// Tells the kernel an inode's cached attributes are stale (set by the FUSE adapter).
@@ -194,21 +203,20 @@ pub struct Fs {
 /// behind the kernel's back).
 pub type AttrsStale = Arc<dyn Fn(u64) + Send + Sync>;
 
-struct BackgroundUploads {
-    /// One permit per upload in flight: bounds them, and waiting for all permits is
+struct BackgroundRequests {
+    /// One permit per request in flight: bounds them, and waiting for all permits is
     /// waiting for them all to finish.
     slots: Arc<tokio::sync::Semaphore>,
     failed: AtomicU64,
 }
 
-/// Deferred uploads (`upload_on_close = false`) in flight at once; close() waits for a
-/// slot beyond it.
-const BACKGROUND_UPLOADS: u32 = 64;
+/// Deferred markers and deletes in flight at once; the caller waits for a slot beyond it.
+const BACKGROUND_REQUESTS: u32 = 64;
 
-impl Default for BackgroundUploads {
+impl Default for BackgroundRequests {
     fn default() -> Self {
-        BackgroundUploads {
-            slots: Arc::new(tokio::sync::Semaphore::new(BACKGROUND_UPLOADS as usize)),
+        BackgroundRequests {
+            slots: Arc::new(tokio::sync::Semaphore::new(BACKGROUND_REQUESTS as usize)),
             failed: AtomicU64::new(0),
         }
     }
@@ -240,13 +248,13 @@ impl Fs {
     }
 }
 
-impl BackgroundUploads {
+impl BackgroundRequests {
     fn pending(&self) -> u64 {
-        u64::from(BACKGROUND_UPLOADS) - self.slots.available_permits() as u64
+        u64::from(BACKGROUND_REQUESTS) - self.slots.available_permits() as u64
     }
 
     async fn wait_idle(&self) {
-        let all = self.slots.acquire_many(BACKGROUND_UPLOADS).await;
+        let all = self.slots.acquire_many(BACKGROUND_REQUESTS).await;
         drop(all);
     }
 }
@@ -327,7 +335,8 @@ impl Fs {
             uploader,
             journal,
             dirty_budget: MemoryBudget::new(quarter, quarter.min(8 << 20)),
-            background: BackgroundUploads::default(),
+            writeback: Default::default(),
+            background: BackgroundRequests::default(),
             next_fh: AtomicU64::new(1),
             stats: FsStats::default(),
             kernel_attrs_stale: Default::default(),

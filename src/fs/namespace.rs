@@ -99,11 +99,7 @@ impl Fs {
         caller: Caller,
     ) -> FsResult<(Attr, Opened)> {
         let key = self.new_child_key(parent, name, Kind::File)?;
-        // A deferred delete of this very key must land before the new file does.
-        let deleting = self.hidden_keys.lock().contains(&key);
-        if deleting {
-            self.background.wait_idle().await;
-        }
+        self.after_pending_delete(&key).await;
         self.hidden_keys.lock().remove(&key);
         let ino = self.add_local(parent, name, Kind::File, mode, caller, 0)?;
         let object = ObjectVersion {
@@ -130,7 +126,7 @@ impl Fs {
             metadata: self.metadata_for(ino),
             ..Default::default()
         };
-        if !self.config.upload_on_close {
+        if self.config.upload_mode == UploadMode::Background {
             self.put_marker_later(ino, key, opts).await;
             return self.node_attr(ino);
         }
@@ -142,6 +138,15 @@ impl Fs {
         self.node_attr(ino)
     }
 
+    /// A deferred delete of `key` lands before anything new is put there (a file, a
+    /// symlink, a marker, an upload moved there by a rename).
+    pub(super) async fn after_pending_delete(&self, key: &str) {
+        let deleting = self.hidden_keys.lock().contains(key);
+        if deleting {
+            self.background.wait_idle().await;
+        }
+    }
+
     /// The directory exists in the bucket now.
     fn marker_is_in(&self, ino: u64, key: &str) {
         let mut tree = self.tree();
@@ -151,14 +156,12 @@ impl Fs {
         }
     }
 
-    /// `upload_on_close = false`: the marker goes out in the background like file uploads
+    /// `UploadMode::Background`: the marker goes out in the background like file uploads
     /// (a `cp -r` of many directories would otherwise wait a round trip per directory).
     /// Until it is in, the directory is local; a failure is logged and counted in status.
     async fn put_marker_later(self: &Arc<Self>, ino: u64, key: String, opts: PutOptions) {
-        if self.hidden_keys.lock().contains(&key) {
-            // The delete of an earlier directory of this name goes first.
-            self.background.wait_idle().await;
-        }
+        // The delete of an earlier directory of this name goes first.
+        self.after_pending_delete(&key).await;
         self.pending_markers.lock().insert(key.clone());
         self.in_background(|this| async move {
             let result = this.store.put(&key, Bytes::new(), &opts).await;
@@ -251,8 +254,7 @@ impl Fs {
         let data = self.data.lock().get(&ino).cloned();
         if let Some(d) = data {
             let mut f = d.lock().await;
-            f.dirty = false;
-            self.journal.forget(&mut f);
+            self.forget_changes(ino, &mut f).await;
         }
         let (key, local) = {
             let tree = self.tree();
@@ -287,7 +289,7 @@ impl Fs {
     /// Deletes now, or, with deferred uploads, in the background like them (hidden from
     /// this mount's listings until done; a failure is logged and counted).
     async fn delete_object(self: &Arc<Self>, key: &str) -> FsResult<()> {
-        if self.config.upload_on_close {
+        if self.config.upload_mode == UploadMode::OnClose {
             return self.store.delete(key).await.map_err(|e| self.fail("delete", key, e));
         }
         self.hidden_keys.lock().insert(key.to_string());
@@ -313,6 +315,7 @@ impl Fs {
             tracing::warn!("cannot create symlink {key:?}: the provider keeps no user metadata to mark it");
             return Err(Errno(libc::EPERM));
         }
+        self.after_pending_delete(&key).await;
         let ino = self.add_local(parent, name, Kind::Symlink, 0o777, caller, target.len() as u64)?;
         let opts = PutOptions {
             metadata: self.metadata_for(ino),
@@ -363,7 +366,7 @@ impl Fs {
                 (true, false) => return Err(Errno(libc::ENOTDIR)),
                 (false, true) => return Err(Errno(libc::EISDIR)),
                 (true, true) => self.rmdir(new_parent, new_name).await?,
-                (false, false) => {}
+                (false, false) => self.replaced(t).await,
             }
         }
         if attr.kind == Kind::Dir {
@@ -422,7 +425,20 @@ impl Fs {
         Ok(version.etag.to_string())
     }
 
-    async fn rename_file(&self, ino: u64, new_key: &str) -> FsResult<()> {
+    /// A file replaced by a rename: its pending changes must not land over the file that
+    /// replaces it.
+    async fn replaced(&self, ino: u64) {
+        let data = self.data.lock().get(&ino).cloned();
+        if let Some(d) = data {
+            let mut f = d.lock().await;
+            self.forget_changes(ino, &mut f).await;
+        }
+    }
+
+    async fn rename_file(self: &Arc<Self>, ino: u64, new_key: &str) -> FsResult<()> {
+        if self.retarget_pending(ino, new_key).await? {
+            return Ok(());
+        }
         // Local changes go out first, under the old name: then one server-side move.
         self.sync_ino(ino).await?;
         let (old_key, local, size) = {
@@ -463,6 +479,50 @@ impl Fs {
         Ok(())
     }
 
+    /// A file whose changes are still to be uploaded, and need nothing of its old object
+    /// (new, or rewritten from empty), moves by changing where that upload goes: no upload
+    /// under the old name and copy after it. Its journal record is rewritten first, so a
+    /// crash uploads it under the new name; the old name's object, if any, is deleted.
+    /// False: the file must be uploaded, then moved (it keeps bytes of its old object, or a
+    /// multipart upload to the old name is under way).
+    async fn retarget_pending(self: &Arc<Self>, ino: u64, new_key: &str) -> FsResult<bool> {
+        let Some(data) = self.data.lock().get(&ino).cloned() else {
+            return Ok(false);
+        };
+        let mut f = data.lock().await;
+        if !f.dirty || f.streaming.is_some() || !f.independent_of_base() {
+            return Ok(false);
+        }
+        let (old_key, local) = {
+            let tree = self.tree();
+            let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
+            (n.key.clone(), n.local)
+        };
+        let old_key_of_data = std::mem::replace(&mut f.key, new_key.to_string());
+        let old_base = f.base.take();
+        if f.journal.is_some() {
+            let metadata = self.metadata_for(ino);
+            if let Err(e) = self.journal.record(&mut f, &metadata, None).await {
+                tracing::warn!("journal for {new_key:?}: {e}; uploading under the old name, then moving");
+                f.key = old_key_of_data;
+                f.base = old_base;
+                return Ok(false);
+            }
+        }
+        drop(f);
+        if !local {
+            self.delete_object(&old_key).await?;
+        }
+        if let Some(n) = self.tree().get_mut(ino) {
+            n.local = true;
+            n.etag = None;
+        }
+        for file in self.files.lock().values().filter(|h| h.ino == ino) {
+            file.object.lock().key = Arc::from(new_key);
+        }
+        Ok(true)
+    }
+
     /// Moves every key under the directory, concurrently (bounded), after uploading the
     /// local changes of files inside it.
     async fn rename_dir(&self, ino: u64, new_key: &str) -> FsResult<()> {
@@ -472,9 +532,12 @@ impl Fs {
             (n.key.clone(), tree.descendants(ino))
         };
         self.settle_markers(&old_key).await;
-        for d in &descendants {
-            self.sync_ino(*d).await?;
-        }
+        let synced: Vec<FsResult<()>> = futures::stream::iter(descendants)
+            .map(|d| self.sync_ino(d))
+            .buffer_unordered(RENAME_CONCURRENCY)
+            .collect()
+            .await;
+        synced.into_iter().collect::<FsResult<()>>()?;
         let mut continuation = None;
         let mut pagination = Pagination::default();
         loop {

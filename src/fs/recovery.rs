@@ -4,7 +4,7 @@
 
 use super::content::{Content, UploadedStaging};
 use super::dirty::FileData;
-use super::journal::{Owner, Record, md5_etag};
+use super::journal::{Journaled, Owner, Record, RecordRef, md5_etag};
 use super::*;
 
 /// What recovery did, for the log and for tests.
@@ -28,24 +28,27 @@ impl Fs {
         // The cache directory's lock is held: no live mount writes these staging files.
         self.journal.remove_unnamed_staging(&listing);
         let mut mine = Vec::new();
-        for (path, record) in listing.records {
+        for Journaled { at, record, inline } in listing.records {
             match self.journal.owner(&record) {
                 Owner::Other(whose) => {
-                    tracing::info!("journal {} belongs to {whose}; left for its mount", path.display());
+                    tracing::info!("{at} belongs to {whose}; left for its mount");
                     out.others += 1;
                     continue;
                 }
                 Owner::ThisBucketOnAnyEndpoint => tracing::info!(
-                    "journal {} names no endpoint (written by an older s3vol): recovered into this mount of bucket {:?}",
-                    path.display(),
+                    "{at} names no endpoint (written by an older s3vol): recovered into this mount of bucket {:?}",
                     record.bucket
                 ),
                 Owner::ThisMount => {}
             }
-            match self.journal.staging_file(&record) {
-                Ok(staging) => mine.push((path, record, staging)),
+            let data = match record.inline {
+                true => Ok(Data::Inline(inline)),
+                false => self.journal.staging_file(&record).map(Data::Staged),
+            };
+            match data {
+                Ok(data) => mine.push((at, record, data)),
                 Err(why) => {
-                    tracing::error!("journal {} refused: {why}; not applied, left in place", path.display());
+                    tracing::error!("{at} refused: {why}; not applied, left in place");
                     out.refused.push(record.key);
                 }
             }
@@ -62,8 +65,8 @@ impl Fs {
             out.deferred = mine.into_iter().map(|(_, r, _)| r.key).collect();
             return out;
         }
-        for (path, record, staging) in mine {
-            match self.recover_one(&path, &record, &staging).await {
+        for (at, record, data) in mine {
+            match self.recover_one(&at, &record, data).await {
                 Ok((target, left)) => {
                     match &target {
                         Some(target) if *target != record.key => {
@@ -83,14 +86,12 @@ impl Fs {
                             out.uploaded.extend(target);
                         }
                     }
-                    self.journal.uploaded(Some(path), left);
+                    self.journal.uploaded(Some(at), left).await;
                 }
                 Err(e) => {
                     tracing::error!(
-                        "cannot recover {:?} from {}: {e}; its data stays in {} for the next mount",
+                        "cannot recover {:?} from {at}: {e}; its data stays in the cache directory for the next mount",
                         record.key,
-                        path.display(),
-                        staging.display()
                     );
                     out.failed.push(record.key.clone());
                 }
@@ -99,24 +100,28 @@ impl Fs {
         out
     }
 
-    /// Uploads one record's data from `staging` (checked to be the journal's own); returns
-    /// the key written (`None`: it was already there) and the staging file to remove once
-    /// the record is gone.
+    /// Uploads one record's data; returns the key written (`None`: it was already there)
+    /// and the staging file to remove once the record is gone.
     async fn recover_one(
         &self,
-        path: &std::path::Path,
+        at: &RecordRef,
         r: &Record,
-        staging: &std::path::Path,
+        data: Data,
     ) -> Result<(Option<String>, Option<UploadedStaging>), String> {
         if let Some(id) = &r.upload_id
             && let Err(e) = self.store.abort_multipart(&r.key, id).await
         {
             tracing::warn!("aborting the stale multipart upload of {:?}: {e}", r.key);
         }
-        let content = Content::reopen(staging).map_err(|e| format!("staging file {}: {e}", staging.display()))?;
+        let content = match data {
+            Data::Inline(bytes) => Content::from_bytes(bytes, self.dirty_budget.clone()),
+            Data::Staged(staging) => {
+                Content::reopen(&staging).map_err(|e| format!("staging file {}: {e}", staging.display()))?
+            }
+        };
         let mut f = FileData::recovered(r, content, self.dirty_budget.clone());
         // Re-journaling during this upload rewrites the same record.
-        f.journal = Some(path.to_path_buf());
+        f.journal = Some(at.clone());
         let current = match self.store.head(&r.key).await {
             Ok(m) => m.etag,
             Err(StoreError::NotFound) => None,
@@ -158,6 +163,13 @@ impl Fs {
     }
 }
 
+/// Where a record's bytes are: inline in the journal, or in a staging file checked to be
+/// the journal's own.
+enum Data {
+    Inline(Vec<u8>),
+    Staged(std::path::PathBuf),
+}
+
 /// Where this mount's version of `key` goes when the object changed remotely meanwhile.
 pub(super) fn conflict_key(key: &str) -> String {
     let stamp = SystemTime::now()
@@ -190,6 +202,8 @@ mod tests {
             // A quarter of it, 1 KiB, is the most dirty data a file keeps in memory:
             // larger writes are staged on disk.
             memory_limit: 4096,
+            // close() uploads: the tests look at the bucket right after it.
+            upload_mode: UploadMode::OnClose,
             ..FsConfig::default()
         };
         Arc::new(Fs::new(store.clone(), resolved, config))
@@ -221,8 +235,9 @@ mod tests {
             staging: path.clone(),
             upload_id: None,
             metadata: Default::default(),
+            inline: false,
         };
-        journal.save(None, &record).unwrap();
+        journal.save(&record).unwrap();
         path
     }
 

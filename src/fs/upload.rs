@@ -5,13 +5,57 @@
 
 use super::blocks::{BlockCache, ObjectVersion};
 use super::budget::TransferBudget;
-use super::dirty::{FileData, Piece, Streaming};
+use super::dirty::{FileData, Piece};
 use super::journal::Journal;
 use crate::provider::Resolved;
 use crate::store::{CompletedPart, Metadata, ObjectStore, PutOptions, StoreError, StoreResult};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::sync::Arc;
+use tokio::task::JoinHandle;
+
+/// A multipart upload started while a file is written sequentially, so that close() only
+/// sends the tail. Its state changes here only (writes report through `changed_from`).
+pub struct Streaming {
+    pub upload_id: String,
+    part_size: u64,
+    /// Parts started so far (numbered 1..=started).
+    started: i32,
+    tasks: Vec<JoinHandle<StoreResult<CompletedPart>>>,
+    /// The staging file's background sync (`sync_staging_later`).
+    syncing: Option<JoinHandle<()>>,
+    /// One permit per part that may be in flight at once.
+    slots: Arc<tokio::sync::Semaphore>,
+    /// A write landed in a part already sent, or a part failed: the upload starts over at
+    /// close.
+    broken: bool,
+}
+
+impl Streaming {
+    /// Bytes from `offset` on changed: parts already sent from there on are wrong.
+    pub fn changed_from(&mut self, offset: u64) {
+        if offset < self.started as u64 * self.part_size {
+            self.broken = true;
+        }
+    }
+}
+
+/// Flushes a staging file to disk in the background, once at a time, while a large file
+/// is written: the fsync that makes it durable before its upload completes then has little
+/// left to write.
+fn sync_staging_later(f: &mut FileData) {
+    let Some(file) = f.staging_file() else {
+        return;
+    };
+    let Some(s) = f.streaming.as_mut() else { return };
+    if s.syncing.as_ref().is_none_or(|h| h.is_finished()) {
+        s.syncing = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = file.sync_data() {
+                tracing::debug!("background sync of a staging file: {e}");
+            }
+        }));
+    }
+}
 
 pub struct Uploader {
     store: Arc<dyn ObjectStore>,
@@ -88,7 +132,7 @@ impl Uploader {
     /// behind that the next mount cannot abort.
     async fn start_multipart(&self, f: &mut FileData, metadata: &Metadata) -> StoreResult<String> {
         let upload_id = self.store.create_multipart(&f.key, &self.put_options(metadata)).await?;
-        if let Err(e) = self.journal.record(f, metadata, Some(upload_id.clone())) {
+        if let Err(e) = self.journal.record(f, metadata, Some(upload_id.clone())).await {
             tracing::warn!(
                 "journal for {:?}: {e}; a crash now would leave the upload to expire",
                 f.key
@@ -98,8 +142,18 @@ impl Uploader {
     }
 
     /// Called after each write: while a new file grows sequentially past whole parts,
-    /// those parts are sent in the background. Waits for a part slot (back-pressure).
-    pub async fn stream_parts(&self, f: &mut FileData, metadata: &Metadata) -> StoreResult<()> {
+    /// those parts are sent in the background. Waits for a part slot (back-pressure). A
+    /// failure is not the write's: the whole file is uploaded at close instead.
+    pub async fn stream_parts(&self, f: &mut FileData, metadata: &Metadata) {
+        if let Err(e) = self.send_whole_parts(f, metadata).await {
+            tracing::warn!("streaming upload of {:?}: {e}; will upload at close", f.key);
+            if let Some(s) = &mut f.streaming {
+                s.broken = true;
+            }
+        }
+    }
+
+    async fn send_whole_parts(&self, f: &mut FileData, metadata: &Metadata) -> StoreResult<()> {
         let part_size = self.resolved.part_size_for(0);
         if !f.independent_of_base() || f.size <= self.single_put_limit() {
             return Ok(());
@@ -143,7 +197,7 @@ impl Uploader {
                 let _slots = (slot, in_flight);
                 store.upload_part(&key, &id, number, body).await
             }));
-            f.sync_staging_later();
+            sync_staging_later(f);
         }
     }
 

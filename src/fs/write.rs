@@ -1,5 +1,5 @@
-//! Writes: the write-back buffer per file, uploads at close/fsync (or in the background),
-//! truncation and attribute changes.
+//! Writes into a file's local data, truncation and attribute changes. What happens to the
+//! changes from close() on is `writeback.rs`.
 
 use super::*;
 
@@ -69,6 +69,8 @@ impl Fs {
         if end > self.resolved.profile.max_object_size {
             return Err(Errno(libc::EFBIG));
         }
+        self.staging_room(end.saturating_sub(f.size).max(bytes.len() as u64))
+            .await?;
         f.write(offset, bytes, &self.staging_dir()).map_err(|e| {
             tracing::warn!(
                 "write to {:?}: staging file under {}: {e}",
@@ -79,133 +81,8 @@ impl Fs {
         })?;
         self.touch_node(file.ino, f.size);
         let metadata = self.metadata_for(file.ino);
-        if let Err(e) = self.uploader.stream_parts(&mut f, &metadata).await {
-            // Not fatal: the whole file is uploaded at close instead.
-            tracing::warn!("streaming upload of {:?}: {e}; will upload at close", f.key);
-            if let Some(s) = &mut f.streaming {
-                s.broken = true;
-            }
-        }
+        self.uploader.stream_parts(&mut f, &metadata).await;
         Ok(bytes.len() as u32)
-    }
-
-    /// close(): uploads the file's changes and reports the upload's error, unless uploads
-    /// are deferred (`upload_on_close = false`).
-    pub async fn flush(self: &Arc<Self>, fh: u64) -> FsResult<()> {
-        let file = self.handle(fh)?;
-        if !file.writable {
-            return Ok(());
-        }
-        if self.config.upload_on_close {
-            return self.sync_ino(file.ino).await;
-        }
-        self.in_background(|this| async move {
-            let uploaded = this.sync_ino(file.ino).await.is_ok();
-            this.drop_clean_data(file.ino).await;
-            uploaded
-        })
-        .await;
-        Ok(())
-    }
-
-    /// Drops local data of an inode nobody has open any more, once it is clean. The open
-    /// count is checked under its lock at the moment of removal: an open racing with the
-    /// last release keeps the data.
-    pub(super) async fn drop_clean_data(&self, ino: u64) {
-        let Some(data) = self.data.lock().get(&ino).cloned() else {
-            return;
-        };
-        let f = data.lock().await;
-        let counts = self.open_counts.lock();
-        if !f.dirty && !counts.contains_key(&ino) {
-            self.data.lock().remove(&ino);
-        }
-    }
-
-    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
-        let file = self.handle(fh)?;
-        self.sync_ino(file.ino).await
-    }
-
-    /// Uploads `ino`'s local changes, if any, and points the inode at the new object.
-    pub async fn sync_ino(&self, ino: u64) -> FsResult<()> {
-        let Some(data) = self.data.lock().get(&ino).cloned() else {
-            return Ok(());
-        };
-        let mut f = data.lock().await;
-        if !f.dirty {
-            return Ok(());
-        }
-        let metadata = self.metadata_for(ino);
-        // Durable before the upload starts: a crash from here on is recovered at the next
-        // mount with the same cache directory.
-        let upload_id = f.streaming.as_ref().map(|s| s.upload_id.clone());
-        if let Err(e) = self.journal.record(&mut f, &metadata, upload_id) {
-            tracing::warn!("journal for {:?} under {}: {e}", f.key, self.config.cache_dir.display());
-            return Err(io_errno(&e));
-        }
-        let version = match self.uploader.upload(&mut f, &metadata).await {
-            Ok(v) => v,
-            Err(StoreError::PreconditionFailed | StoreError::NotFound) => {
-                return self.keep_as_conflict(ino, &data, &mut f, &metadata).await;
-            }
-            Err(e) => return Err(self.fail("upload", &f.key.clone(), e)),
-        };
-        let staging = f.uploaded(version.clone());
-        f.journal = self.journal.uploaded(f.journal.take(), staging);
-        let mut tree = self.tree();
-        if let Some(n) = tree.get_mut(ino) {
-            n.etag = Some(version.etag.to_string());
-            n.attr.size = version.size;
-            n.metadata_loaded = true;
-            n.fresh_until = Instant::now() + self.config.metadata_ttl;
-            // The kernel's pages hold exactly what was uploaded.
-            n.kernel_cache_etag = Some(version.etag.to_string());
-        }
-        // Placed even if it was in the bucket before: a listing that started before the
-        // upload shows the old version.
-        tree.placed(ino);
-        tree.now_in_bucket(ino);
-        drop(tree);
-        for file in self.files.lock().values().filter(|h| h.ino == ino) {
-            *file.object.lock() = version.clone();
-        }
-        Ok(())
-    }
-
-    /// Uploads every file with local changes; the first error is returned after all tried.
-    pub async fn sync_all(&self) -> FsResult<()> {
-        use futures::StreamExt;
-        let inos: Vec<u64> = self.data.lock().keys().copied().collect();
-        let results: Vec<FsResult<()>> = futures::stream::iter(inos)
-            .map(|ino| self.sync_ino(ino))
-            .buffer_unordered(BACKGROUND_UPLOADS as usize)
-            .collect()
-            .await;
-        self.background.wait_idle().await;
-        results.into_iter().collect()
-    }
-
-    /// Bytes and files not yet in the bucket, and background uploads (pending, failed).
-    pub fn dirty_report(&self) -> DirtyReport {
-        let data: Vec<_> = self.data.lock().values().cloned().collect();
-        let (mut files, mut bytes) = (0, 0);
-        for d in data {
-            if let Ok(f) = d.try_lock()
-                && f.dirty
-            {
-                files += 1;
-                bytes += f.size;
-            }
-        }
-        DirtyReport {
-            files,
-            bytes,
-            memory: self.dirty_budget.used(),
-            pending_uploads: self.background.pending(),
-            failed_uploads: self.background.failed.load(Ordering::Relaxed),
-            conflicts: self.stats.conflicts.load(Ordering::Relaxed),
-        }
     }
 
     pub(super) async fn truncate_data(
@@ -310,11 +187,19 @@ impl Fs {
         if kind == Kind::Dir {
             return self.persist_dir_metadata(ino, key).await;
         }
-        let has_dirty_data = match self.data.lock().get(&ino).cloned() {
-            Some(d) => d.try_lock().map_or(true, |f| f.dirty),
-            None => false,
-        };
-        if !self.resolved.profile.user_metadata || local || has_dirty_data {
+        let data = self.data.lock().get(&ino).cloned();
+        if let Some(data) = data {
+            // An upload under way may have read the metadata before this change: it ends
+            // first, then the question is asked again.
+            let mut f = data.lock().await;
+            if f.dirty {
+                // The coming upload carries the new metadata (and its record, rewritten).
+                f.journal_current = false;
+                return Ok(());
+            }
+        }
+        let local = self.tree().get(ino).map_or(local, |n| n.local);
+        if !self.resolved.profile.user_metadata || local {
             return Ok(());
         }
         let metadata = self.metadata_for(ino);
@@ -347,57 +232,6 @@ impl Fs {
 }
 
 impl Fs {
-    /// The object changed remotely since the mount last saw it (or is gone): this mount's
-    /// version is stored beside it as `NAME.s3vol-conflict-TIMESTAMP` instead of
-    /// overwriting it, as crash recovery does. The name then stands for the remote object
-    /// again; handles still open on it are stale.
-    async fn keep_as_conflict(
-        &self,
-        ino: u64,
-        data: &Arc<tokio::sync::Mutex<FileData>>,
-        f: &mut FileData,
-        metadata: &crate::store::Metadata,
-    ) -> FsResult<()> {
-        let conflict = recovery::conflict_key(&f.key);
-        let original = std::mem::replace(&mut f.key, conflict);
-        let version = match self.uploader.upload(f, metadata).await {
-            Ok(version) => version,
-            Err(e) => {
-                let conflict = std::mem::replace(&mut f.key, original);
-                tracing::error!(
-                    "{:?} changed remotely since this mount last saw it, and storing this mount's version as {conflict:?} failed: {e}; it stays in the cache directory's journal",
-                    f.key
-                );
-                return Err(Errno(e.errno()));
-            }
-        };
-        let staging = f.uploaded(version);
-        f.journal = self.journal.uploaded(f.journal.take(), staging);
-        self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            "{original:?} changed remotely since this mount last saw it: this mount's version is kept as {:?}",
-            f.key
-        );
-        {
-            let mut data_map = self.data.lock();
-            if data_map.get(&ino).is_some_and(|d| Arc::ptr_eq(d, data)) {
-                data_map.remove(&ino);
-            }
-        }
-        let mut tree = self.tree();
-        let parent = tree.get_mut(ino).map(|n| {
-            n.fresh_until = Instant::now();
-            n.kernel_cache_etag = None;
-            n.parent
-        });
-        if let Some(parent) = parent {
-            tree.invalidate_listing(parent);
-        }
-        drop(tree);
-        self.tell_kernel_attrs_changed(ino);
-        Ok(())
-    }
-
     /// A directory's mode, owner and mtime are its marker's metadata: the marker is put
     /// again with them (a directory known only from its keys gets a marker now).
     async fn persist_dir_metadata(&self, ino: u64, key: &str) -> FsResult<()> {
@@ -405,7 +239,7 @@ impl Fs {
             return Ok(());
         }
         if self.pending_markers.lock().contains(key) {
-            // Its first marker is still on its way (`--upload-on-close false`): this one
+            // Its first marker is still on its way (`--upload-mode background`): this one
             // must land after it.
             self.background.wait_idle().await;
         }
@@ -419,14 +253,4 @@ impl Fs {
             .map_err(|e| self.fail("chmod/chown/utimens", key, e))?;
         Ok(())
     }
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DirtyReport {
-    pub files: u64,
-    pub bytes: u64,
-    pub memory: u64,
-    pub pending_uploads: u64,
-    pub failed_uploads: u64,
-    pub conflicts: u64,
 }

@@ -157,6 +157,23 @@ impl Mount {
         self.path.join(rel)
     }
 
+    /// `s3vol sync MOUNTPOINT`: returns once everything written is in the bucket (the
+    /// default upload mode uploads after close()); panics if it fails.
+    pub fn sync(&self) {
+        let out = Command::new(env!("CARGO_BIN_EXE_s3vol"))
+            .arg("sync")
+            .arg(&self.path)
+            .output()
+            .expect("run s3vol sync");
+        assert!(
+            out.status.success(),
+            "s3vol sync failed: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+    }
+
     /// Unmounts and waits for the daemon to exit; returns its log.
     pub fn unmount(mut self) -> String {
         self.stop();
