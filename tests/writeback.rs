@@ -168,7 +168,13 @@ fn sync(m: &Mount) -> Ran {
 #[track_caller]
 fn sync_ok(m: &Mount, what: &str) {
     let ran = sync(m);
-    assert_eq!(ran.code, Some(0), "{what}: `s3vol sync` failed:\n{}\n{}", ran.text(), m.log());
+    assert_eq!(
+        ran.code,
+        Some(0),
+        "{what}: `s3vol sync` failed:\n{}\n{}",
+        ran.text(),
+        m.log()
+    );
 }
 
 /// This mount's entry of `s3vol status MOUNTPOINT --json`.
@@ -178,8 +184,8 @@ fn status(m: &Mount) -> serde_json::Value {
         Duration::from_secs(30),
     );
     assert_eq!(ran.code, Some(0), "s3vol status --json:\n{}", ran.text());
-    let all: serde_json::Value =
-        serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("status --json is not JSON ({e}):\n{}", ran.text()));
+    let all: serde_json::Value = serde_json::from_str(&ran.stdout)
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}):\n{}", ran.text()));
     match all {
         serde_json::Value::Array(mut mounts) if mounts.len() == 1 => mounts.remove(0),
         serde_json::Value::Object(_) => all,
@@ -231,12 +237,16 @@ fn eventually(bound: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// Every PUT (PutObject, UploadPart, CopyObject, markers) answered 503 SlowDown until
 /// [`stop_injecting`]: uploads stay pending, lookups and listings still work.
 fn fail_every_put(s: &RunningServer) {
-    s.quirks()
-        .inject_errors(u32::MAX, InjectedFailure::SlowDown, RequestFilter::Method(http::Method::PUT));
+    s.quirks().inject_errors(
+        u32::MAX,
+        InjectedFailure::SlowDown,
+        RequestFilter::Method(http::Method::PUT),
+    );
 }
 
 fn stop_injecting(s: &RunningServer) {
-    s.quirks().inject_errors(0, InjectedFailure::BadGateway, RequestFilter::Any);
+    s.quirks()
+        .inject_errors(0, InjectedFailure::BadGateway, RequestFilter::Any);
 }
 
 /// Keys of the bucket under `prefix`.
@@ -363,7 +373,9 @@ fn not_in_bucket(s: &RunningServer, files: &[(String, Vec<u8>)], recorded: &[usi
             let (name, body) = &files[i];
             match object(s, name) {
                 None => Some(format!("{name}: absent")),
-                Some(got) if got != *body => Some(format!("{name}: {} bytes, not the {} written", got.len(), body.len())),
+                Some(got) if got != *body => {
+                    Some(format!("{name}: {} bytes, not the {} written", got.len(), body.len()))
+                }
                 Some(_) => None,
             }
         })
@@ -701,13 +713,19 @@ fn a_full_staging_disk_fails_writes_cleanly_and_loses_nothing_closed() {
         "full/f{failed_at:03}: a full staging disk fails with ENOSPC or EIO, not {e:?}"
     );
     assert!(!closed.is_empty(), "some files fit before the disk was full: {e}");
-    eprintln!("{} files of 1 MiB closed, then full/f{failed_at:03} failed: {e}", closed.len());
+    eprintln!(
+        "{} files of 1 MiB closed, then full/f{failed_at:03} failed: {e}",
+        closed.len()
+    );
     // The daemon is alive and serves what was closed from its staging files.
     assert!(is_mounted(&m.path), "still mounted");
     for &i in closed.iter().step_by(5) {
         let path = m.join(&format!("full/f{i:03}"));
         let got = within("a read while staging is full", move || fs::read(path));
-        assert!(got.ok() == Some(body(i)), "full/f{i:03} reads back while staging is full");
+        assert!(
+            got.ok() == Some(body(i)),
+            "full/f{i:03} reads back while staging is full"
+        );
     }
 
     stop_injecting(&s);
@@ -773,8 +791,13 @@ fn an_unlinked_pending_file_never_reaches_the_bucket() {
     }
     s.quirks().set_latency(Duration::ZERO);
     sync_ok(&m, "after the racing unlinks");
-    let raced = |s: &RunningServer| -> Vec<String> { keys_under(s, "race/").into_iter().filter(|k| k != "race/").collect() };
-    assert!(raced(&s).is_empty(), "unlinked, yet in the bucket after sync: {:?}", raced(&s));
+    let raced =
+        |s: &RunningServer| -> Vec<String> { keys_under(s, "race/").into_iter().filter(|k| k != "race/").collect() };
+    assert!(
+        raced(&s).is_empty(),
+        "unlinked, yet in the bucket after sync: {:?}",
+        raced(&s)
+    );
     // Nothing reappears later (a late upload after the delete).
     std::thread::sleep(Duration::from_secs(2));
     assert!(raced(&s).is_empty(), "reappeared after sync: {:?}", raced(&s));
@@ -792,7 +815,11 @@ fn the_last_close_wins() {
     fs::create_dir(m.join("v")).expect("mkdir");
     for round in 0..3u32 {
         for i in 0..100u32 {
-            write_file(&m.join(&format!("v/f{i}")), &pattern(300 + i as usize, round * 1000 + i)).expect("write");
+            write_file(
+                &m.join(&format!("v/f{i}")),
+                &pattern(300 + i as usize, round * 1000 + i),
+            )
+            .expect("write");
         }
     }
     sync_ok(&m, "after the rewrites");
@@ -933,7 +960,11 @@ fn rmdir_and_directory_rename_see_pending_files() {
             name(i)
         );
     }
-    assert!(keys_under(&s, "d/").is_empty(), "left under d/: {:?}", keys_under(&s, "d/"));
+    assert!(
+        keys_under(&s, "d/").is_empty(),
+        "left under d/: {:?}",
+        keys_under(&s, "d/")
+    );
     let log = m.unmount();
     assert_no_panic(&log);
 }
@@ -963,7 +994,11 @@ fn a_directory_of_pending_files_renamed_while_uploads_fail() {
             "dst/f{i} holds its bytes"
         );
     }
-    assert!(keys_under(&s, "src/").is_empty(), "left under src/: {:?}", keys_under(&s, "src/"));
+    assert!(
+        keys_under(&s, "src/").is_empty(),
+        "left under src/: {:?}",
+        keys_under(&s, "src/")
+    );
     let log = m.unmount();
     assert_no_panic(&log);
 }
@@ -1052,12 +1087,23 @@ fn a_permanent_refusal_is_listed_returned_kept_and_discarded() {
     // fsync too.
     let (synced, _) = fsync_file(m.join("dir/big"));
     assert!(synced.is_err(), "fsync returns the refusal");
-    assert!(fs::read(m.join("dir/big")).ok() == Some(big.clone()), "the data is kept in the mount");
+    assert!(
+        fs::read(m.join("dir/big")).ok() == Some(big.clone()),
+        "the data is kept in the mount"
+    );
     // sync names it and fails.
     let ran = sync(&m);
     assert_eq!(ran.code, Some(1), "s3vol sync with a refused file:\n{}", ran.text());
-    assert!(ran.stderr.contains("dir/big"), "s3vol sync names the refused file:\n{}", ran.text());
-    assert_eq!(object(&s, "dir/small").as_deref(), Some(&b"fits"[..]), "the other file is uploaded");
+    assert!(
+        ran.stderr.contains("dir/big"),
+        "s3vol sync names the refused file:\n{}",
+        ran.text()
+    );
+    assert_eq!(
+        object(&s, "dir/small").as_deref(),
+        Some(&b"fits"[..]),
+        "the other file is uploaded"
+    );
     assert_eq!(object(&s, "dir/big"), None);
     let log = m.unmount();
     assert_no_panic(&log);
@@ -1089,7 +1135,10 @@ fn a_permanent_refusal_is_listed_returned_kept_and_discarded() {
     assert_no_panic(&log);
     let m = mount_cache(&s, cache.path(), &[]);
     std::thread::sleep(Duration::from_secs(1));
-    assert!(upload_failures(&m).is_empty(), "a discarded refusal stays gone after a remount");
+    assert!(
+        upload_failures(&m).is_empty(),
+        "a discarded refusal stays gone after a remount"
+    );
     assert_eq!(object(&s, "dir/big"), None);
     let journal = cache.path().join("journal");
     let left = fs::read_dir(&journal).map(|d| d.count()).unwrap_or(0);
