@@ -933,7 +933,7 @@ fn rmdir_and_directory_rename_see_pending_files() {
     // A directory renamed with uploads of its files pending.
     fs::create_dir_all(m.join("d/sub")).expect("mkdir d/sub");
     let name = |i: u32| {
-        if i % 4 == 0 {
+        if i.is_multiple_of(4) {
             format!("sub/g{i}")
         } else {
             format!("f{i}")
