@@ -269,6 +269,12 @@ pub fn serve(
             recovered.failed.len()
         );
     }
+    if !recovered.retrying.is_empty() {
+        tracing::warn!(
+            "{} journaled files are uploaded in the background once the store answers; see above",
+            recovered.retrying.len()
+        );
+    }
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = vec![
         fuser::MountOption::FSName(source.to_string()),

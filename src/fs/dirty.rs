@@ -34,6 +34,8 @@ pub struct FileData {
     pub journal: Option<super::journal::RecordRef>,
     /// The record describes the data as it is (no write or truncate since).
     pub journal_current: bool,
+    /// The metadata a crashed run journaled, for data recovered without an inode.
+    pub recovered_metadata: Option<crate::store::Metadata>,
     budget: Arc<MemoryBudget>,
 }
 
@@ -51,6 +53,7 @@ impl FileData {
             streaming: None,
             journal: None,
             journal_current: false,
+            recovered_metadata: None,
             budget,
         }
     }
@@ -76,6 +79,7 @@ impl FileData {
             streaming: None,
             journal: None,
             journal_current: false,
+            recovered_metadata: Some(r.metadata.clone()),
             budget,
         }
     }

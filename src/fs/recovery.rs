@@ -13,6 +13,8 @@ pub struct Recovered {
     pub uploaded: Vec<String>,
     pub conflicts: Vec<String>,
     pub failed: Vec<String>,
+    /// Not uploaded at mount (the store failed): queued, retried in the background.
+    pub retrying: Vec<String>,
     /// Records naming a file outside the staging directory: not applied, left in place.
     pub refused: Vec<String>,
     /// This mount's records left for a later read-write mount (this one is read-only).
@@ -22,7 +24,7 @@ pub struct Recovered {
 }
 
 impl Fs {
-    pub async fn recover(&self) -> Recovered {
+    pub async fn recover(self: &Arc<Self>) -> Recovered {
         let mut out = Recovered::default();
         let listing = self.journal.read();
         // The cache directory's lock is held: no live mount writes these staging files.
@@ -88,7 +90,15 @@ impl Fs {
                     }
                     self.journal.uploaded(Some(at), left).await;
                 }
-                Err(e) => {
+                Err((e, Some(f))) => {
+                    tracing::warn!(
+                        "cannot recover {:?} from {at} yet: {e}; retrying in the background (s3vol status shows it)",
+                        record.key,
+                    );
+                    out.retrying.push(record.key.clone());
+                    self.adopt(f);
+                }
+                Err((e, None)) => {
                     tracing::error!(
                         "cannot recover {:?} from {at}: {e}; its data stays in the cache directory for the next mount",
                         record.key,
@@ -101,13 +111,14 @@ impl Fs {
     }
 
     /// Uploads one record's data; returns the key written (`None`: it was already there)
-    /// and the staging file to remove once the record is gone.
+    /// and the staging file to remove once the record is gone. A failed upload hands the
+    /// data back, for the upload queue to retry.
     async fn recover_one(
         &self,
         at: &RecordRef,
         r: &Record,
         data: Data,
-    ) -> Result<(Option<String>, Option<UploadedStaging>), String> {
+    ) -> Result<(Option<String>, Option<UploadedStaging>), (String, Option<FileData>)> {
         if let Some(id) = &r.upload_id
             && let Err(e) = self.store.abort_multipart(&r.key, id).await
         {
@@ -116,7 +127,7 @@ impl Fs {
         let content = match data {
             Data::Inline(bytes) => Content::from_bytes(bytes, self.dirty_budget.clone()),
             Data::Staged(staging) => {
-                Content::reopen(&staging).map_err(|e| format!("staging file {}: {e}", staging.display()))?
+                Content::reopen(&staging).map_err(|e| (format!("staging file {}: {e}", staging.display()), None))?
             }
         };
         let mut f = FileData::recovered(r, content, self.dirty_budget.clone());
@@ -125,7 +136,7 @@ impl Fs {
         let current = match self.store.head(&r.key).await {
             Ok(m) => m.etag,
             Err(StoreError::NotFound) => None,
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err((e.to_string(), Some(f))),
         };
         let base = r.base.as_ref().map(|b| b.etag.clone());
         if current != base {
@@ -139,11 +150,10 @@ impl Fs {
             }
             f.key = conflict_key(&r.key);
         }
-        let version = self
-            .uploader
-            .upload(&mut f, &r.metadata)
-            .await
-            .map_err(|e| e.to_string())?;
+        let version = match self.uploader.upload(&mut f, &r.metadata).await {
+            Ok(version) => version,
+            Err(e) => return Err((e.to_string(), Some(f))),
+        };
         let key = f.key.clone();
         let left = f.uploaded(version);
         f.journal = None;

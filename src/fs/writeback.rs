@@ -79,7 +79,13 @@ pub(super) struct WriteBack {
     backoff: Mutex<(Duration, Instant)>,
     /// Cuts backoff short (`s3vol sync`, unmount).
     retry_now: tokio::sync::Notify,
+    /// Data recovered after a crash whose upload failed at mount, queued under inode
+    /// numbers counted down from `ADOPTED`: never the tree's.
+    adopted: std::sync::atomic::AtomicU64,
 }
+
+/// The first inode number given to adopted data (the tree counts up from 1).
+const ADOPTED: u64 = u64::MAX - 1;
 
 impl Default for WriteBack {
     fn default() -> Self {
@@ -89,6 +95,7 @@ impl Default for WriteBack {
             slots: tokio::sync::Semaphore::new(UPLOADS_IN_FLIGHT),
             backoff: Mutex::new((Duration::ZERO, Instant::now())),
             retry_now: tokio::sync::Notify::new(),
+            adopted: std::sync::atomic::AtomicU64::new(ADOPTED),
         }
     }
 }
@@ -265,6 +272,23 @@ impl Fs {
         self.sync_ino(file.ino).await
     }
 
+    /// Data a crashed run journaled whose upload failed at mount: the queue retries it like
+    /// a closed file's (it has no inode: the mount does not show it until uploaded).
+    pub(super) fn adopt(self: &Arc<Self>, f: FileData) {
+        let ino = self.writeback.adopted.fetch_sub(1, Ordering::Relaxed);
+        self.data.lock().insert(ino, Arc::new(tokio::sync::Mutex::new(f)));
+        self.queue_upload(ino);
+    }
+
+    /// The metadata an upload of `f` carries: its inode's, or what the journal kept for
+    /// adopted data.
+    fn upload_metadata(&self, ino: u64, f: &FileData) -> Metadata {
+        match &f.recovered_metadata {
+            Some(m) if self.tree().get(ino).is_none() => m.clone(),
+            _ => self.metadata_for(ino),
+        }
+    }
+
     /// Journals `ino`'s changes (durable before this returns) and queues their upload. If
     /// they cannot be journaled (the cache directory's disk is full or failing), they are
     /// uploaded now instead, and the caller waits.
@@ -277,7 +301,7 @@ impl Fs {
             if !f.dirty {
                 return Ok(());
             }
-            let metadata = self.metadata_for(ino);
+            let metadata = self.upload_metadata(ino, &f);
             let upload_id = f.streaming.as_ref().map(|s| s.upload_id.clone());
             if let Err(e) = self.journal.record(&mut f, &metadata, upload_id).await {
                 tracing::warn!(
@@ -365,7 +389,7 @@ impl Fs {
         if !f.dirty {
             return Ok(f.key.clone());
         }
-        let metadata = self.metadata_for(ino);
+        let metadata = self.upload_metadata(ino, &f);
         // Durable before the upload starts: a crash from here on is recovered at the next
         // mount with the same cache directory. A journal that cannot be written does not
         // stop the upload: its success makes the data safe all the same.
