@@ -68,6 +68,9 @@ pub struct Record {
     /// The bytes are inline in the log entry, not in `staging`.
     #[serde(default)]
     pub inline: bool,
+    /// Not data: the object `key` (of the ETag in `base`, if known) is being deleted.
+    #[serde(default)]
+    pub delete: bool,
 }
 
 impl Record {
@@ -94,6 +97,7 @@ impl Record {
             staging: staging.unwrap_or_default(),
             upload_id,
             metadata: metadata.clone(),
+            delete: false,
         }
     }
 }
@@ -219,6 +223,47 @@ impl Journal {
             }
         }
         None
+    }
+
+    /// Notes that `key` (of `etag`, if known) is being deleted in the background, so that
+    /// a daemon killed before the DELETE lands has the next mount send it. Not flushed:
+    /// the entry is in the kernel's page cache once written, which a killed daemon does
+    /// not lose; only a power loss can, as it can lose a local filesystem's last unlinks.
+    pub fn record_delete(&self, key: &str, etag: Option<&str>) -> std::io::Result<RecordRef> {
+        let record = Record {
+            bucket: self.bucket.clone(),
+            endpoint: Some(self.endpoint.clone()),
+            key: key.to_string(),
+            size: 0,
+            base: etag.map(|etag| BaseRecord {
+                key: key.to_string(),
+                etag: etag.to_string(),
+                size: 0,
+            }),
+            base_limit: 0,
+            local: Vec::new(),
+            staging: PathBuf::new(),
+            upload_id: None,
+            metadata: Default::default(),
+            inline: false,
+            delete: true,
+        };
+        let header = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+        let id = fastrand::u64(..);
+        self.log.put(id, &header, &[])?;
+        Ok(RecordRef::Log(id))
+    }
+
+    /// The delete `record_delete` noted has landed.
+    pub fn deleted(&self, at: RecordRef) {
+        match at {
+            RecordRef::Log(id) => {
+                let _ = self.log.done(id);
+            }
+            RecordRef::Legacy(path) => {
+                self.remove_legacy(&path);
+            }
+        }
     }
 
     /// The file's data is not to be uploaded any more (its name is gone, or the user dropped
@@ -368,7 +413,7 @@ impl Journal {
         let named: HashSet<OsString> = listing
             .records
             .iter()
-            .filter(|j| !j.record.inline)
+            .filter(|j| !j.record.inline && !j.record.delete)
             .filter_map(|j| self.staging_file(&j.record).ok())
             .filter_map(|p| p.file_name().map(OsString::from))
             .collect();
@@ -421,6 +466,7 @@ mod tests {
             upload_id: None,
             metadata: Default::default(),
             inline: false,
+            delete: false,
         }
     }
 

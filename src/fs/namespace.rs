@@ -236,7 +236,7 @@ impl Fs {
             }
         }
         if !local && self.resolved.profile.markers != Markers::Forbidden {
-            self.delete_object(&key).await?;
+            self.delete_object(&key, None).await?;
         }
         self.tree()
             .remove_child(parent, name, Instant::now() + self.config.metadata_ttl);
@@ -256,10 +256,10 @@ impl Fs {
             let mut f = d.lock().await;
             self.forget_changes(ino, &mut f).await;
         }
-        let (key, local) = {
+        let (key, local, etag) = {
             let tree = self.tree();
             let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
-            (n.key.clone(), n.local)
+            (n.key.clone(), n.local, n.etag.clone())
         };
         // Decided under the open counts' lock, which the last release also holds while it
         // looks for a pending delete: a release racing with this unlink either sees the
@@ -277,7 +277,7 @@ impl Fs {
         if !open {
             self.data.lock().remove(&ino);
             if !local {
-                self.delete_object(&key).await?;
+                self.delete_object(&key, etag.as_deref()).await?;
             }
         }
         self.tree()
@@ -288,16 +288,32 @@ impl Fs {
 
     /// Deletes now, or, with deferred uploads, in the background like them (hidden from
     /// this mount's listings until done; a failure is logged and counted).
-    async fn delete_object(self: &Arc<Self>, key: &str) -> FsResult<()> {
-        if self.config.upload_mode == UploadMode::OnClose {
+    /// A background delete is journaled first (`Journal::record_delete`): a daemon killed
+    /// before it lands has the next mount send it. `etag`: the version deleted, if known.
+    async fn delete_object(self: &Arc<Self>, key: &str, etag: Option<&str>) -> FsResult<()> {
+        let journaled = match self.config.upload_mode {
+            UploadMode::OnClose => None,
+            UploadMode::Background => match self.journal.record_delete(key, etag) {
+                Ok(at) => Some(at),
+                Err(e) => {
+                    tracing::warn!("journal for the delete of {key:?}: {e}; deleting it now instead");
+                    None
+                }
+            },
+        };
+        let Some(at) = journaled else {
             return self.store.delete(key).await.map_err(|e| self.fail("delete", key, e));
-        }
+        };
         self.hidden_keys.lock().insert(key.to_string());
         let key = key.to_string();
         self.in_background(|this| async move {
             let deleted = match this.store.delete(&key).await {
-                Ok(()) => true,
+                Ok(()) => {
+                    this.journal.deleted(at);
+                    true
+                }
                 Err(e) => {
+                    // The record stays: the next mount sends it again.
                     this.fail("delete", &key, e);
                     false
                 }
@@ -493,10 +509,10 @@ impl Fs {
         if !f.dirty || f.streaming.is_some() || !f.independent_of_base() {
             return Ok(false);
         }
-        let (old_key, local) = {
+        let (old_key, local, old_etag) = {
             let tree = self.tree();
             let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
-            (n.key.clone(), n.local)
+            (n.key.clone(), n.local, n.etag.clone())
         };
         let old_key_of_data = std::mem::replace(&mut f.key, new_key.to_string());
         let old_base = f.base.take();
@@ -511,7 +527,7 @@ impl Fs {
         }
         drop(f);
         if !local {
-            self.delete_object(&old_key).await?;
+            self.delete_object(&old_key, old_etag.as_deref()).await?;
         }
         if let Some(n) = self.tree().get_mut(ino) {
             n.local = true;

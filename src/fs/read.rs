@@ -42,6 +42,7 @@ impl Fs {
         // The handle counts before the data is looked up, so a concurrent last release
         // cannot drop the data this open is about to use.
         let opened = self.new_handle(ino, object.clone(), mode, keep_cache);
+        self.catch_up_with_upload(ino, opened.fh);
         if mode.write || mode.truncate {
             let data = self.file_data(ino, &object, local);
             if mode.truncate
@@ -60,6 +61,22 @@ impl Fs {
             }
         }
         Ok(opened)
+    }
+
+    /// A background upload that landed between this open's look at the tree and its
+    /// handle's registration moved the tree on, and the handles it knew of, not this one:
+    /// the handle takes the uploaded version now (else, once the local data is dropped, it
+    /// would read the old version's cached blocks up to the new size).
+    fn catch_up_with_upload(&self, ino: u64, fh: u64) {
+        let Ok(file) = self.handle(fh) else { return };
+        let tree = self.tree();
+        let Some(n) = tree.get(ino) else { return };
+        let etag = n.etag.as_deref().unwrap_or_default();
+        let mut object = file.object.lock();
+        if *object.etag != *etag {
+            object.etag = Arc::from(etag);
+            object.size = n.attr.size;
+        }
     }
 
     pub(super) fn new_handle(&self, ino: u64, object: ObjectVersion, mode: OpenMode, keep_cache: bool) -> Opened {

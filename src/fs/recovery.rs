@@ -13,6 +13,8 @@ pub struct Recovered {
     pub uploaded: Vec<String>,
     pub conflicts: Vec<String>,
     pub failed: Vec<String>,
+    /// Deletes a killed daemon had not sent, sent now.
+    pub deleted: Vec<String>,
     /// Not uploaded at mount (the store failed): queued, retried in the background.
     pub retrying: Vec<String>,
     /// Records naming a file outside the staging directory: not applied, left in place.
@@ -30,6 +32,7 @@ impl Fs {
         // The cache directory's lock is held: no live mount writes these staging files.
         self.journal.remove_unnamed_staging(&listing);
         let mut mine = Vec::new();
+        let mut deletes = Vec::new();
         for Journaled { at, record, inline } in listing.records {
             match self.journal.owner(&record) {
                 Owner::Other(whose) => {
@@ -42,6 +45,10 @@ impl Fs {
                     record.bucket
                 ),
                 Owner::ThisMount => {}
+            }
+            if record.delete {
+                deletes.push((at, record));
+                continue;
             }
             let data = match record.inline {
                 true => Ok(Data::Inline(inline)),
@@ -66,6 +73,9 @@ impl Fs {
             );
             out.deferred = mine.into_iter().map(|(_, r, _)| r.key).collect();
             return out;
+        }
+        for (at, record) in deletes {
+            self.recover_delete(at, &record, &mut out).await;
         }
         for (at, record, data) in mine {
             match self.recover_one(&at, &record, data).await {
@@ -160,6 +170,40 @@ impl Fs {
         Ok((Some(key), left))
     }
 
+    /// Sends a delete a killed daemon had not sent, unless the object was replaced since (a
+    /// newer object under the name is not the one deleted). A failure leaves the record for
+    /// the next mount.
+    async fn recover_delete(&self, at: RecordRef, r: &Record, out: &mut Recovered) {
+        let deleted = r.base.as_ref().map(|b| b.etag.as_str());
+        let result = match self.store.head(&r.key).await {
+            Err(StoreError::NotFound) => Ok(false),
+            Ok(m) if deleted.is_none() || m.etag.as_deref() == deleted => {
+                self.store.delete(&r.key).await.map(|()| true)
+            }
+            Ok(_) => {
+                tracing::info!(
+                    "{:?} was replaced since it was deleted here: the new object stays",
+                    r.key
+                );
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(sent) => {
+                if sent {
+                    tracing::info!("recovered the delete of {:?}", r.key);
+                    out.deleted.push(r.key.clone());
+                }
+                self.journal.deleted(at);
+            }
+            Err(e) => tracing::warn!(
+                "cannot send the delete of {:?} from {at}: {e}; the next mount tries again",
+                r.key
+            ),
+        }
+    }
+
     /// Whether the remote object is this data already (the upload finished just before
     /// the crash): single-part uploads are recognized by their MD5 ETag.
     async fn already_uploaded(&self, f: &FileData, etag: Option<&str>) -> bool {
@@ -246,6 +290,7 @@ mod tests {
             upload_id: None,
             metadata: Default::default(),
             inline: false,
+            delete: false,
         };
         journal.save(&record).unwrap();
         path
