@@ -806,6 +806,62 @@ fn an_unlinked_pending_file_never_reaches_the_bucket() {
     assert_no_panic(&log);
 }
 
+/// Unlinks done while the server is down, then a SIGKILL: the next mount with the same
+/// cache directory neither resurrects a deleted file nor uploads one created and deleted
+/// meanwhile; what was uploaded before and deleted is deleted from the bucket.
+#[test]
+fn unlinks_before_a_sigkill_are_not_undone_by_the_next_mount() {
+    let _serial = serial();
+    let s = server();
+    let cache = tempfile::tempdir().expect("cache dir");
+    let m = mount_cache(&s, cache.path(), &["--metadata-ttl", "inf"]);
+    fs::create_dir(m.join("u")).expect("mkdir");
+    for i in 0..20u32 {
+        write_file(&m.join(&format!("u/old{i}")), &pattern(800, 2000 + i)).expect("write");
+    }
+    write_file(&m.join("u/stays"), b"stays").expect("write");
+    sync_ok(&m, "before the outage");
+    assert_eq!(keys_under(&s, "u/old").len(), 20);
+    let _ = fs::read_dir(m.join("u")).map(|d| d.count());
+
+    let down = take_down(s);
+    for i in 0..20u32 {
+        fs::remove_file(m.join(&format!("u/old{i}"))).expect("unlink while the server is down");
+    }
+    for i in 0..20u32 {
+        let path = m.join(&format!("u/new{i}"));
+        write_file(&path, &pattern(900, 3000 + i)).expect("write and close while the server is down");
+        fs::remove_file(&path).expect("unlink while the server is down");
+    }
+    write_file(&m.join("u/late"), b"late").expect("write and close while the server is down");
+    let log = m.kill();
+    assert_no_panic(&log);
+    let s = bring_back(down);
+    let m = mount_cache(&s, cache.path(), &[]);
+    sync_ok(&m, "after the recovery");
+    assert_eq!(object(&s, "u/stays").as_deref(), Some(&b"stays"[..]));
+    assert_eq!(
+        object(&s, "u/late").as_deref(),
+        Some(&b"late"[..]),
+        "closed before the kill\n{}",
+        m.log()
+    );
+    let resurrected = keys_under(&s, "u/old");
+    assert!(
+        resurrected.is_empty(),
+        "deleted before the kill, still in the bucket after the next mount: {resurrected:?}\n{}",
+        m.log()
+    );
+    let appeared = keys_under(&s, "u/new");
+    assert!(
+        appeared.is_empty(),
+        "created and deleted before the kill, uploaded by the next mount: {appeared:?}\n{}",
+        m.log()
+    );
+    let log = m.unmount();
+    assert_no_panic(&log);
+}
+
 /// Rewrites of a pending file upload in order: the bucket ends with the last version.
 #[test]
 fn the_last_close_wins() {
