@@ -246,3 +246,40 @@ fn a_read_only_mount_does_not_recover() {
     assert!(object(&s, "f.bin").as_deref() == Some(&data[..]));
     drop(m);
 }
+
+/// `rm` returns before its DELETE lands (the background mode defers it): a daemon killed
+/// in between leaves the delete journaled, and the next mount sends it, so the file does
+/// not come back.
+#[test]
+fn a_delete_the_killed_daemon_had_not_sent_is_sent_by_the_next_mount() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = server();
+    let cache = tempfile::tempdir().unwrap();
+    let args = ["--cache-dir", cache.path().to_str().unwrap()];
+    put(&s, "doomed", "x");
+    put(&s, "kept", "y");
+    let m = Mount::new(&s, &args);
+    assert!(m.join("doomed").exists() && m.join("kept").exists());
+    s.quirks().set_latency(Duration::from_secs(3));
+    std::fs::remove_file(m.join("doomed")).unwrap();
+    let log = m.kill();
+    s.quirks().set_latency(Duration::ZERO);
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        object(&s, "doomed").is_some(),
+        "precondition: the delete had not landed before the kill"
+    );
+    let m = Mount::new(&s, &args);
+    assert_eq!(object(&s, "doomed"), None, "sent before the mount serves");
+    assert!(!m.join("doomed").exists());
+    assert_eq!(object(&s, "kept").as_deref(), Some(&b"y"[..]));
+    let log = m.unmount();
+    assert!(log.contains("recovered the delete of \"doomed\""), "{log}");
+    assert_eq!(
+        std::fs::read_dir(cache.path().join("journal"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "journal emptied"
+    );
+}

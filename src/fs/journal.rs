@@ -267,20 +267,16 @@ impl Journal {
     }
 
     /// The file's data is not to be uploaded any more (its name is gone, or the user dropped
-    /// it): its record goes, durably (a crash must not bring the data back). Its staging
-    /// file, still in use while the file is open, no record names from now on: the next
-    /// mount removes it if this one does not.
-    pub async fn forget(&self, f: &mut super::dirty::FileData) {
+    /// it): its record goes. Not flushed, as `record_delete`: a killed daemon cannot lose
+    /// the note. Its staging file, still in use while the file is open, no record names
+    /// from now on: the next mount removes it if this one does not.
+    pub fn forget(&self, f: &mut super::dirty::FileData) {
         match f.journal.take() {
             Some(RecordRef::Legacy(path)) => {
                 self.remove_legacy(&path);
             }
             Some(RecordRef::Log(id)) => {
-                let durable = match self.log.done(id) {
-                    Ok(at) => self.log.commit(at).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = durable {
+                if let Err(e) = self.log.done(id) {
                     tracing::warn!(
                         "journal under {}: {e}; {:?} may be uploaded again after a crash",
                         self.dir.display(),

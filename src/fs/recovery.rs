@@ -240,6 +240,7 @@ mod tests {
     use crate::provider::Overrides;
     use crate::source::Source;
     use crate::store::memory::MemoryStore;
+    use bytes::Bytes;
     use std::path::Path;
 
     const ENDPOINT: &str = "http://127.0.0.1:9";
@@ -340,6 +341,52 @@ mod tests {
             "the second upload has the first one's bytes, not zeros"
         );
         fs.release(opened.fh).await;
+    }
+
+    /// What close() journals in the background mode, read back by the next mount: small
+    /// files inline in the log (no staging file), a larger one staged, an unlinked one
+    /// and a deleted object as notes; a clean exit leaves an empty journal.
+    #[tokio::test]
+    async fn the_log_brings_back_inline_staged_and_deleted_files() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::new());
+        store
+            .put("old", Bytes::from_static(b"to delete"), &Default::default())
+            .await
+            .unwrap();
+        let journal = Journal::new(cache.path(), "b", Some(ENDPOINT));
+        let budget = MemoryBudget::new(1 << 20, 1 << 20);
+        let write = |key: &str, data: &[u8]| {
+            let mut f = FileData::new(key.to_string(), None, budget.clone());
+            f.write(0, data, &journal.staging_dir()).unwrap();
+            f
+        };
+        let mut small = write("small", b"inline bytes");
+        let mut large = write("large", &vec![7; 2 << 20]);
+        let mut gone = write("gone", b"unlinked before its upload");
+        for f in [&mut small, &mut large, &mut gone] {
+            journal.record(f, &Default::default(), None).await.unwrap();
+        }
+        journal.forget(&mut gone);
+        journal.record_delete("old", None).unwrap();
+        let staged = std::fs::read_dir(journal.staging_dir()).unwrap().count();
+        assert_eq!(staged, 1, "only the large file has a staging file");
+        // The daemon dies here: nothing else runs. The next mount finishes the job.
+        let done = fs(&store, cache.path(), ENDPOINT, false).recover().await;
+        let mut uploaded = done.uploaded.clone();
+        uploaded.sort();
+        assert_eq!(
+            (uploaded, done.deleted),
+            (vec!["large".to_string(), "small".into()], vec!["old".to_string()])
+        );
+        assert_eq!(store.contents("small").as_deref(), Some(&b"inline bytes"[..]));
+        assert!(store.contents("large").is_some_and(|b| b.len() == 2 << 20));
+        assert!(store.keys().iter().all(|k| k != "gone" && k != "old"));
+        let fs = fs(&store, cache.path(), ENDPOINT, false);
+        assert!(fs.recover().await.uploaded.is_empty(), "nothing is recovered twice");
+        fs.close_journal();
+        assert_eq!(std::fs::read_dir(cache.path().join("journal")).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(cache.path().join("staging")).unwrap().count(), 0);
     }
 
     #[tokio::test]

@@ -440,7 +440,7 @@ impl Fs {
     /// finished (the caller holds the data's lock).
     pub(super) async fn forget_changes(&self, ino: u64, f: &mut FileData) {
         f.dirty = false;
-        self.journal.forget(f).await;
+        self.journal.forget(f);
         self.writeback.forget(ino);
     }
 
