@@ -302,6 +302,12 @@ pub fn serve(
     let mut session = fuser::Session::new(adapter, mountpoint, &fuse_config)
         .map_err(|e| format!("cannot mount on {}: {e}", mountpoint.display()))?;
     let notifier = session.notifier();
+    let entries = session.notifier();
+    fs.on_entry_gone(Arc::new(move |parent, name| {
+        if let Err(e) = entries.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::new(&name)) {
+            tracing::debug!("telling the kernel {name:?} under inode {parent} is gone: {e}");
+        }
+    }));
     fs.on_attrs_stale(Arc::new(move |ino| {
         // A negative offset: attributes only, the kernel's pages stay.
         if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), -1, 0) {

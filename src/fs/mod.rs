@@ -197,11 +197,17 @@ pub struct Fs {
     pub stats: FsStats,
     /// Tells the kernel an inode's cached attributes are stale (set by the FUSE adapter).
     kernel_attrs_stale: std::sync::OnceLock<AttrsStale>,
+    /// Tells the kernel a name is gone (set by the FUSE adapter).
+    kernel_entry_gone: std::sync::OnceLock<EntryGone>,
 }
 
 /// Marks an inode's attributes in the kernel as stale, so it asks again (its size changed
 /// behind the kernel's back).
 pub type AttrsStale = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Drops the kernel's cached entry `name` under the inode `parent` (the name went away
+/// without the kernel asking for it).
+pub type EntryGone = Arc<dyn Fn(u64, String) + Send + Sync>;
 
 struct BackgroundRequests {
     /// One permit per request in flight: bounds them, and waiting for all permits is
@@ -340,6 +346,7 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             stats: FsStats::default(),
             kernel_attrs_stale: Default::default(),
+            kernel_entry_gone: Default::default(),
             config,
         }
     }
@@ -347,6 +354,18 @@ impl Fs {
     /// How to tell the kernel that an inode's attributes changed (called once, at mount).
     pub fn on_attrs_stale(&self, notify: AttrsStale) {
         let _ = self.kernel_attrs_stale.set(notify);
+    }
+
+    /// How to tell the kernel that a name went away (called once, at mount).
+    pub fn on_entry_gone(&self, notify: EntryGone) {
+        let _ = self.kernel_entry_gone.set(notify);
+    }
+
+    /// `name` under `parent` is gone, though the kernel did not remove it.
+    pub(super) fn tell_kernel_entry_gone(&self, parent: u64, name: String) {
+        if let Some(notify) = self.kernel_entry_gone.get().cloned() {
+            tokio::task::spawn_blocking(move || notify(parent, name));
+        }
     }
 
     /// The kernel's cached attributes of `ino` are stale (its object changed remotely).

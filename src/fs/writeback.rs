@@ -545,6 +545,9 @@ impl Fs {
             tree.remove_child(parent, &name, Instant::now());
         }
         drop(tree);
+        if local {
+            self.tell_kernel_entry_gone(parent, name);
+        }
         tracing::info!("discarded the refused changes of {key:?}");
         self.tell_kernel_attrs_changed(ino);
         Ok(())
