@@ -926,7 +926,12 @@ fn write_small_files_through_mount(
         returned.elapsed()
     });
     let returned = run.elapsed - run.value;
-    println!("  {}: {}; {}", upload_mode_label(mode), run.requests_text(), mount.summary());
+    println!(
+        "  {}: {}; {}",
+        upload_mode_label(mode),
+        run.requests_text(),
+        mount.summary()
+    );
     drop(mount);
     empty_bucket(&bench.server, bucket);
     (returned, run.elapsed)
