@@ -489,8 +489,9 @@ async fn wait_object(key: &str, size: u64, timeout: Duration, every: Duration) -
     }
 }
 
-/// Polls a flat listing until exactly `count` files are under `prefix` (0: all deleted).
-/// `dir/` markers are not counted: some tools write them and some do not.
+/// Polls a flat listing until exactly `count` files are under `prefix`: `dir/` markers are
+/// not counted (some tools write them and some do not), except for 0, which waits until
+/// nothing at all is left, markers included (`rm -r` timed until the bucket is empty).
 async fn wait_count(prefix: &str, count: usize, timeout: Duration) -> Value {
     let store = store().await;
     let started = Instant::now();
@@ -498,7 +499,9 @@ async fn wait_count(prefix: &str, count: usize, timeout: Duration) -> Value {
     loop {
         let (mut keys, pages) = all_keys(&store, prefix).await;
         lists += pages;
-        keys.retain(|key| !key.ends_with('/'));
+        if count > 0 {
+            keys.retain(|key| !key.ends_with('/'));
+        }
         if keys.len() == count {
             // The harness subtracts its own requests from the server's counts.
             return json!({"seconds": started.elapsed().as_secs_f64(), "keys": keys.len(),

@@ -5,6 +5,12 @@ PNG bar chart (gnuplot).
     python3 bench/wan/report.py --results results.jsonl --meta meta.json \
         --output BENCHMARKS.md --chart bench/wan/chart.png
 
+A run of some workloads only can keep the other rows of an earlier full run
+(`--carry RESULTS --carry-meta META`): they are marked and say which run they come from.
+`--modes-before RESULTS` adds issue 21's table: the write workloads in an earlier run
+(before write-back was the default) next to this run's, each with the raw client and the
+peers of its own run.
+
 Every figure is the median of the successful runs of a (server, workload, tool). A ratio
 is s3vol's speed divided by the other tool's speed, so above 1 means s3vol is faster,
 whatever the unit (for times: the other's time / s3vol's time).
@@ -37,16 +43,18 @@ WORKLOADS = {
     "find": ("find over a tree", "s", False),
 }
 
-TOOLS = ["s3vol", "s3vol-async", "rclone-full", "rclone", "s3fs", "raw"]
+TOOLS = ["s3vol", "s3vol-onclose", "rclone-full", "rclone", "s3fs", "raw"]
 TOOL_LABELS = {
-    "s3vol": "s3vol",
-    "s3vol-async": "s3vol --upload-on-close false",
+    "s3vol": "s3vol (default: write-back)",
+    "s3vol-onclose": "s3vol --upload-mode on-close",
     "rclone-full": "rclone mount --vfs-cache-mode full",
     "rclone": "rclone mount (default: cache off)",
     "s3fs": "s3fs",
     "raw": "raw aws-sdk (baseline)",
 }
 PEERS = ["rclone-full", "rclone", "s3fs"]
+# The workloads s3vol's upload mode changes (the others run only with the default mode).
+WRITE_WORKLOADS = {"write", "close", "create", "cp", "rm", "untar"}
 
 # S3 operation names, abbreviated in the request tables.
 OPERATIONS = {
@@ -70,6 +78,34 @@ def load(path):
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def by_mode(results):
+    """Results of a run made before write-back was s3vol's default (issue 21), whose
+    tools were `s3vol` (close waits for the upload) and `s3vol-async`
+    (`--upload-on-close false`), renamed mode for mode: `s3vol-onclose` and `s3vol`.
+    Reads do not depend on the mode and keep their name. Newer runs are returned as
+    they are."""
+    if not any(r["tool"] == "s3vol-async" for r in results):
+        return results
+    renamed = []
+    for record in results:
+        tool = record["tool"]
+        if record["workload"] in WRITE_WORKLOADS and tool in ("s3vol", "s3vol-async"):
+            record = dict(record, tool="s3vol-onclose" if tool == "s3vol" else "s3vol")
+        renamed.append(record)
+    return renamed
+
+
+def carried(results, earlier):
+    """The records of `earlier` for the (server, workload) pairs `results` does not have."""
+    measured = {(r["server"], r["workload"]) for r in results}
+    # s3vol's write figures from before write-back was the default are not those of its
+    # modes now: such a carried row shows the peers and the raw client only.
+    old_modes = any(r["tool"] == "s3vol-async" for r in earlier)
+    return [dict(r, carried=True) for r in by_mode(earlier)
+            if (r["server"], r["workload"]) not in measured
+            and not (old_modes and r["workload"] in WRITE_WORKLOADS and r["tool"].startswith("s3vol"))]
+
+
 class Cell:
     """The runs of one (server, workload, tool)."""
 
@@ -84,6 +120,10 @@ class Cell:
 
     def failure(self):
         return self.failures[0] if self.failures and not self.values else None
+
+    @property
+    def carried(self):
+        return any(r.get("carried") for r in self.records)
 
 
 def collect(results):
@@ -104,7 +144,8 @@ def fmt(value, unit):
     if unit == "MiB/s":
         return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
     if unit == "ms":
-        return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+        # Under 1 ms (a close() answered locally) the hundredths matter.
+        return f"{value:.0f}" if value >= 10 else f"{value:.1f}" if value >= 1 else f"{value:.2f}"
     return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
@@ -130,7 +171,7 @@ def speed_ratio(mine, other, higher_better):
 
 
 def ratio_text(cells, server, workload, tool, other):
-    """s3vol's (or s3vol-async's) speed over `other`'s, or a bound when `other` timed out."""
+    """s3vol's (or s3vol-onclose's) speed over `other`'s, or a bound when `other` timed out."""
     _, unit, higher = WORKLOADS[workload]
     mine = cells.get((server, workload, tool))
     theirs = cells.get((server, workload, other))
@@ -186,13 +227,15 @@ def server_table(cells, server, workloads, tools, sizes):
             continue
         label, unit, higher = WORKLOADS[workload]
         label = f"{label}{sizes.get(workload, '')}"
+        if any(c.carried for (srv, w, _), c in cells.items() if srv == server and w == workload):
+            label += " †"
         row = [label, unit + (" ↑" if higher else " ↓")]
         for tool in tools:
             row.append(cell_text(cells.get((server, workload, tool)), unit))
         for other in ratio_columns:
             text = ratio_text(cells, server, workload, "s3vol", other)
-            if (server, workload, "s3vol-async") in cells:
-                text += f" (async {ratio_text(cells, server, workload, 's3vol-async', other)})"
+            if (server, workload, "s3vol-onclose") in cells:
+                text += f" (on-close {ratio_text(cells, server, workload, 's3vol-onclose', other)})"
             if other == "raw" and workload == "seq1-warm":
                 text = "— (no network)"
             row.append(text)
@@ -231,8 +274,10 @@ def failures_section(cells, server):
     for (srv, workload, tool), cell in sorted(cells.items()):
         if srv != server:
             continue
+        mark = " †" if cell.carried else ""
         for status, note, _ in cell.failures:
-            lines.append(f"- {WORKLOADS[workload][0]} — {TOOL_LABELS[tool]}: **{status}**: {note.strip() or '(no message)'}")
+            lines.append(f"- {WORKLOADS[workload][0]}{mark} — {TOOL_LABELS[tool]}: **{status}**: "
+                         f"{note.strip() or '(no message)'}")
     return lines
 
 
@@ -298,8 +343,8 @@ def before_after_table(before, after, server, workloads):
     the raw baseline of each run (the machine's load differs between runs; the ratio to raw
     measured in the same run is the fairer comparison)."""
     rows = [
-        "| Workload | unit | s3vol before | s3vol after | vs raw before → after | async before | async after "
-        "| async vs raw before → after |",
+        "| Workload | unit | s3vol before | s3vol after | vs raw before → after | on-close before | on-close after "
+        "| on-close vs raw before → after |",
         "|---|---|---|---|---|---|---|---|",
     ]
 
@@ -313,7 +358,7 @@ def before_after_table(before, after, server, workloads):
         label, unit, higher = WORKLOADS[workload]
         arrow = "↑" if higher else "↓"
         row = [label, f"{unit} {arrow}"]
-        for tool in ("s3vol", "s3vol-async"):
+        for tool in ("s3vol", "s3vol-onclose"):
             old, new = before.get((server, workload, tool)), after.get((server, workload, tool))
             if old is None and new is None:
                 row += ["—", "—", "—"]
@@ -322,6 +367,86 @@ def before_after_table(before, after, server, workloads):
                     f"{ratio(before, tool, workload)} → {ratio(after, tool, workload)}"]
         rows.append("| " + " | ".join(row) + " |")
     return rows
+
+
+# The rows of issue 21's table, and how each run names its s3vol modes.
+MODES_WORKLOADS = ["close", "create", "cp", "rm", "untar", "write"]
+MODES_SHORT = {
+    "close": "close() 1 B, ms ↓",
+    "create": "small files, s ↓",
+    "cp": "cp -r, s ↓",
+    "rm": "rm -r, s ↓",
+    "untar": "untar, s ↓",
+    "write": "1 GiB write, MiB/s ↑",
+}
+
+
+def modes_table(before, before_meta, after, meta, server):
+    """Issue 21: the write workloads before write-back was the default and after, each
+    s3vol mode next to the raw client and the peers of its own run (`before` is taken
+    as it was recorded: its `s3vol` waited for the upload at close)."""
+    def version(m):
+        text = m["versions"]["s3vol"]
+        return text[text.find("(git ") + 5:-1] if "(git " in text else text
+
+    runs = [
+        (f"before: {before_meta['date']}, `{version(before_meta)}`", before, [
+            ("s3vol", "s3vol, default then: close() waits for the upload"),
+            ("s3vol-async", "s3vol --upload-on-close false (close() returned before the journal record)"),
+        ]),
+        (f"after: {meta['date']}, `{version(meta)}`", after, [
+            ("s3vol", "**s3vol, default now: write-back** (close() returns once journaled)"),
+            ("s3vol-onclose", "s3vol --upload-mode on-close (close() waits for the upload)"),
+        ]),
+    ]
+    workloads = [w for w in MODES_WORKLOADS if any((server, w, t) in after for t in TOOLS)]
+    lines = ["| run | tool | " + " | ".join(MODES_SHORT[w] for w in workloads) + " |",
+             "|" + "---|" * (len(workloads) + 2)]
+    for run_label, cells, s3vol_tools in runs:
+        others = [(t, TOOL_LABELS[t]) for t in PEERS + ["raw"]]
+        others[-1] = ("raw", "raw aws-sdk (baseline: small files as 32 PUTs in flight)")
+        for tool, label in s3vol_tools + others:
+            if not any((server, w, tool) in cells for w in workloads):
+                continue
+            row = [run_label, label]
+            for workload in workloads:
+                cell = cells.get((server, workload, tool))
+                row.append("—" if cell is not None and cell.carried else cell_text(cell, WORKLOADS[workload][1]))
+            lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def targets(cells, server):
+    """Issue 21's targets with the defaults, checked against this run."""
+    lines = []
+    def median(workload, tool):
+        cell = cells.get((server, workload, tool))
+        return cell.median if cell else None
+
+    close = median("close", "s3vol")
+    if close is not None:
+        lines.append(f"- close() of a 1-byte file under 1 ms: {fmt(close, 'ms')} ms — "
+                     + ("**met**" if close < 1 else "**missed**"))
+    for workload in ("create", "cp", "untar", "rm"):
+        mine, raw = median(workload, "s3vol"), median(workload, "raw")
+        if (server, workload, "s3vol") not in cells:
+            continue
+        label = WORKLOADS[workload][0]
+        if mine is None:
+            lines.append(f"- {label}: s3vol did not finish — **missed**")
+            continue
+        at_raw = raw is not None and mine <= raw
+        behind = []
+        for peer in PEERS:
+            theirs = median(workload, peer)
+            if (server, workload, peer) in cells and theirs is not None and theirs <= mine:
+                behind.append(f"{TOOL_LABELS[peer]} {fmt(theirs, 's')} s")
+        raw_text = f"raw {fmt(raw, 's')} s" if raw is not None else "raw —"
+        verdict = "**met**" if at_raw and not behind else "**missed**"
+        peers_text = "ahead of every peer" if not behind else "not ahead of " + ", ".join(behind)
+        lines.append(f"- {label}: {fmt(mine, 's')} s against {raw_text} "
+                     f"({'at or below' if at_raw else 'above'} raw), {peers_text} — {verdict}")
+    return lines
 
 
 def main():
@@ -334,11 +459,23 @@ def main():
     parser.add_argument("--notes", default=None, help="hand-written findings appended to the report, if the file exists")
     parser.add_argument("--before", default=None, help="results of an earlier run, for a before/after table of s3vol")
     parser.add_argument("--previous", default=None, help="results of the previous full run, for a second such table")
+    parser.add_argument("--carry", default=None,
+                        help="results of an earlier full run: the rows this run did not measure come from it (marked)")
+    parser.add_argument("--carry-meta", default=None, help="the meta of the --carry run")
+    parser.add_argument("--modes-before", default=None,
+                        help="results of a run before write-back was the default, for issue 21's table")
+    parser.add_argument("--modes-before-meta", default=None, help="the meta of the --modes-before run")
     args = parser.parse_args()
 
     results = load(args.results)
     with open(args.meta) as handle:
         meta = json.load(handle)
+    carry_meta = None
+    if args.carry:
+        extra = carried(results, load(args.carry))
+        with open(args.carry_meta) as handle:
+            carry_meta = json.load(handle)
+        results = results + extra
     cells = collect(results)
     servers = list(dict.fromkeys(r["server"] for r in results))
     workloads = [w for w in WORKLOADS if any(r["workload"] == w for r in results)]
@@ -369,7 +506,9 @@ def main():
         "Made by `sudo bench/run`" + (" --quick" if meta["quick"] else "") + f" on {meta['date']}"
         + (f" in {args.elapsed // 60} min" if args.elapsed else "")
         + f" ({meta['machine']['cpus']} CPUs, {meta['machine']['memory_gib']} GiB, load average "
-        f"{meta['machine'].get('load_average_at_start', '?')} at the start: other work shared the machine). "
+        f"{meta['machine'].get('load_average_at_start', '?')} at the start: other work shared the machine)"
+        + (f"; the workloads of this run: {meta['workloads']}" if meta.get("workloads") else "")
+        + ". "
         "The S3 server runs in a network namespace; the link to it adds a one-way delay and a rate cap in "
         "each direction (below); "
         "every tool mounts the bucket from the host side, so every request crosses the link. "
@@ -377,11 +516,22 @@ def main():
         "reuses the mount of the cold read). Writes are timed until the bucket holds the data "
         "(polled with HEAD/LIST by the harness; the big file by a poller started with the writer that "
         "asks every 20 ms), so asynchronous uploaders are timed to the end; "
-        "the time at which the writing program returned is in `bench/wan/results-last.jsonl` (`writer_s`)."
+        f"the time at which the writing program returned is in `{meta.get('results_file', 'bench/wan/results-last.jsonl')}` "
+        "(`writer_s`)."
     )
     out.append("")
+    if carry_meta:
+        out.append(
+            f"**†** Rows marked † were not measured by this run: they come from the full run of "
+            f"{carry_meta['date']} (binary {carry_meta['versions']['s3vol']}, load average "
+            f"{carry_meta['machine'].get('load_average_at_start', '?')} at its start), the figures and ratios "
+            "of that run. Reads do not depend on s3vol's upload mode, so that run's `s3vol` (then waiting "
+            "for the upload at close) measured them as the default does now; a carried write row leaves "
+            "s3vol out (its modes have changed since)."
+        )
+        out.append("")
     out.append(f"**Ratios** are s3vol's speed divided by the other's (> 1: s3vol faster; for times, their "
-               f"time / s3vol's time); `(async …)` is the same for `s3vol --upload-on-close false`. "
+               f"time / s3vol's time); `(on-close …)` is the same for `s3vol --upload-mode on-close`. "
                f"↑ higher is better, ↓ lower is better. Figures are medians of up to {meta['runs']} runs; a case "
                f"slower than {meta['slow_s']} s runs once; a case over {meta['timeout_s']} s is stopped and "
                f"reported as a timeout; a failure is reported, never hidden.")
@@ -392,6 +542,12 @@ def main():
         value = link.get(name)
         return "?" if value is None else f"{value:.0f}"
 
+    for when in ("start", "end"):
+        sync = meta["machine"].get(f"fdatasync_at_{when}")
+        if sync:
+            out.append(f"- disk of the cache directories, fdatasync(2) of a 100-byte append at the {when} of the run: "
+                       f"median {sync['median_ms']} ms (p10 {sync['p10_ms']}, p90 {sync['p90_ms']}, max {sync['max_ms']}); "
+                       "s3vol's close() waits for one (write-back: shared by the closes that come together)")
     out.append(f"- link: {link['qdisc']}; measured RTT {link.get('rtt_ms')} ms (ping); iperf3 (TCP, 5 s) download "
                f"{mbit('download_mbit')} Mbit/s with 1 stream, {mbit('download_4_streams_mbit')} with 4; upload "
                f"{mbit('upload_mbit')} with 1, {mbit('upload_4_streams_mbit')} with 4")
@@ -438,6 +594,32 @@ def main():
             out.append("")
             out.extend(failures)
             out.append("")
+    if args.modes_before and os.path.exists(args.modes_before) and servers:
+        with open(args.modes_before_meta) as handle:
+            before_meta = json.load(handle)
+        out.append(f"## Issue 21: write-back by default ({servers[0]})")
+        out.append("")
+        out.append(
+            "The write workloads before and after write-back became s3vol's default. Before: the full run of "
+            f"`bench/wan/{os.path.basename(args.modes_before)}`, whose default "
+            "s3vol waited at close() for the upload, and whose `--upload-on-close false` returned from close() "
+            "before the file was journaled. After: this run, whose default s3vol returns from close() once the "
+            "file's bytes and journal record are on local disk (group-committed fdatasync) and uploads in the "
+            "background, 64 at a time; `--upload-mode on-close` is the old default. Each s3vol mode sits next to "
+            "the raw client and the peers of its own run. Times until the bucket holds every file (rm: until "
+            "it holds none)."
+        )
+        out.append("")
+        out.extend(modes_table(collect(load(args.modes_before)), before_meta, cells, meta, servers[0]))
+        out.append("")
+        checks = targets(cells, servers[0])
+        if checks:
+            out.append("Issue 21's targets with the defaults, in this run: 2,000 small files, cp -r, untar and rm -r at "
+                       "or below the raw client's time (32 PUTs in flight) and ahead of every peer; close() of a 1-byte "
+                       "file under 1 ms.")
+            out.append("")
+            out.extend(checks)
+            out.append("")
     comparisons = [
         (args.before, "s3vol before and after the fixes",
          "Before: the run of `bench/wan/results-before.jsonl` (the binary before the fixes listed below, same "
@@ -451,9 +633,15 @@ def main():
             continue
         out.append(f"## {title} ({servers[0]})")
         out.append("")
+        if any(r["tool"] == "s3vol-async" for r in load(path)):
+            text += (" Mode for mode: that run predates write-back as the default (issue 21); its default `s3vol`"
+                     " (close waits for the upload) is in the on-close columns and its `--upload-on-close false`"
+                     " (write-back, close() not waiting for the journal) in the s3vol columns.")
+        if carry_meta:
+            text += " Rows marked † in the main table are that earlier run's figures in the \"after\" columns."
         out.append(text + " The ratios to the raw baseline come from the same run as the figure.")
         out.append("")
-        out.extend(before_after_table(collect(load(path)), cells, servers[0], workloads))
+        out.extend(before_after_table(collect(by_mode(load(path))), cells, servers[0], workloads))
         out.append("")
     if args.notes and os.path.exists(args.notes):
         with open(args.notes) as handle:
