@@ -217,6 +217,9 @@ impl Fs {
         let Some(file) = self.files.lock().remove(&fh) else {
             return;
         };
+        if file.writable {
+            self.writer_released();
+        }
         // The pending delete is taken under the open counts' lock, as unlink decides under
         // it (see there).
         let (last, pending_delete) = {

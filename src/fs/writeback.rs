@@ -29,6 +29,9 @@ pub(super) const UPLOADS_IN_FLIGHT: usize = 64;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a write waits for uploads to free staging space before ENOSPC.
 const STAGING_WAIT: Duration = Duration::from_secs(30);
+/// How long a queued upload waits for a file's writers to let go of it (see
+/// `after_writers_close`).
+const WRITER_GRACE: Duration = Duration::from_millis(500);
 
 /// A file's place in the queue.
 struct Queued {
@@ -82,6 +85,8 @@ pub(super) struct WriteBack {
     /// Data recovered after a crash whose upload failed at mount, queued under inode
     /// numbers counted down from `ADOPTED`: never the tree's.
     adopted: std::sync::atomic::AtomicU64,
+    /// A writable handle was released.
+    released: tokio::sync::Notify,
 }
 
 /// The first inode number given to adopted data (the tree counts up from 1).
@@ -96,6 +101,7 @@ impl Default for WriteBack {
             backoff: Mutex::new((Duration::ZERO, Instant::now())),
             retry_now: tokio::sync::Notify::new(),
             adopted: std::sync::atomic::AtomicU64::new(ADOPTED),
+            released: tokio::sync::Notify::new(),
         }
     }
 }
@@ -339,10 +345,37 @@ impl Fs {
         }
     }
 
+    /// A writable handle was released (a queued upload may be waiting for it).
+    pub(super) fn writer_released(&self) {
+        self.writeback.released.notify_waiters();
+    }
+
+    /// A close of one of several descriptors of a file (a shell's `echo x > f` closes
+    /// its first one before writing) queues an upload while the file is still written:
+    /// the upload waits, briefly, for the file's writable handles to be released, rather
+    /// than have the next write wait for it (the upload holds the file's data).
+    async fn after_writers_close(&self, ino: u64) {
+        let deadline = Instant::now() + WRITER_GRACE;
+        loop {
+            let released = self.writeback.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let writing = self.files.lock().values().any(|h| h.ino == ino && h.writable);
+            if !writing || Instant::now() >= deadline {
+                return;
+            }
+            tokio::select! {
+                _ = released => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+        }
+    }
+
     /// The queue's work for one file: attempts until uploaded or refused.
     async fn upload_in_background(self: Arc<Self>, ino: u64) {
         let mut failures = 0u32;
         loop {
+            self.after_writers_close(ino).await;
             self.writeback.wait_backoff().await;
             let slot = self.writeback.slots.acquire().await.expect("never closed");
             let started_at = self.writeback.clock();
