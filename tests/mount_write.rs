@@ -89,6 +89,7 @@ fn many_handles_see_one_content() {
     assert_eq!(buf, b"XXaaaaaaYY");
     drop(w1);
     drop(w2);
+    m.sync();
     assert_eq!(object(&s, "shared").as_deref(), Some(&b"XXaaaaaaYY"[..]));
 }
 
@@ -397,6 +398,7 @@ fn a_name_created_again_while_the_old_file_is_open_keeps_the_new_file() {
     fs::write(m.join("f"), "new").unwrap();
     drop(old);
     std::thread::sleep(std::time::Duration::from_millis(200));
+    m.sync();
     assert_eq!(object(&s, "f").as_deref(), Some(&b"new"[..]));
     assert_eq!(fs::read_to_string(m.join("f")).unwrap(), "new");
 }
