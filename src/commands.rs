@@ -180,24 +180,29 @@ impl Progress {
     }
 }
 
-/// `s3vol sync [MOUNTPOINT]`: everything written before it is in the bucket when it
-/// returns 0; refused files are named and it returns 1.
-pub fn sync(args: &SyncArgs) -> ExitCode {
-    let mut mounts = match control::all_statuses() {
-        Ok(mounts) => mounts,
-        Err(message) => {
-            eprintln!("s3vol: {message}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Some(mp) = &args.mountpoint {
-        let mp = std::fs::canonicalize(mp).unwrap_or_else(|_| mp.clone());
+/// This user's mounts, or the one on `mountpoint`; `None` (said on stderr) if there is
+/// none there or the mounts cannot be asked.
+fn mounts_on(mountpoint: Option<&std::path::Path>) -> Option<Vec<MountStatus>> {
+    let mut mounts = control::all_statuses()
+        .map_err(|message| eprintln!("s3vol: {message}"))
+        .ok()?;
+    if let Some(mp) = mountpoint {
+        let mp = std::fs::canonicalize(mp).unwrap_or_else(|_| mp.to_path_buf());
         mounts.retain(|m| std::path::Path::new(&m.mountpoint) == mp);
         if mounts.is_empty() {
             eprintln!("s3vol: no s3vol mount on {}", mp.display());
-            return ExitCode::FAILURE;
+            return None;
         }
     }
+    Some(mounts)
+}
+
+/// `s3vol sync [MOUNTPOINT]`: everything written before it is in the bucket when it
+/// returns 0; refused files are named and it returns 1.
+pub fn sync(args: &SyncArgs) -> ExitCode {
+    let Some(mounts) = mounts_on(args.mountpoint.as_deref()) else {
+        return ExitCode::FAILURE;
+    };
     let mut failed = false;
     for m in &mounts {
         let socket = control::socket_path(std::path::Path::new(&m.mountpoint));
@@ -270,21 +275,9 @@ pub fn discard(args: &DiscardArgs) -> ExitCode {
 }
 
 pub fn status(args: &StatusArgs) -> ExitCode {
-    let mut mounts = match control::all_statuses() {
-        Ok(mounts) => mounts,
-        Err(message) => {
-            eprintln!("s3vol: {message}");
-            return ExitCode::FAILURE;
-        }
+    let Some(mounts) = mounts_on(args.mountpoint.as_deref()) else {
+        return ExitCode::FAILURE;
     };
-    if let Some(mp) = &args.mountpoint {
-        let mp = std::fs::canonicalize(mp).unwrap_or_else(|_| mp.clone());
-        mounts.retain(|m| std::path::Path::new(&m.mountpoint) == mp);
-        if mounts.is_empty() {
-            eprintln!("s3vol: no s3vol mount on {}", mp.display());
-            return ExitCode::FAILURE;
-        }
-    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&mounts).unwrap_or_default());
         return ExitCode::SUCCESS;
