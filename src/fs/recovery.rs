@@ -6,6 +6,7 @@ use super::content::{Content, UploadedStaging};
 use super::dirty::FileData;
 use super::journal::{Journaled, Owner, Record, RecordRef, md5_etag};
 use super::*;
+use futures::StreamExt;
 
 /// What recovery did, for the log and for tests.
 #[derive(Debug, Default, Clone)]
@@ -77,8 +78,18 @@ impl Fs {
         for (at, record) in deletes {
             self.recover_delete(at, &record, &mut out).await;
         }
-        for (at, record, data) in mine {
-            match self.recover_one(&at, &record, data).await {
+        // Concurrently: after a crash in the middle of a copy, thousands of small files may
+        // wait, a round trip each.
+        let attempts: Vec<_> = futures::stream::iter(mine)
+            .map(|(at, record, data)| async move {
+                let result = self.recover_one(&at, &record, data).await;
+                (at, record, result)
+            })
+            .buffer_unordered(RECOVERY_CONCURRENCY)
+            .collect()
+            .await;
+        for (at, record, result) in attempts {
+            match result {
                 Ok((target, left)) => {
                     match &target {
                         Some(target) if *target != record.key => {
@@ -216,6 +227,9 @@ impl Fs {
         }
     }
 }
+
+/// Records uploaded at once at mount.
+const RECOVERY_CONCURRENCY: usize = 16;
 
 /// Where a record's bytes are: inline in the journal, or in a staging file checked to be
 /// the journal's own.
