@@ -6,13 +6,11 @@
 
 mod common;
 
-use common::{BUCKET, Mount, object, pattern, put, server};
+use common::{BUCKET, Mount, close, object, pattern, put, server};
 use s3vol::server::{InjectedFailure, RequestFilter, RunningServer, ServerConfig, start_blocking};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::time::Duration;
 
 /// The longest any single file operation may take here. Retries (3 attempts, jittered
@@ -33,23 +31,7 @@ const FOREVER: Duration = Duration::from_secs(3600);
 
 /// Runs `f` in a thread and waits at most [`BOUND`] for it.
 fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(BOUND)
-        .unwrap_or_else(|_| panic!("{what} did not return within {BOUND:?}: it hangs"))
-}
-
-/// close(2) with its result (dropping a `File` ignores it): close() reports the upload.
-fn close(file: File) -> io::Result<()> {
-    let fd = file.into_raw_fd();
-    // SAFETY: `fd` came from `file`, which gave up ownership; it is closed exactly once.
-    if unsafe { libc::close(fd) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    common::within(what, BOUND, f)
 }
 
 fn read(path: PathBuf) -> io::Result<Vec<u8>> {

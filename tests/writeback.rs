@@ -20,16 +20,16 @@
 
 mod common;
 
-use common::{BUCKET, Mount, is_mounted, object, pattern, server};
+use common::{BUCKET, Mount, close, is_mounted, object, pattern, server};
 use s3vol::server::{InjectedFailure, MemoryBackend, RequestFilter, RunningServer, ServerConfig, start_blocking};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// One test at a time: tests fork (`s3vol sync`, `fusermount3`), and a fork+exec closes
@@ -67,23 +67,7 @@ fn mount_cache(s: &RunningServer, cache: &Path, extra: &[&str]) -> Mount {
 
 /// Runs `f` in a thread and waits at most [`BOUND`] for it.
 fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(BOUND)
-        .unwrap_or_else(|_| panic!("{what} did not return within {BOUND:?}: it hangs"))
-}
-
-/// close(2) with its result (dropping a `File` ignores it).
-fn close(file: File) -> io::Result<()> {
-    let fd = file.into_raw_fd();
-    // SAFETY: `fd` came from `file`, which gave up ownership; it is closed exactly once.
-    if unsafe { libc::close(fd) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    common::within(what, BOUND, f)
 }
 
 /// create, write, close (the close's result included).

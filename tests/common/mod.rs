@@ -292,3 +292,26 @@ pub fn write_credentials_file(path: &Path, keys: &s3vol::server::KeyPair) {
     std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
     std::fs::rename(&next, path).expect("replace the credentials file");
 }
+
+/// Runs `f` in a thread and waits at most `bound` for it: a call that hangs fails the test
+/// instead of hanging it.
+pub fn within<T: Send + 'static>(what: &str, bound: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(bound)
+        .unwrap_or_else(|_| panic!("{what} did not return within {bound:?}: it hangs"))
+}
+
+/// close(2) with its result (dropping a `File` ignores it).
+pub fn close(file: std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let fd = file.into_raw_fd();
+    // SAFETY: `fd` came from `file`, which gave up ownership; it is closed exactly once.
+    if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
