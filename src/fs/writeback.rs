@@ -29,6 +29,12 @@ pub(super) const UPLOADS_IN_FLIGHT: usize = 64;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a write waits for uploads to free staging space before ENOSPC.
 const STAGING_WAIT: Duration = Duration::from_secs(30);
+/// How long the disk's free space, once read, answers for writes (`staging_room`).
+const STAGING_CREDIT_AGE: Duration = Duration::from_secs(1);
+/// The most bytes one reading of the free space lets through (others write to the disk
+/// too: near the floor it is read again sooner).
+const STAGING_CREDIT_MAX: u64 = 256 << 20;
+
 /// How long a queued upload waits for a file's writers to let go of it (see
 /// `after_writers_close`).
 const WRITER_GRACE: Duration = Duration::from_millis(500);
@@ -87,6 +93,9 @@ pub(super) struct WriteBack {
     adopted: std::sync::atomic::AtomicU64,
     /// A writable handle was released.
     released: tokio::sync::Notify,
+    /// Bytes writes may still take without asking the disk again, and since when: a
+    /// statvfs per write would cost a syscall on every write.
+    staging_credit: Mutex<(Instant, u64)>,
 }
 
 /// The first inode number given to adopted data (the tree counts up from 1).
@@ -102,6 +111,7 @@ impl Default for WriteBack {
             retry_now: tokio::sync::Notify::new(),
             adopted: std::sync::atomic::AtomicU64::new(ADOPTED),
             released: tokio::sync::Notify::new(),
+            staging_credit: Mutex::new((Instant::now(), 0)),
         }
     }
 }
@@ -228,6 +238,10 @@ impl WriteBack {
         let mut out: Vec<Refusal> = self.state.lock().refused.values().cloned().collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
         out
+    }
+
+    fn refused_count(&self) -> u64 {
+        self.state.lock().refused.len() as u64
     }
 
     fn refused_ino(&self, key: &str) -> Option<u64> {
@@ -527,7 +541,7 @@ impl Fs {
         }
         // Deferred markers and deletes too.
         self.background.wait_idle().await;
-        let refused = !self.writeback.refusals().is_empty();
+        let refused = self.writeback.refused_count() > 0;
         let unsettled = self.writeback.pending() > 0 && how == Settle::OneAttempt;
         match results.into_iter().find_map(Result::err) {
             Some(e) => Err(e),
@@ -603,12 +617,26 @@ impl Fs {
     /// Waits until the cache directory's disk has room for `bytes` more beyond the floor
     /// (`--staging-min-free`), while queued uploads free some; ENOSPC if they do not.
     pub(super) async fn staging_room(&self, bytes: u64) -> FsResult<()> {
+        {
+            let mut credit = self.writeback.staging_credit.lock();
+            if credit.0.elapsed() < STAGING_CREDIT_AGE && credit.1 >= bytes {
+                credit.1 -= bytes;
+                return Ok(());
+            }
+        }
         let deadline = Instant::now() + STAGING_WAIT;
         let mut progress = self.writeback.progress.subscribe();
         loop {
             let free = disk_cache::free_bytes(&self.config.cache_dir);
-            if free.is_none_or(|free| free >= self.config.staging_min_free.saturating_add(bytes)) {
-                return Ok(());
+            let room = free.map(|free| free.checked_sub(self.config.staging_min_free.saturating_add(bytes)));
+            match room {
+                None => return Ok(()),
+                Some(Some(room)) => {
+                    // Half of what is left above the floor, for the writes to come.
+                    *self.writeback.staging_credit.lock() = (Instant::now(), (room / 2).min(STAGING_CREDIT_MAX));
+                    return Ok(());
+                }
+                Some(None) => {}
             }
             if self.writeback.pending() == 0 || Instant::now() >= deadline {
                 tracing::warn!(
@@ -644,7 +672,8 @@ impl Fs {
             bytes,
             memory: self.dirty_budget.used(),
             pending_uploads: self.writeback.pending() + self.background.pending(),
-            failed_uploads: self.writeback.refusals().len() as u64,
+            // Refused files, and markers and deletes that failed in the background.
+            failed_uploads: self.writeback.refused_count() + self.background.failed.load(Ordering::Relaxed),
             conflicts: self.stats.conflicts.load(Ordering::Relaxed),
         }
     }
