@@ -14,5 +14,6 @@ pub mod option_values;
 pub mod private_dir;
 pub mod provider;
 pub mod server;
+pub mod signals;
 pub mod source;
 pub mod store;

@@ -8,6 +8,7 @@ use crate::fs::{Defaults, Fs, FsConfig, Settle};
 use crate::fuse::FuseAdapter;
 use crate::logging::{self, LogTarget};
 use crate::provider::Resolved;
+use crate::signals;
 use crate::store::s3::S3Store;
 use crate::store::{ListRequest, ObjectStore, RetryPolicy};
 use std::io::{Read, Write};
@@ -316,8 +317,12 @@ pub fn serve(
     }));
     let started = Instant::now();
     let unmounter = session.unmount_callable();
-    runtime.spawn(unmount_on_signal(fs.clone(), unmounter, mountpoint.to_path_buf()));
-    runtime.spawn(reopen_log_on_hangup());
+    runtime.spawn(signals::unmount_on_signal(
+        fs.clone(),
+        unmounter,
+        mountpoint.to_path_buf(),
+    ));
+    runtime.spawn(signals::reopen_log_on_hangup());
     let mp = mountpoint.to_path_buf();
     runtime.spawn_blocking(move || raise_kernel_readahead(&mp));
     let socket = control::socket_path(mountpoint);
@@ -382,30 +387,6 @@ pub fn kernel_flags(chosen: &[KernelOption]) -> Vec<fuser::MountOption> {
     flags
 }
 
-async fn unmount_on_signal(fs: Arc<Fs>, mut unmounter: fuser::SessionUnmounter, mountpoint: PathBuf) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::warn!("cannot watch SIGTERM/SIGINT");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!(
-        "signal received: uploading dirty data, then unmounting {}",
-        mountpoint.display()
-    );
-    if fs.sync_all(Settle::OneAttempt).await.is_err() {
-        tracing::error!(
-            "some dirty data could not be uploaded; it stays journaled in the cache directory for the next mount"
-        );
-    }
-    if let Err(e) = unmounter.unmount() {
-        tracing::warn!("unmount of {}: {e}", mountpoint.display());
-    }
-}
-
 /// FUSE caps the kernel's readahead at 128 KiB (the INIT reply can only lower it); root
 /// can raise it through sysfs, so sequential reads arrive as 1 MiB requests. Runs once the
 /// session serves requests (the stat below is answered by this mount).
@@ -421,17 +402,6 @@ fn raise_kernel_readahead(mountpoint: &Path) {
     let path = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
     if let Err(e) = std::fs::write(&path, "4096") {
         tracing::debug!("{path}: {e}; kernel readahead stays at its default");
-    }
-}
-
-async fn reopen_log_on_hangup() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        return;
-    };
-    while hangup.recv().await.is_some() {
-        crate::logging::reopen();
-        tracing::info!("SIGHUP: log file reopened");
     }
 }
 

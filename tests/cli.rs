@@ -291,6 +291,40 @@ fn a_daemon_whose_stderr_is_gone_still_stops_on_sigint_and_sigterm() {
     }
 }
 
+/// A program with a file open in the mount (or its working directory there) makes the
+/// unmount busy: a signal still ends the daemon. The mount is detached from the tree, the
+/// open file keeps working, and the daemon uploads it and exits once it is closed.
+#[test]
+fn a_signal_detaches_a_busy_mount_and_exits_when_its_last_file_closes() {
+    use std::io::Write;
+    let s = server();
+    let mut m = common::Mount::new(&s, &[]);
+    let mut held = std::fs::File::create(m.join("held")).unwrap();
+    held.write_all(b"before").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(m.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while is_mounted(&m.path) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!is_mounted(&m.path), "the busy mount is detached: {}", m.log());
+    assert!(
+        m.wait_exit(Duration::from_millis(500)).is_none(),
+        "it serves the open file"
+    );
+    held.write_all(b" and after").unwrap();
+    drop(held);
+    assert!(
+        m.wait_exit(Duration::from_secs(30)).is_some(),
+        "exits after the last close"
+    );
+    assert_eq!(object(&s, "held").as_deref(), Some(&b"before and after"[..]));
+    assert!(m.log().contains("was busy"), "{}", m.log());
+}
+
 #[test]
 fn sighup_reopens_the_log_file() {
     let s = server();
