@@ -163,14 +163,15 @@ impl Content {
         }
     }
 
-    /// Makes the content durable in a staging file (for the journal) and returns its path.
-    pub fn persist(&mut self, staging_dir: &Path) -> std::io::Result<PathBuf> {
+    /// Moves the content to a staging file (for a journal record to name) and returns its
+    /// path and a handle for the journal's flush to sync: a killed daemon loses nothing
+    /// written, only a power loss can, until that flush.
+    pub fn stage(&mut self, staging_dir: &Path) -> std::io::Result<(PathBuf, File)> {
         self.spill(staging_dir)?;
         match self {
             Content::Staged { file, path, journaled } => {
-                file.sync_data()?;
                 *journaled = true;
-                Ok(path.clone())
+                Ok((path.clone(), file.try_clone()?))
             }
             Content::Memory { .. } => unreachable!("spilled above"),
         }
@@ -313,7 +314,7 @@ mod tests {
         let mut c = Content::new(budget.clone());
         c.write_at(0, &[3; 30], dir.path()).unwrap();
         assert_eq!(budget.used(), 50);
-        c.persist(dir.path()).unwrap();
+        c.stage(dir.path()).unwrap();
         assert_eq!(budget.used(), 20);
         c.clear(&budget).expect("staged").remove().unwrap();
         assert_eq!(budget.used(), 20);

@@ -100,8 +100,8 @@ impl FileData {
     }
 
     /// Makes the local bytes durable on disk; returns the staging file.
-    pub fn persist(&mut self, staging_dir: &Path) -> std::io::Result<std::path::PathBuf> {
-        self.content.persist(staging_dir)
+    pub fn stage(&mut self, staging_dir: &Path) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
+        self.content.stage(staging_dir)
     }
 
     pub fn write(&mut self, offset: u64, data: &[u8], staging_dir: &Path) -> std::io::Result<()> {

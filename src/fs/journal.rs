@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 /// Files up to this size held in memory are journaled inline in the log.
 const INLINE_MAX: usize = 1 << 20;
@@ -123,7 +124,7 @@ pub struct Journal {
     dir: PathBuf,
     bucket: String,
     endpoint: String,
-    log: Log,
+    log: Arc<Log>,
 }
 
 /// How records name an endpoint: the URL without a trailing slash, or `aws`.
@@ -135,7 +136,7 @@ impl Journal {
     pub fn new(cache_dir: &Path, bucket: &str, endpoint: Option<&str>) -> Journal {
         let dir = cache_dir.join("journal");
         Journal {
-            log: Log::new(&dir),
+            log: Arc::new(Log::new(&dir)),
             dir,
             bucket: bucket.to_string(),
             endpoint: endpoint_name(endpoint),
@@ -158,10 +159,11 @@ impl Journal {
         Ok(path)
     }
 
-    /// Makes `f`'s changes durable and (re)writes its record, naming `upload_id` if a
-    /// multipart upload is in progress for it. Returns once the record is on disk; records
-    /// of many files appended meanwhile share one flush.
-    pub async fn record(
+    /// (Re)writes `f`'s record, naming `upload_id` if a multipart upload is in progress for
+    /// it. Once this returns, a killed daemon loses nothing: the next mount with this cache
+    /// directory uploads the changes. They reach the disk (for a power loss) within
+    /// `FLUSH_DELAY`, in one flush with every record appended meanwhile.
+    pub fn record(
         &self,
         f: &mut super::dirty::FileData,
         metadata: &crate::store::Metadata,
@@ -171,9 +173,12 @@ impl Journal {
             .bytes_in_memory()
             .filter(|b| b.len() <= INLINE_MAX)
             .map(<[u8]>::to_vec);
-        let staging = match inline {
-            Some(_) => None,
-            None => Some(f.persist(&self.staging_dir())?),
+        let (staging, staging_file) = match inline {
+            Some(_) => (None, None),
+            None => {
+                let (path, file) = f.stage(&self.staging_dir())?;
+                (Some(path), Some(file))
+            }
         };
         let record = Record::of(self, f, staging, metadata, upload_id);
         let header = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
@@ -181,8 +186,9 @@ impl Journal {
             Some(RecordRef::Log(id)) => *id,
             _ => fastrand::u64(..),
         };
-        let at = self.log.put(id, &header, inline.as_deref().unwrap_or_default())?;
-        self.log.commit(at).await?;
+        self.log
+            .put(id, &header, inline.as_deref().unwrap_or_default(), staging_file)?;
+        self.log.flush_soon();
         // A recovered record of an older version is replaced by this one.
         f.journal_current = true;
         if let Some(RecordRef::Legacy(path)) = f.journal.replace(RecordRef::Log(id)) {
@@ -226,9 +232,8 @@ impl Journal {
     }
 
     /// Notes that `key` (of `etag`, if known) is being deleted in the background, so that
-    /// a daemon killed before the DELETE lands has the next mount send it. Not flushed:
-    /// the entry is in the kernel's page cache once written, which a killed daemon does
-    /// not lose; only a power loss can, as it can lose a local filesystem's last unlinks.
+    /// a daemon killed before the DELETE lands has the next mount send it. Flushed to disk
+    /// within `FLUSH_DELAY`, as `record`.
     pub fn record_delete(&self, key: &str, etag: Option<&str>) -> std::io::Result<RecordRef> {
         let record = Record {
             bucket: self.bucket.clone(),
@@ -250,7 +255,8 @@ impl Journal {
         };
         let header = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
         let id = fastrand::u64(..);
-        self.log.put(id, &header, &[])?;
+        self.log.put(id, &header, &[], None)?;
+        self.log.flush_soon();
         Ok(RecordRef::Log(id))
     }
 
@@ -267,8 +273,8 @@ impl Journal {
     }
 
     /// The file's data is not to be uploaded any more (its name is gone, or the user dropped
-    /// it): its record goes. Not flushed, as `record_delete`: a killed daemon cannot lose
-    /// the note. Its staging file, still in use while the file is open, no record names
+    /// it): its record goes. Flushed later, as `record_delete`: a killed daemon cannot
+    /// lose the note. Its staging file, still in use while the file is open, no record names
     /// from now on: the next mount removes it if this one does not.
     pub fn forget(&self, f: &mut super::dirty::FileData) {
         match f.journal.take() {

@@ -1,7 +1,12 @@
 //! The journal's append-only log: records of closed files (their bytes inline when small),
-//! and the notes that they reached the bucket. Appends are made durable together: one
-//! fdatasync covers every record appended before it started (group commit), so a burst of
-//! small closes costs one disk flush, not one each.
+//! and the notes that they reached the bucket.
+//!
+//! An append is a write(2): once it returns, the record is in the kernel's page cache, which
+//! a killed daemon does not lose. Reaching the disk (what a power loss needs) is the flush's
+//! job: it runs at most `FLUSH_DELAY` after an append (`flush_soon`) or when a caller needs
+//! it (`commit`), and one flush covers every entry appended before it started, with the
+//! staging files those records name (group commit). So close() costs a write, not a disk
+//! flush, as on a local filesystem, and a burst of closes shares one flush.
 //!
 //! On disk: segments `log-SEQ` in the journal directory, each a run of entries
 //! `[len u32][crc32 u32][kind u8][id u64][payload]`. A segment is removed once every record
@@ -15,6 +20,8 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 const PUT: u8 = 1;
 const DONE: u8 = 2;
@@ -25,6 +32,8 @@ const SEGMENT_MAX: u64 = 64 << 20;
 /// No entry is larger (inline data is far smaller): a bigger length is damage.
 const ENTRY_MAX: usize = 256 << 20;
 const SEGMENT_PREFIX: &str = "log-";
+/// The longest an appended entry waits for its flush (ext4 commits every 5 s by default).
+pub const FLUSH_DELAY: Duration = Duration::from_secs(1);
 
 /// One live record read back from the log: its id, the record (JSON) and inline data.
 pub struct Logged {
@@ -49,6 +58,9 @@ struct State {
     live: HashMap<u64, usize>,
     /// The highest segment number on disk, once looked up.
     last_seq: Option<u64>,
+    /// Staging files named by records appended since the last flush began: the flush
+    /// syncs them before the log, so no record on disk names bytes that are not.
+    unsynced: Vec<File>,
 }
 
 pub struct Log {
@@ -58,6 +70,8 @@ pub struct Log {
     synced: tokio::sync::watch::Sender<u64>,
     /// A flush is running (its leader is the first waiter that found none).
     flushing: Mutex<bool>,
+    /// A `flush_soon` task is waiting to run.
+    flush_scheduled: AtomicBool,
 }
 
 impl Log {
@@ -67,6 +81,7 @@ impl Log {
             state: Mutex::new(State::default()),
             synced: tokio::sync::watch::channel(0).0,
             flushing: Mutex::new(false),
+            flush_scheduled: AtomicBool::new(false),
         }
     }
 
@@ -146,23 +161,23 @@ impl Log {
         (out, unreadable.len())
     }
 
-    /// Appends a record (replacing an earlier one of the same id); returns the clock value
-    /// to pass to `commit`.
-    pub fn put(&self, id: u64, header: &[u8], inline: &[u8]) -> std::io::Result<u64> {
+    /// Appends a record (replacing an earlier one of the same id) whose bytes are `inline`
+    /// or in the `staging` file; returns the clock value to pass to `commit`.
+    pub fn put(&self, id: u64, header: &[u8], inline: &[u8], staging: Option<File>) -> std::io::Result<u64> {
         let mut payload = Vec::with_capacity(4 + header.len() + inline.len());
         payload.extend_from_slice(&(header.len() as u32).to_le_bytes());
         payload.extend_from_slice(header);
         payload.extend_from_slice(inline);
-        self.append(PUT, id, &payload)
+        self.append(PUT, id, &payload, staging)
     }
 
     /// Appends the note that a record is done (not waited for: a record redone after a
     /// crash is recognised as uploaded already). Its segment goes once nothing in it is live.
     pub fn done(&self, id: u64) -> std::io::Result<u64> {
-        self.append(DONE, id, &[])
+        self.append(DONE, id, &[], None)
     }
 
-    fn append(&self, kind: u8, id: u64, payload: &[u8]) -> std::io::Result<u64> {
+    fn append(&self, kind: u8, id: u64, payload: &[u8], staging: Option<File>) -> std::io::Result<u64> {
         let mut body = Vec::with_capacity(9 + payload.len());
         body.push(kind);
         body.extend_from_slice(&id.to_le_bytes());
@@ -174,6 +189,8 @@ impl Log {
 
         let mut state = self.state.lock();
         let state = &mut *state;
+        // Listed before the entry is written: a flush that covers the entry syncs it.
+        state.unsynced.extend(staging);
         if state.active.as_ref().is_none_or(|a| a.size >= SEGMENT_MAX) {
             self.start_segment(state)?;
         }
@@ -220,6 +237,7 @@ impl Log {
     fn start_segment(&self, state: &mut State) -> std::io::Result<()> {
         super::disk_cache::create_private_dirs(&self.dir)?;
         if let Some(old) = state.active.take() {
+            sync_staging(&mut state.unsynced)?;
             old.file.sync_data()?;
             if !state.live.contains_key(&old.seq) {
                 let _ = std::fs::remove_file(self.segment_path(old.seq));
@@ -252,6 +270,7 @@ impl Log {
     /// unmount leaves an empty journal).
     pub fn close(&self) {
         let mut state = self.state.lock();
+        let _ = sync_staging(&mut state.unsynced);
         if let Some(active) = state.active.take() {
             if state.live.contains_key(&active.seq) {
                 let _ = active.file.sync_data();
@@ -279,16 +298,19 @@ impl Log {
                 let _ = synced.changed().await;
                 continue;
             }
-            let (target, file) = {
-                let state = self.state.lock();
-                (state.appended, state.active.as_ref().map(|a| a.file.clone()))
+            let (target, file, mut staging) = {
+                let mut state = self.state.lock();
+                let staging = std::mem::take(&mut state.unsynced);
+                (state.appended, state.active.as_ref().map(|a| a.file.clone()), staging)
             };
-            let flushed = match file {
-                Some(file) => tokio::task::spawn_blocking(move || file.sync_data())
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e))),
-                None => Ok(()),
-            };
+            let (flushed, staging) = tokio::task::spawn_blocking(move || {
+                let flushed = sync_staging(&mut staging).and_then(|()| file.map_or(Ok(()), |f| f.sync_data()));
+                (flushed, staging)
+            })
+            .await
+            .unwrap_or_else(|e| (Err(std::io::Error::other(e)), Vec::new()));
+            // Not synced: the next flush tries them again.
+            self.state.lock().unsynced.extend(staging);
             *self.flushing.lock() = false;
             match flushed {
                 Ok(()) => self.synced.send_modify(|s| *s = (*s).max(target)),
@@ -300,6 +322,38 @@ impl Log {
             }
         }
     }
+
+    /// Has what is appended reach the disk within `FLUSH_DELAY`, one flush for all of it.
+    pub fn flush_soon(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // Outside the daemon's runtime (a tool, a test): `close` flushes.
+        };
+        if self.flush_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let log = self.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(FLUSH_DELAY).await;
+            // Cleared before the clock is read: an append after this schedules the next flush.
+            log.flush_scheduled.store(false, Ordering::Release);
+            let upto = log.state.lock().appended;
+            if let Err(e) = log.commit(upto).await {
+                tracing::warn!(
+                    "journal under {}: flushing to disk: {e}; files closed in the last seconds and not yet uploaded would not survive a power loss (a killed daemon loses nothing)",
+                    log.dir.display()
+                );
+            }
+        });
+    }
+}
+
+/// Syncs staging files, keeping those not yet synced when one fails.
+fn sync_staging(files: &mut Vec<File>) -> std::io::Result<()> {
+    while let Some(file) = files.last() {
+        file.sync_data()?;
+        files.pop();
+    }
+    Ok(())
 }
 
 /// A segment's bytes, read only from a regular file (never through a link).
@@ -362,12 +416,12 @@ mod tests {
     async fn records_not_done_survive_and_done_segments_go() {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::new(dir.path());
-        let a = log.put(1, b"{\"a\":1}", b"data of a").unwrap();
-        let b = log.put(2, b"{}", b"").unwrap();
+        let a = log.put(1, b"{\"a\":1}", b"data of a", None).unwrap();
+        let b = log.put(2, b"{}", b"", None).unwrap();
         log.commit(a.max(b)).await.unwrap();
-        log.put(1, b"{\"a\":2}", b"newer").unwrap();
+        log.put(1, b"{\"a\":2}", b"newer", None).unwrap();
         log.done(2).unwrap();
-        let c = log.put(3, b"{}", b"c").unwrap();
+        let c = log.put(3, b"{}", b"c", None).unwrap();
         log.commit(c).await.unwrap();
         drop(log);
 
@@ -391,8 +445,8 @@ mod tests {
     fn a_torn_tail_ends_the_segment_and_damage_never_panics() {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::new(dir.path());
-        log.put(1, b"{}", b"one").unwrap();
-        log.put(2, b"{}", b"two").unwrap();
+        log.put(1, b"{}", b"one", None).unwrap();
+        log.put(2, b"{}", b"two", None).unwrap();
         let path = log.segment_path(1);
         let full = std::fs::read(&path).unwrap();
         drop(log);
@@ -407,6 +461,29 @@ mod tests {
         }
     }
 
+    /// close() does not wait for the disk: its append is flushed, staging file first, by
+    /// one background flush within `FLUSH_DELAY`, whatever the number of appends.
+    #[tokio::test]
+    async fn appends_reach_the_disk_within_the_flush_delay() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::new(dir.path()));
+        let staging = File::create(dir.path().join("staged")).unwrap();
+        for i in 0..50u64 {
+            let file = (i == 7).then(|| staging.try_clone().unwrap());
+            log.put(i, b"{}", b"", file).unwrap();
+            log.flush_soon();
+        }
+        assert_eq!(*log.synced.borrow(), 0, "nothing waited for the disk");
+        assert_eq!(log.state.lock().unsynced.len(), 1);
+        let mut synced = log.synced.subscribe();
+        tokio::time::timeout(FLUSH_DELAY * 3, synced.wait_for(|s| *s >= 50))
+            .await
+            .expect("flushed within the delay")
+            .unwrap();
+        assert!(log.state.lock().unsynced.is_empty(), "the staging file was synced");
+        assert!(!log.flush_scheduled.load(Ordering::Acquire));
+    }
+
     #[tokio::test]
     async fn concurrent_commits_share_flushes() {
         let dir = tempfile::tempdir().unwrap();
@@ -415,7 +492,7 @@ mod tests {
             .map(|i| {
                 let log = log.clone();
                 tokio::spawn(async move {
-                    let at = log.put(i, b"{}", &[i as u8; 100]).unwrap();
+                    let at = log.put(i, b"{}", &[i as u8; 100], None).unwrap();
                     log.commit(at).await.unwrap();
                 })
             })

@@ -518,7 +518,7 @@ impl Fs {
         let old_base = f.base.take();
         if f.journal.is_some() {
             let metadata = self.metadata_for(ino);
-            if let Err(e) = self.journal.record(&mut f, &metadata, None).await {
+            if let Err(e) = self.journal.record(&mut f, &metadata, None) {
                 tracing::warn!("journal for {new_key:?}: {e}; uploading under the old name, then moving");
                 f.key = old_key_of_data;
                 f.base = old_base;

@@ -379,7 +379,7 @@ mod tests {
         let mut large = write("large", &vec![7; 2 << 20]);
         let mut gone = write("gone", b"unlinked before its upload");
         for f in [&mut small, &mut large, &mut gone] {
-            journal.record(f, &Default::default(), None).await.unwrap();
+            journal.record(f, &Default::default(), None).unwrap();
         }
         journal.forget(&mut gone);
         journal.record_delete("old", None).unwrap();

@@ -41,8 +41,7 @@ impl Streaming {
 }
 
 /// Flushes a staging file to disk in the background, once at a time, while a large file
-/// is written: the fsync that makes it durable before its upload completes then has little
-/// left to write.
+/// is written: the journal's flush that makes it durable then has little left to write.
 fn sync_staging_later(f: &mut FileData) {
     let Some(file) = f.staging_file() else {
         return;
@@ -132,7 +131,7 @@ impl Uploader {
     /// behind that the next mount cannot abort.
     async fn start_multipart(&self, f: &mut FileData, metadata: &Metadata) -> StoreResult<String> {
         let upload_id = self.store.create_multipart(&f.key, &self.put_options(metadata)).await?;
-        if let Err(e) = self.journal.record(f, metadata, Some(upload_id.clone())).await {
+        if let Err(e) = self.journal.record(f, metadata, Some(upload_id.clone())) {
             tracing::warn!(
                 "journal for {:?}: {e}; a crash now would leave the upload to expire",
                 f.key

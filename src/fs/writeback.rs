@@ -1,9 +1,10 @@
-//! The write path from close() on, in one place: a file's changes are journaled (durable
-//! on local disk, `journal.rs`), uploaded (`upload.rs`), and forgotten once in the bucket,
-//! or once the file is deleted or the user discards them.
+//! The write path from close() on, in one place: a file's changes are journaled (on local
+//! disk, `journal.rs`), uploaded (`upload.rs`), and forgotten once in the bucket, or once
+//! the file is deleted or the user discards them.
 //!
 //! With `UploadMode::Background` (the default) close() returns once the journal record is
-//! on disk, and a queue uploads in the background: bounded in flight, retried with backoff
+//! written (a killed daemon loses nothing; a power loss only what closed within the
+//! journal's flush delay, as on a local filesystem), and a queue uploads in the background: bounded in flight, retried with backoff
 //! while the store fails transiently, and a refusal (403, a name or size the provider
 //! rejects) kept with its data, listed, and returned by the file's next close or fsync.
 //! `UploadMode::OnClose` makes close() wait for the upload and return its error.
@@ -324,7 +325,8 @@ impl Fs {
         }
     }
 
-    /// Journals `ino`'s changes (durable before this returns) and queues their upload. If
+    /// Journals `ino`'s changes (safe from a killed daemon once this returns) and queues
+    /// their upload. If
     /// they cannot be journaled (the cache directory's disk is full or failing), they are
     /// uploaded now instead, and the caller waits.
     async fn journal_and_queue(self: &Arc<Self>, ino: u64) -> FsResult<()> {
@@ -338,7 +340,7 @@ impl Fs {
             }
             let metadata = self.upload_metadata(ino, &f);
             let upload_id = f.streaming.as_ref().map(|s| s.upload_id.clone());
-            if let Err(e) = self.journal.record(&mut f, &metadata, upload_id).await {
+            if let Err(e) = self.journal.record(&mut f, &metadata, upload_id) {
                 tracing::warn!(
                     "journal for {:?} under {}: {e}; uploading it now instead",
                     f.key,
@@ -457,7 +459,7 @@ impl Fs {
         // stop the upload: its success makes the data safe all the same.
         if !f.journal_current {
             let upload_id = f.streaming.as_ref().map(|s| s.upload_id.clone());
-            if let Err(e) = self.journal.record(&mut f, &metadata, upload_id).await {
+            if let Err(e) = self.journal.record(&mut f, &metadata, upload_id) {
                 tracing::warn!("journal for {:?} under {}: {e}", f.key, self.config.cache_dir.display());
             }
         }
