@@ -43,9 +43,10 @@ WORKLOADS = {
     "find": ("find over a tree", "s", False),
 }
 
-TOOLS = ["s3vol", "s3vol-onclose", "rclone-full", "rclone", "s3fs", "raw"]
+TOOLS = ["s3vol", "s3vol-before", "s3vol-onclose", "rclone-full", "rclone", "s3fs", "raw"]
 TOOL_LABELS = {
     "s3vol": "s3vol (default: write-back)",
+    "s3vol-before": "s3vol, an earlier build (S3VOL_BEFORE)",
     "s3vol-onclose": "s3vol --upload-mode on-close",
     "rclone-full": "rclone mount --vfs-cache-mode full",
     "rclone": "rclone mount (default: cache off)",
@@ -547,7 +548,7 @@ def main():
         if sync:
             out.append(f"- disk of the cache directories, fdatasync(2) of a 100-byte append at the {when} of the run: "
                        f"median {sync['median_ms']} ms (p10 {sync['p10_ms']}, p90 {sync['p90_ms']}, max {sync['max_ms']}); "
-                       "s3vol's close() waits for one (write-back: shared by the closes that come together)")
+                       "with write-back, s3vol's journal pays one within a second of a burst of closes, in the background")
     out.append(f"- link: {link['qdisc']}; measured RTT {link.get('rtt_ms')} ms (ping); iperf3 (TCP, 5 s) download "
                f"{mbit('download_mbit')} Mbit/s with 1 stream, {mbit('download_4_streams_mbit')} with 4; upload "
                f"{mbit('upload_mbit')} with 1, {mbit('upload_4_streams_mbit')} with 4")
