@@ -1419,16 +1419,19 @@ fn is_mounted(path: &Path) -> bool {
 }
 
 /// The block cache's figures from `s3vol status`: bytes fetched from the bucket (against
-/// bytes read, the read amplification) and the cache's hit rate and fill.
+/// bytes read, the read amplification), the memory cache's hit rate and fill, and what
+/// the disk cache holds.
 fn status_text(status: &serde_json::Value) -> String {
     let field = |name: &str| status.get(name).and_then(serde_json::Value::as_u64).unwrap_or(0);
     format!(
-        "status: fetched {}, cache {} hits / {} misses, {} of {} cached",
+        "status: fetched {}, cache {} hits / {} misses, {} of {} cached; disk cache {} of {}",
         size_text(field("fetched_bytes")),
         field("cache_hits"),
         field("cache_misses"),
         size_text(field("cache_bytes")),
         size_text(field("cache_budget")),
+        size_text(field("disk_bytes")),
+        size_text(field("disk_budget")),
     )
 }
 
