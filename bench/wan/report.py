@@ -43,7 +43,7 @@ WORKLOADS = {
     "find": ("find over a tree", "s", False),
 }
 
-TOOLS = ["s3vol", "s3vol-before", "s3vol-onclose", "rclone-full", "rclone", "s3fs", "raw"]
+TOOLS = ["s3vol", "s3vol-before", "s3vol-onclose", "rclone-full", "rclone", "s3fs", "mount-s3", "raw"]
 TOOL_LABELS = {
     "s3vol": "s3vol (default: write-back)",
     "s3vol-before": "s3vol, an earlier build (S3VOL_BEFORE)",
@@ -51,9 +51,10 @@ TOOL_LABELS = {
     "rclone-full": "rclone mount --vfs-cache-mode full",
     "rclone": "rclone mount (default: cache off)",
     "s3fs": "s3fs",
+    "mount-s3": "mount-s3 1.24 (Mountpoint for Amazon S3)",
     "raw": "raw aws-sdk (baseline)",
 }
-PEERS = ["rclone-full", "rclone", "s3fs"]
+PEERS = ["rclone-full", "rclone", "s3fs", "mount-s3"]
 # The workloads s3vol's upload mode changes (the others run only with the default mode).
 WRITE_WORKLOADS = {"write", "close", "create", "cp", "rm", "untar"}
 
