@@ -2,7 +2,7 @@
 //!
 //! - raw S3 baselines with s3vol's own aws-sdk client (`S3Store`), straight to the server
 //!   over the same link as the mounts: `get`, `get-random`, `ttfb`, `put-big`,
-//!   `put-latency`, `put-dir`, `delete-prefix`, `list`;
+//!   `put-latency`, `put-dir`, `get-prefix`, `delete-prefix`, `list`;
 //! - helpers the harness needs: `wait-object` and `wait-count` (poll the bucket until a
 //!   write is really there, so asynchronous uploaders are timed to the end), and
 //!   `populate` (set up a bucket);
@@ -60,6 +60,7 @@ fn main() {
         ("put-latency", [prefix, count]) => block_on(raw_put_latency(prefix, num(count), 1)),
         ("put-latency", [prefix, count, size]) => block_on(raw_put_latency(prefix, num(count), num(size))),
         ("put-dir", [dir, prefix, in_flight]) => block_on(raw_put_dir(Path::new(dir), prefix, num(in_flight))),
+        ("get-prefix", [prefix, in_flight, seed]) => block_on(raw_get_prefix(prefix, num(in_flight), num(seed))),
         ("delete-prefix", [prefix, in_flight]) => block_on(raw_delete_prefix(prefix, num(in_flight))),
         ("list", [prefix, delimiter]) => block_on(raw_list(prefix, *delimiter == "1")),
         // Harness helpers.
@@ -102,7 +103,7 @@ fn usage() -> ! {
         "usage: bench_client COMMAND ARGS (see the list at the top of examples/bench_client.rs)\n\
          get KEY PART_MIB IN_FLIGHT COPIES | get-random KEY BLOCK_KIB IN_FLIGHT SECONDS | ttfb KEY\n\
          put-big KEY SIZE_MIB PART_MIB IN_FLIGHT | put-latency PREFIX COUNT [SIZE] | put-dir DIR PREFIX IN_FLIGHT\n\
-         delete-prefix PREFIX IN_FLIGHT | list PREFIX DELIMITER(0|1)\n\
+         get-prefix PREFIX IN_FLIGHT SEED | delete-prefix PREFIX IN_FLIGHT | list PREFIX DELIMITER(0|1)\n\
          wait-object KEY SIZE TIMEOUT_S [EVERY_MS] | wait-count PREFIX COUNT TIMEOUT_S\n\
          file-ttfb PATH | close-latency DIR COUNT | write-file PATH SIZE_MIB\n\
          make-files DIR COUNT MIN_KIB MAX_KIB | make-tree DIR DIRS FILES FILE_SIZE | make-find-tree DIR TOP SUB FILES"
@@ -400,6 +401,12 @@ async fn raw_put_dir(dir: &Path, prefix: &str, in_flight: usize) -> Value {
 
 /// Every key under `prefix` (flat listing, no delimiter).
 async fn all_keys(store: &S3Store, prefix: &str) -> (Vec<String>, usize) {
+    let (objects, pages) = all_objects(store, prefix).await;
+    (objects.into_iter().map(|(key, _)| key).collect(), pages)
+}
+
+/// Every object under `prefix` with its size.
+async fn all_objects(store: &S3Store, prefix: &str) -> (Vec<(String, u64)>, usize) {
     let mut keys = Vec::new();
     let mut pages = 0;
     let mut request = ListRequest {
@@ -412,13 +419,32 @@ async fn all_keys(store: &S3Store, prefix: &str) -> (Vec<String>, usize) {
             .await
             .unwrap_or_else(|e| fail(format!("LIST {prefix}: {e}")));
         pages += 1;
-        keys.extend(page.objects.into_iter().map(|o| o.key));
+        keys.extend(page.objects.into_iter().map(|o| (o.key, o.size)));
         match page.next {
             Some(next) => request.continuation = Some(next),
             None => break,
         }
     }
     (keys, pages)
+}
+
+/// Lists `prefix` and GETs every object whole in an order shuffled by `seed`, `in_flight`
+/// at once: what an epoch of data-loader workers reading a dataset in random order has to
+/// move at the least.
+async fn raw_get_prefix(prefix: &str, in_flight: usize, seed: u64) -> Value {
+    let store = store().await;
+    let started = Instant::now();
+    let (mut keys, pages) = all_objects(&store, prefix).await;
+    fastrand::Rng::with_seed(seed).shuffle(&mut keys);
+    let bytes: u64 = futures::stream::iter(&keys)
+        .map(|(key, size)| get_and_count(&store, key, 0..*size))
+        .buffer_unordered(in_flight)
+        .try_fold(0, |total, n| async move { Ok(total + n) })
+        .await
+        .unwrap_or_else(|e| fail(format!("GET: {e}")));
+    let seconds = started.elapsed().as_secs_f64();
+    json!({"seconds": seconds, "files": keys.len(), "bytes": bytes, "list_pages": pages,
+           "mib_per_s": bytes as f64 / MIB as f64 / seconds})
 }
 
 /// Lists `prefix` and deletes every key, `in_flight` DeleteObject at once (what `rm -r`

@@ -41,6 +41,15 @@ WORKLOADS = {
     "untar": ("Untar of a source tarball, until in the bucket", "s", False),
     "ls": ("ls -l of a directory of many files", "s", False),
     "find": ("find over a tree", "s", False),
+    "model-file": ("Model load: safetensors safe_open, tensors in file order, cold", "MiB/s", True),
+    "model-shuffled": ("Model load: safetensors safe_open, tensors in shuffled order, cold", "MiB/s", True),
+    "model-4proc": ("Model load: 4 processes loading one file at once, cold (aggregate)", "MiB/s", True),
+    "model-read": ("Model load: one sequential read of the file (as torch.load), cold", "MiB/s", True),
+    "dataload8": ("Data loading: 8 workers, random order, first epoch", "s", False),
+    "dataload8-epoch2": ("Data loading: 8 workers, second epoch (same mount)", "s", False),
+    "dataload32": ("Data loading: 32 workers, random order, first epoch", "s", False),
+    "dataload32-epoch2": ("Data loading: 32 workers, second epoch (same mount)", "s", False),
+    "ckpt": ("Checkpoint save: write ckpt.tmp, fsync, rename to ckpt, until in the bucket", "s", False),
 }
 
 TOOLS = ["s3vol", "s3vol-before", "s3vol-onclose", "rclone-full", "rclone", "s3fs", "mount-s3", "raw"]
@@ -56,7 +65,7 @@ TOOL_LABELS = {
 }
 PEERS = ["rclone-full", "rclone", "s3fs", "mount-s3"]
 # The workloads s3vol's upload mode changes (the others run only with the default mode).
-WRITE_WORKLOADS = {"write", "close", "create", "cp", "rm", "untar"}
+WRITE_WORKLOADS = {"write", "close", "create", "cp", "rm", "untar", "ckpt"}
 
 # S3 operation names, abbreviated in the request tables.
 OPERATIONS = {
@@ -497,6 +506,12 @@ def main():
         "ls": f": {int(sizes_meta['ls_files']):,} files",
         "find": f": {sizes_meta['find']}",
     }
+    if "model_mib" in sizes_meta:
+        for w in ("model-file", "model-shuffled", "model-4proc", "model-read"):
+            sizes[w] = f", {sizes_meta['model_mib']} MiB of 4 MiB tensors"
+        for w in ("dataload8", "dataload8-epoch2", "dataload32", "dataload32-epoch2"):
+            sizes[w] = f": {int(sizes_meta['data_files']):,} files of 100 KiB in 100 directories"
+        sizes["ckpt"] = f": {sizes_meta['ckpt_mib']} MiB"
 
     chart_ok = chart(cells, servers[0], workloads, tools, args.chart, meta) if servers else False
     link = meta["link"]
