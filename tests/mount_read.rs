@@ -320,3 +320,49 @@ fn reading_a_directory_prefetches_its_subdirectories() {
         "the walk listed nothing again"
     );
 }
+
+/// The HEADs that follow a prefetched listing stay in the background: an `ls` of the root
+/// prefetches its subdirectories' first pages, and their entries are HEADed a few at a
+/// time, never with the mount's full width (which a model load that follows would need).
+/// Each entry is HEADed once, and `ls -l` of a prefetched directory shows every entry's
+/// persisted mode.
+#[test]
+fn prefetched_listings_head_their_entries_a_few_at_a_time() {
+    let s = server();
+    for d in ["a", "b"] {
+        for i in 0..150 {
+            put(&s, &format!("{d}/f{i:03}"), "x");
+        }
+    }
+    let exe = (0o100755u32).to_string();
+    s.backend()
+        .put_object(common::BUCKET, "a/run.sh", "#!/bin/sh\n", &[("mode", &exe)])
+        .unwrap();
+    s.quirks().set_latency(std::time::Duration::from_millis(20));
+    let m = Mount::new(&s, &["--metadata-ttl", "600"]);
+    s.stats().reset();
+    assert_eq!(std::fs::read_dir(m.path.as_path()).unwrap().count(), 2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while s.stats().count("HeadObject") < 301 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = std::process::Command::new("ls")
+        .arg("-l")
+        .arg(m.join("a"))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(listing.lines().count(), 152, "{listing}");
+    let run = listing.lines().find(|l| l.ends_with(" run.sh")).unwrap();
+    assert!(run.starts_with("-rwxr-xr-x"), "{run}");
+    let heads = s.stats().count("HeadObject");
+    // 301 files, the two markers the root's readdir asks for, and the lookups of a and b.
+    assert!(
+        (301..=306).contains(&heads),
+        "{heads} HEADs: {:?}",
+        s.stats().snapshot()
+    );
+    // 8 of the prefetch, and the root's own at most.
+    let peak = s.stats().peak_in_flight("HeadObject");
+    assert!(peak <= 10, "{peak} HEADs at once");
+}

@@ -402,43 +402,42 @@ impl BlockCache {
         runs
     }
 
-    /// One GET for a run of blocks; each block is published as soon as its bytes are in.
     /// Serves a run of blocks from the disk cache where it has them, and the rest from the
-    /// network, one GET per consecutive stretch.
+    /// network, one GET per consecutive stretch. Each disk block is published as soon as
+    /// it is read, so a reader starts on the first while the next ones are read.
     async fn fetch(self: Arc<Self>, object: ObjectVersion, run: Vec<(u64, BlockSender)>) {
         let Some(disk) = self.disk.clone() else {
             return self.fetch_remote(object, run).await;
         };
+        let (found_tx, mut found) = tokio::sync::mpsc::unbounded_channel();
         let indexes: Vec<u64> = run.iter().map(|(i, _)| *i).collect();
         let (key, etag) = (object.key.clone(), object.etag.clone());
-        let found = tokio::task::spawn_blocking(move || {
-            indexes
-                .into_iter()
-                .map(|i| disk.get(&key, &etag, i))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        let mut missing: Vec<(u64, BlockSender)> = Vec::new();
-        let mut found = found.into_iter();
+        tokio::task::spawn_blocking(move || {
+            for index in indexes {
+                if found_tx.send(disk.get(&key, &etag, index)).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut stretch: Vec<(u64, BlockSender)> = Vec::new();
         for (index, tx) in run {
-            match found.next().flatten() {
+            // None from the channel: the blocking task ended early; the network serves.
+            match found.recv().await.flatten() {
                 Some(block) if block.len() as u64 == self.block_len(&object, index) => {
                     self.publish(&object, index, Ok(block), tx)
                 }
                 _ => {
-                    if let Some(last) = missing.last()
-                        && last.0 + 1 != index
-                    {
-                        let stretch = std::mem::take(&mut missing);
-                        self.clone().fetch_remote(object.clone(), stretch).await;
+                    if stretch.last().is_some_and(|last| last.0 + 1 != index) {
+                        self.clone()
+                            .fetch_remote(object.clone(), std::mem::take(&mut stretch))
+                            .await;
                     }
-                    missing.push((index, tx));
+                    stretch.push((index, tx));
                 }
             }
         }
-        if !missing.is_empty() {
-            self.fetch_remote(object, missing).await;
+        if !stretch.is_empty() {
+            self.fetch_remote(object, stretch).await;
         }
     }
 

@@ -72,6 +72,27 @@ impl Fs {
             .await
     }
 
+    /// HEADs those of `keys` whose metadata is still unknown when their turn comes, within
+    /// `share` (background work leaves the foreground its request slots). A reader that
+    /// needs one meanwhile HEADs it itself, at full width.
+    async fn head_unloaded(&self, keys: Vec<String>, share: &tokio::sync::Semaphore) -> Heads {
+        futures::stream::iter(keys)
+            .map(|key| async move {
+                let _share = share.acquire().await.expect("never closed");
+                if self.tree().metadata_loaded(&key) {
+                    return None;
+                }
+                let _slot = self.metadata_heads.acquire().await.expect("never closed");
+                self.stats.head_requests.fetch_add(1, Ordering::Relaxed);
+                let result = self.store.head(&key).await;
+                Some((key, result))
+            })
+            .buffer_unordered(CONCURRENT_HEADS)
+            .filter_map(std::future::ready)
+            .collect()
+            .await
+    }
+
     /// Applies what the HEADs found to the entries they were for. A failed HEAD leaves its
     /// entry with default attributes (one log line per page): the listing is still
     /// answered, and the next lookup of the name asks again.
@@ -100,12 +121,27 @@ impl Fs {
         }
     }
 
-    /// The first page of `dir_key`'s listing, absorbed with its entries' metadata.
-    pub(super) async fn list_with_metadata(&self, dir: u64, dir_key: &str) -> StoreResult<()> {
+    /// The first page of `dir_key`'s listing into the cache; then, once `listed` has told
+    /// the waiters that the listing is in, its entries' metadata, HEADed within `share`.
+    pub(super) async fn list_then_load_metadata(
+        &self,
+        dir: u64,
+        dir_key: &str,
+        share: &tokio::sync::Semaphore,
+        listed: impl FnOnce(),
+    ) -> StoreResult<()> {
         let start = self.listing_start(dir, dir_key);
-        let page = self.first_page(dir_key).await?;
-        let heads = self.head_all(self.keys_wanting_metadata(dir_key, &page)).await;
+        let page = match self.first_page(dir_key).await {
+            Ok(page) => page,
+            Err(e) => {
+                listed();
+                return Err(e);
+            }
+        };
+        let wanted = self.keys_wanting_metadata(dir_key, &page);
         self.absorb_dir_page(dir, dir_key, &page, &start);
+        listed();
+        let heads = self.head_unloaded(wanted, share).await;
         self.apply_heads(&heads);
         Ok(())
     }

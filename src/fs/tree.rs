@@ -368,6 +368,14 @@ impl Tree {
             .is_some_and(|n| n.local || (n.metadata_loaded && (n.attr.kind == Kind::Dir || n.etag.as_deref() == etag)))
     }
 
+    /// The node of `key` has its persisted metadata, or is local: nothing left to HEAD.
+    pub fn metadata_loaded(&self, key: &str) -> bool {
+        self.by_key
+            .get(key)
+            .and_then(|ino| self.nodes.get(ino))
+            .is_some_and(|n| n.local || n.metadata_loaded)
+    }
+
     /// Records a change made through the mount under directory `dir`.
     pub fn dir_changed(&mut self, dir: u64) {
         if let Some(d) = self.nodes.get_mut(&dir) {

@@ -30,7 +30,7 @@ pub(crate) struct Front {
 impl Front {
     pub(crate) async fn handle(self, req: Request<Incoming>) -> Result<Response<ResponseBody>, HttpError> {
         let call = S3Call::classify(req.method(), req.uri(), req.headers());
-        self.stats.record(call.operation.name());
+        let _in_flight = self.stats.record(call.operation.name());
         tokio::time::sleep(self.quirks.latency()).await;
         if let Some(refusal) = self.refusal(&call, &req) {
             return Ok(refusal);

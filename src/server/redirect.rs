@@ -81,7 +81,7 @@ impl Cdn {
         self,
         req: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
-        self.stats.record(REDIRECT_GET);
+        let _in_flight = self.stats.record(REDIRECT_GET);
         tokio::time::sleep(self.quirks.latency()).await;
         Ok(self.respond(&req))
     }

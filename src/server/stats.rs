@@ -12,6 +12,22 @@ use super::lock;
 #[derive(Debug, Default)]
 pub struct RequestStats {
     by_operation: Mutex<HashMap<&'static str, u64>>,
+    /// Per operation: requests being answered now, and the most there were at once.
+    in_flight: Mutex<HashMap<&'static str, (u64, u64)>>,
+}
+
+/// A request being answered; counted in flight until dropped.
+pub(crate) struct InFlight<'a> {
+    stats: &'a RequestStats,
+    operation: &'static str,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some((now, _)) = lock(&self.stats.in_flight).get_mut(self.operation) {
+            *now = now.saturating_sub(1);
+        }
+    }
 }
 
 impl RequestStats {
@@ -33,11 +49,26 @@ impl RequestStats {
             .collect()
     }
 
-    pub fn reset(&self) {
-        lock(&self.by_operation).clear();
+    /// The most requests for `operation` the server was answering at once (waiting out an
+    /// injected latency included) since start or the last reset.
+    pub fn peak_in_flight(&self, operation: &str) -> u64 {
+        lock(&self.in_flight).get(operation).map_or(0, |(_, peak)| *peak)
     }
 
-    pub(crate) fn record(&self, operation: &'static str) {
+    pub fn reset(&self) {
+        lock(&self.by_operation).clear();
+        for (_, peak) in lock(&self.in_flight).values_mut() {
+            *peak = 0;
+        }
+    }
+
+    /// Counts a request, and holds it in flight until the guard is dropped.
+    pub(crate) fn record(&self, operation: &'static str) -> InFlight<'_> {
         *lock(&self.by_operation).entry(operation).or_default() += 1;
+        let mut in_flight = lock(&self.in_flight);
+        let (now, peak) = in_flight.entry(operation).or_default();
+        *now += 1;
+        *peak = (*peak).max(*now);
+        InFlight { stats: self, operation }
     }
 }
