@@ -366,3 +366,43 @@ fn prefetched_listings_head_their_entries_a_few_at_a_time() {
     let peak = s.stats().peak_in_flight("HeadObject");
     assert!(peak <= 10, "{peak} HEADs at once");
 }
+
+/// A file read at random (tensors in a shuffled order) is fetched whole in the background
+/// after a few jumps: the rest of the reads, in any order, cost no request.
+#[test]
+fn a_file_read_at_random_is_fetched_whole_and_then_costs_no_request() {
+    let s = server();
+    let data = pattern(48 << 20, 11);
+    put(&s, "model.bin", data.clone());
+    let m = Mount::new(&s, &[]);
+    let file = std::fs::File::open(m.join("model.bin")).unwrap();
+    // Small reads 4 MiB apart: the readahead of each covers little of the file.
+    let (tensor, spacing) = (64usize << 10, 4usize << 20);
+    let read_tensor = |i: usize| {
+        let mut buf = vec![0u8; tensor];
+        let at = i * spacing;
+        file.read_exact_at(&mut buf, at as u64).unwrap();
+        assert!(buf == data[at..at + tensor], "tensor {i} differs");
+    };
+    for i in [9, 2, 6, 0, 11] {
+        read_tensor(i);
+    }
+    // The rest arrives in the background.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let fetched = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_s3vol"))
+            .args(["status", m.path.to_str().unwrap(), "--json"])
+            .output()
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        status[0]["fetched_bytes"].as_u64().unwrap()
+    };
+    while fetched() < data.len() as u64 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let gets = s.stats().count("GetObject");
+    for i in [5, 1, 10, 3, 8, 4, 7] {
+        read_tensor(i);
+    }
+    assert_eq!(s.stats().count("GetObject"), gets, "{}", m.log());
+}

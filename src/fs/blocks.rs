@@ -38,11 +38,13 @@ pub struct ObjectVersion {
 type BlockResult = Result<Bytes, StoreError>;
 
 /// What a read prefetches: the blocks up to `end`, their GETs limited by `gets` (a file's
-/// sequential stream) or all at once (`None`).
+/// sequential stream) or all at once (`None`); with `whole_file`, every block of the file
+/// not cached yet, in order, through `gets`.
 #[derive(Default, Clone)]
 pub struct Prefetch {
     pub end: u64,
     pub gets: Option<Arc<GetSlots>>,
+    pub whole_file: bool,
 }
 
 /// Room for a few prefetch GETs at once, handed out in the order the GETs were claimed,
@@ -197,6 +199,14 @@ impl BlockCache {
         self.cache.policy().max_capacity().unwrap_or(0)
     }
 
+    /// Whether a file of `size` bytes may be fetched whole ahead of its reads: it fits
+    /// half of the disk cache (which keeps what memory evicts before it is read), or half
+    /// of memory without one.
+    pub fn may_fetch_whole(&self, size: u64) -> bool {
+        let room = self.disk.as_ref().map_or(self.budget(), |d| d.budget());
+        size <= room / 2
+    }
+
     /// Bytes of block data held now.
     pub fn used(&self) -> u64 {
         self.cache.run_pending_tasks();
@@ -225,7 +235,11 @@ impl BlockCache {
             .div_ceil(bs)
             .max(wanted.end)
             .min(last_block);
-        let slots = self.claim(object, wanted.start..ensure_end, wanted.end, prefetch.gets);
+        let slots = self.claim(object, wanted.start..ensure_end, wanted.end, prefetch.gets.clone());
+        if let Some(gets) = prefetch.gets.filter(|_| prefetch.whole_file) {
+            let (this, object) = (self.clone(), object.clone());
+            tokio::spawn(async move { this.fetch_rest(object, gets).await });
+        }
         let mut pieces = Vec::with_capacity(slots.len());
         for (i, slot) in slots.into_iter().enumerate() {
             let index = wanted.start + i as u64;
@@ -299,6 +313,19 @@ impl BlockCache {
         wanted_end: u64,
         gets: Option<Arc<GetSlots>>,
     ) -> Vec<Slot> {
+        self.claim_blocks(object, blocks, wanted_end, gets, true)
+    }
+
+    /// [`claim`](Self::claim), counting the wanted blocks as cache hits and misses only
+    /// when a reader wants them (`count`).
+    fn claim_blocks(
+        self: &Arc<Self>,
+        object: &ObjectVersion,
+        blocks: Range<u64>,
+        wanted_end: u64,
+        gets: Option<Arc<GetSlots>>,
+        count: bool,
+    ) -> Vec<Slot> {
         let mut slots = Vec::new();
         let mut missing: Vec<(u64, BlockSender)> = Vec::new();
         {
@@ -317,13 +344,13 @@ impl BlockCache {
                 };
                 let slot = match slot {
                     Some(s) => {
-                        if index < wanted_end {
+                        if count && index < wanted_end {
                             self.stats.hits.fetch_add(1, Ordering::Relaxed);
                         }
                         s
                     }
                     None => {
-                        if index < wanted_end {
+                        if count && index < wanted_end {
                             self.stats.misses.fetch_add(1, Ordering::Relaxed);
                         }
                         let (tx, rx) = watch::channel(Progress::default());
@@ -366,6 +393,35 @@ impl BlockCache {
             });
         }
         slots
+    }
+
+    /// Fetches every block of a file read at random, in order, a GET at a time per slot
+    /// of `gets`. Each GET's blocks are claimed only when it can start: a reader that
+    /// wants a block further on claims and fetches it at once instead of waiting for its
+    /// turn here. Stops when the file is closed.
+    async fn fetch_rest(self: Arc<Self>, object: ObjectVersion, gets: Arc<GetSlots>) {
+        let per_request = (self.request_size / self.block_size).max(1);
+        let last_block = object.size.div_ceil(self.block_size);
+        let mut start = 0;
+        while start < last_block {
+            let Ok(slot) = gets.slots.clone().acquire_owned().await else {
+                return;
+            };
+            if gets.abandoned.load(Ordering::Relaxed) {
+                return;
+            }
+            let end = (start + per_request).min(last_block);
+            let slots = self.claim_blocks(&object, start..end, end, None, false);
+            start = end;
+            tokio::spawn(async move {
+                for slot in slots {
+                    if let Slot::Pending(mut progress) = slot {
+                        let _ = progress.wait_for(|p| p.done.is_some()).await;
+                    }
+                }
+                drop(slot);
+            });
+        }
     }
 
     /// Gives up the claim on a run of blocks no reader waits for (only the pending map
@@ -503,7 +559,11 @@ mod tests {
     }
 
     fn ahead(end: u64) -> Prefetch {
-        Prefetch { end, gets: None }
+        Prefetch {
+            end,
+            gets: None,
+            whole_file: false,
+        }
     }
 
     pub async fn setup(len: usize) -> (Arc<MemoryStore>, Arc<BlockCache>, ObjectVersion, Vec<u8>) {
@@ -564,6 +624,7 @@ mod tests {
             let prefetch = Prefetch {
                 end: 20_000,
                 gets: Some(gets),
+                whole_file: false,
             };
             tokio::spawn(async move { cache.read(&object, 0..10, prefetch).await })
         };
@@ -588,6 +649,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_file_read_at_random_is_fetched_whole_in_order_after_the_wanted_block() {
+        let (store, cache, object, data) = setup(20_000).await;
+        let gate = store.hold_gets();
+        let prefetch = Prefetch {
+            end: 12_010,
+            gets: Some(GetSlots::new(2)),
+            whole_file: true,
+        };
+        let reader = {
+            let (cache, object) = (cache.clone(), object.clone());
+            tokio::spawn(async move { cache.read(&object, 12_000..12_010, prefetch).await })
+        };
+        settle().await;
+        // The wanted block at once, then the rest from the start, two at a time.
+        assert_eq!(store.get_starts(), [12000, 0, 4000]);
+        // A read further on does not wait for its turn: its block is fetched at once.
+        let later = {
+            let (cache, object) = (cache.clone(), object.clone());
+            tokio::spawn(async move { cache.read(&object, 17_000..17_010, Prefetch::none()).await })
+        };
+        settle().await;
+        assert_eq!(store.get_starts(), [12000, 0, 4000, 17000]);
+        gate.add_permits(10);
+        settle().await;
+        assert_eq!(&reader.await.unwrap().unwrap()[..], &data[12_000..12_010]);
+        assert_eq!(&later.await.unwrap().unwrap()[..], &data[17_000..17_010]);
+        // 13000: the rest of the wanted block's GET (blocks 13-15); 16000 and 18000
+        // around the later read's block.
+        assert_eq!(store.get_starts(), [12000, 0, 4000, 17000, 8000, 13000, 16000, 18000]);
+        // Every block is in: reads in any order cost no request.
+        let all = cache.read(&object, 0..20_000, Prefetch::none()).await.unwrap();
+        assert_eq!(&all[..], &data[..]);
+        assert_eq!(store.requests("get"), 8);
+    }
+
+    #[tokio::test]
     async fn queued_prefetch_gets_of_a_closed_file_are_dropped_unless_awaited() {
         let (store, cache, object, data) = setup(20_000).await;
         let gate = store.hold_gets();
@@ -595,6 +692,7 @@ mod tests {
         let prefetch = Prefetch {
             end: 20_000,
             gets: Some(gets.clone()),
+            whole_file: false,
         };
         let first = {
             let (cache, object) = (cache.clone(), object.clone());

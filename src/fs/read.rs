@@ -152,14 +152,16 @@ impl Fs {
                 .map(Bytes::from)
                 .map_err(|e| self.fail("read", &key, e));
         }
+        let object = file.object.lock().clone();
         let prefetch = {
             let mut streams = file.readahead.lock();
+            let end = streams.on_read(offset, u64::from(size));
             Prefetch {
-                end: streams.on_read(offset, u64::from(size)),
+                end,
                 gets: Some(streams.gets.clone()),
+                whole_file: streams.turned_random() && self.blocks.may_fetch_whole(object.size),
             }
         };
-        let object = file.object.lock().clone();
         let mut result = self.blocks.read(&object, range.clone(), prefetch.clone()).await;
         if result == Err(StoreError::PreconditionFailed) && !file.has_read.load(Ordering::Relaxed) {
             // Changed remotely since the mount last saw it, and this handle has shown

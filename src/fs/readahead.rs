@@ -4,6 +4,11 @@
 //! together (the kernel then asks for each page once, through whichever handle misses
 //! it) are one stream, and readers at different places are separate streams.
 //!
+//! A file read at random (a model loader taking its tensors in a shuffled order, a
+//! database) gets no window: each jump starts a new stream. After a few jumps the file
+//! counts as read at random, and its reader may fetch the rest of it ahead (see
+//! `BlockCache::read`), so the reads in any order cost what a download of the file costs.
+//!
 //! The window is claimed in whole GETs (`step`, the size of one ranged GET), and at full
 //! size it is twice what the file may have in flight (`PREFETCH_GETS`): GETs sharing a
 //! link finish together, so a window of exactly the GETs in flight is refilled in bursts,
@@ -16,6 +21,12 @@ use std::sync::Arc;
 const STREAMS: usize = 8;
 /// Prefetch GETs of one file in flight at once; the rest of its window waits in order.
 const PREFETCH_GETS: usize = 8;
+/// Jumps to a new place after which a file counts as read at random. A sequential reader
+/// makes none; a few readers of one file, each in order, one per reader; `file` or
+/// `head` of a large file one or two.
+const RANDOM_JUMPS: u32 = 4;
+/// How much a window grows at each refill until it is full size.
+const GROWTH: u64 = 4;
 
 #[derive(Debug)]
 pub struct ReadStreams {
@@ -25,6 +36,10 @@ pub struct ReadStreams {
     initial: u64,
     max: u64,
     step: u64,
+    /// Reads that started a new stream while others existed.
+    jumps: u32,
+    /// The file was found read at random (said once).
+    random: bool,
     /// Slots for the file's prefetch GETs (see `PREFETCH_GETS`).
     pub gets: Arc<GetSlots>,
 }
@@ -38,14 +53,28 @@ impl ReadStreams {
             initial,
             max,
             step,
+            jumps: 0,
+            random: false,
             gets: GetSlots::new(PREFETCH_GETS),
         }
+    }
+
+    /// True once, at the read that shows the file is being read at random.
+    pub fn turned_random(&mut self) -> bool {
+        if self.random || self.jumps < RANDOM_JUMPS {
+            return false;
+        }
+        self.random = true;
+        true
     }
 
     /// Records a read; returns how far ahead to prefetch (an absolute offset).
     pub fn on_read(&mut self, offset: u64, len: u64) -> u64 {
         self.tick += 1;
         let found = self.streams.iter().position(|(s, _)| s.follows(offset));
+        if found.is_none() && !self.streams.is_empty() {
+            self.jumps = self.jumps.saturating_add(1);
+        }
         let i = match found {
             Some(i) => i,
             None if self.streams.len() < STREAMS => {
@@ -139,7 +168,7 @@ impl ReadAhead {
             // blocks, fetched as a few large GETs. At full size: refilled a GET's worth at
             // a time, so the GETs in flight stay as many and their connections busy (a
             // connection idle between bursts starts over in TCP slow start).
-            self.window = (self.window * 2).min(self.max);
+            self.window = (self.window * GROWTH).min(self.max);
             self.frontier = self.frontier.max(self.window_end(end));
         }
         self.frontier
@@ -193,5 +222,27 @@ mod tests {
         streams.on_read(900 * MIB + 4096, 131072);
         assert_eq!(streams.streams.len(), 2);
         assert!(streams.on_read(256 * 256 * 1024, 256 * 1024) >= 64 * MIB);
+        assert!(!streams.turned_random(), "two streams are not random reads");
+    }
+
+    #[test]
+    fn tensors_in_a_shuffled_order_turn_the_file_random_once() {
+        let mut streams = ReadStreams::new(MIB, 64 * MIB, 8 * MIB);
+        let order = [7u64, 2, 11, 0, 5, 13, 3, 9, 1, 12, 4, 8, 6, 10];
+        let mut turned = Vec::new();
+        for (n, tensor) in order.iter().enumerate() {
+            // Each tensor of 4 MiB is read in order, in 1 MiB requests.
+            for part in 0..4 {
+                streams.on_read(tensor * 40 * MIB + part * MIB, MIB);
+                if streams.turned_random() {
+                    turned.push(n);
+                }
+            }
+        }
+        assert_eq!(
+            turned,
+            vec![RANDOM_JUMPS as usize],
+            "after the last jump that counts, and only then"
+        );
     }
 }
