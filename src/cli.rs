@@ -23,6 +23,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the mount's variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mount SOURCE on MOUNTPOINT; returns once the mount is live (-f stays in front).
@@ -131,6 +133,9 @@ pub struct MountOptions {
     /// FUSE worker threads.
     #[arg(long, value_parser = parse_positive::<usize>, default_value = "4", value_name = "N")]
     pub fuse_threads: usize,
+    /// Serve Prometheus metrics at http://[HOST:]PORT/metrics (HOST defaults to 127.0.0.1; off by default).
+    #[arg(long, value_parser = crate::metrics_endpoint::parse_addr, value_name = "[HOST:]PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Kernel mount flag, repeatable; the last word on a flag wins (default: nodev, nosuid, noatime).
     #[arg(long, value_enum, value_name = "FLAG")]
     pub kernel_option: Vec<KernelOption>,
@@ -181,6 +186,16 @@ pub struct StatusArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// Refresh every SECS (default 2): rates, hit rates, the largest pending uploads.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2", value_parser = parse_watch_interval)]
+    pub watch: Option<f64>,
+}
+
+fn parse_watch_interval(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if (0.1..=3600.0).contains(&secs) => Ok(secs),
+        _ => Err(format!("{text}: seconds between 0.1 and 3600")),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -275,6 +275,14 @@ pub fn discard(args: &DiscardArgs) -> ExitCode {
 }
 
 pub fn status(args: &StatusArgs) -> ExitCode {
+    if let Some(secs) = args.watch {
+        let every = Duration::from_secs_f64(secs);
+        let mountpoint = args.mountpoint.as_deref();
+        return match crate::status_watch::watch(every, None, || mounts_on(mountpoint)) {
+            true => ExitCode::SUCCESS,
+            false => ExitCode::FAILURE,
+        };
+    }
     let Some(mounts) = mounts_on(args.mountpoint.as_deref()) else {
         return ExitCode::FAILURE;
     };

@@ -45,6 +45,21 @@ pub struct MountStatus {
     /// Uploads the bucket refused: their data stays until uploaded, deleted or discarded.
     #[serde(default)]
     pub upload_failures: Vec<UploadFailure>,
+    /// The largest files not yet in the bucket.
+    #[serde(default)]
+    pub largest_dirty: Vec<DirtyFile>,
+    /// Bytes of GET bodies received, and of PUT and part bodies sent.
+    #[serde(default)]
+    pub received_bytes: u64,
+    #[serde(default)]
+    pub sent_bytes: u64,
+}
+
+/// A file written here and not yet in the bucket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirtyFile {
+    pub path: String,
+    pub bytes: u64,
 }
 
 /// A file whose upload the bucket refused, by its path in the mount.

@@ -118,6 +118,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         }),
         ..S3Settings::default()
     };
+    let metrics = settings.metrics.clone();
     let store = runtime.block_on(S3Store::connect(&resolved, settings))?;
     println!(
         "embedded S3 server: {} (bucket '{BUCKET}', path style)",
@@ -149,11 +150,13 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         staging_min_free: None,
         list_prefetch: true,
         fuse_threads: 4,
+        metrics_addr: None,
         kernel_option: Vec::new(),
     };
     mount::serve(
         &runtime,
         Arc::new(store),
+        metrics,
         resolved,
         &source_text,
         &mountpoint,

@@ -4,6 +4,7 @@
 //! memory never waits for a runtime thread. No filesystem logic lives here.
 
 use crate::fs::{Attr, Caller, Errno as CoreErrno, Fs, Kind, OpenMode, SetAttr};
+use crate::metrics::{FuseOp, Metrics};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
@@ -14,26 +15,48 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::runtime::Handle;
 
 pub struct FuseAdapter {
     fs: Arc<Fs>,
     rt: Handle,
+    metrics: Arc<Metrics>,
+}
+
+tokio::task_local! {
+    /// The errno a request was answered with (0: success), set by [`errno`].
+    static ANSWERED: std::cell::Cell<i32>;
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<Fs>, rt: Handle) -> FuseAdapter {
-        FuseAdapter { fs, rt }
+    pub fn new(fs: Arc<Fs>, rt: Handle, metrics: Arc<Metrics>) -> FuseAdapter {
+        FuseAdapter { fs, rt, metrics }
     }
 
-    /// Runs `work` with a clone of the core, see [`run_from_here`].
-    fn spawn<F, Fut>(&self, work: F)
+    /// Runs `work` with a clone of the core, see [`run_from_here`], and counts the request
+    /// as `op`: its time to the answer, and the errno its answer carried.
+    fn spawn<F, Fut>(&self, op: FuseOp, work: F)
     where
         F: FnOnce(Arc<Fs>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        run_from_here(&self.rt, work(self.fs.clone()));
+        let (metrics, started) = (self.metrics.clone(), Instant::now());
+        let work = work(self.fs.clone());
+        run_from_here(
+            &self.rt,
+            ANSWERED.scope(std::cell::Cell::new(0), async move {
+                work.await;
+                let errno = ANSWERED.with(|answered| answered.get());
+                metrics.fuse_done(op, started.elapsed(), errno);
+            }),
+        );
+    }
+
+    /// Counts a request answered on the spot, without the core's help.
+    fn answered(&self, op: FuseOp, errno: Errno) -> Errno {
+        self.metrics.fuse_done(op, Duration::ZERO, i32::from(errno));
+        errno
     }
 }
 
@@ -58,7 +81,9 @@ fn run_from_here(rt: &Handle, task: impl Future<Output = ()> + Send + 'static) {
     }
 }
 
+/// The kernel's errno for a core error, noted as the answer of the request being counted.
 fn errno(e: CoreErrno) -> Errno {
+    let _ = ANSWERED.try_with(|answered| answered.set(e.0));
     Errno::from_i32(e.0)
 }
 
@@ -162,9 +187,9 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = match utf8(name) {
             Ok(n) => n,
-            Err(_) => return reply.error(Errno::ENOENT),
+            Err(_) => return reply.error(self.answered(FuseOp::Lookup, Errno::ENOENT)),
         };
-        self.spawn(move |fs| async move {
+        self.spawn(FuseOp::Lookup, move |fs| async move {
             match fs.lookup(parent.0, &name).await {
                 Ok(attr) => reply.entry(&fs.attr_ttl(), &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(errno(e)),
@@ -173,11 +198,13 @@ impl Filesystem for FuseAdapter {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let started = Instant::now();
         self.fs.forget(ino.0, nlookup);
+        self.metrics.fuse_done(FuseOp::Forget, started.elapsed(), 0);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.spawn(move |fs| async move {
+        self.spawn(FuseOp::Getattr, move |fs| async move {
             match fs.getattr(ino.0).await {
                 Ok(attr) => reply.attr(&fs.attr_ttl(), &file_attr(&attr)),
                 Err(e) => reply.error(errno(e)),
@@ -186,7 +213,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.spawn(move |fs| async move {
+        self.spawn(FuseOp::Readlink, move |fs| async move {
             match fs.readlink(ino.0).await {
                 Ok(target) => reply.data(&target),
                 Err(e) => reply.error(errno(e)),
@@ -196,7 +223,7 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let mode = open_mode(flags);
-        self.spawn(move |fs| async move {
+        self.spawn(FuseOp::Open, move |fs| async move {
             match fs.open(ino.0, mode).await {
                 Ok(o) => {
                     let flags = if o.keep_cache {
@@ -222,7 +249,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.spawn(move |fs| async move {
+        self.spawn(FuseOp::Read, move |fs| async move {
             match fs.read(fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno(e)),
@@ -240,7 +267,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(move |fs| async move {
+        self.spawn(FuseOp::Release, move |fs| async move {
             fs.release(fh.0).await;
             reply.ok()
         });
@@ -259,7 +286,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
-        self.spawn(move |fs| async move {
+        self.spawn(FuseOp::Write, move |fs| async move {
             match fs.write(fh.0, offset, &data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(e)),
@@ -268,11 +295,15 @@ impl Filesystem for FuseAdapter {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        self.spawn(move |fs| async move { reply_empty(reply, fs.flush(fh.0).await) });
+        self.spawn(FuseOp::Flush, move |fs| async move {
+            reply_empty(reply, fs.flush(fh.0).await)
+        });
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        self.spawn(move |fs| async move { reply_empty(reply, fs.fsync(fh.0).await) });
+        self.spawn(FuseOp::Fsync, move |fs| async move {
+            reply_empty(reply, fs.fsync(fh.0).await)
+        });
     }
 
     fn create(
@@ -287,11 +318,11 @@ impl Filesystem for FuseAdapter {
     ) {
         let name = match utf8(name) {
             Ok(n) => n,
-            Err(e) => return reply.error(e),
+            Err(e) => return reply.error(self.answered(FuseOp::Create, e)),
         };
         let caller = caller(req);
         let open = open_mode(OpenFlags(flags));
-        self.spawn(move |fs| async move {
+        self.spawn(FuseOp::Create, move |fs| async move {
             match fs.create(parent.0, &name, mode & !umask, open, caller).await {
                 Ok((attr, opened)) => reply.created(
                     &fs.attr_ttl(),
@@ -330,7 +361,7 @@ impl Filesystem for FuseAdapter {
             gid,
             mtime: mtime.map(time),
         };
-        self.spawn(move |fs| async move {
+        self.spawn(FuseOp::Setattr, move |fs| async move {
             match fs.setattr(ino.0, fh.map(|f| f.0), change).await {
                 Ok(attr) => reply.attr(&fs.attr_ttl(), &file_attr(&attr)),
                 Err(e) => reply.error(errno(e)),
@@ -341,10 +372,10 @@ impl Filesystem for FuseAdapter {
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let name = match utf8(name) {
             Ok(n) => n,
-            Err(e) => return reply.error(e),
+            Err(e) => return reply.error(self.answered(FuseOp::Mkdir, e)),
         };
         let caller = caller(req);
-        self.spawn(move |fs| async move {
+        self.spawn(FuseOp::Mkdir, move |fs| async move {
             let result = fs.mkdir(parent.0, &name, mode & !umask, caller).await;
             reply_entry(&fs, reply, result)
         });
@@ -353,10 +384,10 @@ impl Filesystem for FuseAdapter {
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
         let (name, target) = match (utf8(link_name), utf8(target.as_os_str())) {
             (Ok(n), Ok(t)) => (n, t),
-            _ => return reply.error(Errno::EINVAL),
+            _ => return reply.error(self.answered(FuseOp::Symlink, Errno::EINVAL)),
         };
         let caller = caller(req);
-        self.spawn(move |fs| async move {
+        self.spawn(FuseOp::Symlink, move |fs| async move {
             let result = fs.symlink(parent.0, &name, &target, caller).await;
             reply_entry(&fs, reply, result)
         });
@@ -364,16 +395,20 @@ impl Filesystem for FuseAdapter {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let Ok(name) = utf8(name) else {
-            return reply.error(Errno::ENOENT);
+            return reply.error(self.answered(FuseOp::Unlink, Errno::ENOENT));
         };
-        self.spawn(move |fs| async move { reply_empty(reply, fs.unlink(parent.0, &name).await) });
+        self.spawn(FuseOp::Unlink, move |fs| async move {
+            reply_empty(reply, fs.unlink(parent.0, &name).await)
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let Ok(name) = utf8(name) else {
-            return reply.error(Errno::ENOENT);
+            return reply.error(self.answered(FuseOp::Rmdir, Errno::ENOENT));
         };
-        self.spawn(move |fs| async move { reply_empty(reply, fs.rmdir(parent.0, &name).await) });
+        self.spawn(FuseOp::Rmdir, move |fs| async move {
+            reply_empty(reply, fs.rmdir(parent.0, &name).await)
+        });
     }
 
     fn rename(
@@ -387,13 +422,13 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let (Ok(name), Ok(newname)) = (utf8(name), utf8(newname)) else {
-            return reply.error(Errno::EINVAL);
+            return reply.error(self.answered(FuseOp::Rename, Errno::EINVAL));
         };
         if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
-            return reply.error(Errno::EINVAL);
+            return reply.error(self.answered(FuseOp::Rename, Errno::EINVAL));
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        self.spawn(move |fs| async move {
+        self.spawn(FuseOp::Rename, move |fs| async move {
             reply_empty(
                 reply,
                 fs.rename(parent.0, &name, newparent.0, &newname, no_replace).await,
@@ -405,20 +440,20 @@ impl Filesystem for FuseAdapter {
         // No extended attributes. ENOSYS, not ENOTSUP: only ENOSYS makes the kernel stop
         // asking (it asked for security.capability before every first write of a file);
         // callers still see EOPNOTSUPP.
-        reply.error(Errno::ENOSYS);
+        reply.error(self.answered(FuseOp::Getxattr, Errno::ENOSYS));
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+        reply.error(self.answered(FuseOp::Listxattr, Errno::ENOSYS));
     }
 
     fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
         // Object stores have no hard links.
-        reply.error(Errno::EPERM);
+        reply.error(self.answered(FuseOp::Link, Errno::EPERM));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.spawn(move |fs| async move {
+        self.spawn(FuseOp::Opendir, move |fs| async move {
             match fs.opendir(ino.0).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(e)),
@@ -427,7 +462,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        self.spawn(move |fs| async move {
+        self.spawn(FuseOp::Readdir, move |fs| async move {
             match fs.readdir(ino.0, fh.0, offset).await {
                 Ok(entries) => {
                     for e in entries {
@@ -443,7 +478,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        self.spawn(move |fs| async move {
+        self.spawn(FuseOp::Readdirplus, move |fs| async move {
             match fs.readdir(ino.0, fh.0, offset).await {
                 Ok(entries) => {
                     let ttl = fs.attr_ttl();
@@ -472,12 +507,16 @@ impl Filesystem for FuseAdapter {
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        let started = Instant::now();
         self.fs.releasedir(fh.0);
         reply.ok();
+        self.metrics.fuse_done(FuseOp::Releasedir, started.elapsed(), 0);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let started = Instant::now();
         let s = self.fs.statfs();
+        self.metrics.fuse_done(FuseOp::Statfs, started.elapsed(), 0);
         reply.statfs(
             s.blocks,
             s.free_blocks,

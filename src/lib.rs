@@ -8,6 +8,8 @@ pub mod fs;
 pub mod fuse;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
+pub mod metrics_endpoint;
 pub mod mount;
 pub mod mount_helper;
 pub mod option_values;

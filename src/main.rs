@@ -5,6 +5,7 @@ use std::process::ExitCode;
 mod check;
 mod commands;
 mod demo;
+mod status_watch;
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();

@@ -2,11 +2,13 @@
 //! mount, serve until unmounted or signalled.
 
 use crate::cli::{KernelOption, MountArgs, MountOptions};
-use crate::control::{self, FlushReport, MountStatus, UploadFailure};
+use crate::control::{self, DirtyFile, FlushReport, MountStatus, UploadFailure};
 use crate::fs::disk_cache::{CacheSize, lock_cache_dir};
 use crate::fs::{Defaults, Fs, FsConfig, Settle};
 use crate::fuse::FuseAdapter;
 use crate::logging::{self, LogTarget};
+use crate::metrics::Metrics;
+use crate::metrics_endpoint;
 use crate::provider::Resolved;
 use crate::signals;
 use crate::store::s3::S3Store;
@@ -78,6 +80,7 @@ pub fn run(args: MountArgs) -> ExitCode {
         };
         logging::init(target, args.options.debug)?;
         let runtime = runtime()?;
+        let metrics = settings.metrics.clone();
         let store = runtime.block_on(async {
             let store = S3Store::connect(&resolved, settings).await?;
             verify_bucket(&store, &resolved).await?;
@@ -90,6 +93,7 @@ pub fn run(args: MountArgs) -> ExitCode {
         serve(
             &runtime,
             Arc::new(store),
+            metrics,
             resolved,
             &args.connect.source,
             &mountpoint,
@@ -236,9 +240,11 @@ pub fn default_cache_dir() -> PathBuf {
 }
 
 /// Mounts and serves until unmounted (`fusermount3 -u`, `s3vol unmount`) or signalled.
+#[allow(clippy::too_many_arguments)]
 pub fn serve(
     runtime: &tokio::runtime::Runtime,
     store: Arc<dyn ObjectStore>,
+    metrics: Arc<Metrics>,
     resolved: Resolved,
     source: &str,
     mountpoint: &Path,
@@ -299,7 +305,9 @@ pub fn serve(
     }
     fuse_config.n_threads = Some(options.fuse_threads);
     fuse_config.clone_fd = true;
-    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
+    // Bound before the mount: a port in use fails it rather than leave it unwatched.
+    let metrics_listener = options.metrics_addr.map(metrics_endpoint::bind).transpose()?;
+    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone(), metrics.clone());
     let mut session = fuser::Session::new(adapter, mountpoint, &fuse_config)
         .map_err(|e| format!("cannot mount on {}: {e}", mountpoint.display()))?;
     let notifier = session.notifier();
@@ -328,11 +336,20 @@ pub fn serve(
     let socket = control::socket_path(mountpoint);
     let status = StatusSource {
         fs: fs.clone(),
+        metrics: metrics.clone(),
         source: source.to_string(),
         mountpoint: mountpoint.to_path_buf(),
         cache_dir,
         started,
     };
+    if let Some(listener) = metrics_listener {
+        let (status, budget) = (status.clone(), options.memory_limit);
+        let render: metrics_endpoint::Render =
+            Arc::new(move || metrics.render(&status.status(), resident_bytes(), budget));
+        let _runtime = runtime.enter();
+        let addr = metrics_endpoint::serve(listener, render).map_err(|e| format!("--metrics-addr: {e}"))?;
+        tracing::info!("metrics at http://{addr}/metrics");
+    }
     if let Err(e) = runtime.block_on(serve_control(&socket, status)) {
         tracing::warn!(
             "control socket {}: {e}; s3vol status will not see this mount",
@@ -405,8 +422,19 @@ fn raise_kernel_readahead(mountpoint: &Path) {
     }
 }
 
+/// The daemon's resident memory, from /proc/self/statm (pages).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+#[derive(Clone)]
 struct StatusSource {
     fs: Arc<Fs>,
+    metrics: Arc<Metrics>,
     source: String,
     mountpoint: PathBuf,
     cache_dir: PathBuf,
@@ -419,6 +447,7 @@ impl StatusSource {
         let store = self.fs.store_stats();
         let stats = &self.fs.stats;
         let dirty = self.fs.dirty_report();
+        let (received_bytes, sent_bytes) = self.metrics.bytes();
         MountStatus {
             source: self.source.clone(),
             mountpoint: self.mountpoint.display().to_string(),
@@ -451,6 +480,13 @@ impl StatusSource {
             disk_evictions: cache.disk_evictions,
             disk_corrupt: cache.disk_corrupt,
             upload_failures: self.upload_failures(),
+            largest_dirty: dirty
+                .largest
+                .into_iter()
+                .map(|(path, bytes)| DirtyFile { path, bytes })
+                .collect(),
+            received_bytes,
+            sent_bytes,
         }
     }
 

@@ -252,9 +252,11 @@ mod tests {
 
     #[test]
     fn parsed_options_reach_mount_args() {
-        let call = helper("s3://b /mnt -o ro,noexec,suid,memory-limit=2GiB,force-path-style").unwrap();
+        let call =
+            helper("s3://b /mnt -o ro,noexec,suid,memory-limit=2GiB,force-path-style,metrics-addr=9100").unwrap();
         assert!(call.mount.options.read_only && call.mount.connect.force_path_style);
         assert_eq!(call.mount.options.memory_limit, 2 << 30);
+        assert_eq!(call.mount.options.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
         assert_eq!(
             call.mount.options.kernel_option,
             [KernelOption::Noexec, KernelOption::Suid]

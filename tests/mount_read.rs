@@ -4,7 +4,7 @@ mod common;
 
 use common::{Mount, pattern, put, server, walk};
 use std::collections::BTreeSet;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 
 #[test]
@@ -406,3 +406,109 @@ fn a_file_read_at_random_is_fetched_whole_and_then_costs_no_request() {
     }
     assert_eq!(s.stats().count("GetObject"), gets, "{}", m.log());
 }
+
+/// `--metrics-addr`: the page parses with Prometheus' own Python parser, and its S3
+/// request counts match what the server counted during a workload; FUSE operations and
+/// their errors are counted by type, every series labelled with the mount.
+#[test]
+fn metrics_count_what_the_server_saw_and_parse_as_prometheus_text() {
+    let s = server();
+    for i in 0..20 {
+        put(&s, &format!("m/f{i:02}"), pattern(300_000, i as u32));
+    }
+    let m = Mount::new(&s, &["--metrics-addr", "127.0.0.1:0"]);
+    let announced = || {
+        let log = m.log();
+        let addr = log.split("metrics at http://").nth(1)?.split("/metrics").next()?;
+        Some(addr.to_string())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while announced().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let addr = announced().unwrap_or_else(|| panic!("no metrics address in the log: {}", m.log()));
+    let scrape = || -> std::collections::HashMap<String, f64> {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let mut python = std::process::Command::new("python3")
+            .args(["-c", PARSE_PROMETHEUS_TEXT])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        python.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+        let out = python.wait_with_output().unwrap();
+        assert!(out.status.success(), "the parser refused the page:\n{body}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let mount = format!("mountpoint=\"{}\"", m.path.display());
+    let sum = |samples: &std::collections::HashMap<String, f64>, name: &str, label: &str| -> f64 {
+        samples
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{name}{{")) && k.contains(label) && k.contains(&mount))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let before = scrape();
+    let server_before = (s.stats().count("GetObject"), s.stats().count("ListObjectsV2"));
+    let mut read = 0;
+    for i in 0..20 {
+        read += std::fs::read(m.join(&format!("m/f{i:02}"))).unwrap().len();
+    }
+    assert!(std::fs::metadata(m.join("m/missing")).is_err());
+    let after = scrape();
+    let delta = |name: &str, label: &str| sum(&after, name, label) - sum(&before, name, label);
+    let gets = s.stats().count("GetObject") - server_before.0;
+    let lists = s.stats().count("ListObjectsV2") - server_before.1;
+    assert_eq!(delta("s3vol_s3_requests_total", "operation=\"GetObject\""), gets as f64);
+    assert_eq!(
+        delta("s3vol_s3_requests_total", "operation=\"ListObjectsV2\""),
+        lists as f64
+    );
+    assert!(delta("s3vol_s3_received_bytes_total", "") >= read as f64);
+    assert!(delta("s3vol_fuse_operations_total", "operation=\"read\"") > 0.0);
+    assert!(delta("s3vol_fuse_errors_total", "errno=\"ENOENT\"") >= 1.0);
+    assert!(delta("s3vol_fuse_operation_duration_seconds_count", "operation=\"open\"") >= 20.0);
+    assert!(sum(&after, "s3vol_cache_misses_total", "tier=\"memory\"") >= 20.0);
+    assert!(sum(&after, "s3vol_memory_budget_bytes", "") > 0.0);
+    // Every series the Grafana dashboard asks for is on the page.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/grafana/s3vol-dashboard.json"
+    ))
+    .unwrap();
+    let names: BTreeSet<&str> = dashboard
+        .match_indices("s3vol_")
+        .map(|(at, _)| {
+            let rest = &dashboard[at..];
+            &rest[..rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len())]
+        })
+        .filter(|name| *name != "s3vol_")
+        .collect();
+    assert!(names.len() > 10, "{names:?}");
+    for name in names {
+        assert!(
+            after.keys().any(|k| k.starts_with(&format!("{name}{{"))),
+            "the dashboard asks for {name}, which the page lacks"
+        );
+    }
+}
+
+/// Reads Prometheus text on stdin with prometheus_client's parser; prints every sample
+/// as `name{labels}` -> value in JSON.
+const PARSE_PROMETHEUS_TEXT: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+        out[f"{s.name}{{{labels}}}"] = s.value
+print(json.dumps(out))
+"#;

@@ -562,11 +562,15 @@ impl Fs {
         self.writeback
             .refusals()
             .into_iter()
-            .map(|r| {
-                let path = r.key.strip_prefix(self.resolved.prefix.as_str()).unwrap_or(&r.key);
-                (path.to_string(), r.reason)
-            })
+            .map(|r| (self.path_of_key(&r.key), r.reason))
             .collect()
+    }
+
+    /// A key's path in the mount.
+    fn path_of_key(&self, key: &str) -> String {
+        key.strip_prefix(self.resolved.prefix.as_str())
+            .unwrap_or(key)
+            .to_string()
     }
 
     /// `s3vol discard PATH`: drops the refused changes of the file at `path` (relative to
@@ -660,18 +664,25 @@ impl Fs {
     /// Bytes and files not yet in the bucket, and the upload queue.
     pub fn dirty_report(&self) -> DirtyReport {
         let data: Vec<_> = self.data.lock().values().cloned().collect();
-        let (mut files, mut bytes) = (0, 0);
+        let (mut files, mut bytes, mut largest) = (0, 0, Vec::new());
         for d in data {
             if let Ok(f) = d.try_lock()
                 && f.dirty
             {
                 files += 1;
                 bytes += f.size;
+                largest.push((f.size, f.key.clone()));
             }
         }
+        largest.sort_unstable_by(|a, b| b.cmp(a));
+        largest.truncate(LARGEST_DIRTY);
         DirtyReport {
             files,
             bytes,
+            largest: largest
+                .into_iter()
+                .map(|(size, key)| (self.path_of_key(&key), size))
+                .collect(),
             memory: self.dirty_budget.used(),
             pending_uploads: self.writeback.pending() + self.background.pending(),
             // Refused files, and markers and deletes that failed in the background.
@@ -732,10 +743,15 @@ impl Fs {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+/// Dirty files `dirty_report` names, the largest first.
+const LARGEST_DIRTY: usize = 5;
+
+#[derive(Debug, Clone, Default)]
 pub struct DirtyReport {
     pub files: u64,
     pub bytes: u64,
+    /// The largest dirty files: path in the mount and size.
+    pub largest: Vec<(String, u64)>,
     pub memory: u64,
     pub pending_uploads: u64,
     pub failed_uploads: u64,

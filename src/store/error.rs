@@ -26,6 +26,22 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 impl StoreError {
+    /// The error's kind, as the metrics label its requests' outcome.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::NotFound => "not_found",
+            StoreError::AccessDenied(_) => "access_denied",
+            StoreError::CredentialsRejected(_) => "credentials_rejected",
+            StoreError::CredentialsExpired(_) => "credentials_expired",
+            StoreError::NoSpace(_) => "no_space",
+            StoreError::PreconditionFailed => "precondition_failed",
+            StoreError::InvalidName(_) => "invalid_name",
+            StoreError::Unsupported(_) => "unsupported",
+            StoreError::Transient(_) => "transient",
+            StoreError::Other(_) => "other",
+        }
+    }
+
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Transient(_))
     }

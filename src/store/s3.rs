@@ -6,6 +6,7 @@ use super::error::{NO_SUCH_BUCKET, classify};
 use super::redirect::RedirectClient;
 use super::*;
 use crate::credentials::{CredentialsFile, StaticCredentials};
+use crate::metrics::Metrics;
 use crate::provider::{Addressing, ChecksumPolicy, Resolved};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
@@ -37,6 +38,8 @@ pub struct S3Settings {
     pub credentials: Option<StaticCredentials>,
     /// `--credentials-file`, re-read when it changes; wins over `credentials`.
     pub credentials_file: Option<CredentialsFile>,
+    /// Where each request's outcome, latency and bytes are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for S3Settings {
@@ -51,6 +54,7 @@ impl Default for S3Settings {
             aws_profile: None,
             credentials: None,
             credentials_file: None,
+            metrics: Arc::new(Metrics::default()),
         }
     }
 }
@@ -337,8 +341,10 @@ impl Inner {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = StoreResult<T>>,
     {
+        let attempts = AtomicU64::new(0);
         self.with_fresh_credentials(what, || {
             self.settings.retry.run(what, || async {
+                self.count_retry(what, &attempts);
                 let _slot = self.slot().await;
                 let started = Instant::now();
                 self.counted(what, key, started, op().await)
@@ -367,10 +373,20 @@ impl Inner {
         }
     }
 
+    /// Counts an attempt after the first of one call as a retry.
+    fn count_retry(&self, what: &str, attempts: &AtomicU64) {
+        if attempts.fetch_add(1, Ordering::Relaxed) > 0 {
+            self.settings.metrics.s3_retry(what);
+        }
+    }
+
     /// Counts one request and logs it at debug level (`--debug`): operation, key, outcome
     /// and time to the answer (for a GET, to its response headers).
     fn counted<T>(&self, what: &str, key: &str, started: Instant, result: StoreResult<T>) -> StoreResult<T> {
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = started.elapsed();
+        let outcome = result.as_ref().map_or_else(StoreError::kind, |_| "ok");
+        self.settings.metrics.s3_done(what, outcome, elapsed);
+        let ms = elapsed.as_secs_f64() * 1000.0;
         match &result {
             Ok(_) => tracing::debug!(target: "s3vol::request", "{what} {key:?}: ok in {ms:.1} ms"),
             Err(e) => tracing::debug!(target: "s3vol::request", "{what} {key:?}: {e} in {ms:.1} ms"),
@@ -530,6 +546,8 @@ struct BodyState {
     body: BodyStream,
     resumes_left: u32,
     done: bool,
+    /// When the GET went out: its whole duration is counted at the body's end.
+    requested: Instant,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -543,9 +561,13 @@ impl BodyState {
             let failure = match tokio::time::timeout(read_timeout, self.body.next()).await {
                 Ok(Some(Ok(chunk))) => {
                     self.next += chunk.len() as u64;
+                    self.inner.settings.metrics.received(chunk.len() as u64);
                     return Some((Ok(chunk), self));
                 }
-                Ok(None) if self.next >= self.end => return None,
+                Ok(None) if self.next >= self.end => {
+                    self.inner.settings.metrics.get_body_done(self.requested.elapsed());
+                    return None;
+                }
                 Ok(None) => StoreError::Transient("body ended early".into()),
                 Ok(Some(Err(e))) => e,
                 Err(_) => StoreError::Transient(format!("no data for {read_timeout:?}")),
@@ -565,6 +587,7 @@ impl BodyState {
                 range.start,
                 range.end.saturating_sub(1)
             );
+            self.inner.settings.metrics.s3_retry("GetObject");
             let started = Instant::now();
             let answer = self.inner.get_once(&self.key, range, etag.as_deref()).await;
             match self.inner.counted(&what, &self.key, started, answer) {
@@ -619,9 +642,12 @@ impl ObjectStore for S3Store {
         }
         let s = &self.inner;
         let slot = s.slot().await;
+        let attempts = AtomicU64::new(0);
+        let requested = Instant::now();
         let first = s
             .with_fresh_credentials("GetObject", || {
                 s.settings.retry.run("GetObject", || async {
+                    s.count_retry("GetObject", &attempts);
                     let started = Instant::now();
                     let what = format!("GetObject bytes={}-{}", range.start, range.end.saturating_sub(1));
                     s.counted(&what, key, started, s.get_once(key, range.clone(), if_match).await)
@@ -638,6 +664,7 @@ impl ObjectStore for S3Store {
             body: first.body,
             resumes_left: s.settings.retry.max_attempts.saturating_sub(1),
             done: false,
+            requested,
             _slot: slot,
         };
         Ok(GetResponse {
@@ -718,6 +745,7 @@ impl ObjectStore for S3Store {
                 s.resolved.profile.max_put_size
             )));
         }
+        s.settings.metrics.sent(body.len() as u64);
         let out = s
             .call("PutObject", key, || async {
                 let r = s
@@ -762,6 +790,7 @@ impl ObjectStore for S3Store {
 
     async fn upload_part(&self, key: &str, upload_id: &str, number: i32, body: Bytes) -> StoreResult<CompletedPart> {
         let s = &self.inner;
+        s.settings.metrics.sent(body.len() as u64);
         let out = s
             .call("UploadPart", key, || async {
                 let r = s
