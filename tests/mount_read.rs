@@ -346,6 +346,8 @@ fn prefetched_listings_head_their_entries_a_few_at_a_time() {
     while s.stats().count("HeadObject") < 301 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    // The last answers are applied a round trip after the server counted their requests.
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let out = std::process::Command::new("ls")
         .arg("-l")
         .arg(m.join("a"))
@@ -362,9 +364,10 @@ fn prefetched_listings_head_their_entries_a_few_at_a_time() {
         "{heads} HEADs: {:?}",
         s.stats().snapshot()
     );
-    // 8 of the prefetch, and the root's own at most.
+    // 64 of the prefetch, and the root's own at most (256 when the prefetch had the
+    // mount's full width).
     let peak = s.stats().peak_in_flight("HeadObject");
-    assert!(peak <= 10, "{peak} HEADs at once");
+    assert!(peak <= 66, "{peak} HEADs at once");
 }
 
 /// A file read at random (tensors in a shuffled order) is fetched whole in the background

@@ -9,12 +9,14 @@ use tokio::sync::watch;
 
 /// Listings prefetched at once.
 const CONCURRENT: usize = 16;
-/// HEADs of prefetched entries in flight at once. An `ls` of the root prefetches the first
-/// page of every subdirectory, up to 1,000 HEADs each: at the full share of the mount they
-/// took the request slots of a model load that followed (on bench/run's 40 ms link, 1,003
-/// HEADs during a 256 MiB load). A few at once still have them in before a walk needs
-/// them, and a directory the user reads meanwhile HEADs what it shows at full width.
-const CONCURRENT_HEADS: usize = 8;
+/// HEADs of prefetched entries in flight at once: a quarter of the default
+/// `--max-requests`. An `ls` of the root prefetches the first page of every subdirectory,
+/// up to 1,000 HEADs each: at the mount's full width (256) they took the request slots of
+/// a model load that followed (1,003 HEADs during a 256 MiB load on bench/run's 40 ms
+/// link). At 8, a tree walk that lists one directory after another (`os.walk` of a
+/// dataset) outran them and paid a round of HEADs per directory itself (a data-loading
+/// epoch of 1,000 files 14.4 s, 10.5 s before); at 64 they stay ahead of it.
+const CONCURRENT_HEADS: usize = 64;
 /// Prefetches queued at most; subdirectories beyond are listed when they are read.
 const QUEUED: usize = 512;
 /// Subdirectories after the one being read whose listings are prefetched: a walk that

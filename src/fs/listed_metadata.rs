@@ -16,6 +16,9 @@ use futures::StreamExt;
 /// 128 and 2.5 s with 256 (the listing alone 0.9 s): the HEADs are bound by round trips.
 pub(super) const CONCURRENT_HEADS: usize = 256;
 
+/// Background HEAD results applied at once (one tree lock, one warning line at most).
+const APPLIED_TOGETHER: usize = 16;
+
 /// What the HEADs of one page's entries found, by key.
 pub(super) type Heads = Vec<(String, StoreResult<ObjectMeta>)>;
 
@@ -73,9 +76,10 @@ impl Fs {
     }
 
     /// HEADs those of `keys` whose metadata is still unknown when their turn comes, within
-    /// `share` (background work leaves the foreground its request slots). A reader that
-    /// needs one meanwhile HEADs it itself, at full width.
-    async fn head_unloaded(&self, keys: Vec<String>, share: &tokio::sync::Semaphore) -> Heads {
+    /// `share` (background work leaves the foreground its request slots), and applies
+    /// what they find a few at a time as they come, so that a reader meanwhile finds most
+    /// of them loaded. A reader that needs one not in yet HEADs it itself, at full width.
+    async fn head_unloaded(&self, keys: Vec<String>, share: &tokio::sync::Semaphore) {
         futures::stream::iter(keys)
             .map(|key| async move {
                 let _share = share.acquire().await.expect("never closed");
@@ -89,7 +93,11 @@ impl Fs {
             })
             .buffer_unordered(CONCURRENT_HEADS)
             .filter_map(std::future::ready)
-            .collect()
+            .ready_chunks(APPLIED_TOGETHER)
+            .for_each(|heads| {
+                self.apply_heads(&heads);
+                std::future::ready(())
+            })
             .await
     }
 
@@ -141,8 +149,7 @@ impl Fs {
         let wanted = self.keys_wanting_metadata(dir_key, &page);
         self.absorb_dir_page(dir, dir_key, &page, &start);
         listed();
-        let heads = self.head_unloaded(wanted, share).await;
-        self.apply_heads(&heads);
+        self.head_unloaded(wanted, share).await;
         Ok(())
     }
 }
