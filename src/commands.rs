@@ -334,8 +334,14 @@ fn print_status(m: &MountStatus) {
     );
     println!("  files:    {} open, {} inodes cached", m.open_files, m.inodes);
     println!(
-        "  dirty:    {} files, {} bytes ({} in memory); uploads {} pending, {} failed",
-        m.dirty_files, m.dirty_bytes, m.dirty_memory, m.uploads_pending, m.uploads_failed
+        "  dirty:    {} files, {} bytes ({} in memory); uploads {} pending ({} sending), {} failed; {} journal records",
+        m.dirty_files,
+        m.dirty_bytes,
+        m.dirty_memory,
+        m.uploads_pending,
+        m.uploads_in_flight,
+        m.uploads_failed,
+        m.journal_records
     );
     for f in &m.upload_failures {
         println!(

@@ -32,6 +32,11 @@ pub struct MountStatus {
     pub dirty_memory: u64,
     pub uploads_pending: u64,
     pub uploads_failed: u64,
+    #[serde(default)]
+    pub uploads_in_flight: u64,
+    /// Journal records (in the cache directory) of files and deletes not yet in the bucket.
+    #[serde(default)]
+    pub journal_records: u64,
     /// Files changed here and remotely: this mount's version was kept beside the name.
     #[serde(default)]
     pub conflicts: u64,

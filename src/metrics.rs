@@ -472,6 +472,20 @@ fn render_status(out: &mut String, mount: &str, s: &MountStatus, resident: Optio
     );
     gauge(
         out,
+        "s3vol_uploads_in_flight",
+        "Of the pending uploads, those sending now.",
+        mount,
+        s.uploads_in_flight,
+    );
+    gauge(
+        out,
+        "s3vol_journal_records",
+        "Journal records in the cache directory: files and deletes a crash now would leave for the next mount to send.",
+        mount,
+        s.journal_records,
+    );
+    gauge(
+        out,
         "s3vol_uploads_failed",
         "Uploads that failed and wait for their next try.",
         mount,

@@ -471,6 +471,8 @@ impl StatusSource {
             dirty_memory: dirty.memory,
             uploads_pending: dirty.pending_uploads,
             uploads_failed: dirty.failed_uploads,
+            uploads_in_flight: dirty.uploads_in_flight,
+            journal_records: dirty.journal_records,
             conflicts: dirty.conflicts,
             cache_dir: self.cache_dir.display().to_string(),
             disk_bytes: cache.disk_bytes,

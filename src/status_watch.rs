@@ -77,11 +77,13 @@ fn view(m: &MountStatus, before: Option<(f64, &MountStatus)>) -> String {
         None => out.push_str("  (rates from the next refresh on)\n"),
     }
     out.push_str(&format!(
-        "  pending: {} files, {:.1} MiB ({} uploads queued, {} waiting for a retry)\n",
+        "  pending: {} files, {:.1} MiB ({} uploads queued, {} sending, {} waiting for a retry; {} journal records)\n",
         m.dirty_files,
         m.dirty_bytes as f64 / MIB,
         m.uploads_pending,
-        m.uploads_failed
+        m.uploads_in_flight,
+        m.uploads_failed,
+        m.journal_records
     ));
     for f in &m.largest_dirty {
         out.push_str(&format!("    {:>10.1} MiB  {}\n", f.bytes as f64 / MIB, f.path));

@@ -177,11 +177,16 @@ fn status(m: &Mount) -> serde_json::Value {
     }
 }
 
-fn uploads_pending(m: &Mount) -> u64 {
+/// A number of `s3vol status --json`.
+fn status_count(m: &Mount, field: &str) -> u64 {
     let st = status(m);
-    st.get("uploads_pending")
+    st.get(field)
         .and_then(serde_json::Value::as_u64)
-        .unwrap_or_else(|| panic!("status --json has no uploads_pending: {st}"))
+        .unwrap_or_else(|| panic!("status --json has no {field}: {st}"))
+}
+
+fn uploads_pending(m: &Mount) -> u64 {
+    status_count(m, "uploads_pending")
 }
 
 /// `upload_failures` of `s3vol status --json`: (path, reason).
@@ -541,19 +546,24 @@ fn closes_keep_returning_while_every_upload_fails() {
     let (recorded, result) = copier.finish();
     result.unwrap_or_else(|(i, e)| panic!("copying {} while PUTs fail: {e}\n{}", files[i].0, m.log()));
     assert_eq!(recorded.len(), files.len());
+    let pending = uploads_pending(&m);
+    assert!(pending > 0, "uploads are pending while every PUT fails:\n{}", m.log());
+    let missing = not_in_bucket(&s, &files, &recorded).len() as u64;
     assert!(
-        uploads_pending(&m) > 0,
-        "uploads are pending while every PUT fails:\n{}",
-        m.log()
-    );
-    assert!(
-        !not_in_bucket(&s, &files, &recorded).is_empty(),
+        missing > 0,
         "files closed while PUTs failed cannot be in the bucket yet"
+    );
+    // Every file not in the bucket has its journal record (a crash now would send it).
+    let records = status_count(&m, "journal_records");
+    assert!(
+        records >= missing,
+        "{records} journal records for {missing} files not in the bucket"
     );
     stop_injecting(&s);
     sync_ok(&m, "once PUTs work again");
     assert_all_in_bucket(&s, &files, &recorded, "after `s3vol sync`", &m.log());
     assert_eq!(uploads_pending(&m), 0, "nothing pending after sync");
+    assert_eq!(status_count(&m, "journal_records"), 0, "every record done after sync");
     let log = m.unmount();
     assert_no_panic(&log);
 }

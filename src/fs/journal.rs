@@ -143,6 +143,11 @@ impl Journal {
         }
     }
 
+    /// Records not yet done (files and deletes not yet in the bucket, as a crash would find them).
+    pub fn live_records(&self) -> u64 {
+        self.log.live_records() as u64
+    }
+
     pub fn staging_dir(&self) -> PathBuf {
         self.dir.with_file_name("staging")
     }

@@ -171,6 +171,11 @@ impl Log {
         self.append(PUT, id, &payload, staging)
     }
 
+    /// Records written and not yet done: what a crash now would leave for the next mount.
+    pub fn live_records(&self) -> usize {
+        self.state.lock().place.len()
+    }
+
     /// Appends the note that a record is done (not waited for: a record redone after a
     /// crash is recognised as uploaded already). Its segment goes once nothing in it is live.
     pub fn done(&self, id: u64) -> std::io::Result<u64> {

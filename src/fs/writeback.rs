@@ -235,6 +235,11 @@ impl WriteBack {
         self.state.lock().queued.len() as u64
     }
 
+    /// Uploads holding a slot now.
+    fn in_flight(&self) -> u64 {
+        (UPLOADS_IN_FLIGHT - self.slots.available_permits()) as u64
+    }
+
     pub(super) fn refusals(&self) -> Vec<Refusal> {
         let mut out: Vec<Refusal> = self.state.lock().refused.values().cloned().collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -685,6 +690,8 @@ impl Fs {
                 .collect(),
             memory: self.dirty_budget.used(),
             pending_uploads: self.writeback.pending() + self.background.pending(),
+            uploads_in_flight: self.writeback.in_flight(),
+            journal_records: self.journal.live_records(),
             // Refused files, and markers and deletes that failed in the background.
             failed_uploads: self.writeback.refused_count() + self.background.failed.load(Ordering::Relaxed),
             conflicts: self.stats.conflicts.load(Ordering::Relaxed),
@@ -754,6 +761,10 @@ pub struct DirtyReport {
     pub largest: Vec<(String, u64)>,
     pub memory: u64,
     pub pending_uploads: u64,
+    /// Of those, uploads sending now.
+    pub uploads_in_flight: u64,
     pub failed_uploads: u64,
+    /// Journal records not yet done.
+    pub journal_records: u64,
     pub conflicts: u64,
 }
