@@ -1,8 +1,8 @@
 //! The command line: clap definitions and their translation into profile overrides and
 //! store settings.
 
+use crate::cache_dir::CacheSize;
 use crate::credentials::CredentialsFile;
-use crate::fs::disk_cache::CacheSize;
 use crate::option_values::{parse_memory_limit, parse_nonzero_size, parse_positive, parse_ttl};
 use crate::provider::{ChecksumPolicy, Markers, Overrides, Resolved};
 use crate::source::Source;

@@ -1,6 +1,7 @@
 //! s3vol: mount S3-compatible object storage as a local directory through FUSE.
 
 pub mod accept;
+pub mod cache_dir;
 pub mod cli;
 pub mod control;
 pub mod credentials;

@@ -1,9 +1,9 @@
 //! `s3vol mount`: check everything that can fail before the mount is live, daemonize,
 //! mount, serve until unmounted or signalled.
 
+use crate::cache_dir::{CacheSize, lock_cache_dir};
 use crate::cli::{KernelOption, MountArgs, MountOptions};
 use crate::control::{self, DirtyFile, FlushReport, MountStatus, UploadFailure};
-use crate::fs::disk_cache::{CacheSize, lock_cache_dir};
 use crate::fs::{Defaults, Fs, FsConfig, Settle};
 use crate::fuse::FuseAdapter;
 use crate::logging::{self, LogTarget};

@@ -2,7 +2,6 @@
 //! non-finite times) with a message naming the value, so no nonsense reaches the daemon.
 //! clap adds the option's name to the message.
 
-use crate::provider::parse_size;
 use std::time::Duration;
 
 /// The longest metadata TTL; `inf` (and anything longer) means this: names and
@@ -12,6 +11,32 @@ pub const INDEFINITE_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// The smallest `--memory-limit` the budgets work with: a quarter of it must hold a
 /// GET's blocks in flight.
 pub const MIN_MEMORY_LIMIT: u64 = 16 << 20;
+
+const KB: u64 = 1000;
+const MB: u64 = 1000 * KB;
+const GB: u64 = 1000 * MB;
+
+/// Parses `500MB`, `5MiB`, `64k`, `1G`, `123` (bytes). Decimal suffixes are powers of 1000,
+/// binary ones (`KiB`, `MiB`, `GiB`, `TiB`) and bare letters (`k`, `M`, `G`, `T`) of 1024.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid size '{text}'"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => KB,
+        "MB" => MB,
+        "GB" => GB,
+        "TB" => 1000 * GB,
+        "k" | "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        other => return Err(format!("invalid size unit '{other}' in '{text}'")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size '{text}' is too large"))
+}
 
 /// Seconds (fractions allowed), or `inf` for an indefinite TTL.
 pub fn parse_ttl(text: &str) -> Result<Duration, String> {
@@ -58,6 +83,16 @@ pub fn parse_positive<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("500MB").unwrap(), 500_000_000);
+        assert_eq!(parse_size("5MiB").unwrap(), 5 << 20);
+        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
+        assert_eq!(parse_size("17").unwrap(), 17);
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("").is_err());
+    }
 
     #[test]
     fn ttls() {

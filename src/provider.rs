@@ -359,28 +359,6 @@ fn endpoint_with_path_slash(endpoint: &str) -> String {
     }
 }
 
-/// Parses `500MB`, `5MiB`, `64k`, `1G`, `123` (bytes). Decimal suffixes are powers of 1000,
-/// binary ones (`KiB`, `MiB`, `GiB`, `TiB`) and bare letters (`k`, `M`, `G`, `T`) of 1024.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid size '{text}'"))?;
-    let mult = match unit.trim() {
-        "" | "B" => 1,
-        "KB" | "kB" => KB,
-        "MB" => MB,
-        "GB" => GB,
-        "TB" => 1000 * GB,
-        "k" | "K" | "KiB" => 1 << 10,
-        "M" | "MiB" => MIB,
-        "G" | "GiB" => GIB,
-        "T" | "TiB" => TIB,
-        other => return Err(format!("invalid size unit '{other}' in '{text}'")),
-    };
-    n.checked_mul(mult).ok_or_else(|| format!("size '{text}' is too large"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,15 +434,5 @@ mod tests {
         }
         assert!(r.forbidden_key("a/b c#%+é.txt").is_none());
         assert!(resolve("s3://b", Overrides::default()).forbidden_key("a/").is_none());
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("500MB").unwrap(), 500_000_000);
-        assert_eq!(parse_size("5MiB").unwrap(), 5 << 20);
-        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
-        assert_eq!(parse_size("17").unwrap(), 17);
-        assert!(parse_size("5 parsecs").is_err());
-        assert!(parse_size("").is_err());
     }
 }

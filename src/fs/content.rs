@@ -214,7 +214,7 @@ impl Content {
         let Content::Memory { bytes, .. } = self else {
             return Ok(());
         };
-        super::disk_cache::create_private_dirs(staging_dir)?;
+        crate::cache_dir::create_private_dirs(staging_dir)?;
         let path = staging_dir.join(format!(
             "{STAGING_PREFIX}{}-{:016x}",
             std::process::id(),

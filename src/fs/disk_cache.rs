@@ -4,13 +4,11 @@
 //! (temporary file, rename). The size stays under a budget and a minimum of free disk
 //! space is kept, evicting least recently used blocks one at a time as blocks are added.
 
-use crate::private_dir::{self, Link, Purpose};
+use crate::cache_dir::{BLOCKS, create_private_dirs, disk_bytes};
 use bytes::Bytes;
 use parking_lot::Mutex;
-use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,132 +43,11 @@ pub struct DiskCache {
     pub stats: DiskStats,
 }
 
-/// How big the cache may grow: bytes, or a share of the disk it lives on.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum CacheSize {
-    Bytes(u64),
-    Percent(f64),
-}
-
-impl CacheSize {
-    pub fn parse(text: &str) -> Result<CacheSize, String> {
-        match text.trim().strip_suffix('%') {
-            Some(p) => {
-                let p: f64 = p.trim().parse().map_err(|_| format!("invalid percentage '{text}'"))?;
-                if !(0.0..=100.0).contains(&p) {
-                    return Err(format!("percentage '{text}' is not between 0 and 100"));
-                }
-                Ok(CacheSize::Percent(p))
-            }
-            None => crate::provider::parse_size(text).map(CacheSize::Bytes),
-        }
-    }
-
-    pub fn resolve(self, dir: &Path) -> u64 {
-        match self {
-            CacheSize::Bytes(b) => b,
-            CacheSize::Percent(p) => (disk_bytes(dir).0 as f64 * p / 100.0) as u64,
-        }
-    }
-}
-
-/// Bytes available on the filesystem holding `dir`, if it can be asked.
-pub fn free_bytes(dir: &Path) -> Option<u64> {
-    let s = nix::sys::statvfs::statvfs(dir).ok()?;
-    Some(s.blocks_available() * s.fragment_size())
-}
-
-/// (total, available) bytes of the filesystem holding `dir`.
-fn disk_bytes(dir: &Path) -> (u64, u64) {
-    match nix::sys::statvfs::statvfs(dir) {
-        Ok(s) => {
-            let frag = s.fragment_size();
-            (s.blocks() * frag, s.blocks_available() * frag)
-        }
-        Err(_) => (0, 0),
-    }
-}
-
-const CACHE_DIR: Purpose = Purpose {
-    what: "cache directory",
-    elsewhere: "choose another with --cache-dir",
-};
-
-/// What a cache directory holds; each is private like the directory itself.
-const CACHE_SUBDIRS: [&str; 3] = ["blocks", "staging", "journal"];
-
-/// Creates a cache directory and its parts with mode 0700, or checks existing ones (see
-/// `private_dir`). An older s3vol's directories, readable by others, are made private
-/// with one log line.
-fn private_cache_dir(dir: &Path) -> Result<(), String> {
-    let mut loosened = Vec::new();
-    if let Some(mode) = private_dir::create(dir, CACHE_DIR, Link::Follow)? {
-        loosened.push(format!("{} (mode {mode:04o})", dir.display()));
-    }
-    for sub in CACHE_SUBDIRS {
-        let path = dir.join(sub);
-        if let Some(mode) = private_dir::create(&path, CACHE_DIR, Link::Refuse)? {
-            loosened.push(format!("{} (mode {mode:04o})", path.display()));
-        }
-    }
-    if !loosened.is_empty() {
-        tracing::warn!(
-            "made private (mode 0700): {}; other users could read cached objects and unuploaded writes",
-            loosened.join(", ")
-        );
-    }
-    Ok(())
-}
-
-/// Takes the lock of a cache directory: the base itself, or for a second mount sharing
-/// it, a `mount-N` subdirectory of its own. The lock lives as long as the returned file.
-/// The directory returned is absolute (journal records name their staging files by it).
-pub fn lock_cache_dir(base: &Path) -> Result<(PathBuf, File), String> {
-    let failed = |dir: &Path, e: std::io::Error| format!("cache directory {}: {e}", dir.display());
-    for n in 1..=16 {
-        let dir = if n == 1 {
-            base.to_path_buf()
-        } else {
-            base.join(format!("mount-{n}"))
-        };
-        private_cache_dir(&dir)?;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(dir.join("lock"))
-            .map_err(|e| failed(&dir, e))?;
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            if n > 1 {
-                tracing::info!(
-                    "cache directory {} is in use by another mount; using {}",
-                    base.display(),
-                    dir.display()
-                );
-            }
-            let dir = std::fs::canonicalize(&dir).map_err(|e| failed(&dir, e))?;
-            return Ok((dir, lock));
-        }
-    }
-    Err(format!("cache directory {} is in use by 16 mounts", base.display()))
-}
-
-/// Whether another process holds `dir`'s lock.
-pub fn cache_dir_in_use(dir: &Path) -> bool {
-    let Ok(lock) = std::fs::OpenOptions::new().write(true).open(dir.join("lock")) else {
-        return false;
-    };
-    // SAFETY: flock on a descriptor this function owns; released when it closes.
-    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
-}
-
 impl DiskCache {
     /// Opens the cache under `root/blocks`, indexing what earlier mounts left (a scan at
     /// mount time, never on the read path).
     pub fn open(root: &Path, bucket: &str, budget: u64, min_free: u64) -> std::io::Result<DiskCache> {
-        let dir = root.join("blocks");
+        let dir = root.join(BLOCKS);
         create_private_dirs(&dir)?;
         let mut found = Vec::new();
         for sub in std::fs::read_dir(&dir)?.flatten() {
@@ -365,27 +242,6 @@ impl DiskCache {
     }
 }
 
-/// `dir` and its missing parents, created 0700 whatever the umask (they hold private data).
-pub(crate) fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
-}
-
-/// Removes every block under a cache directory that no mount holds.
-pub fn clear_unlocked(root: &Path) -> std::io::Result<u64> {
-    let dir = root.join("blocks");
-    let mut removed = 0;
-    let Ok(subdirs) = std::fs::read_dir(&dir) else {
-        return Ok(0);
-    };
-    for sub in subdirs.flatten() {
-        for f in std::fs::read_dir(sub.path())?.flatten() {
-            std::fs::remove_file(f.path())?;
-            removed += 1;
-        }
-    }
-    Ok(removed)
-}
-
 fn encoded_len(identity: &str, data: &[u8]) -> usize {
     MAGIC.len() + 4 + identity.len() + 8 + 4 + data.len()
 }
@@ -458,24 +314,5 @@ mod tests {
         let reopened = DiskCache::open(dir.path(), "b", 5 * one, 0).unwrap();
         assert_eq!(reopened.used(), used);
         assert!(reopened.get("k", "e", 19).is_some());
-    }
-
-    #[test]
-    fn a_second_mount_gets_its_own_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        let (first, _l1) = lock_cache_dir(dir.path()).unwrap();
-        let (second, _l2) = lock_cache_dir(dir.path()).unwrap();
-        assert_eq!(first, dir.path());
-        assert_eq!(second, dir.path().join("mount-2"));
-        assert!(cache_dir_in_use(&first));
-        drop(_l1);
-        assert!(!cache_dir_in_use(&first));
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(CacheSize::parse("10%"), Ok(CacheSize::Percent(10.0)));
-        assert_eq!(CacheSize::parse("2GiB"), Ok(CacheSize::Bytes(2 << 30)));
-        assert!(CacheSize::parse("120%").is_err());
     }
 }

@@ -134,7 +134,7 @@ fn endpoint_name(endpoint: Option<&str>) -> String {
 
 impl Journal {
     pub fn new(cache_dir: &Path, bucket: &str, endpoint: Option<&str>) -> Journal {
-        let dir = cache_dir.join("journal");
+        let dir = cache_dir.join(crate::cache_dir::JOURNAL);
         Journal {
             log: Arc::new(Log::new(&dir)),
             dir,
@@ -149,14 +149,14 @@ impl Journal {
     }
 
     pub fn staging_dir(&self) -> PathBuf {
-        self.dir.with_file_name("staging")
+        self.dir.with_file_name(crate::cache_dir::STAGING)
     }
 
     /// Writes `record` as an older version did (one JSON file): what tests of upgrades
     /// and of hostile records craft.
     #[cfg(test)]
     pub fn save(&self, record: &Record) -> std::io::Result<PathBuf> {
-        super::disk_cache::create_private_dirs(&self.dir)?;
+        crate::cache_dir::create_private_dirs(&self.dir)?;
         let path = self
             .dir
             .join(format!("{}-{:016x}.json", std::process::id(), fastrand::u64(..)));

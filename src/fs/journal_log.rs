@@ -240,7 +240,7 @@ impl Log {
     /// Starts a new segment; the one it replaces is flushed first (the group commit only
     /// flushes the active one) and removed if nothing in it is live.
     fn start_segment(&self, state: &mut State) -> std::io::Result<()> {
-        super::disk_cache::create_private_dirs(&self.dir)?;
+        crate::cache_dir::create_private_dirs(&self.dir)?;
         if let Some(old) = state.active.take() {
             sync_staging(&mut state.unsynced)?;
             old.file.sync_data()?;

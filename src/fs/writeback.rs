@@ -638,7 +638,7 @@ impl Fs {
         let deadline = Instant::now() + STAGING_WAIT;
         let mut progress = self.writeback.progress.subscribe();
         loop {
-            let free = disk_cache::free_bytes(&self.config.cache_dir);
+            let free = crate::cache_dir::free_bytes(&self.config.cache_dir);
             let room = free.map(|free| free.checked_sub(self.config.staging_min_free.saturating_add(bytes)));
             match room {
                 None => return Ok(()),
