@@ -1,0 +1,202 @@
+//! GETs: one attempt (or a redirect followed without credentials), and a body that
+//! resumes where a broken stream stopped, under the request's slot until its end.
+
+use super::Inner;
+use super::sdk_error::{error_chain, redirect_location, store_error};
+use crate::store::{BodyStream, GetResponse, StoreError, StoreResult};
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+use futures::StreamExt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+use tokio::sync::OwnedSemaphorePermit;
+
+/// `bytes START-END/TOTAL` -> TOTAL.
+pub(in crate::store) fn total_from_content_range(range: &str) -> Option<u64> {
+    range.rsplit_once('/')?.1.trim().parse().ok()
+}
+
+impl Inner {
+    /// A ranged GET whose body resumes after a broken stream, holding its slot to the end.
+    pub(super) async fn get_range(
+        self: &Arc<Self>,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<GetResponse> {
+        if range.is_empty() {
+            return Ok(GetResponse {
+                etag: None,
+                object_size: 0,
+                body: Box::pin(futures::stream::empty()),
+            });
+        }
+        let s = self;
+        let slot = s.slot().await;
+        let attempts = AtomicU64::new(0);
+        let requested = Instant::now();
+        let first = s
+            .with_fresh_credentials("GetObject", || {
+                s.settings.retry.run("GetObject", || async {
+                    s.count_retry("GetObject", &attempts);
+                    let started = Instant::now();
+                    let what = format!("GetObject bytes={}-{}", range.start, range.end.saturating_sub(1));
+                    s.counted(&what, key, started, s.get_once(key, range.clone(), if_match).await)
+                })
+            })
+            .await?;
+        let end = range.end.min(first.object_size);
+        let state = BodyState {
+            inner: s.clone(),
+            key: key.to_string(),
+            next: range.start,
+            end,
+            etag: if_match.map(str::to_string).or_else(|| first.etag.clone()),
+            body: first.body,
+            resumes_left: s.settings.retry.max_attempts.saturating_sub(1),
+            done: false,
+            requested,
+            _slot: slot,
+        };
+        Ok(GetResponse {
+            etag: first.etag,
+            object_size: first.object_size,
+            body: Box::pin(futures::stream::unfold(state, BodyState::next_chunk)),
+        })
+    }
+
+    /// One attempt at a ranged GET: the SDK's, or a redirect's Location fetched without
+    /// credentials.
+    pub(super) async fn get_once(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<GetResponse> {
+        let mut req = self.client.get_object().bucket(&self.bucket).key(key).range(format!(
+            "bytes={}-{}",
+            range.start,
+            range.end - 1
+        ));
+        if self.resolved.profile.get_if_match {
+            req = req.set_if_match(if_match.map(str::to_string));
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(err) => {
+                if let (Some(location), Some(client)) = (redirect_location(&err), &self.redirects) {
+                    return client.get(&location, range, if_match, self.settings.read_timeout).await;
+                }
+                if err.as_service_error().and_then(|e| e.code()) == Some("InvalidRange") {
+                    // A range at or past the end of the object: nothing to read.
+                    return Ok(GetResponse {
+                        etag: None,
+                        object_size: range.start,
+                        body: Box::pin(futures::stream::empty()),
+                    });
+                }
+                return Err(store_error(&err));
+            }
+        };
+        let etag = resp.e_tag().map(str::to_string);
+        if let (Some(want), Some(got)) = (if_match, etag.as_deref())
+            && want != got
+        {
+            return Err(StoreError::PreconditionFailed);
+        }
+        let object_size = resp
+            .content_range()
+            .and_then(total_from_content_range)
+            .or_else(|| resp.content_length().and_then(|l| u64::try_from(l).ok()))
+            .unwrap_or(0);
+        let body = futures::stream::unfold(resp.body, |mut body: ByteStream| async move {
+            let chunk = body.next().await?;
+            Some((chunk.map_err(|e| StoreError::Transient(error_chain(&e))), body))
+        });
+        Ok(GetResponse {
+            etag,
+            object_size,
+            body: Box::pin(body),
+        })
+    }
+}
+
+/// Where a streamed GET body stands, so that a broken stream resumes at the next byte.
+pub(super) struct BodyState {
+    inner: Arc<Inner>,
+    key: String,
+    next: u64,
+    end: u64,
+    etag: Option<String>,
+    body: BodyStream,
+    resumes_left: u32,
+    done: bool,
+    /// When the GET went out: its whole duration is counted at the body's end.
+    requested: Instant,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl BodyState {
+    pub(super) async fn next_chunk(mut self) -> Option<(StoreResult<Bytes>, BodyState)> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let read_timeout = self.inner.settings.read_timeout;
+            let failure = match tokio::time::timeout(read_timeout, self.body.next()).await {
+                Ok(Some(Ok(chunk))) => {
+                    self.next += chunk.len() as u64;
+                    self.inner.settings.metrics.received(chunk.len() as u64);
+                    return Some((Ok(chunk), self));
+                }
+                Ok(None) if self.next >= self.end => {
+                    self.inner.settings.metrics.get_body_done(self.requested.elapsed());
+                    return None;
+                }
+                Ok(None) => StoreError::Transient("body ended early".into()),
+                Ok(Some(Err(e))) => e,
+                Err(_) => StoreError::Transient(format!("no data for {read_timeout:?}")),
+            };
+            if !failure.is_transient() || self.resumes_left == 0 {
+                self.done = true;
+                return Some((Err(failure), self));
+            }
+            self.resumes_left -= 1;
+            let attempt = self.inner.settings.retry.max_attempts - self.resumes_left;
+            tracing::debug!(key = %self.key, at = self.next, %failure, "resuming GET body");
+            tokio::time::sleep(self.inner.settings.retry.delay(attempt)).await;
+            let etag = self.etag.clone();
+            let range = self.next..self.end;
+            let what = format!(
+                "GetObject (resumed) bytes={}-{}",
+                range.start,
+                range.end.saturating_sub(1)
+            );
+            self.inner.settings.metrics.s3_retry("GetObject");
+            let started = Instant::now();
+            let answer = self.inner.get_once(&self.key, range, etag.as_deref()).await;
+            match self.inner.counted(&what, &self.key, started, answer) {
+                Ok(resp) => self.body = resp.body,
+                Err(e) if e.is_transient() => self.body = Box::pin(futures::stream::once(async { Err(e) })),
+                Err(e) => {
+                    self.done = true;
+                    return Some((Err(e), self));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_total() {
+        assert_eq!(total_from_content_range("bytes 0-99/1000"), Some(1000));
+        assert_eq!(total_from_content_range("bytes */0"), Some(0));
+    }
+}
