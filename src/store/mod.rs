@@ -1,6 +1,7 @@
 //! The object-store boundary: everything the filesystem needs from S3, and nothing of HTTP.
 
 mod error;
+pub mod gate;
 pub mod memory;
 pub mod pagination;
 mod redirect;
@@ -8,6 +9,7 @@ mod retry;
 pub mod s3;
 
 pub use error::{StoreError, StoreResult};
+pub use gate::Gated;
 pub use retry::RetryPolicy;
 
 use async_trait::async_trait;

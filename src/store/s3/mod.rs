@@ -8,6 +8,7 @@ mod sdk_error;
 mod wire;
 
 use super::error::classify;
+use super::gate::Gated;
 use super::redirect::RedirectClient;
 use super::*;
 use crate::credentials::{CredentialsFile, StaticCredentials};
@@ -19,7 +20,6 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{IdentityCache, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, Delete, EncodingType, MetadataDirective, ObjectIdentifier};
-use futures::StreamExt;
 pub(in crate::store) use get::total_from_content_range;
 use sdk_error::store_error;
 use std::sync::Arc;
@@ -66,8 +66,12 @@ impl Default for S3Settings {
     }
 }
 
+/// The store over S3 as the provider lets it be used (see `gate.rs`).
+pub type S3Store = Gated<S3Client>;
+
+/// S3 requests as they are sent: what the provider allows is `Gated`'s business.
 #[derive(Clone)]
-pub struct S3Store {
+pub struct S3Client {
     inner: Arc<Inner>,
 }
 
@@ -84,6 +88,26 @@ struct Inner {
 
 impl S3Store {
     pub async fn connect(resolved: &Resolved, settings: S3Settings) -> Result<S3Store, String> {
+        let client = S3Client::connect(resolved, settings).await?;
+        Ok(Gated::new(client, resolved.clone()))
+    }
+
+    /// Opens `connections` connections to the endpoint with as many concurrent HeadBucket
+    /// requests, answers ignored. The first lookup after a mount sends a LIST and a HEAD
+    /// at once, then a GET: on a link 40 ms long, each one that must open its own
+    /// connection first pays a round trip (two with TLS) more.
+    pub async fn warm_up(&self, connections: usize) {
+        let s = &self.inner.inner;
+        let requests = (0..connections).map(|_| {
+            let head = s.client.head_bucket().bucket(&s.bucket).send();
+            tokio::time::timeout(s.settings.connect_timeout * 2, head)
+        });
+        futures::future::join_all(requests).await;
+    }
+}
+
+impl S3Client {
+    async fn connect(resolved: &Resolved, settings: S3Settings) -> Result<S3Client, String> {
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(settings.connect_timeout)
             .read_timeout(settings.read_timeout)
@@ -148,7 +172,7 @@ impl S3Store {
         } else {
             None
         };
-        Ok(S3Store {
+        Ok(S3Client {
             inner: Arc::new(Inner {
                 client: Client::from_conf(config.build()),
                 redirects,
@@ -160,22 +184,6 @@ impl S3Store {
                 errors: AtomicU64::new(0),
             }),
         })
-    }
-
-    pub fn resolved(&self) -> &Resolved {
-        &self.inner.resolved
-    }
-
-    /// Opens `connections` connections to the endpoint with as many concurrent HeadBucket
-    /// requests, answers ignored. The first lookup after a mount sends a LIST and a HEAD
-    /// at once, then a GET: on a link 40 ms long, each one that must open its own
-    /// connection first pays a round trip (two with TLS) more.
-    pub async fn warm_up(&self, connections: usize) {
-        let requests = (0..connections).map(|_| {
-            let head = self.inner.client.head_bucket().bucket(&self.inner.bucket).send();
-            tokio::time::timeout(self.inner.settings.connect_timeout * 2, head)
-        });
-        futures::future::join_all(requests).await;
     }
 }
 
@@ -192,7 +200,7 @@ fn provider_env_credentials(resolved: &Resolved) -> Option<StaticCredentials> {
 }
 
 #[async_trait]
-impl ObjectStore for S3Store {
+impl ObjectStore for S3Client {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
         let s = &self.inner;
         let out = s
@@ -288,14 +296,6 @@ impl ObjectStore for S3Store {
 
     async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<String> {
         let s = &self.inner;
-        s.check_name(key)?;
-        if body.len() as u64 > s.resolved.profile.max_put_size {
-            return Err(StoreError::Other(format!(
-                "PutObject of {} bytes is over the provider's limit of {}; use a multipart upload",
-                body.len(),
-                s.resolved.profile.max_put_size
-            )));
-        }
         s.settings.metrics.sent(body.len() as u64);
         let out = s
             .send("PutObject", key, || {
@@ -305,7 +305,7 @@ impl ObjectStore for S3Store {
                     .key(key)
                     .body(ByteStream::from(body.clone()))
                     .set_content_type(opts.content_type.clone())
-                    .set_metadata(self.metadata_to_send(&opts.metadata))
+                    .set_metadata(hash_map(&opts.metadata))
                     .set_if_none_match(opts.if_none_match.then(|| "*".to_string()))
                     .set_if_match(opts.if_match.clone())
                     .send()
@@ -316,7 +316,6 @@ impl ObjectStore for S3Store {
 
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String> {
         let s = &self.inner;
-        s.check_name(key)?;
         let out = s
             .send("CreateMultipartUpload", key, || {
                 s.client
@@ -324,7 +323,7 @@ impl ObjectStore for S3Store {
                     .bucket(&s.bucket)
                     .key(key)
                     .set_content_type(opts.content_type.clone())
-                    .set_metadata(self.metadata_to_send(&opts.metadata))
+                    .set_metadata(hash_map(&opts.metadata))
                     .send()
             })
             .await?;
@@ -364,9 +363,6 @@ impl ObjectStore for S3Store {
         range: Range<u64>,
     ) -> StoreResult<CompletedPart> {
         let s = &self.inner;
-        if !s.resolved.profile.upload_part_copy {
-            return Err(StoreError::Unsupported("UploadPartCopy".into()));
-        }
         let out = s
             .send("UploadPartCopy", key, || {
                 s.client
@@ -450,7 +446,6 @@ impl ObjectStore for S3Store {
 
     async fn copy(&self, source: &str, dest: &str, metadata: Option<&Metadata>) -> StoreResult<String> {
         let s = &self.inner;
-        s.check_name(dest)?;
         let directive = metadata.map(|_| MetadataDirective::Replace);
         let out = s
             .send("CopyObject", dest, || {
@@ -460,7 +455,7 @@ impl ObjectStore for S3Store {
                     .key(dest)
                     .copy_source(s.copy_source(source))
                     .set_metadata_directive(directive.clone())
-                    .set_metadata(metadata.and_then(|m| self.metadata_to_send(m)))
+                    .set_metadata(metadata.and_then(hash_map))
                     .send()
             })
             .await?;
@@ -485,13 +480,6 @@ impl ObjectStore for S3Store {
     }
 
     async fn delete_many(&self, keys: &[String]) -> StoreResult<()> {
-        if !self.inner.resolved.profile.delete_objects {
-            let deletes = futures::stream::iter(keys.iter().cloned())
-                .map(|k| async move { self.delete(&k).await })
-                .buffer_unordered(16);
-            let results: Vec<StoreResult<()>> = deletes.collect().await;
-            return results.into_iter().collect();
-        }
         let s = &self.inner;
         for chunk in keys.chunks(1000) {
             let objects: Vec<ObjectIdentifier> = chunk
@@ -526,10 +514,6 @@ impl ObjectStore for S3Store {
 
     async fn rename(&self, source: &str, dest: &str) -> StoreResult<()> {
         let s = &self.inner;
-        if !s.resolved.profile.rename_object {
-            return Err(StoreError::Unsupported("RenameObject".into()));
-        }
-        s.check_name(dest)?;
         // One token for every attempt: a retried rename that already happened is a no-op.
         let token = format!("s3vol-{:016x}", fastrand::u64(..));
         s.send("RenameObject", dest, || {
@@ -551,17 +535,6 @@ impl ObjectStore for S3Store {
             requests: s.requests.load(Ordering::Relaxed),
             errors: s.errors.load(Ordering::Relaxed),
             in_flight: (s.settings.max_requests.max(1) - s.slots.available_permits()) as u64,
-        }
-    }
-}
-
-impl S3Store {
-    /// User metadata goes only to providers that keep it.
-    fn metadata_to_send(&self, m: &Metadata) -> Option<std::collections::HashMap<String, String>> {
-        if self.inner.resolved.profile.user_metadata {
-            hash_map(m)
-        } else {
-            None
         }
     }
 }

@@ -125,13 +125,6 @@ impl Inner {
         }
     }
 
-    pub(super) fn check_name(&self, key: &str) -> StoreResult<()> {
-        match self.resolved.forbidden_key(key) {
-            Some(why) => Err(StoreError::InvalidName(format!("'{key}' {why}"))),
-            None => Ok(()),
-        }
-    }
-
     pub(super) fn copy_source(&self, key: &str) -> String {
         format!("{}/{}", self.bucket, encode_key(key))
     }
