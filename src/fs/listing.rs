@@ -21,20 +21,17 @@ impl Fs {
             }
             n.key.clone()
         };
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let stream = Arc::new(tokio::sync::Mutex::new(DirStream::new(ino, key)));
-        self.dirs.lock().insert(fh, stream);
-        Ok(fh)
+        Ok(self.handles.open_dir(DirStream::new(ino, key)))
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.dirs.lock().remove(&fh);
+        self.handles.release_dir(fh);
     }
 
     /// Entries from `offset` on (as many as one page holds); empty at the end. Offsets 1
     /// and 2 are `.` and `..`.
     pub async fn readdir(self: &Arc<Self>, ino: u64, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
-        let stream = self.dirs.lock().get(&fh).cloned().ok_or(Errno(libc::EBADF))?;
+        let stream = self.handles.dir(fh).ok_or(Errno(libc::EBADF))?;
         let mut s = stream.lock().await;
         let mut out = Vec::new();
         if offset < 2 {

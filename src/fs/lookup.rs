@@ -56,15 +56,7 @@ impl Fs {
             return;
         }
         let candidates = self.tree().eviction_candidates(excess + 64);
-        let pinned: Vec<bool> = {
-            let open = self.open_counts.lock();
-            let data = self.data.lock();
-            let deletes = self.pending_deletes.lock();
-            candidates
-                .iter()
-                .map(|i| open.contains_key(i) || data.contains_key(i) || deletes.contains_key(i))
-                .collect()
-        };
+        let pinned = self.handles.pinned(&candidates);
         let mut tree = self.tree();
         for (ino, pinned) in candidates.into_iter().zip(pinned) {
             if pinned { tree.keep(ino) } else { tree.evict(ino) }

@@ -8,6 +8,7 @@ mod content;
 mod dir;
 mod dirty;
 pub mod disk_cache;
+mod handles;
 mod journal;
 mod journal_log;
 mod list_prefetch;
@@ -168,16 +169,8 @@ pub struct Fs {
     config: FsConfig,
     tree: Mutex<Tree>,
     blocks: Arc<BlockCache>,
-    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
-    /// Open handles per inode.
-    open_counts: Mutex<HashMap<u64, usize>>,
-    /// Sequential-read detection of each open inode.
-    read_streams: Mutex<HashMap<u64, Arc<Mutex<ReadStreams>>>>,
-    dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>>,
-    /// Files with local changes (or open for writing), by inode.
-    data: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<FileData>>>>,
-    /// Unlinked while open: deleted from the bucket at the last close, hidden until then.
-    pending_deletes: Mutex<HashMap<u64, String>>,
+    /// Open handles, local data and the unlink-while-open rule.
+    handles: handles::Handles,
     /// Keys whose objects are being deleted (in the background, or at a last close):
     /// listings leave them out. Sorted, so a directory's are found by their prefix.
     hidden_keys: Mutex<BTreeSet<String>>,
@@ -193,7 +186,6 @@ pub struct Fs {
     writeback: writeback::WriteBack,
     /// Directory markers and deletes deferred by `UploadMode::Background`.
     background: BackgroundRequests,
-    next_fh: AtomicU64,
     pub stats: FsStats,
     /// Tells the kernel an inode's cached attributes are stale (set by the FUSE adapter).
     kernel_attrs_stale: std::sync::OnceLock<AttrsStale>,
@@ -328,12 +320,7 @@ impl Fs {
             resolved,
             tree: Mutex::new(tree),
             blocks,
-            files: Mutex::new(HashMap::new()),
-            open_counts: Mutex::new(HashMap::new()),
-            read_streams: Mutex::new(HashMap::new()),
-            dirs: Mutex::new(HashMap::new()),
-            data: Mutex::new(HashMap::new()),
-            pending_deletes: Mutex::new(HashMap::new()),
+            handles: Default::default(),
             hidden_keys: Mutex::new(BTreeSet::new()),
             pending_markers: Mutex::new(HashSet::new()),
             list_prefetch: Default::default(),
@@ -343,7 +330,6 @@ impl Fs {
             dirty_budget: MemoryBudget::new(quarter, quarter.min(8 << 20)),
             writeback: Default::default(),
             background: BackgroundRequests::default(),
-            next_fh: AtomicU64::new(1),
             stats: FsStats::default(),
             kernel_attrs_stale: Default::default(),
             kernel_entry_gone: Default::default(),
@@ -389,7 +375,7 @@ impl Fs {
             hits: s.hits.load(Ordering::Relaxed),
             misses: s.misses.load(Ordering::Relaxed),
             fetched_bytes: s.fetched_bytes.load(Ordering::Relaxed),
-            open_files: self.files.lock().len(),
+            open_files: self.handles.open_files(),
             disk_bytes: disk.map_or(0, |d| d.used()),
             disk_budget: disk.map_or(0, |d| d.budget()),
             disk_hits: disk.map_or(0, |d| d.stats.hits.load(Ordering::Relaxed)),

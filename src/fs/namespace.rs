@@ -108,7 +108,7 @@ impl Fs {
             size: 0,
         };
         // A create replaces whatever local data a previous file of this inode left.
-        self.data.lock().remove(&ino);
+        self.handles.remove_data(ino);
         self.file_data(ino, &object, true);
         let opened = self.new_handle(ino, object, OpenMode { write: true, ..open }, false);
         Ok((self.node_attr(ino)?, opened))
@@ -251,7 +251,7 @@ impl Fs {
         }
         // Nothing to upload for a file that no longer has a name. An upload already under
         // way finishes first (it holds the data): after it, the file is in the bucket.
-        let data = self.data.lock().get(&ino).cloned();
+        let data = self.handles.data(ino);
         if let Some(d) = data {
             let mut f = d.lock().await;
             self.forget_changes(ino, &mut f).await;
@@ -261,21 +261,14 @@ impl Fs {
             let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
             (n.key.clone(), n.local, n.etag.clone())
         };
-        // Decided under the open counts' lock, which the last release also holds while it
-        // looks for a pending delete: a release racing with this unlink either sees the
-        // delete or has already closed the file (then it is deleted here).
-        let open = {
-            let counts = self.open_counts.lock();
-            let open = counts.contains_key(&ino);
-            if open && !local {
-                // Readers of an open file keep working: the object goes at the last close.
-                self.hidden_keys.lock().insert(key.clone());
-                self.pending_deletes.lock().insert(ino, key.clone());
-            }
-            open
-        };
+        // A release racing with this unlink either sees the pending delete or has closed
+        // the file already (then it is deleted here): see `Handles::unlinked`.
+        let object = (!local).then_some(key.as_str());
+        let open = self.handles.unlinked(ino, object, || {
+            self.hidden_keys.lock().insert(key.clone());
+        });
         if !open {
-            self.data.lock().remove(&ino);
+            self.handles.remove_data(ino);
             if !local {
                 self.delete_object(&key, etag.as_deref()).await?;
             }
@@ -444,7 +437,7 @@ impl Fs {
     /// A file replaced by a rename: its pending changes must not land over the file that
     /// replaces it.
     async fn replaced(&self, ino: u64) {
-        let data = self.data.lock().get(&ino).cloned();
+        let data = self.handles.data(ino);
         if let Some(d) = data {
             let mut f = d.lock().await;
             self.forget_changes(ino, &mut f).await;
@@ -469,7 +462,7 @@ impl Fs {
                 .await
                 .map_err(|e| self.fail("rename", &old_key, e))?
         };
-        if let Some(d) = self.data.lock().get(&ino)
+        if let Some(d) = self.handles.data(ino)
             && let Ok(mut f) = d.try_lock()
         {
             f.key = new_key.to_string();
@@ -485,7 +478,7 @@ impl Fs {
         {
             n.etag = Some(etag.clone());
         }
-        for file in self.files.lock().values().filter(|h| h.ino == ino) {
+        for file in self.handles.files_of(ino) {
             let mut object = file.object.lock();
             object.key = Arc::from(new_key);
             if let Some(etag) = &new_etag {
@@ -502,7 +495,7 @@ impl Fs {
     /// False: the file must be uploaded, then moved (it keeps bytes of its old object, or a
     /// multipart upload to the old name is under way).
     async fn retarget_pending(self: &Arc<Self>, ino: u64, new_key: &str) -> FsResult<bool> {
-        let Some(data) = self.data.lock().get(&ino).cloned() else {
+        let Some(data) = self.handles.data(ino) else {
             return Ok(false);
         };
         let mut f = data.lock().await;
@@ -533,7 +526,7 @@ impl Fs {
             n.local = true;
             n.etag = None;
         }
-        for file in self.files.lock().values().filter(|h| h.ino == ino) {
+        for file in self.handles.files_of(ino) {
             file.object.lock().key = Arc::from(new_key);
         }
         Ok(true)

@@ -18,7 +18,7 @@ fn core(cache: &std::path::Path) -> Arc<Fs> {
 }
 
 /// Panics while holding `lock`, as a request handler hitting a bug would.
-fn panic_holding<T>(lock: &parking_lot::Mutex<T>) {
+pub(super) fn panic_holding<T>(lock: &parking_lot::Mutex<T>) {
     let result = catch_unwind(AssertUnwindSafe(|| {
         let _held = lock.lock();
         panic!("a bug in a request handler");
@@ -32,11 +32,8 @@ async fn the_mount_keeps_serving_after_a_handler_panicked_holding_its_locks() {
     let fs = core(cache.path());
     let caller = Caller { uid: 0, gid: 0 };
     panic_holding(&fs.tree);
-    panic_holding(&fs.files);
-    panic_holding(&fs.open_counts);
-    panic_holding(&fs.data);
+    fs.handles.panic_holding_each_lock();
     panic_holding(&fs.hidden_keys);
-    panic_holding(&fs.pending_deletes);
     let (attr, opened) = fs
         .create(ROOT_INO, "after-panic", 0o644, OpenMode::default(), caller)
         .await

@@ -2,6 +2,7 @@
 //! data when it has changes; the last close.
 
 use super::*;
+use handles::Released;
 
 impl Fs {
     /// Opens a file. Writable opens share one [`FileData`] per inode; `truncate` is O_TRUNC.
@@ -22,7 +23,7 @@ impl Fs {
         if kind == Kind::Dir {
             return Err(Errno(libc::EISDIR));
         }
-        let has_data = self.data.lock().contains_key(&ino);
+        let has_data = self.handles.has_data(ino);
         if !fresh && !local && !has_data {
             self.refresh_file(ino, &key).await?;
         }
@@ -80,19 +81,13 @@ impl Fs {
     }
 
     pub(super) fn new_handle(&self, ino: u64, object: ObjectVersion, mode: OpenMode, keep_cache: bool) -> Opened {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let readahead = self
-            .read_streams
-            .lock()
-            .entry(ino)
-            .or_insert_with(|| {
-                Arc::new(Mutex::new(ReadStreams::new(
-                    self.config.initial_prefetch,
-                    self.max_window(),
-                    self.blocks.request_size,
-                )))
-            })
-            .clone();
+        let readahead = self.handles.read_streams(ino, || {
+            ReadStreams::new(
+                self.config.initial_prefetch,
+                self.max_window(),
+                self.blocks.request_size,
+            )
+        });
         let file = Arc::new(OpenFile {
             ino,
             object: Mutex::new(object),
@@ -101,8 +96,7 @@ impl Fs {
             append: mode.append,
             has_read: Default::default(),
         });
-        self.files.lock().insert(fh, file);
-        *self.open_counts.lock().entry(ino).or_default() += 1;
+        let fh = self.handles.open_file(file);
         Opened { fh, keep_cache }
     }
 
@@ -114,16 +108,13 @@ impl Fs {
         object: &ObjectVersion,
         local_only: bool,
     ) -> Arc<tokio::sync::Mutex<FileData>> {
-        let mut data = self.data.lock();
-        data.entry(ino)
-            .or_insert_with(|| {
-                let base = (!local_only && !object.etag.is_empty()).then(|| object.clone());
-                let mut f = FileData::new(object.key.to_string(), base, self.dirty_budget.clone());
-                // A file that exists only here must reach the bucket even if empty.
-                f.dirty = local_only;
-                Arc::new(tokio::sync::Mutex::new(f))
-            })
-            .clone()
+        self.handles.data_or_insert(ino, || {
+            let base = (!local_only && !object.etag.is_empty()).then(|| object.clone());
+            let mut f = FileData::new(object.key.to_string(), base, self.dirty_budget.clone());
+            // A file that exists only here must reach the bucket even if empty.
+            f.dirty = local_only;
+            f
+        })
     }
 
     /// The prefetch window is capped so that a few sequential readers cannot evict each
@@ -136,13 +127,13 @@ impl Fs {
     }
 
     pub(super) fn handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
-        self.files.lock().get(&fh).cloned().ok_or(Errno(libc::EBADF))
+        self.handles.file(fh).ok_or(Errno(libc::EBADF))
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let file = self.handle(fh)?;
         let range = offset..offset.saturating_add(u64::from(size));
-        let data = self.data.lock().get(&file.ino).cloned();
+        let data = self.handles.data(file.ino);
         if let Some(data) = data {
             let f = data.lock().await;
             let key = f.key.clone();
@@ -216,32 +207,22 @@ impl Fs {
     /// The last close of a handle. Clean local data is dropped with the last handle; a file
     /// unlinked while open is deleted from the bucket now.
     pub async fn release(&self, fh: u64) {
-        let Some(file) = self.files.lock().remove(&fh) else {
+        let Some(Released {
+            file,
+            last,
+            pending_delete,
+        }) = self.handles.release(fh)
+        else {
             return;
         };
         if file.writable {
             self.writer_released();
         }
-        // The pending delete is taken under the open counts' lock, as unlink decides under
-        // it (see there).
-        let (last, pending_delete) = {
-            let mut counts = self.open_counts.lock();
-            let n = counts.entry(file.ino).or_default();
-            *n = n.saturating_sub(1);
-            let last = *n == 0;
-            let mut pending_delete = None;
-            if last {
-                counts.remove(&file.ino);
-                self.read_streams.lock().remove(&file.ino);
-                pending_delete = self.pending_deletes.lock().remove(&file.ino);
-            }
-            (last, pending_delete)
-        };
         if !last {
             return;
         }
         if let Some(key) = pending_delete {
-            self.data.lock().remove(&file.ino);
+            self.handles.remove_data(file.ino);
             // The name may have been created again since the unlink: then the object is
             // the new file's.
             let recreated = self.tree().has_key(&key);

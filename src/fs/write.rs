@@ -57,10 +57,8 @@ impl Fs {
             return Err(Errno(libc::EBADF));
         }
         let data = self
-            .data
-            .lock()
-            .get(&file.ino)
-            .cloned()
+            .handles
+            .data(file.ino)
             // Its data went to a conflict copy: the file changed remotely.
             .ok_or(Errno(libc::ESTALE))?;
         let mut f = data.lock().await;
@@ -129,7 +127,7 @@ impl Fs {
                 self.truncate_data(ino, &data, size).await?;
                 // A file truncated while not open (`truncate -s`) is uploaded now.
                 let open_for_write = fh.is_some_and(|fh| self.handle(fh).is_ok_and(|h| h.writable))
-                    || self.files.lock().values().any(|h| h.ino == ino && h.writable);
+                    || self.handles.open_for_writing(ino);
                 if !open_for_write {
                     self.sync_ino(ino).await?;
                     self.drop_clean_data(ino).await;
@@ -168,7 +166,7 @@ impl Fs {
             let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
             (n.fresh_until > Instant::now() && n.etag.is_some(), n.local)
         };
-        if !fresh && !local && !self.data.lock().contains_key(&ino) {
+        if !fresh && !local && !self.handles.has_data(ino) {
             self.refresh_file(ino, key).await?;
         }
         let tree = self.tree();
@@ -187,7 +185,7 @@ impl Fs {
         if kind == Kind::Dir {
             return self.persist_dir_metadata(ino, key).await;
         }
-        let data = self.data.lock().get(&ino).cloned();
+        let data = self.handles.data(ino);
         if let Some(data) = data {
             // An upload under way may have read the metadata before this change: it ends
             // first, then the question is asked again.
@@ -215,13 +213,13 @@ impl Fs {
             }
             n.etag = Some(etag.clone());
         }
-        for file in self.files.lock().values().filter(|h| h.ino == ino) {
+        for file in self.handles.files_of(ino) {
             let mut object = file.object.lock();
             object.etag = Arc::from(etag.as_str());
         }
         // Clean data of an open file is based on the new version now (its next upload
         // names it, and is no conflict with this copy).
-        let data = self.data.lock().get(&ino).cloned();
+        let data = self.handles.data(ino);
         if let Some(data) = data
             && let Some(base) = data.lock().await.base.as_mut().filter(|b| *b.key == *key)
         {

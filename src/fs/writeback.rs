@@ -307,7 +307,7 @@ impl Fs {
         let placed = self
             .tree()
             .place_file(&f.key, f.size, in_bucket.as_deref(), self.ttl_from_now());
-        let placed = placed.filter(|ino| !self.data.lock().contains_key(ino));
+        let placed = placed.filter(|ino| !self.handles.has_data(*ino));
         if let (Some(ino), Some(metadata)) = (placed, &f.recovered_metadata)
             && let Some(n) = self.tree().get_mut(ino)
         {
@@ -317,7 +317,7 @@ impl Fs {
             n.metadata_loaded = true;
         }
         let ino = placed.unwrap_or_else(|| self.writeback.adopted.fetch_sub(1, Ordering::Relaxed));
-        self.data.lock().insert(ino, Arc::new(tokio::sync::Mutex::new(f)));
+        self.handles.insert_data(ino, f);
         self.queue_upload(ino);
     }
 
@@ -335,7 +335,7 @@ impl Fs {
     /// they cannot be journaled (the cache directory's disk is full or failing), they are
     /// uploaded now instead, and the caller waits.
     async fn journal_and_queue(self: &Arc<Self>, ino: u64) -> FsResult<()> {
-        let Some(data) = self.data.lock().get(&ino).cloned() else {
+        let Some(data) = self.handles.data(ino) else {
             return Ok(());
         };
         {
@@ -381,7 +381,7 @@ impl Fs {
             let released = self.writeback.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            let writing = self.files.lock().values().any(|h| h.ino == ino && h.writable);
+            let writing = self.handles.open_for_writing(ino);
             if !writing || Instant::now() >= deadline {
                 return;
             }
@@ -451,7 +451,7 @@ impl Fs {
     /// Journal, upload, forget: one file's changes to the bucket. Returns the key (for the
     /// caller's log line) and the error.
     async fn upload_changes(&self, ino: u64) -> Result<String, (String, UploadError)> {
-        let Some(data) = self.data.lock().get(&ino).cloned() else {
+        let Some(data) = self.handles.data(ino) else {
             return Ok(String::new());
         };
         let mut f = data.lock().await;
@@ -498,7 +498,7 @@ impl Fs {
         tree.placed(ino);
         tree.now_in_bucket(ino);
         drop(tree);
-        for file in self.files.lock().values().filter(|h| h.ino == ino) {
+        for file in self.handles.files_of(ino) {
             *file.object.lock() = version.clone();
         }
         Ok(f.key.clone())
@@ -518,8 +518,7 @@ impl Fs {
     /// is still not in the bucket.
     pub async fn sync_all(self: &Arc<Self>, how: Settle) -> FsResult<()> {
         let dirty: Vec<u64> = {
-            let data: Vec<(u64, Arc<tokio::sync::Mutex<FileData>>)> =
-                self.data.lock().iter().map(|(i, d)| (*i, d.clone())).collect();
+            let data = self.handles.all_data();
             let mut out = Vec::new();
             for (ino, d) in data {
                 if d.lock().await.dirty {
@@ -584,16 +583,13 @@ impl Fs {
     pub async fn discard(&self, path: &str) -> FsResult<()> {
         let key = format!("{}{}", self.resolved.prefix, path.trim_start_matches('/'));
         let ino = self.writeback.refused_ino(&key).ok_or(Errno(libc::ENOENT))?;
-        let data = self.data.lock().get(&ino).cloned();
+        let data = self.handles.data(ino);
         if let Some(data) = data {
             let mut f = data.lock().await;
             self.forget_changes(ino, &mut f).await;
         }
         self.writeback.forget(ino);
-        let open = self.open_counts.lock().contains_key(&ino);
-        if !open {
-            self.data.lock().remove(&ino);
-        }
+        self.handles.remove_data_unless_open(ino);
         let mut tree = self.tree();
         let Some(n) = tree.get_mut(ino) else { return Ok(()) };
         let (local, parent, name) = (n.local, n.parent, n.name.clone());
@@ -615,13 +611,12 @@ impl Fs {
     /// count is checked under its lock at the moment of removal: an open racing with the
     /// last release keeps the data.
     pub(super) async fn drop_clean_data(&self, ino: u64) {
-        let Some(data) = self.data.lock().get(&ino).cloned() else {
+        let Some(data) = self.handles.data(ino) else {
             return;
         };
         let f = data.lock().await;
-        let counts = self.open_counts.lock();
-        if !f.dirty && !counts.contains_key(&ino) {
-            self.data.lock().remove(&ino);
+        if !f.dirty {
+            self.handles.remove_data_unless_open(ino);
         }
     }
 
@@ -668,7 +663,7 @@ impl Fs {
 
     /// Bytes and files not yet in the bucket, and the upload queue.
     pub fn dirty_report(&self) -> DirtyReport {
-        let data: Vec<_> = self.data.lock().values().cloned().collect();
+        let data: Vec<_> = self.handles.all_data().into_iter().map(|(_, d)| d).collect();
         let (mut files, mut bytes, mut largest) = (0, 0, Vec::new());
         for d in data {
             if let Ok(f) = d.try_lock()
@@ -729,12 +724,7 @@ impl Fs {
             "{original:?} changed remotely since this mount last saw it: this mount's version is kept as {:?}",
             f.key
         );
-        {
-            let mut data_map = self.data.lock();
-            if data_map.get(&ino).is_some_and(|d| Arc::ptr_eq(d, data)) {
-                data_map.remove(&ino);
-            }
-        }
+        self.handles.remove_data_if(ino, data);
         let mut tree = self.tree();
         let parent = tree.get_mut(ino).map(|n| {
             n.fresh_until = Instant::now();
