@@ -1,10 +1,10 @@
 //! Bad input: each case fails with one clear message (or the right errno), in bounded
 //! time, and loses nothing. Cases already covered elsewhere are not repeated here:
-//! tests/cli.rs (malformed sources for `check`, missing bucket, unreachable endpoint,
-//! wrong credentials for `check`, non-empty and missing mountpoints), tests/mount_write.rs
-//! (a 256-byte file name, ENOSPC at fsync), tests/mount_providers.rs (HF names at create).
+//! cli.rs (malformed sources for `check`, missing bucket, unreachable endpoint,
+//! wrong credentials for `check`, non-empty and missing mountpoints), mount_write.rs
+//! (a 256-byte file name, ENOSPC at fsync), mount_providers.rs (HF names at create).
 
-mod common;
+use crate::common;
 
 use common::{BUCKET, Mount, is_mounted, object, pattern, put, server, walk, write_credentials_file};
 use s3vol::server::{KeyPair, RunningServer, ServerConfig, start_blocking};
@@ -238,6 +238,7 @@ fn read_request_head(stream: &mut impl Read) -> io::Result<String> {
 
 #[test]
 fn malformed_sources_are_refused_by_mount_before_any_request() {
+    let _turn = common::shared();
     let s = server();
     let cases = [
         ("bucket-without-scheme", "no scheme"),
@@ -264,6 +265,7 @@ fn malformed_sources_are_refused_by_mount_before_any_request() {
 
 #[test]
 fn unknown_options_are_usage_errors_naming_the_option() {
+    let _turn = common::shared();
     let s = server();
     let mp = Mountpoint::new();
     let cases: &[(&[&str], &str)] = &[
@@ -299,6 +301,7 @@ fn unknown_options_are_usage_errors_naming_the_option() {
 
 #[test]
 fn wrong_credentials_are_refused_by_mount() {
+    let _turn = common::shared();
     let s = server();
     put(&s, "kept", "kept");
     for (key, secret) in [
@@ -319,6 +322,7 @@ fn wrong_credentials_are_refused_by_mount() {
 /// the SDK's credential chain).
 #[test]
 fn missing_credentials_are_named_without_retries() {
+    let _turn = common::shared();
     let s = server();
     let home = tempfile::tempdir().unwrap();
     let mp = Mountpoint::new();
@@ -346,6 +350,7 @@ fn missing_credentials_are_named_without_retries() {
 
 #[test]
 fn a_clock_two_hours_off_is_named_as_the_cause() {
+    let _turn = common::shared();
     let probe = Command::new("faketime").arg("--version").output();
     assert!(
         probe.is_ok(),
@@ -368,6 +373,7 @@ fn a_clock_two_hours_off_is_named_as_the_cause() {
 
 #[test]
 fn an_endpoint_that_is_not_s3_is_a_clear_error() {
+    let _turn = common::shared();
     let s = server();
     let html = "<!DOCTYPE html><html><head><title>Welcome to nginx!</title></head>\
                 <body><h1>Welcome to nginx!</h1></body></html>";
@@ -391,6 +397,7 @@ fn an_endpoint_that_is_not_s3_is_a_clear_error() {
 
 #[test]
 fn a_server_answering_malformed_xml_is_a_clear_error() {
+    let _turn = common::shared();
     let s = server();
     let garbage = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult><Contents><Key>a</Key><Size>x";
     let broken = FakeEndpoint::start("200 OK", "application/xml", garbage);
@@ -409,6 +416,7 @@ fn a_server_answering_malformed_xml_is_a_clear_error() {
 
 #[test]
 fn a_mountpoint_that_is_a_file_is_refused_and_left_alone() {
+    let _turn = common::shared();
     let s = server();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("file");
@@ -433,6 +441,7 @@ fn errno<T: std::fmt::Debug>(r: io::Result<T>) -> i32 {
 
 #[test]
 fn names_over_255_bytes_are_enametoolong_and_change_nothing() {
+    let _turn = common::shared();
     let s = server();
     put(&s, "keep", "k");
     // A key whose name cannot be a file name (and one that can, exactly 255 bytes).
@@ -482,6 +491,7 @@ fn names_over_255_bytes_are_enametoolong_and_change_nothing() {
 /// Rust refuses such a path before any call, so nothing reaches the mount.
 #[test]
 fn a_path_with_nul_is_refused_and_creates_nothing() {
+    let _turn = common::shared();
     let s = server();
     put(&s, "ok", "ok");
     let m = Mount::new(&s, &[]);
@@ -507,6 +517,7 @@ fn a_path_with_nul_is_refused_and_creates_nothing() {
 /// listing must ask for URL-encoded keys (`encoding-type=url`) to receive it at all.
 #[test]
 fn a_key_with_nul_in_the_bucket_is_skipped_and_the_rest_listed() {
+    let _turn = common::shared();
     let s = server();
     put(&s, "ok", "ok");
     put(&s, "bad\0key", "hidden");
@@ -527,6 +538,7 @@ fn a_key_with_nul_in_the_bucket_is_skipped_and_the_rest_listed() {
 
 #[test]
 fn hugging_face_forbidden_names_at_mkdir_and_rename_are_einval_and_keep_the_source() {
+    let _turn = common::shared();
     let s = start_blocking(ServerConfig::default());
     s.backend().create_bucket("ns");
     s.quirks().emulate_hugging_face();
@@ -567,6 +579,7 @@ fn count_files(dir: &Path) -> usize {
 /// of the daemon: the next mount with the cache directory uploads it.
 #[test]
 fn a_full_volume_keeps_the_data_staged_until_it_can_be_uploaded() {
+    let _turn = common::shared();
     let s = server();
     let cache = tempfile::tempdir().unwrap();
     let opts = ["--cache-dir", cache.path().to_str().unwrap(), "--part-size", "5MiB"];
@@ -625,6 +638,7 @@ fn session_keys(token: &str) -> KeyPair {
 /// without a remount.
 #[test]
 fn expired_credentials_are_named_and_the_data_waits_for_renewed_ones() {
+    let _turn = common::shared();
     let s = server();
     s.keys().rotate(session_keys("token-1"));
     let dir = tempfile::tempdir().unwrap();
@@ -694,6 +708,7 @@ fn expired_credentials_are_named_and_the_data_waits_for_renewed_ones() {
 /// kernel sends before its ETXTBSY check: the filesystem must not have truncated by then.
 #[test]
 fn a_refused_o_trunc_of_a_running_program_truncates_nothing() {
+    let _turn = common::shared();
     use std::os::unix::fs::OpenOptionsExt;
     let s = server();
     let m = Mount::new(&s, &[]);
@@ -740,6 +755,7 @@ fn a_refused_o_trunc_of_a_running_program_truncates_nothing() {
 /// with a log line.
 #[test]
 fn hostile_object_metadata_never_takes_the_mount_down() {
+    let _turn = common::shared();
     let s = server();
     let backend = s.backend();
     let hostile: &[(&str, &[(&str, &str)])] = &[
@@ -801,6 +817,7 @@ fn hostile_object_metadata_never_takes_the_mount_down() {
 /// would keep `ls` going forever: the listing ends with EIO after a bounded number of pages.
 #[test]
 fn endless_empty_listing_pages_end_in_an_error() {
+    let _turn = common::shared();
     let pages = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = pages.clone();
     let fake = FakeEndpoint::answering(move |line| {

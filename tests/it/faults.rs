@@ -4,7 +4,7 @@
 //! the retry budget (`--retries 3`, set by the harness) is spent; none hangs. A lost
 //! server makes calls fail in bounded time, and the mount recovers when it comes back.
 
-mod common;
+use crate::common;
 
 use common::{BUCKET, Mount, close, object, pattern, put, server};
 use s3vol::server::{InjectedFailure, RequestFilter, RunningServer, ServerConfig, start_blocking};
@@ -82,7 +82,7 @@ fn assert_bytes(got: io::Result<Vec<u8>>, want: &[u8], what: &str) {
 /// Metadata is not cached (TTL 0), so every lookup asks the server: these tests are about
 /// what happens to requests, and a cached listing would answer without one. close() waits
 /// for the upload, so its outcome is close()'s (the background mode's retries are tested
-/// in `writeback.rs`).
+/// in `writeback/`).
 fn mount(s: &RunningServer, extra: &[&str]) -> Mount {
     let mut args = SHORT_TIMEOUTS.to_vec();
     args.extend(["--metadata-ttl", "0", "--upload-mode", "on-close"]);
@@ -103,6 +103,7 @@ fn stop_injecting(s: &RunningServer) {
 
 #[test]
 fn reads_writes_and_lookups_survive_errors_within_the_retry_budget() {
+    let _turn = common::shared();
     let s = server();
     for i in 0..FAILURES.len() {
         put(&s, &format!("r{i}"), pattern(2 << 20, i as u32));
@@ -135,6 +136,7 @@ fn reads_writes_and_lookups_survive_errors_within_the_retry_budget() {
 
 #[test]
 fn multipart_uploads_survive_errors_on_every_step() {
+    let _turn = common::shared();
     let s = server();
     let m = mount(&s, &["--part-size", "1MiB", "--max-put-size", "1MiB"]);
     let steps = ["CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"];
@@ -155,6 +157,7 @@ fn multipart_uploads_survive_errors_on_every_step() {
 
 #[test]
 fn a_spent_retry_budget_is_eio_and_nothing_is_lost() {
+    let _turn = common::alone();
     let s = server();
     let data = pattern(3 << 20, 1);
     put(&s, "big", data.clone());
@@ -181,6 +184,7 @@ fn a_spent_retry_budget_is_eio_and_nothing_is_lost() {
 
 #[test]
 fn connections_reset_mid_body_are_resumed_or_eio() {
+    let _turn = common::shared();
     let s = server();
     let (f, g) = (pattern(4 << 20, 3), pattern(4 << 20, 4));
     put(&s, "f", f.clone());
@@ -198,6 +202,7 @@ fn connections_reset_mid_body_are_resumed_or_eio() {
 
 #[test]
 fn stalled_bodies_time_out_and_resume_or_eio() {
+    let _turn = common::shared();
     let s = server();
     let (f, g) = (pattern(3 << 20, 5), pattern(3 << 20, 6));
     put(&s, "f", f.clone());
@@ -218,6 +223,7 @@ fn stalled_bodies_time_out_and_resume_or_eio() {
 /// link the first kilobytes of a block arrive long before its last ones.
 #[test]
 fn a_read_is_answered_from_the_first_bytes_of_a_block() {
+    let _turn = common::shared();
     let s = server();
     let f = pattern(4 << 20, 8);
     put(&s, "f", f.clone());
@@ -247,6 +253,7 @@ fn a_read_is_answered_from_the_first_bytes_of_a_block() {
 
 #[test]
 fn latency_slows_requests_down_and_too_much_of_it_is_eio() {
+    let _turn = common::shared();
     let s = server();
     put(&s, "d/f", pattern(1 << 20, 7));
     let m = mount(&s, &[]);
@@ -277,6 +284,7 @@ fn latency_slows_requests_down_and_too_much_of_it_is_eio() {
 
 #[test]
 fn a_lost_server_fails_calls_in_bounded_time_and_the_mount_recovers() {
+    let _turn = common::shared();
     let s = server();
     let addr = s.addr;
     let kept = pattern(1 << 20, 8);

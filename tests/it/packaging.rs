@@ -2,6 +2,7 @@
 //! temporary root, and checked file by file. Needs cargo-deb (`cargo install --locked
 //! cargo-deb`; packaging/build.sh installs it) and dpkg-deb.
 
+use crate::common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -59,6 +60,7 @@ fn assert_same_file(installed: &Path, source: &str) {
 
 #[test]
 fn the_deb_installs_the_binary_the_helper_link_units_and_docs() {
+    let _turn = common::shared();
     let work = tempfile::tempdir().expect("temp dir");
     let deb = build_deb(work.path());
     let root = work.path().join("root");
@@ -100,6 +102,7 @@ fn the_deb_installs_the_binary_the_helper_link_units_and_docs() {
 
 #[test]
 fn the_maintainer_scripts_link_sbin_only_without_merged_usr() {
+    let _turn = common::shared();
     let work = tempfile::tempdir().expect("temp dir");
     let deb = build_deb(work.path());
     let control = work.path().join("control");
@@ -149,6 +152,7 @@ fn unit_instance(dir: &Path) -> PathBuf {
 
 #[test]
 fn the_service_unit_passes_systemd_analyze_verify() {
+    let _turn = common::shared();
     let work = tempfile::tempdir().expect("temp dir");
     let unit = unit_instance(work.path());
     let output = run(Command::new("systemd-analyze").arg("verify").arg(&unit));
@@ -163,6 +167,7 @@ fn the_service_unit_passes_systemd_analyze_verify() {
 /// systemd's exposure score stays low.
 #[test]
 fn the_service_unit_is_sandboxed_without_a_mount_namespace() {
+    let _turn = common::shared();
     const NAMESPACING: &[&str] = &[
         "ProtectSystem",
         "ProtectHome",

@@ -1,7 +1,7 @@
 //! The memory budget holds: writing and reading 1 GiB through a mount with a small
 //! `--memory-limit` keeps the daemon's peak RSS bounded.
 
-mod common;
+use crate::common;
 
 use common::{Mount, object, pattern, server};
 use std::io::{Read, Write};
@@ -23,6 +23,7 @@ fn peak_rss_mib(pid: u32) -> u64 {
 
 #[test]
 fn a_1_gib_write_and_read_stay_within_the_memory_budget() {
+    let _turn = common::alone();
     let s = server();
     let m = Mount::new(&s, &["--memory-limit", &format!("{LIMIT_MIB}MiB")]);
     let chunk = pattern(1 << 20, 42);

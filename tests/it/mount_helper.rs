@@ -2,6 +2,7 @@
 //! server: `mount -t s3vol`, an fstab line through `mount -a -T FILE`, and the refusals.
 //! Needs root (to link /sbin/mount.s3vol and to mount) and fuse3.
 
+use crate::common;
 use s3vol::server::{RunningServer, ServerConfig, start_blocking};
 use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
@@ -185,6 +186,7 @@ fn assert_mounted_with(mountpoint: &Path, flags: &[&str]) {
 
 #[test]
 fn mount_t_s3vol_mounts_through_the_helper() {
+    let _turn = common::shared();
     let _link = HelperLink::install();
     let fixture = Fixture::new();
     let mountpoint = fixture.mountpoint();
@@ -201,6 +203,7 @@ fn mount_t_s3vol_mounts_through_the_helper() {
 
 #[test]
 fn an_fstab_line_mounts_with_mount_a() {
+    let _turn = common::shared();
     let _link = HelperLink::install();
     let fixture = Fixture::new();
     let mountpoint = fixture.mountpoint();
@@ -221,6 +224,7 @@ fn an_fstab_line_mounts_with_mount_a() {
 
 #[test]
 fn mount_f_checks_and_prints_without_mounting() {
+    let _turn = common::shared();
     let _link = HelperLink::install();
     let fixture = Fixture::new();
     let mountpoint = fixture.mountpoint();
@@ -245,6 +249,7 @@ fn mount_f_checks_and_prints_without_mounting() {
 
 #[test]
 fn a_world_readable_credentials_file_is_refused() {
+    let _turn = common::shared();
     let _link = HelperLink::install();
     let fixture = Fixture::new();
     fixture.set_credentials_mode(0o644);
@@ -276,6 +281,7 @@ fn a_world_readable_credentials_file_is_refused() {
 
 #[test]
 fn an_unknown_option_fails_the_mount_and_is_named() {
+    let _turn = common::shared();
     let _link = HelperLink::install();
     let fixture = Fixture::new();
     let mountpoint = fixture.mountpoint();

@@ -4,7 +4,7 @@
 //! credentials that change under a live mount (a rotated `--credentials-file`, an SSO
 //! profile).
 
-mod common;
+use crate::common;
 
 use common::{BUCKET, Mount, object, pattern, put, server, walk, write_credentials_file};
 use s3vol::server::{KeyPair, ServerConfig, start_blocking};
@@ -32,6 +32,7 @@ fn hf_mount(extra: &[&str]) -> (s3vol::server::RunningServer, Mount) {
 
 #[test]
 fn hugging_face_reads_follow_redirects_and_writes_send_no_checksums() {
+    let _turn = common::shared();
     let (s, m) = hf_mount(&[]);
     assert!(fs::read(m.join("model.bin")).unwrap() == pattern(5 << 20, 9));
     assert!(s.stats().count("RedirectGet") > 0, "{:?}", s.stats().snapshot());
@@ -50,6 +51,7 @@ fn hugging_face_reads_follow_redirects_and_writes_send_no_checksums() {
 
 #[test]
 fn hugging_face_directories_live_in_the_mount_until_a_file_is_written() {
+    let _turn = common::shared();
     let (s, m) = hf_mount(&[]);
     fs::create_dir(m.join("empty")).unwrap();
     assert!(m.join("empty").is_dir());
@@ -70,6 +72,7 @@ fn hugging_face_directories_live_in_the_mount_until_a_file_is_written() {
 
 #[test]
 fn hugging_face_forbidden_names_are_einval() {
+    let _turn = common::shared();
     let (_s, m) = hf_mount(&[]);
     let err = fs::write(m.join("back\\slash"), "x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
@@ -91,6 +94,7 @@ fn runpod(extra: &[&str]) -> (s3vol::server::RunningServer, Mount) {
 
 #[test]
 fn runpod_hides_its_upload_folder_and_survives_repeated_tokens() {
+    let _turn = common::shared();
     let s = start_blocking(ServerConfig::default());
     s.backend().create_bucket("vol");
     s.quirks().emulate_runpod();
@@ -115,6 +119,7 @@ fn runpod_hides_its_upload_folder_and_survives_repeated_tokens() {
 
 #[test]
 fn runpod_large_files_use_multipart_below_the_put_cap() {
+    let _turn = common::alone();
     let (s, m) = runpod(&["--max-put-size", "1MiB", "--part-size", "1MiB"]);
     s.quirks().set_max_put_size(Some(1 << 20));
     let data = pattern(3 << 20, 11);
@@ -156,6 +161,7 @@ fn object_in(s: &s3vol::server::RunningServer, bucket: &str, key: &str) -> Vec<u
 
 #[test]
 fn transient_errors_are_retried_through_the_mount() {
+    let _turn = common::shared();
     let s = server();
     put(&s, "f", pattern(2 << 20, 4));
     let m = Mount::new(&s, &[]);
@@ -197,6 +203,7 @@ fn keys(access: &str, secret: &str, token: Option<&str>) -> KeyPair {
 /// token (file rewritten in place, s3fs format).
 #[test]
 fn a_credentials_file_rotated_under_a_live_mount_keeps_it_working() {
+    let _turn = common::shared();
     let s = server();
     let first = keys("ASIA-ONE", "secret-one", Some("token-one"));
     s.keys().rotate(first.clone());
@@ -301,6 +308,7 @@ impl SsoPortal {
 /// them: the server accepts nothing else.
 #[test]
 fn an_sso_profile_mounts_with_the_role_credentials_of_the_portal() {
+    let _turn = common::shared();
     let s = server();
     let role = keys("ASIA-SSO-ROLE", "sso-role-secret", Some("sso-role-session"));
     s.keys().rotate(role.clone());

@@ -1,6 +1,6 @@
 //! Writing through a real FUSE mount: files, uploads, namespace changes, errors.
 
-mod common;
+use crate::common;
 
 use common::{BUCKET, Mount, object, pattern, put, server, walk};
 use std::fs::{self, OpenOptions};
@@ -13,6 +13,7 @@ fn errno(e: std::io::Error) -> i32 {
 
 #[test]
 fn file_lifecycle_reads_its_own_writes_and_uploads_at_close() {
+    let _turn = common::shared();
     let s = server();
     // close() waits for the upload in this mode: the bucket is checked right after it.
     let m = Mount::new(&s, &["--upload-mode", "on-close"]);
@@ -76,6 +77,7 @@ fn file_lifecycle_reads_its_own_writes_and_uploads_at_close() {
 
 #[test]
 fn many_handles_see_one_content() {
+    let _turn = common::shared();
     let s = server();
     put(&s, "shared", "aaaaaaaaaa");
     let m = Mount::new(&s, &[]);
@@ -95,6 +97,7 @@ fn many_handles_see_one_content() {
 
 #[test]
 fn chmod_chown_and_utimens_persist_as_s3fs_metadata() {
+    let _turn = common::shared();
     let s = server();
     let m = Mount::new(&s, &[]);
     let p = m.join("meta");
@@ -130,6 +133,7 @@ fn chmod_chown_and_utimens_persist_as_s3fs_metadata() {
 
 #[test]
 fn changing_part_of_a_large_object_copies_the_rest_server_side() {
+    let _turn = common::shared();
     let s = server();
     let mut data = pattern(24 << 20, 3);
     put(&s, "large", data.clone());
@@ -149,6 +153,7 @@ fn changing_part_of_a_large_object_copies_the_rest_server_side() {
 
 #[test]
 fn a_large_sequential_write_streams_parts_before_close() {
+    let _turn = common::shared();
     let s = server();
     let m = Mount::new(&s, &["--part-size", "5MiB"]);
     let data = pattern(23 << 20, 4);
@@ -178,6 +183,7 @@ fn a_large_sequential_write_streams_parts_before_close() {
 
 #[test]
 fn unlinked_open_files_keep_working_until_closed() {
+    let _turn = common::shared();
     let s = server();
     let data = pattern(3 << 20, 5);
     put(&s, "doomed", data.clone());
@@ -195,6 +201,7 @@ fn unlinked_open_files_keep_working_until_closed() {
 
 #[test]
 fn renames_of_files_and_directories() {
+    let _turn = common::shared();
     let s = server();
     put(&s, "a.txt", "A");
     put(&s, "b.txt", "B");
@@ -230,6 +237,7 @@ fn renames_of_files_and_directories() {
 
 #[test]
 fn directories_markers_and_enotempty() {
+    let _turn = common::shared();
     let s = server();
     let m = Mount::new(&s, &[]);
     fs::create_dir(m.join("d")).unwrap();
@@ -253,6 +261,7 @@ fn directories_markers_and_enotempty() {
 
 #[test]
 fn symlinks_are_s3fs_compatible() {
+    let _turn = common::shared();
     let s = server();
     let m = Mount::new(&s, &[]);
     fs::write(m.join("target"), "t").unwrap();
@@ -270,6 +279,7 @@ fn symlinks_are_s3fs_compatible() {
 
 #[test]
 fn errors_map_to_errno() {
+    let _turn = common::shared();
     let s = server();
     let m = Mount::new(&s, &[]);
     let long = "x".repeat(256);
@@ -284,6 +294,7 @@ fn errors_map_to_errno() {
 
 #[test]
 fn a_full_volume_is_enospc_and_loses_nothing() {
+    let _turn = common::shared();
     let s = server();
     let m = Mount::new(&s, &[]);
     s.quirks().set_volume_full(true);
@@ -309,6 +320,7 @@ fn a_full_volume_is_enospc_and_loses_nothing() {
 
 #[test]
 fn read_only_mount_refuses_every_change() {
+    let _turn = common::shared();
     let s = server();
     put(&s, "f", "x");
     put(&s, "d/", "");
@@ -326,6 +338,7 @@ fn read_only_mount_refuses_every_change() {
 
 #[test]
 fn deferred_uploads_complete_in_the_background() {
+    let _turn = common::shared();
     let s = server();
     let m = Mount::new(&s, &["--upload-on-close", "false"]);
     for i in 0..200 {
@@ -346,6 +359,7 @@ fn deferred_uploads_complete_in_the_background() {
 
 #[test]
 fn creating_many_files_in_a_directory_lists_it_once_per_ttl() {
+    let _turn = common::shared();
     let s = server();
     put(&s, "d/existing", "x");
     let m = Mount::new(&s, &["--metadata-ttl", "30"]);
@@ -363,6 +377,7 @@ fn creating_many_files_in_a_directory_lists_it_once_per_ttl() {
 
 #[test]
 fn deferred_deletes_and_names_created_again() {
+    let _turn = common::shared();
     let s = server();
     let m = Mount::new(&s, &["--upload-on-close", "false"]);
     fs::create_dir(m.join("d")).unwrap();
@@ -390,6 +405,7 @@ fn deferred_deletes_and_names_created_again() {
 
 #[test]
 fn a_name_created_again_while_the_old_file_is_open_keeps_the_new_file() {
+    let _turn = common::shared();
     let s = server();
     put(&s, "f", "old");
     let m = Mount::new(&s, &[]);
@@ -407,6 +423,7 @@ fn a_name_created_again_while_the_old_file_is_open_keeps_the_new_file() {
 /// or re-creating a directory right after mkdir still leaves exactly the markers wanted.
 #[test]
 fn deferred_directory_markers_settle_before_rmdir_and_rename() {
+    let _turn = common::shared();
     let s = server();
     let m = Mount::new(&s, &["--upload-on-close", "false", "--metadata-ttl", "30"]);
     for i in 0..40 {
@@ -436,6 +453,7 @@ fn deferred_directory_markers_settle_before_rmdir_and_rename() {
 /// emptied answers whether the directory is empty, without another LIST.
 #[test]
 fn rm_r_trusts_the_listing_it_just_emptied() {
+    let _turn = common::shared();
     let s = server();
     for d in 0..10 {
         for f in 0..5 {

@@ -2,7 +2,7 @@
 //! step the outcome and both trees must agree, and after a remount the bucket must hold
 //! the same tree.
 
-mod common;
+use crate::common;
 
 use common::{Mount, server};
 use std::collections::BTreeMap;
@@ -161,6 +161,7 @@ fn run(seed: u64, steps: usize) {
 
 #[test]
 fn random_operations_match_a_local_directory() {
+    let _turn = common::shared();
     for seed in 1u64..=6 {
         run(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15), 200);
     }

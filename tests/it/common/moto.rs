@@ -73,6 +73,7 @@ impl Moto {
     /// # Panics
     /// As [`Moto::start`].
     pub fn start_with(python: &str, python_args: &[&str]) -> Moto {
+        super::assert_in_turn();
         let mut child = Command::new(python)
             .args(python_args)
             .args(["-c", BOOTSTRAP])

@@ -1,6 +1,6 @@
 //! Reading through a real FUSE mount of the in-process S3 server.
 
-mod common;
+use crate::common;
 
 use common::{Mount, pattern, put, server, walk};
 use std::collections::BTreeSet;
@@ -9,6 +9,7 @@ use std::os::unix::fs::FileExt;
 
 #[test]
 fn lists_a_tree_of_1500_keys_in_nested_prefixes() {
+    let _turn = common::shared();
     let s = server();
     let mut expected = BTreeSet::new();
     for i in 0..1500 {
@@ -26,6 +27,7 @@ fn lists_a_tree_of_1500_keys_in_nested_prefixes() {
 
 #[test]
 fn reads_a_64_mib_object_byte_for_byte() {
+    let _turn = common::shared();
     let s = server();
     let data = pattern(64 << 20, 7);
     put(&s, "big.bin", data.clone());
@@ -73,6 +75,7 @@ fn reads_a_64_mib_object_byte_for_byte() {
 
 #[test]
 fn names_with_special_characters_work_both_ways() {
+    let _turn = common::shared();
     let s = server();
     let names = [
         "with space.txt",
@@ -105,6 +108,7 @@ fn names_with_special_characters_work_both_ways() {
 
 #[test]
 fn marker_directories_and_a_file_beside_its_directory() {
+    let _turn = common::shared();
     let s = server();
     put(&s, "empty/", "");
     put(&s, "nested/marker/", "");
@@ -137,6 +141,7 @@ fn marker_directories_and_a_file_beside_its_directory() {
 
 #[test]
 fn an_object_replaced_remotely_while_open_is_never_mixed() {
+    let _turn = common::shared();
     let s = server();
     let old = pattern(8 << 20, 1);
     put(&s, "f.bin", old.clone());
@@ -163,6 +168,7 @@ fn an_object_replaced_remotely_while_open_is_never_mixed() {
 
 #[test]
 fn missing_files_and_read_only_mounts() {
+    let _turn = common::shared();
     let s = server();
     put(&s, "x", "1");
     let m = Mount::new(&s, &["--read-only"]);
@@ -178,6 +184,7 @@ fn missing_files_and_read_only_mounts() {
 
 #[test]
 fn extended_attributes_are_not_supported() {
+    let _turn = common::shared();
     let s = server();
     put(&s, "x", "1");
     let m = Mount::new(&s, &[]);
@@ -203,6 +210,7 @@ fn extended_attributes_are_not_supported() {
 /// listing again after the TTL costs LIST pages only.
 #[test]
 fn ls_l_shows_persisted_metadata_from_the_first_listing_with_one_head_per_entry() {
+    let _turn = common::alone();
     let s = server();
     for i in 0..2500 {
         put(&s, &format!("many/f{i:05}"), "x");
@@ -263,6 +271,7 @@ fn ls_l_shows_persisted_metadata_from_the_first_listing_with_one_head_per_entry(
 
 #[test]
 fn the_inode_table_stays_within_its_budget_when_the_kernel_forgets() {
+    let _turn = common::alone();
     let s = server();
     for i in 0..12_000 {
         put(&s, &format!("big/f{i:05}"), "x");
@@ -294,6 +303,7 @@ fn the_inode_table_stays_within_its_budget_when_the_kernel_forgets() {
 /// every listing ready, and nothing is listed twice.
 #[test]
 fn reading_a_directory_prefetches_its_subdirectories() {
+    let _turn = common::shared();
     let s = server();
     for d in 0..20 {
         for f in 0..3 {
@@ -328,6 +338,7 @@ fn reading_a_directory_prefetches_its_subdirectories() {
 /// persisted mode.
 #[test]
 fn prefetched_listings_head_their_entries_a_few_at_a_time() {
+    let _turn = common::shared();
     let s = server();
     for d in ["a", "b"] {
         for i in 0..150 {
@@ -374,6 +385,7 @@ fn prefetched_listings_head_their_entries_a_few_at_a_time() {
 /// after a few jumps: the rest of the reads, in any order, cost no request.
 #[test]
 fn a_file_read_at_random_is_fetched_whole_and_then_costs_no_request() {
+    let _turn = common::shared();
     let s = server();
     let data = pattern(48 << 20, 11);
     put(&s, "model.bin", data.clone());
@@ -415,6 +427,7 @@ fn a_file_read_at_random_is_fetched_whole_and_then_costs_no_request() {
 /// their errors are counted by type, every series labelled with the mount.
 #[test]
 fn metrics_count_what_the_server_saw_and_parse_as_prometheus_text() {
+    let _turn = common::shared();
     let s = server();
     for i in 0..20 {
         put(&s, &format!("m/f{i:02}"), pattern(300_000, i as u32));

@@ -1,7 +1,7 @@
 //! The persistent block cache: hits after a remount, ETag changes, corruption, the size
 //! bound, concurrent readers, two mounts on one directory, `s3vol cache clear`.
 
-mod common;
+use crate::common;
 
 use common::{Mount, pattern, put, server};
 use std::path::Path;
@@ -39,6 +39,7 @@ fn mount(s: &s3vol::server::RunningServer, cache: &Path, extra: &[&str]) -> Moun
 
 #[test]
 fn blocks_are_served_from_disk_after_a_remount() {
+    let _turn = common::shared();
     let s = server();
     let data = pattern(8 << 20, 3);
     put(&s, "weights.bin", data.clone());
@@ -65,6 +66,7 @@ fn blocks_are_served_from_disk_after_a_remount() {
 
 #[test]
 fn a_corrupt_block_is_dropped_and_refetched() {
+    let _turn = common::shared();
     let s = server();
     let data = pattern(2 << 20, 5);
     put(&s, "f", data.clone());
@@ -89,6 +91,7 @@ fn a_corrupt_block_is_dropped_and_refetched() {
 
 #[test]
 fn the_cache_stays_within_its_size_under_a_larger_workload() {
+    let _turn = common::shared();
     let s = server();
     for i in 0..6 {
         put(&s, &format!("f{i}"), pattern(3 << 20, i));
@@ -109,6 +112,7 @@ fn the_cache_stays_within_its_size_under_a_larger_workload() {
 
 #[test]
 fn concurrent_readers_share_the_disk_cache() {
+    let _turn = common::shared();
     let s = server();
     let data = pattern(6 << 20, 8);
     put(&s, "shared", data.clone());
@@ -127,6 +131,7 @@ fn concurrent_readers_share_the_disk_cache() {
 
 #[test]
 fn two_mounts_on_one_cache_dir_and_cache_clear() {
+    let _turn = common::shared();
     let s = server();
     put(&s, "f", pattern(1 << 20, 1));
     let cache = tempfile::tempdir().unwrap();

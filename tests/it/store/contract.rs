@@ -5,7 +5,7 @@
 //!
 //! moto must be installed (`pip install "moto[server]"`): without it these tests fail.
 
-mod common;
+use crate::common;
 use common::moto;
 
 use std::ops::Range;
@@ -119,6 +119,7 @@ async fn list_all(
 
 #[tokio::test]
 async fn file_directory_and_marker_coexist_in_the_flat_key_space() {
+    let _turn = common::shared();
     let Fixture { store, _moto } = fixture("flat").await;
     put(&store, "a", pattern(3, 1)).await;
     put(&store, "a/b", pattern(5, 2)).await;
@@ -149,6 +150,7 @@ async fn file_directory_and_marker_coexist_in_the_flat_key_space() {
 
 #[tokio::test]
 async fn pagination_returns_every_key_and_prefix_once() {
+    let _turn = common::shared();
     let Fixture { store, _moto } = fixture("pages").await;
     let keys: Vec<String> = (0..25).map(|i| format!("p/k{i:02}")).collect();
     for key in &keys {
@@ -167,6 +169,7 @@ async fn pagination_returns_every_key_and_prefix_once() {
 
 #[tokio::test]
 async fn multipart_upload_complete_abort_and_minimum_part_size() {
+    let _turn = common::shared();
     let Fixture { store, _moto } = fixture("multipart").await;
     let parts = [pattern(5 << 20, 1), pattern(1000, 2)];
 
@@ -207,6 +210,7 @@ async fn multipart_upload_complete_abort_and_minimum_part_size() {
 
 #[tokio::test]
 async fn copy_keeps_or_replaces_metadata() {
+    let _turn = common::shared();
     let Fixture { store, _moto } = fixture("copy").await;
     let body = pattern(300, 6);
     let opts = PutOptions {
@@ -233,6 +237,7 @@ async fn copy_keeps_or_replaces_metadata() {
 
 #[tokio::test]
 async fn delete_many_uses_delete_objects() {
+    let _turn = common::shared();
     let Fixture { store, _moto } = fixture("delete").await;
     let doomed: Vec<String> = (0..30).map(|i| format!("dir/f{i:02}")).collect();
     for key in &doomed {
@@ -248,6 +253,7 @@ async fn delete_many_uses_delete_objects() {
 
 #[tokio::test]
 async fn ranged_get_is_exact_and_clamped() {
+    let _turn = common::shared();
     let Fixture { store, _moto } = fixture("ranges").await;
     let body = pattern(100, 7);
     put(&store, "f", body.clone()).await;
@@ -278,6 +284,7 @@ async fn ranged_get_is_exact_and_clamped() {
 
 #[tokio::test]
 async fn head_returns_size_etag_content_type_and_metadata() {
+    let _turn = common::shared();
     let Fixture { store, _moto } = fixture("head").await;
     let opts = PutOptions {
         content_type: Some("text/plain".into()),
@@ -302,6 +309,7 @@ async fn head_returns_size_etag_content_type_and_metadata() {
 
 #[test]
 fn missing_moto_fails_with_the_install_hint() {
+    let _turn = common::shared();
     // `-S` leaves site-packages (and so moto) off Python's path: as if it were not installed.
     let failure = std::panic::catch_unwind(|| Moto::start_with("python3", &["-S"]))
         .err()
@@ -322,6 +330,7 @@ fn missing_moto_fails_with_the_install_hint() {
 
 #[test]
 fn moto_versions_compare_numerically() {
+    let _turn = common::shared();
     assert!(moto::version_at_least("5.2.2", [5, 2, 2]));
     assert!(moto::version_at_least("5.10.0", [5, 2, 2]));
     assert!(moto::version_at_least("6.0.0.dev1", [5, 2, 2]));
@@ -333,6 +342,7 @@ fn moto_versions_compare_numerically() {
 /// holds on a second server), but not on CompleteMultipartUpload.
 #[tokio::test]
 async fn conditional_writes_refuse_an_object_replaced_meanwhile() {
+    let _turn = common::shared();
     let Fixture { store, _moto } = fixture("ifmatch").await;
     let if_match = |etag: &str| PutOptions {
         if_match: Some(etag.to_string()),

@@ -7,7 +7,7 @@
 //! the other moto tests do. tar, rsync, git, python3, sqlite3 and GNU coreutils/diffutils
 //! must be on PATH. The lock-file test runs on the embedded server, which counts requests.
 
-mod common;
+use crate::common;
 
 use common::Mount;
 use common::moto::Moto;
@@ -176,6 +176,7 @@ fn names(dir: &Path) -> BTreeSet<String> {
 /// whose symlinks come back as small text files.
 #[test]
 fn tar_round_trip_keeps_modes_mtimes_and_symlinks_after_a_remount() {
+    let _turn = common::shared();
     let moto = Moto::shared();
     let bucket = moto.new_bucket("tar");
     let work = tempfile::tempdir().unwrap();
@@ -220,6 +221,7 @@ fn tar_round_trip_keeps_modes_mtimes_and_symlinks_after_a_remount() {
 /// recreate.
 #[test]
 fn rsync_finds_nothing_to_do_after_a_remount() {
+    let _turn = common::shared();
     let moto = Moto::shared();
     let bucket = moto.new_bucket("rsync");
     let work = tempfile::tempdir().unwrap();
@@ -268,6 +270,7 @@ fn rsync_finds_nothing_to_do_after_a_remount() {
 /// executable bit), symlinks turned into files, or an index git cannot read back.
 #[test]
 fn git_clone_is_clean_and_runs_its_script_after_a_remount() {
+    let _turn = common::shared();
     let moto = Moto::shared();
     let bucket = moto.new_bucket("git");
     let work = tempfile::tempdir().unwrap();
@@ -331,6 +334,7 @@ fn git_clone_is_clean_and_runs_its_script_after_a_remount() {
 /// file: "Permission denied" or "Exec format error" for every job started from the venv.
 #[test]
 fn python_venv_runs_after_a_remount() {
+    let _turn = common::shared();
     let moto = Moto::shared();
     let bucket = moto.new_bucket("venv");
     let m = Mount::moto(&moto, &bucket, &[]);
@@ -364,6 +368,7 @@ fn python_venv_runs_after_a_remount() {
 /// order, or by writes at offsets that did not reach the bucket.
 #[test]
 fn sqlite_databases_survive_a_remount_intact() {
+    let _turn = common::shared();
     let moto = Moto::shared();
     let bucket = moto.new_bucket("sqlite");
     let fill = "create table t(id integer primary key, v text);\n".to_owned()
@@ -413,6 +418,7 @@ fn sqlite_databases_survive_a_remount_intact() {
 /// that come back as the previous version or leave `.tmp` files behind.
 #[test]
 fn editor_save_by_rename_keeps_the_new_content_after_a_remount() {
+    let _turn = common::shared();
     let moto = Moto::shared();
     let bucket = moto.new_bucket("editor");
     let m = Mount::moto(&moto, &bucket, &[]);
@@ -482,6 +488,7 @@ fn two_mounts_with(
 /// against a node that keeps serving a stale copy of a file another machine rewrote.
 #[test]
 fn a_file_replaced_on_another_mount_is_seen_after_the_ttl() {
+    let _turn = common::shared();
     let old = "first version, written through A\n";
     let new = "second version, written through mount B, longer than the first\n";
     let (_moto, _bucket, a, b) = two_mounts("ttl", |a| fs::write(a.join("x"), old).unwrap());
@@ -502,6 +509,7 @@ fn a_file_replaced_on_another_mount_is_seen_after_the_ttl() {
 /// another node just rewrote (checkpoints, configs, datasets being refreshed).
 #[test]
 fn a_fresh_open_right_after_a_remote_replace_never_fails() {
+    let _turn = common::shared();
     let old = |i: usize| format!("old content of z{i}\n");
     let new = |i: usize| format!("new content of z{i}, written through mount B\n");
     let (_moto, _bucket, a, b) = two_mounts("fresh", |a| {
@@ -544,6 +552,7 @@ fn a_fresh_open_right_after_a_remote_replace_never_fails() {
 /// the other's work.
 #[test]
 fn a_write_racing_a_remote_replace_keeps_both_versions() {
+    let _turn = common::shared();
     racing_write_keeps_both_versions("conflict", &[]);
 }
 
@@ -551,6 +560,7 @@ fn a_write_racing_a_remote_replace_keeps_both_versions() {
 /// upload finds the change.
 #[test]
 fn a_write_racing_a_remote_replace_keeps_both_versions_without_conditional_writes() {
+    let _turn = common::shared();
     racing_write_keeps_both_versions("conflict-head", &["--conditional-writes", "false"]);
 }
 
@@ -626,6 +636,7 @@ fn racing_write_keeps_both_versions(stem: &str, a_extra: &[&str]) {
 /// the embedded server, which counts requests by operation.
 #[test]
 fn a_lock_file_loop_uploads_nothing() {
+    let _turn = common::shared();
     let s = common::server();
     let m = Mount::new(&s, &[]);
     fs::create_dir(m.join(".locks")).unwrap();

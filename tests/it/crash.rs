@@ -1,15 +1,14 @@
 //! Crash safety: dirty data journaled under --cache-dir survives a SIGKILL of the daemon
 //! and is uploaded by the next mount with the same cache directory.
+//!
+//! Every test runs `alone()`: another test's fork+exec closes inherited descriptors, and
+//! that close sends FLUSH, which would upload before the kill; and one sets the umask.
 
-mod common;
+use crate::common;
 
 use common::{BUCKET, Mount, object, pattern, put, server};
 use std::io::Write;
 use std::time::Duration;
-
-/// The tests run one at a time: another test's fork+exec closes inherited descriptors,
-/// and that close sends FLUSH, which would upload before the kill.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Writes `data` to `name` in a thread whose close() blocks on a slow server, kills the
 /// daemon while the upload is in flight, and returns the cache directory.
@@ -42,7 +41,7 @@ fn kill_during_close(
 
 #[test]
 fn data_written_before_a_crash_reaches_the_bucket_at_the_next_mount() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = common::alone();
     let s = server();
     let cache = tempfile::tempdir().unwrap();
     let data = pattern(3 << 20, 21);
@@ -70,7 +69,7 @@ fn data_written_before_a_crash_reaches_the_bucket_at_the_next_mount() {
 
 #[test]
 fn a_base_changed_remotely_meanwhile_gives_a_conflict_copy() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = common::alone();
     let s = server();
     put(&s, "shared.txt", "original");
     let cache = tempfile::tempdir().unwrap();
@@ -92,7 +91,7 @@ fn a_base_changed_remotely_meanwhile_gives_a_conflict_copy() {
 
 #[test]
 fn a_stale_multipart_upload_is_aborted_and_the_file_uploaded() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = common::alone();
     let s = server();
     let cache = tempfile::tempdir().unwrap();
     let data = pattern(12 << 20, 5);
@@ -145,7 +144,7 @@ fn modes(root: &std::path::Path) -> Vec<(std::path::PathBuf, u32, bool)> {
 
 #[test]
 fn under_umask_0_the_cache_directory_blocks_staging_and_journal_are_private() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = common::alone();
     let _umask = Umask::set(0);
     let s = server();
     put(&s, "read.bin", pattern(2 << 20, 9));
@@ -192,7 +191,7 @@ fn craft_record(cache: &std::path::Path, endpoint: &str, key: &str, staging: &st
 
 #[test]
 fn a_record_naming_a_file_outside_the_staging_directory_is_refused() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = common::alone();
     let s = server();
     let cache = tempfile::tempdir().unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
@@ -213,7 +212,7 @@ fn a_record_naming_a_file_outside_the_staging_directory_is_refused() {
 
 #[test]
 fn a_record_of_another_endpoint_waits_for_a_mount_of_that_endpoint() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = common::alone();
     let (ours, other) = (server(), server());
     let cache = tempfile::tempdir().unwrap();
     let data = pattern(2 << 20, 11);
@@ -233,7 +232,7 @@ fn a_record_of_another_endpoint_waits_for_a_mount_of_that_endpoint() {
 
 #[test]
 fn a_read_only_mount_does_not_recover() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = common::alone();
     let s = server();
     let cache = tempfile::tempdir().unwrap();
     let data = pattern(2 << 20, 12);
@@ -252,7 +251,7 @@ fn a_read_only_mount_does_not_recover() {
 /// not come back.
 #[test]
 fn a_delete_the_killed_daemon_had_not_sent_is_sent_by_the_next_mount() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = common::alone();
     let s = server();
     let cache = tempfile::tempdir().unwrap();
     let args = ["--cache-dir", cache.path().to_str().unwrap()];

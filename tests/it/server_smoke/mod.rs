@@ -2,6 +2,7 @@
 //! for S3 semantics and auth, raw HTTP/1.1 where the SDK would hide what happens
 //! (redirects, truncated bodies). One test per quirk.
 
+use crate::common;
 use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -141,6 +142,7 @@ async fn raw_get(addr: SocketAddr, path_and_query: &str, headers: &[(&str, &str)
 
 #[tokio::test]
 async fn flat_keyspace_lets_a_file_a_directory_and_a_marker_coexist() {
+    let _turn = common::shared();
     let server = server().await;
     let client = client(&server);
     put(&client, "a", b"file a").await;
@@ -201,6 +203,7 @@ async fn flat_keyspace_lets_a_file_a_directory_and_a_marker_coexist() {
 
 #[tokio::test]
 async fn listings_page_with_continuation_tokens_and_markers() {
+    let _turn = common::shared();
     let server = server().await;
     for key in ["k1", "k2", "k3", "k4", "k5"] {
         server.backend().put_object(BUCKET, key, "x", &[]).expect("put");
@@ -254,6 +257,7 @@ async fn listings_page_with_continuation_tokens_and_markers() {
 
 #[tokio::test]
 async fn wrong_credentials_are_refused_with_403() {
+    let _turn = common::shared();
     let server = server().await;
     let wrong_secret = client_with(&server, "not-the-secret", RequestChecksumCalculation::WhenSupported);
     let result = wrong_secret.list_objects_v2().bucket(BUCKET).send().await;
@@ -274,6 +278,7 @@ async fn wrong_credentials_are_refused_with_403() {
 
 #[tokio::test]
 async fn conditions_ranges_copies_and_deletes_follow_s3() {
+    let _turn = common::shared();
     let server = server().await;
     let client = client(&server);
     put(&client, "obj", b"0123456789").await;
@@ -364,6 +369,7 @@ async fn conditions_ranges_copies_and_deletes_follow_s3() {
 
 #[tokio::test]
 async fn multipart_uploads_assemble_parts_and_copy_ranges() {
+    let _turn = common::shared();
     let server = start(ServerConfig {
         min_part_size: 4,
         ..ServerConfig::default()
@@ -494,6 +500,7 @@ async fn multipart_uploads_assemble_parts_and_copy_ranges() {
 
 #[tokio::test]
 async fn reject_checksums_refuses_the_sdk_default_but_not_plain_uploads() {
+    let _turn = common::shared();
     let server = server().await;
     server.quirks().set_reject_checksums(true);
     let default_put = client(&server)
@@ -514,6 +521,7 @@ async fn reject_checksums_refuses_the_sdk_default_but_not_plain_uploads() {
 
 #[tokio::test]
 async fn redirect_get_sends_authenticated_downloads_to_a_cdn_that_refuses_s3_auth() {
+    let _turn = common::shared();
     let server = server().await;
     server
         .backend()
@@ -566,6 +574,7 @@ async fn redirect_get_sends_authenticated_downloads_to_a_cdn_that_refuses_s3_aut
 
 #[tokio::test]
 async fn reject_list_v1_only_allows_list_objects_v2() {
+    let _turn = common::shared();
     let server = server().await;
     server.quirks().set_reject_list_v1(true);
     let client = client(&server);
@@ -581,6 +590,7 @@ async fn reject_list_v1_only_allows_list_objects_v2() {
 
 #[tokio::test]
 async fn drop_user_metadata_neither_stores_nor_returns_it() {
+    let _turn = common::shared();
     let server = server().await;
     server
         .backend()
@@ -621,6 +631,7 @@ async fn drop_user_metadata_neither_stores_nor_returns_it() {
 
 #[tokio::test]
 async fn reject_trailing_slash_keys_refuses_directory_markers() {
+    let _turn = common::shared();
     let server = server().await;
     server.quirks().set_reject_trailing_slash_keys(true);
     let client = client(&server);
@@ -639,6 +650,7 @@ async fn reject_trailing_slash_keys_refuses_directory_markers() {
 
 #[tokio::test]
 async fn reject_upload_part_copy_answers_501() {
+    let _turn = common::shared();
     let server = server().await;
     server.backend().put_object(BUCKET, "source", "x", &[]).expect("put");
     server.quirks().set_reject_upload_part_copy(true);
@@ -664,6 +676,7 @@ async fn reject_upload_part_copy_answers_501() {
 
 #[tokio::test]
 async fn reject_delete_objects_answers_501_but_single_deletes_work() {
+    let _turn = common::shared();
     let server = server().await;
     server.backend().put_object(BUCKET, "k", "x", &[]).expect("put");
     server.quirks().set_reject_delete_objects(true);
@@ -688,6 +701,7 @@ async fn reject_delete_objects_answers_501_but_single_deletes_work() {
 
 #[tokio::test]
 async fn max_put_size_limits_put_object_but_not_parts() {
+    let _turn = common::shared();
     let server = server().await;
     server.quirks().set_max_put_size(Some(4));
     let client = plain_client(&server);
@@ -721,6 +735,7 @@ async fn max_put_size_limits_put_object_but_not_parts() {
 
 #[tokio::test]
 async fn inject_errors_fails_the_next_matching_requests() {
+    let _turn = common::shared();
     let server = server().await;
     server.backend().put_object(BUCKET, "k", "x", &[]).expect("put");
     let client = client(&server);
@@ -773,6 +788,7 @@ async fn inject_errors_fails_the_next_matching_requests() {
 
 #[tokio::test]
 async fn reset_mid_body_truncates_downloads_on_both_listeners() {
+    let _turn = common::shared();
     let server = server().await;
     server
         .backend()
@@ -820,6 +836,7 @@ async fn reset_mid_body_truncates_downloads_on_both_listeners() {
 
 #[tokio::test]
 async fn stall_body_pauses_mid_download() {
+    let _turn = common::shared();
     let server = server().await;
     server
         .backend()
@@ -834,6 +851,7 @@ async fn stall_body_pauses_mid_download() {
 
 #[tokio::test]
 async fn repeat_continuation_token_echoes_each_token_once() {
+    let _turn = common::shared();
     let server = server().await;
     for key in ["k1", "k2", "k3"] {
         server.backend().put_object(BUCKET, key, "x", &[]).expect("put");
@@ -861,6 +879,7 @@ async fn repeat_continuation_token_echoes_each_token_once() {
 
 #[tokio::test]
 async fn latency_delays_every_answer() {
+    let _turn = common::shared();
     let server = server().await;
     let latency = Duration::from_millis(200);
     server.quirks().set_latency(latency);
@@ -876,6 +895,7 @@ async fn latency_delays_every_answer() {
 
 #[tokio::test]
 async fn volume_full_refuses_writes_with_507() {
+    let _turn = common::shared();
     let server = server().await;
     server.backend().put_object(BUCKET, "k", "x", &[]).expect("put");
     server.quirks().set_volume_full(true);
@@ -903,6 +923,7 @@ async fn volume_full_refuses_writes_with_507() {
 
 #[test]
 fn start_blocking_serves_synchronous_callers_until_dropped() {
+    let _turn = common::shared();
     let server = start_blocking(ServerConfig::default());
     server.backend().create_bucket(BUCKET);
     server.backend().put_object(BUCKET, "k", "sync", &[]).expect("put");

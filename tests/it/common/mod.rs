@@ -1,19 +1,83 @@
 //! Shared test harness: an in-process S3 server and real FUSE mounts of it, each mount
-//! undone by a Drop guard (also when the test panics).
+//! undone by a Drop guard (also when the test panics), and the turns tests take.
 #![allow(dead_code)]
 
 pub mod moto;
 
 use s3vol::server::{RunningServer, ServerConfig, start_blocking};
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
+
+/// Every test of this binary starts with a turn: [`shared`] or [`alone`].
+static TURNS: RwLock<()> = RwLock::new(());
+
+thread_local! {
+    /// Whether this thread's test holds its turn.
+    static IN_TURN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A test's turn, held until dropped (bind it: `let _turn = shared();`).
+pub struct Turn {
+    _guard: Guard,
+}
+
+enum Guard {
+    Shared(RwLockReadGuard<'static, ()>),
+    Alone(RwLockWriteGuard<'static, ()>),
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        IN_TURN.with(|t| t.set(false));
+    }
+}
+
+/// A turn beside any other `shared` test (the test threads run them two or more at a time,
+/// as cargo ran the tests of one crate).
+pub fn shared() -> Turn {
+    take_turn(|| Guard::Shared(TURNS.read().unwrap_or_else(PoisonError::into_inner)))
+}
+
+/// A turn with no other test running in this process. For tests that would disturb others
+/// or be disturbed by them: a SIGKILL of the daemon while a file is open on its mount (any
+/// other test's fork+exec closes the descriptors its child inherited, which sends FLUSH
+/// and uploads early), process-wide state (umask, resource limits, the kernel's caches),
+/// heavy load, and measurements of memory, CPU or request counts within a metadata TTL.
+pub fn alone() -> Turn {
+    take_turn(|| Guard::Alone(TURNS.write().unwrap_or_else(PoisonError::into_inner)))
+}
+
+fn take_turn(take: impl FnOnce() -> Guard) -> Turn {
+    // A second turn on one thread would deadlock as soon as an `alone` test waits.
+    assert!(
+        !IN_TURN.with(Cell::get),
+        "this test already holds its turn: take `shared()` or `alone()` once, at its start"
+    );
+    let guard = take();
+    IN_TURN.with(|t| t.set(true));
+    Turn { _guard: guard }
+}
+
+/// Panics unless the calling test holds its turn: a test that forgot it would overlap the
+/// tests that must run alone.
+#[track_caller]
+pub fn assert_in_turn() {
+    assert!(
+        IN_TURN.with(Cell::get),
+        "start the test with `let _turn = common::shared();` (or `common::alone()`): every \
+         test of this binary takes a turn"
+    );
+}
 
 pub const BUCKET: &str = "test";
 
 /// A fresh server with an empty bucket `test`; parts of any size are accepted so tests
 /// can use small part sizes.
 pub fn server() -> RunningServer {
+    assert_in_turn();
     let server = start_blocking(ServerConfig {
         min_part_size: 0,
         ..ServerConfig::default()
@@ -91,6 +155,7 @@ impl Mount {
     /// Mounts `source` at `endpoint`; `credentials` puts them in the daemon's environment
     /// (and may redirect its stderr).
     pub fn with_env(source: &str, endpoint: &str, extra: &[&str], credentials: impl FnOnce(&mut Command)) -> Mount {
+        assert_in_turn();
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).expect("mountpoint");

@@ -5,7 +5,7 @@
 //! in the bucket after the unmount; the daemon's peak RSS stays within `--memory-limit`
 //! plus a stated overhead, and it holds no more file descriptors or threads than before.
 
-mod common;
+use crate::common;
 
 use common::{BUCKET, Mount, object, pattern, put, server, walk};
 use std::collections::{BTreeMap, BTreeSet};
@@ -311,6 +311,7 @@ fn check_tree(root: &Path, expected: &BTreeMap<String, Vec<u8>>) {
 
 #[test]
 fn thirty_two_threads_of_readers_and_writers_lose_nothing_and_leak_nothing() {
+    let _turn = common::alone();
     let s = server();
     let shared = Arc::new(shared_set());
     for (key, data) in shared.iter() {
@@ -438,6 +439,7 @@ fn peak_rss_of_concurrent_uploads(threads: usize, size: usize, extra: &[&str]) -
 /// uploads of 5 MiB parts (which wait for part slots).
 #[test]
 fn concurrent_uploads_stay_within_the_memory_budget() {
+    let _turn = common::alone();
     let single_put = peak_rss_of_concurrent_uploads(16, 15 * MIB, &[]);
     let multipart = peak_rss_of_concurrent_uploads(16, 15 * MIB, &["--part-size", "5MiB"]);
     eprintln!("peak RSS: {single_put} MiB with single PUTs, {multipart} MiB with 5 MiB parts");

@@ -1,9 +1,9 @@
 //! Process limits (issue 20 item 7): the daemon raises its open-files soft limit to the
 //! hard limit, and its control socket neither spins nor dies when the daemon runs out of
-//! descriptors. Both tests change limits (of this process, of the daemon): keep them in
-//! this binary of their own.
+//! descriptors. Both tests change limits (of this process, of the daemon) and measure
+//! the daemon's CPU time: they run `alone()`.
 
-mod common;
+use crate::common;
 
 use common::{Mount, server};
 use std::io::{BufRead, BufReader, Write};
@@ -35,6 +35,23 @@ fn set_own_open_files_limits(soft: u64, hard: u64) {
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0, "setrlimit");
 }
 
+/// This process's open files limits, set back as they were when dropped: the tests that
+/// run after this one in the same binary keep the limits the binary started with.
+struct OwnLimits((u64, u64));
+
+impl OwnLimits {
+    fn save() -> OwnLimits {
+        OwnLimits(open_files_limits(std::process::id()))
+    }
+}
+
+impl Drop for OwnLimits {
+    fn drop(&mut self) {
+        let (soft, hard) = self.0;
+        set_own_open_files_limits(soft, hard);
+    }
+}
+
 fn descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("daemon alive")
@@ -60,6 +77,8 @@ fn cpu_time(pid: u32) -> Duration {
 
 #[test]
 fn the_daemon_raises_its_open_files_soft_limit_to_the_hard_limit() {
+    let _turn = common::alone();
+    let _restored = OwnLimits::save();
     let (_, hard) = open_files_limits(std::process::id());
     // A soft limit below the hard one, inherited by the daemon as from a login shell.
     let soft = (hard / 2).clamp(256, 4096);
@@ -77,6 +96,7 @@ fn the_daemon_raises_its_open_files_soft_limit_to_the_hard_limit() {
 
 #[test]
 fn the_control_socket_waits_out_a_full_descriptor_table_and_serves_again() {
+    let _turn = common::alone();
     let s = server();
     let m = Mount::new(&s, &[]);
     let pid = m.pid();

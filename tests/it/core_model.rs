@@ -13,7 +13,9 @@
 //!
 //! `PROPTEST_CASES=N` runs more cases; a failure prints the shrunk operation sequence.
 
+use crate::common;
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use s3vol::fs::{Caller, Errno, Fs, FsConfig, Kind, OpenMode, ROOT_INO, SetAttr, UploadMode};
 use s3vol::provider::{Overrides, Resolved};
 use s3vol::source::Source;
@@ -624,10 +626,17 @@ fn run(ops: &[Op]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    // Regressions in `core_model.proptest-regressions` beside this file (the default would
+    // look for them under tests/proptest-regressions/, tests/it/ holding a main.rs).
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn the_core_matches_the_model_under_out_of_band_changes(ops in prop::collection::vec(op_strategy(), 1..40)) {
+        let _turn = common::shared();
         run(&ops);
     }
 }
@@ -635,6 +644,7 @@ proptest! {
 /// A few sequences that once mattered, run on every test run whatever the random seed.
 #[test]
 fn fixed_sequences() {
+    let _turn = common::shared();
     let p = |i| Pick(i);
     // universe(): a a/a a/b a/c b b/a b/b b/c c c/a c/b c/c (sorted with model paths).
     run(&[
@@ -694,6 +704,7 @@ fn write_while_replaced(base: &[u8], offset: u64, local: &[u8], theirs: &[u8]) -
 /// theirs untouched), never a mix of their bytes and ours.
 #[test]
 fn an_upload_never_mixes_a_remotely_replaced_base_with_local_changes() {
+    let _turn = common::shared();
     let block = BLOCK as usize;
     for (size, offset, len) in [(block / 2, 10, 100), (3 * block, block, block)] {
         let base = bytes(size, 1);
@@ -723,6 +734,7 @@ fn an_upload_never_mixes_a_remotely_replaced_base_with_local_changes() {
 /// running from that file dies of SIGSEGV (pjdfstest open::etxtbsy shows it).
 #[test]
 fn o_trunc_truncates_whatever_the_access_mode() {
+    let _turn = common::shared();
     block_on(async {
         let core = Core::new();
         core.remote_put("f", bytes(100, 1)).await;
@@ -752,6 +764,7 @@ fn o_trunc_truncates_whatever_the_access_mode() {
 /// object's metadata.
 #[test]
 fn a_symlink_replaced_remotely_by_a_plain_object_is_a_file_again() {
+    let _turn = common::shared();
     block_on(async {
         let core = Core::new();
         core.fs.symlink(ROOT_INO, "l", "target", CALLER).await.expect("symlink");
@@ -769,6 +782,7 @@ fn a_symlink_replaced_remotely_by_a_plain_object_is_a_file_again() {
 /// after the metadata TTL) is spared that LIST, and still becomes a directory if it did.
 #[test]
 fn revalidating_a_file_lists_only_its_directory() {
+    let _turn = common::shared();
     block_on(async {
         let core = Core::new();
         core.remote_put("f", b"data".to_vec()).await;
@@ -822,6 +836,7 @@ where
 /// file back.
 #[test]
 fn a_listing_older_than_a_deferred_delete_does_not_bring_the_file_back() {
+    let _turn = common::shared();
     block_on(async {
         let core = Core::new();
         let names = observe_across_a_deferred_delete(&core, |fs, dir| async move {
@@ -839,6 +854,7 @@ fn a_listing_older_than_a_deferred_delete_does_not_bring_the_file_back() {
 /// The same for a lookup, whose HEAD and LISTs may find the file before its delete.
 #[test]
 fn a_lookup_older_than_a_deferred_delete_does_not_find_the_file() {
+    let _turn = common::shared();
     block_on(async {
         let core = Core::new();
         let found =

@@ -1,7 +1,7 @@
 //! The command line: check, mount in the background, status, unmount, signals, and the
 //! clear errors before anything is mounted.
 
-mod common;
+use crate::common;
 
 use common::{BUCKET, is_mounted, object, put, server};
 use std::process::{Command, Output};
@@ -27,6 +27,7 @@ fn text(o: &Output) -> String {
 
 #[test]
 fn check_prints_the_profile_and_the_first_keys() {
+    let _turn = common::shared();
     let s = server();
     put(&s, "models/a.bin", "a");
     put(&s, "readme", "r");
@@ -55,6 +56,7 @@ fn check_prints_the_profile_and_the_first_keys() {
 
 #[test]
 fn check_fails_clearly_on_bad_input() {
+    let _turn = common::shared();
     let s = server();
     let cases: &[(&[&str], i32, &str)] = &[
         (&["check", "ftp://x"], 2, "unknown scheme"),
@@ -155,6 +157,7 @@ impl Background {
 
 #[test]
 fn mount_in_the_background_status_and_unmount() {
+    let _turn = common::shared();
     let s = server();
     put(&s, "hello.txt", "hi");
     let bg = Background::mount(&s, &[]);
@@ -178,6 +181,7 @@ fn mount_in_the_background_status_and_unmount() {
 
 #[test]
 fn unmount_finishes_when_nobody_reads_its_output() {
+    let _turn = common::shared();
     let s = server();
     let bg = Background::mount(&s, &["--upload-on-close", "false"]);
     let path = bg.path.clone();
@@ -199,6 +203,7 @@ fn unmount_finishes_when_nobody_reads_its_output() {
 
 #[test]
 fn mount_refuses_what_cannot_work_before_mounting() {
+    let _turn = common::shared();
     let s = server();
     let dir = tempfile::tempdir().unwrap();
     let busy = dir.path().join("busy");
@@ -240,6 +245,7 @@ fn mount_refuses_what_cannot_work_before_mounting() {
 
 #[test]
 fn sigterm_uploads_dirty_data_then_unmounts() {
+    let _turn = common::shared();
     let s = server();
     let m = common::Mount::new(&s, &["--upload-on-close", "false"]);
     // Slow uploads: dirty data is still pending when the signal arrives.
@@ -275,6 +281,7 @@ fn sigterm_uploads_dirty_data_then_unmounts() {
 /// it cannot write are dropped, never fatal.
 #[test]
 fn a_daemon_whose_stderr_is_gone_still_stops_on_sigint_and_sigterm() {
+    let _turn = common::shared();
     let s = server();
     for signal in [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGTERM] {
         let (reader, writer) = std::io::pipe().unwrap();
@@ -296,6 +303,7 @@ fn a_daemon_whose_stderr_is_gone_still_stops_on_sigint_and_sigterm() {
 /// open file keeps working, and the daemon uploads it and exits once it is closed.
 #[test]
 fn a_signal_detaches_a_busy_mount_and_exits_when_its_last_file_closes() {
+    let _turn = common::shared();
     use std::io::Write;
     let s = server();
     let mut m = common::Mount::new(&s, &[]);
@@ -327,6 +335,7 @@ fn a_signal_detaches_a_busy_mount_and_exits_when_its_last_file_closes() {
 
 #[test]
 fn sighup_reopens_the_log_file() {
+    let _turn = common::shared();
     let s = server();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("s3vol.log");
@@ -375,6 +384,7 @@ impl Drop for Demo {
 
 #[test]
 fn demo_prints_commands_that_run_as_printed() {
+    let _turn = common::shared();
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     // A space and a quote in the path: the printed commands must quote it.
@@ -448,6 +458,7 @@ fn demo_prints_commands_that_run_as_printed() {
 
 #[test]
 fn a_cache_directory_others_can_write_or_own_is_refused() {
+    let _turn = common::shared();
     use std::os::unix::fs::PermissionsExt;
     let s = server();
     let dir = tempfile::tempdir().unwrap();
@@ -489,6 +500,7 @@ fn a_cache_directory_others_can_write_or_own_is_refused() {
 
 #[test]
 fn a_cache_directory_only_others_can_read_is_made_private() {
+    let _turn = common::shared();
     use std::os::unix::fs::PermissionsExt;
     let s = server();
     let cache = tempfile::tempdir().unwrap();
@@ -508,6 +520,7 @@ fn a_cache_directory_only_others_can_read_is_made_private() {
 
 #[test]
 fn unmount_refuses_a_live_mount_whose_control_socket_is_gone() {
+    let _turn = common::shared();
     let s = server();
     let bg = Background::mount(&s, &[]);
     let socket = s3vol::control::socket_path(&std::fs::canonicalize(&bg.path).unwrap());

@@ -4,6 +4,7 @@
 //! (and the server's request counters prove which path was taken) or failed with the
 //! mapped `StoreError`.
 
+use crate::common;
 use std::fmt::Debug;
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -217,6 +218,7 @@ async fn multipart(store: &S3Store, key: &str, parts: &[Bytes]) -> StoreResult<S
 
 #[tokio::test]
 async fn hf_profile_sends_checksums_only_when_required() {
+    let _turn = common::shared();
     let server = server().await;
     server.quirks().set_reject_checksums(true);
     let store = hf_store(&server).await;
@@ -243,6 +245,7 @@ async fn hf_profile_sends_checksums_only_when_required() {
 
 #[tokio::test]
 async fn generic_profile_default_checksums_are_refused_by_a_checksum_rejecting_gateway() {
+    let _turn = common::shared();
     let server = server().await;
     server.quirks().set_reject_checksums(true);
     let store = s3_store(&server).await;
@@ -259,6 +262,7 @@ async fn generic_profile_default_checksums_are_refused_by_a_checksum_rejecting_g
 
 #[tokio::test]
 async fn hf_namespace_in_the_endpoint_path_addresses_namespace_bucket_and_key() {
+    let _turn = common::shared();
     let server = server().await;
     let store = hf_namespaced_store(&server).await;
     assert_eq!(
@@ -284,6 +288,7 @@ async fn hf_namespace_in_the_endpoint_path_addresses_namespace_bucket_and_key() 
 
 #[tokio::test]
 async fn get_redirect_is_followed_without_authorization() {
+    let _turn = common::shared();
     let server = server().await;
     server.quirks().set_redirect_get(true);
     let store = hf_store(&server).await;
@@ -303,6 +308,7 @@ async fn get_redirect_is_followed_without_authorization() {
 
 #[tokio::test]
 async fn get_redirect_failing_at_the_cdn_is_retried() {
+    let _turn = common::shared();
     let server = server().await;
     server.quirks().set_redirect_get(true);
     let store = hf_store(&server).await;
@@ -325,6 +331,7 @@ async fn get_redirect_failing_at_the_cdn_is_retried() {
 
 #[tokio::test]
 async fn list_v1_rejection_does_not_matter_list_v2_is_used() {
+    let _turn = common::shared();
     let server = server().await;
     server.quirks().set_reject_list_v1(true);
     let store = s3_store(&server).await;
@@ -341,6 +348,7 @@ async fn list_v1_rejection_does_not_matter_list_v2_is_used() {
 
 #[tokio::test]
 async fn hf_profile_does_not_send_user_metadata_but_keeps_content_type() {
+    let _turn = common::shared();
     let server = server().await; // no drop_user_metadata: the server would store it
     let store = hf_store(&server).await;
     let opts = PutOptions {
@@ -362,6 +370,7 @@ async fn hf_profile_does_not_send_user_metadata_but_keeps_content_type() {
 
 #[tokio::test]
 async fn dropped_user_metadata_reads_back_empty() {
+    let _turn = common::shared();
     let server = server().await;
     server.quirks().set_drop_user_metadata(true);
     let store = s3_store(&server).await; // sends x-amz-meta-mode
@@ -381,6 +390,7 @@ async fn dropped_user_metadata_reads_back_empty() {
 
 #[tokio::test]
 async fn trailing_slash_key_is_refused_before_sending_on_hf() {
+    let _turn = common::shared();
     let server = server().await;
     server.quirks().set_reject_trailing_slash_keys(true);
     let store = hf_store(&server).await;
@@ -415,6 +425,7 @@ async fn trailing_slash_key_is_refused_before_sending_on_hf() {
 
 #[tokio::test]
 async fn trailing_slash_key_refused_by_the_server_fails_on_a_generic_profile() {
+    let _turn = common::shared();
     let server = server().await;
     server.quirks().set_reject_trailing_slash_keys(true);
     let store = s3_store(&server).await;
@@ -436,6 +447,7 @@ async fn trailing_slash_key_refused_by_the_server_fails_on_a_generic_profile() {
 
 #[tokio::test]
 async fn upload_part_copy_is_unsupported_on_runpod_without_a_request() {
+    let _turn = common::shared();
     let server = server().await;
     let store = runpod_store(&server).await;
     put_direct(&server, "src", &pattern(100, 0));
@@ -452,6 +464,7 @@ async fn upload_part_copy_is_unsupported_on_runpod_without_a_request() {
 
 #[tokio::test]
 async fn upload_part_copy_refused_by_the_server_is_unsupported() {
+    let _turn = common::shared();
     let server = server().await;
     server.quirks().set_reject_upload_part_copy(true);
     let store = s3_store(&server).await;
@@ -466,6 +479,7 @@ async fn upload_part_copy_refused_by_the_server_is_unsupported() {
 
 #[tokio::test]
 async fn delete_many_on_runpod_deletes_one_by_one() {
+    let _turn = common::shared();
     let server = server().await;
     server.quirks().set_reject_delete_objects(true);
     let store = runpod_store(&server).await;
@@ -485,6 +499,7 @@ async fn delete_many_on_runpod_deletes_one_by_one() {
 
 #[tokio::test]
 async fn delete_objects_refused_by_the_server_is_unsupported() {
+    let _turn = common::shared();
     let server = server().await;
     server.quirks().set_reject_delete_objects(true);
     let store = s3_store(&server).await;
@@ -498,6 +513,7 @@ async fn delete_objects_refused_by_the_server_is_unsupported() {
 
 #[tokio::test]
 async fn put_over_the_profile_max_put_size_is_refused_client_side() {
+    let _turn = common::shared();
     let server = server().await;
     let overrides = Overrides {
         max_put_size: Some(1000),
@@ -524,6 +540,7 @@ async fn put_over_the_profile_max_put_size_is_refused_client_side() {
 
 #[tokio::test]
 async fn put_over_the_server_max_put_size_fails() {
+    let _turn = common::shared();
     let server = server().await;
     server.quirks().set_max_put_size(Some(1000));
     let store = s3_store(&server).await; // profile limit 5 GiB: the server decides
@@ -548,6 +565,7 @@ async fn put_over_the_server_max_put_size_fails() {
 
 #[tokio::test]
 async fn volume_full_is_no_space() {
+    let _turn = common::shared();
     let server = server().await;
     let store = runpod_store(&server).await;
     put_direct(&server, "src", &pattern(10, 0));
@@ -577,6 +595,7 @@ async fn volume_full_is_no_space() {
 
 #[tokio::test]
 async fn repeated_continuation_token_is_retried_and_pagination_completes() {
+    let _turn = common::shared();
     let server = server().await;
     server.quirks().set_repeat_continuation_token(true);
     let store = runpod_store(&server).await;
@@ -595,6 +614,7 @@ async fn repeated_continuation_token_is_retried_and_pagination_completes() {
 
 #[tokio::test]
 async fn injected_5xx_are_retried_within_the_attempt_budget() {
+    let _turn = common::shared();
     let server = server().await;
     let store = s3_store(&server).await;
     let body = pattern(2000, 7);
@@ -625,6 +645,7 @@ async fn injected_5xx_are_retried_within_the_attempt_budget() {
 
 #[tokio::test]
 async fn injected_5xx_beyond_the_attempt_budget_are_transient() {
+    let _turn = common::shared();
     let server = server().await;
     let store = s3_store(&server).await;
     put_direct(&server, "f", &pattern(100, 0));
@@ -655,6 +676,7 @@ fn failure_of<T: Debug>(server: &RunningServer, result: StoreResult<T>, kind: In
 
 #[tokio::test]
 async fn mid_body_reset_is_resumed_from_the_last_byte() {
+    let _turn = common::shared();
     let server = server().await;
     let store = s3_store(&server).await;
     let body = pattern(200_000, 8);
@@ -669,6 +691,7 @@ async fn mid_body_reset_is_resumed_from_the_last_byte() {
 
 #[tokio::test]
 async fn mid_body_reset_after_a_redirect_is_resumed() {
+    let _turn = common::shared();
     let server = server().await;
     server.quirks().set_redirect_get(true);
     let store = hf_store(&server).await;
@@ -684,6 +707,7 @@ async fn mid_body_reset_after_a_redirect_is_resumed() {
 
 #[tokio::test]
 async fn stalled_body_is_resumed_after_the_read_timeout() {
+    let _turn = common::shared();
     let server = server().await;
     let stall = Duration::from_secs(5);
     // Long enough that a busy machine answers ordinary requests in time.
@@ -718,6 +742,7 @@ async fn stalled_body_is_resumed_after_the_read_timeout() {
 
 #[tokio::test]
 async fn added_latency_is_tolerated() {
+    let _turn = common::shared();
     let server = server().await;
     let latency = ms(60);
     server.quirks().set_latency(latency);
@@ -735,6 +760,7 @@ async fn added_latency_is_tolerated() {
 
 #[tokio::test]
 async fn unreachable_endpoint_is_transient_within_the_connect_timeout() {
+    let _turn = common::shared();
     let server = server().await; // only for its credentials
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", closed.local_addr().unwrap());
@@ -762,6 +788,7 @@ async fn unreachable_endpoint_is_transient_within_the_connect_timeout() {
 
 #[tokio::test]
 async fn wrong_secret_is_access_denied() {
+    let _turn = common::shared();
     let server = server().await;
     put_direct(&server, "f", &pattern(10, 0));
     let mut bad = settings(&server);
@@ -790,6 +817,7 @@ async fn wrong_secret_is_access_denied() {
 
 #[tokio::test]
 async fn missing_bucket_is_an_error_naming_the_bucket() {
+    let _turn = common::shared();
     let server = server().await;
     let store = connect("s3://no-such-bucket", generic_overrides(&server), settings(&server)).await;
 
@@ -812,6 +840,7 @@ async fn missing_bucket_is_an_error_naming_the_bucket() {
 
 #[tokio::test]
 async fn missing_key_is_not_found() {
+    let _turn = common::shared();
     let server = server().await;
     let store = s3_store(&server).await;
 
@@ -830,6 +859,7 @@ async fn missing_key_is_not_found() {
 
 #[tokio::test]
 async fn if_match_mismatch_is_precondition_failed_with_the_sdk_if_match() {
+    let _turn = common::shared();
     let server = server().await;
     let store = s3_store(&server).await;
     let etag = store.put("f", pattern(100, 1), &PutOptions::default()).await.unwrap();
@@ -854,6 +884,7 @@ async fn if_match_mismatch_is_precondition_failed_with_the_sdk_if_match() {
 
 #[tokio::test]
 async fn if_match_mismatch_is_precondition_failed_after_a_redirect() {
+    let _turn = common::shared();
     let server = server().await;
     server.quirks().set_redirect_get(true);
     let store = hf_store(&server).await; // does not send If-Match on GET: compares ETags
@@ -876,6 +907,7 @@ async fn if_match_mismatch_is_precondition_failed_after_a_redirect() {
 
 #[tokio::test]
 async fn put_if_none_match_refuses_an_existing_key() {
+    let _turn = common::shared();
     let server = server().await;
     let store = s3_store(&server).await;
     let create = PutOptions {
@@ -892,6 +924,7 @@ async fn put_if_none_match_refuses_an_existing_key() {
 
 #[tokio::test]
 async fn multipart_create_upload_complete_and_abort() {
+    let _turn = common::shared();
     let server = server().await;
     let store = s3_store(&server).await;
     let opts = PutOptions {
@@ -931,6 +964,7 @@ async fn multipart_create_upload_complete_and_abort() {
 
 #[tokio::test]
 async fn upload_part_copy_round_trip_on_a_generic_profile() {
+    let _turn = common::shared();
     let server = server().await;
     let store = s3_store(&server).await;
     let source = pattern(3000, 4);
@@ -956,6 +990,7 @@ async fn upload_part_copy_round_trip_on_a_generic_profile() {
 
 #[tokio::test]
 async fn copy_keeps_or_replaces_metadata() {
+    let _turn = common::shared();
     let server = server().await;
     let store = s3_store(&server).await;
     let body = pattern(300, 6);
@@ -984,6 +1019,7 @@ async fn copy_keeps_or_replaces_metadata() {
 
 #[tokio::test]
 async fn rename_without_rename_object_is_unsupported_without_a_request() {
+    let _turn = common::shared();
     let server = server().await;
     put_direct(&server, "a", &pattern(10, 0));
     for store in [
@@ -1002,6 +1038,7 @@ async fn rename_without_rename_object_is_unsupported_without_a_request() {
 
 #[tokio::test]
 async fn runpod_store_works_against_the_runpod_emulation() {
+    let _turn = common::shared();
     let server = server().await;
     server.quirks().emulate_runpod();
     let store = runpod_store(&server).await;
@@ -1037,6 +1074,7 @@ async fn runpod_store_works_against_the_runpod_emulation() {
 
 #[tokio::test]
 async fn hf_store_works_against_the_hugging_face_emulation() {
+    let _turn = common::shared();
     let server = server().await;
     server.quirks().emulate_hugging_face();
     let store = hf_store(&server).await;
@@ -1077,6 +1115,7 @@ async fn hf_store_works_against_the_hugging_face_emulation() {
 /// upload that names the version it replaces is refused once another client replaced it.
 #[tokio::test]
 async fn conditional_writes_refuse_an_object_replaced_meanwhile() {
+    let _turn = common::shared();
     let server = server().await;
     let store = s3_store(&server).await;
     let if_match = |etag: &str| PutOptions {

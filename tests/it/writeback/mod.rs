@@ -18,7 +18,7 @@
 //! separated by spaces) is added to every mount, to run the tests against another mode
 //! (e.g. `--upload-mode on-close`).
 
-mod common;
+use crate::common;
 
 use common::{BUCKET, Mount, close, is_mounted, object, pattern, server};
 use s3vol::server::{InjectedFailure, MemoryBackend, RequestFilter, RunningServer, ServerConfig, start_blocking};
@@ -31,14 +31,6 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// One test at a time: tests fork (`s3vol sync`, `fusermount3`), and a fork+exec closes
-/// the descriptors the child inherited, which sends FLUSH for another test's open files.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The longest a single file operation may take before the test calls it a hang. A
 /// write waiting for staging space may wait out the daemon's own bound first.
@@ -408,7 +400,7 @@ fn kill_at(m: Mount, copier: Copier, closes: usize) -> (Vec<usize>, String) {
 /// (With `--upload-mode on-close` every close waits for a 100 ms round trip: minutes.)
 #[test]
 fn every_closed_file_survives_sigkill_of_the_daemon() {
-    let _serial = serial();
+    let _turn = common::alone();
     let s = server();
     let cache = tempfile::tempdir().expect("cache dir");
     let files = small_files(2000);
@@ -535,7 +527,7 @@ fn prepare_dirs(m: &Mount, files: &[(String, Vec<u8>)]) {
 /// closes keep returning, and `s3vol sync` uploads everything once PUTs work again.
 #[test]
 fn closes_keep_returning_while_every_upload_fails() {
-    let _serial = serial();
+    let _turn = common::alone();
     let s = server();
     let files = small_files(600);
     let m = mount(&s, &[]);
@@ -574,7 +566,7 @@ fn closes_keep_returning_while_every_upload_fails() {
 /// absent server could not answer.)
 #[test]
 fn closes_keep_returning_while_the_server_is_down() {
-    let _serial = serial();
+    let _turn = common::alone();
     let s = server();
     let files = small_files(800);
     let m = mount(&s, &["--metadata-ttl", "inf"]);
@@ -598,7 +590,7 @@ fn closes_keep_returning_while_the_server_is_down() {
 /// directory, once the server is back, puts every recorded file in the bucket.
 #[test]
 fn a_daemon_killed_while_the_server_is_down_uploads_everything_at_the_next_mount() {
-    let _serial = serial();
+    let _turn = common::alone();
     let s = server();
     let cache = tempfile::tempdir().expect("cache dir");
     let files = small_files(600);
@@ -672,7 +664,7 @@ impl Drop for Tmpfs {
 /// is in the bucket byte for byte; writing works again.
 #[test]
 fn a_full_staging_disk_fails_writes_cleanly_and_loses_nothing_closed() {
-    let _serial = serial();
+    let _turn = common::alone();
     let s = server();
     let tmpfs = Tmpfs::new("32m");
     let cache = tmpfs.path().join("cache");
@@ -749,7 +741,7 @@ fn a_full_staging_disk_fails_writes_cleanly_and_loses_nothing_closed() {
 /// running at full speed.
 #[test]
 fn an_unlinked_pending_file_never_reaches_the_bucket() {
-    let _serial = serial();
+    let _turn = common::alone();
     let s = server();
     let m = mount(&s, &[]);
     fs::create_dir_all(m.join("gone")).expect("mkdir");
@@ -805,7 +797,7 @@ fn an_unlinked_pending_file_never_reaches_the_bucket() {
 /// meanwhile; what was uploaded before and deleted is deleted from the bucket.
 #[test]
 fn unlinks_before_a_sigkill_are_not_undone_by_the_next_mount() {
-    let _serial = serial();
+    let _turn = common::alone();
     let s = server();
     let cache = tempfile::tempdir().expect("cache dir");
     let m = mount_cache(&s, cache.path(), &["--metadata-ttl", "inf"]);
@@ -859,7 +851,7 @@ fn unlinks_before_a_sigkill_are_not_undone_by_the_next_mount() {
 /// Rewrites of a pending file upload in order: the bucket ends with the last version.
 #[test]
 fn the_last_close_wins() {
-    let _serial = serial();
+    let _turn = common::alone();
     let s = server();
     let m = mount(&s, &[]);
     fs::create_dir(m.join("v")).expect("mkdir");
@@ -888,7 +880,7 @@ fn the_last_close_wins() {
 /// Then the same racing uploads at full speed.
 #[test]
 fn a_renamed_pending_file_lands_under_its_new_name_only() {
-    let _serial = serial();
+    let _turn = common::alone();
     let s = server();
     let m = mount(&s, &[]);
     fs::create_dir(m.join("r")).expect("mkdir");
@@ -962,7 +954,7 @@ fn a_renamed_pending_file_lands_under_its_new_name_only() {
 /// directory renamed while its files' uploads are pending lands under the new prefix.
 #[test]
 fn rmdir_and_directory_rename_see_pending_files() {
-    let _serial = serial();
+    let _turn = common::alone();
     let s = server();
     let m = mount(&s, &[]);
     fs::create_dir(m.join("p")).expect("mkdir p");
@@ -1023,7 +1015,7 @@ fn rmdir_and_directory_rename_see_pending_files() {
 /// rename succeeds, and once PUTs work the files land under the new prefix only.
 #[test]
 fn a_directory_of_pending_files_renamed_while_uploads_fail() {
-    let _serial = serial();
+    let _turn = common::alone();
     let s = server();
     let m = mount(&s, &[]);
     fs::create_dir(m.join("src")).expect("mkdir");
@@ -1059,7 +1051,7 @@ fn a_directory_of_pending_files_renamed_while_uploads_fail() {
 /// fsync(2) returns once the file is in the bucket, and returns the upload's error.
 #[test]
 fn fsync_waits_for_the_bucket_and_returns_the_uploads_error() {
-    let _serial = serial();
+    let _turn = common::alone();
     let s = server();
     let m = mount(&s, &[]);
 
@@ -1103,7 +1095,7 @@ fn fsync_waits_for_the_bucket_and_returns_the_uploads_error() {
 /// `s3vol discard PATH` drops it.
 #[test]
 fn a_permanent_refusal_is_listed_returned_kept_and_discarded() {
-    let _serial = serial();
+    let _turn = common::alone();
     let s = server();
     let cache = tempfile::tempdir().expect("cache dir");
     s.quirks().set_max_put_size(Some(64 << 10));
@@ -1221,7 +1213,7 @@ fn a_permanent_refusal_is_listed_returned_kept_and_discarded() {
 /// wait and return the upload's error; `--upload-on-close false` is the default mode.
 #[test]
 fn upload_modes_and_the_deprecated_alias() {
-    let _serial = serial();
+    let _turn = common::alone();
     let s = server();
     for (options, waits) in [
         (&[][..], false),
