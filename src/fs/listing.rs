@@ -189,7 +189,7 @@ impl Fs {
             let mut continuation = None;
             let mut pagination = Pagination::default();
             loop {
-                let hidden_at_start = this.hidden_under(&key);
+                let hidden_at_start = this.deferred.hidden_under(&key);
                 this.stats.list_requests.fetch_add(1, Ordering::Relaxed);
                 let request = ListRequest {
                     prefix: key.clone(),

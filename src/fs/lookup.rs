@@ -158,7 +158,7 @@ impl Fs {
         let start = self.listing_start(parent, list_prefix);
         let child_start = ListingStart {
             changes: child.map_or(0, |c| self.tree().dir_changes(c)),
-            hidden: self.hidden_under(&dir_key),
+            hidden: self.deferred.hidden_under(&dir_key),
         };
         let list = self.first_page(list_prefix);
         let child_list = async {
@@ -214,7 +214,7 @@ impl Fs {
             }));
         }
         let head = head.map_err(|e| self.fail("HEAD", &key, e))?;
-        if start.hidden.contains(&key) || self.hidden_keys.lock().contains(&key) {
+        if start.hidden.contains(&key) || self.deferred.is_hidden(&key) {
             return Ok(None);
         }
         let listed = page.objects.iter().find(|o| o.key == key);
@@ -262,34 +262,24 @@ impl Fs {
     pub(super) fn listing_start(&self, dir: u64, prefix: &str) -> ListingStart {
         ListingStart {
             changes: self.tree().dir_changes(dir),
-            hidden: self.hidden_under(prefix),
+            hidden: self.deferred.hidden_under(prefix),
         }
-    }
-
-    /// The keys starting with `prefix` whose objects are being deleted.
-    pub(super) fn hidden_under(&self, prefix: &str) -> HashSet<String> {
-        let hidden = self.hidden_keys.lock();
-        starting_with(&hidden, prefix).cloned().collect()
-    }
-
-    /// Whether any key starting with `prefix` is being deleted.
-    pub(super) fn any_hidden_under(&self, prefix: &str) -> bool {
-        starting_with(&self.hidden_keys.lock(), prefix).next().is_some()
     }
 
     /// Drops entries whose object is being deleted (a file's key, or a directory's
     /// marker), or was when the listing was sent: the bucket may list them until the
     /// delete is done.
     pub(super) fn drop_hidden(&self, parent_key: &str, seen: &mut Vec<Seen>, hidden_at_start: &HashSet<String>) {
-        let hidden = self.hidden_keys.lock();
-        if hidden.is_empty() && hidden_at_start.is_empty() {
-            return;
-        }
-        let deleting = |key: &String| hidden.contains(key) || hidden_at_start.contains(key);
-        seen.retain(|e| {
-            let key = format!("{parent_key}{}", e.name);
-            let marker = format!("{key}/");
-            !(deleting(&key) || (e.kind == Kind::Dir && deleting(&marker)))
+        self.deferred.with_hidden(|hidden| {
+            if hidden.is_empty() && hidden_at_start.is_empty() {
+                return;
+            }
+            let deleting = |key: &String| hidden.contains(key) || hidden_at_start.contains(key);
+            seen.retain(|e| {
+                let key = format!("{parent_key}{}", e.name);
+                let marker = format!("{key}/");
+                !(deleting(&key) || (e.kind == Kind::Dir && deleting(&marker)))
+            });
         });
     }
 
@@ -379,10 +369,4 @@ impl Fs {
         node.fresh_until = until;
         Ok(node.attr)
     }
-}
-
-/// The keys of a sorted set that start with `prefix`, found by range.
-fn starting_with<'a>(keys: &'a BTreeSet<String>, prefix: &'a str) -> impl Iterator<Item = &'a String> {
-    keys.range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
-        .take_while(move |k| k.starts_with(prefix))
 }

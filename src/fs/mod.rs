@@ -5,6 +5,7 @@ pub mod attr;
 mod blocks;
 mod budget;
 mod content;
+mod deferred;
 mod dir;
 mod dirty;
 pub mod disk_cache;
@@ -45,7 +46,6 @@ use dir::{DirStream, ListState};
 use dirty::FileData;
 use parking_lot::Mutex;
 use readahead::ReadStreams;
-use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -171,11 +171,6 @@ pub struct Fs {
     blocks: Arc<BlockCache>,
     /// Open handles, local data and the unlink-while-open rule.
     handles: handles::Handles,
-    /// Keys whose objects are being deleted (in the background, or at a last close):
-    /// listings leave them out. Sorted, so a directory's are found by their prefix.
-    hidden_keys: Mutex<BTreeSet<String>>,
-    /// Directory markers being put in the background (`UploadMode::Background`).
-    pending_markers: Mutex<HashSet<String>>,
     list_prefetch: list_prefetch::ListPrefetch,
     /// Bounds the HEADs that read listed entries' metadata (see `listed_metadata.rs`).
     metadata_heads: tokio::sync::Semaphore,
@@ -185,7 +180,7 @@ pub struct Fs {
     /// Files' uploads after close: queued, in flight, refused.
     writeback: writeback::WriteBack,
     /// Directory markers and deletes deferred by `UploadMode::Background`.
-    background: BackgroundRequests,
+    deferred: deferred::Deferred,
     pub stats: FsStats,
     /// Tells the kernel an inode's cached attributes are stale (set by the FUSE adapter).
     kernel_attrs_stale: std::sync::OnceLock<AttrsStale>,
@@ -200,62 +195,6 @@ pub type AttrsStale = Arc<dyn Fn(u64) + Send + Sync>;
 /// Drops the kernel's cached entry `name` under the inode `parent` (the name went away
 /// without the kernel asking for it).
 pub type EntryGone = Arc<dyn Fn(u64, String) + Send + Sync>;
-
-struct BackgroundRequests {
-    /// One permit per request in flight: bounds them, and waiting for all permits is
-    /// waiting for them all to finish.
-    slots: Arc<tokio::sync::Semaphore>,
-    failed: AtomicU64,
-}
-
-/// Deferred markers and deletes in flight at once; the caller waits for a slot beyond it.
-const BACKGROUND_REQUESTS: u32 = 64;
-
-impl Default for BackgroundRequests {
-    fn default() -> Self {
-        BackgroundRequests {
-            slots: Arc::new(tokio::sync::Semaphore::new(BACKGROUND_REQUESTS as usize)),
-            failed: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Fs {
-    /// Runs `work` as a background task once a background slot is free (the caller waits
-    /// for one: that is the bound on deferred work). `work` logs its own failure and
-    /// returns false; failures are counted for `s3vol status`.
-    async fn in_background<Fut>(self: &Arc<Self>, work: impl FnOnce(Arc<Fs>) -> Fut)
-    where
-        Fut: std::future::Future<Output = bool> + Send + 'static,
-    {
-        let slot = self
-            .background
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        let this = self.clone();
-        let work = work(self.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            if !work.await {
-                this.background.failed.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-    }
-}
-
-impl BackgroundRequests {
-    fn pending(&self) -> u64 {
-        u64::from(BACKGROUND_REQUESTS) - self.slots.available_permits() as u64
-    }
-
-    async fn wait_idle(&self) {
-        let all = self.slots.acquire_many(BACKGROUND_REQUESTS).await;
-        drop(all);
-    }
-}
 
 /// A snapshot of cache use, for `s3vol status`.
 #[derive(Debug, Clone, Copy)]
@@ -321,15 +260,13 @@ impl Fs {
             tree: Mutex::new(tree),
             blocks,
             handles: Default::default(),
-            hidden_keys: Mutex::new(BTreeSet::new()),
-            pending_markers: Mutex::new(HashSet::new()),
             list_prefetch: Default::default(),
             metadata_heads: tokio::sync::Semaphore::new(listed_metadata::CONCURRENT_HEADS),
             uploader,
             journal,
             dirty_budget: MemoryBudget::new(quarter, quarter.min(8 << 20)),
             writeback: Default::default(),
-            background: BackgroundRequests::default(),
+            deferred: Default::default(),
             stats: FsStats::default(),
             kernel_attrs_stale: Default::default(),
             kernel_entry_gone: Default::default(),

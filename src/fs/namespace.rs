@@ -100,7 +100,7 @@ impl Fs {
     ) -> FsResult<(Attr, Opened)> {
         let key = self.new_child_key(parent, name, Kind::File)?;
         self.after_pending_delete(&key).await;
-        self.hidden_keys.lock().remove(&key);
+        self.deferred.unhide(&key);
         let ino = self.add_local(parent, name, Kind::File, mode, caller, 0)?;
         let object = ObjectVersion {
             key: Arc::from(key.as_str()),
@@ -141,9 +141,8 @@ impl Fs {
     /// A deferred delete of `key` lands before anything new is put there (a file, a
     /// symlink, a marker, an upload moved there by a rename).
     pub(super) async fn after_pending_delete(&self, key: &str) {
-        let deleting = self.hidden_keys.lock().contains(key);
-        if deleting {
-            self.background.wait_idle().await;
+        if self.deferred.is_hidden(key) {
+            self.deferred.wait_idle().await;
         }
     }
 
@@ -162,7 +161,7 @@ impl Fs {
     async fn put_marker_later(self: &Arc<Self>, ino: u64, key: String, opts: PutOptions) {
         // The delete of an earlier directory of this name goes first.
         self.after_pending_delete(&key).await;
-        self.pending_markers.lock().insert(key.clone());
+        self.deferred.marker_on_its_way(&key);
         self.in_background(|this| async move {
             let result = this.store.put(&key, Bytes::new(), &opts).await;
             let put = match result {
@@ -175,7 +174,7 @@ impl Fs {
                     false
                 }
             };
-            this.pending_markers.lock().remove(&key);
+            this.deferred.marker_landed(&key);
             put
         })
         .await;
@@ -184,9 +183,8 @@ impl Fs {
     /// Waits for background marker puts under `dir_key`, so that removing or moving the
     /// directory sees them in the bucket.
     async fn settle_markers(&self, dir_key: &str) {
-        let pending = self.pending_markers.lock().iter().any(|k| k.starts_with(dir_key));
-        if pending {
-            self.background.wait_idle().await;
+        if self.deferred.markers_on_their_way_under(dir_key) {
+            self.deferred.wait_idle().await;
         }
     }
 
@@ -199,8 +197,10 @@ impl Fs {
     /// Whether the bucket holds anything under `dir_key` other than its marker.
     async fn remote_dir_is_empty(&self, dir_key: &str) -> FsResult<bool> {
         let page = self.first_keys(dir_key, 2).await?;
-        let hidden = self.hidden_keys.lock();
-        Ok(page.objects.iter().all(|o| o.key == dir_key || hidden.contains(&o.key)) && page.prefixes.is_empty())
+        let only_hidden = self
+            .deferred
+            .with_hidden(|hidden| page.objects.iter().all(|o| o.key == dir_key || hidden.contains(&o.key)));
+        Ok(only_hidden && page.prefixes.is_empty())
     }
 
     pub async fn rmdir(self: &Arc<Self>, parent: u64, name: &str) -> FsResult<()> {
@@ -226,10 +226,9 @@ impl Fs {
         // removes each directory).
         let known_empty = listed && !any_children;
         if !local && !known_empty {
-            let deletes_pending = self.any_hidden_under(&key);
-            if deletes_pending {
+            if self.deferred.any_hidden_under(&key) {
                 // Deferred deletes of its files first: then the bucket shows what is left.
-                self.background.wait_idle().await;
+                self.deferred.wait_idle().await;
             }
             if !self.remote_dir_is_empty(&key).await? {
                 return Err(Errno(libc::ENOTEMPTY));
@@ -265,7 +264,7 @@ impl Fs {
         // the file already (then it is deleted here): see `Handles::unlinked`.
         let object = (!local).then_some(key.as_str());
         let open = self.handles.unlinked(ino, object, || {
-            self.hidden_keys.lock().insert(key.clone());
+            self.deferred.hide(&key);
         });
         if !open {
             self.handles.remove_data(ino);
@@ -297,7 +296,7 @@ impl Fs {
         let Some(at) = journaled else {
             return self.store.delete(key).await.map_err(|e| self.fail("delete", key, e));
         };
-        self.hidden_keys.lock().insert(key.to_string());
+        self.deferred.hide(key);
         let key = key.to_string();
         self.in_background(|this| async move {
             let deleted = match this.store.delete(&key).await {
@@ -311,7 +310,7 @@ impl Fs {
                     false
                 }
             };
-            this.hidden_keys.lock().remove(&key);
+            this.deferred.unhide(&key);
             deleted
         })
         .await;

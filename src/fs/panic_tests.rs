@@ -33,7 +33,7 @@ async fn the_mount_keeps_serving_after_a_handler_panicked_holding_its_locks() {
     let caller = Caller { uid: 0, gid: 0 };
     panic_holding(&fs.tree);
     fs.handles.panic_holding_each_lock();
-    panic_holding(&fs.hidden_keys);
+    fs.deferred.panic_holding_each_lock();
     let (attr, opened) = fs
         .create(ROOT_INO, "after-panic", 0o644, OpenMode::default(), caller)
         .await

@@ -229,7 +229,7 @@ impl Fs {
             if !recreated && let Err(e) = self.store.delete(&key).await {
                 self.fail("delete", &key, e);
             }
-            self.hidden_keys.lock().remove(&key);
+            self.deferred.unhide(&key);
             return;
         }
         self.drop_clean_data(file.ino).await;

@@ -236,10 +236,10 @@ impl Fs {
         if !self.may_carry_metadata(Kind::Dir) || ino == ROOT_INO {
             return Ok(());
         }
-        if self.pending_markers.lock().contains(key) {
+        if self.deferred.is_marker_on_its_way(key) {
             // Its first marker is still on its way (`--upload-mode background`): this one
             // must land after it.
-            self.background.wait_idle().await;
+            self.deferred.wait_idle().await;
         }
         let opts = crate::store::PutOptions {
             metadata: self.metadata_for(ino),

@@ -546,7 +546,7 @@ impl Fs {
             }
         }
         // Deferred markers and deletes too.
-        self.background.wait_idle().await;
+        self.deferred.wait_idle().await;
         let refused = self.writeback.refused_count() > 0;
         let unsettled = self.writeback.pending() > 0 && how == Settle::OneAttempt;
         match results.into_iter().find_map(Result::err) {
@@ -684,11 +684,11 @@ impl Fs {
                 .map(|(size, key)| (self.path_of_key(&key), size))
                 .collect(),
             memory: self.dirty_budget.used(),
-            pending_uploads: self.writeback.pending() + self.background.pending(),
+            pending_uploads: self.writeback.pending() + self.deferred.pending(),
             uploads_in_flight: self.writeback.in_flight(),
             journal_records: self.journal.live_records(),
             // Refused files, and markers and deletes that failed in the background.
-            failed_uploads: self.writeback.refused_count() + self.background.failed.load(Ordering::Relaxed),
+            failed_uploads: self.writeback.refused_count() + self.deferred.failed(),
             conflicts: self.stats.conflicts.load(Ordering::Relaxed),
         }
     }
