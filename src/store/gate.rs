@@ -35,6 +35,11 @@ impl<S: ObjectStore> Gated<S> {
         &self.resolved
     }
 
+    /// The store behind the gate (tests look into it, as another client would).
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
     fn check_name(&self, key: &str) -> StoreResult<()> {
         match self.resolved.forbidden_key(key) {
             Some(why) => Err(StoreError::InvalidName(format!("'{key}' {why}"))),
