@@ -3,26 +3,12 @@
 
 use crate::common;
 
-use common::{BUCKET, is_mounted, object, put, server};
+use common::{BUCKET, eventually, is_mounted, object, put, s3vol_command, server, text};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn s3vol(server: &s3vol::server::RunningServer, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_s3vol"))
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", &server.access_key)
-        .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
-        .env_remove("AWS_PROFILE")
-        .output()
-        .expect("run s3vol")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    s3vol_command(server).args(args).output().expect("run s3vol")
 }
 
 #[test]
@@ -261,10 +247,7 @@ fn sigterm_uploads_dirty_data_then_unmounts() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while is_mounted(&m.path) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(Duration::from_secs(30), || !is_mounted(&m.path));
     assert!(!is_mounted(&m.path), "SIGTERM unmounts");
     for i in 0..50 {
         assert_eq!(
@@ -314,10 +297,7 @@ fn a_signal_detaches_a_busy_mount_and_exits_when_its_last_file_closes() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while is_mounted(&m.path) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(Duration::from_secs(30), || !is_mounted(&m.path));
     assert!(!is_mounted(&m.path), "the busy mount is detached: {}", m.log());
     assert!(
         m.wait_exit(Duration::from_millis(500)).is_none(),
@@ -347,14 +327,12 @@ fn sighup_reopens_the_log_file() {
         nix::sys::signal::Signal::SIGHUP,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("log file reopened")
-    {
-        assert!(Instant::now() < deadline, "no new log file after SIGHUP");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        eventually(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("log file reopened")),
+        "no new log file after SIGHUP"
+    );
     assert!(std::fs::read_to_string(&rotated).unwrap().contains("mounted s3://test"));
     assert!(is_mounted(&m.path), "SIGHUP does not unmount");
 }
@@ -448,10 +426,7 @@ fn demo_prints_commands_that_run_as_printed() {
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while is_mounted(&path) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(Duration::from_secs(30), || !is_mounted(&path));
     assert!(!is_mounted(&path), "Ctrl-C unmounts");
     drop(demo);
 }

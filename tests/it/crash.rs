@@ -6,7 +6,7 @@
 
 use crate::common;
 
-use common::{BUCKET, Mount, object, pattern, put, server};
+use common::{BUCKET, Mount, eventually, object, pattern, put, server};
 use std::io::Write;
 use std::time::Duration;
 
@@ -19,9 +19,7 @@ fn kill_during_close(
     data: Vec<u8>,
     extra: &[&str],
 ) {
-    let mut args = vec!["--cache-dir", cache.to_str().unwrap()];
-    args.extend(extra);
-    let m = Mount::new(s, &args);
+    let m = Mount::with_cache(s, cache, extra);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -51,7 +49,7 @@ fn data_written_before_a_crash_reaches_the_bucket_at_the_next_mount() {
         None,
         "the upload did not finish before the kill"
     );
-    let m = Mount::new(&s, &["--cache-dir", cache.path().to_str().unwrap()]);
+    let m = Mount::with_cache(&s, cache.path(), &[]);
     assert!(
         object(&s, "survivor.bin").as_deref() == Some(&data[..]),
         "recovered before serving"
@@ -75,7 +73,7 @@ fn a_base_changed_remotely_meanwhile_gives_a_conflict_copy() {
     let cache = tempfile::tempdir().unwrap();
     kill_during_close(&s, cache.path(), "shared.txt", b"mine, written locally".to_vec(), &[]);
     put(&s, "shared.txt", "theirs, written by another pod");
-    let m = Mount::new(&s, &["--cache-dir", cache.path().to_str().unwrap()]);
+    let m = Mount::with_cache(&s, cache.path(), &[]);
     assert_eq!(
         object(&s, "shared.txt").as_deref(),
         Some(&b"theirs, written by another pod"[..])
@@ -100,10 +98,7 @@ fn a_stale_multipart_upload_is_aborted_and_the_file_uploaded() {
         !s.backend().pending_uploads(BUCKET).is_empty(),
         "a multipart upload was in flight"
     );
-    let m = Mount::new(
-        &s,
-        &["--cache-dir", cache.path().to_str().unwrap(), "--part-size", "5MiB"],
-    );
+    let m = Mount::with_cache(&s, cache.path(), &["--part-size", "5MiB"]);
     assert!(
         s.backend().pending_uploads(BUCKET).is_empty(),
         "stale uploads are aborted"
@@ -150,14 +145,15 @@ fn under_umask_0_the_cache_directory_blocks_staging_and_journal_are_private() {
     put(&s, "read.bin", pattern(2 << 20, 9));
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
-    let m = Mount::new(&s, &["--cache-dir", cache.to_str().unwrap()]);
+    let m = Mount::with_cache(&s, &cache, &[]);
     assert!(std::fs::read(m.join("read.bin")).unwrap() == pattern(2 << 20, 9));
     // Blocks are written to disk in the background.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !modes(&cache.join("blocks")).iter().any(|(_, _, dir)| !dir) {
-        assert!(std::time::Instant::now() < deadline, "no block reached the disk cache");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        eventually(Duration::from_secs(20), || modes(&cache.join("blocks"))
+            .iter()
+            .any(|(_, _, dir)| !dir)),
+        "no block reached the disk cache"
+    );
     m.unmount();
     // Leaves a staging file and its journal record.
     kill_during_close(&s, &cache, "written.bin", pattern(3 << 20, 10), &[]);
@@ -198,7 +194,7 @@ fn a_record_naming_a_file_outside_the_staging_directory_is_refused() {
     let secret = elsewhere.path().join("staging-1-passwd");
     std::fs::write(&secret, "root:x:0:0:root:/root:/bin/bash\n").unwrap();
     craft_record(cache.path(), &s.endpoint, "stolen", &secret, 32);
-    let m = Mount::new(&s, &["--cache-dir", cache.path().to_str().unwrap()]);
+    let m = Mount::with_cache(&s, cache.path(), &[]);
     let log = m.unmount();
     assert!(log.contains("refused") && log.contains("outside"), "{log}");
     assert_eq!(object(&s, "stolen"), None, "not uploaded");
@@ -217,7 +213,7 @@ fn a_record_of_another_endpoint_waits_for_a_mount_of_that_endpoint() {
     let cache = tempfile::tempdir().unwrap();
     let data = pattern(2 << 20, 11);
     kill_during_close(&ours, cache.path(), "f.bin", data.clone(), &[]);
-    let m = Mount::new(&other, &["--cache-dir", cache.path().to_str().unwrap()]);
+    let m = Mount::with_cache(&other, cache.path(), &[]);
     let log = m.unmount();
     assert!(log.contains("belongs to") && log.contains(&ours.endpoint), "{log}");
     assert_eq!(
@@ -225,7 +221,7 @@ fn a_record_of_another_endpoint_waits_for_a_mount_of_that_endpoint() {
         None,
         "the same bucket name on another endpoint"
     );
-    let m = Mount::new(&ours, &["--cache-dir", cache.path().to_str().unwrap()]);
+    let m = Mount::with_cache(&ours, cache.path(), &[]);
     assert!(object(&ours, "f.bin").as_deref() == Some(&data[..]));
     drop(m);
 }
@@ -237,11 +233,11 @@ fn a_read_only_mount_does_not_recover() {
     let cache = tempfile::tempdir().unwrap();
     let data = pattern(2 << 20, 12);
     kill_during_close(&s, cache.path(), "f.bin", data.clone(), &[]);
-    let m = Mount::new(&s, &["--cache-dir", cache.path().to_str().unwrap(), "--read-only"]);
+    let m = Mount::with_cache(&s, cache.path(), &["--read-only"]);
     let log = m.unmount();
     assert!(log.contains("read-only"), "{log}");
     assert_eq!(object(&s, "f.bin"), None);
-    let m = Mount::new(&s, &["--cache-dir", cache.path().to_str().unwrap()]);
+    let m = Mount::with_cache(&s, cache.path(), &[]);
     assert!(object(&s, "f.bin").as_deref() == Some(&data[..]));
     drop(m);
 }

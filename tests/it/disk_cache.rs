@@ -3,9 +3,9 @@
 
 use crate::common;
 
-use common::{Mount, pattern, put, server};
+use common::{Mount, eventually, pattern, put, server};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn block_files(cache: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
@@ -20,21 +20,11 @@ fn block_files(cache: &Path) -> Vec<std::path::PathBuf> {
 
 /// Background writes land shortly after the reads; wait for `n` blocks on disk.
 fn wait_for_blocks(cache: &Path, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while block_files(cache).len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {n} blocks written",
-            block_files(cache).len()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn mount(s: &s3vol::server::RunningServer, cache: &Path, extra: &[&str]) -> Mount {
-    let mut args = vec!["--cache-dir", cache.to_str().unwrap()];
-    args.extend(extra);
-    Mount::new(s, &args)
+    assert!(
+        eventually(Duration::from_secs(20), || block_files(cache).len() >= n),
+        "{} of {n} blocks written",
+        block_files(cache).len()
+    );
 }
 
 #[test]
@@ -44,13 +34,13 @@ fn blocks_are_served_from_disk_after_a_remount() {
     let data = pattern(8 << 20, 3);
     put(&s, "weights.bin", data.clone());
     let cache = tempfile::tempdir().unwrap();
-    let m = mount(&s, cache.path(), &[]);
+    let m = Mount::with_cache(&s, cache.path(), &[]);
     assert!(std::fs::read(m.join("weights.bin")).unwrap() == data);
     wait_for_blocks(cache.path(), 8);
     m.unmount();
 
     let gets = s.stats().count("GetObject");
-    let m = mount(&s, cache.path(), &[]);
+    let m = Mount::with_cache(&s, cache.path(), &[]);
     assert!(std::fs::read(m.join("weights.bin")).unwrap() == data);
     assert_eq!(s.stats().count("GetObject"), gets, "no GET: every block came from disk");
 
@@ -58,7 +48,7 @@ fn blocks_are_served_from_disk_after_a_remount() {
     let new = pattern(8 << 20, 4);
     put(&s, "weights.bin", new.clone());
     m.unmount();
-    let m = mount(&s, cache.path(), &[]);
+    let m = Mount::with_cache(&s, cache.path(), &[]);
     assert!(std::fs::read(m.join("weights.bin")).unwrap() == new);
     assert!(s.stats().count("GetObject") > gets);
     drop(m);
@@ -71,7 +61,7 @@ fn a_corrupt_block_is_dropped_and_refetched() {
     let data = pattern(2 << 20, 5);
     put(&s, "f", data.clone());
     let cache = tempfile::tempdir().unwrap();
-    let m = mount(&s, cache.path(), &[]);
+    let m = Mount::with_cache(&s, cache.path(), &[]);
     std::fs::read(m.join("f")).unwrap();
     wait_for_blocks(cache.path(), 2);
     m.unmount();
@@ -81,7 +71,7 @@ fn a_corrupt_block_is_dropped_and_refetched() {
         raw[last] ^= 0xff;
         std::fs::write(&file, raw).unwrap();
     }
-    let m = mount(&s, cache.path(), &[]);
+    let m = Mount::with_cache(&s, cache.path(), &[]);
     assert!(
         std::fs::read(m.join("f")).unwrap() == data,
         "corrupt blocks are never served"
@@ -97,7 +87,7 @@ fn the_cache_stays_within_its_size_under_a_larger_workload() {
         put(&s, &format!("f{i}"), pattern(3 << 20, i));
     }
     let cache = tempfile::tempdir().unwrap();
-    let m = mount(&s, cache.path(), &["--cache-size", "5MiB"]);
+    let m = Mount::with_cache(&s, cache.path(), &["--cache-size", "5MiB"]);
     for i in 0..6 {
         assert!(std::fs::read(m.join(&format!("f{i}"))).unwrap() == pattern(3 << 20, i));
         std::thread::sleep(Duration::from_millis(100));
@@ -117,11 +107,11 @@ fn concurrent_readers_share_the_disk_cache() {
     let data = pattern(6 << 20, 8);
     put(&s, "shared", data.clone());
     let cache = tempfile::tempdir().unwrap();
-    let m = mount(&s, cache.path(), &[]);
+    let m = Mount::with_cache(&s, cache.path(), &[]);
     std::fs::read(m.join("shared")).unwrap();
     wait_for_blocks(cache.path(), 6);
     m.unmount();
-    let m = mount(&s, cache.path(), &[]);
+    let m = Mount::with_cache(&s, cache.path(), &[]);
     std::thread::scope(|scope| {
         for _ in 0..8 {
             scope.spawn(|| assert!(std::fs::read(m.join("shared")).unwrap() == data));
@@ -135,8 +125,8 @@ fn two_mounts_on_one_cache_dir_and_cache_clear() {
     let s = server();
     put(&s, "f", pattern(1 << 20, 1));
     let cache = tempfile::tempdir().unwrap();
-    let first = mount(&s, cache.path(), &[]);
-    let second = mount(&s, cache.path(), &[]);
+    let first = Mount::with_cache(&s, cache.path(), &[]);
+    let second = Mount::with_cache(&s, cache.path(), &[]);
     std::fs::read(first.join("f")).unwrap();
     std::fs::read(second.join("f")).unwrap();
     wait_for_blocks(cache.path(), 1);

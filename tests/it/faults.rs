@@ -6,7 +6,7 @@
 
 use crate::common;
 
-use common::{BUCKET, Mount, close, object, pattern, put, server};
+use common::{BUCKET, Mount, close, object, pattern, put, server, stop_injecting};
 use s3vol::server::{InjectedFailure, RequestFilter, RunningServer, ServerConfig, start_blocking};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -93,12 +93,6 @@ fn mount(s: &RunningServer, extra: &[&str]) -> Mount {
 fn inject(s: &RunningServer, count: u32, failure: InjectedFailure, operation: &str) {
     s.quirks()
         .inject_errors(count, failure, RequestFilter::Operation(operation.into()));
-}
-
-/// Disarms any pending injected failure.
-fn stop_injecting(s: &RunningServer) {
-    s.quirks()
-        .inject_errors(0, InjectedFailure::BadGateway, RequestFilter::Any);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::{Mount, server};
+use common::{Mount, eventually, server};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -103,11 +103,11 @@ fn the_control_socket_waits_out_a_full_descriptor_table_and_serves_again() {
     let mountpoint = std::fs::canonicalize(&m.path).expect("mountpoint");
     let socket = s3vol::control::socket_path(&mountpoint);
     // The kernel sees the mount a moment before the daemon binds its control socket.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "no control socket at {}", socket.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        eventually(Duration::from_secs(60), || socket.exists()),
+        "no control socket at {}",
+        socket.display()
+    );
 
     // A few descriptors to spare, then more connections than that: the daemon accepts
     // until its table is full, the rest wait in the listen queue (which keeps the listener
@@ -124,14 +124,10 @@ fn the_control_socket_waits_out_a_full_descriptor_table_and_serves_again() {
     let clients: Vec<UnixStream> = (0..24)
         .map(|_| UnixStream::connect(&socket).expect("connect to the control socket"))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while (descriptors(pid) as u64) < limit {
-        assert!(
-            Instant::now() < deadline,
-            "the daemon never filled its descriptor table"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        eventually(Duration::from_secs(60), || descriptors(pid) as u64 >= limit),
+        "the daemon never filled its descriptor table"
+    );
 
     // Not a timing assertion: it compares the CPU the daemon used against the wall time
     // it had. Retrying accept() at once burns a core for as long as the table stays full

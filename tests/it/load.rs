@@ -7,7 +7,7 @@
 
 use crate::common;
 
-use common::{BUCKET, Mount, object, pattern, put, server, walk};
+use common::{BUCKET, Mount, object, pattern, peak_rss_mib, put, server, walk};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -74,17 +74,6 @@ impl Resources {
             threads,
         }
     }
-}
-
-fn peak_rss_mib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon alive");
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("a number");
-    kib / 1024
 }
 
 /// The shared, read-only objects: four large, many small.

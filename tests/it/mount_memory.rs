@@ -3,23 +3,12 @@
 
 use crate::common;
 
-use common::{Mount, object, pattern, server};
+use common::{Mount, object, pattern, peak_rss_mib, server};
 use std::io::{Read, Write};
 
 const LIMIT_MIB: u64 = 128;
 /// Runtime, SDK, FUSE buffers and allocator slack beyond the budget.
 const OVERHEAD_MIB: u64 = 160;
-
-fn peak_rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon alive");
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("number");
-    kib / 1024
-}
 
 #[test]
 fn a_1_gib_write_and_read_stay_within_the_memory_budget() {

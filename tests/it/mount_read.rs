@@ -2,10 +2,11 @@
 
 use crate::common;
 
-use common::{Mount, pattern, put, server, walk};
+use common::{Mount, eventually, pattern, put, server, walk};
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
+use std::time::Duration;
 
 #[test]
 fn lists_a_tree_of_1500_keys_in_nested_prefixes() {
@@ -286,12 +287,7 @@ fn the_inode_table_stays_within_its_budget_when_the_kernel_forgets() {
     // The kernel forgets its dentries and inodes: FORGET for each.
     std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
     std::fs::read_dir(m.join("big")).unwrap().count();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_s3vol"))
-        .args(["status", m.path.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let inodes = status[0]["inodes"].as_u64().unwrap();
+    let inodes = m.status()["inodes"].as_u64().unwrap();
     eprintln!("{inodes} inodes cached");
     assert!(inodes <= 4096 + 1100, "{inodes} inodes cached");
     // Everything still resolves, with data intact.
@@ -316,10 +312,7 @@ fn reading_a_directory_prefetches_its_subdirectories() {
     // The lookup of p (a listing of the root), p's listing, then one per subdirectory,
     // none of which was read yet.
     let wanted = before + 22;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while s.stats().count("ListObjectsV2") < wanted && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    eventually(Duration::from_secs(30), || s.stats().count("ListObjectsV2") >= wanted);
     assert_eq!(s.stats().count("ListObjectsV2"), wanted, "{}", m.log());
     for d in 0..20 {
         assert_eq!(std::fs::read_dir(m.join(&format!("p/d{d}"))).unwrap().count(), 3);
@@ -353,10 +346,7 @@ fn prefetched_listings_head_their_entries_a_few_at_a_time() {
     let m = Mount::new(&s, &["--metadata-ttl", "600"]);
     s.stats().reset();
     assert_eq!(std::fs::read_dir(m.path.as_path()).unwrap().count(), 2);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while s.stats().count("HeadObject") < 301 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    eventually(Duration::from_secs(60), || s.stats().count("HeadObject") >= 301);
     // The last answers are applied a round trip after the server counted their requests.
     std::thread::sleep(std::time::Duration::from_millis(500));
     let out = std::process::Command::new("ls")
@@ -403,18 +393,8 @@ fn a_file_read_at_random_is_fetched_whole_and_then_costs_no_request() {
         read_tensor(i);
     }
     // The rest arrives in the background.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let fetched = || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_s3vol"))
-            .args(["status", m.path.to_str().unwrap(), "--json"])
-            .output()
-            .unwrap();
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        status[0]["fetched_bytes"].as_u64().unwrap()
-    };
-    while fetched() < data.len() as u64 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let fetched = || m.status()["fetched_bytes"].as_u64().unwrap();
+    eventually(Duration::from_secs(30), || fetched() >= data.len() as u64);
     let gets = s.stats().count("GetObject");
     for i in [5, 1, 10, 3, 8, 4, 7] {
         read_tensor(i);
@@ -438,10 +418,7 @@ fn metrics_count_what_the_server_saw_and_parse_as_prometheus_text() {
         let addr = log.split("metrics at http://").nth(1)?.split("/metrics").next()?;
         Some(addr.to_string())
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while announced().is_none() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    eventually(Duration::from_secs(10), || announced().is_some());
     let addr = announced().unwrap_or_else(|| panic!("no metrics address in the log: {}", m.log()));
     let scrape = || -> std::collections::HashMap<String, f64> {
         let mut stream = std::net::TcpStream::connect(&addr).unwrap();

@@ -124,6 +124,13 @@ impl Mount {
         Mount::source(server, &format!("s3://{BUCKET}"), &server.endpoint, extra)
     }
 
+    /// As [`Mount::new`], with `--cache-dir cache` before `extra`.
+    pub fn with_cache(server: &RunningServer, cache: &Path, extra: &[&str]) -> Mount {
+        let mut args = vec!["--cache-dir", cache.to_str().expect("utf-8 path")];
+        args.extend(extra);
+        Mount::new(server, &args)
+    }
+
     pub fn source(server: &RunningServer, source: &str, endpoint: &str, extra: &[&str]) -> Mount {
         Mount::with_keys((&server.access_key, &server.secret_key), source, endpoint, extra)
     }
@@ -237,6 +244,30 @@ impl Mount {
             String::from_utf8_lossy(&out.stderr),
             self.log()
         );
+    }
+
+    /// This mount's entry of `s3vol status MOUNTPOINT --json`; panics if the command fails.
+    pub fn status(&self) -> serde_json::Value {
+        let ran = run_s3vol(
+            &["status", self.path.to_str().expect("utf-8 path"), "--json"],
+            Duration::from_secs(30),
+        );
+        assert_eq!(ran.code, Some(0), "s3vol status --json:\n{}", ran.text());
+        let all: serde_json::Value = serde_json::from_str(&ran.stdout)
+            .unwrap_or_else(|e| panic!("status --json is not JSON ({e}):\n{}", ran.text()));
+        match all {
+            serde_json::Value::Array(mut mounts) if mounts.len() == 1 => mounts.remove(0),
+            serde_json::Value::Object(_) => all,
+            other => panic!("status --json of one mount: {other}"),
+        }
+    }
+
+    /// A number of [`Mount::status`].
+    pub fn status_count(&self, field: &str) -> u64 {
+        let st = self.status();
+        st.get(field)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or_else(|| panic!("status --json has no {field}: {st}"))
     }
 
     /// Unmounts and waits for the daemon to exit; returns its log.
@@ -378,5 +409,108 @@ pub fn close(file: std::fs::File) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Polls `cond` every 20 ms for at most `bound`; whether it became true.
+pub fn eventually(bound: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + bound;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Disarms any pending injected failure.
+pub fn stop_injecting(s: &RunningServer) {
+    s.quirks().inject_errors(
+        0,
+        s3vol::server::InjectedFailure::BadGateway,
+        s3vol::server::RequestFilter::Any,
+    );
+}
+
+/// The peak resident set (VmHWM) of process `pid`, in MiB.
+pub fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon alive");
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("a number");
+    kib / 1024
+}
+
+/// `s3vol` with the server's keys in its environment (and no AWS profile).
+pub fn s3vol_command(server: &RunningServer) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_s3vol"));
+    cmd.env("AWS_ACCESS_KEY_ID", &server.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
+        .env_remove("AWS_PROFILE");
+    cmd
+}
+
+/// A command's stdout, then its stderr.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Output of one `s3vol` command run by [`run_s3vol`].
+pub struct Ran {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    pub fn text(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `s3vol ARGS`, bounded by `bound`: killed, and a panic, beyond it.
+pub fn run_s3vol(args: &[&str], bound: Duration) -> Ran {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_s3vol"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("stdout file"))
+        .stderr(std::fs::File::create(&err).expect("stderr file"))
+        .spawn()
+        .expect("start s3vol");
+    let deadline = Instant::now() + bound;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for s3vol") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`s3vol {}` did not return within {bound:?}: it hangs\n{}",
+                args.join(" "),
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ran {
+        code: status.code(),
+        stdout: std::fs::read_to_string(&out).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err).unwrap_or_default(),
     }
 }

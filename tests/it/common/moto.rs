@@ -216,3 +216,36 @@ fn drain(mut pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, JoinHandl
     });
     (text, reader)
 }
+
+// ---------------------------------------------------------------- this harness
+
+#[test]
+fn missing_moto_fails_with_the_install_hint() {
+    let _turn = super::shared();
+    // `-S` leaves site-packages (and so moto) off Python's path: as if it were not installed.
+    let failure = std::panic::catch_unwind(|| Moto::start_with("python3", &["-S"]))
+        .err()
+        .expect("starting moto without site-packages fails");
+    let message = failure.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("pip install \"moto[server]\""), "{message}");
+    assert!(
+        message.contains("No module named"),
+        "Python's error is shown: {message}"
+    );
+
+    let failure = std::panic::catch_unwind(|| Moto::start_with("/nonexistent/python3", &[]))
+        .err()
+        .expect("a missing interpreter fails");
+    let message = failure.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("pip install \"moto[server]\""), "{message}");
+}
+
+#[test]
+fn moto_versions_compare_numerically() {
+    let _turn = super::shared();
+    assert!(version_at_least("5.2.2", [5, 2, 2]));
+    assert!(version_at_least("5.10.0", [5, 2, 2]));
+    assert!(version_at_least("6.0.0.dev1", [5, 2, 2]));
+    assert!(!version_at_least("5.2.1", [5, 2, 2]));
+    assert!(!version_at_least("4.2.14", [5, 2, 2]));
+}

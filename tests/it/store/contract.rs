@@ -1,47 +1,120 @@
-//! `S3Store` against moto server, an S3 implementation independent of the embedded one,
-//! for the cases that depend on S3's flat key space and on S3 semantics the embedded
-//! server could get wrong in the same way as the store: `a`, `a/b` and the marker `d/`
-//! side by side, pagination, multipart, copy, DeleteObjects, ranged GET, head metadata.
+//! The S3 contract of `S3Store`, checked against two servers: the embedded one
+//! (`src/server/`) and moto server, an S3 implementation independent of it. The cases
+//! depend on S3's flat key space and on S3 semantics the embedded server could get wrong
+//! in the same way as the store: `a`, `a/b` and the marker `d/` side by side, pagination,
+//! multipart, copy, DeleteObjects, ranged GET, head metadata, conditional writes.
 //!
-//! moto must be installed (`pip install "moto[server]"`): without it these tests fail.
+//! Each case is one function, run once per server (`embedded::CASE`, `moto::CASE`). What
+//! only one server can tell is checked there: the embedded server's request counters, and
+//! where moto (5.2.x) departs from S3.
+//!
+//! moto must be installed (`pip install "moto[server]"`): without it the moto half fails.
 
-use crate::common;
-use common::moto;
+use super::{list_all, meta, pattern, read};
+use crate::common::moto::Moto;
+use crate::common::shared;
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use moto::Moto;
 use s3vol::credentials::StaticCredentials;
 use s3vol::provider::{Overrides, Resolved};
+use s3vol::server::{RunningServer, ServerConfig, start};
 use s3vol::source::Source;
 use s3vol::store::s3::{S3Settings, S3Store};
-use s3vol::store::{ListRequest, Metadata, ObjectStore, PutOptions, RetryPolicy, StoreError, StoreResult};
+use s3vol::store::{ObjectStore, PutOptions, RetryPolicy, StoreError};
 use std::time::Duration;
 
-/// A store on a fresh bucket of the shared moto server. Bind `_moto` (not `..`) when
-/// destructuring: it keeps the server alive until the test ends.
-struct Fixture {
-    store: S3Store,
-    _moto: Arc<Moto>,
+/// Runs each case against both servers: `embedded::CASE` and `moto::CASE`, each on a
+/// bucket named after `STEM`.
+macro_rules! contract {
+    ($($case:ident: $stem:literal,)*) => {
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let _turn = super::shared();
+                    super::$case(super::Fixture::embedded($stem).await).await;
+                }
+            )*
+        }
+
+        mod moto {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let _turn = super::shared();
+                    super::$case(super::Fixture::moto($stem).await).await;
+                }
+            )*
+        }
+    };
 }
 
-/// `s3://BUCKET` on moto, path style, with the generic profile's default checksums.
-async fn fixture(stem: &str) -> Fixture {
-    let moto = Moto::shared();
-    let bucket = moto.new_bucket(stem);
+contract! {
+    file_directory_and_marker_coexist_in_the_flat_key_space: "flat",
+    pagination_returns_every_key_and_prefix_once: "pages",
+    multipart_upload_complete_abort_and_minimum_part_size: "multipart",
+    copy_keeps_or_replaces_metadata: "copy",
+    delete_many_uses_delete_objects: "delete",
+    ranged_get_is_exact_and_clamped: "ranges",
+    head_returns_size_etag_content_type_and_metadata: "head",
+    conditional_writes_refuse_an_object_replaced_meanwhile: "ifmatch",
+}
+
+/// The server behind a case's store.
+enum Server {
+    /// An embedded server of the case's own, with S3's minimum part size.
+    Embedded(Box<RunningServer>),
+    /// The shared moto server, kept alive by this until the case ends.
+    Moto { _alive: Arc<Moto> },
+}
+
+/// A store on a fresh bucket: `s3://BUCKET`, path style, with the generic profile's
+/// default checksums.
+struct Fixture {
+    store: S3Store,
+    server: Server,
+}
+
+impl Fixture {
+    async fn embedded(bucket: &str) -> Fixture {
+        let server = start(ServerConfig::default())
+            .await
+            .expect("the embedded S3 server starts");
+        server.backend().create_bucket(bucket);
+        let keys = (server.access_key.clone(), server.secret_key.clone());
+        let store = connect(bucket, &server.endpoint, keys).await;
+        Fixture {
+            store,
+            server: Server::Embedded(Box::new(server)),
+        }
+    }
+
+    async fn moto(stem: &str) -> Fixture {
+        let moto = Moto::shared();
+        let bucket = moto.new_bucket(stem);
+        let store = connect(&bucket, &moto.endpoint, ("testing".into(), "testing".into())).await;
+        Fixture {
+            store,
+            server: Server::Moto { _alive: moto },
+        }
+    }
+}
+
+/// `s3://BUCKET` at `endpoint` with the credentials `(access key, secret key)`.
+async fn connect(bucket: &str, endpoint: &str, (access_key, secret_key): (String, String)) -> S3Store {
     let source = Source::parse(&format!("s3://{bucket}")).expect("a valid source");
     let overrides = Overrides {
-        endpoint_url: Some(moto.endpoint.clone()),
+        endpoint_url: Some(endpoint.to_owned()),
         force_path_style: true,
         region: Some("us-east-1".into()),
         ..Overrides::default()
     };
     let settings = S3Settings {
         credentials: Some(StaticCredentials {
-            access_key: "testing".into(),
-            secret_key: "testing".into(),
+            access_key,
+            secret_key,
             session_token: None,
         }),
         retry: RetryPolicy {
@@ -53,20 +126,29 @@ async fn fixture(stem: &str) -> Fixture {
         read_timeout: Duration::from_secs(10),
         ..S3Settings::default()
     };
-    let store = S3Store::connect(&Resolved::new(&source, &overrides), settings)
+    S3Store::connect(&Resolved::new(&source, &overrides), settings)
         .await
-        .expect("the store connects");
-    Fixture { store, _moto: moto }
+        .expect("the store connects")
 }
 
-fn pattern(len: usize, seed: u8) -> Bytes {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
-        .collect()
-}
-
-fn meta(pairs: &[(&str, &str)]) -> Metadata {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+/// What the bucket holds under `key`: read past HTTP from the embedded server's backend,
+/// with a GET from moto.
+async fn stored(store: &S3Store, server: &Server, key: &str) -> Option<Bytes> {
+    match server {
+        Server::Embedded(server) => {
+            let bucket = store.resolved().bucket.clone();
+            server.backend().get_object(&bucket, key).map(|o| o.body.to_bytes())
+        }
+        Server::Moto { .. } => match store.head(key).await {
+            Ok(head) => Some(
+                read(store, key, 0..head.size)
+                    .await
+                    .expect("GET of an object just HEADed"),
+            ),
+            Err(StoreError::NotFound) => None,
+            Err(e) => panic!("HEAD {key}: {e:?}"),
+        },
+    }
 }
 
 async fn put(store: &S3Store, key: &str, body: Bytes) {
@@ -76,10 +158,6 @@ async fn put(store: &S3Store, key: &str, body: Bytes) {
         .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
 }
 
-async fn read(store: &S3Store, key: &str, range: Range<u64>) -> StoreResult<Bytes> {
-    store.get_range(key, range, None).await?.collect().await
-}
-
 /// One page of `prefix` with `delimiter`: (keys, prefixes).
 async fn list(store: &S3Store, prefix: &str, delimiter: Option<&str>) -> (Vec<String>, Vec<String>) {
     let (keys, prefixes, pages) = list_all(store, prefix, delimiter, 1000).await;
@@ -87,40 +165,8 @@ async fn list(store: &S3Store, prefix: &str, delimiter: Option<&str>) -> (Vec<St
     (keys, prefixes)
 }
 
-/// Pages through `prefix`: (keys, prefixes, number of pages).
-async fn list_all(
-    store: &S3Store,
-    prefix: &str,
-    delimiter: Option<&str>,
-    max_keys: i32,
-) -> (Vec<String>, Vec<String>, usize) {
-    let (mut keys, mut prefixes) = (Vec::new(), Vec::new());
-    let mut continuation = None;
-    for pages in 1..=100 {
-        let page = store
-            .list_page(&ListRequest {
-                prefix: prefix.to_owned(),
-                delimiter: delimiter.map(str::to_owned),
-                continuation: continuation.take(),
-                max_keys: Some(max_keys),
-                ..ListRequest::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("list '{prefix}': {e:?}"));
-        keys.extend(page.objects.into_iter().map(|o| o.key));
-        prefixes.extend(page.prefixes);
-        match page.next {
-            Some(next) => continuation = Some(next),
-            None => return (keys, prefixes, pages),
-        }
-    }
-    panic!("pagination of '{prefix}' did not end after 100 pages");
-}
-
-#[tokio::test]
-async fn file_directory_and_marker_coexist_in_the_flat_key_space() {
-    let _turn = common::shared();
-    let Fixture { store, _moto } = fixture("flat").await;
+async fn file_directory_and_marker_coexist_in_the_flat_key_space(f: Fixture) {
+    let Fixture { store, server: _server } = f;
     put(&store, "a", pattern(3, 1)).await;
     put(&store, "a/b", pattern(5, 2)).await;
     put(&store, "d/", Bytes::new()).await;
@@ -148,10 +194,8 @@ async fn file_directory_and_marker_coexist_in_the_flat_key_space() {
     assert_eq!(read(&store, "a/b", 0..5).await.unwrap(), pattern(5, 2));
 }
 
-#[tokio::test]
-async fn pagination_returns_every_key_and_prefix_once() {
-    let _turn = common::shared();
-    let Fixture { store, _moto } = fixture("pages").await;
+async fn pagination_returns_every_key_and_prefix_once(f: Fixture) {
+    let Fixture { store, server: _server } = f;
     let keys: Vec<String> = (0..25).map(|i| format!("p/k{i:02}")).collect();
     for key in &keys {
         put(&store, key, pattern(1, 0)).await;
@@ -167,10 +211,8 @@ async fn pagination_returns_every_key_and_prefix_once() {
     assert_eq!((listed, prefixes, pages), (vec![], dirs, 3));
 }
 
-#[tokio::test]
-async fn multipart_upload_complete_abort_and_minimum_part_size() {
-    let _turn = common::shared();
-    let Fixture { store, _moto } = fixture("multipart").await;
+async fn multipart_upload_complete_abort_and_minimum_part_size(f: Fixture) {
+    let Fixture { store, server: _server } = f;
     let parts = [pattern(5 << 20, 1), pattern(1000, 2)];
 
     let upload = store.create_multipart("big", &PutOptions::default()).await.unwrap();
@@ -208,15 +250,14 @@ async fn multipart_upload_complete_abort_and_minimum_part_size() {
     store.abort_multipart("small", &upload).await.unwrap();
 }
 
-#[tokio::test]
-async fn copy_keeps_or_replaces_metadata() {
-    let _turn = common::shared();
-    let Fixture { store, _moto } = fixture("copy").await;
+async fn copy_keeps_or_replaces_metadata(f: Fixture) {
+    let Fixture { store, server } = f;
     let body = pattern(300, 6);
     let opts = PutOptions {
         metadata: meta(&[("mode", "33188")]),
         ..PutOptions::default()
     };
+    // A space and a `#` in the key: percent-encoded in the copy source.
     store.put("dir/src #1", body.clone(), &opts).await.unwrap();
 
     store.copy("dir/src #1", "kept", None).await.unwrap();
@@ -226,19 +267,23 @@ async fn copy_keeps_or_replaces_metadata() {
     let new = meta(&[("mode", "33261"), ("mtime", "1700000000")]);
     store.copy("dir/src #1", "replaced", Some(&new)).await.unwrap();
     assert_eq!(store.head("replaced").await.unwrap().metadata, new);
+    assert_eq!(stored(&store, &server, "replaced").await, Some(body.clone()));
 
+    // Onto itself: a metadata-only change (chmod).
     store
         .copy("dir/src #1", "dir/src #1", Some(&new))
         .await
         .expect("self-copy with REPLACE");
     assert_eq!(store.head("dir/src #1").await.unwrap().metadata, new);
     assert_eq!(read(&store, "dir/src #1", 0..300).await.unwrap(), body);
+    assert_eq!(stored(&store, &server, "dir/src #1").await, Some(body));
+    if let Server::Embedded(server) = &server {
+        assert_eq!(server.stats().count("CopyObject"), 3);
+    }
 }
 
-#[tokio::test]
-async fn delete_many_uses_delete_objects() {
-    let _turn = common::shared();
-    let Fixture { store, _moto } = fixture("delete").await;
+async fn delete_many_uses_delete_objects(f: Fixture) {
+    let Fixture { store, server: _server } = f;
     let doomed: Vec<String> = (0..30).map(|i| format!("dir/f{i:02}")).collect();
     for key in &doomed {
         put(&store, key, pattern(10, 0)).await;
@@ -251,10 +296,8 @@ async fn delete_many_uses_delete_objects() {
     assert_eq!(list(&store, "", None).await.0, ["keep"]);
 }
 
-#[tokio::test]
-async fn ranged_get_is_exact_and_clamped() {
-    let _turn = common::shared();
-    let Fixture { store, _moto } = fixture("ranges").await;
+async fn ranged_get_is_exact_and_clamped(f: Fixture) {
+    let Fixture { store, server: _server } = f;
     let body = pattern(100, 7);
     put(&store, "f", body.clone()).await;
 
@@ -282,10 +325,8 @@ async fn ranged_get_is_exact_and_clamped() {
     assert_eq!(read(&store, "missing", 0..10).await, Err(StoreError::NotFound));
 }
 
-#[tokio::test]
-async fn head_returns_size_etag_content_type_and_metadata() {
-    let _turn = common::shared();
-    let Fixture { store, _moto } = fixture("head").await;
+async fn head_returns_size_etag_content_type_and_metadata(f: Fixture) {
+    let Fixture { store, server: _server } = f;
     let opts = PutOptions {
         content_type: Some("text/plain".into()),
         metadata: meta(&[("mode", "33188"), ("uid", "1000")]),
@@ -307,43 +348,12 @@ async fn head_returns_size_etag_content_type_and_metadata() {
     assert_eq!(store.head("missing").await, Err(StoreError::NotFound));
 }
 
-#[test]
-fn missing_moto_fails_with_the_install_hint() {
-    let _turn = common::shared();
-    // `-S` leaves site-packages (and so moto) off Python's path: as if it were not installed.
-    let failure = std::panic::catch_unwind(|| Moto::start_with("python3", &["-S"]))
-        .err()
-        .expect("starting moto without site-packages fails");
-    let message = failure.downcast_ref::<String>().cloned().unwrap_or_default();
-    assert!(message.contains("pip install \"moto[server]\""), "{message}");
-    assert!(
-        message.contains("No module named"),
-        "Python's error is shown: {message}"
-    );
-
-    let failure = std::panic::catch_unwind(|| Moto::start_with("/nonexistent/python3", &[]))
-        .err()
-        .expect("a missing interpreter fails");
-    let message = failure.downcast_ref::<String>().cloned().unwrap_or_default();
-    assert!(message.contains("pip install \"moto[server]\""), "{message}");
-}
-
-#[test]
-fn moto_versions_compare_numerically() {
-    let _turn = common::shared();
-    assert!(moto::version_at_least("5.2.2", [5, 2, 2]));
-    assert!(moto::version_at_least("5.10.0", [5, 2, 2]));
-    assert!(moto::version_at_least("6.0.0.dev1", [5, 2, 2]));
-    assert!(!moto::version_at_least("5.2.1", [5, 2, 2]));
-    assert!(!moto::version_at_least("4.2.14", [5, 2, 2]));
-}
-
+/// Conditional writes (`put_if_match`, `complete_if_match` in the provider table): an
+/// upload that names the version it replaces is refused once another client replaced it.
 /// moto honours If-Match on PutObject as S3 does (`put_if_match` of the generic profile
 /// holds on a second server), but not on CompleteMultipartUpload.
-#[tokio::test]
-async fn conditional_writes_refuse_an_object_replaced_meanwhile() {
-    let _turn = common::shared();
-    let Fixture { store, _moto } = fixture("ifmatch").await;
+async fn conditional_writes_refuse_an_object_replaced_meanwhile(f: Fixture) {
+    let Fixture { store, server } = f;
     let if_match = |etag: &str| PutOptions {
         if_match: Some(etag.to_string()),
         ..PutOptions::default()
@@ -356,15 +366,26 @@ async fn conditional_writes_refuse_an_object_replaced_meanwhile() {
     let stale = store.put("f", pattern(10, 3), &if_match(&seen)).await;
     assert_eq!(stale, Err(StoreError::PreconditionFailed));
     assert_eq!(read(&store, "f", 0..100).await.unwrap(), pattern(10, 2));
+    assert_eq!(stored(&store, &server, "f").await, Some(pattern(10, 2)));
     let upload = store.create_multipart("f", &PutOptions::default()).await.unwrap();
     let part = store.upload_part("f", &upload, 1, pattern(10, 4)).await.unwrap();
-    // moto (5.2.x) ignores If-Match on CompleteMultipartUpload, as S3-compatible servers
-    // may: why the generic profile checks with a HEAD before a multipart upload instead
-    // (`complete_if_match: false`). Should moto start honouring it, this says so.
-    let ignored = store
+    let stale = store
         .complete_multipart("f", &upload, std::slice::from_ref(&part), Some(&seen))
         .await;
-    assert!(ignored.is_ok(), "moto now honours If-Match on complete: {ignored:?}");
+    match server {
+        Server::Embedded(_) => {
+            assert_eq!(stale, Err(StoreError::PreconditionFailed), "stale complete");
+            assert_eq!(stored(&store, &server, "f").await, Some(pattern(10, 2)));
+            store
+                .complete_multipart("f", &upload, &[part], Some(&ours))
+                .await
+                .expect("a complete naming the current version");
+        }
+        // moto (5.2.x) ignores If-Match on CompleteMultipartUpload, as S3-compatible
+        // servers may: why the generic profile checks with a HEAD before a multipart upload
+        // instead (`complete_if_match: false`). Should moto start honouring it, this says so.
+        Server::Moto { .. } => assert!(stale.is_ok(), "moto now honours If-Match on complete: {stale:?}"),
+    }
     assert_eq!(read(&store, "f", 0..100).await.unwrap(), pattern(10, 4));
-    let _ = ours;
+    assert_eq!(stored(&store, &server, "f").await, Some(pattern(10, 4)));
 }
