@@ -4,7 +4,12 @@
 //! directory, one after the other. Only directories the user reads prefetch their
 //! children: it never crawls the bucket by itself.
 
-use super::*;
+use super::Fs;
+use super::attr::Kind;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::watch;
 
 /// Listings prefetched at once.

@@ -2,10 +2,17 @@
 //! Pages are listed a little ahead of the reader, and the HEADs for each page's metadata
 //! start the moment it arrives, so the HEADs of consecutive pages overlap.
 
-use super::*;
+use super::attr::Kind;
+use super::dir::{DirEntry, DirStream, ListState};
+use super::tree::ROOT_INO;
+use super::{Errno, Fs, FsResult, dir};
+use crate::store::ListRequest;
 use crate::store::StoreResult;
 use crate::store::pagination::Pagination;
 use dir::ListedPage;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// Pages listed ahead of the page being read (each at most 1,000 entries and their HEADs).

@@ -1,7 +1,13 @@
 //! Resolving names: lookups (one LIST, with a HEAD alongside where metadata is kept),
 //! attributes, and the inode table's budget.
 
-use super::*;
+use super::attr::{Attr, Kind};
+use super::tree::Seen;
+use super::{Errno, Fs, FsResult, dir, names};
+use crate::store::{ListRequest, StoreError};
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
 
 /// What a remote lookup found: the entry, its persisted metadata (from the HEAD), and for a
 /// directory the first page of its own listing with what the mount had changed when it

@@ -38,21 +38,16 @@ pub use write::SetAttr;
 pub use writeback::{DirtyReport, Settle, UploadMode};
 
 use crate::provider::Resolved;
-use crate::store::{ListRequest, ObjectStore, StoreError};
-use blocks::{BlockCache, ObjectVersion, Prefetch};
-use bytes::Bytes;
+use crate::store::{ObjectStore, StoreError};
+use blocks::{BlockCache, ObjectVersion};
 use content::MemoryBudget;
-use dir::{DirStream, ListState};
-use dirty::FileData;
 use parking_lot::Mutex;
 use readahead::ReadStreams;
-use std::collections::HashMap;
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
-use tree::{DirMtime, Seen, Tree};
+use std::time::{Duration, Instant};
+use tree::Tree;
 use upload::Uploader;
 
 /// An errno value, positive.

@@ -1,10 +1,19 @@
 //! Namespace changes: create, mkdir, rmdir, unlink, rename, symlink.
 
-use super::*;
+use super::attr::{Attr, Kind};
+use super::blocks::ObjectVersion;
+use super::dirty::FileData;
+use super::tree::{DirMtime, Seen};
+use super::{Errno, Fs, FsResult, OpenMode, Opened, UploadMode, names};
 use crate::provider::Markers;
+use crate::store::StoreError;
 use crate::store::pagination::Pagination;
 use crate::store::{ListRequest, PutOptions};
+use bytes::Bytes;
 use futures::StreamExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Who asks, for the owner of what they create.
 #[derive(Debug, Clone, Copy)]

@@ -1,8 +1,18 @@
 //! Opening files and reading them: through the block cache, or through a file's local
 //! data when it has changes; the last close.
 
-use super::*;
+use super::attr::Kind;
+use super::blocks::{ObjectVersion, Prefetch};
+use super::dirty::FileData;
+use super::readahead::ReadStreams;
+use super::{Errno, Fs, FsResult, OpenFile, OpenMode, Opened, handles};
+use crate::store::StoreError;
+use bytes::Bytes;
 use handles::Released;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 impl Fs {
     /// Opens a file. Writable opens share one [`FileData`] per inode; `truncate` is O_TRUNC.

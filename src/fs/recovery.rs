@@ -2,11 +2,15 @@
 //! serves files. An object that changed remotely meanwhile is not overwritten: the
 //! recovered data goes to `NAME.s3vol-conflict-TIMESTAMP` beside it.
 
+use super::Fs;
+use super::blocks::ObjectVersion;
 use super::content::{Content, UploadedStaging};
 use super::dirty::FileData;
 use super::journal::{Journaled, Owner, Record, RecordRef, md5_etag};
-use super::*;
+use crate::store::StoreError;
 use futures::StreamExt;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 /// What recovery did, for the log and for tests.
 #[derive(Debug, Default, Clone)]
@@ -249,13 +253,18 @@ pub(super) fn conflict_key(key: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::content::MemoryBudget;
     use super::super::journal::Journal;
+    use super::super::tree::ROOT_INO;
+    use super::super::{Caller, FsConfig, OpenMode, UploadMode};
     use super::*;
-    use crate::provider::Overrides;
+    use crate::provider::{Overrides, Resolved};
     use crate::source::Source;
+    use crate::store::ObjectStore;
     use crate::store::memory::MemoryStore;
     use bytes::Bytes;
     use std::path::Path;
+    use std::path::PathBuf;
 
     const ENDPOINT: &str = "http://127.0.0.1:9";
 

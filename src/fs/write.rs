@@ -1,7 +1,15 @@
 //! Writes into a file's local data, truncation and attribute changes. What happens to the
 //! changes from close() on is `writeback.rs`.
 
-use super::*;
+use super::attr::{Attr, Kind};
+use super::blocks::ObjectVersion;
+use super::dirty::FileData;
+use super::tree::{DirMtime, ROOT_INO};
+use super::{Errno, Fs, FsResult};
+use bytes::Bytes;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 /// Attribute changes of one setattr call.
 #[derive(Debug, Clone, Copy, Default)]

@@ -10,9 +10,16 @@
 //! `UploadMode::OnClose` makes close() wait for the upload and return its error.
 //! `WriteBack` owns which files are queued, uploading or refused.
 
-use super::*;
+use super::dirty::FileData;
+use super::{Errno, Fs, FsResult, recovery};
 use crate::store::Metadata;
+use crate::store::StoreError;
 use futures::StreamExt;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 /// When close() returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
