@@ -177,10 +177,16 @@ pub struct Fs {
     /// Directory markers and deletes deferred by `UploadMode::Background`.
     deferred: deferred::Deferred,
     pub stats: FsStats,
-    /// Tells the kernel an inode's cached attributes are stale (set by the FUSE adapter).
-    kernel_attrs_stale: std::sync::OnceLock<AttrsStale>,
-    /// Tells the kernel a name is gone (set by the FUSE adapter).
-    kernel_entry_gone: std::sync::OnceLock<EntryGone>,
+    /// What the core tells the kernel on its own (set by the FUSE adapter at mount).
+    kernel: KernelNotices,
+}
+
+#[derive(Default)]
+struct KernelNotices {
+    /// An inode's cached attributes are stale.
+    attrs_stale: std::sync::OnceLock<AttrsStale>,
+    /// A name is gone.
+    entry_gone: std::sync::OnceLock<EntryGone>,
 }
 
 /// Marks an inode's attributes in the kernel as stale, so it asks again (its size changed
@@ -263,32 +269,31 @@ impl Fs {
             writeback: Default::default(),
             deferred: Default::default(),
             stats: FsStats::default(),
-            kernel_attrs_stale: Default::default(),
-            kernel_entry_gone: Default::default(),
+            kernel: Default::default(),
             config,
         }
     }
 
     /// How to tell the kernel that an inode's attributes changed (called once, at mount).
     pub fn on_attrs_stale(&self, notify: AttrsStale) {
-        let _ = self.kernel_attrs_stale.set(notify);
+        let _ = self.kernel.attrs_stale.set(notify);
     }
 
     /// How to tell the kernel that a name went away (called once, at mount).
     pub fn on_entry_gone(&self, notify: EntryGone) {
-        let _ = self.kernel_entry_gone.set(notify);
+        let _ = self.kernel.entry_gone.set(notify);
     }
 
     /// `name` under `parent` is gone, though the kernel did not remove it.
     pub(super) fn tell_kernel_entry_gone(&self, parent: u64, name: String) {
-        if let Some(notify) = self.kernel_entry_gone.get().cloned() {
+        if let Some(notify) = self.kernel.entry_gone.get().cloned() {
             tokio::task::spawn_blocking(move || notify(parent, name));
         }
     }
 
     /// The kernel's cached attributes of `ino` are stale (its object changed remotely).
     pub(super) fn tell_kernel_attrs_changed(&self, ino: u64) {
-        if let Some(notify) = self.kernel_attrs_stale.get().cloned() {
+        if let Some(notify) = self.kernel.attrs_stale.get().cloned() {
             // Off this request: the kernel may wait for it while it takes the notice.
             tokio::task::spawn_blocking(move || notify(ino));
         }
