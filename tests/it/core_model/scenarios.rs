@@ -1,0 +1,199 @@
+//! Fixed scenarios of the core against another client, one test each: a remote replace
+//! racing a local write, O_TRUNC on a read-only open, a symlink replaced by a plain object,
+//! revalidation, and listings and lookups older than a deferred delete (see the parent
+//! module for the harness).
+
+use super::{BLOCK, CALLER, Core, block_on, bytes};
+use crate::common;
+use s3vol::fs::{Errno, Fs, Kind, OpenMode, ROOT_INO};
+use s3vol::store::ObjectStore;
+use std::sync::Arc;
+
+/// Writes `local` at `offset` into `key` (holding `base`) through an open handle while
+/// another client replaces the object with `theirs`, then closes. Returns what close()
+/// gave and what the bucket holds.
+fn write_while_replaced(base: &[u8], offset: u64, local: &[u8], theirs: &[u8]) -> (Result<(), Errno>, Vec<u8>) {
+    block_on(async {
+        let core = Core::new();
+        core.remote_put("f", base.to_vec()).await;
+        let (ino, _) = core.walk("f").await.expect("f exists");
+        let mode = OpenMode {
+            write: true,
+            ..OpenMode::default()
+        };
+        let fh = core.fs.open(ino, mode).await.expect("open").fh;
+        core.fs.write(fh, offset, local).await.expect("write");
+        core.remote_put("f", theirs.to_vec()).await;
+        let closed = core.fs.flush(fh).await;
+        core.fs.release(fh).await;
+        (closed, core.bucket().contents("f").expect("f").to_vec())
+    })
+}
+
+/// An object replaced remotely while a handle changes part of it: close() may keep
+/// either version whole (last writer wins with the version it opened, or an error and
+/// theirs untouched), never a mix of their bytes and ours.
+#[test]
+fn an_upload_never_mixes_a_remotely_replaced_base_with_local_changes() {
+    let _turn = common::shared();
+    let block = BLOCK as usize;
+    for (size, offset, len) in [(block / 2, 10, 100), (3 * block, block, block)] {
+        let base = bytes(size, 1);
+        let theirs = bytes(size, 2);
+        let local = bytes(len, 3);
+        let (closed, stored) = write_while_replaced(&base, offset as u64, &local, &theirs);
+        let mut ours = base.clone();
+        ours[offset..offset + len].copy_from_slice(&local);
+        let mut mixed = theirs.clone();
+        mixed[offset..offset + len].copy_from_slice(&local);
+        assert!(
+            stored != mixed,
+            "{size}-byte object: the upload combined the remote replacement with the local \
+             write (close gave {closed:?})"
+        );
+        assert!(
+            (closed.is_ok() && stored == ours) || (closed.is_err() && stored == theirs),
+            "{size}-byte object: close gave {closed:?} and the bucket holds neither version"
+        );
+    }
+}
+
+/// open(O_RDONLY | O_TRUNC) truncates on Linux (O_TRUNC asks for write permission, not a
+/// writable handle), and with FUSE_ATOMIC_O_TRUNC the kernel sets the size to 0 and drops
+/// its cached pages on the filesystem's word that it truncated. A core that ignores
+/// O_TRUNC on a read-only open leaves the kernel and the bucket disagreeing: a program
+/// running from that file dies of SIGSEGV (pjdfstest open::etxtbsy shows it).
+#[test]
+fn o_trunc_truncates_whatever_the_access_mode() {
+    let _turn = common::shared();
+    block_on(async {
+        let core = Core::new();
+        core.remote_put("f", bytes(100, 1)).await;
+        let (ino, _) = core.walk("f").await.expect("f exists");
+        let mode = OpenMode {
+            write: false,
+            truncate: true,
+            append: false,
+        };
+        let fh = core.fs.open(ino, mode).await.expect("open O_RDONLY|O_TRUNC").fh;
+        let size = core.fs.getattr(ino).await.expect("getattr").size;
+        let read = core.fs.read(fh, 0, 1000).await.expect("read");
+        let closed = core.fs.flush(fh).await;
+        core.fs.release(fh).await;
+        assert_eq!((size, read.len()), (0, 0), "size and bytes seen after O_TRUNC");
+        assert_eq!(closed, Ok(()));
+        assert_eq!(
+            core.bucket().contents("f").map(|b| b.len()),
+            Some(0),
+            "the bucket holds the truncated file"
+        );
+    });
+}
+
+/// A symlink is an object with `x-amz-meta-mode` saying S_IFLNK. Replaced by another client
+/// with a plain object, it is a plain file again: the new object's attributes, not the old
+/// object's metadata.
+#[test]
+fn a_symlink_replaced_remotely_by_a_plain_object_is_a_file_again() {
+    let _turn = common::shared();
+    block_on(async {
+        let core = Core::new();
+        core.fs.symlink(ROOT_INO, "l", "target", CALLER).await.expect("symlink");
+        assert_eq!(core.walk("l").await.expect("l").1, Kind::Symlink);
+        core.remote_put("l", b"plain".to_vec()).await;
+        let (ino, kind) = core.walk("l").await.expect("l after the replacement");
+        assert_eq!(kind, Kind::File);
+        let attr = core.fs.getattr(ino).await.expect("getattr");
+        assert_eq!((attr.kind, attr.size), (Kind::File, 5));
+    });
+}
+
+/// A lookup that goes to the bucket also lists `name/`, so that a directory's next path
+/// component is answered from that listing; a name last seen as a file (a revalidation
+/// after the metadata TTL) is spared that LIST, and still becomes a directory if it did.
+#[test]
+fn revalidating_a_file_lists_only_its_directory() {
+    let _turn = common::shared();
+    block_on(async {
+        let core = Core::new();
+        core.remote_put("f", b"data".to_vec()).await;
+        let lists = || core.bucket().requests("list");
+        let before = lists();
+        assert_eq!(core.walk("f").await.expect("f").1, Kind::File);
+        assert_eq!(lists() - before, 2, "cold: the root and f/");
+        let before = lists();
+        assert_eq!(core.walk("f").await.expect("f again").1, Kind::File);
+        assert_eq!(lists() - before, 1, "revalidation: the root only");
+        core.bucket().delete("f").await.expect("delete");
+        core.remote_put("f/inner", b"x".to_vec()).await;
+        assert_eq!(core.walk("f").await.expect("f as a directory").1, Kind::Dir);
+        assert_eq!(core.walk("f/inner").await.expect("f/inner").1, Kind::File);
+    });
+}
+
+/// Runs `observe` (a readdir or a lookup of `d/f`) with its LISTs answered from the bucket
+/// as it was while `d/f`, unlinked while open, was waiting for its last close, and
+/// answered only after that close deleted it. Returns what `observe` saw.
+async fn observe_across_a_deferred_delete<T, F, Fut>(core: &Core, observe: F) -> T
+where
+    F: FnOnce(Arc<Fs>, u64) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    core.fs.mkdir(ROOT_INO, "d", 0o755, CALLER).await.expect("mkdir d");
+    core.write("d/f", 0, b"data", false).await.expect("write d/f");
+    let (dir, _) = core.walk("d").await.expect("d");
+    let (file, _) = core.walk("d/f").await.expect("d/f");
+    let fh = core.fs.open(file, OpenMode::default()).await.expect("open").fh;
+    core.fs.unlink(dir, "f").await.expect("unlink while open");
+    assert!(core.bucket().contents("d/f").is_some(), "kept until the last close");
+
+    let gate = core.bucket().hold_lists();
+    let lists = core.bucket().requests("list");
+    let observer = tokio::spawn(observe(core.fs.clone(), dir));
+    // One thread: once a LIST is counted, it has read the keys and waits.
+    while core.bucket().requests("list") == lists {
+        tokio::task::yield_now().await;
+    }
+    core.fs.release(fh).await;
+    assert!(core.bucket().contents("d/f").is_none(), "deleted at the last close");
+    gate.close();
+    observer.await.expect("observer task")
+}
+
+/// A file unlinked while open is deleted from the bucket at its last close, and hidden
+/// from listings until then. A LIST sent before that close but answered after it (the
+/// delete done, the name no longer hidden) still shows the file: it must not bring the
+/// file back.
+#[test]
+fn a_listing_older_than_a_deferred_delete_does_not_bring_the_file_back() {
+    let _turn = common::shared();
+    block_on(async {
+        let core = Core::new();
+        let names = observe_across_a_deferred_delete(&core, |fs, dir| async move {
+            let fh = fs.opendir(dir).await.expect("opendir");
+            let page = fs.readdir(dir, fh, 0).await.expect("readdir");
+            fs.releasedir(fh);
+            page.into_iter().map(|e| e.name).collect::<Vec<String>>()
+        })
+        .await;
+        assert_eq!(names, [".", ".."], "what readdir of d shows");
+        assert_eq!(core.walk("d/f").await.map(|(_, k)| k), Err(Errno(libc::ENOENT)));
+    });
+}
+
+/// The same for a lookup, whose HEAD and LISTs may find the file before its delete.
+#[test]
+fn a_lookup_older_than_a_deferred_delete_does_not_find_the_file() {
+    let _turn = common::shared();
+    block_on(async {
+        let core = Core::new();
+        let found =
+            observe_across_a_deferred_delete(
+                &core,
+                |fs, dir| async move { fs.lookup(dir, "f").await.map(|a| a.kind) },
+            )
+            .await;
+        assert_eq!(found, Err(Errno(libc::ENOENT)), "what a lookup of d/f finds");
+    });
+}
