@@ -22,7 +22,7 @@ const SINGLE_DELETES_IN_FLIGHT: usize = 16;
 /// `inner`, as the provider `resolved` names lets it be used.
 #[derive(Clone)]
 pub struct Gated<S> {
-    pub(crate) inner: S,
+    inner: S,
     resolved: Resolved,
 }
 

@@ -97,7 +97,7 @@ impl S3Store {
     /// at once, then a GET: on a link 40 ms long, each one that must open its own
     /// connection first pays a round trip (two with TLS) more.
     pub async fn warm_up(&self, connections: usize) {
-        let s = &self.inner.inner;
+        let s = &self.inner().inner;
         let requests = (0..connections).map(|_| {
             let head = s.client.head_bucket().bucket(&s.bucket).send();
             tokio::time::timeout(s.settings.connect_timeout * 2, head)
