@@ -5,8 +5,9 @@
 //! local data goes with the last handle.
 
 use super::OpenFile;
-use super::dir::DirStream;
+use super::content::MemoryBudget;
 use super::dirty::FileData;
+use super::listing::DirStream;
 use super::readahead::ReadStreams;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -30,10 +31,12 @@ pub(super) struct Handles {
     data: Mutex<HashMap<u64, Data>>,
     /// Unlinked while open: deleted from the bucket at the last close, hidden until then.
     pending_deletes: Mutex<HashMap<u64, String>>,
+    /// Memory the local data may hold before it spills to staging files.
+    dirty_budget: Arc<MemoryBudget>,
 }
 
-impl Default for Handles {
-    fn default() -> Self {
+impl Handles {
+    pub fn new(dirty_budget: Arc<MemoryBudget>) -> Handles {
         Handles {
             next_fh: AtomicU64::new(1),
             files: Default::default(),
@@ -42,6 +45,7 @@ impl Default for Handles {
             dirs: Default::default(),
             data: Default::default(),
             pending_deletes: Default::default(),
+            dirty_budget,
         }
     }
 }
@@ -56,6 +60,11 @@ pub(super) struct Released {
 }
 
 impl Handles {
+    /// The memory budget every file's local data draws on.
+    pub fn dirty_budget(&self) -> &Arc<MemoryBudget> {
+        &self.dirty_budget
+    }
+
     fn new_fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }

@@ -21,16 +21,21 @@ const CONCURRENT: usize = 16;
 /// link). At 8, a tree walk that lists one directory after another (`os.walk` of a
 /// dataset) outran them and paid a round of HEADs per directory itself (a data-loading
 /// epoch of 1,000 files 14.4 s, 10.5 s before); at 64 they stay ahead of it.
-const CONCURRENT_HEADS: usize = 64;
+const PREFETCH_HEADS: usize = 64;
 /// Prefetches queued at most; subdirectories beyond are listed when they are read.
 const QUEUED: usize = 512;
 /// Subdirectories after the one being read whose listings are prefetched: a walk that
 /// goes past the first QUEUED ones keeps finding its next listings ready.
 const SIBLINGS: usize = 32;
 
+/// The listings read ahead, and the bounds on the HEADs that listings cause.
 pub(super) struct ListPrefetch {
     slots: Arc<tokio::sync::Semaphore>,
-    heads: tokio::sync::Semaphore,
+    /// HEADs of listed entries in flight across the mount, for readdir and prefetch alike
+    /// (see `listed_metadata.rs`).
+    pub heads: tokio::sync::Semaphore,
+    /// The prefetched listings' share of `heads`.
+    prefetch_heads: tokio::sync::Semaphore,
     /// Directories queued or being listed. A reader waits for a listing under way rather
     /// than send the same LIST again, but not for one still queued behind others.
     in_flight: Mutex<HashMap<u64, watch::Receiver<Stage>>>,
@@ -47,7 +52,8 @@ impl Default for ListPrefetch {
     fn default() -> Self {
         ListPrefetch {
             slots: Arc::new(tokio::sync::Semaphore::new(CONCURRENT)),
-            heads: tokio::sync::Semaphore::new(CONCURRENT_HEADS),
+            heads: tokio::sync::Semaphore::new(super::listed_metadata::CONCURRENT_HEADS),
+            prefetch_heads: tokio::sync::Semaphore::new(PREFETCH_HEADS),
             in_flight: Mutex::new(HashMap::new()),
         }
     }
@@ -108,7 +114,7 @@ impl Fs {
                 }
                 // Waiters go on once the listing is in, not after its entries' HEADs.
                 let prefetched = this
-                    .list_then_load_metadata(ino, &key, &this.list_prefetch.heads, done)
+                    .list_then_load_metadata(ino, &key, &this.list_prefetch.prefetch_heads, done)
                     .await;
                 if let Err(e) = prefetched {
                     // The directory's own readdir will ask again and report the error.

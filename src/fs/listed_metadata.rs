@@ -8,7 +8,7 @@
 //! keeps no user metadata there is nothing to fetch.
 
 use super::attr::Kind;
-use super::{Fs, dir};
+use super::{Fs, listing};
 use crate::store::StoreError;
 use crate::store::{ListPage, ObjectMeta, StoreResult};
 use futures::StreamExt;
@@ -32,7 +32,7 @@ impl Fs {
         if !self.resolved.profile.user_metadata {
             return Vec::new();
         }
-        let entries = dir::page_entries(dir_key, page, self.resolved.profile.hidden_prefixes);
+        let entries = listing::page_entries(dir_key, page, self.resolved.profile.hidden_prefixes);
         let tree = self.tree();
         entries
             .into_iter()
@@ -68,7 +68,7 @@ impl Fs {
     pub(super) async fn head_all(&self, keys: Vec<String>) -> Heads {
         futures::stream::iter(keys)
             .map(|key| async move {
-                let _slot = self.metadata_heads.acquire().await.expect("never closed");
+                let _slot = self.list_prefetch.heads.acquire().await.expect("never closed");
                 self.stats.head_requests.fetch_add(1, Ordering::Relaxed);
                 let result = self.store.head(&key).await;
                 (key, result)
@@ -89,7 +89,7 @@ impl Fs {
                 if self.tree().metadata_loaded(&key) {
                     return None;
                 }
-                let _slot = self.metadata_heads.acquire().await.expect("never closed");
+                let _slot = self.list_prefetch.heads.acquire().await.expect("never closed");
                 self.stats.head_requests.fetch_add(1, Ordering::Relaxed);
                 let result = self.store.head(&key).await;
                 Some((key, result))

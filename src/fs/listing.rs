@@ -1,241 +1,318 @@
-//! Directory handles: readdir streams LIST pages into entries and the metadata cache.
-//! Pages are listed a little ahead of the reader, and the HEADs for each page's metadata
-//! start the moment it arrives, so the HEADs of consecutive pages overlap.
+//! Directory listings: LIST pages turned into entries as they arrive, so the first entries
+//! of a huge directory are answered after one request, and every page feeds the metadata
+//! cache (so `ls -l` needs no HEAD per entry); and what a listing, older than the mount's
+//! own changes since it was sent, must not undo (entries being deleted, newer local ones).
 
 use super::attr::Kind;
-use super::dir::{DirEntry, DirStream, ListState};
-use super::tree::ROOT_INO;
-use super::{Errno, Fs, FsResult, dir};
-use crate::store::ListRequest;
-use crate::store::StoreResult;
-use crate::store::pagination::Pagination;
-use dir::ListedPage;
-use std::sync::Arc;
+use super::names::unusable_name;
+use super::tree::Seen;
+use super::{Fs, FsResult};
+use crate::store::{ListPage, ListRequest, StoreError, StoreResult};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
-use tokio::sync::mpsc;
+use std::time::SystemTime;
 
-/// Pages listed ahead of the page being read (each at most 1,000 entries and their HEADs).
-const PAGES_AHEAD: usize = 2;
+/// The mount's own changes under a directory when a LIST of it was sent: the listing is
+/// older than any change made since, and must not undo it.
+pub(super) struct ListingStart {
+    /// The directory's change count.
+    pub changes: u64,
+    /// Keys under the directory whose objects were being deleted. The listing may show
+    /// them although their deletes are done by the time it arrives and they are no longer
+    /// hidden.
+    pub hidden: HashSet<String>,
+}
+
+/// One entry as readdir returns it.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub name: String,
+    pub kind: Kind,
+    /// The offset of the entry after this one (what the kernel passes back to continue).
+    pub next_offset: u64,
+}
+
+/// Where an open directory's listing stands.
+pub struct DirStream {
+    pub ino: u64,
+    pub key: String,
+    /// Entries of the current page; `entries[i]` has offset `base + i`.
+    pub entries: Vec<DirEntry>,
+    pub base: u64,
+    /// Where the listing stands: not started, in progress, or complete.
+    pub state: ListState,
+    /// Names shown so far, to reconcile the cache once the listing is complete.
+    pub shown: HashSet<String>,
+    /// The directory's change count when the listing started (see `Tree::finish_listing`).
+    pub changes_at_start: u64,
+    /// Pages listed ahead of the reader, with the HEADs of their entries under way.
+    pub pages: Option<tokio::sync::mpsc::Receiver<StoreResult<ListedPage>>>,
+}
+
+/// A LIST page listed ahead of the reader.
+pub struct ListedPage {
+    pub page: ListPage,
+    /// Keys under the directory being deleted when the LIST was sent.
+    pub hidden_at_start: HashSet<String>,
+    /// The HEADs of its entries that lack metadata, started when the page arrived.
+    pub heads: tokio::task::JoinHandle<super::listed_metadata::Heads>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListState {
+    Start,
+    More,
+    /// The store's listing is complete; local-only entries were appended.
+    Done,
+}
+
+/// Positions 0 and 1 are `.` and `..`; listing entries start at 2. An entry's
+/// `next_offset` is its position plus one: where the kernel asks to continue.
+pub const FIRST_LISTING_OFFSET: u64 = 2;
+
+impl DirStream {
+    pub fn new(ino: u64, key: String) -> DirStream {
+        DirStream {
+            ino,
+            key,
+            entries: Vec::new(),
+            base: FIRST_LISTING_OFFSET,
+            state: ListState::Start,
+            shown: HashSet::new(),
+            changes_at_start: 0,
+            pages: None,
+        }
+    }
+
+    pub fn restart(&mut self) {
+        *self = DirStream::new(self.ino, std::mem::take(&mut self.key));
+    }
+
+    pub fn end_offset(&self) -> u64 {
+        self.base + self.entries.len() as u64
+    }
+}
+
+/// Turns a LIST page under `dir_key` into entries, in key order: names that cannot be file
+/// names and hidden prefixes are skipped (with one warning per key), and a file that is
+/// also a directory is shown as the directory.
+pub fn page_entries(dir_key: &str, page: &ListPage, hidden: &[&str]) -> Vec<Seen> {
+    let dirs: HashSet<&str> = page
+        .prefixes
+        .iter()
+        .filter_map(|p| p.strip_prefix(dir_key)?.strip_suffix('/'))
+        .collect();
+    let mut out = Vec::with_capacity(page.objects.len() + page.prefixes.len());
+    for o in &page.objects {
+        let Some(name) = o.key.strip_prefix(dir_key) else {
+            continue;
+        };
+        if name.is_empty() || dirs.contains(name) {
+            // The directory's own marker, or a file hidden by a directory of its name.
+            continue;
+        }
+        if let Some(why) = unusable_name(name) {
+            warn_unusable(&o.key, why);
+            continue;
+        }
+        out.push(Seen {
+            name: name.to_string(),
+            kind: Kind::File,
+            size: o.size,
+            mtime: o.last_modified.unwrap_or(SystemTime::UNIX_EPOCH),
+            etag: o.etag.clone(),
+        });
+    }
+    for p in &page.prefixes {
+        let Some(name) = p.strip_prefix(dir_key).and_then(|n| n.strip_suffix('/')) else {
+            continue;
+        };
+        if hidden.iter().any(|h| p == h) {
+            continue;
+        }
+        if let Some(why) = unusable_name(name) {
+            warn_unusable(p, why);
+            continue;
+        }
+        out.push(Seen {
+            name: name.to_string(),
+            kind: Kind::Dir,
+            size: 0,
+            mtime: SystemTime::UNIX_EPOCH,
+            etag: None,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// The times a LIST page of directory `dir_key` tells of the directory itself: its marker's
+/// LastModified (if the page holds the marker) and the newest LastModified of its entries.
+pub fn page_times(dir_key: &str, page: &ListPage) -> (Option<SystemTime>, Option<SystemTime>) {
+    let marker = page
+        .objects
+        .iter()
+        .find(|o| o.key == dir_key)
+        .and_then(|o| o.last_modified);
+    let newest = page
+        .objects
+        .iter()
+        .filter(|o| o.key != dir_key)
+        .filter_map(|o| o.last_modified)
+        .max();
+    (marker, newest)
+}
+
+fn warn_unusable(key: &str, why: &str) {
+    tracing::warn!("skipping key {key:?}: it cannot be a file name ({why})");
+}
 
 impl Fs {
-    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let key = {
-            let tree = self.tree();
-            let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
-            if n.attr.kind != Kind::Dir {
-                return Err(Errno(libc::ENOTDIR));
-            }
-            n.key.clone()
-        };
-        Ok(self.handles.open_dir(DirStream::new(ino, key)))
+    /// What a LIST of `prefix` in directory `dir`, sent now, must not undo.
+    pub(super) fn listing_start(&self, dir: u64, prefix: &str) -> ListingStart {
+        ListingStart {
+            changes: self.tree().dir_changes(dir),
+            hidden: self.deferred.hidden_under(prefix),
+        }
     }
 
-    pub fn releasedir(&self, fh: u64) {
-        self.handles.release_dir(fh);
-    }
-
-    /// Entries from `offset` on (as many as one page holds); empty at the end. Offsets 1
-    /// and 2 are `.` and `..`.
-    pub async fn readdir(self: &Arc<Self>, ino: u64, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
-        let stream = self.handles.dir(fh).ok_or(Errno(libc::EBADF))?;
-        let mut s = stream.lock().await;
-        let mut out = Vec::new();
-        if offset < 2 {
-            let parent = self.tree().get(ino).map_or(ROOT_INO, |n| n.parent);
-            if offset < 1 {
-                out.push(DirEntry {
-                    ino,
-                    name: ".".into(),
-                    kind: Kind::Dir,
-                    next_offset: 1,
-                });
+    /// Drops entries whose object is being deleted (a file's key, or a directory's
+    /// marker), or was when the listing was sent: the bucket may list them until the
+    /// delete is done.
+    pub(super) fn drop_hidden(&self, parent_key: &str, seen: &mut Vec<Seen>, hidden_at_start: &HashSet<String>) {
+        self.deferred.with_hidden(|hidden| {
+            if hidden.is_empty() && hidden_at_start.is_empty() {
+                return;
             }
-            out.push(DirEntry {
-                ino: parent,
-                name: "..".into(),
-                kind: Kind::Dir,
-                next_offset: 2,
+            let deleting = |key: &String| hidden.contains(key) || hidden_at_start.contains(key);
+            seen.retain(|e| {
+                let key = format!("{parent_key}{}", e.name);
+                let marker = format!("{key}/");
+                !(deleting(&key) || (e.kind == Kind::Dir && deleting(&marker)))
             });
-        }
-        let offset = offset.max(dir::FIRST_LISTING_OFFSET);
-        if offset < s.base {
-            s.restart();
-        }
-        // Advance page by page until the page that holds `offset`.
-        while offset >= s.end_offset() && s.state != ListState::Done {
-            self.next_dir_page(&mut s).await?;
-        }
-        let from = (offset - s.base) as usize;
-        out.extend(s.entries.iter().skip(from).cloned());
-        Ok(out)
-    }
-
-    /// Replaces the stream's entries with its next page.
-    pub(super) async fn next_dir_page(self: &Arc<Self>, s: &mut DirStream) -> FsResult<()> {
-        let new_base = s.end_offset();
-        if s.state == ListState::Start {
-            self.prefetch_siblings(s.ino);
-            self.wait_for_prefetch(s.ino).await;
-        }
-        let now = Instant::now();
-        let until = now + self.config.metadata_ttl;
-        let cached = {
-            let tree = self.tree();
-            let n = tree.get(s.ino).ok_or(Errno(libc::ENOENT))?;
-            (s.state == ListState::Start && n.listed_until.is_some_and(|t| t > now)).then(|| {
-                n.children
-                    .iter()
-                    .map(|(name, ino)| (name.clone(), *ino))
-                    .collect::<Vec<_>>()
-            })
-        };
-        let entries: Vec<(String, u64, Kind)> = if let Some(children) = cached {
-            // A fresh complete listing is in the cache: no LIST, and HEADs only for
-            // entries whose metadata is not in yet (a lookup's listing of the directory).
-            s.state = ListState::Done;
-            let inos: Vec<u64> = children.iter().map(|(_, ino)| *ino).collect();
-            self.load_metadata(&inos).await;
-            let tree = self.tree();
-            children
-                .into_iter()
-                .filter_map(|(name, ino)| tree.get(ino).map(|n| (name, ino, n.attr.kind)))
-                .collect()
-        } else if s.state == ListState::More || s.state == ListState::Start {
-            if s.state == ListState::Start {
-                s.changes_at_start = self.tree().dir_changes(s.ino);
-                s.pages = Some(self.list_ahead(s.key.clone()));
-            }
-            let listed = match s.pages.as_mut() {
-                Some(pages) => pages.recv().await,
-                None => None,
-            };
-            let listed = match listed {
-                Some(Ok(listed)) => listed,
-                failed => {
-                    // The next readdir starts the listing again.
-                    s.restart();
-                    return Err(match failed {
-                        Some(Err(e)) => self.fail("LIST", &s.key, e),
-                        _ => Errno(libc::EIO),
-                    });
-                }
-            };
-            let ListedPage {
-                page,
-                hidden_at_start,
-                heads,
-            } = listed;
-            let mut seen = dir::page_entries(&s.key, &page, self.resolved.profile.hidden_prefixes);
-            self.drop_hidden(&s.key, &mut seen, &hidden_at_start);
-            let (marker, newest) = dir::page_times(&s.key, &page);
-            let mut shown = Vec::with_capacity(seen.len());
-            {
-                let mut tree = self.tree();
-                tree.note_dir_listing(s.ino, marker, newest);
-                for e in &seen {
-                    if let Some(ino) = tree.upsert_listed(s.ino, e, until, s.changes_at_start) {
-                        s.shown.insert(e.name.clone());
-                        shown.push((e.name.clone(), ino));
-                    }
-                }
-            }
-            // The entries go out with their persisted type and modes.
-            self.apply_heads(&heads.await.unwrap_or_default());
-            let mut tree = self.tree();
-            let mut entries: Vec<(String, u64, Kind)> = shown
-                .into_iter()
-                .filter_map(|(name, ino)| tree.get(ino).map(|n| (name, ino, n.attr.kind)))
-                .collect();
-            if page.next.is_none() {
-                s.state = ListState::Done;
-                s.pages = None;
-                tree.finish_listing(s.ino, &s.shown, until, s.changes_at_start);
-                // Entries that exist only in the mount come last.
-                let local: Vec<(String, u64, Kind)> = tree
-                    .get(s.ino)
-                    .map(|n| {
-                        n.children
-                            .iter()
-                            .filter(|(name, _)| !s.shown.contains(*name))
-                            .filter_map(|(name, ino)| tree.get(*ino).map(|c| (name.clone(), *ino, c.attr.kind)))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                entries.extend(local);
-            } else {
-                s.state = ListState::More;
-            }
-            entries
-        } else {
-            Vec::new()
-        };
-        self.prefetch_listings(&entries);
-        self.trim_tree();
-        s.base = new_base;
-        s.entries = entries
-            .into_iter()
-            .enumerate()
-            .map(|(i, (name, ino, kind))| DirEntry {
-                ino,
-                name,
-                kind,
-                next_offset: new_base + i as u64 + 1,
-            })
-            .collect();
-        Ok(())
-    }
-
-    /// Lists `key` page by page, ahead of its reader by at most [`PAGES_AHEAD`] pages,
-    /// starting the HEADs of each page's entries as soon as it arrives. Ends at the last
-    /// page, at an error (sent on), or when the reader is gone.
-    fn list_ahead(self: &Arc<Self>, key: String) -> mpsc::Receiver<StoreResult<ListedPage>> {
-        let (pages, reader) = mpsc::channel(PAGES_AHEAD);
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut continuation = None;
-            let mut pagination = Pagination::default();
-            loop {
-                let hidden_at_start = this.deferred.hidden_under(&key);
-                this.stats.list_requests.fetch_add(1, Ordering::Relaxed);
-                let request = ListRequest {
-                    prefix: key.clone(),
-                    delimiter: Some("/".into()),
-                    continuation: continuation.take(),
-                    start_after: None,
-                    max_keys: Some(1000),
-                };
-                let page = match this.store.list_page(&request).await {
-                    Ok(page) => page,
-                    Err(e) => {
-                        let _ = pages.send(Err(e)).await;
-                        return;
-                    }
-                };
-                let next = match pagination.next(&key, &page) {
-                    Ok(next) => next,
-                    Err(e) => {
-                        let _ = pages.send(Err(e)).await;
-                        return;
-                    }
-                };
-                let wanted = this.keys_wanting_metadata(&key, &page);
-                let heads = {
-                    let this = this.clone();
-                    tokio::spawn(async move { this.head_all(wanted).await })
-                };
-                continuation = next;
-                let last = continuation.is_none();
-                let listed = ListedPage {
-                    page,
-                    hidden_at_start,
-                    heads,
-                };
-                if pages.send(Ok(listed)).await.is_err() || last {
-                    return;
-                }
-            }
         });
-        reader
+    }
+
+    /// Feeds a first page of a directory's listing into the cache; a complete one is the
+    /// whole listing until the TTL runs out.
+    pub(super) fn absorb_dir_page(
+        &self,
+        parent: u64,
+        parent_key: &str,
+        page: &crate::store::ListPage,
+        start: &ListingStart,
+    ) {
+        let mut seen = page_entries(parent_key, page, self.resolved.profile.hidden_prefixes);
+        self.drop_hidden(parent_key, &mut seen, &start.hidden);
+        let until = self.ttl_from_now();
+        let (marker, newest) = page_times(parent_key, page);
+        let mut tree = self.tree();
+        tree.note_dir_listing(parent, marker, newest);
+        let mut shown = std::collections::HashSet::new();
+        for e in &seen {
+            if tree.upsert_listed(parent, e, until, start.changes).is_some() {
+                shown.insert(e.name.clone());
+            }
+        }
+        if page.next.is_none() {
+            tree.finish_listing(parent, &shown, until, start.changes);
+        }
+    }
+
+    /// The first page of the `/`-delimited listing of `prefix` (counted in the stats).
+    pub(super) async fn first_page(&self, prefix: &str) -> Result<crate::store::ListPage, StoreError> {
+        self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
+        let req = ListRequest {
+            prefix: prefix.to_string(),
+            delimiter: Some("/".into()),
+            max_keys: Some(1000),
+            ..Default::default()
+        };
+        self.store.list_page(&req).await
+    }
+
+    /// The first `count` keys under `prefix` (no delimiter).
+    pub(super) async fn first_keys(&self, prefix: &str, count: i32) -> FsResult<crate::store::ListPage> {
+        self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
+        let req = ListRequest {
+            prefix: prefix.to_string(),
+            max_keys: Some(count),
+            ..Default::default()
+        };
+        self.store
+            .list_page(&req)
+            .await
+            .map_err(|e| self.fail("LIST", prefix, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ObjectMeta;
+
+    fn obj(key: &str) -> ObjectMeta {
+        ObjectMeta {
+            key: key.into(),
+            size: 1,
+            etag: None,
+            last_modified: None,
+            metadata: Default::default(),
+        }
+    }
+
+    #[test]
+    fn page_entries_skip_markers_hidden_and_bad_names() {
+        let page = ListPage {
+            objects: vec![
+                obj("d/"),
+                obj("d/a"),
+                obj("d/b"),
+                obj("d/."),
+                obj(&format!("d/{}", "x".repeat(300))),
+            ],
+            prefixes: vec![
+                "d/b/".into(),
+                "d/c/".into(),
+                "d//".into(),
+                "d/.s3compat_uploads/".into(),
+            ],
+            next: None,
+        };
+        let seen = page_entries("d/", &page, &["d/.s3compat_uploads/"]);
+        let names: Vec<_> = seen.iter().map(|s| (s.name.as_str(), s.kind)).collect();
+        assert_eq!(names, [("a", Kind::File), ("b", Kind::Dir), ("c", Kind::Dir)]);
+    }
+
+    /// Keys and prefixes from a server that ignores the prefix or the delimiter.
+    fn hostile_key() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::prop_oneof![
+            "d/[a-c./\\x00]{0,6}",
+            "[a-d/]{0,4}",
+            "d/\\PC{0,300}",
+            proptest::strategy::Just("d/".to_string()),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever a page holds, each entry is a name the kernel can take, in order.
+        #[test]
+        fn any_page_gives_only_usable_names(
+            keys in proptest::collection::vec(hostile_key(), 0..20),
+            prefixes in proptest::collection::vec(hostile_key(), 0..10),
+        ) {
+            let page = ListPage {
+                objects: keys.iter().map(|k| obj(k)).collect(),
+                prefixes,
+                next: None,
+            };
+            let seen = page_entries("d/", &page, &[]);
+            for s in &seen {
+                proptest::prop_assert!(unusable_name(&s.name).is_none(), "{:?}", s.name);
+            }
+            proptest::prop_assert!(seen.windows(2).all(|w| w[0].name <= w[1].name));
+            let _ = page_times("d/", &page);
+        }
     }
 }

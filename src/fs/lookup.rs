@@ -1,11 +1,11 @@
-//! Resolving names: lookups (one LIST, with a HEAD alongside where metadata is kept),
-//! attributes, and the inode table's budget.
+//! Resolving names: lookups (one LIST, with a HEAD alongside where metadata is kept), and
+//! refreshing one entry from the bucket.
 
 use super::attr::{Attr, Kind};
+use super::listing::ListingStart;
 use super::tree::Seen;
-use super::{Errno, Fs, FsResult, dir, names};
-use crate::store::{ListRequest, StoreError};
-use std::collections::HashSet;
+use super::{Errno, Fs, FsResult, names};
+use crate::store::StoreError;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
@@ -20,53 +20,12 @@ pub(super) struct Found {
     listing: Option<(crate::store::ListPage, ListingStart)>,
 }
 
-/// The mount's own changes under a directory when a LIST of it was sent: the listing is
-/// older than any change made since, and must not undo it.
-pub(super) struct ListingStart {
-    /// The directory's change count.
-    pub changes: u64,
-    /// Keys under the directory whose objects were being deleted. The listing may show
-    /// them although their deletes are done by the time it arrives and they are no longer
-    /// hidden.
-    pub hidden: HashSet<String>,
-}
-
 impl Fs {
     /// Resolves `name` for the kernel, which then holds a reference to the inode.
     pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
         let attr = self.find(parent, name).await?;
         self.tree().add_lookup(attr.ino);
         Ok(attr)
-    }
-
-    /// Entries in the inode table now.
-    pub fn inode_count(&self) -> usize {
-        self.tree().node_count()
-    }
-
-    /// The kernel was given `ino` in a readdirplus entry.
-    pub fn note_lookup(&self, ino: u64) {
-        self.tree().add_lookup(ino);
-    }
-
-    /// The kernel dropped `count` references to `ino`.
-    pub fn forget(&self, ino: u64, count: u64) {
-        self.tree().forget(ino, count);
-    }
-
-    /// Keeps the inode table within its budget: unreferenced entries the kernel forgot
-    /// (or never saw) go, oldest first, unless a file is open or has local data.
-    pub(super) fn trim_tree(&self) {
-        let excess = self.tree().node_count().saturating_sub(self.config.max_nodes);
-        if excess == 0 {
-            return;
-        }
-        let candidates = self.tree().eviction_candidates(excess + 64);
-        let pinned = self.handles.pinned(&candidates);
-        let mut tree = self.tree();
-        for (ino, pinned) in candidates.into_iter().zip(pinned) {
-            if pinned { tree.keep(ino) } else { tree.evict(ino) }
-        }
     }
 
     /// `lookup` without the kernel reference (for the core's own resolution of names).
@@ -262,95 +221,6 @@ impl Fs {
             Err(StoreError::NotFound) => Ok(None),
             Err(e) => Err(e),
         }
-    }
-
-    /// What a LIST of `prefix` in directory `dir`, sent now, must not undo.
-    pub(super) fn listing_start(&self, dir: u64, prefix: &str) -> ListingStart {
-        ListingStart {
-            changes: self.tree().dir_changes(dir),
-            hidden: self.deferred.hidden_under(prefix),
-        }
-    }
-
-    /// Drops entries whose object is being deleted (a file's key, or a directory's
-    /// marker), or was when the listing was sent: the bucket may list them until the
-    /// delete is done.
-    pub(super) fn drop_hidden(&self, parent_key: &str, seen: &mut Vec<Seen>, hidden_at_start: &HashSet<String>) {
-        self.deferred.with_hidden(|hidden| {
-            if hidden.is_empty() && hidden_at_start.is_empty() {
-                return;
-            }
-            let deleting = |key: &String| hidden.contains(key) || hidden_at_start.contains(key);
-            seen.retain(|e| {
-                let key = format!("{parent_key}{}", e.name);
-                let marker = format!("{key}/");
-                !(deleting(&key) || (e.kind == Kind::Dir && deleting(&marker)))
-            });
-        });
-    }
-
-    /// Feeds a first page of a directory's listing into the cache; a complete one is the
-    /// whole listing until the TTL runs out.
-    pub(super) fn absorb_dir_page(
-        &self,
-        parent: u64,
-        parent_key: &str,
-        page: &crate::store::ListPage,
-        start: &ListingStart,
-    ) {
-        let mut seen = dir::page_entries(parent_key, page, self.resolved.profile.hidden_prefixes);
-        self.drop_hidden(parent_key, &mut seen, &start.hidden);
-        let until = self.ttl_from_now();
-        let (marker, newest) = dir::page_times(parent_key, page);
-        let mut tree = self.tree();
-        tree.note_dir_listing(parent, marker, newest);
-        let mut shown = std::collections::HashSet::new();
-        for e in &seen {
-            if tree.upsert_listed(parent, e, until, start.changes).is_some() {
-                shown.insert(e.name.clone());
-            }
-        }
-        if page.next.is_none() {
-            tree.finish_listing(parent, &shown, until, start.changes);
-        }
-    }
-
-    /// The first page of the `/`-delimited listing of `prefix` (counted in the stats).
-    pub(super) async fn first_page(&self, prefix: &str) -> Result<crate::store::ListPage, StoreError> {
-        self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
-        let req = ListRequest {
-            prefix: prefix.to_string(),
-            delimiter: Some("/".into()),
-            max_keys: Some(1000),
-            ..Default::default()
-        };
-        self.store.list_page(&req).await
-    }
-
-    /// The first `count` keys under `prefix` (no delimiter).
-    pub(super) async fn first_keys(&self, prefix: &str, count: i32) -> FsResult<crate::store::ListPage> {
-        self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
-        let req = ListRequest {
-            prefix: prefix.to_string(),
-            max_keys: Some(count),
-            ..Default::default()
-        };
-        self.store
-            .list_page(&req)
-            .await
-            .map_err(|e| self.fail("LIST", prefix, e))
-    }
-
-    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        let (fresh, key, kind) = {
-            let tree = self.tree();
-            let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
-            (n.local || n.fresh_until > Instant::now(), n.key.clone(), n.attr.kind)
-        };
-        if fresh || kind == Kind::Dir {
-            return self.node_attr(ino);
-        }
-        self.refresh_file(ino, &key).await
     }
 
     /// Re-reads a file's attributes with one HEAD.

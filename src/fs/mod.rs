@@ -6,10 +6,10 @@ mod blocks;
 mod budget;
 mod content;
 mod deferred;
-mod dir;
 mod dirty;
 pub mod disk_cache;
 mod handles;
+mod inodes;
 mod journal;
 mod journal_log;
 mod list_prefetch;
@@ -18,23 +18,26 @@ mod listing;
 mod lookup;
 mod names;
 mod namespace;
+mod open;
 #[cfg(test)]
 mod panic_tests;
 mod ranges;
 mod read;
 mod readahead;
+mod readdir;
 mod recovery;
+mod stat;
 pub mod tree;
 mod upload;
 mod write;
 mod writeback;
 
 pub use attr::{Attr, Defaults, Kind};
-pub use dir::DirEntry;
+pub use listing::DirEntry;
 pub use namespace::Caller;
 pub use recovery::Recovered;
+pub use stat::SetAttr;
 pub use tree::ROOT_INO;
-pub use write::SetAttr;
 pub use writeback::{DirtyReport, Settle, UploadMode};
 
 use crate::provider::Resolved;
@@ -167,11 +170,8 @@ pub struct Fs {
     /// Open handles, local data and the unlink-while-open rule.
     handles: handles::Handles,
     list_prefetch: list_prefetch::ListPrefetch,
-    /// Bounds the HEADs that read listed entries' metadata (see `listed_metadata.rs`).
-    metadata_heads: tokio::sync::Semaphore,
+    /// Uploads on close, and the journal every upload and background delete is recorded in.
     uploader: Uploader,
-    journal: Arc<journal::Journal>,
-    dirty_budget: Arc<MemoryBudget>,
     /// Files' uploads after close: queued, in flight, refused.
     writeback: writeback::WriteBack,
     /// Directory markers and deletes deferred by `UploadMode::Background`.
@@ -248,24 +248,15 @@ impl Fs {
             &resolved.bucket,
             resolved.endpoint.as_deref(),
         ));
-        let uploader = Uploader::new(
-            store.clone(),
-            resolved.clone(),
-            blocks.clone(),
-            transfers,
-            journal.clone(),
-        );
+        let uploader = Uploader::new(store.clone(), resolved.clone(), blocks.clone(), transfers, journal);
         Fs {
             store,
             resolved,
             tree: Mutex::new(tree),
             blocks,
-            handles: Default::default(),
+            handles: handles::Handles::new(MemoryBudget::new(quarter, quarter.min(8 << 20))),
             list_prefetch: Default::default(),
-            metadata_heads: tokio::sync::Semaphore::new(listed_metadata::CONCURRENT_HEADS),
             uploader,
-            journal,
-            dirty_budget: MemoryBudget::new(quarter, quarter.min(8 << 20)),
             writeback: Default::default(),
             deferred: Default::default(),
             stats: FsStats::default(),

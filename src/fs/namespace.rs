@@ -294,7 +294,7 @@ impl Fs {
     async fn delete_object(self: &Arc<Self>, key: &str, etag: Option<&str>) -> FsResult<()> {
         let journaled = match self.config.upload_mode {
             UploadMode::OnClose => None,
-            UploadMode::Background => match self.journal.record_delete(key, etag) {
+            UploadMode::Background => match self.uploader.journal().record_delete(key, etag) {
                 Ok(at) => Some(at),
                 Err(e) => {
                     tracing::warn!("journal for the delete of {key:?}: {e}; deleting it now instead");
@@ -310,7 +310,7 @@ impl Fs {
         self.in_background(|this| async move {
             let deleted = match this.store.delete(&key).await {
                 Ok(()) => {
-                    this.journal.deleted(at);
+                    this.uploader.journal().deleted(at);
                     true
                 }
                 Err(e) => {
@@ -436,7 +436,7 @@ impl Fs {
             etag: Arc::from(head.etag.unwrap_or_default().as_str()),
             size: head.size,
         };
-        let mut f = FileData::new(to.to_string(), Some(base), self.dirty_budget.clone());
+        let mut f = FileData::new(to.to_string(), Some(base), self.handles.dirty_budget().clone());
         f.dirty = true;
         let version = self.uploader.upload(&mut f, &head.metadata).await?;
         Ok(version.etag.to_string())
@@ -519,7 +519,7 @@ impl Fs {
         let old_base = f.base.take();
         if f.journal.is_some() {
             let metadata = self.metadata_for(ino);
-            if let Err(e) = self.journal.record(&mut f, &metadata, None) {
+            if let Err(e) = self.uploader.journal().record(&mut f, &metadata, None) {
                 tracing::warn!("journal for {new_key:?}: {e}; uploading under the old name, then moving");
                 f.key = old_key_of_data;
                 f.base = old_base;

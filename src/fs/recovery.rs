@@ -33,13 +33,13 @@ pub struct Recovered {
 impl Fs {
     pub async fn recover(self: &Arc<Self>) -> Recovered {
         let mut out = Recovered::default();
-        let listing = self.journal.read();
+        let listing = self.uploader.journal().read();
         // The cache directory's lock is held: no live mount writes these staging files.
-        self.journal.remove_unnamed_staging(&listing);
+        self.uploader.journal().remove_unnamed_staging(&listing);
         let mut mine = Vec::new();
         let mut deletes = Vec::new();
         for Journaled { at, record, inline } in listing.records {
-            match self.journal.owner(&record) {
+            match self.uploader.journal().owner(&record) {
                 Owner::Other(whose) => {
                     tracing::info!("{at} belongs to {whose}; left for its mount");
                     out.others += 1;
@@ -57,7 +57,7 @@ impl Fs {
             }
             let data = match record.inline {
                 true => Ok(Data::Inline(inline)),
-                false => self.journal.staging_file(&record).map(Data::Staged),
+                false => self.uploader.journal().staging_file(&record).map(Data::Staged),
             };
             match data {
                 Ok(data) => mine.push((at, record, data)),
@@ -113,7 +113,7 @@ impl Fs {
                             out.uploaded.extend(target);
                         }
                     }
-                    self.journal.uploaded(Some(at), left).await;
+                    self.uploader.journal().uploaded(Some(at), left).await;
                 }
                 Err((e, Some(f))) => {
                     tracing::warn!(
@@ -150,12 +150,12 @@ impl Fs {
             tracing::warn!("aborting the stale multipart upload of {:?}: {e}", r.key);
         }
         let content = match data {
-            Data::Inline(bytes) => Content::from_bytes(bytes, self.dirty_budget.clone()),
+            Data::Inline(bytes) => Content::from_bytes(bytes, self.handles.dirty_budget().clone()),
             Data::Staged(staging) => {
                 Content::reopen(&staging).map_err(|e| (format!("staging file {}: {e}", staging.display()), None))?
             }
         };
-        let mut f = FileData::recovered(r, content, self.dirty_budget.clone());
+        let mut f = FileData::recovered(r, content, self.handles.dirty_budget().clone());
         // Re-journaling during this upload rewrites the same record.
         f.journal = Some(at.clone());
         let current = match self.store.head(&r.key).await {
@@ -210,7 +210,7 @@ impl Fs {
                     tracing::info!("recovered the delete of {:?}", r.key);
                     out.deleted.push(r.key.clone());
                 }
-                self.journal.deleted(at);
+                self.uploader.journal().deleted(at);
             }
             Err(e) => tracing::warn!(
                 "cannot send the delete of {:?} from {at}: {e}; the next mount tries again",

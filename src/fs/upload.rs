@@ -85,6 +85,11 @@ impl Uploader {
         }
     }
 
+    /// The crash journal: uploads in progress, files waiting for theirs, background deletes.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
     /// Objects up to this size go out in one PutObject.
     fn single_put_limit(&self) -> u64 {
         let p = &self.resolved.profile;
@@ -97,22 +102,6 @@ impl Uploader {
             metadata: metadata.clone(),
             if_none_match: false,
             if_match: None,
-        }
-    }
-
-    /// Where the provider does not honour If-Match on the request that will make the
-    /// object, a HEAD just before the upload asks whether the object is still the version
-    /// the file was based on. Returns the If-Match to send (`None`: nothing to check, or
-    /// checked already).
-    async fn precondition(&self, f: &FileData, honoured: bool) -> StoreResult<Option<String>> {
-        let Some(expected) = based_on(f) else { return Ok(None) };
-        if honoured {
-            return Ok(Some(expected));
-        }
-        match self.store.head(&f.key).await {
-            Ok(head) if head.etag.as_deref() == Some(expected.as_str()) => Ok(None),
-            Ok(_) | Err(StoreError::NotFound) => Err(StoreError::PreconditionFailed),
-            Err(e) => Err(e),
         }
     }
 
@@ -212,28 +201,20 @@ impl Uploader {
         let profile = &self.resolved.profile;
         if let Some(s) = f.streaming.take() {
             if !s.broken && f.size <= s.part_size * u64::from(profile.max_parts) {
-                let if_match = match self.precondition(f, profile.complete_if_match).await {
-                    Ok(if_match) => if_match,
-                    Err(e) => {
-                        self.abort(&f.key, s).await;
-                        return Err(e);
-                    }
-                };
-                return self.finish_streaming(f, s, if_match).await;
+                return self.finish_streaming(f, s, based_on(f)).await;
             }
             self.abort(&f.key, s).await;
         }
         let etag = if f.size <= self.single_put_limit() {
             let options = PutOptions {
-                if_match: self.precondition(f, profile.put_if_match).await?,
+                if_match: based_on(f),
                 ..self.put_options(metadata)
             };
             let _room = self.room_for(f, 0..f.size).await;
             let body = Bytes::from(f.read(0..f.size, &self.blocks).await?);
             self.store.put(&f.key, body, &options).await?
         } else {
-            let if_match = self.precondition(f, profile.complete_if_match).await?;
-            self.multipart(f, metadata, if_match).await?
+            self.multipart(f, metadata, based_on(f)).await?
         };
         Ok(ObjectVersion {
             key: Arc::from(f.key.as_str()),

@@ -352,7 +352,7 @@ impl Fs {
             }
             let metadata = self.upload_metadata(ino, &f);
             let upload_id = f.streaming.as_ref().map(|s| s.upload_id.clone());
-            if let Err(e) = self.journal.record(&mut f, &metadata, upload_id) {
+            if let Err(e) = self.uploader.journal().record(&mut f, &metadata, upload_id) {
                 tracing::warn!(
                     "journal for {:?} under {}: {e}; uploading it now instead",
                     f.key,
@@ -471,7 +471,7 @@ impl Fs {
         // stop the upload: its success makes the data safe all the same.
         if !f.journal_current {
             let upload_id = f.streaming.as_ref().map(|s| s.upload_id.clone());
-            if let Err(e) = self.journal.record(&mut f, &metadata, upload_id) {
+            if let Err(e) = self.uploader.journal().record(&mut f, &metadata, upload_id) {
                 tracing::warn!("journal for {:?} under {}: {e}", f.key, self.config.cache_dir.display());
             }
         }
@@ -490,7 +490,7 @@ impl Fs {
             Err(e) => return Err((f.key.clone(), UploadError::store(e))),
         };
         let staging = f.uploaded(version.clone());
-        f.journal = self.journal.uploaded(f.journal.take(), staging).await;
+        f.journal = self.uploader.journal().uploaded(f.journal.take(), staging).await;
         let mut tree = self.tree();
         if let Some(n) = tree.get_mut(ino) {
             n.etag = Some(version.etag.to_string());
@@ -516,7 +516,7 @@ impl Fs {
     /// finished (the caller holds the data's lock).
     pub(super) async fn forget_changes(&self, ino: u64, f: &mut FileData) {
         f.dirty = false;
-        self.journal.forget(f);
+        self.uploader.journal().forget(f);
         self.writeback.forget(ino);
     }
 
@@ -565,7 +565,7 @@ impl Fs {
 
     /// The daemon is exiting: uploads are over (what failed stays journaled).
     pub fn close_journal(&self) {
-        self.journal.close();
+        self.uploader.journal().close();
     }
 
     /// Uploads the bucket refused for good, with their paths in the mount.
@@ -690,10 +690,10 @@ impl Fs {
                 .into_iter()
                 .map(|(size, key)| (self.path_of_key(&key), size))
                 .collect(),
-            memory: self.dirty_budget.used(),
+            memory: self.handles.dirty_budget().used(),
             pending_uploads: self.writeback.pending() + self.deferred.pending(),
             uploads_in_flight: self.writeback.in_flight(),
-            journal_records: self.journal.live_records(),
+            journal_records: self.uploader.journal().live_records(),
             // Refused files, and markers and deletes that failed in the background.
             failed_uploads: self.writeback.refused_count() + self.deferred.failed(),
             conflicts: self.stats.conflicts.load(Ordering::Relaxed),
@@ -725,7 +725,7 @@ impl Fs {
             }
         };
         let staging = f.uploaded(version);
-        f.journal = self.journal.uploaded(f.journal.take(), staging).await;
+        f.journal = self.uploader.journal().uploaded(f.journal.take(), staging).await;
         self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             "{original:?} changed remotely since this mount last saw it: this mount's version is kept as {:?}",

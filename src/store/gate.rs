@@ -1,6 +1,7 @@
 //! The one place where a provider's capabilities and limits are enforced, around any
 //! object store (S3 or the in-memory one): names the provider forbids, the PutObject
-//! limit, user metadata where it is not kept, GET If-Match where it is not honoured, and
+//! limit, user metadata where it is not kept, If-Match where it is not honoured (GET: the
+//! answer's ETag is compared; PutObject and CompleteMultipartUpload: a HEAD just before), and
 //! the operations it does not offer (UploadPartCopy, RenameObject: `Unsupported`, which
 //! the core answers with its fallback; DeleteObjects: one DELETE per key instead).
 //! Refusals here cost no request.
@@ -58,6 +59,27 @@ impl<S: ObjectStore> Gated<S> {
             ..opts.clone()
         })
     }
+
+    /// The If-Match to send on the request that makes `key`'s new version. Where the
+    /// provider ignores If-Match there (`honoured` false), a HEAD just before asks whether
+    /// the object is still the version named, and the request goes without: a narrower
+    /// window than the server's check, but the other client's newer version is not
+    /// silently overwritten unless it lands in between.
+    async fn if_match_to_send<'a>(
+        &self,
+        key: &str,
+        if_match: Option<&'a str>,
+        honoured: bool,
+    ) -> StoreResult<Option<&'a str>> {
+        let Some(expected) = if_match.filter(|_| !honoured) else {
+            return Ok(if_match);
+        };
+        match self.inner.head(key).await {
+            Ok(head) if head.etag.as_deref() == Some(expected) => Ok(None),
+            Ok(_) | Err(StoreError::NotFound) => Err(StoreError::PreconditionFailed),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 #[async_trait]
@@ -91,7 +113,14 @@ impl<S: ObjectStore> ObjectStore for Gated<S> {
                 body.len()
             )));
         }
-        self.inner.put(key, body, &self.sendable(opts)).await
+        let if_match = self
+            .if_match_to_send(key, opts.if_match.as_deref(), self.resolved.profile.put_if_match)
+            .await?;
+        let mut opts = self.sendable(opts);
+        if if_match.is_none() && opts.if_match.is_some() {
+            opts.to_mut().if_match = None;
+        }
+        self.inner.put(key, body, &opts).await
     }
 
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String> {
@@ -127,6 +156,8 @@ impl<S: ObjectStore> ObjectStore for Gated<S> {
         parts: &[CompletedPart],
         if_match: Option<&str>,
     ) -> StoreResult<String> {
+        let honoured = self.resolved.profile.complete_if_match;
+        let if_match = self.if_match_to_send(key, if_match, honoured).await?;
         self.inner.complete_multipart(key, upload_id, parts, if_match).await
     }
 
@@ -232,5 +263,50 @@ mod tests {
             .unwrap();
         cw.rename("a", "b").await.expect("CoreWeave renames");
         assert_eq!(cw.inner.keys(), vec!["b".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn if_match_on_writes_is_checked_by_a_head_where_the_provider_ignores_it() {
+        for source in ["s3://b", "cw://b", "runpod://EU-RO-1/b", "hf://ns/b"] {
+            let store = gated(source);
+            let profile = store.resolved().profile.clone();
+            let old = store
+                .put("k", Bytes::from_static(b"1"), &PutOptions::default())
+                .await
+                .unwrap();
+            let new = store
+                .put("k", Bytes::from_static(b"2"), &PutOptions::default())
+                .await
+                .unwrap();
+            let heads = || store.inner.requests("head");
+            let naming = |etag: &str| PutOptions {
+                if_match: Some(etag.to_string()),
+                ..PutOptions::default()
+            };
+            let before = heads();
+            let e = store.put("k", Bytes::from_static(b"3"), &naming(&old)).await;
+            assert!(matches!(e, Err(StoreError::PreconditionFailed)), "{source}: {e:?}");
+            let current = store.put("k", Bytes::from_static(b"3"), &naming(&new)).await.unwrap();
+            let checked = u64::from(!profile.put_if_match);
+            assert_eq!(heads() - before, 2 * checked, "{source}: PutObject's If-Match");
+
+            let id = store.create_multipart("k", &PutOptions::default()).await.unwrap();
+            let part = store.upload_part("k", &id, 1, Bytes::from_static(b"4")).await.unwrap();
+            let before = heads();
+            let e = store
+                .complete_multipart("k", &id, std::slice::from_ref(&part), Some(&old))
+                .await;
+            assert!(matches!(e, Err(StoreError::PreconditionFailed)), "{source}: {e:?}");
+            store
+                .complete_multipart("k", &id, &[part], Some(&current))
+                .await
+                .unwrap();
+            let checked = u64::from(!profile.complete_if_match);
+            assert_eq!(
+                heads() - before,
+                2 * checked,
+                "{source}: CompleteMultipartUpload's If-Match"
+            );
+        }
     }
 }
