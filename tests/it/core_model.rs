@@ -1,10 +1,20 @@
 //! Model-based property test of the filesystem core (no FUSE): random operation
 //! sequences run against `Fs` over a `MemoryStore` behind the capability gate of a
-//! provider's profile (AWS, CoreWeave, Runpod: `SOURCES`) and against a reference model, the
-//! bucket as a map of keys to bytes. Between operations another client changes the bucket
-//! directly (puts, deletes, markers). After every step the core must report what the model
-//! says: the errno of the operation, every name (lookup), every file's bytes (read), every
-//! directory's entries (readdir), and the bucket must hold exactly the model's keys.
+//! provider's profile (AWS, CoreWeave, Runpod, Hugging Face: `SOURCES`) and against a
+//! reference model, the bucket as a map of keys to bytes. Between operations another client
+//! changes the bucket directly (puts, deletes, markers). After every step the core must
+//! report what the model says: the errno of the operation, every name (lookup), every
+//! file's bytes (read), every directory's entries (readdir), and the bucket must hold
+//! exactly the model's keys.
+//!
+//! Hugging Face forbids `dir/` marker keys, and the model follows README's rule for it:
+//! mkdir puts nothing in the bucket, and "an empty directory lives in the mount only until
+//! a file is written into it" (`Model::mount_only`); the other client's marker puts are
+//! refused by the gate (its plain puts and deletes go on). HF keeps no user metadata
+//! either, which changes nothing here: the model compares kinds, sizes, bytes and names,
+//! never modes, owners or mtimes (and makes no symlinks). Where the core is known to
+//! disagree with README on mount-only directories (ignored tests in `scenarios.rs`), a run
+//! stops at that step (`Model::known_divergence`).
 //!
 //! The harness plays the kernel's part where the VFS decides before calling the filesystem
 //! (EEXIST for mkdir of an existing name, EINVAL for a rename into its own subtree, a
@@ -18,10 +28,10 @@ use crate::common;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use s3vol::fs::{Caller, Errno, Fs, FsConfig, Kind, OpenMode, ROOT_INO, SetAttr, UploadMode};
-use s3vol::provider::{Overrides, Resolved};
+use s3vol::provider::{Markers, Overrides, Resolved};
 use s3vol::source::Source;
 use s3vol::store::memory::MemoryStore;
-use s3vol::store::{Gated, ObjectStore, PutOptions};
+use s3vol::store::{Gated, ObjectStore, PutOptions, StoreError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,15 +112,34 @@ fn bytes(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-/// The reference: the bucket's keys and bodies. What a mount shows follows from it: a
-/// name is a directory if any key lies under `name/`, else a file if the key exists (a
-/// file and a directory of one name show the directory).
+/// The reference: the bucket's keys and bodies, and where the provider forbids markers
+/// the directories that live in this mount only. What a mount shows follows from them: a
+/// name is a directory if any key lies under `name/` or a mount-only directory is `name`
+/// or lies under it, else a file if the key exists (a file and a directory of one name
+/// show the directory).
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Model {
     keys: BTreeMap<String, Vec<u8>>,
+    /// mkdir puts no `dir/` marker (Hugging Face).
+    no_markers: bool,
+    /// Without markers (README, Hugging Face: "an empty directory lives in the mount only
+    /// until a file is written into it"): the directories made by mkdir that no file
+    /// written through this mount has reached yet. Each shows as a directory (with its
+    /// ancestors) whatever the bucket holds; rmdir and a rename over it remove it, a rename
+    /// moves it. Once a file is written into it, it is a directory of the bucket like any
+    /// other: there while a key lies under it.
+    mount_only: std::collections::BTreeSet<String>,
 }
 
 impl Model {
+    fn new(source: &str) -> Model {
+        let resolved = Resolved::new(&Source::parse(source).expect("source"), &Overrides::default());
+        Model {
+            no_markers: resolved.profile.markers == Markers::Forbidden,
+            ..Model::default()
+        }
+    }
+
     fn kind(&self, path: &str) -> Option<Kind> {
         if path.is_empty() {
             return Some(Kind::Dir);
@@ -121,6 +150,7 @@ impl Model {
             .range(dir.clone()..)
             .next()
             .is_some_and(|(k, _)| k.starts_with(&dir))
+            || self.mount_only.iter().any(|d| d == path || d.starts_with(&dir))
         {
             Some(Kind::Dir)
         } else if self.keys.contains_key(path) {
@@ -159,7 +189,8 @@ impl Model {
             format!("{dir}/")
         };
         let mut names = BTreeMap::new();
-        for key in self.keys.keys().filter(|k| k.starts_with(&prefix)) {
+        let dirs = self.mount_only.iter().map(|d| format!("{d}/"));
+        for key in self.keys.keys().cloned().chain(dirs).filter(|k| k.starts_with(&prefix)) {
             let name = key[prefix.len()..].split('/').next().unwrap_or_default();
             if !name.is_empty() {
                 names
@@ -173,7 +204,7 @@ impl Model {
     /// Every path the model shows, directories included.
     fn paths(&self) -> Vec<String> {
         let mut out = std::collections::BTreeSet::new();
-        for key in self.keys.keys() {
+        for key in self.keys.keys().chain(&self.mount_only) {
             let parts: Vec<&str> = key.split('/').filter(|p| !p.is_empty()).collect();
             for n in 1..=parts.len() {
                 out.insert(parts[..n].join("/"));
@@ -186,7 +217,8 @@ impl Model {
         self.keys.entry(path.to_string()).or_default()
     }
 
-    /// Moves every key at `from` (a file) or under `from/` (a directory) to `to`.
+    /// Moves every key at `from` (a file) or under `from/` (a directory) to `to`, and the
+    /// mount-only directories at or under `from` with them.
     fn rename(&mut self, from: &str, to: &str, kind: Kind) {
         let moved: Vec<String> = match kind {
             Kind::Dir => {
@@ -199,6 +231,23 @@ impl Model {
             let body = self.keys.remove(&key).expect("listed");
             self.keys.insert(format!("{to}{}", &key[from.len()..]), body);
         }
+        let prefix = format!("{from}/");
+        let dirs: Vec<String> = self
+            .mount_only
+            .iter()
+            .filter(|d| *d == from || d.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for dir in dirs {
+            self.mount_only.remove(&dir);
+            self.mount_only.insert(format!("{to}{}", &dir[from.len()..]));
+        }
+    }
+
+    /// A file written through the mount reached the bucket at `path`: the mount-only
+    /// directories above it are directories of the bucket from now on.
+    fn written(&mut self, path: &str) {
+        self.mount_only.retain(|d| !path.starts_with(&format!("{d}/")));
     }
 }
 
@@ -224,9 +273,9 @@ struct Core {
 
 /// The providers the model runs against: the store obeys each one's profile (no
 /// DeleteObjects, UploadPartCopy or conditional writes on Runpod; RenameObject on
-/// CoreWeave). Hugging Face is not among them yet: with directory markers forbidden, an
-/// empty directory lives in the mount only, a rule the model does not have.
-const SOURCES: &[&str] = &["s3://b", "cw://b", "runpod://EU-RO-1/b"];
+/// CoreWeave; on Hugging Face no markers, user metadata, UploadPartCopy or RenameObject,
+/// so that mkdir makes a directory of the mount only: `Model::mount_only`).
+const SOURCES: &[&str] = &["s3://b", "cw://b", "runpod://EU-RO-1/b", "hf://ns/b"];
 
 impl Core {
     fn new() -> Core {
@@ -373,8 +422,9 @@ impl Core {
     }
 }
 
-/// Applies `op` to the core and the model; the outcomes must agree.
-async fn step(core: &Core, model: &mut Model, op: &Op) {
+/// Applies `op` to the core and the model; the outcomes must agree. `Err`: not applied, the
+/// core being known to disagree with README there (`Model::known_divergence`).
+async fn step(core: &Core, model: &mut Model, op: &Op) -> Result<(), &'static str> {
     let mut paths: Vec<String> = universe();
     paths.extend(model.paths());
     paths.sort();
@@ -398,6 +448,12 @@ async fn step(core: &Core, model: &mut Model, op: &Op) {
             };
             let got = core.write(&path, offset, &data, *truncate).await;
             if want.is_ok() && got.is_ok() {
+                // A close uploads a new file or changed bytes; a file left as it was sends
+                // nothing (README: "an O_TRUNC open of an empty file, a close without writes").
+                let old = model.keys.get(&path);
+                if old.is_none() || !data.is_empty() || (*truncate && old.is_some_and(|b| !b.is_empty())) {
+                    model.written(&path);
+                }
                 let file = model.file_mut(&path);
                 if *truncate {
                     file.clear();
@@ -420,7 +476,12 @@ async fn step(core: &Core, model: &mut Model, op: &Op) {
                 .and_then(|k| if k == Kind::Dir { Err(libc::EISDIR) } else { Ok(()) });
             let got = core.truncate(&path, u64::from(*size)).await;
             if want.is_ok() && got.is_ok() {
-                model.file_mut(&path).resize(usize::from(*size), 0);
+                let file = model.file_mut(&path);
+                let changed = file.len() != usize::from(*size);
+                file.resize(usize::from(*size), 0);
+                if changed {
+                    model.written(&path);
+                }
             }
             (want, got, format!("truncate {path}"))
         }
@@ -455,7 +516,11 @@ async fn step(core: &Core, model: &mut Model, op: &Op) {
                 Err(e) => Err(e),
             };
             if want.is_ok() && got.is_ok() {
-                model.keys.insert(format!("{path}/"), Vec::new());
+                if model.no_markers {
+                    model.mount_only.insert(path.clone());
+                } else {
+                    model.keys.insert(format!("{path}/"), Vec::new());
+                }
             }
             (want, got, format!("mkdir {path}"))
         }
@@ -467,18 +532,25 @@ async fn step(core: &Core, model: &mut Model, op: &Op) {
                 Ok(Kind::Dir) => Err(libc::ENOTEMPTY),
                 Ok(_) => Err(libc::ENOTDIR),
             };
+            if want == Err(libc::ENOTEMPTY) && model.only_remote_entries(&path) {
+                return Err(scenarios::ONLY_REMOTE_ENTRIES);
+            }
             let got = match core.parent(&path).await {
                 Ok((parent, name)) => core.fs.rmdir(parent, &name).await,
                 Err(e) => Err(e),
             };
             if want.is_ok() && got.is_ok() {
                 model.keys.remove(&format!("{path}/"));
+                model.mount_only.remove(&path);
             }
             (want, got, format!("rmdir {path}"))
         }
         Op::Rename { from: f, to: t } => {
             let (from, to) = (path(f), path(t));
             let (want, kind) = rename_outcome(model, &from, &to);
+            if want == Err(libc::ENOTEMPTY) && model.only_remote_entries(&to) {
+                return Err(scenarios::ONLY_REMOTE_ENTRIES);
+            }
             let got = if to.starts_with(&format!("{from}/")) || from == to {
                 // The kernel refuses a move into the own subtree and skips a rename onto itself.
                 want.map_err(Errno)
@@ -491,6 +563,7 @@ async fn step(core: &Core, model: &mut Model, op: &Op) {
             if want.is_ok() && got.is_ok() && from != to {
                 if model.kind(&to) == Some(Kind::Dir) {
                     model.keys.remove(&format!("{to}/"));
+                    model.mount_only.remove(&to);
                 }
                 model.rename(&from, &to, kind.expect("exists"));
             }
@@ -508,15 +581,24 @@ async fn step(core: &Core, model: &mut Model, op: &Op) {
             } else {
                 bytes(usize::from(*len), *seed)
             };
+            if *marker && model.no_markers {
+                // The provider refuses the name: another client cannot make a marker.
+                let refused = core.store.put(&key, body.into(), &PutOptions::default()).await;
+                assert!(
+                    matches!(refused, Err(StoreError::InvalidName(_))),
+                    "a marker put where markers are forbidden: {refused:?}"
+                );
+                return Ok(());
+            }
             core.remote_put(&key, body.clone()).await;
             model.keys.insert(key, body);
-            return;
+            return Ok(());
         }
         Op::RemoteDelete { path: p, marker } => {
             let key = if *marker { format!("{}/", path(p)) } else { path(p) };
             core.bucket().delete(&key).await.expect("delete");
             model.keys.remove(&key);
-            return;
+            return Ok(());
         }
     };
     assert_eq!(
@@ -524,6 +606,7 @@ async fn step(core: &Core, model: &mut Model, op: &Op) {
         want,
         "{what}: errno of the core (left) and the model (right)"
     );
+    Ok(())
 }
 
 /// What rename(2) of `from` to `to` gives, and the kind moved.
@@ -643,9 +726,12 @@ fn run(ops: &[Op]) {
 fn run_on(source: &str, ops: &[Op]) {
     block_on(async {
         let core = Core::for_source(source);
-        let mut model = Model::default();
+        let mut model = Model::new(source);
         for (i, op) in ops.iter().enumerate() {
-            step(&core, &mut model, op).await;
+            // A known divergence from README ends the run: the core and the model part ways.
+            if step(&core, &mut model, op).await.is_err() || model.known_divergence().is_some() {
+                return;
+            }
             check(&core, &model, &format!("{source}, step {i} {op:?}")).await;
         }
     });

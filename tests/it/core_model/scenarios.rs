@@ -1,13 +1,18 @@
 //! Fixed scenarios of the core against another client, one test each: a remote replace
 //! racing a local write, O_TRUNC on a read-only open, a symlink replaced by a plain object,
-//! revalidation, and listings and lookups older than a deferred delete (see the parent
-//! module for the harness).
+//! revalidation, listings and lookups older than a deferred delete, and Hugging Face's
+//! mount-only directories (three of them ignored: the core disagrees with README there;
+//! see the parent module for the harness).
 
-use super::{BLOCK, CALLER, Core, block_on, bytes};
+use super::{BLOCK, CALLER, Core, Model, block_on, bytes};
 use crate::common;
+use bytes::Bytes;
 use s3vol::fs::{Errno, Fs, Kind, OpenMode, ROOT_INO};
-use s3vol::store::ObjectStore;
+use s3vol::store::{ObjectStore, PutOptions, StoreError};
 use std::sync::Arc;
+
+/// The source of the Hugging Face scenarios: directory markers forbidden.
+const HF: &str = "hf://ns/b";
 
 /// Writes `local` at `offset` into `key` (holding `base`) through an open handle while
 /// another client replaces the object with `theirs`, then closes. Returns what close()
@@ -196,4 +201,153 @@ fn a_lookup_older_than_a_deferred_delete_does_not_find_the_file() {
             .await;
         assert_eq!(found, Err(Errno(libc::ENOENT)), "what a lookup of d/f finds");
     });
+}
+
+/// Hugging Face forbids `dir/` markers. README: "an empty directory lives in the mount only
+/// until a file is written into it": mkdir puts nothing in the bucket, the directory shows
+/// in lookups and listings, rmdir removes it; a file written into it puts it in the bucket,
+/// a directory of the bucket like any other from then on (gone with its last key). Another
+/// client cannot make a marker either: the gate refuses the name.
+#[test]
+fn a_hugging_face_directory_lives_in_the_mount_until_a_file_is_written_into_it() {
+    let _turn = common::shared();
+    block_on(async {
+        let core = Core::for_source(HF);
+        core.fs.mkdir(ROOT_INO, "d", 0o755, CALLER).await.expect("mkdir d");
+        assert!(core.bucket().keys().is_empty(), "no marker");
+        assert_eq!(core.walk("d").await.map(|(_, k)| k), Ok(Kind::Dir));
+        let root = core.readdir(ROOT_INO).await.expect("readdir /");
+        assert_eq!(root.into_iter().collect::<Vec<_>>(), [("d".to_string(), Kind::Dir)]);
+        core.fs.rmdir(ROOT_INO, "d").await.expect("rmdir d");
+        assert_eq!(core.walk("d").await.map(|(_, k)| k), Err(Errno(libc::ENOENT)));
+
+        core.fs
+            .mkdir(ROOT_INO, "d", 0o755, CALLER)
+            .await
+            .expect("mkdir d again");
+        core.write("d/f", 0, b"data", false).await.expect("write d/f");
+        assert_eq!(core.bucket().keys(), ["d/f"]);
+        let (d, _) = core.walk("d").await.expect("d");
+        core.fs.unlink(d, "f").await.expect("unlink d/f");
+        assert!(core.bucket().keys().is_empty());
+        // Listed again: gone with its last key (without that listing, see the next test).
+        core.readdir(ROOT_INO).await.expect("readdir /");
+        assert_eq!(core.walk("d").await.map(|(_, k)| k), Err(Errno(libc::ENOENT)));
+
+        let refused = core.store.put("m/", Bytes::new(), &PutOptions::default()).await;
+        assert!(matches!(refused, Err(StoreError::InvalidName(_))), "{refused:?}");
+        assert!(core.bucket().keys().is_empty());
+    });
+}
+
+/// A directory made here and written into is a directory of the bucket (README: it lives
+/// in the mount only "until a file is written into it"; directories "come from
+/// `/`-delimited listings"), so it goes with its last key. It does once its parent is
+/// listed again, but until then a lookup still finds it: written into, it stopped being
+/// mount-only, yet kept the mount-only entry's lifetime (a year). The model's check lists
+/// every directory after each step, which hides this from the proptest.
+#[test]
+#[ignore = "core bug (issue 24): a directory written into lingers after its last file is unlinked, until its parent is listed"]
+fn a_directory_written_into_goes_with_its_last_file() {
+    let _turn = common::shared();
+    block_on(async {
+        let core = Core::for_source(HF);
+        core.fs.mkdir(ROOT_INO, "d", 0o755, CALLER).await.expect("mkdir d");
+        core.write("d/f", 0, b"data", false).await.expect("write d/f");
+        let (d, _) = core.walk("d").await.expect("d");
+        core.fs.unlink(d, "f").await.expect("unlink d/f");
+        assert!(core.bucket().keys().is_empty());
+        assert_eq!(core.walk("d").await.map(|(_, k)| k), Err(Errno(libc::ENOENT)));
+    });
+}
+
+/// README: "a file and a directory of one name show the directory". A lookup of a
+/// mount-only directory does, but after another client puts a file of its name the
+/// directory's parent lists the file (`Model::known_divergence`).
+#[test]
+#[ignore = "core bug (issue 24): readdir lists another client's file over a mount-only directory of its name"]
+fn a_mount_only_directory_shadows_a_remote_file_of_its_name() {
+    let _turn = common::shared();
+    block_on(async {
+        let core = Core::for_source(HF);
+        core.fs.mkdir(ROOT_INO, "c", 0o755, CALLER).await.expect("mkdir c");
+        let (c, _) = core.walk("c").await.expect("c");
+        core.fs.mkdir(c, "a", 0o755, CALLER).await.expect("mkdir c/a");
+        core.remote_put("c/a", b"x".to_vec()).await;
+        assert_eq!(core.walk("c/a").await.map(|(_, k)| k), Ok(Kind::Dir), "lookup");
+        let entries = core.readdir(c).await.expect("readdir c");
+        assert_eq!(entries.get("a"), Some(&Kind::Dir), "readdir of c");
+    });
+}
+
+/// README: an empty directory made here "lives in the mount only until a file is written
+/// into it (it is gone after a remount if still empty)". One made in a directory of the
+/// bucket vanishes, with its parent, when the parent's last file is deleted through the
+/// mount (`Model::known_divergence`).
+#[test]
+#[ignore = "core bug (issue 24): a mount-only directory vanishes when its parent's last key goes"]
+fn a_mount_only_directory_keeps_its_emptied_parent() {
+    let _turn = common::shared();
+    block_on(async {
+        let core = Core::for_source(HF);
+        core.remote_put("a/f", b"x".to_vec()).await;
+        let (a, _) = core.walk("a").await.expect("a");
+        core.fs.mkdir(a, "b", 0o755, CALLER).await.expect("mkdir a/b");
+        core.fs.unlink(a, "f").await.expect("unlink a/f");
+        assert_eq!(core.walk("a").await.map(|(_, k)| k), Ok(Kind::Dir), "a");
+        assert_eq!(core.walk("a/b").await.map(|(_, k)| k), Ok(Kind::Dir), "a/b");
+    });
+}
+
+/// README: "rmdir answers ENOTEMPTY". A mount-only directory into which another client
+/// put a file is removed without asking the bucket (the file stays, and the directory
+/// with it); a rename of a directory over it likewise (`Model::only_remote_entries`).
+#[test]
+#[ignore = "core bug (issue 24): rmdir of a mount-only directory holding another client's file succeeds"]
+fn rmdir_of_a_mount_only_directory_asks_the_bucket() {
+    let _turn = common::shared();
+    block_on(async {
+        let core = Core::for_source(HF);
+        core.fs.mkdir(ROOT_INO, "b", 0o755, CALLER).await.expect("mkdir b");
+        core.remote_put("b/a", b"x".to_vec()).await;
+        assert_eq!(core.fs.rmdir(ROOT_INO, "b").await, Err(Errno(libc::ENOTEMPTY)));
+    });
+}
+
+/// Why a step was not applied (see `Model::only_remote_entries`).
+pub(super) const ONLY_REMOTE_ENTRIES: &str = "rmdir of a mount-only directory holding another client's keys only";
+
+/// The core's known disagreements with README (the ignored tests above), for the model:
+/// a run stops where one begins, the core and the model parting ways from there on.
+impl Model {
+    /// A mount-only directory whose entries are all another client's keys: the core's
+    /// rmdir (and a rename over it) removes it without asking the bucket, where README's
+    /// rmdir "answers ENOTEMPTY" (`rmdir_of_a_mount_only_directory_asks_the_bucket`).
+    pub(super) fn only_remote_entries(&self, dir: &str) -> bool {
+        let prefix = format!("{dir}/");
+        self.mount_only.contains(dir)
+            && !self.mount_only.iter().any(|d| d.starts_with(&prefix))
+            && self.keys.keys().any(|k| k.starts_with(&prefix))
+    }
+
+    /// Where the core is known to disagree with README on mount-only directories (issue
+    /// 24; the ignored tests in `scenarios.rs` show each): a run stops checking there.
+    pub(super) fn known_divergence(&self) -> Option<&'static str> {
+        for dir in &self.mount_only {
+            if self.keys.contains_key(dir) {
+                // `a_mount_only_directory_shadows_a_remote_file_of_its_name`
+                return Some("a mount-only directory and another client's file of one name");
+            }
+            let mut at = dir.as_str();
+            while let Some((parent, _)) = at.rsplit_once('/') {
+                let prefix = format!("{parent}/");
+                if !self.mount_only.contains(parent) && !self.keys.keys().any(|k| k.starts_with(&prefix)) {
+                    // `a_mount_only_directory_keeps_its_emptied_parent`
+                    return Some("a directory holding nothing but mount-only directories");
+                }
+                at = parent;
+            }
+        }
+        None
+    }
 }
