@@ -155,6 +155,14 @@ impl Fs {
         }
     }
 
+    /// Deferred deletes of `dir_key` (a marker) and of every key under it land before
+    /// anything is copied there: a directory renamed onto one just removed.
+    async fn after_pending_deletes_under(&self, dir_key: &str) {
+        if self.deferred.any_hidden_under(dir_key) {
+            self.deferred.wait_idle().await;
+        }
+    }
+
     /// The directory exists in the bucket now.
     fn marker_is_in(&self, ino: u64, key: &str) {
         let mut tree = self.tree();
@@ -456,8 +464,11 @@ impl Fs {
         if self.retarget_pending(ino, new_key).await? {
             return Ok(());
         }
-        // Local changes go out first, under the old name: then one server-side move.
+        // Local changes go out first, under the old name: then one server-side move, once
+        // a deferred delete of the new name (a file unlinked just before) has landed, or
+        // it would delete the file moved there.
         self.sync_ino(ino).await?;
+        self.after_pending_delete(new_key).await;
         let (old_key, local, size) = {
             let tree = self.tree();
             let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
@@ -543,6 +554,7 @@ impl Fs {
     /// Moves every key under the directory, concurrently (bounded), after uploading the
     /// local changes of files inside it.
     async fn rename_dir(self: &Arc<Self>, ino: u64, new_key: &str) -> FsResult<()> {
+        self.after_pending_deletes_under(new_key).await;
         let (old_key, descendants) = {
             let tree = self.tree();
             let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;

@@ -283,6 +283,11 @@ impl Core {
     }
 
     fn for_source(source: &str) -> Core {
+        // The model checks the bucket right after close(): close waits for the upload.
+        Core::with_upload_mode(source, UploadMode::OnClose)
+    }
+
+    fn with_upload_mode(source: &str, upload_mode: UploadMode) -> Core {
         let cache = tempfile::tempdir().expect("temp dir");
         let overrides = Overrides {
             max_put_size: Some(2 * BLOCK),
@@ -299,8 +304,7 @@ impl Core {
             initial_prefetch: BLOCK,
             max_prefetch: 4 * BLOCK,
             cache_dir: cache.path().to_path_buf(),
-            // The model checks the bucket right after close(): close waits for the upload.
-            upload_mode: UploadMode::OnClose,
+            upload_mode,
             ..FsConfig::default()
         };
         let fs = Arc::new(Fs::new(store.clone(), resolved, config));
