@@ -7,6 +7,7 @@
 
 mod get_run;
 
+use super::block_buffers::{BlockBuffer, BlockBuffers, DATA_OFFSET};
 use super::budget::TransferBudget;
 use super::disk_cache::DiskCache;
 use crate::store::{ObjectStore, StoreError};
@@ -134,6 +135,9 @@ impl Progress {
     }
 }
 
+/// Memory kept mapped in idle block buffers at most (and an eighth of the cache's budget).
+const IDLE_BUFFERS_MAX: u64 = 64 << 20;
+
 type PendingBlock = watch::Receiver<Progress>;
 type BlockSender = watch::Sender<Progress>;
 
@@ -159,6 +163,8 @@ pub struct BlockCache {
     pub disk: Option<Arc<DiskCache>>,
     /// Memory for ranges being received, shared with uploads.
     budget: Arc<TransferBudget>,
+    /// The buffers blocks are assembled and read from disk into, reused.
+    buffers: Arc<BlockBuffers>,
 }
 
 enum Slot {
@@ -192,6 +198,10 @@ impl BlockCache {
             stats: CacheStats::default(),
             disk,
             budget: transfers,
+            buffers: BlockBuffers::new(
+                usize::try_from(block_size).unwrap_or(usize::MAX),
+                (budget / 8).min(IDLE_BUFFERS_MAX),
+            ),
         })
     }
 
@@ -398,25 +408,31 @@ impl BlockCache {
     /// Fetches every block of a file read at random, in order, a GET at a time per slot
     /// of `gets`. Each GET's blocks are claimed only when it can start: a reader that
     /// wants a block further on claims and fetches it at once instead of waiting for its
-    /// turn here. Stops when the file is closed.
+    /// turn here. Stops when the file is closed, and after a GET that failed: the reads
+    /// that need those blocks ask again, and report the error if it stays.
     async fn fetch_rest(self: Arc<Self>, object: ObjectVersion, gets: Arc<GetSlots>) {
         let per_request = (self.request_size / self.block_size).max(1);
         let last_block = object.size.div_ceil(self.block_size);
+        let failed = Arc::new(AtomicBool::new(false));
         let mut start = 0;
         while start < last_block {
             let Ok(slot) = gets.slots.clone().acquire_owned().await else {
                 return;
             };
-            if gets.abandoned.load(Ordering::Relaxed) {
+            if gets.abandoned.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
                 return;
             }
             let end = (start + per_request).min(last_block);
             let slots = self.claim_blocks(&object, start..end, end, None, false);
             start = end;
+            let failed = failed.clone();
             tokio::spawn(async move {
                 for slot in slots {
                     if let Slot::Pending(mut progress) = slot {
-                        let _ = progress.wait_for(|p| p.done.is_some()).await;
+                        let outcome = progress.wait_for(|p| p.done.is_some()).await;
+                        if outcome.is_ok_and(|p| matches!(p.done, Some(Err(_)))) {
+                            failed.store(true, Ordering::Relaxed);
+                        }
                     }
                 }
                 drop(slot);
@@ -467,10 +483,10 @@ impl BlockCache {
         };
         let (found_tx, mut found) = tokio::sync::mpsc::unbounded_channel();
         let indexes: Vec<u64> = run.iter().map(|(i, _)| *i).collect();
-        let (key, etag) = (object.key.clone(), object.etag.clone());
+        let (key, etag, buffers) = (object.key.clone(), object.etag.clone(), self.buffers.clone());
         tokio::task::spawn_blocking(move || {
             for index in indexes {
-                if found_tx.send(disk.get(&key, &etag, index)).is_err() {
+                if found_tx.send(disk.get(&key, &etag, index, &buffers)).is_err() {
                     return;
                 }
             }
@@ -502,24 +518,31 @@ impl BlockCache {
         self.block_size.min(object.size.saturating_sub(start))
     }
 
-    /// One block from the pieces its body arrived in. Always a copy: a piece may be a
-    /// slice of a larger receive buffer, which the cache must not keep alive.
-    fn assemble(pieces: &[Bytes], len: usize) -> Bytes {
-        let mut block = BytesMut::with_capacity(len);
-        pieces.iter().for_each(|p| block.extend_from_slice(p));
-        block.freeze()
+    /// One block from the pieces its body arrived in, in a reused buffer. Always a copy:
+    /// a piece may be a slice of a larger receive buffer, which the cache must not keep
+    /// alive.
+    fn assemble(&self, pieces: &[Bytes], len: usize) -> BlockBuffer {
+        let mut block = self.buffers.take(len);
+        let mut at = DATA_OFFSET;
+        for piece in pieces {
+            block.as_mut()[at..at + piece.len()].copy_from_slice(piece);
+            at += piece.len();
+        }
+        block.set_len(at - DATA_OFFSET);
+        block
     }
 
     /// A block received whole: counted, written to the disk cache in the background, and
     /// published.
-    fn keep(&self, object: &ObjectVersion, index: u64, block: Bytes, tx: BlockSender) {
+    fn keep(&self, object: &ObjectVersion, index: u64, block: BlockBuffer, tx: BlockSender) {
         self.stats
             .fetched_bytes
-            .fetch_add(block.len() as u64, Ordering::Relaxed);
-        if let Some(disk) = &self.disk {
-            disk.put_later(&object.key, &object.etag, index, block.clone());
-        }
-        self.publish(object, index, Ok(block), tx);
+            .fetch_add(block.data().len() as u64, Ordering::Relaxed);
+        let block = match &self.disk {
+            Some(disk) => disk.put_later(&object.key, &object.etag, index, block),
+            None => Arc::new(block),
+        };
+        self.publish(object, index, Ok(block.share()), tx);
     }
 
     fn publish(&self, object: &ObjectVersion, index: u64, result: BlockResult, tx: BlockSender) {
@@ -682,6 +705,34 @@ mod tests {
         let all = cache.read(&object, 0..20_000, Prefetch::none()).await.unwrap();
         assert_eq!(&all[..], &data[..]);
         assert_eq!(store.requests("get"), 8);
+    }
+
+    #[tokio::test]
+    async fn fetching_a_file_whole_stops_after_a_failed_get() {
+        let (store, cache, object, data) = setup(20_000).await;
+        let gate = store.hold_gets();
+        let prefetch = Prefetch {
+            end: 12_010,
+            gets: Some(GetSlots::new(1)),
+            whole_file: true,
+        };
+        let reader = {
+            let (cache, object) = (cache.clone(), object.clone());
+            tokio::spawn(async move { cache.read(&object, 12_000..12_010, prefetch).await })
+        };
+        settle().await;
+        assert_eq!(store.get_starts(), [12000, 0], "the wanted block, then the first run");
+        // The object goes away: every GET from now on fails.
+        store.delete("obj").await.unwrap();
+        let before = store.requests("get");
+        gate.add_permits(10);
+        settle().await;
+        assert_eq!(&reader.await.unwrap().unwrap()[..], &data[12_000..12_010]);
+        assert_eq!(
+            store.requests("get") - before,
+            1,
+            "one failed GET, not one per remaining run"
+        );
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! values, and nothing of FUSE (the adapter in `fuse.rs` translates).
 
 pub mod attr;
+mod block_buffers;
 mod blocks;
 mod budget;
 mod content;

@@ -93,7 +93,7 @@ impl Receiving<'_> {
                 wake
             });
             if tx.borrow().received == block_len {
-                let block = BlockCache::assemble(&tx.borrow().pieces, block_len);
+                let block = self.cache.assemble(&tx.borrow().pieces, block_len);
                 let (index, tx) = self.current.take().expect("checked above");
                 self.cache.keep(self.object, index, block, tx);
                 self.block_start += block_len as u64;
