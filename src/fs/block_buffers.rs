@@ -94,11 +94,6 @@ impl BlockBuffer {
         &self.mem().as_slice()[DATA_OFFSET..DATA_OFFSET + self.len]
     }
 
-    /// The header page and the data.
-    pub fn header_and_data(&self) -> &[u8] {
-        self.image(DATA_OFFSET + self.len)
-    }
-
     /// The first `len` bytes of the buffer (as many as it has).
     pub fn image(&self, len: usize) -> &[u8] {
         let all = self.mem().as_slice();

@@ -419,7 +419,7 @@ mod tests {
         let cache = DiskCache::open(dir.path(), "b", 1 << 30, 0).unwrap();
         let buffers = BlockBuffers::new(4096, 1 << 20);
         let identity = cache.identity("k", "e", 0);
-        let mut header = block(&buffers, &identity, b"data").header_and_data()[..DATA_OFFSET].to_vec();
+        let mut header = block(&buffers, &identity, b"data").image(DATA_OFFSET).to_vec();
         let len_at = MAGIC.len() + 4 + identity.len();
         header[len_at..len_at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
         let old = [&OLD_MAGIC[..], b"whatever"].concat();
