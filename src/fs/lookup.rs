@@ -161,7 +161,10 @@ impl Fs {
         let child_listed = child_page
             .as_ref()
             .is_some_and(|c| !c.objects.is_empty() || !c.prefixes.is_empty());
-        let is_dir = !hidden && (page.prefixes.contains(&dir_key) || child_listed);
+        // A directory the mount keeps whatever the bucket says (made here, or holding one
+        // made here) hides a file of its name as a directory of the bucket does.
+        let pinned = self.tree().pinned_dir(parent, name).is_some();
+        let is_dir = !hidden && (page.prefixes.contains(&dir_key) || child_listed || pinned);
         if is_dir {
             let seen = Seen {
                 name: name.to_string(),

@@ -30,6 +30,10 @@ pub struct Node {
     /// Exists in the mount but not (yet) in the bucket: a new file not uploaded, or an
     /// empty directory on a provider without markers. Listings never drop it.
     pub local: bool,
+    /// Directories made by mkdir where markers are kept: local until the marker is in the
+    /// bucket (on its way in the background, or its put failed), whatever files under it
+    /// reach the bucket first; without the marker it would go with their last key.
+    pub awaits_marker: bool,
     /// The ETag whose data the kernel's page cache holds for this file.
     pub kernel_cache_etag: Option<String>,
     /// Directories: the first LIST page did not hold the whole listing; lookups of single
@@ -100,6 +104,7 @@ impl Tree {
             children: BTreeMap::new(),
             listed_until: None,
             local: true,
+            awaits_marker: false,
             kernel_cache_etag: None,
             lookups: 1,
             large: false,
@@ -160,8 +165,9 @@ impl Tree {
         }
         let child = self.nodes.get(&parent).and_then(|p| p.children.get(name).copied());
         if let Some(ino) = child {
-            if self.nodes.get(&ino).is_some_and(|n| n.local) {
-                // A local entry is never hidden by a remote listing.
+            if self.holds_local(ino) {
+                // A local entry, or a directory holding one, is never hidden by a remote
+                // listing.
                 return;
             }
             if let Some(p) = self.nodes.get_mut(&parent) {
@@ -176,7 +182,16 @@ impl Tree {
     /// meanwhile (still remembered as missing) is not brought back by the older listing,
     /// and an entry placed meanwhile (an upload that replaced the object, a rename) keeps
     /// the size and ETag the mount gave it rather than the listing's older ones.
+    /// A file listed under the name of a directory that the mount keeps whatever the
+    /// bucket says (`pinned_dir`), or that was put there since the listing started, is
+    /// hidden by it: the directory's inode is returned, what the name shows.
     pub fn upsert_listed(&mut self, parent: u64, seen: &Seen, until: Instant, changes_at_start: u64) -> Option<u64> {
+        if seen.kind != Kind::Dir
+            && let Some(dir) = self.child_dir(parent, &seen.name)
+            && (self.holds_local(dir) || self.nodes.get(&dir).is_some_and(|d| d.placed_at > changes_at_start))
+        {
+            return Some(dir);
+        }
         let overtaken = self.dir_changes(parent) != changes_at_start;
         let removed = self
             .negative
@@ -272,6 +287,7 @@ impl Tree {
             children: BTreeMap::new(),
             listed_until: None,
             local: false,
+            awaits_marker: false,
             kernel_cache_etag: None,
             lookups: 0,
             large: false,
@@ -403,7 +419,7 @@ impl Tree {
             .iter()
             .filter(|(name, ino)| {
                 let n = &self.nodes[*ino];
-                !shown.contains(*name) && !n.local && n.placed_at <= changes_at_start
+                !shown.contains(*name) && n.placed_at <= changes_at_start && !self.holds_local(**ino)
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -494,21 +510,54 @@ impl Tree {
         out
     }
 
-    /// Marks the ancestors of `ino` as existing in the bucket (a file was uploaded under
-    /// them), the root excepted.
     /// `ino` reached the bucket through the mount: it and the ancestors made locally for
-    /// it are local no more, and each of them is `placed` (a listing that started before
-    /// may not show it yet, and must not drop it).
-    pub fn now_in_bucket(&mut self, ino: u64) {
+    /// it are local no more (but those awaiting their marker), and each of them is
+    /// `placed` (a listing that started before may not show it yet, and must not drop it).
+    /// Those ancestors are directories of the bucket from now on, trusted until `until`
+    /// like any other (not for the lifetime a local entry had): they go with their last
+    /// key.
+    pub fn now_in_bucket(&mut self, ino: u64, until: Instant) {
         let mut at = Some(ino);
         while let Some(i) = at.filter(|i| *i != ROOT_INO) {
             let Some(n) = self.nodes.get_mut(&i) else { break };
-            let was_local = std::mem::replace(&mut n.local, false);
             at = Some(n.parent);
+            if i != ino && n.awaits_marker {
+                continue;
+            }
+            n.awaits_marker = false;
+            let was_local = std::mem::replace(&mut n.local, false);
             if was_local {
+                n.fresh_until = until;
                 self.placed(i);
             }
         }
+    }
+
+    /// The directory `name` under `parent`, if that is what the name shows.
+    fn child_dir(&self, parent: u64, name: &str) -> Option<u64> {
+        let ino = *self.nodes.get(&parent)?.children.get(name)?;
+        (self.nodes.get(&ino)?.attr.kind == Kind::Dir).then_some(ino)
+    }
+
+    /// The directory `name` under `parent` if the mount keeps it whatever the bucket says
+    /// (`holds_local`): a directory made here, or one holding such an entry.
+    pub fn pinned_dir(&self, parent: u64, name: &str) -> Option<u64> {
+        self.child_dir(parent, name).filter(|&d| self.holds_local(d))
+    }
+
+    /// Whether `ino` exists in the mount whatever the bucket says: it is local (not in the
+    /// bucket yet, or a directory of the mount only), or a directory holding such an entry
+    /// at any depth (an emptied directory of the bucket keeps a directory made in it).
+    pub fn holds_local(&self, ino: u64) -> bool {
+        let mut stack = vec![ino];
+        while let Some(i) = stack.pop() {
+            let Some(n) = self.nodes.get(&i) else { continue };
+            if n.local {
+                return true;
+            }
+            stack.extend(n.children.values().copied());
+        }
+        false
     }
 
     /// A change through the mount put `ino` where it is (created, moved or uploaded): its
@@ -703,7 +752,7 @@ mod tests {
         t.get_mut(f).unwrap().local = true;
         t.placed(f);
         let listing_began = t.dir_changes(d);
-        t.now_in_bucket(f);
+        t.now_in_bucket(f, later);
         assert!(!t.get(f).unwrap().local);
         t.finish_listing(d, &Default::default(), later, listing_began);
         assert_eq!(t.cached_lookup(d, "new", Instant::now()), Some(Some(f)));
@@ -711,6 +760,34 @@ mod tests {
         let listing_began = t.dir_changes(d);
         t.finish_listing(d, &Default::default(), later, listing_began);
         assert_eq!(t.cached_lookup(d, "new", Instant::now()), Some(None));
+    }
+
+    /// A file uploaded into directories made here: one that awaits its marker (its put on
+    /// its way or failed) stays local, the others are directories of the bucket now,
+    /// trusted for the TTL only (they go with their last key).
+    #[test]
+    fn an_upload_leaves_a_directory_awaiting_its_marker_local() {
+        let mut t = Tree::new("", defaults());
+        let (far, soon) = (
+            Instant::now() + Duration::from_secs(3600),
+            Instant::now() + Duration::from_secs(1),
+        );
+        let a = t.upsert(ROOT_INO, &seen("a", Kind::Dir), far).unwrap();
+        let b = t.upsert(a, &seen("b", Kind::Dir), far).unwrap();
+        let f = t.upsert(b, &seen("f", Kind::File), far).unwrap();
+        for ino in [a, b, f] {
+            t.get_mut(ino).unwrap().local = true;
+        }
+        t.get_mut(b).unwrap().awaits_marker = true;
+        t.now_in_bucket(f, soon);
+        let state = |t: &Tree, ino| (t.get(ino).unwrap().local, t.get(ino).unwrap().fresh_until);
+        assert_eq!(state(&t, b), (true, far), "awaiting its marker");
+        assert_eq!(state(&t, a), (false, soon));
+        assert!(t.holds_local(a), "a holds b");
+        t.now_in_bucket(b, soon);
+        assert_eq!(state(&t, b), (false, soon), "its marker is in");
+        assert!(!t.get(b).unwrap().awaits_marker);
+        assert!(!t.holds_local(a));
     }
 
     /// An upload replaces an object that is already in the bucket while a listing of its
