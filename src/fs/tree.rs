@@ -185,7 +185,15 @@ impl Tree {
     /// A file listed under the name of a directory that the mount keeps whatever the
     /// bucket says (`pinned_dir`), or that was put there since the listing started, is
     /// hidden by it: the directory's inode is returned, what the name shows.
-    pub fn upsert_listed(&mut self, parent: u64, seen: &Seen, until: Instant, changes_at_start: u64) -> Option<u64> {
+    /// `held`: see `upsert_from_bucket`.
+    pub fn upsert_listed(
+        &mut self,
+        parent: u64,
+        seen: &Seen,
+        until: Instant,
+        changes_at_start: u64,
+        held: &dyn Fn(u64) -> bool,
+    ) -> Option<u64> {
         if seen.kind != Kind::Dir
             && let Some(dir) = self.child_dir(parent, &seen.name)
             && (self.holds_local(dir) || self.nodes.get(&dir).is_some_and(|d| d.placed_at > changes_at_start))
@@ -207,7 +215,25 @@ impl Tree {
         {
             return Some(ino);
         }
-        self.upsert(parent, seen, until)
+        self.upsert_from_bucket(parent, seen, until, held)
+    }
+
+    /// `upsert` for what the bucket says of an entry (a listing, a lookup): a file `held`
+    /// by the mount (it has local data: open for writing, or changes not uploaded yet)
+    /// keeps the size and version the mount gave it; the bucket's are older than them.
+    pub fn upsert_from_bucket(
+        &mut self,
+        parent: u64,
+        seen: &Seen,
+        until: Instant,
+        held: &dyn Fn(u64) -> bool,
+    ) -> Option<u64> {
+        let keep_attrs = seen.kind != Kind::Dir
+            && self
+                .child_key(parent, &seen.name, seen.kind)
+                .and_then(|key| self.by_key.get(&key))
+                .is_some_and(|&ino| held(ino));
+        self.upsert_inner(parent, seen, until, keep_attrs)
     }
 
     /// A file the mount holds data for before anything was listed (journaled data a
@@ -257,6 +283,11 @@ impl Tree {
 
     /// Records that `seen` exists under `parent`; returns its inode.
     pub fn upsert(&mut self, parent: u64, seen: &Seen, until: Instant) -> Option<u64> {
+        self.upsert_inner(parent, seen, until, false)
+    }
+
+    /// `upsert`; `keep_attrs`: a file's size, version and times stay as they are.
+    fn upsert_inner(&mut self, parent: u64, seen: &Seen, until: Instant, keep_attrs: bool) -> Option<u64> {
         let key = self.child_key(parent, &seen.name, seen.kind)?;
         self.negative.remove(&(parent, seen.name.clone()));
         let ino = match self.by_key.get(&key) {
@@ -294,7 +325,7 @@ impl Tree {
             changes: 0,
             placed_at: 0,
         });
-        if !node.local && node.attr.kind != Kind::Dir {
+        if !node.local && !keep_attrs && node.attr.kind != Kind::Dir {
             let changed = node.etag.is_some() && node.etag != seen.etag;
             node.attr.size = seen.size;
             if !node.metadata_loaded || changed {
@@ -342,13 +373,13 @@ impl Tree {
 
     /// The HEAD of `key` (a file, or a directory's marker) answered `head`: its persisted
     /// mode, owner, mtime and symlink type apply to the node, unless the node stands for
-    /// another version of the object by now (or for local changes).
-    pub fn apply_head(&mut self, key: &str, head: &crate::store::ObjectMeta) {
+    /// another version of the object by now (or for local changes: `held`, see
+    /// `upsert_from_bucket`).
+    pub fn apply_head(&mut self, key: &str, head: &crate::store::ObjectMeta, held: &dyn Fn(u64) -> bool) {
         let keep_special = self.defaults.keep_special_modes;
-        let Some(n) = self.by_key.get(key).and_then(|ino| self.nodes.get_mut(ino)) else {
-            return;
-        };
-        if n.local {
+        let Some(&ino) = self.by_key.get(key) else { return };
+        let Some(n) = self.nodes.get_mut(&ino) else { return };
+        if n.local || (n.attr.kind != Kind::Dir && held(ino)) {
             return;
         }
         if n.attr.kind == Kind::Dir {
@@ -805,13 +836,13 @@ mod tests {
         t.placed(f);
         let version = |t: &Tree| (t.get(f).unwrap().etag.clone(), t.get(f).unwrap().attr.size);
         assert_eq!(
-            t.upsert_listed(d, &seen("f", Kind::File), later, listing_began),
+            t.upsert_listed(d, &seen("f", Kind::File), later, listing_began, &|_| false),
             Some(f)
         );
         assert_eq!(version(&t), (Some("new".into()), 9));
         // A listing that began after the upload is believed.
         let listing_began = t.dir_changes(d);
-        t.upsert_listed(d, &seen("f", Kind::File), later, listing_began);
+        t.upsert_listed(d, &seen("f", Kind::File), later, listing_began, &|_| false);
         assert_eq!(version(&t), (Some("e".into()), 1));
     }
 

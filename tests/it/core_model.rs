@@ -14,6 +14,14 @@
 //! either, which changes nothing here: the model compares kinds, sizes, bytes and names,
 //! never modes, owners or mtimes (and makes no symlinks).
 //!
+//! Each run picks an upload mode too (`MODES`): with `UploadMode::Background`, the
+//! default, close() returns once the changes are journaled and uploads, markers and
+//! deletes go out in the background. The mount must show the model meanwhile: the check
+//! after each step looks at the core first, then waits for the bucket
+//! (`Fs::sync_all(Settle::Uploaded)`), compares it with the model and looks at the core
+//! again. Another client changes the bucket only once it is settled (it sees only what
+//! is uploaded).
+//!
 //! The harness plays the kernel's part where the VFS decides before calling the filesystem
 //! (EEXIST for mkdir of an existing name, EINVAL for a rename into its own subtree, a
 //! rename onto itself). `metadata_ttl` is zero, so out-of-band changes are visible at once.
@@ -25,7 +33,7 @@
 use crate::common;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
-use s3vol::fs::{Caller, Errno, Fs, FsConfig, Kind, OpenMode, ROOT_INO, SetAttr, UploadMode};
+use s3vol::fs::{Caller, Errno, Fs, FsConfig, Kind, OpenMode, ROOT_INO, SetAttr, Settle, UploadMode};
 use s3vol::provider::{Markers, Overrides, Resolved};
 use s3vol::source::Source;
 use s3vol::store::memory::MemoryStore;
@@ -266,6 +274,7 @@ struct Core {
     fs: Arc<Fs>,
     /// The bucket, behind the gate of the provider's profile as the core sees it.
     store: Arc<Gated<MemoryStore>>,
+    upload_mode: UploadMode,
     _cache: tempfile::TempDir,
 }
 
@@ -274,6 +283,10 @@ struct Core {
 /// CoreWeave; on Hugging Face no markers, user metadata, UploadPartCopy or RenameObject,
 /// so that mkdir makes a directory of the mount only: `Model::mount_only`).
 const SOURCES: &[&str] = &["s3://b", "cw://b", "runpod://EU-RO-1/b", "hf://ns/b"];
+
+/// The upload modes the model runs in: close() waits for the upload, or returns once the
+/// changes are journaled (the default; uploads, markers and deletes in the background).
+const MODES: &[UploadMode] = &[UploadMode::OnClose, UploadMode::Background];
 
 impl Core {
     fn new() -> Core {
@@ -309,7 +322,17 @@ impl Core {
         Core {
             fs,
             store,
+            upload_mode,
             _cache: cache,
+        }
+    }
+
+    /// Waits until what the mount has done is in the bucket (uploads, markers, deletes
+    /// sent in the background): then the bucket can be compared with the model, and
+    /// another client sees it.
+    async fn settle(&self) {
+        if self.upload_mode == UploadMode::Background {
+            self.fs.sync_all(Settle::Uploaded).await.expect("sync_all");
         }
     }
 
@@ -570,6 +593,7 @@ async fn step(core: &Core, model: &mut Model, op: &Op) {
             seed,
             marker,
         } => {
+            core.settle().await;
             let key = if *marker { format!("{}/", path(p)) } else { path(p) };
             let body = if *marker {
                 Vec::new()
@@ -590,6 +614,7 @@ async fn step(core: &Core, model: &mut Model, op: &Op) {
             return;
         }
         Op::RemoteDelete { path: p, marker } => {
+            core.settle().await;
             let key = if *marker { format!("{}/", path(p)) } else { path(p) };
             core.bucket().delete(&key).await.expect("delete");
             model.keys.remove(&key);
@@ -642,8 +667,19 @@ fn universe() -> Vec<String> {
 }
 
 /// The core must show the model: names, kinds, sizes, bytes, directory entries, and the
-/// bucket must hold exactly the model's keys.
+/// bucket must hold exactly the model's keys. In the background upload mode the core is
+/// looked at before and after its uploads, markers and deletes settle, the bucket after.
 async fn check(core: &Core, model: &Model, after: &str) {
+    if core.upload_mode == UploadMode::Background {
+        check_view(core, model, &format!("{after}, before the uploads settled")).await;
+        core.settle().await;
+    }
+    check_bucket(core, model, after);
+    check_view(core, model, after).await;
+}
+
+/// The bucket must hold exactly the model's keys.
+fn check_bucket(core: &Core, model: &Model, after: &str) {
     let bucket: BTreeMap<String, Vec<u8>> = core
         .bucket()
         .keys()
@@ -659,6 +695,10 @@ async fn check(core: &Core, model: &Model, after: &str) {
         summary(&bucket),
         summary(&model.keys)
     );
+}
+
+/// The core must show the model: names, kinds, sizes, bytes, directory entries.
+async fn check_view(core: &Core, model: &Model, after: &str) {
     let mut paths = universe();
     paths.extend(model.paths());
     paths.push(String::new());
@@ -713,17 +753,19 @@ fn block_on<F: std::future::Future>(body: F) -> F::Output {
 
 fn run(ops: &[Op]) {
     for source in SOURCES {
-        run_on(source, ops);
+        for mode in MODES {
+            run_on(source, *mode, ops);
+        }
     }
 }
 
-fn run_on(source: &str, ops: &[Op]) {
+fn run_on(source: &str, mode: UploadMode, ops: &[Op]) {
     block_on(async {
-        let core = Core::for_source(source);
+        let core = Core::with_upload_mode(source, mode);
         let mut model = Model::new(source);
         for (i, op) in ops.iter().enumerate() {
             step(&core, &mut model, op).await;
-            check(&core, &model, &format!("{source}, step {i} {op:?}")).await;
+            check(&core, &model, &format!("{source} ({mode:?}), step {i} {op:?}")).await;
         }
     });
 }
@@ -740,10 +782,11 @@ proptest! {
     #[test]
     fn the_core_matches_the_model_under_out_of_band_changes(
         source in prop::sample::select(SOURCES),
+        mode in prop::sample::select(MODES),
         ops in prop::collection::vec(op_strategy(), 1..40),
     ) {
         let _turn = common::shared();
-        run_on(source, &ops);
+        run_on(source, mode, &ops);
     }
 }
 
