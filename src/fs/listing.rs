@@ -247,10 +247,19 @@ impl Fs {
         page: &mut ListPage,
         hidden_at_start: &HashSet<String>,
     ) -> Result<(), StoreError> {
+        if page.prefixes.is_empty() {
+            return Ok(());
+        }
+        let mut at_start: Vec<&str> = hidden_at_start.iter().map(String::as_str).collect();
+        at_start.sort_unstable();
+        let any_at_start_under = |p: &str| {
+            let from = at_start.partition_point(|k| *k < p);
+            at_start.get(from).is_some_and(|k| k.starts_with(p))
+        };
         let mut emptied = Vec::new();
         for p in &page.prefixes {
             let before = self.deferred.hidden_under(p);
-            if before.is_empty() && !hidden_at_start.iter().any(|k| k.starts_with(p.as_str())) {
+            if before.is_empty() && !any_at_start_under(p) {
                 continue;
             }
             self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
