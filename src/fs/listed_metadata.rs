@@ -112,7 +112,7 @@ impl Fs {
         let mut tree = self.tree();
         for (key, result) in heads {
             match result {
-                Ok(head) => tree.apply_head(key, head),
+                Ok(head) => tree.apply_head(key, head, &|ino| self.handles.has_data(ino)),
                 Err(StoreError::NotFound) => tree.apply_missing(key),
                 Err(e) => failed = Some((key, e)),
             }

@@ -211,7 +211,8 @@ impl Fs {
         tree.note_dir_listing(parent, marker, newest);
         let mut shown = std::collections::HashSet::new();
         for e in &seen {
-            if tree.upsert_listed(parent, e, until, start.changes).is_some() {
+            let held = |ino| self.handles.has_data(ino);
+            if tree.upsert_listed(parent, e, until, start.changes, &held).is_some() {
                 shown.insert(e.name.clone());
             }
         }
@@ -220,8 +221,10 @@ impl Fs {
         }
     }
 
-    /// The first page of the `/`-delimited listing of `prefix` (counted in the stats).
+    /// The first page of the `/`-delimited listing of `prefix` (counted in the stats),
+    /// without the subdirectories this mount is emptying (`drop_emptied_prefixes`).
     pub(super) async fn first_page(&self, prefix: &str) -> Result<crate::store::ListPage, StoreError> {
+        let hidden_at_start = self.deferred.hidden_under(prefix);
         self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
         let req = ListRequest {
             prefix: prefix.to_string(),
@@ -229,7 +232,50 @@ impl Fs {
             max_keys: Some(1000),
             ..Default::default()
         };
-        self.store.list_page(&req).await
+        let mut page = self.store.list_page(&req).await?;
+        self.drop_emptied_prefixes(&mut page, &hidden_at_start).await?;
+        Ok(page)
+    }
+
+    /// A subdirectory (a common prefix of a page) under which the bucket holds only keys
+    /// whose deletes are on their way, or were when the page was listed
+    /// (`hidden_at_start`), is gone already for this mount: `rm -r d` then `ls` must not
+    /// show `d`. A prefix with such keys under it is listed again, whole, to tell (one
+    /// LIST each, only while deletes under it are on their way).
+    pub(super) async fn drop_emptied_prefixes(
+        &self,
+        page: &mut ListPage,
+        hidden_at_start: &HashSet<String>,
+    ) -> Result<(), StoreError> {
+        if page.prefixes.is_empty() {
+            return Ok(());
+        }
+        let mut at_start: Vec<&str> = hidden_at_start.iter().map(String::as_str).collect();
+        at_start.sort_unstable();
+        let any_at_start_under = |p: &str| {
+            let from = at_start.partition_point(|k| *k < p);
+            at_start.get(from).is_some_and(|k| k.starts_with(p))
+        };
+        let mut emptied = Vec::new();
+        for p in &page.prefixes {
+            let before = self.deferred.hidden_under(p);
+            if before.is_empty() && !any_at_start_under(p) {
+                continue;
+            }
+            self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
+            let req = ListRequest {
+                prefix: p.clone(),
+                max_keys: Some(1000),
+                ..Default::default()
+            };
+            let keys = self.store.list_page(&req).await?;
+            let deleting = |k: &str| before.contains(k) || hidden_at_start.contains(k) || self.deferred.is_hidden(k);
+            if keys.next.is_none() && keys.objects.iter().all(|o| deleting(&o.key)) {
+                emptied.push(p.clone());
+            }
+        }
+        page.prefixes.retain(|p| !emptied.contains(p));
+        Ok(())
     }
 
     /// The first `count` keys under `prefix` (no delimiter).

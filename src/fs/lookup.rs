@@ -65,10 +65,11 @@ impl Fs {
                 let (ino, attr) = {
                     let mut tree = self.tree();
                     let ino = tree
-                        .upsert(parent, &seen, self.ttl_from_now())
+                        .upsert_from_bucket(parent, &seen, self.ttl_from_now(), &|ino| self.handles.has_data(ino))
                         .ok_or(Errno(libc::ENOENT))?;
+                    let held = self.handles.has_data(ino);
                     let node = tree.get_mut(ino).ok_or(Errno(libc::ENOENT))?;
-                    if let Some(m) = metadata {
+                    if let Some(m) = metadata.filter(|_| !held) {
                         node.attr
                             .apply_metadata(&node.key, &m, self.config.defaults.keep_special_modes);
                         node.metadata_loaded = true;
@@ -76,7 +77,7 @@ impl Fs {
                     let key = node.key.clone();
                     if seen.kind == Kind::Dir && self.resolved.profile.user_metadata {
                         match &marker {
-                            Some(Some(m)) => tree.apply_head(&key, m),
+                            Some(Some(m)) => tree.apply_head(&key, m, &|_| false),
                             Some(None) => tree.apply_missing(&key),
                             None => {}
                         }
@@ -158,10 +159,17 @@ impl Fs {
             }
         }
         let hidden = self.resolved.profile.hidden_prefixes.iter().any(|h| dir_key == *h);
+        // Where `name/` was listed, that listing says whether anything is under it: keys
+        // whose deletes are on their way (a marker of a directory just removed) are not.
+        let deleting = |key: &str| child_start.hidden.contains(key) || self.deferred.is_hidden(key);
         let child_listed = child_page
             .as_ref()
-            .is_some_and(|c| !c.objects.is_empty() || !c.prefixes.is_empty());
-        let is_dir = !hidden && (page.prefixes.contains(&dir_key) || child_listed);
+            .map(|c| c.objects.iter().any(|o| !deleting(&o.key)) || !c.prefixes.is_empty() || c.next.is_some());
+        // A directory the mount keeps whatever the bucket says (made here, or holding one
+        // made here) hides a file of its name as a directory of the bucket does.
+        let pinned = self.tree().pinned_dir(parent, name).is_some();
+        let listed_dir = child_listed.unwrap_or_else(|| page.prefixes.contains(&dir_key));
+        let is_dir = !hidden && (listed_dir || pinned);
         if is_dir {
             let seen = Seen {
                 name: name.to_string(),

@@ -131,6 +131,9 @@ impl Fs {
             // Lives in the mount until a file is written into it.
             return self.node_attr(ino);
         }
+        if let Some(n) = self.tree().get_mut(ino) {
+            n.awaits_marker = true;
+        }
         let opts = PutOptions {
             metadata: self.metadata_for(ino),
             ..Default::default()
@@ -168,7 +171,7 @@ impl Fs {
         let mut tree = self.tree();
         if let Some(n) = tree.get_mut(ino).filter(|n| n.key == key) {
             n.fresh_until = Instant::now() + self.config.metadata_ttl;
-            tree.now_in_bucket(ino);
+            tree.now_in_bucket(ino, self.ttl_from_now());
         }
     }
 
@@ -231,7 +234,9 @@ impl Fs {
         let (local, any_children, local_children, listed) = {
             let tree = self.tree();
             let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
-            let local_children = n.children.values().any(|c| tree.get(*c).is_some_and(|c| c.local));
+            // An entry of the mount only (a file not uploaded yet, a directory made here,
+            // or one holding such an entry): not empty, whatever the bucket says.
+            let local_children = n.children.values().any(|c| tree.holds_local(*c));
             let listed = n.listed_until.is_some_and(|t| t > Instant::now());
             (n.local, !n.children.is_empty(), local_children, listed)
         };
@@ -242,7 +247,9 @@ impl Fs {
         // the mount: empty without asking the bucket again (`rm -r` lists, unlinks, then
         // removes each directory).
         let known_empty = listed && !any_children;
-        if !local && !known_empty {
+        // A directory made here is asked about too: another client may have put keys
+        // under its name (without markers it lives in the mount only until then).
+        if !known_empty {
             if self.deferred.any_hidden_under(&key) {
                 // Deferred deletes of its files first: then the bucket shows what is left.
                 self.deferred.wait_idle().await;
@@ -353,7 +360,7 @@ impl Fs {
                     n.etag = Some(etag);
                     n.fresh_until = Instant::now() + self.config.metadata_ttl;
                 }
-                tree.now_in_bucket(ino);
+                tree.now_in_bucket(ino, self.ttl_from_now());
                 drop(tree);
                 self.node_attr(ino)
             }

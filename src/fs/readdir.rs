@@ -134,7 +134,8 @@ impl Fs {
                 let mut tree = self.tree();
                 tree.note_dir_listing(s.ino, marker, newest);
                 for e in &seen {
-                    if let Some(ino) = tree.upsert_listed(s.ino, e, until, s.changes_at_start) {
+                    let held = |ino| self.handles.has_data(ino);
+                    if let Some(ino) = tree.upsert_listed(s.ino, e, until, s.changes_at_start, &held) {
                         s.shown.insert(e.name.clone());
                         shown.push((e.name.clone(), ino));
                     }
@@ -205,7 +206,7 @@ impl Fs {
                     start_after: None,
                     max_keys: Some(1000),
                 };
-                let page = match this.store.list_page(&request).await {
+                let mut page = match this.store.list_page(&request).await {
                     Ok(page) => page,
                     Err(e) => {
                         let _ = pages.send(Err(e)).await;
@@ -219,6 +220,10 @@ impl Fs {
                         return;
                     }
                 };
+                if let Err(e) = this.drop_emptied_prefixes(&mut page, &hidden_at_start).await {
+                    let _ = pages.send(Err(e)).await;
+                    return;
+                }
                 let wanted = this.keys_wanting_metadata(&key, &page);
                 let heads = {
                     let this = this.clone();

@@ -40,7 +40,9 @@ impl Fs {
             let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
             (n.local || n.fresh_until > Instant::now(), n.key.clone(), n.attr.kind)
         };
-        if fresh || kind == Kind::Dir {
+        // A file with local data (open for writing, or changes not uploaded yet) has the
+        // size the mount gave it: the bucket's is older.
+        if fresh || kind == Kind::Dir || self.handles.has_data(ino) {
             return self.node_attr(ino);
         }
         self.refresh_file(ino, &key).await

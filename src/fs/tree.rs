@@ -30,6 +30,10 @@ pub struct Node {
     /// Exists in the mount but not (yet) in the bucket: a new file not uploaded, or an
     /// empty directory on a provider without markers. Listings never drop it.
     pub local: bool,
+    /// Directories made by mkdir where markers are kept: local until the marker is in the
+    /// bucket (on its way in the background, or its put failed), whatever files under it
+    /// reach the bucket first; without the marker it would go with their last key.
+    pub awaits_marker: bool,
     /// The ETag whose data the kernel's page cache holds for this file.
     pub kernel_cache_etag: Option<String>,
     /// Directories: the first LIST page did not hold the whole listing; lookups of single
@@ -100,6 +104,7 @@ impl Tree {
             children: BTreeMap::new(),
             listed_until: None,
             local: true,
+            awaits_marker: false,
             kernel_cache_etag: None,
             lookups: 1,
             large: false,
@@ -160,8 +165,9 @@ impl Tree {
         }
         let child = self.nodes.get(&parent).and_then(|p| p.children.get(name).copied());
         if let Some(ino) = child {
-            if self.nodes.get(&ino).is_some_and(|n| n.local) {
-                // A local entry is never hidden by a remote listing.
+            if self.holds_local(ino) {
+                // A local entry, or a directory holding one, is never hidden by a remote
+                // listing.
                 return;
             }
             if let Some(p) = self.nodes.get_mut(&parent) {
@@ -176,7 +182,24 @@ impl Tree {
     /// meanwhile (still remembered as missing) is not brought back by the older listing,
     /// and an entry placed meanwhile (an upload that replaced the object, a rename) keeps
     /// the size and ETag the mount gave it rather than the listing's older ones.
-    pub fn upsert_listed(&mut self, parent: u64, seen: &Seen, until: Instant, changes_at_start: u64) -> Option<u64> {
+    /// A file listed under the name of a directory that the mount keeps whatever the
+    /// bucket says (`pinned_dir`), or that was put there since the listing started, is
+    /// hidden by it: the directory's inode is returned, what the name shows.
+    /// `held`: see `upsert_from_bucket`.
+    pub fn upsert_listed(
+        &mut self,
+        parent: u64,
+        seen: &Seen,
+        until: Instant,
+        changes_at_start: u64,
+        held: &dyn Fn(u64) -> bool,
+    ) -> Option<u64> {
+        if seen.kind != Kind::Dir
+            && let Some(dir) = self.child_dir(parent, &seen.name)
+            && (self.holds_local(dir) || self.nodes.get(&dir).is_some_and(|d| d.placed_at > changes_at_start))
+        {
+            return Some(dir);
+        }
         let overtaken = self.dir_changes(parent) != changes_at_start;
         let removed = self
             .negative
@@ -192,7 +215,25 @@ impl Tree {
         {
             return Some(ino);
         }
-        self.upsert(parent, seen, until)
+        self.upsert_from_bucket(parent, seen, until, held)
+    }
+
+    /// `upsert` for what the bucket says of an entry (a listing, a lookup): a file `held`
+    /// by the mount (it has local data: open for writing, or changes not uploaded yet)
+    /// keeps the size and version the mount gave it; the bucket's are older than them.
+    pub fn upsert_from_bucket(
+        &mut self,
+        parent: u64,
+        seen: &Seen,
+        until: Instant,
+        held: &dyn Fn(u64) -> bool,
+    ) -> Option<u64> {
+        let keep_attrs = seen.kind != Kind::Dir
+            && self
+                .child_key(parent, &seen.name, seen.kind)
+                .and_then(|key| self.by_key.get(&key))
+                .is_some_and(|&ino| held(ino));
+        self.upsert_inner(parent, seen, until, keep_attrs)
     }
 
     /// A file the mount holds data for before anything was listed (journaled data a
@@ -242,6 +283,11 @@ impl Tree {
 
     /// Records that `seen` exists under `parent`; returns its inode.
     pub fn upsert(&mut self, parent: u64, seen: &Seen, until: Instant) -> Option<u64> {
+        self.upsert_inner(parent, seen, until, false)
+    }
+
+    /// `upsert`; `keep_attrs`: a file's size, version and times stay as they are.
+    fn upsert_inner(&mut self, parent: u64, seen: &Seen, until: Instant, keep_attrs: bool) -> Option<u64> {
         let key = self.child_key(parent, &seen.name, seen.kind)?;
         self.negative.remove(&(parent, seen.name.clone()));
         let ino = match self.by_key.get(&key) {
@@ -272,13 +318,14 @@ impl Tree {
             children: BTreeMap::new(),
             listed_until: None,
             local: false,
+            awaits_marker: false,
             kernel_cache_etag: None,
             lookups: 0,
             large: false,
             changes: 0,
             placed_at: 0,
         });
-        if !node.local && node.attr.kind != Kind::Dir {
+        if !node.local && !keep_attrs && node.attr.kind != Kind::Dir {
             let changed = node.etag.is_some() && node.etag != seen.etag;
             node.attr.size = seen.size;
             if !node.metadata_loaded || changed {
@@ -326,13 +373,13 @@ impl Tree {
 
     /// The HEAD of `key` (a file, or a directory's marker) answered `head`: its persisted
     /// mode, owner, mtime and symlink type apply to the node, unless the node stands for
-    /// another version of the object by now (or for local changes).
-    pub fn apply_head(&mut self, key: &str, head: &crate::store::ObjectMeta) {
+    /// another version of the object by now (or for local changes: `held`, see
+    /// `upsert_from_bucket`).
+    pub fn apply_head(&mut self, key: &str, head: &crate::store::ObjectMeta, held: &dyn Fn(u64) -> bool) {
         let keep_special = self.defaults.keep_special_modes;
-        let Some(n) = self.by_key.get(key).and_then(|ino| self.nodes.get_mut(ino)) else {
-            return;
-        };
-        if n.local {
+        let Some(&ino) = self.by_key.get(key) else { return };
+        let Some(n) = self.nodes.get_mut(&ino) else { return };
+        if n.local || (n.attr.kind != Kind::Dir && held(ino)) {
             return;
         }
         if n.attr.kind == Kind::Dir {
@@ -403,7 +450,7 @@ impl Tree {
             .iter()
             .filter(|(name, ino)| {
                 let n = &self.nodes[*ino];
-                !shown.contains(*name) && !n.local && n.placed_at <= changes_at_start
+                !shown.contains(*name) && n.placed_at <= changes_at_start && !self.holds_local(**ino)
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -494,21 +541,54 @@ impl Tree {
         out
     }
 
-    /// Marks the ancestors of `ino` as existing in the bucket (a file was uploaded under
-    /// them), the root excepted.
     /// `ino` reached the bucket through the mount: it and the ancestors made locally for
-    /// it are local no more, and each of them is `placed` (a listing that started before
-    /// may not show it yet, and must not drop it).
-    pub fn now_in_bucket(&mut self, ino: u64) {
+    /// it are local no more (but those awaiting their marker), and each of them is
+    /// `placed` (a listing that started before may not show it yet, and must not drop it).
+    /// Those ancestors are directories of the bucket from now on, trusted until `until`
+    /// like any other (not for the lifetime a local entry had): they go with their last
+    /// key.
+    pub fn now_in_bucket(&mut self, ino: u64, until: Instant) {
         let mut at = Some(ino);
         while let Some(i) = at.filter(|i| *i != ROOT_INO) {
             let Some(n) = self.nodes.get_mut(&i) else { break };
-            let was_local = std::mem::replace(&mut n.local, false);
             at = Some(n.parent);
+            if i != ino && n.awaits_marker {
+                continue;
+            }
+            n.awaits_marker = false;
+            let was_local = std::mem::replace(&mut n.local, false);
             if was_local {
+                n.fresh_until = until;
                 self.placed(i);
             }
         }
+    }
+
+    /// The directory `name` under `parent`, if that is what the name shows.
+    fn child_dir(&self, parent: u64, name: &str) -> Option<u64> {
+        let ino = *self.nodes.get(&parent)?.children.get(name)?;
+        (self.nodes.get(&ino)?.attr.kind == Kind::Dir).then_some(ino)
+    }
+
+    /// The directory `name` under `parent` if the mount keeps it whatever the bucket says
+    /// (`holds_local`): a directory made here, or one holding such an entry.
+    pub fn pinned_dir(&self, parent: u64, name: &str) -> Option<u64> {
+        self.child_dir(parent, name).filter(|&d| self.holds_local(d))
+    }
+
+    /// Whether `ino` exists in the mount whatever the bucket says: it is local (not in the
+    /// bucket yet, or a directory of the mount only), or a directory holding such an entry
+    /// at any depth (an emptied directory of the bucket keeps a directory made in it).
+    pub fn holds_local(&self, ino: u64) -> bool {
+        let mut stack = vec![ino];
+        while let Some(i) = stack.pop() {
+            let Some(n) = self.nodes.get(&i) else { continue };
+            if n.local {
+                return true;
+            }
+            stack.extend(n.children.values().copied());
+        }
+        false
     }
 
     /// A change through the mount put `ino` where it is (created, moved or uploaded): its
@@ -703,7 +783,7 @@ mod tests {
         t.get_mut(f).unwrap().local = true;
         t.placed(f);
         let listing_began = t.dir_changes(d);
-        t.now_in_bucket(f);
+        t.now_in_bucket(f, later);
         assert!(!t.get(f).unwrap().local);
         t.finish_listing(d, &Default::default(), later, listing_began);
         assert_eq!(t.cached_lookup(d, "new", Instant::now()), Some(Some(f)));
@@ -711,6 +791,34 @@ mod tests {
         let listing_began = t.dir_changes(d);
         t.finish_listing(d, &Default::default(), later, listing_began);
         assert_eq!(t.cached_lookup(d, "new", Instant::now()), Some(None));
+    }
+
+    /// A file uploaded into directories made here: one that awaits its marker (its put on
+    /// its way or failed) stays local, the others are directories of the bucket now,
+    /// trusted for the TTL only (they go with their last key).
+    #[test]
+    fn an_upload_leaves_a_directory_awaiting_its_marker_local() {
+        let mut t = Tree::new("", defaults());
+        let (far, soon) = (
+            Instant::now() + Duration::from_secs(3600),
+            Instant::now() + Duration::from_secs(1),
+        );
+        let a = t.upsert(ROOT_INO, &seen("a", Kind::Dir), far).unwrap();
+        let b = t.upsert(a, &seen("b", Kind::Dir), far).unwrap();
+        let f = t.upsert(b, &seen("f", Kind::File), far).unwrap();
+        for ino in [a, b, f] {
+            t.get_mut(ino).unwrap().local = true;
+        }
+        t.get_mut(b).unwrap().awaits_marker = true;
+        t.now_in_bucket(f, soon);
+        let state = |t: &Tree, ino| (t.get(ino).unwrap().local, t.get(ino).unwrap().fresh_until);
+        assert_eq!(state(&t, b), (true, far), "awaiting its marker");
+        assert_eq!(state(&t, a), (false, soon));
+        assert!(t.holds_local(a), "a holds b");
+        t.now_in_bucket(b, soon);
+        assert_eq!(state(&t, b), (false, soon), "its marker is in");
+        assert!(!t.get(b).unwrap().awaits_marker);
+        assert!(!t.holds_local(a));
     }
 
     /// An upload replaces an object that is already in the bucket while a listing of its
@@ -728,13 +836,13 @@ mod tests {
         t.placed(f);
         let version = |t: &Tree| (t.get(f).unwrap().etag.clone(), t.get(f).unwrap().attr.size);
         assert_eq!(
-            t.upsert_listed(d, &seen("f", Kind::File), later, listing_began),
+            t.upsert_listed(d, &seen("f", Kind::File), later, listing_began, &|_| false),
             Some(f)
         );
         assert_eq!(version(&t), (Some("new".into()), 9));
         // A listing that began after the upload is believed.
         let listing_began = t.dir_changes(d);
-        t.upsert_listed(d, &seen("f", Kind::File), later, listing_began);
+        t.upsert_listed(d, &seen("f", Kind::File), later, listing_began, &|_| false);
         assert_eq!(version(&t), (Some("e".into()), 1));
     }
 

@@ -503,7 +503,7 @@ impl Fs {
         // Placed even if it was in the bucket before: a listing that started before the
         // upload shows the old version.
         tree.placed(ino);
-        tree.now_in_bucket(ino);
+        tree.now_in_bucket(ino, self.ttl_from_now());
         drop(tree);
         for file in self.handles.files_of(ino) {
             *file.object.lock() = version.clone();

@@ -12,9 +12,15 @@
 //! a file is written into it" (`Model::mount_only`); the other client's marker puts are
 //! refused by the gate (its plain puts and deletes go on). HF keeps no user metadata
 //! either, which changes nothing here: the model compares kinds, sizes, bytes and names,
-//! never modes, owners or mtimes (and makes no symlinks). Where the core is known to
-//! disagree with README on mount-only directories (ignored tests in `scenarios.rs`), a run
-//! stops at that step (`Model::known_divergence`).
+//! never modes, owners or mtimes (and makes no symlinks).
+//!
+//! Each run picks an upload mode too (`MODES`): with `UploadMode::Background`, the
+//! default, close() returns once the changes are journaled and uploads, markers and
+//! deletes go out in the background. The mount must show the model meanwhile: the check
+//! after each step looks at the core first, then waits for the bucket
+//! (`Fs::sync_all(Settle::Uploaded)`), compares it with the model and looks at the core
+//! again. Another client changes the bucket only once it is settled (it sees only what
+//! is uploaded).
 //!
 //! The harness plays the kernel's part where the VFS decides before calling the filesystem
 //! (EEXIST for mkdir of an existing name, EINVAL for a rename into its own subtree, a
@@ -27,7 +33,7 @@
 use crate::common;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
-use s3vol::fs::{Caller, Errno, Fs, FsConfig, Kind, OpenMode, ROOT_INO, SetAttr, UploadMode};
+use s3vol::fs::{Caller, Errno, Fs, FsConfig, Kind, OpenMode, ROOT_INO, SetAttr, Settle, UploadMode};
 use s3vol::provider::{Markers, Overrides, Resolved};
 use s3vol::source::Source;
 use s3vol::store::memory::MemoryStore;
@@ -268,6 +274,7 @@ struct Core {
     fs: Arc<Fs>,
     /// The bucket, behind the gate of the provider's profile as the core sees it.
     store: Arc<Gated<MemoryStore>>,
+    upload_mode: UploadMode,
     _cache: tempfile::TempDir,
 }
 
@@ -276,6 +283,10 @@ struct Core {
 /// CoreWeave; on Hugging Face no markers, user metadata, UploadPartCopy or RenameObject,
 /// so that mkdir makes a directory of the mount only: `Model::mount_only`).
 const SOURCES: &[&str] = &["s3://b", "cw://b", "runpod://EU-RO-1/b", "hf://ns/b"];
+
+/// The upload modes the model runs in: close() waits for the upload, or returns once the
+/// changes are journaled (the default; uploads, markers and deletes in the background).
+const MODES: &[UploadMode] = &[UploadMode::OnClose, UploadMode::Background];
 
 impl Core {
     fn new() -> Core {
@@ -311,7 +322,17 @@ impl Core {
         Core {
             fs,
             store,
+            upload_mode,
             _cache: cache,
+        }
+    }
+
+    /// Waits until what the mount has done is in the bucket (uploads, markers, deletes
+    /// sent in the background): then the bucket can be compared with the model, and
+    /// another client sees it.
+    async fn settle(&self) {
+        if self.upload_mode == UploadMode::Background {
+            self.fs.sync_all(Settle::Uploaded).await.expect("sync_all");
         }
     }
 
@@ -426,9 +447,8 @@ impl Core {
     }
 }
 
-/// Applies `op` to the core and the model; the outcomes must agree. `Err`: not applied, the
-/// core being known to disagree with README there (`Model::known_divergence`).
-async fn step(core: &Core, model: &mut Model, op: &Op) -> Result<(), &'static str> {
+/// Applies `op` to the core and the model; the outcomes must agree.
+async fn step(core: &Core, model: &mut Model, op: &Op) {
     let mut paths: Vec<String> = universe();
     paths.extend(model.paths());
     paths.sort();
@@ -536,9 +556,6 @@ async fn step(core: &Core, model: &mut Model, op: &Op) -> Result<(), &'static st
                 Ok(Kind::Dir) => Err(libc::ENOTEMPTY),
                 Ok(_) => Err(libc::ENOTDIR),
             };
-            if want == Err(libc::ENOTEMPTY) && model.only_remote_entries(&path) {
-                return Err(scenarios::ONLY_REMOTE_ENTRIES);
-            }
             let got = match core.parent(&path).await {
                 Ok((parent, name)) => core.fs.rmdir(parent, &name).await,
                 Err(e) => Err(e),
@@ -552,9 +569,6 @@ async fn step(core: &Core, model: &mut Model, op: &Op) -> Result<(), &'static st
         Op::Rename { from: f, to: t } => {
             let (from, to) = (path(f), path(t));
             let (want, kind) = rename_outcome(model, &from, &to);
-            if want == Err(libc::ENOTEMPTY) && model.only_remote_entries(&to) {
-                return Err(scenarios::ONLY_REMOTE_ENTRIES);
-            }
             let got = if to.starts_with(&format!("{from}/")) || from == to {
                 // The kernel refuses a move into the own subtree and skips a rename onto itself.
                 want.map_err(Errno)
@@ -579,6 +593,7 @@ async fn step(core: &Core, model: &mut Model, op: &Op) -> Result<(), &'static st
             seed,
             marker,
         } => {
+            core.settle().await;
             let key = if *marker { format!("{}/", path(p)) } else { path(p) };
             let body = if *marker {
                 Vec::new()
@@ -592,17 +607,18 @@ async fn step(core: &Core, model: &mut Model, op: &Op) -> Result<(), &'static st
                     matches!(refused, Err(StoreError::InvalidName(_))),
                     "a marker put where markers are forbidden: {refused:?}"
                 );
-                return Ok(());
+                return;
             }
             core.remote_put(&key, body.clone()).await;
             model.keys.insert(key, body);
-            return Ok(());
+            return;
         }
         Op::RemoteDelete { path: p, marker } => {
+            core.settle().await;
             let key = if *marker { format!("{}/", path(p)) } else { path(p) };
             core.bucket().delete(&key).await.expect("delete");
             model.keys.remove(&key);
-            return Ok(());
+            return;
         }
     };
     assert_eq!(
@@ -610,7 +626,6 @@ async fn step(core: &Core, model: &mut Model, op: &Op) -> Result<(), &'static st
         want,
         "{what}: errno of the core (left) and the model (right)"
     );
-    Ok(())
 }
 
 /// What rename(2) of `from` to `to` gives, and the kind moved.
@@ -652,8 +667,19 @@ fn universe() -> Vec<String> {
 }
 
 /// The core must show the model: names, kinds, sizes, bytes, directory entries, and the
-/// bucket must hold exactly the model's keys.
+/// bucket must hold exactly the model's keys. In the background upload mode the core is
+/// looked at before and after its uploads, markers and deletes settle, the bucket after.
 async fn check(core: &Core, model: &Model, after: &str) {
+    if core.upload_mode == UploadMode::Background {
+        check_view(core, model, &format!("{after}, before the uploads settled")).await;
+        core.settle().await;
+    }
+    check_bucket(core, model, after);
+    check_view(core, model, after).await;
+}
+
+/// The bucket must hold exactly the model's keys.
+fn check_bucket(core: &Core, model: &Model, after: &str) {
     let bucket: BTreeMap<String, Vec<u8>> = core
         .bucket()
         .keys()
@@ -669,6 +695,10 @@ async fn check(core: &Core, model: &Model, after: &str) {
         summary(&bucket),
         summary(&model.keys)
     );
+}
+
+/// The core must show the model: names, kinds, sizes, bytes, directory entries.
+async fn check_view(core: &Core, model: &Model, after: &str) {
     let mut paths = universe();
     paths.extend(model.paths());
     paths.push(String::new());
@@ -723,20 +753,19 @@ fn block_on<F: std::future::Future>(body: F) -> F::Output {
 
 fn run(ops: &[Op]) {
     for source in SOURCES {
-        run_on(source, ops);
+        for mode in MODES {
+            run_on(source, *mode, ops);
+        }
     }
 }
 
-fn run_on(source: &str, ops: &[Op]) {
+fn run_on(source: &str, mode: UploadMode, ops: &[Op]) {
     block_on(async {
-        let core = Core::for_source(source);
+        let core = Core::with_upload_mode(source, mode);
         let mut model = Model::new(source);
         for (i, op) in ops.iter().enumerate() {
-            // A known divergence from README ends the run: the core and the model part ways.
-            if step(&core, &mut model, op).await.is_err() || model.known_divergence().is_some() {
-                return;
-            }
-            check(&core, &model, &format!("{source}, step {i} {op:?}")).await;
+            step(&core, &mut model, op).await;
+            check(&core, &model, &format!("{source} ({mode:?}), step {i} {op:?}")).await;
         }
     });
 }
@@ -753,10 +782,11 @@ proptest! {
     #[test]
     fn the_core_matches_the_model_under_out_of_band_changes(
         source in prop::sample::select(SOURCES),
+        mode in prop::sample::select(MODES),
         ops in prop::collection::vec(op_strategy(), 1..40),
     ) {
         let _turn = common::shared();
-        run_on(source, &ops);
+        run_on(source, mode, &ops);
     }
 }
 

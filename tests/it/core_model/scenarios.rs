@@ -1,10 +1,9 @@
 //! Fixed scenarios of the core against another client, one test each: a remote replace
 //! racing a local write, O_TRUNC on a read-only open, a symlink replaced by a plain object,
 //! revalidation, listings and lookups older than a deferred delete, and Hugging Face's
-//! mount-only directories (three of them ignored: the core disagrees with README there;
-//! see the parent module for the harness).
+//! mount-only directories (see the parent module for the harness).
 
-use super::{BLOCK, CALLER, Core, Model, block_on, bytes};
+use super::{BLOCK, CALLER, Core, block_on, bytes};
 use crate::common;
 use bytes::Bytes;
 use s3vol::fs::{Errno, Fs, Kind, OpenMode, ROOT_INO, Settle, UploadMode};
@@ -242,12 +241,12 @@ fn a_hugging_face_directory_lives_in_the_mount_until_a_file_is_written_into_it()
 
 /// A directory made here and written into is a directory of the bucket (README: it lives
 /// in the mount only "until a file is written into it"; directories "come from
-/// `/`-delimited listings"), so it goes with its last key. It does once its parent is
-/// listed again, but until then a lookup still finds it: written into, it stopped being
-/// mount-only, yet kept the mount-only entry's lifetime (a year). The model's check lists
-/// every directory after each step, which hides this from the proptest.
+/// `/`-delimited listings"), so it goes with its last key: a lookup says so as a listing
+/// of its parent does, without that listing first. (Once, written into, it stopped being
+/// mount-only yet kept the mount-only entry's lifetime, a year: a lookup found it until
+/// its parent was listed again. The model's check lists every directory after each step,
+/// which hid this from the proptest.)
 #[test]
-#[ignore = "core bug (issue 24): a directory written into lingers after its last file is unlinked, until its parent is listed"]
 fn a_directory_written_into_goes_with_its_last_file() {
     let _turn = common::shared();
     block_on(async {
@@ -258,14 +257,15 @@ fn a_directory_written_into_goes_with_its_last_file() {
         core.fs.unlink(d, "f").await.expect("unlink d/f");
         assert!(core.bucket().keys().is_empty());
         assert_eq!(core.walk("d").await.map(|(_, k)| k), Err(Errno(libc::ENOENT)));
+        let root = core.readdir(ROOT_INO).await.expect("readdir /");
+        assert!(root.is_empty(), "readdir of / agrees: {root:?}");
     });
 }
 
-/// README: "a file and a directory of one name show the directory". A lookup of a
-/// mount-only directory does, but after another client puts a file of its name the
-/// directory's parent lists the file (`Model::known_divergence`).
+/// README: "a file and a directory of one name show the directory". A mount-only
+/// directory and another client's file of its name: both a lookup and a listing of the
+/// parent show the directory (a listing once showed the file).
 #[test]
-#[ignore = "core bug (issue 24): readdir lists another client's file over a mount-only directory of its name"]
 fn a_mount_only_directory_shadows_a_remote_file_of_its_name() {
     let _turn = common::shared();
     block_on(async {
@@ -282,10 +282,9 @@ fn a_mount_only_directory_shadows_a_remote_file_of_its_name() {
 
 /// README: an empty directory made here "lives in the mount only until a file is written
 /// into it (it is gone after a remount if still empty)". One made in a directory of the
-/// bucket vanishes, with its parent, when the parent's last file is deleted through the
-/// mount (`Model::known_divergence`).
+/// bucket keeps that directory when its last key goes (they once both vanished when the
+/// parent's last file was deleted through the mount); removed, it no longer does.
 #[test]
-#[ignore = "core bug (issue 24): a mount-only directory vanishes when its parent's last key goes"]
 fn a_mount_only_directory_keeps_its_emptied_parent() {
     let _turn = common::shared();
     block_on(async {
@@ -296,14 +295,46 @@ fn a_mount_only_directory_keeps_its_emptied_parent() {
         core.fs.unlink(a, "f").await.expect("unlink a/f");
         assert_eq!(core.walk("a").await.map(|(_, k)| k), Ok(Kind::Dir), "a");
         assert_eq!(core.walk("a/b").await.map(|(_, k)| k), Ok(Kind::Dir), "a/b");
+        let root = core.readdir(ROOT_INO).await.expect("readdir /");
+        assert_eq!(root.get("a"), Some(&Kind::Dir), "readdir of /");
+        let inside = core.readdir(a).await.expect("readdir a");
+        assert_eq!(inside.into_iter().collect::<Vec<_>>(), [("b".to_string(), Kind::Dir)]);
+        core.fs.rmdir(a, "b").await.expect("rmdir a/b");
+        assert_eq!(
+            core.walk("a").await.map(|(_, k)| k),
+            Err(Errno(libc::ENOENT)),
+            "a at last"
+        );
+    });
+}
+
+/// The two above at once, as the proptest found them: a directory of the bucket (written
+/// into through the mount) holding a mount-only directory, and another client's file of
+/// its name. Its last key gone, the directory stays for the one made in it, and hides the
+/// file: a lookup that goes to the bucket (the listing shows only the file) says so too.
+#[test]
+fn a_directory_kept_for_a_mount_only_one_hides_a_remote_file_of_its_name() {
+    let _turn = common::shared();
+    block_on(async {
+        let core = Core::for_source(HF);
+        core.fs.mkdir(ROOT_INO, "a", 0o755, CALLER).await.expect("mkdir a");
+        core.remote_put("a", b"x".to_vec()).await;
+        core.write("a/b", 0, b"", false).await.expect("write a/b");
+        let (a, _) = core.walk("a").await.expect("a");
+        core.fs.mkdir(a, "a", 0o755, CALLER).await.expect("mkdir a/a");
+        core.fs.unlink(a, "b").await.expect("unlink a/b");
+        assert_eq!(core.bucket().keys(), ["a"]);
+        assert_eq!(core.walk("a").await.map(|(_, k)| k), Ok(Kind::Dir), "lookup a");
+        let root = core.readdir(ROOT_INO).await.expect("readdir /");
+        assert_eq!(root.into_iter().collect::<Vec<_>>(), [("a".to_string(), Kind::Dir)]);
+        assert_eq!(core.walk("a/a").await.map(|(_, k)| k), Ok(Kind::Dir), "lookup a/a");
     });
 }
 
 /// README: "rmdir answers ENOTEMPTY". A mount-only directory into which another client
-/// put a file is removed without asking the bucket (the file stays, and the directory
-/// with it); a rename of a directory over it likewise (`Model::only_remote_entries`).
+/// put a file is not empty: rmdir, and a rename of a directory over it, ask the bucket
+/// (they once removed it without asking: the file stayed, and the directory with it).
 #[test]
-#[ignore = "core bug (issue 24): rmdir of a mount-only directory holding another client's file succeeds"]
 fn rmdir_of_a_mount_only_directory_asks_the_bucket() {
     let _turn = common::shared();
     block_on(async {
@@ -311,45 +342,14 @@ fn rmdir_of_a_mount_only_directory_asks_the_bucket() {
         core.fs.mkdir(ROOT_INO, "b", 0o755, CALLER).await.expect("mkdir b");
         core.remote_put("b/a", b"x".to_vec()).await;
         assert_eq!(core.fs.rmdir(ROOT_INO, "b").await, Err(Errno(libc::ENOTEMPTY)));
+        core.fs.mkdir(ROOT_INO, "e", 0o755, CALLER).await.expect("mkdir e");
+        assert_eq!(
+            core.fs.rename(ROOT_INO, "e", ROOT_INO, "b", false).await,
+            Err(Errno(libc::ENOTEMPTY)),
+            "rename e b"
+        );
+        assert_eq!(core.walk("b/a").await.map(|(_, k)| k), Ok(Kind::File));
     });
-}
-
-/// Why a step was not applied (see `Model::only_remote_entries`).
-pub(super) const ONLY_REMOTE_ENTRIES: &str = "rmdir of a mount-only directory holding another client's keys only";
-
-/// The core's known disagreements with README (the ignored tests above), for the model:
-/// a run stops where one begins, the core and the model parting ways from there on.
-impl Model {
-    /// A mount-only directory whose entries are all another client's keys: the core's
-    /// rmdir (and a rename over it) removes it without asking the bucket, where README's
-    /// rmdir "answers ENOTEMPTY" (`rmdir_of_a_mount_only_directory_asks_the_bucket`).
-    pub(super) fn only_remote_entries(&self, dir: &str) -> bool {
-        let prefix = format!("{dir}/");
-        self.mount_only.contains(dir)
-            && !self.mount_only.iter().any(|d| d.starts_with(&prefix))
-            && self.keys.keys().any(|k| k.starts_with(&prefix))
-    }
-
-    /// Where the core is known to disagree with README on mount-only directories (issue
-    /// 24; the ignored tests in `scenarios.rs` show each): a run stops checking there.
-    pub(super) fn known_divergence(&self) -> Option<&'static str> {
-        for dir in &self.mount_only {
-            if self.keys.contains_key(dir) {
-                // `a_mount_only_directory_shadows_a_remote_file_of_its_name`
-                return Some("a mount-only directory and another client's file of one name");
-            }
-            let mut at = dir.as_str();
-            while let Some((parent, _)) = at.rsplit_once('/') {
-                let prefix = format!("{parent}/");
-                if !self.mount_only.contains(parent) && !self.keys.keys().any(|k| k.starts_with(&prefix)) {
-                    // `a_mount_only_directory_keeps_its_emptied_parent`
-                    return Some("a directory holding nothing but mount-only directories");
-                }
-                at = parent;
-            }
-        }
-        None
-    }
 }
 
 /// With uploads and deletes in the background (the default), a file renamed onto a name
@@ -387,5 +387,54 @@ fn a_rename_onto_a_name_whose_delete_is_on_its_way_survives_it() {
         assert_eq!(core.bucket().contents("f").as_deref(), Some(&b"new"[..]));
         assert_eq!(core.bucket().contents("d/y").as_deref(), Some(&b"y"[..]));
         assert_eq!(core.bucket().keys(), ["d/", "d/y", "f"], "what the bucket holds");
+    });
+}
+
+/// With uploads in the background, a file written over another client's object shows
+/// the size the mount gave it until its upload lands: a lookup (its parent's listing) and
+/// a getattr (a HEAD) once put the bucket's older size over it. (Found by core_model in
+/// Background mode.)
+#[test]
+fn a_file_whose_upload_is_on_its_way_keeps_its_own_size() {
+    let _turn = common::shared();
+    block_on(async {
+        let core = Core::with_upload_mode("s3://b", UploadMode::Background);
+        core.remote_put("b", Vec::new()).await;
+        core.write("b", 0, b"x", false).await.expect("write b");
+        let (ino, kind) = core.walk("b").await.expect("b");
+        assert_eq!(kind, Kind::File);
+        assert_eq!(
+            core.fs.getattr(ino).await.expect("getattr").size,
+            1,
+            "before the upload"
+        );
+        assert_eq!(core.read_all(ino).await.expect("read"), b"x");
+        core.fs.sync_all(Settle::Uploaded).await.expect("sync");
+        assert_eq!(core.bucket().contents("b").as_deref(), Some(&b"x"[..]));
+        assert_eq!(core.fs.getattr(ino).await.expect("getattr").size, 1, "after it");
+    });
+}
+
+/// With deletes in the background, a directory removed is gone for lookups and listings
+/// while the delete of its marker (or of the last marker under it) is on its way: the
+/// bucket still lists `d/` (or `a/` for `a/b/`) until then. (Found by core_model in
+/// Background mode: a lookup found the directory again.)
+#[test]
+fn a_directory_whose_last_key_is_being_deleted_is_gone() {
+    let _turn = common::shared();
+    block_on(async {
+        let core = Core::with_upload_mode("s3://b", UploadMode::Background);
+        core.fs.mkdir(ROOT_INO, "d", 0o755, CALLER).await.expect("mkdir d");
+        core.remote_put("a/b/", Vec::new()).await;
+        core.fs.sync_all(Settle::Uploaded).await.expect("sync");
+        let (a, _) = core.walk("a").await.expect("a");
+        core.fs.rmdir(ROOT_INO, "d").await.expect("rmdir d");
+        core.fs.rmdir(a, "b").await.expect("rmdir a/b");
+        assert_eq!(core.walk("d").await.map(|(_, k)| k), Err(Errno(libc::ENOENT)), "d");
+        assert_eq!(core.walk("a").await.map(|(_, k)| k), Err(Errno(libc::ENOENT)), "a");
+        let root = core.readdir(ROOT_INO).await.expect("readdir /");
+        assert!(root.is_empty(), "readdir of /: {root:?}");
+        core.fs.sync_all(Settle::Uploaded).await.expect("sync");
+        assert!(core.bucket().keys().is_empty(), "{:?}", core.bucket().keys());
     });
 }
