@@ -16,6 +16,10 @@ use std::sync::{Arc, Weak};
 pub const ALIGN: usize = 4096;
 /// Where a block's data starts in its buffer (and in its disk cache file).
 pub const DATA_OFFSET: usize = ALIGN;
+/// Blocks smaller than this are shared as a compact copy of their data: their buffer, a
+/// header page and a padded data page at least, would be several times their size, and
+/// the memory cache weighs what it holds by the data's length.
+const COMPACT_BELOW: usize = 64 << 10;
 
 pub fn round_up(len: usize) -> usize {
     len.div_ceil(ALIGN) * ALIGN
@@ -111,9 +115,12 @@ impl BlockBuffer {
     }
 
     /// The data as shared bytes, keeping the buffer alive (and out of the pool) while
-    /// any of them lives.
+    /// any of them lives; a small block's as a copy, so that its buffer can go.
     pub fn share(self: &Arc<Self>) -> Bytes {
-        Bytes::from_owner(DataOf(self.clone()))
+        match self.len < COMPACT_BELOW {
+            true => Bytes::copy_from_slice(self.data()),
+            false => Bytes::from_owner(DataOf(self.clone())),
+        }
     }
 }
 
@@ -154,13 +161,15 @@ impl BlockBuffers {
         })
     }
 
-    /// A buffer whose data part holds at least `len` bytes: an idle one if it is large
-    /// enough. Its bytes are whatever the last block left: the caller writes what it uses.
+    /// A buffer whose data part holds `len` bytes (rounded up to whole pages): an idle
+    /// one for a whole block, else one of its own size, so that a short block (the end of
+    /// a file) never holds a whole block's memory. Its bytes are whatever the last block
+    /// left: the caller writes what it uses.
     pub fn take(self: &Arc<Self>, len: usize) -> BlockBuffer {
         let wanted = DATA_OFFSET + round_up(len);
-        let reused = (wanted <= self.size).then(|| self.idle.lock().pop()).flatten();
+        let reused = (wanted == self.size).then(|| self.idle.lock().pop()).flatten();
         BlockBuffer {
-            mem: Some(reused.unwrap_or_else(|| Aligned::new(wanted.max(self.size)))),
+            mem: Some(reused.unwrap_or_else(|| Aligned::new(wanted))),
             len: 0,
             home: Arc::downgrade(self),
         }
@@ -196,12 +205,13 @@ mod tests {
 
     #[test]
     fn a_buffer_comes_back_when_its_last_bytes_go_and_is_reused() {
-        let pool = BlockBuffers::new(8192, 1 << 20);
-        let mut buf = pool.take(5000);
+        const BLOCK: usize = 1 << 20;
+        let pool = BlockBuffers::new(BLOCK, 4 * BLOCK as u64);
+        let mut buf = pool.take(BLOCK - 100);
         assert_eq!(buf.as_mut().as_ptr() as usize % ALIGN, 0, "page-aligned");
-        buf.as_mut()[DATA_OFFSET..DATA_OFFSET + 5000].fill(7);
-        buf.set_len(5000);
-        assert_eq!(buf.file_image().len(), DATA_OFFSET + 8192, "padded to whole pages");
+        buf.as_mut()[DATA_OFFSET..DATA_OFFSET + BLOCK - 100].fill(7);
+        buf.set_len(BLOCK - 100);
+        assert_eq!(buf.file_image().len(), DATA_OFFSET + BLOCK, "padded to whole pages");
         let address = buf.data().as_ptr();
         let block = Arc::new(buf);
         let bytes = block.share();
@@ -212,8 +222,21 @@ mod tests {
         assert_eq!(&slice[..], &[7; 10]);
         drop(slice);
         assert_eq!(pool.idle(), 1);
-        let mut again = pool.take(8192);
+        let mut again = pool.take(BLOCK);
         assert_eq!(again.as_mut()[DATA_OFFSET..].as_ptr(), address, "the same memory");
+    }
+
+    #[test]
+    fn a_short_block_gets_a_buffer_of_its_size_and_is_shared_as_a_copy() {
+        let pool = BlockBuffers::new(1 << 20, 4 << 20);
+        let mut buf = pool.take(100);
+        assert_eq!(buf.room(), ALIGN, "a page for the data, not a whole block's memory");
+        buf.as_mut()[DATA_OFFSET..DATA_OFFSET + 100].fill(1);
+        buf.set_len(100);
+        let block = Arc::new(buf);
+        let bytes = block.share();
+        assert_eq!(Arc::strong_count(&block), 1, "the bytes are a copy; the buffer can go");
+        assert_eq!(&bytes[..], &[1; 100]);
     }
 
     #[test]
