@@ -34,7 +34,7 @@ use crate::common;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use s3vol::fs::{Caller, Errno, Fs, FsConfig, Kind, OpenMode, ROOT_INO, SetAttr, Settle, UploadMode};
-use s3vol::provider::{Markers, Overrides, Resolved};
+use s3vol::provider::{Overrides, Resolved};
 use s3vol::source::Source;
 use s3vol::store::memory::MemoryStore;
 use s3vol::store::{Gated, ObjectStore, PutOptions, StoreError};
@@ -42,7 +42,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod model;
 mod scenarios;
+
+use model::{Model, split};
 
 /// Names of the path universe operations pick from (with every path the model holds).
 const NAMES: &[&str] = &["a", "b", "c"];
@@ -116,157 +119,6 @@ fn bytes(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
         .collect()
-}
-
-/// The reference: the bucket's keys and bodies, and where the provider forbids markers
-/// the directories that live in this mount only. What a mount shows follows from them: a
-/// name is a directory if any key lies under `name/` or a mount-only directory is `name`
-/// or lies under it, else a file if the key exists (a file and a directory of one name
-/// show the directory).
-#[derive(Debug, Default, Clone, PartialEq)]
-struct Model {
-    keys: BTreeMap<String, Vec<u8>>,
-    /// mkdir puts no `dir/` marker (Hugging Face).
-    no_markers: bool,
-    /// Without markers (README, Hugging Face: "an empty directory lives in the mount only
-    /// until a file is written into it"): the directories made by mkdir that no file
-    /// written through this mount has reached yet. Each shows as a directory (with its
-    /// ancestors) whatever the bucket holds; rmdir and a rename over it remove it, a rename
-    /// moves it. Once a file is written into it, it is a directory of the bucket like any
-    /// other: there while a key lies under it.
-    mount_only: std::collections::BTreeSet<String>,
-}
-
-impl Model {
-    fn new(source: &str) -> Model {
-        let resolved = Resolved::new(&Source::parse(source).expect("source"), &Overrides::default());
-        Model {
-            no_markers: resolved.profile.markers == Markers::Forbidden,
-            ..Model::default()
-        }
-    }
-
-    fn kind(&self, path: &str) -> Option<Kind> {
-        if path.is_empty() {
-            return Some(Kind::Dir);
-        }
-        let dir = format!("{path}/");
-        if self
-            .keys
-            .range(dir.clone()..)
-            .next()
-            .is_some_and(|(k, _)| k.starts_with(&dir))
-            || self.mount_only.iter().any(|d| d == path || d.starts_with(&dir))
-        {
-            Some(Kind::Dir)
-        } else if self.keys.contains_key(path) {
-            Some(Kind::File)
-        } else {
-            None
-        }
-    }
-
-    /// The errno a path walk to `path`'s parent gives, if any.
-    fn parent_error(&self, path: &str) -> Option<i32> {
-        let mut at = String::new();
-        for part in path.split('/').collect::<Vec<_>>().split_last()?.1 {
-            at = join(&at, part);
-            match self.kind(&at) {
-                Some(Kind::Dir) => {}
-                Some(_) => return Some(libc::ENOTDIR),
-                None => return Some(libc::ENOENT),
-            }
-        }
-        None
-    }
-
-    /// What a lookup of `path` gives: the kind, or the errno of the walk.
-    fn lookup(&self, path: &str) -> Result<Kind, i32> {
-        match self.parent_error(path) {
-            Some(e) => Err(e),
-            None => self.kind(path).ok_or(libc::ENOENT),
-        }
-    }
-
-    fn children(&self, dir: &str) -> BTreeMap<String, Kind> {
-        let prefix = if dir.is_empty() {
-            String::new()
-        } else {
-            format!("{dir}/")
-        };
-        let mut names = BTreeMap::new();
-        let dirs = self.mount_only.iter().map(|d| format!("{d}/"));
-        for key in self.keys.keys().cloned().chain(dirs).filter(|k| k.starts_with(&prefix)) {
-            let name = key[prefix.len()..].split('/').next().unwrap_or_default();
-            if !name.is_empty() {
-                names
-                    .entry(name.to_string())
-                    .or_insert_with(|| self.kind(&join(dir, name)).expect("exists"));
-            }
-        }
-        names
-    }
-
-    /// Every path the model shows, directories included.
-    fn paths(&self) -> Vec<String> {
-        let mut out = std::collections::BTreeSet::new();
-        for key in self.keys.keys().chain(&self.mount_only) {
-            let parts: Vec<&str> = key.split('/').filter(|p| !p.is_empty()).collect();
-            for n in 1..=parts.len() {
-                out.insert(parts[..n].join("/"));
-            }
-        }
-        out.into_iter().collect()
-    }
-
-    fn file_mut(&mut self, path: &str) -> &mut Vec<u8> {
-        self.keys.entry(path.to_string()).or_default()
-    }
-
-    /// Moves every key at `from` (a file) or under `from/` (a directory) to `to`, and the
-    /// mount-only directories at or under `from` with them.
-    fn rename(&mut self, from: &str, to: &str, kind: Kind) {
-        let moved: Vec<String> = match kind {
-            Kind::Dir => {
-                let prefix = format!("{from}/");
-                self.keys.keys().filter(|k| k.starts_with(&prefix)).cloned().collect()
-            }
-            _ => vec![from.to_string()],
-        };
-        for key in moved {
-            let body = self.keys.remove(&key).expect("listed");
-            self.keys.insert(format!("{to}{}", &key[from.len()..]), body);
-        }
-        let prefix = format!("{from}/");
-        let dirs: Vec<String> = self
-            .mount_only
-            .iter()
-            .filter(|d| *d == from || d.starts_with(&prefix))
-            .cloned()
-            .collect();
-        for dir in dirs {
-            self.mount_only.remove(&dir);
-            self.mount_only.insert(format!("{to}{}", &dir[from.len()..]));
-        }
-    }
-
-    /// A file written through the mount reached the bucket at `path`: the mount-only
-    /// directories above it are directories of the bucket from now on.
-    fn written(&mut self, path: &str) {
-        self.mount_only.retain(|d| !path.starts_with(&format!("{d}/")));
-    }
-}
-
-fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() {
-        name.to_string()
-    } else {
-        format!("{dir}/{name}")
-    }
-}
-
-fn split(path: &str) -> (&str, &str) {
-    path.rsplit_once('/').unwrap_or(("", path))
 }
 
 /// The core under test, with the kernel's path walk.
