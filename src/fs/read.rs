@@ -28,10 +28,14 @@ impl Fs {
         let prefetch = {
             let mut streams = file.readahead.lock();
             let end = streams.on_read(offset, u64::from(size));
+            let whole_file = streams.turned_random() && self.blocks.may_fetch_whole(object.size);
+            if whole_file {
+                streams.fetching_whole();
+            }
             Prefetch {
                 end,
                 gets: Some(streams.gets.clone()),
-                whole_file: streams.turned_random() && self.blocks.may_fetch_whole(object.size),
+                whole_file,
             }
         };
         let mut result = self.blocks.read(&object, range.clone(), prefetch.clone()).await;

@@ -8,6 +8,11 @@
 //! database) gets no window: each jump starts a new stream. After a few jumps the file
 //! counts as read at random, and its reader may fetch the rest of it ahead (see
 //! `BlockCache::read`), so the reads in any order cost what a download of the file costs.
+//! While it is fetched whole, each stream looks only `initial` bytes ahead: its window
+//! would otherwise grow at each tensor to tens of MiB that the whole-file fetch brings
+//! anyway, and read back from the disk cache what memory evicted, evicting in turn the
+//! blocks the reader is about to want (a shuffled 1 GiB model load read 4.4 GiB from the
+//! disk cache that way).
 //!
 //! The window is claimed in whole GETs (`step`, the size of one ranged GET), and at full
 //! size it is twice what the file may have in flight (`PREFETCH_GETS`): GETs sharing a
@@ -40,6 +45,8 @@ pub struct ReadStreams {
     jumps: u32,
     /// The file was found read at random (said once).
     random: bool,
+    /// The whole file is being fetched ahead of its reads: windows stay at `initial`.
+    fetching_whole: bool,
     /// Slots for the file's prefetch GETs (see `PREFETCH_GETS`).
     pub gets: Arc<GetSlots>,
 }
@@ -55,6 +62,7 @@ impl ReadStreams {
             step,
             jumps: 0,
             random: false,
+            fetching_whole: false,
             gets: GetSlots::new(PREFETCH_GETS),
         }
     }
@@ -66,6 +74,11 @@ impl ReadStreams {
         }
         self.random = true;
         true
+    }
+
+    /// From now on the whole file is on its way: reads look only a little ahead.
+    pub fn fetching_whole(&mut self) {
+        self.fetching_whole = true;
     }
 
     /// Records a read; returns how far ahead to prefetch (an absolute offset).
@@ -89,7 +102,11 @@ impl ReadStreams {
             }
         };
         self.streams[i].1 = self.tick;
-        self.streams[i].0.on_read(offset, len)
+        let frontier = self.streams[i].0.on_read(offset, len);
+        match self.fetching_whole {
+            true => frontier.min(offset.saturating_add(len).saturating_add(self.initial)),
+            false => frontier,
+        }
     }
 }
 
@@ -244,5 +261,26 @@ mod tests {
             vec![RANDOM_JUMPS as usize],
             "after the last jump that counts, and only then"
         );
+    }
+
+    #[test]
+    fn while_the_file_is_fetched_whole_reads_look_only_a_little_ahead() {
+        let read_tensor = |streams: &mut ReadStreams, at: u64| {
+            (0..32u64)
+                .map(|part| {
+                    let end = at + (part + 1) * 128 * 1024;
+                    streams.on_read(end - 128 * 1024, 128 * 1024) - end
+                })
+                .max()
+                .unwrap_or(0)
+        };
+        let mut streams = ReadStreams::new(MIB, 64 * MIB, 8 * MIB);
+        assert!(
+            read_tensor(&mut streams, 0) >= 8 * MIB,
+            "a 4 MiB tensor grows its window"
+        );
+        streams.fetching_whole();
+        assert!(read_tensor(&mut streams, 40 * MIB) <= MIB);
+        assert!(read_tensor(&mut streams, 0) <= MIB, "a stream that had grown too");
     }
 }
