@@ -26,7 +26,7 @@ pub fn round_up(len: usize) -> usize {
 }
 
 /// Zeroed, page-aligned memory of a fixed size.
-struct Aligned {
+pub struct Aligned {
     ptr: NonNull<u8>,
     size: usize,
 }
@@ -37,7 +37,7 @@ unsafe impl Send for Aligned {}
 unsafe impl Sync for Aligned {}
 
 impl Aligned {
-    fn new(size: usize) -> Aligned {
+    pub fn new(size: usize) -> Aligned {
         let size = round_up(size.max(1));
         let layout = Layout::from_size_align(size, ALIGN).expect("a valid layout");
         // SAFETY: the layout's size is not zero.
@@ -46,12 +46,16 @@ impl Aligned {
         Aligned { ptr, size }
     }
 
-    fn as_slice(&self) -> &[u8] {
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
         // SAFETY: `size` initialised (zeroed at allocation) bytes, owned by self.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.size) }
     }
 
-    fn as_mut_slice(&mut self) -> &mut [u8] {
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, borrowed mutably through self.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.size) }
     }

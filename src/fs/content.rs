@@ -1,6 +1,7 @@
 //! The bytes a file holds locally: in memory while small and while the dirty-memory budget
 //! allows, else in a staging file under the cache directory.
 
+use super::direct_write::DirectWriter;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -52,8 +53,10 @@ pub enum Content {
     },
     /// `journaled`: a journal record names this file; it must survive a crash, so it is
     /// removed only once its data is uploaded (`clear`), never by Drop.
+    /// `direct`: the same file for writes of whole pages (see `direct_write.rs`).
     Staged {
         file: File,
+        direct: DirectWriter,
         path: PathBuf,
         journaled: bool,
     },
@@ -89,7 +92,10 @@ impl Content {
             }
         }
         match self {
-            Content::Staged { file, .. } => file.write_all_at(data, offset),
+            Content::Staged { file, direct, .. } => match direct.write_at(data, offset)? {
+                true => Ok(()),
+                false => file.write_all_at(data, offset),
+            },
             Content::Memory { .. } => unreachable!("spilled above"),
         }
     }
@@ -140,7 +146,10 @@ impl Content {
     /// file is handed back still on disk: a journal record may name it, and it goes only
     /// once the record is gone (`UploadedStaging::remove`).
     pub fn clear(&mut self, budget: &Arc<MemoryBudget>) -> Option<UploadedStaging> {
-        let Content::Staged { path, file, journaled } = self else {
+        let Content::Staged {
+            path, file, journaled, ..
+        } = self
+        else {
             let _ = self.truncate(0);
             return None;
         };
@@ -169,7 +178,9 @@ impl Content {
     pub fn stage(&mut self, staging_dir: &Path) -> std::io::Result<(PathBuf, File)> {
         self.spill(staging_dir)?;
         match self {
-            Content::Staged { file, path, journaled } => {
+            Content::Staged {
+                file, path, journaled, ..
+            } => {
                 *journaled = true;
                 Ok((path.clone(), file.try_clone()?))
             }
@@ -205,6 +216,7 @@ impl Content {
         }
         Ok(Content::Staged {
             file,
+            direct: DirectWriter::open(path),
             path: path.to_path_buf(),
             journaled: true,
         })
@@ -230,6 +242,7 @@ impl Content {
         // Dropping the memory variant returns its bytes to the budget.
         *self = Content::Staged {
             file,
+            direct: DirectWriter::open(&path),
             path,
             journaled: false,
         };
@@ -343,7 +356,8 @@ mod tests {
         content
             .write_at(0, &vec![1; BACKGROUND_CLOSE_MIN as usize], dir.path())
             .unwrap();
-        assert_eq!(open_under(dir.path()), 1);
+        // The buffered handle, and the direct one where the filesystem takes O_DIRECT.
+        assert!((1..=2).contains(&open_under(dir.path())));
         content.clear(&budget).expect("staged").remove().unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "unlinked by clear");
         for _ in 0..500 {

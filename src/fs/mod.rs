@@ -7,6 +7,7 @@ mod blocks;
 mod budget;
 mod content;
 mod deferred;
+mod direct_write;
 mod dirty;
 pub mod disk_cache;
 mod handles;

@@ -181,6 +181,65 @@ fn a_large_sequential_write_streams_parts_before_close() {
     assert!(s.backend().pending_uploads(BUCKET).is_empty());
 }
 
+/// A write-only handle writes around the kernel's page cache (see `fopen_flags` in
+/// fuse.rs); readers that hold pages of the file, through read() or mmap, see its bytes.
+#[test]
+fn bytes_written_through_a_write_only_handle_reach_open_readers_and_mappings() {
+    let _turn = common::shared();
+    let s = server();
+    let m = Mount::new(&s, &[]);
+    let p = m.join("w");
+    fs::write(&p, vec![b'a'; 1 << 20]).unwrap();
+    // Opened and read before the write, so their pages are cached and no open after the
+    // write drops them.
+    let reader = fs::File::open(&p).unwrap();
+    let mut first = [0u8; 4];
+    reader.read_exact_at(&mut first, 0).unwrap();
+    assert_eq!(&first, b"aaaa");
+    let mapped = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    // SAFETY: a shared mapping of 1 MiB of an open file, read and unmapped below.
+    let map = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::mmap(
+            std::ptr::null_mut(),
+            1 << 20,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            mapped.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    // SAFETY: within the mapping.
+    let at = |offset: usize| unsafe { *(map as *const u8).add(offset) };
+    assert_eq!(at(8192), b'a');
+
+    let writer = OpenOptions::new().write(true).open(&p).unwrap();
+    let data = pattern(4 << 20, 9);
+    writer.write_all_at(&data, 0).unwrap();
+    let mut back = vec![0u8; 4 << 20];
+    reader.read_exact_at(&mut back, 0).unwrap();
+    assert!(back == data, "the open reader sees the new bytes");
+    assert_eq!(at(8192), data[8192], "so does the mapping");
+    // An unaligned write (it goes through the cache) and an append.
+    writer.write_all_at(b"xyz", 5).unwrap();
+    drop(writer);
+    let mut appender = OpenOptions::new().append(true).open(&p).unwrap();
+    appender.write_all(b"END").unwrap();
+    drop(appender);
+    reader.read_exact_at(&mut first, 4).unwrap();
+    assert_eq!(&first, &[data[4], b'x', b'y', b'z']);
+    assert_eq!(at(6), b'y');
+    // SAFETY: mapped above.
+    unsafe { libc::munmap(map, 1 << 20) };
+    drop((reader, mapped));
+    m.sync();
+    let mut expected = data;
+    expected[5..8].copy_from_slice(b"xyz");
+    expected.extend_from_slice(b"END");
+    assert!(object(&s, "w").unwrap() == expected);
+}
+
 #[test]
 fn unlinked_open_files_keep_working_until_closed() {
     let _turn = common::shared();
