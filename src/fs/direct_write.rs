@@ -41,7 +41,7 @@ impl DirectWriter {
     /// not (the caller writes it buffered). A filesystem that takes O_DIRECT at open but
     /// refuses the write turns the writer off.
     pub fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<bool> {
-        let aligned = offset % ALIGN as u64 == 0 && data.len() % ALIGN == 0;
+        let aligned = offset.is_multiple_of(ALIGN as u64) && data.len().is_multiple_of(ALIGN);
         let Some(file) = self.file.as_ref().filter(|_| aligned && !data.is_empty()) else {
             return Ok(false);
         };
