@@ -46,6 +46,29 @@ pub enum Command {
     /// Manage the persistent block cache.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Manage a shared cache tier (see --shared-cache).
+    #[command(subcommand)]
+    SharedCache(SharedCacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SharedCacheCommand {
+    /// Delete the least recently written blocks under SOURCE (every source's blocks in the
+    /// tier bucket and prefix) until at most --max-size remain.
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// The tier: s3://BUCKET[/PREFIX] as given to --shared-cache, with its endpoint options.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Bytes of blocks to keep (e.g. 500GiB).
+    #[arg(long, value_parser = crate::option_values::parse_size, value_name = "SIZE")]
+    pub max_size: u64,
+    /// Print what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +162,34 @@ pub struct MountOptions {
     /// Kernel mount flag, repeatable; the last word on a flag wins (default: nodev, nosuid, noatime).
     #[arg(long, value_enum, value_name = "FLAG")]
     pub kernel_option: Vec<KernelOption>,
+    #[command(flatten)]
+    pub shared: SharedCacheArgs,
+}
+
+/// A shared cache tier: blocks in an S3-compatible bucket near the machines, read before
+/// the origin and filled behind it by every mount of the same source.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SharedCacheArgs {
+    /// Bucket (and prefix) of the shared cache tier, s3://BUCKET[/PREFIX]; blocks of this
+    /// source go under PREFIX/s3vol-ID/, ID derived from the source.
+    #[arg(long, value_name = "s3://BUCKET[/PREFIX]")]
+    pub shared_cache: Option<String>,
+    /// Endpoint of the tier (a MinIO, Ceph or Garage on the LAN; path-style addressing).
+    #[arg(long, value_name = "URL", requires = "shared_cache")]
+    pub shared_cache_endpoint_url: Option<String>,
+    /// Signing region of the tier.
+    #[arg(long, requires = "shared_cache")]
+    pub shared_cache_region: Option<String>,
+    /// Credentials of the tier, as --credentials-file (default: the standard chain).
+    #[arg(long, value_name = "FILE", requires = "shared_cache")]
+    pub shared_cache_credentials_file: Option<PathBuf>,
+    /// Only read the tier, never write to it.
+    #[arg(long, requires = "shared_cache")]
+    pub shared_cache_read_only: bool,
+    /// Serve a shared block of an object only after a HEAD at the origin showed this mount
+    /// may read that version of it (once per object version).
+    #[arg(long, requires = "shared_cache")]
+    pub shared_cache_confirm_origin: bool,
 }
 
 /// The mount flags the kernel enforces, as mount(8) spells them.

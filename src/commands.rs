@@ -332,6 +332,18 @@ fn print_status(m: &MountStatus) {
         "  disk:     {} of {} bytes in {}, hit rate {disk_rate:.1}%, {} evictions, {} corrupt blocks dropped",
         m.disk_bytes, m.disk_budget, m.cache_dir, m.disk_evictions, m.disk_corrupt
     );
+    if m.shared_hits + m.shared_misses + m.shared_rejected + m.shared_errors + m.shared_writes > 0 {
+        println!(
+            "  shared:   {} hits ({} bytes), {} misses, {} invalid blocks ignored, {} failed requests; {} blocks written, {} not (writes busy)",
+            m.shared_hits,
+            m.shared_bytes,
+            m.shared_misses,
+            m.shared_rejected,
+            m.shared_errors,
+            m.shared_writes,
+            m.shared_writes_dropped
+        );
+    }
     println!("  files:    {} open, {} inodes cached", m.open_files, m.inodes);
     println!(
         "  dirty:    {} files, {} bytes ({} in memory); uploads {} pending ({} sending), {} failed; {} journal records",
@@ -403,4 +415,20 @@ pub fn cache_clear(cache_dir: Option<std::path::PathBuf>) -> ExitCode {
         }
     }
     if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+/// `s3vol shared-cache prune`.
+pub fn shared_cache_prune(args: &s3vol::cli::PruneArgs) -> ExitCode {
+    let _ = s3vol::logging::init(s3vol::logging::LogTarget::Stderr, false);
+    let result = s3vol::mount::runtime().and_then(|rt| rt.block_on(s3vol::shared_cache::prune(args)));
+    match result {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("s3vol: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }

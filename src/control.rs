@@ -58,6 +58,22 @@ pub struct MountStatus {
     pub received_bytes: u64,
     #[serde(default)]
     pub sent_bytes: u64,
+    /// The shared cache tier's blocks: found, not found, found but not valid, requests
+    /// failed, written, not written (writes at their bound), and bytes read from it.
+    #[serde(default)]
+    pub shared_hits: u64,
+    #[serde(default)]
+    pub shared_misses: u64,
+    #[serde(default)]
+    pub shared_rejected: u64,
+    #[serde(default)]
+    pub shared_errors: u64,
+    #[serde(default)]
+    pub shared_writes: u64,
+    #[serde(default)]
+    pub shared_writes_dropped: u64,
+    #[serde(default)]
+    pub shared_bytes: u64,
 }
 
 /// A file written here and not yet in the bucket.

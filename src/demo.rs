@@ -152,6 +152,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         fuse_threads: 4,
         metrics_addr: None,
         kernel_option: Vec::new(),
+        shared: Default::default(),
     };
     mount::serve(
         &runtime,

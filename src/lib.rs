@@ -17,6 +17,7 @@ pub mod option_values;
 pub mod private_dir;
 pub mod provider;
 pub mod server;
+pub mod shared_cache;
 pub mod signals;
 pub mod source;
 pub mod store;

@@ -1,5 +1,5 @@
 use clap::Parser;
-use s3vol::cli::{CacheCommand, Cli, Command, expand_dash_o};
+use s3vol::cli::{CacheCommand, Cli, Command, SharedCacheCommand, expand_dash_o};
 use std::process::ExitCode;
 
 mod check;
@@ -37,5 +37,6 @@ fn main() -> ExitCode {
             check::run(&args)
         }
         Command::MountHelper(args) => s3vol::mount_helper::run(&args.args),
+        Command::SharedCache(SharedCacheCommand::Prune(args)) => commands::shared_cache_prune(&args),
     }
 }

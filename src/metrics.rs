@@ -393,6 +393,11 @@ fn render_status(out: &mut String, mount: &str, s: &MountStatus, resident: Optio
         s.cache_hits
     );
     let _ = writeln!(out, "s3vol_cache_hits_total{{{mount},tier=\"disk\"}} {}", s.disk_hits);
+    let _ = writeln!(
+        out,
+        "s3vol_cache_hits_total{{{mount},tier=\"shared\"}} {}",
+        s.shared_hits
+    );
     header(
         out,
         "s3vol_cache_misses_total",
@@ -408,6 +413,11 @@ fn render_status(out: &mut String, mount: &str, s: &MountStatus, resident: Optio
         out,
         "s3vol_cache_misses_total{{{mount},tier=\"disk\"}} {}",
         s.disk_misses
+    );
+    let _ = writeln!(
+        out,
+        "s3vol_cache_misses_total{{{mount},tier=\"shared\"}} {}",
+        s.shared_misses + s.shared_rejected
     );
     header(
         out,

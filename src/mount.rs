@@ -270,6 +270,12 @@ pub fn serve(
         // A small disk (a tmpfs) keeps a share of itself, a large one 1 GiB.
         None => CacheSize::Percent(5.0).resolve(&config.cache_dir).min(1 << 30),
     };
+    config.shared_cache = runtime.block_on(crate::shared_cache::connect(
+        &options.shared,
+        &resolved,
+        &store,
+        options.memory_limit,
+    ))?;
     let cache_dir = config.cache_dir.clone();
     let fs = Arc::new(Fs::new(store, resolved, config));
     // What a killed daemon left in the journal goes out before any file is served.
@@ -489,6 +495,13 @@ impl StatusSource {
                 .collect(),
             received_bytes,
             sent_bytes,
+            shared_hits: cache.shared.hits,
+            shared_misses: cache.shared.misses,
+            shared_rejected: cache.shared.rejected,
+            shared_errors: cache.shared.errors,
+            shared_writes: cache.shared.writes,
+            shared_writes_dropped: cache.shared.writes_dropped,
+            shared_bytes: cache.shared.bytes_read,
         }
     }
 

@@ -261,6 +261,21 @@ mod tests {
             call.mount.options.kernel_option,
             [KernelOption::Noexec, KernelOption::Suid]
         );
+        let call = helper(
+            "s3://b /mnt -o shared-cache=s3://tier/team,shared-cache-endpoint-url=http://10.0.0.5:9000,shared-cache-read-only",
+        )
+        .unwrap();
+        let shared = &call.mount.options.shared;
+        assert_eq!(shared.shared_cache.as_deref(), Some("s3://tier/team"));
+        assert_eq!(
+            shared.shared_cache_endpoint_url.as_deref(),
+            Some("http://10.0.0.5:9000")
+        );
+        assert!(shared.shared_cache_read_only && !shared.shared_cache_confirm_origin);
+        assert!(
+            helper("s3://b /mnt -o shared-cache-read-only").is_err(),
+            "needs shared-cache"
+        );
     }
 
     #[test]

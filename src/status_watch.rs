@@ -69,9 +69,15 @@ fn view(m: &MountStatus, before: Option<(f64, &MountStatus)>) -> String {
                 m.requests_in_flight,
             ));
             out.push_str(&format!(
-                "  hit rate: memory {}, disk {}\n",
+                "  hit rate: memory {}, disk {}, shared {}\n",
                 ratio(m.cache_hits, m.cache_misses, b.cache_hits, b.cache_misses),
                 ratio(m.disk_hits, m.disk_misses, b.disk_hits, b.disk_misses),
+                ratio(
+                    m.shared_hits,
+                    m.shared_misses + m.shared_rejected,
+                    b.shared_hits,
+                    b.shared_misses + b.shared_rejected
+                ),
             ));
         }
         None => out.push_str("  (rates from the next refresh on)\n"),

@@ -10,8 +10,11 @@ mod get_run;
 use super::block_buffers::{BlockBuffer, BlockBuffers, DATA_OFFSET};
 use super::budget::TransferBudget;
 use super::disk_cache::DiskCache;
+use super::shared_tier::SharedTier;
 use crate::store::{ObjectStore, StoreError};
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use get_run::GetRest;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -161,6 +164,8 @@ pub struct BlockCache {
     pub stats: CacheStats,
     /// The persistent cache behind memory: checked before the network, filled from it.
     pub disk: Option<Arc<DiskCache>>,
+    /// The shared cache tier behind the disk: checked before the origin, filled from it.
+    pub shared: Option<Arc<SharedTier>>,
     /// Memory for ranges being received, shared with uploads.
     budget: Arc<TransferBudget>,
     /// The buffers blocks are assembled and read from disk into, reused.
@@ -179,6 +184,7 @@ impl BlockCache {
         block_size: u64,
         request_size: u64,
         disk: Option<Arc<DiskCache>>,
+        shared: Option<Arc<SharedTier>>,
         transfers: Arc<TransferBudget>,
     ) -> Arc<BlockCache> {
         let cache = moka::sync::Cache::builder()
@@ -197,6 +203,7 @@ impl BlockCache {
             request_size: request_size.max(block_size),
             stats: CacheStats::default(),
             disk,
+            shared,
             budget: transfers,
             buffers: BlockBuffers::new(
                 usize::try_from(block_size).unwrap_or(usize::MAX),
@@ -479,7 +486,7 @@ impl BlockCache {
     /// it is read, so a reader starts on the first while the next ones are read.
     async fn fetch(self: Arc<Self>, object: ObjectVersion, run: Vec<(u64, BlockSender)>) {
         let Some(disk) = self.disk.clone() else {
-            return self.fetch_remote(object, run).await;
+            return self.fetch_beyond_disk(object, run).await;
         };
         let (found_tx, mut found) = tokio::sync::mpsc::unbounded_channel();
         let indexes: Vec<u64> = run.iter().map(|(i, _)| *i).collect();
@@ -501,7 +508,7 @@ impl BlockCache {
                 _ => {
                     if stretch.last().is_some_and(|last| last.0 + 1 != index) {
                         self.clone()
-                            .fetch_remote(object.clone(), std::mem::take(&mut stretch))
+                            .fetch_beyond_disk(object.clone(), std::mem::take(&mut stretch))
                             .await;
                     }
                     stretch.push((index, tx));
@@ -509,7 +516,42 @@ impl BlockCache {
             }
         }
         if !stretch.is_empty() {
-            self.fetch_remote(object, stretch).await;
+            self.fetch_beyond_disk(object, stretch).await;
+        }
+    }
+
+    /// Consecutive blocks no local cache has: from the shared tier where it has them (all
+    /// asked at once, published in order as they come), the rest from the origin, one GET
+    /// per consecutive stretch.
+    async fn fetch_beyond_disk(self: Arc<Self>, object: ObjectVersion, run: Vec<(u64, BlockSender)>) {
+        let Some(tier) = self.shared.clone().filter(|t| t.usable()) else {
+            return self.fetch_remote(object, run).await;
+        };
+        let mut lookups: FuturesOrdered<_> = run
+            .iter()
+            .map(|(index, _)| {
+                let (tier, object, index) = (tier.clone(), object.clone(), *index);
+                let (block_size, len) = (self.block_size, self.block_len(&object, index));
+                async move { tier.get(&object, block_size, index, len).await }
+            })
+            .collect();
+        let mut from_origin: Vec<(u64, BlockSender)> = Vec::new();
+        for (index, tx) in run {
+            match lookups.next().await.flatten() {
+                Some(data) => {
+                    if !from_origin.is_empty() {
+                        let (this, object) = (self.clone(), object.clone());
+                        tokio::spawn(this.fetch_remote(object, std::mem::take(&mut from_origin)));
+                    }
+                    let block = self.assemble(&[data], self.block_len(&object, index) as usize);
+                    let block = self.keep_on_disk(&object, index, block);
+                    self.publish(&object, index, Ok(block.share()), tx);
+                }
+                None => from_origin.push((index, tx)),
+            }
+        }
+        if !from_origin.is_empty() {
+            self.fetch_remote(object, from_origin).await;
         }
     }
 
@@ -532,17 +574,25 @@ impl BlockCache {
         block
     }
 
-    /// A block received whole: counted, written to the disk cache in the background, and
-    /// published.
+    /// A block received whole from the origin: counted, written to the disk cache and the
+    /// shared tier in the background, and published.
     fn keep(&self, object: &ObjectVersion, index: u64, block: BlockBuffer, tx: BlockSender) {
         self.stats
             .fetched_bytes
             .fetch_add(block.data().len() as u64, Ordering::Relaxed);
-        let block = match &self.disk {
+        let block = self.keep_on_disk(object, index, block);
+        if let Some(tier) = &self.shared {
+            tier.put_later(object, self.block_size, index, block.share());
+        }
+        self.publish(object, index, Ok(block.share()), tx);
+    }
+
+    /// Writes a block to the disk cache in the background; returns it, now to share.
+    fn keep_on_disk(&self, object: &ObjectVersion, index: u64, block: BlockBuffer) -> Arc<BlockBuffer> {
+        match &self.disk {
             Some(disk) => disk.put_later(&object.key, &object.etag, index, block),
             None => Arc::new(block),
-        };
-        self.publish(object, index, Ok(block.share()), tx);
+        }
     }
 
     fn publish(&self, object: &ObjectVersion, index: u64, result: BlockResult, tx: BlockSender) {
@@ -600,7 +650,15 @@ mod tests {
             .put("obj", Bytes::from(data.clone()), &PutOptions::default())
             .await
             .unwrap();
-        let cache = BlockCache::new(store.clone(), 1 << 30, 1000, 4000, None, TransferBudget::new(1 << 20));
+        let cache = BlockCache::new(
+            store.clone(),
+            1 << 30,
+            1000,
+            4000,
+            None,
+            None,
+            TransferBudget::new(1 << 20),
+        );
         let object = ObjectVersion {
             key: "obj".into(),
             etag: etag.into(),

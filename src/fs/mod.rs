@@ -28,6 +28,7 @@ mod read;
 mod readahead;
 mod readdir;
 mod recovery;
+pub mod shared_tier;
 mod stat;
 pub mod tree;
 mod upload;
@@ -87,6 +88,8 @@ pub struct FsConfig {
     pub disk_cache: Option<(u64, u64)>,
     /// Reading a directory lists its subdirectories in the background.
     pub list_prefetch: bool,
+    /// The shared cache tier, read after the disk cache and before the origin.
+    pub shared_cache: Option<Arc<shared_tier::SharedTier>>,
 }
 
 impl Default for FsConfig {
@@ -111,6 +114,7 @@ impl Default for FsConfig {
             staging_min_free: 0,
             disk_cache: None,
             list_prefetch: true,
+            shared_cache: None,
         }
     }
 }
@@ -214,6 +218,19 @@ pub struct CacheReport {
     pub disk_misses: u64,
     pub disk_evictions: u64,
     pub disk_corrupt: u64,
+    pub shared: SharedReport,
+}
+
+/// What the shared cache tier did (all zero without one).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SharedReport {
+    pub hits: u64,
+    pub misses: u64,
+    pub rejected: u64,
+    pub errors: u64,
+    pub writes: u64,
+    pub writes_dropped: u64,
+    pub bytes_read: u64,
 }
 
 impl Fs {
@@ -242,6 +259,7 @@ impl Fs {
             config.block_size,
             8 * config.block_size,
             disk,
+            config.shared_cache.clone(),
             transfers.clone(),
         );
         let tree = Tree::new(&resolved.prefix, config.defaults);
@@ -312,6 +330,19 @@ impl Fs {
             disk_misses: disk.map_or(0, |d| d.stats.misses.load(Ordering::Relaxed)),
             disk_evictions: disk.map_or(0, |d| d.stats.evictions.load(Ordering::Relaxed)),
             disk_corrupt: disk.map_or(0, |d| d.stats.corrupt.load(Ordering::Relaxed)),
+            shared: self.blocks.shared.as_deref().map_or_else(SharedReport::default, |t| {
+                let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+                let s = &t.stats;
+                SharedReport {
+                    hits: n(&s.hits),
+                    misses: n(&s.misses),
+                    rejected: n(&s.rejected),
+                    errors: n(&s.errors),
+                    writes: n(&s.writes),
+                    writes_dropped: n(&s.writes_dropped),
+                    bytes_read: n(&s.bytes_read),
+                }
+            }),
         }
     }
 

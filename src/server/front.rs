@@ -84,6 +84,9 @@ impl Front {
         {
             return redirect_response(&self.redirect.location(bucket, key));
         }
+        let length = parts.headers.get(http::header::CONTENT_LENGTH);
+        let length = length.and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        self.stats.count_object_bytes(length.unwrap_or(0));
         match self.quirks.take_body_fault() {
             Some(fault) => Response::from_parts(parts, with_fault(body, fault)),
             None => Response::from_parts(parts, body),

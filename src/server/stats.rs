@@ -14,6 +14,8 @@ pub struct RequestStats {
     by_operation: Mutex<HashMap<&'static str, u64>>,
     /// Per operation: requests being answered now, and the most there were at once.
     in_flight: Mutex<HashMap<&'static str, (u64, u64)>>,
+    /// Bytes of object data sent in GetObject answers (their Content-Length).
+    object_bytes_sent: std::sync::atomic::AtomicU64,
 }
 
 /// A request being answered; counted in flight until dropped.
@@ -55,7 +57,18 @@ impl RequestStats {
         lock(&self.in_flight).get(operation).map_or(0, |(_, peak)| *peak)
     }
 
+    /// Bytes of object data sent in GetObject answers since start or the last reset.
+    pub fn object_bytes_sent(&self) -> u64 {
+        self.object_bytes_sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_object_bytes(&self, bytes: u64) {
+        self.object_bytes_sent
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn reset(&self) {
+        self.object_bytes_sent.store(0, std::sync::atomic::Ordering::Relaxed);
         lock(&self.by_operation).clear();
         for (_, peak) in lock(&self.in_flight).values_mut() {
             *peak = 0;

@@ -36,6 +36,8 @@ pub struct MemoryStore {
     get_delays: Mutex<HashMap<u64, std::time::Duration>>,
     /// Once set, each LIST waits for a permit from it before it answers.
     list_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    /// Once set, every PutObject fails with this error.
+    put_refusal: Mutex<Option<StoreError>>,
 }
 
 impl MemoryStore {
@@ -86,6 +88,11 @@ impl MemoryStore {
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         *self.list_gate.lock() = Some(gate.clone());
         gate
+    }
+
+    /// Makes every PutObject from now on fail with `error` (`None`: succeed again).
+    pub fn refuse_puts(&self, error: Option<StoreError>) {
+        *self.put_refusal.lock() = error;
     }
 
     /// Every key, in order.
@@ -219,6 +226,9 @@ impl ObjectStore for MemoryStore {
 
     async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<String> {
         self.count("put");
+        if let Some(e) = self.put_refusal.lock().clone() {
+            return Err(e);
+        }
         if opts.if_none_match && self.objects.lock().contains_key(key) {
             return Err(StoreError::PreconditionFailed);
         }

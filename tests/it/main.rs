@@ -26,5 +26,6 @@ mod mount_write;
 mod packaging;
 mod real_programs;
 mod server_smoke;
+mod shared_cache;
 mod store;
 mod writeback;
