@@ -111,6 +111,9 @@ pub fn run(args: MountArgs) -> ExitCode {
     }
 }
 
+/// Longest wait at unmount for blocks queued for the shared cache tier.
+const SHARED_CACHE_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Connections opened ahead of the first requests: a lookup's LIST and HEAD, then the GET.
 const WARM_CONNECTIONS: usize = 4;
 
@@ -369,6 +372,7 @@ pub fn serve(
     if runtime.block_on(fs.sync_all(Settle::OneAttempt)).is_err() {
         tracing::error!("some dirty data could not be uploaded before exit; see the lines above");
     }
+    runtime.block_on(fs.settle_shared_cache(SHARED_CACHE_SETTLE));
     fs.close_journal();
     let _ = std::fs::remove_file(&socket);
     tracing::info!("unmounted {}", mountpoint.display());

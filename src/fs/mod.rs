@@ -346,6 +346,15 @@ impl Fs {
         }
     }
 
+    /// Lets the shared cache tier's queued writes go out, for at most `bound` (at unmount).
+    pub async fn settle_shared_cache(&self, bound: Duration) {
+        if let Some(tier) = &self.blocks.shared
+            && !tier.settle(bound).await
+        {
+            tracing::info!("unmounting with blocks not yet written to the shared cache (they are not shared)");
+        }
+    }
+
     /// Empties the disk cache (`s3vol cache clear` while mounted); returns blocks removed.
     pub fn clear_disk_cache(&self) -> u64 {
         self.blocks.disk.as_ref().map_or(0, |d| d.clear())

@@ -247,6 +247,19 @@ impl SharedTier {
         });
     }
 
+    /// Waits, at most `bound`, for the queued writes to go out (at unmount: the blocks the
+    /// last reads fetched are shared too); false if some were still waiting.
+    pub async fn settle(&self, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        while self.queued_bytes.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     /// One block to the tier (skipped if the tier was paused or refused writes while the
     /// block waited in the queue).
     async fn write(&self, identity: &[u8; 32], data: &Bytes) {
