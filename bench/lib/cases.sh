@@ -14,9 +14,12 @@ run_case() {
     CASE_SEQ=$((CASE_SEQ + 1))
     local name="w$CASE_SEQ" out="$WORK/case.out" err="$WORK/logs/case-$CASE_SEQ.err"
     local mnt="" status=ok rc=0 started elapsed base=$workload
-    if [[ "$workload" == *-remount ]]; then
-        base=${workload%-remount}
-        REMOUNT_RUN=1
+    if [[ "$workload" == *-remount || "$workload" == *-second ]]; then
+        # Remount: the workload once, untimed, on the same cache directory. Second machine:
+        # once on another mount with a cache directory of its own (s3vol-shared fills its
+        # tier there), then timed on a fresh one.
+        base=$(base_workload "$workload")
+        [[ "$workload" == *-remount ]] && REMOUNT_RUN=1
         if ! warm_up "$base" "$tool" "$name"; then
             REMOUNT_RUN=0
             record_failure "$workload" "$tool" "$run" failed "the untimed first pass (mount, workload, unmount) failed or took over $((TIMEOUT * 2 + 10)) s: $(tail -2 "$err" | tr '\n' ' ')"
@@ -111,8 +114,15 @@ run_case() {
     done
 }
 
+# The workload a remount or second-machine case times: seq1 for seq1-remount.
+base_workload() {
+    local workload=${1%-remount}
+    echo "${workload%-second}"
+}
+
 # The first mount of a remount case: the workload once, untimed, its figures dropped; the
-# unmount keeps the cache directory for the timed mount that follows.
+# unmount keeps the cache directory for the timed mount that follows (a second-machine
+# case's does not).
 REMOUNT_RUN=0
 export REMOUNT_RUN
 warm_up() {
@@ -145,7 +155,7 @@ record_failure() {
 run_matrix() {
     local runs=$1 workload tool run
     for workload in $WORKLOADS; do
-        declare -F "case_$(tr - _ <<<"${workload%-remount}")" >/dev/null || die "unknown workload $workload"
+        declare -F "case_$(tr - _ <<<"$(base_workload "$workload")")" >/dev/null || die "unknown workload $workload"
         for tool in $(tools_for "$workload"); do
             for run in $(seq "$runs"); do
                 local case_started=$SECONDS

@@ -19,6 +19,7 @@ SERVER_LOG=""
 start_server() {
     SERVER=$1
     SERVER_LOG="$WORK/server-$SERVER.log"
+    start_tier
     case "$SERVER" in
         s3s-fs)
             local root="$WORK/s3s-fs-root"
@@ -48,8 +49,29 @@ start_server() {
     die "$SERVER does not answer on $ENDPOINT"
 }
 
+
+# The shared cache tier of s3vol-shared: a second example server on the host side of the
+# link, near the mounts, as a MinIO on the LAN is near the machines of a team.
+TIER_ENDPOINT="http://127.0.0.1:9200"
+TIER_BUCKET=tier
+TIER_PID=""
+start_tier() {
+    [[ " $TOOLS " == *" s3vol-shared "* ]] || return 0
+    "$BENCH_SERVER" 127.0.0.1:9200 "$TIER_BUCKET" 127.0.0.1:9201 >"$WORK/server-tier.log" 2>&1 &
+    TIER_PID=$!
+    STARTED_PIDS+=("$TIER_PID")
+    local i
+    for i in $(seq 50); do
+        curl -s -o /dev/null "$TIER_ENDPOINT/" && return 0
+        sleep 0.2
+    done
+    die "the tier server does not answer on $TIER_ENDPOINT: $(tail -3 "$WORK/server-tier.log")"
+}
+
 stop_server() {
     stop_pid "$SERVER_PID"
+    [[ -n "$TIER_PID" ]] && stop_pid "$TIER_PID"
+    TIER_PID=""
     [[ "$SERVER" == s3s-fs ]] && rm -rf "$WORK/s3s-fs-root"
     return 0
 }

@@ -16,16 +16,20 @@ mount_tool() {
     MOUNT_SEQ=$((MOUNT_SEQ + 1))
     MNT="$WORK/mnt"
     local cache="$WORK/cache/$tool-$MOUNT_SEQ" log="$WORK/logs/$tool-$MOUNT_SEQ.log"
-    # A remount case mounts twice on one cache directory, as a user does the next day.
+    # A remount case mounts twice on one cache directory, as a user does the next day (a
+    # second-machine case twice on fresh ones, as two machines do).
     ((REMOUNT_RUN)) && cache="$WORK/cache/$tool-kept"
     mkdir -p "$MNT" "$cache" "$WORK/logs"
     case "$tool" in
-        s3vol | s3vol-onclose | s3vol-before)
+        s3vol | s3vol-onclose | s3vol-before | s3vol-shared)
             # s3vol: the default, write-back (--upload-mode background); s3vol-onclose:
             # close() waits for the upload, as before issue 21; s3vol-before: the default
-            # of another build ($S3VOL_BEFORE), for a before/after in one run.
+            # of another build ($S3VOL_BEFORE), for a before/after in one run;
+            # s3vol-shared: the default with the shared cache tier on the near side.
             local extra=() bin=$S3VOL
             [[ "$tool" == s3vol-onclose ]] && extra=(--upload-mode on-close)
+            [[ "$tool" == s3vol-shared ]] &&
+                extra=(--shared-cache "s3://$TIER_BUCKET" --shared-cache-endpoint-url "$TIER_ENDPOINT")
             [[ "$tool" == s3vol-before ]] && bin=${S3VOL_BEFORE:?s3vol-before needs S3VOL_BEFORE=/path/to/an/earlier/s3vol}
             AWS_ACCESS_KEY_ID=$ACCESS_KEY AWS_SECRET_ACCESS_KEY=$SECRET_KEY \
                 "$bin" mount "s3://$BUCKET" "$MNT" --endpoint-url "$ENDPOINT" --force-path-style \

@@ -241,8 +241,11 @@ time_listing() {
 tools_for() {
     local workload=$1 tool out=()
     for tool in $TOOLS; do
-        # Nothing of the raw client survives a remount: it has no warm figure.
-        [[ "$workload" == *-remount && "$tool" == raw ]] && continue
+        # Nothing of the raw client survives a remount: it has no warm figure (and no
+        # second machine gains from a first).
+        [[ ("$workload" == *-remount || "$workload" == *-second) && "$tool" == raw ]] && continue
+        # The shared tier only matters to a second machine.
+        [[ "$tool" == s3vol-shared && "$workload" != *-second ]] && continue
         if [[ "$tool" == s3vol-onclose ]]; then
             case "$workload" in write | close | create | cp | untar | ckpt) ;; *) continue ;; esac
         fi
@@ -257,7 +260,7 @@ produces() {
         seq1) [[ "$2" == raw ]] && echo seq1 || echo seq1 seq1-warm ;;
         cp) echo cp rm ;;
         dataload8 | dataload32) [[ "$2" == raw ]] && echo "$1" || echo "$1" "$1-epoch2" ;;
-        *-remount) echo "$1" ;;
+        *-remount | *-second) echo "$1" ;;
         *) echo "$1" ;;
     esac
 }

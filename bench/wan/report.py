@@ -29,6 +29,7 @@ WORKLOADS = {
     "seq1": ("Sequential read, 1 reader, cold", "MiB/s", True),
     "seq1-warm": ("Re-read of that file, same mount (warm)", "MiB/s", True),
     "seq1-remount": ("Re-read of that file after a remount (warm: the local caches only)", "MiB/s", True),
+    "seq1-second": ("Sequential read on a second machine (its own empty local caches; the file read once on another mount before)", "MiB/s", True),
     "seq4": ("Sequential read, 4 readers of the same file, cold (aggregate)", "MiB/s", True),
     "rand1": ("Random 256 KiB reads, 1 reader, cold", "MiB/s", True),
     "rand4": ("Random 256 KiB reads, 4 readers, cold (aggregate)", "MiB/s", True),
@@ -56,10 +57,11 @@ WORKLOADS = {
     "ckpt": ("Checkpoint save: write ckpt.tmp, fsync, rename to ckpt, until in the bucket", "s", False),
 }
 
-TOOLS = ["s3vol", "s3vol-before", "s3vol-onclose", "rclone-full", "rclone", "s3fs", "mount-s3", "raw"]
+TOOLS = ["s3vol", "s3vol-shared", "s3vol-before", "s3vol-onclose", "rclone-full", "rclone", "s3fs", "mount-s3", "raw"]
 TOOL_LABELS = {
     "s3vol": "s3vol (default: write-back)",
     "s3vol-before": "s3vol, an earlier build (S3VOL_BEFORE)",
+    "s3vol-shared": "s3vol --shared-cache (tier on the near side of the link)",
     "s3vol-onclose": "s3vol --upload-mode on-close",
     "rclone-full": "rclone mount --vfs-cache-mode full",
     "rclone": "rclone mount (default: cache off)",
@@ -303,7 +305,7 @@ def chart(cells, server, workloads, tools, path, meta):
     rows = []
     for workload in workloads:
         _, unit, higher = WORKLOADS[workload]
-        base_workload = "seq1" if workload == "seq1-warm" else workload.removesuffix("-remount")
+        base_workload = "seq1" if workload == "seq1-warm" else workload.removesuffix("-remount").removesuffix("-second")
         raw = cells.get((server, base_workload, "raw"))
         if raw is None or raw.median is None:
             continue
@@ -500,6 +502,7 @@ def main():
     sizes = {
         "seq1": f", {big}",
         "seq1-remount": f", {big}",
+        "seq1-second": f", {big}",
         "seq4": f", {big}",
         "rand1": f" over {big}, {sizes_meta['random_seconds']} s",
         "rand4": f" over {big}, {sizes_meta['random_seconds']} s",
