@@ -64,11 +64,13 @@ pub async fn connect(
 /// The tier's bucket and prefix from its URI; path-style addressing where an endpoint is
 /// given (MinIO, Ceph and Garage serve it; virtual hosts need DNS set up for them).
 fn resolve(uri: &str, endpoint_url: Option<String>, region: Option<String>) -> Result<Resolved, String> {
+    let expected = "expected s3://BUCKET[/PREFIX] (with --shared-cache-endpoint-url for a store other than AWS)";
+    if !uri.starts_with("s3://") {
+        return Err(format!("--shared-cache: {expected}, got '{uri}'"));
+    }
     let source = Source::parse(uri).map_err(|e| format!("--shared-cache: {e}"))?;
     if source.provider != Provider::Aws {
-        return Err(format!(
-            "--shared-cache: expected s3://BUCKET[/PREFIX] (with --shared-cache-endpoint-url for a store other than AWS), got '{uri}'"
-        ));
+        return Err(format!("--shared-cache: {expected}, got '{uri}'"));
     }
     let overrides = Overrides {
         force_path_style: endpoint_url.is_some(),
