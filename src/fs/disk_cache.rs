@@ -122,6 +122,18 @@ impl DiskCache {
         self.dir.join(&name[..2]).join(name)
     }
 
+    /// Whether the index lists the block (it may still turn out unreadable): a cheap check
+    /// that needs no trip to a blocking thread.
+    pub fn holds(&self, key: &str, etag: &str, index: u64) -> bool {
+        let name = Self::name(&self.identity(key, etag, index));
+        self.index.lock().lru.contains(&name)
+    }
+
+    /// Counts lookups answered by `holds` alone.
+    pub fn count_misses(&self, blocks: usize) {
+        self.stats.misses.fetch_add(blocks as u64, Ordering::Relaxed);
+    }
+
     /// The block, if cached and intact, read into one of `buffers`.
     pub fn get(&self, key: &str, etag: &str, index: u64, buffers: &Arc<BlockBuffers>) -> Option<Bytes> {
         let identity = self.identity(key, etag, index);
