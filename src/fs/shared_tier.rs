@@ -167,8 +167,15 @@ impl SharedTier {
                 self.stats.misses.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
-            Ok(Err(e)) => {
+            // The tier itself fails (down, overloaded, refusing us): leave it alone a while.
+            Ok(Err(e)) if e.is_transient() || e.may_be_stale_credentials() => {
                 self.pause("a read", &e.to_string());
+                return None;
+            }
+            // Something about this one key: a miss like a bad block.
+            Ok(Err(e)) => {
+                tracing::debug!("shared cache: block {key}: {e}; ignored");
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
             Err(_) => {
@@ -206,17 +213,20 @@ impl SharedTier {
                 .or_default()
                 .clone()
         };
-        *cell
-            .get_or_init(|| async {
+        // A definite answer is kept; a transient failure is asked again next time.
+        let answer = cell
+            .get_or_try_init(|| async {
                 match origin.head(&object.key).await {
-                    Ok(meta) => meta.etag.as_deref() == Some(&*object.etag),
+                    Ok(meta) => Ok(meta.etag.as_deref() == Some(&*object.etag)),
+                    Err(e) if e.is_transient() => Err(e),
                     Err(e) => {
                         tracing::debug!("shared cache: origin check of {:?}: {e}", object.key);
-                        false
+                        Ok(false)
                     }
                 }
             })
-            .await
+            .await;
+        answer.copied().unwrap_or(false)
     }
 
     /// Writes a block fetched from the origin to the tier in the background, unless the

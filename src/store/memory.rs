@@ -38,6 +38,8 @@ pub struct MemoryStore {
     list_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
     /// Once set, every PutObject fails with this error.
     put_refusal: Mutex<Option<StoreError>>,
+    /// Once set, every HeadObject fails with this error.
+    head_failure: Mutex<Option<StoreError>>,
 }
 
 impl MemoryStore {
@@ -93,6 +95,11 @@ impl MemoryStore {
     /// Makes every PutObject from now on fail with `error` (`None`: succeed again).
     pub fn refuse_puts(&self, error: Option<StoreError>) {
         *self.put_refusal.lock() = error;
+    }
+
+    /// Makes every HeadObject from now on fail with `error` (`None`: answer again).
+    pub fn fail_heads(&self, error: Option<StoreError>) {
+        *self.head_failure.lock() = error;
     }
 
     /// Every key, in order.
@@ -184,6 +191,9 @@ impl MemoryStore {
 impl ObjectStore for MemoryStore {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
         self.count("head");
+        if let Some(e) = self.head_failure.lock().clone() {
+            return Err(e);
+        }
         Ok(Self::meta(key, &self.object(key)?, true))
     }
 

@@ -152,4 +152,12 @@ async fn with_the_origin_check_only_objects_the_origin_shows_are_served() {
         "not the origin's version"
     );
     assert_eq!(tier_store.requests("get"), 2);
+
+    // An origin that fails for a moment is asked again; its definite answers are kept.
+    let later = tier(&tier_store, Some(origin.clone()));
+    origin.fail_heads(Some(StoreError::Transient("503".into())));
+    assert_eq!(later.get(&object(&etag), BS, 0, 10).await, None);
+    origin.fail_heads(None);
+    assert!(later.get(&object(&etag), BS, 0, 10).await.is_some());
+    assert_eq!(origin.requests("head"), 4, "one per version, and the one asked again");
 }
