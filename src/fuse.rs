@@ -124,22 +124,6 @@ fn open_mode(flags: OpenFlags) -> OpenMode {
     }
 }
 
-/// What the kernel does with a handle's pages. A write-only handle (cp, tar, dd, a
-/// checkpoint being saved) writes around the kernel's page cache: its bytes go straight to
-/// the daemon instead of being copied into cache pages first, which on a 1 GiB write cost
-/// the writer as much CPU as the daemon spent on the whole write. Nothing reads through
-/// such a handle, and the kernel drops the written range from the cache of the others.
-fn fopen_flags(flags: OpenFlags, keep_cache: bool) -> FopenFlags {
-    let mut fopen = FopenFlags::empty();
-    if keep_cache {
-        fopen |= FopenFlags::FOPEN_KEEP_CACHE;
-    }
-    if flags.0 & libc::O_ACCMODE == libc::O_WRONLY {
-        fopen |= FopenFlags::FOPEN_DIRECT_IO;
-    }
-    fopen
-}
-
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
@@ -183,9 +167,6 @@ impl Filesystem for FuseAdapter {
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_BIG_WRITES,
             InitFlags::FUSE_MAX_PAGES,
-            // A large write() on a write-only handle (below) goes out as several requests
-            // at once rather than one after the other.
-            InitFlags::FUSE_ASYNC_DIO,
         ];
         for flag in wanted {
             // An old kernel lacks some: mount anyway, a little slower. (No ATOMIC_O_TRUNC:
@@ -244,7 +225,14 @@ impl Filesystem for FuseAdapter {
         let mode = open_mode(flags);
         self.spawn(FuseOp::Open, move |fs| async move {
             match fs.open(ino.0, mode).await {
-                Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(flags, o.keep_cache)),
+                Ok(o) => {
+                    let flags = if o.keep_cache {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(o.fh), flags)
+                }
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -341,7 +329,7 @@ impl Filesystem for FuseAdapter {
                     &file_attr(&attr),
                     Generation(0),
                     FileHandle(opened.fh),
-                    fopen_flags(OpenFlags(flags), false),
+                    FopenFlags::empty(),
                 ),
                 Err(e) => reply.error(errno(e)),
             }
@@ -544,7 +532,7 @@ impl Filesystem for FuseAdapter {
 
 #[cfg(test)]
 mod tests {
-    use super::{FopenFlags, OpenFlags, fopen_flags, run_from_here};
+    use super::run_from_here;
     use std::sync::mpsc;
     use std::time::Duration;
 
@@ -554,19 +542,6 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
-    }
-
-    #[test]
-    fn only_write_only_handles_write_around_the_page_cache() {
-        let direct = |flags: i32| fopen_flags(OpenFlags(flags), false).contains(FopenFlags::FOPEN_DIRECT_IO);
-        assert!(direct(libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC));
-        assert!(direct(libc::O_WRONLY | libc::O_APPEND));
-        assert!(!direct(libc::O_RDWR), "mmap and read-your-writes through the cache");
-        assert!(!direct(libc::O_RDONLY));
-        assert_eq!(
-            fopen_flags(OpenFlags(libc::O_RDONLY), true),
-            FopenFlags::FOPEN_KEEP_CACHE
-        );
     }
 
     #[test]

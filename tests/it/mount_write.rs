@@ -181,8 +181,9 @@ fn a_large_sequential_write_streams_parts_before_close() {
     assert!(s.backend().pending_uploads(BUCKET).is_empty());
 }
 
-/// A write-only handle writes around the kernel's page cache (see `fopen_flags` in
-/// fuse.rs); readers that hold pages of the file, through read() or mmap, see its bytes.
+/// Readers that hold pages of a file, through read() or mmap, see the bytes another
+/// handle, write-only, writes (whole pages go to the staging file with O_DIRECT, the rest
+/// buffered: `direct_write.rs`).
 #[test]
 fn bytes_written_through_a_write_only_handle_reach_open_readers_and_mappings() {
     let _turn = common::shared();

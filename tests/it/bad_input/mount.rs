@@ -275,7 +275,7 @@ fn expired_credentials_are_named_and_the_data_waits_for_renewed_ones() {
     drop(f);
     let log = m.unmount();
     assert!(!log.contains("panicked"), "{log}");
-    assert_eq!(count_files(&cache.join("journal")), 0, "journal emptied");
+    assert_eq!(count_files(&cache.join("journal")), 0, "journal emptied\n{log}");
 }
 
 /// open(O_RDONLY | O_TRUNC) of a program that is running from the mount: Linux refuses
