@@ -334,7 +334,7 @@ fn print_status(m: &MountStatus) {
     );
     if m.shared_hits + m.shared_misses + m.shared_rejected + m.shared_errors + m.shared_writes > 0 {
         println!(
-            "  shared:   {} hits ({} bytes), {} misses, {} invalid blocks ignored, {} failed requests; {} blocks written, {} not (writes busy)",
+            "  shared:   {} hits ({} bytes), {} misses, {} invalid blocks ignored, {} failed requests; {} blocks written, {} not written (write queue full)",
             m.shared_hits,
             m.shared_bytes,
             m.shared_misses,
