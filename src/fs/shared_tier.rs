@@ -249,10 +249,9 @@ impl SharedTier {
         let identity = self.identity(object, block_size, index);
         let this = self.clone();
         tokio::spawn(async move {
-            let Ok(_permit) = this.writes.acquire().await else {
-                return;
-            };
-            this.write(&identity, &data).await;
+            if let Ok(_permit) = this.writes.acquire().await {
+                this.write(&identity, &data).await;
+            }
             this.queued_bytes.fetch_sub(len, Ordering::AcqRel);
         });
     }
