@@ -14,8 +14,9 @@ use crate::fs::shared_tier::{SharedTier, TierConfig};
 use crate::metrics::Metrics;
 use crate::provider::{Overrides, Provider, Resolved};
 use crate::source::Source;
+use crate::store::pagination::Pagination;
 use crate::store::s3::{S3Settings, S3Store};
-use crate::store::{ListRequest, ObjectMeta, ObjectStore, RetryPolicy};
+use crate::store::{ListRequest, ObjectMeta, ObjectStore, RetryPolicy, StoreError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -173,25 +174,26 @@ pub async fn prune(args: &PruneArgs) -> Result<String, String> {
     ))
 }
 
-/// Every key under `prefix` that is an s3vol block (in any source's directory).
+/// Every key under `prefix` that is an s3vol block (in any source's directory). A server
+/// that never ends the listing is an error, not an endless loop (`Pagination`).
 async fn list_all(store: &S3Store, prefix: &str) -> Result<Vec<ObjectMeta>, String> {
+    let failed = |e: StoreError| format!("listing the tier under '{prefix}': {e}");
     let mut out = Vec::new();
+    let mut pagination = Pagination::default();
     let mut request = ListRequest {
         prefix: prefix.to_string(),
         ..ListRequest::default()
     };
     loop {
-        let page = store
-            .list_page(&request)
-            .await
-            .map_err(|e| format!("listing the tier under '{prefix}': {e}"))?;
+        let page = store.list_page(&request).await.map_err(failed)?;
+        let next = pagination.next(prefix, &page).map_err(failed)?;
         out.extend(
             page.objects
                 .into_iter()
-                .filter(|o| is_block(&o.key[prefix.len().min(o.key.len())..])),
+                .filter(|o| o.key.strip_prefix(prefix).is_some_and(is_block)),
         );
-        match page.next {
-            Some(next) => request.continuation = Some(next),
+        match next {
+            Some(token) => request.continuation = Some(token),
             None => return Ok(out),
         }
     }
