@@ -53,7 +53,7 @@ pub enum Content {
     },
     /// `journaled`: a journal record names this file; it must survive a crash, so it is
     /// removed only once its data is uploaded (`clear`), never by Drop.
-    /// `direct`: the same file for writes of whole pages (see `direct_write.rs`).
+    /// `direct`: the same file for large writes of whole pages (see `direct_write.rs`).
     Staged {
         file: File,
         direct: DirectWriter,
@@ -216,7 +216,7 @@ impl Content {
         }
         Ok(Content::Staged {
             file,
-            direct: DirectWriter::open(path),
+            direct: DirectWriter::new(path),
             path: path.to_path_buf(),
             journaled: true,
         })
@@ -242,7 +242,7 @@ impl Content {
         // Dropping the memory variant returns its bytes to the budget.
         *self = Content::Staged {
             file,
-            direct: DirectWriter::open(&path),
+            direct: DirectWriter::new(&path),
             path,
             journaled: false,
         };
