@@ -37,6 +37,16 @@ fn tier_blocks(tier: &RunningServer) -> usize {
     tier_keys(tier).len()
 }
 
+/// A first machine: `data` put at the origin as `name` and read whole through a mount
+/// with the tier, whose unmount lets the blocks still queued for the tier go out. Returns
+/// the mount's log.
+fn first_machine_reads(origin: &RunningServer, tier: &RunningServer, name: &str, data: &[u8]) -> String {
+    put(origin, name, data.to_vec());
+    let first = mount_with_tier(origin, tier, &[]);
+    assert!(read(&first.join(name)) == data);
+    first.unmount()
+}
+
 /// Reads `path` whole with a fresh handle.
 fn read(path: &std::path::Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
@@ -47,12 +57,7 @@ fn a_second_machine_reads_from_the_tier_not_the_origin() {
     let _turn = common::shared();
     let (origin, tier) = (server(), server());
     let data = pattern(64 * MIB, 1);
-    put(&origin, "big.bin", data.clone());
-
-    let first = mount_with_tier(&origin, &tier, &[]);
-    assert!(read(&first.join("big.bin")) == data);
-    // The unmount lets the blocks still queued for the tier go out first.
-    let log = first.unmount();
+    let log = first_machine_reads(&origin, &tier, "big.bin", &data);
     assert_eq!(tier_blocks(&tier), 64, "the first mount shares what it fetched\n{log}");
     assert!(
         tier_keys(&tier).iter().all(|key| key.starts_with("team/s3vol-")),
@@ -77,10 +82,8 @@ fn an_object_replaced_at_the_origin_is_read_fresh_and_bad_blocks_are_ignored() {
     let _turn = common::shared();
     let (origin, tier) = (server(), server());
     let old = pattern(8 * MIB, 2);
-    put(&origin, "f.bin", old.clone());
-    let first = mount_with_tier(&origin, &tier, &[]);
-    assert!(read(&first.join("f.bin")) == old);
-    assert!(eventually(Duration::from_secs(30), || tier_blocks(&tier) >= 8));
+    first_machine_reads(&origin, &tier, "f.bin", &old);
+    assert!(tier_blocks(&tier) >= 8);
 
     // Replaced at the origin, same size: the tier's blocks are of the old version.
     let new = pattern(8 * MIB, 3);
@@ -121,10 +124,8 @@ fn the_tier_going_down_or_stalling_mid_read_changes_nothing_but_speed() {
     let _turn = common::shared();
     let (origin, tier) = (server(), server());
     let data = pattern(32 * MIB, 4);
-    put(&origin, "f.bin", data.clone());
-    let first = mount_with_tier(&origin, &tier, &[]);
-    assert!(read(&first.join("f.bin")) == data);
-    assert!(eventually(Duration::from_secs(30), || tier_blocks(&tier) >= 32));
+    first_machine_reads(&origin, &tier, "f.bin", &data);
+    assert!(tier_blocks(&tier) >= 32);
 
     // A tier that stalls: every answer held far beyond the tier's timeout. The first
     // read is small, so that the prefetch has not reached the far end of the file.
@@ -153,11 +154,9 @@ fn the_tier_going_down_or_stalling_mid_read_changes_nothing_but_speed() {
 fn a_read_only_mount_reads_the_tier_and_never_writes_it() {
     let _turn = common::shared();
     let (origin, tier) = (server(), server());
-    put(&origin, "a.bin", pattern(4 * MIB, 5));
+    first_machine_reads(&origin, &tier, "a.bin", &pattern(4 * MIB, 5));
     put(&origin, "b.bin", pattern(4 * MIB, 6));
-    let writer = mount_with_tier(&origin, &tier, &[]);
-    assert!(read(&writer.join("a.bin")).len() == 4 * MIB);
-    assert!(eventually(Duration::from_secs(30), || tier_blocks(&tier) >= 4));
+    assert!(tier_blocks(&tier) >= 4);
     tier.stats().reset();
     let reader = mount_with_tier(
         &origin,
