@@ -153,6 +153,9 @@ pub struct MountOptions {
     /// Reading a directory lists its subdirectories in the background (16 at once), so tree walks need no round trip per directory.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub list_prefetch: bool,
+    /// Opening three small files (4 MiB or less) of one directory fetches its other small files ahead (64 per directory, 64 GETs at once), so a DataLoader's workers, `grep -r` or `tar` find them local.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub small_file_prefetch: bool,
     /// FUSE worker threads.
     #[arg(long, value_parser = parse_positive::<usize>, default_value = "4", value_name = "N")]
     pub fuse_threads: usize,

@@ -332,6 +332,12 @@ fn print_status(m: &MountStatus) {
         "  disk:     {} of {} bytes in {}, hit rate {disk_rate:.1}%, {} evictions, {} corrupt blocks dropped",
         m.disk_bytes, m.disk_budget, m.cache_dir, m.disk_evictions, m.disk_corrupt
     );
+    if m.prefetched_files > 0 {
+        println!(
+            "  ahead:    {} small files fetched before their open, {} of them opened since",
+            m.prefetched_files, m.prefetched_files_used
+        );
+    }
     if m.shared_hits + m.shared_misses + m.shared_rejected + m.shared_errors + m.shared_writes > 0 {
         println!(
             "  shared:   {} hits ({} bytes), {} misses, {} invalid blocks ignored, {} failed requests; {} blocks written, {} not written (write queue full)",

@@ -74,6 +74,11 @@ pub struct MountStatus {
     pub shared_writes_dropped: u64,
     #[serde(default)]
     pub shared_bytes: u64,
+    /// Small files fetched ahead of their opens, and of those opened since.
+    #[serde(default)]
+    pub prefetched_files: u64,
+    #[serde(default)]
+    pub prefetched_files_used: u64,
 }
 
 /// A file written here and not yet in the bucket.

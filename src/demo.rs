@@ -149,6 +149,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         upload_on_close: None,
         staging_min_free: None,
         list_prefetch: true,
+        small_file_prefetch: true,
         fuse_threads: 4,
         metrics_addr: None,
         kernel_option: Vec::new(),

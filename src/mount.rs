@@ -224,6 +224,7 @@ pub fn fs_config(options: &MountOptions) -> FsConfig {
         cache_dir: options.cache_dir.clone().unwrap_or_else(default_cache_dir),
         upload_mode: options.upload_mode(),
         list_prefetch: options.list_prefetch,
+        small_file_prefetch: options.small_file_prefetch,
         ..FsConfig::default()
     }
 }
@@ -506,6 +507,8 @@ impl StatusSource {
             shared_writes: cache.shared.writes,
             shared_writes_dropped: cache.shared.writes_dropped,
             shared_bytes: cache.shared.bytes_read,
+            prefetched_files: cache.prefetched_files,
+            prefetched_files_used: cache.prefetched_files_used,
         }
     }
 

@@ -5,6 +5,7 @@
 //! for, not for the whole block: on a long-distance link a 1 MiB block takes several round
 //! trips of TCP slow start, while the first kilobytes arrive after one.
 
+mod fetch_ahead;
 mod get_run;
 
 use super::block_buffers::{BlockBuffer, BlockBuffers, DATA_OFFSET};
@@ -410,41 +411,6 @@ impl BlockCache {
             });
         }
         slots
-    }
-
-    /// Fetches every block of a file read at random, in order, a GET at a time per slot
-    /// of `gets`. Each GET's blocks are claimed only when it can start: a reader that
-    /// wants a block further on claims and fetches it at once instead of waiting for its
-    /// turn here. Stops when the file is closed, and after a GET that failed: the reads
-    /// that need those blocks ask again, and report the error if it stays.
-    async fn fetch_rest(self: Arc<Self>, object: ObjectVersion, gets: Arc<GetSlots>) {
-        let per_request = (self.request_size / self.block_size).max(1);
-        let last_block = object.size.div_ceil(self.block_size);
-        let failed = Arc::new(AtomicBool::new(false));
-        let mut start = 0;
-        while start < last_block {
-            let Ok(slot) = gets.slots.clone().acquire_owned().await else {
-                return;
-            };
-            if gets.abandoned.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
-                return;
-            }
-            let end = (start + per_request).min(last_block);
-            let slots = self.claim_blocks(&object, start..end, end, None, false);
-            start = end;
-            let failed = failed.clone();
-            tokio::spawn(async move {
-                for slot in slots {
-                    if let Slot::Pending(mut progress) = slot {
-                        let outcome = progress.wait_for(|p| p.done.is_some()).await;
-                        if outcome.is_ok_and(|p| matches!(p.done, Some(Err(_)))) {
-                            failed.store(true, Ordering::Relaxed);
-                        }
-                    }
-                }
-                drop(slot);
-            });
-        }
     }
 
     /// Gives up the claim on a run of blocks no reader waits for (only the pending map

@@ -29,6 +29,7 @@ mod readahead;
 mod readdir;
 mod recovery;
 pub mod shared_tier;
+mod small_file_prefetch;
 mod stat;
 pub mod tree;
 mod upload;
@@ -88,6 +89,8 @@ pub struct FsConfig {
     pub disk_cache: Option<(u64, u64)>,
     /// Reading a directory lists its subdirectories in the background.
     pub list_prefetch: bool,
+    /// Opening a few small files of a directory fetches its other small files ahead.
+    pub small_file_prefetch: bool,
     /// The shared cache tier, read after the disk cache and before the origin.
     pub shared_cache: Option<Arc<shared_tier::SharedTier>>,
 }
@@ -114,6 +117,7 @@ impl Default for FsConfig {
             staging_min_free: 0,
             disk_cache: None,
             list_prefetch: true,
+            small_file_prefetch: true,
             shared_cache: None,
         }
     }
@@ -176,6 +180,7 @@ pub struct Fs {
     /// Open handles, local data and the unlink-while-open rule.
     handles: handles::Handles,
     list_prefetch: list_prefetch::ListPrefetch,
+    small_file_prefetch: small_file_prefetch::SmallFilePrefetch,
     /// Uploads on close, and the journal every upload and background delete is recorded in.
     uploader: Uploader,
     /// Files' uploads after close: queued, in flight, refused.
@@ -218,6 +223,9 @@ pub struct CacheReport {
     pub disk_misses: u64,
     pub disk_evictions: u64,
     pub disk_corrupt: u64,
+    /// Small files fetched ahead of their opens, and of those opened since.
+    pub prefetched_files: u64,
+    pub prefetched_files_used: u64,
     pub shared: SharedReport,
 }
 
@@ -276,6 +284,7 @@ impl Fs {
             blocks,
             handles: handles::Handles::new(MemoryBudget::new(quarter, quarter.min(8 << 20))),
             list_prefetch: Default::default(),
+            small_file_prefetch: Default::default(),
             uploader,
             writeback: Default::default(),
             deferred: Default::default(),
@@ -330,6 +339,8 @@ impl Fs {
             disk_misses: disk.map_or(0, |d| d.stats.misses.load(Ordering::Relaxed)),
             disk_evictions: disk.map_or(0, |d| d.stats.evictions.load(Ordering::Relaxed)),
             disk_corrupt: disk.map_or(0, |d| d.stats.corrupt.load(Ordering::Relaxed)),
+            prefetched_files: self.small_file_prefetch.stats.fetched.load(Ordering::Relaxed),
+            prefetched_files_used: self.small_file_prefetch.stats.used.load(Ordering::Relaxed),
             shared: self.blocks.shared.as_deref().map_or_else(SharedReport::default, |t| {
                 let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
                 let s = &t.stats;

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 impl Fs {
     /// Opens a file. Writable opens share one [`FileData`] per inode; `truncate` is O_TRUNC.
-    pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<Opened> {
+    pub async fn open(self: &Arc<Self>, ino: u64, mode: OpenMode) -> FsResult<Opened> {
         if (mode.write || mode.truncate) && self.config.read_only {
             return Err(Errno(libc::EROFS));
         }
@@ -51,6 +51,9 @@ impl Fs {
         // cannot drop the data this open is about to use.
         let opened = self.new_handle(ino, object.clone(), mode, keep_cache);
         self.catch_up_with_upload(ino, opened.fh);
+        if !(mode.write || mode.truncate || has_data || local) {
+            self.note_read_open(ino, &object);
+        }
         if mode.write || mode.truncate {
             let data = self.file_data(ino, &object, local);
             if mode.truncate

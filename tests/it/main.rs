@@ -27,5 +27,6 @@ mod packaging;
 mod real_programs;
 mod server_smoke;
 mod shared_cache;
+mod small_file_prefetch;
 mod store;
 mod writeback;

@@ -1,0 +1,87 @@
+//! Small files fetched ahead of their opens (src/fs/small_file_prefetch.rs), through a real
+//! FUSE mount of the in-process S3 server.
+
+use crate::common;
+
+use common::{Mount, eventually, pattern, put, server};
+use std::time::Duration;
+
+fn name(i: usize) -> String {
+    format!("data/d0/f{i:02}")
+}
+
+/// Once three small files of a directory were opened, the next ones are fetched in the
+/// background, 16 ahead: those are read from the cache, in any order, and each open of
+/// one slides the window on, so a walk in name order finds every file ahead of it. Each
+/// file is fetched once; a file larger than the small-file bound is left alone; a file
+/// replaced since the listing is read in its new version, not the one the listing named.
+#[test]
+fn a_walk_of_a_directorys_small_files_finds_them_fetched_ahead() {
+    let _turn = common::shared();
+    let s = server();
+    let mut files: Vec<Vec<u8>> = (0..40).map(|i| pattern(20_000 + i * 1000, i as u32)).collect();
+    for (i, data) in files.iter().enumerate() {
+        put(&s, &name(i), data.clone());
+    }
+    put(&s, "data/d0/large.bin", pattern(5 << 20, 99));
+    s.quirks().set_latency(Duration::from_millis(20));
+    let m = Mount::new(&s, &["--metadata-ttl", "60"]);
+    assert_eq!(std::fs::read_dir(m.join("data/d0")).unwrap().count(), 41);
+    // Replaced after the listing, same size: its listed ETag is stale.
+    files[10] = pattern(files[10].len(), 1234);
+    put(&s, &name(10), files[10].clone());
+    s.stats().reset();
+    let read = |i: usize| assert!(std::fs::read(m.join(&name(i))).unwrap() == files[i], "file {i}");
+    (0..3).for_each(read);
+    // f03..f18; f10's fetch fails (412) and is not counted.
+    let fetched = || m.status_count("prefetched_files");
+    eventually(Duration::from_secs(30), || fetched() >= 15);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(fetched(), 15, "{}", m.log());
+    // Every one of them is read from the cache (each open slides the window on).
+    let misses = m.status_count("cache_misses");
+    [17, 4, 12, 8, 15, 3, 18, 6, 11, 14, 5, 16, 9, 13, 7]
+        .into_iter()
+        .for_each(read);
+    assert_eq!(m.status_count("cache_misses"), misses, "{}", m.log());
+    (10..40).filter(|i| *i == 10 || *i > 18).for_each(read);
+    // Every file once, f10 twice (the prefetch's 412, then its new version), large.bin never.
+    assert_eq!(
+        s.stats().count("GetObject"),
+        41,
+        "{:?}\n{}",
+        s.stats().snapshot(),
+        m.log()
+    );
+    assert_eq!(m.status_count("prefetched_files_used"), 36);
+}
+
+/// One or two files of a directory are not a walk: nothing is fetched ahead. And
+/// `--small-file-prefetch false` turns it off.
+#[test]
+fn two_opens_fetch_nothing_ahead_and_the_option_turns_it_off() {
+    let _turn = common::shared();
+    let s = server();
+    for i in 0..20 {
+        put(&s, &name(i), pattern(10_000, i as u32));
+    }
+    let m = Mount::new(&s, &[]);
+    assert_eq!(std::fs::read_dir(m.join("data/d0")).unwrap().count(), 20);
+    for i in 0..2 {
+        std::fs::read(m.join(&name(i))).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(m.status_count("prefetched_files"), 0);
+    assert_eq!(s.stats().count("GetObject"), 2);
+    drop(m);
+
+    s.stats().reset();
+    let m = Mount::new(&s, &["--small-file-prefetch", "false"]);
+    assert_eq!(std::fs::read_dir(m.join("data/d0")).unwrap().count(), 20);
+    for i in 0..5 {
+        std::fs::read(m.join(&name(i))).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(m.status_count("prefetched_files"), 0);
+    assert_eq!(s.stats().count("GetObject"), 5);
+}
