@@ -24,10 +24,19 @@ use tokio::sync::Semaphore;
 /// Files up to this size are read ahead (one GET each).
 const SMALL_FILE: u64 = 4 << 20;
 /// Distinct files of a directory opened cold before the others are read ahead: one or
-/// two opens are a program reading its config; three look like a walk.
+/// two opens are a program reading its config; three look like a walk. Once two
+/// directories of one parent are walked, the first cold open in a third walks it too (a
+/// dataset's directories are read together, each file once).
 const TRIGGER: usize = 3;
-/// Files of one directory fetched ahead and not yet opened, at most.
+const SIBLING_WALKS: usize = 2;
+/// Files of one directory fetched ahead and not yet opened: the first window, and the
+/// largest it grows to.
 const WINDOW: usize = 16;
+const WINDOW_MAX: usize = 256;
+/// The most bytes fetched ahead and not yet opened, across the mount, with a disk cache
+/// (which keeps what memory evicts before it is opened); without one, an eighth of the
+/// memory for blocks.
+const AHEAD_MAX: u64 = 1 << 30;
 /// GETs of files read ahead in flight across the mount: enough to fill a 1 Gbit/s link
 /// of 40 ms with 100 KiB files, a quarter of the default `--max-requests`.
 const GETS: usize = 64;
@@ -55,15 +64,23 @@ pub(super) struct SmallFilePrefetch {
 #[derive(Default)]
 struct Dirs {
     by_ino: HashMap<u64, DirReads>,
+    /// Walked directories (`DirReads::walked`) by their parent.
+    walks_under: HashMap<u64, usize>,
     /// Bytes fetched (or being fetched) ahead and not opened yet, every directory's.
     ahead_bytes: u64,
 }
 
 struct DirReads {
+    /// The directory's own parent.
+    parent: u64,
+    /// Its small files are read ahead.
+    walked: bool,
     /// Distinct files opened cold, up to `TRIGGER`.
     opened: Vec<u64>,
     /// Files fetched ahead and not opened yet, with their sizes.
     ahead: HashMap<u64, u64>,
+    /// How many files `ahead` may hold: each open that found its file there adds eight.
+    window: usize,
     /// The name the next candidates follow (the listing is walked once, in name order).
     after: Option<String>,
     last_open: Instant,
@@ -92,6 +109,10 @@ impl Dirs {
         }
         if self.by_ino.len() != before {
             self.ahead_bytes = self.by_ino.values().flat_map(|d| d.ahead.values()).sum();
+            self.walks_under.clear();
+            for d in self.by_ino.values().filter(|d| d.walked) {
+                *self.walks_under.entry(d.parent).or_default() += 1;
+            }
         }
     }
 
@@ -109,8 +130,12 @@ impl Fs {
         if !self.config.small_file_prefetch || object.size == 0 || object.size > SMALL_FILE {
             return;
         }
-        let Some(dir) = self.tree().get(ino).filter(|n| !n.local).map(|n| n.parent) else {
-            return;
+        let (dir, up) = {
+            let tree = self.tree();
+            let Some(dir) = tree.get(ino).filter(|n| !n.local).map(|n| n.parent) else {
+                return;
+            };
+            (dir, tree.get(dir).map_or(0, |d| d.parent))
         };
         let now = Instant::now();
         let read_ahead = {
@@ -119,8 +144,11 @@ impl Fs {
             let dirs = &mut *guard;
             dirs.forget_idle(now);
             let d = dirs.by_ino.entry(dir).or_insert_with(|| DirReads {
+                parent: up,
+                walked: false,
                 opened: Vec::new(),
                 ahead: HashMap::new(),
+                window: WINDOW,
                 after: None,
                 last_open: now,
             });
@@ -128,6 +156,7 @@ impl Fs {
             if let Some(size) = d.ahead.remove(&ino) {
                 prefetch.stats.used.fetch_add(1, Ordering::Relaxed);
                 dirs.ahead_bytes -= size;
+                d.window = (d.window + 8).min(WINDOW_MAX);
                 true
             } else if self.blocks.in_memory(object) {
                 // Read before (a second epoch): not a sign of a walk that needs the network.
@@ -136,7 +165,12 @@ impl Fs {
                 if d.opened.len() < TRIGGER && !d.opened.contains(&ino) {
                     d.opened.push(ino);
                 }
-                d.opened.len() >= TRIGGER
+                let siblings_walked = dirs.walks_under.get(&up).is_some_and(|n| *n >= SIBLING_WALKS);
+                if !d.walked && (d.opened.len() >= TRIGGER || siblings_walked) {
+                    d.walked = true;
+                    *dirs.walks_under.entry(up).or_default() += 1;
+                }
+                d.walked
             }
         };
         if read_ahead {
@@ -147,11 +181,14 @@ impl Fs {
     /// Starts fetches of the next small files of `dir`, as far as its window and the
     /// mount's budget allow.
     fn read_dir_ahead(self: &Arc<Self>, dir: u64) {
-        let budget = self.blocks.budget() / 8;
+        let budget = match &self.blocks.disk {
+            Some(disk) => (disk.budget() / 8).min(AHEAD_MAX),
+            None => self.blocks.budget() / 8,
+        };
         let (after, room, opened) = {
             let dirs = self.small_file_prefetch.dirs.lock();
             let Some(d) = dirs.by_ino.get(&dir) else { return };
-            (d.after.clone(), WINDOW.saturating_sub(d.ahead.len()), d.opened.clone())
+            (d.after.clone(), d.window.saturating_sub(d.ahead.len()), d.opened.clone())
         };
         if room == 0 {
             return;
@@ -170,7 +207,7 @@ impl Fs {
                 return;
             }
             for (name, (ino, object)) in candidates {
-                if ahead_bytes + object.size > budget || d.ahead.len() >= WINDOW {
+                if ahead_bytes + object.size > budget || d.ahead.len() >= d.window {
                     break;
                 }
                 d.after = Some(name);
