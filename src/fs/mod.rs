@@ -10,6 +10,7 @@ mod deferred;
 mod direct_write;
 mod dirty;
 pub mod disk_cache;
+mod fetch_pacing;
 mod handles;
 mod inodes;
 mod journal;

@@ -153,6 +153,9 @@ impl Fs {
         };
         if file.writable {
             self.writer_released();
+        } else if last && file.has_read.load(std::sync::atomic::Ordering::Relaxed) {
+            let object = file.object.lock().clone();
+            self.note_read_done(file.ino, &object);
         }
         if !last {
             return;

@@ -13,13 +13,13 @@
 use super::Fs;
 use super::attr::Kind;
 use super::blocks::ObjectVersion;
+use super::fetch_pacing::FetchPacing;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 
 /// Files up to this size are read ahead (one GET each).
 const SMALL_FILE: u64 = 4 << 20;
@@ -37,9 +37,6 @@ const WINDOW_MAX: usize = 256;
 /// (which keeps what memory evicts before it is opened); without one, an eighth of the
 /// memory for blocks.
 const AHEAD_MAX: u64 = 1 << 30;
-/// GETs of files read ahead in flight across the mount: enough to fill a 1 Gbit/s link
-/// of 40 ms with 100 KiB files, a quarter of the default `--max-requests`.
-const GETS: usize = 64;
 /// A directory none of whose files was opened for this long gives its window back.
 const IDLE: Duration = Duration::from_secs(30);
 /// Directories followed at once; beyond, the idlest is forgotten.
@@ -57,7 +54,8 @@ pub struct PrefetchStats {
 /// Which directories are being read file by file, and what was fetched ahead for them.
 pub(super) struct SmallFilePrefetch {
     dirs: Mutex<Dirs>,
-    gets: Arc<Semaphore>,
+    /// The GETs in flight: a few next to the server, up to 64 over a long link.
+    pacing: FetchPacing,
     pub stats: PrefetchStats,
 }
 
@@ -90,7 +88,7 @@ impl Default for SmallFilePrefetch {
     fn default() -> Self {
         SmallFilePrefetch {
             dirs: Mutex::default(),
-            gets: Arc::new(Semaphore::new(GETS)),
+            pacing: FetchPacing::default(),
             stats: PrefetchStats::default(),
         }
     }
@@ -178,6 +176,30 @@ impl Fs {
         }
     }
 
+    /// The last handle of a small file that was read is closed. In a walked directory
+    /// each file is read once (a DataLoader's epoch, `tar`, `grep -r`): its blocks leave
+    /// memory for the files fetched ahead, which memory would otherwise evict first
+    /// (least recently used) and read back from disk. Its bytes stay in the kernel's page
+    /// cache and on disk, and only with a disk cache.
+    pub(super) fn note_read_done(&self, ino: u64, object: &ObjectVersion) {
+        if self.blocks.disk.is_none() || object.size > SMALL_FILE || self.handles.has_data(ino) {
+            return;
+        }
+        let Some(dir) = self.tree().get(ino).map(|n| n.parent) else {
+            return;
+        };
+        let walked = self
+            .small_file_prefetch
+            .dirs
+            .lock()
+            .by_ino
+            .get(&dir)
+            .is_some_and(|d| d.walked);
+        if walked {
+            self.blocks.drop_from_memory(object);
+        }
+    }
+
     /// Starts fetches of the next small files of `dir`, as far as its window and the
     /// mount's budget allow.
     fn read_dir_ahead(self: &Arc<Self>, dir: u64) {
@@ -188,7 +210,11 @@ impl Fs {
         let (after, room, opened) = {
             let dirs = self.small_file_prefetch.dirs.lock();
             let Some(d) = dirs.by_ino.get(&dir) else { return };
-            (d.after.clone(), d.window.saturating_sub(d.ahead.len()), d.opened.clone())
+            (
+                d.after.clone(),
+                d.window.saturating_sub(d.ahead.len()),
+                d.opened.clone(),
+            )
         };
         if room == 0 {
             return;
@@ -259,7 +285,7 @@ impl Fs {
     /// One file read ahead. Its metadata is then as fresh as the GET that confirmed its
     /// ETag; a failed fetch (changed or gone since the listing) gives its room back.
     async fn fetch_ahead(self: Arc<Self>, dir: u64, ino: u64, object: ObjectVersion) {
-        let Ok(_get) = self.small_file_prefetch.gets.clone().acquire_owned().await else {
+        let Some(slot) = self.small_file_prefetch.pacing.slot().await else {
             return;
         };
         let still_wanted = self
@@ -273,7 +299,9 @@ impl Fs {
             return;
         }
         let asked = Instant::now();
-        if !self.blocks.fetch_object(&object).await {
+        let fetched = self.blocks.fetch_object(&object).await;
+        self.small_file_prefetch.pacing.done(slot, asked.elapsed());
+        if !fetched {
             self.small_file_prefetch.dirs.lock().give_back(dir, ino);
             // Changed or gone since it was listed, most likely: its open asks the bucket
             // (a HEAD) rather than send a GET for the listed version.

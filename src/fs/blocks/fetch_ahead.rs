@@ -58,6 +58,17 @@ impl BlockCache {
         true
     }
 
+    /// Drops `object`'s blocks from memory (the disk cache keeps its copy).
+    pub fn drop_from_memory(&self, object: &ObjectVersion) {
+        for index in 0..object.size.div_ceil(self.block_size) {
+            self.cache.invalidate(&super::BlockKey {
+                key: object.key.clone(),
+                etag: object.etag.clone(),
+                index,
+            });
+        }
+    }
+
     /// Whether every block of `object` is in memory (a cheap look: no disk, no claim).
     pub fn in_memory(&self, object: &ObjectVersion) -> bool {
         (0..object.size.div_ceil(self.block_size)).all(|index| {
