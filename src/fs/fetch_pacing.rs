@@ -12,10 +12,10 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Files a second the read-ahead aims at.
-const RATE: f64 = 500.0;
+const RATE: f64 = 1500.0;
 /// Fetches in flight, at least and at most.
 const MIN: usize = 4;
-const MAX: usize = 64;
+const MAX: usize = 128;
 /// Weight of the newest fetch's time in the running average.
 const WEIGHT: f64 = 0.1;
 

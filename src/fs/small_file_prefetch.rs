@@ -15,7 +15,7 @@ use super::attr::Kind;
 use super::blocks::ObjectVersion;
 use super::fetch_pacing::FetchPacing;
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,12 +31,14 @@ const TRIGGER: usize = 3;
 const SIBLING_WALKS: usize = 2;
 /// Files of one directory fetched ahead and not yet opened: the first window, and the
 /// largest it grows to.
-const WINDOW: usize = 16;
+const WINDOW: usize = 32;
 const WINDOW_MAX: usize = 256;
 /// The most bytes fetched ahead and not yet opened, across the mount, with a disk cache
 /// (which keeps what memory evicts before it is opened); without one, an eighth of the
 /// memory for blocks.
 const AHEAD_MAX: u64 = 1 << 30;
+/// Files of one directory remembered as opened, at most.
+const OPENED_MAX: usize = 1 << 16;
 /// A directory none of whose files was opened for this long gives its window back.
 const IDLE: Duration = Duration::from_secs(30);
 /// Directories followed at once; beyond, the idlest is forgotten.
@@ -73,11 +75,14 @@ struct DirReads {
     parent: u64,
     /// Its small files are read ahead.
     walked: bool,
-    /// Distinct files opened cold, up to `TRIGGER`.
-    opened: Vec<u64>,
+    /// Files opened while the directory is followed (up to `OPENED_MAX`): the read
+    /// ahead passes over them (read once, they may have left memory: see
+    /// `note_read_done`), and the first `TRIGGER` cold ones make it a walk.
+    opened: HashSet<u64>,
+    cold_opens: usize,
     /// Files fetched ahead and not opened yet, with their sizes.
     ahead: HashMap<u64, u64>,
-    /// How many files `ahead` may hold: each open that found its file there adds eight.
+    /// How many files `ahead` may hold: each open that found its file there adds sixteen.
     window: usize,
     /// The name the next candidates follow (the listing is walked once, in name order).
     after: Option<String>,
@@ -144,27 +149,29 @@ impl Fs {
             let d = dirs.by_ino.entry(dir).or_insert_with(|| DirReads {
                 parent: up,
                 walked: false,
-                opened: Vec::new(),
+                opened: HashSet::new(),
+                cold_opens: 0,
                 ahead: HashMap::new(),
                 window: WINDOW,
                 after: None,
                 last_open: now,
             });
             d.last_open = now;
+            let first_open = d.opened.len() < OPENED_MAX && d.opened.insert(ino);
             if let Some(size) = d.ahead.remove(&ino) {
                 prefetch.stats.used.fetch_add(1, Ordering::Relaxed);
                 dirs.ahead_bytes -= size;
-                d.window = (d.window + 8).min(WINDOW_MAX);
+                d.window = (d.window + 16).min(WINDOW_MAX);
                 true
             } else if self.blocks.in_memory(object) {
                 // Read before (a second epoch): not a sign of a walk that needs the network.
                 false
             } else {
-                if d.opened.len() < TRIGGER && !d.opened.contains(&ino) {
-                    d.opened.push(ino);
+                if first_open {
+                    d.cold_opens += 1;
                 }
                 let siblings_walked = dirs.walks_under.get(&up).is_some_and(|n| *n >= SIBLING_WALKS);
-                if !d.walked && (d.opened.len() >= TRIGGER || siblings_walked) {
+                if !d.walked && (d.cold_opens >= TRIGGER || siblings_walked) {
                     d.walked = true;
                     *dirs.walks_under.entry(up).or_default() += 1;
                 }
@@ -207,19 +214,15 @@ impl Fs {
             Some(disk) => (disk.budget() / 8).min(AHEAD_MAX),
             None => self.blocks.budget() / 8,
         };
-        let (after, room, opened) = {
+        let (after, room) = {
             let dirs = self.small_file_prefetch.dirs.lock();
             let Some(d) = dirs.by_ino.get(&dir) else { return };
-            (
-                d.after.clone(),
-                d.window.saturating_sub(d.ahead.len()),
-                d.opened.clone(),
-            )
+            (d.after.clone(), d.window.saturating_sub(d.ahead.len()))
         };
         if room == 0 {
             return;
         }
-        let candidates = self.next_small_files(dir, after.as_deref(), room, &opened);
+        let candidates = self.next_small_files(dir, after.as_deref(), room);
         if candidates.is_empty() {
             return;
         }
@@ -237,6 +240,9 @@ impl Fs {
                     break;
                 }
                 d.after = Some(name);
+                if d.opened.contains(&ino) {
+                    continue;
+                }
                 ahead_bytes += object.size;
                 d.ahead.insert(ino, object.size);
                 started.push((ino, object));
@@ -250,14 +256,8 @@ impl Fs {
     }
 
     /// Up to `count` small files of `dir` in the bucket after the name `after`, in name
-    /// order, with no local data, not opened (`opened`) and not in memory already.
-    fn next_small_files(
-        &self,
-        dir: u64,
-        after: Option<&str>,
-        count: usize,
-        opened: &[u64],
-    ) -> Vec<(String, (u64, ObjectVersion))> {
+    /// order, with no local data and not in memory already.
+    fn next_small_files(&self, dir: u64, after: Option<&str>, count: usize) -> Vec<(String, (u64, ObjectVersion))> {
         let tree = self.tree();
         let Some(d) = tree.get(dir) else { return Vec::new() };
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
@@ -267,7 +267,7 @@ impl Fs {
                 let n = tree.get(ino)?;
                 let etag = n.etag.as_deref()?;
                 let small = n.attr.kind == Kind::File && n.attr.size > 0 && n.attr.size <= SMALL_FILE;
-                if !small || n.local || opened.contains(&ino) || self.handles.has_data(ino) {
+                if !small || n.local || self.handles.has_data(ino) {
                     return None;
                 }
                 let object = ObjectVersion {
