@@ -1,10 +1,10 @@
 //! How many fetches no reader waits for yet run at once, from how long they take.
 //!
 //! Little's law: to read ahead `RATE` files a second, `RATE` x the time a fetch takes must
-//! be in flight. Over 40 ms (a 100 KiB file is about 160 ms of TCP slow start) that is the
-//! 64 at most; next to the server a fetch takes a millisecond or two, and 64 fetches at
-//! once then only cost CPU (measured on 2 cores: 16 % more daemon CPU for a data-loading
-//! epoch, against none at 8).
+//! be in flight. Over 40 ms a 100 KiB file takes about 100 ms (TCP slow start after an
+//! idle connection), so filling 1 Gbit/s takes the 128 at most; next to the server a fetch
+//! takes a millisecond or two, and 64 fetches at once there only cost CPU (measured on 2
+//! cores: 16 % more daemon CPU for a data-loading epoch, none at 8).
 
 use parking_lot::Mutex;
 use std::sync::Arc;

@@ -15,7 +15,7 @@ use super::attr::Kind;
 use super::blocks::ObjectVersion;
 use super::fetch_pacing::FetchPacing;
 use parking_lot::Mutex;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,8 +37,9 @@ const WINDOW_MAX: usize = 256;
 /// (which keeps what memory evicts before it is opened); without one, an eighth of the
 /// memory for blocks.
 const AHEAD_MAX: u64 = 1 << 30;
-/// Files of one directory remembered as opened, at most.
-const OPENED_MAX: usize = 1 << 16;
+/// Entries of a listing looked at per read-ahead, at most (files already held locally
+/// are passed over without a request, but not without a look).
+const SCAN: usize = 1024;
 /// A directory none of whose files was opened for this long gives its window back.
 const IDLE: Duration = Duration::from_secs(30);
 /// Directories followed at once; beyond, the idlest is forgotten.
@@ -56,7 +57,7 @@ pub struct PrefetchStats {
 /// Which directories are being read file by file, and what was fetched ahead for them.
 pub(super) struct SmallFilePrefetch {
     dirs: Mutex<Dirs>,
-    /// The GETs in flight: a few next to the server, up to 64 over a long link.
+    /// The GETs in flight: a few next to the server, up to 128 over a long link.
     pacing: FetchPacing,
     pub stats: PrefetchStats,
 }
@@ -75,11 +76,8 @@ struct DirReads {
     parent: u64,
     /// Its small files are read ahead.
     walked: bool,
-    /// Files opened while the directory is followed (up to `OPENED_MAX`): the read
-    /// ahead passes over them (read once, they may have left memory: see
-    /// `note_read_done`), and the first `TRIGGER` cold ones make it a walk.
-    opened: HashSet<u64>,
-    cold_opens: usize,
+    /// Distinct files opened cold, up to `TRIGGER`: then the directory is walked.
+    opened: Vec<u64>,
     /// Files fetched ahead and not opened yet, with their sizes.
     ahead: HashMap<u64, u64>,
     /// How many files `ahead` may hold: each open that found its file there adds sixteen.
@@ -149,29 +147,27 @@ impl Fs {
             let d = dirs.by_ino.entry(dir).or_insert_with(|| DirReads {
                 parent: up,
                 walked: false,
-                opened: HashSet::new(),
-                cold_opens: 0,
+                opened: Vec::new(),
                 ahead: HashMap::new(),
                 window: WINDOW,
                 after: None,
                 last_open: now,
             });
             d.last_open = now;
-            let first_open = d.opened.len() < OPENED_MAX && d.opened.insert(ino);
             if let Some(size) = d.ahead.remove(&ino) {
                 prefetch.stats.used.fetch_add(1, Ordering::Relaxed);
                 dirs.ahead_bytes -= size;
                 d.window = (d.window + 16).min(WINDOW_MAX);
                 true
-            } else if self.blocks.in_memory(object) {
+            } else if self.blocks.held(object) {
                 // Read before (a second epoch): not a sign of a walk that needs the network.
                 false
             } else {
-                if first_open {
-                    d.cold_opens += 1;
+                if d.opened.len() < TRIGGER && !d.opened.contains(&ino) {
+                    d.opened.push(ino);
                 }
                 let siblings_walked = dirs.walks_under.get(&up).is_some_and(|n| *n >= SIBLING_WALKS);
-                if !d.walked && (d.cold_opens >= TRIGGER || siblings_walked) {
+                if !d.walked && (d.opened.len() >= TRIGGER || siblings_walked) {
                     d.walked = true;
                     *dirs.walks_under.entry(up).or_default() += 1;
                 }
@@ -222,10 +218,7 @@ impl Fs {
         if room == 0 {
             return;
         }
-        let candidates = self.next_small_files(dir, after.as_deref(), room);
-        if candidates.is_empty() {
-            return;
-        }
+        let (candidates, scanned_to) = self.next_small_files(dir, after.as_deref(), room);
         let mut started = Vec::new();
         {
             let mut dirs = self.small_file_prefetch.dirs.lock();
@@ -235,8 +228,10 @@ impl Fs {
             if d.after != after {
                 return;
             }
-            for (name, (ino, object)) in candidates {
+            let mut full = false;
+            for (name, ino, object) in candidates {
                 if ahead_bytes + object.size > budget || d.ahead.len() >= d.window {
+                    full = true;
                     break;
                 }
                 d.after = Some(name);
@@ -247,6 +242,10 @@ impl Fs {
                 d.ahead.insert(ino, object.size);
                 started.push((ino, object));
             }
+            // What was looked at and passed over is not looked at again.
+            if !full && scanned_to.is_some() {
+                d.after = scanned_to;
+            }
             dirs.ahead_bytes = ahead_bytes;
         }
         for (ino, object) in started {
@@ -256,30 +255,42 @@ impl Fs {
     }
 
     /// Up to `count` small files of `dir` in the bucket after the name `after`, in name
-    /// order, with no local data and not in memory already.
-    fn next_small_files(&self, dir: u64, after: Option<&str>, count: usize) -> Vec<(String, (u64, ObjectVersion))> {
+    /// order, with no local data and not held locally (read already, in memory or on
+    /// disk), looking at `SCAN` entries at most; and the name of the last one looked at.
+    fn next_small_files(
+        &self,
+        dir: u64,
+        after: Option<&str>,
+        count: usize,
+    ) -> (Vec<(String, u64, ObjectVersion)>, Option<String>) {
         let tree = self.tree();
-        let Some(d) = tree.get(dir) else { return Vec::new() };
+        let Some(d) = tree.get(dir) else {
+            return (Vec::new(), None);
+        };
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        d.children
-            .range::<str, _>((from, Bound::Unbounded))
-            .filter_map(|(name, &ino)| {
-                let n = tree.get(ino)?;
-                let etag = n.etag.as_deref()?;
-                let small = n.attr.kind == Kind::File && n.attr.size > 0 && n.attr.size <= SMALL_FILE;
-                if !small || n.local || self.handles.has_data(ino) {
-                    return None;
-                }
-                let object = ObjectVersion {
-                    key: Arc::from(n.key.as_str()),
-                    etag: Arc::from(etag),
-                    size: n.attr.size,
-                };
-                Some((name.clone(), (ino, object)))
-            })
-            .filter(|(_, (_, object))| !self.blocks.in_memory(object))
-            .take(count)
-            .collect()
+        let mut found = Vec::new();
+        let mut scanned_to = None;
+        for (name, &ino) in d.children.range::<str, _>((from, Bound::Unbounded)).take(SCAN) {
+            if found.len() >= count {
+                break;
+            }
+            scanned_to = Some(name);
+            let Some(n) = tree.get(ino) else { continue };
+            let Some(etag) = n.etag.as_deref() else { continue };
+            let small = n.attr.kind == Kind::File && n.attr.size > 0 && n.attr.size <= SMALL_FILE;
+            if !small || n.local || self.handles.has_data(ino) {
+                continue;
+            }
+            let object = ObjectVersion {
+                key: Arc::from(n.key.as_str()),
+                etag: Arc::from(etag),
+                size: n.attr.size,
+            };
+            if !self.blocks.held(&object) {
+                found.push((name.clone(), ino, object));
+            }
+        }
+        (found, scanned_to.cloned())
     }
 
     /// One file read ahead. Its metadata is then as fresh as the GET that confirmed its

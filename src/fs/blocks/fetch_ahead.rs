@@ -69,8 +69,17 @@ impl BlockCache {
         }
     }
 
-    /// Whether every block of `object` is in memory (a cheap look: no disk, no claim).
-    pub fn in_memory(&self, object: &ObjectVersion) -> bool {
+    /// Whether `object` is held locally: every block in memory, or its first on disk (a
+    /// look at the indexes only, no disk read, no claim).
+    pub fn held(&self, object: &ObjectVersion) -> bool {
+        self.in_memory(object)
+            || self
+                .disk
+                .as_ref()
+                .is_some_and(|d| d.holds(&object.key, &object.etag, 0))
+    }
+
+    fn in_memory(&self, object: &ObjectVersion) -> bool {
         (0..object.size.div_ceil(self.block_size)).all(|index| {
             self.cache.contains_key(&super::BlockKey {
                 key: object.key.clone(),
