@@ -129,6 +129,12 @@ impl DiskCache {
         self.index.lock().lru.contains(&name)
     }
 
+    /// Whether the disk has `bytes` more above the free-space floor (beyond it the cache
+    /// refuses writes instead of evicting).
+    pub fn has_room(&self, bytes: u64) -> bool {
+        disk_bytes(&self.dir).1 >= self.min_free.saturating_add(bytes)
+    }
+
     /// Counts lookups answered by `holds` alone.
     pub fn count_misses(&self, blocks: usize) {
         self.stats.misses.fetch_add(blocks as u64, Ordering::Relaxed);

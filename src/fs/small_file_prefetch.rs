@@ -33,13 +33,12 @@ const SIBLING_WALKS: usize = 2;
 /// largest it grows to.
 const WINDOW: usize = 32;
 const WINDOW_MAX: usize = 256;
-/// The most bytes fetched ahead and not yet opened, across the mount, with a disk cache
-/// (which keeps what memory evicts before it is opened); without one, an eighth of the
-/// memory for blocks.
-const AHEAD_MAX: u64 = 1 << 30;
 /// Entries of a listing looked at per read-ahead, at most (files already held locally
 /// are passed over without a request, but not without a look).
 const SCAN: usize = 1024;
+/// The most bytes fetched ahead and not yet opened, across the mount, where the disk cache
+/// can keep them (an eighth of it at most).
+const AHEAD_MAX: u64 = 1 << 30;
 /// A directory none of whose files was opened for this long gives its window back.
 const IDLE: Duration = Duration::from_secs(30);
 /// Directories followed at once; beyond, the idlest is forgotten.
@@ -182,10 +181,10 @@ impl Fs {
     /// The last handle of a small file that was read is closed. In a walked directory
     /// each file is read once (a DataLoader's epoch, `tar`, `grep -r`): its blocks leave
     /// memory for the files fetched ahead, which memory would otherwise evict first
-    /// (least recently used) and read back from disk. Its bytes stay in the kernel's page
-    /// cache and on disk, and only with a disk cache.
+    /// (least recently used). Only once the disk cache holds it (its bytes stay in the
+    /// kernel's page cache too).
     pub(super) fn note_read_done(&self, ino: u64, object: &ObjectVersion) {
-        if self.blocks.disk.is_none() || object.size > SMALL_FILE || self.handles.has_data(ino) {
+        if object.size > SMALL_FILE || self.handles.has_data(ino) || !self.blocks.on_disk(object) {
             return;
         }
         let Some(dir) = self.tree().get(ino).map(|n| n.parent) else {
@@ -206,9 +205,16 @@ impl Fs {
     /// Starts fetches of the next small files of `dir`, as far as its window and the
     /// mount's budget allow.
     fn read_dir_ahead(self: &Arc<Self>, dir: u64) {
+        // Bytes fetched ahead and not yet opened, across the mount. Where the disk cache
+        // has room, up to an eighth of it: what memory evicts before its open is read back
+        // from disk, and a reader in a random order finds more of its files ahead. Short
+        // of room the disk cache refuses writes, so half the memory for blocks (files read
+        // leave it: `note_read_done`); an eighth of it without a disk cache.
+        let memory = self.blocks.budget();
         let budget = match &self.blocks.disk {
-            Some(disk) => (disk.budget() / 8).min(AHEAD_MAX),
-            None => self.blocks.budget() / 8,
+            Some(disk) if disk.has_room(AHEAD_MAX) => (disk.budget() / 8).min(AHEAD_MAX).max(memory / 2),
+            Some(_) => memory / 2,
+            None => memory / 8,
         };
         let (after, room) = {
             let dirs = self.small_file_prefetch.dirs.lock();

@@ -79,6 +79,13 @@ impl BlockCache {
                 .is_some_and(|d| d.holds(&object.key, &object.etag, 0))
     }
 
+    /// Whether the disk cache holds every block of `object`.
+    pub fn on_disk(&self, object: &ObjectVersion) -> bool {
+        self.disk.as_ref().is_some_and(|d| {
+            (0..object.size.div_ceil(self.block_size)).all(|index| d.holds(&object.key, &object.etag, index))
+        })
+    }
+
     fn in_memory(&self, object: &ObjectVersion) -> bool {
         (0..object.size.div_ceil(self.block_size)).all(|index| {
             self.cache.contains_key(&super::BlockKey {
