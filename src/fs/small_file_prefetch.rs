@@ -54,6 +54,7 @@ pub struct PrefetchStats {
 }
 
 /// Which directories are being read file by file, and what was fetched ahead for them.
+#[derive(Default)]
 pub(super) struct SmallFilePrefetch {
     dirs: Mutex<Dirs>,
     /// The GETs in flight: a few next to the server, up to 128 over a long link.
@@ -84,16 +85,6 @@ struct DirReads {
     /// The name the next candidates follow (the listing is walked once, in name order).
     after: Option<String>,
     last_open: Instant,
-}
-
-impl Default for SmallFilePrefetch {
-    fn default() -> Self {
-        SmallFilePrefetch {
-            dirs: Mutex::default(),
-            pacing: FetchPacing::default(),
-            stats: PrefetchStats::default(),
-        }
-    }
 }
 
 impl Dirs {
