@@ -207,15 +207,19 @@ impl Fs {
             Some(_) => memory / 2,
             None => memory / 8,
         };
-        let (after, room) = {
+        let (after, room, opened) = {
             let dirs = self.small_file_prefetch.dirs.lock();
             let Some(d) = dirs.by_ino.get(&dir) else { return };
-            (d.after.clone(), d.window.saturating_sub(d.ahead.len()))
+            (
+                d.after.clone(),
+                d.window.saturating_sub(d.ahead.len()),
+                d.opened.clone(),
+            )
         };
         if room == 0 {
             return;
         }
-        let (candidates, scanned_to) = self.next_small_files(dir, after.as_deref(), room);
+        let (candidates, scanned_to) = self.next_small_files(dir, after.as_deref(), room, &opened);
         let mut started = Vec::new();
         {
             let mut dirs = self.small_file_prefetch.dirs.lock();
@@ -232,9 +236,6 @@ impl Fs {
                     break;
                 }
                 d.after = Some(name);
-                if d.opened.contains(&ino) {
-                    continue;
-                }
                 ahead_bytes += object.size;
                 d.ahead.insert(ino, object.size);
                 started.push((ino, object));
@@ -252,13 +253,15 @@ impl Fs {
     }
 
     /// Up to `count` small files of `dir` in the bucket after the name `after`, in name
-    /// order, with no local data and not held locally (read already, in memory or on
-    /// disk), looking at `SCAN` entries at most; and the name of the last one looked at.
+    /// order, with no local data, not among `opened` (being read) and not held locally
+    /// (read already: in memory or on disk), looking at `SCAN` entries at most; and the
+    /// name of the last one looked at.
     fn next_small_files(
         &self,
         dir: u64,
         after: Option<&str>,
         count: usize,
+        opened: &[u64],
     ) -> (Vec<(String, u64, ObjectVersion)>, Option<String>) {
         let tree = self.tree();
         let Some(d) = tree.get(dir) else {
@@ -275,7 +278,7 @@ impl Fs {
             let Some(n) = tree.get(ino) else { continue };
             let Some(etag) = n.etag.as_deref() else { continue };
             let small = n.attr.kind == Kind::File && n.attr.size > 0 && n.attr.size <= SMALL_FILE;
-            if !small || n.local || self.handles.has_data(ino) {
+            if !small || n.local || opened.contains(&ino) || self.handles.has_data(ino) {
                 continue;
             }
             let object = ObjectVersion {
