@@ -18,6 +18,9 @@ const MIN: usize = 4;
 const MAX: usize = 128;
 /// Weight of the newest fetch's time in the running average.
 const WEIGHT: f64 = 0.1;
+/// The average before any fetch was timed: a long link (reading ahead from the start),
+/// forgotten after a few dozen fetches next to the server.
+const FIRST_GUESS: f64 = 0.05;
 
 pub(super) struct FetchPacing {
     slots: Arc<Semaphore>,
@@ -37,7 +40,7 @@ impl Default for FetchPacing {
             slots: Arc::new(Semaphore::new(MIN)),
             state: Mutex::new(State {
                 total: MIN,
-                average: 0.0,
+                average: FIRST_GUESS,
             }),
         }
     }

@@ -42,8 +42,10 @@ const AHEAD_MAX: u64 = 1 << 30;
 /// Fetches faster than this on average are next to the server: a reader's own GET costs
 /// little more than a read of the cache, and reading far ahead only costs (blocks read back
 /// from the disk cache after memory evicted them: 10-30 % slower epochs measured on 2 cores).
-/// Then the read-ahead stays within an eighth of the memory for blocks.
+/// Then a directory reads `NEAR_WINDOW` files ahead at most (enough to keep timing the
+/// fetches), within an eighth of the memory for blocks.
 const NEAR: Duration = Duration::from_millis(10);
+const NEAR_WINDOW: usize = 2;
 /// A directory none of whose files was opened for this long gives its window back.
 const IDLE: Duration = Duration::from_secs(30);
 /// Directories followed at once; beyond, the idlest is forgotten.
@@ -208,8 +210,10 @@ impl Fs {
         // ahead. Short of room the disk cache refuses writes, so half the memory for
         // blocks (files read leave it: `note_read_done`); an eighth without a disk cache.
         let memory = self.blocks.budget();
+        let near = self.small_file_prefetch.pacing.average() < NEAR;
+        let window = |d: &DirReads| if near { d.window.min(NEAR_WINDOW) } else { d.window };
         let budget = match &self.blocks.disk {
-            _ if self.small_file_prefetch.pacing.average() < NEAR => memory / 8,
+            _ if near => memory / 8,
             Some(disk) if disk.has_room(AHEAD_MAX) => (disk.budget() / 8).min(AHEAD_MAX).max(memory / 2),
             Some(_) => memory / 2,
             None => memory / 8,
@@ -219,7 +223,7 @@ impl Fs {
             let Some(d) = dirs.by_ino.get(&dir) else { return };
             (
                 d.after.clone(),
-                d.window.saturating_sub(d.ahead.len()),
+                window(d).saturating_sub(d.ahead.len()),
                 d.opened.clone(),
             )
         };
@@ -238,7 +242,7 @@ impl Fs {
             }
             let mut full = false;
             for (name, ino, object) in candidates {
-                if ahead_bytes + object.size > budget || d.ahead.len() >= d.window {
+                if ahead_bytes + object.size > budget || d.ahead.len() >= window(d) {
                     full = true;
                     break;
                 }
