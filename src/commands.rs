@@ -334,7 +334,7 @@ fn print_status(m: &MountStatus) {
     );
     if m.prefetched_files > 0 {
         println!(
-            "  ahead:    {} small files fetched before their open, {} of them opened since",
+            "  ahead:    {} small files fetched before their open; {} opens found theirs fetched or on its way",
             m.prefetched_files, m.prefetched_files_used
         );
     }

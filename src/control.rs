@@ -74,7 +74,8 @@ pub struct MountStatus {
     pub shared_writes_dropped: u64,
     #[serde(default)]
     pub shared_bytes: u64,
-    /// Small files fetched ahead of their opens, and of those opened since.
+    /// Small files fetched ahead of their opens, and opens that found theirs fetched or on
+    /// its way.
     #[serde(default)]
     pub prefetched_files: u64,
     #[serde(default)]

@@ -224,7 +224,8 @@ pub struct CacheReport {
     pub disk_misses: u64,
     pub disk_evictions: u64,
     pub disk_corrupt: u64,
-    /// Small files fetched ahead of their opens, and of those opened since.
+    /// Small files fetched ahead of their opens, and opens that found theirs fetched or on
+    /// its way.
     pub prefetched_files: u64,
     pub prefetched_files_used: u64,
     pub shared: SharedReport,

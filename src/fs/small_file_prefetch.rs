@@ -56,7 +56,7 @@ const DIRS: usize = 1024;
 pub struct PrefetchStats {
     /// Files fetched ahead of their open.
     pub fetched: AtomicU64,
-    /// Of those, opened since.
+    /// Opens that found their file fetched ahead or on its way.
     pub used: AtomicU64,
 }
 
@@ -116,7 +116,7 @@ impl Dirs {
 
     fn give_back(&mut self, dir: u64, ino: u64) {
         if let Some(size) = self.by_ino.get_mut(&dir).and_then(|d| d.ahead.remove(&ino)) {
-            self.ahead_bytes -= size;
+            self.ahead_bytes = self.ahead_bytes.saturating_sub(size);
         }
     }
 }
@@ -153,7 +153,7 @@ impl Fs {
             d.last_open = now;
             if let Some(size) = d.ahead.remove(&ino) {
                 prefetch.stats.used.fetch_add(1, Ordering::Relaxed);
-                dirs.ahead_bytes -= size;
+                dirs.ahead_bytes = dirs.ahead_bytes.saturating_sub(size);
                 d.window = (d.window + 16).min(WINDOW_MAX);
                 true
             } else if self.blocks.held(object) {
