@@ -4,6 +4,7 @@
 use crate::common;
 
 use common::{Mount, eventually, pattern, put, server};
+use s3vol::server::RunningServer;
 use std::time::Duration;
 
 fn name(i: usize) -> String {
@@ -64,23 +65,20 @@ fn two_opens_fetch_nothing_ahead_and_the_option_turns_it_off() {
     for i in 0..20 {
         put(&s, &name(i), pattern(10_000, i as u32));
     }
-    let m = Mount::new(&s, &[]);
-    assert_eq!(std::fs::read_dir(m.join("data/d0")).unwrap().count(), 20);
-    for i in 0..2 {
-        std::fs::read(m.join(&name(i))).unwrap();
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(m.status_count("prefetched_files"), 0);
-    assert_eq!(s.stats().count("GetObject"), 2);
-    drop(m);
+    opens_fetch_nothing_more(&s, &[], 2);
+    opens_fetch_nothing_more(&s, &["--small-file-prefetch", "false"], 5);
+}
 
+/// On a mount with `args`, `opens` files of the directory are read: they are the only
+/// GETs, and nothing is fetched ahead.
+fn opens_fetch_nothing_more(s: &RunningServer, args: &[&str], opens: usize) {
     s.stats().reset();
-    let m = Mount::new(&s, &["--small-file-prefetch", "false"]);
+    let m = Mount::new(s, args);
     assert_eq!(std::fs::read_dir(m.join("data/d0")).unwrap().count(), 20);
-    for i in 0..5 {
+    for i in 0..opens {
         std::fs::read(m.join(&name(i))).unwrap();
     }
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(m.status_count("prefetched_files"), 0);
-    assert_eq!(s.stats().count("GetObject"), 5);
+    assert_eq!(s.stats().count("GetObject"), opens as u64);
 }
