@@ -48,6 +48,8 @@ const NEAR: Duration = Duration::from_millis(10);
 const NEAR_WINDOW: usize = 2;
 /// A directory none of whose files was opened for this long gives its window back.
 const IDLE: Duration = Duration::from_secs(30);
+/// How often idle directories are looked for.
+const SWEEP: Duration = Duration::from_secs(1);
 /// Directories followed at once; beyond, the idlest is forgotten.
 const DIRS: usize = 1024;
 
@@ -76,6 +78,8 @@ struct Dirs {
     walks_under: HashMap<u64, usize>,
     /// Bytes fetched (or being fetched) ahead and not opened yet, every directory's.
     ahead_bytes: u64,
+    /// When idle directories were last looked for (not at every open: there may be 1,024).
+    swept: Option<Instant>,
 }
 
 struct DirReads {
@@ -98,6 +102,10 @@ impl Dirs {
     /// Drops directories left alone for `IDLE`, and the idlest beyond `DIRS`, with what
     /// they were lent.
     fn forget_idle(&mut self, now: Instant) {
+        if self.swept.is_some_and(|t| now.duration_since(t) < SWEEP) && self.by_ino.len() < DIRS {
+            return;
+        }
+        self.swept = Some(now);
         let before = self.by_ino.len();
         self.by_ino.retain(|_, d| now.duration_since(d.last_open) < IDLE);
         if self.by_ino.len() >= DIRS
@@ -182,7 +190,7 @@ impl Fs {
     /// (least recently used). Only once the disk cache holds it (its bytes stay in the
     /// kernel's page cache too).
     pub(super) fn note_read_done(&self, ino: u64, object: &ObjectVersion) {
-        if object.size > SMALL_FILE || self.handles.has_data(ino) || !self.blocks.on_disk(object) {
+        if object.size > SMALL_FILE || self.handles.has_data(ino) {
             return;
         }
         let Some(dir) = self.tree().get(ino).map(|n| n.parent) else {
@@ -195,7 +203,7 @@ impl Fs {
             .by_ino
             .get(&dir)
             .is_some_and(|d| d.walked);
-        if walked {
+        if walked && self.blocks.on_disk(object) {
             self.blocks.drop_from_memory(object);
         }
     }
