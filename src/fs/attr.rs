@@ -15,7 +15,13 @@ pub struct Attr {
     pub ino: u64,
     pub kind: Kind,
     pub size: u64,
-    pub mtime: SystemTime,
+    /// Set through `set_mtime`, which keeps `ctime` in step.
+    mtime: SystemTime,
+    /// A file's is its mtime. A directory's never goes back: what the mount learns of a
+    /// directory (a listing's newest entry, its marker) replaces the mount time's guess,
+    /// and a program that saw the guess and compares ctime before and after reading the
+    /// directory (tar's "file changed as we read it") must not see the directory change.
+    ctime: SystemTime,
     /// Permission bits only (no file type).
     pub perm: u16,
     pub uid: u32,
@@ -62,10 +68,27 @@ impl Attr {
             kind,
             size,
             mtime,
+            ctime: mtime,
             perm,
             uid: d.uid,
             gid: d.gid,
         }
+    }
+
+    pub fn mtime(&self) -> SystemTime {
+        self.mtime
+    }
+
+    pub fn ctime(&self) -> SystemTime {
+        self.ctime
+    }
+
+    pub fn set_mtime(&mut self, mtime: SystemTime) {
+        self.mtime = mtime;
+        self.ctime = match self.kind {
+            Kind::Dir => self.ctime.max(mtime),
+            _ => mtime,
+        };
     }
 
     /// Applies s3fs-style metadata of the object `key` (`mode` is the decimal st_mode with
@@ -106,7 +129,7 @@ impl Attr {
         }
         if let Some(v) = m.get(META_MTIME) {
             match parse_mtime(v) {
-                Some(mtime) => self.mtime = mtime,
+                Some(mtime) => self.set_mtime(mtime),
                 None => ignored.push((META_MTIME, v)),
             }
         }
@@ -173,12 +196,25 @@ mod tests {
         a.perm = 0o600;
         a.kind = Kind::Symlink;
         a.uid = 1000;
-        a.mtime = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        a.set_mtime(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
         let m = a.to_metadata();
         assert_eq!(m["mode"], (0o120600).to_string());
         let mut b = Attr::new(5, Kind::File, 3, UNIX_EPOCH, &d);
         b.apply_metadata("k", &m, false);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_directory_ctime_never_goes_back_a_file_ctime_is_its_mtime() {
+        let at = |secs| UNIX_EPOCH + Duration::from_secs(secs);
+        let mut dir = Attr::new(6, Kind::Dir, 0, at(100), &DEFAULTS);
+        dir.set_mtime(at(50));
+        assert_eq!((dir.mtime(), dir.ctime()), (at(50), at(100)));
+        dir.set_mtime(at(150));
+        assert_eq!((dir.mtime(), dir.ctime()), (at(150), at(150)));
+        let mut file = Attr::new(7, Kind::File, 0, at(100), &DEFAULTS);
+        file.set_mtime(at(50));
+        assert_eq!((file.mtime(), file.ctime()), (at(50), at(50)));
     }
 
     #[test]

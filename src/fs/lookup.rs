@@ -240,7 +240,7 @@ impl Fs {
         let defaults = tree.defaults;
         let node = tree.get_mut(ino).ok_or(Errno(libc::ENOENT))?;
         if node.etag != head.etag {
-            let mtime = head.last_modified.unwrap_or(node.attr.mtime);
+            let mtime = head.last_modified.unwrap_or(node.attr.mtime());
             // Another object now: the old one's persisted mode, owner and type say nothing
             // of it; only its own metadata counts.
             node.attr = Attr::new(ino, Kind::File, head.size, mtime, &defaults);

@@ -83,7 +83,7 @@ impl Fs {
         n.lookups += 1;
         n.attr.kind = kind;
         n.attr.size = size;
-        n.attr.mtime = SystemTime::now();
+        n.attr.set_mtime(SystemTime::now());
         n.attr.perm = (perm & 0o7777) as u16;
         n.attr.uid = caller.uid;
         n.attr.gid = caller.gid;
@@ -92,7 +92,7 @@ impl Fs {
             n.listed_until = Some(Instant::now() + self.config.metadata_ttl);
         }
         if let Some(p) = tree.get_mut(parent) {
-            p.attr.mtime = SystemTime::now();
+            p.attr.set_mtime(SystemTime::now());
             p.dir_mtime = DirMtime::Settled;
         }
         tree.placed(ino);

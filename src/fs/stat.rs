@@ -28,7 +28,7 @@ impl SetAttr {
             mode: self.mode.filter(|m| (m & 0o7777) as u16 != current.perm),
             uid: self.uid.filter(|u| *u != current.uid),
             gid: self.gid.filter(|g| *g != current.gid),
-            mtime: self.mtime.filter(|t| *t != current.mtime),
+            mtime: self.mtime.filter(|t| *t != current.mtime()),
         }
     }
 }
@@ -95,7 +95,7 @@ impl Fs {
                     n.attr.gid = gid;
                 }
                 if let Some(mtime) = change.mtime {
-                    n.attr.mtime = mtime;
+                    n.attr.set_mtime(mtime);
                     n.dir_mtime = DirMtime::Settled;
                 }
             }

@@ -329,7 +329,7 @@ impl Tree {
             let changed = node.etag.is_some() && node.etag != seen.etag;
             node.attr.size = seen.size;
             if !node.metadata_loaded || changed {
-                node.attr.mtime = seen.mtime;
+                node.attr.set_mtime(seen.mtime);
             }
             if changed {
                 // Another object now: the old one's persisted mode, owner and type (a
@@ -359,14 +359,14 @@ impl Tree {
         match (n.dir_mtime, marker, newest) {
             (DirMtime::Settled, _, _) => {}
             (_, Some(marker), _) => {
-                n.attr.mtime = marker;
+                n.attr.set_mtime(marker);
                 n.dir_mtime = DirMtime::Settled;
             }
             (DirMtime::MountTime, None, Some(newest)) => {
-                n.attr.mtime = newest;
+                n.attr.set_mtime(newest);
                 n.dir_mtime = DirMtime::NewestEntry;
             }
-            (DirMtime::NewestEntry, None, Some(newest)) if newest > n.attr.mtime => n.attr.mtime = newest,
+            (DirMtime::NewestEntry, None, Some(newest)) if newest > n.attr.mtime() => n.attr.set_mtime(newest),
             _ => {}
         }
     }
@@ -383,7 +383,7 @@ impl Tree {
             return;
         }
         if n.attr.kind == Kind::Dir {
-            n.attr.mtime = head.last_modified.unwrap_or(n.attr.mtime);
+            n.attr.set_mtime(head.last_modified.unwrap_or(n.attr.mtime()));
             n.attr.apply_metadata(key, &head.metadata, keep_special);
             n.dir_mtime = DirMtime::Settled;
         } else {

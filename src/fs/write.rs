@@ -27,7 +27,7 @@ impl Fs {
     fn touch_node(&self, ino: u64, size: u64) {
         if let Some(n) = self.tree().get_mut(ino) {
             n.attr.size = size;
-            n.attr.mtime = SystemTime::now();
+            n.attr.set_mtime(SystemTime::now());
         }
     }
 

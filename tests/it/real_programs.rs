@@ -215,6 +215,47 @@ fn tar_round_trip_keeps_modes_mtimes_and_symlinks_after_a_remount() {
     }
 }
 
+/// `tar -c` of directories the bucket holds without markers (a dataset another tool
+/// uploaded) exits 0 with nothing on stderr, and the archive unpacks to the mount's bytes.
+/// tar compares a directory's ctime before and after reading it: guards against the
+/// mount's guess of a directory's time, replaced by what its listing shows while tar
+/// reads it, failing every backup with "file changed as we read it" (exit status 1).
+#[test]
+fn tar_of_directories_without_markers_sees_them_unchanged() {
+    let _turn = common::shared();
+    let s = common::server();
+    for d in 0..3u32 {
+        for f in 0..4u32 {
+            common::put(
+                &s,
+                &format!("data/d{d}/f{f}.bin"),
+                common::pattern(1000 + f as usize, d * 10 + f),
+            );
+        }
+    }
+    let m = Mount::new(&s, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("data.tar");
+    let out = run(Command::new("tar")
+        .arg("-C")
+        .arg(m.join("data"))
+        .arg("-cf")
+        .arg(&archive)
+        .args(["d0", "d1", "d2"]));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let unpacked = work.path().join("unpacked");
+    fs::create_dir(&unpacked).unwrap();
+    must(Command::new("tar").arg("-C").arg(&unpacked).arg("-xf").arg(&archive));
+    let diff = diff_trees(&m.join("data"), &unpacked);
+    let log = m.unmount();
+    assert!(
+        out.status.success() && stderr.is_empty() && diff.is_empty(),
+        "tar -c of three directories: {}\ndiff against the mount: {diff}\n--- s3vol log (end) ---\n{}",
+        describe(&out),
+        tail(&log)
+    );
+}
+
 /// `rsync -a` onto the mount, then after a remount a checksum dry run finds nothing to
 /// transfer. Guards against backups that rsync copies again in full every night (lost
 /// mtimes or modes make every file look changed) and against symlinks that rsync would
