@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// The disk cache's blocks, two levels deep (`blocks/ab/abcdef...`).
+/// The disk cache's segments of blocks (`blocks/0000000000000001.seg`, and its `.idx`).
 pub const BLOCKS: &str = "blocks";
 /// Written files not yet in the bucket.
 pub const STAGING: &str = "staging";
@@ -141,22 +141,6 @@ pub fn cache_dir_in_use(dir: &Path) -> bool {
 /// `dir` and its missing parents, created 0700 whatever the umask (they hold private data).
 pub(crate) fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
-}
-
-/// Removes every block under a cache directory that no mount holds.
-pub fn clear_unlocked(root: &Path) -> std::io::Result<u64> {
-    let dir = root.join(BLOCKS);
-    let mut removed = 0;
-    let Ok(subdirs) = std::fs::read_dir(&dir) else {
-        return Ok(0);
-    };
-    for sub in subdirs.flatten() {
-        for f in std::fs::read_dir(sub.path())?.flatten() {
-            std::fs::remove_file(f.path())?;
-            removed += 1;
-        }
-    }
-    Ok(removed)
 }
 
 #[cfg(test)]

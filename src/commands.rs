@@ -378,7 +378,8 @@ fn print_status(m: &MountStatus) {
 /// `s3vol cache clear`: each cache instance is emptied by the mount holding it, or here
 /// when no mount does.
 pub fn cache_clear(cache_dir: Option<std::path::PathBuf>) -> ExitCode {
-    use s3vol::cache_dir::{cache_dir_in_use, clear_unlocked};
+    use s3vol::cache_dir::cache_dir_in_use;
+    use s3vol::fs::disk_cache::clear_unlocked;
     let base = cache_dir.unwrap_or_else(s3vol::mount::default_cache_dir);
     let mut instances = vec![base.clone()];
     if let Ok(entries) = std::fs::read_dir(&base) {

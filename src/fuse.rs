@@ -447,6 +447,24 @@ impl Filesystem for FuseAdapter {
         reply.error(self.answered(FuseOp::Listxattr, Errno::ENOSYS));
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // No ioctls, as on a plain file of most filesystems. Python's open() asks every
+        // file whether it is a terminal (TCGETS): the default answer logged a warning per
+        // open, 10,000 lines for one epoch of a data loader.
+        reply.error(self.answered(FuseOp::Ioctl, Errno::ENOTTY));
+    }
+
     fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
         // Object stores have no hard links.
         reply.error(self.answered(FuseOp::Link, Errno::EPERM));

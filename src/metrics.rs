@@ -79,9 +79,10 @@ pub enum FuseOp {
     Statfs,
     Getxattr,
     Listxattr,
+    Ioctl,
 }
 
-const FUSE_OPS: [&str; 25] = [
+const FUSE_OPS: [&str; 26] = [
     "lookup",
     "forget",
     "getattr",
@@ -107,6 +108,7 @@ const FUSE_OPS: [&str; 25] = [
     "statfs",
     "getxattr",
     "listxattr",
+    "ioctl",
 ];
 
 /// S3 operations by the name the store logs them with; anything else is "Other".

@@ -1,34 +1,40 @@
 //! The persistent block cache on local disk: blocks keyed by bucket, key, ETag and index,
-//! each file carrying its identity and a CRC32 of its data, verified on every read (a
-//! corrupt block is dropped and refetched, never served). Files are written atomically
-//! (temporary file, rename). The size stays under a budget and a minimum of free disk
-//! space is kept, evicting least recently used blocks one at a time as blocks are added.
+//! appended as records (`disk_cache/record.rs`: identity and CRC32 in a header page,
+//! verified on every read; a corrupt block is dropped and refetched, never served) to
+//! segment files (`disk_cache/segments.rs`). The size stays under a budget and a minimum
+//! of free disk space is kept by removing the oldest segment as records are added; a
+//! block read from the oldest quarter of the cache is written again at its head, so that
+//! what is read again and again stays while what was read once goes first.
 //!
-//! A file is laid out as the block's buffer is (`block_buffers.rs`): a header page, then
-//! the data, padded to whole pages; it is written and read with O_DIRECT (where the
-//! filesystem offers it) straight from and into that buffer. Through the page cache, the
-//! copy into it was half of the daemon's CPU on a cold read, and reading back a copy out
-//! of it plus fresh buffers most of a read after a remount.
+//! Records are written and read with O_DIRECT (where the filesystem offers it) straight
+//! from and into the block's buffer: through the page cache, the copy into it was half of
+//! the daemon's CPU on a cold read, and reading back a copy out of it plus fresh buffers
+//! most of a read after a remount.
 
-use super::block_buffers::{BlockBuffer, BlockBuffers, DATA_OFFSET, round_up};
+mod record;
+mod segments;
+
+use super::block_buffers::{BlockBuffer, BlockBuffers, DATA_OFFSET};
 use crate::cache_dir::{BLOCKS, create_private_dirs, disk_bytes};
 use bytes::Bytes;
 use parking_lot::Mutex;
+use segments::{Entry, Name};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::Semaphore;
 
-const MAGIC: &[u8; 8] = b"S3VBLK2\0";
-/// The layout before the data was page-aligned: such files are dropped quietly.
-const OLD_MAGIC: &[u8; 8] = b"S3VBLK1\0";
 /// Blocks written to disk at once; beyond it new blocks are not cached rather than
 /// slowing reads down.
 const PENDING_WRITES: usize = 16;
+/// A segment is filled up to this, or an eighth of the budget if less: the cache gives
+/// back space a segment at a time.
+const SEGMENT_BYTES: u64 = 64 << 20;
+/// Segments kept open for reading.
+const OPEN_READERS: usize = 64;
 
 #[derive(Default)]
 pub struct DiskStats {
@@ -38,10 +44,71 @@ pub struct DiskStats {
     pub corrupt: AtomicU64,
 }
 
-struct Index {
-    /// File name -> size, least recently used first out.
-    lru: lru::LruCache<String, u64>,
+#[derive(Debug, Clone, Copy)]
+struct Location {
+    seq: u64,
+    offset: u64,
+    size: u64,
+}
+
+struct Segment {
+    /// Bytes handed out: written, being written, or given up by a failed write.
+    len: u64,
+    /// Blocks written into it (some may live elsewhere by now).
+    names: Vec<Name>,
+    /// Writes under way.
+    pending: u32,
+    /// While it is filled: where records are appended.
+    appender: Option<Arc<File>>,
+    indexed: bool,
+}
+
+#[derive(Default)]
+struct State {
+    blocks: HashMap<Name, Location>,
+    segments: BTreeMap<u64, Segment>,
+    /// The segment records are appended to.
+    active: Option<u64>,
+    next_seq: u64,
+    /// Bytes of every segment (records given up or written again elsewhere included,
+    /// until their segment goes).
     used: u64,
+}
+
+impl State {
+    /// The records segment `seq` holds now, for its index.
+    fn entries(&self, seq: u64) -> Vec<Entry> {
+        let Some(segment) = self.segments.get(&seq) else {
+            return Vec::new();
+        };
+        segment
+            .names
+            .iter()
+            .filter_map(|name| {
+                let at = self.blocks.get(name).filter(|at| at.seq == seq)?;
+                Some(Entry {
+                    name: *name,
+                    offset: at.offset,
+                    size: at.size,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether `seq` is among the oldest quarter of the segments (the next to go).
+    fn near_eviction(&self, seq: u64) -> bool {
+        let Some(&oldest) = self.segments.keys().next() else {
+            return false;
+        };
+        self.segments.len() >= 4 && seq < oldest + (self.next_seq - oldest) / 4
+    }
+}
+
+/// Where a record goes: reserved in a segment, written outside the lock.
+struct Slot {
+    seq: u64,
+    offset: u64,
+    appender: Arc<File>,
 }
 
 pub struct DiskCache {
@@ -49,48 +116,58 @@ pub struct DiskCache {
     bucket: String,
     budget: u64,
     min_free: u64,
-    index: Mutex<Index>,
+    segment_bytes: u64,
+    /// Cleared when the filesystem turns O_DIRECT I/O down: plain I/O from then on.
+    direct: AtomicBool,
+    state: Mutex<State>,
+    readers: Mutex<lru::LruCache<u64, Arc<File>>>,
     writes: Arc<Semaphore>,
     pub stats: DiskStats,
 }
 
 impl DiskCache {
-    /// Opens the cache under `root/blocks`, indexing what earlier mounts left (a scan at
-    /// mount time, never on the read path).
+    /// Opens the cache under `root/blocks`, indexing what earlier mounts left (at mount
+    /// time, never on the read path).
     pub fn open(root: &Path, bucket: &str, budget: u64, min_free: u64) -> std::io::Result<DiskCache> {
         let dir = root.join(BLOCKS);
         create_private_dirs(&dir)?;
-        let mut found = Vec::new();
-        for sub in std::fs::read_dir(&dir)?.flatten() {
-            let Ok(files) = std::fs::read_dir(sub.path()) else {
-                continue;
-            };
-            for f in files.flatten() {
-                let name = f.file_name().to_string_lossy().to_string();
-                let Ok(meta) = f.metadata() else { continue };
-                if name.starts_with(".tmp") {
-                    // A write interrupted by a crash.
-                    let _ = std::fs::remove_file(f.path());
-                    continue;
-                }
-                found.push((meta.modified().unwrap_or(std::time::UNIX_EPOCH), name, meta.len()));
+        let mut state = State::default();
+        for found in segments::load(&dir)? {
+            if !found.indexed {
+                // Read header by header this once; the next mount reads the index.
+                let _ = segments::write_index(&dir, found.seq, &found.entries);
             }
-        }
-        found.sort();
-        let mut index = Index {
-            lru: lru::LruCache::unbounded(),
-            used: 0,
-        };
-        for (_, name, size) in found {
-            index.used += size;
-            index.lru.put(name, size);
+            for e in &found.entries {
+                let at = Location {
+                    seq: found.seq,
+                    offset: e.offset,
+                    size: e.size,
+                };
+                state.blocks.insert(e.name, at);
+            }
+            state.used += found.len;
+            state.next_seq = found.seq + 1;
+            let names = found.entries.iter().map(|e| e.name).collect();
+            state.segments.insert(
+                found.seq,
+                Segment {
+                    len: found.len,
+                    names,
+                    pending: 0,
+                    appender: None,
+                    indexed: true,
+                },
+            );
         }
         let cache = DiskCache {
             dir,
             bucket: bucket.to_string(),
             budget,
             min_free,
-            index: Mutex::new(index),
+            segment_bytes: (budget / 8).clamp(DATA_OFFSET as u64, SEGMENT_BYTES),
+            direct: AtomicBool::new(true),
+            state: Mutex::new(state),
+            readers: Mutex::new(lru::LruCache::new(OPEN_READERS.try_into().expect("not zero"))),
             writes: Arc::new(Semaphore::new(PENDING_WRITES)),
             stats: DiskStats::default(),
         };
@@ -99,7 +176,7 @@ impl DiskCache {
     }
 
     pub fn used(&self) -> u64 {
-        self.index.lock().used
+        self.state.lock().used
     }
 
     pub fn budget(&self) -> u64 {
@@ -110,23 +187,11 @@ impl DiskCache {
         format!("{}\0{key}\0{etag}\0{index}", self.bucket)
     }
 
-    fn name(identity: &str) -> String {
-        use md5::Digest;
-        md5::Md5::digest(identity.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(&name[..2]).join(name)
-    }
-
     /// Whether the index lists the block (it may still turn out unreadable): a cheap check
     /// that needs no trip to a blocking thread.
     pub fn holds(&self, key: &str, etag: &str, index: u64) -> bool {
-        let name = Self::name(&self.identity(key, etag, index));
-        self.index.lock().lru.contains(&name)
+        let name = segments::name_of(self.identity(key, etag, index).as_bytes());
+        self.state.lock().blocks.contains_key(&name)
     }
 
     /// Whether the disk has `bytes` more above the free-space floor (beyond it the cache
@@ -141,335 +206,277 @@ impl DiskCache {
     }
 
     /// The block, if cached and intact, read into one of `buffers`.
-    pub fn get(&self, key: &str, etag: &str, index: u64, buffers: &Arc<BlockBuffers>) -> Option<Bytes> {
+    pub fn get(self: &Arc<Self>, key: &str, etag: &str, index: u64, buffers: &Arc<BlockBuffers>) -> Option<Bytes> {
         let identity = self.identity(key, etag, index);
-        let name = Self::name(&identity);
-        if self.index.lock().lru.get(&name).is_none() {
+        let name = segments::name_of(identity.as_bytes());
+        let Some(at) = self.state.lock().blocks.get(&name).copied() else {
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
             return None;
-        }
-        let path = self.path(&name);
-        let block = read_block(&path, buffers);
-        match block
-            .as_ref()
-            .map(|(buf, filled)| decode(buf.image(*filled), &identity))
-        {
-            Some(Decoded::Data(len)) => {
-                let (mut buf, _) = block.expect("matched");
+        };
+        let read = usize::try_from(at.size)
+            .ok()
+            .filter(|size| *size <= buffers.largest_file() && *size >= DATA_OFFSET)
+            .and_then(|size| self.read(at, size, buffers));
+        match read.and_then(|buf| record::decode(buf.image(at.size as usize), &identity).map(|len| (buf, len))) {
+            Some((mut buf, len)) => {
                 buf.set_len(len);
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                Some(Arc::new(buf).share())
+                let block = Arc::new(buf);
+                if self.state.lock().near_eviction(at.seq) {
+                    self.write_later(name, block.clone());
+                }
+                Some(block.share())
             }
-            Some(Decoded::OldLayout) => {
-                tracing::debug!("disk cache block {} has the old layout; dropped", path.display());
-                self.stats.misses.fetch_add(1, Ordering::Relaxed);
-                self.forget(&name);
-                None
-            }
-            _ => {
+            None => {
                 tracing::warn!(
-                    "disk cache block {} is corrupt or unreadable; dropped and refetched",
-                    path.display()
+                    "disk cache block at {} offset {} is corrupt or unreadable; dropped and refetched",
+                    segments::segment_path(&self.dir, at.seq).display(),
+                    at.offset
                 );
                 self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
                 self.stats.misses.fetch_add(1, Ordering::Relaxed);
-                self.forget(&name);
+                let mut state = self.state.lock();
+                if state
+                    .blocks
+                    .get(&name)
+                    .is_some_and(|now| now.seq == at.seq && now.offset == at.offset)
+                {
+                    state.blocks.remove(&name);
+                }
                 None
             }
         }
     }
 
-    fn forget(&self, name: &str) {
-        let mut index = self.index.lock();
-        if let Some(size) = index.lru.pop(name) {
-            index.used -= size;
+    /// The record at `at`, `size` bytes, read whole into a buffer from `buffers`.
+    fn read(&self, at: Location, size: usize, buffers: &Arc<BlockBuffers>) -> Option<BlockBuffer> {
+        let mut buf = buffers.take(size - DATA_OFFSET);
+        let file = self.reader(at.seq)?;
+        match file.read_exact_at(&mut buf.as_mut()[..size], at.offset) {
+            Ok(()) => Some(buf),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.direct.swap(false, Ordering::Relaxed) => {
+                // A filesystem that takes O_DIRECT at open but not its reads.
+                self.readers.lock().clear();
+                let file = self.reader(at.seq)?;
+                file.read_exact_at(&mut buf.as_mut()[..size], at.offset)
+                    .ok()
+                    .map(|()| buf)
+            }
+            Err(_) => None,
         }
-        let _ = std::fs::remove_file(self.path(name));
+    }
+
+    fn reader(&self, seq: u64) -> Option<Arc<File>> {
+        if let Some(file) = self.readers.lock().get(&seq) {
+            return Some(file.clone());
+        }
+        let path = segments::segment_path(&self.dir, seq);
+        let file = Arc::new(segments::open(&path, false, self.direct.load(Ordering::Relaxed)).ok()?);
+        self.readers.lock().put(seq, file.clone());
+        Some(file)
     }
 
     /// Writes a block's header into its buffer, then the block to disk in the background,
     /// unless too many writes are pending already. Returns the block, now to share.
     pub fn put_later(self: &Arc<Self>, key: &str, etag: &str, index: u64, mut block: BlockBuffer) -> Arc<BlockBuffer> {
         let identity = self.identity(key, etag, index);
-        let fits = write_header(&identity, &mut block);
+        let fits = record::write_header(&identity, &mut block);
         let block = Arc::new(block);
-        let Some(permit) = fits.then(|| self.writes.clone().try_acquire_owned().ok()).flatten() else {
-            return block;
-        };
-        let (this, written) = (self.clone(), block.clone());
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            if let Err(e) = this.put(&identity, &written) {
-                tracing::debug!("disk cache write: {e}");
-            }
-        });
+        if fits {
+            self.write_later(segments::name_of(identity.as_bytes()), block.clone());
+        }
         block
     }
 
-    fn put(&self, identity: &str, block: &BlockBuffer) -> std::io::Result<()> {
-        let name = Self::name(identity);
-        let path = self.path(&name);
+    /// Appends `block` (its header written) in the background, if a write slot is free.
+    fn write_later(self: &Arc<Self>, name: Name, block: Arc<BlockBuffer>) {
+        let Ok(permit) = self.writes.clone().try_acquire_owned() else {
+            return;
+        };
+        let this = self.clone();
+        let write = move || {
+            let _permit = permit;
+            if let Err(e) = this.put(name, &block) {
+                tracing::debug!("disk cache write: {e}");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(write)),
+            Err(_) => write(),
+        }
+    }
+
+    fn put(&self, name: Name, block: &BlockBuffer) -> std::io::Result<()> {
         let image = block.file_image();
         let size = image.len() as u64;
-        if size > self.budget || !self.reserve(size) {
+        if size > self.budget {
             return Ok(());
         }
-        create_private_dirs(path.parent().expect("two levels"))?;
-        let tmp = path.with_file_name(format!(".tmp-{name}-{:08x}", fastrand::u32(..)));
-        let write = |direct| create(&tmp, direct).and_then(|file| file.write_all_at(image, 0));
-        let written = match write(true) {
-            // A filesystem that takes O_DIRECT at open but not these writes.
+        let Some(slot) = self.reserve(size)? else {
+            return Ok(());
+        };
+        let written = match slot.appender.write_all_at(image, slot.offset) {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                let _ = std::fs::remove_file(&tmp);
-                write(false)
+                // A filesystem that takes O_DIRECT at open but not these writes.
+                self.direct.store(false, Ordering::Relaxed);
+                let path = segments::segment_path(&self.dir, slot.seq);
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .and_then(|plain| plain.write_all_at(image, slot.offset))
             }
             other => other,
-        }
-        .and_then(|()| std::fs::rename(&tmp, &path));
-        let mut index = self.index.lock();
-        if let Err(e) = written {
-            index.used -= size;
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        // `size` was reserved: replacing a block gives back the old one's.
-        if let Some(old) = index.lru.put(name, size) {
-            index.used -= old;
-        }
-        Ok(())
+        };
+        let at = Location {
+            seq: slot.seq,
+            offset: slot.offset,
+            size,
+        };
+        self.finish(name, at, written.is_ok());
+        written
     }
 
-    /// Makes room for `size` bytes and counts them as used, so that concurrent writes
-    /// cannot overshoot the budget together; false if the disk is too full.
-    fn reserve(&self, size: u64) -> bool {
+    /// Makes room for `size` bytes and hands out where they go, so that concurrent writes
+    /// can neither overshoot the budget nor overlap; `None` if the disk is too full.
+    fn reserve(&self, size: u64) -> std::io::Result<Option<Slot>> {
         self.evict(size);
-        let mut index = self.index.lock();
-        if index.used + size > self.budget || disk_bytes(&self.dir).1 < self.min_free + size {
-            return false;
+        if disk_bytes(&self.dir).1 < self.min_free.saturating_add(size) {
+            return Ok(None);
         }
-        index.used += size;
-        true
+        let mut state = self.state.lock();
+        if state.used + size > self.budget {
+            return Ok(None);
+        }
+        let seq = match state.active {
+            Some(seq) => seq,
+            None => {
+                let seq = state.next_seq;
+                let path = segments::segment_path(&self.dir, seq);
+                let appender = segments::open(&path, true, self.direct.load(Ordering::Relaxed))?;
+                state.next_seq += 1;
+                state.active = Some(seq);
+                state.segments.insert(
+                    seq,
+                    Segment {
+                        len: 0,
+                        names: Vec::new(),
+                        pending: 0,
+                        appender: Some(Arc::new(appender)),
+                        indexed: false,
+                    },
+                );
+                seq
+            }
+        };
+        let segment = state.segments.get_mut(&seq).expect("the active segment");
+        let slot = Slot {
+            seq,
+            offset: segment.len,
+            appender: segment.appender.clone().expect("the active segment appends"),
+        };
+        segment.len += size;
+        segment.pending += 1;
+        if segment.len >= self.segment_bytes {
+            state.active = None;
+        }
+        state.used += size;
+        Ok(Some(slot))
     }
 
-    /// Evicts least recently used blocks until `incoming` more bytes fit the budget and
-    /// the free-space floor.
+    /// A write into a segment ended: the block is found there from now on if it
+    /// succeeded. A segment filled and no longer written gets its index.
+    fn finish(&self, name: Name, at: Location, ok: bool) {
+        let mut state = self.state.lock();
+        let active = state.active;
+        let Some(segment) = state.segments.get_mut(&at.seq) else {
+            return; // removed meanwhile (evicted, or the cache cleared)
+        };
+        segment.pending -= 1;
+        if ok {
+            segment.names.push(name);
+        }
+        let filled = active != Some(at.seq) && segment.pending == 0 && !segment.indexed;
+        if filled {
+            segment.indexed = true;
+            segment.appender = None;
+        }
+        if ok {
+            state.blocks.insert(name, at);
+        }
+        if filled {
+            let entries = state.entries(at.seq);
+            drop(state);
+            if let Err(e) = segments::write_index(&self.dir, at.seq, &entries) {
+                tracing::debug!("disk cache index of segment {}: {e}", at.seq);
+            }
+        }
+    }
+
+    /// Removes the oldest segments until `incoming` more bytes fit the budget and the
+    /// free-space floor.
     fn evict(&self, incoming: u64) {
         loop {
-            let victim = {
-                let mut index = self.index.lock();
-                let over_budget = index.used + incoming > self.budget;
-                let low_disk = disk_bytes(&self.dir).1 < self.min_free + incoming;
-                if !(over_budget || low_disk) || index.lru.is_empty() {
-                    return;
-                }
-                let (name, size) = index.lru.pop_lru().expect("not empty");
-                index.used -= size;
-                name
+            let low_disk = disk_bytes(&self.dir).1 < self.min_free.saturating_add(incoming);
+            let mut state = self.state.lock();
+            if !(low_disk || state.used + incoming > self.budget) {
+                return;
+            }
+            let Some((seq, segment)) = state.segments.pop_first() else {
+                return;
             };
-            let _ = std::fs::remove_file(self.path(&victim));
-            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            if state.active == Some(seq) {
+                state.active = None;
+            }
+            state.used -= segment.len;
+            let mut evicted = 0;
+            for name in &segment.names {
+                if state.blocks.get(name).is_some_and(|at| at.seq == seq) {
+                    state.blocks.remove(name);
+                    evicted += 1;
+                }
+            }
+            drop(state);
+            self.stats.evictions.fetch_add(evicted, Ordering::Relaxed);
+            // An open reader would keep the removed file's space.
+            self.readers.lock().pop(&seq);
+            segments::remove(&self.dir, seq);
         }
     }
 
-    /// Removes every block (`s3vol cache clear`).
+    /// Removes every block (`s3vol cache clear`); returns how many there were.
     pub fn clear(&self) -> u64 {
-        let names: Vec<String> = {
-            let mut index = self.index.lock();
-            index.used = 0;
-            let names = index.lru.iter().map(|(n, _)| n.clone()).collect();
-            index.lru.clear();
-            names
+        let (blocks, seqs) = {
+            let mut state = self.state.lock();
+            let blocks = state.blocks.len() as u64;
+            let seqs: Vec<u64> = state.segments.keys().copied().collect();
+            state.blocks.clear();
+            state.segments.clear();
+            state.active = None;
+            state.used = 0;
+            (blocks, seqs)
         };
-        for name in &names {
-            let _ = std::fs::remove_file(self.path(name));
+        self.readers.lock().clear();
+        for seq in seqs {
+            segments::remove(&self.dir, seq);
         }
-        names.len() as u64
+        blocks
     }
 }
 
-/// Opens a new file for writing, with O_DIRECT if `direct` and the filesystem takes it
-/// (tmpfs does not).
-fn create(path: &Path, direct: bool) -> std::io::Result<File> {
-    let open = |flags| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(flags)
-            .open(path)
-    };
-    match open(if direct { libc::O_DIRECT } else { 0 }) {
-        Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => open(0),
-        other => other,
+/// Removes every block under a cache directory no mount holds; returns how many there
+/// were.
+pub fn clear_unlocked(root: &Path) -> std::io::Result<u64> {
+    let dir = root.join(BLOCKS);
+    if !dir.exists() {
+        return Ok(0);
     }
-}
-
-/// Reads a block file whole into a buffer from `buffers`, with O_DIRECT where the
-/// filesystem takes it: the buffer and how many bytes were read; `None` if it cannot be
-/// read.
-fn read_block(path: &Path, buffers: &Arc<BlockBuffers>) -> Option<(BlockBuffer, usize)> {
-    match read_with(path, buffers, libc::O_DIRECT) {
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => read_with(path, buffers, 0),
-        other => other,
+    let found = segments::load(&dir)?;
+    let blocks = found.iter().map(|f| f.entries.len() as u64).sum();
+    for f in found {
+        segments::remove(&dir, f.seq);
     }
-    .ok()
-}
-
-fn read_with(path: &Path, buffers: &Arc<BlockBuffers>, flags: i32) -> std::io::Result<(BlockBuffer, usize)> {
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path)?;
-    let size = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
-    if size > buffers.largest_file() {
-        // Not a block of this mount's size (or not a block at all): never a huge buffer.
-        return Err(std::io::ErrorKind::InvalidData.into());
-    }
-    let mut buf = buffers.take(size.saturating_sub(DATA_OFFSET));
-    let room = &mut buf.as_mut()[..DATA_OFFSET + round_up(size.saturating_sub(DATA_OFFSET))];
-    let mut filled = 0;
-    while filled < size {
-        match (&file).read(&mut room[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok((buf, filled))
-}
-
-/// Writes the header of `block` (magic, identity, data length, CRC32) into its header
-/// page; false if the identity does not fit one page (such a block is not cached).
-fn write_header(identity: &str, block: &mut BlockBuffer) -> bool {
-    let fields = MAGIC.len() + 4 + identity.len() + 8 + 4;
-    if fields > DATA_OFFSET {
-        return false;
-    }
-    let crc = crc32fast::hash(block.data()).to_le_bytes();
-    let len = (block.data().len() as u64).to_le_bytes();
-    let page = block.header_mut();
-    page.fill(0);
-    let mut at = 0;
-    for part in [
-        &MAGIC[..],
-        &(identity.len() as u32).to_le_bytes(),
-        identity.as_bytes(),
-        &len,
-        &crc,
-    ] {
-        page[at..at + part.len()].copy_from_slice(part);
-        at += part.len();
-    }
-    true
-}
-
-enum Decoded {
-    /// An intact block of this identity, of that many bytes after the header page.
-    Data(usize),
-    OldLayout,
-    Bad,
-}
-
-/// What a block file (header page and data, as read) holds.
-fn decode(file: &[u8], identity: &str) -> Decoded {
-    if file.starts_with(OLD_MAGIC) {
-        return Decoded::OldLayout;
-    }
-    let parsed = || -> Option<usize> {
-        let rest = file.strip_prefix(MAGIC)?;
-        let (len, rest) = rest.split_at_checked(4)?;
-        let id_len = u32::from_le_bytes(len.try_into().ok()?) as usize;
-        let (id, rest) = rest.split_at_checked(id_len)?;
-        if id != identity.as_bytes() {
-            return None;
-        }
-        let (len, rest) = rest.split_at_checked(8)?;
-        let data_len = usize::try_from(u64::from_le_bytes(len.try_into().ok()?)).ok()?;
-        let crc = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?);
-        let data = file.get(DATA_OFFSET..DATA_OFFSET.checked_add(data_len)?)?;
-        (crc32fast::hash(data) == crc).then_some(data_len)
-    };
-    parsed().map_or(Decoded::Bad, Decoded::Data)
+    Ok(blocks)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `data` in a block buffer with its header, as a block fetched from the network is.
-    fn block(buffers: &Arc<BlockBuffers>, identity: &str, data: &[u8]) -> BlockBuffer {
-        let mut b = buffers.take(data.len());
-        b.as_mut()[DATA_OFFSET..DATA_OFFSET + data.len()].copy_from_slice(data);
-        b.set_len(data.len());
-        assert!(write_header(identity, &mut b));
-        b
-    }
-
-    fn put(cache: &DiskCache, buffers: &Arc<BlockBuffers>, key: &str, index: u64, data: &[u8]) {
-        let identity = cache.identity(key, "e", index);
-        cache.put(&identity, &block(buffers, &identity, data)).unwrap();
-    }
-
-    #[test]
-    fn blocks_round_trip_and_corruption_is_detected() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = DiskCache::open(dir.path(), "b", 1 << 30, 0).unwrap();
-        let buffers = BlockBuffers::new(4096, 1 << 20);
-        put(&cache, &buffers, "k", 0, b"hello");
-        assert_eq!(cache.get("k", "e", 0, &buffers).as_deref(), Some(&b"hello"[..]));
-        assert_eq!(cache.get("k", "e2", 0, &buffers), None, "another ETag is another block");
-        let name = DiskCache::name(&cache.identity("k", "e", 0));
-        let path = cache.path(&name);
-        let mut raw = std::fs::read(&path).unwrap();
-        assert_eq!(
-            raw.len(),
-            DATA_OFFSET + 4096,
-            "a header page, the data padded to a page"
-        );
-        raw[DATA_OFFSET] ^= 1;
-        std::fs::write(&path, raw).unwrap();
-        assert_eq!(cache.get("k", "e", 0, &buffers), None);
-        assert_eq!(cache.stats.corrupt.load(Ordering::Relaxed), 1);
-        assert!(!path.exists(), "a corrupt block is dropped");
-    }
-
-    #[test]
-    fn hostile_block_files_are_misses_never_panics() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = DiskCache::open(dir.path(), "b", 1 << 30, 0).unwrap();
-        let buffers = BlockBuffers::new(4096, 1 << 20);
-        let identity = cache.identity("k", "e", 0);
-        let mut header = block(&buffers, &identity, b"data").image(DATA_OFFSET).to_vec();
-        let len_at = MAGIC.len() + 4 + identity.len();
-        header[len_at..len_at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
-        let old = [&OLD_MAGIC[..], b"whatever"].concat();
-        let huge = vec![0; 3 * DATA_OFFSET + 4096];
-        for content in [Vec::new(), vec![0; 10], vec![0; DATA_OFFSET], header, old, huge] {
-            put(&cache, &buffers, "k", 0, b"data");
-            std::fs::write(cache.path(&DiskCache::name(&identity)), &content).unwrap();
-            assert_eq!(cache.get("k", "e", 0, &buffers), None, "{} bytes", content.len());
-        }
-        assert_eq!(
-            cache.stats.corrupt.load(Ordering::Relaxed),
-            5,
-            "the old layout is not corrupt"
-        );
-    }
-
-    #[test]
-    fn eviction_keeps_the_budget_and_survives_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = vec![7u8; 1000];
-        let one = (DATA_OFFSET + 4096) as u64;
-        let cache = DiskCache::open(dir.path(), "b", 5 * one, 0).unwrap();
-        let buffers = BlockBuffers::new(4096, 1 << 20);
-        for i in 0..20 {
-            put(&cache, &buffers, "k", i, &data);
-            assert!(cache.used() <= 5 * one);
-        }
-        assert!(cache.get("k", "e", 19, &buffers).is_some() && cache.get("k", "e", 0, &buffers).is_none());
-        let used = cache.used();
-        drop(cache);
-        let reopened = DiskCache::open(dir.path(), "b", 5 * one, 0).unwrap();
-        assert_eq!(reopened.used(), used);
-        assert!(reopened.get("k", "e", 19, &buffers).is_some());
-    }
-}
+mod tests;

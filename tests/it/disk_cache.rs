@@ -4,26 +4,41 @@
 use crate::common;
 
 use common::{Mount, eventually, pattern, put, server};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-fn block_files(cache: &Path) -> Vec<std::path::PathBuf> {
+/// Every block record in a cache directory's segments: (segment, offset, data length).
+/// A record is a header page (magic, identity length and identity, data length, CRC)
+/// and its data padded to whole pages; a segment's records follow one another.
+fn records(cache: &Path) -> Vec<(PathBuf, u64, u64)> {
     let mut out = Vec::new();
-    let Ok(subdirs) = std::fs::read_dir(cache.join("blocks")) else {
+    let Ok(entries) = std::fs::read_dir(cache.join("blocks")) else {
         return out;
     };
-    for sub in subdirs.flatten() {
-        out.extend(std::fs::read_dir(sub.path()).unwrap().flatten().map(|e| e.path()));
+    for path in entries.flatten().map(|e| e.path()) {
+        if path.extension().is_none_or(|e| e != "seg") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        let mut at = 0usize;
+        while let Some(header) = bytes.get(at..at + PAGE).filter(|h| h.starts_with(b"S3VBLK2\0")) {
+            let id_len = u32::from_le_bytes(header[8..12].try_into().unwrap()) as usize;
+            let len = u64::from_le_bytes(header[12 + id_len..20 + id_len].try_into().unwrap());
+            out.push((path.clone(), at as u64, len));
+            at += PAGE + (len as usize).div_ceil(PAGE) * PAGE;
+        }
     }
     out
 }
 
+const PAGE: usize = 4096;
+
 /// Background writes land shortly after the reads; wait for `n` blocks on disk.
 fn wait_for_blocks(cache: &Path, n: usize) {
     assert!(
-        eventually(Duration::from_secs(20), || block_files(cache).len() >= n),
+        eventually(Duration::from_secs(20), || records(cache).len() >= n),
         "{} of {n} blocks written",
-        block_files(cache).len()
+        records(cache).len()
     );
 }
 
@@ -65,11 +80,10 @@ fn a_corrupt_block_is_dropped_and_refetched() {
     std::fs::read(m.join("f")).unwrap();
     wait_for_blocks(cache.path(), 2);
     m.unmount();
-    for file in block_files(cache.path()) {
-        let mut raw = std::fs::read(&file).unwrap();
-        let last = raw.len() - 1;
-        raw[last] ^= 0xff;
-        std::fs::write(&file, raw).unwrap();
+    for (segment, offset, len) in records(cache.path()) {
+        let mut raw = std::fs::read(&segment).unwrap();
+        raw[(offset + PAGE as u64 + len - 1) as usize] ^= 0xff;
+        std::fs::write(&segment, raw).unwrap();
     }
     let m = Mount::with_cache(&s, cache.path(), &[]);
     assert!(
@@ -91,8 +105,9 @@ fn the_cache_stays_within_its_size_under_a_larger_workload() {
     for i in 0..6 {
         assert!(std::fs::read(m.join(&format!("f{i}"))).unwrap() == pattern(3 << 20, i));
         std::thread::sleep(Duration::from_millis(100));
-        let total: u64 = block_files(cache.path())
-            .iter()
+        let total: u64 = std::fs::read_dir(cache.path().join("blocks"))
+            .unwrap()
+            .flatten()
             .map(|f| f.metadata().map_or(0, |m| m.len()))
             .sum();
         assert!(total <= 5 << 20, "{total} bytes on disk after file {i}");
@@ -141,8 +156,8 @@ fn two_mounts_on_one_cache_dir_and_cache_clear() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("cleared by the mount"), "{text}");
-    assert!(block_files(cache.path()).is_empty());
-    assert!(block_files(&cache.path().join("mount-2")).is_empty());
+    assert!(records(cache.path()).is_empty());
+    assert!(records(&cache.path().join("mount-2")).is_empty());
     // Still readable: refetched.
     assert!(std::fs::read(first.join("f")).unwrap() == pattern(1 << 20, 1));
     drop(first);

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The disk cache keeps 64 segments open for reading and the one it fills.
+const SEGMENTS_OPEN: usize = 65;
 const READERS: usize = 16;
 const WRITERS: usize = 16;
 /// How long the threads keep going (each finishes the operation it is in).
@@ -37,8 +39,11 @@ const FILES_PER_WRITER: usize = 3;
 /// What the daemon holds, from /proc.
 #[derive(Debug, Clone, PartialEq)]
 struct Resources {
-    /// Open descriptors other than sockets (staging files, journal, /dev/fuse...).
+    /// Open descriptors other than sockets and disk cache segments (staging files,
+    /// journal, /dev/fuse...).
     files: Vec<String>,
+    /// Disk cache segments held open: a budget of their own (see `SEGMENTS_OPEN`).
+    segments: usize,
     sockets: usize,
     threads: Vec<String>,
 }
@@ -47,12 +52,15 @@ impl Resources {
     fn of(pid: u32) -> Resources {
         let mut files = Vec::new();
         let mut sockets = 0;
+        let mut segments = 0;
         for entry in fs::read_dir(format!("/proc/{pid}/fd")).expect("daemon alive").flatten() {
             let target = fs::read_link(entry.path())
                 .map(|t| t.display().to_string())
                 .unwrap_or_default();
             if target.starts_with("socket:") {
                 sockets += 1;
+            } else if target.contains("/blocks/") && target.ends_with(".seg") {
+                segments += 1;
             } else {
                 files.push(target);
             }
@@ -70,6 +78,7 @@ impl Resources {
             .collect();
         Resources {
             files,
+            segments,
             sockets,
             threads,
         }
@@ -352,6 +361,11 @@ fn thirty_two_threads_of_readers_and_writers_lose_nothing_and_leak_nothing() {
     assert!(
         peak <= LIMIT_MIB + OVERHEAD_MIB,
         "peak RSS {peak} MiB is over the {LIMIT_MIB} MiB limit + {OVERHEAD_MIB} MiB overhead"
+    );
+    assert!(
+        after.segments <= SEGMENTS_OPEN,
+        "{} disk cache segments open, more than {SEGMENTS_OPEN}",
+        after.segments
     );
     assert!(
         after.files.len() <= baseline.files.len() + 2,

@@ -206,6 +206,33 @@ fn extended_attributes_are_not_supported() {
     assert_eq!(std::fs::read_to_string(m.join("x")).unwrap(), "1");
 }
 
+/// A terminal check (TCGETS, as Python's open() makes on every file) is answered ENOTTY,
+/// quietly: guards against a warning in the log per file a data loader opens.
+#[test]
+fn a_terminal_check_is_answered_not_a_terminal_without_a_log_line() {
+    let _turn = common::shared();
+    let s = server();
+    put(&s, "x", "1");
+    let m = Mount::new(&s, &[]);
+    let file = std::fs::File::open(m.join("x")).unwrap();
+    let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
+    for _ in 0..3 {
+        // SAFETY: TCGETS fills a termios, which `termios` has room for.
+        let got = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                libc::TCGETS,
+                termios.as_mut_ptr(),
+            )
+        };
+        assert_eq!(got, -1);
+        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENOTTY));
+    }
+    drop(file);
+    let log = m.unmount();
+    assert!(!log.contains("ioctl"), "the log mentions the ioctl:\n{log}");
+}
+
 /// A listing carries no user metadata: `ls -l` of a fresh mount HEADs each entry once (all
 /// of a page at once) so that persisted modes and symlinks show from the first listing on;
 /// listing again after the TTL costs LIST pages only.

@@ -1,0 +1,175 @@
+use super::*;
+
+const ONE: u64 = 2 * DATA_OFFSET as u64;
+
+/// `data` in a block buffer, as a block fetched from the network is.
+fn block(buffers: &Arc<BlockBuffers>, data: &[u8]) -> BlockBuffer {
+    let mut b = buffers.take(data.len());
+    b.as_mut()[DATA_OFFSET..DATA_OFFSET + data.len()].copy_from_slice(data);
+    b.set_len(data.len());
+    b
+}
+
+fn put(cache: &Arc<DiskCache>, buffers: &Arc<BlockBuffers>, key: &str, index: u64, data: &[u8]) {
+    cache.put_later(key, "e", index, block(buffers, data));
+}
+
+fn open(dir: &Path, budget: u64) -> Arc<DiskCache> {
+    Arc::new(DiskCache::open(dir, "b", budget, 0).unwrap())
+}
+
+fn at(cache: &DiskCache, key: &str, index: u64) -> Option<Location> {
+    let name = segments::name_of(cache.identity(key, "e", index).as_bytes());
+    cache.state.lock().blocks.get(&name).copied()
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join(BLOCKS))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn blocks_round_trip_and_corruption_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), 1 << 30);
+    let buffers = BlockBuffers::new(4096, 1 << 20);
+    put(&cache, &buffers, "k", 0, b"hello");
+    put(&cache, &buffers, "k", 1, b"world");
+    assert_eq!(cache.get("k", "e", 0, &buffers).as_deref(), Some(&b"hello"[..]));
+    assert_eq!(cache.get("k", "e2", 0, &buffers), None, "another ETag is another block");
+    let second = at(&cache, "k", 1).unwrap();
+    assert_eq!(
+        (second.seq, second.offset, second.size),
+        (0, ONE, ONE),
+        "appended after the first"
+    );
+    let path = segments::segment_path(&cache.dir, 0);
+    let mut raw = std::fs::read(&path).unwrap();
+    raw[(second.offset as usize) + DATA_OFFSET] ^= 1;
+    std::fs::write(&path, raw).unwrap();
+    assert_eq!(cache.get("k", "e", 1, &buffers), None);
+    assert_eq!(cache.stats.corrupt.load(Ordering::Relaxed), 1);
+    assert!(!cache.holds("k", "e", 1), "a corrupt block is dropped");
+    assert_eq!(
+        cache.get("k", "e", 0, &buffers).as_deref(),
+        Some(&b"hello"[..]),
+        "its neighbour stays"
+    );
+}
+
+#[test]
+fn hostile_segment_contents_are_misses_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), 1 << 30);
+    let buffers = BlockBuffers::new(4096, 1 << 20);
+    let path = segments::segment_path(&cache.dir, 0);
+    let mut huge_len = block(&buffers, b"data");
+    assert!(record::write_header(&cache.identity("k", "e", 0), &mut huge_len));
+    let mut huge_len = huge_len.file_image().to_vec();
+    let len_at = 8 + 4 + cache.identity("k", "e", 0).len();
+    huge_len[len_at..len_at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+    for content in [Vec::new(), vec![0; 10], vec![0; 64 * DATA_OFFSET], huge_len] {
+        put(&cache, &buffers, "k", 0, b"data");
+        let offset = at(&cache, "k", 0).unwrap().offset as usize;
+        let mut file = std::fs::read(&path).unwrap();
+        file.truncate(offset);
+        file.extend_from_slice(&content);
+        std::fs::write(&path, &file).unwrap();
+        assert_eq!(cache.get("k", "e", 0, &buffers), None, "{} bytes", content.len());
+    }
+    assert_eq!(cache.stats.corrupt.load(Ordering::Relaxed), 4);
+    let bigger = BlockBuffers::new(64 * 4096, 1 << 20);
+    let cache = open(dir.path(), 1 << 30);
+    put(&cache, &bigger, "big", 0, &vec![1; 64 * 4096]);
+    assert_eq!(
+        cache.get("big", "e", 0, &buffers),
+        None,
+        "a record larger than this mount's blocks"
+    );
+}
+
+#[test]
+fn eviction_keeps_the_budget_and_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = vec![7u8; 1000];
+    let cache = open(dir.path(), 5 * ONE);
+    let buffers = BlockBuffers::new(4096, 1 << 20);
+    for i in 0..20 {
+        put(&cache, &buffers, "k", i, &data);
+        assert!(cache.used() <= 5 * ONE);
+    }
+    assert!(cache.get("k", "e", 19, &buffers).is_some() && cache.get("k", "e", 0, &buffers).is_none());
+    let used = cache.used();
+    drop(cache);
+    let reopened = open(dir.path(), 5 * ONE);
+    assert_eq!(reopened.used(), used);
+    assert!(reopened.get("k", "e", 19, &buffers).is_some());
+}
+
+#[test]
+fn filled_segments_are_indexed_and_the_last_is_scanned_at_the_next_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    // Segments of four records.
+    let cache = open(dir.path(), 32 * ONE);
+    let buffers = BlockBuffers::new(4096, 1 << 20);
+    for i in 0..10 {
+        put(&cache, &buffers, "k", i, &[i as u8; 100]);
+    }
+    let seg = |seq| format!("{seq:016x}.seg");
+    let idx = |seq| format!("{seq:016x}.idx");
+    assert_eq!(files(dir.path()), vec![idx(0), seg(0), idx(1), seg(1), seg(2)]);
+    drop(cache);
+    let reopened = open(dir.path(), 32 * ONE);
+    for i in 0..10 {
+        assert_eq!(
+            reopened.get("k", "e", i, &buffers).as_deref(),
+            Some(&[i as u8; 100][..]),
+            "block {i}"
+        );
+    }
+    assert_eq!(files(dir.path()).len(), 6, "the scanned segment is indexed now");
+    assert_eq!(reopened.used(), 10 * ONE);
+    put(&reopened, &buffers, "k", 10, b"next");
+    assert_eq!(
+        at(&reopened, "k", 10).unwrap().seq,
+        3,
+        "a new mount appends to a new segment"
+    );
+}
+
+#[test]
+fn a_block_read_again_outlives_blocks_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Eight segments of one record each.
+    let cache = open(dir.path(), 8 * ONE);
+    let buffers = BlockBuffers::new(4096, 1 << 20);
+    put(&cache, &buffers, "hot", 0, b"hot");
+    for i in 0..40 {
+        put(&cache, &buffers, "once", i, b"once");
+        assert!(
+            cache.get("hot", "e", 0, &buffers).is_some(),
+            "after {i} blocks read once"
+        );
+    }
+    assert!(cache.get("once", "e", 0, &buffers).is_none());
+}
+
+#[test]
+fn clear_removes_every_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), 8 * ONE);
+    let buffers = BlockBuffers::new(4096, 1 << 20);
+    for i in 0..3 {
+        put(&cache, &buffers, "k", i, b"x");
+    }
+    assert_eq!(cache.clear(), 3);
+    assert!(files(dir.path()).is_empty() && cache.used() == 0);
+    put(&cache, &buffers, "k", 0, b"x");
+    drop(cache);
+    assert_eq!(clear_unlocked(dir.path()).unwrap(), 1);
+    assert!(files(dir.path()).is_empty());
+}
