@@ -247,6 +247,11 @@ impl DiskCache {
                 }
                 Some(block.share())
             }
+            None if !self.state.lock().segments.contains_key(&at.seq) => {
+                // Its segment was evicted while this read looked for it: a plain miss.
+                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
             None => {
                 tracing::warn!(
                     "disk cache block at {} offset {} is corrupt or unreadable; dropped and refetched",

@@ -70,6 +70,7 @@ pub fn open(path: &Path, create: bool, direct: bool) -> std::io::Result<File> {
 pub fn load(dir: &Path) -> std::io::Result<Vec<Found>> {
     let mut segments = Vec::new();
     let mut indexes = Vec::new();
+    let mut old_layout = Vec::new();
     for entry in std::fs::read_dir(dir)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let numbered = |ext| {
@@ -80,12 +81,19 @@ pub fn load(dir: &Path) -> std::io::Result<Vec<Found>> {
         match (numbered(".seg"), numbered(".idx")) {
             (Some(seq), _) => segments.push((seq, entry.metadata().map_or(0, |m| m.len()))),
             (_, Some(seq)) => indexes.push(seq),
-            _ if entry.file_type().is_ok_and(|t| t.is_dir()) => {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
+            _ if entry.file_type().is_ok_and(|t| t.is_dir()) => old_layout.push(entry.path()),
             _ => {
                 let _ = std::fs::remove_file(entry.path());
             }
+        }
+    }
+    if !old_layout.is_empty() {
+        tracing::info!(
+            "disk cache: removing the blocks of an earlier layout (a file per block) under {}",
+            dir.display()
+        );
+        for path in old_layout {
+            let _ = std::fs::remove_dir_all(path);
         }
     }
     for seq in indexes {
