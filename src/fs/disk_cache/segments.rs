@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 pub type Name = [u8; 16];
 
 const INDEX_MAGIC: &[u8; 8] = b"S3VIDX1\0";
+/// Segment numbers at or above this are not s3vol's (it counts up from 0): such a file is
+/// removed, so that the next number can never overflow.
+const SEQ_LIMIT: u64 = 1 << 48;
 const ENTRY_BYTES: usize = 16 + 8 + 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +80,7 @@ pub fn load(dir: &Path) -> std::io::Result<Vec<Found>> {
             name.strip_suffix(ext)
                 .filter(|hex| hex.len() == 16)
                 .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+                .filter(|seq| *seq < SEQ_LIMIT)
         };
         match (numbered(".seg"), numbered(".idx")) {
             (Some(seq), _) => segments.push((seq, entry.metadata().map_or(0, |m| m.len()))),
@@ -247,6 +251,7 @@ mod tests {
         std::fs::write(index_path(d, 9), b"an index without its segment").unwrap();
         std::fs::write(segment_path(d, 2), vec![0u8; 100]).unwrap();
         std::fs::write(segment_path(d, 1), b"").unwrap();
+        std::fs::write(segment_path(d, u64::MAX), b"").unwrap();
         let found = load(d).unwrap();
         let seqs: Vec<(u64, u64, usize, bool)> = found
             .iter()
