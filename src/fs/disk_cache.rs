@@ -62,9 +62,9 @@ struct Segment {
     names: Vec<Name>,
     /// Writes under way.
     pending: u32,
-    /// While it is filled: where records are appended.
+    /// Where records are appended, until the segment is filled and its index written
+    /// (a segment found at mount time has none: it is never appended to again).
     appender: Option<Arc<File>>,
-    indexed: bool,
 }
 
 #[derive(Default)]
@@ -175,7 +175,6 @@ impl DiskCache {
                     names,
                     pending: 0,
                     appender: None,
-                    indexed: true,
                 },
             );
         }
@@ -389,7 +388,6 @@ impl DiskCache {
                         names: Vec::new(),
                         pending: 0,
                         appender: Some(Arc::new(appender)),
-                        indexed: false,
                     },
                 );
                 seq
@@ -422,9 +420,8 @@ impl DiskCache {
         if ok {
             segment.names.push(name);
         }
-        let filled = !active && segment.pending == 0 && !segment.indexed;
+        let filled = !active && segment.pending == 0 && segment.appender.is_some();
         if filled {
-            segment.indexed = true;
             segment.appender = None;
         }
         if ok {
