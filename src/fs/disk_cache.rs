@@ -228,7 +228,12 @@ impl DiskCache {
     pub fn get(self: &Arc<Self>, key: &str, etag: &str, index: u64, buffers: &Arc<BlockBuffers>) -> Option<Bytes> {
         let identity = self.identity(key, etag, index);
         let name = segments::name_of(identity.as_bytes());
-        let Some(at) = self.state.lock().blocks.get(&name).copied() else {
+        let found = {
+            let state = self.state.lock();
+            let at = state.blocks.get(&name).copied();
+            at.map(|at| (at, state.near_eviction(at.seq, self.budget)))
+        };
+        let Some((at, near_eviction)) = found else {
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
             return None;
         };
@@ -241,7 +246,7 @@ impl DiskCache {
                 buf.set_len(len);
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 let block = Arc::new(buf);
-                if self.state.lock().near_eviction(at.seq, self.budget) {
+                if near_eviction {
                     self.write_later(name, block.clone());
                 }
                 Some(block.share())
