@@ -31,6 +31,12 @@ impl TransferBudget {
             .await
             .expect("the budget is never closed")
     }
+
+    /// Room for `bytes` if there is some now; never waits.
+    pub fn try_take(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        let units = bytes.div_ceil(UNIT).clamp(1, u64::from(self.units)) as u32;
+        self.room.clone().try_acquire_many_owned(units).ok()
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use super::blocks::{BlockCache, ObjectVersion, Prefetch};
 use super::content::{Content, MemoryBudget, UploadedStaging};
+use super::part_gather::{GatheredPart, PartGather};
 use super::ranges::RangeSet;
 use super::upload::Streaming;
 use crate::store::{StoreError, StoreResult};
@@ -30,6 +31,8 @@ pub struct FileData {
     /// The content differs from the remote object.
     pub dirty: bool,
     pub streaming: Option<Streaming>,
+    /// The next parts of a file written in order, kept in memory for the streamed upload.
+    gather: Option<PartGather>,
     /// The journal record that makes this data survive a crash, once written.
     pub journal: Option<super::journal::RecordRef>,
     /// The record describes the data as it is (no write or truncate since).
@@ -51,6 +54,7 @@ impl FileData {
             local: RangeSet::default(),
             dirty: false,
             streaming: None,
+            gather: None,
             journal: None,
             journal_current: false,
             recovered_metadata: None,
@@ -77,6 +81,7 @@ impl FileData {
             local,
             dirty: true,
             streaming: None,
+            gather: None,
             journal: None,
             journal_current: false,
             recovered_metadata: Some(r.metadata.clone()),
@@ -109,6 +114,11 @@ impl FileData {
             return Ok(());
         }
         self.content.write_at(offset, data, staging_dir)?;
+        if let Some(g) = &mut self.gather
+            && g.write(offset, data).is_err()
+        {
+            self.gather = None;
+        }
         let end = offset + data.len() as u64;
         if let Some(s) = &mut self.streaming {
             s.changed_from(offset);
@@ -122,6 +132,7 @@ impl FileData {
 
     pub fn truncate(&mut self, size: u64) -> std::io::Result<()> {
         if size < self.size {
+            self.gather = None;
             self.content.truncate(size)?;
             self.local.truncate(size);
             self.base_limit = self.base_limit.min(size);
@@ -189,6 +200,25 @@ impl FileData {
         Ok(out)
     }
 
+    pub fn is_gathering(&self) -> bool {
+        self.gather.is_some()
+    }
+
+    /// Gathers the next parts in memory as they are written.
+    pub fn gather(&mut self, gather: PartGather) {
+        self.gather = Some(gather);
+    }
+
+    /// The whole part at `start`, if it was gathered in memory as it was written.
+    pub fn take_gathered(&mut self, start: u64) -> Option<GatheredPart> {
+        self.gather.as_mut()?.take(start)
+    }
+
+    /// Stops gathering parts (the streamed upload ended or went wrong).
+    pub fn stop_gathering(&mut self) {
+        self.gather = None;
+    }
+
     pub fn read_local(&self, r: Range<u64>) -> StoreResult<Vec<u8>> {
         self.content
             .read_at(r.start, (r.end - r.start) as usize)
@@ -205,6 +235,7 @@ impl FileData {
         self.size = new_base.size;
         self.base = Some(new_base);
         self.dirty = false;
+        self.gather = None;
         self.content.clear(&self.budget)
     }
 }

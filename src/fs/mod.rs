@@ -24,6 +24,7 @@ mod namespace;
 mod open;
 #[cfg(test)]
 mod panic_tests;
+mod part_gather;
 mod ranges;
 mod read;
 mod readahead;

@@ -7,6 +7,7 @@ use super::blocks::{BlockCache, ObjectVersion};
 use super::budget::TransferBudget;
 use super::dirty::{FileData, Piece};
 use super::journal::Journal;
+use super::part_gather::PartGather;
 use crate::provider::Resolved;
 use crate::store::{CompletedPart, Metadata, ObjectStore, PutOptions, StoreError, StoreResult};
 use bytes::Bytes;
@@ -138,6 +139,7 @@ impl Uploader {
             if let Some(s) = &mut f.streaming {
                 s.broken = true;
             }
+            f.stop_gathering();
         }
     }
 
@@ -147,7 +149,12 @@ impl Uploader {
             return Ok(());
         }
         if f.streaming.as_ref().is_some_and(|s| s.broken) {
+            f.stop_gathering();
             return Ok(());
+        }
+        if !f.is_gathering() {
+            let next_boundary = f.size.div_ceil(part_size) * part_size;
+            f.gather(PartGather::from(next_boundary, part_size, self.budget.clone()));
         }
         loop {
             let started = f.streaming.as_ref().map_or(0, |s| s.started);
@@ -176,8 +183,21 @@ impl Uploader {
             // 16 streams moved a fifth less than 8.
             let slots = f.streaming.as_ref().expect("created above").slots.clone();
             let in_flight = slots.acquire_owned().await.expect("never closed");
-            let slot = self.budget.take(end - start).await;
-            let body = Bytes::from(f.read_local(start..end)?);
+            let (body, slot) = match f.take_gathered(start) {
+                Some(part) => (part.body, part.room),
+                None => {
+                    let slot = match self.budget.try_take(end - start) {
+                        Some(slot) => slot,
+                        None => {
+                            // Waiting for room while the gathering holds some could wait
+                            // for itself.
+                            f.stop_gathering();
+                            self.budget.take(end - start).await
+                        }
+                    };
+                    (Bytes::from(f.read_local(start..end)?), slot)
+                }
+            };
             let s = f.streaming.as_mut().expect("created above");
             s.started += 1;
             let (store, key, id, number) = (self.store.clone(), f.key.clone(), s.upload_id.clone(), s.started);
@@ -199,6 +219,7 @@ impl Uploader {
             )));
         }
         let profile = &self.resolved.profile;
+        f.stop_gathering();
         if let Some(s) = f.streaming.take() {
             if !s.broken && f.size <= s.part_size * u64::from(profile.max_parts) {
                 return self.finish_streaming(f, s, based_on(f)).await;

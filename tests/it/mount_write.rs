@@ -181,6 +181,35 @@ fn a_large_sequential_write_streams_parts_before_close() {
     assert!(s.backend().pending_uploads(BUCKET).is_empty());
 }
 
+/// Streamed parts are sent from memory, gathered as the writes arrive (`part_gather.rs`):
+/// writes that straddle part boundaries, and rewrites of bytes already gathered, must
+/// still reach the bucket exactly as written.
+#[test]
+fn a_large_file_written_in_order_with_rewrites_of_its_tail_uploads_what_was_written() {
+    let _turn = common::shared();
+    let s = server();
+    let m = Mount::new(&s, &["--part-size", "5MiB"]);
+    let mut data = pattern(31 << 20, 9);
+    let f = fs::File::create(m.join("odd")).unwrap();
+    let mut at = 0;
+    for (i, chunk) in data.clone().chunks(700 << 10).enumerate() {
+        f.write_all_at(chunk, at).unwrap();
+        at += chunk.len() as u64;
+        if i % 9 == 8 {
+            // A rewrite of bytes just written, in the part still being filled.
+            let back = at - 300_000;
+            let patch = vec![i as u8; 1000];
+            f.write_all_at(&patch, back).unwrap();
+            data[back as usize..back as usize + 1000].copy_from_slice(&patch);
+        }
+    }
+    drop(f);
+    m.sync();
+    assert!(object(&s, "odd").unwrap() == data, "{}", m.log());
+    assert!(s.stats().count("UploadPart") >= 5, "{:?}", s.stats().snapshot());
+    assert!(s.backend().pending_uploads(BUCKET).is_empty());
+}
+
 /// Readers that hold pages of a file, through read() or mmap, see the bytes another
 /// handle, write-only, writes (whole pages go to the staging file with O_DIRECT, the rest
 /// buffered: `direct_write.rs`).
