@@ -88,27 +88,34 @@ pub(crate) fn upload_part_copy(
         if_modified_since: input.copy_source_if_modified_since.as_ref(),
         if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
     };
-    let part = backend.with_buckets(|buckets| -> S3Result<StoredPart> {
+    let body = backend.with_buckets(|buckets| -> S3Result<Rope> {
         let source = buckets
             .get(source_bucket)
             .ok_or_else(no_such_bucket)?
             .object(source_key)?;
         conditions.check(source, OnUnchanged::PreconditionFailed)?;
-        let body = match range {
-            None => source.body.clone(),
+        let bucket = buckets.get(&input.bucket).ok_or_else(no_such_bucket)?;
+        if !bucket.uploads.get(&input.upload_id).is_some_and(|u| u.key == input.key) {
+            return Err(s3_error!(NoSuchUpload));
+        }
+        match range {
+            None => Ok(source.body.clone()),
             Some(range) => {
                 let range = range
                     .check(source.size())
                     .map_err(|_| s3_error!(InvalidRange, "The x-amz-copy-source-range is not satisfiable"))?;
-                source.body.slice(range.start..range.end)
+                Ok(source.body.slice(range.start..range.end))
             }
-        };
-        let part = StoredPart::new(body);
-        let bucket = buckets.get_mut(&input.bucket).ok_or_else(no_such_bucket)?;
+        }
+    })?;
+    // Hashed with the store unlocked, as UploadPart does: parts copied at once are
+    // hashed at once, as a real service would.
+    let part = StoredPart::new(body);
+    backend.with_bucket(&input.bucket, |bucket| {
         upload_of(&mut bucket.uploads, &input.upload_id, &input.key)?
             .parts
             .insert(input.part_number, part.clone());
-        Ok(part)
+        Ok(())
     })?;
     Ok(S3Response::new(UploadPartCopyOutput {
         copy_part_result: Some(CopyPartResult {

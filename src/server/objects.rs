@@ -10,6 +10,7 @@ use s3s::{S3Request, S3Response, S3Result, s3_error};
 
 use super::backend::{MemoryBackend, StoredObject, no_such_bucket};
 use super::conditions::{OnUnchanged, Preconditions, check_write};
+use super::rope::Rope;
 use super::s3_api::{collect_body, directives, etag, size_field, to_metadata, user_metadata};
 
 /// DeleteObjects accepts at most this many keys per request, as on AWS.
@@ -148,12 +149,13 @@ pub(crate) fn copy_object(
         if_modified_since: input.copy_source_if_modified_since.as_ref(),
         if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
     };
-    let copy = backend.with_buckets(|buckets| -> S3Result<StoredObject> {
+    let (body, content_type, metadata) = backend.with_buckets(|buckets| -> S3Result<(Rope, _, _)> {
         let source = buckets
             .get(source_bucket)
             .ok_or_else(no_such_bucket)?
             .object(source_key)?;
         conditions.check(source, OnUnchanged::PreconditionFailed)?;
+        buckets.get(&input.bucket).ok_or_else(no_such_bucket)?;
         let (content_type, metadata) = if replace {
             (input.content_type, user_metadata(input.metadata, &extensions))
         } else if directives(&extensions).drop_user_metadata {
@@ -161,10 +163,14 @@ pub(crate) fn copy_object(
         } else {
             (source.content_type.clone(), source.metadata.clone())
         };
-        let copy = StoredObject::new(source.body.clone(), content_type, metadata);
-        let destination = buckets.get_mut(&input.bucket).ok_or_else(no_such_bucket)?;
+        Ok((source.body.clone(), content_type, metadata))
+    })?;
+    // Hashed with the store unlocked: a copy of gigabytes must not stall every other
+    // request, as it would on no real service.
+    let copy = StoredObject::new(body, content_type, metadata);
+    backend.with_bucket(&input.bucket, |destination| {
         destination.objects.insert(input.key, copy.clone());
-        Ok(copy)
+        Ok(())
     })?;
     Ok(S3Response::new(CopyObjectOutput {
         copy_object_result: Some(CopyObjectResult {
