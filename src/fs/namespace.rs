@@ -25,6 +25,13 @@ pub struct Caller {
 /// Directory renames copy this many keys at once.
 const RENAME_CONCURRENCY: usize = 16;
 
+/// Objects of at least this many parts are copied in parts, several at once: one
+/// CopyObject is one stream on the provider's side (on bench/run's server the rename of a
+/// 2 GiB checkpoint took 2.9 s in one piece, 1.5 s in parts), where parts spread over its
+/// disks and cores. Below it the extra requests of a multipart upload cost more than they
+/// save.
+const COPY_IN_PARTS_FROM: u64 = 8;
+
 impl Fs {
     fn check_writable(&self) -> FsResult<()> {
         if self.config.read_only {
@@ -436,10 +443,13 @@ impl Fs {
         Ok(Some(etag))
     }
 
-    /// Server-side copy; objects over the single-copy limit (the PutObject limit) go
-    /// through a multipart copy; providers without copy get a download and upload.
+    /// Server-side copy. Large objects (and those over the single-copy limit, the PutObject
+    /// limit) go through a multipart copy, its parts copied several at once where the
+    /// provider offers UploadPartCopy; providers without copy get a download and upload.
     async fn copy_object(&self, from: &str, to: &str, size: u64) -> Result<String, StoreError> {
-        if size <= self.resolved.profile.max_put_size {
+        let profile = &self.resolved.profile;
+        let in_parts = profile.upload_part_copy && size >= COPY_IN_PARTS_FROM * self.resolved.part_size_for(size);
+        if size <= profile.max_put_size && !in_parts {
             match self.store.copy(from, to, None).await {
                 Err(StoreError::Unsupported(_)) => {}
                 other => return other,

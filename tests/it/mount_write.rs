@@ -181,6 +181,39 @@ fn a_large_sequential_write_streams_parts_before_close() {
     assert!(s.backend().pending_uploads(BUCKET).is_empty());
 }
 
+/// A rename moves the object server-side: in one CopyObject below eight parts, in parts
+/// copied at once (UploadPartCopy) from eight on, as a checkpoint's `ckpt.tmp -> ckpt`.
+#[test]
+fn a_large_file_is_renamed_by_a_copy_in_parts_a_small_one_in_one_copy() {
+    let _turn = common::shared();
+    let s = server();
+    let large = pattern(41 << 20, 5);
+    let small = pattern(3 << 20, 6);
+    put(&s, "dir/large.tmp", large.clone());
+    put(&s, "dir/small.tmp", small.clone());
+    let m = Mount::new(&s, &["--part-size", "5MiB"]);
+    s.stats().reset();
+    fs::rename(m.join("dir/large.tmp"), m.join("dir/large")).unwrap();
+    let stats = s.stats().snapshot();
+    assert_eq!(s.stats().count("UploadPartCopy"), 9, "{stats:?}");
+    assert_eq!(s.stats().count("CopyObject"), 0, "{stats:?}");
+    assert_eq!(
+        s.stats().count("UploadPart"),
+        0,
+        "no byte goes through the mount: {stats:?}"
+    );
+    s.stats().reset();
+    fs::rename(m.join("dir/small.tmp"), m.join("dir/small")).unwrap();
+    assert_eq!(s.stats().count("CopyObject"), 1, "{:?}", s.stats().snapshot());
+    assert_eq!(s.stats().count("UploadPartCopy"), 0, "{:?}", s.stats().snapshot());
+    m.sync();
+    assert!(object(&s, "dir/large").unwrap() == large);
+    assert!(object(&s, "dir/small").unwrap() == small);
+    assert!(object(&s, "dir/large.tmp").is_none() && object(&s, "dir/small.tmp").is_none());
+    assert!(s.backend().pending_uploads(BUCKET).is_empty());
+    assert_eq!(fs::read(m.join("dir/large")).unwrap().len(), large.len());
+}
+
 /// Streamed parts are sent from memory, gathered as the writes arrive (`part_gather.rs`):
 /// writes that straddle part boundaries, and rewrites of bytes already gathered, must
 /// still reach the bucket exactly as written.
