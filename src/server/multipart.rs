@@ -95,7 +95,7 @@ pub(crate) fn upload_part_copy(
             .object(source_key)?;
         conditions.check(source, OnUnchanged::PreconditionFailed)?;
         let bucket = buckets.get(&input.bucket).ok_or_else(no_such_bucket)?;
-        if !bucket.uploads.get(&input.upload_id).is_some_and(|u| u.key == input.key) {
+        if bucket.uploads.get(&input.upload_id).is_none_or(|u| u.key != input.key) {
             return Err(s3_error!(NoSuchUpload));
         }
         match range {
