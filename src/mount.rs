@@ -375,6 +375,7 @@ pub fn serve(
     }
     runtime.block_on(fs.settle_shared_cache(SHARED_CACHE_SETTLE));
     fs.close_journal();
+    fs.save_remembered_metadata();
     let _ = std::fs::remove_file(&socket);
     tracing::info!("unmounted {}", mountpoint.display());
     result

@@ -27,34 +27,71 @@ pub(super) type Heads = Vec<(String, StoreResult<ObjectMeta>)>;
 
 impl Fs {
     /// The keys of `page`'s entries (under `dir_key`) whose persisted metadata the mount
-    /// does not have: files by their key, directories by their marker's.
-    pub(super) fn keys_wanting_metadata(&self, dir_key: &str, page: &ListPage) -> Vec<String> {
+    /// does not have, to HEAD: files by their key, directories by their marker's. Files
+    /// an earlier mount HEADed, unchanged since, are answered from what it found instead
+    /// (the second part, to apply like HEADs once the page is in the tree).
+    pub(super) fn keys_wanting_metadata(&self, dir_key: &str, page: &ListPage) -> (Vec<String>, Heads) {
         if !self.resolved.profile.user_metadata {
-            return Vec::new();
+            return Default::default();
         }
         let entries = listing::page_entries(dir_key, page, self.resolved.profile.hidden_prefixes);
         let tree = self.tree();
-        entries
-            .into_iter()
-            .filter(|e| self.may_carry_metadata(e.kind))
-            .filter_map(|e| {
-                let key = match e.kind {
-                    Kind::Dir => format!("{dir_key}{}/", e.name),
-                    _ => format!("{dir_key}{}", e.name),
-                };
-                (!tree.metadata_known(&key, e.etag.as_deref())).then_some(key)
-            })
-            .collect()
+        let (mut wanted, mut recalled) = (Vec::new(), Heads::new());
+        for e in entries.into_iter().filter(|e| self.may_carry_metadata(e.kind)) {
+            let key = match e.kind {
+                Kind::Dir => format!("{dir_key}{}/", e.name),
+                _ => format!("{dir_key}{}", e.name),
+            };
+            if tree.metadata_known(&key, e.etag.as_deref()) {
+                continue;
+            }
+            let listed = ObjectMeta {
+                key,
+                size: e.size,
+                etag: e.etag,
+                last_modified: Some(e.mtime),
+                metadata: Default::default(),
+            };
+            match (e.kind != Kind::Dir).then(|| self.remembered.recall(&listed)).flatten() {
+                Some(meta) => recalled.push((listed.key, Ok(meta))),
+                None => wanted.push(listed.key),
+            }
+        }
+        (wanted, recalled)
     }
 
-    /// The keys among `inos` whose persisted metadata is still to be read.
-    fn keys_of_unloaded(&self, inos: &[u64]) -> Vec<String> {
+    /// The keys among `inos` whose persisted metadata is still to be read, to HEAD, and
+    /// what an earlier mount found for those unchanged since (as for a listing's).
+    fn keys_of_unloaded(&self, inos: &[u64]) -> (Vec<String>, Heads) {
         let tree = self.tree();
-        inos.iter()
+        let mut recalled = Heads::new();
+        let wanted = inos
+            .iter()
             .filter_map(|ino| tree.get(*ino))
             .filter(|n| !n.local && !n.metadata_loaded && self.may_carry_metadata(n.attr.kind))
+            .filter(|n| {
+                // Not yet loaded, a file's node holds what its listing showed.
+                let listed = ObjectMeta {
+                    key: n.key.clone(),
+                    size: n.attr.size,
+                    etag: n.etag.clone(),
+                    last_modified: Some(n.attr.mtime()),
+                    metadata: Default::default(),
+                };
+                match (n.attr.kind != Kind::Dir)
+                    .then(|| self.remembered.recall(&listed))
+                    .flatten()
+                {
+                    Some(meta) => {
+                        recalled.push((n.key.clone(), Ok(meta)));
+                        false
+                    }
+                    None => true,
+                }
+            })
             .map(|n| n.key.clone())
-            .collect()
+            .collect();
+        (wanted, recalled)
     }
 
     /// Whether an entry of `kind` can have persisted metadata to read: where the provider
@@ -112,7 +149,12 @@ impl Fs {
         let mut tree = self.tree();
         for (key, result) in heads {
             match result {
-                Ok(head) => tree.apply_head(key, head, &|ino| self.handles.has_data(ino)),
+                Ok(head) => {
+                    tree.apply_head(key, head, &|ino| self.handles.has_data(ino));
+                    if !key.ends_with('/') {
+                        self.remembered.remember(head);
+                    }
+                }
                 Err(StoreError::NotFound) => tree.apply_missing(key),
                 Err(e) => failed = Some((key, e)),
             }
@@ -123,9 +165,20 @@ impl Fs {
         }
     }
 
+    /// The daemon is exiting: what HEADs found goes to the cache directory for the next
+    /// mount.
+    pub fn save_remembered_metadata(&self) {
+        if let Err(e) = self.remembered.save() {
+            tracing::warn!("saving what HEADs found for the next mount: {e}; it will HEAD those files again");
+        }
+    }
+
     /// Reads the persisted metadata of those of `inos` that lack it.
     pub(super) async fn load_metadata(&self, inos: &[u64]) {
-        let keys = self.keys_of_unloaded(inos);
+        let (keys, recalled) = self.keys_of_unloaded(inos);
+        if !recalled.is_empty() {
+            self.apply_heads(&recalled);
+        }
         if !keys.is_empty() {
             let heads = self.head_all(keys).await;
             self.apply_heads(&heads);
@@ -149,8 +202,9 @@ impl Fs {
                 return Err(e);
             }
         };
-        let wanted = self.keys_wanting_metadata(dir_key, &page);
+        let (wanted, recalled) = self.keys_wanting_metadata(dir_key, &page);
         self.absorb_dir_page(dir, dir_key, &page, &start);
+        self.apply_heads(&recalled);
         listed();
         self.head_unloaded(wanted, share).await;
         Ok(())

@@ -192,7 +192,10 @@ impl Fs {
         }
         let listed = page.objects.iter().find(|o| o.key == key);
         let meta = match (head, listed) {
-            (Some(h), _) => Some((h.clone(), Some(h.metadata))),
+            (Some(h), _) => {
+                self.remembered.remember(&h);
+                Some((h.clone(), Some(h.metadata)))
+            }
             (None, Some(o)) if !self.resolved.profile.user_metadata => Some((o.clone(), None)),
             (None, Some(o)) => Some((o.clone(), None)),
             (None, None) => None,

@@ -30,6 +30,7 @@ mod read;
 mod readahead;
 mod readdir;
 mod recovery;
+mod remembered_metadata;
 pub mod shared_tier;
 mod small_file_prefetch;
 mod stat;
@@ -183,6 +184,8 @@ pub struct Fs {
     handles: handles::Handles,
     list_prefetch: list_prefetch::ListPrefetch,
     small_file_prefetch: small_file_prefetch::SmallFilePrefetch,
+    /// What HEADs of listed files found, kept for the next mount.
+    remembered: remembered_metadata::RememberedMetadata,
     /// Uploads on close, and the journal every upload and background delete is recorded in.
     uploader: Uploader,
     /// Files' uploads after close: queued, in flight, refused.
@@ -280,6 +283,11 @@ impl Fs {
             resolved.endpoint.as_deref(),
         ));
         let uploader = Uploader::new(store.clone(), resolved.clone(), blocks.clone(), transfers, journal);
+        // Kept with the disk cache, whose blocks it spares the HEADs of after a remount.
+        let remembered = match config.disk_cache.is_some() && resolved.profile.user_metadata {
+            true => remembered_metadata::RememberedMetadata::load(&config.cache_dir, &resolved.bucket),
+            false => remembered_metadata::RememberedMetadata::none(),
+        };
         Fs {
             store,
             resolved,
@@ -288,6 +296,7 @@ impl Fs {
             handles: handles::Handles::new(MemoryBudget::new(quarter, quarter.min(8 << 20))),
             list_prefetch: Default::default(),
             small_file_prefetch: Default::default(),
+            remembered,
             uploader,
             writeback: Default::default(),
             deferred: Default::default(),

@@ -224,10 +224,14 @@ impl Fs {
                     let _ = pages.send(Err(e)).await;
                     return;
                 }
-                let wanted = this.keys_wanting_metadata(&key, &page);
+                let (wanted, recalled) = this.keys_wanting_metadata(&key, &page);
                 let heads = {
                     let this = this.clone();
-                    tokio::spawn(async move { this.head_all(wanted).await })
+                    tokio::spawn(async move {
+                        let mut heads = this.head_all(wanted).await;
+                        heads.extend(recalled);
+                        heads
+                    })
                 };
                 continuation = next;
                 let last = continuation.is_none();

@@ -162,3 +162,63 @@ fn two_mounts_on_one_cache_dir_and_cache_clear() {
     assert!(std::fs::read(first.join("f")).unwrap() == pattern(1 << 20, 1));
     drop(first);
 }
+
+/// What HEADs of listed files found is kept in the cache directory: after a remount an
+/// `ls -l` of an unchanged directory sends none of those HEADs and shows the same modes;
+/// an object rewritten since (here the same bytes with another mode, as a chmod by
+/// another client: its LastModified moves) is HEADed again and shows its new mode.
+#[test]
+fn a_remount_recalls_what_heads_found_until_the_object_changes() {
+    use std::os::unix::fs::MetadataExt;
+    let _turn = common::shared();
+    let s = server();
+    let cache = tempfile::tempdir().unwrap();
+    const FILES: usize = 20;
+    let put_mode = |i: usize, mode: &str| {
+        let key = format!("d/f{i:02}");
+        s.backend()
+            .put_object(common::BUCKET, &key, vec![i as u8; 10], &[("mode", mode)])
+            .unwrap();
+    };
+    for i in 0..FILES {
+        put_mode(i, "33261");
+    }
+    let ls_l = |m: &Mount| -> Vec<u32> {
+        let mut names: Vec<_> = std::fs::read_dir(m.join("d"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|p| std::fs::symlink_metadata(p).unwrap().mode())
+            .collect()
+    };
+    let m = Mount::with_cache(&s, cache.path(), &[]);
+    s.stats().reset();
+    let first = ls_l(&m);
+    let heads_first = s.stats().count("HeadObject");
+    assert_eq!(first, vec![0o100755; FILES]);
+    m.unmount();
+
+    let m = Mount::with_cache(&s, cache.path(), &[]);
+    s.stats().reset();
+    assert_eq!(ls_l(&m), first, "{}", m.log());
+    let heads_again = s.stats().count("HeadObject");
+    assert!(
+        heads_again + FILES as u64 <= heads_first,
+        "no HEAD of an unchanged file: {heads_first} HEADs, then {heads_again}"
+    );
+    m.unmount();
+
+    // LastModified counts in whole seconds.
+    std::thread::sleep(Duration::from_millis(1100));
+    put_mode(3, "33216");
+    let m = Mount::with_cache(&s, cache.path(), &[]);
+    s.stats().reset();
+    let mut expected = first.clone();
+    expected[3] = 0o100700;
+    assert_eq!(ls_l(&m), expected, "{}", m.log());
+    assert_eq!(s.stats().count("HeadObject"), heads_again + 1, "only the changed file");
+    m.unmount();
+}
