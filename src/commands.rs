@@ -411,7 +411,10 @@ pub fn cache_clear(cache_dir: Option<std::path::PathBuf>) -> ExitCode {
                 None => Err(std::io::Error::other("in use by a mount this user cannot reach")),
             }
         } else {
-            clear_unlocked(&dir).map(|n| format!("removed {n} blocks"))
+            clear_unlocked(&dir).and_then(|n| {
+                // What mounts remembered of the bucket's files goes with the blocks.
+                s3vol::fs::remembered_metadata::clear_unlocked(&dir).map(|_| format!("removed {n} blocks"))
+            })
         };
         match result {
             Ok(message) => println!("{}: {message}", dir.display()),

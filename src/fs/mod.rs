@@ -30,7 +30,7 @@ mod read;
 mod readahead;
 mod readdir;
 mod recovery;
-mod remembered_metadata;
+pub mod remembered_metadata;
 pub mod shared_tier;
 mod small_file_prefetch;
 mod stat;
@@ -379,7 +379,9 @@ impl Fs {
     }
 
     /// Empties the disk cache (`s3vol cache clear` while mounted); returns blocks removed.
+    /// `s3vol cache clear`: the blocks, and the metadata remembered for the next mount.
     pub fn clear_disk_cache(&self) -> u64 {
+        self.remembered.clear();
         self.blocks.disk.as_ref().map_or(0, |d| d.clear())
     }
 

@@ -23,6 +23,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Files remembered at most (about 150 bytes each in memory and on disk).
 const ENTRIES: usize = 200_000;
+/// Its files in the cache directory: `metadata-` and a CRC32 of the bucket's name.
+const FILE_PREFIX: &str = "metadata-";
 /// The file's first bytes.
 const MAGIC: &[u8; 16] = b"s3vol-metadata1\n";
 /// Bounds on what one entry may hold (S3 keys are at most 1,024 bytes, user metadata
@@ -73,7 +75,7 @@ impl RememberedMetadata {
 
     /// What an earlier mount of `bucket` saved under `dir`, if anything usable.
     pub fn load(dir: &Path, bucket: &str) -> RememberedMetadata {
-        let name = format!("metadata-{:08x}", crc32fast::hash(bucket.as_bytes()));
+        let name = format!("{FILE_PREFIX}{:08x}", crc32fast::hash(bucket.as_bytes()));
         let path = dir.join(name);
         let mut entries = LruCache::new(NonZeroUsize::new(ENTRIES).expect("not zero"));
         match read(&path, bucket) {
@@ -183,10 +185,33 @@ impl RememberedMetadata {
         std::fs::rename(&tmp, path)
     }
 
+    /// `s3vol cache clear` through the mount: forgets everything, on disk too.
+    pub fn clear(&self) {
+        self.entries.lock().clear();
+        self.changed.store(false, Ordering::Relaxed);
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.entries.lock().len()
     }
+}
+
+/// `s3vol cache clear` of an unmounted cache directory: removes what every bucket's mounts
+/// remembered. Returns how many files went.
+pub fn clear_unlocked(dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with(FILE_PREFIX) && entry.file_type().is_ok_and(|t| t.is_file()) {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -363,6 +388,26 @@ mod tests {
         hostile.extend_from_slice(&crc.to_le_bytes());
         std::fs::write(&path, &hostile).unwrap();
         assert_eq!(RememberedMetadata::load(dir.path(), "b").len(), 0);
+    }
+
+    #[test]
+    fn cache_clear_forgets_everything_mounted_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = RememberedMetadata::load(dir.path(), "b");
+        r.remember(&head("k", "e", 7, "1"));
+        r.save().unwrap();
+        r.clear();
+        assert!(r.recall(&listed("k", "e", 7)).is_none());
+        assert!(!r.path.as_ref().unwrap().exists());
+        r.save().unwrap();
+        assert!(!r.path.as_ref().unwrap().exists(), "nothing left to save");
+        let other = RememberedMetadata::load(dir.path(), "c");
+        other.remember(&head("k", "e", 7, "1"));
+        other.save().unwrap();
+        std::fs::write(dir.path().join("unrelated"), b"x").unwrap();
+        assert_eq!(clear_unlocked(dir.path()).unwrap(), 1);
+        assert!(dir.path().join("unrelated").exists());
+        assert_eq!(RememberedMetadata::load(dir.path(), "c").len(), 0);
     }
 
     #[test]

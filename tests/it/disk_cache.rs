@@ -147,6 +147,14 @@ fn two_mounts_on_one_cache_dir_and_cache_clear() {
     wait_for_blocks(cache.path(), 1);
     wait_for_blocks(&cache.path().join("mount-2"), 1);
     assert!(second.unmount().contains("in use by another mount"));
+    let remembered = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("metadata-"))
+            .count()
+    };
+    assert_eq!(remembered(&cache.path().join("mount-2")), 1, "what its HEAD of f found");
 
     // Cleared while `first` is mounted (through it) and for the unmounted instance.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_s3vol"))
@@ -158,6 +166,11 @@ fn two_mounts_on_one_cache_dir_and_cache_clear() {
     assert!(text.contains("cleared by the mount"), "{text}");
     assert!(records(cache.path()).is_empty());
     assert!(records(&cache.path().join("mount-2")).is_empty());
+    assert_eq!(
+        remembered(&cache.path().join("mount-2")),
+        0,
+        "the remembered metadata too"
+    );
     // Still readable: refetched.
     assert!(std::fs::read(first.join("f")).unwrap() == pattern(1 << 20, 1));
     drop(first);
