@@ -31,6 +31,7 @@ mod readahead;
 mod readdir;
 mod recovery;
 pub mod remembered_metadata;
+mod revalidate;
 pub mod shared_tier;
 mod small_file_prefetch;
 mod stat;
@@ -186,6 +187,8 @@ pub struct Fs {
     small_file_prefetch: small_file_prefetch::SmallFilePrefetch,
     /// What HEADs of listed files found, kept for the next mount.
     remembered: remembered_metadata::RememberedMetadata,
+    /// Directories listed again for the opens of their files after the TTL.
+    revalidation: revalidate::Revalidation,
     /// Uploads on close, and the journal every upload and background delete is recorded in.
     uploader: Uploader,
     /// Files' uploads after close: queued, in flight, refused.
@@ -297,6 +300,7 @@ impl Fs {
             list_prefetch: Default::default(),
             small_file_prefetch: Default::default(),
             remembered,
+            revalidation: revalidate::Revalidation::new(),
             uploader,
             writeback: Default::default(),
             deferred: Default::default(),

@@ -32,7 +32,7 @@ impl Fs {
         }
         let has_data = self.handles.has_data(ino);
         if !fresh && !local && !has_data {
-            self.refresh_file(ino, &key).await?;
+            self.revalidate_file(ino, &key).await?;
         }
         let (object, keep_cache) = {
             let mut tree = self.tree();

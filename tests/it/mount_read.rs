@@ -535,3 +535,58 @@ for family in text_string_to_metric_families(sys.stdin.read()):
         out[f"{s.name}{{{labels}}}"] = s.value
 print(json.dumps(out))
 "#;
+
+/// Files opened after the metadata TTL are revalidated together: the first open lists
+/// their directory again and the others use that listing, rather than a HEAD each; a file
+/// that changed meanwhile is read in its new version. (The kernel keeps a name for the TTL
+/// from its lookup, the daemon from its listing: opens in between reach the daemon with
+/// the name still cached by the kernel, as in a DataLoader's second epoch.)
+#[test]
+fn opens_after_the_ttl_revalidate_through_one_listing_and_see_changes() {
+    let _turn = common::shared();
+    let s = server();
+    const FILES: usize = 30;
+    for i in 0..FILES {
+        put(&s, &format!("d/f{i:02}"), vec![i as u8; 100]);
+    }
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let m = Mount::new(&s, &["--metadata-ttl", "2", "--small-file-prefetch", "false"]);
+    // Names are opened relative to the directory, held open: its own name in the kernel
+    // is not looked up again (which would list it again anyway).
+    let dir = std::fs::File::open(m.join("d")).unwrap();
+    // Its lookup listed it: the daemon knows every file from now, the kernel none yet.
+    let names: Vec<_> = (0..FILES)
+        .map(|i| std::ffi::CString::new(format!("f{i:02}")).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(1200));
+    for name in &names {
+        // SAFETY: a valid directory descriptor, a NUL-terminated name, a stat buffer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, 0) }, 0);
+    }
+    put(&s, "d/f07", b"changed".to_vec());
+    // The listing's TTL is over, the kernel's entries (from the lookups) are not.
+    std::thread::sleep(Duration::from_millis(1000));
+    s.stats().reset();
+    let contents: Vec<_> = names
+        .iter()
+        .map(|name| {
+            // SAFETY: as above; the descriptor returned is owned by the File.
+            let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_RDONLY) };
+            assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+            let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+            let mut out = Vec::new();
+            f.read_to_end(&mut out).unwrap();
+            out
+        })
+        .collect();
+    let stats = s.stats().snapshot();
+    assert_eq!(contents[7], b"changed", "the new version: {stats:?}");
+    assert_eq!(contents[8], vec![8u8; 100]);
+    assert!(
+        s.stats().count("HeadObject") <= 1,
+        "one listing, not a HEAD per file: {stats:?}\n{}",
+        m.log()
+    );
+    assert!(s.stats().count("ListObjectsV2") >= 1, "{stats:?}");
+}
