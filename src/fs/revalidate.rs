@@ -77,10 +77,12 @@ impl Fs {
             // Its own task: the listing finishes (and its waiters go on) even if this open
             // is interrupted.
             tokio::spawn(async move {
-                let done = || {
-                    this.revalidation.listing.lock().remove(&dir);
-                    tx.send_replace(true);
+                let listed = Listed {
+                    fs: this.clone(),
+                    dir,
+                    tx,
                 };
+                let done = move || drop(listed);
                 if let Err(e) = this
                     .list_then_load_metadata(dir, &dir_key, &this.revalidation.heads, done)
                     .await
@@ -90,5 +92,20 @@ impl Fs {
             });
         }
         let _ = waiter.wait_for(|done| *done).await;
+    }
+}
+
+/// The end of a revalidating listing, however it ends (a panic included): the directory
+/// can be listed again, and its waiters go on.
+struct Listed {
+    fs: Arc<Fs>,
+    dir: u64,
+    tx: watch::Sender<bool>,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.fs.revalidation.listing.lock().remove(&self.dir);
+        self.tx.send_replace(true);
     }
 }
