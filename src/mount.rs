@@ -369,6 +369,7 @@ pub fn serve(
     tracing::info!("mounted {source} on {}", mountpoint.display());
     ready.ok();
     let result = session.run().map_err(|e| format!("FUSE session: {e}"));
+    fs.note_unmounted();
     // Uploads still pending when the kernel let go of the mount.
     if runtime.block_on(fs.sync_all(Settle::OneAttempt)).is_err() {
         tracing::error!("some dirty data could not be uploaded before exit; see the lines above");

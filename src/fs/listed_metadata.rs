@@ -160,7 +160,8 @@ impl Fs {
             }
         }
         drop(tree);
-        if let Some((key, e)) = failed {
+        // Background HEADs cut short by the exit are no one's concern.
+        if let Some((key, e)) = failed.filter(|_| !self.unmounted.load(Ordering::Relaxed)) {
             tracing::warn!("HEAD {key:?} (for its mode, owner and mtime): {e}; shown with default attributes");
         }
     }

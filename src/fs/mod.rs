@@ -196,6 +196,8 @@ pub struct Fs {
     /// Directory markers and deletes deferred by `UploadMode::Background`.
     deferred: deferred::Deferred,
     pub stats: FsStats,
+    /// The kernel let go of the mount: attributes fetched from now on reach nobody.
+    unmounted: std::sync::atomic::AtomicBool,
     /// What the core tells the kernel on its own (set by the FUSE adapter at mount).
     kernel: KernelNotices,
 }
@@ -305,6 +307,7 @@ impl Fs {
             writeback: Default::default(),
             deferred: Default::default(),
             stats: FsStats::default(),
+            unmounted: Default::default(),
             kernel: Default::default(),
             config,
         }
@@ -383,6 +386,11 @@ impl Fs {
     }
 
     /// Empties the disk cache (`s3vol cache clear` while mounted); returns blocks removed.
+    /// The kernel let go of the mount (the daemon uploads what is left, then exits).
+    pub fn note_unmounted(&self) {
+        self.unmounted.store(true, Ordering::Relaxed);
+    }
+
     /// `s3vol cache clear`: the blocks, and the metadata remembered for the next mount.
     pub fn clear_disk_cache(&self) -> u64 {
         self.remembered.clear();
