@@ -342,31 +342,38 @@ fn git_clone_is_clean_and_runs_its_script_after_a_remount() {
     );
     let before = m.unmount();
 
-    let m = Mount::moto(&moto, &bucket, &[]);
-    let clone = m.join("clone");
-    let status = run(git().arg("-C").arg(&clone).args(["status", "--porcelain"]));
-    let script = exec(&mut Command::new(clone.join("run.sh")));
-    let mut failures = Vec::new();
-    if !status.status.success() || !status.stdout.is_empty() || !status.stderr.is_empty() {
-        failures.push(format!(
-            "git status --porcelain is not empty after the remount ({}):\n{}\n--- git diff ---\n{}",
-            status.status,
-            describe(&status),
-            String::from_utf8_lossy(&run(git().arg("-C").arg(&clone).args(["diff"])).stdout)
-        ));
-    }
-    if script.as_deref() != Ok("ok\n") {
-        failures.push(format!("clone/run.sh after the remount: {script:?}"));
-    }
-    if !failures.is_empty() {
-        let rels: Vec<String> = ["README.md", "run.sh", "link"].map(String::from).to_vec();
-        eprintln!("--- log of the first mount (end) ---\n{}", tail(&before));
-        panic!(
-            "{}\n--- stat (name | type | mode | mtime), repository ---\n{}--- clone ---\n{}",
-            failures.join("\n\n"),
-            stat_lines(&repo, &rels),
-            stat_lines(&clone, &rels)
-        );
+    // Twice: on a new cache directory (every file HEADed for its mode and mtime), then on
+    // the same one again (what those HEADs found, remembered: no HEAD per file).
+    let cache = tempfile::tempdir().unwrap();
+    let cache_arg = cache.path().to_str().unwrap();
+    for remount in ["the remount", "a second remount, metadata remembered"] {
+        let m = Mount::moto(&moto, &bucket, &["--cache-dir", cache_arg]);
+        let clone = m.join("clone");
+        let status = run(git().arg("-C").arg(&clone).args(["status", "--porcelain"]));
+        let script = exec(&mut Command::new(clone.join("run.sh")));
+        let mut failures = Vec::new();
+        if !status.status.success() || !status.stdout.is_empty() || !status.stderr.is_empty() {
+            failures.push(format!(
+                "git status --porcelain is not empty after {remount} ({}):\n{}\n--- git diff ---\n{}",
+                status.status,
+                describe(&status),
+                String::from_utf8_lossy(&run(git().arg("-C").arg(&clone).args(["diff"])).stdout)
+            ));
+        }
+        if script.as_deref() != Ok("ok\n") {
+            failures.push(format!("clone/run.sh after {remount}: {script:?}"));
+        }
+        if !failures.is_empty() {
+            let rels: Vec<String> = ["README.md", "run.sh", "link"].map(String::from).to_vec();
+            eprintln!("--- log of the first mount (end) ---\n{}", tail(&before));
+            panic!(
+                "{}\n--- stat (name | type | mode | mtime), repository ---\n{}--- clone ---\n{}",
+                failures.join("\n\n"),
+                stat_lines(&repo, &rels),
+                stat_lines(&clone, &rels)
+            );
+        }
+        m.unmount();
     }
 }
 
