@@ -17,6 +17,28 @@ pub const STAGING: &str = "staging";
 /// The crash journal's log.
 pub const JOURNAL: &str = "journal";
 
+/// Replaces the cache directory's file `path` whole with `bytes`, owner-only, through a
+/// temporary file renamed over it: a crash leaves the old file or the new one, never half
+/// of one. `durable` flushes the data before the rename (a file not rebuilt otherwise).
+pub fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    if durable {
+        file.sync_data()?;
+    }
+    drop(file);
+    std::fs::rename(&tmp, path)
+}
+
 /// How big the cache may grow: bytes, or a share of the disk it lives on.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum CacheSize {

@@ -14,9 +14,7 @@
 use crate::store::{Metadata, ObjectMeta};
 use lru::LruCache;
 use parking_lot::Mutex;
-use std::io::Write;
 use std::num::NonZeroUsize;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -173,16 +171,7 @@ impl RememberedMetadata {
         }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&out)?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, path)
+        crate::cache_dir::replace_file(path, &out, true)
     }
 
     /// `s3vol cache clear` through the mount: forgets everything, on disk too.

@@ -7,7 +7,6 @@
 use super::record::scan_header;
 use crate::fs::block_buffers::DATA_OFFSET;
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -192,17 +191,8 @@ pub fn write_index(dir: &Path, seq: u64, entries: &[Entry]) -> std::io::Result<(
     }
     let crc = crc32fast::hash(&bytes).to_le_bytes();
     bytes.extend_from_slice(&crc);
-    let path = index_path(dir, seq);
-    let tmp = path.with_extension("idx-tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(&bytes)?;
-    drop(file);
-    std::fs::rename(&tmp, &path)
+    // Not flushed: a damaged index fails its CRC and the segment is scanned instead.
+    crate::cache_dir::replace_file(&index_path(dir, seq), &bytes, false)
 }
 
 /// Removes segment `seq` and its index.
