@@ -32,6 +32,11 @@ impl TransferBudget {
             .expect("the budget is never closed")
     }
 
+    /// The whole budget, in bytes.
+    pub fn bytes(&self) -> u64 {
+        u64::from(self.units) * UNIT
+    }
+
     /// Room for `bytes` if there is some now; never waits.
     pub fn try_take(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
         let units = bytes.div_ceil(UNIT).clamp(1, u64::from(self.units)) as u32;

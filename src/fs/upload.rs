@@ -152,7 +152,9 @@ impl Uploader {
             f.stop_gathering();
             return Ok(());
         }
-        if !f.is_gathering() {
+        // Parts gathered in memory take room beside those in flight: only parts that leave
+        // most of the budget to them (a huge `--part-size` is read from the staging file).
+        if !f.is_gathering() && part_size <= self.budget.bytes() / 4 {
             let next_boundary = f.size.div_ceil(part_size) * part_size;
             f.gather(PartGather::from(next_boundary, part_size, self.budget.clone()));
         }
