@@ -8,6 +8,7 @@
 //! keeps no user metadata there is nothing to fetch.
 
 use super::attr::Kind;
+use super::heads_in_flight::{self, Turn};
 use super::{Fs, listing};
 use crate::store::StoreError;
 use crate::store::{ListPage, ObjectMeta, StoreResult};
@@ -105,14 +106,32 @@ impl Fs {
     pub(super) async fn head_all(&self, keys: Vec<String>) -> Heads {
         futures::stream::iter(keys)
             .map(|key| async move {
-                let _slot = self.list_prefetch.heads.acquire().await.expect("never closed");
-                self.stats.head_requests.fetch_add(1, Ordering::Relaxed);
-                let result = self.store.head(&key).await;
+                let result = self.head_once(&key).await;
                 (key, result)
             })
             .buffer_unordered(CONCURRENT_HEADS)
             .collect()
             .await
+    }
+
+    /// HEADs `key` within [`CONCURRENT_HEADS`], or waits for the HEAD of it already under
+    /// way (a prefetched listing's, a reader's).
+    async fn head_once(&self, key: &str) -> StoreResult<ObjectMeta> {
+        loop {
+            match self.heads_in_flight.turn(key) {
+                Turn::Follow(under_way) => {
+                    if let Some(result) = heads_in_flight::wait(under_way).await {
+                        return result;
+                    }
+                    // Its leader gave up (cancelled): take the turn.
+                }
+                Turn::Lead(lead) => {
+                    let _slot = self.list_prefetch.heads.acquire().await.expect("never closed");
+                    self.stats.head_requests.fetch_add(1, Ordering::Relaxed);
+                    return lead.finish(self.store.head(key).await);
+                }
+            }
+        }
     }
 
     /// HEADs those of `keys` whose metadata is still unknown when their turn comes, within
@@ -123,12 +142,11 @@ impl Fs {
         futures::stream::iter(keys)
             .map(|key| async move {
                 let _share = share.acquire().await.expect("never closed");
-                if self.tree().metadata_loaded(&key) {
+                // A reader HEADing it meanwhile applies what it finds itself.
+                if self.tree().metadata_loaded(&key) || self.heads_in_flight.under_way(&key) {
                     return None;
                 }
-                let _slot = self.list_prefetch.heads.acquire().await.expect("never closed");
-                self.stats.head_requests.fetch_add(1, Ordering::Relaxed);
-                let result = self.store.head(&key).await;
+                let result = self.head_once(&key).await;
                 Some((key, result))
             })
             .buffer_unordered(CONCURRENT_HEADS)

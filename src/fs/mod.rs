@@ -12,6 +12,7 @@ mod dirty;
 pub mod disk_cache;
 mod fetch_pacing;
 mod handles;
+mod heads_in_flight;
 mod inodes;
 mod journal;
 mod journal_log;
@@ -184,6 +185,7 @@ pub struct Fs {
     /// Open handles, local data and the unlink-while-open rule.
     handles: handles::Handles,
     list_prefetch: list_prefetch::ListPrefetch,
+    heads_in_flight: heads_in_flight::HeadsInFlight,
     small_file_prefetch: small_file_prefetch::SmallFilePrefetch,
     /// What HEADs of listed files found, kept for the next mount.
     remembered: remembered_metadata::RememberedMetadata,
@@ -300,6 +302,7 @@ impl Fs {
             blocks,
             handles: handles::Handles::new(MemoryBudget::new(quarter, quarter.min(8 << 20))),
             list_prefetch: Default::default(),
+            heads_in_flight: Default::default(),
             small_file_prefetch: Default::default(),
             remembered,
             revalidation: revalidate::Revalidation::new(),

@@ -398,6 +398,41 @@ fn prefetched_listings_head_their_entries_a_few_at_a_time() {
     assert!(peak <= 66, "{peak} HEADs at once");
 }
 
+/// A walk that reaches a directory while its prefetched listing's HEADs are still under
+/// way waits for those HEADs rather than send them again: each entry is HEADed once (a
+/// cold `os.walk` of 10,000 files sent 1,800-3,200 HEADs twice before).
+#[test]
+fn a_walk_into_directories_being_headed_in_the_background_heads_each_entry_once() {
+    let _turn = common::shared();
+    let s = server();
+    for d in ["a", "b", "c"] {
+        for i in 0..200 {
+            put(&s, &format!("w/{d}/f{i:03}"), "x");
+        }
+    }
+    s.quirks().set_latency(std::time::Duration::from_millis(20));
+    let m = Mount::new(&s, &["--metadata-ttl", "600"]);
+    s.stats().reset();
+    // The walk: w's readdir prefetches a, b and c, whose HEADs go on in the background
+    // (64 at once, 20 ms each) while `ls -l` reads each of them at once.
+    for d in ["a", "b", "c"] {
+        let out = std::process::Command::new("ls")
+            .arg("-l")
+            .arg(m.join(&format!("w/{d}")))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 201);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let heads = s.stats().count("HeadObject");
+    // 600 files, the markers of w, a, b and c, and the lookups' HEADs of the directories.
+    assert!(
+        (600..=612).contains(&heads),
+        "{heads} HEADs: {:?}",
+        s.stats().snapshot()
+    );
+}
+
 /// A file read at random (tensors in a shuffled order) is fetched whole in the background
 /// after a few jumps: the rest of the reads, in any order, cost no request.
 #[test]
