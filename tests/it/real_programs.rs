@@ -191,28 +191,26 @@ fn tar_round_trip_keeps_modes_mtimes_and_symlinks_after_a_remount() {
     ));
     let before = m.unmount();
 
-    let m = Mount::moto(&moto, &bucket, &[]);
-    let rels = entries(&src);
-    let diff = diff_trees(&src, &m.path);
-    let want = stat_lines(&src, &rels);
-    let got = stat_lines(&m.path, &rels);
-    let link = fs::read_link(m.join("link-to-readme")).map(|t| t.to_string_lossy().into_owned());
-    let mut failures = Vec::new();
-    if !diff.is_empty() {
-        failures.push(format!("trees differ after the remount: {diff}"));
-    }
-    if want != got {
-        failures.push(format!(
-            "stat (name | type | mode | mtime) differs after the remount\n--- source ---\n{want}--- mount ---\n{got}"
-        ));
-    }
-    if link.as_deref().ok() != Some("readme.txt") {
-        failures.push(format!("readlink link-to-readme: {link:?}, want \"readme.txt\""));
-    }
-    if !failures.is_empty() {
-        eprintln!("--- log of the first mount (end) ---\n{}", tail(&before));
-        panic!("{}", failures.join("\n\n"));
-    }
+    after_remounts(&moto, &bucket, &before, |m| {
+        let rels = entries(&src);
+        let diff = diff_trees(&src, &m.path);
+        let want = stat_lines(&src, &rels);
+        let got = stat_lines(&m.path, &rels);
+        let link = fs::read_link(m.join("link-to-readme")).map(|t| t.to_string_lossy().into_owned());
+        let mut failures = Vec::new();
+        if !diff.is_empty() {
+            failures.push(format!("trees differ: {diff}"));
+        }
+        if want != got {
+            failures.push(format!(
+                "stat (name | type | mode | mtime) differs\n--- source ---\n{want}--- mount ---\n{got}"
+            ));
+        }
+        if link.as_deref().ok() != Some("readme.txt") {
+            failures.push(format!("readlink link-to-readme: {link:?}, want \"readme.txt\""));
+        }
+        failures
+    });
 }
 
 /// `tar -c` of directories the bucket holds without markers (a dataset another tool
@@ -276,34 +274,35 @@ fn rsync_finds_nothing_to_do_after_a_remount() {
     must(Command::new("rsync").args(["-a", &from, &to]));
     let before = m.unmount();
 
-    let m = Mount::moto(&moto, &bucket, &[]);
-    let to = format!("{}/", m.path.display());
-    // Directory mtimes are left out (--omit-dir-times): the mount's root is no object, so
-    // its mtime cannot outlive the mount, and a directory's mtime changing costs rsync
-    // only a utimes, never a transfer. Everything else must match: content (-c), mode,
-    // mtime of files, symlinks, owner.
-    let itemized = must(Command::new("rsync").args(["-anc", "--itemize-changes", "--omit-dir-times", &from, &to]));
-    // Without --omit-dir-times, only lines about directory times are tolerated (and shown).
-    let all = must(Command::new("rsync").args(["-anc", "--itemize-changes", &from, &to]));
-    let beyond_dir_times: Vec<&str> = all
-        .lines()
-        .filter(|l| !(l.starts_with(".d") && l.get(..11).is_some_and(|f| f[2..].trim_matches('.') == "t")))
-        .collect();
-    if !itemized.is_empty() || !beyond_dir_times.is_empty() {
-        eprintln!("--- log of the first mount (end) ---\n{}", tail(&before));
-        panic!(
-            "rsync would change things after the remount\n\
+    after_remounts(&moto, &bucket, &before, |m| {
+        let to = format!("{}/", m.path.display());
+        // Directory mtimes are left out (--omit-dir-times): the mount's root is no object,
+        // so its mtime cannot outlive the mount, and a directory's mtime changing costs
+        // rsync only a utimes, never a transfer. Everything else must match: content (-c),
+        // mode, mtime of files, symlinks, owner.
+        let itemized = must(Command::new("rsync").args(["-anc", "--itemize-changes", "--omit-dir-times", &from, &to]));
+        // Without --omit-dir-times, only lines about directory times are tolerated (and shown).
+        let all = must(Command::new("rsync").args(["-anc", "--itemize-changes", &from, &to]));
+        let beyond_dir_times: Vec<&str> = all
+            .lines()
+            .filter(|l| !(l.starts_with(".d") && l.get(..11).is_some_and(|f| f[2..].trim_matches('.') == "t")))
+            .collect();
+        if !all.is_empty() {
+            eprintln!("directory mtimes rsync would set again (tolerated):\n{all}");
+        }
+        if itemized.is_empty() && beyond_dir_times.is_empty() {
+            return Vec::new();
+        }
+        vec![format!(
+            "rsync would change things\n\
              --- rsync -anc --itemize-changes --omit-dir-times ---\n{itemized}\
              --- rsync -anc --itemize-changes ---\n{all}\
              --- stat (name | type | mode | mtime), source ---\n{}\
              --- mount ---\n{}",
             stat_lines(&src, &entries(&src)),
             stat_lines(&m.path, &entries(&src)),
-        );
-    }
-    if !all.is_empty() {
-        eprintln!("directory mtimes rsync would set again (tolerated):\n{all}");
-    }
+        )]
+    });
 }
 
 /// `git clone` onto the mount, remount: the work tree is clean and the executable script
@@ -342,39 +341,32 @@ fn git_clone_is_clean_and_runs_its_script_after_a_remount() {
     );
     let before = m.unmount();
 
-    // Twice: on a new cache directory (every file HEADed for its mode and mtime), then on
-    // the same one again (what those HEADs found, remembered: no HEAD per file).
-    let cache = tempfile::tempdir().unwrap();
-    let cache_arg = cache.path().to_str().unwrap();
-    for remount in ["the remount", "a second remount, metadata remembered"] {
-        let m = Mount::moto(&moto, &bucket, &["--cache-dir", cache_arg]);
+    after_remounts(&moto, &bucket, &before, |m| {
         let clone = m.join("clone");
         let status = run(git().arg("-C").arg(&clone).args(["status", "--porcelain"]));
         let script = exec(&mut Command::new(clone.join("run.sh")));
         let mut failures = Vec::new();
         if !status.status.success() || !status.stdout.is_empty() || !status.stderr.is_empty() {
             failures.push(format!(
-                "git status --porcelain is not empty after {remount} ({}):\n{}\n--- git diff ---\n{}",
+                "git status --porcelain is not empty ({}):\n{}\n--- git diff ---\n{}",
                 status.status,
                 describe(&status),
                 String::from_utf8_lossy(&run(git().arg("-C").arg(&clone).args(["diff"])).stdout)
             ));
         }
         if script.as_deref() != Ok("ok\n") {
-            failures.push(format!("clone/run.sh after {remount}: {script:?}"));
+            failures.push(format!("clone/run.sh: {script:?}"));
         }
         if !failures.is_empty() {
             let rels: Vec<String> = ["README.md", "run.sh", "link"].map(String::from).to_vec();
-            eprintln!("--- log of the first mount (end) ---\n{}", tail(&before));
-            panic!(
-                "{}\n--- stat (name | type | mode | mtime), repository ---\n{}--- clone ---\n{}",
-                failures.join("\n\n"),
+            failures.push(format!(
+                "--- stat (name | type | mode | mtime), repository ---\n{}--- clone ---\n{}",
                 stat_lines(&repo, &rels),
                 stat_lines(&clone, &rels)
-            );
+            ));
         }
-        m.unmount();
-    }
+        failures
+    });
 }
 
 /// A Python virtual environment created on the mount still runs after a remount. Guards
@@ -394,20 +386,21 @@ fn python_venv_runs_after_a_remount() {
     let link = fs::read_link(m.join("venv/bin/python")).expect("venv/bin/python is a symlink");
     let before = m.unmount();
 
-    let m = Mount::moto(&moto, &bucket, &[]);
-    let out = exec(Command::new(m.join("venv/bin/python")).args(["-c", "print(42)"]));
-    if out.as_deref() != Ok("42\n") {
+    after_remounts(&moto, &bucket, &before, |m| {
+        let out = exec(Command::new(m.join("venv/bin/python")).args(["-c", "print(42)"]));
+        if out.as_deref() == Ok("42\n") {
+            return Vec::new();
+        }
         let bin = m.join("venv/bin");
         let rels: Vec<String> = names(&bin).into_iter().collect();
-        eprintln!("--- log of the first mount (end) ---\n{}", tail(&before));
-        panic!(
-            "venv/bin/python -c 'print(42)' after the remount: {out:?}\n\
+        vec![format!(
+            "venv/bin/python -c 'print(42)': {out:?}\n\
              readlink before the remount: {}; after: {:?}\n--- stat venv/bin ---\n{}",
             link.display(),
             fs::read_link(m.join("venv/bin/python")),
             stat_lines(&bin, &rels)
-        );
-    }
+        )]
+    });
 }
 
 /// One SQLite database with the default rollback journal and one in WAL mode, filled in
@@ -438,27 +431,29 @@ fn sqlite_databases_survive_a_remount_intact() {
     sqlite("wal.db", &fill);
     let before = m.unmount();
 
-    let m = Mount::moto(&moto, &bucket, &[]);
-    let mut failures = Vec::new();
-    for db in ["rollback.db", "wal.db"] {
-        let out = run(Command::new("sqlite3")
-            .arg(m.join(db))
-            .arg("pragma integrity_check; select count(*) from t;"));
-        if !out.status.success() || out.stdout != b"ok\n1000\n" {
-            failures.push(format!("{db} ({}):\n{}", out.status, describe(&out)));
+    after_remounts(&moto, &bucket, &before, |m| {
+        let mut failures = Vec::new();
+        for db in ["rollback.db", "wal.db"] {
+            let out = run(Command::new("sqlite3")
+                .arg(m.join(db))
+                .arg("pragma integrity_check; select count(*) from t;"));
+            if !out.status.success() || out.stdout != b"ok\n1000\n" {
+                failures.push(format!(
+                    "{db}, integrity_check; count(*) ({}):\n{}",
+                    out.status,
+                    describe(&out)
+                ));
+            }
         }
-    }
-    let left: Vec<String> = names(&m.path)
-        .into_iter()
-        .filter(|n| n.ends_with("-journal") || n.ends_with("-wal") || n.ends_with("-shm"))
-        .collect();
-    if !failures.is_empty() {
-        eprintln!("--- log of the first mount (end) ---\n{}", tail(&before));
-        panic!(
-            "after the remount (integrity_check; count(*)):\n{}\nleft beside the databases: {left:?}",
-            failures.join("\n")
-        );
-    }
+        if !failures.is_empty() {
+            let left: Vec<String> = names(&m.path)
+                .into_iter()
+                .filter(|n| n.ends_with("-journal") || n.ends_with("-wal") || n.ends_with("-shm"))
+                .collect();
+            failures.push(format!("left beside the databases: {left:?}"));
+        }
+        failures
+    });
 }
 
 /// An editor's save (write `f.txt.tmp`, fsync it, rename it over `f.txt`) leaves the new
@@ -487,14 +482,33 @@ os.rename(tmp, path)
     ));
     let before = m.unmount();
 
-    let m = Mount::moto(&moto, &bucket, &[]);
-    let content = fs::read_to_string(m.join("notes/f.txt"));
-    let listing = names(&m.join("notes"));
-    if content.as_deref().ok() != Some("the new text, saved the way editors save\n")
-        || listing != BTreeSet::from(["f.txt".to_owned()])
-    {
-        eprintln!("--- log of the first mount (end) ---\n{}", tail(&before));
-        panic!("after the remount: notes/f.txt is {content:?}, notes/ holds {listing:?}");
+    after_remounts(&moto, &bucket, &before, |m| {
+        let content = fs::read_to_string(m.join("notes/f.txt"));
+        let listing = names(&m.join("notes"));
+        if content.as_deref().ok() == Some("the new text, saved the way editors save\n")
+            && listing == BTreeSet::from(["f.txt".to_owned()])
+        {
+            return Vec::new();
+        }
+        vec![format!("notes/f.txt is {content:?}, notes/ holds {listing:?}")]
+    });
+}
+
+/// Mounts the bucket again twice, on one new cache directory: first every file is HEADed
+/// for its mode, owner and mtime, then what those HEADs found is remembered (no HEAD per
+/// file). `check` returns what it found wrong after each; the test fails with it and the
+/// end of the first mount's log.
+fn after_remounts(moto: &Moto, bucket: &str, first_log: &str, check: impl Fn(&Mount) -> Vec<String>) {
+    let cache = tempfile::tempdir().unwrap();
+    let cache_arg = cache.path().to_str().unwrap();
+    for remount in ["the remount", "a second remount, metadata remembered"] {
+        let m = Mount::moto(moto, bucket, &["--cache-dir", cache_arg]);
+        let failures = check(&m);
+        if !failures.is_empty() {
+            eprintln!("--- log of the first mount (end) ---\n{}", tail(first_log));
+            panic!("after {remount}:\n{}", failures.join("\n\n"));
+        }
+        m.unmount();
     }
 }
 
