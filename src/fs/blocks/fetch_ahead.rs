@@ -11,19 +11,28 @@ impl BlockCache {
     /// wants a block further on claims and fetches it at once instead of waiting for its
     /// turn here. Stops when the file is closed, and after a GET that failed: the reads
     /// that need those blocks ask again, and report the error if it stays.
+    ///
+    /// Blocks the disk cache holds are passed over: they cost a disk read, not a round
+    /// trip, and the reader reads them as it goes. Read back ahead, a file larger than
+    /// memory (a model loaded again, after a remount) went from the disk into memory at
+    /// full speed, racing the reader for the disk and evicting what it was about to read.
     pub(super) async fn fetch_rest(self: Arc<Self>, object: ObjectVersion, gets: Arc<GetSlots>) {
         let per_request = (self.request_size / self.block_size).max(1);
         let last_block = object.size.div_ceil(self.block_size);
         let failed = Arc::new(AtomicBool::new(false));
         let mut start = 0;
         while start < last_block {
+            let end = (start + per_request).min(last_block);
+            if self.on_disk_within(&object, start..end) {
+                start = end;
+                continue;
+            }
             let Ok(slot) = gets.slots.clone().acquire_owned().await else {
                 return;
             };
             if gets.abandoned.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
                 return;
             }
-            let end = (start + per_request).min(last_block);
             let slots = self.claim_blocks(&object, start..end, end, None, false);
             start = end;
             let failed = failed.clone();
@@ -81,9 +90,14 @@ impl BlockCache {
 
     /// Whether the disk cache holds every block of `object`.
     pub fn on_disk(&self, object: &ObjectVersion) -> bool {
-        self.disk.as_ref().is_some_and(|d| {
-            (0..object.size.div_ceil(self.block_size)).all(|index| d.holds(&object.key, &object.etag, index))
-        })
+        self.on_disk_within(object, 0..object.size.div_ceil(self.block_size))
+    }
+
+    /// Whether the disk cache holds the blocks `indexes` of `object`.
+    fn on_disk_within(&self, object: &ObjectVersion, mut indexes: std::ops::Range<u64>) -> bool {
+        self.disk
+            .as_ref()
+            .is_some_and(|d| indexes.all(|index| d.holds(&object.key, &object.etag, index)))
     }
 
     fn in_memory(&self, object: &ObjectVersion) -> bool {
