@@ -27,9 +27,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::Semaphore;
 
-/// Blocks written to disk at once; beyond it new blocks are not cached rather than
-/// slowing reads down.
-const PENDING_WRITES: usize = 16;
+/// Blocks waiting for or under way to the disk at the least; beyond the pending budget
+/// new blocks are not cached rather than slowing reads down.
+const PENDING_WRITES_MIN: usize = 16;
 /// A segment is filled up to this, or an eighth of the budget if less: the cache gives
 /// back space a segment at a time.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -148,7 +148,15 @@ pub struct DiskCache {
 impl DiskCache {
     /// Opens the cache under `root/blocks`, indexing what earlier mounts left (at mount
     /// time, never on the read path).
-    pub fn open(root: &Path, bucket: &str, budget: u64, min_free: u64) -> std::io::Result<DiskCache> {
+    /// `pending_writes` blocks may wait for the disk at once (each holds its buffer until
+    /// written, beyond the memory cache's budget if it evicted the block meanwhile).
+    pub fn open(
+        root: &Path,
+        bucket: &str,
+        budget: u64,
+        min_free: u64,
+        pending_writes: usize,
+    ) -> std::io::Result<DiskCache> {
         let dir = root.join(BLOCKS);
         create_private_dirs(&dir)?;
         let mut state = State::default();
@@ -187,7 +195,7 @@ impl DiskCache {
             direct: AtomicBool::new(true),
             state: Mutex::new(state),
             readers: Mutex::new(lru::LruCache::new(OPEN_READERS.try_into().expect("not zero"))),
-            writes: Arc::new(Semaphore::new(PENDING_WRITES)),
+            writes: Arc::new(Semaphore::new(pending_writes.max(PENDING_WRITES_MIN))),
             stats: DiskStats::default(),
         };
         cache.evict(0);

@@ -15,7 +15,7 @@ fn put(cache: &Arc<DiskCache>, buffers: &Arc<BlockBuffers>, key: &str, index: u6
 }
 
 fn open(dir: &Path, budget: u64) -> Arc<DiskCache> {
-    Arc::new(DiskCache::open(dir, "b", budget, 0).unwrap())
+    Arc::new(DiskCache::open(dir, "b", budget, 0, 16).unwrap())
 }
 
 fn at(cache: &DiskCache, key: &str, index: u64) -> Option<Location> {
