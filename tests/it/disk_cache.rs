@@ -42,20 +42,24 @@ fn wait_for_blocks(cache: &Path, n: usize) {
     );
 }
 
+/// Puts `data` at `key`, reads it through a mount on `cache` until every block is on
+/// disk, and mounts again on it: the new mount, and the GETs the server counted so far.
+fn cached_then_remounted(s: &s3vol::server::RunningServer, cache: &Path, key: &str, data: &[u8]) -> (Mount, u64) {
+    put(s, key, data.to_vec());
+    let m = Mount::with_cache(s, cache, &[]);
+    assert!(std::fs::read(m.join(key)).unwrap() == data);
+    wait_for_blocks(cache, data.len().div_ceil(1 << 20));
+    m.unmount();
+    (Mount::with_cache(s, cache, &[]), s.stats().count("GetObject"))
+}
+
 #[test]
 fn blocks_are_served_from_disk_after_a_remount() {
     let _turn = common::shared();
     let s = server();
     let data = pattern(8 << 20, 3);
-    put(&s, "weights.bin", data.clone());
     let cache = tempfile::tempdir().unwrap();
-    let m = Mount::with_cache(&s, cache.path(), &[]);
-    assert!(std::fs::read(m.join("weights.bin")).unwrap() == data);
-    wait_for_blocks(cache.path(), 8);
-    m.unmount();
-
-    let gets = s.stats().count("GetObject");
-    let m = Mount::with_cache(&s, cache.path(), &[]);
+    let (m, gets) = cached_then_remounted(&s, cache.path(), "weights.bin", &data);
     assert!(std::fs::read(m.join("weights.bin")).unwrap() == data);
     assert_eq!(s.stats().count("GetObject"), gets, "no GET: every block came from disk");
 
@@ -80,15 +84,8 @@ fn a_file_on_disk_read_at_random_is_not_read_back_whole() {
     let _turn = common::shared();
     let s = server();
     let data = pattern(48 << 20, 5);
-    put(&s, "model.bin", data.clone());
     let cache = tempfile::tempdir().unwrap();
-    let m = Mount::with_cache(&s, cache.path(), &[]);
-    assert!(std::fs::read(m.join("model.bin")).unwrap() == data);
-    wait_for_blocks(cache.path(), 48);
-    m.unmount();
-
-    let gets = s.stats().count("GetObject");
-    let m = Mount::with_cache(&s, cache.path(), &[]);
+    let (m, gets) = cached_then_remounted(&s, cache.path(), "model.bin", &data);
     let file = std::fs::File::open(m.join("model.bin")).unwrap();
     // Small reads 4 MiB apart, enough jumps for the file to count as read at random.
     let tensor = 64usize << 10;
