@@ -147,9 +147,9 @@ pub struct DiskCache {
 
 impl DiskCache {
     /// Opens the cache under `root/blocks`, indexing what earlier mounts left (at mount
-    /// time, never on the read path).
-    /// `pending_writes` blocks may wait for the disk at once (each holds its buffer until
-    /// written, beyond the memory cache's budget if it evicted the block meanwhile).
+    /// time, never on the read path). `pending_writes` blocks may wait for the disk at
+    /// once (each holds its buffer until written, beyond the memory cache's budget if it
+    /// evicted the block meanwhile).
     pub fn open(
         root: &Path,
         bucket: &str,
