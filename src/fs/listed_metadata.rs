@@ -46,16 +46,9 @@ impl Fs {
             if tree.metadata_known(&key, e.etag.as_deref()) {
                 continue;
             }
-            let listed = ObjectMeta {
-                key,
-                size: e.size,
-                etag: e.etag,
-                last_modified: Some(e.mtime),
-                metadata: Default::default(),
-            };
-            match (e.kind != Kind::Dir).then(|| self.remembered.recall(&listed)).flatten() {
-                Some(meta) => recalled.push((listed.key, Ok(meta))),
-                None => wanted.push(listed.key),
+            match self.recall_listed(e.kind, &key, e.size, e.etag, e.mtime) {
+                Some(meta) => recalled.push((key, Ok(meta))),
+                None => wanted.push(key),
             }
         }
         (wanted, recalled)
@@ -72,17 +65,7 @@ impl Fs {
             .filter(|n| !n.local && !n.metadata_loaded && self.may_carry_metadata(n.attr.kind))
             .filter(|n| {
                 // Not yet loaded, a file's node holds what its listing showed.
-                let listed = ObjectMeta {
-                    key: n.key.clone(),
-                    size: n.attr.size,
-                    etag: n.etag.clone(),
-                    last_modified: Some(n.attr.mtime()),
-                    metadata: Default::default(),
-                };
-                match (n.attr.kind != Kind::Dir)
-                    .then(|| self.remembered.recall(&listed))
-                    .flatten()
-                {
+                match self.recall_listed(n.attr.kind, &n.key, n.attr.size, n.etag.clone(), n.attr.mtime()) {
                     Some(meta) => {
                         recalled.push((n.key.clone(), Ok(meta)));
                         false
@@ -93,6 +76,28 @@ impl Fs {
             .map(|n| n.key.clone())
             .collect();
         (wanted, recalled)
+    }
+
+    /// What an earlier mount's HEAD found for a file listed with this size, ETag and
+    /// LastModified, if it is unchanged since (directories' markers are not remembered).
+    fn recall_listed(
+        &self,
+        kind: Kind,
+        key: &str,
+        size: u64,
+        etag: Option<String>,
+        modified: std::time::SystemTime,
+    ) -> Option<ObjectMeta> {
+        if kind == Kind::Dir {
+            return None;
+        }
+        self.remembered.recall(&ObjectMeta {
+            key: key.to_string(),
+            size,
+            etag,
+            last_modified: Some(modified),
+            metadata: Default::default(),
+        })
     }
 
     /// Whether an entry of `kind` can have persisted metadata to read: where the provider

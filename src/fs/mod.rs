@@ -393,13 +393,13 @@ impl Fs {
         }
     }
 
-    /// Empties the disk cache (`s3vol cache clear` while mounted); returns blocks removed.
     /// The kernel let go of the mount (the daemon uploads what is left, then exits).
     pub fn note_unmounted(&self) {
         self.unmounted.store(true, Ordering::Relaxed);
     }
 
-    /// `s3vol cache clear`: the blocks, and the metadata remembered for the next mount.
+    /// `s3vol cache clear` while mounted: empties the disk cache (returns the blocks
+    /// removed) and forgets the metadata remembered for the next mount.
     pub fn clear_disk_cache(&self) -> u64 {
         self.remembered.clear();
         self.blocks.disk.as_ref().map_or(0, |d| d.clear())
