@@ -43,7 +43,7 @@ impl Fs {
                 Kind::Dir => format!("{dir_key}{}/", e.name),
                 _ => format!("{dir_key}{}", e.name),
             };
-            if tree.metadata_known(&key, e.etag.as_deref()) {
+            if tree.metadata_known(&key, e.etag.as_deref(), e.mtime) {
                 continue;
             }
             match self.recall_listed(e.kind, &key, e.size, e.etag, e.mtime) {

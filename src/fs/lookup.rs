@@ -3,6 +3,7 @@
 
 use super::attr::{Attr, Kind};
 use super::listing::ListingStart;
+use super::metadata_version::MetadataVersion;
 use super::tree::Seen;
 use super::{Errno, Fs, FsResult, names};
 use crate::store::StoreError;
@@ -14,7 +15,8 @@ use std::time::{Instant, SystemTime};
 /// was asked for.
 pub(super) struct Found {
     seen: Seen,
-    metadata: Option<crate::store::Metadata>,
+    /// A file's HEAD, if one was sent: its persisted metadata.
+    head: Option<crate::store::ObjectMeta>,
     /// A directory's marker: `Some(None)` it has none, `None` unknown (its HEAD failed).
     marker: Option<Option<crate::store::ObjectMeta>>,
     listing: Option<(crate::store::ListPage, ListingStart)>,
@@ -58,23 +60,20 @@ impl Fs {
         match self.lookup_remote(parent, &parent_key, name).await? {
             Some(Found {
                 seen,
-                metadata,
+                head,
                 marker,
                 listing,
             }) => {
                 let (ino, attr) = {
                     let mut tree = self.tree();
+                    let held = |ino| self.handles.has_data(ino);
                     let ino = tree
-                        .upsert_from_bucket(parent, &seen, self.ttl_from_now(), &|ino| self.handles.has_data(ino))
+                        .upsert_from_bucket(parent, &seen, self.ttl_from_now(), &held)
                         .ok_or(Errno(libc::ENOENT))?;
-                    let held = self.handles.has_data(ino);
-                    let node = tree.get_mut(ino).ok_or(Errno(libc::ENOENT))?;
-                    if let Some(m) = metadata.filter(|_| !held) {
-                        node.attr
-                            .apply_metadata(&node.key, &m, self.config.defaults.keep_special_modes);
-                        node.metadata_loaded = true;
+                    let key = tree.get(ino).ok_or(Errno(libc::ENOENT))?.key.clone();
+                    if let Some(h) = &head {
+                        tree.apply_head(&key, h, &held);
                     }
-                    let key = node.key.clone();
                     if seen.kind == Kind::Dir && self.resolved.profile.user_metadata {
                         match &marker {
                             Some(Some(m)) => tree.apply_head(&key, m, &|_| false),
@@ -106,20 +105,31 @@ impl Fs {
     /// directory, the next component of the path is then answered from that listing, so
     /// opening `a/b/c` cold costs one round trip in all, not one per component. It is not
     /// sent for a name last seen as a file (a revalidation after the metadata TTL).
+    ///
+    /// A revalidation sends no HEAD where the listings can vouch for what the mount holds:
+    /// none of a file whose metadata a HEAD read from the very version listed (same ETag
+    /// and LastModified), none of a file of a directory's name (the directory hides it),
+    /// none of a directory's marker that its own listing shows unchanged (or still
+    /// missing). A listing that shows another version is followed by the HEAD, a second
+    /// round trip.
     pub(super) async fn lookup_remote(&self, parent: u64, parent_key: &str, name: &str) -> FsResult<Option<Found>> {
         let key = format!("{parent_key}{name}");
         let dir_key = format!("{key}/");
-        let (whole_dir, child, known_file) = {
+        let (whole_dir, child, child_kind, read_version, marker_read) = {
             let tree = self.tree();
             let child = tree.get(parent).and_then(|p| p.children.get(name)).copied();
             (
                 !tree.get(parent).is_some_and(|p| p.large),
                 child,
-                child
-                    .and_then(|c| tree.get(c))
-                    .is_some_and(|n| n.attr.kind == Kind::File),
+                child.and_then(|c| tree.get(c)).map(|n| n.attr.kind),
+                child.and_then(|c| tree.version_read_by_head(c)),
+                child.and_then(|c| tree.marker_read(c)),
             )
         };
+        let known_file = child_kind == Some(Kind::File);
+        let known_dir = child_kind == Some(Kind::Dir);
+        let file_head_now = self.may_carry_metadata(Kind::File) && read_version.is_none() && !known_dir;
+        let marker_head_now = self.may_carry_metadata(Kind::Dir) && !known_file && marker_read.is_none();
         let list_prefix = if whole_dir { parent_key } else { key.as_str() };
         let start = self.listing_start(parent, list_prefix);
         let child_start = ListingStart {
@@ -133,9 +143,9 @@ impl Fs {
             }
             self.first_page(&dir_key).await.map(Some)
         };
-        let head = self.head_if_metadata(&key, self.may_carry_metadata(Kind::File));
+        let head = self.head_if_metadata(&key, file_head_now);
         // A directory's persisted metadata is in its marker.
-        let marker_head = self.head_if_metadata(&dir_key, !known_file && self.may_carry_metadata(Kind::Dir));
+        let marker_head = self.head_if_metadata(&dir_key, marker_head_now);
         let (page, head, child_page, marker) = futures::join!(list, head, child_list, marker_head);
         let mut page = page.map_err(|e| self.fail("LIST", &key, e))?;
         let child_page = child_page.map_err(|e| self.fail("LIST", &dir_key, e))?;
@@ -180,9 +190,16 @@ impl Fs {
             };
             return Ok(Some(Found {
                 seen,
-                metadata: None,
+                head: None,
                 // A failed HEAD of the marker leaves default modes (a later lookup asks again).
-                marker: marker.ok(),
+                marker: match (child_page.as_ref(), marker_read) {
+                    (Some(c), Some(read)) => {
+                        // The marker as listed under `name/` (keys sort it first).
+                        let listed = c.objects.iter().find(|o| o.key == dir_key && !deleting(&o.key));
+                        self.marker_as_listed(&dir_key, listed, read).await
+                    }
+                    _ => marker.ok(),
+                },
                 listing: child_page.map(|c| (c, child_start)),
             }));
         }
@@ -191,16 +208,29 @@ impl Fs {
             return Ok(None);
         }
         let listed = page.objects.iter().find(|o| o.key == key);
+        let vouched = |o: &crate::store::ObjectMeta| {
+            read_version
+                .as_ref()
+                .is_some_and(|v| v.is(o.etag.as_deref(), o.last_modified))
+        };
+        let head = match (head, listed) {
+            (None, Some(o)) if !file_head_now && self.may_carry_metadata(Kind::File) && !vouched(o) => {
+                // Not the version whose metadata the mount holds: read this one's.
+                self.head_if_metadata(&key, true)
+                    .await
+                    .map_err(|e| self.fail("HEAD", &key, e))?
+            }
+            (head, _) => head,
+        };
         let meta = match (head, listed) {
             (Some(h), _) => {
                 self.remembered.remember(&h);
-                Some((h.clone(), Some(h.metadata)))
+                Some((h.clone(), Some(h)))
             }
-            (None, Some(o)) if !self.resolved.profile.user_metadata => Some((o.clone(), None)),
             (None, Some(o)) => Some((o.clone(), None)),
             (None, None) => None,
         };
-        Ok(meta.map(|(o, metadata)| {
+        Ok(meta.map(|(o, head)| {
             let seen = Seen {
                 name: name.to_string(),
                 kind: Kind::File,
@@ -210,11 +240,28 @@ impl Fs {
             };
             Found {
                 seen,
-                metadata,
+                head,
                 marker: None,
                 listing: None,
             }
         }))
+    }
+
+    /// A directory's marker as its own listing shows it (`listed`), where the mount had
+    /// read it (`read`: `None` there was none): `None` unchanged, `Some(None)` gone, or
+    /// another version's HEAD (`None` if that failed: the next lookup asks again).
+    async fn marker_as_listed(
+        &self,
+        dir_key: &str,
+        listed: Option<&crate::store::ObjectMeta>,
+        read: Option<MetadataVersion>,
+    ) -> Option<Option<crate::store::ObjectMeta>> {
+        match (listed, read) {
+            (Some(m), Some(v)) if v.is(m.etag.as_deref(), m.last_modified) => None,
+            (Some(_), _) => self.head_if_metadata(dir_key, true).await.ok(),
+            (None, None) => None,
+            (None, Some(_)) => Some(None),
+        }
     }
 
     /// The HEAD of `key` if `wanted`; `None` if there is no such object.
@@ -249,6 +296,7 @@ impl Fs {
             node.attr = Attr::new(ino, Kind::File, head.size, mtime, &defaults);
         }
         node.attr.size = head.size;
+        node.metadata_of = MetadataVersion::of(head.etag.as_deref(), head.last_modified);
         node.etag = head.etag;
         node.attr
             .apply_metadata(&node.key, &head.metadata, defaults.keep_special_modes);

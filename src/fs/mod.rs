@@ -20,6 +20,7 @@ mod list_prefetch;
 mod listed_metadata;
 mod listing;
 mod lookup;
+mod metadata_version;
 mod names;
 mod namespace;
 mod open;

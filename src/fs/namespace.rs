@@ -364,7 +364,7 @@ impl Fs {
             Ok(etag) => {
                 let mut tree = self.tree();
                 if let Some(n) = tree.get_mut(ino) {
-                    n.etag = Some(etag);
+                    n.written_here(etag);
                     n.fresh_until = Instant::now() + self.config.metadata_ttl;
                 }
                 tree.now_in_bucket(ino, self.ttl_from_now());
@@ -512,7 +512,7 @@ impl Fs {
         if let Some(etag) = &new_etag
             && let Some(n) = self.tree().get_mut(ino)
         {
-            n.etag = Some(etag.clone());
+            n.written_here(etag.clone());
         }
         for file in self.handles.files_of(ino) {
             let mut object = file.object.lock();

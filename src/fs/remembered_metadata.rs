@@ -11,13 +11,14 @@
 //! The file is read as hostile input: checked whole (a CRC32 at its end), every length
 //! bounded; anything wrong and the mount starts with nothing remembered (one log line).
 
+use super::metadata_version::whole_seconds;
 use crate::store::{Metadata, ObjectMeta};
 use lru::LruCache;
 use parking_lot::Mutex;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 /// Files remembered at most (about 150 bytes each in memory and on disk).
 const ENTRIES: usize = 200_000;
@@ -51,13 +52,6 @@ pub struct RememberedMetadata {
     bucket: String,
     entries: Mutex<LruCache<String, Entry>>,
     changed: AtomicBool,
-}
-
-fn seconds(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs_f64().ceil() as i64),
-    }
 }
 
 impl RememberedMetadata {
@@ -102,7 +96,7 @@ impl RememberedMetadata {
         let (etag, modified) = (listed.etag.as_deref()?, listed.last_modified?);
         let mut entries = self.entries.lock();
         let e = entries.get(&listed.key)?;
-        if e.etag != etag || e.size != listed.size || e.modified != seconds(modified) {
+        if e.etag != etag || e.size != listed.size || e.modified != whole_seconds(modified) {
             return None;
         }
         Some(ObjectMeta {
@@ -133,7 +127,7 @@ impl RememberedMetadata {
         let entry = Entry {
             etag: etag.clone(),
             size: head.size,
-            modified: seconds(modified),
+            modified: whole_seconds(modified),
             metadata: head.metadata.clone(),
         };
         let mut entries = self.entries.lock();

@@ -156,7 +156,7 @@ impl Fs {
             if n.kernel_cache_etag == n.etag {
                 n.kernel_cache_etag = Some(etag.clone());
             }
-            n.etag = Some(etag.clone());
+            n.written_here(etag.clone());
         }
         for file in self.handles.files_of(ino) {
             let mut object = file.object.lock();

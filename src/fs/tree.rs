@@ -4,6 +4,7 @@
 //! Inode numbers are stable for the life of the mount: one key always maps to one inode.
 
 use super::attr::{Attr, Defaults, Kind};
+use super::metadata_version::MetadataVersion;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Instant, SystemTime};
 
@@ -21,6 +22,9 @@ pub struct Node {
     pub fresh_until: Instant,
     /// The user metadata has been read (HEAD): mode, owner and mtime are the persisted ones.
     pub metadata_loaded: bool,
+    /// The object version a HEAD read that metadata from, a directory's marker's (see
+    /// `metadata_version.rs`); a listing that shows a file's at another version unloads it.
+    pub metadata_of: Option<MetadataVersion>,
     /// Directories: where the mtime comes from (a listing may only replace a guess).
     pub dir_mtime: DirMtime,
     /// Directories: known children by name.
@@ -48,6 +52,15 @@ pub struct Node {
     /// References the kernel holds (entries it was given minus those it forgot): a node
     /// at zero may be dropped from the table to keep it within its budget.
     pub lookups: u64,
+}
+
+impl Node {
+    /// This mount wrote the object's version `etag` (an upload, a symlink, a rename, a
+    /// chmod's copy): its metadata is the mount's own, for no version a HEAD read.
+    pub fn written_here(&mut self, etag: String) {
+        self.etag = Some(etag);
+        self.metadata_of = None;
+    }
 }
 
 /// Where a directory's mtime comes from, best last. An object store has no directory
@@ -100,6 +113,7 @@ impl Tree {
             etag: None,
             fresh_until: now + std::time::Duration::from_secs(365 * 24 * 3600),
             metadata_loaded: true,
+            metadata_of: None,
             dir_mtime: DirMtime::MountTime,
             children: BTreeMap::new(),
             listed_until: None,
@@ -314,6 +328,7 @@ impl Tree {
             etag: None,
             fresh_until: until,
             metadata_loaded: false,
+            metadata_of: None,
             dir_mtime: DirMtime::MountTime,
             children: BTreeMap::new(),
             listed_until: None,
@@ -327,15 +342,28 @@ impl Tree {
         });
         if !node.local && !keep_attrs && node.attr.kind != Kind::Dir {
             let changed = node.etag.is_some() && node.etag != seen.etag;
-            node.attr.size = seen.size;
-            if !node.metadata_loaded || changed {
-                node.attr.set_mtime(seen.mtime);
-            }
             if changed {
                 // Another object now: the old one's persisted mode, owner and type (a
                 // symlink's S_IFLNK) say nothing of it until its own metadata is read.
                 node.attr = Attr::new(ino, seen.kind, seen.size, seen.mtime, &defaults);
                 node.metadata_loaded = false;
+                node.metadata_of = None;
+            } else if node.metadata_loaded
+                && !node
+                    .metadata_of
+                    .as_ref()
+                    .is_some_and(|v| v.is(seen.etag.as_deref(), Some(seen.mtime)))
+            {
+                // Not the version a HEAD read the metadata from: rewritten in place (a
+                // chmod elsewhere keeps a single-part object's ETag), or written by this
+                // mount. Read again before it is answered (the mode stays meanwhile).
+                node.metadata_loaded = false;
+            }
+            node.attr.size = seen.size;
+            if !node.metadata_loaded {
+                // What the listing showed, until the metadata is read (and what an earlier
+                // mount's HEAD is recalled by).
+                node.attr.set_mtime(seen.mtime);
             }
             node.etag = seen.etag.clone();
         }
@@ -386,6 +414,7 @@ impl Tree {
             n.attr.set_mtime(head.last_modified.unwrap_or(n.attr.mtime()));
             n.attr.apply_metadata(key, &head.metadata, keep_special);
             n.dir_mtime = DirMtime::Settled;
+            n.metadata_of = MetadataVersion::of(head.etag.as_deref(), head.last_modified);
         } else {
             if n.etag.is_some() && n.etag != head.etag {
                 return;
@@ -393,6 +422,7 @@ impl Tree {
             n.etag = head.etag.clone();
             n.attr.size = head.size;
             n.attr.apply_metadata(key, &head.metadata, keep_special);
+            n.metadata_of = MetadataVersion::of(head.etag.as_deref(), head.last_modified);
         }
         n.metadata_loaded = true;
     }
@@ -404,15 +434,37 @@ impl Tree {
             && n.attr.kind == Kind::Dir
         {
             n.metadata_loaded = true;
+            n.metadata_of = None;
         }
     }
 
     /// The persisted metadata of `key` is known: its node has it (nothing to HEAD).
-    pub fn metadata_known(&self, key: &str, etag: Option<&str>) -> bool {
+    /// A listing shows `key` with this ETag and LastModified: the node holds the metadata
+    /// a HEAD read from that very version (a directory's: whatever its marker's).
+    pub fn metadata_known(&self, key: &str, etag: Option<&str>, modified: SystemTime) -> bool {
         self.by_key
             .get(key)
             .and_then(|ino| self.nodes.get(ino))
-            .is_some_and(|n| n.local || (n.metadata_loaded && (n.attr.kind == Kind::Dir || n.etag.as_deref() == etag)))
+            .is_some_and(|n| {
+                let version_read = || n.metadata_of.as_ref().is_some_and(|v| v.is(etag, Some(modified)));
+                n.local || (n.metadata_loaded && (n.attr.kind == Kind::Dir || version_read()))
+            })
+    }
+
+    /// The version of file `ino` whose metadata a HEAD read, if the node still holds it: a
+    /// listing that shows this version needs no HEAD to vouch for the metadata.
+    pub fn version_read_by_head(&self, ino: u64) -> Option<MetadataVersion> {
+        let n = self.nodes.get(&ino).filter(|n| n.attr.kind == Kind::File)?;
+        let v = n.metadata_of.as_ref()?;
+        let current = n.metadata_loaded && !n.local && n.etag.as_deref() == Some(v.etag());
+        current.then(|| v.clone())
+    }
+
+    /// Directory `ino`'s marker as its HEAD found it: `Some(None)` none, `None` unknown
+    /// (not a directory, not read yet, or made here).
+    pub fn marker_read(&self, ino: u64) -> Option<Option<MetadataVersion>> {
+        let n = self.nodes.get(&ino).filter(|n| n.attr.kind == Kind::Dir)?;
+        (n.metadata_loaded && !n.local).then(|| n.metadata_of.clone())
     }
 
     /// The node of `key` has its persisted metadata, or is local: nothing left to HEAD.

@@ -493,7 +493,7 @@ impl Fs {
         f.journal = self.uploader.journal().uploaded(f.journal.take(), staging).await;
         let mut tree = self.tree();
         if let Some(n) = tree.get_mut(ino) {
-            n.etag = Some(version.etag.to_string());
+            n.written_here(version.etag.to_string());
             n.attr.size = version.size;
             n.metadata_loaded = true;
             n.fresh_until = Instant::now() + self.config.metadata_ttl;

@@ -565,6 +565,58 @@ fn a_file_replaced_on_another_mount_is_seen_after_the_ttl() {
     );
 }
 
+/// A chmod made through mount B shows on mount A once the metadata TTL has passed, in `ls
+/// -l` (a listing) and in `stat` (a lookup), for files and for the directory (its
+/// marker), although no object's content, hence no ETag, changed: only their metadata and
+/// LastModified did. Guards against a mount that trusts an ETag alone to vouch for
+/// persisted modes, or a listing that shows the marker's new version.
+#[test]
+fn a_chmod_on_another_mount_is_seen_after_the_ttl() {
+    let _turn = common::shared();
+    let (_moto, _bucket, a, b) = two_mounts("chmod", |a| {
+        fs::create_dir(a.join("d")).unwrap();
+        for name in ["listed.sh", "looked-up.sh", "kept"] {
+            fs::write(a.join(&format!("d/{name}")), "echo hi\n").unwrap();
+        }
+    });
+    let mode = |m: &Mount, rel: &str| fs::symlink_metadata(m.join(rel)).unwrap().permissions().mode() & 0o7777;
+    let ls_l = |m: &Mount| must(Command::new("ls").arg("-l").arg(m.join("d")));
+    // Once the TTL has passed, A reads every entry's metadata from the bucket (HEADs of
+    // the versions B will rewrite); B changes modes in a later second (a HEAD's
+    // LastModified has whole seconds).
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(mode(&a, "d"), 0o755);
+    for name in ["listed.sh", "looked-up.sh", "kept"] {
+        assert_eq!(mode(&a, &format!("d/{name}")), 0o644);
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    for name in ["listed.sh", "looked-up.sh"] {
+        fs::set_permissions(b.join(&format!("d/{name}")), fs::Permissions::from_mode(0o750)).unwrap();
+    }
+    fs::set_permissions(b.join("d"), fs::Permissions::from_mode(0o711)).unwrap();
+    b.sync();
+    std::thread::sleep(Duration::from_secs(2));
+    // A lookup first (no listing of d in between), then a listing.
+    assert_eq!(
+        mode(&a, "d/looked-up.sh"),
+        0o750,
+        "stat on A 2 s after B's chmod (TTL 1 s)"
+    );
+    assert_eq!(
+        mode(&a, "d"),
+        0o711,
+        "stat d on A after B's chmod of the directory (its marker)"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let listing = ls_l(&a);
+    let listed = listing.lines().find(|l| l.ends_with(" listed.sh")).unwrap_or_default();
+    assert!(
+        listed.starts_with("-rwxr-x---"),
+        "ls -l on A after B's chmod (TTL 1 s):\n{listing}"
+    );
+    assert_eq!(mode(&a, "d/kept"), 0o644);
+}
+
 /// Right after mount B replaces files (within A's metadata TTL), a new `cat` of each on
 /// mount A succeeds with the old or the new content, never an error: a new open is not a
 /// reader that saw the old version. Guards against ESTALE/EIO in jobs that read a file
