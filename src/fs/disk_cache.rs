@@ -142,10 +142,6 @@ pub struct DiskCache {
     state: Mutex<State>,
     readers: Mutex<lru::LruCache<u64, Arc<File>>>,
     writes: Arc<Semaphore>,
-    /// The blocks `writes` lets wait for the disk at once.
-    pending_budget: usize,
-    /// Told when a write ends, for fetches waiting for room (`room_for`).
-    written: tokio::sync::Notify,
     pub stats: DiskStats,
 }
 
@@ -200,8 +196,6 @@ impl DiskCache {
             state: Mutex::new(state),
             readers: Mutex::new(lru::LruCache::new(OPEN_READERS.try_into().expect("not zero"))),
             writes: Arc::new(Semaphore::new(pending_writes.max(PENDING_WRITES_MIN))),
-            pending_budget: pending_writes.max(PENDING_WRITES_MIN),
-            written: tokio::sync::Notify::new(),
             stats: DiskStats::default(),
         };
         cache.evict(0);
@@ -338,33 +332,14 @@ impl DiskCache {
         };
         let this = self.clone();
         let write = move || {
+            let _permit = permit;
             if let Err(e) = this.put(name, &block) {
                 tracing::debug!("disk cache write: {e}");
             }
-            drop(permit);
-            this.written.notify_waiters();
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn_blocking(write)),
             Err(_) => write(),
-        }
-    }
-
-    /// Waits until `blocks` more (half the pending budget at most) could wait for the disk.
-    /// A fetch no reader waits for then goes at the disk's pace: its blocks are worth
-    /// only what reaches the disk, and a burst beyond the write queue was fetched, then
-    /// turned away (a shuffled 1 GiB model load left 75 blocks uncached). Readers' own
-    /// fetches never wait here.
-    pub async fn room_for(&self, blocks: usize) {
-        let wanted = blocks.clamp(1, (self.pending_budget / 2).max(1));
-        loop {
-            let written = self.written.notified();
-            tokio::pin!(written);
-            written.as_mut().enable();
-            if self.writes.available_permits() >= wanted {
-                return;
-            }
-            written.await;
         }
     }
 

@@ -12,9 +12,6 @@ impl BlockCache {
     /// turn here. Stops when the file is closed, and after a GET that failed: the reads
     /// that need those blocks ask again, and report the error if it stays.
     ///
-    /// With a disk cache, each GET starts once the disk's write queue has room for what
-    /// the GETs in flight bring (`DiskCache::room_for`).
-    ///
     /// Blocks the disk cache holds are passed over: they cost a disk read, not a round
     /// trip, and the reader reads them as it goes. Read back ahead, a file larger than
     /// memory (a model loaded again, after a remount) went from the disk into memory at
@@ -29,9 +26,6 @@ impl BlockCache {
             if self.on_disk_within(&object, start..end) {
                 start = end;
                 continue;
-            }
-            if let Some(disk) = &self.disk {
-                disk.room_for(per_request as usize * gets.gets).await;
             }
             let Ok(slot) = gets.slots.clone().acquire_owned().await else {
                 return;

@@ -1,5 +1,4 @@
 use super::*;
-use std::time::Duration;
 
 const ONE: u64 = 2 * DATA_OFFSET as u64;
 
@@ -165,30 +164,4 @@ fn clear_removes_every_segment() {
     drop(cache);
     assert_eq!(clear_unlocked(dir.path()).unwrap(), 1);
     assert!(files(dir.path()).is_empty());
-}
-
-#[tokio::test]
-async fn a_fetch_waits_for_room_in_the_write_queue_until_writes_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = open(dir.path(), 1 << 30);
-    let buffers = BlockBuffers::new(4096, 1 << 20);
-    // A slow disk: 14 of the 16 pending writes still under way, room for 2 blocks.
-    let under_way = cache.writes.clone().try_acquire_many_owned(14).unwrap();
-    let fetch = tokio::spawn({
-        let cache = cache.clone();
-        async move { cache.room_for(4).await }
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!fetch.is_finished(), "room for 4 blocks with 2 write slots free");
-    // The writes end (the last one tells the waiters): the fetch goes on.
-    drop(under_way);
-    put(&cache, &buffers, "k", 0, b"a block a reader fetched");
-    tokio::time::timeout(Duration::from_secs(10), fetch)
-        .await
-        .expect("room once the writes ended")
-        .unwrap();
-    assert!(
-        at(&cache, "k", 0).is_some(),
-        "a reader's block is written, never held back"
-    );
 }
