@@ -296,7 +296,7 @@ impl Fs {
             node.attr = Attr::new(ino, Kind::File, head.size, mtime, &defaults);
         }
         node.attr.size = head.size;
-        node.metadata_of = MetadataVersion::of(head.etag.as_deref(), head.last_modified);
+        node.metadata_of = MetadataVersion::of(head.etag.as_deref(), head.last_modified, true);
         node.etag = head.etag;
         node.attr
             .apply_metadata(&node.key, &head.metadata, defaults.keep_special_modes);

@@ -22,8 +22,8 @@ pub struct Node {
     pub fresh_until: Instant,
     /// The user metadata has been read (HEAD): mode, owner and mtime are the persisted ones.
     pub metadata_loaded: bool,
-    /// The object version a HEAD read that metadata from, a directory's marker's (see
-    /// `metadata_version.rs`); a listing that shows a file's at another version unloads it.
+    /// The object version that metadata belongs to, a directory's marker's (see
+    /// `metadata_version.rs`); a listing that shows a file rewritten in place unloads it.
     pub metadata_of: Option<MetadataVersion>,
     /// Directories: where the mtime comes from (a listing may only replace a guess).
     pub dir_mtime: DirMtime,
@@ -56,7 +56,8 @@ pub struct Node {
 
 impl Node {
     /// This mount wrote the object's version `etag` (an upload, a symlink, a rename, a
-    /// chmod's copy): its metadata is the mount's own, for no version a HEAD read.
+    /// chmod's copy): its metadata is the mount's own; its LastModified is unknown until
+    /// a listing shows it.
     pub fn written_here(&mut self, etag: String) {
         self.etag = Some(etag);
         self.metadata_of = None;
@@ -348,16 +349,15 @@ impl Tree {
                 node.attr = Attr::new(ino, seen.kind, seen.size, seen.mtime, &defaults);
                 node.metadata_loaded = false;
                 node.metadata_of = None;
-            } else if node.metadata_loaded
-                && !node
-                    .metadata_of
-                    .as_ref()
-                    .is_some_and(|v| v.is(seen.etag.as_deref(), Some(seen.mtime)))
-            {
-                // Not the version a HEAD read the metadata from: rewritten in place (a
-                // chmod elsewhere keeps a single-part object's ETag), or written by this
-                // mount. Read again before it is answered (the mode stays meanwhile).
-                node.metadata_loaded = false;
+            } else if node.metadata_loaded {
+                match &node.metadata_of {
+                    // Rewritten in place (a chmod elsewhere keeps a single-part object's
+                    // ETag): read again before it is answered (the mode stays meanwhile).
+                    Some(v) if v.rewritten_as(seen.etag.as_deref(), seen.mtime) => node.metadata_loaded = false,
+                    Some(v) if seen.etag.as_deref() == Some(v.etag()) => {}
+                    // Written here: the first listing of the version gives its LastModified.
+                    _ => node.metadata_of = MetadataVersion::of(seen.etag.as_deref(), Some(seen.mtime), false),
+                }
             }
             node.attr.size = seen.size;
             if !node.metadata_loaded {
@@ -414,7 +414,7 @@ impl Tree {
             n.attr.set_mtime(head.last_modified.unwrap_or(n.attr.mtime()));
             n.attr.apply_metadata(key, &head.metadata, keep_special);
             n.dir_mtime = DirMtime::Settled;
-            n.metadata_of = MetadataVersion::of(head.etag.as_deref(), head.last_modified);
+            n.metadata_of = MetadataVersion::of(head.etag.as_deref(), head.last_modified, true);
         } else {
             if n.etag.is_some() && n.etag != head.etag {
                 return;
@@ -422,7 +422,7 @@ impl Tree {
             n.etag = head.etag.clone();
             n.attr.size = head.size;
             n.attr.apply_metadata(key, &head.metadata, keep_special);
-            n.metadata_of = MetadataVersion::of(head.etag.as_deref(), head.last_modified);
+            n.metadata_of = MetadataVersion::of(head.etag.as_deref(), head.last_modified, true);
         }
         n.metadata_loaded = true;
     }
@@ -438,16 +438,17 @@ impl Tree {
         }
     }
 
-    /// The persisted metadata of `key` is known: its node has it (nothing to HEAD).
-    /// A listing shows `key` with this ETag and LastModified: the node holds the metadata
-    /// a HEAD read from that very version (a directory's: whatever its marker's).
+    /// A listing shows `key` with this ETag and LastModified: the node holds that
+    /// version's metadata, not rewritten in place since (a directory's: whatever its
+    /// marker's). Nothing to HEAD then.
     pub fn metadata_known(&self, key: &str, etag: Option<&str>, modified: SystemTime) -> bool {
         self.by_key
             .get(key)
             .and_then(|ino| self.nodes.get(ino))
             .is_some_and(|n| {
-                let version_read = || n.metadata_of.as_ref().is_some_and(|v| v.is(etag, Some(modified)));
-                n.local || (n.metadata_loaded && (n.attr.kind == Kind::Dir || version_read()))
+                let rewritten = || n.metadata_of.as_ref().is_some_and(|v| v.rewritten_as(etag, modified));
+                let file_known = n.etag.as_deref() == etag && !rewritten();
+                n.local || (n.metadata_loaded && (n.attr.kind == Kind::Dir || file_known))
             })
     }
 
@@ -457,7 +458,7 @@ impl Tree {
         let n = self.nodes.get(&ino).filter(|n| n.attr.kind == Kind::File)?;
         let v = n.metadata_of.as_ref()?;
         let current = n.metadata_loaded && !n.local && n.etag.as_deref() == Some(v.etag());
-        current.then(|| v.clone())
+        (current && v.by_head()).then(|| v.clone())
     }
 
     /// Directory `ino`'s marker as its HEAD found it: `Some(None)` none, `None` unknown
