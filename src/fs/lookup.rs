@@ -129,7 +129,8 @@ impl Fs {
         let known_file = child_kind == Some(Kind::File);
         let known_dir = child_kind == Some(Kind::Dir);
         let file_head_now = self.may_carry_metadata(Kind::File) && read_version.is_none() && !known_dir;
-        let marker_head_now = self.may_carry_metadata(Kind::Dir) && !known_file && marker_read.is_none();
+        let marker_kept = self.may_carry_metadata(Kind::Dir);
+        let marker_head_now = marker_kept && !known_file && marker_read.is_none();
         let list_prefix = if whole_dir { parent_key } else { key.as_str() };
         let start = self.listing_start(parent, list_prefix);
         let child_start = ListingStart {
@@ -192,7 +193,7 @@ impl Fs {
                 seen,
                 head: None,
                 // A failed HEAD of the marker leaves default modes (a later lookup asks again).
-                marker: match (child_page.as_ref(), marker_read) {
+                marker: match (child_page.as_ref(), marker_read.filter(|_| marker_kept)) {
                     (Some(c), Some(read)) => {
                         // The marker as listed under `name/` (keys sort it first).
                         let listed = c.objects.iter().find(|o| o.key == dir_key && !deleting(&o.key));
