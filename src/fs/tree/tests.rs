@@ -164,3 +164,56 @@ fn negative_and_listing_caches_expire() {
     t.finish_listing(ROOT_INO, &Default::default(), now + Duration::from_secs(5), 0);
     assert_eq!(t.cached_lookup(ROOT_INO, "b", now), Some(None));
 }
+
+/// What a listing does to a file's metadata: the version a HEAD read vouches while the
+/// listing shows it; the same ETag with another LastModified (a chmod elsewhere) unloads
+/// it; a version the mount wrote takes the first listing's LastModified, and a later
+/// rewrite of it unloads it too; only a HEAD's version spares a lookup its HEAD.
+#[test]
+fn a_listing_vouches_for_metadata_only_at_its_version() {
+    let mut t = Tree::new("", defaults());
+    let later = Instant::now() + Duration::from_secs(5);
+    let at = |secs: u64, millis: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(secs * 1000 + millis);
+    let listed = |secs: u64, millis: u64| Seen {
+        mtime: at(secs, millis),
+        ..seen("f", Kind::File)
+    };
+    let f = t.upsert(ROOT_INO, &listed(100, 0), later).unwrap();
+    let head = crate::store::ObjectMeta {
+        key: "f".into(),
+        size: 1,
+        etag: Some("e".into()),
+        last_modified: Some(at(100, 0)),
+        metadata: Default::default(),
+    };
+    t.apply_head("f", &head, &|_| false);
+    assert!(t.version_read_by_head(f).is_some());
+    // The same version, in a listing's milliseconds.
+    assert!(t.metadata_known("f", Some("e"), at(100, 431)));
+    t.upsert(ROOT_INO, &listed(100, 431), later);
+    assert!(t.get(f).unwrap().metadata_loaded);
+    // Rewritten in place a second later: same ETag, metadata to read again.
+    assert!(!t.metadata_known("f", Some("e"), at(101, 0)));
+    t.upsert(ROOT_INO, &listed(101, 0), later);
+    assert!(!t.get(f).unwrap().metadata_loaded);
+    assert!(t.version_read_by_head(f).is_none());
+
+    // Written here: the first listing gives the version, vouching for listings only.
+    t.apply_head("f", &head, &|_| false);
+    t.get_mut(f).unwrap().written_here("w".into());
+    assert!(t.metadata_known("f", Some("w"), at(200, 0)));
+    t.upsert(
+        ROOT_INO,
+        &Seen {
+            etag: Some("w".into()),
+            ..listed(200, 0)
+        },
+        later,
+    );
+    assert!(t.get(f).unwrap().metadata_loaded);
+    assert!(
+        t.version_read_by_head(f).is_none(),
+        "a listing's version spares no lookup its HEAD"
+    );
+    assert!(!t.metadata_known("f", Some("w"), at(201, 0)));
+}
