@@ -581,9 +581,9 @@ fn a_chmod_on_another_mount_is_seen_after_the_ttl() {
     });
     let mode = |m: &Mount, rel: &str| fs::symlink_metadata(m.join(rel)).unwrap().permissions().mode() & 0o7777;
     let ls_l = |m: &Mount| must(Command::new("ls").arg("-l").arg(m.join("d")));
-    // Once the TTL has passed, A reads every entry's metadata from the bucket (HEADs of
-    // the versions B will rewrite); B changes modes in a later second (a HEAD's
-    // LastModified has whole seconds).
+    // Once the TTL has passed, A learns each entry's version from the bucket (the
+    // listing of d its revalidation makes); B changes modes in a later second (versions
+    // are compared in whole seconds).
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(mode(&a, "d"), 0o755);
     for name in ["listed.sh", "looked-up.sh", "kept"] {
