@@ -133,7 +133,16 @@ impl Fs {
                 Turn::Lead(lead) => {
                     let _slot = self.list_prefetch.heads.acquire().await.expect("never closed");
                     self.stats.head_requests.fetch_add(1, Ordering::Relaxed);
-                    return lead.finish(self.store.head(key).await);
+                    let result = self.store.head(key).await;
+                    // In the tree before the key leaves the HEADs under way: a reader that
+                    // looks between the two would find it neither loaded nor under way and
+                    // HEAD it again (the caller applies it too, with its log line).
+                    match &result {
+                        Ok(head) => self.tree().apply_head(key, head, &|ino| self.handles.has_data(ino)),
+                        Err(StoreError::NotFound) => self.tree().apply_missing(key),
+                        Err(_) => {}
+                    }
+                    return lead.finish(result);
                 }
             }
         }
