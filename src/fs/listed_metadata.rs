@@ -9,6 +9,7 @@
 
 use super::attr::Kind;
 use super::heads_in_flight::{self, Turn};
+use super::tree::Tree;
 use super::{Fs, listing};
 use crate::store::StoreError;
 use crate::store::{ListPage, ObjectMeta, StoreResult};
@@ -136,12 +137,8 @@ impl Fs {
                     let result = self.store.head(key).await;
                     // In the tree before the key leaves the HEADs under way: a reader that
                     // looks between the two would find it neither loaded nor under way and
-                    // HEAD it again (the caller applies it too, with its log line).
-                    match &result {
-                        Ok(head) => self.tree().apply_head(key, head, &|ino| self.handles.has_data(ino)),
-                        Err(StoreError::NotFound) => self.tree().apply_missing(key),
-                        Err(_) => {}
-                    }
+                    // HEAD it again (the caller applies it too, and reports an error).
+                    self.apply_head_result(&mut self.tree(), key, &result);
                     return lead.finish(result);
                 }
             }
@@ -180,21 +177,38 @@ impl Fs {
         let mut failed = None;
         let mut tree = self.tree();
         for (key, result) in heads {
-            match result {
-                Ok(head) => {
-                    tree.apply_head(key, head, &|ino| self.handles.has_data(ino));
-                    if !key.ends_with('/') {
-                        self.remembered.remember(head);
-                    }
-                }
-                Err(StoreError::NotFound) => tree.apply_missing(key),
-                Err(e) => failed = Some((key, e)),
+            if let Some(e) = self.apply_head_result(&mut tree, key, result) {
+                failed = Some((key, e));
             }
         }
         drop(tree);
         // Background HEADs cut short by the exit are no one's concern.
         if let Some((key, e)) = failed.filter(|_| !self.unmounted.load(Ordering::Relaxed)) {
             tracing::warn!("HEAD {key:?} (for its mode, owner and mtime): {e}; shown with default attributes");
+        }
+    }
+
+    /// Applies one HEAD's answer to its entry (and remembers a file's for the next mount);
+    /// returns the error to report, if it failed otherwise than with NotFound.
+    fn apply_head_result<'a>(
+        &self,
+        tree: &mut Tree,
+        key: &str,
+        result: &'a StoreResult<ObjectMeta>,
+    ) -> Option<&'a StoreError> {
+        match result {
+            Ok(head) => {
+                tree.apply_head(key, head, &|ino| self.handles.has_data(ino));
+                if !key.ends_with('/') {
+                    self.remembered.remember(head);
+                }
+                None
+            }
+            Err(StoreError::NotFound) => {
+                tree.apply_missing(key);
+                None
+            }
+            Err(e) => Some(e),
         }
     }
 
