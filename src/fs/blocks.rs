@@ -7,6 +7,7 @@
 
 mod fetch_ahead;
 mod get_run;
+mod whole_fetch;
 
 use super::block_buffers::{BlockBuffer, BlockBuffers, DATA_OFFSET};
 use super::budget::TransferBudget;
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
+pub use whole_fetch::WholeFetch;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BlockKey {
@@ -43,13 +45,13 @@ pub struct ObjectVersion {
 type BlockResult = Result<Bytes, StoreError>;
 
 /// What a read prefetches: the blocks up to `end`, their GETs limited by `gets` (a file's
-/// sequential stream) or all at once (`None`); with `whole_file`, every block of the file
-/// not cached yet, in order, through `gets`.
+/// sequential stream) or all at once (`None`); with `whole`, every block of the file not
+/// cached yet, in order, through `gets`, at the reader's pace (see `whole_fetch.rs`).
 #[derive(Default, Clone)]
 pub struct Prefetch {
     pub end: u64,
     pub gets: Option<Arc<GetSlots>>,
-    pub whole_file: bool,
+    pub whole: Option<Arc<WholeFetch>>,
 }
 
 /// Room for a few prefetch GETs at once, handed out in the order the GETs were claimed,
@@ -254,9 +256,9 @@ impl BlockCache {
             .max(wanted.end)
             .min(last_block);
         let slots = self.claim(object, wanted.start..ensure_end, wanted.end, prefetch.gets.clone());
-        if let Some(gets) = prefetch.gets.filter(|_| prefetch.whole_file) {
-            let (this, object) = (self.clone(), object.clone());
-            tokio::spawn(async move { this.fetch_rest(object, gets).await });
+        if let (Some(whole), Some(gets)) = (&prefetch.whole, &prefetch.gets) {
+            whole.read(wanted.clone());
+            self.start_whole_fetch(object, whole, gets);
         }
         let mut pieces = Vec::with_capacity(slots.len());
         for (i, slot) in slots.into_iter().enumerate() {
@@ -615,7 +617,7 @@ mod tests {
         Prefetch {
             end,
             gets: None,
-            whole_file: false,
+            whole: None,
         }
     }
 
@@ -685,7 +687,7 @@ mod tests {
             let prefetch = Prefetch {
                 end: 20_000,
                 gets: Some(gets),
-                whole_file: false,
+                whole: None,
             };
             tokio::spawn(async move { cache.read(&object, 0..10, prefetch).await })
         };
@@ -716,7 +718,7 @@ mod tests {
         let prefetch = Prefetch {
             end: 12_010,
             gets: Some(GetSlots::new(2)),
-            whole_file: true,
+            whole: Some(cache.whole_fetch(&object)),
         };
         let reader = {
             let (cache, object) = (cache.clone(), object.clone());
@@ -746,13 +748,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_file_fetched_whole_stays_within_its_room_ahead_of_the_reader() {
+        let (store, cache, object, data) = setup(20_000).await;
+        // Room for one GET's four blocks ahead of the reader.
+        let whole = WholeFetch::new(20, 4);
+        let gets = GetSlots::new(4);
+        // Each read prefetches nothing of its own: every GET but the wanted ones is the
+        // whole-file fetch's.
+        let paced = || Prefetch {
+            end: 0,
+            gets: Some(gets.clone()),
+            whole: Some(whole.clone()),
+        };
+        let got = cache.read(&object, 12_000..12_010, paced()).await.unwrap();
+        assert_eq!(&got[..], &data[12_000..12_010]);
+        settle().await;
+        // The wanted block's GET, then one run from the start; the next waits for room.
+        assert_eq!(store.get_starts(), [12000, 0]);
+        let got = cache.read(&object, 0..4000, paced()).await.unwrap();
+        assert_eq!(&got[..], &data[..4000]);
+        settle().await;
+        assert_eq!(store.get_starts(), [12000, 0, 4000]);
+        // Closing the file ends the fetch that waits for room.
+        whole.abandon();
+        cache.read(&object, 4000..8000, paced()).await.unwrap();
+        settle().await;
+        assert_eq!(store.get_starts(), [12000, 0, 4000]);
+    }
+
+    #[tokio::test]
     async fn fetching_a_file_whole_stops_after_a_failed_get() {
         let (store, cache, object, data) = setup(20_000).await;
         let gate = store.hold_gets();
         let prefetch = Prefetch {
             end: 12_010,
             gets: Some(GetSlots::new(1)),
-            whole_file: true,
+            whole: Some(cache.whole_fetch(&object)),
         };
         let reader = {
             let (cache, object) = (cache.clone(), object.clone());
@@ -781,7 +812,7 @@ mod tests {
         let prefetch = Prefetch {
             end: 20_000,
             gets: Some(gets.clone()),
-            whole_file: false,
+            whole: None,
         };
         let first = {
             let (cache, object) = (cache.clone(), object.clone());

@@ -28,14 +28,13 @@ impl Fs {
         let prefetch = {
             let mut streams = file.readahead.lock();
             let end = streams.on_read(offset, u64::from(size));
-            let whole_file = streams.turned_random() && self.blocks.may_fetch_whole(object.size);
-            if whole_file {
-                streams.fetching_whole();
+            if streams.turned_random() && self.blocks.may_fetch_whole(object.size) {
+                streams.fetch_whole(self.blocks.whole_fetch(&object));
             }
             Prefetch {
                 end,
                 gets: Some(streams.gets.clone()),
-                whole_file,
+                whole: streams.whole.clone(),
             }
         };
         let mut result = self.blocks.read(&object, range.clone(), prefetch.clone()).await;

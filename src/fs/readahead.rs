@@ -19,7 +19,7 @@
 //! link finish together, so a window of exactly the GETs in flight is refilled in bursts,
 //! each starting with an idle round trip; the queued half keeps the link busy instead.
 
-use super::blocks::GetSlots;
+use super::blocks::{GetSlots, WholeFetch};
 use std::sync::Arc;
 
 /// Streams tracked per file; a new one replaces the one used least recently.
@@ -46,7 +46,7 @@ pub struct ReadStreams {
     /// The file was found read at random (said once).
     random: bool,
     /// The whole file is being fetched ahead of its reads: windows stay at `initial`.
-    fetching_whole: bool,
+    pub whole: Option<Arc<WholeFetch>>,
     /// Slots for the file's prefetch GETs (see `PREFETCH_GETS`).
     pub gets: Arc<GetSlots>,
 }
@@ -62,7 +62,7 @@ impl ReadStreams {
             step,
             jumps: 0,
             random: false,
-            fetching_whole: false,
+            whole: None,
             gets: GetSlots::new(PREFETCH_GETS),
         }
     }
@@ -77,8 +77,8 @@ impl ReadStreams {
     }
 
     /// From now on the whole file is on its way: reads look only a little ahead.
-    pub fn fetching_whole(&mut self) {
-        self.fetching_whole = true;
+    pub fn fetch_whole(&mut self, whole: Arc<WholeFetch>) {
+        self.whole = Some(whole);
     }
 
     /// Records a read; returns how far ahead to prefetch (an absolute offset).
@@ -103,9 +103,9 @@ impl ReadStreams {
         };
         self.streams[i].1 = self.tick;
         let frontier = self.streams[i].0.on_read(offset, len);
-        match self.fetching_whole {
-            true => frontier.min(offset.saturating_add(len).saturating_add(self.initial)),
-            false => frontier,
+        match self.whole {
+            Some(_) => frontier.min(offset.saturating_add(len).saturating_add(self.initial)),
+            None => frontier,
         }
     }
 }
@@ -114,6 +114,9 @@ impl ReadStreams {
 impl Drop for ReadStreams {
     fn drop(&mut self) {
         self.gets.abandon();
+        if let Some(whole) = &self.whole {
+            whole.abandon();
+        }
     }
 }
 
@@ -279,7 +282,7 @@ mod tests {
             read_tensor(&mut streams, 0) >= 8 * MIB,
             "a 4 MiB tensor grows its window"
         );
-        streams.fetching_whole();
+        streams.fetch_whole(WholeFetch::new(1, 1));
         assert!(read_tensor(&mut streams, 40 * MIB) <= MIB);
         assert!(read_tensor(&mut streams, 0) <= MIB, "a stream that had grown too");
     }

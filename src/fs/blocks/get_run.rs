@@ -288,7 +288,7 @@ mod tests {
         Prefetch {
             end,
             gets: Some(GetSlots::new(8)),
-            whole_file: false,
+            whole: None,
         }
     }
 
@@ -335,7 +335,7 @@ mod tests {
         let prefetch = Prefetch {
             end: 12_000,
             gets: Some(gets.clone()),
-            whole_file: false,
+            whole: None,
         };
         let got = cache.read(&object, 0..10, prefetch).await.unwrap();
         assert_eq!(&got[..], &data[..10]);

@@ -1,0 +1,256 @@
+//! The rest of a file read at random, fetched ahead of its reader (a model loader taking
+//! its tensors in a shuffled order), so that the reads in any order cost what a download
+//! of the file costs.
+//!
+//! The fetch keeps pace with the reader: the blocks it brought that no reader has read
+//! yet stay within `room`, a share of the memory cache. Unpaced, a fetch faster than its
+//! reader filled memory with blocks read only later, and memory evicted them first: a
+//! shuffled load of a 1 GiB model (512 MiB of memory cache by default) read 750 of its
+//! 1,024 blocks back from the disk cache, each written there and read again, with both
+//! cores already busy. Over a slow link the fetch never gets that far ahead, so the pace
+//! only holds back a fetch that outruns its reader.
+
+use super::{BlockCache, GetSlots, ObjectVersion, Slot};
+use parking_lot::Mutex;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::Notify;
+
+/// A file fetched whole: which of its blocks the fetch brought ahead and which were read.
+pub struct WholeFetch {
+    blocks: Mutex<Blocks>,
+    /// Blocks fetched ahead and not read yet, at most.
+    room: u64,
+    /// A reader read a block fetched ahead, or the file was closed (one waiter: the fetch).
+    changed: Notify,
+    started: AtomicBool,
+    abandoned: AtomicBool,
+}
+
+struct Blocks {
+    state: Vec<BlockState>,
+    ahead: u64,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum BlockState {
+    Untouched,
+    /// Claimed by the fetch, not read yet.
+    Ahead,
+    Read,
+}
+
+impl std::fmt::Debug for WholeFetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WholeFetch")
+            .field("ahead", &self.blocks.lock().ahead)
+            .field("room", &self.room)
+            .finish()
+    }
+}
+
+impl WholeFetch {
+    /// A file of `blocks` blocks, fetched at most `room` blocks ahead of its reads.
+    pub fn new(blocks: u64, room: u64) -> Arc<WholeFetch> {
+        let len = usize::try_from(blocks).unwrap_or(usize::MAX);
+        Arc::new(WholeFetch {
+            blocks: Mutex::new(Blocks {
+                state: vec![BlockState::Untouched; len],
+                ahead: 0,
+            }),
+            room: room.max(1),
+            changed: Notify::new(),
+            started: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
+        })
+    }
+
+    /// A reader read `blocks`: those fetched ahead leave room for more.
+    pub fn read(&self, blocks: Range<u64>) {
+        let mut freed = false;
+        {
+            let mut b = self.blocks.lock();
+            let Blocks { state, ahead } = &mut *b;
+            for index in blocks {
+                let Some(state) = usize::try_from(index).ok().and_then(|i| state.get_mut(i)) else {
+                    break;
+                };
+                if std::mem::replace(state, BlockState::Read) == BlockState::Ahead {
+                    *ahead -= 1;
+                    freed = true;
+                }
+            }
+        }
+        if freed {
+            self.changed.notify_one();
+        }
+    }
+
+    /// The file was closed: the fetch stops.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+
+    /// True once: the read that finds it so starts the fetch.
+    fn start(&self) -> bool {
+        !self.started.swap(true, Ordering::Relaxed)
+    }
+
+    /// Waits until the unread blocks of `blocks` fit in the room left, and counts them as
+    /// fetched ahead; false if the file was closed meanwhile. A run larger than the whole
+    /// room goes once nothing else is ahead.
+    async fn room_for(&self, blocks: Range<u64>) -> bool {
+        loop {
+            if self.abandoned.load(Ordering::Relaxed) {
+                return false;
+            }
+            {
+                let mut b = self.blocks.lock();
+                let Blocks { state, ahead } = &mut *b;
+                let run = usize::try_from(blocks.start).unwrap_or(usize::MAX).min(state.len())
+                    ..usize::try_from(blocks.end).unwrap_or(usize::MAX).min(state.len());
+                let unread = state[run.clone()]
+                    .iter()
+                    .filter(|s| **s == BlockState::Untouched)
+                    .count() as u64;
+                if *ahead == 0 || *ahead + unread <= self.room {
+                    for s in &mut state[run] {
+                        if *s == BlockState::Untouched {
+                            *s = BlockState::Ahead;
+                        }
+                    }
+                    *ahead += unread;
+                    return true;
+                }
+            }
+            // A permit stored by a read since the check wakes this at once.
+            self.changed.notified().await;
+        }
+    }
+}
+
+impl BlockCache {
+    /// The pacing of a whole-file fetch of `object`: a quarter of the memory cache ahead
+    /// of the reader (the rest keeps what other files and the reader itself use).
+    pub fn whole_fetch(&self, object: &ObjectVersion) -> Arc<WholeFetch> {
+        let per_request = (self.request_size / self.block_size).max(1);
+        let room = (self.budget() / 4 / self.block_size).max(per_request);
+        WholeFetch::new(object.size.div_ceil(self.block_size), room)
+    }
+
+    /// Starts fetching the rest of `object` if `whole` has not started yet.
+    pub(super) fn start_whole_fetch(
+        self: &Arc<Self>,
+        object: &ObjectVersion,
+        whole: &Arc<WholeFetch>,
+        gets: &Arc<GetSlots>,
+    ) {
+        if whole.start() {
+            let (this, object, whole, gets) = (self.clone(), object.clone(), whole.clone(), gets.clone());
+            tokio::spawn(async move { this.fetch_rest(object, whole, gets).await });
+        }
+    }
+
+    /// Fetches every block of a file read at random, in order, a GET at a time per slot
+    /// of `gets`, within the room `whole` leaves ahead of the reader. Each GET's blocks
+    /// are claimed only when it can start: a reader that wants a block further on claims
+    /// and fetches it at once instead of waiting for its turn here. Stops when the file
+    /// is closed, and after a GET that failed: the reads that need those blocks ask again,
+    /// and report the error if it stays.
+    ///
+    /// Blocks the disk cache holds are passed over: they cost a disk read, not a round
+    /// trip, and the reader reads them as it goes. Read back ahead, a file larger than
+    /// memory (a model loaded again, after a remount) went from the disk into memory at
+    /// full speed, racing the reader for the disk and evicting what it was about to read.
+    async fn fetch_rest(self: Arc<Self>, object: ObjectVersion, whole: Arc<WholeFetch>, gets: Arc<GetSlots>) {
+        let per_request = (self.request_size / self.block_size).max(1);
+        let last_block = object.size.div_ceil(self.block_size);
+        let failed = Arc::new(AtomicBool::new(false));
+        let mut start = 0;
+        while start < last_block {
+            let end = (start + per_request).min(last_block);
+            if self.on_disk_within(&object, start..end) {
+                start = end;
+                continue;
+            }
+            if !whole.room_for(start..end).await {
+                return;
+            }
+            let Ok(slot) = gets.slots.clone().acquire_owned().await else {
+                return;
+            };
+            if gets.abandoned.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
+                return;
+            }
+            let slots = self.claim_blocks(&object, start..end, end, None, false);
+            start = end;
+            let failed = failed.clone();
+            tokio::spawn(async move {
+                for slot in slots {
+                    if let Slot::Pending(mut progress) = slot {
+                        let outcome = progress.wait_for(|p| p.done.is_some()).await;
+                        if outcome.is_ok_and(|p| matches!(p.done, Some(Err(_)))) {
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+                drop(slot);
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn the_fetch_waits_for_the_reader_to_read_what_it_brought() {
+        let whole = WholeFetch::new(20, 4);
+        assert!(whole.room_for(0..4).await);
+        let next = {
+            let whole = whole.clone();
+            tokio::spawn(async move { whole.room_for(4..8).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!next.is_finished(), "four blocks ahead: no room");
+        // Reads elsewhere free nothing; they are not fetched ahead again either.
+        whole.read(10..12);
+        tokio::task::yield_now().await;
+        assert!(!next.is_finished());
+        whole.read(0..2);
+        tokio::task::yield_now().await;
+        assert!(!next.is_finished(), "two blocks still ahead: no room for four");
+        whole.read(2..4);
+        let went = tokio::time::timeout(Duration::from_secs(5), next).await;
+        assert!(went.expect("room once all were read").unwrap());
+        // Blocks already read take no room: of 8..12, only 8 and 9 are fetched ahead.
+        whole.read(4..6);
+        let went = tokio::time::timeout(Duration::from_secs(5), whole.room_for(8..12)).await;
+        assert!(went.expect("two ahead and two to come fit in four"));
+        assert_eq!(whole.blocks.lock().ahead, 4);
+    }
+
+    #[tokio::test]
+    async fn a_closed_file_ends_the_wait() {
+        let whole = WholeFetch::new(20, 2);
+        assert!(whole.room_for(0..2).await);
+        let next = {
+            let whole = whole.clone();
+            tokio::spawn(async move { whole.room_for(2..4).await })
+        };
+        tokio::task::yield_now().await;
+        whole.abandon();
+        assert!(!next.await.unwrap());
+    }
+
+    #[test]
+    fn reads_beyond_the_file_are_ignored() {
+        let whole = WholeFetch::new(2, 1);
+        whole.read(0..10);
+        assert_eq!(whole.blocks.lock().ahead, 0);
+    }
+}
