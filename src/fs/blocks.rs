@@ -272,6 +272,15 @@ impl BlockCache {
             };
             pieces.push(piece.ok_or_else(|| StoreError::Other(format!("short block {index} of {}", object.key)))?);
         }
+        if let Some(whole) = &prefetch.whole {
+            for index in whole.served(range.start..end, bs, object.size) {
+                self.cache.invalidate(&BlockKey {
+                    key: object.key.clone(),
+                    etag: object.etag.clone(),
+                    index,
+                });
+            }
+        }
         // Kernel reads are aligned and at most one block long: usually one piece, handed
         // out without a copy.
         Ok(match pieces.len() {
