@@ -250,11 +250,15 @@ impl BlockCache {
         let bs = self.block_size;
         let wanted = range.start / bs..end.div_ceil(bs);
         let last_block = object.size.div_ceil(bs);
-        let ensure_end = prefetch_end
+        let mut ensure_end = prefetch_end
             .min(object.size)
             .div_ceil(bs)
             .max(wanted.end)
             .min(last_block);
+        if let Some(whole) = &prefetch.whole {
+            // Blocks read already are in the page cache: not brought back from the disk.
+            ensure_end = whole.unread_until(wanted.end..ensure_end);
+        }
         let slots = self.claim(object, wanted.start..ensure_end, wanted.end, prefetch.gets.clone());
         if let (Some(whole), Some(gets)) = (&prefetch.whole, &prefetch.gets) {
             whole.read(wanted.clone());
@@ -272,13 +276,17 @@ impl BlockCache {
             };
             pieces.push(piece.ok_or_else(|| StoreError::Other(format!("short block {index} of {}", object.key)))?);
         }
-        if let Some(whole) = &prefetch.whole {
+        if let (Some(whole), Some(disk)) = (&prefetch.whole, &self.disk) {
+            // Only where the disk cache keeps them: a reader that bypasses the page cache
+            // (O_DIRECT) reads them again from the disk, never from the network.
             for index in whole.served(range.start..end, bs, object.size) {
-                self.cache.invalidate(&BlockKey {
-                    key: object.key.clone(),
-                    etag: object.etag.clone(),
-                    index,
-                });
+                if disk.keeps(&object.key, &object.etag, index) {
+                    self.cache.invalidate(&BlockKey {
+                        key: object.key.clone(),
+                        etag: object.etag.clone(),
+                        index,
+                    });
+                }
             }
         }
         // Kernel reads are aligned and at most one block long: usually one piece, handed

@@ -19,7 +19,7 @@ use crate::cache_dir::{BLOCKS, create_private_dirs, disk_bytes};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use segments::{Entry, Name};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -79,6 +79,8 @@ struct State {
     /// Bytes of every segment (records given up or written again elsewhere included,
     /// until their segment goes).
     used: u64,
+    /// Blocks queued for the disk and not written yet.
+    writing: HashSet<Name>,
 }
 
 impl State {
@@ -221,6 +223,14 @@ impl DiskCache {
         self.state.lock().blocks.contains_key(&name)
     }
 
+    /// Whether the index lists the block or it is on its way to the disk: memory may let
+    /// it go without a trip to the network when it is read again.
+    pub fn keeps(&self, key: &str, etag: &str, index: u64) -> bool {
+        let name = segments::name_of(self.identity(key, etag, index).as_bytes());
+        let state = self.state.lock();
+        state.blocks.contains_key(&name) || state.writing.contains(&name)
+    }
+
     /// Whether the disk has `bytes` more above the free-space floor (beyond it the cache
     /// refuses writes instead of evicting).
     pub fn has_room(&self, bytes: u64) -> bool {
@@ -330,12 +340,14 @@ impl DiskCache {
         let Ok(permit) = self.writes.clone().try_acquire_owned() else {
             return;
         };
+        self.state.lock().writing.insert(name);
         let this = self.clone();
         let write = move || {
             let _permit = permit;
             if let Err(e) = this.put(name, &block) {
                 tracing::debug!("disk cache write: {e}");
             }
+            this.state.lock().writing.remove(&name);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn_blocking(write)),

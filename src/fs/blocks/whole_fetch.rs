@@ -90,12 +90,28 @@ impl WholeFetch {
         }
     }
 
+    /// Where the blocks from `blocks.start` that no reader has read yet end, within
+    /// `blocks`.
+    pub fn unread_until(&self, blocks: Range<u64>) -> u64 {
+        let b = self.blocks.lock();
+        blocks
+            .clone()
+            .find(|index| {
+                usize::try_from(*index)
+                    .ok()
+                    .and_then(|i| b.state.get(i))
+                    .is_some_and(|s| *s == BlockState::Read)
+            })
+            .unwrap_or(blocks.end)
+    }
+
     /// A read handed `bytes` of a file of `size` bytes to the kernel; returns the blocks
     /// every byte of which has now been handed out. The kernel's page cache holds those
-    /// bytes for every reader of the file: memory is better spent on the blocks fetched
-    /// ahead and on those read in part (a tensor's last block is the next one's first),
-    /// which memory otherwise evicted before the neighbour's read, to be read back from
-    /// the disk cache (about 250 blocks of a shuffled 1 GiB model load).
+    /// bytes for every reader of the file, and the disk cache a copy: memory is better
+    /// spent on the blocks fetched ahead and on those read in part (a tensor's last block
+    /// is the next one's first), which memory otherwise evicted before the neighbour's
+    /// read, to be read back from the disk cache (about 250 blocks of a shuffled 1 GiB
+    /// model load).
     pub fn served(&self, bytes: Range<u64>, block_size: u64, size: u64) -> Vec<u64> {
         let mut whole = Vec::new();
         let mut b = self.blocks.lock();
@@ -280,6 +296,9 @@ mod tests {
         let stretches = went.expect("two ahead and two to come fit in four").unwrap();
         assert_eq!((stretches.len(), &stretches[0]), (1, &(8..10)));
         assert_eq!(whole.blocks.lock().ahead, 4);
+        // A read's look ahead stops at the first block read already.
+        assert_eq!(whole.unread_until(6..15), 10);
+        assert_eq!(whole.unread_until(12..15), 15);
         // Nor do blocks the disk cache holds.
         whole.read(6..10);
         let fetch = whole.room_for(12..16, &[false, true, false, false]).await;
@@ -315,6 +334,8 @@ mod tests {
         let whole = WholeFetch::new(2, 1);
         whole.read(0..10);
         assert_eq!(whole.blocks.lock().ahead, 0);
+        assert_eq!(whole.unread_until(1..5), 1);
+        assert_eq!(whole.unread_until(2..5), 5, "beyond the file nothing was read");
         assert_eq!(whole.served(0..100, 1, 100), [0, 1]);
     }
 }

@@ -165,3 +165,23 @@ fn clear_removes_every_segment() {
     assert_eq!(clear_unlocked(dir.path()).unwrap(), 1);
     assert!(files(dir.path()).is_empty());
 }
+
+#[test]
+fn a_block_is_kept_while_it_is_written_and_after_but_not_when_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let buffers = BlockBuffers::new(4096, 1 << 20);
+    let cache = open(dir.path(), 1 << 30);
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime.block_on(async {
+        // Written on a blocking thread: kept from the moment it is queued.
+        put(&cache, &buffers, "k", 0, b"hello");
+        assert!(cache.keeps("k", "e", 0));
+        assert!(!cache.keeps("k", "e", 1));
+    });
+    drop(runtime);
+    assert!(cache.keeps("k", "e", 0) && cache.holds("k", "e", 0));
+    // A cache too small for the block turns it down: not kept once the write gave up.
+    let small = open(&dir.path().join("small"), ONE / 2);
+    put(&small, &buffers, "k", 0, b"hello");
+    assert!(!small.keeps("k", "e", 0));
+}
