@@ -767,8 +767,9 @@ mod tests {
     #[tokio::test]
     async fn a_file_fetched_whole_stays_within_its_room_ahead_of_the_reader() {
         let (store, cache, object, data) = setup(20_000).await;
-        // Room for one GET's four blocks ahead of the reader.
+        // Room for one GET's four blocks ahead of the reader, over a fast link.
         let whole = WholeFetch::new(20, 4);
+        whole.timed(4, Duration::from_millis(1));
         let gets = GetSlots::new(4);
         // Each read prefetches nothing of its own: every GET but the wanted ones is the
         // whole-file fetch's.

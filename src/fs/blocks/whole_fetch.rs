@@ -7,15 +7,33 @@
 //! reader filled memory with blocks read only later, and memory evicted them first: a
 //! shuffled load of a 1 GiB model (512 MiB of memory cache by default) read 750 of its
 //! 1,024 blocks back from the disk cache, each written there and read again, with both
-//! cores already busy. Over a slow link the fetch never gets that far ahead, so the pace
-//! only holds back a fetch that outruns its reader.
+//! cores already busy.
+//!
+//! The pace holds only while the link is fast. Over a slow link a block read back from
+//! the disk costs far less than its GET, and a fetch held back idles the link while the
+//! reader waits on GETs of its own: a shuffled load over a 1 Gbit/s, 40 ms link ran at
+//! 64 MiB/s paced against 91 unpaced. So the fetch times its GETs, and goes on unpaced
+//! while they take longer than `SLOW_BLOCK` a block. Nor does the pace hold back the
+//! fetch of a file whose reader pauses (a database answering a query now and then):
+//! after `IDLE` without a read, the fetch goes on, so that the later reads find the
+//! file local.
 
 use super::{BlockCache, GetSlots, ObjectVersion, Slot};
 use parking_lot::Mutex;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// How long a reader may read nothing before its fetch goes on beyond the room: a model
+/// loader reads its next tensor within milliseconds.
+const IDLE: Duration = Duration::from_millis(200);
+/// A GET of the fetch slower than this a block (80 MiB/s per GET, 640 with the file's 8
+/// in flight) says the link, not the reader, sets the pace: a 1 MiB block takes about
+/// 1 ms to read back from a local disk.
+const SLOW_BLOCK: Duration = Duration::from_micros(12_500);
 
 /// A file fetched whole: which of its blocks the fetch brought ahead and which were read.
 pub struct WholeFetch {
@@ -26,6 +44,8 @@ pub struct WholeFetch {
     changed: Notify,
     started: AtomicBool,
     abandoned: AtomicBool,
+    /// The fetch's last GET was slow (see `SLOW_BLOCK`); so until one is timed.
+    slow_link: AtomicBool,
 }
 
 struct Blocks {
@@ -33,6 +53,7 @@ struct Blocks {
     /// Bytes of each block handed to readers so far.
     served: Vec<u32>,
     ahead: u64,
+    last_read: Instant,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -61,11 +82,13 @@ impl WholeFetch {
                 state: vec![BlockState::Untouched; len],
                 served: vec![0; len],
                 ahead: 0,
+                last_read: Instant::now(),
             }),
             room: room.max(1),
             changed: Notify::new(),
             started: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
+            slow_link: AtomicBool::new(true),
         })
     }
 
@@ -74,6 +97,7 @@ impl WholeFetch {
         let mut freed = false;
         {
             let mut b = self.blocks.lock();
+            b.last_read = Instant::now();
             let Blocks { state, ahead, .. } = &mut *b;
             for index in blocks {
                 let Some(state) = usize::try_from(index).ok().and_then(|i| state.get_mut(i)) else {
@@ -135,6 +159,12 @@ impl WholeFetch {
         whole
     }
 
+    /// One of the fetch's GETs brought `blocks` blocks in `took`.
+    pub(super) fn timed(&self, blocks: u64, took: Duration) {
+        let slow = took > SLOW_BLOCK.saturating_mul(u32::try_from(blocks).unwrap_or(u32::MAX));
+        self.slow_link.store(slow, Ordering::Relaxed);
+    }
+
     /// The file was closed: the fetch stops.
     pub fn abandon(&self) {
         self.abandoned.store(true, Ordering::Relaxed);
@@ -150,7 +180,8 @@ impl WholeFetch {
     /// does not hold (`on_disk`, one flag per block) fit in the room left, and counts them
     /// as fetched ahead; returns them, in stretches of consecutive blocks, or None if the
     /// file was closed meanwhile. A run larger than the whole room goes once nothing else
-    /// is ahead. Blocks the reader read are not fetched again: memory dropped them once
+    /// is ahead; any run goes over a slow link, and once the reader has read nothing
+    /// for `IDLE`. Blocks the reader read are not fetched again: memory dropped them once
     /// they were served, and they are in the kernel's page cache and the disk cache.
     async fn room_for(&self, blocks: Range<u64>, on_disk: &[bool]) -> Option<Vec<Range<u64>>> {
         loop {
@@ -159,6 +190,7 @@ impl WholeFetch {
             }
             {
                 let mut b = self.blocks.lock();
+                let unpaced = b.last_read.elapsed() >= IDLE || self.slow_link.load(Ordering::Relaxed);
                 let Blocks { state, ahead, .. } = &mut *b;
                 let wanted = |index: u64| {
                     let untouched = usize::try_from(index)
@@ -170,7 +202,7 @@ impl WholeFetch {
                 };
                 let fetch: Vec<u64> = blocks.clone().filter(|i| wanted(*i)).collect();
                 let count = fetch.len() as u64;
-                if count == 0 || *ahead == 0 || *ahead + count <= self.room {
+                if count == 0 || *ahead == 0 || *ahead + count <= self.room || unpaced {
                     let mut stretches: Vec<Range<u64>> = Vec::new();
                     for index in fetch {
                         if let Some(s) = usize::try_from(index).ok().and_then(|i| state.get_mut(i)) {
@@ -186,7 +218,7 @@ impl WholeFetch {
                 }
             }
             // A permit stored by a read since the check wakes this at once.
-            self.changed.notified().await;
+            let _ = tokio::time::timeout(IDLE, self.changed.notified()).await;
         }
     }
 }
@@ -249,15 +281,21 @@ impl BlockCache {
                 .into_iter()
                 .flat_map(|run| self.claim_blocks(&object, run.clone(), run.end, None, false))
                 .collect();
-            let failed = failed.clone();
+            let (failed, whole) = (failed.clone(), whole.clone());
+            let began = Instant::now();
             tokio::spawn(async move {
+                let mut fetched = 0;
                 for slot in slots {
                     if let Slot::Pending(mut progress) = slot {
+                        fetched += 1;
                         let outcome = progress.wait_for(|p| p.done.is_some()).await;
                         if outcome.is_ok_and(|p| matches!(p.done, Some(Err(_)))) {
                             failed.store(true, Ordering::Relaxed);
                         }
                     }
+                }
+                if fetched > 0 {
+                    whole.timed(fetched, began.elapsed());
                 }
                 drop(slot);
             });
@@ -273,6 +311,7 @@ mod tests {
     #[tokio::test]
     async fn the_fetch_waits_for_the_reader_to_read_what_it_brought() {
         let whole = WholeFetch::new(20, 4);
+        whole.timed(4, Duration::from_millis(4));
         assert!(whole.room_for(0..4, &[]).await.is_some());
         let next = {
             let whole = whole.clone();
@@ -305,9 +344,47 @@ mod tests {
         assert_eq!(fetch, Some(vec![12..13, 14..16]));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_pauses_lets_the_fetch_go_on() {
+        let whole = WholeFetch::new(20, 2);
+        whole.timed(2, Duration::from_millis(2));
+        assert!(whole.room_for(0..2, &[]).await.is_some());
+        let started = Instant::now();
+        let next = {
+            let whole = whole.clone();
+            tokio::spawn(async move { whole.room_for(2..4, &[]).await })
+        };
+        // Reads elsewhere keep the reader busy: no room, no going on.
+        for at in 10..14 {
+            tokio::time::sleep(IDLE / 2).await;
+            whole.read(at..at + 1);
+        }
+        assert!(!next.is_finished(), "a busy reader holds the fetch back");
+        let stretches = next.await.unwrap().expect("not closed");
+        assert_eq!((stretches.len(), &stretches[0]), (1, &(2..4)));
+        assert!(started.elapsed() >= IDLE * 2 + IDLE, "it went only after an idle spell");
+    }
+
+    #[tokio::test]
+    async fn over_a_slow_link_the_fetch_is_not_held_back() {
+        let whole = WholeFetch::new(20, 2);
+        // Until a GET is timed, the link counts as slow.
+        assert!(whole.room_for(0..2, &[]).await.is_some());
+        let beyond = tokio::time::timeout(Duration::from_secs(5), whole.room_for(2..4, &[])).await;
+        assert!(beyond.expect("not held back").is_some());
+        whole.timed(2, SLOW_BLOCK * 2 + Duration::from_millis(1));
+        let beyond = tokio::time::timeout(Duration::from_secs(5), whole.room_for(4..6, &[])).await;
+        assert!(beyond.expect("not held back").is_some());
+        // A fast GET: the pace holds.
+        whole.timed(2, SLOW_BLOCK);
+        let held = tokio::time::timeout(IDLE / 2, whole.room_for(6..8, &[])).await;
+        assert!(held.is_err(), "six blocks ahead of a room of two");
+    }
+
     #[tokio::test]
     async fn a_closed_file_ends_the_wait() {
         let whole = WholeFetch::new(20, 2);
+        whole.timed(2, Duration::from_millis(2));
         assert!(whole.room_for(0..2, &[]).await.is_some());
         let next = {
             let whole = whole.clone();
