@@ -306,7 +306,6 @@ impl BlockCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[tokio::test]
     async fn the_fetch_waits_for_the_reader_to_read_what_it_brought() {
