@@ -103,6 +103,58 @@ fn a_file_on_disk_read_at_random_is_not_read_back_whole() {
     assert_eq!(s.stats().count("GetObject"), gets, "no GET: every block is on disk");
 }
 
+/// A file read at random is fetched whole; a block every byte of which has gone to the
+/// kernel leaves memory once the disk cache keeps it (the page cache has it for every
+/// reader), so that memory holds the blocks read in part and those fetched ahead. Read
+/// again past the page cache, those blocks come from the disk, never the network.
+#[test]
+fn blocks_of_a_file_read_at_random_served_whole_leave_memory_for_the_disk() {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::AsRawFd;
+    const MIB: usize = 1 << 20;
+    let _turn = common::shared();
+    let s = server();
+    let data = pattern(48 * MIB, 7);
+    put(&s, "model.bin", data.clone());
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::with_cache(&s, cache.path(), &[]);
+    let file = std::fs::File::open(m.join("model.bin")).unwrap();
+    // Every block whole, in a shuffled order (29 and 48 are coprime).
+    let order: Vec<usize> = (0..48).map(|i| i * 29 % 48).collect();
+    let read_all = || {
+        for &i in &order {
+            let mut buf = vec![0u8; MIB];
+            file.read_exact_at(&mut buf, (i * MIB) as u64).unwrap();
+            assert!(buf == data[i * MIB..(i + 1) * MIB], "block {i} differs");
+        }
+    };
+    read_all();
+    wait_for_blocks(cache.path(), 48);
+    // The blocks read before the file counted as read at random, and their read-ahead,
+    // stay in memory.
+    let held = m.status_count("cache_bytes");
+    assert!(
+        held <= 16 * MIB as u64,
+        "{} MiB of blocks still in memory",
+        held / MIB as u64
+    );
+    let (gets, disk_hits) = (s.stats().count("GetObject"), m.status_count("disk_hits"));
+    // SAFETY: advice on an open descriptor; it only drops the file's clean cached pages.
+    let dropped = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(dropped, 0);
+    read_all();
+    assert_eq!(
+        s.stats().count("GetObject"),
+        gets,
+        "read again from the disk, not the network"
+    );
+    let from_disk = m.status_count("disk_hits") - disk_hits;
+    assert!(
+        from_disk >= 32,
+        "{from_disk} blocks from the disk: the page cache answered"
+    );
+}
+
 #[test]
 fn a_corrupt_block_is_dropped_and_refetched() {
     let _turn = common::shared();
