@@ -277,8 +277,9 @@ impl BlockCache {
             pieces.push(piece.ok_or_else(|| StoreError::Other(format!("short block {index} of {}", object.key)))?);
         }
         if let (Some(whole), Some(disk)) = (&prefetch.whole, &self.disk) {
-            // Only where the disk cache keeps them: a reader that bypasses the page cache
-            // (O_DIRECT) reads them again from the disk, never from the network.
+            // Only where the disk cache keeps them (written, or queued: a read in the
+            // moment before the write lands goes to the network): a reader that bypasses
+            // the page cache (O_DIRECT) reads them again from the disk.
             for index in whole.served(range.start..end, bs, object.size) {
                 if disk.keeps(&object.key, &object.etag, index) {
                     self.cache.invalidate(&BlockKey {
