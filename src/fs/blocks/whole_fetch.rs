@@ -306,16 +306,26 @@ impl BlockCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::task::JoinHandle;
+
+    /// A fetch whose GETs came fast: the pace holds.
+    fn over_a_fast_link(blocks: u64, room: u64) -> Arc<WholeFetch> {
+        let whole = WholeFetch::new(blocks, room);
+        whole.timed(room, Duration::from_millis(1));
+        whole
+    }
+
+    /// The fetch asking for room for `blocks`, in the background.
+    fn asking(whole: &Arc<WholeFetch>, blocks: Range<u64>) -> JoinHandle<Option<Vec<Range<u64>>>> {
+        let whole = whole.clone();
+        tokio::spawn(async move { whole.room_for(blocks, &[]).await })
+    }
 
     #[tokio::test]
     async fn the_fetch_waits_for_the_reader_to_read_what_it_brought() {
-        let whole = WholeFetch::new(20, 4);
-        whole.timed(4, Duration::from_millis(4));
+        let whole = over_a_fast_link(20, 4);
         assert!(whole.room_for(0..4, &[]).await.is_some());
-        let next = {
-            let whole = whole.clone();
-            tokio::spawn(async move { whole.room_for(4..8, &[]).await.is_some() })
-        };
+        let next = asking(&whole, 4..8);
         tokio::task::yield_now().await;
         assert!(!next.is_finished(), "four blocks ahead: no room");
         // Reads elsewhere free nothing; they are not fetched ahead again either.
@@ -327,7 +337,7 @@ mod tests {
         assert!(!next.is_finished(), "two blocks still ahead: no room for four");
         whole.read(2..4);
         let went = tokio::time::timeout(Duration::from_secs(5), next).await;
-        assert!(went.expect("room once all were read").unwrap());
+        assert!(went.expect("room once all were read").unwrap().is_some());
         // Blocks already read take no room: of 8..12, only 8 and 9 are fetched ahead.
         whole.read(4..6);
         let went = tokio::time::timeout(Duration::from_secs(5), whole.room_for(8..12, &[])).await;
@@ -345,14 +355,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_reader_that_pauses_lets_the_fetch_go_on() {
-        let whole = WholeFetch::new(20, 2);
-        whole.timed(2, Duration::from_millis(2));
+        let whole = over_a_fast_link(20, 2);
         assert!(whole.room_for(0..2, &[]).await.is_some());
         let started = Instant::now();
-        let next = {
-            let whole = whole.clone();
-            tokio::spawn(async move { whole.room_for(2..4, &[]).await })
-        };
+        let next = asking(&whole, 2..4);
         // Reads elsewhere keep the reader busy: no room, no going on.
         for at in 10..14 {
             tokio::time::sleep(IDLE / 2).await;
@@ -382,16 +388,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_file_ends_the_wait() {
-        let whole = WholeFetch::new(20, 2);
-        whole.timed(2, Duration::from_millis(2));
+        let whole = over_a_fast_link(20, 2);
         assert!(whole.room_for(0..2, &[]).await.is_some());
-        let next = {
-            let whole = whole.clone();
-            tokio::spawn(async move { whole.room_for(2..4, &[]).await.is_some() })
-        };
+        let next = asking(&whole, 2..4);
         tokio::task::yield_now().await;
         whole.abandon();
-        assert!(!next.await.unwrap());
+        assert!(next.await.unwrap().is_none());
     }
 
     #[test]
