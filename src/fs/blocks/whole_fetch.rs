@@ -142,15 +142,18 @@ impl WholeFetch {
         let mut at = bytes.start;
         while at < bytes.end.min(size) {
             let index = at / block_size;
-            let block_end = ((index + 1) * block_size).min(size);
-            let upto = block_end.min(bytes.end);
+            // Past the blocks this file had when its fetch began (a size a later version
+            // of the object claims, whatever it is): nothing to count.
             let Some(served) = usize::try_from(index).ok().and_then(|i| b.served.get_mut(i)) else {
                 break;
             };
+            let block_start = index * block_size;
+            let block_end = block_start.saturating_add(block_size).min(size);
+            let upto = block_end.min(bytes.end);
             let before = u64::from(*served);
-            let now = (before + (upto - at)).min(u64::from(u32::MAX));
+            let now = before.saturating_add(upto - at).min(u64::from(u32::MAX));
             *served = u32::try_from(now).unwrap_or(u32::MAX);
-            let len = block_end - index * block_size;
+            let len = block_end - block_start;
             if before < len && now >= len {
                 whole.push(index);
             }
@@ -415,5 +418,11 @@ mod tests {
         assert_eq!(whole.unread_until(1..5), 1);
         assert_eq!(whole.unread_until(2..5), 5, "beyond the file nothing was read");
         assert_eq!(whole.served(0..100, 1, 100), [0, 1]);
+        // A size near the end of the offsets (a hostile listing) counts nothing past the
+        // blocks the file had, and overflows nothing.
+        assert_eq!(
+            whole.served(u64::MAX - 10..u64::MAX, 1 << 20, u64::MAX),
+            Vec::<u64>::new()
+        );
     }
 }
