@@ -2,12 +2,15 @@
 //! listed in the background, a few at once. A tree walk (`find`, `du`, `cp -r` from the
 //! mount) then finds each directory's listing ready instead of paying one round trip per
 //! directory, one after the other. Only directories the user reads prefetch their
-//! children: it never crawls the bucket by itself.
+//! children, and a directory's siblings only while its parent is read too (a walk of
+//! the parent): it never crawls the bucket by itself.
 
 use super::Fs;
 use super::attr::Kind;
+use lru::LruCache;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
@@ -27,6 +30,8 @@ const QUEUED: usize = 512;
 /// Subdirectories after the one being read whose listings are prefetched: a walk that
 /// goes past the first QUEUED ones keeps finding its next listings ready.
 const SIBLINGS: usize = 32;
+/// Directories remembered as read by a readdir (the most recent ones): a walk is in them.
+const READ_DIRS: usize = 4096;
 
 /// The listings read ahead, and the bounds on the HEADs that listings cause.
 pub(super) struct ListPrefetch {
@@ -39,6 +44,11 @@ pub(super) struct ListPrefetch {
     /// Directories queued or being listed. A reader waits for a listing under way rather
     /// than send the same LIST again, but not for one still queued behind others.
     in_flight: Mutex<HashMap<u64, watch::Receiver<Stage>>>,
+    /// Directories a readdir has read lately: the walks under way. A directory read whose
+    /// parent is not among them (`os.walk` of `data/`, `ls data/x`) does not list its
+    /// siblings: an `os.walk` of a dataset listed, and HEADed, every other directory of
+    /// the bucket's root beside it (987 HEADs of a 21,000-request epoch).
+    read: Mutex<LruCache<u64, ()>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -55,6 +65,7 @@ impl Default for ListPrefetch {
             heads: tokio::sync::Semaphore::new(super::listed_metadata::CONCURRENT_HEADS),
             prefetch_heads: tokio::sync::Semaphore::new(PREFETCH_HEADS),
             in_flight: Mutex::new(HashMap::new()),
+            read: Mutex::new(LruCache::new(NonZeroUsize::new(READ_DIRS).expect("not zero"))),
         }
     }
 }
@@ -124,13 +135,21 @@ impl Fs {
         }
     }
 
-    /// A directory is being read: prefetch the listings of the subdirectories that follow
-    /// it in its parent (a tree walk reads them next), beyond the ones its parent's
-    /// listing started.
+    /// A directory is being read: if its parent was read too (a tree walk), prefetch the
+    /// listings of the subdirectories that follow it there (the walk reads them next),
+    /// beyond the ones its parent's listing started.
     pub(super) fn prefetch_siblings(self: &Arc<Self>, ino: u64) {
         let next: Vec<(String, u64, Kind)> = {
             let tree = self.tree();
             let Some(node) = tree.get(ino) else { return };
+            let walked = {
+                let mut read = self.list_prefetch.read.lock();
+                read.put(ino, ());
+                node.parent != ino && read.contains(&node.parent)
+            };
+            if !walked {
+                return;
+            }
             let Some(parent) = tree.get(node.parent) else { return };
             let after = (std::ops::Bound::Excluded(node.name.clone()), std::ops::Bound::Unbounded);
             parent

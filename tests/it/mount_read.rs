@@ -323,7 +323,9 @@ fn the_inode_table_stays_within_its_budget_when_the_kernel_forgets() {
 }
 
 /// Reading a directory lists its subdirectories in the background: a tree walk then finds
-/// every listing ready, and nothing is listed twice.
+/// every listing ready, and nothing is listed twice. The directories beside it are not
+/// listed (nor their entries HEADed) when its parent was not read: `os.walk` of `p` is no
+/// walk of the root.
 #[test]
 fn reading_a_directory_prefetches_its_subdirectories() {
     let _turn = common::shared();
@@ -333,6 +335,11 @@ fn reading_a_directory_prefetches_its_subdirectories() {
             put(&s, &format!("p/d{d}/f{f}"), "x");
         }
     }
+    for d in 0..4 {
+        for f in 0..50 {
+            put(&s, &format!("q{d}/f{f}"), "x");
+        }
+    }
     let m = Mount::new(&s, &["--metadata-ttl", "60"]);
     let before = s.stats().count("ListObjectsV2");
     assert_eq!(std::fs::read_dir(m.join("p")).unwrap().count(), 20);
@@ -340,7 +347,11 @@ fn reading_a_directory_prefetches_its_subdirectories() {
     // none of which was read yet.
     let wanted = before + 22;
     eventually(Duration::from_secs(30), || s.stats().count("ListObjectsV2") >= wanted);
+    // Time for listings of p's siblings, were any sent.
+    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(s.stats().count("ListObjectsV2"), wanted, "{}", m.log());
+    let heads = s.stats().count("HeadObject");
+    assert!(heads < 100, "{heads} HEADs: the entries of q0..q3 were HEADed");
     for d in 0..20 {
         assert_eq!(std::fs::read_dir(m.join(&format!("p/d{d}"))).unwrap().count(), 3);
     }
