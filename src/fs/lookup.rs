@@ -36,14 +36,19 @@ impl Fs {
         if name.len() > 255 {
             return Err(Errno(libc::ENAMETOOLONG));
         }
-        let (parent_key, cached) = {
+        let (parent_key, mut cached, large) = {
             let tree = self.tree();
             let p = tree.get(parent).ok_or(Errno(libc::ENOENT))?;
             if p.attr.kind != Kind::Dir {
                 return Err(Errno(libc::ENOTDIR));
             }
-            (p.key.clone(), tree.cached_lookup(parent, name, Instant::now()))
+            (p.key.clone(), tree.cached_lookup(parent, name, Instant::now()), p.large)
         };
+        // In a directory of many pages, names revalidated one by one add up to a whole
+        // listing again (relist_large.rs).
+        if cached.is_none() && large && self.relisted_for(parent, &parent_key, name).await {
+            cached = self.tree().cached_lookup(parent, name, Instant::now());
+        }
         match cached {
             Some(Some(ino)) => {
                 // Known from a listing only: its persisted type and modes first.

@@ -32,6 +32,7 @@ mod read;
 mod readahead;
 mod readdir;
 mod recovery;
+mod relist_large;
 pub mod remembered_metadata;
 mod revalidate;
 pub mod shared_tier;
@@ -192,6 +193,7 @@ pub struct Fs {
     remembered: remembered_metadata::RememberedMetadata,
     /// Directories listed again for the opens of their files after the TTL.
     revalidation: revalidate::Revalidation,
+    relist_large: relist_large::RelistLarge,
     /// Uploads on close, and the journal every upload and background delete is recorded in.
     uploader: Uploader,
     /// Files' uploads after close: queued, in flight, refused.
@@ -312,6 +314,7 @@ impl Fs {
             small_file_prefetch: Default::default(),
             remembered,
             revalidation: revalidate::Revalidation::new(),
+            relist_large: Default::default(),
             uploader,
             writeback: Default::default(),
             deferred: Default::default(),

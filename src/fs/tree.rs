@@ -489,7 +489,9 @@ impl Tree {
 
     /// After a complete listing of `parent` that started when its change count was
     /// `changes_at_start`: forget children it did not show (unless they are local or were
-    /// placed here since it started), and trust the listing until `until`.
+    /// placed here since it started), and trust the listing until `until`, unless the
+    /// table dropped some of what it showed meanwhile (its budget): a name missing from
+    /// the children is then not known to be missing from the bucket.
     pub fn finish_listing(
         &mut self,
         parent: u64,
@@ -511,7 +513,9 @@ impl Tree {
             for name in gone {
                 p.children.remove(&name);
             }
-            p.listed_until = Some(until);
+            if shown.iter().all(|name| p.children.contains_key(name)) {
+                p.listed_until = Some(until);
+            }
         }
     }
 

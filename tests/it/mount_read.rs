@@ -362,6 +362,44 @@ fn reading_a_directory_prefetches_its_subdirectories() {
     );
 }
 
+/// A directory of several LIST pages whose names are looked up again after the metadata
+/// TTL (a DataLoader's next epoch, opening its files by path without listing) is listed
+/// again whole once a few names were revalidated one by one, not once per name; what the
+/// new listing shows replaced, gone or new is seen.
+#[test]
+fn names_of_a_large_directory_revalidated_together_cost_a_listing_not_a_list_each() {
+    let _turn = common::shared();
+    let s = server();
+    let names: Vec<String> = (0..2500).map(|i| format!("f{i:04}")).collect();
+    for n in &names {
+        put(&s, &format!("big/{n}"), "x");
+    }
+    let m = Mount::new(&s, &["--metadata-ttl", "1"]);
+    assert_eq!(std::fs::read_dir(m.join("big")).unwrap().count(), 2500);
+    std::thread::sleep(Duration::from_millis(1500));
+    // Another client meanwhile: one file replaced, one deleted, one added.
+    put(&s, "big/f0100", "replaced");
+    assert!(s.backend().delete_object(common::BUCKET, "big/f0200"));
+    put(&s, "big/f9999", "new");
+    s.stats().reset();
+    // Every name again, in an order unlike the listing's.
+    let mut order: Vec<&String> = names.iter().collect();
+    order.sort_by_key(|n| n.chars().rev().collect::<String>());
+    for n in order {
+        let found = std::fs::metadata(m.join(&format!("big/{n}")));
+        match n.as_str() {
+            "f0200" => assert!(found.is_err(), "f0200 was deleted"),
+            "f0100" => assert_eq!(found.unwrap().len(), 8, "f0100 was replaced"),
+            _ => assert_eq!(found.unwrap().len(), 1, "{n}"),
+        }
+    }
+    assert_eq!(std::fs::read_to_string(m.join("big/f9999")).unwrap(), "new");
+    let lists = s.stats().count("ListObjectsV2");
+    // The first lookup's page and its name's LIST, three names one by one, the three
+    // pages of the whole listing; a page or two more if the TTL ran out meanwhile.
+    assert!(lists <= 20, "{lists} LISTs for 2,500 names: {}", m.log());
+}
+
 /// The HEADs that follow a prefetched listing stay in the background: an `ls` of the root
 /// prefetches its subdirectories' first pages, and their entries are HEADed a few at a
 /// time, never with the mount's full width (which a model load that follows would need).

@@ -49,6 +49,23 @@ fn moving_a_directory_rekeys_its_descendants() {
 }
 
 #[test]
+fn a_listing_that_ends_after_an_entry_it_showed_was_evicted_is_not_taken_as_whole() {
+    let mut t = Tree::new("", defaults());
+    let later = Instant::now() + Duration::from_secs(5);
+    let d = t.upsert(ROOT_INO, &seen("d", Kind::Dir), later).unwrap();
+    // A listing of many pages: the table drops an entry of the first page before the last.
+    let f = t.upsert(d, &seen("f", Kind::File), later).unwrap();
+    t.evict(f);
+    t.upsert(d, &seen("g", Kind::File), later).unwrap();
+    t.finish_listing(d, &["f".to_string(), "g".to_string()].into(), later, 0);
+    assert_eq!(
+        t.cached_lookup(d, "f", Instant::now()),
+        None,
+        "f is unknown (asked again), not missing"
+    );
+}
+
+#[test]
 fn unreferenced_leaves_are_evicted_and_their_parent_listing_forgotten() {
     let mut t = Tree::new("", defaults());
     let later = Instant::now() + Duration::from_secs(5);
