@@ -153,7 +153,7 @@ pub struct MountOptions {
     /// Reading a directory lists its subdirectories in the background (16 at once), so tree walks need no round trip per directory.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub list_prefetch: bool,
-    /// Opening three small files (4 MiB or less) of one directory fetches its other small files ahead (64 per directory, 64 GETs at once), so a DataLoader's workers, `grep -r` or `tar` find them local.
+    /// Opening three small files (4 MiB or less) of one directory fetches its other small files ahead (a window of 32 files that grows as the opens find theirs fetched; up to 128 GETs at once over a long link), so a DataLoader's workers, `grep -r` or `tar` find them local.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub small_file_prefetch: bool,
     /// FUSE worker threads.

@@ -30,9 +30,12 @@ const SMALL_FILE: u64 = 4 << 20;
 const TRIGGER: usize = 3;
 const SIBLING_WALKS: usize = 2;
 /// Files of one directory fetched ahead and not yet opened: the first window, and the
-/// largest it grows to.
+/// largest it grows to (the bytes stay within the budget below). A reader in a random
+/// order over 10,000 files of one directory found its next file among 256 ahead seldom:
+/// its first epoch over a 40 ms link took 72 s, 46 s with room for 2,048, 25 s for 8,192
+/// (15 s in 100 directories of 100 files).
 const WINDOW: usize = 32;
-const WINDOW_MAX: usize = 256;
+const WINDOW_MAX: usize = 8192;
 /// Entries of a listing looked at per read-ahead, at most (files already held locally
 /// are passed over without a request, but not without a look).
 const SCAN: usize = 1024;
