@@ -203,21 +203,36 @@ impl Fs {
         page: &crate::store::ListPage,
         start: &ListingStart,
     ) {
+        let mut shown = HashSet::new();
+        self.absorb_listed_page(parent, parent_key, page, start, &mut shown, page.next.is_none());
+    }
+
+    /// Feeds one page of a directory's listing into the cache, adding the names it showed
+    /// to `shown` (the pages so far); after the `last` page, the names shown are the whole
+    /// listing until the TTL runs out.
+    pub(super) fn absorb_listed_page(
+        &self,
+        parent: u64,
+        parent_key: &str,
+        page: &crate::store::ListPage,
+        start: &ListingStart,
+        shown: &mut HashSet<String>,
+        last: bool,
+    ) {
         let mut seen = page_entries(parent_key, page, self.resolved.profile.hidden_prefixes);
         self.drop_hidden(parent_key, &mut seen, &start.hidden);
         let until = self.ttl_from_now();
         let (marker, newest) = page_times(parent_key, page);
         let mut tree = self.tree();
         tree.note_dir_listing(parent, marker, newest);
-        let mut shown = std::collections::HashSet::new();
         for e in &seen {
             let held = |ino| self.handles.has_data(ino);
             if tree.upsert_listed(parent, e, until, start.changes, &held).is_some() {
                 shown.insert(e.name.clone());
             }
         }
-        if page.next.is_none() {
-            tree.finish_listing(parent, &shown, until, start.changes);
+        if last {
+            tree.finish_listing(parent, shown, until, start.changes);
         }
     }
 

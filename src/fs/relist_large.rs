@@ -10,7 +10,7 @@
 //! revalidated one by one cost at most as many LISTs as the whole listing.
 
 use super::Fs;
-use super::listing::{ListingStart, page_entries, page_times};
+
 use crate::store::ListRequest;
 use crate::store::pagination::Pagination;
 use parking_lot::Mutex;
@@ -135,18 +135,16 @@ impl Fs {
                 .map(|o| o.key.clone())
                 .max(page.prefixes.last().cloned())
                 .unwrap_or_default();
-            self.take_in_page(lead.dir, dir_key, &page, &start, &mut shown);
+            // Every entry shown unchanged is fresh again; one changed is read again at its
+            // lookup.
+            self.absorb_listed_page(lead.dir, dir_key, &page, &start, &mut shown, next.is_none());
             self.trim_tree();
             match next {
                 Some(token) => {
                     lead.tx.send_replace(Progress::Upto(last));
                     continuation = Some(token);
                 }
-                None => {
-                    let until = self.ttl_from_now();
-                    self.tree().finish_listing(lead.dir, &shown, until, start.changes);
-                    return true;
-                }
+                None => return true,
             }
         }
     }
@@ -155,30 +153,6 @@ impl Fs {
     fn relist_failed(&self, dir_key: &str, e: crate::store::StoreError) -> bool {
         tracing::debug!("listing {dir_key:?} again to revalidate its names: {e}");
         false
-    }
-
-    /// One page of a whole listing into the tree: every entry shown unchanged is fresh
-    /// again, one changed is read again at its lookup.
-    fn take_in_page(
-        &self,
-        dir: u64,
-        dir_key: &str,
-        page: &crate::store::ListPage,
-        start: &ListingStart,
-        shown: &mut HashSet<String>,
-    ) {
-        let mut seen = page_entries(dir_key, page, self.resolved.profile.hidden_prefixes);
-        self.drop_hidden(dir_key, &mut seen, &start.hidden);
-        let until = self.ttl_from_now();
-        let (marker, newest) = page_times(dir_key, page);
-        let mut tree = self.tree();
-        tree.note_dir_listing(dir, marker, newest);
-        for e in &seen {
-            let held = |ino| self.handles.has_data(ino);
-            if tree.upsert_listed(dir, e, until, start.changes, &held).is_some() {
-                shown.insert(e.name.clone());
-            }
-        }
     }
 }
 
