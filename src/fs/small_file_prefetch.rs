@@ -42,6 +42,10 @@ const SCAN: usize = 1024;
 /// The most bytes fetched ahead and not yet opened, across the mount, where the disk cache
 /// can keep them (an eighth of it at most).
 const AHEAD_MAX: u64 = 1 << 30;
+/// The least a file fetched ahead counts for in that budget, so that the budget bounds
+/// how many files are ahead too (their bookkeeping, their GETs): 16,384 at most in 1 GiB,
+/// however small the files and however wide the windows of 1,024 directories.
+const CHARGE_MIN: u64 = 64 << 10;
 /// Fetches faster than this on average are next to the server: a reader's own GET costs
 /// little more than a read of the cache, and reading far ahead only costs (blocks read back
 /// from the disk cache after memory evicted them: 10-30 % slower epochs measured on 2 cores).
@@ -92,7 +96,7 @@ struct DirReads {
     walked: bool,
     /// Distinct files opened cold, up to `TRIGGER`: then the directory is walked.
     opened: Vec<u64>,
-    /// Files fetched ahead and not opened yet, with their sizes.
+    /// Files fetched ahead and not opened yet, with what each counts for in the budget.
     ahead: HashMap<u64, u64>,
     /// How many files `ahead` may hold: each open that found its file there adds sixteen.
     window: usize,
@@ -253,13 +257,14 @@ impl Fs {
             }
             let mut full = false;
             for (name, ino, object) in candidates {
-                if ahead_bytes + object.size > budget || d.ahead.len() >= window(d) {
+                let charge = object.size.max(CHARGE_MIN);
+                if ahead_bytes + charge > budget || d.ahead.len() >= window(d) {
                     full = true;
                     break;
                 }
                 d.after = Some(name);
-                ahead_bytes += object.size;
-                d.ahead.insert(ino, object.size);
+                ahead_bytes += charge;
+                d.ahead.insert(ino, charge);
                 started.push((ino, object));
             }
             // What was looked at and passed over is not looked at again.

@@ -108,3 +108,30 @@ fn the_window_of_a_large_directory_grows_past_a_few_hundred_files() {
     let wide = eventually(Duration::from_secs(30), || fetched() >= 600);
     assert!(wide, "{} fetched ahead: {}", fetched(), m.log());
 }
+
+/// However small the files, the budget of what is fetched ahead bounds how many are: each
+/// counts for 64 KiB at least (an eighth of the block memory here, without a disk cache:
+/// 4 MiB, 64 files ahead at once; 2 KB each, the window's 600 would fit).
+#[test]
+fn tiny_files_fetched_ahead_are_counted_within_the_budget() {
+    let _turn = common::shared();
+    let s = server();
+    let count = 700;
+    let file = |i: usize| format!("tiny/f{i:03}");
+    for i in 0..count {
+        put(&s, &file(i), pattern(2_000, i as u32));
+    }
+    s.quirks().set_latency(Duration::from_millis(20));
+    let m = Mount::new(
+        &s,
+        &["--metadata-ttl", "60", "--cache-size", "0", "--memory-limit", "64MiB"],
+    );
+    assert_eq!(std::fs::read_dir(m.join("tiny")).unwrap().count(), count);
+    for i in 0..40 {
+        std::fs::read(m.join(&file(i))).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let fetched = m.status_count("prefetched_files");
+    // The 40 opened (each fetched ahead first) and 64 ahead at most; some slack.
+    assert!(fetched <= 40 + 64 + 16, "{fetched} fetched ahead: {}", m.log());
+}
