@@ -226,11 +226,16 @@ impl Filesystem for FuseAdapter {
         self.spawn(FuseOp::Open, move |fs| async move {
             match fs.open(ino.0, mode).await {
                 Ok(o) => {
-                    let flags = if o.keep_cache {
+                    let mut flags = if o.keep_cache {
                         FopenFlags::FOPEN_KEEP_CACHE
                     } else {
                         FopenFlags::empty()
                     };
+                    if !mode.write {
+                        // A read-only handle's flush does nothing (locks are the kernel's
+                        // own): its close costs one request less (a DataLoader's files).
+                        flags |= FopenFlags::FOPEN_NOFLUSH;
+                    }
                     reply.opened(FileHandle(o.fh), flags)
                 }
                 Err(e) => reply.error(errno(e)),
@@ -501,7 +506,11 @@ impl Filesystem for FuseAdapter {
                 Ok(entries) => {
                     let ttl = fs.attr_ttl();
                     for e in entries {
-                        let Ok(attr) = fs.cached_attr(e.ino) else { continue };
+                        let Ok((attr, settled)) = fs.listed_attr(e.ino) else {
+                            continue;
+                        };
+                        // Defaults until its metadata is read: the kernel asks before use.
+                        let ttl = if settled { ttl } else { Duration::ZERO };
                         if reply.add(
                             INodeNo(e.ino),
                             e.next_offset,

@@ -281,7 +281,7 @@ pub fn serve(
         options.memory_limit,
     ))?;
     let cache_dir = config.cache_dir.clone();
-    let fs = Arc::new(Fs::new(store, resolved, config));
+    let fs = Fs::new(store, resolved, config);
     // What a killed daemon left in the journal goes out before any file is served.
     let recovered = runtime.block_on(fs.recover());
     if !recovered.failed.is_empty() {

@@ -3,6 +3,10 @@
 use crate::store::Metadata;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The longest symlink target (PATH_MAX less its NUL): an object over this size is never
+/// taken as a symlink, whatever its metadata says, so its listing alone tells its type.
+pub const SYMLINK_MAX: u64 = 4095;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     File,
@@ -100,7 +104,15 @@ impl Attr {
     pub fn apply_metadata(&mut self, key: &str, m: &Metadata, keep_special_modes: bool) {
         let mut ignored = Vec::new();
         if let Some(v) = m.get(META_MODE) {
-            match v.trim().parse::<u32>().ok().filter(|mode| *mode <= MAX_MODE) {
+            // A symlink's object holds its target: one over PATH_MAX is no symlink.
+            let impossible_link =
+                |mode: &u32| mode & S_IFMT == S_IFLNK && self.kind != Kind::Dir && self.size > SYMLINK_MAX;
+            match v
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|mode| *mode <= MAX_MODE && !impossible_link(mode))
+            {
                 Some(mode) => {
                     let kept = if keep_special_modes {
                         0o7777
@@ -232,6 +244,13 @@ mod tests {
         let symlink_mode = Metadata::from([(META_MODE.to_string(), (S_IFLNK | 0o777).to_string())]);
         dir.apply_metadata("d/", &symlink_mode, false);
         assert_eq!(dir.kind, Kind::Dir);
+        // A "symlink" whose target would be longer than any path is a file, mode untouched.
+        let mut big = Attr::new(8, Kind::File, SYMLINK_MAX + 1, UNIX_EPOCH, &d);
+        big.apply_metadata("big", &symlink_mode, false);
+        assert_eq!((big.kind, big.perm), (Kind::File, 0o644));
+        let mut link = Attr::new(9, Kind::File, SYMLINK_MAX, UNIX_EPOCH, &d);
+        link.apply_metadata("link", &symlink_mode, false);
+        assert_eq!(link.kind, Kind::Symlink);
         let mut b = Attr::new(7, Kind::File, 0, UNIX_EPOCH, &d);
         let out_of_range = Metadata::from([
             (META_MODE.to_string(), (MAX_MODE + 1).to_string()),

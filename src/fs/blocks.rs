@@ -157,8 +157,14 @@ pub struct CacheStats {
     pub fetched_bytes: AtomicU64,
 }
 
+/// Told what each GET's headers say of its object (its user metadata among them), so
+/// that a file read needs no HEAD for its mode and owner.
+pub type DescribedSink = Arc<dyn Fn(&crate::store::ObjectMeta) + Send + Sync>;
+
 pub struct BlockCache {
     store: Arc<dyn ObjectStore>,
+    /// Set once by the filesystem that owns the cache.
+    described_sink: std::sync::OnceLock<DescribedSink>,
     cache: moka::sync::Cache<BlockKey, Bytes>,
     pending: Mutex<HashMap<BlockKey, PendingBlock>>,
     pub block_size: u64,
@@ -200,6 +206,7 @@ impl BlockCache {
             .build();
         Arc::new(BlockCache {
             store,
+            described_sink: std::sync::OnceLock::new(),
             cache,
             pending: Mutex::new(HashMap::new()),
             block_size,
@@ -213,6 +220,11 @@ impl BlockCache {
                 (budget / 8).min(IDLE_BUFFERS_MAX),
             ),
         })
+    }
+
+    /// Where what GETs' headers say goes from now on (once; later calls are ignored).
+    pub fn set_described_sink(&self, sink: DescribedSink) {
+        let _ = self.described_sink.set(sink);
     }
 
     pub fn budget(&self) -> u64 {

@@ -39,6 +39,7 @@ impl Fs {
         let entries = listing::page_entries(dir_key, page, self.resolved.profile.hidden_prefixes);
         let tree = self.tree();
         let (mut wanted, mut recalled) = (Vec::new(), Heads::new());
+        let files = entries.iter().filter(|e| e.kind == Kind::File).count();
         for e in entries.into_iter().filter(|e| self.may_carry_metadata(e.kind)) {
             let key = match e.kind {
                 Kind::Dir => format!("{dir_key}{}/", e.name),
@@ -49,6 +50,8 @@ impl Fs {
             }
             match self.recall_listed(e.kind, &key, e.size, e.etag, e.mtime) {
                 Some(meta) => recalled.push((key, Ok(meta))),
+                // Read by its lookup, by the GET of its data (`metadata_by_get.rs`).
+                None if self.metadata_may_wait(e.kind, e.size, files) => {}
                 None => wanted.push(key),
             }
         }
@@ -56,13 +59,15 @@ impl Fs {
     }
 
     /// The keys among `inos` whose persisted metadata is still to be read, to HEAD, and
-    /// what an earlier mount found for those unchanged since (as for a listing's).
+    /// what an earlier mount found for those unchanged since (as for a listing's). Among
+    /// many, files whose HEADs may wait for their lookups are left to them.
     fn keys_of_unloaded(&self, inos: &[u64]) -> (Vec<String>, Heads) {
         let tree = self.tree();
         let mut recalled = Heads::new();
-        let wanted = inos
-            .iter()
-            .filter_map(|ino| tree.get(*ino))
+        let nodes: Vec<_> = inos.iter().filter_map(|ino| tree.get(*ino)).collect();
+        let files = nodes.iter().filter(|n| n.attr.kind == Kind::File).count();
+        let wanted = nodes
+            .into_iter()
             .filter(|n| !n.local && !n.metadata_loaded && self.may_carry_metadata(n.attr.kind))
             .filter(|n| {
                 // Not yet loaded, a file's node holds what its listing showed.
@@ -71,7 +76,7 @@ impl Fs {
                         recalled.push((n.key.clone(), Ok(meta)));
                         false
                     }
-                    None => true,
+                    None => !self.metadata_may_wait(n.attr.kind, n.attr.size, files),
                 }
             })
             .map(|n| n.key.clone())
@@ -149,7 +154,7 @@ impl Fs {
     /// `share` (background work leaves the foreground its request slots), and applies
     /// what they find a few at a time as they come, so that a reader meanwhile finds most
     /// of them loaded. A reader that needs one not in yet HEADs it itself, at full width.
-    async fn head_unloaded(&self, keys: Vec<String>, share: &tokio::sync::Semaphore) {
+    pub(super) async fn head_unloaded(&self, keys: Vec<String>, share: &tokio::sync::Semaphore) {
         futures::stream::iter(keys)
             .map(|key| async move {
                 let _share = share.acquire().await.expect("never closed");
@@ -190,7 +195,7 @@ impl Fs {
 
     /// Applies one HEAD's answer to its entry (and remembers a file's for the next mount);
     /// returns the error to report, if it failed otherwise than with NotFound.
-    fn apply_head_result<'a>(
+    pub(super) fn apply_head_result<'a>(
         &self,
         tree: &mut Tree,
         key: &str,

@@ -52,7 +52,7 @@ impl Fs {
         match cached {
             Some(Some(ino)) => {
                 // Known from a listing only: its persisted type and modes first.
-                self.load_metadata(&[ino]).await;
+                self.load_node_metadata(ino).await?;
                 return self.node_attr(ino);
             }
             Some(None) => return Err(Errno(libc::ENOENT)),

@@ -20,6 +20,7 @@ mod list_prefetch;
 mod listed_metadata;
 mod listing;
 mod lookup;
+mod metadata_by_get;
 mod metadata_version;
 mod names;
 mod namespace;
@@ -179,6 +180,8 @@ pub struct FsStats {
 }
 
 pub struct Fs {
+    /// Itself, for the background work a call starts (a `&self` cannot spawn it).
+    me: std::sync::Weak<Fs>,
     store: Arc<dyn ObjectStore>,
     resolved: Resolved,
     config: FsConfig,
@@ -194,6 +197,8 @@ pub struct Fs {
     /// Directories listed again for the opens of their files after the TTL.
     revalidation: revalidate::Revalidation,
     relist_large: relist_large::RelistLarge,
+    /// Directories whose entries are looked up in listing order (`ls -l`).
+    stat_order: metadata_by_get::StatOrder,
     /// Uploads on close, and the journal every upload and background delete is recorded in.
     uploader: Uploader,
     /// Files' uploads after close: queued, in flight, refused.
@@ -258,7 +263,7 @@ pub struct SharedReport {
 }
 
 impl Fs {
-    pub fn new(store: Arc<dyn ObjectStore>, resolved: Resolved, config: FsConfig) -> Fs {
+    pub fn new(store: Arc<dyn ObjectStore>, resolved: Resolved, config: FsConfig) -> Arc<Fs> {
         // The memory limit is shared: half for cached blocks, a quarter for dirty data
         // held in memory, a quarter for bodies in flight (GETs and uploads). A GET fetches up to 8
         // blocks at once.
@@ -303,26 +308,36 @@ impl Fs {
             true => remembered_metadata::RememberedMetadata::load(&config.cache_dir, &resolved.bucket),
             false => remembered_metadata::RememberedMetadata::none(),
         };
-        Fs {
-            store,
-            resolved,
-            tree: Mutex::new(tree),
-            blocks,
-            handles: handles::Handles::new(MemoryBudget::new(quarter, quarter.min(8 << 20))),
-            list_prefetch: Default::default(),
-            heads_in_flight: Default::default(),
-            small_file_prefetch: Default::default(),
-            remembered,
-            revalidation: revalidate::Revalidation::new(),
-            relist_large: Default::default(),
-            uploader,
-            writeback: Default::default(),
-            deferred: Default::default(),
-            stats: FsStats::default(),
-            unmounted: Default::default(),
-            kernel: Default::default(),
-            config,
-        }
+        Arc::new_cyclic(|me: &std::sync::Weak<Fs>| {
+            let fs = me.clone();
+            blocks.set_described_sink(Arc::new(move |meta| {
+                if let Some(fs) = fs.upgrade() {
+                    fs.described_by_get(meta);
+                }
+            }));
+            Fs {
+                me: me.clone(),
+                store,
+                resolved,
+                tree: Mutex::new(tree),
+                blocks,
+                handles: handles::Handles::new(MemoryBudget::new(quarter, quarter.min(8 << 20))),
+                list_prefetch: Default::default(),
+                heads_in_flight: Default::default(),
+                small_file_prefetch: Default::default(),
+                remembered,
+                revalidation: revalidate::Revalidation::new(),
+                relist_large: Default::default(),
+                stat_order: Default::default(),
+                uploader,
+                writeback: Default::default(),
+                deferred: Default::default(),
+                stats: FsStats::default(),
+                unmounted: Default::default(),
+                kernel: Default::default(),
+                config,
+            }
+        })
     }
 
     /// How to tell the kernel that an inode's attributes changed (called once, at mount).
@@ -437,9 +452,12 @@ impl Fs {
         self.tree().get(ino).map(|n| n.attr).ok_or(Errno(libc::ENOENT))
     }
 
-    /// Attributes as cached, without a request (readdirplus answers from the listing).
-    pub fn cached_attr(&self, ino: u64) -> FsResult<Attr> {
-        self.node_attr(ino)
+    /// Attributes as cached, without a request (readdirplus answers from the listing), and
+    /// whether the kernel may keep them for the TTL (`metadata_by_get.rs`).
+    pub fn listed_attr(&self, ino: u64) -> FsResult<(Attr, bool)> {
+        let tree = self.tree();
+        let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
+        Ok((n.attr, self.attr_settled(n)))
     }
 
     /// Object stores have no capacity to report (Runpod's volume size is not in its S3

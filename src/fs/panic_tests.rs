@@ -14,7 +14,7 @@ fn core(cache: &std::path::Path) -> Arc<Fs> {
         cache_dir: cache.to_path_buf(),
         ..FsConfig::default()
     };
-    Arc::new(Fs::new(Arc::new(MemoryStore::new()), resolved, config))
+    Fs::new(Arc::new(MemoryStore::new()), resolved, config)
 }
 
 /// Panics while holding `lock`, as a request handler hitting a bug would.

@@ -284,7 +284,7 @@ mod tests {
             upload_mode: UploadMode::OnClose,
             ..FsConfig::default()
         };
-        Arc::new(Fs::new(store.clone(), resolved, config))
+        Fs::new(store.clone(), resolved, config)
     }
 
     /// A record as a crashed mount of `endpoint` leaves it: `data` for `key` in a staging

@@ -35,14 +35,23 @@ impl SetAttr {
 
 impl Fs {
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        let (fresh, key, kind) = {
+        let (fresh, key, kind, settled) = {
             let tree = self.tree();
             let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
-            (n.local || n.fresh_until > Instant::now(), n.key.clone(), n.attr.kind)
+            (
+                n.local || n.fresh_until > Instant::now(),
+                n.key.clone(),
+                n.attr.kind,
+                self.attr_settled(n),
+            )
         };
         // A file with local data (open for writing, or changes not uploaded yet) has the
         // size the mount gave it: the bucket's is older.
         if fresh || kind == Kind::Dir || self.handles.has_data(ino) {
+            if !settled && !self.handles.has_data(ino) {
+                // Listed, its persisted mode and owner not read yet (metadata_by_get.rs).
+                self.load_node_metadata(ino).await?;
+            }
             return self.node_attr(ino);
         }
         self.refresh_file(ino, &key).await

@@ -208,6 +208,7 @@ impl ObjectStore for MemoryStore {
         let chunk = Self::slice(&o.data, range);
         let gate = self.get_gate.lock().clone();
         Ok(GetResponse {
+            described: Some(Self::meta(key, &o, true)),
             etag: Some(o.etag),
             object_size: o.data.len() as u64,
             body: Box::pin(futures::stream::once(async move {

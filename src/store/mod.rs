@@ -28,7 +28,7 @@ pub struct ObjectMeta {
     pub size: u64,
     pub etag: Option<String>,
     pub last_modified: Option<SystemTime>,
-    /// Filled by `head` only: listings do not carry user metadata.
+    /// Filled by `head` (and a GET's `described`) only: listings carry no user metadata.
     pub metadata: Metadata,
 }
 
@@ -58,6 +58,9 @@ pub struct GetResponse {
     pub etag: Option<String>,
     /// Total size of the object (not of the range).
     pub object_size: u64,
+    /// The object as this response's headers describe it, user metadata included, as a
+    /// HEAD would: `None` where they do not (a redirect's CDN answer, an empty range).
+    pub described: Option<ObjectMeta>,
     pub body: BodyStream,
 }
 

@@ -63,6 +63,7 @@ impl RedirectClient {
             return Ok(GetResponse {
                 etag: None,
                 object_size: range.start,
+                described: None,
                 body: Box::pin(futures::stream::empty()),
             });
         }
@@ -103,6 +104,8 @@ impl RedirectClient {
         Ok(GetResponse {
             etag,
             object_size,
+            // A CDN's answer carries none of the object's user metadata.
+            described: None,
             body: Box::pin(body),
         })
     }

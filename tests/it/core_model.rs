@@ -170,7 +170,7 @@ impl Core {
             upload_mode,
             ..FsConfig::default()
         };
-        let fs = Arc::new(Fs::new(store.clone(), resolved, config));
+        let fs = Fs::new(store.clone(), resolved, config);
         Core {
             fs,
             store,

@@ -17,6 +17,7 @@ mod disk_cache;
 mod faults;
 mod limits;
 mod load;
+mod metadata_by_get;
 mod mount_helper;
 mod mount_memory;
 mod mount_model;

@@ -163,11 +163,14 @@ impl BlockCache {
     /// is what a crawling connection deserves.
     async fn receive(&self, r: &mut Receiving<'_>) -> StoreResult<()> {
         let object = r.object;
-        let mut body = self
+        let response = self
             .store
             .get_range(&object.key, r.block_start..r.end, Some(&object.etag))
-            .await?
-            .body;
+            .await?;
+        if let (Some(described), Some(sink)) = (&response.described, self.described_sink.get()) {
+            sink(described);
+        }
+        let mut body = response.body;
         // Where the body's next byte belongs: behind the blocks' bytes once a race won.
         let mut body_at = r.block_start;
         // The racing GET and the block it is for.

@@ -3,7 +3,8 @@
 
 use super::Inner;
 use super::sdk_error::{error_chain, redirect_location, store_error};
-use crate::store::{BodyStream, GetResponse, StoreError, StoreResult};
+use super::wire::metadata_map;
+use crate::store::{BodyStream, GetResponse, ObjectMeta, StoreError, StoreResult};
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
@@ -11,7 +12,7 @@ use futures::StreamExt;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 use tokio::sync::OwnedSemaphorePermit;
 
 /// `bytes START-END/TOTAL` -> TOTAL.
@@ -31,6 +32,7 @@ impl Inner {
             return Ok(GetResponse {
                 etag: None,
                 object_size: 0,
+                described: None,
                 body: Box::pin(futures::stream::empty()),
             });
         }
@@ -64,6 +66,7 @@ impl Inner {
         Ok(GetResponse {
             etag: first.etag,
             object_size: first.object_size,
+            described: first.described,
             body: Box::pin(futures::stream::unfold(state, BodyState::next_chunk)),
         })
     }
@@ -95,6 +98,7 @@ impl Inner {
                     return Ok(GetResponse {
                         etag: None,
                         object_size: range.start,
+                        described: None,
                         body: Box::pin(futures::stream::empty()),
                     });
                 }
@@ -112,6 +116,13 @@ impl Inner {
             .and_then(total_from_content_range)
             .or_else(|| resp.content_length().and_then(|l| u64::try_from(l).ok()))
             .unwrap_or(0);
+        let described = ObjectMeta {
+            key: key.to_string(),
+            size: object_size,
+            etag: etag.clone(),
+            last_modified: resp.last_modified().and_then(|t| SystemTime::try_from(*t).ok()),
+            metadata: metadata_map(resp.metadata()),
+        };
         let body = futures::stream::unfold(resp.body, |mut body: ByteStream| async move {
             let chunk = body.next().await?;
             Some((chunk.map_err(|e| StoreError::Transient(error_chain(&e))), body))
@@ -119,6 +130,7 @@ impl Inner {
         Ok(GetResponse {
             etag,
             object_size,
+            described: Some(described),
             body: Box::pin(body),
         })
     }

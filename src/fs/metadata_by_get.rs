@@ -1,0 +1,241 @@
+//! A listed file's persisted metadata read by the GET of its data instead of a HEAD.
+//!
+//! A GET's headers carry the same user metadata (mode, owner, mtime) as a HEAD's. So in a
+//! directory of many files (a dataset), the HEADs of the files that cannot be symlinks
+//! (over 4,095 bytes) wait for a lookup instead of going out with the listing. The lookup
+//! of such a file of one block GETs that block (the HEAD of a larger one stays a HEAD), and
+//! the open's read finds it cached: one request per file read, not two, and a walk that
+//! stats no file (`find`, `os.walk`) sends none. Any GET's answer counts, the ones of
+//! files fetched ahead of their opens included. The kernel gets such entries from a
+//! listing with no TTL, so that it looks them up before using their attributes
+//! (`Fs::listed_attr`).
+//!
+//! A program that stats a directory's entries in listing order (`ls -l`, `du`, `rsync`,
+//! `tar`) one after another would then wait for one request per entry: after a few in
+//! order, the rest of the directory is HEADed at once ahead of it, as the listing did.
+
+use super::attr::{Kind, SYMLINK_MAX};
+use super::blocks::{ObjectVersion, Prefetch};
+use super::listed_metadata::CONCURRENT_HEADS;
+use super::{Fs, FsResult};
+use crate::store::ObjectMeta;
+use parking_lot::Mutex;
+use std::num::NonZeroUsize;
+use std::ops::Bound;
+use std::sync::Arc;
+
+/// Files in one listing page from which their HEADs wait for lookups. In a smaller
+/// directory (a source tree's) the listing's HEADs, all at once, cost less than one
+/// lookup's request after another.
+const WAIT_FROM_FILES: usize = 64;
+/// Lookups of waiting entries in listing order, one after the next, before the rest of
+/// the directory is HEADed. A reader in random order over 100 files makes such a run
+/// about once in a million of its lookups.
+const IN_ORDER_RUN: u32 = 4;
+/// Directories whose lookups are followed at once (least recently looked in forgotten).
+const DIRS: usize = 1024;
+
+/// Which directories' entries are being looked up in listing order.
+pub(super) struct StatOrder {
+    dirs: Mutex<lru::LruCache<u64, Run>>,
+    /// The HEADs of directories swept ahead of their `ls -l`.
+    share: tokio::sync::Semaphore,
+}
+
+struct Run {
+    last: String,
+    length: u32,
+    swept: bool,
+}
+
+impl Default for StatOrder {
+    fn default() -> Self {
+        StatOrder {
+            dirs: Mutex::new(lru::LruCache::new(NonZeroUsize::new(DIRS).expect("not zero"))),
+            share: tokio::sync::Semaphore::new(CONCURRENT_HEADS),
+        }
+    }
+}
+
+impl StatOrder {
+    /// `name` in `dir` was looked up before its metadata was read; `before` is the name
+    /// listed just before it. Whether the lookups have come in listing order long enough
+    /// to sweep the rest of the directory (`Sweep` once, then `Swept`).
+    fn note(&self, dir: u64, name: &str, before: Option<&str>) -> Order {
+        let mut dirs = self.dirs.lock();
+        let run = dirs.get_or_insert_mut(dir, || Run {
+            last: String::new(),
+            length: 0,
+            swept: false,
+        });
+        if run.swept {
+            return Order::Swept;
+        }
+        run.length = match before {
+            Some(b) if run.length > 0 && b == run.last => run.length + 1,
+            _ => 1,
+        };
+        run.last = name.to_string();
+        run.swept = run.length >= IN_ORDER_RUN;
+        match run.length {
+            _ if run.swept => Order::Sweep,
+            1 => Order::Scattered,
+            _ => Order::Following,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Order {
+    /// Not after the name looked up before in the directory (a reader in any order).
+    Scattered,
+    /// After it, in a run not long enough yet (the start of an `ls -l`, or chance).
+    Following,
+    /// The run just became long enough: HEAD the rest of the directory.
+    Sweep,
+    /// Its rest is being HEADed: a lookup joins its HEAD.
+    Swept,
+}
+
+impl Fs {
+    /// Whether a listed entry's HEAD may wait for its lookup (see the module's comment):
+    /// `files_listed` is how many files its page of the listing holds.
+    pub(super) fn metadata_may_wait(&self, kind: Kind, size: u64, files_listed: usize) -> bool {
+        kind == Kind::File
+            && size > SYMLINK_MAX
+            && files_listed >= WAIT_FROM_FILES
+            && self.may_carry_metadata(Kind::File)
+            // A redirected GET's answer (a CDN's) carries no user metadata.
+            && !self.resolved.profile.get_redirects
+    }
+
+    /// Whether the kernel may keep `ino`'s attributes for the TTL: not while a file's
+    /// persisted mode and owner are still to be read (they are defaults until then).
+    pub(super) fn attr_settled(&self, n: &super::tree::Node) -> bool {
+        n.local
+            || n.metadata_loaded
+            || n.attr.kind != Kind::File
+            || n.attr.size <= SYMLINK_MAX
+            || !self.may_carry_metadata(Kind::File)
+    }
+
+    /// A GET's headers described its object: that file's metadata, if not read yet.
+    pub(super) fn described_by_get(&self, meta: &ObjectMeta) {
+        if !self.may_carry_metadata(Kind::File) || meta.key.ends_with('/') {
+            return;
+        }
+        let mut tree = self.tree();
+        if tree.metadata_loaded(&meta.key) {
+            return;
+        }
+        self.apply_head_result(&mut tree, &meta.key, &Ok(meta.clone()));
+    }
+
+    /// Reads the persisted metadata of `ino` if it lacks it (a lookup, a getattr): a file
+    /// whose HEAD waited, by the GET of its one block where it has one.
+    pub(super) async fn load_node_metadata(&self, ino: u64) -> FsResult<()> {
+        let (key, etag, size, parent, name, before, waiting) = {
+            let tree = self.tree();
+            let n = tree.get(ino).ok_or(super::Errno(libc::ENOENT))?;
+            let before = tree.get(n.parent).and_then(|p| {
+                p.children
+                    .range::<str, _>((Bound::Unbounded, Bound::Excluded(n.name.as_str())))
+                    .next_back()
+                    .map(|(name, _)| name.clone())
+            });
+            (
+                n.key.clone(),
+                n.etag.clone(),
+                n.attr.size,
+                n.parent,
+                n.name.clone(),
+                before,
+                // A file with local data keeps the attributes the mount gave it.
+                !self.attr_settled(n) && !self.handles.has_data(ino),
+            )
+        };
+        if !waiting {
+            self.load_metadata(&[ino]).await;
+            return Ok(());
+        }
+        let order = self.stat_order.note(parent, &name, before.as_deref());
+        if order == Order::Sweep {
+            self.sweep_after(parent, &name);
+        }
+        let by_get = matches!(order, Order::Scattered | Order::Following)
+            && size <= self.blocks.block_size
+            && !self.heads_in_flight.under_way(&key);
+        if let Some(etag) = etag.filter(|_| by_get) {
+            let object = ObjectVersion {
+                key: Arc::from(key.as_str()),
+                etag: Arc::from(etag.as_str()),
+                size,
+            };
+            // A cold read of the file, as its open would have been; not in a run in
+            // listing order, which is more likely the start of an `ls -l` than a reader
+            // whose directory is worth fetching ahead.
+            if order == Order::Scattered
+                && let Some(fs) = self.me.upgrade()
+            {
+                fs.note_read_open(ino, &object);
+            }
+            // A failure (the object changed, an error) leaves it to the HEAD below.
+            let _ = self.blocks.read(&object, 0..size, Prefetch::none()).await;
+            if self.tree().metadata_loaded(&key) {
+                return Ok(());
+            }
+        }
+        // A block from a cache, a redirected GET or a larger file: a HEAD.
+        self.load_metadata(&[ino]).await;
+        Ok(())
+    }
+
+    /// HEADs in the background the entries of `dir` after `name` whose metadata waits.
+    fn sweep_after(&self, dir: u64, name: &str) {
+        let Some(fs) = self.me.upgrade() else { return };
+        let keys: Vec<String> = {
+            let tree = self.tree();
+            let Some(d) = tree.get(dir) else { return };
+            d.children
+                .range::<str, _>((Bound::Excluded(name), Bound::Unbounded))
+                .filter_map(|(_, ino)| tree.get(*ino))
+                .filter(|n| !self.attr_settled(n))
+                .map(|n| n.key.clone())
+                .collect()
+        };
+        tracing::debug!(
+            "{} entries of {dir} looked up in order: HEADing the other {}",
+            IN_ORDER_RUN,
+            keys.len()
+        );
+        tokio::spawn(async move { fs.head_unloaded(keys, &fs.stat_order.share).await });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_in_listing_order_sweeps_once() {
+        let order = StatOrder::default();
+        assert_eq!(order.note(7, "a", None), Order::Scattered);
+        assert_eq!(order.note(7, "b", Some("a")), Order::Following);
+        assert_eq!(order.note(7, "c", Some("b")), Order::Following);
+        assert_eq!(order.note(7, "d", Some("c")), Order::Sweep);
+        assert_eq!(order.note(7, "x", Some("q")), Order::Swept, "a directory is swept once");
+    }
+
+    #[test]
+    fn lookups_out_of_order_never_sweep() {
+        let order = StatOrder::default();
+        for (name, before) in [("q", "p"), ("c", "b"), ("d", "c"), ("m", "l"), ("n", "m"), ("o", "n")] {
+            assert_ne!(order.note(3, name, Some(before)), Order::Sweep);
+        }
+        // Another directory's run is its own.
+        for (name, before) in [("b", "a"), ("c", "b"), ("d", "c")] {
+            assert_ne!(order.note(4, name, Some(before)), Order::Sweep);
+        }
+        assert_eq!(order.note(3, "p", Some("o")), Order::Sweep);
+    }
+}

@@ -1,0 +1,113 @@
+//! The persisted metadata of a dataset's files read by the GETs of their data: a walk sends
+//! no HEAD, a file read costs one GET, and what the metadata says (mode, mtime, a type
+//! an object cannot have) shows as a HEAD would have shown it (src/fs/metadata_by_get.rs).
+
+use crate::common::{self, Mount, pattern, server};
+use s3vol::server::RunningServer;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+const FILES: usize = 100;
+/// Over the longest symlink target: the listing alone tells such a file's type.
+const SIZE: usize = 5000;
+
+fn name(i: usize) -> String {
+    format!("ds/f{i:03}")
+}
+
+/// A dataset directory: `FILES` files of `SIZE` bytes; f007 executable with a persisted
+/// mtime, f011 owned by uid 4242, f013 declaring itself a symlink (it is 5,000 bytes).
+fn dataset(s: &RunningServer) {
+    let backend = s.backend();
+    let (exe, link) = (0o100755u32.to_string(), 0o120777u32.to_string());
+    for i in 0..FILES {
+        let meta: Vec<(&str, &str)> = match i {
+            7 => vec![("mode", &exe), ("mtime", "1600000000")],
+            11 => vec![("uid", "4242")],
+            13 => vec![("mode", &link)],
+            _ => vec![],
+        };
+        backend
+            .put_object(common::BUCKET, &name(i), pattern(SIZE, i as u32), &meta)
+            .unwrap();
+    }
+}
+
+fn requests(s: &RunningServer) -> (u64, u64) {
+    (s.stats().count("HeadObject"), s.stats().count("GetObject"))
+}
+
+/// A DataLoader's epoch: a walk, then every file read in an order unlike the listing's.
+#[test]
+fn a_walk_sends_no_head_and_each_file_read_costs_one_get() {
+    let _turn = common::shared();
+    let s = server();
+    dataset(&s);
+    let m = Mount::new(&s, &["--metadata-ttl", "60"]);
+    let start = requests(&s);
+    let entries: Vec<_> = std::fs::read_dir(m.join("ds")).unwrap().map(|e| e.unwrap()).collect();
+    assert_eq!(entries.len(), FILES);
+    assert!(entries.iter().all(|e| e.file_type().unwrap().is_file()));
+    let (heads, _) = requests(&s);
+    // The lookup of `ds` HEADs `ds` and its marker, none of its files.
+    assert!(
+        heads - start.0 <= 2,
+        "{} HEADs for a walk of {FILES} files",
+        heads - start.0
+    );
+    // A stride through the names: never two neighbours of the listing one after the other.
+    for i in (0..FILES).map(|k| k * 37 % FILES) {
+        let path = m.join(&name(i));
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(meta.is_file(), "{}", name(i));
+        assert_eq!(std::fs::read(&path).unwrap(), pattern(SIZE, i as u32), "{}", name(i));
+        match i {
+            7 => {
+                assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
+                assert_eq!(meta.mtime(), 1_600_000_000);
+            }
+            11 => assert_eq!(meta.uid(), 4242),
+            // Not a symlink, and not given the mode of one.
+            13 => assert_eq!(meta.permissions().mode() & 0o7777, 0o644, "{}", m.log()),
+            _ => assert_eq!(meta.permissions().mode() & 0o7777, 0o644),
+        }
+    }
+    let (heads, gets) = requests(&s);
+    assert!(heads - start.0 <= 2, "{} HEADs: files were HEADed", heads - start.0);
+    assert_eq!(gets - start.1, FILES as u64, "one GET per file");
+}
+
+/// `ls -l` stats every entry in listing order: after the first few, the rest of the
+/// directory is HEADed ahead of it, not fetched (and waited for) one by one.
+#[test]
+fn ls_l_of_a_dataset_heads_the_entries_ahead_of_its_stats() {
+    let _turn = common::shared();
+    let s = server();
+    dataset(&s);
+    let m = Mount::new(&s, &["--metadata-ttl", "60"]);
+    let start = requests(&s);
+    let out = std::process::Command::new("ls")
+        .args(["-l", "--time-style=+%s"])
+        .arg(m.join("ds"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let listing = String::from_utf8(out.stdout).unwrap();
+    let line = |file: &str| {
+        listing
+            .lines()
+            .find(|l| l.split_whitespace().nth(6) == Some(file))
+            .unwrap_or_else(|| panic!("{file} not in {listing}"))
+            .to_string()
+    };
+    assert_eq!(listing.lines().count(), FILES + 1);
+    assert!(line("f007").starts_with("-rwxr-xr-x"), "{}", line("f007"));
+    assert!(line("f007").contains(" 1600000000 "), "{}", line("f007"));
+    assert!(line("f011").contains(" 4242 "), "{}", line("f011"));
+    assert!(line("f013").starts_with("-rw-r--r--"), "{}", line("f013"));
+    let (heads, gets) = requests(&s);
+    let (heads, gets) = (heads - start.0, gets - start.1);
+    assert!(gets <= 8, "{gets} GETs: the stats fetched their files one by one");
+    assert!(heads <= FILES as u64 + 1, "{heads} HEADs");
+    // Each entry's once, and the lookup's of `ds` (as a file, as a directory's marker).
+    assert!(heads + gets <= FILES as u64 + 2, "{heads} HEADs and {gets} GETs");
+}
