@@ -166,6 +166,11 @@ impl Fs {
         self.prefetch_listings(&next);
     }
 
+    /// Whether a readdir read `ino` lately (a walk is in it).
+    pub(super) fn read_lately(&self, ino: u64) -> bool {
+        self.list_prefetch.read.lock().contains(&ino)
+    }
+
     /// Waits for a prefetch of `ino`'s listing under way, if any.
     pub(super) async fn wait_for_prefetch(&self, ino: u64) {
         let waiter = self.list_prefetch.in_flight.lock().get(&ino).cloned();

@@ -9,6 +9,7 @@
 
 use super::attr::Kind;
 use super::heads_in_flight::{self, Turn};
+use super::metadata_by_get::metadata_may_wait;
 use super::tree::Tree;
 use super::{Fs, listing};
 use crate::store::StoreError;
@@ -40,6 +41,7 @@ impl Fs {
         let tree = self.tree();
         let (mut wanted, mut recalled) = (Vec::new(), Heads::new());
         let files = entries.iter().filter(|e| e.kind == Kind::File).count();
+        let defer = self.listing_defers_metadata(&tree, tree.ino_of(dir_key), files);
         for e in entries.into_iter().filter(|e| self.may_carry_metadata(e.kind)) {
             let key = match e.kind {
                 Kind::Dir => format!("{dir_key}{}/", e.name),
@@ -51,7 +53,7 @@ impl Fs {
             match self.recall_listed(e.kind, &key, e.size, e.etag, e.mtime) {
                 Some(meta) => recalled.push((key, Ok(meta))),
                 // Read by its lookup, by the GET of its data (`metadata_by_get.rs`).
-                None if self.metadata_may_wait(e.kind, e.size, files) => {}
+                None if defer && metadata_may_wait(e.kind, e.size) => {}
                 None => wanted.push(key),
             }
         }
@@ -66,6 +68,7 @@ impl Fs {
         let mut recalled = Heads::new();
         let nodes: Vec<_> = inos.iter().filter_map(|ino| tree.get(*ino)).collect();
         let files = nodes.iter().filter(|n| n.attr.kind == Kind::File).count();
+        let defer = self.listing_defers_metadata(&tree, nodes.first().map(|n| n.parent), files);
         let wanted = nodes
             .into_iter()
             .filter(|n| !n.local && !n.metadata_loaded && self.may_carry_metadata(n.attr.kind))
@@ -76,7 +79,7 @@ impl Fs {
                         recalled.push((n.key.clone(), Ok(meta)));
                         false
                     }
-                    None => !self.metadata_may_wait(n.attr.kind, n.attr.size, files),
+                    None => !(defer && metadata_may_wait(n.attr.kind, n.attr.size)),
                 }
             })
             .map(|n| n.key.clone())

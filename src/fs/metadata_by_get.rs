@@ -17,6 +17,7 @@
 use super::attr::{Kind, SYMLINK_MAX};
 use super::blocks::{ObjectVersion, Prefetch};
 use super::listed_metadata::CONCURRENT_HEADS;
+use super::tree::Tree;
 use super::{Fs, FsResult};
 use crate::store::ObjectMeta;
 use parking_lot::Mutex;
@@ -34,14 +35,21 @@ const WAIT_FROM_FILES: usize = 64;
 const IN_ORDER_RUN: u32 = 4;
 /// Directories whose lookups are followed at once (least recently looked in forgotten).
 const DIRS: usize = 1024;
+/// Directories beside one swept in a walk whose entries are HEADed with it (as many as
+/// the listings prefetched ahead of a walk).
+const SWEPT_BESIDE: usize = 32;
 
 /// Which directories' entries are being looked up in listing order.
 pub(super) struct StatOrder {
     dirs: Mutex<lru::LruCache<u64, Run>>,
+    /// Directories read by a walk that stats the entries of their subdirectories: the
+    /// listings of those are HEADed as before.
+    stat_walks: Mutex<lru::LruCache<u64, ()>>,
     /// The HEADs of directories swept ahead of their `ls -l`.
     share: tokio::sync::Semaphore,
 }
 
+#[derive(Default)]
 struct Run {
     last: String,
     length: u32,
@@ -52,22 +60,29 @@ impl Default for StatOrder {
     fn default() -> Self {
         StatOrder {
             dirs: Mutex::new(lru::LruCache::new(NonZeroUsize::new(DIRS).expect("not zero"))),
+            stat_walks: Mutex::new(lru::LruCache::new(NonZeroUsize::new(DIRS).expect("not zero"))),
             share: tokio::sync::Semaphore::new(CONCURRENT_HEADS),
         }
     }
 }
 
 impl StatOrder {
+    fn stat_walk_under(&self, dir: u64) -> bool {
+        self.stat_walks.lock().contains(&dir)
+    }
+
+    /// `dir`'s entries are being HEADed with a sweep of the directory before it.
+    fn mark_swept(&self, dir: u64) {
+        let mut dirs = self.dirs.lock();
+        dirs.get_or_insert_mut(dir, Run::default).swept = true;
+    }
+
     /// `name` in `dir` was looked up before its metadata was read; `before` is the name
     /// listed just before it. Whether the lookups have come in listing order long enough
     /// to sweep the rest of the directory (`Sweep` once, then `Swept`).
     fn note(&self, dir: u64, name: &str, before: Option<&str>) -> Order {
         let mut dirs = self.dirs.lock();
-        let run = dirs.get_or_insert_mut(dir, || Run {
-            last: String::new(),
-            length: 0,
-            swept: false,
-        });
+        let run = dirs.get_or_insert_mut(dir, Run::default);
         if run.swept {
             return Order::Swept;
         }
@@ -97,16 +112,23 @@ enum Order {
     Swept,
 }
 
+/// Whether a listed entry's HEAD may wait for its lookup: a file no symlink can be.
+pub(super) fn metadata_may_wait(kind: Kind, size: u64) -> bool {
+    kind == Kind::File && size > SYMLINK_MAX
+}
+
 impl Fs {
-    /// Whether a listed entry's HEAD may wait for its lookup (see the module's comment):
-    /// `files_listed` is how many files its page of the listing holds.
-    pub(super) fn metadata_may_wait(&self, kind: Kind, size: u64, files_listed: usize) -> bool {
-        kind == Kind::File
-            && size > SYMLINK_MAX
-            && files_listed >= WAIT_FROM_FILES
+    /// Whether the HEADs of a listing of `dir` showing `files` files may wait for their
+    /// lookups: not in a small directory, nor where a walk stats every entry of the
+    /// directories beside it (`ls -lR`, `du`: they are HEADed with the listing then).
+    pub(super) fn listing_defers_metadata(&self, tree: &Tree, dir: Option<u64>, files: usize) -> bool {
+        files >= WAIT_FROM_FILES
             && self.may_carry_metadata(Kind::File)
             // A redirected GET's answer (a CDN's) carries no user metadata.
             && !self.resolved.profile.get_redirects
+            && !dir
+                .and_then(|d| tree.get(d))
+                .is_some_and(|d| self.stat_order.stat_walk_under(d.parent))
     }
 
     /// Whether the kernel may keep `ino`'s attributes for the TTL: not while a file's
@@ -114,8 +136,7 @@ impl Fs {
     pub(super) fn attr_settled(&self, n: &super::tree::Node) -> bool {
         n.local
             || n.metadata_loaded
-            || n.attr.kind != Kind::File
-            || n.attr.size <= SYMLINK_MAX
+            || !metadata_may_wait(n.attr.kind, n.attr.size)
             || !self.may_carry_metadata(Kind::File)
     }
 
@@ -190,22 +211,41 @@ impl Fs {
         Ok(())
     }
 
-    /// HEADs in the background the entries of `dir` after `name` whose metadata waits.
+    /// HEADs in the background the entries of `dir` after `name` whose metadata waits. If
+    /// a walk read `dir`'s parent too (`ls -lR`, `du`), the next directories beside `dir`
+    /// are HEADed with it, and the listings of the others from then on.
     fn sweep_after(&self, dir: u64, name: &str) {
         let Some(fs) = self.me.upgrade() else { return };
         let keys: Vec<String> = {
             let tree = self.tree();
             let Some(d) = tree.get(dir) else { return };
-            d.children
-                .range::<str, _>((Bound::Excluded(name), Bound::Unbounded))
-                .filter_map(|(_, ino)| tree.get(*ino))
-                .filter(|n| !self.attr_settled(n))
-                .map(|n| n.key.clone())
-                .collect()
+            let unsettled = |dir: &super::tree::Node, after: Bound<&str>| -> Vec<String> {
+                dir.children
+                    .range::<str, _>((after, Bound::Unbounded))
+                    .filter_map(|(_, ino)| tree.get(*ino))
+                    .filter(|n| !self.attr_settled(n))
+                    .map(|n| n.key.clone())
+                    .collect()
+            };
+            let mut keys = unsettled(d, Bound::Excluded(name));
+            if d.parent != dir && self.read_lately(d.parent) {
+                self.stat_order.stat_walks.lock().put(d.parent, ());
+                let beside = tree.get(d.parent).into_iter().flat_map(|p| {
+                    p.children
+                        .range::<str, _>((Bound::Excluded(d.name.as_str()), Bound::Unbounded))
+                        .filter_map(|(_, ino)| tree.get(*ino))
+                        .filter(|n| n.attr.kind == Kind::Dir)
+                        .take(SWEPT_BESIDE)
+                });
+                for sibling in beside {
+                    self.stat_order.mark_swept(sibling.attr.ino);
+                    keys.extend(unsettled(sibling, Bound::Unbounded));
+                }
+            }
+            keys
         };
         tracing::debug!(
-            "{} entries of {dir} looked up in order: HEADing the other {}",
-            IN_ORDER_RUN,
+            "entries of {dir} looked up in listing order: HEADing {} ahead",
             keys.len()
         );
         tokio::spawn(async move { fs.head_unloaded(keys, &fs.stat_order.share).await });

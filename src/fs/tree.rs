@@ -661,6 +661,11 @@ impl Tree {
         }
     }
 
+    /// The inode that stands for `key`, if any.
+    pub fn ino_of(&self, key: &str) -> Option<u64> {
+        self.by_key.get(key).copied()
+    }
+
     /// Whether a node currently stands for `key`.
     pub fn has_key(&self, key: &str) -> bool {
         self.by_key.contains_key(key)

@@ -111,3 +111,41 @@ fn ls_l_of_a_dataset_heads_the_entries_ahead_of_its_stats() {
     // Each entry's once, and the lookup's of `ds` (as a file, as a directory's marker).
     assert!(heads + gets <= FILES as u64 + 2, "{heads} HEADs and {gets} GETs");
 }
+
+/// `ls -lR` stats the entries of one directory after another: once the first is swept,
+/// the directories beside it are HEADed with their listings, not fetched name by name.
+#[test]
+fn a_recursive_ls_heads_the_directories_after_the_first_it_swept() {
+    let _turn = common::shared();
+    let s = server();
+    let backend = s.backend();
+    let exe = 0o100755u32.to_string();
+    for d in 0..4 {
+        for i in 0..70 {
+            let meta: Vec<(&str, &str)> = if i == 42 { vec![("mode", &exe)] } else { vec![] };
+            let key = format!("top/d{d}/f{i:02}");
+            backend
+                .put_object(common::BUCKET, &key, pattern(SIZE, i), &meta)
+                .unwrap();
+        }
+    }
+    let m = Mount::new(&s, &["--metadata-ttl", "60"]);
+    let start = requests(&s);
+    let out = std::process::Command::new("ls")
+        .arg("-lR")
+        .arg(m.join("top"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let listing = String::from_utf8(out.stdout).unwrap();
+    let executables = listing.lines().filter(|l| l.starts_with("-rwxr-xr-x")).count();
+    assert_eq!(executables, 4, "{listing}");
+    assert_eq!(listing.lines().filter(|l| l.starts_with("-rw-r--r--")).count(), 4 * 69);
+    let (heads, gets) = requests(&s);
+    let (heads, gets) = (heads - start.0, gets - start.1);
+    assert!(
+        gets <= 4,
+        "{gets} GETs: the stats of the later directories fetched their files"
+    );
+    assert!(heads <= 4 * 70 + 10, "{heads} HEADs");
+}
