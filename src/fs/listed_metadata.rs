@@ -9,7 +9,6 @@
 
 use super::attr::Kind;
 use super::heads_in_flight::{self, Turn};
-use super::metadata_by_get::metadata_may_wait;
 use super::tree::Tree;
 use super::{Fs, listing};
 use crate::store::StoreError;
@@ -53,7 +52,7 @@ impl Fs {
             match self.recall_listed(e.kind, &key, e.size, e.etag, e.mtime) {
                 Some(meta) => recalled.push((key, Ok(meta))),
                 // Read by its lookup, by the GET of its data (`metadata_by_get.rs`).
-                None if defer && metadata_may_wait(e.kind, e.size) => {}
+                None if defer && self.metadata_may_wait(e.kind, e.size) => {}
                 None => wanted.push(key),
             }
         }
@@ -79,7 +78,7 @@ impl Fs {
                         recalled.push((n.key.clone(), Ok(meta)));
                         false
                     }
-                    None => !(defer && metadata_may_wait(n.attr.kind, n.attr.size)),
+                    None => !(defer && self.metadata_may_wait(n.attr.kind, n.attr.size)),
                 }
             })
             .map(|n| n.key.clone())

@@ -2,11 +2,11 @@
 //!
 //! A GET's headers carry the same user metadata (mode, owner, mtime) as a HEAD's. So in a
 //! directory of many files (a dataset), the HEADs of the files that cannot be symlinks
-//! (over 4,095 bytes) wait for a lookup instead of going out with the listing. The lookup
-//! of such a file of one block GETs that block (the HEAD of a larger one stays a HEAD), and
-//! the open's read finds it cached: one request per file read, not two, and a walk that
-//! stats no file (`find`, `os.walk`) sends none. Any GET's answer counts, the ones of
-//! files fetched ahead of their opens included. The kernel gets such entries from a
+//! (over 4,095 bytes) and that one GET fetches whole (one block) wait for a lookup instead
+//! of going out with the listing. The lookup GETs the file, and the open's read finds it
+//! cached: one request per file read, not two, and a walk that stats no file (`find`,
+//! `os.walk`) sends none. Any GET's answer counts, the ones of files fetched ahead of
+//! their opens included. The kernel gets such entries from a
 //! listing with no TTL, so that it looks them up before using their attributes
 //! (`Fs::listed_attr`).
 //!
@@ -112,12 +112,14 @@ enum Order {
     Swept,
 }
 
-/// Whether a listed entry's HEAD may wait for its lookup: a file no symlink can be.
-pub(super) fn metadata_may_wait(kind: Kind, size: u64) -> bool {
-    kind == Kind::File && size > SYMLINK_MAX
-}
-
 impl Fs {
+    /// Whether a listed entry's HEAD may wait for its lookup: a file no symlink can be,
+    /// which one GET fetches whole (a larger one's HEAD would not be saved, only delayed
+    /// to its open).
+    pub(super) fn metadata_may_wait(&self, kind: Kind, size: u64) -> bool {
+        kind == Kind::File && size > SYMLINK_MAX && size <= self.blocks.block_size
+    }
+
     /// Whether the HEADs of a listing of `dir` showing `files` files may wait for their
     /// lookups: not in a small directory, nor where a walk stats every entry of the
     /// directories beside it (`ls -lR`, `du`: they are HEADed with the listing then).
@@ -136,7 +138,7 @@ impl Fs {
     pub(super) fn attr_settled(&self, n: &super::tree::Node) -> bool {
         n.local
             || n.metadata_loaded
-            || !metadata_may_wait(n.attr.kind, n.attr.size)
+            || !self.metadata_may_wait(n.attr.kind, n.attr.size)
             || !self.may_carry_metadata(Kind::File)
     }
 
@@ -153,7 +155,7 @@ impl Fs {
     }
 
     /// Reads the persisted metadata of `ino` if it lacks it (a lookup, a getattr): a file
-    /// whose HEAD waited, by the GET of its one block where it has one.
+    /// whose HEAD waited, by the GET of its one block.
     pub(super) async fn load_node_metadata(&self, ino: u64) -> FsResult<()> {
         let (key, etag, size, parent, name, before, waiting) = {
             let tree = self.tree();
@@ -183,9 +185,7 @@ impl Fs {
         if order == Order::Sweep {
             self.sweep_after(parent, &name);
         }
-        let by_get = matches!(order, Order::Scattered | Order::Following)
-            && size <= self.blocks.block_size
-            && !self.heads_in_flight.under_way(&key);
+        let by_get = matches!(order, Order::Scattered | Order::Following) && !self.heads_in_flight.under_way(&key);
         if let Some(etag) = etag.filter(|_| by_get) {
             let object = ObjectVersion {
                 key: Arc::from(key.as_str()),
@@ -206,7 +206,7 @@ impl Fs {
                 return Ok(());
             }
         }
-        // A block from a cache, a redirected GET or a larger file: a HEAD.
+        // A block from a cache, a failed GET, or a sweep under way: a HEAD (or its own).
         self.load_metadata(&[ino]).await;
         Ok(())
     }
