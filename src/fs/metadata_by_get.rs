@@ -31,13 +31,15 @@ use std::sync::Arc;
 const WAIT_FROM_FILES: usize = 64;
 /// Lookups of waiting entries in listing order, one after the next, before the rest of
 /// the directory is HEADed. A reader in random order over 100 files makes such a run
-/// about once in a million of its lookups.
+/// about once in a million of its lookups. A run from the directory's first entry (where
+/// `ls -l` starts) needs two: a random reader starts one about once in 10,000 lookups.
 const IN_ORDER_RUN: u32 = 4;
+const IN_ORDER_FROM_FIRST: u32 = 2;
 /// Directories whose lookups are followed at once (least recently looked in forgotten).
 const DIRS: usize = 1024;
-/// Directories beside one swept in a walk whose entries are HEADed with it (as many as
-/// the listings prefetched ahead of a walk).
-const SWEPT_BESIDE: usize = 32;
+/// Directories beside one swept in a walk whose entries are HEADed with it (a bound on
+/// one sweep's work; those after them are HEADed with their listings, a readdir's wait).
+const SWEPT_BESIDE: usize = 1024;
 
 /// Which directories' entries are being looked up in listing order.
 pub(super) struct StatOrder {
@@ -51,6 +53,8 @@ pub(super) struct StatOrder {
 
 #[derive(Default)]
 struct Run {
+    /// The run began at the directory's first entry.
+    from_first: bool,
     last: String,
     length: u32,
     swept: bool,
@@ -88,10 +92,13 @@ impl StatOrder {
         }
         run.length = match before {
             Some(b) if run.length > 0 && b == run.last => run.length + 1,
-            _ => 1,
+            _ => {
+                run.from_first = before.is_none();
+                1
+            }
         };
         run.last = name.to_string();
-        run.swept = run.length >= IN_ORDER_RUN;
+        run.swept = run.length >= IN_ORDER_RUN || (run.from_first && run.length >= IN_ORDER_FROM_FIRST);
         match run.length {
             _ if run.swept => Order::Sweep,
             1 => Order::Scattered,
@@ -259,11 +266,21 @@ mod tests {
     #[test]
     fn a_run_in_listing_order_sweeps_once() {
         let order = StatOrder::default();
-        assert_eq!(order.note(7, "a", None), Order::Scattered);
-        assert_eq!(order.note(7, "b", Some("a")), Order::Following);
+        assert_eq!(order.note(7, "b", Some("a")), Order::Scattered);
         assert_eq!(order.note(7, "c", Some("b")), Order::Following);
-        assert_eq!(order.note(7, "d", Some("c")), Order::Sweep);
+        assert_eq!(order.note(7, "d", Some("c")), Order::Following);
+        assert_eq!(order.note(7, "e", Some("d")), Order::Sweep);
         assert_eq!(order.note(7, "x", Some("q")), Order::Swept, "a directory is swept once");
+    }
+
+    #[test]
+    fn a_run_from_the_first_entry_sweeps_after_two() {
+        let order = StatOrder::default();
+        assert_eq!(order.note(5, "a", None), Order::Scattered);
+        assert_eq!(order.note(5, "b", Some("a")), Order::Sweep);
+        // Anywhere else, two in order are chance.
+        assert_eq!(order.note(6, "k", Some("j")), Order::Scattered);
+        assert_eq!(order.note(6, "l", Some("k")), Order::Following);
     }
 
     #[test]
