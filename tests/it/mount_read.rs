@@ -564,7 +564,17 @@ fn metrics_count_what_the_server_saw_and_parse_as_prometheus_text() {
         read += std::fs::read(m.join(&format!("m/f{i:02}"))).unwrap().len();
     }
     assert!(std::fs::metadata(m.join("m/missing")).is_err());
-    let after = scrape();
+    // A request is counted right after its answer: the last close (no FLUSH for a
+    // read-only handle) may return before the last open is counted.
+    let opens = |page: &std::collections::HashMap<String, f64>| {
+        let count = "s3vol_fuse_operation_duration_seconds_count";
+        sum(page, count, "operation=\"open\"") - sum(&before, count, "operation=\"open\"")
+    };
+    let mut after = scrape();
+    eventually(Duration::from_secs(10), || {
+        after = scrape();
+        opens(&after) >= 20.0
+    });
     let delta = |name: &str, label: &str| sum(&after, name, label) - sum(&before, name, label);
     let gets = s.stats().count("GetObject") - server_before.0;
     let lists = s.stats().count("ListObjectsV2") - server_before.1;
