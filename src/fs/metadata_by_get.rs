@@ -262,6 +262,71 @@ impl Fs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::attr::{META_MODE, META_UID};
+    use crate::fs::{FsConfig, ROOT_INO, SetAttr};
+    use crate::provider::{Overrides, Resolved};
+    use crate::source::Source;
+    use crate::store::memory::MemoryStore;
+    use crate::store::{ObjectStore, PutOptions};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// A mount of a directory of 70 files of 5,000 bytes read by readdir; `ds/f05` is
+    /// owned by uid 4242 with mode 600. Returns the store, the core and f05's inode.
+    async fn listed_dataset(cache: &std::path::Path) -> (Arc<MemoryStore>, Arc<Fs>, u64) {
+        let store = Arc::new(MemoryStore::new());
+        for i in 0..70 {
+            let mut opts = PutOptions::default();
+            if i == 5 {
+                opts.metadata.insert(META_UID.into(), "4242".into());
+                opts.metadata.insert(META_MODE.into(), 0o100600.to_string());
+            }
+            let key = format!("ds/f{i:02}");
+            store.put(&key, vec![i as u8; 5000].into(), &opts).await.expect("put");
+        }
+        let resolved = Resolved::new(&Source::parse("s3://b").expect("source"), &Overrides::default());
+        let config = FsConfig {
+            cache_dir: cache.to_path_buf(),
+            metadata_ttl: Duration::from_secs(60),
+            ..FsConfig::default()
+        };
+        let fs = Fs::new(store.clone(), resolved, config);
+        let dir = fs.lookup(ROOT_INO, "ds").await.expect("ds").ino;
+        let fh = fs.opendir(dir).await.expect("opendir");
+        let entries = fs.readdir(dir, fh, 0).await.expect("readdir");
+        let f05 = entries.iter().find(|e| e.name == "f05").expect("f05 listed").ino;
+        (store, fs, f05)
+    }
+
+    #[tokio::test]
+    async fn a_listed_file_is_described_by_one_get_at_its_getattr() {
+        let cache = tempfile::tempdir().expect("temp dir");
+        let (store, fs, f05) = listed_dataset(cache.path()).await;
+        // The lookup of `ds` HEADs `ds` and its marker `ds/`; the listing none of its files.
+        let heads = store.requests("head");
+        assert_eq!(heads, 2, "the listing HEADed its files");
+        let (attr, settled) = fs.listed_attr(f05).expect("listed");
+        assert!(!settled, "defaults shown as settled: {attr:?}");
+        let attr = fs.getattr(f05).await.expect("getattr");
+        assert_eq!((attr.uid, attr.perm), (4242, 0o600));
+        assert_eq!((store.requests("head"), store.requests("get")), (heads, 1));
+        assert!(fs.listed_attr(f05).expect("listed").1);
+    }
+
+    #[tokio::test]
+    async fn a_change_to_a_listed_file_keeps_what_it_does_not_change() {
+        let cache = tempfile::tempdir().expect("temp dir");
+        let (store, fs, f05) = listed_dataset(cache.path()).await;
+        let mtime = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let change = SetAttr {
+            mtime: Some(mtime),
+            ..SetAttr::default()
+        };
+        let attr = fs.setattr(f05, None, change).await.expect("utimes");
+        assert_eq!((attr.uid, attr.perm), (4242, 0o600));
+        let head = store.head("ds/f05").await.expect("head");
+        assert_eq!(head.metadata.get(META_UID).map(String::as_str), Some("4242"));
+        assert_eq!(head.metadata.get(META_MODE), Some(&0o100600.to_string()));
+    }
 
     #[test]
     fn a_run_in_listing_order_sweeps_once() {

@@ -61,6 +61,12 @@ impl Fs {
         if self.config.read_only {
             return Err(Errno(libc::EROFS));
         }
+        // Changes are compared with, and persisted over, the file's persisted metadata:
+        // read it first if a listing left it to a lookup (metadata_by_get.rs).
+        let unsettled = self.tree().get(ino).is_some_and(|n| !self.attr_settled(n));
+        if unsettled && !self.handles.has_data(ino) {
+            self.load_node_metadata(ino).await?;
+        }
         let (kind, local, key, current) = {
             let tree = self.tree();
             let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
