@@ -161,9 +161,19 @@ impl Fs {
         self.apply_head_result(&mut tree, &meta.key, &Ok(meta.clone()));
     }
 
-    /// Reads the persisted metadata of `ino` if it lacks it (a lookup, a getattr): a file
-    /// whose HEAD waited, by the GET of its one block.
+    /// Reads the persisted metadata of `ino` if it lacks it (a lookup): a file whose HEAD
+    /// waited, by the GET of its one block.
     pub(super) async fn load_node_metadata(&self, ino: u64) -> FsResult<()> {
+        if !self.settle_waiting(ino).await? {
+            self.load_metadata(&[ino]).await;
+        }
+        Ok(())
+    }
+
+    /// Reads the persisted metadata of `ino` if it is a file whose HEAD waited for its
+    /// lookup (a getattr, a setattr: the kernel looked it up before, but defaults must
+    /// never be shown or persisted as its own); whether it was one.
+    pub(super) async fn settle_waiting(&self, ino: u64) -> FsResult<bool> {
         let (key, etag, size, parent, name, before, waiting) = {
             let tree = self.tree();
             let n = tree.get(ino).ok_or(super::Errno(libc::ENOENT))?;
@@ -185,8 +195,7 @@ impl Fs {
             )
         };
         if !waiting {
-            self.load_metadata(&[ino]).await;
-            return Ok(());
+            return Ok(false);
         }
         let order = self.stat_order.note(parent, &name, before.as_deref());
         if order == Order::Sweep {
@@ -210,12 +219,12 @@ impl Fs {
             // A failure (the object changed, an error) leaves it to the HEAD below.
             let _ = self.blocks.read(&object, 0..size, Prefetch::none()).await;
             if self.tree().metadata_loaded(&key) {
-                return Ok(());
+                return Ok(true);
             }
         }
         // A block from a cache, a failed GET, or a sweep under way: a HEAD (or its own).
         self.load_metadata(&[ino]).await;
-        Ok(())
+        Ok(true)
     }
 
     /// HEADs in the background the entries of `dir` after `name` whose metadata waits. If

@@ -35,23 +35,16 @@ impl SetAttr {
 
 impl Fs {
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        let (fresh, key, kind, settled) = {
+        let (fresh, key, kind) = {
             let tree = self.tree();
             let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
-            (
-                n.local || n.fresh_until > Instant::now(),
-                n.key.clone(),
-                n.attr.kind,
-                self.attr_settled(n),
-            )
+            (n.local || n.fresh_until > Instant::now(), n.key.clone(), n.attr.kind)
         };
         // A file with local data (open for writing, or changes not uploaded yet) has the
         // size the mount gave it: the bucket's is older.
         if fresh || kind == Kind::Dir || self.handles.has_data(ino) {
-            if !settled && !self.handles.has_data(ino) {
-                // Listed, its persisted mode and owner not read yet (metadata_by_get.rs).
-                self.load_node_metadata(ino).await?;
-            }
+            // Listed, its persisted mode and owner perhaps not read yet (metadata_by_get.rs).
+            self.settle_waiting(ino).await?;
             return self.node_attr(ino);
         }
         self.refresh_file(ino, &key).await
@@ -63,10 +56,7 @@ impl Fs {
         }
         // Changes are compared with, and persisted over, the file's persisted metadata:
         // read it first if a listing left it to a lookup (metadata_by_get.rs).
-        let unsettled = self.tree().get(ino).is_some_and(|n| !self.attr_settled(n));
-        if unsettled && !self.handles.has_data(ino) {
-            self.load_node_metadata(ino).await?;
-        }
+        self.settle_waiting(ino).await?;
         let (kind, local, key, current) = {
             let tree = self.tree();
             let n = tree.get(ino).ok_or(Errno(libc::ENOENT))?;
