@@ -6,13 +6,14 @@
 //! of going out with the listing. The lookup GETs the file, and the open's read finds it
 //! cached: one request per file read, not two, and a walk that stats no file (`find`,
 //! `os.walk`) sends none. Any GET's answer counts, the ones of files fetched ahead of
-//! their opens included. The kernel gets such entries from a
-//! listing with no TTL, so that it looks them up before using their attributes
-//! (`Fs::listed_attr`).
+//! their opens included. The kernel gets such entries from a listing with no TTL, so that
+//! it looks them up before using their attributes (`Fs::listed_attr`).
 //!
 //! A program that stats a directory's entries in listing order (`ls -l`, `du`, `rsync`,
-//! `tar`) one after another would then wait for one request per entry: after a few in
-//! order, the rest of the directory is HEADed at once ahead of it, as the listing did.
+//! `tar`) one after another would then wait for one request per entry: after its first
+//! two entries (four in a row elsewhere), the rest of the directory is HEADed at once
+//! ahead of it, as the listing did, and where the walk read the parent too, the
+//! directories beside it.
 
 use super::attr::{Kind, SYMLINK_MAX};
 use super::blocks::{ObjectVersion, Prefetch};
