@@ -175,9 +175,14 @@ impl Fs {
     /// lookup (a getattr, a setattr: the kernel looked it up before, but defaults must
     /// never be shown or persisted as its own); whether it was one.
     pub(super) async fn settle_waiting(&self, ino: u64) -> FsResult<bool> {
-        let (key, etag, size, parent, name, before, waiting) = {
+        let (key, etag, size, parent, name, before) = {
             let tree = self.tree();
             let n = tree.get(ino).ok_or(super::Errno(libc::ENOENT))?;
+            // Every lookup and getattr passes here: a settled entry (nearly all) goes on
+            // without a copy. A file with local data keeps the attributes the mount gave it.
+            if self.attr_settled(n) || self.handles.has_data(ino) {
+                return Ok(false);
+            }
             let before = tree.get(n.parent).and_then(|p| {
                 p.children
                     .range::<str, _>((Bound::Unbounded, Bound::Excluded(n.name.as_str())))
@@ -191,13 +196,8 @@ impl Fs {
                 n.parent,
                 n.name.clone(),
                 before,
-                // A file with local data keeps the attributes the mount gave it.
-                !self.attr_settled(n) && !self.handles.has_data(ino),
             )
         };
-        if !waiting {
-            return Ok(false);
-        }
         let order = self.stat_order.note(parent, &name, before.as_deref());
         if order == Order::Sweep {
             self.sweep_after(parent, &name);
