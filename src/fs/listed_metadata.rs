@@ -115,14 +115,22 @@ impl Fs {
         profile.user_metadata && (kind != Kind::Dir || profile.markers != crate::provider::Markers::Forbidden)
     }
 
-    /// HEADs `keys`, at most [`CONCURRENT_HEADS`] at once across the mount.
-    pub(super) async fn head_all(&self, keys: Vec<String>) -> Heads {
+    /// HEADs `keys`, at most [`CONCURRENT_HEADS`] at once across the mount. With
+    /// `unless_loaded` (keys of nodes found unloaded), a key whose node another HEAD or a
+    /// GET loaded while it waited for its turn is passed over: a walk's readdir and the
+    /// sweep or prefetch of the same directory HEADed 18 of 280 entries twice under load.
+    /// (A listing's keys may be new versions of loaded nodes: those are always HEADed.)
+    pub(super) async fn head_all(&self, keys: Vec<String>, unless_loaded: bool) -> Heads {
         futures::stream::iter(keys)
             .map(|key| async move {
+                if unless_loaded && self.tree().metadata_loaded(&key) {
+                    return None;
+                }
                 let result = self.head_once(&key).await;
-                (key, result)
+                Some((key, result))
             })
             .buffer_unordered(CONCURRENT_HEADS)
+            .filter_map(std::future::ready)
             .collect()
             .await
     }
@@ -234,7 +242,7 @@ impl Fs {
             self.apply_heads(&recalled);
         }
         if !keys.is_empty() {
-            let heads = self.head_all(keys).await;
+            let heads = self.head_all(keys, true).await;
             self.apply_heads(&heads);
         }
     }

@@ -228,7 +228,7 @@ impl Fs {
                 let heads = {
                     let this = this.clone();
                     tokio::spawn(async move {
-                        let mut heads = this.head_all(wanted).await;
+                        let mut heads = this.head_all(wanted, false).await;
                         heads.extend(recalled);
                         heads
                     })
