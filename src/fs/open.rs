@@ -31,8 +31,12 @@ impl Fs {
             return Err(Errno(libc::EISDIR));
         }
         let has_data = self.handles.has_data(ino);
-        if !fresh && !local && !has_data {
-            self.revalidate_file(ino, &key).await?;
+        if !local && !has_data {
+            if fresh {
+                self.renew_listing_ahead(ino);
+            } else {
+                self.revalidate_file(ino, &key).await?;
+            }
         }
         let (object, keep_cache) = {
             let mut tree = self.tree();
