@@ -268,7 +268,7 @@ impl Fs {
         self.absorb_dir_page(dir, dir_key, &page, &start);
         self.apply_heads(&recalled);
         listed();
-        self.head_unloaded(wanted, share).await;
+        self.head_unloaded(wanted, self.listing_heads_share(dir, share)).await;
         Ok(())
     }
 }

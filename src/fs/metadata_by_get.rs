@@ -10,10 +10,11 @@
 //! it looks them up before using their attributes (`Fs::listed_attr`).
 //!
 //! A program that stats a directory's entries in listing order (`ls -l`, `du`, `rsync`,
-//! `tar`) one after another would then wait for one request per entry: after its first
-//! two entries (four in a row elsewhere), the rest of the directory is HEADed at once
-//! ahead of it, as the listing did, and where the walk read the parent too, the
-//! directories beside it.
+//! `tar`) one after another would then wait for one request per entry: from its first
+//! entry looked up right after the directory was read (two entries from the first
+//! otherwise, four in a row elsewhere), the rest of the directory is HEADed at once ahead
+//! of it, as the listing did, and where the walk read the parent too, the directories
+//! beside it.
 
 use super::attr::{Kind, SYMLINK_MAX};
 use super::blocks::{ObjectVersion, Prefetch};
@@ -25,6 +26,7 @@ use parking_lot::Mutex;
 use std::num::NonZeroUsize;
 use std::ops::Bound;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Files in one listing page from which their HEADs wait for lookups. In a smaller
 /// directory (a source tree's) the listing's HEADs, all at once, cost less than one
@@ -36,6 +38,12 @@ const WAIT_FROM_FILES: usize = 64;
 /// `ls -l` starts) needs two: a random reader starts one about once in 10,000 lookups.
 const IN_ORDER_RUN: u32 = 4;
 const IN_ORDER_FROM_FIRST: u32 = 2;
+/// A lookup of the first entry this soon after a readdir of its directory is taken for
+/// `ls -l` (which stats as soon as it has read and sorted the names) and sweeps at once:
+/// over a 40 ms link, waiting for a second entry cost two round trips (the first entry's
+/// GET, then the second's HEAD). A DataLoader's workers start their random reads later
+/// than this after the walk, and then hit a first entry once in 100 directories.
+const JUST_READ: Duration = Duration::from_millis(100);
 /// Directories whose lookups are followed at once (least recently looked in forgotten).
 const DIRS: usize = 1024;
 /// Directories beside one swept in a walk whose entries are HEADed with it (a bound on
@@ -54,6 +62,8 @@ pub(super) struct StatOrder {
 
 #[derive(Default)]
 struct Run {
+    /// When a readdir last read the directory.
+    read_at: Option<Instant>,
     /// The run began at the directory's first entry.
     from_first: bool,
     last: String,
@@ -82,10 +92,16 @@ impl StatOrder {
         dirs.get_or_insert_mut(dir, Run::default).swept = true;
     }
 
+    /// A readdir read `dir` (each of its calls: the last one comes just before the stats
+    /// of a program that lists, then stats).
+    fn note_read(&self, dir: u64, now: Instant) {
+        self.dirs.lock().get_or_insert_mut(dir, Run::default).read_at = Some(now);
+    }
+
     /// `name` in `dir` was looked up before its metadata was read; `before` is the name
     /// listed just before it. Whether the lookups have come in listing order long enough
     /// to sweep the rest of the directory (`Sweep` once, then `Swept`).
-    fn note(&self, dir: u64, name: &str, before: Option<&str>) -> Order {
+    fn note(&self, dir: u64, name: &str, before: Option<&str>, now: Instant) -> Order {
         let mut dirs = self.dirs.lock();
         let run = dirs.get_or_insert_mut(dir, Run::default);
         if run.swept {
@@ -99,7 +115,10 @@ impl StatOrder {
             }
         };
         run.last = name.to_string();
-        run.swept = run.length >= IN_ORDER_RUN || (run.from_first && run.length >= IN_ORDER_FROM_FIRST);
+        let just_read = run
+            .read_at
+            .is_some_and(|t| now.saturating_duration_since(t) < JUST_READ);
+        run.swept = run.length >= IN_ORDER_RUN || (run.from_first && (just_read || run.length >= IN_ORDER_FROM_FIRST));
         match run.length {
             _ if run.swept => Order::Sweep,
             1 => Order::Scattered,
@@ -121,6 +140,11 @@ enum Order {
 }
 
 impl Fs {
+    /// A readdir of `dir` is under way (see [`JUST_READ`]).
+    pub(super) fn note_dir_read(&self, dir: u64) {
+        self.stat_order.note_read(dir, Instant::now());
+    }
+
     /// Whether a listed entry's HEAD may wait for its lookup: a file no symlink can be,
     /// which one GET fetches whole (a larger one's HEAD would not be saved, only delayed
     /// to its open).
@@ -139,6 +163,21 @@ impl Fs {
             && !dir
                 .and_then(|d| tree.get(d))
                 .is_some_and(|d| self.stat_order.stat_walk_under(d.parent))
+    }
+
+    /// The share of HEADs a listing of `dir` sends its entries' under: a stat walk's
+    /// (`ls -lR`, `du`) for a directory beside one it swept, which the walk will stat
+    /// next, whichever share the listing came with (a prefetch's is a quarter of it).
+    pub(super) fn listing_heads_share<'a>(
+        &'a self,
+        dir: u64,
+        share: &'a tokio::sync::Semaphore,
+    ) -> &'a tokio::sync::Semaphore {
+        let parent = self.tree().get(dir).map(|d| d.parent);
+        match parent {
+            Some(p) if p != dir && self.stat_order.stat_walk_under(p) => &self.stat_order.share,
+            _ => share,
+        }
     }
 
     /// Whether the kernel may keep `ino`'s attributes for the TTL: not while a file's
@@ -198,7 +237,7 @@ impl Fs {
                 before,
             )
         };
-        let order = self.stat_order.note(parent, &name, before.as_deref());
+        let order = self.stat_order.note(parent, &name, before.as_deref(), Instant::now());
         if order == Order::Sweep {
             self.sweep_after(parent, &name);
         }
@@ -341,33 +380,53 @@ mod tests {
     #[test]
     fn a_run_in_listing_order_sweeps_once() {
         let order = StatOrder::default();
-        assert_eq!(order.note(7, "b", Some("a")), Order::Scattered);
-        assert_eq!(order.note(7, "c", Some("b")), Order::Following);
-        assert_eq!(order.note(7, "d", Some("c")), Order::Following);
-        assert_eq!(order.note(7, "e", Some("d")), Order::Sweep);
-        assert_eq!(order.note(7, "x", Some("q")), Order::Swept, "a directory is swept once");
+        let t0 = Instant::now();
+        assert_eq!(order.note(7, "b", Some("a"), t0), Order::Scattered);
+        assert_eq!(order.note(7, "c", Some("b"), t0), Order::Following);
+        assert_eq!(order.note(7, "d", Some("c"), t0), Order::Following);
+        assert_eq!(order.note(7, "e", Some("d"), t0), Order::Sweep);
+        assert_eq!(
+            order.note(7, "x", Some("q"), t0),
+            Order::Swept,
+            "a directory is swept once"
+        );
     }
 
     #[test]
     fn a_run_from_the_first_entry_sweeps_after_two() {
         let order = StatOrder::default();
-        assert_eq!(order.note(5, "a", None), Order::Scattered);
-        assert_eq!(order.note(5, "b", Some("a")), Order::Sweep);
+        let t0 = Instant::now();
+        assert_eq!(order.note(5, "a", None, t0), Order::Scattered);
+        assert_eq!(order.note(5, "b", Some("a"), t0), Order::Sweep);
         // Anywhere else, two in order are chance.
-        assert_eq!(order.note(6, "k", Some("j")), Order::Scattered);
-        assert_eq!(order.note(6, "l", Some("k")), Order::Following);
+        assert_eq!(order.note(6, "k", Some("j"), t0), Order::Scattered);
+        assert_eq!(order.note(6, "l", Some("k"), t0), Order::Following);
+    }
+
+    #[test]
+    fn the_first_entry_looked_up_right_after_a_readdir_sweeps_at_once() {
+        let order = StatOrder::default();
+        let t0 = Instant::now();
+        order.note_read(5, t0);
+        assert_eq!(order.note(5, "a", None, t0 + Duration::from_millis(5)), Order::Sweep);
+        // Another entry first, or the first entry looked up a while after the readdir.
+        order.note_read(6, t0);
+        assert_eq!(order.note(6, "k", Some("j"), t0), Order::Scattered);
+        order.note_read(7, t0);
+        assert_eq!(order.note(7, "a", None, t0 + JUST_READ), Order::Scattered);
     }
 
     #[test]
     fn lookups_out_of_order_never_sweep() {
         let order = StatOrder::default();
+        let t0 = Instant::now();
         for (name, before) in [("q", "p"), ("c", "b"), ("d", "c"), ("m", "l"), ("n", "m"), ("o", "n")] {
-            assert_ne!(order.note(3, name, Some(before)), Order::Sweep);
+            assert_ne!(order.note(3, name, Some(before), t0), Order::Sweep);
         }
         // Another directory's run is its own.
         for (name, before) in [("b", "a"), ("c", "b"), ("d", "c")] {
-            assert_ne!(order.note(4, name, Some(before)), Order::Sweep);
+            assert_ne!(order.note(4, name, Some(before), t0), Order::Sweep);
         }
-        assert_eq!(order.note(3, "p", Some("o")), Order::Sweep);
+        assert_eq!(order.note(3, "p", Some("o"), t0), Order::Sweep);
     }
 }

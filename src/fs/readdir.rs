@@ -68,6 +68,7 @@ impl Fs {
         }
         let from = (offset - s.base) as usize;
         out.extend(s.entries.iter().skip(from).cloned());
+        self.note_dir_read(ino);
         Ok(out)
     }
 
