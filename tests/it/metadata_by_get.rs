@@ -151,3 +151,49 @@ fn a_recursive_ls_heads_the_directories_after_the_first_it_swept() {
     );
     assert!(heads <= 4 * 70 + 10, "{heads} HEADs");
 }
+
+/// A DataLoader that walks its dataset and starts reading at once: a directory's first
+/// entry read right after the walk is no `ls -l` (whose sweep would have HEADed that
+/// directory and, in a walk, the ones beside it).
+#[test]
+fn reads_right_after_a_walk_send_no_head_even_from_a_first_entry() {
+    let _turn = common::shared();
+    let s = server();
+    let backend = s.backend();
+    for d in 0..4 {
+        for i in 0..70 {
+            let key = format!("walk/d{d}/f{i:02}");
+            backend.put_object(common::BUCKET, &key, pattern(SIZE, i), &[]).unwrap();
+        }
+    }
+    let m = Mount::new(&s, &["--metadata-ttl", "60"]);
+    let start = requests(&s);
+    let dirs: Vec<_> = std::fs::read_dir(m.join("walk"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let files: Vec<Vec<_>> = dirs
+        .iter()
+        .map(|d| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).collect())
+        .collect();
+    for (d, names) in files.iter().enumerate() {
+        // The first entry first, then a stride through the rest.
+        for i in (0..names.len()).map(|k| k * 17 % names.len()) {
+            let path = &names[i];
+            assert_eq!(std::fs::metadata(path).unwrap().len(), SIZE as u64);
+            assert_eq!(
+                std::fs::read(path).unwrap(),
+                pattern(SIZE, i as u32),
+                "walk/d{d}/f{i:02}"
+            );
+        }
+    }
+    let (heads, gets) = requests(&s);
+    // The lookups of `walk` and its directories: each as a file and as a marker.
+    assert!(
+        heads - start.0 <= 10,
+        "{} HEADs: the reads set off a sweep",
+        heads - start.0
+    );
+    assert_eq!(gets - start.1, 4 * 70, "one GET per file");
+}
