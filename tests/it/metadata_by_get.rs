@@ -152,11 +152,11 @@ fn a_recursive_ls_heads_the_directories_after_the_first_it_swept() {
     assert!(heads <= 4 * 70 + 10, "{heads} HEADs");
 }
 
-/// A DataLoader that walks its dataset and starts reading at once: a directory's first
-/// entry read right after the walk is no `ls -l` (whose sweep would have HEADed that
-/// directory and, in a walk, the ones beside it).
+/// A DataLoader that walks its dataset and starts reading at once, in an order that meets
+/// the first entry of a directory and then its second: neither is an `ls -l` (whose sweep
+/// would have HEADed that directory and, in a walk, the ones beside it).
 #[test]
-fn reads_right_after_a_walk_send_no_head_even_from_a_first_entry() {
+fn reads_after_a_walk_send_no_head_even_from_the_first_two_entries() {
     let _turn = common::shared();
     let s = server();
     let backend = s.backend();
@@ -172,20 +172,30 @@ fn reads_right_after_a_walk_send_no_head_even_from_a_first_entry() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    let files: Vec<Vec<_>> = dirs
+    let mut files: Vec<Vec<_>> = dirs
         .iter()
         .map(|d| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).collect())
         .collect();
-    for (d, names) in files.iter().enumerate() {
-        // The first entry first, then a stride through the rest.
-        for i in (0..names.len()).map(|k| k * 17 % names.len()) {
-            let path = &names[i];
-            assert_eq!(std::fs::metadata(path).unwrap().len(), SIZE as u64);
-            assert_eq!(
-                std::fs::read(path).unwrap(),
-                pattern(SIZE, i as u32),
-                "walk/d{d}/f{i:02}"
-            );
+    files.iter_mut().for_each(|names| names.sort());
+    let read = |d: usize, i: usize| {
+        let path = &files[d][i];
+        assert_eq!(std::fs::metadata(path).unwrap().len(), SIZE as u64);
+        assert_eq!(
+            std::fs::read(path).unwrap(),
+            pattern(SIZE, i as u32),
+            "walk/d{d}/f{i:02}"
+        );
+    };
+    let stride = |n: usize| (0..n).map(move |k| k * 17 % n);
+    // Right after the walk, the first entry of the first directory, then a stride.
+    for i in stride(70) {
+        read(0, i);
+    }
+    // Later, the first two entries of the others one after the other, then the rest.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    for d in 1..files.len() {
+        for i in [0, 1].into_iter().chain(stride(70).filter(|i| *i > 1)) {
+            read(d, i);
         }
     }
     let (heads, gets) = requests(&s);
