@@ -176,7 +176,7 @@ impl Fs {
                 .is_some_and(|d| self.stat_order.stat_walk_under(d.parent))
     }
 
-    /// The share of HEADs a listing of `dir` sends its entries' under: a stat walk's
+    /// The share of HEADs under which a listing of `dir` HEADs its entries: a stat walk's
     /// (`ls -lR`, `du`) for a directory beside one it swept, which the walk will stat
     /// next, whichever share the listing came with (a prefetch's is a quarter of it).
     pub(super) fn listing_heads_share<'a>(
