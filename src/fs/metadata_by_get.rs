@@ -11,9 +11,9 @@
 //!
 //! A program that stats a directory's entries in listing order (`ls -l`, `du`, `rsync`,
 //! `tar`) one after another would then wait for one request per entry: from its first
-//! entry looked up right after the directory was read (its second in a walk, four in a
-//! row anywhere), the rest of the directory is HEADed at once ahead of it, as the listing
-//! did, and where the walk read the parent too, the directories beside it.
+//! entry looked up right after the directory was read (four in a row anywhere), the rest
+//! of the directory is HEADed at once ahead of it, as the listing did, and where the walk
+//! read the parent too, the directories beside it.
 
 use super::attr::{Kind, SYMLINK_MAX};
 use super::blocks::{ObjectVersion, Prefetch};
@@ -35,19 +35,15 @@ const WAIT_FROM_FILES: usize = 64;
 /// the directory is HEADed. A reader in random order over 100 files makes such a run
 /// about once in a million of its lookups.
 const IN_ORDER_RUN: u32 = 4;
-/// A program that lists a directory and stats its entries (`ls -l`, `du`, `rsync`, `tar`)
-/// starts at the first entry within this of the directory's last readdir (it stats as
-/// soon as it has read, and maybe sorted, the names). From there the sweep starts at once
-/// for a directory read on its own (over a 40 ms link, waiting for a second entry cost
-/// two round trips: the first entry's GET, then the second's HEAD), and at the second
-/// entry in a walk, whose sweep covers the directories beside. A DataLoader's random
-/// reader meets a first entry, then the second next, once per 100 directories it reads;
-/// without this bound, on a dataset of 100 directories that began a sweep in most epochs,
-/// and after a walk the sweep HEADed half of the dataset (3,500-4,000 HEADs). Its
-/// workers also start right after a fast walk: hence the walk's second entry.
+/// A program that lists a directory and stats its entries (`ls -l`, `ls -lR`, `du`,
+/// `rsync`, `tar`) stats the first entry within this of the directory's last readdir,
+/// before it reads another directory: from there the rest is swept at once (over a 40 ms
+/// link, waiting for a second entry cost two round trips: the first entry's GET, then the
+/// second's HEAD). A DataLoader walks every directory before its random reads begin; a
+/// random reader meets a directory's first entry, then its second, once per 100
+/// directories, and when that run of two swept, most epochs of a 100-directory dataset
+/// began a sweep, which after a walk HEADed half of the dataset (3,500-4,000 HEADs).
 const JUST_READ: Duration = Duration::from_millis(100);
-const FROM_FIRST_ALONE: u32 = 1;
-const FROM_FIRST_IN_WALK: u32 = 2;
 /// Directories whose lookups are followed at once (least recently looked in forgotten).
 const DIRS: usize = 1024;
 /// Directories beside one swept in a walk whose entries are HEADed with it (a bound on
@@ -62,13 +58,14 @@ pub(super) struct StatOrder {
     stat_walks: Mutex<lru::LruCache<u64, ()>>,
     /// The HEADs of directories swept ahead of their `ls -l`.
     share: tokio::sync::Semaphore,
+    /// The directory a readdir read last.
+    last_read: Mutex<Option<u64>>,
 }
 
 #[derive(Default)]
 struct Run {
-    /// When a readdir last read the directory, and whether on its own (not in a walk of
-    /// its parent).
-    read_at: Option<(Instant, bool)>,
+    /// When a readdir last read the directory.
+    read_at: Option<Instant>,
     /// The run began at the directory's first entry.
     from_first: bool,
     last: String,
@@ -82,6 +79,7 @@ impl Default for StatOrder {
             dirs: Mutex::new(lru::LruCache::new(NonZeroUsize::new(DIRS).expect("not zero"))),
             stat_walks: Mutex::new(lru::LruCache::new(NonZeroUsize::new(DIRS).expect("not zero"))),
             share: tokio::sync::Semaphore::new(CONCURRENT_HEADS),
+            last_read: Mutex::new(None),
         }
     }
 }
@@ -99,14 +97,16 @@ impl StatOrder {
 
     /// A readdir read `dir` (each of its calls: the last one comes just before the stats
     /// of a program that lists, then stats).
-    fn note_read(&self, dir: u64, now: Instant, alone: bool) {
-        self.dirs.lock().get_or_insert_mut(dir, Run::default).read_at = Some((now, alone));
+    fn note_read(&self, dir: u64, now: Instant) {
+        self.dirs.lock().get_or_insert_mut(dir, Run::default).read_at = Some(now);
+        *self.last_read.lock() = Some(dir);
     }
 
     /// `name` in `dir` was looked up before its metadata was read; `before` is the name
     /// listed just before it. Whether the lookups have come in listing order long enough
     /// to sweep the rest of the directory (`Sweep` once, then `Swept`).
     fn note(&self, dir: u64, name: &str, before: Option<&str>, now: Instant) -> Order {
+        let read_last = *self.last_read.lock() == Some(dir);
         let mut dirs = self.dirs.lock();
         let run = dirs.get_or_insert_mut(dir, Run::default);
         if run.swept {
@@ -120,14 +120,11 @@ impl StatOrder {
             }
         };
         run.last = name.to_string();
-        let from_first_needs = match run.read_at {
-            Some((t, alone)) if now.saturating_duration_since(t) < JUST_READ => match alone {
-                true => FROM_FIRST_ALONE,
-                false => FROM_FIRST_IN_WALK,
-            },
-            _ => IN_ORDER_RUN,
-        };
-        run.swept = run.length >= IN_ORDER_RUN || (run.from_first && run.length >= from_first_needs);
+        let just_read = read_last
+            && run
+                .read_at
+                .is_some_and(|t| now.saturating_duration_since(t) < JUST_READ);
+        run.swept = run.length >= IN_ORDER_RUN || (run.from_first && just_read);
         match run.length {
             _ if run.swept => Order::Sweep,
             1 => Order::Scattered,
@@ -151,9 +148,7 @@ enum Order {
 impl Fs {
     /// A readdir of `dir` is under way (see [`JUST_READ`]).
     pub(super) fn note_dir_read(&self, dir: u64) {
-        let parent = self.tree().get(dir).map(|d| d.parent);
-        let in_walk = parent.is_some_and(|p| p != dir && self.read_lately(p));
-        self.stat_order.note_read(dir, Instant::now(), !in_walk);
+        self.stat_order.note_read(dir, Instant::now());
     }
 
     /// Whether a listed entry's HEAD may wait for its lookup: a file no symlink can be,
@@ -404,32 +399,33 @@ mod tests {
     }
 
     #[test]
-    fn the_first_entry_right_after_a_readdir_sweeps_at_once_and_in_a_walk_after_two() {
+    fn the_first_entry_right_after_its_readdir_sweeps_at_once() {
         let order = StatOrder::default();
         let t0 = Instant::now();
         let soon = t0 + Duration::from_millis(5);
-        order.note_read(5, t0, true);
+        order.note_read(4, t0);
+        order.note_read(5, t0);
         assert_eq!(order.note(5, "a", None, soon), Order::Sweep);
-        order.note_read(6, t0, false);
-        assert_eq!(order.note(6, "a", None, soon), Order::Scattered);
-        assert_eq!(order.note(6, "b", Some("a"), soon), Order::Sweep);
         // Another entry first.
-        order.note_read(7, t0, true);
+        order.note_read(7, t0);
         assert_eq!(order.note(7, "k", Some("j"), soon), Order::Scattered);
         assert_eq!(order.note(7, "l", Some("k"), soon), Order::Following);
     }
 
     /// A random reader meets the first entry, then the second, once per 100 directories.
     #[test]
-    fn a_run_from_the_first_entry_long_after_the_readdir_is_chance() {
+    fn a_first_entry_after_other_readdirs_or_later_is_chance() {
         let order = StatOrder::default();
         let t0 = Instant::now();
-        let later = t0 + JUST_READ;
-        order.note_read(5, t0, true);
-        assert_eq!(order.note(5, "a", None, later), Order::Scattered);
-        order.note_read(6, t0, false);
-        assert_eq!(order.note(6, "a", None, later), Order::Scattered);
-        assert_eq!(order.note(6, "b", Some("a"), later), Order::Following);
+        let soon = t0 + Duration::from_millis(5);
+        // A walk read 6, then 7: 6's first entry comes after another readdir.
+        order.note_read(6, t0);
+        order.note_read(7, t0);
+        assert_eq!(order.note(6, "a", None, soon), Order::Scattered);
+        assert_eq!(order.note(6, "b", Some("a"), soon), Order::Following);
+        // Too long after.
+        order.note_read(5, t0);
+        assert_eq!(order.note(5, "a", None, t0 + JUST_READ), Order::Scattered);
         // Never read by a readdir (opened by path).
         assert_eq!(order.note(8, "a", None, t0), Order::Scattered);
         assert_eq!(order.note(8, "b", Some("a"), t0), Order::Following);
