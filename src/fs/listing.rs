@@ -233,6 +233,8 @@ impl Fs {
         }
         if last {
             tree.finish_listing(parent, shown, until, start.changes);
+        } else {
+            tree.note_more_pages(parent);
         }
     }
 

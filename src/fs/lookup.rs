@@ -165,9 +165,7 @@ impl Fs {
                 .max(page.prefixes.last().map(String::as_str));
             let covered = page.next.is_none() || last.is_some_and(|l| dir_key.as_str() <= l);
             if !covered {
-                if let Some(p) = self.tree().get_mut(parent) {
-                    p.large = true;
-                }
+                self.tree().note_more_pages(parent);
                 page = self.first_page(&key).await.map_err(|e| self.fail("LIST", &key, e))?;
             } else {
                 // The page answered: nothing beyond it can be `name`.

@@ -167,6 +167,7 @@ impl Fs {
                 entries.extend(local);
             } else {
                 s.state = ListState::More;
+                tree.note_more_pages(s.ino);
             }
             entries
         } else {

@@ -15,6 +15,7 @@ use crate::store::ListRequest;
 use crate::store::pagination::Pagination;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::watch;
 
@@ -100,6 +101,35 @@ impl Fs {
         }
         let answered = progress.wait_for(|p| p.answers_for(&key).is_some()).await;
         answered.is_ok_and(|p| p.answers_for(&key) == Some(true))
+    }
+
+    /// An open of a fresh file in the large directory `dir` found its listing near the
+    /// end of its TTL (revalidate.rs): the directory is listed whole again in the
+    /// background, unless such a listing is under way or it is too large. The lookups that
+    /// come meanwhile wait on it as on a lookup's own; those after the TTL find their names
+    /// fresh. Over a 40 ms link a DataLoader's second epoch over one directory of 10,000
+    /// files otherwise waited for the whole listing that its lookups started.
+    pub(super) fn renew_large_ahead(self: &Arc<Self>, dir: u64, dir_key: &str) {
+        let tx = {
+            let mut dirs = self.relist_large.dirs.lock();
+            if dirs.len() >= DIRS && !dirs.contains_key(&dir) {
+                dirs.clear();
+            }
+            let pages = self.tree().get(dir).map_or(1, |n| n.children.len().div_ceil(PAGE));
+            let d = dirs.entry(dir).or_default();
+            if d.relisting.is_some() || pages > MAX_PAGES {
+                return;
+            }
+            let (tx, rx) = watch::channel(Progress::Upto(String::new()));
+            d.relisting = Some(rx);
+            tx
+        };
+        let (this, dir_key) = (self.clone(), dir_key.to_string());
+        tokio::spawn(async move {
+            let lead = Relisting { fs: &this, dir, tx };
+            let listed = this.list_whole(&lead, &dir_key).await;
+            lead.tx.send_replace(Progress::Done(listed));
+        });
     }
 
     /// Lists `dir_key` page by page into the tree, telling `lead`'s waiters how far it

@@ -3,14 +3,16 @@
 //! shows unchanged) and the opens that come meanwhile wait for that listing, instead of a
 //! HEAD each. A DataLoader's second epoch that started within the TTL of the first epoch's
 //! listings crossed it midway and sent a HEAD per file opened after it: 2.1-2.7 s, against
-//! 0.56-0.61 s when the epoch happened to list the directories again first. A directory
-//! larger than one page, or a file the new listing does not show unchanged, gets its HEAD.
+//! 0.56-0.61 s when the epoch happened to list the directories again first. In a directory
+//! of more pages, the opens join the whole listing that its lookups run
+//! (`relist_large.rs`). A file the new listing does not show unchanged gets its HEAD.
 //!
 //! Before that: an open in a directory whose listing is in the last quarter of its TTL (or
-//! past it) lists the directory again in the background, and the opens go on. Files a
-//! DataLoader read early in a long epoch were past their TTL when the next epoch began,
-//! and that epoch's opens waited for a listing of each directory (over a 40 ms link,
-//! second epochs 0.97-1.65 s; 0.60-0.75 s with the listings renewed ahead).
+//! past it; the last half for a directory of more pages) lists the directory again in the
+//! background, and the opens go on. Files a DataLoader read early in a long epoch were
+//! past their TTL when the next epoch began, and that epoch's opens waited for a listing
+//! of each directory (over a 40 ms link, second epochs 0.97-1.65 s; 0.60-0.75 s with the
+//! listings renewed ahead).
 
 use super::attr::Kind;
 use super::{Fs, FsResult};
@@ -31,6 +33,8 @@ pub(super) struct Revalidation {
 const HEADS: usize = 16;
 /// An open renews its directory's listing ahead in this last part of the listing's TTL.
 const RENEW_IN_LAST: u32 = 4;
+/// The same for a directory of more than one page.
+const RENEW_LARGE_IN_LAST: u32 = 2;
 
 impl Revalidation {
     pub(super) fn new() -> Revalidation {
@@ -43,39 +47,63 @@ impl Revalidation {
 
 impl Fs {
     /// Makes a file's cached attributes current before an open: through its directory's
-    /// listing where that is one page, else (or if the listing did not renew it) one HEAD.
+    /// listing (one page, or a large directory's whole listing as its lookups run it),
+    /// else (or if the listing did not renew it) one HEAD.
     pub(super) async fn revalidate_file(self: &Arc<Self>, ino: u64, key: &str) -> FsResult<()> {
-        if let Some((dir, dir_key)) = self.relistable_dir_of(ino, |_| true) {
-            let mut waiter = self.relist_once(dir, &dir_key);
-            let _ = waiter.wait_for(|done| *done).await;
-            let fresh = self
-                .tree()
+        let fresh = || {
+            self.tree()
                 .get(ino)
-                .is_some_and(|n| n.fresh_until > Instant::now() && n.etag.is_some());
-            if fresh {
-                return Ok(());
+                .is_some_and(|n| n.fresh_until > Instant::now() && n.etag.is_some())
+        };
+        match self.listed_dir_of(ino, |_| true) {
+            Some((dir, dir_key, false)) => {
+                let mut waiter = self.relist_once(dir, &dir_key);
+                let _ = waiter.wait_for(|done| *done).await;
+                if fresh() {
+                    return Ok(());
+                }
             }
+            Some((dir, dir_key, true)) => {
+                let name = key.strip_prefix(dir_key.as_str()).unwrap_or(key);
+                if self.relisted_for(dir, &dir_key, name).await && fresh() {
+                    return Ok(());
+                }
+            }
+            None => {}
         }
         self.refresh_file(ino, key).await.map(|_| ())
     }
 
     /// A file with fresh attributes is being opened: if its directory's listing is near
-    /// the end of its TTL, it is listed again in the background (not waited for).
+    /// the end of its TTL, it is listed again in the background (not waited for). A large
+    /// directory's listing takes a round trip per page, and over a link full of a
+    /// DataLoader's GETs its last pages arrived after their names' TTL when it started in
+    /// the last quarter: it starts in the last half.
     pub(super) fn renew_listing_ahead(self: &Arc<Self>, ino: u64) {
         let now = Instant::now();
-        let soon = now + self.config.metadata_ttl / RENEW_IN_LAST;
-        let aging = |d: &super::tree::Node| d.listed_until.is_some_and(|t| t < soon);
-        if let Some((dir, dir_key)) = self.relistable_dir_of(ino, aging) {
-            drop(self.relist_once(dir, &dir_key));
+        let ttl = self.config.metadata_ttl;
+        let aging = |d: &super::tree::Node| {
+            let ahead = if d.large {
+                ttl / RENEW_LARGE_IN_LAST
+            } else {
+                ttl / RENEW_IN_LAST
+            };
+            d.listed_until.is_some_and(|t| t < now + ahead)
+        };
+        match self.listed_dir_of(ino, aging) {
+            Some((dir, dir_key, false)) => drop(self.relist_once(dir, &dir_key)),
+            Some((dir, dir_key, true)) => self.renew_large_ahead(dir, &dir_key),
+            None => {}
         }
     }
 
-    /// The directory of `ino` if one listing page revalidates its files and `wanted`.
-    fn relistable_dir_of(&self, ino: u64, wanted: impl Fn(&super::tree::Node) -> bool) -> Option<(u64, String)> {
+    /// The bucket directory of `ino` if `wanted`, and whether it is large (more than one
+    /// LIST page).
+    fn listed_dir_of(&self, ino: u64, wanted: impl Fn(&super::tree::Node) -> bool) -> Option<(u64, String, bool)> {
         let tree = self.tree();
         let parent = tree.get(ino)?.parent;
         let d = tree.get(parent)?;
-        (d.attr.kind == Kind::Dir && !d.local && !d.large && wanted(d)).then(|| (parent, d.key.clone()))
+        (d.attr.kind == Kind::Dir && !d.local && wanted(d)).then(|| (parent, d.key.clone(), d.large))
     }
 
     /// Lists `dir` again, or joins such a listing under way: the receiver turns true when
@@ -133,7 +161,7 @@ impl Drop for Listed {
 
 #[cfg(test)]
 mod tests {
-    use crate::fs::{Fs, FsConfig, OpenMode, ROOT_INO};
+    use crate::fs::{DirEntry, Fs, FsConfig, OpenMode, ROOT_INO};
     use crate::provider::{Overrides, Resolved};
     use crate::source::Source;
     use crate::store::memory::MemoryStore;
@@ -141,22 +169,28 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    /// An open near the end of its directory's listing TTL lists the directory again in
-    /// the background, so that an open after that TTL finds its file fresh (no LIST or
-    /// HEAD waited for).
-    #[tokio::test]
-    async fn an_open_late_in_the_listings_ttl_renews_it_ahead() {
+    /// A mount of `files` files of 100 bytes in `d/`, with a metadata TTL of `ttl`,
+    /// after a readdir of `d` to its end.
+    struct Listed {
+        fs: Arc<Fs>,
+        store: Arc<MemoryStore>,
+        dir: u64,
+        entries: Vec<DirEntry>,
+        listed_at: Instant,
+        _cache: tempfile::TempDir,
+    }
+
+    async fn listed(files: usize, ttl: Duration) -> Listed {
         let cache = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(MemoryStore::new());
-        for i in 0..10 {
-            let key = format!("d/f{i}");
+        for i in 0..files {
+            let key = format!("d/f{i:04}");
             store
                 .put(&key, vec![7; 100].into(), &PutOptions::default())
                 .await
                 .expect("put");
         }
         let resolved = Resolved::new(&Source::parse("s3://b").expect("source"), &Overrides::default());
-        let ttl = Duration::from_secs(2);
         let config = FsConfig {
             cache_dir: cache.path().to_path_buf(),
             metadata_ttl: ttl,
@@ -166,29 +200,131 @@ mod tests {
         let dir = fs.lookup(ROOT_INO, "d").await.expect("d").ino;
         let listed_at = Instant::now();
         let fh = fs.opendir(dir).await.expect("opendir");
-        let entries = fs.readdir(dir, fh, 0).await.expect("readdir");
-        let ino = |name: &str| entries.iter().find(|e| e.name == name).expect("listed").ino;
-        let open = async |name: &str| {
-            let fh = fs.open(ino(name), OpenMode::default()).await.expect("open").fh;
-            fs.release(fh).await;
-        };
-        let (lists, heads) = (store.requests("list"), store.requests("head"));
-        open("f0").await;
-        assert_eq!(store.requests("list"), lists, "a fresh listing was listed again");
+        let mut entries: Vec<DirEntry> = Vec::new();
+        loop {
+            let next = entries.last().map_or(0, |e| e.next_offset);
+            let page = fs.readdir(dir, fh, next).await.expect("readdir");
+            if page.is_empty() {
+                break;
+            }
+            entries.extend(page);
+        }
+        assert_eq!(entries.len(), files + 2, "every entry and . and ..");
+        Listed {
+            fs,
+            store,
+            dir,
+            entries,
+            listed_at,
+            _cache: cache,
+        }
+    }
+
+    impl Listed {
+        fn ino(&self, name: &str) -> u64 {
+            self.entries.iter().find(|e| e.name == name).expect("listed").ino
+        }
+
+        async fn open(&self, name: &str) {
+            let fh = self
+                .fs
+                .open(self.ino(name), OpenMode::default())
+                .await
+                .expect("open")
+                .fh;
+            self.fs.release(fh).await;
+        }
+
+        /// Waits up to a second for the LISTs to reach `count`, then a little longer for
+        /// any beyond it.
+        async fn lists_reach(&self, count: u64) -> u64 {
+            let until = Instant::now() + Duration::from_secs(1);
+            while self.store.requests("list") < count && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.store.requests("list")
+        }
+    }
+
+    /// An open near the end of its directory's listing TTL lists the directory again in
+    /// the background, so that an open after that TTL finds its file fresh (no LIST or
+    /// HEAD waited for).
+    #[tokio::test]
+    async fn an_open_late_in_the_listings_ttl_renews_it_ahead() {
+        let ttl = Duration::from_secs(2);
+        let d = listed(10, ttl).await;
+        let (lists, heads) = (d.store.requests("list"), d.store.requests("head"));
+        d.open("f0000").await;
+        assert_eq!(d.store.requests("list"), lists, "a fresh listing was listed again");
 
         // In the TTL's last quarter: listed again, not waited for.
-        tokio::time::sleep_until((listed_at + ttl * 4 / 5).into()).await;
-        open("f1").await;
-        let renewed = Instant::now() + Duration::from_secs(1);
-        while store.requests("list") == lists && Instant::now() < renewed {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(store.requests("list"), lists + 1, "the listing was not renewed ahead");
+        tokio::time::sleep_until((d.listed_at + ttl * 4 / 5).into()).await;
+        d.open("f0001").await;
+        assert_eq!(
+            d.lists_reach(lists + 1).await,
+            lists + 1,
+            "the listing was not renewed ahead"
+        );
 
         // Past the first listing's TTL, within the second's.
-        tokio::time::sleep_until((listed_at + ttl * 6 / 5).into()).await;
-        open("f2").await;
-        assert_eq!(store.requests("list"), lists + 1, "an open waited for a listing");
-        assert_eq!(store.requests("head"), heads, "an open waited for a HEAD");
+        tokio::time::sleep_until((d.listed_at + ttl * 6 / 5).into()).await;
+        d.open("f0002").await;
+        assert_eq!(d.store.requests("list"), lists + 1, "an open waited for a listing");
+        assert_eq!(d.store.requests("head"), heads, "an open waited for a HEAD");
+    }
+
+    /// The same in a directory of more than one LIST page, from the last half of the TTL:
+    /// renewed ahead by one whole listing (a LIST per page), after which a name of its
+    /// last page is fresh past the first listing's TTL. Before, an open there listed the
+    /// first page again (renewing none of the rest) at every open in the TTL's last
+    /// quarter.
+    #[tokio::test]
+    async fn a_large_directory_is_renewed_ahead_whole() {
+        let ttl = Duration::from_secs(2);
+        let d = listed(1_200, ttl).await;
+        let (lists, heads) = (d.store.requests("list"), d.store.requests("head"));
+        tokio::time::sleep_until((d.listed_at + ttl * 2 / 5).into()).await;
+        d.open("f0000").await;
+        assert_eq!(
+            d.lists_reach(lists + 1).await,
+            lists,
+            "renewed before the TTL's last half"
+        );
+
+        tokio::time::sleep_until((d.listed_at + ttl * 3 / 5).into()).await;
+        d.open("f0001").await;
+        d.open("f0002").await;
+        assert_eq!(
+            d.lists_reach(lists + 2).await,
+            lists + 2,
+            "not renewed ahead by one whole listing"
+        );
+
+        tokio::time::sleep_until((d.listed_at + ttl * 6 / 5).into()).await;
+        assert_eq!(d.fs.lookup(d.dir, "f1100").await.expect("lookup").ino, d.ino("f1100"));
+        d.open("f1100").await;
+        assert_eq!(
+            d.store.requests("list"),
+            lists + 2,
+            "a lookup or open waited for a listing"
+        );
+        assert_eq!(d.store.requests("head"), heads, "an open waited for a HEAD");
+    }
+
+    /// Opens after the TTL in a large directory (a DataLoader's files, whose names the
+    /// kernel still holds) join the whole listing that its lookups would run: as many
+    /// HEADs as it has pages, then one listing for the rest. Before, a HEAD each.
+    #[tokio::test]
+    async fn opens_past_the_ttl_in_a_large_directory_share_its_whole_listing() {
+        let ttl = Duration::from_millis(500);
+        let d = listed(1_200, ttl).await;
+        let (lists, heads) = (d.store.requests("list"), d.store.requests("head"));
+        tokio::time::sleep_until((d.listed_at + ttl * 3 / 2).into()).await;
+        for i in [1, 300, 600, 900, 1100, 1199] {
+            d.open(&format!("f{i:04}")).await;
+        }
+        assert_eq!(d.store.requests("head"), heads + 2, "a HEAD per page, then the listing");
+        assert_eq!(d.store.requests("list"), lists + 2, "one whole listing");
     }
 }

@@ -380,6 +380,14 @@ impl Tree {
         Some(ino)
     }
 
+    /// A listing of `dir` took more than one page: its names are revalidated as a large
+    /// directory's (`relist_large.rs`), not by listing its first page again.
+    pub fn note_more_pages(&mut self, dir: u64) {
+        if let Some(n) = self.nodes.get_mut(&dir) {
+            n.large = true;
+        }
+    }
+
     /// A listing of directory `dir` arrived: `marker` is its marker's LastModified if the
     /// page held the marker, `newest` the newest LastModified among its entries.
     pub fn note_dir_listing(&mut self, dir: u64, marker: Option<SystemTime>, newest: Option<SystemTime>) {
