@@ -7,12 +7,6 @@ mod commands;
 mod demo;
 mod status_watch;
 
-// The daemon allocates per request (the SDK boxes each request's futures) and per block;
-// glibc's malloc took about 12 % of a small-file epoch's CPU, consolidating its bins and
-// faulting in pages it had trimmed. BENCHMARKS.md item 97 measures the change.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     // mount(8) runs /sbin/mount.s3vol, a link to this binary, with its own convention.
