@@ -41,6 +41,16 @@ struct LargeDir {
     relisting: Option<watch::Receiver<Progress>>,
 }
 
+/// What `begin_relisting` found.
+enum Start {
+    /// No whole listing now.
+    Not,
+    /// One is under way: its progress.
+    UnderWay(watch::Receiver<Progress>),
+    /// The caller lists it: the sender of its progress, and the progress.
+    Lead(watch::Sender<Progress>, watch::Receiver<Progress>),
+}
+
 /// How far a whole listing has come, in the bucket's key order.
 #[derive(Clone, PartialEq, Eq)]
 enum Progress {
@@ -69,29 +79,14 @@ impl Fs {
     /// if the name is to be revalidated alone (counted toward the next whole listing).
     pub(super) async fn relisted_for(&self, dir: u64, dir_key: &str, name: &str) -> bool {
         let key = format!("{dir_key}{name}");
-        let (lead, mut progress) = {
-            let mut dirs = self.relist_large.dirs.lock();
-            if dirs.len() >= DIRS && !dirs.contains_key(&dir) {
-                dirs.clear();
-            }
-            let d = dirs.entry(dir).or_default();
-            match &d.relisting {
-                Some(progress) => (None, progress.clone()),
-                None => {
-                    let pages = self
-                        .tree()
-                        .get(dir)
-                        .map_or(1, |n| n.children.len().div_ceil(PAGE))
-                        .max(1);
-                    d.one_by_one += 1;
-                    if d.one_by_one <= pages || pages > MAX_PAGES {
-                        return false;
-                    }
-                    let (tx, rx) = watch::channel(Progress::Upto(String::new()));
-                    d.relisting = Some(rx.clone());
-                    (Some(Relisting { fs: self, dir, tx }), rx)
-                }
-            }
+        let counted = |d: &mut LargeDir, pages: usize| {
+            d.one_by_one += 1;
+            d.one_by_one > pages
+        };
+        let (lead, mut progress) = match self.begin_relisting(dir, counted) {
+            Start::Not => return false,
+            Start::UnderWay(progress) => (None, progress),
+            Start::Lead(tx, progress) => (Some(Relisting { fs: self, dir, tx }), progress),
         };
         if let Some(lead) = lead {
             // This lookup lists the directory whole; the others wait on its progress. The
@@ -110,19 +105,8 @@ impl Fs {
     /// fresh. Over a 40 ms link a DataLoader's second epoch over one directory of 10,000
     /// files otherwise waited for the whole listing that its lookups started.
     pub(super) fn renew_large_ahead(self: &Arc<Self>, dir: u64, dir_key: &str) {
-        let tx = {
-            let mut dirs = self.relist_large.dirs.lock();
-            if dirs.len() >= DIRS && !dirs.contains_key(&dir) {
-                dirs.clear();
-            }
-            let pages = self.tree().get(dir).map_or(1, |n| n.children.len().div_ceil(PAGE));
-            let d = dirs.entry(dir).or_default();
-            if d.relisting.is_some() || pages > MAX_PAGES {
-                return;
-            }
-            let (tx, rx) = watch::channel(Progress::Upto(String::new()));
-            d.relisting = Some(rx);
-            tx
+        let Start::Lead(tx, _) = self.begin_relisting(dir, |_, _| true) else {
+            return;
         };
         let (this, dir_key) = (self.clone(), dir_key.to_string());
         tokio::spawn(async move {
@@ -130,6 +114,30 @@ impl Fs {
             let listed = this.list_whole(&lead, &dir_key).await;
             lead.tx.send_replace(Progress::Done(listed));
         });
+    }
+
+    /// A whole listing of `dir`: the one under way, or a new one if `wanted` (given the
+    /// directory's counts and how many pages it has) and the directory is not too large.
+    fn begin_relisting(&self, dir: u64, wanted: impl FnOnce(&mut LargeDir, usize) -> bool) -> Start {
+        let mut dirs = self.relist_large.dirs.lock();
+        if dirs.len() >= DIRS && !dirs.contains_key(&dir) {
+            dirs.clear();
+        }
+        let d = dirs.entry(dir).or_default();
+        if let Some(progress) = &d.relisting {
+            return Start::UnderWay(progress.clone());
+        }
+        let pages = self
+            .tree()
+            .get(dir)
+            .map_or(1, |n| n.children.len().div_ceil(PAGE))
+            .max(1);
+        if !wanted(d, pages) || pages > MAX_PAGES {
+            return Start::Not;
+        }
+        let (tx, rx) = watch::channel(Progress::Upto(String::new()));
+        d.relisting = Some(rx.clone());
+        Start::Lead(tx, rx)
     }
 
     /// Lists `dir_key` page by page into the tree, telling `lead`'s waiters how far it
