@@ -17,6 +17,7 @@ mod inodes;
 mod journal;
 mod journal_log;
 mod list_prefetch;
+mod list_segments;
 mod listed_metadata;
 mod listing;
 mod lookup;
@@ -197,6 +198,8 @@ pub struct Fs {
     /// Directories listed again for the opens of their files after the TTL.
     revalidation: revalidate::Revalidation,
     relist_large: relist_large::RelistLarge,
+    /// Whether the store can list a directory from a middle key (for whole listings at once).
+    list_segments: list_segments::ListSegments,
     /// Directories whose entries are looked up in listing order (`ls -l`).
     stat_order: metadata_by_get::StatOrder,
     /// Uploads on close, and the journal every upload and background delete is recorded in.
@@ -328,6 +331,7 @@ impl Fs {
                 remembered,
                 revalidation: revalidate::Revalidation::new(),
                 relist_large: Default::default(),
+                list_segments: Default::default(),
                 stat_order: Default::default(),
                 uploader,
                 writeback: Default::default(),

@@ -11,12 +11,9 @@
 
 use super::Fs;
 
-use crate::store::ListRequest;
-use crate::store::pagination::Pagination;
 use parking_lot::Mutex;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use tokio::sync::watch;
 
 /// Names in a LIST page.
@@ -140,57 +137,13 @@ impl Fs {
         Start::Lead(tx, rx)
     }
 
-    /// Lists `dir_key` page by page into the tree, telling `lead`'s waiters how far it
-    /// has come; true if it reached the end.
+    /// Lists `dir_key` whole into the tree (its segments at once, list_segments.rs),
+    /// telling `lead`'s waiters how far it has come; true if it reached the end.
     async fn list_whole(&self, lead: &Relisting<'_>, dir_key: &str) -> bool {
-        let start = self.listing_start(lead.dir, dir_key);
-        let mut pagination = Pagination::default();
-        let mut continuation = None;
-        let mut shown = HashSet::new();
-        loop {
-            self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
-            let request = ListRequest {
-                prefix: dir_key.to_string(),
-                delimiter: Some("/".into()),
-                continuation: continuation.take(),
-                start_after: None,
-                max_keys: Some(PAGE as i32),
-            };
-            let hidden_at_start = self.deferred.hidden_under(dir_key);
-            let page = match self.store.list_page(&request).await {
-                Ok(mut page) => match self.drop_emptied_prefixes(&mut page, &hidden_at_start).await {
-                    Ok(()) => page,
-                    Err(e) => return self.relist_failed(dir_key, e),
-                },
-                Err(e) => return self.relist_failed(dir_key, e),
-            };
-            let Ok(next) = pagination.next(dir_key, &page) else {
-                return false;
-            };
-            let last = page
-                .objects
-                .last()
-                .map(|o| o.key.clone())
-                .max(page.prefixes.last().cloned())
-                .unwrap_or_default();
-            // Every entry shown unchanged is fresh again; one changed is read again at its
-            // lookup.
-            self.absorb_listed_page(lead.dir, dir_key, &page, &start, &mut shown, next.is_none());
-            self.trim_tree();
-            match next {
-                Some(token) => {
-                    lead.tx.send_replace(Progress::Upto(last));
-                    continuation = Some(token);
-                }
-                None => return true,
-            }
-        }
-    }
-
-    /// The lookups waiting on a whole listing ask for their names one by one instead.
-    fn relist_failed(&self, dir_key: &str, e: crate::store::StoreError) -> bool {
-        tracing::debug!("listing {dir_key:?} again to revalidate its names: {e}");
-        false
+        let reached = |upto: String| {
+            lead.tx.send_replace(Progress::Upto(upto));
+        };
+        self.list_in_segments(lead.dir, dir_key, &reached).await
     }
 }
 

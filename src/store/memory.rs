@@ -40,6 +40,8 @@ pub struct MemoryStore {
     put_refusal: Mutex<Option<StoreError>>,
     /// Once set, every HeadObject fails with this error.
     head_failure: Mutex<Option<StoreError>>,
+    /// Listings start from the first key whatever `StartAfter` says (as some S3 servers).
+    ignores_start_after: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryStore {
@@ -90,6 +92,11 @@ impl MemoryStore {
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         *self.list_gate.lock() = Some(gate.clone());
         gate
+    }
+
+    /// Makes listings ignore `StartAfter` from now on, as a server that does not know it.
+    pub fn ignore_start_after(&self) {
+        self.ignores_start_after.store(true, Ordering::Relaxed);
     }
 
     /// Makes every PutObject from now on fail with `error` (`None`: succeed again).
@@ -150,7 +157,11 @@ impl MemoryStore {
     fn list_now(&self, req: &ListRequest) -> ListPage {
         let max = req.max_keys.unwrap_or(1000).clamp(1, 1000) as usize;
         let objects = self.objects.lock();
-        let after = req.continuation.clone().or_else(|| req.start_after.clone());
+        let start_after = req
+            .start_after
+            .clone()
+            .filter(|_| !self.ignores_start_after.load(Ordering::Relaxed));
+        let after = req.continuation.clone().or(start_after);
         let mut page = ListPage::default();
         let mut last_entry: Option<String> = None;
         for (key, o) in objects.range(req.prefix.clone()..) {
