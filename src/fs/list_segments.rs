@@ -224,16 +224,13 @@ impl Fs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::{FsConfig, ROOT_INO};
-    use crate::provider::{Overrides, Resolved};
-    use crate::source::Source;
+    use crate::fs::listed_dir_tests::{key, listed};
     use crate::store::memory::MemoryStore;
     use crate::store::{ObjectMeta, ObjectStore, PutOptions};
-    use std::sync::Arc;
     use std::time::Duration;
 
     fn keys(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("d/f{i:05}")).collect()
+        (0..n).map(key).collect()
     }
 
     fn page(objects: &[&str], prefixes: &[&str]) -> ListPage {
@@ -251,36 +248,6 @@ mod tests {
             prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
             next: None,
         }
-    }
-
-    /// A mount of `files` files in `d/`, after a readdir of `d` to its end: the store,
-    /// the filesystem and `d`'s inode.
-    async fn listed(files: usize) -> (Arc<MemoryStore>, Arc<Fs>, u64, tempfile::TempDir) {
-        let store = Arc::new(MemoryStore::new());
-        for key in keys(files) {
-            store
-                .put(&key, vec![7; 10].into(), &PutOptions::default())
-                .await
-                .expect("put");
-        }
-        let cache = tempfile::tempdir().expect("temp dir");
-        let resolved = Resolved::new(&Source::parse("s3://b").expect("source"), &Overrides::default());
-        let config = FsConfig {
-            cache_dir: cache.path().to_path_buf(),
-            ..FsConfig::default()
-        };
-        let fs = Fs::new(store.clone(), resolved, config);
-        let dir = fs.lookup(ROOT_INO, "d").await.expect("d").ino;
-        let fh = fs.opendir(dir).await.expect("opendir");
-        let mut next = 0;
-        while let Some(last) = fs.readdir(dir, fh, next).await.expect("readdir").last() {
-            next = last.next_offset;
-        }
-        (store, fs, dir, cache)
-    }
-
-    fn children(fs: &Fs, dir: u64) -> Vec<String> {
-        fs.tree().get(dir).expect("dir").children.keys().cloned().collect()
     }
 
     /// The names of the store's keys under `d/`, as a listing shows them.
@@ -354,7 +321,8 @@ mod tests {
     /// at once; page after page, one was.
     #[tokio::test]
     async fn a_large_directory_is_listed_again_in_one_round_trip() {
-        let (store, fs, dir, _cache) = listed(3_000).await;
+        let d = listed(3_000, Duration::from_secs(60)).await;
+        let (store, fs, dir) = (&d.store, &d.fs, d.dir);
         let lists = store.requests("list");
         let gate = store.hold_lists();
         let listing = tokio::spawn({
@@ -373,7 +341,7 @@ mod tests {
         gate.close();
         assert!(listing.await.expect("listing"));
         assert_eq!(store.requests("list"), lists + 4);
-        assert_eq!(children(&fs, dir), names_in(&store));
+        assert_eq!(d.children(), names_in(store));
     }
 
     /// Names added inside a segment (more than its page holds), deleted, and a directory
@@ -381,7 +349,8 @@ mod tests {
     /// told to the waiters only goes forward.
     #[tokio::test]
     async fn changes_since_the_last_listing_are_taken_in_whole() {
-        let (store, fs, dir, _cache) = listed(3_000).await;
+        let d = listed(3_000, Duration::from_secs(60)).await;
+        let (store, fs, dir) = (&d.store, &d.fs, d.dir);
         for i in 1_000..1_050 {
             store.delete(&format!("d/f{i:05}")).await.expect("delete");
         }
@@ -400,9 +369,9 @@ mod tests {
         }
         let told = Mutex::new(Vec::new());
         assert!(fs.list_in_segments(dir, "d/", &|k| told.lock().push(k)).await);
-        assert_eq!(children(&fs, dir), names_in(&store));
+        assert_eq!(d.children(), names_in(store));
         // `f00950` was a file and is now a directory too: shown once, as the directory.
-        assert_eq!(children(&fs, dir).len(), 3_000 - 50 + 300 + 2);
+        assert_eq!(d.children().len(), 3_000 - 50 + 300 + 2);
         let told = told.into_inner();
         assert!(told.windows(2).all(|w| w[0] <= w[1]), "progress went back");
         let tree = fs.tree();
@@ -417,14 +386,15 @@ mod tests {
     /// directory is listed page after page (3 LISTs for 3,000 names).
     #[tokio::test]
     async fn a_store_that_ignores_start_after_is_listed_page_after_page() {
-        let (store, fs, dir, _cache) = listed(3_000).await;
+        let d = listed(3_000, Duration::from_secs(60)).await;
+        let (store, fs, dir) = (&d.store, &d.fs, d.dir);
         store.ignore_start_after();
         store.delete("d/f02500").await.expect("delete");
         assert!(fs.list_in_segments(dir, "d/", &|_| {}).await);
-        assert_eq!(children(&fs, dir), names_in(&store));
+        assert_eq!(d.children(), names_in(store));
         let lists = store.requests("list");
         assert!(fs.list_in_segments(dir, "d/", &|_| {}).await);
         assert_eq!(store.requests("list"), lists + 3);
-        assert_eq!(children(&fs, dir), names_in(&store));
+        assert_eq!(d.children(), names_in(store));
     }
 }

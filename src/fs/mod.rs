@@ -18,6 +18,8 @@ mod journal;
 mod journal_log;
 mod list_prefetch;
 mod list_segments;
+#[cfg(test)]
+mod listed_dir_tests;
 mod listed_metadata;
 mod listing;
 mod lookup;

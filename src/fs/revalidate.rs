@@ -161,94 +161,8 @@ impl Drop for Listed {
 
 #[cfg(test)]
 mod tests {
-    use crate::fs::{DirEntry, Fs, FsConfig, OpenMode, ROOT_INO};
-    use crate::provider::{Overrides, Resolved};
-    use crate::source::Source;
-    use crate::store::memory::MemoryStore;
-    use crate::store::{ObjectStore, PutOptions};
-    use std::sync::Arc;
-    use std::time::{Duration, Instant};
-
-    /// A mount of `files` files of 100 bytes in `d/`, with a metadata TTL of `ttl`,
-    /// after a readdir of `d` to its end.
-    struct Listed {
-        fs: Arc<Fs>,
-        store: Arc<MemoryStore>,
-        dir: u64,
-        entries: Vec<DirEntry>,
-        /// When the readdir ended.
-        listed_at: Instant,
-        _cache: tempfile::TempDir,
-    }
-
-    async fn listed(files: usize, ttl: Duration) -> Listed {
-        let cache = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(MemoryStore::new());
-        for i in 0..files {
-            let key = format!("d/f{i:04}");
-            store
-                .put(&key, vec![7; 100].into(), &PutOptions::default())
-                .await
-                .expect("put");
-        }
-        let resolved = Resolved::new(&Source::parse("s3://b").expect("source"), &Overrides::default());
-        let config = FsConfig {
-            cache_dir: cache.path().to_path_buf(),
-            metadata_ttl: ttl,
-            ..FsConfig::default()
-        };
-        let fs = Fs::new(store.clone(), resolved, config);
-        let dir = fs.lookup(ROOT_INO, "d").await.expect("d").ino;
-        let fh = fs.opendir(dir).await.expect("opendir");
-        let mut entries: Vec<DirEntry> = Vec::new();
-        loop {
-            let next = entries.last().map_or(0, |e| e.next_offset);
-            let page = fs.readdir(dir, fh, next).await.expect("readdir");
-            if page.is_empty() {
-                break;
-            }
-            entries.extend(page);
-        }
-        assert_eq!(entries.len(), files + 2, "every entry and . and ..");
-        // After the listing's TTL was set: the TTL ends before `listed_at + ttl`, however
-        // long the readdir took.
-        let listed_at = Instant::now();
-        Listed {
-            fs,
-            store,
-            dir,
-            entries,
-            listed_at,
-            _cache: cache,
-        }
-    }
-
-    impl Listed {
-        fn ino(&self, name: &str) -> u64 {
-            self.entries.iter().find(|e| e.name == name).expect("listed").ino
-        }
-
-        async fn open(&self, name: &str) {
-            let fh = self
-                .fs
-                .open(self.ino(name), OpenMode::default())
-                .await
-                .expect("open")
-                .fh;
-            self.fs.release(fh).await;
-        }
-
-        /// Waits up to a second for the LISTs to reach `count`, then a little longer for
-        /// any beyond it.
-        async fn lists_reach(&self, count: u64) -> u64 {
-            let until = Instant::now() + Duration::from_secs(1);
-            while self.store.requests("list") < count && Instant::now() < until {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            self.store.requests("list")
-        }
-    }
+    use crate::fs::listed_dir_tests::listed;
+    use std::time::Duration;
 
     /// An open near the end of its directory's listing TTL lists the directory again in
     /// the background, so that an open after that TTL finds its file fresh (no LIST or
@@ -258,12 +172,12 @@ mod tests {
         let ttl = Duration::from_secs(2);
         let d = listed(10, ttl).await;
         let (lists, heads) = (d.store.requests("list"), d.store.requests("head"));
-        d.open("f0000").await;
+        d.open("f00000").await;
         assert_eq!(d.store.requests("list"), lists, "a fresh listing was listed again");
 
         // In the TTL's last quarter: listed again, not waited for.
         tokio::time::sleep_until((d.listed_at + ttl * 4 / 5).into()).await;
-        d.open("f0001").await;
+        d.open("f00001").await;
         assert_eq!(
             d.lists_reach(lists + 1).await,
             lists + 1,
@@ -272,7 +186,7 @@ mod tests {
 
         // Past the first listing's TTL, within the second's.
         tokio::time::sleep_until((d.listed_at + ttl * 6 / 5).into()).await;
-        d.open("f0002").await;
+        d.open("f00002").await;
         assert_eq!(d.store.requests("list"), lists + 1, "an open waited for a listing");
         assert_eq!(d.store.requests("head"), heads, "an open waited for a HEAD");
     }
@@ -288,7 +202,7 @@ mod tests {
         let d = listed(1_200, ttl).await;
         let (lists, heads) = (d.store.requests("list"), d.store.requests("head"));
         tokio::time::sleep_until((d.listed_at + ttl * 2 / 5).into()).await;
-        d.open("f0000").await;
+        d.open("f00000").await;
         assert_eq!(
             d.lists_reach(lists + 1).await,
             lists,
@@ -296,8 +210,8 @@ mod tests {
         );
 
         tokio::time::sleep_until((d.listed_at + ttl * 3 / 5).into()).await;
-        d.open("f0001").await;
-        d.open("f0002").await;
+        d.open("f00001").await;
+        d.open("f00002").await;
         assert_eq!(
             d.lists_reach(lists + 2).await,
             lists + 2,
@@ -305,8 +219,8 @@ mod tests {
         );
 
         tokio::time::sleep_until((d.listed_at + ttl * 6 / 5).into()).await;
-        assert_eq!(d.fs.lookup(d.dir, "f1100").await.expect("lookup").ino, d.ino("f1100"));
-        d.open("f1100").await;
+        assert_eq!(d.fs.lookup(d.dir, "f01100").await.expect("lookup").ino, d.ino("f01100"));
+        d.open("f01100").await;
         assert_eq!(
             d.store.requests("list"),
             lists + 2,
@@ -325,7 +239,7 @@ mod tests {
         let (lists, heads) = (d.store.requests("list"), d.store.requests("head"));
         tokio::time::sleep_until((d.listed_at + ttl * 3 / 2).into()).await;
         for i in [1, 300, 600, 900, 1100, 1199] {
-            d.open(&format!("f{i:04}")).await;
+            d.open(&format!("f{i:05}")).await;
         }
         assert_eq!(d.store.requests("head"), heads + 2, "a HEAD per page, then the listing");
         assert_eq!(d.store.requests("list"), lists + 2, "one whole listing");

@@ -233,19 +233,20 @@ impl Fs {
             Some(_) => memory / 2,
             None => memory / 8,
         };
-        let (after, room, opened) = {
+        let (after, room, bytes_room, opened) = {
             let dirs = self.small_file_prefetch.dirs.lock();
             let Some(d) = dirs.by_ino.get(&dir) else { return };
             (
                 d.after.clone(),
                 window(d).saturating_sub(d.ahead.len()),
+                budget.saturating_sub(dirs.ahead_bytes),
                 d.opened.clone(),
             )
         };
-        if room == 0 {
+        if room == 0 || bytes_room < CHARGE_MIN {
             return;
         }
-        let (candidates, scanned_to) = self.next_small_files(dir, after.as_deref(), room, &opened);
+        let (candidates, scanned_to) = self.next_small_files(dir, after.as_deref(), (room, bytes_room), &opened);
         let mut started = Vec::new();
         {
             let mut dirs = self.small_file_prefetch.dirs.lock();
@@ -279,15 +280,18 @@ impl Fs {
         }
     }
 
-    /// Up to `count` small files of `dir` in the bucket after the name `after`, in name
-    /// order, with no local data, not among `opened` (being read) and not held locally
-    /// (read already: in memory or on disk), looking at `SCAN` entries at most; and the
-    /// name of the last one looked at.
+    /// Small files of `dir` in the bucket after the name `after`, in name order, with no
+    /// local data, not among `opened` (being read) and not held locally (read already: in
+    /// memory or on disk), as many as `room` (files, bytes charged) takes, looking at `SCAN`
+    /// entries at most; and the name of the last one looked at and passed or taken. The
+    /// look stops at the first file that does not fit: once the budget is the limit, each
+    /// open starts a file or two, and a look past them (1,024 names, a cache lookup each)
+    /// at every open made the daemon's CPU the bound of a large directory's epoch.
     fn next_small_files(
         &self,
         dir: u64,
         after: Option<&str>,
-        count: usize,
+        (count, bytes): (usize, u64),
         opened: &[u64],
     ) -> (Vec<(String, u64, ObjectVersion)>, Option<String>) {
         let tree = self.tree();
@@ -296,26 +300,32 @@ impl Fs {
         };
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut found = Vec::new();
+        let mut charged = 0;
         let mut scanned_to = None;
         for (name, &ino) in d.children.range::<str, _>((from, Bound::Unbounded)).take(SCAN) {
             if found.len() >= count {
                 break;
             }
-            scanned_to = Some(name);
-            let Some(n) = tree.get(ino) else { continue };
-            let Some(etag) = n.etag.as_deref() else { continue };
-            let small = n.attr.kind == Kind::File && n.attr.size > 0 && n.attr.size <= SMALL_FILE;
-            if !small || n.local || opened.contains(&ino) || self.handles.has_data(ino) {
-                continue;
-            }
-            let object = ObjectVersion {
-                key: Arc::from(n.key.as_str()),
-                etag: Arc::from(etag),
-                size: n.attr.size,
-            };
-            if !self.blocks.held(&object) {
+            let wanted = tree.get(ino).and_then(|n| {
+                let small = n.attr.kind == Kind::File && n.attr.size > 0 && n.attr.size <= SMALL_FILE;
+                if !small || n.local || opened.contains(&ino) || self.handles.has_data(ino) {
+                    return None;
+                }
+                let object = ObjectVersion {
+                    key: Arc::from(n.key.as_str()),
+                    etag: Arc::from(n.etag.as_deref()?),
+                    size: n.attr.size,
+                };
+                (!self.blocks.held(&object)).then_some(object)
+            });
+            if let Some(object) = wanted {
+                charged += object.size.max(CHARGE_MIN);
+                if charged > bytes {
+                    break;
+                }
                 found.push((name.clone(), ino, object));
             }
+            scanned_to = Some(name);
         }
         (found, scanned_to.cloned())
     }
@@ -358,5 +368,30 @@ impl Fs {
         {
             n.fresh_until = n.fresh_until.max(asked + self.config.metadata_ttl);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CHARGE_MIN;
+    use crate::fs::listed_dir_tests::listed;
+    use std::time::Duration;
+
+    /// Once the budget is the limit, the look for the next files stops at the first one
+    /// that does not fit and the next look starts there: a look past it (up to 1,024 names,
+    /// a cache lookup each) at every open made a large directory's epoch CPU-bound.
+    #[tokio::test]
+    async fn the_look_ahead_stops_where_the_budget_does() {
+        let d = listed(2_000, Duration::from_secs(60)).await;
+        let (found, scanned_to) = d.fs.next_small_files(d.dir, None, (100, 3 * CHARGE_MIN + 1), &[]);
+        let names: Vec<&str> = found.iter().map(|(name, _, _)| name.as_str()).collect();
+        assert_eq!(names, ["f00000", "f00001", "f00002"]);
+        assert_eq!(scanned_to.as_deref(), Some("f00002"));
+
+        let opened = [d.ino("f00003")];
+        let (found, scanned_to) = d.fs.next_small_files(d.dir, Some("f00002"), (2, 1 << 30), &opened);
+        let names: Vec<&str> = found.iter().map(|(name, _, _)| name.as_str()).collect();
+        assert_eq!(names, ["f00004", "f00005"], "an opened file is passed over");
+        assert_eq!(scanned_to.as_deref(), Some("f00005"));
     }
 }
