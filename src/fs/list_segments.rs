@@ -12,8 +12,10 @@ use super::listing::ListingStart;
 use crate::store::pagination::Pagination;
 use crate::store::{ListPage, ListRequest, StoreError};
 use parking_lot::Mutex;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::mpsc;
 
 /// Names per segment: fewer than a page's 1,000 keys, so a segment that gained up to 100
 /// keys (or holds the directory's marker and names no file can have) still takes one LIST.
@@ -179,45 +181,152 @@ impl Fs {
         shown: &Mutex<HashSet<String>>,
         tell: impl Fn(Option<String>, bool),
     ) -> Result<(), StoreError> {
-        let mut pagination = Pagination::default();
-        let mut continuation = None;
-        loop {
-            self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
-            let request = ListRequest {
-                prefix: dir_key.to_string(),
-                delimiter: Some("/".into()),
-                start_after: continuation.is_none().then(|| segment.lower.clone()).flatten(),
-                continuation: continuation.take(),
-                max_keys: Some(1000),
-            };
-            let hidden_at_start = self.deferred.hidden_under(dir_key);
-            let mut page = self.store.list_page(&request).await?;
-            self.drop_emptied_prefixes(&mut page, &hidden_at_start).await?;
-            if segment.answered_from_the_start(&page)
-                && !self.list_segments.start_after_ignored.swap(true, Ordering::Relaxed)
-            {
-                tracing::info!("the store ignores StartAfter in listings: directories are listed page after page");
-            }
-            let next = pagination.next(dir_key, &page)?;
-            let last = last_key(&page);
-            let past_upper = match (&last, &segment.upper) {
-                (Some(last), Some(upper)) => last >= upper,
-                _ => false,
-            };
-            segment.keep_own(&mut page);
-            self.absorb_listed_page(dir, dir_key, &page, start, &mut shown.lock(), false);
+        let mut cursor = SegmentCursor::new(segment.clone());
+        while let Some(listed) = cursor.next_page(self, dir_key).await? {
+            self.absorb_listed_page(dir, dir_key, &listed.page, start, &mut shown.lock(), false);
             self.trim_tree();
-            match next {
-                Some(token) if !past_upper => {
-                    tell(last, false);
-                    continuation = Some(token);
+            tell(listed.reached, !listed.more);
+        }
+        Ok(())
+    }
+
+    /// The pages of `dir_key`'s listing in key order, for a reader that takes them one by
+    /// one (readdir): segments listed at once, `AT_ONCE` at most ahead of the reader.
+    pub(super) fn pages_in_order(self: &Arc<Self>, dir: u64, dir_key: &str) -> OrderedPages {
+        let mut pages = OrderedPages {
+            fs: self.clone(),
+            dir_key: dir_key.to_string(),
+            waiting: self.segments_for(dir).into_iter(),
+            running: VecDeque::new(),
+        };
+        for _ in 0..AT_ONCE {
+            pages.start_next();
+        }
+        pages
+    }
+}
+
+/// One page of a segment, its keys only.
+pub(super) struct SegmentPage {
+    pub page: ListPage,
+    /// Keys under the directory being deleted when its LIST was sent.
+    pub hidden_at_start: HashSet<String>,
+    /// Every key up to this one is in this page or an earlier one of its segment.
+    reached: Option<String>,
+    /// The segment has more pages.
+    more: bool,
+}
+
+/// Where a segment's listing stands.
+struct SegmentCursor {
+    segment: Segment,
+    pagination: Pagination,
+    continuation: Option<String>,
+    done: bool,
+}
+
+impl SegmentCursor {
+    fn new(segment: Segment) -> SegmentCursor {
+        SegmentCursor {
+            segment,
+            pagination: Pagination::default(),
+            continuation: None,
+            done: false,
+        }
+    }
+
+    /// The segment's next page, `None` after its last.
+    async fn next_page(&mut self, fs: &Fs, dir_key: &str) -> Result<Option<SegmentPage>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        fs.stats.list_requests.fetch_add(1, Ordering::Relaxed);
+        let request = ListRequest {
+            prefix: dir_key.to_string(),
+            delimiter: Some("/".into()),
+            start_after: self
+                .continuation
+                .is_none()
+                .then(|| self.segment.lower.clone())
+                .flatten(),
+            continuation: self.continuation.take(),
+            max_keys: Some(1000),
+        };
+        let hidden_at_start = fs.deferred.hidden_under(dir_key);
+        let mut page = fs.store.list_page(&request).await?;
+        fs.drop_emptied_prefixes(&mut page, &hidden_at_start).await?;
+        if self.segment.answered_from_the_start(&page)
+            && !fs.list_segments.start_after_ignored.swap(true, Ordering::Relaxed)
+        {
+            tracing::info!("the store ignores StartAfter in listings: directories are listed page after page");
+        }
+        let next = self.pagination.next(dir_key, &page)?;
+        let last = last_key(&page);
+        let past_upper = match (&last, &self.segment.upper) {
+            (Some(last), Some(upper)) => last >= upper,
+            _ => false,
+        };
+        self.segment.keep_own(&mut page);
+        self.continuation = next.filter(|_| !past_upper);
+        self.done = self.continuation.is_none();
+        Ok(Some(SegmentPage {
+            page,
+            hidden_at_start,
+            reached: last,
+            more: !self.done,
+        }))
+    }
+}
+
+/// A listing's pages in key order (`pages_in_order`): each segment listed by its own task
+/// into its own channel, started as the reader passes the ones before it. A segment ahead
+/// of the reader waits with its pages until the reader comes (a page or two each), and
+/// the tasks end when the reader drops this.
+pub(super) struct OrderedPages {
+    fs: Arc<Fs>,
+    dir_key: String,
+    waiting: std::vec::IntoIter<Segment>,
+    running: VecDeque<mpsc::Receiver<Result<SegmentPage, StoreError>>>,
+}
+
+impl OrderedPages {
+    /// The next page and whether it is the listing's last; `None` after the last.
+    pub async fn next(&mut self) -> Option<Result<(SegmentPage, bool), StoreError>> {
+        loop {
+            let segment = self.running.front_mut()?;
+            match segment.recv().await {
+                Some(Ok(page)) => {
+                    let last = !page.more && self.running.len() == 1 && self.waiting.len() == 0;
+                    return Some(Ok((page, last)));
                 }
-                _ => {
-                    tell(None, true);
-                    return Ok(());
+                Some(Err(e)) => return Some(Err(e)),
+                None => {
+                    self.running.pop_front();
+                    self.start_next();
                 }
             }
         }
+    }
+
+    fn start_next(&mut self) {
+        let Some(segment) = self.waiting.next() else { return };
+        let (tx, rx) = mpsc::channel(1);
+        self.running.push_back(rx);
+        let (fs, dir_key) = (self.fs.clone(), self.dir_key.clone());
+        tokio::spawn(async move {
+            let mut cursor = SegmentCursor::new(segment);
+            loop {
+                let page = match cursor.next_page(&fs, &dir_key).await {
+                    Ok(Some(page)) => Ok(page),
+                    Ok(None) => return,
+                    Err(e) => Err(e),
+                };
+                let failed = page.is_err();
+                if tx.send(page).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
     }
 }
 

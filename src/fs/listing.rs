@@ -57,6 +57,8 @@ pub struct ListedPage {
     pub hidden_at_start: HashSet<String>,
     /// The HEADs of its entries that lack metadata, started when the page arrived.
     pub heads: tokio::task::JoinHandle<super::listed_metadata::Heads>,
+    /// The listing's last page.
+    pub last: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

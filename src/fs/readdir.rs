@@ -6,12 +6,9 @@ use super::attr::Kind;
 use super::listing::{DirEntry, DirStream, ListState};
 use super::tree::ROOT_INO;
 use super::{Errno, Fs, FsResult, listing};
-use crate::store::ListRequest;
 use crate::store::StoreResult;
-use crate::store::pagination::Pagination;
 use listing::ListedPage;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
@@ -105,7 +102,7 @@ impl Fs {
         } else if s.state == ListState::More || s.state == ListState::Start {
             if s.state == ListState::Start {
                 s.changes_at_start = self.tree().dir_changes(s.ino);
-                s.pages = Some(self.list_ahead(s.key.clone()));
+                s.pages = Some(self.list_ahead(s.ino, s.key.clone()));
             }
             let listed = match s.pages.as_mut() {
                 Some(pages) => pages.recv().await,
@@ -126,6 +123,7 @@ impl Fs {
                 page,
                 hidden_at_start,
                 heads,
+                last,
             } = listed;
             let mut seen = listing::page_entries(&s.key, &page, self.resolved.profile.hidden_prefixes);
             self.drop_hidden(&s.key, &mut seen, &hidden_at_start);
@@ -149,7 +147,7 @@ impl Fs {
                 .into_iter()
                 .filter_map(|(name, ino)| tree.get(ino).map(|n| (name, ino, n.attr.kind)))
                 .collect();
-            if page.next.is_none() {
+            if last {
                 s.state = ListState::Done;
                 s.pages = None;
                 tree.finish_listing(s.ino, &s.shown, until, s.changes_at_start);
@@ -189,44 +187,24 @@ impl Fs {
         Ok(())
     }
 
-    /// Lists `key` page by page, ahead of its reader by at most [`PAGES_AHEAD`] pages,
-    /// starting the HEADs of each page's entries as soon as it arrives. Ends at the last
-    /// page, at an error (sent on), or when the reader is gone.
-    fn list_ahead(self: &Arc<Self>, key: String) -> mpsc::Receiver<StoreResult<ListedPage>> {
+    /// Lists `key` (directory `dir`) in key order, ahead of its reader by at most
+    /// [`PAGES_AHEAD`] pages (its segments at once, list_segments.rs), starting the HEADs
+    /// of each page's entries as soon as it arrives. Ends at the last page, at an error
+    /// (sent on), or when the reader is gone.
+    fn list_ahead(self: &Arc<Self>, dir: u64, key: String) -> mpsc::Receiver<StoreResult<ListedPage>> {
         let (pages, reader) = mpsc::channel(PAGES_AHEAD);
         let this = self.clone();
         tokio::spawn(async move {
-            let mut continuation = None;
-            let mut pagination = Pagination::default();
-            loop {
-                let hidden_at_start = this.deferred.hidden_under(&key);
-                this.stats.list_requests.fetch_add(1, Ordering::Relaxed);
-                let request = ListRequest {
-                    prefix: key.clone(),
-                    delimiter: Some("/".into()),
-                    continuation: continuation.take(),
-                    start_after: None,
-                    max_keys: Some(1000),
-                };
-                let mut page = match this.store.list_page(&request).await {
-                    Ok(page) => page,
+            let mut in_order = this.pages_in_order(dir, &key);
+            while let Some(listed) = in_order.next().await {
+                let (segment_page, last) = match listed {
+                    Ok(listed) => listed,
                     Err(e) => {
                         let _ = pages.send(Err(e)).await;
                         return;
                     }
                 };
-                let next = match pagination.next(&key, &page) {
-                    Ok(next) => next,
-                    Err(e) => {
-                        let _ = pages.send(Err(e)).await;
-                        return;
-                    }
-                };
-                if let Err(e) = this.drop_emptied_prefixes(&mut page, &hidden_at_start).await {
-                    let _ = pages.send(Err(e)).await;
-                    return;
-                }
-                let (wanted, recalled) = this.keys_wanting_metadata(&key, &page);
+                let (wanted, recalled) = this.keys_wanting_metadata(&key, &segment_page.page);
                 let heads = {
                     let this = this.clone();
                     tokio::spawn(async move {
@@ -235,12 +213,11 @@ impl Fs {
                         heads
                     })
                 };
-                continuation = next;
-                let last = continuation.is_none();
                 let listed = ListedPage {
-                    page,
-                    hidden_at_start,
+                    page: segment_page.page,
+                    hidden_at_start: segment_page.hidden_at_start,
                     heads,
+                    last,
                 };
                 if pages.send(Ok(listed)).await.is_err() || last {
                     return;
