@@ -506,4 +506,58 @@ mod tests {
         assert_eq!(store.requests("list"), lists + 3);
         assert_eq!(d.children(), names_in(store));
     }
+
+    /// Every entry of a readdir, in order, `.` and `..` left out.
+    async fn readdir_names(fs: &Arc<Fs>, dir: u64) -> Vec<String> {
+        let fh = fs.opendir(dir).await.expect("opendir");
+        let mut names = Vec::new();
+        let mut next = 0;
+        loop {
+            let page = fs.readdir(dir, fh, next).await.expect("readdir");
+            let Some(last) = page.last() else { return names };
+            next = last.next_offset;
+            names.extend(page.into_iter().map(|e| e.name).filter(|n| n != "." && n != ".."));
+        }
+    }
+
+    /// A readdir of a large directory past its TTL sends its segments' LISTs at once and
+    /// hands out every entry once, in order, with the changes since the last listing.
+    #[tokio::test]
+    async fn a_readdir_past_the_ttl_lists_the_segments_at_once() {
+        let ttl = Duration::from_millis(300);
+        let d = listed(3_000, ttl).await;
+        for i in 0..150 {
+            let key = format!("d/f01000x{i:03}");
+            d.store
+                .put(&key, vec![1].into(), &PutOptions::default())
+                .await
+                .expect("put");
+        }
+        d.store.delete(&key(2_000)).await.expect("delete");
+        tokio::time::sleep_until((d.listed_at + ttl).into()).await;
+        let lists = d.store.requests("list");
+        let gate = d.store.hold_lists();
+        let readdir = tokio::spawn({
+            let fs = d.fs.clone();
+            let dir = d.dir;
+            async move { readdir_names(&fs, dir).await }
+        });
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        while d.store.requests("list") < lists + 4 && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            d.store.requests("list"),
+            lists + 4,
+            "the segments' LISTs were not sent at once"
+        );
+        gate.close();
+        let names = readdir.await.expect("readdir");
+        assert_eq!(names, names_in(&d.store), "every entry once, in order");
+        assert_eq!(
+            d.store.requests("list"),
+            lists + 5,
+            "the segment that grew took a second page"
+        );
+    }
 }

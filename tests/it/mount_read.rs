@@ -400,6 +400,49 @@ fn names_of_a_large_directory_revalidated_together_cost_a_listing_not_a_list_eac
     assert!(lists <= 20, "{lists} LISTs for 2,500 names: {}", m.log());
 }
 
+/// A directory of several pages read again after the TTL is listed in segments from the
+/// names of its last listing (S3's StartAfter, here through the embedded server's wire
+/// protocol): the readdir shows every name once, in order, with what another client
+/// changed meanwhile (names added inside a segment, more than its page holds; a name
+/// deleted; a subdirectory).
+#[test]
+fn a_large_directory_read_again_is_listed_in_segments_and_shows_every_change() {
+    let _turn = common::shared();
+    let s = server();
+    let mut names: Vec<String> = (0..2500).map(|i| format!("f{i:04}")).collect();
+    for n in &names {
+        put(&s, &format!("big/{n}"), "x");
+    }
+    let m = Mount::new(&s, &["--metadata-ttl", "1"]);
+    let read = |m: &Mount| {
+        let mut listed: Vec<String> = std::fs::read_dir(m.join("big"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        listed.sort();
+        listed
+    };
+    assert_eq!(read(&m), names);
+    for i in 0..150 {
+        let name = format!("f1000x{i:03}");
+        put(&s, &format!("big/{name}"), "y");
+        names.push(name);
+    }
+    assert!(s.backend().delete_object(common::BUCKET, "big/f2000"));
+    names.retain(|n| n != "f2000");
+    put(&s, "big/f0500.d/inner", "z");
+    names.push("f0500.d".into());
+    names.sort();
+    std::thread::sleep(Duration::from_millis(1500));
+    s.stats().reset();
+    assert_eq!(read(&m), names);
+    let lists = s.stats().count("ListObjectsV2");
+    // Three segments, the second grown past a page (4 LISTs); the lookups of the root and
+    // of `big` after the TTL, and the prefetch of the new subdirectory, one LIST each.
+    assert!(lists <= 7, "{lists} LISTs: {}", m.log());
+    assert_eq!(std::fs::read_to_string(m.join("big/f0500.d/inner")).unwrap(), "z");
+}
+
 /// The HEADs that follow a prefetched listing stay in the background: an `ls` of the root
 /// prefetches its subdirectories' first pages, and their entries are HEADed a few at a
 /// time, never with the mount's full width (which a model load that follows would need).
