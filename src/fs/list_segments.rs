@@ -28,7 +28,8 @@ pub(super) struct ListSegments {
     /// The store answered a LIST from its first key although asked to start after another:
     /// it ignores `StartAfter`, so directories are listed page after page.
     start_after_ignored: AtomicBool,
-    /// A LIST with `StartAfter` failed where the one without it succeeded.
+    /// The store refused a LIST with `StartAfter` (an error that is neither a passing
+    /// fault nor the credentials').
     start_after_failed: AtomicBool,
 }
 
@@ -131,14 +132,6 @@ impl Fs {
         }))
         .await;
         if let Some(e) = listed.iter().find_map(|r| r.as_ref().err()) {
-            if listed[0].is_ok()
-                && segments.len() > 1
-                && !self.list_segments.start_after_failed.swap(true, Ordering::Relaxed)
-            {
-                tracing::warn!(
-                    "listing {dir_key:?} from a middle key (StartAfter) failed where its first page did not: {e}; directories are listed page after page from now on"
-                );
-            }
             tracing::debug!("listing {dir_key:?} again to revalidate its names: {e}");
             return false;
         }
@@ -253,9 +246,29 @@ impl SegmentCursor {
             max_keys: Some(1000),
         };
         let hidden_at_start = fs.deferred.hidden_under(dir_key);
-        let mut page = fs.store.list_page(&request).await?;
+        let mut page = match fs.store.list_page(&request).await {
+            // Refused with `StartAfter` (not a passing fault or the credentials): listed
+            // from the first key like a store that ignores it, and page after page from now.
+            Err(e @ (StoreError::Unsupported(_) | StoreError::Other(_))) if request.start_after.is_some() => {
+                if !fs.list_segments.start_after_failed.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "a listing of {dir_key:?} from a middle key (StartAfter) failed: {e}; directories are listed page after page from now on"
+                    );
+                }
+                fs.stats.list_requests.fetch_add(1, Ordering::Relaxed);
+                fs.store
+                    .list_page(&ListRequest {
+                        start_after: None,
+                        ..request
+                    })
+                    .await?
+            }
+            page => page?,
+        };
         fs.drop_emptied_prefixes(&mut page, &hidden_at_start).await?;
-        if self.segment.answered_from_the_start(&page)
+        let refused = fs.list_segments.start_after_failed.load(Ordering::Relaxed);
+        if !refused
+            && self.segment.answered_from_the_start(&page)
             && !fs.list_segments.start_after_ignored.swap(true, Ordering::Relaxed)
         {
             tracing::info!("the store ignores StartAfter in listings: directories are listed page after page");
@@ -559,5 +572,20 @@ mod tests {
             lists + 5,
             "the segment that grew took a second page"
         );
+    }
+
+    /// A store that refuses `StartAfter` with an error: the readdir still shows every
+    /// name (the segments list from the first key instead), and the next listing goes page
+    /// after page (3 LISTs for 3,000 names).
+    #[tokio::test]
+    async fn a_store_that_refuses_start_after_is_listed_page_after_page() {
+        let ttl = Duration::from_millis(200);
+        let d = listed(3_000, ttl).await;
+        d.store.refuse_start_after();
+        tokio::time::sleep_until((d.listed_at + ttl).into()).await;
+        assert_eq!(readdir_names(&d.fs, d.dir).await, names_in(&d.store));
+        let lists = d.store.requests("list");
+        assert!(d.fs.list_in_segments(d.dir, "d/", &|_| {}).await);
+        assert_eq!(d.store.requests("list"), lists + 3);
     }
 }

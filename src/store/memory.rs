@@ -42,6 +42,8 @@ pub struct MemoryStore {
     head_failure: Mutex<Option<StoreError>>,
     /// Listings start from the first key whatever `StartAfter` says (as some S3 servers).
     ignores_start_after: std::sync::atomic::AtomicBool,
+    /// Listings with `StartAfter` fail (as a server that does not know the parameter).
+    refuses_start_after: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryStore {
@@ -97,6 +99,11 @@ impl MemoryStore {
     /// Makes listings ignore `StartAfter` from now on, as a server that does not know it.
     pub fn ignore_start_after(&self) {
         self.ignores_start_after.store(true, Ordering::Relaxed);
+    }
+
+    /// Makes listings with `StartAfter` fail from now on, as a server that refuses it.
+    pub fn refuse_start_after(&self) {
+        self.refuses_start_after.store(true, Ordering::Relaxed);
     }
 
     /// Makes every PutObject from now on fail with `error` (`None`: succeed again).
@@ -236,6 +243,9 @@ impl ObjectStore for MemoryStore {
 
     async fn list_page(&self, req: &ListRequest) -> StoreResult<ListPage> {
         self.count("list");
+        if req.start_after.is_some() && self.refuses_start_after.load(Ordering::Relaxed) {
+            return Err(StoreError::Other("InvalidArgument: StartAfter".into()));
+        }
         let page = self.list_now(req);
         let gate = self.list_gate.lock().clone();
         if let Some(gate) = gate
