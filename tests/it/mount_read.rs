@@ -443,6 +443,49 @@ fn a_large_directory_read_again_is_listed_in_segments_and_shows_every_change() {
     assert_eq!(std::fs::read_to_string(m.join("big/f0500.d/inner")).unwrap(), "z");
 }
 
+/// The same on moto, an independent S3 (its own StartAfter and pagination): a second
+/// mount, as another machine, changes a directory of 2,500 files; the first mount's
+/// readdir after the TTL shows exactly what the bucket holds.
+#[test]
+fn a_large_directory_read_again_on_moto_shows_what_another_mount_changed() {
+    let _turn = common::shared();
+    let moto = common::moto::Moto::shared();
+    let bucket = moto.new_bucket("segments");
+    let writer = Mount::moto(&moto, &bucket, &[]);
+    std::fs::create_dir(writer.join("big")).unwrap();
+    let mut names: Vec<String> = (0..2500).map(|i| format!("f{i:04}")).collect();
+    for n in &names {
+        std::fs::write(writer.join(&format!("big/{n}")), "x").unwrap();
+    }
+    writer.sync();
+    let reader = Mount::moto(&moto, &bucket, &["--metadata-ttl", "1"]);
+    let read = |m: &Mount| {
+        let mut listed: Vec<String> = std::fs::read_dir(m.join("big"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        listed.sort();
+        listed
+    };
+    assert_eq!(read(&reader), names);
+    for i in 0..150 {
+        let name = format!("f1000x{i:03}");
+        std::fs::write(writer.join(&format!("big/{name}")), "y").unwrap();
+        names.push(name);
+    }
+    std::fs::remove_file(writer.join("big/f2000")).unwrap();
+    names.retain(|n| n != "f2000");
+    std::fs::create_dir(writer.join("big/f0500.d")).unwrap();
+    std::fs::write(writer.join("big/f0500.d/inner"), "z").unwrap();
+    names.push("f0500.d".into());
+    names.sort();
+    writer.sync();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(read(&reader), names, "{}", reader.log());
+    assert!(!reader.log().contains("StartAfter"), "{}", reader.log());
+    assert_eq!(std::fs::read_to_string(reader.join("big/f0500.d/inner")).unwrap(), "z");
+}
+
 /// The HEADs that follow a prefetched listing stay in the background: an `ls` of the root
 /// prefetches its subdirectories' first pages, and their entries are HEADed a few at a
 /// time, never with the mount's full width (which a model load that follows would need).
