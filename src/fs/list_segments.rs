@@ -33,7 +33,7 @@ pub(super) struct ListSegments {
     start_after_failed: AtomicBool,
 }
 
-/// The keys segment `i` of a listing answers for: after `lower` (from the first key when
+/// The keys a segment of a listing answers for: after `lower` (from the first key when
 /// `None`), up to and with `upper` (to the end when `None`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Segment {
@@ -41,13 +41,19 @@ struct Segment {
     upper: Option<String>,
 }
 
-/// Splits the listing at every `SEGMENT`th of its keys (sorted as the bucket sorts them).
-fn segments_of(keys: &[String]) -> Vec<Segment> {
-    let mut bounds: Vec<Option<String>> = keys.chunks(SEGMENT).map(|c| c.last().cloned()).collect();
-    bounds.pop();
-    let uppers = bounds.iter().cloned().chain([None]);
-    std::iter::once(None)
-        .chain(bounds.iter().cloned())
+/// Whether the `i`th of `count` names ends a segment: every `SEGMENT`th, but the last.
+fn ends_a_segment(i: usize, count: usize) -> bool {
+    (i + 1) % SEGMENT == 0 && i + 1 < count
+}
+
+/// The segments between `bounds` (each the last key of one). The tree orders names, and a
+/// directory's key ends in `/`, so the bounds are sorted again in the bucket's order.
+fn segments_between(mut bounds: Vec<String>) -> Vec<Segment> {
+    bounds.sort_unstable();
+    bounds.dedup();
+    let lowers = std::iter::once(None).chain(bounds.iter().cloned().map(Some));
+    let uppers = bounds.iter().cloned().map(Some).chain([None]);
+    lowers
         .zip(uppers)
         .map(|(lower, upper)| Segment { lower, upper })
         .collect()
@@ -76,7 +82,7 @@ impl Segment {
 }
 
 /// The last key of a page, in the bucket's order.
-pub(super) fn last_key(page: &ListPage) -> Option<String> {
+fn last_key(page: &ListPage) -> Option<String> {
     let object = page.objects.last().map(|o| o.key.clone());
     object.max(page.prefixes.last().cloned())
 }
@@ -147,20 +153,23 @@ impl Fs {
     fn segments_for(&self, dir: u64) -> Vec<Segment> {
         let flags = &self.list_segments;
         if flags.start_after_ignored.load(Ordering::Relaxed) || flags.start_after_failed.load(Ordering::Relaxed) {
-            return segments_of(&[]);
+            return segments_between(Vec::new());
         }
-        let tree = self.tree();
-        let Some(node) = tree.get(dir) else {
-            return segments_of(&[]);
+        let bounds = {
+            let tree = self.tree();
+            let Some(node) = tree.get(dir) else {
+                return segments_between(Vec::new());
+            };
+            let count = node.children.len();
+            // Only the bounds' keys are made: the tree stays locked for a walk of its names.
+            node.children
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| ends_a_segment(*i, count))
+                .filter_map(|(_, (name, ino))| tree.child_key(dir, name, tree.get(*ino)?.attr.kind))
+                .collect()
         };
-        let mut keys: Vec<String> = node
-            .children
-            .iter()
-            .filter_map(|(name, ino)| tree.child_key(dir, name, tree.get(*ino)?.attr.kind))
-            .collect();
-        drop(tree);
-        keys.sort_unstable();
-        segments_of(&keys)
+        segments_between(bounds)
     }
 
     /// Lists one segment page by page, taking in its own keys and telling `tell` the last
@@ -355,6 +364,13 @@ mod tests {
         (0..n).map(key).collect()
     }
 
+    /// The segments of a listing of `keys` (sorted), as `segments_for` splits the tree's.
+    fn segments_of(keys: &[String]) -> Vec<Segment> {
+        let count = keys.len();
+        let bounds = keys.iter().enumerate().filter(|(i, _)| ends_a_segment(*i, count));
+        segments_between(bounds.map(|(_, k)| k.clone()).collect())
+    }
+
     fn page(objects: &[&str], prefixes: &[&str]) -> ListPage {
         ListPage {
             objects: objects
@@ -399,6 +415,12 @@ mod tests {
         assert_eq!(segments.len(), 12);
         for k in all.iter().chain([&"d/".to_string(), &"d/zz".to_string()]) {
             assert_eq!(segments.iter().filter(|s| s.holds(k)).count(), 1, "{k}");
+        }
+        // A directory's key sorts after names that follow it in the tree (`a/` > `a.b`).
+        let split = segments_between(vec!["d/a/".into(), "d/a.b".into(), "d/a.b".into()]);
+        assert_eq!(split.len(), 3);
+        for k in ["d/a", "d/a.b", "d/a.c", "d/a/", "d/b"] {
+            assert_eq!(split.iter().filter(|s| s.holds(k)).count(), 1, "{k}");
         }
         for s in &segments {
             assert!(all.iter().filter(|k| s.holds(k)).count() <= SEGMENT);
