@@ -43,7 +43,7 @@ struct Segment {
 
 /// Whether the `i`th of `count` names ends a segment: every `SEGMENT`th, but the last.
 fn ends_a_segment(i: usize, count: usize) -> bool {
-    (i + 1) % SEGMENT == 0 && i + 1 < count
+    (i + 1).is_multiple_of(SEGMENT) && i + 1 < count
 }
 
 /// The segments between `bounds` (each the last key of one). The tree orders names, and a
