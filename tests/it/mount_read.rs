@@ -400,6 +400,16 @@ fn names_of_a_large_directory_revalidated_together_cost_a_listing_not_a_list_eac
     assert!(lists <= 20, "{lists} LISTs for 2,500 names: {}", m.log());
 }
 
+/// The names a readdir of `dir` on the mount shows, sorted.
+fn sorted_names(m: &Mount, dir: &str) -> Vec<String> {
+    let mut listed: Vec<String> = std::fs::read_dir(m.join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    listed.sort();
+    listed
+}
+
 /// A directory of several pages read again after the TTL is listed in segments from the
 /// names of its last listing (S3's StartAfter, here through the embedded server's wire
 /// protocol): the readdir shows every name once, in order, with what another client
@@ -414,15 +424,7 @@ fn a_large_directory_read_again_is_listed_in_segments_and_shows_every_change() {
         put(&s, &format!("big/{n}"), "x");
     }
     let m = Mount::new(&s, &["--metadata-ttl", "1"]);
-    let read = |m: &Mount| {
-        let mut listed: Vec<String> = std::fs::read_dir(m.join("big"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        listed.sort();
-        listed
-    };
-    assert_eq!(read(&m), names);
+    assert_eq!(sorted_names(&m, "big"), names);
     for i in 0..150 {
         let name = format!("f1000x{i:03}");
         put(&s, &format!("big/{name}"), "y");
@@ -435,7 +437,7 @@ fn a_large_directory_read_again_is_listed_in_segments_and_shows_every_change() {
     names.sort();
     std::thread::sleep(Duration::from_millis(1500));
     s.stats().reset();
-    assert_eq!(read(&m), names);
+    assert_eq!(sorted_names(&m, "big"), names);
     let lists = s.stats().count("ListObjectsV2");
     // Three segments, the second grown past a page (4 LISTs); the lookups of the root and
     // of `big` after the TTL, and the prefetch of the new subdirectory, one LIST each.
@@ -459,15 +461,7 @@ fn a_large_directory_read_again_on_moto_shows_what_another_mount_changed() {
     }
     writer.sync();
     let reader = Mount::moto(&moto, &bucket, &["--metadata-ttl", "1"]);
-    let read = |m: &Mount| {
-        let mut listed: Vec<String> = std::fs::read_dir(m.join("big"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        listed.sort();
-        listed
-    };
-    assert_eq!(read(&reader), names);
+    assert_eq!(sorted_names(&reader, "big"), names);
     for i in 0..150 {
         let name = format!("f1000x{i:03}");
         std::fs::write(writer.join(&format!("big/{name}")), "y").unwrap();
@@ -481,7 +475,7 @@ fn a_large_directory_read_again_on_moto_shows_what_another_mount_changed() {
     names.sort();
     writer.sync();
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(read(&reader), names, "{}", reader.log());
+    assert_eq!(sorted_names(&reader, "big"), names, "{}", reader.log());
     assert!(!reader.log().contains("StartAfter"), "{}", reader.log());
     assert_eq!(std::fs::read_to_string(reader.join("big/f0500.d/inner")).unwrap(), "z");
 }
