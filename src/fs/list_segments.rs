@@ -33,6 +33,13 @@ pub(super) struct ListSegments {
     start_after_failed: AtomicBool,
 }
 
+impl ListSegments {
+    /// Whether a listing can no longer start after a key (ignored or refused).
+    fn start_after_unusable(&self) -> bool {
+        self.start_after_ignored.load(Ordering::Relaxed) || self.start_after_failed.load(Ordering::Relaxed)
+    }
+}
+
 /// The keys a segment of a listing answers for: after `lower` (from the first key when
 /// `None`), up to and with `upper` (to the end when `None`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,8 +158,7 @@ impl Fs {
     /// last listing's and the mount's own); one segment if the store cannot start a
     /// listing after a key.
     fn segments_for(&self, dir: u64) -> Vec<Segment> {
-        let flags = &self.list_segments;
-        if flags.start_after_ignored.load(Ordering::Relaxed) || flags.start_after_failed.load(Ordering::Relaxed) {
+        if self.list_segments.start_after_unusable() {
             return segments_between(Vec::new());
         }
         let bounds = {
@@ -183,6 +189,12 @@ impl Fs {
         shown: &Mutex<HashSet<String>>,
         tell: impl Fn(Option<String>, bool),
     ) -> Result<(), StoreError> {
+        if segment.lower.is_some() && self.list_segments.start_after_unusable() {
+            // Found out by a segment before this one: this one would list from the first
+            // key too. The listing fails (its waiters revalidate alone); the next goes
+            // page after page.
+            return Err(StoreError::Unsupported("listings from a middle key".into()));
+        }
         let mut cursor = SegmentCursor::new(segment.clone());
         while let Some(listed) = cursor.next_page(self, dir_key).await? {
             self.absorb_listed_page(dir, dir_key, &listed.page, start, &mut shown.lock(), false);
@@ -331,7 +343,12 @@ impl OrderedPages {
     }
 
     fn start_next(&mut self) {
-        let Some(segment) = self.waiting.next() else { return };
+        let Some(mut segment) = self.waiting.next() else { return };
+        if segment.lower.is_some() && self.fs.list_segments.start_after_unusable() {
+            // Each segment left would list from the first key: one lists to the end instead.
+            segment.upper = None;
+            self.waiting.by_ref().for_each(drop);
+        }
         let (tx, rx) = mpsc::channel(1);
         self.running.push_back(rx);
         let (fs, dir_key) = (self.fs.clone(), self.dir_key.clone());
@@ -526,16 +543,19 @@ mod tests {
         assert_eq!(inner.map(|n| n.attr.kind), Some(crate::fs::attr::Kind::Dir));
     }
 
-    /// A store that ignores `StartAfter`: the listing is still whole, and from then on a
-    /// directory is listed page after page (3 LISTs for 3,000 names).
+    /// A store that ignores `StartAfter`: the whole listing that finds it out takes in
+    /// what its segments listed (or fails, if a segment not yet started would list from the
+    /// first key too: its waiters then revalidate alone), and from then on a directory is
+    /// listed page after page (3 LISTs for 3,000 names), whole and exact.
     #[tokio::test]
     async fn a_store_that_ignores_start_after_is_listed_page_after_page() {
         let d = listed(3_000, Duration::from_secs(60)).await;
         let (store, fs, dir) = (&d.store, &d.fs, d.dir);
         store.ignore_start_after();
         store.delete("d/f02500").await.expect("delete");
-        assert!(fs.list_in_segments(dir, "d/", &|_| {}).await);
-        assert_eq!(d.children(), names_in(store));
+        if fs.list_in_segments(dir, "d/", &|_| {}).await {
+            assert_eq!(d.children(), names_in(store));
+        }
         let lists = store.requests("list");
         assert!(fs.list_in_segments(dir, "d/", &|_| {}).await);
         assert_eq!(store.requests("list"), lists + 3);
@@ -609,5 +629,23 @@ mod tests {
         let lists = d.store.requests("list");
         assert!(d.fs.list_in_segments(d.dir, "d/", &|_| {}).await);
         assert_eq!(d.store.requests("list"), lists + 3);
+    }
+
+    /// A readdir of a directory of more segments than are listed at once, on a store
+    /// that ignores `StartAfter`: the segments not started when that is found are listed
+    /// as one to the end, not each from the first key again.
+    #[tokio::test]
+    async fn segments_left_when_start_after_is_found_ignored_list_as_one() {
+        let ttl = Duration::from_millis(200);
+        let d = listed(20_000, ttl).await;
+        d.store.ignore_start_after();
+        tokio::time::sleep_until((d.listed_at + ttl).into()).await;
+        let lists = d.store.requests("list");
+        assert_eq!(readdir_names(&d.fs, d.dir).await, names_in(&d.store));
+        let sent = d.store.requests("list") - lists;
+        // The 16 started at once page from the first key up to their own end (1 + 1 + 2 +
+        // ... + 15 pages), the rest as one (20 pages): 163 at most; each from the first key,
+        // the 23 segments would take 1 + 1 + 2 + ... + 20, 230.
+        assert!(sent <= 165, "{sent} LISTs");
     }
 }
