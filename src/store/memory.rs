@@ -5,7 +5,7 @@ use super::*;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 #[derive(Clone)]
 struct Object {
@@ -41,9 +41,9 @@ pub struct MemoryStore {
     /// Once set, every HeadObject fails with this error.
     head_failure: Mutex<Option<StoreError>>,
     /// Listings start from the first key whatever `StartAfter` says (as some S3 servers).
-    ignores_start_after: std::sync::atomic::AtomicBool,
+    ignores_start_after: AtomicBool,
     /// Listings with `StartAfter` fail (as a server that does not know the parameter).
-    refuses_start_after: std::sync::atomic::AtomicBool,
+    refuses_start_after: AtomicBool,
 }
 
 impl MemoryStore {
