@@ -76,9 +76,10 @@ impl Fs {
 
     /// A file with fresh attributes is being opened: if its directory's listing is near
     /// the end of its TTL, it is listed again in the background (not waited for). A large
-    /// directory's listing takes a round trip per page, and over a link full of a
-    /// DataLoader's GETs its last pages arrived after their names' TTL when it started in
-    /// the last quarter: it starts in the last half.
+    /// directory starts in the last half: when its listing took a round trip per page,
+    /// over a link full of a DataLoader's GETs, its last pages arrived after their names'
+    /// TTL from the last quarter; listed in segments at once (list_segments.rs) it takes
+    /// one round trip, but a dozen LISTs still queue behind those GETs.
     pub(super) fn renew_listing_ahead(self: &Arc<Self>, ino: u64) {
         let now = Instant::now();
         let ttl = self.config.metadata_ttl;
