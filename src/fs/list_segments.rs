@@ -9,6 +9,7 @@
 
 use super::Fs;
 use super::listing::ListingStart;
+use super::tree::Tree;
 use crate::store::pagination::Pagination;
 use crate::store::{ListPage, ListRequest, StoreError};
 use parking_lot::Mutex;
@@ -51,6 +52,19 @@ struct Segment {
 /// Whether the `i`th of `count` names ends a segment: every `SEGMENT`th, but the last.
 fn ends_a_segment(i: usize, count: usize) -> bool {
     (i + 1).is_multiple_of(SEGMENT) && i + 1 < count
+}
+
+/// The keys after which `dir`'s listing splits, from its names in the tree. Only these
+/// keys are made: the tree stays locked for one walk of its names.
+fn splits_in_tree(tree: &Tree, dir: u64) -> Vec<String> {
+    let Some(node) = tree.get(dir) else { return Vec::new() };
+    let count = node.children.len();
+    node.children
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ends_a_segment(*i, count))
+        .filter_map(|(_, (name, ino))| tree.child_key(dir, name, tree.get(*ino)?.attr.kind))
+        .collect()
 }
 
 /// The segments between `bounds` (each the last key of one). The tree orders names, and a
@@ -155,27 +169,39 @@ impl Fs {
     }
 
     /// The segments of `dir`'s listing, split at the keys of its names in the tree (the
-    /// last listing's and the mount's own); one segment if the store cannot start a
-    /// listing after a key.
+    /// last listing's and the mount's own), or where the last mount's listing split if
+    /// that gives more (a first listing after a remount); one segment if the store cannot
+    /// start a listing after a key.
     fn segments_for(&self, dir: u64) -> Vec<Segment> {
         if self.list_segments.start_after_unusable() {
             return segments_between(Vec::new());
         }
-        let bounds = {
+        let (dir_key, in_tree) = {
             let tree = self.tree();
             let Some(node) = tree.get(dir) else {
                 return segments_between(Vec::new());
             };
-            let count = node.children.len();
-            // Only the bounds' keys are made: the tree stays locked for a walk of its names.
-            node.children
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| ends_a_segment(*i, count))
-                .filter_map(|(_, (name, ino))| tree.child_key(dir, name, tree.get(*ino)?.attr.kind))
+            (node.key.clone(), splits_in_tree(&tree, dir))
+        };
+        let remembered = self.remembered.listing_splits(&dir_key);
+        segments_between(if remembered.len() > in_tree.len() {
+            remembered
+        } else {
+            in_tree
+        })
+    }
+
+    /// Hands where every directory listed whole splits to what the next mount remembers.
+    pub(super) fn remember_listing_splits(&self) {
+        let listed: Vec<(String, Vec<String>)> = {
+            let tree = self.tree();
+            tree.listed_dirs()
+                .map(|(ino, node)| (node.key.clone(), splits_in_tree(&tree, ino)))
                 .collect()
         };
-        segments_between(bounds)
+        for (dir_key, splits) in listed {
+            self.remembered.remember_listing_splits(&dir_key, splits);
+        }
     }
 
     /// Lists one segment page by page, taking in its own keys and telling `tell` the last
@@ -372,7 +398,8 @@ impl OrderedPages {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::listed_dir_tests::{key, listed};
+    use crate::fs::ROOT_INO;
+    use crate::fs::listed_dir_tests::{key, listed, lists_reach, mount, read_whole, store_of};
     use crate::store::memory::MemoryStore;
     use crate::store::{ObjectMeta, ObjectStore, PutOptions};
     use std::time::Duration;
@@ -606,6 +633,36 @@ mod tests {
             lists + 5,
             "the segment that grew took a second page"
         );
+    }
+
+    /// A directory's first readdir after a remount is split where the last mount's
+    /// listing split it (what that mount remembered): its segments' LISTs go at once,
+    /// rather than page after page, and every entry comes once, in order.
+    #[tokio::test]
+    async fn a_remount_lists_a_large_directory_in_the_segments_the_last_mount_saw() {
+        let store = store_of(3_000).await;
+        let cache = tempfile::tempdir().expect("temp dir");
+        let ttl = Duration::from_secs(60);
+        let first = mount(&store, cache.path(), ttl, true);
+        let dir = first.lookup(ROOT_INO, "d").await.expect("d").ino;
+        assert_eq!(read_whole(&first, dir).await.len(), 3_002);
+        first.save_remembered_metadata();
+        let second = mount(&store, cache.path(), ttl, true);
+        let dir = second.lookup(ROOT_INO, "d").await.expect("d").ino;
+        let lists = lists_reach(&store, 0).await;
+        let gate = store.hold_lists();
+        let readdir = tokio::spawn({
+            let fs = second.clone();
+            async move { readdir_names(&fs, dir).await }
+        });
+        assert_eq!(
+            lists_reach(&store, lists + 4).await,
+            lists + 4,
+            "the segments' LISTs were not sent at once"
+        );
+        gate.close();
+        assert_eq!(readdir.await.expect("readdir"), names_in(&store));
+        assert_eq!(store.requests("list"), lists + 4);
     }
 
     /// A store that refuses `StartAfter` with an error: the readdir still shows every

@@ -6,6 +6,7 @@ use crate::provider::{Overrides, Resolved};
 use crate::source::Source;
 use crate::store::memory::MemoryStore;
 use crate::store::{ObjectStore, PutOptions};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,8 +27,8 @@ pub fn key(i: usize) -> String {
     format!("d/f{i:05}")
 }
 
-pub async fn listed(files: usize, ttl: Duration) -> Listed {
-    let cache = tempfile::tempdir().expect("temp dir");
+/// A store of `files` files of 100 bytes in `d/`.
+pub async fn store_of(files: usize) -> Arc<MemoryStore> {
     let store = Arc::new(MemoryStore::new());
     for i in 0..files {
         store
@@ -35,24 +36,53 @@ pub async fn listed(files: usize, ttl: Duration) -> Listed {
             .await
             .expect("put");
     }
+    store
+}
+
+/// A mount of `store` with a metadata TTL of `ttl`, its cache in `cache` (with its disk
+/// cache, and so what it remembers for the next mount, if `disk_cache`).
+pub fn mount(store: &Arc<MemoryStore>, cache: &Path, ttl: Duration, disk_cache: bool) -> Arc<Fs> {
     let resolved = Resolved::new(&Source::parse("s3://b").expect("source"), &Overrides::default());
     let config = FsConfig {
-        cache_dir: cache.path().to_path_buf(),
+        cache_dir: cache.to_path_buf(),
         metadata_ttl: ttl,
+        disk_cache: disk_cache.then_some((64 << 20, 0)),
         ..FsConfig::default()
     };
-    let fs = Fs::new(store.clone(), resolved, config);
-    let dir = fs.lookup(ROOT_INO, "d").await.expect("d").ino;
+    Fs::new(store.clone(), resolved, config)
+}
+
+/// Every entry of directory `dir`, read by one readdir to its end.
+pub async fn read_whole(fs: &Arc<Fs>, dir: u64) -> Vec<DirEntry> {
     let fh = fs.opendir(dir).await.expect("opendir");
     let mut entries: Vec<DirEntry> = Vec::new();
     loop {
         let next = entries.last().map_or(0, |e| e.next_offset);
         let page = fs.readdir(dir, fh, next).await.expect("readdir");
         if page.is_empty() {
-            break;
+            return entries;
         }
         entries.extend(page);
     }
+}
+
+/// Waits up to a second for the store's LISTs to reach `count`, then a little longer for
+/// any beyond it.
+pub async fn lists_reach(store: &MemoryStore, count: u64) -> u64 {
+    let until = Instant::now() + Duration::from_secs(1);
+    while store.requests("list") < count && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    store.requests("list")
+}
+
+pub async fn listed(files: usize, ttl: Duration) -> Listed {
+    let cache = tempfile::tempdir().expect("temp dir");
+    let store = store_of(files).await;
+    let fs = mount(&store, cache.path(), ttl, false);
+    let dir = fs.lookup(ROOT_INO, "d").await.expect("d").ino;
+    let entries = read_whole(&fs, dir).await;
     assert_eq!(entries.len(), files + 2, "every entry and . and ..");
     // After the listing's TTL was set: the TTL ends before `listed_at + ttl`, however
     // long the readdir took.
@@ -82,15 +112,8 @@ impl Listed {
         self.fs.release(fh).await;
     }
 
-    /// Waits up to a second for the LISTs to reach `count`, then a little longer for
-    /// any beyond it.
     pub async fn lists_reach(&self, count: u64) -> u64 {
-        let until = Instant::now() + Duration::from_secs(1);
-        while self.store.requests("list") < count && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        self.store.requests("list")
+        lists_reach(&self.store, count).await
     }
 
     /// The names of `d` in the tree.

@@ -227,9 +227,10 @@ impl Fs {
         }
     }
 
-    /// The daemon is exiting: what HEADs found goes to the cache directory for the next
-    /// mount.
+    /// The daemon is exiting: what HEADs found, and where large directories' listings
+    /// split, go to the cache directory for the next mount.
     pub fn save_remembered_metadata(&self) {
+        self.remember_listing_splits();
         if let Err(e) = self.remembered.save() {
             tracing::warn!("saving what HEADs found for the next mount: {e}; it will HEAD those files again");
         }

@@ -8,6 +8,11 @@
 //! metadata (a copy onto itself, as chmod by another client) moves its LastModified, so a
 //! stale entry is never used; an entry a listing no longer matches is simply not recalled.
 //!
+//! Kept with them: where the listings of large directories split (every 900th name's key,
+//! `list_segments.rs`), so that a directory's first listing after a remount goes in
+//! segments at once rather than page after page (ten round trips in a row for 10,000
+//! names).
+//!
 //! The file is read as hostile input: checked whole (a CRC32 at its end), every length
 //! bounded; anything wrong and the mount starts with nothing remembered (one log line).
 
@@ -15,6 +20,7 @@ use super::metadata_version::whole_seconds;
 use crate::store::{Metadata, ObjectMeta};
 use lru::LruCache;
 use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,8 +30,13 @@ use std::time::{Duration, UNIX_EPOCH};
 const ENTRIES: usize = 200_000;
 /// Its files in the cache directory: `metadata-` and a CRC32 of the bucket's name.
 const FILE_PREFIX: &str = "metadata-";
-/// The file's first bytes.
-const MAGIC: &[u8; 16] = b"s3vol-metadata1\n";
+/// The file's first bytes; a file of the first version (no split points) is read too.
+const MAGIC: &[u8; 16] = b"s3vol-metadata2\n";
+const MAGIC_FIRST: &[u8; 16] = b"s3vol-metadata1\n";
+/// Directories whose split points are kept at most, and split points per directory (a
+/// directory of over 3.6 million names is listed in larger segments past the last).
+const SPLIT_DIRS: usize = 10_000;
+const SPLITS_PER_DIR: usize = 4_096;
 /// Bounds on what one entry may hold (S3 keys are at most 1,024 bytes, user metadata
 /// 2 KiB in all): anything larger is damage.
 const MAX_KEY: usize = 4096;
@@ -51,6 +62,8 @@ pub struct RememberedMetadata {
     /// The bucket it belongs to, written in the file and checked when read.
     bucket: String,
     entries: Mutex<LruCache<String, Entry>>,
+    /// Per directory key, the keys its listing splits after (sorted, each a direct child).
+    splits: Mutex<HashMap<String, Vec<String>>>,
     changed: AtomicBool,
 }
 
@@ -61,6 +74,7 @@ impl RememberedMetadata {
             path: None,
             bucket: String::new(),
             entries: Mutex::new(LruCache::new(NonZeroUsize::new(1).expect("not zero"))),
+            splits: Mutex::default(),
             changed: AtomicBool::new(false),
         }
     }
@@ -70,11 +84,13 @@ impl RememberedMetadata {
         let name = format!("{FILE_PREFIX}{:08x}", crc32fast::hash(bucket.as_bytes()));
         let path = dir.join(name);
         let mut entries = LruCache::new(NonZeroUsize::new(ENTRIES).expect("not zero"));
+        let mut splits = HashMap::new();
         match read(&path, bucket) {
             Ok(found) => {
-                for (key, entry) in found {
+                for (key, entry) in found.entries {
                     entries.put(key, entry);
                 }
+                splits = found.splits;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(
@@ -86,6 +102,7 @@ impl RememberedMetadata {
             path: Some(path),
             bucket: bucket.to_string(),
             entries: Mutex::new(entries),
+            splits: Mutex::new(splits),
             changed: AtomicBool::new(false),
         }
     }
@@ -137,6 +154,34 @@ impl RememberedMetadata {
         }
     }
 
+    /// The keys after which the listing of directory `dir_key` split when a mount last
+    /// listed it whole (none if it was not large).
+    pub fn listing_splits(&self, dir_key: &str) -> Vec<String> {
+        self.splits.lock().get(dir_key).cloned().unwrap_or_default()
+    }
+
+    /// Where the listing of `dir_key`, just listed whole, splits now (none: it is small).
+    pub fn remember_listing_splits(&self, dir_key: &str, mut keys: Vec<String>) {
+        if self.path.is_none() || dir_key.len() > MAX_KEY {
+            return;
+        }
+        keys.retain(|k| is_split_of(dir_key, k));
+        keys.truncate(SPLITS_PER_DIR);
+        let mut splits = self.splits.lock();
+        let changed = match keys.is_empty() {
+            true => splits.remove(dir_key).is_some(),
+            false if splits.get(dir_key) == Some(&keys) => false,
+            false if splits.len() >= SPLIT_DIRS && !splits.contains_key(dir_key) => false,
+            false => {
+                splits.insert(dir_key.to_string(), keys);
+                true
+            }
+        };
+        if changed {
+            self.changed.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Writes what is remembered, if anything changed, for the next mount (a whole new
     /// file renamed over the old one: a crash leaves one or the other).
     pub fn save(&self) -> std::io::Result<()> {
@@ -163,6 +208,17 @@ impl RememberedMetadata {
                 }
             }
         }
+        {
+            let splits = self.splits.lock();
+            out.extend_from_slice(&(splits.len() as u32).to_le_bytes());
+            for (dir, keys) in splits.iter() {
+                put_bytes(&mut out, dir.as_bytes());
+                out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
+                for key in keys {
+                    put_bytes(&mut out, key.as_bytes());
+                }
+            }
+        }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         crate::cache_dir::replace_file(path, &out, true)
@@ -171,6 +227,7 @@ impl RememberedMetadata {
     /// `s3vol cache clear` through the mount: forgets everything, on disk too.
     pub fn clear(&self) {
         self.entries.lock().clear();
+        self.splits.lock().clear();
         self.changed.store(false, Ordering::Relaxed);
         if let Some(path) = &self.path {
             let _ = std::fs::remove_file(path);
@@ -206,8 +263,21 @@ fn damaged(why: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string())
 }
 
+/// Whether `key` can split the listing of `dir_key`: a direct child's key (a key below a
+/// subdirectory would roll up into its prefix, which sorts before it).
+fn is_split_of(dir_key: &str, key: &str) -> bool {
+    key.strip_prefix(dir_key)
+        .is_some_and(|name| !name.is_empty() && !name.contains('/'))
+}
+
+/// What a saved file holds.
+struct Saved {
+    entries: Vec<(String, Entry)>,
+    splits: HashMap<String, Vec<String>>,
+}
+
 /// Reads a saved file; every length is checked before it is used.
-fn read(path: &Path, bucket: &str) -> std::io::Result<Vec<(String, Entry)>> {
+fn read(path: &Path, bucket: &str) -> std::io::Result<Saved> {
     let f = std::fs::File::open(path)?;
     if f.metadata()?.len() > MAX_FILE {
         return Err(damaged("larger than any file s3vol writes"));
@@ -219,7 +289,8 @@ fn read(path: &Path, bucket: &str) -> std::io::Result<Vec<(String, Entry)>> {
         return Err(damaged("checksum mismatch"));
     }
     let mut r = Reader { data: body };
-    if r.take(MAGIC.len())? != MAGIC {
+    let magic = r.take(MAGIC.len())?;
+    if magic != MAGIC && magic != MAGIC_FIRST {
         return Err(damaged("not a metadata file of this version"));
     }
     if r.string(MAX_KEY)? != bucket {
@@ -253,10 +324,31 @@ fn read(path: &Path, bucket: &str) -> std::io::Result<Vec<(String, Entry)>> {
         };
         out.push((key, entry));
     }
+    let mut splits = HashMap::new();
+    if magic == MAGIC {
+        let dirs = r.u32()? as usize;
+        if dirs > SPLIT_DIRS {
+            return Err(damaged("split points of more directories than s3vol keeps"));
+        }
+        for _ in 0..dirs {
+            let dir = r.string(MAX_KEY)?;
+            let count = r.u32()? as usize;
+            if count > SPLITS_PER_DIR {
+                return Err(damaged("more split points than s3vol keeps"));
+            }
+            let keys = (0..count)
+                .map(|_| r.string(MAX_KEY))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            if !keys.iter().all(|k| is_split_of(&dir, k)) {
+                return Err(damaged("a split point outside its directory"));
+            }
+            splits.insert(dir, keys);
+        }
+    }
     if !r.data.is_empty() {
         return Err(damaged("bytes after the last entry"));
     }
-    Ok(out)
+    Ok(Saved { entries: out, splits })
 }
 
 struct Reader<'a> {
@@ -345,6 +437,62 @@ mod tests {
         );
     }
 
+    fn split_keys(dir: &str, names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| format!("{dir}{n}")).collect()
+    }
+
+    #[test]
+    fn where_large_listings_split_is_kept_for_the_next_mount() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = RememberedMetadata::load(dir.path(), "b");
+        r.remember_listing_splits("big/", split_keys("big/", &["f0899", "f1799"]));
+        r.remember_listing_splits("", split_keys("", &["a", "b"]));
+        // Keys that cannot split the listing (below a subdirectory, elsewhere) are left out.
+        r.remember_listing_splits("odd/", vec!["odd/sub/x".into(), "other/y".into(), "odd/z".into()]);
+        r.remember_listing_splits("small/", Vec::new());
+        r.save().unwrap();
+        let again = RememberedMetadata::load(dir.path(), "b");
+        assert_eq!(again.listing_splits("big/"), split_keys("big/", &["f0899", "f1799"]));
+        assert_eq!(again.listing_splits(""), split_keys("", &["a", "b"]));
+        assert_eq!(again.listing_splits("odd/"), split_keys("odd/", &["z"]));
+        assert!(again.listing_splits("small/").is_empty());
+        // A directory that became small forgets its splits; the same splits change nothing.
+        again.remember_listing_splits("big/", Vec::new());
+        again.remember_listing_splits("", split_keys("", &["a", "b"]));
+        again.save().unwrap();
+        let third = RememberedMetadata::load(dir.path(), "b");
+        assert!(third.listing_splits("big/").is_empty());
+        third.remember_listing_splits("", split_keys("", &["a", "b"]));
+        assert!(!third.changed.load(Ordering::Relaxed), "nothing new to save");
+    }
+
+    /// A file of the first version (no split points) is still read; the same with a
+    /// split-point section is damage.
+    #[test]
+    fn a_file_of_the_first_version_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = RememberedMetadata::load(dir.path(), "b");
+        r.remember(&head("k", "e", 7, "1"));
+        r.save().unwrap();
+        let path = r.path.clone().unwrap();
+        let saved = std::fs::read(&path).unwrap();
+        // The current file ends in an empty split-point section (4 bytes) and its CRC.
+        let with_section = &saved[..saved.len() - 4];
+        let without = &with_section[..with_section.len() - 4];
+        let first_version = |body: &[u8]| {
+            let mut out = MAGIC_FIRST.to_vec();
+            out.extend_from_slice(&body[MAGIC.len()..]);
+            let crc = crc32fast::hash(&out);
+            out.extend_from_slice(&crc.to_le_bytes());
+            out
+        };
+        std::fs::write(&path, first_version(without)).unwrap();
+        let old = RememberedMetadata::load(dir.path(), "b");
+        assert!(old.recall(&listed("k", "e", 7)).is_some());
+        std::fs::write(&path, first_version(with_section)).unwrap();
+        assert!(read(&path, "b").is_err());
+    }
+
     #[test]
     fn a_damaged_or_hostile_file_is_ignored_whole() {
         let dir = tempfile::tempdir().unwrap();
@@ -371,6 +519,23 @@ mod tests {
         hostile.extend_from_slice(&crc.to_le_bytes());
         std::fs::write(&path, &hostile).unwrap();
         assert_eq!(RememberedMetadata::load(dir.path(), "b").len(), 0);
+        // A split point outside its directory, with a valid checksum: refused whole.
+        let mut outside = MAGIC.to_vec();
+        put_bytes(&mut outside, b"b");
+        outside.extend_from_slice(&0u32.to_le_bytes());
+        outside.extend_from_slice(&1u32.to_le_bytes());
+        put_bytes(&mut outside, b"d/");
+        outside.extend_from_slice(&1u32.to_le_bytes());
+        put_bytes(&mut outside, b"e/x");
+        let crc = crc32fast::hash(&outside);
+        outside.extend_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &outside).unwrap();
+        assert!(read(&path, "b").is_err());
+        assert!(
+            RememberedMetadata::load(dir.path(), "b")
+                .listing_splits("d/")
+                .is_empty()
+        );
     }
 
     #[test]

@@ -680,6 +680,14 @@ impl Tree {
     }
 
     /// Entries in the table (never zero: the root stays).
+    /// The directories whose whole listing is in the tree (past its TTL or not).
+    pub fn listed_dirs(&self) -> impl Iterator<Item = (u64, &Node)> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.attr.kind == Kind::Dir && n.listed_until.is_some())
+            .map(|(ino, n)| (*ino, n))
+    }
+
     pub fn node_count(&self) -> usize {
         self.nodes.len()
     }

@@ -480,6 +480,46 @@ fn a_large_directory_read_again_on_moto_shows_what_another_mount_changed() {
     assert_eq!(std::fs::read_to_string(reader.join("big/f0500.d/inner")).unwrap(), "z");
 }
 
+/// A remount lists a large directory in the segments its last listing had (remembered
+/// in the cache directory), at once, over the embedded server's wire protocol; what
+/// changed between the mounts shows exactly: names added inside a segment past its page,
+/// the very key a segment starts after deleted, a subdirectory.
+#[test]
+fn a_remount_lists_a_large_directory_in_the_remembered_segments_at_once() {
+    let _turn = common::shared();
+    let s = server();
+    let cache = tempfile::tempdir().unwrap();
+    let mut names: Vec<String> = (0..2500).map(|i| format!("f{i:04}")).collect();
+    for n in &names {
+        put(&s, &format!("big/{n}"), "x");
+    }
+    let m = Mount::with_cache(&s, cache.path(), &[]);
+    assert_eq!(sorted_names(&m, "big"), names);
+    m.unmount();
+    for i in 0..150 {
+        let name = format!("f1000x{i:03}");
+        put(&s, &format!("big/{name}"), "y");
+        names.push(name);
+    }
+    // The 900th name: the key the second segment starts after.
+    assert!(s.backend().delete_object(common::BUCKET, "big/f0899"));
+    names.retain(|n| n != "f0899");
+    put(&s, "big/f0500.d/inner", "z");
+    names.push("f0500.d".into());
+    names.sort();
+    // Every request takes a while, so LISTs sent at once are seen at once.
+    s.quirks().set_latency(Duration::from_millis(100));
+    let m = Mount::with_cache(&s, cache.path(), &[]);
+    s.stats().reset();
+    assert_eq!(sorted_names(&m, "big"), names, "{}", m.log());
+    let peak = s.stats().peak_in_flight("ListObjectsV2");
+    s.quirks().set_latency(Duration::ZERO);
+    // Three segments (page after page: one LIST at a time).
+    assert!(peak >= 3, "{peak} LISTs at once: {:?}", s.stats().snapshot());
+    assert!(!m.log().contains("StartAfter"), "{}", m.log());
+    assert_eq!(std::fs::read_to_string(m.join("big/f0500.d/inner")).unwrap(), "z");
+}
+
 /// The HEADs that follow a prefetched listing stay in the background: an `ls` of the root
 /// prefetches its subdirectories' first pages, and their entries are HEADed a few at a
 /// time, never with the mount's full width (which a model load that follows would need).
