@@ -169,20 +169,27 @@ impl Fs {
     }
 
     /// The segments of `dir`'s listing, split at the keys of its names in the tree (the
-    /// last listing's and the mount's own), or where the last mount's listing split if
-    /// that gives more (a first listing after a remount); one segment if the store cannot
-    /// start a listing after a key.
+    /// last listing's and the mount's own); until this mount has listed it whole, where
+    /// the last mount's listing split if that cuts finer (a first listing after a
+    /// remount). One segment if the store cannot start a listing after a key.
     fn segments_for(&self, dir: u64) -> Vec<Segment> {
         if self.list_segments.start_after_unusable() {
             return segments_between(Vec::new());
         }
-        let (dir_key, in_tree) = {
+        let (dir_key, in_tree, listed) = {
             let tree = self.tree();
             let Some(node) = tree.get(dir) else {
                 return segments_between(Vec::new());
             };
-            (node.key.clone(), splits_in_tree(&tree, dir))
+            (
+                node.key.clone(),
+                splits_in_tree(&tree, dir),
+                node.listed_until.is_some(),
+            )
         };
+        if listed {
+            return segments_between(in_tree);
+        }
         let remembered = self.remembered.listing_splits(&dir_key);
         segments_between(if remembered.len() > in_tree.len() {
             remembered
@@ -663,6 +670,32 @@ mod tests {
         gate.close();
         assert_eq!(readdir.await.expect("readdir"), names_in(&store));
         assert_eq!(store.requests("list"), lists + 4);
+    }
+
+    /// Remembered splits serve a mount until it has listed the directory itself: one that
+    /// shrank since the last mount is listed whole once in the old segments (exactly),
+    /// then in its own (two LISTs for 1,500 names, not four).
+    #[tokio::test]
+    async fn a_directory_listed_by_this_mount_splits_by_its_own_names() {
+        let store = store_of(3_000).await;
+        let cache = tempfile::tempdir().expect("temp dir");
+        let first = mount(&store, cache.path(), Duration::from_secs(60), true);
+        let dir = first.lookup(ROOT_INO, "d").await.expect("d").ino;
+        read_whole(&first, dir).await;
+        first.save_remembered_metadata();
+        for i in 1_500..3_000 {
+            store.delete(&key(i)).await.expect("delete");
+        }
+        let ttl = Duration::from_millis(300);
+        let second = mount(&store, cache.path(), ttl, true);
+        let dir = second.lookup(ROOT_INO, "d").await.expect("d").ino;
+        let lists = lists_reach(&store, 0).await;
+        assert_eq!(readdir_names(&second, dir).await, names_in(&store));
+        assert_eq!(store.requests("list") - lists, 4, "the remembered segments");
+        tokio::time::sleep(ttl).await;
+        let lists = store.requests("list");
+        assert_eq!(readdir_names(&second, dir).await, names_in(&store));
+        assert_eq!(store.requests("list") - lists, 2, "its own two segments");
     }
 
     /// A store that refuses `StartAfter` with an error: the readdir still shows every

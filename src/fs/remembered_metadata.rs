@@ -62,7 +62,7 @@ pub struct RememberedMetadata {
     /// The bucket it belongs to, written in the file and checked when read.
     bucket: String,
     entries: Mutex<LruCache<String, Entry>>,
-    /// Per directory key, the keys its listing splits after (sorted, each a direct child).
+    /// Per directory key, the keys its listing splits after (each a direct child's).
     splits: Mutex<HashMap<String, Vec<String>>>,
     changed: AtomicBool,
 }
@@ -263,11 +263,15 @@ fn damaged(why: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string())
 }
 
-/// Whether `key` can split the listing of `dir_key`: a direct child's key (a key below a
-/// subdirectory would roll up into its prefix, which sorts before it).
+/// Whether `key` can split the listing of `dir_key`: a direct child's key, a file's or a
+/// subdirectory's (ending in its one `/`; a key below a subdirectory would roll up into
+/// the subdirectory's prefix, which sorts before it).
 fn is_split_of(dir_key: &str, key: &str) -> bool {
-    key.strip_prefix(dir_key)
-        .is_some_and(|name| !name.is_empty() && !name.contains('/'))
+    let Some(name) = key.strip_prefix(dir_key) else {
+        return false;
+    };
+    let name = name.strip_suffix('/').unwrap_or(name);
+    !name.is_empty() && !name.contains('/')
 }
 
 /// What a saved file holds.
@@ -448,13 +452,14 @@ mod tests {
         r.remember_listing_splits("big/", split_keys("big/", &["f0899", "f1799"]));
         r.remember_listing_splits("", split_keys("", &["a", "b"]));
         // Keys that cannot split the listing (below a subdirectory, elsewhere) are left out.
-        r.remember_listing_splits("odd/", vec!["odd/sub/x".into(), "other/y".into(), "odd/z".into()]);
+        let odd = ["odd/sub/x", "other/y", "odd/z", "odd/", "odd//", "odd/d/"];
+        r.remember_listing_splits("odd/", odd.iter().map(|k| k.to_string()).collect());
         r.remember_listing_splits("small/", Vec::new());
         r.save().unwrap();
         let again = RememberedMetadata::load(dir.path(), "b");
         assert_eq!(again.listing_splits("big/"), split_keys("big/", &["f0899", "f1799"]));
         assert_eq!(again.listing_splits(""), split_keys("", &["a", "b"]));
-        assert_eq!(again.listing_splits("odd/"), split_keys("odd/", &["z"]));
+        assert_eq!(again.listing_splits("odd/"), split_keys("odd/", &["z", "d/"]));
         assert!(again.listing_splits("small/").is_empty());
         // A directory that became small forgets its splits; the same splits change nothing.
         again.remember_listing_splits("big/", Vec::new());
