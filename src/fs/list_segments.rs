@@ -644,7 +644,8 @@ mod tests {
 
     /// A directory's first readdir after a remount is split where the last mount's
     /// listing split it (what that mount remembered): its segments' LISTs go at once,
-    /// rather than page after page, and every entry comes once, in order.
+    /// rather than page after page, and every entry comes once, in order. Its lookup
+    /// lists one key of it, not a page: the readdir lists the rest.
     #[tokio::test]
     async fn a_remount_lists_a_large_directory_in_the_segments_the_last_mount_saw() {
         let store = store_of(3_000).await;
@@ -655,8 +656,15 @@ mod tests {
         assert_eq!(read_whole(&first, dir).await.len(), 3_002);
         first.save_remembered_metadata();
         let second = mount(&store, cache.path(), ttl, true);
+        let entries = store.requests("listed_entries");
         let dir = second.lookup(ROOT_INO, "d").await.expect("d").ino;
         let lists = lists_reach(&store, 0).await;
+        // The root's `d/`, and one key of `d/` to tell it is there (not a page of 1,000).
+        assert_eq!(
+            store.requests("listed_entries") - entries,
+            2,
+            "the lookup listed a page"
+        );
         let gate = store.hold_lists();
         let readdir = tokio::spawn({
             let fs = second.clone();

@@ -243,12 +243,21 @@ impl Fs {
     /// The first page of the `/`-delimited listing of `prefix` (counted in the stats),
     /// without the subdirectories this mount is emptying (`drop_emptied_prefixes`).
     pub(super) async fn first_page(&self, prefix: &str) -> Result<crate::store::ListPage, StoreError> {
+        self.first_page_of(prefix, 1000).await
+    }
+
+    /// The same, of at most `max_keys` keys.
+    pub(super) async fn first_page_of(
+        &self,
+        prefix: &str,
+        max_keys: i32,
+    ) -> Result<crate::store::ListPage, StoreError> {
         let hidden_at_start = self.deferred.hidden_under(prefix);
         self.stats.list_requests.fetch_add(1, Ordering::Relaxed);
         let req = ListRequest {
             prefix: prefix.to_string(),
             delimiter: Some("/".into()),
-            max_keys: Some(1000),
+            max_keys: Some(max_keys),
             ..Default::default()
         };
         let mut page = self.store.list_page(&req).await?;

@@ -143,11 +143,20 @@ impl Fs {
             hidden: self.deferred.hidden_under(&dir_key),
         };
         let list = self.first_page(list_prefix);
+        // A directory a mount listed large is listed by its readdir in segments at once
+        // (list_segments.rs): its lookup asks only whether anything is under it. One key
+        // comes in one round trip; a page of 1,000 takes four or five on a long link,
+        // in TCP slow start.
+        let child_keys = if self.remembered.has_listing_splits(&dir_key) {
+            1
+        } else {
+            1000
+        };
         let child_list = async {
             if known_file {
                 return Ok(None);
             }
-            self.first_page(&dir_key).await.map(Some)
+            self.first_page_of(&dir_key, child_keys).await.map(Some)
         };
         let head = self.head_if_metadata(&key, file_head_now);
         // A directory's persisted metadata is in its marker.

@@ -160,6 +160,11 @@ impl RememberedMetadata {
         self.splits.lock().get(dir_key).cloned().unwrap_or_default()
     }
 
+    /// Whether a mount listed `dir_key` whole as a large directory.
+    pub fn has_listing_splits(&self, dir_key: &str) -> bool {
+        self.splits.lock().contains_key(dir_key)
+    }
+
     /// Where the listing of `dir_key`, just listed whole, splits now (none: it is small).
     pub fn remember_listing_splits(&self, dir_key: &str, mut keys: Vec<String>) {
         if self.path.is_none() || dir_key.len() > MAX_KEY {

@@ -247,6 +247,8 @@ impl ObjectStore for MemoryStore {
             return Err(StoreError::Other("InvalidArgument: StartAfter".into()));
         }
         let page = self.list_now(req);
+        // Entries handed out by LISTs, as `requests("listed_entries")`.
+        *self.requests.lock().entry("listed_entries").or_default() += (page.objects.len() + page.prefixes.len()) as u64;
         let gate = self.list_gate.lock().clone();
         if let Some(gate) = gate
             && let Ok(permit) = gate.acquire().await
