@@ -72,7 +72,10 @@ fn run_from_here(rt: &Handle, task: impl Future<Output = ()> + Send + 'static) {
     let mut first = Context::from_waker(std::task::Waker::noop());
     // A panic stays in its request, as it would on the runtime: the dropped reply answers
     // EIO and this FUSE thread lives on.
-    match std::panic::catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(&mut first))) {
+    // On this thread, which waits for the kernel anyway, a block on the local disk is read
+    // in place (crate::fs::disk_wait).
+    let first_poll = || crate::fs::disk_wait::allowing(|| task.as_mut().poll(&mut first));
+    match std::panic::catch_unwind(AssertUnwindSafe(first_poll)) {
         Ok(Poll::Pending) => {
             rt.spawn(task);
         }

@@ -419,6 +419,9 @@ impl BlockCache {
             .into_iter()
             .partition(|run| gets.is_none() || run[0].0 < wanted_end);
         for run in wanted {
+            let Some(run) = self.read_from_disk_here(object, run) else {
+                continue;
+            };
             let this = self.clone();
             let object = object.clone();
             tokio::spawn(async move { this.fetch(object, run).await });
@@ -443,6 +446,34 @@ impl BlockCache {
             });
         }
         slots
+    }
+
+    /// Where this thread may wait for the disk (a FUSE thread's first poll of a request,
+    /// `disk_wait.rs`), reads the run's blocks the disk cache holds, in order, right here
+    /// and publishes them; returns the rest of the run (from the first block not read),
+    /// `None` if nothing is left.
+    fn read_from_disk_here(
+        &self,
+        object: &ObjectVersion,
+        run: Vec<(u64, BlockSender)>,
+    ) -> Option<Vec<(u64, BlockSender)>> {
+        let disk = match &self.disk {
+            Some(disk) if super::disk_wait::allowed() => disk,
+            _ => return Some(run),
+        };
+        let mut run = run.into_iter();
+        while let Some((index, tx)) = run.next() {
+            let block = disk
+                .holds(&object.key, &object.etag, index)
+                .then(|| disk.get(&object.key, &object.etag, index, &self.buffers))
+                .flatten()
+                .filter(|block| block.len() as u64 == self.block_len(object, index));
+            match block {
+                Some(block) => self.publish(object, index, Ok(block), tx),
+                None => return Some(std::iter::once((index, tx)).chain(run).collect()),
+            }
+        }
+        None
     }
 
     /// Gives up the claim on a run of blocks no reader waits for (only the pending map
@@ -673,6 +704,46 @@ mod tests {
             size: len as u64,
         };
         (store, cache, object, data)
+    }
+
+    /// A read on a thread that may wait for the disk (a FUSE thread's first poll) gets the
+    /// blocks the disk cache holds right there: done on its first poll. Elsewhere its
+    /// first poll waits for a fetch on the runtime.
+    #[tokio::test]
+    async fn blocks_on_disk_are_read_in_place_where_the_thread_may_wait() {
+        use std::task::{Context, Poll, Waker};
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _, object, data) = setup(3_000).await;
+        let disk = Arc::new(DiskCache::open(dir.path(), "b", 1 << 30, 0, 16).unwrap());
+        let cache = BlockCache::new(
+            store.clone(),
+            1 << 30,
+            1000,
+            4000,
+            Some(disk.clone()),
+            None,
+            TransferBudget::new(1 << 20),
+        );
+        cache.read(&object, 0..3_000, Prefetch::none()).await.unwrap();
+        for _ in 0..500 {
+            if (0..3).all(|i| disk.holds("obj", &object.etag, i)) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let gets = store.requests("get");
+        let mut first_poll = Context::from_waker(Waker::noop());
+        cache.forget_object("obj");
+        let mut read = Box::pin(cache.read(&object, 1_000..2_000, Prefetch::none()));
+        match super::super::disk_wait::allowing(|| read.as_mut().poll(&mut first_poll)) {
+            Poll::Ready(Ok(got)) => assert_eq!(&got[..], &data[1_000..2_000]),
+            _ => panic!("not read in place"),
+        }
+        cache.forget_object("obj");
+        let mut read = Box::pin(cache.read(&object, 0..1_000, Prefetch::none()));
+        assert!(read.as_mut().poll(&mut first_poll).is_pending());
+        assert_eq!(&read.await.unwrap()[..], &data[..1_000]);
+        assert_eq!(store.requests("get"), gets, "from the disk both times");
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ mod deferred;
 mod direct_write;
 mod dirty;
 pub mod disk_cache;
+pub mod disk_wait;
 mod fetch_pacing;
 mod handles;
 mod heads_in_flight;
