@@ -256,9 +256,18 @@ fn the_last_close_wins() {
     }
     sync_ok(&m, "after the rewrites");
     for i in 0..100u32 {
+        let key = format!("v/f{i}");
+        let got = object(&s, &key);
+        // On a failure, which round the bucket holds and what the daemon logged of the key.
+        let round = (0..3u32).find(|r| got == Some(pattern(300 + i as usize, r * 1000 + i)));
         assert!(
-            object(&s, &format!("v/f{i}")) == Some(pattern(300 + i as usize, 2000 + i)),
-            "v/f{i} holds its last version"
+            round == Some(2),
+            "{key} holds round {round:?}, not its last version:\n{}",
+            m.log()
+                .lines()
+                .filter(|l| l.contains(&format!("\"{key}\"")))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
     let log = m.unmount();
