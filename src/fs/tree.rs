@@ -679,7 +679,6 @@ impl Tree {
         self.by_key.contains_key(key)
     }
 
-    /// Entries in the table (never zero: the root stays).
     /// The directories whose whole listing is in the tree (past its TTL or not).
     pub fn listed_dirs(&self) -> impl Iterator<Item = (u64, &Node)> {
         self.nodes
@@ -688,6 +687,7 @@ impl Tree {
             .map(|(ino, n)| (*ino, n))
     }
 
+    /// Entries in the table (never zero: the root stays).
     pub fn node_count(&self) -> usize {
         self.nodes.len()
     }
