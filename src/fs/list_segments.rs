@@ -642,19 +642,26 @@ mod tests {
         );
     }
 
+    /// A store of `files` in `d/`, and the cache directory of a first mount that listed
+    /// `d` whole and ended (saving what it remembers).
+    async fn listed_by_a_first_mount(files: usize) -> (Arc<MemoryStore>, tempfile::TempDir) {
+        let store = store_of(files).await;
+        let cache = tempfile::tempdir().expect("temp dir");
+        let first = mount(&store, cache.path(), Duration::from_secs(60), true);
+        let dir = first.lookup(ROOT_INO, "d").await.expect("d").ino;
+        assert_eq!(read_whole(&first, dir).await.len(), files + 2);
+        first.save_remembered_metadata();
+        (store, cache)
+    }
+
     /// A directory's first readdir after a remount is split where the last mount's
     /// listing split it (what that mount remembered): its segments' LISTs go at once,
     /// rather than page after page, and every entry comes once, in order. Its lookup
     /// lists one key of it, not a page: the readdir lists the rest.
     #[tokio::test]
     async fn a_remount_lists_a_large_directory_in_the_segments_the_last_mount_saw() {
-        let store = store_of(3_000).await;
-        let cache = tempfile::tempdir().expect("temp dir");
+        let (store, cache) = listed_by_a_first_mount(3_000).await;
         let ttl = Duration::from_secs(60);
-        let first = mount(&store, cache.path(), ttl, true);
-        let dir = first.lookup(ROOT_INO, "d").await.expect("d").ino;
-        assert_eq!(read_whole(&first, dir).await.len(), 3_002);
-        first.save_remembered_metadata();
         let second = mount(&store, cache.path(), ttl, true);
         let entries = store.requests("listed_entries");
         let dir = second.lookup(ROOT_INO, "d").await.expect("d").ino;
@@ -685,12 +692,7 @@ mod tests {
     /// then in its own (two LISTs for 1,500 names, not four).
     #[tokio::test]
     async fn a_directory_listed_by_this_mount_splits_by_its_own_names() {
-        let store = store_of(3_000).await;
-        let cache = tempfile::tempdir().expect("temp dir");
-        let first = mount(&store, cache.path(), Duration::from_secs(60), true);
-        let dir = first.lookup(ROOT_INO, "d").await.expect("d").ino;
-        read_whole(&first, dir).await;
-        first.save_remembered_metadata();
+        let (store, cache) = listed_by_a_first_mount(3_000).await;
         for i in 1_500..3_000 {
             store.delete(&key(i)).await.expect("delete");
         }
