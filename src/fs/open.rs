@@ -51,6 +51,12 @@ impl Fs {
             };
             (object, keep)
         };
+        #[cfg(test)]
+        tests::BETWEEN_LOOK_AND_HANDLE.with(|hook| {
+            if let Some(f) = hook.borrow().as_ref() {
+                f(ino)
+            }
+        });
         // The handle counts before the data is looked up, so a concurrent last release
         // cannot drop the data this open is about to use.
         let opened = self.new_handle(ino, object.clone(), mode, keep_cache);
@@ -59,7 +65,12 @@ impl Fs {
             self.note_read_open(ino, &object);
         }
         if mode.write || mode.truncate {
-            let data = self.file_data(ino, &object, local);
+            // The version as of the handle's registration, not `object`: an upload that
+            // landed since the look at the tree may have dropped the data (it was clean and
+            // no handle was counted yet), and new data based on the older version would
+            // make the next upload a false conflict (If-Match on a replaced ETag).
+            let current = self.handle(opened.fh).map(|f| f.object.lock().clone())?;
+            let data = self.file_data(ino, &current, local);
             if mode.truncate
                 && let Err(e) = self.truncate_data(ino, &data, 0).await
             {
@@ -176,5 +187,84 @@ impl Fs {
             return;
         }
         self.drop_clean_data(file.ino).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::fs::listed_dir_tests::mount;
+    use crate::fs::writeback::Settle;
+    use crate::fs::{OpenMode, ROOT_INO};
+    use crate::store::memory::MemoryStore;
+    use crate::store::{ObjectStore, PutOptions};
+    use std::cell::RefCell;
+    use std::time::{Duration, Instant};
+
+    /// A test's step inside `open` (given the inode).
+    type Hook = Box<dyn Fn(u64)>;
+
+    thread_local! {
+        /// Runs in `open` between its look at the tree and the handle's registration.
+        pub(super) static BETWEEN_LOOK_AND_HANDLE: RefCell<Option<Hook>> = const { RefCell::new(None) };
+    }
+
+    const REWRITE: OpenMode = OpenMode {
+        write: true,
+        truncate: true,
+        append: false,
+    };
+
+    /// An open(O_TRUNC) that looked at the tree while the last rewrite's upload was in
+    /// flight, and registered its handle once that upload had landed and dropped the
+    /// (clean) data: its new data is based on the version uploaded, so the next upload
+    /// replaces it, not a false conflict.
+    #[test]
+    fn a_rewrite_opened_while_the_last_upload_lands_replaces_what_it_uploaded() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let cache = tempfile::tempdir().expect("cache dir");
+        let store = std::sync::Arc::new(MemoryStore::new());
+        let fs = runtime.block_on(async {
+            store
+                .put("f", b"round 0".to_vec().into(), &PutOptions::default())
+                .await
+                .expect("put");
+            mount(&store, cache.path(), Duration::from_secs(60), false)
+        });
+        let rewrite = |bytes: &'static [u8]| {
+            let fs = fs.clone();
+            async move {
+                let ino = fs.lookup(ROOT_INO, "f").await.expect("lookup").ino;
+                let fh = fs.open(ino, REWRITE).await.expect("open").fh;
+                fs.write(fh, 0, bytes).await.expect("write");
+                fs.flush(fh).await.expect("close");
+                // The release waits for the data, which an upload in flight holds.
+                tokio::spawn(async move { fs.release(fh).await });
+                ino
+            }
+        };
+        let puts = store.hold_puts();
+        let ino = runtime.block_on(rewrite(b"round 1"));
+        // Round 1's upload is in flight. Round 2's open looks at the tree, then lets it
+        // land and waits until its data is dropped before registering the handle.
+        let landed = {
+            let fs = fs.clone();
+            move |_| {
+                puts.add_permits(1_000);
+                let until = Instant::now() + Duration::from_secs(10);
+                while fs.handles.has_data(ino) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        };
+        BETWEEN_LOOK_AND_HANDLE.with(|hook| *hook.borrow_mut() = Some(Box::new(landed)));
+        runtime.block_on(rewrite(b"round 2"));
+        BETWEEN_LOOK_AND_HANDLE.with(|hook| *hook.borrow_mut() = None);
+        runtime.block_on(fs.sync_all(Settle::Uploaded)).expect("sync");
+        assert_eq!(store.keys(), vec!["f".to_string()], "no conflict copy");
+        assert_eq!(store.contents("f").as_deref(), Some(&b"round 2"[..]));
     }
 }

@@ -36,6 +36,8 @@ pub struct MemoryStore {
     get_delays: Mutex<HashMap<u64, std::time::Duration>>,
     /// Once set, each LIST waits for a permit from it before it answers.
     list_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    /// Once set, each PutObject waits for a permit from it before it stores.
+    put_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
     /// Once set, every PutObject fails with this error.
     put_refusal: Mutex<Option<StoreError>>,
     /// Once set, every HeadObject fails with this error.
@@ -104,6 +106,14 @@ impl MemoryStore {
     /// Makes listings with `StartAfter` fail from now on, as a server that refuses it.
     pub fn refuse_start_after(&self) {
         self.refuses_start_after.store(true, Ordering::Relaxed);
+    }
+
+    /// Holds every PutObject from now on in flight until the returned gate has a permit
+    /// for it.
+    pub fn hold_puts(&self) -> Arc<tokio::sync::Semaphore> {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        *self.put_gate.lock() = Some(gate.clone());
+        gate
     }
 
     /// Makes every PutObject from now on fail with `error` (`None`: succeed again).
@@ -260,6 +270,10 @@ impl ObjectStore for MemoryStore {
 
     async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<String> {
         self.count("put");
+        let gate = self.put_gate.lock().clone();
+        if let Some(gate) = gate {
+            gate.acquire().await.expect("the gate is never closed").forget();
+        }
         if let Some(e) = self.put_refusal.lock().clone() {
             return Err(e);
         }
