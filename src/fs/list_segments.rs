@@ -6,8 +6,12 @@
 //! segment is listed at once from the key before it (`StartAfter`). Each segment takes in
 //! only its own keys, and lists on while it has not reached the next one's first (names
 //! added since), so the segments make the whole listing whatever changed in between.
+//! A directory no listing has split yet is split where its first page suggests
+//! (`guessed_splits.rs`): a readdir's listing goes on in guessed segments at once, more
+//! of them each time the last one still does not reach the directory's end.
 
 use super::Fs;
+use super::guessed_splits::guess_splits;
 use super::listing::ListingStart;
 use super::tree::Tree;
 use crate::store::pagination::Pagination;
@@ -23,6 +27,11 @@ use tokio::sync::mpsc;
 const SEGMENT: usize = 900;
 /// Segments listed at once.
 const AT_ONCE: usize = 16;
+/// Segments guessed after the first page of a directory's last segment (doubled each
+/// time the last guessed one still has more, up to `MOST_GUESSES`): a directory of two
+/// pages costs a few empty LISTs at most, one of 100,000 names a handful of round trips.
+const FIRST_GUESSES: usize = 4;
+const MOST_GUESSES: usize = 64;
 
 #[derive(Default)]
 pub(super) struct ListSegments {
@@ -228,7 +237,7 @@ impl Fs {
             // page after page.
             return Err(StoreError::Unsupported("listings from a middle key".into()));
         }
-        let mut cursor = SegmentCursor::new(segment.clone());
+        let mut cursor = SegmentCursor::new(segment.clone(), 0);
         while let Some(listed) = cursor.next_page(self, dir_key).await? {
             self.absorb_listed_page(dir, dir_key, &listed.page, start, &mut shown.lock(), false);
             self.trim_tree();
@@ -243,8 +252,9 @@ impl Fs {
         let mut pages = OrderedPages {
             fs: self.clone(),
             dir_key: dir_key.to_string(),
-            waiting: self.segments_for(dir).into_iter(),
+            waiting: self.segments_for(dir).into(),
             running: VecDeque::new(),
+            guesses: FIRST_GUESSES,
         };
         for _ in 0..AT_ONCE {
             pages.start_next();
@@ -262,6 +272,9 @@ pub(super) struct SegmentPage {
     reached: Option<String>,
     /// The segment has more pages.
     more: bool,
+    /// Segments guessed to follow this one (which ended at this page's last key), the
+    /// last of them to the directory's end.
+    then: Vec<Segment>,
 }
 
 /// Where a segment's listing stands.
@@ -270,16 +283,39 @@ struct SegmentCursor {
     pagination: Pagination,
     continuation: Option<String>,
     done: bool,
+    /// Splits to guess if the segment, listed to the directory's end, has more than a page.
+    guesses: usize,
 }
 
 impl SegmentCursor {
-    fn new(segment: Segment) -> SegmentCursor {
+    fn new(segment: Segment, guesses: usize) -> SegmentCursor {
         SegmentCursor {
             segment,
             pagination: Pagination::default(),
             continuation: None,
             done: false,
+            guesses,
         }
+    }
+
+    /// After a page of a segment to the directory's end that has more: the segment ends at
+    /// the page's last key and the guessed ones follow (none if nothing is guessed).
+    fn split_after(&mut self, fs: &Fs, dir_key: &str, page: &ListPage, last: Option<&String>) -> Vec<Segment> {
+        let Some(last) = last else { return Vec::new() };
+        if self.guesses == 0 || self.segment.upper.is_some() || fs.list_segments.start_after_unusable() {
+            return Vec::new();
+        }
+        let splits = guess_splits(dir_key, page, self.guesses);
+        if splits.is_empty() {
+            return Vec::new();
+        }
+        self.segment.upper = Some(last.clone());
+        let mut bounds = vec![last.clone()];
+        bounds.extend(splits);
+        let mut then = segments_between(bounds);
+        // `segments_between` starts from the directory's first key.
+        then.remove(0);
+        then
     }
 
     /// The segment's next page, `None` after its last.
@@ -329,6 +365,10 @@ impl SegmentCursor {
         }
         let next = self.pagination.next(dir_key, &page)?;
         let last = last_key(&page);
+        let then = match next {
+            Some(_) => self.split_after(fs, dir_key, &page, last.as_ref()),
+            None => Vec::new(),
+        };
         let past_upper = match (&last, &self.segment.upper) {
             (Some(last), Some(upper)) => last >= upper,
             _ => false,
@@ -341,6 +381,7 @@ impl SegmentCursor {
             hidden_at_start,
             reached: last,
             more: !self.done,
+            then,
         }))
     }
 }
@@ -352,8 +393,10 @@ impl SegmentCursor {
 pub(super) struct OrderedPages {
     fs: Arc<Fs>,
     dir_key: String,
-    waiting: std::vec::IntoIter<Segment>,
+    waiting: VecDeque<Segment>,
     running: VecDeque<mpsc::Receiver<Result<SegmentPage, StoreError>>>,
+    /// Splits the next segment to the directory's end guesses.
+    guesses: usize,
 }
 
 impl OrderedPages {
@@ -362,8 +405,15 @@ impl OrderedPages {
         loop {
             let segment = self.running.front_mut()?;
             match segment.recv().await {
-                Some(Ok(page)) => {
-                    let last = !page.more && self.running.len() == 1 && self.waiting.len() == 0;
+                Some(Ok(mut page)) => {
+                    if !page.then.is_empty() {
+                        for segment in page.then.drain(..).rev() {
+                            self.waiting.push_front(segment);
+                        }
+                        self.guesses = (self.guesses * 2).min(MOST_GUESSES);
+                        while self.running.len() < AT_ONCE && self.start_next() {}
+                    }
+                    let last = !page.more && self.running.len() == 1 && self.waiting.is_empty();
                     return Some(Ok((page, last)));
                 }
                 Some(Err(e)) => return Some(Err(e)),
@@ -375,18 +425,22 @@ impl OrderedPages {
         }
     }
 
-    fn start_next(&mut self) {
-        let Some(mut segment) = self.waiting.next() else { return };
+    /// Starts the next segment waiting; false if none is.
+    fn start_next(&mut self) -> bool {
+        let Some(mut segment) = self.waiting.pop_front() else {
+            return false;
+        };
         if segment.lower.is_some() && self.fs.list_segments.start_after_unusable() {
             // Each segment left would list from the first key: one lists to the end instead.
             segment.upper = None;
-            self.waiting.by_ref().for_each(drop);
+            self.waiting.clear();
         }
+        let guesses = if segment.upper.is_none() { self.guesses } else { 0 };
         let (tx, rx) = mpsc::channel(1);
         self.running.push_back(rx);
         let (fs, dir_key) = (self.fs.clone(), self.dir_key.clone());
         tokio::spawn(async move {
-            let mut cursor = SegmentCursor::new(segment);
+            let mut cursor = SegmentCursor::new(segment, guesses);
             loop {
                 let page = match cursor.next_page(&fs, &dir_key).await {
                     Ok(Some(page)) => Ok(page),
@@ -399,6 +453,7 @@ impl OrderedPages {
                 }
             }
         });
+        true
     }
 }
 

@@ -12,6 +12,7 @@ mod dirty;
 pub mod disk_cache;
 pub mod disk_wait;
 mod fetch_pacing;
+mod guessed_splits;
 mod handles;
 mod heads_in_flight;
 mod inodes;
