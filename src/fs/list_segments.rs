@@ -309,6 +309,11 @@ impl SegmentCursor {
         if splits.is_empty() {
             return Vec::new();
         }
+        tracing::debug!(
+            "listing {dir_key:?} on in {} guessed segments after {last:?}: {:?}",
+            splits.len() + 1,
+            splits
+        );
         self.segment.upper = Some(last.clone());
         let mut bounds = vec![last.clone()];
         bounds.extend(splits);

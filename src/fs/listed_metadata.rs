@@ -31,15 +31,21 @@ impl Fs {
     /// The keys of `page`'s entries (under `dir_key`) whose persisted metadata the mount
     /// does not have, to HEAD: files by their key, directories by their marker's. Files
     /// an earlier mount HEADed, unchanged since, are answered from what it found instead
-    /// (the second part, to apply like HEADs once the page is in the tree).
-    pub(super) fn keys_wanting_metadata(&self, dir_key: &str, page: &ListPage) -> (Vec<String>, Heads) {
+    /// (the second part, to apply like HEADs once the page is in the tree). `of_many`: the
+    /// page is one of a listing of several.
+    pub(super) fn keys_wanting_metadata(&self, dir_key: &str, page: &ListPage, of_many: bool) -> (Vec<String>, Heads) {
         if !self.resolved.profile.user_metadata {
             return Default::default();
         }
         let entries = listing::page_entries(dir_key, page, self.resolved.profile.hidden_prefixes);
         let tree = self.tree();
         let (mut wanted, mut recalled) = (Vec::new(), Heads::new());
-        let files = entries.iter().filter(|e| e.kind == Kind::File).count();
+        // A directory of several pages is large however few files one page holds (a
+        // segment's last, or one guessed short).
+        let files = match of_many {
+            true => usize::MAX,
+            false => entries.iter().filter(|e| e.kind == Kind::File).count(),
+        };
         let defer = self.listing_defers_metadata(&tree, tree.ino_of(dir_key), files);
         for e in entries.into_iter().filter(|e| self.may_carry_metadata(e.kind)) {
             let key = match e.kind {
@@ -265,7 +271,7 @@ impl Fs {
                 return Err(e);
             }
         };
-        let (wanted, recalled) = self.keys_wanting_metadata(dir_key, &page);
+        let (wanted, recalled) = self.keys_wanting_metadata(dir_key, &page, page.next.is_some());
         self.absorb_dir_page(dir, dir_key, &page, &start);
         self.apply_heads(&recalled);
         listed();

@@ -196,6 +196,7 @@ impl Fs {
         let this = self.clone();
         tokio::spawn(async move {
             let mut in_order = this.pages_in_order(dir, &key);
+            let mut first = true;
             while let Some(listed) = in_order.next().await {
                 let (segment_page, last) = match listed {
                     Ok(listed) => listed,
@@ -204,7 +205,9 @@ impl Fs {
                         return;
                     }
                 };
-                let (wanted, recalled) = this.keys_wanting_metadata(&key, &segment_page.page);
+                let of_many = !(first && last);
+                first = false;
+                let (wanted, recalled) = this.keys_wanting_metadata(&key, &segment_page.page, of_many);
                 let heads = {
                     let this = this.clone();
                     tokio::spawn(async move {
