@@ -321,4 +321,26 @@ mod tests {
         }
         assert_eq!(names_listed(&store).await, names_in(&store));
     }
+
+    /// A listing of several pages leaves the HEADs of its files to their lookups (they are
+    /// read with their data) even on a page of a few files, as a guessed segment's.
+    #[tokio::test]
+    async fn a_short_page_of_a_large_directory_heads_nothing() {
+        let store = std::sync::Arc::new(MemoryStore::new());
+        for i in 0..2_470 {
+            let key = format!("d/f{i:05}");
+            store
+                .put(&key, vec![1; 5_000].into(), &PutOptions::default())
+                .await
+                .expect("put");
+        }
+        let cache = tempfile::tempdir().expect("temp dir");
+        let fs = mount(&store, cache.path(), Duration::from_secs(60), false);
+        let dir = fs.lookup(ROOT_INO, "d").await.expect("d").ino;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let heads = store.requests("head");
+        assert_eq!(read_whole(&fs, dir).await.len(), 2_472);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(store.requests("head"), heads, "HEADs for a short page");
+    }
 }
