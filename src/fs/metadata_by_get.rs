@@ -71,6 +71,10 @@ struct Run {
     last: String,
     length: u32,
     swept: bool,
+    /// The last name the sweeps of the directory took in: one listed since (a program
+    /// that stats as it reads, as `ls -l` does, meets the names of later pages after the
+    /// sweep) sweeps on from there at its lookup.
+    swept_upto: Option<String>,
 }
 
 impl Default for StatOrder {
@@ -89,10 +93,21 @@ impl StatOrder {
         self.stat_walks.lock().contains(&dir)
     }
 
-    /// `dir`'s entries are being HEADed with a sweep of the directory before it.
-    fn mark_swept(&self, dir: u64) {
+    /// `dir`'s entries up to `upto` are being HEADed with a sweep (its own or of the
+    /// directory before it).
+    fn mark_swept(&self, dir: u64, upto: Option<&String>) {
         let mut dirs = self.dirs.lock();
-        dirs.get_or_insert_mut(dir, Run::default).swept = true;
+        let run = dirs.get_or_insert_mut(dir, Run::default);
+        run.swept = true;
+        if upto > run.swept_upto.as_ref() {
+            run.swept_upto = upto.cloned();
+        }
+    }
+
+    /// Whether a program is stat'ing `dir`'s entries in listing order (its listing's
+    /// HEADs go with the pages from then on).
+    fn swept(&self, dir: u64) -> bool {
+        self.dirs.lock().peek(&dir).is_some_and(|r| r.swept)
     }
 
     /// A readdir read `dir` (each of its calls: the last one comes just before the stats
@@ -110,7 +125,10 @@ impl StatOrder {
         let mut dirs = self.dirs.lock();
         let run = dirs.get_or_insert_mut(dir, Run::default);
         if run.swept {
-            return Order::Swept;
+            return match &run.swept_upto {
+                Some(upto) if name > upto.as_str() => Order::Sweep,
+                _ => Order::Swept,
+            };
         }
         run.length = match before {
             Some(b) if run.length > 0 && b == run.last => run.length + 1,
@@ -139,7 +157,8 @@ enum Order {
     Scattered,
     /// After it, in a run not long enough yet (the start of an `ls -l`, or chance).
     Following,
-    /// The run just became long enough: HEAD the rest of the directory.
+    /// The run just became long enough, or went past what its sweeps took in: HEAD the
+    /// rest of the directory.
     Sweep,
     /// Its rest is being HEADed: a lookup joins its HEAD.
     Swept,
@@ -169,6 +188,8 @@ impl Fs {
             && !dir
                 .and_then(|d| tree.get(d))
                 .is_some_and(|d| self.stat_order.stat_walk_under(d.parent))
+            // An `ls -l` under way: the pages it has not reached are HEADed with them.
+            && !dir.is_some_and(|d| self.stat_order.swept(d))
     }
 
     /// The share of HEADs under which a listing of `dir` HEADs its entries: a stat walk's
@@ -290,6 +311,7 @@ impl Fs {
                     .collect()
             };
             let mut keys = unsettled(d, Bound::Excluded(name));
+            self.stat_order.mark_swept(dir, d.children.keys().next_back());
             if d.parent != dir && self.read_lately(d.parent) {
                 self.stat_order.stat_walks.lock().put(d.parent, ());
                 let beside = tree.get(d.parent).into_iter().flat_map(|p| {
@@ -300,7 +322,8 @@ impl Fs {
                         .take(SWEPT_BESIDE)
                 });
                 for sibling in beside {
-                    self.stat_order.mark_swept(sibling.attr.ino);
+                    self.stat_order
+                        .mark_swept(sibling.attr.ino, sibling.children.keys().next_back());
                     keys.extend(unsettled(sibling, Bound::Unbounded));
                 }
             }
@@ -396,6 +419,33 @@ mod tests {
             Order::Swept,
             "a directory is swept once"
         );
+    }
+
+    /// `ls -l` stats as it reads: names of later pages come after the sweep, which took in
+    /// only the names listed then. The first of them sweeps on from there; the directory's
+    /// listing HEADs its pages from then on (`swept`).
+    #[test]
+    fn a_sweep_goes_on_from_a_name_listed_after_it() {
+        let order = StatOrder::default();
+        let t0 = Instant::now();
+        assert!(!order.swept(7));
+        for (name, before) in [("b", "a"), ("c", "b"), ("d", "c")] {
+            assert_ne!(order.note(7, name, Some(before), t0), Order::Sweep);
+        }
+        assert_eq!(order.note(7, "e", Some("d"), t0), Order::Sweep);
+        order.mark_swept(7, Some(&"m".to_string()));
+        assert!(order.swept(7));
+        assert_eq!(order.note(7, "f", Some("e"), t0), Order::Swept);
+        assert_eq!(order.note(7, "m", Some("l"), t0), Order::Swept);
+        assert_eq!(
+            order.note(7, "n", Some("m"), t0),
+            Order::Sweep,
+            "listed after the sweep"
+        );
+        order.mark_swept(7, Some(&"z".to_string()));
+        // A sweep that took in less than one before it does not move the mark back.
+        order.mark_swept(7, Some(&"p".to_string()));
+        assert_eq!(order.note(7, "q", Some("p"), t0), Order::Swept);
     }
 
     #[test]

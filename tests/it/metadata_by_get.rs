@@ -114,6 +114,54 @@ fn ls_l_of_a_dataset_heads_the_entries_ahead_of_its_stats() {
     assert!(heads + gets <= FILES as u64 + 2, "{heads} HEADs and {gets} GETs");
 }
 
+/// `ls -l` of a directory of many pages stats as it reads (a getdents, then a stat of each
+/// name it gave): the names of pages listed after its sweep are HEADed ahead of the stats
+/// too, many at once, not one per stat (over a 40 ms link, 10,000 files, 400 s before:
+/// BENCHMARKS.md item 112).
+#[test]
+fn ls_l_of_a_directory_of_many_pages_heads_every_page_ahead_of_its_stats() {
+    let _turn = common::alone();
+    let s = server();
+    let backend = s.backend();
+    let exe = 0o100755u32.to_string();
+    const MANY: usize = 2_500;
+    for i in 0..MANY {
+        let meta: Vec<(&str, &str)> = if i == 2_222 { vec![("mode", &exe)] } else { vec![] };
+        backend
+            .put_object(common::BUCKET, &format!("big/f{i:05}"), pattern(SIZE, i as u32), &meta)
+            .unwrap();
+    }
+    let m = Mount::new(&s, &["--metadata-ttl", "60"]);
+    s.quirks().set_latency(std::time::Duration::from_millis(5));
+    let mut stated = 0;
+    for entry in std::fs::read_dir(m.join("big")).unwrap() {
+        let entry = entry.unwrap();
+        let meta = std::fs::symlink_metadata(entry.path()).unwrap();
+        let want = if entry.file_name() == "f02222" { 0o755 } else { 0o644 };
+        assert_eq!(meta.permissions().mode() & 0o7777, want, "{:?}", entry.file_name());
+        stated += 1;
+        if stated == 1_200 {
+            // Past the first page (and its sweep): what follows is the later pages'.
+            s.stats().reset();
+        }
+    }
+    s.quirks().set_latency(std::time::Duration::ZERO);
+    assert_eq!(stated, MANY);
+    // Since the reset: each later entry's HEAD once at most, no GET; sent before their
+    // stats came, or many at once (one at a time, one per stat, without the sweeps on).
+    let (heads, gets) = requests(&s);
+    assert!(
+        gets == 0 && heads <= (MANY - 1_200) as u64,
+        "{heads} HEADs, {gets} GETs"
+    );
+    let at_once = s.stats().peak_in_flight("HeadObject");
+    assert!(
+        heads < 200 || at_once >= 16,
+        "{heads} HEADs for the last {} stats, {at_once} at a time",
+        MANY - 1_200
+    );
+}
+
 /// `ls -lR` stats the entries of one directory after another: once the first is swept,
 /// the directories beside it are HEADed with their listings, not fetched name by name.
 #[test]
