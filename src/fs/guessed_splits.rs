@@ -165,7 +165,7 @@ pub(super) fn guess_splits(dir_key: &str, page: &ListPage, count: usize) -> Vec<
 mod tests {
     use super::*;
     use crate::fs::ROOT_INO;
-    use crate::fs::listed_dir_tests::{lists_reach, mount, read_whole, store_of};
+    use crate::fs::listed_dir_tests::{lists_reach, mount, names_in, read_whole, store_of};
     use crate::store::memory::MemoryStore;
     use crate::store::{ObjectMeta, ObjectStore, PutOptions};
     use std::time::Duration;
@@ -252,18 +252,6 @@ mod tests {
         let dir = fs.lookup(ROOT_INO, "d").await.expect("d").ino;
         let entries = read_whole(&fs, dir).await;
         entries.into_iter().skip(2).map(|e| e.name).collect()
-    }
-
-    /// The names a listing of `d/` shows (a subdirectory once).
-    fn names_in(store: &MemoryStore) -> Vec<String> {
-        let mut names: Vec<String> = store
-            .keys()
-            .iter()
-            .filter_map(|k| k.strip_prefix("d/"))
-            .map(|n| n.split('/').next().unwrap_or(n).to_string())
-            .collect();
-        names.dedup();
-        names
     }
 
     /// A directory no mount has listed: once a page reaches past what the tree knows of

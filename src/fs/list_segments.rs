@@ -466,7 +466,7 @@ impl OrderedPages {
 mod tests {
     use super::*;
     use crate::fs::ROOT_INO;
-    use crate::fs::listed_dir_tests::{key, listed, lists_reach, mount, read_whole, store_of};
+    use crate::fs::listed_dir_tests::{key, listed, lists_reach, mount, names_in, read_whole, store_of};
     use crate::store::memory::MemoryStore;
     use crate::store::{ObjectMeta, ObjectStore, PutOptions};
     use std::time::Duration;
@@ -497,18 +497,6 @@ mod tests {
             prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
             next: None,
         }
-    }
-
-    /// The names of the store's keys under `d/`, as a listing shows them.
-    fn names_in(store: &MemoryStore) -> Vec<String> {
-        let mut names: Vec<String> = store
-            .keys()
-            .iter()
-            .filter_map(|k| k.strip_prefix("d/"))
-            .map(|n| n.split('/').next().unwrap_or(n).to_string())
-            .collect();
-        names.dedup();
-        names
     }
 
     #[test]

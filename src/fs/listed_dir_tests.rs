@@ -66,6 +66,18 @@ pub async fn read_whole(fs: &Arc<Fs>, dir: u64) -> Vec<DirEntry> {
     }
 }
 
+/// The names of the store's keys under `d/`, as a listing shows them (a subdirectory once).
+pub fn names_in(store: &MemoryStore) -> Vec<String> {
+    let mut names: Vec<String> = store
+        .keys()
+        .iter()
+        .filter_map(|k| k.strip_prefix("d/"))
+        .map(|n| n.split('/').next().unwrap_or(n).to_string())
+        .collect();
+    names.dedup();
+    names
+}
+
 /// Waits up to a second for the store's LISTs to reach `count`, then a little longer for
 /// any beyond it.
 pub async fn lists_reach(store: &MemoryStore, count: u64) -> u64 {
