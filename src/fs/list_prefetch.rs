@@ -4,6 +4,13 @@
 //! directory, one after the other. Only directories the user reads prefetch their
 //! children, and a directory's siblings only while its parent is read too (a walk of
 //! the parent): it never crawls the bucket by itself.
+//!
+//! A prefetched listing HEADs its entries (their persisted metadata, and which small
+//! files are symlinks) only once a walk is going through its parent, i.e. has read two of
+//! the parent's subdirectories: an `ls` of a bucket's root, or a look into one directory
+//! of it, lists the subdirectories but sends no HEAD for their entries (it sent up to
+//! 1,000 for each: 800-1,000 HEADs during bench/run's write over 40 ms, after its `ls`
+//! of the root). A directory read later HEADs its own entries then, at full width.
 
 use super::Fs;
 use super::attr::Kind;
@@ -17,20 +24,20 @@ use tokio::sync::watch;
 
 /// Listings prefetched at once.
 const CONCURRENT: usize = 16;
-/// HEADs of prefetched entries in flight at once: a quarter of the default
-/// `--max-requests`. An `ls` of the root prefetches the first page of every subdirectory,
-/// up to 1,000 HEADs each: at the mount's full width (256) they took the request slots of
-/// a model load that followed (1,003 HEADs during a 256 MiB load on bench/run's 40 ms
-/// link). At 8, a tree walk that lists one directory after another (`os.walk` of a
-/// dataset) outran them and paid a round of HEADs per directory itself (a data-loading
-/// epoch of 1,000 files 14.4 s, 10.5 s before); at 64 they stay ahead of it.
-const PREFETCH_HEADS: usize = 64;
+/// HEADs of prefetched entries in flight at once, ahead of a walk going through them
+/// (three quarters of the mount's width: the rest for the walk's own readdirs and
+/// lookups). At 8, a tree walk that lists one directory after another outran them and
+/// paid a round of HEADs per directory itself (a data-loading epoch of 1,000 files 14.4
+/// s, 10.5 s before); over 40 ms, `find` of 10,000 small files in 100 directories took
+/// 4.5 s at 64 and 3.3 s at 192.
+const PREFETCH_HEADS: usize = 192;
 /// Prefetches queued at most; subdirectories beyond are listed when they are read.
 const QUEUED: usize = 512;
 /// Subdirectories after the one being read whose listings are prefetched: a walk that
 /// goes past the first QUEUED ones keeps finding its next listings ready.
 const SIBLINGS: usize = 32;
 /// Directories remembered as read by a readdir (the most recent ones): a walk is in them.
+/// As many parents of walks, and directories HEADed ahead of one, are remembered.
 const READ_DIRS: usize = 4096;
 
 /// The listings read ahead, and the bounds on the HEADs that listings cause.
@@ -49,6 +56,18 @@ pub(super) struct ListPrefetch {
     /// siblings: an `os.walk` of a dataset listed, and HEADed, every other directory of
     /// the bucket's root beside it (987 HEADs of a 21,000-request epoch).
     read: Mutex<LruCache<u64, ()>>,
+    /// Parents a walk went into, by the first of their subdirectories it read.
+    walks: Mutex<LruCache<u64, Walk>>,
+    /// Directories whose entries were HEADed ahead of a walk (once each).
+    headed_ahead: Mutex<LruCache<u64, ()>>,
+}
+
+/// A walk in a directory: the first subdirectory it read, and whether it has read another
+/// since (it goes through them: `find`, `du`, `ls -R`, `os.walk`).
+#[derive(Clone, Copy)]
+struct Walk {
+    first: u64,
+    going: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -66,6 +85,8 @@ impl Default for ListPrefetch {
             prefetch_heads: tokio::sync::Semaphore::new(PREFETCH_HEADS),
             in_flight: Mutex::new(HashMap::new()),
             read: Mutex::new(LruCache::new(NonZeroUsize::new(READ_DIRS).expect("not zero"))),
+            walks: Mutex::new(LruCache::new(NonZeroUsize::new(READ_DIRS).expect("not zero"))),
+            headed_ahead: Mutex::new(LruCache::new(NonZeroUsize::new(READ_DIRS).expect("not zero"))),
         }
     }
 }
@@ -123,9 +144,11 @@ impl Fs {
                 if skip {
                     return done();
                 }
-                // Waiters go on once the listing is in, not after its entries' HEADs.
+                // Waiters go on once the listing is in, not after its entries' HEADs, which
+                // wait for a walk going through the parent.
+                let heads_now = || this.heads_ahead_of_walk(ino);
                 let prefetched = this
-                    .list_then_load_metadata(ino, &key, &this.list_prefetch.prefetch_heads, done)
+                    .list_then_load_metadata(ino, &key, &this.list_prefetch.prefetch_heads, done, heads_now)
                     .await;
                 if let Err(e) = prefetched {
                     // The directory's own readdir will ask again and report the error.
@@ -139,7 +162,7 @@ impl Fs {
     /// listings of the subdirectories that follow it there (the walk reads them next),
     /// beyond the ones its parent's listing started.
     pub(super) fn prefetch_siblings(self: &Arc<Self>, ino: u64) {
-        let next: Vec<(String, u64, Kind)> = {
+        let (next, going): (Vec<(String, u64, Kind)>, bool) = {
             let tree = self.tree();
             let Some(node) = tree.get(ino) else { return };
             let walked = {
@@ -151,8 +174,9 @@ impl Fs {
                 return;
             }
             let Some(parent) = tree.get(node.parent) else { return };
+            let going = self.note_walk(node.parent, ino, parent.parent);
             let after = (std::ops::Bound::Excluded(node.name.clone()), std::ops::Bound::Unbounded);
-            parent
+            let next = parent
                 .children
                 .range::<String, _>(after)
                 // Bounded: a directory of many files and few subdirectories is not
@@ -161,9 +185,69 @@ impl Fs {
                 .filter_map(|(name, c)| tree.get(*c).map(|n| (name.clone(), *c, n.attr.kind)))
                 .filter(|(_, _, kind)| *kind == Kind::Dir)
                 .take(SIBLINGS)
-                .collect()
+                .collect();
+            (next, going)
         };
         self.prefetch_listings(&next);
+        if going {
+            self.head_listed_ahead_of_walk(&next);
+        }
+    }
+
+    /// A walk of `parent` read its subdirectory `dir`: whether it goes through the
+    /// parent's subdirectories, having read another one before, or being one that goes
+    /// through the parent's own parent (`grand`: `find` reads `a/b` as part of a walk of
+    /// `a`), not only a look into one.
+    fn note_walk(&self, parent: u64, dir: u64, grand: u64) -> bool {
+        let mut walks = self.list_prefetch.walks.lock();
+        let inherited = grand != parent && walks.peek(&grand).is_some_and(|w| w.going);
+        let walk = walks.get_or_insert_mut(parent, || Walk {
+            first: dir,
+            going: false,
+        });
+        walk.going |= inherited || walk.first != dir;
+        walk.going
+    }
+
+    /// Whether the entries of `dir`, just listed by a prefetch, are to be HEADed now: a
+    /// walk goes through its parent, or through the parent's parent (and reads the parent
+    /// next), and has not had them HEADed yet.
+    fn heads_ahead_of_walk(&self, dir: u64) -> bool {
+        let (parent, grand) = {
+            let tree = self.tree();
+            let Some(parent) = tree.get(dir).map(|n| n.parent) else {
+                return false;
+            };
+            (parent, tree.get(parent).map_or(parent, |p| p.parent))
+        };
+        let going = {
+            let walks = self.list_prefetch.walks.lock();
+            [parent, grand].iter().any(|d| walks.peek(d).is_some_and(|w| w.going))
+        };
+        going && self.list_prefetch.headed_ahead.lock().put(dir, ()).is_none()
+    }
+
+    /// HEADs in the background the entries of those of `dirs` already listed, ahead of a
+    /// walk going through them (those being listed HEAD theirs when their listing is in).
+    fn head_listed_ahead_of_walk(self: &Arc<Self>, dirs: &[(String, u64, Kind)]) {
+        let now = Instant::now();
+        for (_, dir, _) in dirs {
+            let children: Vec<u64> = {
+                let tree = self.tree();
+                match tree.get(*dir) {
+                    Some(n) if n.listed_until.is_some_and(|t| t > now) => n.children.values().copied().collect(),
+                    _ => continue,
+                }
+            };
+            if !self.heads_ahead_of_walk(*dir) {
+                continue;
+            }
+            let (this, dir) = (self.clone(), *dir);
+            tokio::spawn(async move {
+                let share = this.listing_heads_share(dir, &this.list_prefetch.prefetch_heads);
+                this.load_metadata_within(&children, share).await;
+            });
+        }
     }
 
     /// Whether a readdir read `ino` lately (a walk is in it).

@@ -254,14 +254,26 @@ impl Fs {
         }
     }
 
+    /// As [`Self::load_metadata`], the HEADs within `share` (background work).
+    pub(super) async fn load_metadata_within(&self, inos: &[u64], share: &tokio::sync::Semaphore) {
+        let (keys, recalled) = self.keys_of_unloaded(inos);
+        if !recalled.is_empty() {
+            self.apply_heads(&recalled);
+        }
+        self.head_unloaded(keys, share).await;
+    }
+
     /// The first page of `dir_key`'s listing into the cache; then, once `listed` has told
-    /// the waiters that the listing is in, its entries' metadata, HEADed within `share`.
+    /// the waiters that the listing is in, and if `heads_now` says so, its entries'
+    /// metadata, HEADed within `share` (else a readdir of the directory, or the lookups
+    /// of its entries, HEAD them when they come).
     pub(super) async fn list_then_load_metadata(
         &self,
         dir: u64,
         dir_key: &str,
         share: &tokio::sync::Semaphore,
         listed: impl FnOnce(),
+        heads_now: impl FnOnce() -> bool,
     ) -> StoreResult<()> {
         let start = self.listing_start(dir, dir_key);
         let page = match self.first_page(dir_key).await {
@@ -275,7 +287,9 @@ impl Fs {
         self.absorb_dir_page(dir, dir_key, &page, &start);
         self.apply_heads(&recalled);
         listed();
-        self.head_unloaded(wanted, self.listing_heads_share(dir, share)).await;
+        if heads_now() {
+            self.head_unloaded(wanted, self.listing_heads_share(dir, share)).await;
+        }
         Ok(())
     }
 }

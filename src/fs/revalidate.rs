@@ -134,7 +134,7 @@ impl Fs {
                 };
                 let done = move || drop(listed);
                 if let Err(e) = this
-                    .list_then_load_metadata(dir, &dir_key, &this.revalidation.heads, done)
+                    .list_then_load_metadata(dir, &dir_key, &this.revalidation.heads, done, || true)
                     .await
                 {
                     tracing::debug!("listing {dir_key:?} again to revalidate its files: {e}");
