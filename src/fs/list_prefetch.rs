@@ -6,11 +6,13 @@
 //! the parent): it never crawls the bucket by itself.
 //!
 //! A prefetched listing HEADs its entries (their persisted metadata, and which small
-//! files are symlinks) only once a walk is going through its parent, i.e. has read two of
-//! the parent's subdirectories: an `ls` of a bucket's root, or a look into one directory
-//! of it, lists the subdirectories but sends no HEAD for their entries (it sent up to
-//! 1,000 for each: 800-1,000 HEADs during bench/run's write over 40 ms, after its `ls`
-//! of the root). A directory read later HEADs its own entries then, at full width.
+//! files are symlinks) only once a walk is going through its parent: it has read two of
+//! the parent's subdirectories, or read the parent going through the parent's own
+//! parent. An `ls` of a bucket's root, or a look into one directory of it, lists the
+//! subdirectories but sends no HEAD for their entries (it sent up to 1,000 for each:
+//! 800-1,000 HEADs during bench/run's write over 40 ms, after its `ls` of the root). A
+//! directory read later HEADs its own entries then, at full width. A walk stays known
+//! while its directory is among the `READ_DIRS` remembered.
 
 use super::Fs;
 use super::attr::Kind;
@@ -146,7 +148,13 @@ impl Fs {
                 }
                 // Waiters go on once the listing is in, not after its entries' HEADs, which
                 // wait for a walk going through the parent.
-                let heads_now = || this.heads_ahead_of_walk(ino);
+                let heads_now = || {
+                    let going = this.walk_going_beside(ino);
+                    if going {
+                        this.list_prefetch.headed_ahead.lock().put(ino, ());
+                    }
+                    going
+                };
                 let prefetched = this
                     .list_then_load_metadata(ino, &key, &this.list_prefetch.prefetch_heads, done, heads_now)
                     .await;
@@ -209,10 +217,9 @@ impl Fs {
         walk.going
     }
 
-    /// Whether the entries of `dir`, just listed by a prefetch, are to be HEADed now: a
-    /// walk goes through its parent, or through the parent's parent (and reads the parent
-    /// next), and has not had them HEADed yet.
-    fn heads_ahead_of_walk(&self, dir: u64) -> bool {
+    /// Whether a walk goes through the parent of `dir`, or through the parent's parent
+    /// (and reads the parent next): `dir`'s entries are to be HEADed ahead of it.
+    fn walk_going_beside(&self, dir: u64) -> bool {
         let (parent, grand) = {
             let tree = self.tree();
             let Some(parent) = tree.get(dir).map(|n| n.parent) else {
@@ -220,28 +227,28 @@ impl Fs {
             };
             (parent, tree.get(parent).map_or(parent, |p| p.parent))
         };
-        let going = {
-            let walks = self.list_prefetch.walks.lock();
-            [parent, grand].iter().any(|d| walks.peek(d).is_some_and(|w| w.going))
-        };
-        going && self.list_prefetch.headed_ahead.lock().put(dir, ()).is_none()
+        let walks = self.list_prefetch.walks.lock();
+        [parent, grand].iter().any(|d| walks.peek(d).is_some_and(|w| w.going))
     }
 
     /// HEADs in the background the entries of those of `dirs` already listed, ahead of a
-    /// walk going through them (those being listed HEAD theirs when their listing is in).
+    /// walk going through them, once each (those being listed HEAD theirs when their
+    /// listing is in).
     fn head_listed_ahead_of_walk(self: &Arc<Self>, dirs: &[(String, u64, Kind)]) {
         let now = Instant::now();
         for (_, dir, _) in dirs {
-            let children: Vec<u64> = {
-                let tree = self.tree();
-                match tree.get(*dir) {
-                    Some(n) if n.listed_until.is_some_and(|t| t > now) => n.children.values().copied().collect(),
-                    _ => continue,
-                }
+            let listed = |fs: &Fs| {
+                fs.tree()
+                    .get(*dir)
+                    .is_some_and(|n| n.listed_until.is_some_and(|t| t > now))
             };
-            if !self.heads_ahead_of_walk(*dir) {
+            if !listed(self) || self.list_prefetch.headed_ahead.lock().put(*dir, ()).is_some() {
                 continue;
             }
+            let children: Vec<u64> = match self.tree().get(*dir) {
+                Some(n) => n.children.values().copied().collect(),
+                None => continue,
+            };
             let (this, dir) = (self.clone(), *dir);
             tokio::spawn(async move {
                 let share = this.listing_heads_share(dir, &this.list_prefetch.prefetch_heads);
