@@ -417,6 +417,44 @@ fn a_listing_prefetched_by_an_ls_heads_its_entries_only_ahead_of_a_walk() {
     assert!(count("HeadObject") - heads < all + 10, "each entry HEADed once");
 }
 
+/// A walk going through a directory goes through its subdirectories too: once `find`
+/// has read two of `n`'s subdirectories, the listings that the second one's readdir
+/// prefetches HEAD their entries ahead of the walk, before it reads them.
+#[test]
+fn a_walk_going_through_a_directory_heads_ahead_in_its_subdirectories() {
+    let _turn = common::shared();
+    let s = server();
+    for d in ["a", "b"] {
+        for x in 0..4 {
+            for f in 0..50 {
+                put(&s, &format!("n/{d}/x{x}/f{f:02}"), "x");
+            }
+        }
+    }
+    let m = Mount::new(&s, &["--metadata-ttl", "60"]);
+    let heads = || s.stats().count("HeadObject");
+    let before = heads();
+    assert_eq!(std::fs::read_dir(m.join("n")).unwrap().count(), 2);
+    assert_eq!(std::fs::read_dir(m.join("n/a")).unwrap().count(), 4);
+    std::thread::sleep(Duration::from_millis(500));
+    // The markers of a's subdirectories at most: a walk of n is not known yet.
+    let looked = heads() - before;
+    assert!(looked < 20, "{looked} HEADs after a look into n/a: {}", m.log());
+    assert_eq!(std::fs::read_dir(m.join("n/b")).unwrap().count(), 4);
+    // b's four subdirectories' 200 files, none of them read.
+    assert!(
+        eventually(Duration::from_secs(30), || heads() - before >= looked + 200),
+        "{} HEADs: {}",
+        heads() - before,
+        m.log()
+    );
+    let ahead = heads();
+    for x in 0..4 {
+        assert_eq!(std::fs::read_dir(m.join(&format!("n/b/x{x}"))).unwrap().count(), 50);
+    }
+    assert_eq!(heads(), ahead, "b's subdirectories were HEADed ahead of their readdirs");
+}
+
 /// A directory of several LIST pages whose names are looked up again after the metadata
 /// TTL (a DataLoader's next epoch, opening its files by path without listing) is listed
 /// again whole once a few names were revalidated one by one, not once per name; what the
