@@ -237,17 +237,17 @@ impl Fs {
     fn head_listed_ahead_of_walk(self: &Arc<Self>, dirs: &[(String, u64, Kind)]) {
         let now = Instant::now();
         for (_, dir, _) in dirs {
-            let listed = |fs: &Fs| {
-                fs.tree()
-                    .get(*dir)
-                    .is_some_and(|n| n.listed_until.is_some_and(|t| t > now))
-            };
-            if !listed(self) || self.list_prefetch.headed_ahead.lock().put(*dir, ()).is_some() {
-                continue;
-            }
-            let children: Vec<u64> = match self.tree().get(*dir) {
-                Some(n) => n.children.values().copied().collect(),
-                None => continue,
+            let children: Vec<u64> = {
+                let tree = self.tree();
+                match tree.get(*dir) {
+                    Some(n) if n.listed_until.is_some_and(|t| t > now) => {
+                        if self.list_prefetch.headed_ahead.lock().put(*dir, ()).is_some() {
+                            continue;
+                        }
+                        n.children.values().copied().collect()
+                    }
+                    _ => continue,
+                }
             };
             let (this, dir) = (self.clone(), *dir);
             tokio::spawn(async move {
