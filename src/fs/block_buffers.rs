@@ -96,10 +96,13 @@ impl BlockBuffer {
         self.mem().size - DATA_OFFSET
     }
 
-    /// Marks the first `len` bytes after the header page as the block's data.
+    /// Marks the first `len` bytes after the header page as the block's data, and zeroes
+    /// the padding after it up to a whole page: a reused buffer holds another block's
+    /// bytes there, which the disk cache's record would otherwise carry.
     pub fn set_len(&mut self, len: usize) {
         assert!(len <= self.room(), "data within the buffer");
         self.len = len;
+        self.as_mut()[DATA_OFFSET + len..DATA_OFFSET + round_up(len)].fill(0);
     }
 
     pub fn data(&self) -> &[u8] {
@@ -324,6 +327,22 @@ mod tests {
         let mut again = pool.take(100 << 10);
         assert_eq!(again.as_mut().as_ptr(), address, "the same memory for the same size");
         assert_eq!(again.room(), 100 << 10);
+    }
+
+    #[test]
+    fn a_reused_buffers_padding_carries_nothing_of_the_block_before() {
+        let pool = BlockBuffers::new(1 << 20, 4 << 20);
+        let mut first = pool.take(8192);
+        first.as_mut().fill(0xff);
+        first.set_len(8192);
+        drop(first);
+        let mut next = pool.take(5000);
+        assert_eq!(next.room(), 8192, "the same size: the buffer before");
+        next.as_mut()[DATA_OFFSET..DATA_OFFSET + 5000].fill(1);
+        next.set_len(5000);
+        let image = next.file_image();
+        assert_eq!(image.len(), DATA_OFFSET + 8192);
+        assert!(image[DATA_OFFSET + 5000..].iter().all(|b| *b == 0), "padding zeroed");
     }
 
     #[test]
