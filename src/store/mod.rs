@@ -2,6 +2,7 @@
 
 mod error;
 pub mod gate;
+mod http_get;
 pub mod memory;
 pub mod pagination;
 mod redirect;

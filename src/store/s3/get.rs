@@ -3,6 +3,7 @@
 
 use super::Inner;
 use super::sdk_error::{error_chain, redirect_location, store_error};
+use super::signed_get::SignedAnswer;
 use super::wire::metadata_map;
 use crate::store::{BodyStream, GetResponse, ObjectMeta, StoreError, StoreResult};
 use aws_sdk_s3::error::ProvideErrorMetadata;
@@ -71,27 +72,58 @@ impl Inner {
         })
     }
 
-    /// One attempt at a ranged GET: the SDK's, or a redirect's Location fetched without
-    /// credentials.
+    /// One attempt at a ranged GET: signed by us or by the SDK, or a redirect's Location
+    /// fetched without credentials.
     pub(super) async fn get_once(
         &self,
         key: &str,
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> StoreResult<GetResponse> {
+        // A provider that refuses If-Match on GET has the ETag compared on the answer only.
+        let condition = if_match.filter(|_| self.resolved.profile.get_if_match);
+        let Some(signed) = &self.signed_gets else {
+            return self.sdk_get_once(key, range, if_match, condition).await;
+        };
+        let timeout = self.settings.read_timeout.min(self.settings.operation_timeout);
+        match signed
+            .get(&self.http, key, range.clone(), if_match, condition, timeout)
+            .await?
+        {
+            SignedAnswer::Got(response) => Ok(response),
+            SignedAnswer::Redirected(location) if self.follow_redirects => {
+                self.http
+                    .get_redirected(&location, range, if_match, self.settings.read_timeout)
+                    .await
+            }
+            SignedAnswer::Redirected(location) => Err(StoreError::Other(format!(
+                "GetObject {key:?} was redirected to {location}: is the endpoint or the region right?"
+            ))),
+        }
+    }
+
+    /// The SDK's GET, for a bucket whose endpoint it must sign for.
+    async fn sdk_get_once(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+        condition: Option<&str>,
+    ) -> StoreResult<GetResponse> {
         let mut req = self.client.get_object().bucket(&self.bucket).key(key).range(format!(
             "bytes={}-{}",
             range.start,
             range.end - 1
         ));
-        if self.resolved.profile.get_if_match {
-            req = req.set_if_match(if_match.map(str::to_string));
-        }
+        req = req.set_if_match(condition.map(str::to_string));
         let resp = match req.send().await {
             Ok(r) => r,
             Err(err) => {
-                if let (Some(location), Some(client)) = (redirect_location(&err), &self.redirects) {
-                    return client.get(&location, range, if_match, self.settings.read_timeout).await;
+                if let (Some(location), true) = (redirect_location(&err), self.follow_redirects) {
+                    return self
+                        .http
+                        .get_redirected(&location, range, if_match, self.settings.read_timeout)
+                        .await;
                 }
                 if err.as_service_error().and_then(|e| e.code()) == Some("InvalidRange") {
                     // A range at or past the end of the object: nothing to read.

@@ -1,15 +1,18 @@
 //! The object store over S3, with aws-sdk-s3: client built from the provider profile,
 //! our own retries and timeouts, a bound on concurrent requests, resumable GET bodies and
-//! GET redirects followed without credentials.
+//! GET redirects followed without credentials. GetObject itself goes on hyper, signed by
+//! us (signed_get.rs), where the bucket is signed with plain SigV4.
 
 mod get;
 mod request;
 mod sdk_error;
+mod signed_get;
+mod signing_identity;
 mod wire;
 
 use super::error::classify;
 use super::gate::Gated;
-use super::redirect::RedirectClient;
+use super::http_get::HttpGets;
 use super::*;
 use crate::credentials::{CredentialsFile, StaticCredentials};
 use crate::metrics::Metrics;
@@ -22,6 +25,8 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, Delete, EncodingType, MetadataDirective, ObjectIdentifier};
 pub(in crate::store) use get::total_from_content_range;
 use sdk_error::store_error;
+use signed_get::{BucketEndpoint, SignedGets};
+use signing_identity::SigningIdentity;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -77,7 +82,12 @@ pub struct S3Client {
 
 struct Inner {
     client: Client,
-    redirects: Option<RedirectClient>,
+    /// GetObject on hyper, signed by us; `None` where the SDK must sign it.
+    signed_gets: Option<SignedGets>,
+    /// The signed GETs' connections, and a redirect's Location fetched without credentials.
+    http: HttpGets,
+    /// The provider answers GETs with a redirect to a CDN that is to be followed.
+    follow_redirects: bool,
     bucket: String,
     resolved: Resolved,
     settings: S3Settings,
@@ -92,17 +102,23 @@ impl S3Store {
         Ok(Gated::new(client, resolved.clone()))
     }
 
-    /// Opens `connections` connections to the endpoint with as many concurrent HeadBucket
-    /// requests, answers ignored. The first lookup after a mount sends a LIST and a HEAD
+    /// Opens `connections` connections to the endpoint for the SDK's requests and as many
+    /// for the GETs, with as many concurrent HeadBucket requests, answers ignored. The first lookup after a mount sends a LIST and a HEAD
     /// at once, then a GET: on a link 40 ms long, each one that must open its own
     /// connection first pays a round trip (two with TLS) more.
     pub async fn warm_up(&self, connections: usize) {
         let s = &self.inner().inner;
-        let requests = (0..connections).map(|_| {
-            let head = s.client.head_bucket().bucket(&s.bucket).send();
-            tokio::time::timeout(s.settings.connect_timeout * 2, head)
+        let timeout = s.settings.connect_timeout * 2;
+        let sdk = (0..connections).map(|_| async {
+            let _ = tokio::time::timeout(timeout, s.client.head_bucket().bucket(&s.bucket).send()).await;
         });
-        futures::future::join_all(requests).await;
+        // The GETs go on connections of their own (signed_get.rs): as many again.
+        let gets = (0..connections).map(|_| async {
+            if let Some(signed) = &s.signed_gets {
+                signed.open_connection(&s.http, timeout).await;
+            }
+        });
+        futures::future::join(futures::future::join_all(sdk), futures::future::join_all(gets)).await;
     }
 }
 
@@ -167,15 +183,29 @@ impl S3Client {
         // S3, a full-object CRC costs CPU on the hot read path, and If-Match already
         // guarantees the bytes belong to the version we read.
         config = config.response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        let redirects = if resolved.profile.get_redirects {
-            Some(RedirectClient::new(settings.connect_timeout)?)
-        } else {
-            None
+        let region = sdk.region().map_or_else(|| "us-east-1".to_string(), |r| r.to_string());
+        let signed_gets = match sdk.credentials_provider() {
+            Some(provider) => {
+                let at = BucketEndpoint {
+                    bucket: &resolved.bucket,
+                    region: &region,
+                    endpoint: resolved.endpoint.as_deref(),
+                    path_style: resolved.profile.addressing == Addressing::Path,
+                    use_fips: sdk.use_fips().unwrap_or(false),
+                    use_dual_stack: sdk.use_dual_stack().unwrap_or(false),
+                };
+                // The SDK keeps no file credentials either (above): a rotation is seen at once.
+                let identity = SigningIdentity::new(provider, settings.credentials_file.is_none());
+                SignedGets::new(at, identity).await
+            }
+            None => None,
         };
         Ok(S3Client {
             inner: Arc::new(Inner {
                 client: Client::from_conf(config.build()),
-                redirects,
+                signed_gets,
+                http: HttpGets::new(settings.connect_timeout)?,
+                follow_redirects: resolved.profile.get_redirects,
                 bucket: resolved.bucket.clone(),
                 resolved: resolved.clone(),
                 slots: Arc::new(Semaphore::new(settings.max_requests.max(1))),

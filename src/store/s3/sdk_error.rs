@@ -40,15 +40,7 @@ pub(super) fn store_error<E: ProvideErrorMetadata + std::error::Error + 'static>
                 "no credentials found",
             ];
             if credentials.iter().any(|c| detail.contains(c)) {
-                tracing::debug!("loading credentials: {detail}");
-                if detail.contains("SSO") || detail.contains("UnauthorizedException") {
-                    // An SSO profile whose login expired: the hint says to log in again.
-                    let cause = detail.rsplit(": ").next().unwrap_or_default();
-                    return StoreError::CredentialsExpired(format!("the SSO login gives no credentials ({cause})"));
-                }
-                // Not worth retrying, and the SDK's chain of reasons (down to the EC2
-                // metadata service) does not say what to do.
-                return StoreError::AccessDenied(NO_CREDENTIALS.into());
+                return credentials_refusal(&detail);
             }
             if df.is_user() {
                 StoreError::Other(detail)
@@ -62,6 +54,19 @@ pub(super) fn store_error<E: ProvideErrorMetadata + std::error::Error + 'static>
         }
         _ => StoreError::Other(error_chain(err)),
     }
+}
+
+/// A failure to load credentials, `detail` being its whole chain of causes: an SSO login
+/// that expired, or none to be had (not worth retrying, and the SDK's chain of reasons,
+/// down to the EC2 metadata service, does not say what to do).
+pub(super) fn credentials_refusal(detail: &str) -> StoreError {
+    tracing::debug!("loading credentials: {detail}");
+    if detail.contains("SSO") || detail.contains("UnauthorizedException") {
+        // The hint says to log in again.
+        let cause = detail.rsplit(": ").next().unwrap_or_default();
+        return StoreError::CredentialsExpired(format!("the SSO login gives no credentials ({cause})"));
+    }
+    StoreError::AccessDenied(NO_CREDENTIALS.into())
 }
 
 /// Says what is wrong when the endpoint's answer is not S3 at all: a web page (a wrong
