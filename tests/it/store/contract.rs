@@ -58,6 +58,7 @@ contract! {
     copy_keeps_or_replaces_metadata: "copy",
     delete_many_uses_delete_objects: "delete",
     ranged_get_is_exact_and_clamped: "ranges",
+    a_get_describes_its_object_as_a_head_does: "described",
     head_returns_size_etag_content_type_and_metadata: "head",
     conditional_writes_refuse_an_object_replaced_meanwhile: "ifmatch",
 }
@@ -323,6 +324,27 @@ async fn ranged_get_is_exact_and_clamped(f: Fixture) {
     let stale = store.get_range("f", 0..10, Some(&etag)).await.map(|r| r.etag);
     assert_eq!(stale, Err(StoreError::PreconditionFailed));
     assert_eq!(read(&store, "missing", 0..10).await, Err(StoreError::NotFound));
+}
+
+/// GetObject is signed by s3vol itself (signed_get.rs): keys that percent-encoding and
+/// the canonical request must get right are read, and the answer's headers describe the
+/// object as a HEAD does.
+async fn a_get_describes_its_object_as_a_head_does(f: Fixture) {
+    let Fixture { store, server: _server } = f;
+    let opts = super::with_meta(&[("mode", "33261"), ("uid", "1000")]);
+    for (n, key) in ["d/a b+c%d=e&f~g.txt", "d/é ü/日本.bin", "d/./x", "d//y", "d/q?r#s"].iter().enumerate() {
+        let body = pattern(3000 + n, n as u8);
+        store.put(key, body.clone(), &opts).await.unwrap();
+        let response = store.get_range(key, 100..200, None).await.unwrap();
+        let described = response.described.clone().expect("a GET's headers describe the object");
+        assert_eq!(response.collect().await.unwrap(), body.slice(100..200), "{key}");
+        let head = store.head(key).await.unwrap();
+        assert_eq!(described.key, *key);
+        assert_eq!(described.size, head.size, "{key}");
+        assert_eq!(described.etag, head.etag, "{key}");
+        assert_eq!(described.metadata, opts.metadata, "{key}");
+        assert_eq!(described.last_modified, head.last_modified, "{key}");
+    }
 }
 
 async fn head_returns_size_etag_content_type_and_metadata(f: Fixture) {
