@@ -93,6 +93,36 @@ impl std::error::Error for StoreError {}
 pub(super) const NO_SUCH_BUCKET: &str = "no such bucket";
 
 /// Classifies an S3 error by HTTP status and error code.
+/// The whole `source()` chain: top-level messages alone (the SDK's "dispatch failure",
+/// hyper's "client error (Connect)") do not say what failed (connection refused, DNS, TLS...).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// What to say when an answer is a web page, not S3 (a wrong `--endpoint-url`, a captive
+/// portal). Some servers label empty or XML error bodies text/html (moto's 404 to a HEAD):
+/// the body decides.
+pub fn web_page_answer(status: u16, content_type: &str, body: &[u8]) -> Option<String> {
+    let start = String::from_utf8_lossy(&body[..body.len().min(64)])
+        .trim_start()
+        .to_ascii_lowercase();
+    let html_body = start.starts_with("<!doctype html") || start.starts_with("<html");
+    let labelled_html = content_type.to_ascii_lowercase().starts_with("text/html")
+        && !start.is_empty()
+        && !start.starts_with("<?xml")
+        && !start.starts_with("<error");
+    (html_body || labelled_html).then(|| {
+        format!("the endpoint answered with an HTML page (HTTP {status}), not an S3 response: is --endpoint-url right?")
+    })
+}
+
 pub fn classify(status: Option<u16>, code: Option<&str>, message: &str) -> StoreError {
     let msg = || match code {
         Some(c) if message.is_empty() => c.to_string(),

@@ -2,7 +2,7 @@
 //! signs, and a redirect's Location fetched without credentials (`redirect.rs`). An answer
 //! becomes a `GetResponse` or one of our errors here.
 
-use super::error::classify;
+use super::error::{classify, error_chain, web_page_answer};
 use super::s3::total_from_content_range;
 use super::{GetResponse, Metadata, ObjectMeta, StoreError, StoreResult};
 use bytes::Bytes;
@@ -135,20 +135,10 @@ pub async fn refusal(response: http::Response<Incoming>, what: &str, timeout: Du
 }
 
 fn refusal_of(status: u16, content_type: &str, body: &[u8], what: &str) -> StoreError {
-    let text = String::from_utf8_lossy(body);
-    let start = text.trim_start().to_ascii_lowercase();
-    // Some servers label XML error bodies text/html: the body decides.
-    let html = start.starts_with("<!doctype html")
-        || start.starts_with("<html")
-        || (content_type.to_ascii_lowercase().starts_with("text/html")
-            && !start.is_empty()
-            && !start.starts_with("<?xml")
-            && !start.starts_with("<error"));
-    if html {
-        return StoreError::Other(format!(
-            "the endpoint answered with an HTML page (HTTP {status}), not an S3 response: is --endpoint-url right?"
-        ));
+    if let Some(page) = web_page_answer(status, content_type, body) {
+        return StoreError::Other(page);
     }
+    let text = String::from_utf8_lossy(body);
     let code = xml_element(&text, "Code");
     let message = xml_element(&text, "Message").unwrap_or_default();
     let message = match (code, message.is_empty()) {
@@ -184,19 +174,6 @@ fn user_metadata(headers: &HeaderMap) -> Metadata {
 fn http_date(text: &str) -> Option<SystemTime> {
     let t = aws_smithy_types::DateTime::from_str(text, aws_smithy_types::date_time::Format::HttpDate).ok()?;
     SystemTime::try_from(t).ok()
-}
-
-/// The whole `source()` chain: hyper's top-level message alone ("client error (Connect)")
-/// does not say what failed.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// The bytes `skip..skip + take` of a stream: a server that ignores Range sends all of them.

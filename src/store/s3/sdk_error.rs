@@ -3,7 +3,8 @@
 //! were looked for.
 
 use crate::store::StoreError;
-use crate::store::error::classify;
+pub(super) use crate::store::error::error_chain;
+use crate::store::error::{classify, web_page_answer};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
 /// Turns an SDK error into our error kinds, by HTTP status and S3 error code.
@@ -72,27 +73,11 @@ pub(super) fn credentials_refusal(detail: &str) -> StoreError {
 /// Says what is wrong when the endpoint's answer is not S3 at all: a web page (a wrong
 /// `--endpoint-url`, a captive portal) or XML that does not parse.
 fn not_s3(raw: &aws_sdk_s3::config::http::HttpResponse, err: &dyn std::error::Error) -> Option<String> {
-    let content_type = raw
-        .headers()
-        .get("content-type")
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let content_type = raw.headers().get("content-type").unwrap_or_default();
     let body = raw.body().bytes().unwrap_or_default();
-    let start = String::from_utf8_lossy(&body[..body.len().min(64)])
-        .trim_start()
-        .to_ascii_lowercase();
     let status = raw.status().as_u16();
-    // Some servers label empty or XML error bodies text/html (moto's 404 to a HEAD): the
-    // body decides.
-    let html_body = start.starts_with("<!doctype html") || start.starts_with("<html");
-    let labelled_html = content_type.starts_with("text/html")
-        && !start.is_empty()
-        && !start.starts_with("<?xml")
-        && !start.starts_with("<error");
-    if html_body || labelled_html {
-        return Some(format!(
-            "the endpoint answered with an HTML page (HTTP {status}), not an S3 response: is --endpoint-url right?"
-        ));
+    if let Some(page) = web_page_answer(status, content_type, body) {
+        return Some(page);
     }
     let chain = error_chain(err);
     (chain.contains("error parsing XML") || chain.contains("invalid XML")).then(|| {
@@ -102,19 +87,6 @@ fn not_s3(raw: &aws_sdk_s3::config::http::HttpResponse, err: &dyn std::error::Er
             .collect();
         format!("the endpoint's answer (HTTP {status}) is not valid S3 XML (it starts {preview:?})")
     })
-}
-
-/// The whole `source()` chain: the SDK's top-level messages alone ("dispatch failure") do
-/// not say what failed (connection refused, DNS, TLS...).
-pub(super) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 pub(super) fn redirect_location<E>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Option<String> {

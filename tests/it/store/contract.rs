@@ -332,7 +332,10 @@ async fn ranged_get_is_exact_and_clamped(f: Fixture) {
 async fn a_get_describes_its_object_as_a_head_does(f: Fixture) {
     let Fixture { store, server: _server } = f;
     let opts = super::with_meta(&[("mode", "33261"), ("uid", "1000")]);
-    for (n, key) in ["d/a b+c%d=e&f~g.txt", "d/é ü/日本.bin", "d/./x", "d//y", "d/q?r#s"].iter().enumerate() {
+    for (n, key) in ["d/a b+c%d=e&f~g.txt", "d/é ü/日本.bin", "d/./x", "d//y", "d/q?r#s"]
+        .iter()
+        .enumerate()
+    {
         let body = pattern(3000 + n, n as u8);
         store.put(key, body.clone(), &opts).await.unwrap();
         let response = store.get_range(key, 100..200, None).await.unwrap();
