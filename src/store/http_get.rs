@@ -1,6 +1,6 @@
-//! Ranged GETs on hyper itself, with one pooled client: the S3 GETs that `s3/signed_get.rs`
+//! GETs and HEADs on hyper itself, with one pooled client: those that `s3/signed_reads.rs`
 //! signs, and a redirect's Location fetched without credentials (`redirect.rs`). An answer
-//! becomes a `GetResponse` or one of our errors here.
+//! becomes a `GetResponse`, an `ObjectMeta` or one of our errors here.
 
 use super::error::{classify, error_chain, web_page_answer};
 use super::s3::total_from_content_range;
@@ -32,12 +32,22 @@ impl HttpGets {
         http.set_connect_timeout(Some(connect_timeout));
         // A GET is one small write; it must not wait for the last answer's ACK.
         http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())
-            .map_err(|e| format!("loading the system's TLS root certificates: {e}"))?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let provider = || rustls::crypto::aws_lc_rs::default_provider();
+        let tls = match hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_native_roots(provider()) {
+            Ok(tls) => tls,
+            Err(e) => {
+                // As the SDK does: an http:// endpoint still works, and an https:// one
+                // fails each request with the certificate it could not verify.
+                tracing::warn!("no system TLS root certificates ({e}): https endpoints cannot be verified");
+                let config = rustls::ClientConfig::builder_with_provider(provider().into())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| format!("TLS set-up: {e}"))?
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth();
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
+            }
+        };
+        let https = tls.https_or_http().enable_http1().wrap_connector(http);
         Ok(HttpGets {
             client: Client::builder(TokioExecutor::new()).build(https),
         })
@@ -87,13 +97,7 @@ pub fn ranged_answer(
         .and_then(|r| total_from_content_range(&r))
         .or_else(|| header(headers, CONTENT_LENGTH).and_then(|l| l.parse().ok()))
         .unwrap_or(0);
-    let described = described.map(|key| ObjectMeta {
-        key: key.to_string(),
-        size: object_size,
-        etag: etag.clone(),
-        last_modified: header(headers, LAST_MODIFIED).and_then(|t| http_date(&t)),
-        metadata: user_metadata(headers),
-    });
+    let described = described.map(|key| object_described(key, object_size, headers));
     let what = what.to_string();
     let frames = http_body_util::BodyStream::new(response.into_body());
     let chunks = futures::stream::unfold(frames, move |mut frames| {
@@ -119,6 +123,17 @@ pub fn ranged_answer(
         described,
         body: Box::pin(window(chunks, skip, range.end - range.start)),
     })
+}
+
+/// The object `key` of `size` bytes as an answer's headers describe it (a HEAD's, a GET's).
+pub fn object_described(key: &str, size: u64, headers: &HeaderMap) -> ObjectMeta {
+    ObjectMeta {
+        key: key.to_string(),
+        size,
+        etag: header(headers, ETAG),
+        last_modified: header(headers, LAST_MODIFIED).and_then(|t| http_date(&t)),
+        metadata: user_metadata(headers),
+    }
 }
 
 /// An error answer as one of our errors: by its S3 code and message where its body has

@@ -3,7 +3,7 @@
 
 use super::Inner;
 use super::sdk_error::{error_chain, redirect_location, store_error};
-use super::signed_get::SignedAnswer;
+use super::signed_reads::SignedAnswer;
 use super::wire::metadata_map;
 use crate::store::{BodyStream, GetResponse, ObjectMeta, StoreError, StoreResult};
 use aws_sdk_s3::error::ProvideErrorMetadata;
@@ -82,7 +82,7 @@ impl Inner {
     ) -> StoreResult<GetResponse> {
         // A provider that refuses If-Match on GET has the ETag compared on the answer only.
         let condition = if_match.filter(|_| self.resolved.profile.get_if_match);
-        let Some(signed) = &self.signed_gets else {
+        let Some(signed) = &self.signed_reads else {
             return self.sdk_get_once(key, range, if_match, condition).await;
         };
         let timeout = self.settings.read_timeout.min(self.settings.operation_timeout);

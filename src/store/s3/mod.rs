@@ -1,12 +1,12 @@
 //! The object store over S3, with aws-sdk-s3: client built from the provider profile,
 //! our own retries and timeouts, a bound on concurrent requests, resumable GET bodies and
-//! GET redirects followed without credentials. GetObject itself goes on hyper, signed by
-//! us (signed_get.rs), where the bucket is signed with plain SigV4.
+//! GET redirects followed without credentials. GetObject and HeadObject go on hyper,
+//! signed by us (signed_reads.rs), where the bucket is signed with plain SigV4.
 
 mod get;
 mod request;
 mod sdk_error;
-mod signed_get;
+mod signed_reads;
 mod signing_identity;
 mod wire;
 
@@ -25,7 +25,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, Delete, EncodingType, MetadataDirective, ObjectIdentifier};
 pub(in crate::store) use get::total_from_content_range;
 use sdk_error::store_error;
-use signed_get::{BucketEndpoint, SignedGets};
+use signed_reads::{BucketEndpoint, HeadAnswer, SignedReads};
 use signing_identity::SigningIdentity;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,7 +83,7 @@ pub struct S3Client {
 struct Inner {
     client: Client,
     /// GetObject on hyper, signed by us; `None` where the SDK must sign it.
-    signed_gets: Option<SignedGets>,
+    signed_reads: Option<SignedReads>,
     /// The signed GETs' connections, and a redirect's Location fetched without credentials.
     http: HttpGets,
     /// The provider answers GETs with a redirect to a CDN that is to be followed.
@@ -103,18 +103,19 @@ impl S3Store {
     }
 
     /// Opens `connections` connections to the endpoint for the SDK's requests and as many
-    /// for the GETs, with as many concurrent HeadBucket requests, answers ignored. The first lookup after a mount sends a LIST and a HEAD
-    /// at once, then a GET: on a link 40 ms long, each one that must open its own
-    /// connection first pays a round trip (two with TLS) more.
+    /// for the GETs, with as many concurrent HeadBucket requests, answers ignored. The
+    /// first lookup after a mount sends a LIST and a HEAD at once, then a GET: on a link
+    /// 40 ms long, each one that must open its own connection first pays a round trip
+    /// (two with TLS) more.
     pub async fn warm_up(&self, connections: usize) {
         let s = &self.inner().inner;
         let timeout = s.settings.connect_timeout * 2;
         let sdk = (0..connections).map(|_| async {
             let _ = tokio::time::timeout(timeout, s.client.head_bucket().bucket(&s.bucket).send()).await;
         });
-        // The GETs go on connections of their own (signed_get.rs): as many again.
+        // The GETs go on connections of their own (signed_reads.rs): as many again.
         let gets = (0..connections).map(|_| async {
-            if let Some(signed) = &s.signed_gets {
+            if let Some(signed) = &s.signed_reads {
                 signed.open_connection(&s.http, timeout).await;
             }
         });
@@ -184,7 +185,7 @@ impl S3Client {
         // guarantees the bytes belong to the version we read.
         config = config.response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         let region = sdk.region().map_or_else(|| "us-east-1".to_string(), |r| r.to_string());
-        let signed_gets = match sdk.credentials_provider() {
+        let signed_reads = match sdk.credentials_provider() {
             Some(provider) => {
                 let at = BucketEndpoint {
                     bucket: &resolved.bucket,
@@ -196,14 +197,14 @@ impl S3Client {
                 };
                 // The SDK keeps no file credentials either (above): a rotation is seen at once.
                 let identity = SigningIdentity::new(provider, settings.credentials_file.is_none());
-                SignedGets::new(at, identity).await
+                SignedReads::new(at, identity).await
             }
             None => None,
         };
         Ok(S3Client {
             inner: Arc::new(Inner {
                 client: Client::from_conf(config.build()),
-                signed_gets,
+                signed_reads,
                 http: HttpGets::new(settings.connect_timeout)?,
                 follow_redirects: resolved.profile.get_redirects,
                 bucket: resolved.bucket.clone(),
@@ -233,6 +234,20 @@ fn provider_env_credentials(resolved: &Resolved) -> Option<StaticCredentials> {
 impl ObjectStore for S3Client {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
         let s = &self.inner;
+        if let Some(signed) = &s.signed_reads {
+            let timeout = s.settings.read_timeout.min(s.settings.operation_timeout);
+            return s
+                .call("HeadObject", key, || async {
+                    match signed.head(&s.http, key, timeout).await? {
+                        HeadAnswer::Found(meta) => Ok(meta),
+                        // See below: a one-byte GET names the error.
+                        HeadAnswer::BadRequest => Err(s.get_once(key, 0..1, None).await.err().unwrap_or_else(|| {
+                            StoreError::Other("HeadObject answered HTTP 400, a GET of the key did not".into())
+                        })),
+                    }
+                })
+                .await;
+        }
         let out = s
             .call("HeadObject", key, || async {
                 let r = s.client.head_object().bucket(&s.bucket).key(key).send().await;

@@ -1,4 +1,4 @@
-//! The credentials that `signed_get.rs` signs with: the SDK's provider chain (environment,
+//! The credentials that `signed_reads.rs` signs with: the SDK's provider chain (environment,
 //! profile, SSO, a role, `--credentials-file`), asked again only when what it gave is near
 //! its expiry, as the SDK's own identity cache does.
 

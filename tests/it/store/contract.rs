@@ -326,9 +326,9 @@ async fn ranged_get_is_exact_and_clamped(f: Fixture) {
     assert_eq!(read(&store, "missing", 0..10).await, Err(StoreError::NotFound));
 }
 
-/// GetObject is signed by s3vol itself (signed_get.rs): keys that percent-encoding and
-/// the canonical request must get right are read, and the answer's headers describe the
-/// object as a HEAD does.
+/// GetObject and HeadObject are signed by s3vol itself (signed_reads.rs): keys that
+/// percent-encoding and the canonical request must get right are read and HEADed, and a
+/// GET's headers describe the object as a HEAD does.
 async fn a_get_describes_its_object_as_a_head_does(f: Fixture) {
     let Fixture { store, server: _server } = f;
     let opts = super::with_meta(&[("mode", "33261"), ("uid", "1000")]);

@@ -1,14 +1,15 @@
-//! GetObject sent on hyper itself and signed with SigV4 here. On a fast link a small
-//! file's read costs what its request costs in CPU, and the SDK's orchestrator (its
-//! interceptors, config bag and endpoint rules, run for every call) was a fifth of the
-//! daemon's CPU in a small-file epoch. The endpoint is resolved once by the SDK's own
-//! rules; a bucket whose endpoint wants another signature (SigV4a, S3 Express) keeps the
-//! SDK's GET. Every other request stays with the SDK.
+//! GetObject and HeadObject sent on hyper itself and signed with SigV4 here. On a fast
+//! link a small file's read costs what its request costs in CPU, and the SDK's
+//! orchestrator (its interceptors, config bag and endpoint rules, run for every call) was
+//! a fifth of the daemon's CPU in a small-file epoch. The endpoint is resolved once by the
+//! SDK's own rules; a bucket whose endpoint wants another signature (SigV4a, S3 Express)
+//! keeps the SDK's. Every other request stays with the SDK.
 
 use super::signing_identity::SigningIdentity;
 use super::wire::encode_key;
-use crate::store::http_get::{HttpGets, ranged_answer, refusal};
-use crate::store::{GetResponse, StoreError, StoreResult};
+use crate::store::error::classify;
+use crate::store::http_get::{HttpGets, header, object_described, ranged_answer, refusal};
+use crate::store::{GetResponse, ObjectMeta, StoreError, StoreResult};
 use aws_sdk_s3::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
 use aws_sigv4::http_request::{
     PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings, UriPathNormalizationMode,
@@ -18,17 +19,28 @@ use aws_smithy_runtime_api::client::identity::Identity;
 use aws_smithy_types::Document;
 use aws_smithy_types::endpoint::EndpointAuthScheme;
 use bytes::Bytes;
-use http_body_util::Empty;
+use http::header::CONTENT_LENGTH;
+use http_body_util::{BodyExt, Empty};
 use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
-pub(super) struct SignedGets {
+/// Keys listed by each warm-up request: about 4 KB of answer.
+const WARM_UP_KEYS: u32 = 16;
+
+pub(super) struct SignedReads {
     /// The bucket's URL without a trailing slash (`https://bucket.host`, `http://host/bucket`).
     base: String,
     region: String,
     service: String,
     identity: SigningIdentity,
     user_agent: String,
+}
+
+/// What one signed HEAD came to.
+pub(super) enum HeadAnswer {
+    Found(ObjectMeta),
+    /// A bare 400: a HEAD's answer has no body to name the error.
+    BadRequest,
 }
 
 /// What one signed GET came to.
@@ -48,10 +60,10 @@ pub(super) struct BucketEndpoint<'a> {
     pub use_dual_stack: bool,
 }
 
-impl SignedGets {
+impl SignedReads {
     /// `None` where the SDK must sign this bucket's GETs (an auth scheme other than SigV4)
     /// or cannot resolve its endpoint: the SDK's GET then says why, request by request.
-    pub(super) async fn new(at: BucketEndpoint<'_>, identity: SigningIdentity) -> Option<SignedGets> {
+    pub(super) async fn new(at: BucketEndpoint<'_>, identity: SigningIdentity) -> Option<SignedReads> {
         let params = Params::builder()
             .bucket(at.bucket)
             .region(at.region)
@@ -73,7 +85,7 @@ impl SignedGets {
             return None;
         }
         let (region, service) = sigv4_scope(endpoint.auth_schemes(), at.region)?;
-        Some(SignedGets {
+        Some(SignedReads {
             base: endpoint.url().trim_end_matches('/').to_string(),
             region,
             service,
@@ -92,7 +104,7 @@ impl SignedGets {
         timeout: Duration,
     ) -> StoreResult<SignedAnswer> {
         let what = "GetObject";
-        let request = self.signed_request(key, &range, condition, SystemTime::now()).await?;
+        let request = self.signed_get(key, &range, condition, SystemTime::now()).await?;
         let response = http.send(request, what, timeout).await?;
         let status = response.status().as_u16();
         if matches!(status, 301 | 302 | 303 | 307 | 308)
@@ -107,17 +119,43 @@ impl SignedGets {
         ranged_answer(response, range, if_match, Some(key), what).map(SignedAnswer::Got)
     }
 
-    /// A HeadBucket on the GETs' connections, answer ignored: it opens one (see `warm_up`).
-    pub(super) async fn open_connection(&self, http: &HttpGets, timeout: Duration) {
-        if let Ok(request) = self
-            .signed("HEAD", self.base.clone(), Vec::new(), SystemTime::now())
+    pub(super) async fn head(&self, http: &HttpGets, key: &str, timeout: Duration) -> StoreResult<HeadAnswer> {
+        let what = "HeadObject";
+        let uri = format!("{}/{}", self.base, encode_key(key));
+        let request = self
+            .signed("HEAD", uri, Vec::new(), SystemTime::now())
             .await
-        {
-            let _ = http.send(request, "HeadBucket", timeout).await;
+            .map_err(|e| StoreError::InvalidName(format!("{key:?} makes no request: {e}")))?;
+        let response = http.send(request, what, timeout).await?;
+        let headers = response.headers();
+        match response.status().as_u16() {
+            200..=299 => {
+                let size = header(headers, CONTENT_LENGTH)
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or(0);
+                Ok(HeadAnswer::Found(object_described(key, size, headers)))
+            }
+            400 => Ok(HeadAnswer::BadRequest),
+            status => Err(classify(Some(status), None, &format!("{what} answered HTTP {status}"))),
         }
     }
 
-    async fn signed_request(
+    /// Opens one of the GETs' connections (see `warm_up`) with a listing of a few keys,
+    /// answer read and ignored. A listing rather than a HeadBucket: its answer of a few
+    /// packets grows the server's congestion window past the 10 packets (14 KB) a fresh
+    /// connection starts with, so that a first read of 16 KiB (the kernel's first
+    /// readahead of a file) arrives in one round trip, not two, as it does on a
+    /// connection that TLS's handshake or an earlier answer has grown.
+    pub(super) async fn open_connection(&self, http: &HttpGets, timeout: Duration) {
+        let uri = format!("{}/?list-type=2&max-keys={WARM_UP_KEYS}", self.base);
+        if let Ok(request) = self.signed("GET", uri, Vec::new(), SystemTime::now()).await
+            && let Ok(response) = http.send(request, "ListObjectsV2", timeout).await
+        {
+            let _ = tokio::time::timeout(timeout, response.into_body().collect()).await;
+        }
+    }
+
+    async fn signed_get(
         &self,
         key: &str,
         range: &Range<u64>,
@@ -205,7 +243,7 @@ mod tests {
     use aws_credential_types::Credentials;
     use aws_credential_types::provider::SharedCredentialsProvider;
 
-    async fn gets(endpoint: Option<&str>, path_style: bool, bucket: &str) -> Option<SignedGets> {
+    async fn gets(endpoint: Option<&str>, path_style: bool, bucket: &str) -> Option<SignedReads> {
         let creds = Credentials::new("AKID", "SECRET", Some("TOKEN".into()), None, "test");
         let identity = SigningIdentity::new(SharedCredentialsProvider::new(creds), true);
         let at = BucketEndpoint {
@@ -216,7 +254,7 @@ mod tests {
             use_fips: false,
             use_dual_stack: false,
         };
-        SignedGets::new(at, identity).await
+        SignedReads::new(at, identity).await
     }
 
     #[tokio::test]
@@ -240,7 +278,7 @@ mod tests {
     async fn a_get_is_signed_with_its_range_and_condition() {
         let g = gets(Some("http://127.0.0.1:9000"), true, "vol").await.unwrap();
         let r = g
-            .signed_request("a b/é+.txt", &(0..10), Some("\"e1\""), SystemTime::now())
+            .signed_get("a b/é+.txt", &(0..10), Some("\"e1\""), SystemTime::now())
             .await
             .unwrap();
         assert_eq!(r.uri().path(), "/vol/a%20b/%C3%A9%2B.txt");
