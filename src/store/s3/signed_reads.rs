@@ -61,8 +61,8 @@ pub(super) struct BucketEndpoint<'a> {
 }
 
 impl SignedReads {
-    /// `None` where the SDK must sign this bucket's GETs (an auth scheme other than SigV4)
-    /// or cannot resolve its endpoint: the SDK's GET then says why, request by request.
+    /// `None` where the SDK must sign this bucket's GETs and HEADs (an auth scheme other
+    /// than SigV4) or cannot resolve its endpoint: the SDK's then say why, request by request.
     pub(super) async fn new(at: BucketEndpoint<'_>, identity: SigningIdentity) -> Option<SignedReads> {
         let params = Params::builder()
             .bucket(at.bucket)
@@ -76,12 +76,12 @@ impl SignedReads {
         let endpoint = match DefaultResolver::new().resolve_endpoint(&params).await {
             Ok(e) => e,
             Err(e) => {
-                tracing::debug!("bucket endpoint not resolved ({e}): GETs go through the SDK");
+                tracing::debug!("bucket endpoint not resolved ({e}): GETs and HEADs go through the SDK");
                 return None;
             }
         };
         if endpoint.headers().next().is_some() {
-            tracing::debug!("the bucket's endpoint wants headers of its own: GETs go through the SDK");
+            tracing::debug!("the bucket's endpoint wants headers of its own: GETs and HEADs go through the SDK");
             return None;
         }
         let (region, service) = sigv4_scope(endpoint.auth_schemes(), at.region)?;
@@ -122,10 +122,7 @@ impl SignedReads {
     pub(super) async fn head(&self, http: &HttpGets, key: &str, timeout: Duration) -> StoreResult<HeadAnswer> {
         let what = "HeadObject";
         let uri = format!("{}/{}", self.base, encode_key(key));
-        let request = self
-            .signed("HEAD", uri, Vec::new(), SystemTime::now())
-            .await
-            .map_err(|e| StoreError::InvalidName(format!("{key:?} makes no request: {e}")))?;
+        let request = self.signed("HEAD", uri, Vec::new(), SystemTime::now()).await?;
         let response = http.send(request, what, timeout).await?;
         let headers = response.headers();
         match response.status().as_u16() {
@@ -168,12 +165,11 @@ impl SignedReads {
         if let Some(etag) = condition {
             headers.push(("if-match", etag));
         }
-        self.signed("GET", uri, headers, now)
-            .await
-            .map_err(|e| StoreError::InvalidName(format!("{key:?} makes no request: {e}")))
+        self.signed("GET", uri, headers, now).await
     }
 
-    /// `method uri` with `headers`, signed; the error says what could not be made.
+    /// `method uri` with `headers`, signed. A URI a key cannot make is the key's name's
+    /// fault (EINVAL); a failure to get credentials is said as such.
     async fn signed(
         &self,
         method: &str,
@@ -197,7 +193,7 @@ impl SignedReads {
             .map_err(|e| StoreError::Other(format!("signing a {method}: {e}")))?
             .into();
         let signable = SignableRequest::new(method, uri.as_str(), headers.iter().copied(), SignableBody::Bytes(&[]))
-            .map_err(|e| StoreError::Other(format!("{uri} is no URL: {e}")))?;
+            .map_err(|e| StoreError::InvalidName(format!("{uri} is no URL: {e}")))?;
         let (instructions, _) = sign(signable, &params)
             .map_err(|e| StoreError::Other(format!("signing a {method}: {e}")))?
             .into_parts();
@@ -208,7 +204,7 @@ impl SignedReads {
         let mut request = request
             .header(http::header::USER_AGENT, &self.user_agent)
             .body(Empty::new())
-            .map_err(|e| StoreError::Other(format!("{method} {uri}: {e}")))?;
+            .map_err(|e| StoreError::InvalidName(format!("{method} {uri}: {e}")))?;
         instructions.apply_to_request_http1x(&mut request);
         Ok(request)
     }
@@ -222,7 +218,7 @@ fn sigv4_scope(schemes: &[EndpointAuthScheme], region: &str) -> Option<(String, 
     };
     if first.name() != "sigv4" {
         tracing::debug!(
-            "the bucket's endpoint is signed with {}: GETs go through the SDK",
+            "the bucket's endpoint is signed with {}: GETs and HEADs go through the SDK",
             first.name()
         );
         return None;
