@@ -155,6 +155,8 @@ async fn store() -> S3Store {
             secret_key: env("AWS_SECRET_ACCESS_KEY"),
             session_token: None,
         }),
+        // The baseline is a plain aws-sdk client: its GETs and HEADs too.
+        sdk_reads: true,
         ..S3Settings::default()
     };
     S3Store::connect(&Resolved::new(&source, &overrides), settings)

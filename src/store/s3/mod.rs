@@ -52,6 +52,9 @@ pub struct S3Settings {
     pub credentials_file: Option<CredentialsFile>,
     /// Where each request's outcome, latency and bytes are counted.
     pub metrics: Arc<Metrics>,
+    /// GETs and HEADs sent through the SDK as every other request, not signed by us
+    /// (signed_reads.rs): a plain aws-sdk client, the benchmarks' raw baseline.
+    pub sdk_reads: bool,
 }
 
 impl Default for S3Settings {
@@ -67,6 +70,7 @@ impl Default for S3Settings {
             credentials: None,
             credentials_file: None,
             metrics: Arc::new(Metrics::default()),
+            sdk_reads: false,
         }
     }
 }
@@ -185,7 +189,7 @@ impl S3Client {
         // guarantees the bytes belong to the version we read.
         config = config.response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         let region = sdk.region().map_or_else(|| "us-east-1".to_string(), |r| r.to_string());
-        let signed_reads = match sdk.credentials_provider() {
+        let signed_reads = match sdk.credentials_provider().filter(|_| !settings.sdk_reads) {
             Some(provider) => {
                 let at = BucketEndpoint {
                     bucket: &resolved.bucket,
