@@ -92,7 +92,6 @@ impl std::error::Error for StoreError {}
 /// How a NoSuchBucket error starts; the store replaces it with one naming the bucket.
 pub(super) const NO_SUCH_BUCKET: &str = "no such bucket";
 
-/// Classifies an S3 error by HTTP status and error code.
 /// The whole `source()` chain: top-level messages alone (the SDK's "dispatch failure",
 /// hyper's "client error (Connect)") do not say what failed (connection refused, DNS, TLS...).
 pub fn error_chain(err: &dyn std::error::Error) -> String {
@@ -123,6 +122,7 @@ pub fn web_page_answer(status: u16, content_type: &str, body: &[u8]) -> Option<S
     })
 }
 
+/// Classifies an S3 error by HTTP status and error code.
 pub fn classify(status: Option<u16>, code: Option<&str>, message: &str) -> StoreError {
     let msg = || match code {
         Some(c) if message.is_empty() => c.to_string(),
