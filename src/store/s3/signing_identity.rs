@@ -3,7 +3,7 @@
 //! its expiry, as the SDK's own identity cache does.
 
 use super::sdk_error::{credentials_refusal, error_chain};
-use crate::store::StoreResult;
+use crate::store::{StoreError, StoreResult};
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use parking_lot::Mutex;
@@ -11,6 +11,10 @@ use std::time::{Duration, SystemTime};
 
 /// Credentials this close to their expiry are asked for again.
 const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
+
+/// Longest wait for the provider (the SDK's identity cache allows 5 s; a credential
+/// process or an SSO portal may be slower).
+const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) struct SigningIdentity {
     provider: SharedCredentialsProvider,
@@ -47,10 +51,12 @@ impl SigningIdentity {
     }
 
     async fn ask(&self) -> StoreResult<Credentials> {
-        self.provider
-            .provide_credentials()
-            .await
-            .map_err(|e| credentials_refusal(&error_chain(&e)))
+        match tokio::time::timeout(ASK_TIMEOUT, self.provider.provide_credentials()).await {
+            Ok(answer) => answer.map_err(|e| credentials_refusal(&error_chain(&e))),
+            Err(_) => Err(StoreError::Transient(format!(
+                "the credentials provider gave no answer in {ASK_TIMEOUT:?}"
+            ))),
+        }
     }
 }
 
@@ -119,6 +125,28 @@ mod tests {
         assert_eq!(id.current().await.unwrap().access_key_id(), "AK0");
         assert_eq!(id.current().await.unwrap().access_key_id(), "AK1");
         assert_eq!(asked.load(Ordering::SeqCst), 2);
+    }
+
+    #[derive(Debug)]
+    struct Silent;
+
+    impl ProvideCredentials for Silent {
+        fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            aws_credential_types::provider::future::ProvideCredentials::new(std::future::pending())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_that_never_answers_is_a_transient_error_in_bounded_time() {
+        let id = SigningIdentity::new(SharedCredentialsProvider::new(Silent), true);
+        let e = id.current().await.unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Transient(m) if m.contains("no answer")),
+            "{e:?}"
+        );
     }
 
     #[tokio::test]
