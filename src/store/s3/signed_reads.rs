@@ -142,11 +142,13 @@ impl SignedReads {
     /// packets grows the server's congestion window past the 10 packets (14 KB) a fresh
     /// connection starts with, so that a first read of 16 KiB (the kernel's first
     /// readahead of a file) arrives in one round trip, not two, as it does on a
-    /// connection that TLS's handshake or an earlier answer has grown.
+    /// connection that TLS's handshake or an earlier answer has grown. The original
+    /// ListObjects (v1): every S3-compatible store answers it, and in a server's request
+    /// counts it stands apart from the filesystem's own listings (ListObjectsV2).
     pub(super) async fn open_connection(&self, http: &HttpGets, timeout: Duration) {
-        let uri = format!("{}/?list-type=2&max-keys={WARM_UP_KEYS}", self.base);
+        let uri = format!("{}/?max-keys={WARM_UP_KEYS}", self.base);
         if let Ok(request) = self.signed("GET", uri, Vec::new(), SystemTime::now()).await
-            && let Ok(response) = http.send(request, "ListObjectsV2", timeout).await
+            && let Ok(response) = http.send(request, "ListObjects", timeout).await
         {
             let _ = tokio::time::timeout(timeout, response.into_body().collect()).await;
         }
