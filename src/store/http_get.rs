@@ -74,7 +74,7 @@ pub fn ranged_answer(
     range: Range<u64>,
     if_match: Option<&str>,
     described: Option<&str>,
-    what: &str,
+    what: &'static str,
 ) -> StoreResult<GetResponse> {
     let status = response.status().as_u16();
     if status == 416 {
@@ -98,20 +98,16 @@ pub fn ranged_answer(
         .or_else(|| header(headers, CONTENT_LENGTH).and_then(|l| l.parse().ok()))
         .unwrap_or(0);
     let described = described.map(|key| object_described(key, object_size, headers));
-    let what = what.to_string();
     let frames = http_body_util::BodyStream::new(response.into_body());
-    let chunks = futures::stream::unfold(frames, move |mut frames| {
-        let what = what.clone();
-        async move {
-            loop {
-                match frames.next().await? {
-                    Ok(frame) => {
-                        if let Ok(data) = frame.into_data() {
-                            return Some((Ok(data), frames));
-                        }
+    let chunks = futures::stream::unfold(frames, move |mut frames| async move {
+        loop {
+            match frames.next().await? {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Some((Ok(data), frames));
                     }
-                    Err(e) => return Some((Err(StoreError::Transient(format!("{what} body: {e}"))), frames)),
                 }
+                Err(e) => return Some((Err(StoreError::Transient(format!("{what} body: {e}"))), frames)),
             }
         }
     });
