@@ -150,6 +150,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         staging_min_free: None,
         list_prefetch: true,
         small_file_prefetch: true,
+        passthrough: true,
         fuse_threads: 4,
         metrics_addr: None,
         kernel_option: Vec::new(),

@@ -4,6 +4,7 @@
 //! memory never waits for a runtime thread. No filesystem logic lives here.
 
 use crate::fs::{Attr, Caller, Errno as CoreErrno, Fs, Kind, OpenMode, SetAttr};
+use crate::fuse_passthrough::{OpenAs, Passthrough};
 use crate::metrics::{FuseOp, Metrics};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
@@ -22,6 +23,7 @@ pub struct FuseAdapter {
     fs: Arc<Fs>,
     rt: Handle,
     metrics: Arc<Metrics>,
+    passthrough: Arc<Passthrough>,
 }
 
 tokio::task_local! {
@@ -31,7 +33,12 @@ tokio::task_local! {
 
 impl FuseAdapter {
     pub fn new(fs: Arc<Fs>, rt: Handle, metrics: Arc<Metrics>) -> FuseAdapter {
-        FuseAdapter { fs, rt, metrics }
+        FuseAdapter {
+            fs,
+            rt,
+            metrics,
+            passthrough: Arc::default(),
+        }
     }
 
     /// Runs `work` with a clone of the core, see [`run_from_here`], and counts the request
@@ -184,6 +191,14 @@ impl Filesystem for FuseAdapter {
             .set_max_background(256)
             .or_else(|max| config.set_max_background(max));
         let _ = config.set_max_write(1 << 20).or_else(|max| config.set_max_write(max));
+        // Backing files one level deep: the disk cache's whole copies on a plain
+        // filesystem (this mount can then still be a lower layer of an overlayfs).
+        if self.fs.config().passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough.enable();
+        }
         Ok(())
     }
 
@@ -226,22 +241,38 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let mode = open_mode(flags);
+        let passthrough = self.passthrough.clone();
         self.spawn(FuseOp::Open, move |fs| async move {
-            match fs.open(ino.0, mode).await {
-                Ok(o) => {
-                    let mut flags = if o.keep_cache {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    };
-                    if !mode.write {
-                        // A read-only handle's flush does nothing (locks are the kernel's
-                        // own): its close costs one request less (a DataLoader's files).
-                        flags |= FopenFlags::FOPEN_NOFLUSH;
-                    }
-                    reply.opened(FileHandle(o.fh), flags)
+            let o = match fs.open(ino.0, mode).await {
+                Ok(o) => o,
+                Err(e) => return reply.error(errno(e)),
+            };
+            let mut flags = if o.keep_cache {
+                FopenFlags::FOPEN_KEEP_CACHE
+            } else {
+                FopenFlags::empty()
+            };
+            if !mode.write {
+                // A read-only handle's flush does nothing (locks are the kernel's
+                // own): its close costs one request less (a DataLoader's files).
+                flags |= FopenFlags::FOPEN_NOFLUSH;
+            }
+            let writes = mode.write || mode.truncate;
+            match passthrough.open(&reply, ino.0, o.fh, writes, o.whole_file) {
+                OpenAs::Passthrough(backing) => {
+                    // The kernel takes no other flag with a backing file (KEEP_CACHE: EIO).
+                    let flags = flags & FopenFlags::FOPEN_NOFLUSH;
+                    reply.opened_passthrough(FileHandle(o.fh), flags, &backing)
                 }
-                Err(e) => reply.error(errno(e)),
+                OpenAs::ThroughS3vol => reply.opened(FileHandle(o.fh), flags),
+                OpenAs::Busy => {
+                    fs.release(o.fh).await;
+                    tracing::warn!(
+                        "open for writing of inode {} refused (ETXTBSY): readers have it open from the disk cache's copy (passthrough; --passthrough false turns it off)",
+                        ino.0
+                    );
+                    reply.error(errno(CoreErrno(libc::ETXTBSY)))
+                }
             }
         });
     }
@@ -268,13 +299,14 @@ impl Filesystem for FuseAdapter {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.passthrough.release(ino.0, fh.0);
         self.spawn(FuseOp::Release, move |fs| async move {
             fs.release(fh.0).await;
             reply.ok()
@@ -330,15 +362,19 @@ impl Filesystem for FuseAdapter {
         };
         let caller = caller(req);
         let open = open_mode(OpenFlags(flags));
+        let passthrough = self.passthrough.clone();
         self.spawn(FuseOp::Create, move |fs| async move {
             match fs.create(parent.0, &name, mode & !umask, open, caller).await {
-                Ok((attr, opened)) => reply.created(
-                    &fs.attr_ttl(),
-                    &file_attr(&attr),
-                    Generation(0),
-                    FileHandle(opened.fh),
-                    FopenFlags::empty(),
-                ),
+                Ok((attr, opened)) => {
+                    passthrough.created(attr.ino);
+                    reply.created(
+                        &fs.attr_ttl(),
+                        &file_attr(&attr),
+                        Generation(0),
+                        FileHandle(opened.fh),
+                        FopenFlags::empty(),
+                    )
+                }
                 Err(e) => reply.error(errno(e)),
             }
         });

@@ -7,6 +7,7 @@ pub mod control;
 pub mod credentials;
 pub mod fs;
 pub mod fuse;
+pub mod fuse_passthrough;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

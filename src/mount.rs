@@ -225,6 +225,7 @@ pub fn fs_config(options: &MountOptions) -> FsConfig {
         upload_mode: options.upload_mode(),
         list_prefetch: options.list_prefetch,
         small_file_prefetch: options.small_file_prefetch,
+        passthrough: options.passthrough,
         ..FsConfig::default()
     }
 }

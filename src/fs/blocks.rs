@@ -629,7 +629,7 @@ impl BlockCache {
     /// Writes a block to the disk cache in the background; returns it, now to share.
     fn keep_on_disk(&self, object: &ObjectVersion, index: u64, block: BlockBuffer) -> Arc<BlockBuffer> {
         match &self.disk {
-            Some(disk) => disk.put_later(&object.key, &object.etag, index, block),
+            Some(disk) => disk.put_later(object, self.block_size, index, block),
             None => Arc::new(block),
         }
     }

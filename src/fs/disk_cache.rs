@@ -6,22 +6,28 @@
 //! block read from the oldest quarter of the cache is written again at its head, so that
 //! what is read again and again stays while what was read once goes first.
 //!
+//! A large object's blocks go instead to one file of its own at their offsets
+//! (`disk_cache/objects.rs`, each block's CRC32 in the file's index), which once whole is
+//! handed to the kernel to read directly (FUSE passthrough, `whole_file`).
+//!
 //! Records are written and read with O_DIRECT (where the filesystem offers it) straight
 //! from and into the block's buffer: through the page cache, the copy into it was half of
 //! the daemon's CPU on a cold read, and reading back a copy out of it plus fresh buffers
 //! most of a read after a remount.
 
+mod objects;
 mod record;
 mod segments;
 
-use super::block_buffers::{BlockBuffer, BlockBuffers, DATA_OFFSET};
+use super::block_buffers::{BlockBuffer, BlockBuffers, DATA_OFFSET, round_up};
+use super::blocks::ObjectVersion;
 use crate::cache_dir::{BLOCKS, create_private_dirs, disk_bytes};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use segments::{Entry, Name};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,6 +45,13 @@ const OPEN_READERS: usize = 64;
 /// the inode's lock for them): with one, a cold read at 1 GiB/s left 40 % of its blocks
 /// uncached for want of a write slot.
 const LANES: usize = 4;
+/// Objects of at least this many blocks get a file of their own (the kernel reads it
+/// directly once whole); a smaller one's few reads cost little through the daemon, and
+/// a file per object cost ext4 0.4 ms of CPU each to create (item 48).
+const OBJECT_FILE_MIN_BLOCKS: u64 = 16;
+/// An object file's index is written again after this many new blocks (and when whole):
+/// blocks written since the last one are fetched again after a crash, never trusted.
+const OBJECT_INDEX_EVERY: u32 = 32;
 
 #[derive(Default)]
 pub struct DiskStats {
@@ -46,6 +59,8 @@ pub struct DiskStats {
     pub misses: AtomicU64,
     pub evictions: AtomicU64,
     pub corrupt: AtomicU64,
+    /// Opens answered with a whole object file for the kernel to read directly.
+    pub whole_file_opens: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +68,16 @@ struct Location {
     seq: u64,
     offset: u64,
     size: u64,
+    /// `Some` for a block of an object file: its data alone at `offset`, `size` bytes,
+    /// with this CRC32 (a record carries its own in its header page).
+    crc: Option<u32>,
+}
+
+/// An object file's state: its index as written so far.
+struct ObjectFile {
+    index: objects::ObjectIndex,
+    /// Blocks written since the index was last saved.
+    unsaved: u32,
 }
 
 struct Segment {
@@ -65,6 +90,8 @@ struct Segment {
     /// Where records are appended, until the segment is filled and its index written
     /// (a segment found at mount time has none: it is never appended to again).
     appender: Option<Arc<File>>,
+    /// `Some` if this is an object file rather than a segment of records.
+    object: Option<ObjectFile>,
 }
 
 #[derive(Default)]
@@ -81,6 +108,8 @@ struct State {
     used: u64,
     /// Blocks queued for the disk and not written yet.
     writing: HashSet<Name>,
+    /// The object file of each object that has one, by its identity.
+    objects: HashMap<String, u64>,
 }
 
 impl State {
@@ -126,6 +155,20 @@ impl State {
     }
 }
 
+/// Where a block is written: appended to a segment behind its header page (in the
+/// buffer already), or at its offset in its object's file.
+enum Destination {
+    Segment,
+    Object(ObjectSpot),
+}
+
+struct ObjectSpot {
+    identity: String,
+    size: u64,
+    block_size: u64,
+    index: u64,
+}
+
 /// Where a record goes: reserved in a segment, written outside the lock.
 struct Slot {
     seq: u64,
@@ -144,6 +187,7 @@ pub struct DiskCache {
     state: Mutex<State>,
     readers: Mutex<lru::LruCache<u64, Arc<File>>>,
     writes: Arc<Semaphore>,
+    index_writes: Mutex<()>,
     pub stats: DiskStats,
 }
 
@@ -172,11 +216,12 @@ impl DiskCache {
                     seq: found.seq,
                     offset: e.offset,
                     size: e.size,
+                    crc: None,
                 };
                 state.blocks.insert(e.name, at);
             }
             state.used += found.len;
-            state.next_seq = found.seq + 1;
+            state.next_seq = state.next_seq.max(found.seq + 1);
             let names = found.entries.iter().map(|e| e.name).collect();
             state.segments.insert(
                 found.seq,
@@ -185,6 +230,37 @@ impl DiskCache {
                     names,
                     pending: 0,
                     appender: None,
+                    object: None,
+                },
+            );
+        }
+        for found in objects::load(&dir)? {
+            let mut names = Vec::with_capacity(found.index.blocks.len());
+            for &(index, crc) in &found.index.blocks {
+                let name = segments::name_of(format!("{}\0{index}", found.index.identity).as_bytes());
+                let at = Location {
+                    seq: found.seq,
+                    offset: index * found.index.block_size,
+                    size: found.index.block_len(index),
+                    crc: Some(crc),
+                };
+                state.blocks.insert(name, at);
+                names.push(name);
+            }
+            state.used += found.len;
+            state.next_seq = state.next_seq.max(found.seq + 1);
+            state.objects.insert(found.index.identity.clone(), found.seq);
+            state.segments.insert(
+                found.seq,
+                Segment {
+                    len: found.len,
+                    names,
+                    pending: 0,
+                    appender: None,
+                    object: Some(ObjectFile {
+                        index: found.index,
+                        unsaved: 0,
+                    }),
                 },
             );
         }
@@ -198,6 +274,7 @@ impl DiskCache {
             state: Mutex::new(state),
             readers: Mutex::new(lru::LruCache::new(OPEN_READERS.try_into().expect("not zero"))),
             writes: Arc::new(Semaphore::new(pending_writes.max(PENDING_WRITES_MIN))),
+            index_writes: Mutex::new(()),
             stats: DiskStats::default(),
         };
         cache.evict(0);
@@ -213,7 +290,12 @@ impl DiskCache {
     }
 
     fn identity(&self, key: &str, etag: &str, index: u64) -> String {
-        format!("{}\0{key}\0{etag}\0{index}", self.bucket)
+        format!("{}\0{index}", self.object_identity(key, etag))
+    }
+
+    /// An object's identity, which its blocks' identities extend with their index.
+    fn object_identity(&self, key: &str, etag: &str) -> String {
+        format!("{}\0{key}\0{etag}", self.bucket)
     }
 
     /// Whether the index lists the block (it may still turn out unreadable): a cheap check
@@ -255,17 +337,24 @@ impl DiskCache {
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        let read = usize::try_from(at.size)
-            .ok()
-            .filter(|size| *size <= buffers.largest_file() && *size >= DATA_OFFSET)
-            .and_then(|size| self.read(at, size, buffers));
-        match read.and_then(|buf| record::decode(buf.image(at.size as usize), &identity).map(|len| (buf, len))) {
+        let read = match at.crc {
+            Some(crc) => self.read_object_block(at, crc, buffers),
+            None => usize::try_from(at.size)
+                .ok()
+                .filter(|size| *size <= buffers.largest_file() && *size >= DATA_OFFSET)
+                .and_then(|size| self.read(at, size, buffers))
+                .and_then(|buf| record::decode(buf.image(at.size as usize), &identity).map(|len| (buf, len))),
+        };
+        match read {
             Some((mut buf, len)) => {
                 buf.set_len(len);
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 let block = Arc::new(buf);
                 if near_eviction {
-                    self.write_later(name, block.clone());
+                    match at.crc {
+                        Some(_) => self.renew_object(at.seq),
+                        None => self.write_later(name, block.clone(), Destination::Segment),
+                    }
                 }
                 Some(block.share())
             }
@@ -277,7 +366,7 @@ impl DiskCache {
             None => {
                 tracing::warn!(
                     "disk cache block at {} offset {} is corrupt or unreadable; dropped and refetched",
-                    segments::segment_path(&self.dir, at.seq).display(),
+                    self.path_of(at).display(),
                     at.offset
                 );
                 self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
@@ -295,48 +384,90 @@ impl DiskCache {
         }
     }
 
+    fn path_of(&self, at: Location) -> PathBuf {
+        match at.crc {
+            Some(_) => objects::object_path(&self.dir, at.seq),
+            None => segments::segment_path(&self.dir, at.seq),
+        }
+    }
+
     /// The record at `at`, `size` bytes, read whole into a buffer from `buffers`.
     fn read(&self, at: Location, size: usize, buffers: &Arc<BlockBuffers>) -> Option<BlockBuffer> {
         let mut buf = buffers.take(size - DATA_OFFSET);
-        let file = self.reader(at.seq)?;
-        match file.read_exact_at(&mut buf.as_mut()[..size], at.offset) {
-            Ok(()) => Some(buf),
+        self.read_into(at, &mut buf.as_mut()[..size], size).map(|()| buf)
+    }
+
+    /// A block of an object file, with the length of its data, if intact.
+    fn read_object_block(&self, at: Location, crc: u32, buffers: &Arc<BlockBuffers>) -> Option<(BlockBuffer, usize)> {
+        let len = usize::try_from(at.size)
+            .ok()
+            .filter(|len| *len <= buffers.largest_file())?;
+        let mut buf = buffers.take(len);
+        // The whole pages O_DIRECT wants; the object's last block ends before its last page.
+        let area = &mut buf.as_mut()[DATA_OFFSET..DATA_OFFSET + round_up(len)];
+        self.read_into(at, area, len)?;
+        (crc32fast::hash(&buf.as_mut()[DATA_OFFSET..DATA_OFFSET + len]) == crc).then_some((buf, len))
+    }
+
+    /// Reads into `area` from `at` until at least `need` bytes are in, with O_DIRECT if the
+    /// filesystem takes it.
+    fn read_into(&self, at: Location, area: &mut [u8], need: usize) -> Option<()> {
+        let file = self.reader(at)?;
+        match read_at_least(&file, area, at.offset, need) {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.direct.swap(false, Ordering::Relaxed) => {
                 // A filesystem that takes O_DIRECT at open but not its reads.
                 self.readers.lock().clear();
-                let file = self.reader(at.seq)?;
-                file.read_exact_at(&mut buf.as_mut()[..size], at.offset)
-                    .ok()
-                    .map(|()| buf)
+                let file = self.reader(at)?;
+                read_at_least(&file, area, at.offset, need).ok()
             }
-            Err(_) => None,
+            other => other.ok(),
         }
     }
 
-    fn reader(&self, seq: u64) -> Option<Arc<File>> {
-        if let Some(file) = self.readers.lock().get(&seq) {
+    fn reader(&self, at: Location) -> Option<Arc<File>> {
+        if let Some(file) = self.readers.lock().get(&at.seq) {
             return Some(file.clone());
         }
-        let path = segments::segment_path(&self.dir, seq);
-        let file = Arc::new(segments::open(&path, false, self.direct.load(Ordering::Relaxed)).ok()?);
-        self.readers.lock().put(seq, file.clone());
+        let file = Arc::new(segments::open(&self.path_of(at), false, self.direct.load(Ordering::Relaxed)).ok()?);
+        self.readers.lock().put(at.seq, file.clone());
         Some(file)
     }
 
-    /// Writes a block's header into its buffer, then the block to disk in the background,
+    /// Writes block `index` of `object` to disk in the background (into the object's own
+    /// file if it is large, else as a record: its header written into the buffer first),
     /// unless too many writes are pending already. Returns the block, now to share.
-    pub fn put_later(self: &Arc<Self>, key: &str, etag: &str, index: u64, mut block: BlockBuffer) -> Arc<BlockBuffer> {
-        let identity = self.identity(key, etag, index);
+    pub fn put_later(
+        self: &Arc<Self>,
+        object: &ObjectVersion,
+        block_size: u64,
+        index: u64,
+        mut block: BlockBuffer,
+    ) -> Arc<BlockBuffer> {
+        let identity = self.identity(&object.key, &object.etag, index);
+        let name = segments::name_of(identity.as_bytes());
+        let whole_file = block_size.is_multiple_of(DATA_OFFSET as u64)
+            && object.size >= block_size.saturating_mul(OBJECT_FILE_MIN_BLOCKS);
+        if whole_file {
+            let block = Arc::new(block);
+            let spot = ObjectSpot {
+                identity: self.object_identity(&object.key, &object.etag),
+                size: object.size,
+                block_size,
+                index,
+            };
+            self.write_later(name, block.clone(), Destination::Object(spot));
+            return block;
+        }
         let fits = record::write_header(&identity, &mut block);
         let block = Arc::new(block);
         if fits {
-            self.write_later(segments::name_of(identity.as_bytes()), block.clone());
+            self.write_later(name, block.clone(), Destination::Segment);
         }
         block
     }
 
-    /// Appends `block` (its header written) in the background, if a write slot is free.
-    fn write_later(self: &Arc<Self>, name: Name, block: Arc<BlockBuffer>) {
+    /// Writes `block` in the background, if a write slot is free.
+    fn write_later(self: &Arc<Self>, name: Name, block: Arc<BlockBuffer>, to: Destination) {
         let Ok(permit) = self.writes.clone().try_acquire_owned() else {
             return;
         };
@@ -344,7 +475,11 @@ impl DiskCache {
         let this = self.clone();
         let write = move || {
             let _permit = permit;
-            if let Err(e) = this.put(name, &block) {
+            let written = match &to {
+                Destination::Segment => this.put(name, &block),
+                Destination::Object(spot) => this.put_in_object(name, spot, &block),
+            };
+            if let Err(e) = written {
                 tracing::debug!("disk cache write: {e}");
             }
             this.state.lock().writing.remove(&name);
@@ -380,9 +515,198 @@ impl DiskCache {
             seq: slot.seq,
             offset: slot.offset,
             size,
+            crc: None,
         };
         self.finish(name, at, written.is_ok());
         written
+    }
+
+    /// Writes a block at its offset in its object's file (created with the first).
+    fn put_in_object(&self, name: Name, spot: &ObjectSpot, block: &BlockBuffer) -> std::io::Result<()> {
+        let padded = &block.file_image()[DATA_OFFSET..];
+        let size = padded.len() as u64;
+        if size > self.budget {
+            return Ok(());
+        }
+        let Some(seq) = self.reserve_in_object(name, spot, size) else {
+            return Ok(());
+        };
+        let path = objects::object_path(&self.dir, seq);
+        let offset = spot.index * spot.block_size;
+        let write = |direct| {
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create(true).mode(0o600);
+            if direct {
+                o.custom_flags(libc::O_DIRECT);
+            }
+            o.open(&path).and_then(|file| file.write_all_at(padded, offset))
+        };
+        let written = match write(self.direct.load(Ordering::Relaxed)) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                // A filesystem that does not take O_DIRECT (tmpfs) or not these writes.
+                self.direct.store(false, Ordering::Relaxed);
+                write(false)
+            }
+            other => other,
+        };
+        let at = Location {
+            seq,
+            offset,
+            size: block.data().len() as u64,
+            crc: Some(crc32fast::hash(block.data())),
+        };
+        self.finish_in_object(name, spot.index, at, written.is_ok());
+        written
+    }
+
+    /// Makes room for `size` bytes and finds (or starts) the object's file; `None` if
+    /// the disk is too full or the file has the block already.
+    fn reserve_in_object(&self, name: Name, spot: &ObjectSpot, size: u64) -> Option<u64> {
+        self.evict(size);
+        if disk_bytes(&self.dir).1 < self.min_free.saturating_add(size) {
+            return None;
+        }
+        let mut state = self.state.lock();
+        if state.used + size > self.budget || state.blocks.contains_key(&name) {
+            return None;
+        }
+        let existing = state.objects.get(&spot.identity).copied();
+        let seq = match existing.filter(|seq| state.segments.contains_key(seq)) {
+            Some(seq) => seq,
+            None => {
+                let seq = state.next_seq;
+                state.next_seq += 1;
+                state.objects.insert(spot.identity.clone(), seq);
+                let index = objects::ObjectIndex {
+                    identity: spot.identity.clone(),
+                    size: spot.size,
+                    block_size: spot.block_size,
+                    complete: false,
+                    blocks: Vec::new(),
+                };
+                state.segments.insert(
+                    seq,
+                    Segment {
+                        len: 0,
+                        names: Vec::new(),
+                        pending: 0,
+                        appender: None,
+                        object: Some(ObjectFile { index, unsaved: 0 }),
+                    },
+                );
+                seq
+            }
+        };
+        let segment = state.segments.get_mut(&seq).expect("found or made above");
+        segment.len += size;
+        segment.pending += 1;
+        state.used += size;
+        Some(seq)
+    }
+
+    /// A write into an object file ended. Its index is saved every few blocks; once every
+    /// block is in, the file is cut to the object's size and flushed, and then its index
+    /// says it is whole.
+    fn finish_in_object(&self, name: Name, index: u64, at: Location, ok: bool) {
+        let (whole, save) = {
+            let mut state = self.state.lock();
+            let Some(segment) = state.segments.get_mut(&at.seq) else {
+                return; // removed meanwhile (evicted, or the cache cleared)
+            };
+            segment.pending -= 1;
+            let pending = segment.pending;
+            let Some(object) = segment.object.as_mut() else {
+                return;
+            };
+            if ok {
+                object.index.blocks.push((index, at.crc.unwrap_or_default()));
+                object.unsaved += 1;
+                segment.names.push(name);
+            }
+            let whole = pending == 0 && object.index.blocks.len() as u64 == object.index.block_count();
+            let save = whole || object.unsaved >= OBJECT_INDEX_EVERY;
+            if save {
+                object.unsaved = 0;
+            }
+            if ok {
+                state.blocks.insert(name, at);
+            }
+            (whole, save)
+        };
+        if save && let Err(e) = self.save_object_index(at.seq, whole) {
+            tracing::debug!("disk cache index of object file {}: {e}", at.seq);
+        }
+    }
+
+    /// Writes an object file's index as it stands; `whole` first cuts the file to the
+    /// object's size and flushes it, and marks the index so, durably.
+    fn save_object_index(&self, seq: u64, whole: bool) -> std::io::Result<()> {
+        // One index write at a time: each writes the latest state, and two writers would
+        // share the temporary file.
+        let _one = self.index_writes.lock();
+        if whole {
+            let size = match self.state.lock().segments.get(&seq).and_then(|s| s.object.as_ref()) {
+                Some(object) => object.index.size,
+                None => return Ok(()),
+            };
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(objects::object_path(&self.dir, seq))?;
+            file.set_len(size)?;
+            file.sync_data()?;
+        }
+        let index = {
+            let mut state = self.state.lock();
+            let Some(object) = state.segments.get_mut(&seq).and_then(|s| s.object.as_mut()) else {
+                return Ok(());
+            };
+            object.index.complete |= whole;
+            object.index.clone()
+        };
+        objects::write_index(&self.dir, seq, &index, whole)
+    }
+
+    /// The object's file, opened for reading, if it holds the whole object: for the
+    /// kernel to read from directly.
+    pub fn whole_file(&self, object: &ObjectVersion) -> Option<File> {
+        let identity = self.object_identity(&object.key, &object.etag);
+        let seq = {
+            let state = self.state.lock();
+            let seq = *state.objects.get(&identity)?;
+            let whole = state.segments.get(&seq)?.object.as_ref()?;
+            (whole.index.complete && whole.index.size == object.size).then_some(seq)?
+        };
+        let file = File::open(objects::object_path(&self.dir, seq)).ok()?;
+        self.stats.whole_file_opens.fetch_add(1, Ordering::Relaxed);
+        Some(file)
+    }
+
+    /// Moves an object file read from the oldest quarter of a full cache to the newest
+    /// end: what is read again stays. (A record is written again instead; an object
+    /// file is only renamed.) Not while blocks are being written into it.
+    fn renew_object(&self, seq: u64) {
+        let mut state = self.state.lock();
+        if state.segments.get(&seq).is_none_or(|s| s.pending > 0) {
+            return;
+        }
+        let to = state.next_seq;
+        if let Err(e) = objects::renumber(&self.dir, seq, to) {
+            tracing::debug!("disk cache: renaming object file {seq}: {e}");
+            return;
+        }
+        state.next_seq += 1;
+        let segment = state.segments.remove(&seq).expect("checked above");
+        for name in &segment.names {
+            if let Some(at) = state.blocks.get_mut(name).filter(|at| at.seq == seq) {
+                at.seq = to;
+            }
+        }
+        if let Some(object) = &segment.object {
+            state.objects.insert(object.index.identity.clone(), to);
+        }
+        state.segments.insert(to, segment);
+        drop(state);
+        self.readers.lock().pop(&seq);
     }
 
     /// Makes room for `size` bytes and hands out where they go, so that concurrent writes
@@ -413,6 +737,7 @@ impl DiskCache {
                         names: Vec::new(),
                         pending: 0,
                         appender: Some(Arc::new(appender)),
+                        object: None,
                     },
                 );
                 seq
@@ -482,11 +807,17 @@ impl DiskCache {
                     evicted += 1;
                 }
             }
+            if let Some(object) = &segment.object
+                && state.objects.get(&object.index.identity) == Some(&seq)
+            {
+                state.objects.remove(&object.index.identity);
+            }
             drop(state);
             self.stats.evictions.fetch_add(evicted, Ordering::Relaxed);
-            // An open reader would keep the removed file's space.
+            // An open reader would keep the removed file's space (a reader the kernel
+            // holds for a passthrough open keeps it until that file is closed).
             self.readers.lock().pop(&seq);
-            segments::remove(&self.dir, seq);
+            remove_files(&self.dir, seq, segment.object.is_some());
         }
     }
 
@@ -495,18 +826,45 @@ impl DiskCache {
         let (blocks, seqs) = {
             let mut state = self.state.lock();
             let blocks = state.blocks.len() as u64;
-            let seqs: Vec<u64> = state.segments.keys().copied().collect();
+            let seqs: Vec<(u64, bool)> = state
+                .segments
+                .iter()
+                .map(|(seq, segment)| (*seq, segment.object.is_some()))
+                .collect();
             state.blocks.clear();
             state.segments.clear();
+            state.objects.clear();
             state.active = [None; LANES];
             state.used = 0;
             (blocks, seqs)
         };
         self.readers.lock().clear();
-        for seq in seqs {
-            segments::remove(&self.dir, seq);
+        for (seq, object) in seqs {
+            remove_files(&self.dir, seq, object);
         }
         blocks
+    }
+}
+
+fn remove_files(dir: &Path, seq: u64, object: bool) {
+    match object {
+        true => objects::remove(dir, seq),
+        false => segments::remove(dir, seq),
+    }
+}
+
+/// Reads `area` at `offset`, of which at least the first `need` bytes must be there: an
+/// object file's last block ends within the last page O_DIRECT reads. A regular file's
+/// read comes back short only at its end (and an O_DIRECT read cannot go on from an
+/// unaligned offset): a short one is the end.
+fn read_at_least(file: &File, area: &mut [u8], offset: u64, need: usize) -> std::io::Result<()> {
+    loop {
+        match file.read_at(area, offset) {
+            Ok(n) if n >= need => return Ok(()),
+            Ok(_) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -518,9 +876,13 @@ pub fn clear_unlocked(root: &Path) -> std::io::Result<u64> {
         return Ok(0);
     }
     let found = segments::load(&dir)?;
-    let blocks = found.iter().map(|f| f.entries.len() as u64).sum();
+    let mut blocks = found.iter().map(|f| f.entries.len() as u64).sum();
     for f in found {
         segments::remove(&dir, f.seq);
+    }
+    for f in objects::load(&dir)? {
+        blocks += f.index.blocks.len() as u64;
+        objects::remove(&dir, f.seq);
     }
     Ok(blocks)
 }

@@ -104,6 +104,9 @@ pub struct FsConfig {
     pub list_prefetch: bool,
     /// Opening a few small files of a directory fetches its other small files ahead.
     pub small_file_prefetch: bool,
+    /// A read-only open of a large file the disk cache holds whole offers that copy for
+    /// the kernel to read directly (`Opened::whole_file`).
+    pub passthrough: bool,
     /// The shared cache tier, read after the disk cache and before the origin.
     pub shared_cache: Option<Arc<shared_tier::SharedTier>>,
 }
@@ -131,6 +134,7 @@ impl Default for FsConfig {
             disk_cache: None,
             list_prefetch: true,
             small_file_prefetch: true,
+            passthrough: true,
             shared_cache: None,
         }
     }
@@ -159,11 +163,14 @@ pub struct OpenMode {
 }
 
 /// What `open` tells the kernel.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Opened {
     pub fh: u64,
     /// The kernel's cached pages of this file are still valid (same ETag).
     pub keep_cache: bool,
+    /// For a read-only open of a file the disk cache holds whole: that copy, opened, for
+    /// the kernel to read from directly (FUSE passthrough) if the adapter can.
+    pub whole_file: Option<std::fs::File>,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -59,10 +59,11 @@ impl Fs {
         });
         // The handle counts before the data is looked up, so a concurrent last release
         // cannot drop the data this open is about to use.
-        let opened = self.new_handle(ino, object.clone(), mode, keep_cache);
+        let mut opened = self.new_handle(ino, object.clone(), mode, keep_cache);
         self.catch_up_with_upload(ino, opened.fh);
         if !(mode.write || mode.truncate || has_data || local) {
             self.note_read_open(ino, &object);
+            opened.whole_file = self.whole_file(opened.fh);
         }
         if mode.write || mode.truncate {
             // The version as of the handle's registration, not `object`: an upload that
@@ -122,7 +123,19 @@ impl Fs {
             has_read: Default::default(),
         });
         let fh = self.handles.open_file(file);
-        Opened { fh, keep_cache }
+        Opened {
+            fh,
+            keep_cache,
+            whole_file: None,
+        }
+    }
+
+    /// The disk cache's whole copy of the version handle `fh` reads, if there is one and
+    /// the mount hands such copies to the kernel.
+    fn whole_file(&self, fh: u64) -> Option<std::fs::File> {
+        let disk = self.blocks.disk.as_ref().filter(|_| self.config.passthrough)?;
+        let object = self.handle(fh).ok()?.object.lock().clone();
+        disk.whole_file(&object)
     }
 
     /// The inode's local data, created over `object` (or empty for a file that exists

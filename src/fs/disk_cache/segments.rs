@@ -16,7 +16,7 @@ pub type Name = [u8; 16];
 const INDEX_MAGIC: &[u8; 8] = b"S3VIDX1\0";
 /// Segment numbers at or above this are not s3vol's (it counts up from 0): such a file is
 /// removed, so that the next number can never overflow.
-const SEQ_LIMIT: u64 = 1 << 48;
+pub(super) const SEQ_LIMIT: u64 = 1 << 48;
 const ENTRY_BYTES: usize = 16 + 8 + 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +67,7 @@ pub fn open(path: &Path, create: bool, direct: bool) -> std::io::Result<File> {
 }
 
 /// The segments under `dir`, oldest first, with their records. Anything else found there
-/// (the one-file-per-block layout of earlier versions, a temporary file of a crashed
+/// but whole-object files (the one-file-per-block layout of earlier versions, a temporary file of a crashed
 /// write, an index without its segment) is removed.
 pub fn load(dir: &Path) -> std::io::Result<Vec<Found>> {
     let mut segments = Vec::new();
@@ -84,6 +84,7 @@ pub fn load(dir: &Path) -> std::io::Result<Vec<Found>> {
         match (numbered(".seg"), numbered(".idx")) {
             (Some(seq), _) => segments.push((seq, entry.metadata().map_or(0, |m| m.len()))),
             (_, Some(seq)) => indexes.push(seq),
+            _ if super::objects::is_object_file(&name) => {}
             _ if entry.file_type().is_ok_and(|t| t.is_dir()) => old_layout.push(entry.path()),
             _ => {
                 let _ = std::fs::remove_file(entry.path());

@@ -10,8 +10,14 @@ fn block(buffers: &Arc<BlockBuffers>, data: &[u8]) -> BlockBuffer {
     b
 }
 
+/// Puts block `index` of a small object (its blocks go to segments).
 fn put(cache: &Arc<DiskCache>, buffers: &Arc<BlockBuffers>, key: &str, index: u64, data: &[u8]) {
-    cache.put_later(key, "e", index, block(buffers, data));
+    let object = ObjectVersion {
+        key: Arc::from(key),
+        etag: Arc::from("e"),
+        size: 4096,
+    };
+    cache.put_later(&object, 4096, index, block(buffers, data));
 }
 
 fn open(dir: &Path, budget: u64) -> Arc<DiskCache> {
