@@ -332,6 +332,12 @@ fn print_status(m: &MountStatus) {
         "  disk:     {} of {} bytes in {}, hit rate {disk_rate:.1}%, {} evictions, {} corrupt blocks dropped",
         m.disk_bytes, m.disk_budget, m.cache_dir, m.disk_evictions, m.disk_corrupt
     );
+    if m.passthrough_opens > 0 {
+        println!(
+            "  passthrough: {} opens read by the kernel from the disk cache's whole copy",
+            m.passthrough_opens
+        );
+    }
     if m.prefetched_files > 0 {
         println!(
             "  ahead:    {} small files fetched before their open; {} opens found theirs fetched or on its way",

@@ -47,6 +47,9 @@ pub struct MountStatus {
     pub disk_misses: u64,
     pub disk_evictions: u64,
     pub disk_corrupt: u64,
+    /// Opens read by the kernel from the disk cache's whole copy (FUSE passthrough).
+    #[serde(default)]
+    pub passthrough_opens: u64,
     /// Uploads the bucket refused: their data stays until uploaded, deleted or discarded.
     #[serde(default)]
     pub upload_failures: Vec<UploadFailure>,

@@ -262,6 +262,7 @@ impl Filesystem for FuseAdapter {
                 OpenAs::Passthrough(backing) => {
                     // The kernel takes no other flag with a backing file (KEEP_CACHE: EIO).
                     let flags = flags & FopenFlags::FOPEN_NOFLUSH;
+                    fs.passthrough_opened();
                     reply.opened_passthrough(FileHandle(o.fh), flags, &backing)
                 }
                 OpenAs::ThroughS3vol => reply.opened(FileHandle(o.fh), flags),

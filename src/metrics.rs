@@ -439,6 +439,13 @@ fn render_status(out: &mut String, mount: &str, s: &MountStatus, resident: Optio
         mount,
         s.disk_corrupt,
     );
+    counter(
+        out,
+        "s3vol_passthrough_opens_total",
+        "Opens read by the kernel from the disk cache's whole copy of the file (FUSE passthrough).",
+        mount,
+        s.passthrough_opens,
+    );
     header(out, "s3vol_cache_bytes", "gauge", "Bytes held by a cache tier.");
     let _ = writeln!(out, "s3vol_cache_bytes{{{mount},tier=\"memory\"}} {}", s.cache_bytes);
     let _ = writeln!(out, "s3vol_cache_bytes{{{mount},tier=\"disk\"}} {}", s.disk_bytes);

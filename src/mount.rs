@@ -495,6 +495,7 @@ impl StatusSource {
             disk_misses: cache.disk_misses,
             disk_evictions: cache.disk_evictions,
             disk_corrupt: cache.disk_corrupt,
+            passthrough_opens: cache.passthrough_opens,
             upload_failures: self.upload_failures(),
             largest_dirty: dirty
                 .largest

@@ -59,8 +59,8 @@ pub struct DiskStats {
     pub misses: AtomicU64,
     pub evictions: AtomicU64,
     pub corrupt: AtomicU64,
-    /// Opens answered with a whole object file for the kernel to read directly.
-    pub whole_file_opens: AtomicU64,
+    /// Opens the kernel reads from a whole object file (FUSE passthrough).
+    pub passthrough_opens: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -676,9 +676,7 @@ impl DiskCache {
             let whole = state.segments.get(&seq)?.object.as_ref()?;
             (whole.index.complete && whole.index.size == object.size).then_some(seq)?
         };
-        let file = File::open(objects::object_path(&self.dir, seq)).ok()?;
-        self.stats.whole_file_opens.fetch_add(1, Ordering::Relaxed);
-        Some(file)
+        File::open(objects::object_path(&self.dir, seq)).ok()
     }
 
     /// Moves an object file read from the oldest quarter of a full cache to the newest

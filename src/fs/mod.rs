@@ -257,6 +257,7 @@ pub struct CacheReport {
     pub disk_misses: u64,
     pub disk_evictions: u64,
     pub disk_corrupt: u64,
+    pub passthrough_opens: u64,
     /// Small files fetched ahead of their opens, and opens that found theirs fetched or on
     /// its way.
     pub prefetched_files: u64,
@@ -400,6 +401,7 @@ impl Fs {
             disk_misses: disk.map_or(0, |d| d.stats.misses.load(Ordering::Relaxed)),
             disk_evictions: disk.map_or(0, |d| d.stats.evictions.load(Ordering::Relaxed)),
             disk_corrupt: disk.map_or(0, |d| d.stats.corrupt.load(Ordering::Relaxed)),
+            passthrough_opens: disk.map_or(0, |d| d.stats.passthrough_opens.load(Ordering::Relaxed)),
             prefetched_files: self.small_file_prefetch.stats.fetched.load(Ordering::Relaxed),
             prefetched_files_used: self.small_file_prefetch.stats.used.load(Ordering::Relaxed),
             shared: self.blocks.shared.as_deref().map_or_else(SharedReport::default, |t| {

@@ -130,6 +130,15 @@ impl Fs {
         }
     }
 
+    /// Counts an open the kernel reads from the disk cache's whole copy.
+    pub fn passthrough_opened(&self) {
+        if let Some(disk) = &self.blocks.disk {
+            disk.stats
+                .passthrough_opens
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// The disk cache's whole copy of the version handle `fh` reads, if there is one and
     /// the mount hands such copies to the kernel.
     fn whole_file(&self, fh: u64) -> Option<std::fs::File> {

@@ -25,6 +25,7 @@ mod mount_providers;
 mod mount_read;
 mod mount_write;
 mod packaging;
+mod passthrough;
 mod real_programs;
 mod server_smoke;
 mod shared_cache;

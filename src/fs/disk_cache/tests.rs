@@ -191,3 +191,184 @@ fn a_block_is_kept_while_it_is_written_and_after_but_not_when_refused() {
     put(&small, &buffers, "k", 0, b"hello");
     assert!(!small.keeps("k", "e", 0));
 }
+
+/// An object of `blocks` blocks of 4 KiB and 100 bytes more, and its data.
+fn large(key: &str, blocks: u64) -> (ObjectVersion, Vec<u8>) {
+    let size = blocks * 4096 + 100;
+    let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+    let object = ObjectVersion {
+        key: Arc::from(key),
+        etag: Arc::from("e"),
+        size,
+    };
+    (object, data)
+}
+
+fn put_block(cache: &Arc<DiskCache>, buffers: &Arc<BlockBuffers>, object: &ObjectVersion, data: &[u8], index: u64) {
+    let start = (index * 4096) as usize;
+    let end = (start + 4096).min(data.len());
+    cache.put_later(object, 4096, index, block(buffers, &data[start..end]));
+}
+
+fn whole(cache: &DiskCache, object: &ObjectVersion) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    cache.whole_file(object)?.read_to_end(&mut bytes).unwrap();
+    Some(bytes)
+}
+
+#[test]
+fn a_large_object_gets_a_file_of_its_own_offered_once_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), 1 << 30);
+    let buffers = BlockBuffers::new(4096, 1 << 20);
+    let (object, data) = large("model", OBJECT_FILE_MIN_BLOCKS);
+    let count = OBJECT_FILE_MIN_BLOCKS + 1;
+    // In a shuffled order, as a model loader reads.
+    let order: Vec<u64> = (0..count).map(|i| i * 5 % count).collect();
+    for (n, &index) in order.iter().enumerate() {
+        assert!(whole(&cache, &object).is_none(), "offered with {n} of {count} blocks");
+        put_block(&cache, &buffers, &object, &data, index);
+    }
+    assert!(
+        whole(&cache, &object) == Some(data.clone()),
+        "the file is the object, byte for byte"
+    );
+    assert_eq!(
+        files(dir.path()),
+        vec![format!("{:016x}.obj", 0), format!("{:016x}.oix", 0)]
+    );
+    for index in 0..count {
+        let start = (index * 4096) as usize;
+        let end = (start + 4096).min(data.len());
+        assert_eq!(
+            cache.get("model", "e", index, &buffers).as_deref(),
+            Some(&data[start..end])
+        );
+    }
+    assert!(
+        whole(
+            &cache,
+            &ObjectVersion {
+                etag: Arc::from("other"),
+                ..object.clone()
+            }
+        )
+        .is_none()
+    );
+    assert!(
+        whole(
+            &cache,
+            &ObjectVersion {
+                size: object.size + 1,
+                ..object.clone()
+            }
+        )
+        .is_none()
+    );
+
+    drop(cache);
+    let reopened = open(dir.path(), 1 << 30);
+    assert!(
+        whole(&reopened, &object) == Some(data.clone()),
+        "offered after a remount"
+    );
+    assert_eq!(
+        reopened.get("model", "e", count - 1, &buffers).as_deref(),
+        Some(&data[16 * 4096..])
+    );
+    assert_eq!(reopened.used(), count * 4096);
+
+    // A small object's blocks still go to segments.
+    put(&reopened, &buffers, "small", 0, b"x");
+    assert!(files(dir.path()).iter().any(|f| f.ends_with(".seg")));
+}
+
+#[test]
+fn an_object_file_found_damaged_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let buffers = BlockBuffers::new(4096, 1 << 20);
+    let (object, data) = large("model", OBJECT_FILE_MIN_BLOCKS);
+    let cache = open(dir.path(), 1 << 30);
+    for index in 0..=OBJECT_FILE_MIN_BLOCKS {
+        put_block(&cache, &buffers, &object, &data, index);
+    }
+    drop(cache);
+    let path = objects::object_path(&dir.path().join(BLOCKS), 0);
+
+    // A flipped byte: its block is a miss (and dropped) through s3vol.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[4096 + 10] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let cache = open(dir.path(), 1 << 30);
+    assert_eq!(cache.get("model", "e", 1, &buffers), None);
+    assert_eq!(cache.stats.corrupt.load(Ordering::Relaxed), 1);
+    assert!(cache.get("model", "e", 2, &buffers).is_some(), "its neighbour stays");
+    drop(cache);
+
+    // Cut short: the index says whole, the file is not, so none of it is trusted.
+    std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+    let cache = open(dir.path(), 1 << 30);
+    assert!(whole(&cache, &object).is_none());
+    assert!(!cache.holds("model", "e", 0));
+    assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
+}
+
+#[test]
+fn a_partial_object_file_keeps_what_its_last_index_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let buffers = BlockBuffers::new(4096, 1 << 20);
+    let (object, data) = large("shard", 2 * OBJECT_INDEX_EVERY as u64);
+    let cache = open(dir.path(), 1 << 30);
+    let written = OBJECT_INDEX_EVERY as u64 + 3;
+    for index in 0..written {
+        put_block(&cache, &buffers, &object, &data, index);
+    }
+    assert!(cache.holds("shard", "e", written - 1));
+    drop(cache);
+    // A crash: no index written since the first OBJECT_INDEX_EVERY blocks.
+    let cache = open(dir.path(), 1 << 30);
+    let held: Vec<u64> = (0..written).filter(|i| cache.holds("shard", "e", *i)).collect();
+    assert_eq!(held, (0..OBJECT_INDEX_EVERY as u64).collect::<Vec<_>>());
+    // The file goes on filling at the next mount, and is whole with its last block.
+    for index in OBJECT_INDEX_EVERY as u64..=2 * OBJECT_INDEX_EVERY as u64 {
+        put_block(&cache, &buffers, &object, &data, index);
+    }
+    assert!(whole(&cache, &object) == Some(data));
+}
+
+#[test]
+fn object_files_are_evicted_whole_and_renewed_when_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let buffers = BlockBuffers::new(4096, 1 << 20);
+    let blocks = OBJECT_FILE_MIN_BLOCKS;
+    // Room for four objects of 17 blocks.
+    let cache = open(dir.path(), 4 * (blocks + 1) * 4096);
+    let objects: Vec<(ObjectVersion, Vec<u8>)> = (0..8).map(|i| large(&format!("m{i}"), blocks)).collect();
+    let (hot, hot_data) = &objects[0];
+    for (n, (object, data)) in objects.iter().enumerate() {
+        for index in 0..=blocks {
+            put_block(&cache, &buffers, object, data, index);
+        }
+        assert!(cache.used() <= cache.budget());
+        // The first model is loaded again after each new one.
+        assert!(whole(&cache, hot) == Some(hot_data.clone()), "after {n} more");
+        for index in 0..=blocks {
+            assert!(
+                cache.get(&hot.key, "e", index, &buffers).is_some(),
+                "after {n}: block {index}"
+            );
+        }
+    }
+    assert!(whole(&cache, &objects[1].0).is_none(), "read once, evicted");
+    assert!(whole(&cache, &objects[7].0).is_some());
+    let obj_files = files(dir.path()).iter().filter(|f| f.ends_with(".obj")).count();
+    assert!(obj_files <= 4, "{obj_files} object files");
+    drop(cache);
+    let reopened = open(dir.path(), 4 * (blocks + 1) * 4096);
+    assert!(whole(&reopened, hot) == Some(hot_data.clone()), "renamed, found again");
+    let held = reopened.state.lock().blocks.len() as u64;
+    drop(reopened);
+    assert_eq!(clear_unlocked(dir.path()).unwrap(), held);
+    assert!(files(dir.path()).is_empty());
+}
