@@ -399,6 +399,13 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if size.is_some() && self.passthrough.read_from_backing(ino.0) {
+            tracing::warn!(
+                "truncate of inode {} refused (ETXTBSY): readers have it open from the disk cache's copy (passthrough; --passthrough false turns it off)",
+                ino.0
+            );
+            return reply.error(self.answered(FuseOp::Setattr, Errno::ETXTBSY));
+        }
         let change = SetAttr {
             size,
             mode,

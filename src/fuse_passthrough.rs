@@ -5,7 +5,7 @@
 //! is already read from; an inode open through s3vol gets no backing file until it is
 //! closed; and an open for writing while readers read the backing file is refused with
 //! ETXTBSY, as Linux refuses writing a running program (its writes would not reach
-//! s3vol).
+//! s3vol), and so is a truncate.
 
 use fuser::{BackingId, ReplyOpen};
 use parking_lot::Mutex;
@@ -87,6 +87,16 @@ impl Passthrough {
             _ => files.through_s3vol += 1,
         }
         as_
+    }
+
+    /// Whether the kernel reads `ino` from a backing file now: a change of its size would
+    /// not reach those readers.
+    pub fn read_from_backing(&self, ino: u64) -> bool {
+        self.state
+            .lock()
+            .inodes
+            .get(&ino)
+            .is_some_and(|files| files.backing.is_some())
     }
 
     /// A handle created with its file (read and written through s3vol).

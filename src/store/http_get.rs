@@ -26,7 +26,7 @@ pub struct HttpGets {
 }
 
 impl HttpGets {
-    pub fn new(connect_timeout: Duration) -> Result<HttpGets, String> {
+    pub fn new(connect_timeout: Duration, max_idle: usize) -> Result<HttpGets, String> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(connect_timeout));
@@ -49,7 +49,10 @@ impl HttpGets {
         };
         let https = tls.https_or_http().enable_http1().wrap_connector(http);
         Ok(HttpGets {
-            client: Client::builder(TokioExecutor::new()).build(https),
+            // No more idle connections kept than requests may be in flight at once.
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(max_idle)
+                .build(https),
         })
     }
 

@@ -380,10 +380,11 @@ fn thirty_two_threads_of_readers_and_writers_lose_nothing_and_leak_nothing() {
         after.threads
     );
     // Idle pooled connections stay open (a connection returns to the pool a moment after
-    // its request slot is freed, so up to about twice the slots were seen): bounded, not
+    // its request slot is freed, so up to about twice the slots were seen in the SDK's
+    // pool; the GETs' and HEADs' own pool keeps at most one per slot): bounded, not
     // growing with the work done.
     assert!(
-        after.sockets <= 2 * MAX_REQUESTS + 8,
+        after.sockets <= 3 * MAX_REQUESTS + 8,
         "{} sockets open with --max-requests {MAX_REQUESTS}",
         after.sockets
     );

@@ -117,6 +117,16 @@ fn a_writer_waits_for_the_kernel_s_readers_and_readers_join_a_writer() {
         .open(&path)
         .unwrap_err();
     assert_eq!(refused.raw_os_error(), Some(libc::ETXTBSY), "{refused}");
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path; truncate(2) by name is a setattr without an open.
+    let truncated = unsafe { libc::truncate(c_path.as_ptr(), 0) };
+    let refused = std::io::Error::last_os_error();
+    assert_eq!(
+        (truncated, refused.raw_os_error()),
+        (-1, Some(libc::ETXTBSY)),
+        "{refused}"
+    );
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), data.len() as u64);
     assert!(m.log().contains("ETXTBSY"), "one log line says why");
     // Another reader joins the first.
     assert!(std::fs::read(&path).unwrap() == data);

@@ -209,7 +209,7 @@ impl S3Client {
             inner: Arc::new(Inner {
                 client: Client::from_conf(config.build()),
                 signed_reads,
-                http: HttpGets::new(settings.connect_timeout)?,
+                http: HttpGets::new(settings.connect_timeout, settings.max_requests.max(1))?,
                 follow_redirects: resolved.profile.get_redirects,
                 bucket: resolved.bucket.clone(),
                 resolved: resolved.clone(),
