@@ -113,6 +113,8 @@ pub fn run(args: MountArgs) -> ExitCode {
 
 /// Longest wait at unmount for blocks queued for the shared cache tier.
 const SHARED_CACHE_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest wait at unmount for blocks queued for the disk cache.
+const DISK_CACHE_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Connections opened ahead of the first requests: a lookup's LIST and HEAD, then the GET.
 const WARM_CONNECTIONS: usize = 4;
@@ -376,6 +378,7 @@ pub fn serve(
         tracing::error!("some dirty data could not be uploaded before exit; see the lines above");
     }
     runtime.block_on(fs.settle_shared_cache(SHARED_CACHE_SETTLE));
+    runtime.block_on(fs.settle_disk_cache(DISK_CACHE_SETTLE));
     fs.close_journal();
     fs.save_remembered_metadata();
     let _ = std::fs::remove_file(&socket);

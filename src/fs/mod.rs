@@ -429,6 +429,19 @@ impl Fs {
         }
     }
 
+    /// At unmount: the blocks on their way to the disk cache written (waited for up to
+    /// `bound`), and every object file's index saved with them, so that the next mount
+    /// finds them (a large file read whole is then read by the kernel from its copy).
+    pub async fn settle_disk_cache(&self, bound: Duration) {
+        if let Some(disk) = &self.blocks.disk {
+            if !disk.writes_done(bound).await {
+                tracing::info!("unmounting with blocks not yet written to the disk cache (they are fetched again)");
+            }
+            let disk = disk.clone();
+            let _ = tokio::task::spawn_blocking(move || disk.save_object_indexes()).await;
+        }
+    }
+
     /// The kernel let go of the mount (the daemon uploads what is left, then exits).
     pub fn note_unmounted(&self) {
         self.unmounted.store(true, Ordering::Relaxed);

@@ -95,7 +95,7 @@ impl ObjectIndex {
 /// An object file found at mount time.
 pub struct FoundObject {
     pub seq: u64,
-    /// Bytes it takes in the cache's budget.
+    /// Bytes it takes in the cache's budget: the whole object's, allocated at its start.
     pub len: u64,
     pub index: ObjectIndex,
 }
@@ -146,11 +146,8 @@ pub fn load(dir: &Path) -> std::io::Result<Vec<FoundObject>> {
             .and_then(|bytes| ObjectIndex::decode(&bytes, file_len));
         match index {
             Some(index) => {
-                let len = index
-                    .blocks
-                    .iter()
-                    .map(|(block, _)| crate::fs::block_buffers::round_up(index.block_len(*block) as usize) as u64)
-                    .sum();
+                // Allocated whole when it was started.
+                let len = crate::fs::block_buffers::round_up(usize::try_from(index.size).unwrap_or(usize::MAX)) as u64;
                 found.push(FoundObject { seq, len, index });
             }
             None => remove(dir, seq),
@@ -242,7 +239,7 @@ mod tests {
         std::fs::write(d.join("0000000000000001.seg"), b"").unwrap();
         let found = load(d).unwrap();
         assert_eq!(found.len(), 1);
-        assert_eq!((found[0].seq, found[0].len), (4, 4096));
+        assert_eq!((found[0].seq, found[0].len), (4, 4 * 4096));
         assert_eq!(found[0].index, partial);
         let mut left: Vec<String> = std::fs::read_dir(d)
             .unwrap()

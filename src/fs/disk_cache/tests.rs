@@ -372,3 +372,28 @@ fn object_files_are_evicted_whole_and_renewed_when_read_again() {
     assert_eq!(clear_unlocked(dir.path()).unwrap(), held);
     assert!(files(dir.path()).is_empty());
 }
+
+#[test]
+fn at_unmount_every_object_file_s_index_lists_what_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let buffers = BlockBuffers::new(4096, 1 << 20);
+    let (object, data) = large("shard", 2 * OBJECT_INDEX_EVERY as u64);
+    let cache = open(dir.path(), 1 << 30);
+    let written = OBJECT_INDEX_EVERY as u64 + 3;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for index in 0..written {
+            put_block(&cache, &buffers, &object, &data, index);
+            // One at a time: a block finding every write slot taken goes unwritten.
+            assert!(cache.writes_done(std::time::Duration::from_secs(10)).await);
+        }
+    });
+    cache.save_object_indexes();
+    drop(cache);
+    let cache = open(dir.path(), 1 << 30);
+    let held = (0..written).filter(|i| cache.holds("shard", "e", *i)).count() as u64;
+    assert_eq!(held, written, "blocks written after the last periodic index");
+}
