@@ -156,7 +156,7 @@ pub struct MountOptions {
     /// Opening three small files (4 MiB or less) of one directory fetches its other small files ahead (a window of 32 files that grows as the opens find theirs fetched; up to 128 GETs at once over a long link), so a DataLoader's workers, `grep -r` or `tar` find them local.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub small_file_prefetch: bool,
-    /// A read-only open of a large file (16 blocks or more) that the disk cache holds whole lets the kernel read the cached copy directly (FUSE passthrough, Linux 6.9 and later, as root): reads at the local disk's speed with no request to s3vol. While such a reader has the file open, opening it for writing fails with ETXTBSY.
+    /// A read-only open of a large file (16 blocks or more) that the disk cache holds whole lets the kernel read the cached copy directly (FUSE passthrough, Linux 6.9 and later, as root): reads at the local disk's speed with no request to s3vol. While such a reader has the file open, opening it for writing or truncating it fails with ETXTBSY.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub passthrough: bool,
     /// FUSE worker threads.

@@ -91,6 +91,14 @@ fn run_from_here(rt: &Handle, task: impl Future<Output = ()> + Send + 'static) {
     }
 }
 
+/// The one log line of a write or truncate refused while the kernel reads the file from
+/// the disk cache's copy.
+fn busy(ino: u64) {
+    tracing::warn!(
+        "writing or truncating inode {ino} refused (ETXTBSY): readers have it open from the disk cache's copy (passthrough; --passthrough false turns it off)"
+    );
+}
+
 /// The kernel's errno for a core error, noted as the answer of the request being counted.
 fn errno(e: CoreErrno) -> Errno {
     let _ = ANSWERED.try_with(|answered| answered.set(e.0));
@@ -241,6 +249,13 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let mode = open_mode(flags);
+        let writes = mode.write || mode.truncate;
+        if writes && self.passthrough.read_from_backing(ino.0) {
+            // Refused before the core sees it (and sets up data to write); an open that
+            // races a reader's is refused below.
+            busy(ino.0);
+            return reply.error(self.answered(FuseOp::Open, Errno::ETXTBSY));
+        }
         let passthrough = self.passthrough.clone();
         self.spawn(FuseOp::Open, move |fs| async move {
             let o = match fs.open(ino.0, mode).await {
@@ -257,7 +272,6 @@ impl Filesystem for FuseAdapter {
                 // own): its close costs one request less (a DataLoader's files).
                 flags |= FopenFlags::FOPEN_NOFLUSH;
             }
-            let writes = mode.write || mode.truncate;
             match passthrough.open(&reply, ino.0, o.fh, writes, o.whole_file) {
                 OpenAs::Passthrough(backing) => {
                     // The kernel takes no other flag with a backing file (KEEP_CACHE: EIO).
@@ -268,10 +282,7 @@ impl Filesystem for FuseAdapter {
                 OpenAs::ThroughS3vol => reply.opened(FileHandle(o.fh), flags),
                 OpenAs::Busy => {
                     fs.release(o.fh).await;
-                    tracing::warn!(
-                        "open for writing of inode {} refused (ETXTBSY): readers have it open from the disk cache's copy (passthrough; --passthrough false turns it off)",
-                        ino.0
-                    );
+                    busy(ino.0);
                     reply.error(errno(CoreErrno(libc::ETXTBSY)))
                 }
             }
@@ -400,10 +411,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyAttr,
     ) {
         if size.is_some() && self.passthrough.read_from_backing(ino.0) {
-            tracing::warn!(
-                "truncate of inode {} refused (ETXTBSY): readers have it open from the disk cache's copy (passthrough; --passthrough false turns it off)",
-                ino.0
-            );
+            busy(ino.0);
             return reply.error(self.answered(FuseOp::Setattr, Errno::ETXTBSY));
         }
         let change = SetAttr {

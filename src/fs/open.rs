@@ -140,10 +140,15 @@ impl Fs {
     }
 
     /// The disk cache's whole copy of the version handle `fh` reads, if there is one and
-    /// the mount hands such copies to the kernel.
+    /// the mount hands such copies to the kernel. Not while memory holds the file's first
+    /// block: a file just read is read again faster from memory than from the disk (a 1
+    /// GiB re-read on the same mount, 1.4-1.7 GB/s against 0.7 passed through).
     fn whole_file(&self, fh: u64) -> Option<std::fs::File> {
         let disk = self.blocks.disk.as_ref().filter(|_| self.config.passthrough)?;
         let object = self.handle(fh).ok()?.object.lock().clone();
+        if self.blocks.block_in_memory(&object, 0) {
+            return None;
+        }
         disk.whole_file(&object)
     }
 

@@ -173,10 +173,12 @@ fn without_passthrough_the_cached_copy_is_read_through_s3vol() {
 fn readers_of_a_file_read_through_s3vol_are_not_handed_the_copy() {
     let _turn = common::shared();
     let s = server();
-    let data = pattern(16 * MIB, 15);
+    let data = pattern(40 * MIB, 15);
     put(&s, "f", data.clone());
     let cache = tempfile::tempdir().unwrap();
-    let m = Mount::with_cache(&s, cache.path(), &[]);
+    // Memory for a few blocks: the file's first has left it by its end (a file memory
+    // holds is read from there, not passed through).
+    let m = Mount::with_cache(&s, cache.path(), &["--memory-limit", "16MiB"]);
     let mut first = std::fs::File::open(m.join("f")).unwrap();
     let mut all = Vec::new();
     first.read_to_end(&mut all).unwrap();
@@ -192,4 +194,27 @@ fn readers_of_a_file_read_through_s3vol_are_not_handed_the_copy() {
     drop(first);
     assert!(std::fs::read(m.join("f")).unwrap() == data);
     assert_eq!(m.status_count("passthrough_opens"), 1, "the next reader alone");
+}
+
+/// A file just read, its blocks still in memory, is read again from memory (faster than
+/// the disk), not from the cached copy.
+#[test]
+fn a_file_memory_holds_is_read_again_from_memory() {
+    let _turn = common::shared();
+    let s = server();
+    let data = pattern(16 * MIB, 16);
+    put(&s, "f", data.clone());
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::with_cache(&s, cache.path(), &[]);
+    assert!(std::fs::read(m.join("f")).unwrap() == data);
+    assert!(
+        eventually(Duration::from_secs(20), || object_files(cache.path())
+            .iter()
+            .any(|o| o.complete)),
+        "never whole on disk"
+    );
+    let gets = s.stats().count("GetObject");
+    assert!(std::fs::read(m.join("f")).unwrap() == data);
+    assert_eq!(m.status_count("passthrough_opens"), 0);
+    assert_eq!(s.stats().count("GetObject"), gets);
 }
