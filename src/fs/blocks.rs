@@ -654,15 +654,6 @@ impl BlockCache {
         });
     }
 
-    /// Whether memory holds block `index` of `object`.
-    pub fn block_in_memory(&self, object: &ObjectVersion, index: u64) -> bool {
-        self.cache.contains_key(&BlockKey {
-            key: object.key.clone(),
-            etag: object.etag.clone(),
-            index,
-        })
-    }
-
     /// Drops every cached block of `key` (after it was replaced or deleted).
     pub fn forget_object(&self, key: &str) {
         let key: Arc<str> = Arc::from(key);

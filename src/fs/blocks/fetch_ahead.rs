@@ -57,6 +57,12 @@ impl BlockCache {
     }
 
     fn in_memory(&self, object: &ObjectVersion) -> bool {
-        (0..object.size.div_ceil(self.block_size)).all(|index| self.block_in_memory(object, index))
+        (0..object.size.div_ceil(self.block_size)).all(|index| {
+            self.cache.contains_key(&super::BlockKey {
+                key: object.key.clone(),
+                etag: object.etag.clone(),
+                index,
+            })
+        })
     }
 }
