@@ -95,6 +95,20 @@ struct Segment {
     object: Option<ObjectFile>,
 }
 
+impl Segment {
+    /// A segment or object file that is not appended to: found at mount time, or an
+    /// object file (written into at its blocks' offsets).
+    fn settled(len: u64, names: Vec<Name>, object: Option<ObjectFile>) -> Segment {
+        Segment {
+            len,
+            names,
+            pending: 0,
+            appender: None,
+            object,
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     blocks: HashMap<Name, Location>,
@@ -226,16 +240,9 @@ impl DiskCache {
             state.used += found.len;
             state.next_seq = state.next_seq.max(found.seq + 1);
             let names = found.entries.iter().map(|e| e.name).collect();
-            state.segments.insert(
-                found.seq,
-                Segment {
-                    len: found.len,
-                    names,
-                    pending: 0,
-                    appender: None,
-                    object: None,
-                },
-            );
+            state
+                .segments
+                .insert(found.seq, Segment::settled(found.len, names, None));
         }
         for found in objects::load(&dir)? {
             let mut names = Vec::with_capacity(found.index.blocks.len());
@@ -253,19 +260,13 @@ impl DiskCache {
             state.used += found.len;
             state.next_seq = state.next_seq.max(found.seq + 1);
             state.objects.insert(found.index.identity.clone(), found.seq);
-            state.segments.insert(
-                found.seq,
-                Segment {
-                    len: found.len,
-                    names,
-                    pending: 0,
-                    appender: None,
-                    object: Some(ObjectFile {
-                        index: found.index,
-                        unsaved: 0,
-                    }),
-                },
-            );
+            let object = ObjectFile {
+                index: found.index,
+                unsaved: 0,
+            };
+            state
+                .segments
+                .insert(found.seq, Segment::settled(found.len, names, Some(object)));
         }
         let cache = DiskCache {
             dir,
@@ -619,16 +620,10 @@ impl DiskCache {
                     complete: false,
                     blocks: Vec::new(),
                 };
-                state.segments.insert(
-                    seq,
-                    Segment {
-                        len: room,
-                        names: Vec::new(),
-                        pending: 0,
-                        appender: None,
-                        object: Some(ObjectFile { index, unsaved: 0 }),
-                    },
-                );
+                let object = ObjectFile { index, unsaved: 0 };
+                state
+                    .segments
+                    .insert(seq, Segment::settled(room, Vec::new(), Some(object)));
                 seq
             }
         };

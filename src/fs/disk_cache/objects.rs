@@ -5,7 +5,7 @@
 //! passthrough), at the local disk's speed, without a request to the daemon; a segment's
 //! records, each behind its header page, cannot be handed over that way.
 
-use super::segments::SEQ_LIMIT;
+use super::segments::numbered;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"S3VOBJ1\0";
@@ -127,17 +127,11 @@ pub fn load(dir: &Path) -> std::io::Result<Vec<FoundObject>> {
     let mut indexes = Vec::new();
     for entry in std::fs::read_dir(dir)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let numbered = |ext| {
-            name.strip_suffix(ext)
-                .filter(|hex| hex.len() == 16)
-                .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-                .filter(|seq| *seq < SEQ_LIMIT)
-        };
-        if let Some(seq) = numbered(".oix") {
+        if let Some(seq) = numbered(&name, ".oix") {
             indexes.push(seq);
             continue;
         }
-        let Some(seq) = numbered(".obj") else {
+        let Some(seq) = numbered(&name, ".obj") else {
             continue;
         };
         let file_len = entry.metadata().map_or(0, |m| m.len());

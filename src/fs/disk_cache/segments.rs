@@ -16,7 +16,7 @@ pub type Name = [u8; 16];
 const INDEX_MAGIC: &[u8; 8] = b"S3VIDX1\0";
 /// Segment numbers at or above this are not s3vol's (it counts up from 0): such a file is
 /// removed, so that the next number can never overflow.
-pub(super) const SEQ_LIMIT: u64 = 1 << 48;
+const SEQ_LIMIT: u64 = 1 << 48;
 const ENTRY_BYTES: usize = 16 + 8 + 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +38,14 @@ pub struct Found {
 pub fn name_of(identity: &[u8]) -> Name {
     use md5::Digest;
     md5::Md5::digest(identity).into()
+}
+
+/// The number of a cache file named `{seq:016x}{ext}`, if `name` is one.
+pub(super) fn numbered(name: &str, ext: &str) -> Option<u64> {
+    name.strip_suffix(ext)
+        .filter(|hex| hex.len() == 16)
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .filter(|seq| *seq < SEQ_LIMIT)
 }
 
 pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
@@ -67,21 +75,15 @@ pub fn open(path: &Path, create: bool, direct: bool) -> std::io::Result<File> {
 }
 
 /// The segments under `dir`, oldest first, with their records. Anything else found there
-/// but whole-object files (the one-file-per-block layout of earlier versions, a temporary file of a crashed
-/// write, an index without its segment) is removed.
+/// but whole-object files (the one-file-per-block layout of earlier versions, a
+/// temporary file of a crashed write, an index without its segment) is removed.
 pub fn load(dir: &Path) -> std::io::Result<Vec<Found>> {
     let mut segments = Vec::new();
     let mut indexes = Vec::new();
     let mut old_layout = Vec::new();
     for entry in std::fs::read_dir(dir)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let numbered = |ext| {
-            name.strip_suffix(ext)
-                .filter(|hex| hex.len() == 16)
-                .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-                .filter(|seq| *seq < SEQ_LIMIT)
-        };
-        match (numbered(".seg"), numbered(".idx")) {
+        match (numbered(&name, ".seg"), numbered(&name, ".idx")) {
             (Some(seq), _) => segments.push((seq, entry.metadata().map_or(0, |m| m.len()))),
             (_, Some(seq)) => indexes.push(seq),
             _ if super::objects::is_object_file(&name) => {}
