@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The disk cache keeps 64 segments open for reading and the one it fills.
+/// The disk cache keeps 64 segments or object files open for reading and the segment it fills.
 const SEGMENTS_OPEN: usize = 65;
 const READERS: usize = 16;
 const WRITERS: usize = 16;
@@ -42,7 +42,8 @@ struct Resources {
     /// Open descriptors other than sockets and disk cache segments (staging files,
     /// journal, /dev/fuse...).
     files: Vec<String>,
-    /// Disk cache segments held open: a budget of their own (see `SEGMENTS_OPEN`).
+    /// Disk cache segments and object files held open for reading: a budget of their
+    /// own (see `SEGMENTS_OPEN`).
     segments: usize,
     sockets: usize,
     threads: Vec<String>,
@@ -59,7 +60,7 @@ impl Resources {
                 .unwrap_or_default();
             if target.starts_with("socket:") {
                 sockets += 1;
-            } else if target.contains("/blocks/") && target.ends_with(".seg") {
+            } else if target.contains("/blocks/") && (target.ends_with(".seg") || target.ends_with(".obj")) {
                 segments += 1;
             } else {
                 files.push(target);
