@@ -155,7 +155,7 @@ impl Fs {
     fn whole_file(&self, fh: u64) -> Option<std::fs::File> {
         let disk = self.blocks.disk.as_ref().filter(|_| self.config.passthrough)?;
         let object = self.handle(fh).ok()?.object.lock().clone();
-        disk.whole_file(&object)
+        disk.whole_file(&object, self.blocks.block_size)
     }
 
     /// The inode's local data, created over `object` (or empty for a file that exists

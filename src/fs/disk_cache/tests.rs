@@ -213,7 +213,7 @@ fn put_block(cache: &Arc<DiskCache>, buffers: &Arc<BlockBuffers>, object: &Objec
 fn whole(cache: &DiskCache, object: &ObjectVersion) -> Option<Vec<u8>> {
     use std::io::Read;
     let mut bytes = Vec::new();
-    cache.whole_file(object)?.read_to_end(&mut bytes).unwrap();
+    cache.whole_file(object, 4096)?.read_to_end(&mut bytes).unwrap();
     Some(bytes)
 }
 
