@@ -190,6 +190,11 @@ impl Handles {
         self.data.lock().remove(&ino);
     }
 
+    /// `data` is still `ino`'s local data (not dropped or replaced since its lookup).
+    pub fn holds_data(&self, ino: u64, data: &Data) -> bool {
+        self.data.lock().get(&ino).is_some_and(|d| Arc::ptr_eq(d, data))
+    }
+
     /// Removes `ino`'s data if it is still `data` (not replaced since).
     pub fn remove_data_if(&self, ino: u64, data: &Data) {
         let mut map = self.data.lock();

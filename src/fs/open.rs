@@ -83,6 +83,7 @@ impl Fs {
             // make the next upload a false conflict (If-Match on a replaced ETag).
             let current = self.handle(opened.fh).map(|f| f.object.lock().clone())?;
             let data = self.file_data(ino, &current, local);
+            // The handle counted above keeps the data the inode's: never `Dropped`.
             if mode.truncate
                 && let Err(e) = self.truncate_data(ino, &data, 0).await
             {

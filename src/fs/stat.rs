@@ -4,6 +4,7 @@
 use super::attr::{Attr, Kind};
 use super::blocks::ObjectVersion;
 use super::tree::{DirMtime, ROOT_INO};
+use super::write::Truncated;
 use super::{Errno, Fs, FsResult};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -69,12 +70,22 @@ impl Fs {
             if kind == Kind::Dir {
                 return Err(Errno(libc::EISDIR));
             }
-            let object = self.current_version(ino, &key).await?;
-            // The size as the mount knows it once revalidated (local data included): the
-            // same size is no change.
-            if self.node_attr(ino)?.size != size {
+            let mut local = local;
+            loop {
+                let object = self.current_version(ino, &key).await?;
+                // The size as the mount knows it once revalidated (local data included):
+                // the same size is no change.
+                if self.node_attr(ino)?.size == size {
+                    break;
+                }
                 let data = self.file_data(ino, &object, local);
-                self.truncate_data(ino, &data, size).await?;
+                if self.truncate_data(ino, &data, size).await? == Truncated::Dropped {
+                    // The last release of a handle dropped the clean data between its
+                    // lookup and the truncate (`truncate` just after `close`): again, on
+                    // the version that release left.
+                    local = self.tree().get(ino).ok_or(Errno(libc::ENOENT))?.local;
+                    continue;
+                }
                 // A file truncated while not open (`truncate -s`) is uploaded now.
                 let open_for_write = fh.is_some_and(|fh| self.handle(fh).is_ok_and(|h| h.writable))
                     || self.handles.open_for_writing(ino);
@@ -82,6 +93,7 @@ impl Fs {
                     self.sync_ino(ino).await?;
                     self.drop_clean_data(ino).await;
                 }
+                break;
             }
         }
         let meta_change =

@@ -63,16 +63,22 @@ impl Fs {
         Ok(bytes.len() as u32)
     }
 
+    /// Truncates `ino`'s local data `data`, unless the last release of a handle dropped it
+    /// (clean) since its lookup: that release removes it under the data's lock, so the
+    /// check under that lock is final, and data made dirty here is never dropped.
     pub(super) async fn truncate_data(
         &self,
         ino: u64,
         data: &Arc<tokio::sync::Mutex<FileData>>,
         size: u64,
-    ) -> FsResult<()> {
+    ) -> FsResult<Truncated> {
         if size > self.resolved.profile.max_object_size {
             return Err(Errno(libc::EFBIG));
         }
         let mut f = data.lock().await;
+        if !self.handles.holds_data(ino, data) {
+            return Ok(Truncated::Dropped);
+        }
         let changed = f.size != size;
         f.truncate(size).map_err(|e| io_errno(&e))?;
         drop(f);
@@ -80,6 +86,14 @@ impl Fs {
         if changed {
             self.touch_node(ino, size);
         }
-        Ok(())
+        Ok(Truncated::Done)
     }
+}
+
+/// What `truncate_data` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Truncated {
+    Done,
+    /// The data was no longer the inode's: nothing changed, look it up again.
+    Dropped,
 }

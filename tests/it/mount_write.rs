@@ -75,6 +75,39 @@ fn file_lifecycle_reads_its_own_writes_and_uploads_at_close() {
     assert_eq!(object(&s, "empty").as_deref(), Some(&b""[..]));
 }
 
+/// `truncate(path)` right after a `close`: the kernel sends the handle's release without
+/// waiting for it, so the truncate races with the release dropping the file's clean data
+/// (once lost silently, 1 in 15 times: pjdfstest's truncate::extend_file_shrink_sparse).
+#[test]
+fn a_truncate_right_after_close_reaches_the_bucket() {
+    let _turn = common::shared();
+    let s = server();
+    let m = Mount::new(&s, &[]);
+    let truncate = |p: &std::path::Path, size: i64| {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        let rc = unsafe { libc::truncate(c.as_ptr(), size) };
+        assert_eq!(
+            rc,
+            0,
+            "truncate {} to {size}: {}",
+            p.display(),
+            std::io::Error::last_os_error()
+        );
+    };
+    for i in 0..150 {
+        let name = format!("t{i}");
+        let p = m.join(&name);
+        fs::File::create(&p).unwrap();
+        truncate(&p, 1_234_567);
+        assert_eq!(fs::symlink_metadata(&p).unwrap().len(), 1_234_567);
+        assert_eq!(object(&s, &name).map(|o| o.len()), Some(1_234_567), "{name} grown");
+        truncate(&p, 567);
+        assert_eq!(fs::symlink_metadata(&p).unwrap().len(), 567);
+        assert_eq!(object(&s, &name).as_deref(), Some(&[0u8; 567][..]), "{name} shrunk");
+    }
+}
+
 #[test]
 fn many_handles_see_one_content() {
     let _turn = common::shared();
