@@ -7,6 +7,7 @@
 
 mod fetch_ahead;
 mod get_run;
+mod served;
 mod whole_fetch;
 
 use super::block_buffers::{BlockBuffer, BlockBuffers, DATA_OFFSET};
@@ -19,6 +20,7 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use get_run::GetRest;
 use parking_lot::Mutex;
+pub use served::ServedBlocks;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -52,6 +54,8 @@ pub struct Prefetch {
     pub end: u64,
     pub gets: Option<Arc<GetSlots>>,
     pub whole: Option<Arc<WholeFetch>>,
+    /// The file's blocks handed out whole, which memory lets go (see `served.rs`).
+    pub served: Option<Arc<ServedBlocks>>,
 }
 
 /// Room for a few prefetch GETs at once, handed out in the order the GETs were claimed,
@@ -271,7 +275,7 @@ impl BlockCache {
             // Blocks read already are in the page cache: not brought back from the disk.
             ensure_end = whole.unread_until(wanted.end..ensure_end);
         }
-        let slots = self.claim(object, wanted.start..ensure_end, wanted.end, prefetch.gets.clone());
+        let slots = self.claim(object, wanted.start..ensure_end, wanted.end, &prefetch);
         if let (Some(whole), Some(gets)) = (&prefetch.whole, &prefetch.gets) {
             whole.read(wanted.clone());
             self.start_whole_fetch(object, whole, gets);
@@ -288,11 +292,11 @@ impl BlockCache {
             };
             pieces.push(piece.ok_or_else(|| StoreError::Other(format!("short block {index} of {}", object.key)))?);
         }
-        if let (Some(whole), Some(disk)) = (&prefetch.whole, &self.disk) {
+        if let (Some(served), Some(disk)) = (&prefetch.served, &self.disk) {
             // Only where the disk cache keeps them (written, or queued: a read in the
             // moment before the write lands goes to the network): a reader that bypasses
             // the page cache (O_DIRECT) reads them again from the disk.
-            for index in whole.served(range.start..end, bs, object.size) {
+            for index in served.served(range.start..end, bs, object.size) {
                 if disk.keeps(&object.key, &object.etag, index) {
                     self.cache.invalidate(&BlockKey {
                         key: object.key.clone(),
@@ -361,9 +365,10 @@ impl BlockCache {
         object: &ObjectVersion,
         blocks: Range<u64>,
         wanted_end: u64,
-        gets: Option<Arc<GetSlots>>,
+        prefetch: &Prefetch,
     ) -> Vec<Slot> {
-        self.claim_blocks(object, blocks, wanted_end, gets, true)
+        let served = prefetch.served.as_deref();
+        self.claim_blocks(object, blocks, wanted_end, prefetch.gets.clone(), served, true)
     }
 
     /// [`claim`](Self::claim), counting the wanted blocks as cache hits and misses only
@@ -374,6 +379,7 @@ impl BlockCache {
         blocks: Range<u64>,
         wanted_end: u64,
         gets: Option<Arc<GetSlots>>,
+        served: Option<&ServedBlocks>,
         count: bool,
     ) -> Vec<Slot> {
         let mut slots = Vec::new();
@@ -392,6 +398,12 @@ impl BlockCache {
                     Some(p) => Some(Slot::Pending(p.clone())),
                     None => self.cache.get(&key).map(Slot::Ready),
                 };
+                // The window ends at a block a read served whole and memory let go (a
+                // read behind it came late): asked here, after the cache missed it, as the
+                // read marks it served before letting it go.
+                if slot.is_none() && index >= wanted_end && served.is_some_and(|s| s.served_lately(index)) {
+                    break;
+                }
                 let slot = match slot {
                     Some(s) => {
                         if count && index < wanted_end {
@@ -679,6 +691,7 @@ mod tests {
             end,
             gets: None,
             whole: None,
+            served: None,
         }
     }
 
@@ -746,6 +759,48 @@ mod tests {
         assert_eq!(store.requests("get"), gets, "from the disk both times");
     }
 
+    /// Blocks a reader was served whole leave memory when the disk cache keeps them, and
+    /// a window ahead of a late read stops at the first of them (`served.rs`).
+    #[tokio::test]
+    async fn blocks_served_whole_leave_memory_and_are_not_prefetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _, object, _) = setup(10_000).await;
+        let disk = Arc::new(DiskCache::open(dir.path(), "b", 1 << 30, 0, 16).unwrap());
+        let cache = BlockCache::new(
+            store.clone(),
+            1 << 30,
+            1000,
+            4000,
+            Some(disk),
+            None,
+            TransferBudget::new(1 << 20),
+        );
+        let served = Arc::new(ServedBlocks::default());
+        let reading = |end| Prefetch {
+            end,
+            gets: None,
+            whole: None,
+            served: Some(served.clone()),
+        };
+        let in_memory = |index| {
+            cache.cache.contains_key(&BlockKey {
+                key: object.key.clone(),
+                etag: object.etag.clone(),
+                index,
+            })
+        };
+        cache.read(&object, 0..2_500, reading(0)).await.unwrap();
+        assert!(!in_memory(0) && !in_memory(1), "served whole: let go");
+        assert!(in_memory(2), "served in part: kept");
+        // Read-ahead served block 5 before the read of block 3, whose window reaches 9.
+        cache.read(&object, 5_000..6_000, reading(0)).await.unwrap();
+        cache.read(&object, 3_000..3_500, reading(10_000)).await.unwrap();
+        settle().await;
+        let mut starts = store.get_starts();
+        starts.sort_unstable();
+        assert_eq!(starts, [0, 3_000, 4_000, 5_000], "the window stopped at block 5");
+    }
+
     #[tokio::test]
     async fn reads_any_range_and_fetches_each_block_once() {
         let (store, cache, object, data) = setup(10_500).await;
@@ -789,6 +844,7 @@ mod tests {
                 end: 20_000,
                 gets: Some(gets),
                 whole: None,
+                served: None,
             };
             tokio::spawn(async move { cache.read(&object, 0..10, prefetch).await })
         };
@@ -820,6 +876,7 @@ mod tests {
             end: 12_010,
             gets: Some(GetSlots::new(2)),
             whole: Some(cache.whole_fetch(&object)),
+            served: None,
         };
         let reader = {
             let (cache, object) = (cache.clone(), object.clone());
@@ -861,6 +918,7 @@ mod tests {
             end: 0,
             gets: Some(gets.clone()),
             whole: Some(whole.clone()),
+            served: None,
         };
         let got = cache.read(&object, 12_000..12_010, paced()).await.unwrap();
         assert_eq!(&got[..], &data[12_000..12_010]);
@@ -886,6 +944,7 @@ mod tests {
             end: 12_010,
             gets: Some(GetSlots::new(1)),
             whole: Some(cache.whole_fetch(&object)),
+            served: None,
         };
         let reader = {
             let (cache, object) = (cache.clone(), object.clone());
@@ -915,6 +974,7 @@ mod tests {
             end: 20_000,
             gets: Some(gets.clone()),
             whole: None,
+            served: None,
         };
         let first = {
             let (cache, object) = (cache.clone(), object.clone());

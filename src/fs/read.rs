@@ -35,6 +35,7 @@ impl Fs {
                 end,
                 gets: Some(streams.gets.clone()),
                 whole: streams.whole.clone(),
+                served: Some(streams.served.clone()),
             }
         };
         let mut result = self.blocks.read(&object, range.clone(), prefetch.clone()).await;

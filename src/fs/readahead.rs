@@ -19,7 +19,7 @@
 //! link finish together, so a window of exactly the GETs in flight is refilled in bursts,
 //! each starting with an idle round trip; the queued half keeps the link busy instead.
 
-use super::blocks::{GetSlots, WholeFetch};
+use super::blocks::{GetSlots, ServedBlocks, WholeFetch};
 use std::sync::Arc;
 
 /// Streams tracked per file; a new one replaces the one used least recently.
@@ -49,6 +49,8 @@ pub struct ReadStreams {
     pub whole: Option<Arc<WholeFetch>>,
     /// Slots for the file's prefetch GETs (see `PREFETCH_GETS`).
     pub gets: Arc<GetSlots>,
+    /// The blocks its reads handed out whole, which memory may let go.
+    pub served: Arc<ServedBlocks>,
 }
 
 impl ReadStreams {
@@ -64,6 +66,7 @@ impl ReadStreams {
             random: false,
             whole: None,
             gets: GetSlots::new(PREFETCH_GETS),
+            served: Arc::default(),
         }
     }
 

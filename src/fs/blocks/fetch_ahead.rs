@@ -11,7 +11,7 @@ impl BlockCache {
     /// changed, the store refused): the reads that want those blocks ask again.
     pub async fn fetch_object(self: &Arc<Self>, object: &ObjectVersion) -> bool {
         let last = object.size.div_ceil(self.block_size);
-        let slots = self.claim_blocks(object, 0..last, last, None, false);
+        let slots = self.claim_blocks(object, 0..last, last, None, None, false);
         for slot in slots {
             if let Slot::Pending(mut progress) = slot {
                 match progress.wait_for(|p| p.done.is_some()).await {

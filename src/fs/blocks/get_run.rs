@@ -292,6 +292,7 @@ mod tests {
             end,
             gets: Some(GetSlots::new(8)),
             whole: None,
+            served: None,
         }
     }
 
@@ -339,6 +340,7 @@ mod tests {
             end: 12_000,
             gets: Some(gets.clone()),
             whole: None,
+            served: None,
         };
         let got = cache.read(&object, 0..10, prefetch).await.unwrap();
         assert_eq!(&got[..], &data[..10]);
@@ -360,7 +362,7 @@ mod tests {
     async fn a_won_race_leaves_the_rest_of_the_body_in_the_right_blocks() {
         let (store, cache, object, data) = setup(4000).await;
         store.delay_next_get_at(0, Duration::from_secs(10));
-        let slots = cache.claim(&object, 0..4, 4, None);
+        let slots = cache.claim(&object, 0..4, 4, &Prefetch::none());
         let Some(super::super::Slot::Pending(first)) = slots.first() else {
             panic!("block 0 is being fetched")
         };

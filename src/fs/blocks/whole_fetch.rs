@@ -50,8 +50,6 @@ pub struct WholeFetch {
 
 struct Blocks {
     state: Vec<BlockState>,
-    /// Bytes of each block handed to readers so far.
-    served: Vec<u32>,
     ahead: u64,
     last_read: Instant,
 }
@@ -80,7 +78,6 @@ impl WholeFetch {
         Arc::new(WholeFetch {
             blocks: Mutex::new(Blocks {
                 state: vec![BlockState::Untouched; len],
-                served: vec![0; len],
                 ahead: 0,
                 last_read: Instant::now(),
             }),
@@ -127,39 +124,6 @@ impl WholeFetch {
                     .is_some_and(|s| *s == BlockState::Read)
             })
             .unwrap_or(blocks.end)
-    }
-
-    /// A read handed `bytes` of a file of `size` bytes to the kernel; returns the blocks
-    /// every byte of which has now been handed out. The kernel's page cache holds those
-    /// bytes for every reader of the file, and the disk cache a copy: memory is better
-    /// spent on the blocks fetched ahead and on those read in part (a tensor's last block
-    /// is the next one's first), which memory otherwise evicted before the neighbour's
-    /// read, to be read back from the disk cache (about 250 blocks of a shuffled 1 GiB
-    /// model load).
-    pub fn served(&self, bytes: Range<u64>, block_size: u64, size: u64) -> Vec<u64> {
-        let mut whole = Vec::new();
-        let mut b = self.blocks.lock();
-        let mut at = bytes.start;
-        while at < bytes.end.min(size) {
-            let index = at / block_size;
-            // Past the blocks this file had when its fetch began (a size a later version
-            // of the object claims, whatever it is): nothing to count.
-            let Some(served) = usize::try_from(index).ok().and_then(|i| b.served.get_mut(i)) else {
-                break;
-            };
-            let block_start = index * block_size;
-            let block_end = block_start.saturating_add(block_size).min(size);
-            let upto = block_end.min(bytes.end);
-            let before = u64::from(*served);
-            let now = before.saturating_add(upto - at).min(u64::from(u32::MAX));
-            *served = u32::try_from(now).unwrap_or(u32::MAX);
-            let len = block_end - block_start;
-            if before < len && now >= len {
-                whole.push(index);
-            }
-            at = upto;
-        }
-        whole
     }
 
     /// One of the fetch's GETs brought `blocks` blocks in `took`.
@@ -282,7 +246,7 @@ impl BlockCache {
             }
             let slots: Vec<Slot> = stretches
                 .into_iter()
-                .flat_map(|run| self.claim_blocks(&object, run.clone(), run.end, None, false))
+                .flat_map(|run| self.claim_blocks(&object, run.clone(), run.end, None, None, false))
                 .collect();
             let (failed, whole) = (failed.clone(), whole.clone());
             let began = Instant::now();
@@ -400,29 +364,11 @@ mod tests {
     }
 
     #[test]
-    fn a_block_counts_as_served_once_all_its_bytes_were_handed_out() {
-        let whole = WholeFetch::new(3, 1);
-        // Blocks of 10 bytes, 25 in all: the last block has 5.
-        assert_eq!(whole.served(0..4, 10, 25), Vec::<u64>::new());
-        assert_eq!(whole.served(4..14, 10, 25), [0]);
-        assert_eq!(whole.served(14..30, 10, 25), [1, 2]);
-        // Read again (the page cache dropped them): said once only.
-        assert_eq!(whole.served(0..25, 10, 25), Vec::<u64>::new());
-    }
-
-    #[test]
     fn reads_beyond_the_file_are_ignored() {
         let whole = WholeFetch::new(2, 1);
         whole.read(0..10);
         assert_eq!(whole.blocks.lock().ahead, 0);
         assert_eq!(whole.unread_until(1..5), 1);
         assert_eq!(whole.unread_until(2..5), 5, "beyond the file nothing was read");
-        assert_eq!(whole.served(0..100, 1, 100), [0, 1]);
-        // A size near the end of the offsets (a hostile listing) counts nothing past the
-        // blocks the file had, and overflows nothing.
-        assert_eq!(
-            whole.served(u64::MAX - 10..u64::MAX, 1 << 20, u64::MAX),
-            Vec::<u64>::new()
-        );
     }
 }
