@@ -469,8 +469,14 @@ impl DiskCache {
         block
     }
 
-    /// Writes `block` in the background, if a write slot is free.
+    /// Writes `block` in the background, if a write slot is free and the disk has room
+    /// above the floor: a block on its way counts as kept (`keeps`), and memory lets it go
+    /// once read (with the disk full, a same-mount re-read of a 1 GiB file fetched 240 MiB
+    /// again whose writes had been refused at the write).
     fn write_later(self: &Arc<Self>, name: Name, block: Arc<BlockBuffer>, to: Destination) {
+        if !self.has_room(block.file_image().len() as u64) {
+            return;
+        }
         let Ok(permit) = self.writes.clone().try_acquire_owned() else {
             return;
         };

@@ -8,20 +8,26 @@
 //! buffers come back for the blocks that follow.
 //!
 //! The kernel's read-ahead hands out a file's blocks somewhat out of order: a block ahead
-//! may be served, and let go, before a read behind it claims its prefetch window. So the
-//! blocks served last are remembered, and a window stops at the first of them: brought
-//! back, 80-130 blocks of a cold 1 GiB read came from the disk cache again, and some
-//! from the network (those still on their way to the disk).
+//! may be served, and let go, before a read behind it claims its prefetch window. So a
+//! window stops at a block served whole in the last `LATE_READ`: brought back, 80-130
+//! blocks of a cold 1 GiB read came from the disk cache again, and some from the network
+//! (those still on their way to the disk). A block served longer ago is prefetched again
+//! (a file read again once the page cache let it go).
 
 use parking_lot::Mutex;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
+use std::time::{Duration, Instant};
 
 /// Blocks read in part tracked at once; past it the counts start over (a few thousand
 /// tensors' edges; a block whose count is lost stays in memory until evicted).
 const PARTS_MAX: usize = 4096;
-/// Blocks served whole remembered: more than a prefetch window's (128 MiB of 1 MiB blocks).
+/// Blocks served whole remembered at most: more than a prefetch window's (128 MiB of
+/// 1 MiB blocks).
 const RECENT_MAX: usize = 1024;
+/// How long after a block was served a read behind it may still come: the kernel's
+/// read-ahead requests of one window, answered out of order on a busy machine.
+const LATE_READ: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default)]
 pub struct ServedBlocks {
@@ -32,28 +38,32 @@ pub struct ServedBlocks {
 struct Counts {
     /// Bytes handed out so far of each block read in part.
     parts: HashMap<u64, u64>,
-    /// The blocks served whole last, oldest first (and as a set).
-    recent: VecDeque<u64>,
-    recent_set: HashSet<u64>,
+    /// When each block was last served whole, within `LATE_READ`.
+    lately: HashMap<u64, Instant>,
+    /// The same, oldest first, to let them lapse (an entry whose block was served again,
+    /// or read again, since lapses without effect).
+    order: VecDeque<(u64, Instant)>,
 }
 
 impl Counts {
-    fn remember(&mut self, index: u64) {
-        if self.recent_set.insert(index) {
-            self.recent.push_back(index);
-        }
-        while self.recent.len() > RECENT_MAX {
-            if let Some(oldest) = self.recent.pop_front() {
-                self.recent_set.remove(&oldest);
+    fn remember(&mut self, index: u64, now: Instant) {
+        self.lately.insert(index, now);
+        self.order.push_back((index, now));
+        while let Some(&(oldest, at)) = self.order.front() {
+            if self.order.len() <= RECENT_MAX && now.saturating_duration_since(at) < LATE_READ {
+                break;
+            }
+            self.order.pop_front();
+            if self.lately.get(&oldest) == Some(&at) {
+                self.lately.remove(&oldest);
             }
         }
     }
 
-    /// A block read again (the page cache let it go): counted afresh, and prefetched.
-    fn forget(&mut self, index: u64) {
-        if self.recent_set.remove(&index) {
-            self.recent.retain(|i| *i != index);
-        }
+    fn lately(&self, index: u64, now: Instant) -> bool {
+        self.lately
+            .get(&index)
+            .is_some_and(|at| now.saturating_duration_since(*at) < LATE_READ)
     }
 }
 
@@ -71,11 +81,12 @@ impl ServedBlocks {
             let block_end = block_start.saturating_add(block_size).min(size);
             let upto = block_end.min(bytes.end);
             let len = block_end - block_start;
-            counts.forget(index);
+            // Read again (the page cache let it go): counted afresh, and prefetched.
+            counts.lately.remove(&index);
             let now = counts.parts.get(&index).copied().unwrap_or(0).saturating_add(upto - at);
             if now >= len {
                 counts.parts.remove(&index);
-                counts.remember(index);
+                counts.remember(index, Instant::now());
                 whole.push(index);
             } else {
                 if counts.parts.len() >= PARTS_MAX && !counts.parts.contains_key(&index) {
@@ -88,10 +99,10 @@ impl ServedBlocks {
         whole
     }
 
-    /// Whether a read served block `index` whole lately (and has not read it again since):
-    /// a prefetch window stops there.
+    /// Whether a read served block `index` whole in the last `LATE_READ` (and has not
+    /// read it again since): a prefetch window stops there.
     pub fn served_lately(&self, index: u64) -> bool {
-        self.counts.lock().recent_set.contains(&index)
+        self.counts.lock().lately(index, Instant::now())
     }
 }
 
@@ -134,16 +145,18 @@ mod tests {
         }
         let counts = served.counts.lock();
         assert!(counts.parts.len() <= PARTS_MAX);
-        assert!(counts.recent.len() <= RECENT_MAX && counts.recent_set.len() <= RECENT_MAX);
+        assert!(counts.order.len() <= RECENT_MAX && counts.lately.len() <= RECENT_MAX);
     }
 
     #[test]
-    fn a_block_served_ahead_is_served_lately_until_it_is_read_again() {
+    fn a_block_served_ahead_is_served_lately_until_it_is_read_again_or_a_while_passed() {
         let served = ServedBlocks::default();
         // Read-ahead served block 5 before block 2.
         assert_eq!(served.served(50..60, 10, 1000), [5]);
         assert!(served.served_lately(5));
         assert!(!served.served_lately(2) && !served.served_lately(6));
+        let later = Instant::now() + LATE_READ;
+        assert!(!served.counts.lock().lately(5, later), "a late read comes sooner");
         // Read again, in part: prefetched again.
         assert_eq!(served.served(50..52, 10, 1000), Vec::<u64>::new());
         assert!(!served.served_lately(5));
@@ -154,8 +167,8 @@ mod tests {
         let served = ServedBlocks::default();
         served.served(0..(RECENT_MAX as u64 + 10) * 10, 10, u64::MAX);
         let counts = served.counts.lock();
-        assert_eq!(counts.recent.len(), RECENT_MAX);
-        assert_eq!(counts.recent_set.len(), RECENT_MAX);
-        assert_eq!(counts.recent.front(), Some(&10), "the oldest went first");
+        assert_eq!(counts.order.len(), RECENT_MAX);
+        assert_eq!(counts.lately.len(), RECENT_MAX);
+        assert_eq!(counts.order.front().map(|o| o.0), Some(10), "the oldest went first");
     }
 }
