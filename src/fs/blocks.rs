@@ -292,10 +292,15 @@ impl BlockCache {
             };
             pieces.push(piece.ok_or_else(|| StoreError::Other(format!("short block {index} of {}", object.key)))?);
         }
-        if let (Some(served), Some(disk)) = (&prefetch.served, &self.disk) {
+        if let (Some(served), Some(disk)) = (&prefetch.served, &self.disk)
+            && disk.takes_object_file(object.size, bs)
+        {
             // Only where the disk cache keeps them (written, or queued: a read in the
             // moment before the write lands goes to the network): a reader that bypasses
-            // the page cache (O_DIRECT) reads them again from the disk.
+            // the page cache (O_DIRECT) reads them again from the disk. Only for large
+            // files (the disk cache's object files): a small file's block held in memory
+            // serves its next epoch (a second epoch of 10,000 files of 100 KiB on the
+            // same mount took 0.84-1.07 s from the disk against 0.73-0.86 from memory).
             for index in served.served(range.start..end, bs, object.size) {
                 if disk.keeps(&object.key, &object.etag, index) {
                     self.cache.invalidate(&BlockKey {
@@ -764,13 +769,16 @@ mod tests {
     #[tokio::test]
     async fn blocks_served_whole_leave_memory_and_are_not_prefetched_again() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _, object, _) = setup(10_000).await;
+        // Blocks of 4 KiB (as the disk cache's object files need), 20 of them: a file
+        // large enough for one (small files keep their blocks in memory).
+        const B: u64 = 4096;
+        let (store, _, object, _) = setup(20 * B as usize).await;
         let disk = Arc::new(DiskCache::open(dir.path(), "b", 1 << 30, 0, 16).unwrap());
         let cache = BlockCache::new(
             store.clone(),
             1 << 30,
-            1000,
-            4000,
+            B,
+            4 * B,
             Some(disk),
             None,
             TransferBudget::new(1 << 20),
@@ -789,16 +797,16 @@ mod tests {
                 index,
             })
         };
-        cache.read(&object, 0..2_500, reading(0)).await.unwrap();
+        cache.read(&object, 0..2 * B + B / 2, reading(0)).await.unwrap();
         assert!(!in_memory(0) && !in_memory(1), "served whole: let go");
         assert!(in_memory(2), "served in part: kept");
         // Read-ahead served block 5 before the read of block 3, whose window reaches 9.
-        cache.read(&object, 5_000..6_000, reading(0)).await.unwrap();
-        cache.read(&object, 3_000..3_500, reading(10_000)).await.unwrap();
+        cache.read(&object, 5 * B..6 * B, reading(0)).await.unwrap();
+        cache.read(&object, 3 * B..3 * B + 10, reading(10 * B)).await.unwrap();
         settle().await;
         let mut starts = store.get_starts();
         starts.sort_unstable();
-        assert_eq!(starts, [0, 3_000, 4_000, 5_000], "the window stopped at block 5");
+        assert_eq!(starts, [0, 3 * B, 4 * B, 5 * B], "the window stopped at block 5");
     }
 
     #[tokio::test]

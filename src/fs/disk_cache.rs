@@ -452,6 +452,13 @@ impl DiskCache {
         let name = segments::name_of(identity.as_bytes());
         if self.takes_object_file(object.size, block_size) {
             let block = Arc::new(block);
+            // Queued only while the disk has room above the floor: a large file's block on
+            // its way counts as kept (`keeps`), and memory lets it go once read (with the
+            // disk full, a same-mount re-read of a 1 GiB file fetched 240 MiB again whose
+            // writes had been refused at the write).
+            if !self.has_room(block.data().len() as u64) {
+                return block;
+            }
             let spot = ObjectSpot {
                 identity: self.object_identity(&object.key, &object.etag),
                 size: object.size,
@@ -469,14 +476,8 @@ impl DiskCache {
         block
     }
 
-    /// Writes `block` in the background, if a write slot is free and the disk has room
-    /// above the floor: a block on its way counts as kept (`keeps`), and memory lets it go
-    /// once read (with the disk full, a same-mount re-read of a 1 GiB file fetched 240 MiB
-    /// again whose writes had been refused at the write).
+    /// Writes `block` in the background, if a write slot is free.
     fn write_later(self: &Arc<Self>, name: Name, block: Arc<BlockBuffer>, to: Destination) {
-        if !self.has_room(block.file_image().len() as u64) {
-            return;
-        }
         let Ok(permit) = self.writes.clone().try_acquire_owned() else {
             return;
         };
@@ -737,7 +738,7 @@ impl DiskCache {
 
     /// Whether an object of `size` gets a file of its own (it takes its whole size from
     /// the budget at once: at most half of it).
-    fn takes_object_file(&self, size: u64, block_size: u64) -> bool {
+    pub fn takes_object_file(&self, size: u64, block_size: u64) -> bool {
         block_size.is_multiple_of(DATA_OFFSET as u64)
             && size >= block_size.saturating_mul(OBJECT_FILE_MIN_BLOCKS)
             && size <= self.budget / 2
