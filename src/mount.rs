@@ -321,6 +321,10 @@ pub fn serve(
     // Bound before the mount: a port in use fails it rather than leave it unwatched.
     let metrics_listener = options.metrics_addr.map(metrics_endpoint::bind).transpose()?;
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone(), metrics.clone());
+    let signals = {
+        let _runtime = runtime.enter();
+        signals::Watched::start().map_err(|e| format!("cannot watch SIGTERM, SIGINT and SIGHUP: {e}"))?
+    };
     let mut session = fuser::Session::new(adapter, mountpoint, &fuse_config)
         .map_err(|e| format!("cannot mount on {}: {e}", mountpoint.display()))?;
     let notifier = session.notifier();
@@ -338,12 +342,7 @@ pub fn serve(
     }));
     let started = Instant::now();
     let unmounter = session.unmount_callable();
-    runtime.spawn(signals::unmount_on_signal(
-        fs.clone(),
-        unmounter,
-        mountpoint.to_path_buf(),
-    ));
-    runtime.spawn(signals::reopen_log_on_hangup());
+    signals.serve(runtime, fs.clone(), unmounter, mountpoint.to_path_buf());
     let mp = mountpoint.to_path_buf();
     runtime.spawn_blocking(move || raise_kernel_readahead(&mp));
     let socket = control::socket_path(mountpoint);

@@ -5,17 +5,52 @@ use crate::fs::{Fs, Settle};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// How long a busy mount is retried before it is detached. A program that forked while it
 /// had a file of the mount open holds that file until its exec, a few milliseconds.
 const BUSY_RETRY: Duration = Duration::from_secs(2);
 
-pub async fn unmount_on_signal(fs: Arc<Fs>, unmounter: fuser::SessionUnmounter, mountpoint: PathBuf) {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::warn!("cannot watch SIGTERM/SIGINT");
-        return;
-    };
+/// The signals the daemon handles, watched from before the mount appears: one that came
+/// between the mount and a later registration met the default action and ended the
+/// daemon on the spot (a SIGHUP from logrotate, a SIGTERM from systemd; found by
+/// `cli::sighup_reopens_the_log_file` failing in CI).
+pub struct Watched {
+    term: Signal,
+    int: Signal,
+    hangup: Signal,
+}
+
+impl Watched {
+    /// Registers the handlers (inside the runtime).
+    pub fn start() -> std::io::Result<Watched> {
+        Ok(Watched {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Runs the handlers: SIGTERM and SIGINT unmount, SIGHUP reopens the log file.
+    pub fn serve(
+        self,
+        runtime: &tokio::runtime::Runtime,
+        fs: Arc<Fs>,
+        unmounter: fuser::SessionUnmounter,
+        mountpoint: PathBuf,
+    ) {
+        runtime.spawn(unmount_on_signal(self.term, self.int, fs, unmounter, mountpoint));
+        runtime.spawn(reopen_log_on_hangup(self.hangup));
+    }
+}
+
+async fn unmount_on_signal(
+    mut term: Signal,
+    mut int: Signal,
+    fs: Arc<Fs>,
+    unmounter: fuser::SessionUnmounter,
+    mountpoint: PathBuf,
+) {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
@@ -67,10 +102,7 @@ async fn unmount(mut unmounter: fuser::SessionUnmounter, mountpoint: &Path) {
     }
 }
 
-pub async fn reopen_log_on_hangup() {
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        return;
-    };
+async fn reopen_log_on_hangup(mut hangup: Signal) {
     while hangup.recv().await.is_some() {
         crate::logging::reopen();
         tracing::info!("SIGHUP: log file reopened");
