@@ -68,7 +68,7 @@ write_meta() {
         --arg ls_files "$LS_FILES" \
         --arg find "$((FIND_TOP + FIND_TOP * FIND_SUB + FIND_TOP * FIND_SUB * FIND_FILES)) entries ($FIND_TOP x $FIND_SUB directories of $FIND_FILES files)" \
         --arg tarball "$TARBALL_MB MB, $TARBALL_FILES files: $TARBALL_NAMES" \
-        --arg model_mib "$MODEL_MIB" --arg data_files "$DATA_FILES" --arg ckpt_mib "$CKPT_MIB" \
+        --arg model_mib "$MODEL_MIB" --arg data_files "$DATA_FILES" --arg data_1m_files "$DATA_1M_FILES" --arg ckpt_mib "$CKPT_MIB" \
         --arg close_files "$CLOSE_FILES" --arg timeout "$TIMEOUT" --arg slow "$SLOW_SECONDS" \
         --slurpfile link "$WORK/link.json" \
         --argjson fdatasync_start "$FDATASYNC_START" --argjson disk_read "$DISK_READ" \
@@ -81,7 +81,7 @@ write_meta() {
                     fdatasync_at_start: $fdatasync_start, disk_read_mib_s: $disk_read},
           sizes: {big_mib: $big_mib, random_seconds: $rand_s, small_files: $small_files, tree: $tree,
                   ls_files: $ls_files, find: $find, tarball: $tarball, close_files: $close_files,
-                  model_mib: $model_mib, data_files: $data_files, ckpt_mib: $ckpt_mib},
+                  model_mib: $model_mib, data_files: $data_files, data_1m_files: $data_1m_files, ckpt_mib: $ckpt_mib},
           timeout_s: $timeout, slow_s: $slow}' >"$WORK/meta.json"
 }
 

@@ -109,9 +109,10 @@ prepare_local_fixtures() {
     "$BENCH_CLIENT" make-find-tree "$WORK/ftree" "$FIND_TOP" "$FIND_SUB" "$FIND_FILES" >/dev/null
     make_tarball
     if [[ " $WORKLOADS " =~ \ (model-|dataload) ]]; then
-        log "fixtures: a $MODEL_MIB MiB safetensors model, $DATA_FILES files of 100 KiB in 100 directories"
+        log "fixtures: a $MODEL_MIB MiB safetensors model, $DATA_FILES files of 100 KiB and $DATA_1M_FILES of 1,000 KiB in 100 directories"
         python3 "$ML" make-model "$WORK/model.safetensors" "$MODEL_MIB" 4 >/dev/null
         python3 "$ML" make-dataset "$WORK/dataset" "$DATA_FILES" 100 100 >/dev/null
+        python3 "$ML" make-dataset "$WORK/dataset-1m" "$DATA_1M_FILES" 100 1000 >/dev/null
     fi
 }
 
@@ -149,5 +150,6 @@ populate_bucket() {
         ln -f "$WORK/model.safetensors" "$WORK/modelobj/model.safetensors"
         "$BENCH_CLIENT" put-dir "$WORK/modelobj" ml 1 >/dev/null
         "$BENCH_CLIENT" put-dir "$WORK/dataset" dataset 32 >/dev/null
+        "$BENCH_CLIENT" put-dir "$WORK/dataset-1m" dataset-1m 32 >/dev/null
     fi
 }

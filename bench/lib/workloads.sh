@@ -259,7 +259,7 @@ produces() {
     case "$1" in
         seq1) [[ "$2" == raw ]] && echo seq1 || echo seq1 seq1-warm ;;
         cp) echo cp rm ;;
-        dataload8 | dataload32) [[ "$2" == raw ]] && echo "$1" || echo "$1" "$1-epoch2" ;;
+        dataload8 | dataload32 | dataload8-1m | dataload32-1m) [[ "$2" == raw ]] && echo "$1" || echo "$1" "$1-epoch2" ;;
         *-remount | *-second) echo "$1" ;;
         *) echo "$1" ;;
     esac
@@ -294,21 +294,24 @@ case_model_read() {
     phase_result model-read "$(ml_value mib_per_s python3 "$ML" read-whole "$2/ml/model.safetensors")"
 }
 
-# Data loading: WORKERS processes read every file of the dataset whole, in a random order;
+# Data loading: WORKERS processes read every file of a dataset whole, in a random order;
 # the second epoch on the same mount (the caches). The raw client GETs every object with
-# as many requests in flight as there are workers.
+# as many requests in flight as there are workers. `dataset` holds files of 100 KiB,
+# `dataset-1m` files of 1,000 KiB (ten to a directory, so their listings HEAD them).
 case_dataload() {
-    local workers=$1 tool=$2 mnt=$3
+    local name=$1 dataset=$2 workers=$3 tool=$4 mnt=$5
     if [[ "$tool" == raw ]]; then
-        result "dataload$workers" "$(client_value seconds get-prefix dataset/ "$workers" 1)"
+        result "$name" "$(client_value seconds get-prefix "$dataset/" "$workers" 1)"
         return
     fi
-    phase_result "dataload$workers" "$(ml_value seconds python3 "$ML" epoch "$mnt/dataset" "$workers" 1)"
+    phase_result "$name" "$(ml_value seconds python3 "$ML" epoch "$mnt/$dataset" "$workers" 1)"
     ((REMOUNT_RUN)) && return
-    phase_result "dataload$workers-epoch2" "$(ml_value seconds python3 "$ML" epoch "$mnt/dataset" "$workers" 2)"
+    phase_result "$name-epoch2" "$(ml_value seconds python3 "$ML" epoch "$mnt/$dataset" "$workers" 2)"
 }
-case_dataload8() { case_dataload 8 "$@"; }
-case_dataload32() { case_dataload 32 "$@"; }
+case_dataload8() { case_dataload dataload8 dataset 8 "$@"; }
+case_dataload32() { case_dataload dataload32 dataset 32 "$@"; }
+case_dataload8_1m() { case_dataload dataload8-1m dataset-1m 8 "$@"; }
+case_dataload32_1m() { case_dataload dataload32-1m dataset-1m 32 "$@"; }
 
 # Checkpoint save: CKPT_MIB written to ckpt.tmp, fsync, renamed to ckpt, timed until ckpt
 # is whole in the bucket. The raw client: one multipart upload (16 MiB parts, 8 in flight).

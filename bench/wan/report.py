@@ -54,6 +54,10 @@ WORKLOADS = {
     "dataload8-remount": ("Data loading: 8 workers, an epoch after a remount (warm)", "s", False),
     "dataload32": ("Data loading: 32 workers, random order, first epoch", "s", False),
     "dataload32-epoch2": ("Data loading: 32 workers, second epoch (same mount)", "s", False),
+    "dataload8-1m": ("Data loading, files of 1,000 KiB: 8 workers, random order, first epoch", "s", False),
+    "dataload8-1m-epoch2": ("Data loading, files of 1,000 KiB: 8 workers, second epoch (same mount)", "s", False),
+    "dataload32-1m": ("Data loading, files of 1,000 KiB: 32 workers, random order, first epoch", "s", False),
+    "dataload32-1m-epoch2": ("Data loading, files of 1,000 KiB: 32 workers, second epoch (same mount)", "s", False),
     "ckpt": ("Checkpoint save: write ckpt.tmp, fsync, rename to ckpt, until in the bucket", "s", False),
 }
 
@@ -520,6 +524,9 @@ def main():
             sizes[w] = f", {sizes_meta['model_mib']} MiB of 4 MiB tensors"
         for w in ("dataload8", "dataload8-epoch2", "dataload8-remount", "dataload32", "dataload32-epoch2"):
             sizes[w] = f": {int(sizes_meta['data_files']):,} files of 100 KiB in 100 directories"
+        if "data_1m_files" in sizes_meta:
+            for w in ("dataload8-1m", "dataload8-1m-epoch2", "dataload32-1m", "dataload32-1m-epoch2"):
+                sizes[w] = f": {int(sizes_meta['data_1m_files']):,} files in 100 directories"
         sizes["ckpt"] = f": {sizes_meta['ckpt_mib']} MiB"
 
     chart_ok = chart(cells, servers[0], workloads, tools, args.chart, meta) if servers else False
