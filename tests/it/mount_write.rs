@@ -108,6 +108,19 @@ fn a_truncate_right_after_close_reaches_the_bucket() {
     }
 }
 
+/// `st_blksize` sizes the buffers of programs: large writes into a file being written
+/// (`cp`'s destination), modest buffers for reading one with data (BENCHMARKS.md item 142).
+#[test]
+fn a_new_file_asks_for_large_writes_and_a_stored_one_for_modest_reads() {
+    let _turn = common::shared();
+    let s = server();
+    put(&s, "stored.bin", pattern(1_024_000, 3));
+    let m = Mount::new(&s, &[]);
+    let new = fs::File::create(m.join("new.bin")).unwrap();
+    assert_eq!(new.metadata().unwrap().blksize(), 1 << 20);
+    assert_eq!(fs::metadata(m.join("stored.bin")).unwrap().blksize(), 128 << 10);
+}
+
 #[test]
 fn many_handles_see_one_content() {
     let _turn = common::shared();
