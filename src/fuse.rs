@@ -262,14 +262,14 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let mode = open_mode(flags);
         let writes = mode.write || mode.truncate;
-        if writes && self.passthrough.read_from_backing(ino.0) {
-            // Refused before the core sees it (and sets up data to write); an open that
-            // races a reader's is refused below.
-            busy(ino.0);
-            return reply.error(self.answered(FuseOp::Open, Errno::ETXTBSY));
-        }
         let passthrough = self.passthrough.clone();
         self.spawn(FuseOp::Open, move |fs| async move {
+            if writes && !passthrough.readers_gone(ino.0).await {
+                // Refused before the core sees it (and sets up data to write); an open that
+                // races a reader's is refused below.
+                busy(ino.0);
+                return reply.error(errno(CoreErrno(libc::ETXTBSY)));
+            }
             let o = match fs.open(ino.0, mode).await {
                 Ok(o) => o,
                 Err(e) => return reply.error(errno(e)),
@@ -422,10 +422,6 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        if size.is_some() && self.passthrough.read_from_backing(ino.0) {
-            busy(ino.0);
-            return reply.error(self.answered(FuseOp::Setattr, Errno::ETXTBSY));
-        }
         let change = SetAttr {
             size,
             mode,
@@ -433,7 +429,12 @@ impl Filesystem for FuseAdapter {
             gid,
             mtime: mtime.map(time),
         };
+        let passthrough = self.passthrough.clone();
         self.spawn(FuseOp::Setattr, move |fs| async move {
+            if size.is_some() && !passthrough.readers_gone(ino.0).await {
+                busy(ino.0);
+                return reply.error(errno(CoreErrno(libc::ETXTBSY)));
+            }
             match fs.setattr(ino.0, fh.map(|f| f.0), change).await {
                 Ok(attr) => reply.attr(&fs.attr_ttl(), &file_attr(&attr)),
                 Err(e) => reply.error(errno(e)),

@@ -5,7 +5,9 @@
 //! is already read from; an inode open through s3vol gets no backing file until it is
 //! closed; and an open for writing while readers read the backing file is refused with
 //! ETXTBSY, as Linux refuses writing a running program (its writes would not reach
-//! s3vol), and so is a truncate.
+//! s3vol), and so is a truncate. The kernel sends a closed file's release without
+//! waiting for it, so such an open first gives the readers' releases a moment to arrive:
+//! a program that reads a file, closes it and rewrites it is not refused.
 
 use fuser::{BackingId, ReplyOpen};
 use parking_lot::Mutex;
@@ -13,6 +15,13 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How long an open for writing (or a truncate) waits for the releases of the readers of
+/// a backing file before it is refused: a release sent at a reader's `close` reaches the
+/// daemon within milliseconds, a loaded machine's within this.
+const RELEASE_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub struct Passthrough {
@@ -20,6 +29,8 @@ pub struct Passthrough {
     /// file has not failed since).
     enabled: AtomicBool,
     state: Mutex<State>,
+    /// Told each time an inode's last passthrough reader is released.
+    readers_left: Notify,
 }
 
 #[derive(Default)]
@@ -99,6 +110,24 @@ impl Passthrough {
             .is_some_and(|files| files.backing.is_some())
     }
 
+    /// Whether `ino` is free of backing-file readers, or becomes so within
+    /// `RELEASE_GRACE` (their releases in flight: see the module's comment).
+    pub async fn readers_gone(&self, ino: u64) -> bool {
+        let deadline = tokio::time::Instant::now() + RELEASE_GRACE;
+        loop {
+            let left = self.readers_left.notified();
+            tokio::pin!(left);
+            // Registered before the look, so that a release between the two is not missed.
+            left.as_mut().enable();
+            if !self.read_from_backing(ino) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, left).await.is_err() {
+                return !self.read_from_backing(ino);
+            }
+        }
+    }
+
     /// A handle created with its file (read and written through s3vol).
     pub fn created(&self, ino: u64) {
         self.state.lock().inodes.entry(ino).or_default().through_s3vol += 1;
@@ -116,6 +145,7 @@ impl Passthrough {
             files.passed = files.passed.saturating_sub(1);
             if files.passed == 0 {
                 files.backing = None;
+                self.readers_left.notify_waiters();
             }
         } else {
             files.through_s3vol = files.through_s3vol.saturating_sub(1);

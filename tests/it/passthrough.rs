@@ -98,6 +98,31 @@ fn crc32(data: &[u8]) -> u32 {
     !crc
 }
 
+/// A program reads a file, closes it and opens it for writing at once (a config file
+/// rewritten in place): the kernel sends the reader's release without waiting for it, so
+/// the writer's open may arrive first. It waits a moment for the readers' releases: here
+/// a reader closing 200 ms after the open for writing began.
+#[test]
+fn an_open_for_writing_waits_a_moment_for_the_readers_releases() {
+    let _turn = common::shared();
+    let s = server();
+    let data = pattern(16 * MIB, 15);
+    let cache = tempfile::tempdir().unwrap();
+    let m = held_whole_then_remounted(&s, cache.path(), "c.bin", &data, &[]);
+    let path = m.join("c.bin");
+    let mut reader = std::fs::File::open(&path).unwrap();
+    let mut head = vec![0u8; 4096];
+    reader.read_exact(&mut head).unwrap();
+    assert_eq!(m.status_count("passthrough_opens"), 1, "read from the backing file");
+    let writer_path = path.clone();
+    let writer = std::thread::spawn(move || std::fs::OpenOptions::new().write(true).open(writer_path).map(drop));
+    std::thread::sleep(Duration::from_millis(200));
+    drop(reader);
+    let opened = writer.join().unwrap();
+    assert!(opened.is_ok(), "{:?}", opened.err());
+    assert!(std::fs::read(&path).unwrap() == data);
+}
+
 #[test]
 fn a_writer_waits_for_the_kernel_s_readers_and_readers_join_a_writer() {
     let _turn = common::shared();
