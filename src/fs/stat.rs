@@ -86,10 +86,13 @@ impl Fs {
                     local = self.tree().get(ino).ok_or(Errno(libc::ENOENT))?.local;
                     continue;
                 }
-                // A file truncated while not open (`truncate -s`) is uploaded now.
-                let open_for_write = fh.is_some_and(|fh| self.handle(fh).is_ok_and(|h| h.writable))
-                    || self.handles.open_for_writing(ino);
-                if !open_for_write {
+                // A truncate by path (`truncate -s`) is uploaded now; one through a writable
+                // handle (ftruncate, O_TRUNC) at that handle's close. Not "unless a handle is
+                // open for writing": the kernel sends a handle's release after its `close`
+                // returns, so a file just closed may still count as open (the truncate then
+                // reached the bucket only later, 1 in 150 times).
+                let through_writer = fh.is_some_and(|fh| self.handle(fh).is_ok_and(|h| h.writable));
+                if !through_writer {
                     self.sync_ino(ino).await?;
                     self.drop_clean_data(ino).await;
                 }
