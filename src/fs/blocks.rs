@@ -5,6 +5,7 @@
 //! for, not for the whole block: on a long-distance link a 1 MiB block takes several round
 //! trips of TCP slow start, while the first kilobytes arrive after one.
 
+mod answer_time;
 mod fetch_ahead;
 mod get_run;
 mod served;
@@ -183,6 +184,8 @@ pub struct BlockCache {
     budget: Arc<TransferBudget>,
     /// The buffers blocks are assembled and read from disk into, reused.
     buffers: Arc<BlockBuffers>,
+    /// How long the server takes to answer a GET.
+    answer_time: answer_time::AnswerTime,
 }
 
 enum Slot {
@@ -223,12 +226,19 @@ impl BlockCache {
                 usize::try_from(block_size).unwrap_or(usize::MAX),
                 (budget / 8).min(IDLE_BUFFERS_MAX),
             ),
+            answer_time: Default::default(),
         })
     }
 
     /// Where what GETs' headers say goes from now on (once; later calls are ignored).
     pub fn set_described_sink(&self, sink: DescribedSink) {
         let _ = self.described_sink.set(sink);
+    }
+
+    /// How long the server takes to answer a GET (its headers), at least, lately: the
+    /// distance to it, without the bodies' transfer or any wait (`answer_time.rs`).
+    pub fn answer_time(&self) -> std::time::Duration {
+        self.answer_time.least()
     }
 
     pub fn budget(&self) -> u64 {

@@ -69,11 +69,6 @@ impl FetchPacing {
         }
     }
 
-    /// The running average of a fetch's time.
-    pub fn average(&self) -> Duration {
-        Duration::from_secs_f64(self.state.lock().average)
-    }
-
     /// Slots that exist now.
     #[cfg(test)]
     fn total(&self) -> usize {

@@ -46,11 +46,12 @@ const AHEAD_MAX: u64 = 1 << 30;
 /// how many files are ahead too (their bookkeeping, their GETs): 16,384 at most in 1 GiB,
 /// however small the files and however wide the windows of 1,024 directories.
 const CHARGE_MIN: u64 = 64 << 10;
-/// Fetches faster than this on average are next to the server: a reader's own GET costs
-/// little more than a read of the cache, and reading far ahead only costs (blocks read back
-/// from the disk cache after memory evicted them: 10-30 % slower epochs measured on 2 cores).
-/// Then a directory reads `NEAR_WINDOW` files ahead at most (enough to keep timing the
-/// fetches), within an eighth of the memory for blocks.
+/// A server that answers GETs faster than this on average (`blocks::answer_time`) is
+/// next to the mount: a reader's own GET costs little more than a read of the cache, and
+/// reading far ahead only costs (blocks read back from the disk cache after memory evicted
+/// them: 10-30 % slower epochs measured on 2 cores; 650 MB of fresh memory over 1 MB
+/// files). Then a directory reads `NEAR_WINDOW` files ahead at most, within an eighth of
+/// the memory for blocks.
 const NEAR: Duration = Duration::from_millis(10);
 const NEAR_WINDOW: usize = 2;
 /// A directory none of whose files was opened for this long gives its window back.
@@ -210,7 +211,7 @@ impl Fs {
             .by_ino
             .get(&dir)
             .is_some_and(|d| d.walked);
-        if walked && self.blocks.on_disk(object) {
+        if walked && self.blocks.kept_on_disk(object) {
             self.blocks.drop_from_memory(object);
         }
     }
@@ -225,7 +226,7 @@ impl Fs {
         // ahead. Short of room the disk cache refuses writes, so half the memory for
         // blocks (files read leave it: `note_read_done`); an eighth without a disk cache.
         let memory = self.blocks.budget();
-        let near = self.small_file_prefetch.pacing.average() < NEAR;
+        let near = self.blocks.answer_time() < NEAR;
         let window = |d: &DirReads| if near { d.window.min(NEAR_WINDOW) } else { d.window };
         let budget = match &self.blocks.disk {
             _ if near => memory / 8,

@@ -135,3 +135,27 @@ fn tiny_files_fetched_ahead_are_counted_within_the_budget() {
     // The 40 opened (each fetched ahead first) and 64 ahead at most; some slack.
     assert!(fetched <= 40 + 64 + 16, "{fetched} fetched ahead: {}", m.log());
 }
+
+/// Next to the server (its answers come at once) a directory reads two files ahead at most,
+/// however long the files take to arrive: the time a fetch takes grows with its body and
+/// with everything else sharing the CPU, and counting it as the distance to the server
+/// kept 1 GiB of 1 MB files ahead in a cold epoch next to the server, 650 MB of fresh
+/// memory (BENCHMARKS.md item 144).
+#[test]
+fn next_to_the_server_slow_bodies_do_not_widen_the_read_ahead() {
+    let _turn = common::shared();
+    let s = server();
+    for i in 0..40 {
+        put(&s, &name(i), pattern(20_000, i as u32));
+    }
+    let m = Mount::new(&s, &["--metadata-ttl", "60"]);
+    assert_eq!(std::fs::read_dir(m.join("data/d0")).unwrap().count(), 40);
+    // Every body starts 60 ms after its headers.
+    s.quirks().stall_body(1_000, 0, Duration::from_millis(60));
+    for i in 0..3 {
+        std::fs::read(m.join(&name(i))).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1_000));
+    let fetched = m.status_count("prefetched_files");
+    assert!((1..=2).contains(&fetched), "{fetched} fetched ahead: {}", m.log());
+}

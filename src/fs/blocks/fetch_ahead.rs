@@ -44,9 +44,11 @@ impl BlockCache {
                 .is_some_and(|d| d.holds(&object.key, &object.etag, 0))
     }
 
-    /// Whether the disk cache holds every block of `object`.
-    pub fn on_disk(&self, object: &ObjectVersion) -> bool {
-        self.on_disk_within(object, 0..object.size.div_ceil(self.block_size))
+    /// Whether the disk cache holds every block of `object` or has it on its way there.
+    pub fn kept_on_disk(&self, object: &ObjectVersion) -> bool {
+        self.disk.as_ref().is_some_and(|d| {
+            (0..object.size.div_ceil(self.block_size)).all(|index| d.keeps(&object.key, &object.etag, index))
+        })
     }
 
     /// Whether the disk cache holds the blocks `indexes` of `object`.

@@ -163,10 +163,12 @@ impl BlockCache {
     /// is what a crawling connection deserves.
     async fn receive(&self, r: &mut Receiving<'_>) -> StoreResult<()> {
         let object = r.object;
+        let sent = Instant::now();
         let response = self
             .store
             .get_range(&object.key, r.block_start..r.end, Some(&object.etag))
             .await?;
+        self.answer_time.answered(sent.elapsed());
         if let (Some(described), Some(sink)) = (&response.described, self.described_sink.get()) {
             sink(described);
         }
