@@ -140,7 +140,7 @@ fn tiny_files_fetched_ahead_are_counted_within_the_budget() {
 /// however long the files take to arrive: the time a fetch takes grows with its body and
 /// with everything else sharing the CPU, and counting it as the distance to the server
 /// kept 1 GiB of 1 MB files ahead in a cold epoch next to the server, 650 MB of fresh
-/// memory (BENCHMARKS.md item 144).
+/// memory (BENCHMARKS.md item 145).
 #[test]
 fn next_to_the_server_slow_bodies_do_not_widen_the_read_ahead() {
     let _turn = common::shared();

@@ -6,7 +6,7 @@
 //! fetched ahead took 10-130 ms each and their headers 4-38 ms, with most of them spent
 //! waiting for the CPU. The read-ahead then took the server for a distant one, kept up to
 //! 1 GiB of files ahead in 128 GETs, and a cold epoch over them faulted in 650 MB of fresh
-//! memory and ran 10 % slower (BENCHMARKS.md item 144).
+//! memory and ran 10-20 % slower (BENCHMARKS.md item 145).
 
 use parking_lot::Mutex;
 use std::collections::VecDeque;
