@@ -15,13 +15,14 @@
 //! the daemon's CPU on a cold read, and reading back a copy out of it plus fresh buffers
 //! most of a read after a remount.
 
+mod free_space;
 mod objects;
 mod record;
 mod segments;
 
 use super::block_buffers::{BlockBuffer, BlockBuffers, DATA_OFFSET, round_up};
 use super::blocks::ObjectVersion;
-use crate::cache_dir::{BLOCKS, create_private_dirs, disk_bytes};
+use crate::cache_dir::{BLOCKS, create_private_dirs};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use segments::{Entry, Name};
@@ -193,6 +194,8 @@ struct Slot {
 
 pub struct DiskCache {
     dir: PathBuf,
+    /// The disk's free space, for the floor.
+    free: free_space::FreeSpace,
     bucket: String,
     budget: u64,
     min_free: u64,
@@ -269,6 +272,7 @@ impl DiskCache {
                 .insert(found.seq, Segment::settled(found.len, names, Some(object)));
         }
         let cache = DiskCache {
+            free: free_space::FreeSpace::new(dir.clone()),
             dir,
             bucket: bucket.to_string(),
             budget,
@@ -321,7 +325,7 @@ impl DiskCache {
     /// Whether the disk has `bytes` more above the free-space floor (beyond it the cache
     /// refuses writes instead of evicting).
     pub fn has_room(&self, bytes: u64) -> bool {
-        disk_bytes(&self.dir).1 >= self.min_free.saturating_add(bytes)
+        self.free.available() >= self.min_free.saturating_add(bytes)
     }
 
     /// Counts lookups answered by `holds` alone.
@@ -592,7 +596,7 @@ impl DiskCache {
         let room = round_up(usize::try_from(spot.size).unwrap_or(usize::MAX)) as u64;
         if found(&self.state.lock()).is_none() {
             self.evict(room);
-            if disk_bytes(&self.dir).1 < self.min_free.saturating_add(room) {
+            if self.free.available() < self.min_free.saturating_add(room) {
                 return Ok(None);
             }
         }
@@ -613,6 +617,7 @@ impl DiskCache {
                     .mode(0o600)
                     .open(objects::object_path(&self.dir, seq))?;
                 allocate(&file, room)?;
+                self.free.spend(room);
                 state.next_seq += 1;
                 state.used += room;
                 state.objects.insert(spot.identity.clone(), seq);
@@ -793,13 +798,14 @@ impl DiskCache {
     /// can neither overshoot the budget nor overlap; `None` if the disk is too full.
     fn reserve(&self, size: u64) -> std::io::Result<Option<Slot>> {
         self.evict(size);
-        if disk_bytes(&self.dir).1 < self.min_free.saturating_add(size) {
+        if self.free.available() < self.min_free.saturating_add(size) {
             return Ok(None);
         }
         let mut state = self.state.lock();
         if state.used + size > self.budget {
             return Ok(None);
         }
+        self.free.spend(size);
         let lane = state.next_lane;
         state.next_lane = (lane + 1) % LANES;
         let seq = match state.active[lane] {
@@ -870,7 +876,7 @@ impl DiskCache {
     /// free-space floor.
     fn evict(&self, incoming: u64) {
         loop {
-            let low_disk = disk_bytes(&self.dir).1 < self.min_free.saturating_add(incoming);
+            let low_disk = self.free.available() < self.min_free.saturating_add(incoming);
             let mut state = self.state.lock();
             if !(low_disk || state.used + incoming > self.budget) {
                 return;
@@ -898,6 +904,7 @@ impl DiskCache {
             // holds for a passthrough open keeps it until that file is closed).
             self.readers.lock().pop(&seq);
             remove_files(&self.dir, seq, segment.object.is_some());
+            self.free.forget();
         }
     }
 
@@ -922,6 +929,7 @@ impl DiskCache {
         for (seq, object) in seqs {
             remove_files(&self.dir, seq, object);
         }
+        self.free.forget();
         blocks
     }
 }
