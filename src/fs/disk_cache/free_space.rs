@@ -1,7 +1,7 @@
 //! The free space of the cache directory's disk, for the floor the cache keeps
 //! (`--cache-min-free`). A `statvfs` per block written, two with the eviction's look, were
 //! 2 % of the daemon's CPU in a cold epoch over 10,000 files of 100 KiB (BENCHMARKS.md
-//! item 148), so a reading is kept for a moment, less what the cache writes meanwhile,
+//! item 147), so a reading is kept for a moment, less what the cache writes meanwhile,
 //! and dropped when the cache frees space. Others writing to the disk meanwhile can take
 //! the floor by what they write in that moment at most.
 
