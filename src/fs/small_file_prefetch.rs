@@ -46,8 +46,8 @@ const AHEAD_MAX: u64 = 1 << 30;
 /// how many files are ahead too (their bookkeeping, their GETs): 16,384 at most in 1 GiB,
 /// however small the files and however wide the windows of 1,024 directories.
 const CHARGE_MIN: u64 = 64 << 10;
-/// A server that answers GETs faster than this on average (`blocks::answer_time`) is
-/// next to the mount: a reader's own GET costs little more than a read of the cache, and
+/// A server whose quickest recent answer to a GET came faster than this
+/// (`blocks/answer_time.rs`) is next to the mount: a reader's own GET costs little more than a read of the cache, and
 /// reading far ahead only costs (blocks read back from the disk cache after memory evicted
 /// them: 10-30 % slower epochs measured on 2 cores; 650 MB of fresh memory over 1 MB
 /// files). Then a directory reads `NEAR_WINDOW` files ahead at most, within an eighth of
@@ -195,8 +195,10 @@ impl Fs {
     /// The last handle of a small file that was read is closed. In a walked directory
     /// each file is read once (a DataLoader's epoch, `tar`, `grep -r`): its blocks leave
     /// memory for the files fetched ahead, which memory would otherwise evict first
-    /// (least recently used). Only once the disk cache holds it (its bytes stay in the
-    /// kernel's page cache too).
+    /// (least recently used). Only once the disk cache holds it or has its write queued
+    /// (its bytes stay in the kernel's page cache too; next to the server the writes of
+    /// the files just read were still queued at their close, and kept 144,000 pages of
+    /// fresh memory in a cold epoch over 1 MB files: BENCHMARKS.md item 145).
     pub(super) fn note_read_done(&self, ino: u64, object: &ObjectVersion) {
         if object.size > SMALL_FILE || self.handles.has_data(ino) {
             return;
