@@ -184,7 +184,7 @@ pub struct BlockCache {
     budget: Arc<TransferBudget>,
     /// The buffers blocks are assembled and read from disk into, reused.
     buffers: Arc<BlockBuffers>,
-    /// How long the server takes to answer a GET.
+    /// How long the server takes to answer a GET or a listing.
     answer_time: answer_time::AnswerTime,
 }
 
@@ -235,10 +235,15 @@ impl BlockCache {
         let _ = self.described_sink.set(sink);
     }
 
-    /// How long the server takes to answer a GET (its headers), at least, lately: the
-    /// distance to it, without the bodies' transfer or any wait (`answer_time.rs`).
-    pub fn answer_time(&self) -> std::time::Duration {
-        self.answer_time.least()
+    /// Whether the server is next to the mount, by the quickest of its recent answers:
+    /// the distance to it, without the bodies' transfer or any wait (`answer_time.rs`).
+    pub fn server_is_near(&self) -> bool {
+        self.answer_time.near()
+    }
+
+    /// The first page of a listing came back `took` after it was asked for.
+    pub fn listing_answered(&self, took: std::time::Duration) {
+        self.answer_time.answered(took);
     }
 
     pub fn budget(&self) -> u64 {

@@ -73,7 +73,8 @@ impl Fs {
         let mut recalled = Heads::new();
         let nodes: Vec<_> = inos.iter().filter_map(|ino| tree.get(*ino)).collect();
         let files = nodes.iter().filter(|n| n.attr.kind == Kind::File).count();
-        let defer = self.listing_defers_metadata(&tree, nodes.first().map(|n| n.parent), files);
+        // One node is a lookup's own, whose HEAD waited already.
+        let defer = nodes.len() > 1 && self.listing_defers_metadata(&tree, nodes.first().map(|n| n.parent), files);
         let wanted = nodes
             .into_iter()
             .filter(|n| !n.local && !n.metadata_loaded && self.may_carry_metadata(n.attr.kind))

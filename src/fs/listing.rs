@@ -260,7 +260,9 @@ impl Fs {
             max_keys: Some(max_keys),
             ..Default::default()
         };
+        let asked = std::time::Instant::now();
         let mut page = self.store.list_page(&req).await?;
+        self.blocks.listing_answered(asked.elapsed());
         self.drop_emptied_prefixes(&mut page, &hidden_at_start).await?;
         Ok(page)
     }

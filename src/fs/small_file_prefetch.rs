@@ -46,13 +46,11 @@ const AHEAD_MAX: u64 = 1 << 30;
 /// how many files are ahead too (their bookkeeping, their GETs): 16,384 at most in 1 GiB,
 /// however small the files and however wide the windows of 1,024 directories.
 const CHARGE_MIN: u64 = 64 << 10;
-/// A server whose quickest recent answer to a GET came faster than this
-/// (`blocks/answer_time.rs`) is next to the mount: a reader's own GET costs little more than a read of the cache, and
-/// reading far ahead only costs (blocks read back from the disk cache after memory evicted
-/// them: 10-30 % slower epochs measured on 2 cores; 650 MB of fresh memory over 1 MB
-/// files). Then a directory reads `NEAR_WINDOW` files ahead at most, within an eighth of
-/// the memory for blocks.
-const NEAR: Duration = Duration::from_millis(10);
+/// Next to the server (`blocks/answer_time.rs`) a reader's own GET costs little more than
+/// a read of the cache, and reading far ahead only costs (blocks read back from the disk
+/// cache after memory evicted them: 10-30 % slower epochs measured on 2 cores; 650 MB of
+/// fresh memory over 1 MB files). There a directory reads `NEAR_WINDOW` files ahead at
+/// most, within an eighth of the memory for blocks.
 const NEAR_WINDOW: usize = 2;
 /// A directory none of whose files was opened for this long gives its window back.
 const IDLE: Duration = Duration::from_secs(30);
@@ -221,14 +219,14 @@ impl Fs {
     /// Starts fetches of the next small files of `dir`, as far as its window and the
     /// mount's budget allow.
     fn read_dir_ahead(self: &Arc<Self>, dir: u64) {
-        // Bytes fetched ahead and not yet opened, across the mount. Next to the server
-        // (`NEAR`), an eighth of the memory for blocks. Over a longer link, where the disk
+        // Bytes fetched ahead and not yet opened, across the mount. Next to the server,
+        // an eighth of the memory for blocks. Over a longer link, where the disk
         // cache has room, up to an eighth of it: what memory evicts before its open is
         // read back from disk, and a reader in a random order finds more of its files
         // ahead. Short of room the disk cache refuses writes, so half the memory for
         // blocks (files read leave it: `note_read_done`); an eighth without a disk cache.
         let memory = self.blocks.budget();
-        let near = self.blocks.answer_time() < NEAR;
+        let near = self.blocks.server_is_near();
         let window = |d: &DirReads| if near { d.window.min(NEAR_WINDOW) } else { d.window };
         let budget = match &self.blocks.disk {
             _ if near => memory / 8,

@@ -36,6 +36,8 @@ pub struct MemoryStore {
     get_delays: Mutex<HashMap<u64, std::time::Duration>>,
     /// Once set, each LIST waits for a permit from it before it answers.
     list_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    /// How long each LIST takes to answer (a server across a long link).
+    list_delay: Mutex<Option<std::time::Duration>>,
     /// Once set, each PutObject waits for a permit from it before it stores.
     put_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
     /// Once set, every PutObject fails with this error.
@@ -86,6 +88,11 @@ impl MemoryStore {
     /// connection, next to GETs that answer at once).
     pub fn delay_next_get_at(&self, start: u64, delay: std::time::Duration) {
         self.get_delays.lock().insert(start, delay);
+    }
+
+    /// Answers every LIST from now on after `delay`, as a server across a long link.
+    pub fn delay_lists(&self, delay: std::time::Duration) {
+        *self.list_delay.lock() = Some(delay);
     }
 
     /// Holds every LIST from now on between reading the keys and answering, until the
@@ -264,6 +271,10 @@ impl ObjectStore for MemoryStore {
             && let Ok(permit) = gate.acquire().await
         {
             permit.forget();
+        }
+        let delay = *self.list_delay.lock();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
         }
         Ok(page)
     }
