@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 /// a smaller directory there (a source tree's, a package's that Python lists and then
 /// stats in import order) the listing's HEADs, all at once, cost less than one lookup's
 /// round trip after another. Next to the server a round trip costs little and a HEAD as
-/// much CPU as a GET on both sides: every listing's wait (an epoch over 1,000 files of
-/// 1 MB in directories of 10 sent 1,000 HEADs more than it read files).
+/// much CPU as a GET on both sides, so there the files of every listing wait (an epoch
+/// over 1,000 files of 1 MB in directories of 10 had sent 1,000 HEADs besides its GETs).
 const WAIT_FROM_FILES: usize = 64;
 /// Lookups of waiting entries in listing order, one after the next, before the rest of
 /// the directory is HEADed. A reader in random order over 100 files makes such a run
