@@ -3,17 +3,19 @@
 //! answer of the 10 s up to the latest, as BBR keeps a path's least round trip. Listings
 //! count because a mount lists before it reads: a walk's directories are listed before
 //! any of their files is fetched. It tells a server next to the mount from one across a
-//! long link; waiting behind other requests or for a busy CPU only adds to it. Neither an average of the
-//! answers nor the whole fetch's time does: next to the server, on 2 cores, files of 1 MB
-//! fetched ahead took 10-130 ms each and their headers 4-38 ms, with most of them spent
-//! waiting for the CPU. The read-ahead then took the server for a distant one, kept up to
-//! 1 GiB of files ahead in 128 GETs, and a cold epoch over them faulted in 650 MB of fresh
-//! memory and ran 10-20 % slower (BENCHMARKS.md item 145). Nor the least of a few dozen
-//! answers: on a 5 ms link, with the workers, the server and the link's own emulation on
-//! 2 cores, 64 answers in a row could all wait past 10 ms; the mount took the server for
-//! a distant one, read far ahead, which slowed every answer more, and stayed so: one
-//! epoch in three or four ran 2-7 times as long (item 151). A quick answer now vouches
-//! for the distance for 10 s of answers, and an idle mount keeps what it last knew.
+//! long link; waiting behind other requests or for a busy CPU only adds to it.
+//!
+//! Neither an average of the answers nor the whole fetch's time does: next to the server,
+//! on 2 cores, files of 1 MB fetched ahead took 10-130 ms each and their headers 4-38 ms,
+//! most of it waiting for the CPU. The read-ahead then took the server for a distant one,
+//! kept up to 1 GiB of files ahead in 128 GETs, and a cold epoch over them faulted in 650
+//! MB of fresh memory and ran 10-20 % slower (BENCHMARKS.md item 145). Nor the least of a
+//! few dozen answers: on a 5 ms link, with the workers, the server and the link's own
+//! emulation on 2 cores, 64 answers in a row could all wait past 10 ms; the mount took the
+//! server for a distant one, read far ahead, which slowed every answer more, and stayed
+//! so: with one core busy, 3 epochs of 8 ran 1.5-3.5 times as long, some 2-7 times on a
+//! busier machine (item 151). A quick answer now vouches for the distance for 10 s of
+//! answers, and an idle mount keeps what it last knew.
 
 use parking_lot::Mutex;
 use std::collections::VecDeque;
