@@ -8,6 +8,7 @@ mod request;
 mod sdk_error;
 mod signed_reads;
 mod signing_identity;
+mod sigv4;
 mod wire;
 
 use super::error::classify;

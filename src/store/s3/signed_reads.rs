@@ -6,16 +6,12 @@
 //! keeps the SDK's. Every other request stays with the SDK.
 
 use super::signing_identity::SigningIdentity;
+use super::sigv4::SigV4;
 use super::wire::encode_key;
 use crate::store::error::classify;
 use crate::store::http_get::{HttpGets, header, object_described, ranged_answer, refusal};
 use crate::store::{GetResponse, ObjectMeta, StoreError, StoreResult};
 use aws_sdk_s3::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
-use aws_sigv4::http_request::{
-    PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings, UriPathNormalizationMode,
-    sign,
-};
-use aws_smithy_runtime_api::client::identity::Identity;
 use aws_smithy_types::Document;
 use aws_smithy_types::endpoint::EndpointAuthScheme;
 use bytes::Bytes;
@@ -30,8 +26,7 @@ const WARM_UP_KEYS: u32 = 16;
 pub(super) struct SignedReads {
     /// The bucket's URL without a trailing slash (`https://bucket.host`, `http://host/bucket`).
     base: String,
-    region: String,
-    service: String,
+    signer: SigV4,
     identity: SigningIdentity,
     user_agent: String,
 }
@@ -87,8 +82,7 @@ impl SignedReads {
         let (region, service) = sigv4_scope(endpoint.auth_schemes(), at.region)?;
         Some(SignedReads {
             base: endpoint.url().trim_end_matches('/').to_string(),
-            region,
-            service,
+            signer: SigV4::new(&region, &service),
             identity,
             user_agent: format!("s3vol/{}", env!("CARGO_PKG_VERSION")),
         })
@@ -179,36 +173,26 @@ impl SignedReads {
         headers: Vec<(&str, &str)>,
         now: SystemTime,
     ) -> StoreResult<http::Request<Empty<Bytes>>> {
-        let identity: Identity = self.identity.current().await?.into();
-        let mut settings = SigningSettings::default();
-        // S3 signs the path as sent, encoded once, without normalizing `.` or `//`.
-        settings.percent_encoding_mode = PercentEncodingMode::Single;
-        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
-        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-        let params = aws_sigv4::sign::v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.region)
-            .name(&self.service)
-            .time(now)
-            .settings(settings)
-            .build()
-            .map_err(|e| StoreError::Other(format!("signing a {method}: {e}")))?
-            .into();
-        let signable = SignableRequest::new(method, uri.as_str(), headers.iter().copied(), SignableBody::Bytes(&[]))
+        let credentials = self.identity.current().await?;
+        let parsed: http::Uri = uri
+            .parse()
             .map_err(|e| StoreError::InvalidName(format!("{uri} is no URL: {e}")))?;
-        let (instructions, _) = sign(signable, &params)
-            .map_err(|e| StoreError::Other(format!("signing a {method}: {e}")))?
-            .into_parts();
-        let mut request = http::Request::builder().method(method).uri(uri.as_str());
+        let signing = self.signer.sign(method, &parsed, &headers, &credentials, now);
+        let mut request = http::Request::builder().method(method).uri(parsed);
         for (name, value) in headers {
             request = request.header(name, value);
         }
-        let mut request = request
+        for (name, value) in signing {
+            let mut value = http::HeaderValue::try_from(value)
+                .map_err(|e| StoreError::Other(format!("signing a {method}: {e}")))?;
+            // Kept out of debug output, as the SDK does.
+            value.set_sensitive(matches!(name, "authorization" | "x-amz-security-token"));
+            request = request.header(name, value);
+        }
+        request
             .header(http::header::USER_AGENT, &self.user_agent)
             .body(Empty::new())
-            .map_err(|e| StoreError::InvalidName(format!("{method} {uri}: {e}")))?;
-        instructions.apply_to_request_http1x(&mut request);
-        Ok(request)
+            .map_err(|e| StoreError::InvalidName(format!("{method} {uri}: {e}")))
     }
 }
 
@@ -263,7 +247,10 @@ mod tests {
         assert_eq!(g.base, "https://vol.storage.example.com");
         let g = gets(None, false, "vol").await.unwrap();
         assert_eq!(g.base, "https://vol.s3.us-east-1.amazonaws.com");
-        assert_eq!((g.region.as_str(), g.service.as_str()), ("us-east-1", "s3"));
+        assert_eq!(
+            (g.signer.region.as_str(), g.signer.service.as_str()),
+            ("us-east-1", "s3")
+        );
     }
 
     #[tokio::test]
