@@ -6,6 +6,7 @@
 //! date or the credentials change. The tests check every header against the SDK's
 //! signer, byte for byte.
 
+use super::wire::url_decode;
 use aws_credential_types::Credentials;
 use hmac::{Hmac, KeyInit, Mac};
 use parking_lot::Mutex;
@@ -65,6 +66,7 @@ impl SigV4 {
         let names = signed.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(";");
 
         let mut canonical = String::with_capacity(512);
+        // S3 signs the path as sent (its key encoded once), without normalizing `.` or `//`.
         let path = match uri.path() {
             "" => "/",
             p => p,
@@ -188,7 +190,10 @@ fn canonical_query(query: Option<&str>) -> String {
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (encode(&decode(name)), encode(&decode(value)))
+            (
+                encode(url_decode(name).as_bytes()),
+                encode(url_decode(value).as_bytes()),
+            )
         })
         .collect();
     pairs.sort();
@@ -197,33 +202,6 @@ fn canonical_query(query: Option<&str>) -> String {
         .map(|(n, v)| format!("{n}={v}"))
         .collect::<Vec<_>>()
         .join("&")
-}
-
-fn decode(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], escaped) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 fn encode(bytes: &[u8]) -> String {
