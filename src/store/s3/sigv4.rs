@@ -217,10 +217,14 @@ fn encode(bytes: &[u8]) -> String {
     out
 }
 
+/// Lower-case hex. Through `write!` a byte at a time it was a third of the signing's
+/// CPU in an `ls -l` of 10,000 files (a HEAD each).
 fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(out, "{b:02x}");
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
     }
     out
 }
