@@ -6,7 +6,7 @@
 //! date or the credentials change. The tests check every header against the SDK's
 //! signer, byte for byte.
 
-use super::wire::url_decode;
+use super::wire::{percent_encode, url_decode};
 use aws_credential_types::Credentials;
 use hmac::{Hmac, KeyInit, Mac};
 use parking_lot::Mutex;
@@ -191,8 +191,8 @@ fn canonical_query(query: Option<&str>) -> String {
         .map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             (
-                encode(url_decode(name).as_bytes()),
-                encode(url_decode(value).as_bytes()),
+                percent_encode(url_decode(name).as_bytes(), b""),
+                percent_encode(url_decode(value).as_bytes(), b""),
             )
         })
         .collect();
@@ -202,19 +202,6 @@ fn canonical_query(query: Option<&str>) -> String {
         .map(|(n, v)| format!("{n}={v}"))
         .collect::<Vec<_>>()
         .join("&")
-}
-
-fn encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for &b in bytes {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
-            _ => {
-                let _ = write!(out, "%{b:02X}");
-            }
-        }
-    }
-    out
 }
 
 /// Lower-case hex. Through `write!` a byte at a time it was a third of the signing's

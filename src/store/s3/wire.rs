@@ -3,11 +3,19 @@
 use crate::store::Metadata;
 use std::collections::HashMap;
 
+/// A key as a URL path: every byte but the unreserved ones and `/` percent-encoded.
 pub(super) fn encode_key(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for b in key.bytes() {
+    percent_encode(key.as_bytes(), b"/")
+}
+
+/// `bytes` with every byte but the unreserved ones (RFC 3986) and those of `keep`
+/// percent-encoded, in upper-case hex as SigV4 wants it.
+pub(super) fn percent_encode(bytes: &[u8], keep: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(char::from(b)),
+            _ if keep.contains(&b) => out.push(char::from(b)),
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
