@@ -19,6 +19,7 @@ mod free_space;
 mod objects;
 mod record;
 mod segments;
+mod write_queue;
 
 use super::block_buffers::{BlockBuffer, BlockBuffers, DATA_OFFSET, round_up};
 use super::blocks::ObjectVersion;
@@ -28,12 +29,15 @@ use parking_lot::Mutex;
 use segments::{Entry, Name};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
+use std::io::IoSlice;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Semaphore;
+use write_queue::{QueuedRecord, Start, WriteQueue};
 
 /// Blocks waiting for or under way to the disk at the least; beyond the pending budget
 /// new blocks are not cached rather than slowing reads down.
@@ -207,6 +211,8 @@ pub struct DiskCache {
     writes: Arc<Semaphore>,
     /// The permits of `writes`: all of them back, no write is under way.
     write_slots: usize,
+    /// Records waiting for a segment.
+    records: WriteQueue,
     index_writes: Mutex<()>,
     pub stats: DiskStats,
 }
@@ -283,6 +289,7 @@ impl DiskCache {
             readers: Mutex::new(lru::LruCache::new(OPEN_READERS.try_into().expect("not zero"))),
             writes: Arc::new(Semaphore::new(pending_writes.max(PENDING_WRITES_MIN))),
             write_slots: pending_writes.max(PENDING_WRITES_MIN),
+            records: WriteQueue::default(),
             index_writes: Mutex::new(()),
             stats: DiskStats::default(),
         };
@@ -480,23 +487,37 @@ impl DiskCache {
         block
     }
 
-    /// Writes `block` in the background, if a write slot is free.
+    /// Writes `block` in the background, if a write slot is free: a record through the
+    /// queue of records, a large object's block at once on a thread of its own (the
+    /// disk takes those fastest many at a time, one block each: in one write per run of
+    /// neighbours, 2-4 MiB took 3-16 ms where 1 MiB took 1, and a cold 1 GiB read left
+    /// blocks uncached for want of a write slot in half the runs).
     fn write_later(self: &Arc<Self>, name: Name, block: Arc<BlockBuffer>, to: Destination) {
         let Ok(permit) = self.writes.clone().try_acquire_owned() else {
             return;
         };
         self.state.lock().writing.insert(name);
         let this = self.clone();
-        let write = move || {
-            let _permit = permit;
-            let written = match &to {
-                Destination::Segment => this.put(name, &block),
-                Destination::Object(spot) => this.put_in_object(name, spot, &block),
-            };
-            if let Err(e) = written {
-                tracing::debug!("disk cache write: {e}");
+        let write: Box<dyn FnOnce() + Send> = match to {
+            Destination::Object(spot) => Box::new(move || {
+                let _permit = permit;
+                if let Err(e) = this.put_in_object(name, &spot, &block) {
+                    tracing::debug!("disk cache write: {e}");
+                }
+                this.state.lock().writing.remove(&name);
+            }),
+            Destination::Segment => {
+                let record = QueuedRecord {
+                    name,
+                    block,
+                    _permit: permit,
+                };
+                let start = self.records.push(record);
+                if start == Start::No {
+                    return; // a running writer takes it
+                }
+                Box::new(move || this.write_records(start == Start::Idle))
             }
-            this.state.lock().writing.remove(&name);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn_blocking(write)),
@@ -504,16 +525,42 @@ impl DiskCache {
         }
     }
 
-    fn put(&self, name: Name, block: &BlockBuffer) -> std::io::Result<()> {
-        let image = block.file_image();
-        let size = image.len() as u64;
-        if size > self.budget {
+    /// A writer of records: writes batches while any wait; one started on an idle queue
+    /// first lets a few gather.
+    fn write_records(&self, gather: bool) {
+        if gather {
+            std::thread::sleep(write_queue::GATHER);
+        }
+        while let Some(batch) = self.records.next_batch() {
+            // A panic loses this batch's blocks (read from the origin again), not the writer.
+            let written = std::panic::catch_unwind(AssertUnwindSafe(|| self.put(&batch)));
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!("disk cache write: {e}"),
+                Err(_) => tracing::error!("disk cache write panicked; {} blocks not cached", batch.len()),
+            }
+            let mut state = self.state.lock();
+            for record in &batch {
+                state.writing.remove(&record.name);
+            }
+        }
+    }
+
+    /// Appends `records` to one segment, in one write.
+    fn put(&self, records: &[QueuedRecord]) -> std::io::Result<()> {
+        let records: Vec<&QueuedRecord> = records
+            .iter()
+            .filter(|r| r.block.file_image().len() as u64 <= self.budget)
+            .collect();
+        if records.is_empty() {
             return Ok(());
         }
-        let Some(slot) = self.reserve(size)? else {
+        let images: Vec<&[u8]> = records.iter().map(|r| r.block.file_image()).collect();
+        let size = images.iter().map(|image| image.len() as u64).sum();
+        let Some(slot) = self.reserve(size, records.len())? else {
             return Ok(());
         };
-        let written = match slot.appender.write_all_at(image, slot.offset) {
+        let written = match write_all_at(&slot.appender, &images, slot.offset) {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 // A filesystem that takes O_DIRECT at open but not these writes.
                 self.direct.store(false, Ordering::Relaxed);
@@ -521,17 +568,22 @@ impl DiskCache {
                 std::fs::OpenOptions::new()
                     .write(true)
                     .open(path)
-                    .and_then(|plain| plain.write_all_at(image, slot.offset))
+                    .and_then(|plain| write_all_at(&plain, &images, slot.offset))
             }
             other => other,
         };
-        let at = Location {
-            seq: slot.seq,
-            offset: slot.offset,
-            size,
-            crc: None,
-        };
-        self.finish(name, at, written.is_ok());
+        let mut offset = slot.offset;
+        for (record, image) in records.iter().zip(&images) {
+            let size = image.len() as u64;
+            let at = Location {
+                seq: slot.seq,
+                offset,
+                size,
+                crc: None,
+            };
+            self.finish(record.name, at, written.is_ok());
+            offset += size;
+        }
         written
     }
 
@@ -794,9 +846,10 @@ impl DiskCache {
         self.readers.lock().pop(&seq);
     }
 
-    /// Makes room for `size` bytes and hands out where they go, so that concurrent writes
-    /// can neither overshoot the budget nor overlap; `None` if the disk is too full.
-    fn reserve(&self, size: u64) -> std::io::Result<Option<Slot>> {
+    /// Makes room for `records` records of `size` bytes in all and hands out where they
+    /// go, one after another, so that concurrent writes can neither overshoot the budget
+    /// nor overlap; `None` if the disk is too full.
+    fn reserve(&self, size: u64, records: usize) -> std::io::Result<Option<Slot>> {
         self.evict(size);
         if self.free.available() < self.min_free.saturating_add(size) {
             return Ok(None);
@@ -836,7 +889,7 @@ impl DiskCache {
             appender: segment.appender.clone().expect("the active segment appends"),
         };
         segment.len += size;
-        segment.pending += 1;
+        segment.pending += u32::try_from(records).unwrap_or(u32::MAX);
         if segment.len >= self.segment_bytes {
             state.active[lane] = None;
         }
@@ -985,6 +1038,25 @@ pub fn clear_unlocked(root: &Path) -> std::io::Result<u64> {
         objects::remove(&dir, f.seq);
     }
     Ok(blocks)
+}
+
+/// Writes `images` one after another from `offset`, in as few calls as the kernel takes.
+fn write_all_at(file: &File, images: &[&[u8]], offset: u64) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice> = images.iter().map(|image| IoSlice::new(image)).collect();
+    let mut rest = &mut slices[..];
+    let mut offset = i64::try_from(offset).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    while !rest.is_empty() {
+        match nix::sys::uio::pwritev(file, rest, offset) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                offset += n as i64;
+                IoSlice::advance_slices(&mut rest, n);
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

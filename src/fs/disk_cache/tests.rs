@@ -397,3 +397,37 @@ fn at_unmount_every_object_file_s_index_lists_what_was_written() {
     let held = (0..written).filter(|i| cache.holds("shard", "e", *i)).count() as u64;
     assert_eq!(held, written, "blocks written after the last periodic index");
 }
+
+#[test]
+fn blocks_queued_at_once_are_written_in_batches_each_in_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let buffers = BlockBuffers::new(4096, 1 << 20);
+    let cache = Arc::new(DiskCache::open(dir.path(), "b", 1 << 30, 0, 128).unwrap());
+    let (object, data) = large("big", 20);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // Records and a large object's blocks (out of order), all waiting together.
+        for i in 0..40 {
+            put(&cache, &buffers, "k", i, format!("record {i}").as_bytes());
+        }
+        for index in (0..=20).rev() {
+            put_block(&cache, &buffers, &object, &data, index);
+        }
+        assert!(cache.writes_done(Duration::from_secs(30)).await);
+    });
+    for i in 0..40 {
+        let read = cache.get("k", "e", i, &buffers);
+        assert_eq!(read.as_deref(), Some(format!("record {i}").as_bytes()), "record {i}");
+    }
+    assert_eq!(whole(&cache, &object), Some(data), "the object's file, byte for byte");
+    // Reopened, the records are found where their batches put them.
+    drop(cache);
+    let cache = open(dir.path(), 1 << 30);
+    for i in [0, 17, 39] {
+        let read = cache.get("k", "e", i, &buffers);
+        assert_eq!(read.as_deref(), Some(format!("record {i}").as_bytes()), "record {i}");
+    }
+}
