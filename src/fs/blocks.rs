@@ -311,7 +311,7 @@ impl BlockCache {
             && disk.takes_object_file(object.size, bs)
         {
             // Only where the disk cache keeps them (written, or queued: a read in the
-            // moment before the write lands goes to the network): a reader that bypasses
+            // moment before the write lands is served from the queue): a reader that bypasses
             // the page cache (O_DIRECT) reads them again from the disk. Only for large
             // files (the disk cache's object files), whose blocks filled memory: a small
             // file's block held in memory serves its next epoch on the same mount.
@@ -495,7 +495,7 @@ impl BlockCache {
         let mut run = run.into_iter();
         while let Some((index, tx)) = run.next() {
             let block = disk
-                .holds(&object.key, &object.etag, index)
+                .keeps(&object.key, &object.etag, index)
                 .then(|| disk.get(&object.key, &object.etag, index, &self.buffers))
                 .flatten()
                 .filter(|block| block.len() as u64 == self.block_len(object, index));
@@ -553,7 +553,7 @@ impl BlockCache {
         // that handoff per file was a good part of the daemon's CPU.
         if !run
             .iter()
-            .any(|(index, _)| disk.holds(&object.key, &object.etag, *index))
+            .any(|(index, _)| disk.keeps(&object.key, &object.etag, *index))
         {
             disk.count_misses(run.len());
             return self.fetch_beyond_disk(object, run).await;

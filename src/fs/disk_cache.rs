@@ -27,7 +27,7 @@ use crate::cache_dir::{BLOCKS, create_private_dirs};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use segments::{Entry, Name};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::IoSlice;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -126,8 +126,8 @@ struct State {
     /// Bytes of every segment (records given up or written again elsewhere included,
     /// until their segment goes).
     used: u64,
-    /// Blocks queued for the disk and not written yet.
-    writing: HashSet<Name>,
+    /// Blocks queued for the disk and not written yet, served from here meanwhile.
+    writing: HashMap<Name, Arc<BlockBuffer>>,
     /// The object file of each object that has one, by its identity.
     objects: HashMap<String, u64>,
 }
@@ -322,11 +322,12 @@ impl DiskCache {
     }
 
     /// Whether the index lists the block or it is on its way to the disk: memory may let
-    /// it go without a trip to the network when it is read again.
+    /// it go without a trip to the network when it is read again (`get` serves it from
+    /// the queue until it is written).
     pub fn keeps(&self, key: &str, etag: &str, index: u64) -> bool {
         let name = segments::name_of(self.identity(key, etag, index).as_bytes());
         let state = self.state.lock();
-        state.blocks.contains_key(&name) || state.writing.contains(&name)
+        state.blocks.contains_key(&name) || state.writing.contains_key(&name)
     }
 
     /// Whether the disk has `bytes` more above the free-space floor (beyond it the cache
@@ -335,7 +336,7 @@ impl DiskCache {
         self.free.available() >= self.min_free.saturating_add(bytes)
     }
 
-    /// Counts lookups answered by `holds` alone.
+    /// Counts lookups answered by `keeps` alone.
     pub fn count_misses(&self, blocks: usize) {
         self.stats.misses.fetch_add(blocks as u64, Ordering::Relaxed);
     }
@@ -346,6 +347,14 @@ impl DiskCache {
         let name = segments::name_of(identity.as_bytes());
         let found = {
             let state = self.state.lock();
+            if let Some(queued) = state.writing.get(&name) {
+                // Still on its way to the disk (memory may have let it go already): a
+                // read of it in the meantime is no trip to the network.
+                let queued = queued.clone();
+                drop(state);
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Some(queued.share());
+            }
             let at = state.blocks.get(&name).copied();
             at.map(|at| (at, state.near_eviction(at.seq, self.budget)))
         };
@@ -496,7 +505,7 @@ impl DiskCache {
         let Ok(permit) = self.writes.clone().try_acquire_owned() else {
             return;
         };
-        self.state.lock().writing.insert(name);
+        self.state.lock().writing.insert(name, block.clone());
         let this = self.clone();
         let write: Box<dyn FnOnce() + Send> = match to {
             Destination::Object(spot) => Box::new(move || {

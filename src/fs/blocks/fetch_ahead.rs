@@ -34,14 +34,14 @@ impl BlockCache {
         }
     }
 
-    /// Whether `object` is held locally: every block in memory, or its first on disk (a
-    /// look at the indexes only, no disk read, no claim).
+    /// Whether `object` is held locally: every block in memory, or its first on disk or
+    /// on its way there (a look at the indexes only, no disk read, no claim).
     pub fn held(&self, object: &ObjectVersion) -> bool {
         self.in_memory(object)
             || self
                 .disk
                 .as_ref()
-                .is_some_and(|d| d.holds(&object.key, &object.etag, 0))
+                .is_some_and(|d| d.keeps(&object.key, &object.etag, 0))
     }
 
     /// Whether the disk cache holds every block of `object` or has it on its way there.

@@ -431,3 +431,17 @@ fn blocks_queued_at_once_are_written_in_batches_each_in_its_place() {
         assert_eq!(read.as_deref(), Some(format!("record {i}").as_bytes()), "record {i}");
     }
 }
+
+#[test]
+fn a_block_on_its_way_to_the_disk_is_read_from_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let buffers = BlockBuffers::new(4096, 1 << 20);
+    let cache = open(dir.path(), 1 << 30);
+    // Queued, not written yet (as while its writer gathers company or waits for the disk).
+    let name = segments::name_of(cache.identity("k", "e", 0).as_bytes());
+    let queued = Arc::new(block(&buffers, b"queued"));
+    cache.state.lock().writing.insert(name, queued);
+    assert!(cache.keeps("k", "e", 0) && !cache.holds("k", "e", 0));
+    assert_eq!(cache.get("k", "e", 0, &buffers).as_deref(), Some(&b"queued"[..]));
+    assert_eq!(cache.get("k", "e", 1, &buffers), None);
+}
