@@ -1,16 +1,19 @@
-//! GETs and HEADs on hyper itself, with one pooled client: those that `s3/signed_reads.rs`
-//! signs, and a redirect's Location fetched without credentials (`redirect.rs`). An answer
-//! becomes a `GetResponse`, an `ObjectMeta` or one of our errors here.
+//! GETs and HEADs with pooled connections: those that `s3/signed_reads.rs` signs, and a
+//! redirect's Location fetched without credentials (`redirect.rs`). An http:// URL goes
+//! on a connection of our own, whose body is read straight into the caller's memory
+//! (`h1_get.rs`); an https:// one on hyper. An answer becomes a `GetResponse`, an
+//! `ObjectMeta` or one of our errors here.
 
+use super::body::Body;
 use super::error::{classify, error_chain, web_page_answer};
+use super::h1_get::H1Gets;
 use super::s3::total_from_content_range;
 use super::{GetResponse, Metadata, ObjectMeta, StoreError, StoreResult};
 use bytes::Bytes;
 use futures::StreamExt;
 use http::HeaderMap;
 use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
+use http_body_util::Empty;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -23,6 +26,14 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 pub struct HttpGets {
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    plain: H1Gets,
+}
+
+/// An answer's status, headers and body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Body,
 }
 
 impl HttpGets {
@@ -53,6 +64,7 @@ impl HttpGets {
             client: Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(max_idle)
                 .build(https),
+            plain: H1Gets::new(connect_timeout, max_idle),
         })
     }
 
@@ -62,34 +74,72 @@ impl HttpGets {
         request: http::Request<Empty<Bytes>>,
         what: &str,
         timeout: Duration,
-    ) -> StoreResult<http::Response<Incoming>> {
-        tokio::time::timeout(timeout, self.client.request(request))
+    ) -> StoreResult<Answer> {
+        let no_answer = || StoreError::Transient(format!("{what}: no answer in {timeout:?}"));
+        if request.uri().scheme_str() == Some("http") {
+            let answer = tokio::time::timeout(timeout, self.plain.send(&request))
+                .await
+                .map_err(|_| no_answer())?
+                .map_err(|e| StoreError::Transient(format!("{what}: {e}")))?;
+            return Ok(Answer {
+                status: answer.status,
+                headers: answer.headers,
+                body: Body::socket(answer.body, u64::MAX),
+            });
+        }
+        let response = tokio::time::timeout(timeout, self.client.request(request))
             .await
-            .map_err(|_| StoreError::Transient(format!("{what}: no answer in {timeout:?}")))?
-            .map_err(|e| StoreError::Transient(format!("{what}: {}", error_chain(&e))))
+            .map_err(|_| no_answer())?
+            .map_err(|e| StoreError::Transient(format!("{what}: {}", error_chain(&e))))?;
+        let status = response.status().as_u16();
+        let (parts, body) = response.into_parts();
+        Ok(Answer {
+            status,
+            headers: parts.headers,
+            body: Body::chunks(Box::pin(frames(body, what))),
+        })
     }
+}
+
+/// A hyper body's data frames as chunks.
+fn frames(body: hyper::body::Incoming, what: &str) -> impl futures::Stream<Item = StoreResult<Bytes>> + Send + 'static {
+    let what = what.to_string();
+    let frames = http_body_util::BodyStream::new(body);
+    futures::stream::unfold((frames, what), |(mut frames, what)| async move {
+        loop {
+            match frames.next().await? {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Some((Ok(data), (frames, what)));
+                    }
+                }
+                Err(e) => {
+                    let e = StoreError::Transient(format!("{what} body: {e}"));
+                    return Some((Err(e), (frames, what)));
+                }
+            }
+        }
+    })
 }
 
 /// A 2xx (or 416) answer to a GET of `range` as a `GetResponse`. `described` names the key
 /// when the answer's headers describe the object (S3's own; a CDN's do not).
 pub fn ranged_answer(
-    response: http::Response<Incoming>,
+    answer: Answer,
     range: Range<u64>,
     if_match: Option<&str>,
     described: Option<&str>,
-    what: &'static str,
 ) -> StoreResult<GetResponse> {
-    let status = response.status().as_u16();
-    if status == 416 {
+    if answer.status == 416 {
         // A range at or past the end of the object: nothing to read.
         return Ok(GetResponse {
             etag: None,
             object_size: range.start,
             described: None,
-            body: Box::pin(futures::stream::empty()),
+            body: Body::empty(),
         });
     }
-    let headers = response.headers();
+    let headers = &answer.headers;
     let etag = header(headers, ETAG);
     if let (Some(want), Some(got)) = (if_match, etag.as_deref())
         && want != got
@@ -101,27 +151,24 @@ pub fn ranged_answer(
         .or_else(|| header(headers, CONTENT_LENGTH).and_then(|l| l.parse().ok()))
         .unwrap_or(0);
     let described = described.map(|key| object_described(key, object_size, headers));
-    let frames = http_body_util::BodyStream::new(response.into_body());
-    let chunks = futures::stream::unfold(frames, move |mut frames| async move {
-        loop {
-            match frames.next().await? {
-                Ok(frame) => {
-                    if let Ok(data) = frame.into_data() {
-                        return Some((Ok(data), frames));
-                    }
-                }
-                Err(e) => return Some((Err(StoreError::Transient(format!("{what} body: {e}"))), frames)),
-            }
-        }
-    });
+    let len = range.end - range.start;
     // 200 to a ranged request means the whole object: skip to the range's start.
-    let skip = if status == 200 { range.start } else { 0 };
+    let body = match (answer.status, answer.body) {
+        (200, body) if range.start > 0 => Body::chunks(Box::pin(window(chunks_of(body), range.start, len))),
+        (_, Body::Socket { body, .. }) => Body::Socket { body, left: len },
+        (_, body) => Body::chunks(Box::pin(window(chunks_of(body), 0, len))),
+    };
     Ok(GetResponse {
         etag,
         object_size,
         described,
-        body: Box::pin(window(chunks, skip, range.end - range.start)),
+        body,
     })
+}
+
+/// An answer's body (never a resuming one) as a stream of chunks.
+fn chunks_of(body: Body) -> impl futures::Stream<Item = StoreResult<Bytes>> + Send + 'static {
+    futures::stream::unfold(body, |mut body| async move { Some((body.next_here().await?, body)) })
 }
 
 /// The object `key` of `size` bytes as an answer's headers describe it (a HEAD's, a GET's).
@@ -137,15 +184,20 @@ pub fn object_described(key: &str, size: u64, headers: &HeaderMap) -> ObjectMeta
 
 /// An error answer as one of our errors: by its S3 code and message where its body has
 /// them, by its status otherwise; a web page where S3 was expected is said to be one.
-pub async fn refusal(response: http::Response<Incoming>, what: &str, timeout: Duration) -> StoreError {
-    let status = response.status().as_u16();
-    let content_type = header(response.headers(), CONTENT_TYPE).unwrap_or_default();
-    let limited = http_body_util::Limited::new(response.into_body(), ERROR_BODY_LIMIT);
-    let body = match tokio::time::timeout(timeout, limited.collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        _ => Bytes::new(),
+pub async fn refusal(mut answer: Answer, what: &str, timeout: Duration) -> StoreError {
+    let content_type = header(&answer.headers, CONTENT_TYPE).unwrap_or_default();
+    let read = async {
+        let mut body = Vec::new();
+        while body.len() < ERROR_BODY_LIMIT {
+            match answer.body.next_here().await {
+                Some(Ok(chunk)) => body.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        body
     };
-    refusal_of(status, &content_type, &body, what)
+    let body = tokio::time::timeout(timeout, read).await.unwrap_or_default();
+    refusal_of(answer.status, &content_type, &body, what)
 }
 
 fn refusal_of(status: u16, content_type: &str, body: &[u8], what: &str) -> StoreError {

@@ -246,7 +246,7 @@ impl ObjectStore for MemoryStore {
             described: Some(Self::meta(key, &o, true)),
             etag: Some(o.etag),
             object_size: o.data.len() as u64,
-            body: Box::pin(futures::stream::once(async move {
+            body: Body::chunks(Box::pin(futures::stream::once(async move {
                 if let Some(delay) = delay {
                     tokio::time::sleep(delay).await;
                 }
@@ -254,7 +254,7 @@ impl ObjectStore for MemoryStore {
                     gate.acquire().await.expect("the gate is never closed").forget();
                 }
                 Ok(chunk)
-            })),
+            }))),
         })
     }
 

@@ -1,7 +1,9 @@
 //! The object-store boundary: everything the filesystem needs from S3, and nothing of HTTP.
 
+mod body;
 mod error;
 pub mod gate;
+mod h1_get;
 mod http_get;
 pub mod memory;
 pub mod pagination;
@@ -9,6 +11,7 @@ mod redirect;
 mod retry;
 pub mod s3;
 
+pub use body::Body;
 pub use error::{StoreError, StoreResult};
 pub use gate::Gated;
 pub use retry::RetryPolicy;
@@ -51,7 +54,7 @@ pub struct ListPage {
     pub next: Option<String>,
 }
 
-/// The body of a ranged GET, streamed; a broken stream is resumed by the store.
+/// A GET's body as a stream of chunks.
 pub type BodyStream = BoxStream<'static, StoreResult<Bytes>>;
 
 pub struct GetResponse {
@@ -62,13 +65,25 @@ pub struct GetResponse {
     /// The object as this response's headers describe it, user metadata included, as a
     /// HEAD would: `None` where they do not (a redirect's CDN answer, an empty range).
     pub described: Option<ObjectMeta>,
-    pub body: BodyStream,
+    pub body: Body,
 }
 
 impl GetResponse {
     /// Reads the whole body into one buffer (callers bound the range they ask for).
     pub async fn collect(mut self) -> StoreResult<Bytes> {
-        use futures::StreamExt;
+        if let Some(len) = self.body.expected_len() {
+            // Read in place: no chunk buffers to join.
+            let mut all = vec![0; usize::try_from(len).unwrap_or(usize::MAX)];
+            let mut at = 0;
+            while at < all.len() {
+                match self.body.read_into(&mut all[at..]).await? {
+                    0 => break,
+                    n => at += n,
+                }
+            }
+            all.truncate(at);
+            return Ok(Bytes::from(all));
+        }
         let mut chunks = Vec::new();
         while let Some(chunk) = self.body.next().await {
             chunks.push(chunk?);

@@ -26,13 +26,13 @@ impl HttpGets {
             .header(http::header::RANGE, format!("bytes={}-{}", range.start, range.end - 1))
             .body(Empty::<Bytes>::new())
             .map_err(|e| StoreError::Other(e.to_string()))?;
-        let response = self.send(request, what, read_timeout).await?;
-        let status = response.status().as_u16();
+        let answer = self.send(request, what, read_timeout).await?;
+        let status = answer.status;
         if !(200..300).contains(&status) && status != 416 {
             // A CDN's error page is no S3 error body: its status says it.
             return Err(classify(Some(status), None, &format!("{what} answered {status}")));
         }
         // A CDN's answer carries none of the object's user metadata.
-        ranged_answer(response, range, if_match, None, what)
+        ranged_answer(answer, range, if_match, None)
     }
 }

@@ -11,9 +11,9 @@
 //! (measured: BENCHMARKS.md, notes item 21).
 
 use super::{BlockCache, BlockKey, BlockSender, ObjectVersion};
+use crate::fs::block_buffers::{BlockBuffer, DATA_OFFSET};
 use crate::store::{StoreError, StoreResult};
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -50,12 +50,16 @@ impl GetRest {
     }
 }
 
-/// The bytes of a GET's body going into its blocks, in order.
+/// The bytes of a GET's body going into its blocks, in order, each read straight into
+/// its block's buffer.
 struct Receiving<'a> {
     cache: &'a BlockCache,
     object: &'a ObjectVersion,
     rest: &'a GetRest,
     current: Option<(u64, BlockSender)>,
+    /// The current block's buffer and how many of its bytes are in.
+    filling: Option<BlockBuffer>,
+    filled: usize,
     /// Where the current block starts in the object.
     block_start: u64,
     end: u64,
@@ -68,38 +72,62 @@ impl Receiving<'_> {
 
     /// The current block's index and where its missing bytes start in the object.
     fn position(&self) -> Option<(u64, u64)> {
-        let (index, tx) = self.current.as_ref()?;
-        Some((*index, self.block_start + tx.borrow().received as u64))
+        let (index, _) = self.current.as_ref()?;
+        Some((*index, self.block_start + self.filled as u64))
     }
 
-    /// Body bytes that start where the current block's received bytes end.
-    fn take(&mut self, mut chunk: Bytes) {
-        while !chunk.is_empty() {
-            let Some((_, tx)) = self.current.as_ref() else { return };
-            let block_len = self.block_len();
-            let missing = block_len - tx.borrow().received;
-            let piece = chunk.split_to(missing.min(chunk.len()));
-            // Readers wake only once the bytes one of them waits for are in: waking every
-            // reader of the block for each small chunk of the body costs more CPU than the
-            // whole copy.
-            tx.send_if_modified(|p| {
-                p.received += piece.len();
-                p.pieces.push(piece);
-                let wake = p.received >= *p.wanted.get_mut();
-                if wake {
+    /// Room for the current block's missing bytes.
+    fn room(&mut self) -> &mut [u8] {
+        let (block_len, filled) = (self.block_len(), self.filled);
+        let cache = self.cache;
+        let buffer = self.filling.get_or_insert_with(|| cache.buffers.take(block_len));
+        &mut buffer.as_mut()[DATA_OFFSET + filled..DATA_OFFSET + block_len]
+    }
+
+    /// Bytes from elsewhere (a racing GET) that start where the current block's end.
+    fn put(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && self.current.is_some() {
+            let room = self.room();
+            let n = room.len().min(bytes.len());
+            room[..n].copy_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            self.filled_more(n);
+        }
+    }
+
+    /// `n` more bytes of the current block are in its buffer. A whole block is kept and
+    /// published; before that, a reader waiting for bytes that are in gets a copy of them:
+    /// waking every reader of the block for each read from the socket costs more CPU than
+    /// the whole block's copy, and most readers wait for a whole block.
+    fn filled_more(&mut self, n: usize) {
+        self.filled += n;
+        let block_len = self.block_len();
+        let Some((_, tx)) = self.current.as_ref() else { return };
+        if self.filled < block_len {
+            let (published, wanted) = {
+                let p = tx.borrow();
+                (p.received, p.wanted.load(Ordering::Acquire))
+            };
+            if wanted <= self.filled {
+                let buffer = self.filling.as_ref().expect("filled");
+                let piece = Bytes::copy_from_slice(&buffer.image(DATA_OFFSET + self.filled)[DATA_OFFSET + published..]);
+                let filled = self.filled;
+                tx.send_modify(|p| {
+                    p.received = filled;
+                    p.pieces.push(piece);
                     // The woken readers that need more register again.
                     *p.wanted.get_mut() = usize::MAX;
-                }
-                wake
-            });
-            if tx.borrow().received == block_len {
-                let block = self.cache.assemble(&tx.borrow().pieces, block_len);
-                let (index, tx) = self.current.take().expect("checked above");
-                self.cache.keep(self.object, index, block, tx);
-                self.block_start += block_len as u64;
-                self.current = self.rest.next();
+                });
             }
+            return;
         }
+        let mut block = self.filling.take().expect("filled");
+        block.set_len(block_len);
+        let (index, tx) = self.current.take().expect("checked above");
+        self.cache.keep(self.object, index, block, tx);
+        self.block_start += block_len as u64;
+        self.filled = 0;
+        self.current = self.rest.next();
     }
 }
 
@@ -108,10 +136,14 @@ type Race<'a> = (u64, BoxFuture<'a, StoreResult<(u64, Bytes)>>);
 
 /// What a GET task waits for next.
 enum Event {
-    Body(Option<StoreResult<Bytes>>),
+    /// Bytes read from the body (into the current block, or skipped).
+    Read(StoreResult<usize>),
     RaceAsked,
     RaceDone(StoreResult<(u64, Bytes)>),
 }
+
+/// Room for body bytes a won race already put in their blocks.
+const SKIP_BUFFER: usize = 64 << 10;
 
 impl BlockCache {
     /// One GET for consecutive blocks; each block is published as soon as its bytes are
@@ -139,6 +171,8 @@ impl BlockCache {
             object: &object,
             rest: &rest,
             current: rest.next(),
+            filling: None,
+            filled: 0,
             block_start: start,
             end,
         };
@@ -175,23 +209,36 @@ impl BlockCache {
         let mut body = response.body;
         // Where the body's next byte belongs: behind the blocks' bytes once a race won.
         let mut body_at = r.block_start;
+        let mut skip_buffer = Vec::new();
         // The racing GET and the block it is for.
         let mut race: Option<Race<'_>> = None;
-        while r.current.is_some() {
-            let event = tokio::select! {
-                chunk = body.next() => Event::Body(chunk),
-                () = r.rest.race.notified(), if race.is_none() => Event::RaceAsked,
-                done = Self::finish(&mut race) => Event::RaceDone(done),
+        while let Some((_, at)) = r.position() {
+            let skip = at.saturating_sub(body_at);
+            let rest = r.rest;
+            let event = {
+                let into = match skip {
+                    0 => r.room(),
+                    _ => {
+                        skip_buffer.resize(SKIP_BUFFER, 0);
+                        let n = skip.min(SKIP_BUFFER as u64) as usize;
+                        &mut skip_buffer[..n]
+                    }
+                };
+                tokio::select! {
+                    n = body.read_into(into) => Event::Read(n),
+                    () = rest.race.notified(), if race.is_none() => Event::RaceAsked,
+                    done = Self::finish(&mut race) => Event::RaceDone(done),
+                }
             };
             match event {
-                Event::Body(Some(chunk)) => {
-                    let mut chunk = chunk?;
-                    let have = r.position().map_or(body_at, |(_, at)| at);
-                    let skip = have.saturating_sub(body_at).min(chunk.len() as u64);
-                    body_at += chunk.len() as u64;
-                    r.take(chunk.split_off(skip as usize));
+                Event::Read(Ok(0)) => break,
+                Event::Read(Ok(n)) => {
+                    body_at += n as u64;
+                    if skip == 0 {
+                        r.filled_more(n);
+                    }
                 }
-                Event::Body(None) => break,
+                Event::Read(Err(e)) => return Err(e),
                 Event::RaceAsked => {
                     if let Some((index, from)) = r.position() {
                         let to = r.block_start + r.block_len() as u64;
@@ -203,7 +250,7 @@ impl BlockCache {
                         && at >= from
                         && at - from < bytes.len() as u64
                     {
-                        r.take(bytes.slice((at - from) as usize..));
+                        r.put(&bytes[(at - from) as usize..]);
                     }
                     race = None;
                 }

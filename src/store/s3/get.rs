@@ -1,15 +1,14 @@
 //! GETs: one attempt (or a redirect followed without credentials), and a body that
-//! resumes where a broken stream stopped, under the request's slot until its end.
+//! resumes where a broken one stopped, under the request's slot until its end.
 
 use super::Inner;
 use super::sdk_error::{error_chain, redirect_location, store_error};
 use super::signed_reads::SignedAnswer;
 use super::wire::metadata_map;
-use crate::store::{BodyStream, GetResponse, ObjectMeta, StoreError, StoreResult};
+use crate::store::{Body, GetResponse, ObjectMeta, StoreError, StoreResult};
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
-use futures::StreamExt;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -34,7 +33,7 @@ impl Inner {
                 etag: None,
                 object_size: 0,
                 described: None,
-                body: Box::pin(futures::stream::empty()),
+                body: Body::empty(),
             });
         }
         let s = self;
@@ -52,7 +51,7 @@ impl Inner {
             })
             .await?;
         let end = range.end.min(first.object_size);
-        let state = BodyState {
+        let state = ResumingBody {
             inner: s.clone(),
             key: key.to_string(),
             next: range.start,
@@ -68,7 +67,7 @@ impl Inner {
             etag: first.etag,
             object_size: first.object_size,
             described: first.described,
-            body: Box::pin(futures::stream::unfold(state, BodyState::next_chunk)),
+            body: Body::Resuming(Box::new(state)),
         })
     }
 
@@ -131,7 +130,7 @@ impl Inner {
                         etag: None,
                         object_size: range.start,
                         described: None,
-                        body: Box::pin(futures::stream::empty()),
+                        body: Body::empty(),
                     });
                 }
                 return Err(store_error(&err));
@@ -163,19 +162,20 @@ impl Inner {
             etag,
             object_size,
             described: Some(described),
-            body: Box::pin(body),
+            body: Body::chunks(Box::pin(body)),
         })
     }
 }
 
-/// Where a streamed GET body stands, so that a broken stream resumes at the next byte.
-pub(super) struct BodyState {
+/// Where a GET's body stands, so that a broken one resumes at the next byte.
+pub struct ResumingBody {
     inner: Arc<Inner>,
     key: String,
     next: u64,
     end: u64,
     etag: Option<String>,
-    body: BodyStream,
+    /// The body of the GET that is on; never a resuming one itself.
+    body: Body,
     resumes_left: u32,
     done: bool,
     /// When the GET went out: its whole duration is counted at the body's end.
@@ -183,54 +183,99 @@ pub(super) struct BodyState {
     _slot: OwnedSemaphorePermit,
 }
 
-impl BodyState {
-    pub(super) async fn next_chunk(mut self) -> Option<(StoreResult<Bytes>, BodyState)> {
+impl ResumingBody {
+    pub async fn next(&mut self) -> Option<StoreResult<Bytes>> {
         if self.done {
             return None;
         }
         loop {
             let read_timeout = self.inner.settings.read_timeout;
-            let failure = match tokio::time::timeout(read_timeout, self.body.next()).await {
+            let failure = match tokio::time::timeout(read_timeout, self.body.next_here()).await {
                 Ok(Some(Ok(chunk))) => {
-                    self.next += chunk.len() as u64;
-                    self.inner.settings.metrics.received(chunk.len() as u64);
-                    return Some((Ok(chunk), self));
+                    self.received(chunk.len());
+                    return Some(Ok(chunk));
                 }
-                Ok(None) if self.next >= self.end => {
-                    self.inner.settings.metrics.get_body_done(self.requested.elapsed());
-                    return None;
-                }
-                Ok(None) => StoreError::Transient("body ended early".into()),
+                Ok(None) => self.ended()?,
                 Ok(Some(Err(e))) => e,
                 Err(_) => StoreError::Transient(format!("no data for {read_timeout:?}")),
             };
-            if !failure.is_transient() || self.resumes_left == 0 {
-                self.done = true;
-                return Some((Err(failure), self));
-            }
-            self.resumes_left -= 1;
-            let attempt = self.inner.settings.retry.max_attempts - self.resumes_left;
-            tracing::debug!(key = %self.key, at = self.next, %failure, "resuming GET body");
-            tokio::time::sleep(self.inner.settings.retry.delay(attempt)).await;
-            let etag = self.etag.clone();
-            let range = self.next..self.end;
-            let what = format!(
-                "GetObject (resumed) bytes={}-{}",
-                range.start,
-                range.end.saturating_sub(1)
-            );
-            self.inner.settings.metrics.s3_retry("GetObject");
-            let started = Instant::now();
-            let answer = self.inner.get_once(&self.key, range, etag.as_deref()).await;
-            match self.inner.counted(&what, &self.key, started, answer) {
-                Ok(resp) => self.body = resp.body,
-                Err(e) if e.is_transient() => self.body = Box::pin(futures::stream::once(async { Err(e) })),
-                Err(e) => {
-                    self.done = true;
-                    return Some((Err(e), self));
-                }
+            if let Err(e) = self.resume(failure).await {
+                return Some(Err(e));
             }
         }
+    }
+
+    pub async fn read_into(&mut self, dst: &mut [u8]) -> StoreResult<usize> {
+        if self.done || dst.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let read_timeout = self.inner.settings.read_timeout;
+            let failure = match tokio::time::timeout(read_timeout, self.body.read_here(dst)).await {
+                Ok(Ok(0)) => match self.ended() {
+                    Some(failure) => failure,
+                    None => return Ok(0),
+                },
+                Ok(Ok(n)) => {
+                    self.received(n);
+                    return Ok(n);
+                }
+                Ok(Err(e)) => e,
+                Err(_) => StoreError::Transient(format!("no data for {read_timeout:?}")),
+            };
+            self.resume(failure).await?;
+        }
+    }
+
+    pub fn left(&self) -> u64 {
+        self.end.saturating_sub(self.next)
+    }
+
+    fn received(&mut self, n: usize) {
+        self.next += n as u64;
+        self.inner.settings.metrics.received(n as u64);
+    }
+
+    /// At the body's end: `None` if it is all there, else the failure to resume from.
+    fn ended(&mut self) -> Option<StoreError> {
+        if self.next < self.end {
+            return Some(StoreError::Transient("body ended early".into()));
+        }
+        self.done = true;
+        self.inner.settings.metrics.get_body_done(self.requested.elapsed());
+        None
+    }
+
+    /// After `failure`, a new GET for the rest of the range; the failure itself once the
+    /// resumes are spent or it is not transient.
+    async fn resume(&mut self, failure: StoreError) -> StoreResult<()> {
+        if !failure.is_transient() || self.resumes_left == 0 {
+            self.done = true;
+            return Err(failure);
+        }
+        self.resumes_left -= 1;
+        let attempt = self.inner.settings.retry.max_attempts - self.resumes_left;
+        tracing::debug!(key = %self.key, at = self.next, %failure, "resuming GET body");
+        tokio::time::sleep(self.inner.settings.retry.delay(attempt)).await;
+        let etag = self.etag.clone();
+        let range = self.next..self.end;
+        let what = format!(
+            "GetObject (resumed) bytes={}-{}",
+            range.start,
+            range.end.saturating_sub(1)
+        );
+        self.inner.settings.metrics.s3_retry("GetObject");
+        let started = Instant::now();
+        let answer = self.inner.get_once(&self.key, range, etag.as_deref()).await;
+        match self.inner.counted(&what, &self.key, started, answer) {
+            Ok(resp) => self.body = resp.body,
+            Err(e) if e.is_transient() => self.body = Body::chunks(Box::pin(futures::stream::once(async { Err(e) }))),
+            Err(e) => {
+                self.done = true;
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 }
 

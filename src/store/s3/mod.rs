@@ -24,7 +24,7 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{IdentityCache, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, Delete, EncodingType, MetadataDirective, ObjectIdentifier};
-pub(in crate::store) use get::total_from_content_range;
+pub(in crate::store) use get::{ResumingBody, total_from_content_range};
 use sdk_error::store_error;
 use signed_reads::{BucketEndpoint, HeadAnswer, SignedReads};
 use signing_identity::SigningIdentity;

@@ -16,7 +16,7 @@ use aws_smithy_types::Document;
 use aws_smithy_types::endpoint::EndpointAuthScheme;
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
@@ -99,27 +99,27 @@ impl SignedReads {
     ) -> StoreResult<SignedAnswer> {
         let what = "GetObject";
         let request = self.signed_get(key, &range, condition, SystemTime::now()).await?;
-        let response = http.send(request, what, timeout).await?;
-        let status = response.status().as_u16();
+        let answer = http.send(request, what, timeout).await?;
+        let status = answer.status;
         if matches!(status, 301 | 302 | 303 | 307 | 308)
-            && let Some(location) = response.headers().get(http::header::LOCATION)
+            && let Some(location) = answer.headers.get(http::header::LOCATION)
             && let Ok(location) = location.to_str()
         {
             return Ok(SignedAnswer::Redirected(location.to_string()));
         }
         if !(200..300).contains(&status) && status != 416 {
-            return Err(refusal(response, what, timeout).await);
+            return Err(refusal(answer, what, timeout).await);
         }
-        ranged_answer(response, range, if_match, Some(key), what).map(SignedAnswer::Got)
+        ranged_answer(answer, range, if_match, Some(key)).map(SignedAnswer::Got)
     }
 
     pub(super) async fn head(&self, http: &HttpGets, key: &str, timeout: Duration) -> StoreResult<HeadAnswer> {
         let what = "HeadObject";
         let uri = format!("{}/{}", self.base, encode_key(key));
         let request = self.signed("HEAD", uri, Vec::new(), SystemTime::now()).await?;
-        let response = http.send(request, what, timeout).await?;
-        let headers = response.headers();
-        match response.status().as_u16() {
+        let answer = http.send(request, what, timeout).await?;
+        let headers = &answer.headers;
+        match answer.status {
             200..=299 => {
                 let size = header(headers, CONTENT_LENGTH)
                     .and_then(|l| l.parse().ok())
@@ -142,9 +142,10 @@ impl SignedReads {
     pub(super) async fn open_connection(&self, http: &HttpGets, timeout: Duration) {
         let uri = format!("{}/?max-keys={WARM_UP_KEYS}", self.base);
         if let Ok(request) = self.signed("GET", uri, Vec::new(), SystemTime::now()).await
-            && let Ok(response) = http.send(request, "ListObjects", timeout).await
+            && let Ok(mut answer) = http.send(request, "ListObjects", timeout).await
         {
-            let _ = tokio::time::timeout(timeout, response.into_body().collect()).await;
+            let read = async { while let Some(Ok(_)) = answer.body.next_here().await {} };
+            let _ = tokio::time::timeout(timeout, read).await;
         }
     }
 
