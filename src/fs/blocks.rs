@@ -350,8 +350,13 @@ impl BlockCache {
         loop {
             let arrived = progress.wait_for(|p| {
                 let ready = p.done.is_some() || p.received >= range.end;
-                if !ready {
-                    p.wanted.fetch_min(range.end, Ordering::AcqRel);
+                // The GET keeps the bytes it reads to itself until a reader waits for
+                // them: told so, it hands over what is in.
+                if !ready
+                    && p.wanted.fetch_min(range.end, Ordering::AcqRel) > range.end
+                    && let Some(rest) = p.rest.upgrade()
+                {
+                    rest.reader_waits.notify_one();
                 }
                 ready
             });

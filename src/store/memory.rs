@@ -32,6 +32,9 @@ pub struct MemoryStore {
     get_starts: Mutex<Vec<u64>>,
     /// Once set, each GET's body waits for a permit from it.
     get_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    /// Once set, each GET's body sends its first bytes at once and the rest only after a
+    /// permit from the gate.
+    get_stall: Mutex<Option<(usize, Arc<tokio::sync::Semaphore>)>>,
     /// A delay before the body of the next GET whose range starts at the key.
     get_delays: Mutex<HashMap<u64, std::time::Duration>>,
     /// Once set, each LIST waits for a permit from it before it answers.
@@ -81,6 +84,14 @@ impl MemoryStore {
     pub fn hold_gets(&self) -> Arc<tokio::sync::Semaphore> {
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         *self.get_gate.lock() = Some(gate.clone());
+        gate
+    }
+
+    /// Sends the first `bytes` of each GET's body from now on at once, and the rest only
+    /// once the returned gate has a permit for it: a body that stops halfway.
+    pub fn stall_gets_after(&self, bytes: usize) -> Arc<tokio::sync::Semaphore> {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        *self.get_stall.lock() = Some((bytes, gate.clone()));
         gate
     }
 
@@ -242,19 +253,28 @@ impl ObjectStore for MemoryStore {
         let delay = self.get_delays.lock().remove(&range.start);
         let chunk = Self::slice(&o.data, range);
         let gate = self.get_gate.lock().clone();
+        let (first, rest) = match self.get_stall.lock().clone() {
+            Some((at, stall)) if at < chunk.len() => (chunk.slice(..at), Some((chunk.slice(at..), stall))),
+            _ => (chunk, None),
+        };
+        let first = futures::stream::once(async move {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(gate) = gate {
+                gate.acquire().await.expect("the gate is never closed").forget();
+            }
+            Ok(first)
+        });
+        let rest = futures::StreamExt::then(futures::stream::iter(rest), |(rest, stall)| async move {
+            stall.acquire().await.expect("the gate is never closed").forget();
+            Ok(rest)
+        });
         Ok(GetResponse {
             described: Some(Self::meta(key, &o, true)),
             etag: Some(o.etag),
             object_size: o.data.len() as u64,
-            body: Body::chunks(Box::pin(futures::stream::once(async move {
-                if let Some(delay) = delay {
-                    tokio::time::sleep(delay).await;
-                }
-                if let Some(gate) = gate {
-                    gate.acquire().await.expect("the gate is never closed").forget();
-                }
-                Ok(chunk)
-            }))),
+            body: Body::chunks(Box::pin(futures::StreamExt::chain(first, rest))),
         })
     }
 

@@ -37,6 +37,8 @@ pub(super) struct GetRest {
     end: u64,
     started: Instant,
     race: Notify,
+    /// A reader has begun to wait for bytes of the current block, which may be in.
+    pub(super) reader_waits: Notify,
     raced: AtomicBool,
 }
 
@@ -95,10 +97,11 @@ impl Receiving<'_> {
         }
     }
 
-    /// `n` more bytes of the current block are in its buffer. A whole block is kept and
-    /// published; before that, a reader waiting for bytes that are in gets a copy of them:
-    /// waking every reader of the block for each read from the socket costs more CPU than
-    /// the whole block's copy, and most readers wait for a whole block.
+    /// `n` more bytes of the current block are in its buffer (none: a reader has begun to
+    /// wait). A whole block is kept and published; before that, a reader waiting for bytes
+    /// that are in gets a copy of them: waking every reader of the block for each read
+    /// from the socket costs more CPU than the whole block's copy, and most readers wait
+    /// for a whole block.
     fn filled_more(&mut self, n: usize) {
         self.filled += n;
         let block_len = self.block_len();
@@ -108,7 +111,7 @@ impl Receiving<'_> {
                 let p = tx.borrow();
                 (p.received, p.wanted.load(Ordering::Acquire))
             };
-            if wanted <= self.filled {
+            if wanted <= self.filled && published < self.filled {
                 let buffer = self.filling.as_ref().expect("filled");
                 let piece = Bytes::copy_from_slice(&buffer.image(DATA_OFFSET + self.filled)[DATA_OFFSET + published..]);
                 let filled = self.filled;
@@ -140,6 +143,7 @@ enum Event {
     Read(StoreResult<usize>),
     RaceAsked,
     RaceDone(StoreResult<(u64, Bytes)>),
+    ReaderWaits,
 }
 
 /// Room for body bytes a won race already put in their blocks.
@@ -158,6 +162,7 @@ impl BlockCache {
             blocks: Mutex::new(run.into()),
             started: Instant::now(),
             race: Notify::new(),
+            reader_waits: Notify::new(),
             raced: AtomicBool::new(false),
         });
         for (_, tx) in rest.blocks.lock().iter() {
@@ -228,6 +233,7 @@ impl BlockCache {
                     n = body.read_into(into) => Event::Read(n),
                     () = rest.race.notified(), if race.is_none() => Event::RaceAsked,
                     done = Self::finish(&mut race) => Event::RaceDone(done),
+                    () = rest.reader_waits.notified() => Event::ReaderWaits,
                 }
             };
             match event {
@@ -239,6 +245,7 @@ impl BlockCache {
                     }
                 }
                 Event::Read(Err(e)) => return Err(e),
+                Event::ReaderWaits => r.filled_more(0),
                 Event::RaceAsked => {
                     if let Some((index, from)) = r.position() {
                         let to = r.block_start + r.block_len() as u64;
@@ -343,6 +350,28 @@ mod tests {
             whole: None,
             served: None,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_in_are_handed_to_a_reader_while_the_rest_of_the_body_is_held() {
+        // One GET for blocks 0-2 (of 1000 bytes): block 0 and 300 bytes of block 1 come
+        // at once, the rest is held.
+        let (store, cache, object, data) = setup(3000).await;
+        let gate = store.stall_gets_after(1300);
+        let got = cache.read(&object, 0..100, window(3000)).await.unwrap();
+        assert_eq!(&got[..], &data[..100]);
+        // Nobody waited for block 1's first bytes while they came: its GET kept them, and
+        // hands them over to the reader that begins to wait for them now.
+        let read = cache.read(&object, 1000..1100, Prefetch::none());
+        let got = tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("answered while the rest of the body is held")
+            .unwrap();
+        assert_eq!(&got[..], &data[1000..1100]);
+        gate.add_permits(1);
+        let all = cache.read(&object, 0..3000, Prefetch::none()).await.unwrap();
+        assert_eq!(&all[..], &data[..]);
+        assert_eq!(store.requests("get"), 1);
     }
 
     #[tokio::test(start_paused = true)]
