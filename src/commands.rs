@@ -344,6 +344,12 @@ fn print_status(m: &MountStatus) {
             m.prefetched_files, m.prefetched_files_used
         );
     }
+    if m.pushed_to_kernel_bytes > 0 {
+        println!(
+            "  pushed:   {} bytes of files read at random put into the page cache ahead of their reader",
+            m.pushed_to_kernel_bytes
+        );
+    }
     if m.shared_hits + m.shared_misses + m.shared_rejected + m.shared_errors + m.shared_writes > 0 {
         println!(
             "  shared:   {} hits ({} bytes), {} misses, {} invalid blocks ignored, {} failed requests; {} blocks written, {} not written (write queue full)",

@@ -83,6 +83,9 @@ pub struct MountStatus {
     pub prefetched_files: u64,
     #[serde(default)]
     pub prefetched_files_used: u64,
+    /// Bytes of files read at random put into the kernel's page cache ahead of the reader.
+    #[serde(default)]
+    pub pushed_to_kernel_bytes: u64,
 }
 
 /// A file written here and not yet in the bucket.

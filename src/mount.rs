@@ -329,6 +329,13 @@ pub fn serve(
         .map_err(|e| format!("cannot mount on {}: {e}", mountpoint.display()))?;
     let notifier = session.notifier();
     let entries = session.notifier();
+    let pages = session.notifier();
+    fs.on_pages_fetched(Arc::new(move |ino, offset, data| {
+        pages
+            .store(fuser::INodeNo(ino), offset, data)
+            .map_err(|e| tracing::debug!("putting {} bytes of inode {ino} into the page cache: {e}", data.len()))
+            .is_ok()
+    }));
     fs.on_entry_gone(Arc::new(move |parent, name| {
         if let Err(e) = entries.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::new(&name)) {
             tracing::debug!("telling the kernel {name:?} under inode {parent} is gone: {e}");
@@ -515,6 +522,7 @@ impl StatusSource {
             shared_bytes: cache.shared.bytes_read,
             prefetched_files: cache.prefetched_files,
             prefetched_files_used: cache.prefetched_files_used,
+            pushed_to_kernel_bytes: cache.pushed_to_kernel_bytes,
         }
     }
 

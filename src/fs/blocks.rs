@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
-pub use whole_fetch::WholeFetch;
+pub use whole_fetch::{BlockSink, WholeFetch};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BlockKey {
@@ -258,6 +258,20 @@ impl BlockCache {
         size <= room / 2
     }
 
+    /// Drops a block from memory if the disk cache keeps it (written, or queued: a read in
+    /// the moment before the write lands is served from the queue).
+    pub(super) fn let_go_if_kept(&self, object: &ObjectVersion, index: u64) {
+        if let Some(disk) = &self.disk
+            && disk.keeps(&object.key, &object.etag, index)
+        {
+            self.cache.invalidate(&BlockKey {
+                key: object.key.clone(),
+                etag: object.etag.clone(),
+                index,
+            });
+        }
+    }
+
     /// Bytes of block data held now.
     pub fn used(&self) -> u64 {
         self.cache.run_pending_tasks();
@@ -307,8 +321,11 @@ impl BlockCache {
             };
             pieces.push(piece.ok_or_else(|| StoreError::Other(format!("short block {index} of {}", object.key)))?);
         }
-        if let (Some(served), Some(disk)) = (&prefetch.served, &self.disk)
-            && disk.takes_object_file(object.size, bs)
+        if let Some(served) = &prefetch.served
+            && self
+                .disk
+                .as_ref()
+                .is_some_and(|disk| disk.takes_object_file(object.size, bs))
         {
             // Only where the disk cache keeps them (written, or queued: a read in the
             // moment before the write lands is served from the queue): a reader that bypasses
@@ -316,13 +333,7 @@ impl BlockCache {
             // files (the disk cache's object files), whose blocks filled memory: a small
             // file's block held in memory serves its next epoch on the same mount.
             for index in served.served(range.start..end, bs, object.size) {
-                if disk.keeps(&object.key, &object.etag, index) {
-                    self.cache.invalidate(&BlockKey {
-                        key: object.key.clone(),
-                        etag: object.etag.clone(),
-                        index,
-                    });
-                }
+                self.let_go_if_kept(object, index);
             }
         }
         // Kernel reads are aligned and at most one block long: usually one piece, handed

@@ -30,6 +30,7 @@ mod metadata_version;
 mod names;
 mod namespace;
 mod open;
+mod page_push;
 #[cfg(test)]
 mod panic_tests;
 mod part_gather;
@@ -224,6 +225,8 @@ pub struct Fs {
     unmounted: std::sync::atomic::AtomicBool,
     /// What the core tells the kernel on its own (set by the FUSE adapter at mount).
     kernel: KernelNotices,
+    /// Blocks on their way into the kernel's page cache.
+    page_pushes: page_push::PagePushes,
 }
 
 #[derive(Default)]
@@ -232,7 +235,11 @@ struct KernelNotices {
     attrs_stale: std::sync::OnceLock<AttrsStale>,
     /// A name is gone.
     entry_gone: std::sync::OnceLock<EntryGone>,
+    /// Bytes of a file go into its page cache.
+    pages: std::sync::OnceLock<page_push::PagesToKernel>,
 }
+
+pub use page_push::PagesToKernel;
 
 /// Marks an inode's attributes in the kernel as stale, so it asks again (its size changed
 /// behind the kernel's back).
@@ -262,6 +269,8 @@ pub struct CacheReport {
     /// its way.
     pub prefetched_files: u64,
     pub prefetched_files_used: u64,
+    /// Bytes of files read at random put into the kernel's page cache ahead of the reader.
+    pub pushed_to_kernel_bytes: u64,
     pub shared: SharedReport,
 }
 
@@ -351,6 +360,7 @@ impl Fs {
                 stats: FsStats::default(),
                 unmounted: Default::default(),
                 kernel: Default::default(),
+                page_pushes: Default::default(),
                 config,
             }
         })
@@ -359,6 +369,11 @@ impl Fs {
     /// How to tell the kernel that an inode's attributes changed (called once, at mount).
     pub fn on_attrs_stale(&self, notify: AttrsStale) {
         let _ = self.kernel.attrs_stale.set(notify);
+    }
+
+    /// How to put a file's bytes into the kernel's page cache (called once, at mount).
+    pub fn on_pages_fetched(&self, to_kernel: page_push::PagesToKernel) {
+        let _ = self.kernel.pages.set(to_kernel);
     }
 
     /// How to tell the kernel that a name went away (called once, at mount).
@@ -404,6 +419,7 @@ impl Fs {
             passthrough_opens: disk.map_or(0, |d| d.stats.passthrough_opens.load(Ordering::Relaxed)),
             prefetched_files: self.small_file_prefetch.stats.fetched.load(Ordering::Relaxed),
             prefetched_files_used: self.small_file_prefetch.stats.used.load(Ordering::Relaxed),
+            pushed_to_kernel_bytes: self.page_pushes.pushed_bytes.load(Ordering::Relaxed),
             shared: self.blocks.shared.as_deref().map_or_else(SharedReport::default, |t| {
                 let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
                 let s = &t.stats;

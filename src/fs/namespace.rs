@@ -126,6 +126,7 @@ impl Fs {
         // A create replaces whatever local data a previous file of this inode left.
         self.handles.remove_data(ino);
         self.file_data(ino, &object, true);
+        self.page_pushes.wait_idle(ino).await;
         let opened = self.new_handle(ino, object, OpenMode { write: true, ..open }, false);
         Ok((self.node_attr(ino)?, opened))
     }

@@ -61,6 +61,11 @@ impl Fs {
         // cannot drop the data this open is about to use.
         let mut opened = self.new_handle(ino, object.clone(), mode, keep_cache);
         self.catch_up_with_upload(ino, opened.fh);
+        if !(keep_cache || mode.write || mode.truncate) {
+            // The kernel drops the pages it has at this open's answer: none of another
+            // version may land after it (`page_push.rs`).
+            self.page_pushes.wait_idle(ino).await;
+        }
         if !(mode.write || mode.truncate || has_data || local) {
             self.note_read_open(ino, &object);
             // Not a file this mount handed to the kernel's page cache (same version, read
@@ -83,6 +88,9 @@ impl Fs {
             // make the next upload a false conflict (If-Match on a replaced ETag).
             let current = self.handle(opened.fh).map(|f| f.object.lock().clone())?;
             let data = self.file_data(ino, &current, local);
+            // Blocks of the version before on their way into the page cache land before
+            // this open's answer, or not at all (`page_push.rs`).
+            self.page_pushes.wait_idle(ino).await;
             // The handle counted above keeps the data the inode's: never `Dropped`.
             if mode.truncate
                 && let Err(e) = self.truncate_data(ino, &data, 0).await

@@ -29,7 +29,11 @@ impl Fs {
             let mut streams = file.readahead.lock();
             let end = streams.on_read(offset, u64::from(size));
             if streams.turned_random() && self.blocks.may_fetch_whole(object.size) {
-                streams.fetch_whole(self.blocks.whole_fetch(&object));
+                let whole = self.blocks.whole_fetch(&object);
+                if let Some(sink) = self.block_sink(file.ino, &object) {
+                    whole.hand_blocks_to(sink);
+                }
+                streams.fetch_whole(whole);
             }
             Prefetch {
                 end,

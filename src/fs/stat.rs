@@ -79,6 +79,8 @@ impl Fs {
                     break;
                 }
                 let data = self.file_data(ino, &object, local);
+                // No block of the old content lands in the page cache past this change.
+                self.page_pushes.wait_idle(ino).await;
                 if self.truncate_data(ino, &data, size).await? == Truncated::Dropped {
                     // The last release of a handle dropped the clean data between its
                     // lookup and the truncate (`truncate` just after `close`): again, on

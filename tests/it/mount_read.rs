@@ -732,6 +732,121 @@ fn a_file_read_at_random_is_fetched_whole_and_then_costs_no_request() {
     assert_eq!(s.stats().count("GetObject"), gets, "{}", m.log());
 }
 
+/// A file read at random goes into the kernel's page cache as its whole fetch brings it:
+/// the rest of the reads, in any order, reach neither the daemon nor the server, and
+/// read the object's bytes.
+#[test]
+fn a_file_read_at_random_goes_into_the_page_cache_as_it_arrives() {
+    let _turn = common::shared();
+    let s = server();
+    let data = pattern(48 << 20, 12);
+    put(&s, "model.bin", data.clone());
+    let m = Mount::new(&s, &[]);
+    let file = std::fs::File::open(m.join("model.bin")).unwrap();
+    let (tensor, spacing) = (64usize << 10, 4usize << 20);
+    let read_tensor = |i: usize| {
+        let mut buf = vec![0u8; tensor];
+        let at = i * spacing;
+        file.read_exact_at(&mut buf, at as u64).unwrap();
+        assert!(buf == data[at..at + tensor], "tensor {i} differs");
+    };
+    for i in [9, 2, 6, 0, 11] {
+        read_tensor(i);
+    }
+    let pushed = || m.status()["pushed_to_kernel_bytes"].as_u64().unwrap();
+    // All but the blocks the reads above brought (each with its readahead).
+    eventually(Duration::from_secs(30), || pushed() >= (data.len() / 2) as u64);
+    eventually(Duration::from_secs(30), || {
+        let before = pushed();
+        std::thread::sleep(Duration::from_millis(300));
+        pushed() == before
+    });
+    let block_reads = || m.status_count("cache_hits") + m.status_count("cache_misses");
+    let (reads, gets) = (block_reads(), s.stats().count("GetObject"));
+    let mut all = Vec::new();
+    let mut f = std::fs::File::open(m.join("model.bin")).unwrap();
+    f.read_to_end(&mut all).unwrap();
+    assert!(all == data, "the file read whole differs");
+    assert_eq!(s.stats().count("GetObject"), gets, "{}", m.log());
+    // A read the page cache missed is a block read of the daemon's: only the blocks the
+    // first five reads touched (the kernel has the part of each it asked for; the fetch
+    // leaves a block a reader touched to that reader), not the 48 of the file.
+    let through_daemon = block_reads() - reads;
+    assert!(
+        through_daemon <= 10,
+        "{through_daemon} block reads reached the daemon: {}",
+        m.status()
+    );
+}
+
+/// Blocks of a whole fetch still on their way never undo a write or a truncate made
+/// meanwhile: a push of the old content would put it back in the page cache (and a push
+/// past a truncate would grow the file in the kernel's eyes).
+#[test]
+fn a_write_and_a_truncate_during_a_whole_fetch_stay_as_made() {
+    let _turn = common::shared();
+    let s = server();
+    let len = 32usize << 20;
+    let data = pattern(len, 13);
+    put(&s, "model.bin", data.clone());
+    let cache = tempfile::tempdir().unwrap();
+    let tensors = [5usize, 1, 7, 3, 6];
+    let read_tensors = |path: &Path| {
+        let file = std::fs::File::open(path).unwrap();
+        let mut buf = vec![0u8; 4096];
+        for i in tensors {
+            file.read_exact_at(&mut buf, (i << 22) as u64).unwrap();
+        }
+        file
+    };
+    // The tensors' blocks on the disk, so that the next mount reads them without a GET
+    // while the fetch of the rest waits on slow answers.
+    drop(read_tensors(
+        &Mount::with_cache(&s, cache.path(), &[]).join("model.bin"),
+    ));
+    let m = Mount::with_cache(&s, cache.path(), &[]);
+    let path = m.join("model.bin");
+    assert!(std::fs::metadata(&path).unwrap().len() == len as u64);
+    s.quirks().set_latency(Duration::from_millis(700));
+    let _reader = read_tensors(&path);
+    let writer = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let mut expected = data.clone();
+    let stamp = pattern(4096, 14);
+    for at in (0..len).step_by(256 << 10) {
+        writer.write_all_at(&stamp, at as u64).unwrap();
+        expected[at..at + stamp.len()].copy_from_slice(&stamp);
+    }
+    let fetched = || m.status_count("fetched_bytes");
+    assert!(
+        eventually(Duration::from_secs(60), || fetched() >= (len / 2) as u64),
+        "no fetch: {}",
+        m.status()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut seen = vec![0u8; len];
+    writer.read_exact_at(&mut seen, 0).unwrap();
+    assert!(seen == expected, "a write was undone: {}", m.status());
+    // A truncate while the fetch of the version just written is under way.
+    drop(writer);
+    s.quirks().set_latency(Duration::ZERO);
+    m.sync();
+    let _reader = read_tensors(&path);
+    s.quirks().set_latency(Duration::from_millis(700));
+    let cut = 1usize << 20;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(cut as u64)
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    s.quirks().set_latency(Duration::ZERO);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), cut as u64, "{}", m.status());
+    let mut after = Vec::new();
+    std::fs::File::open(&path).unwrap().read_to_end(&mut after).unwrap();
+    assert!(after == expected[..cut], "the truncated file differs");
+}
+
 /// `--metrics-addr`: the page parses with Prometheus' own Python parser, and its S3
 /// request counts match what the server counted during a workload; FUSE operations and
 /// their errors are counted by type, every series labelled with the mount.

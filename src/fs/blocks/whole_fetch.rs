@@ -17,12 +17,17 @@
 //! fetch of a file whose reader pauses (a database answering a query now and then):
 //! after `IDLE` without a read, the fetch goes on, so that the later reads find the
 //! file local.
+//!
+//! Where the fetch can hand its blocks to the kernel's page cache (`page_push.rs`), a
+//! block handed over counts as read: it is the reader's already, and the fetch runs at the
+//! link's pace.
 
 use super::{BlockCache, GetSlots, ObjectVersion, Slot};
+use bytes::Bytes;
 use parking_lot::Mutex;
 use std::ops::Range;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -46,7 +51,12 @@ pub struct WholeFetch {
     abandoned: AtomicBool,
     /// The fetch's last GET was slow (see `SLOW_BLOCK`); so until one is timed.
     slow_link: AtomicBool,
+    /// Where fetched blocks go besides the caches (the kernel's page cache).
+    sink: OnceLock<BlockSink>,
 }
+
+/// Takes a block fetched ahead (its index, its bytes); true if it took it for the reader.
+pub type BlockSink = Arc<dyn Fn(u64, Bytes) -> bool + Send + Sync>;
 
 struct Blocks {
     state: Vec<BlockState>,
@@ -86,6 +96,7 @@ impl WholeFetch {
             started: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
             slow_link: AtomicBool::new(true),
+            sink: OnceLock::new(),
         })
     }
 
@@ -113,6 +124,30 @@ impl WholeFetch {
 
     /// Where the blocks from `blocks.start` that no reader has read yet end, within
     /// `blocks`.
+    /// Hands the blocks this fetch brings to `sink` as they arrive.
+    pub fn hand_blocks_to(&self, sink: BlockSink) {
+        let _ = self.sink.set(sink);
+    }
+
+    fn was_read(&self, index: u64) -> bool {
+        let b = self.blocks.lock();
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| b.state.get(i))
+            .is_some_and(|s| *s == BlockState::Read)
+    }
+
+    /// A block arrived: handed on if a sink takes it (not if a reader read it meanwhile:
+    /// the page cache has it), which lets the fetch go on.
+    fn arrived(&self, index: u64, data: Bytes) -> bool {
+        let Some(sink) = self.sink.get() else { return false };
+        if self.was_read(index) || !sink(index, data) {
+            return false;
+        }
+        self.read(index..index + 1);
+        true
+    }
+
     pub fn unread_until(&self, blocks: Range<u64>) -> u64 {
         let b = self.blocks.lock();
         blocks
@@ -244,20 +279,31 @@ impl BlockCache {
             if gets.abandoned.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
                 return;
             }
-            let slots: Vec<Slot> = stretches
+            // A run's slots are its blocks in order (no `served` to cut it short).
+            let slots: Vec<(u64, Slot)> = stretches
                 .into_iter()
-                .flat_map(|run| self.claim_blocks(&object, run.clone(), run.end, None, None, false))
+                .flat_map(|run| {
+                    run.clone()
+                        .zip(self.claim_blocks(&object, run.clone(), run.end, None, None, false))
+                })
                 .collect();
-            let (failed, whole) = (failed.clone(), whole.clone());
+            let (failed, whole, this, object) = (failed.clone(), whole.clone(), self.clone(), object.clone());
             let began = Instant::now();
             tokio::spawn(async move {
                 let mut fetched = 0;
-                for slot in slots {
+                for (index, slot) in slots {
                     if let Slot::Pending(mut progress) = slot {
                         fetched += 1;
-                        let outcome = progress.wait_for(|p| p.done.is_some()).await;
-                        if outcome.is_ok_and(|p| matches!(p.done, Some(Err(_)))) {
-                            failed.store(true, Ordering::Relaxed);
+                        let done = progress
+                            .wait_for(|p| p.done.is_some())
+                            .await
+                            .ok()
+                            .and_then(|p| p.done.clone());
+                        match done {
+                            Some(Err(_)) => failed.store(true, Ordering::Relaxed),
+                            // The page cache holds it now; the disk cache too, if it took it.
+                            Some(Ok(data)) if whole.arrived(index, data.clone()) => this.let_go_if_kept(&object, index),
+                            _ => {}
                         }
                     }
                 }

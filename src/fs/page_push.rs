@@ -1,0 +1,171 @@
+//! Blocks of a file fetched whole handed straight to the kernel's page cache.
+//!
+//! A file read at random (a model loader taking its tensors in a shuffled order) is
+//! fetched whole in the background (`blocks/whole_fetch.rs`). Kept in the daemon, each
+//! block still cost the reader a page fault, a FUSE read and its answer when the reader
+//! came to it, and it held the daemon's memory until then, which paced the fetch to the
+//! reader. Handed to the kernel as it arrives (FUSE's store notice), the reader finds it in
+//! the page cache: no request, no wait, and the daemon lets the block go at once.
+//!
+//! The page cache must never get bytes older than what it holds or should hold. A block
+//! goes in only while the file has no local data (no writer, no truncate) and the kernel
+//! caches the version fetched (`kernel_cache_etag`), checked after the push is counted
+//! as under way. Whoever changes either (an open for writing, a truncate, an open of a
+//! newer version) waits, after the change, until the pushes under way for the inode are
+//! done: a push either saw the change and stayed out, or landed before the kernel was
+//! told (the open's answer, which then drops or overwrites those pages).
+
+use super::Fs;
+use super::blocks::ObjectVersion;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::Notify;
+
+/// Puts `data` at `offset` of inode `ino` into the kernel's page cache; false if the
+/// kernel refused it. Set by the FUSE adapter at mount; blocking.
+pub type PagesToKernel = Arc<dyn Fn(u64, u64, &[u8]) -> bool + Send + Sync>;
+
+/// Pushes under way, by inode.
+#[derive(Default)]
+pub struct PagePushes {
+    under_way: Mutex<HashMap<u64, u32>>,
+    /// A push ended (all waiters look again at their inode).
+    ended: Notify,
+    pub pushed_bytes: AtomicU64,
+}
+
+/// One push under way; counted until dropped.
+pub struct PushUnderWay<'a> {
+    pushes: &'a PagePushes,
+    ino: u64,
+}
+
+impl PagePushes {
+    pub fn begin(&self, ino: u64) -> PushUnderWay<'_> {
+        *self.under_way.lock().entry(ino).or_insert(0) += 1;
+        PushUnderWay { pushes: self, ino }
+    }
+
+    fn under_way(&self, ino: u64) -> bool {
+        self.under_way.lock().contains_key(&ino)
+    }
+
+    /// Returns once no push for `ino` is under way.
+    pub async fn wait_idle(&self, ino: u64) {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            // Registered before the look: an end between the two still wakes this one.
+            ended.as_mut().enable();
+            if !self.under_way(ino) {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+impl Drop for PushUnderWay<'_> {
+    fn drop(&mut self) {
+        {
+            let mut under_way = self.pushes.under_way.lock();
+            if let Some(count) = under_way.get_mut(&self.ino) {
+                *count -= 1;
+                if *count == 0 {
+                    under_way.remove(&self.ino);
+                }
+            }
+        }
+        self.pushes.ended.notify_waiters();
+    }
+}
+
+impl Fs {
+    /// Where the whole fetch of `object`, open as inode `ino`, hands its blocks: `None`
+    /// without a kernel to hand them to (the core's own tests).
+    pub(super) fn block_sink(&self, ino: u64, object: &ObjectVersion) -> Option<super::blocks::BlockSink> {
+        let to_kernel = self.kernel.pages.get()?.clone();
+        let me = self.me.clone();
+        let (object, block_size) = (object.clone(), self.blocks.block_size);
+        Some(Arc::new(move |index: u64, data: Bytes| {
+            let Some(fs) = me.upgrade() else { return false };
+            let to_kernel = to_kernel.clone();
+            let object = object.clone();
+            // The write to /dev/fuse may wait for a page lock held by a read this daemon
+            // is answering: off the runtime's threads.
+            tokio::task::spawn_blocking(move || {
+                let _push = fs.page_pushes.begin(ino);
+                if fs.kernel_caches(ino, &object) && to_kernel(ino, index * block_size, &data) {
+                    let len = data.len() as u64;
+                    fs.page_pushes.pushed_bytes.fetch_add(len, Ordering::Relaxed);
+                }
+            });
+            true
+        }))
+    }
+
+    /// Whether the kernel's page cache of `ino` stands for `object` as it is in the bucket:
+    /// no local data, the version the kernel caches, its size.
+    fn kernel_caches(&self, ino: u64, object: &ObjectVersion) -> bool {
+        if self.unmounted.load(Ordering::Relaxed) || self.handles.has_data(ino) {
+            return false;
+        }
+        let tree = self.tree();
+        tree.get(ino).is_some_and(|n| {
+            !n.local && n.attr.size == object.size && n.kernel_cache_etag.as_deref() == Some(&*object.etag)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_change_waits_for_the_pushes_under_way_and_only_for_its_inode() {
+        let pushes = Arc::new(PagePushes::default());
+        let push = pushes.begin(7);
+        let other = pushes.begin(8);
+        // Nothing under way for inode 9: no wait.
+        tokio::time::timeout(Duration::from_secs(1), pushes.wait_idle(9))
+            .await
+            .unwrap();
+        let waiter = {
+            let pushes = pushes.clone();
+            tokio::spawn(async move { pushes.wait_idle(7).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "returned while a push was under way");
+        drop(push);
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        // Inode 8's push is still counted.
+        assert!(pushes.under_way(8));
+        drop(other);
+        assert!(!pushes.under_way(8));
+    }
+
+    #[tokio::test]
+    async fn two_pushes_of_one_inode_both_end_before_the_wait_does() {
+        let pushes = Arc::new(PagePushes::default());
+        let (a, b) = (pushes.begin(3), pushes.begin(3));
+        let waiter = {
+            let pushes = pushes.clone();
+            tokio::spawn(async move { pushes.wait_idle(3).await })
+        };
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "returned with one push of two still under way");
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
