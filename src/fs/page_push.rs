@@ -11,9 +11,9 @@
 //! goes in only while the file has no local data (no writer, no truncate) and the kernel
 //! caches the version fetched (`kernel_cache_etag`), checked after the push is counted
 //! as under way. Whoever changes either (an open for writing, a truncate, an open of a
-//! newer version) waits, after the change, until the pushes under way for the inode are
-//! done: a push either saw the change and stayed out, or landed before the kernel was
-//! told (the open's answer, which then drops or overwrites those pages).
+//! newer version) waits, after the change, until the inode's pushes under way at that
+//! moment are done: a push either saw the change and stayed out, or landed before the
+//! kernel was told (the open's answer, which then drops or overwrites those pages).
 
 use super::Fs;
 use super::blocks::ObjectVersion;
@@ -31,36 +31,60 @@ pub type PagesToKernel = Arc<dyn Fn(u64, u64, &[u8]) -> bool + Send + Sync>;
 /// Pushes under way, by inode.
 #[derive(Default)]
 pub struct PagePushes {
-    under_way: Mutex<HashMap<u64, u32>>,
+    state: Mutex<UnderWay>,
     /// A push ended (all waiters look again at their inode).
     ended: Notify,
     pub pushed_bytes: AtomicU64,
+}
+
+#[derive(Default)]
+struct UnderWay {
+    /// Each push's turn, in the order they began.
+    next_turn: u64,
+    /// The turns of the pushes under way, by inode.
+    by_inode: HashMap<u64, Vec<u64>>,
 }
 
 /// One push under way; counted until dropped.
 pub struct PushUnderWay<'a> {
     pushes: &'a PagePushes,
     ino: u64,
+    turn: u64,
 }
 
 impl PagePushes {
     pub fn begin(&self, ino: u64) -> PushUnderWay<'_> {
-        *self.under_way.lock().entry(ino).or_insert(0) += 1;
-        PushUnderWay { pushes: self, ino }
+        let mut state = self.state.lock();
+        let turn = state.next_turn;
+        state.next_turn += 1;
+        state.by_inode.entry(ino).or_default().push(turn);
+        PushUnderWay {
+            pushes: self,
+            ino,
+            turn,
+        }
     }
 
-    fn under_way(&self, ino: u64) -> bool {
-        self.under_way.lock().contains_key(&ino)
+    /// Whether a push of `ino` that began before `turn` is under way.
+    fn under_way_before(&self, ino: u64, turn: u64) -> bool {
+        let state = self.state.lock();
+        state
+            .by_inode
+            .get(&ino)
+            .is_some_and(|turns| turns.iter().any(|t| *t < turn))
     }
 
-    /// Returns once no push for `ino` is under way.
+    /// Returns once the pushes of `ino` under way now have ended (not those that begin
+    /// later: they see the change the caller made and stay out, and a fetch that keeps
+    /// pushing cannot hold the caller back).
     pub async fn wait_idle(&self, ino: u64) {
+        let turn = self.state.lock().next_turn;
         loop {
             let ended = self.ended.notified();
             tokio::pin!(ended);
             // Registered before the look: an end between the two still wakes this one.
             ended.as_mut().enable();
-            if !self.under_way(ino) {
+            if !self.under_way_before(ino, turn) {
                 return;
             }
             ended.await;
@@ -71,11 +95,11 @@ impl PagePushes {
 impl Drop for PushUnderWay<'_> {
     fn drop(&mut self) {
         {
-            let mut under_way = self.pushes.under_way.lock();
-            if let Some(count) = under_way.get_mut(&self.ino) {
-                *count -= 1;
-                if *count == 0 {
-                    under_way.remove(&self.ino);
+            let mut state = self.pushes.state.lock();
+            if let Some(turns) = state.by_inode.get_mut(&self.ino) {
+                turns.retain(|t| *t != self.turn);
+                if turns.is_empty() {
+                    state.by_inode.remove(&self.ino);
                 }
             }
         }
@@ -146,9 +170,27 @@ mod tests {
             .unwrap()
             .unwrap();
         // Inode 8's push is still counted.
-        assert!(pushes.under_way(8));
+        assert!(pushes.under_way_before(8, u64::MAX));
         drop(other);
-        assert!(!pushes.under_way(8));
+        assert!(!pushes.under_way_before(8, u64::MAX));
+    }
+
+    #[tokio::test]
+    async fn a_push_that_began_after_the_wait_does_not_hold_it() {
+        let pushes = Arc::new(PagePushes::default());
+        let early = pushes.begin(4);
+        let waiter = {
+            let pushes = pushes.clone();
+            tokio::spawn(async move { pushes.wait_idle(4).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let late = pushes.begin(4);
+        drop(early);
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        drop(late);
     }
 
     #[tokio::test]

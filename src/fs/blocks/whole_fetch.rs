@@ -122,8 +122,6 @@ impl WholeFetch {
         }
     }
 
-    /// Where the blocks from `blocks.start` that no reader has read yet end, within
-    /// `blocks`.
     /// Hands the blocks this fetch brings to `sink` as they arrive.
     pub fn hand_blocks_to(&self, sink: BlockSink) {
         let _ = self.sink.set(sink);
@@ -148,6 +146,8 @@ impl WholeFetch {
         true
     }
 
+    /// Where the blocks from `blocks.start` that no reader has read yet end, within
+    /// `blocks`.
     pub fn unread_until(&self, blocks: Range<u64>) -> u64 {
         let b = self.blocks.lock();
         blocks
