@@ -22,19 +22,35 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 /// Puts `data` at `offset` of inode `ino` into the kernel's page cache; false if the
 /// kernel refused it. Set by the FUSE adapter at mount; blocking.
 pub type PagesToKernel = Arc<dyn Fn(u64, u64, &[u8]) -> bool + Send + Sync>;
 
+/// Blocks handed over and not yet in the page cache, at most (their memory is the
+/// fetches', held a little longer; 64 MiB of 1 MiB blocks).
+const PUSHES_IN_FLIGHT: usize = 64;
+
 /// Pushes under way, by inode.
-#[derive(Default)]
 pub struct PagePushes {
     state: Mutex<UnderWay>,
+    /// Room for blocks on their way (`PUSHES_IN_FLIGHT`).
+    room: Arc<Semaphore>,
     /// A push ended (all waiters look again at their inode).
     ended: Notify,
     pub pushed_bytes: AtomicU64,
+}
+
+impl Default for PagePushes {
+    fn default() -> Self {
+        PagePushes {
+            state: Mutex::default(),
+            room: Arc::new(Semaphore::new(PUSHES_IN_FLIGHT)),
+            ended: Notify::new(),
+            pushed_bytes: AtomicU64::new(0),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -115,19 +131,23 @@ impl Fs {
         let me = self.me.clone();
         let (object, block_size) = (object.clone(), self.blocks.block_size);
         Some(Arc::new(move |index: u64, data: Bytes| {
-            let Some(fs) = me.upgrade() else { return false };
+            let fs = me.upgrade()?;
             let to_kernel = to_kernel.clone();
             let object = object.clone();
-            // The write to /dev/fuse may wait for a page lock held by a read this daemon
-            // is answering: off the runtime's threads.
-            tokio::task::spawn_blocking(move || {
-                let _push = fs.page_pushes.begin(ino);
-                if fs.kernel_caches(ino, &object) && to_kernel(ino, index * block_size, &data) {
-                    let len = data.len() as u64;
-                    fs.page_pushes.pushed_bytes.fetch_add(len, Ordering::Relaxed);
-                }
-            });
-            true
+            let room = fs.page_pushes.room.clone();
+            Some(Box::pin(async move {
+                let Ok(held) = room.acquire_owned().await else { return };
+                // The write to /dev/fuse may wait for a page lock held by a read this
+                // daemon is answering: off the runtime's threads.
+                tokio::task::spawn_blocking(move || {
+                    let _held = held;
+                    let _push = fs.page_pushes.begin(ino);
+                    if fs.kernel_caches(ino, &object) && to_kernel(ino, index * block_size, &data) {
+                        let len = data.len() as u64;
+                        fs.page_pushes.pushed_bytes.fetch_add(len, Ordering::Relaxed);
+                    }
+                });
+            }) as futures::future::BoxFuture<'static, ()>)
         }))
     }
 

@@ -55,8 +55,10 @@ pub struct WholeFetch {
     sink: OnceLock<BlockSink>,
 }
 
-/// Takes a block fetched ahead (its index, its bytes); true if it took it for the reader.
-pub type BlockSink = Arc<dyn Fn(u64, Bytes) -> bool + Send + Sync>;
+/// Takes a block fetched ahead (its index, its bytes) for the reader: what to wait for
+/// before the fetch goes on (room for it among the blocks being handed over), or `None`
+/// if it did not take it.
+pub type BlockSink = Arc<dyn Fn(u64, Bytes) -> Option<futures::future::BoxFuture<'static, ()>> + Send + Sync>;
 
 struct Blocks {
     state: Vec<BlockState>,
@@ -136,13 +138,15 @@ impl WholeFetch {
     }
 
     /// A block arrived: handed on if a sink takes it (not if a reader read it meanwhile:
-    /// the page cache has it), which lets the fetch go on.
-    fn arrived(&self, index: u64, data: Bytes) -> bool {
+    /// the page cache has it), which counts as read; returns once the sink has it.
+    async fn arrived(&self, index: u64, data: Bytes) -> bool {
         let Some(sink) = self.sink.get() else { return false };
-        if self.was_read(index) || !sink(index, data) {
+        if self.was_read(index) {
             return false;
         }
+        let Some(taking) = sink(index, data) else { return false };
         self.read(index..index + 1);
+        let _ = taking.await;
         true
     }
 
@@ -299,11 +303,17 @@ impl BlockCache {
                             .await
                             .ok()
                             .and_then(|p| p.done.clone());
-                        match done {
-                            Some(Err(_)) => failed.store(true, Ordering::Relaxed),
+                        let handed = match done {
+                            Some(Ok(data)) => whole.arrived(index, data).await,
+                            Some(Err(_)) => {
+                                failed.store(true, Ordering::Relaxed);
+                                false
+                            }
+                            None => false,
+                        };
+                        if handed {
                             // The page cache holds it now; the disk cache too, if it took it.
-                            Some(Ok(data)) if whole.arrived(index, data.clone()) => this.let_go_if_kept(&object, index),
-                            _ => {}
+                            this.let_go_if_kept(&object, index);
                         }
                     }
                 }
