@@ -711,25 +711,26 @@ fn a_file_read_at_random_is_fetched_whole_and_then_costs_no_request() {
     put(&s, "model.bin", data.clone());
     let m = Mount::new(&s, &[]);
     let file = std::fs::File::open(m.join("model.bin")).unwrap();
-    // Small reads 4 MiB apart: the readahead of each covers little of the file.
-    let (tensor, spacing) = (64usize << 10, 4usize << 20);
-    let read_tensor = |i: usize| {
-        let mut buf = vec![0u8; tensor];
-        let at = i * spacing;
-        file.read_exact_at(&mut buf, at as u64).unwrap();
-        assert!(buf == data[at..at + tensor], "tensor {i} differs");
-    };
-    for i in [9, 2, 6, 0, 11] {
-        read_tensor(i);
-    }
+    read_tensors(&file, &data, &[9, 2, 6, 0, 11]);
     // The rest arrives in the background.
     let fetched = || m.status()["fetched_bytes"].as_u64().unwrap();
     eventually(Duration::from_secs(30), || fetched() >= data.len() as u64);
     let gets = s.stats().count("GetObject");
-    for i in [5, 1, 10, 3, 8, 4, 7] {
-        read_tensor(i);
-    }
+    read_tensors(&file, &data, &[5, 1, 10, 3, 8, 4, 7]);
     assert_eq!(s.stats().count("GetObject"), gets, "{}", m.log());
+}
+
+/// Reads 64 KiB "tensors" 4 MiB apart, in `order`, and compares each with `data`: small
+/// reads far apart, whose readahead covers little of the file, so the file reads as read
+/// at random.
+fn read_tensors(file: &std::fs::File, data: &[u8], order: &[usize]) {
+    let (tensor, spacing) = (64usize << 10, 4usize << 20);
+    for &i in order {
+        let mut buf = vec![0u8; tensor];
+        let at = i * spacing;
+        file.read_exact_at(&mut buf, at as u64).unwrap();
+        assert!(buf == data[at..at + tensor], "tensor {i} differs");
+    }
 }
 
 /// A file read at random goes into the kernel's page cache as its whole fetch brings it:
@@ -743,16 +744,7 @@ fn a_file_read_at_random_goes_into_the_page_cache_as_it_arrives() {
     put(&s, "model.bin", data.clone());
     let m = Mount::new(&s, &[]);
     let file = std::fs::File::open(m.join("model.bin")).unwrap();
-    let (tensor, spacing) = (64usize << 10, 4usize << 20);
-    let read_tensor = |i: usize| {
-        let mut buf = vec![0u8; tensor];
-        let at = i * spacing;
-        file.read_exact_at(&mut buf, at as u64).unwrap();
-        assert!(buf == data[at..at + tensor], "tensor {i} differs");
-    };
-    for i in [9, 2, 6, 0, 11] {
-        read_tensor(i);
-    }
+    read_tensors(&file, &data, &[9, 2, 6, 0, 11]);
     let pushed = || m.status()["pushed_to_kernel_bytes"].as_u64().unwrap();
     // All but the blocks the reads above brought (each with its readahead).
     eventually(Duration::from_secs(30), || pushed() >= (data.len() / 2) as u64);

@@ -138,7 +138,7 @@ impl WholeFetch {
     }
 
     /// A block arrived: handed on if a sink takes it (not if a reader read it meanwhile:
-    /// the page cache has it), which counts as read; returns once the sink has it.
+    /// the page cache has it), which counts as read; returns once the sink has room.
     async fn arrived(&self, index: u64, data: Bytes) -> bool {
         let Some(sink) = self.sink.get() else { return false };
         if self.was_read(index) {
@@ -312,7 +312,8 @@ impl BlockCache {
                             None => false,
                         };
                         if handed {
-                            // The page cache holds it now; the disk cache too, if it took it.
+                            // On its way to the page cache; kept by the disk cache too, if it
+                            // took it.
                             this.let_go_if_kept(&object, index);
                         }
                     }
