@@ -57,6 +57,11 @@ fn sync_staging_later(f: &mut FileData) {
     }
 }
 
+/// The largest part of a copy in one round (`Uploader::copy_part_size`): at 20 MB/s, a
+/// slow provider's server-side copy, 26 s, under the 60 s a request may wait for its answer.
+const MAX_COPY_PART: u64 = 512 * MIB;
+const MIB: u64 = 1 << 20;
+
 pub struct Uploader {
     store: Arc<dyn ObjectStore>,
     resolved: Resolved,
@@ -310,10 +315,54 @@ impl Uploader {
     }
 
     /// A multipart upload of the whole file: untouched base ranges are copied server-side
-    /// where possible, everything else is assembled and sent; parts run concurrently.
+    /// where possible, everything else is assembled and sent; parts run concurrently. A
+    /// file that is all base (a rename) is copied in one round of larger parts; where the
+    /// provider turns part copies down after all, in parts of the usual size, read and sent.
     async fn multipart(&self, f: &mut FileData, metadata: &Metadata, if_match: Option<String>) -> StoreResult<String> {
-        let p = &self.resolved.profile;
+        if let Some(part_size) = self.copy_part_size(f) {
+            match self.multipart_in(f, metadata, if_match.clone(), part_size, true).await {
+                Err(StoreError::Unsupported(e)) => {
+                    tracing::debug!("{:?} copied in parts of the usual size: {e}", f.key)
+                }
+                other => return other,
+            }
+        }
         let part_size = self.resolved.part_size_for(f.size);
+        self.multipart_in(f, metadata, if_match, part_size, false).await
+    }
+
+    /// The part size of a copy that moves the whole base (a rename): as many parts as go
+    /// at once, so the copy takes one round of requests rather than one per
+    /// `parts_in_flight` parts (a 2 GiB checkpoint: 128 parts of 16 MiB in 16 rounds, each
+    /// a round trip plus the provider's hashing of its part). At most `MAX_COPY_PART`,
+    /// which a slow provider still copies well within a request's timeout. `None` where
+    /// the usual parts are as large, or the file is not all base.
+    fn copy_part_size(&self, f: &FileData) -> Option<u64> {
+        let p = &self.resolved.profile;
+        if !p.upload_part_copy || f.base.is_none() || !f.is_pure_base(0..f.size) {
+            return None;
+        }
+        let usual = self.resolved.part_size_for(f.size);
+        let one_round = f
+            .size
+            .div_ceil(self.parts_in_flight.max(1) as u64)
+            .next_multiple_of(MIB);
+        let size = one_round.min(MAX_COPY_PART).min(p.max_part_size);
+        (size > usual).then_some(size)
+    }
+
+    /// `multipart` with parts of `part_size`. `copy_only`: a part copy the provider turns
+    /// down fails the upload (`Unsupported`) instead of being read and sent, as parts
+    /// this large would take too much memory.
+    async fn multipart_in(
+        &self,
+        f: &mut FileData,
+        metadata: &Metadata,
+        if_match: Option<String>,
+        part_size: u64,
+        copy_only: bool,
+    ) -> StoreResult<String> {
+        let p = &self.resolved.profile;
         let count = f.size.div_ceil(part_size);
         let upload_id = self.start_multipart(f, metadata).await?;
         let f = &*f;
@@ -335,7 +384,7 @@ impl Uploader {
                             .store
                             .upload_part_copy(&f.key, &upload_id, number, &source, Some(&etag), range.clone())
                             .await;
-                        if !matches!(r, Err(StoreError::Unsupported(_))) {
+                        if copy_only || !matches!(r, Err(StoreError::Unsupported(_))) {
                             return r;
                         }
                     }
