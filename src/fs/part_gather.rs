@@ -6,11 +6,47 @@
 //! bytes end (a rewrite of them, a gap, a truncate) ends the gathering; the part is then
 //! read from the staging file as before. The memory comes from the transfer budget, taken
 //! without waiting: short of room, a part is not gathered.
+//!
+//! A part's buffer, once the part is sent, comes back for a later part of the same file
+//! (`Spares`): glibc hands memory of a part's size back to the system when it is freed, so
+//! every fresh part paid a page fault and a zeroed page per 4 KiB again, 8-29 % of the
+//! daemon's CPU while a 2 GiB checkpoint was written.
 
 use super::budget::TransferBudget;
 use bytes::Bytes;
-use std::sync::Arc;
+use parking_lot::Mutex;
+use std::sync::{Arc, Weak};
 use tokio::sync::OwnedSemaphorePermit;
+
+/// Buffers of sent parts kept for the next ones, beyond the transfer budget: a writer
+/// needs one as each upload ends, so two cover it, and they live no longer than the
+/// gathering.
+const SPARE_PARTS: usize = 2;
+
+type Spares = Mutex<Vec<Vec<u8>>>;
+
+/// A gathered part's bytes, its buffer going back to the spares when the upload drops it.
+struct PartBytes {
+    bytes: Vec<u8>,
+    spares: Weak<Spares>,
+}
+
+impl AsRef<[u8]> for PartBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for PartBytes {
+    fn drop(&mut self) {
+        if let Some(spares) = self.spares.upgrade() {
+            let mut spares = spares.lock();
+            if spares.len() < SPARE_PARTS {
+                spares.push(std::mem::take(&mut self.bytes));
+            }
+        }
+    }
+}
 
 /// A whole part, gathered, with the room it holds in the transfer budget.
 pub struct GatheredPart {
@@ -29,6 +65,7 @@ pub struct PartGather {
     /// The last whole part, until the upload takes it (right after the write that
     /// completed it).
     whole: Option<GatheredPart>,
+    spares: Arc<Spares>,
 }
 
 /// Why gathering ended: the caller drops the gatherer.
@@ -45,7 +82,17 @@ impl PartGather {
             bytes: Vec::new(),
             room: None,
             whole: None,
+            spares: Arc::default(),
         }
+    }
+
+    /// An empty buffer for a part: a sent part's if one is back.
+    fn buffer(&self) -> Vec<u8> {
+        let spare = self.spares.lock().pop();
+        let mut bytes = spare.unwrap_or_default();
+        bytes.clear();
+        bytes.reserve_exact(self.part_size as usize);
+        bytes
     }
 
     /// Where gathered bytes end: the next append must start here.
@@ -71,7 +118,7 @@ impl PartGather {
         while !data.is_empty() {
             if self.room.is_none() {
                 self.room = Some(self.budget.try_take(self.part_size).ok_or(Spoiled)?);
-                self.bytes = Vec::with_capacity(self.part_size as usize);
+                self.bytes = self.buffer();
             }
             let n = data.len().min(self.part_size as usize - self.bytes.len());
             self.bytes.extend_from_slice(&data[..n]);
@@ -83,7 +130,10 @@ impl PartGather {
                 }
                 self.whole = Some(GatheredPart {
                     start: self.start,
-                    body: Bytes::from(std::mem::take(&mut self.bytes)),
+                    body: Bytes::from_owner(PartBytes {
+                        bytes: std::mem::take(&mut self.bytes),
+                        spares: Arc::downgrade(&self.spares),
+                    }),
                     room: self.room.take().expect("taken when the part began"),
                 });
                 self.start += self.part_size;
@@ -149,6 +199,28 @@ mod tests {
         g.write(8, b"abcdefgh").unwrap();
         assert!(g.take(0).is_none(), "only the part asked for");
         assert_eq!(&g.take(PART).unwrap().body[..], b"abcdefgh", "which stays for its turn");
+    }
+
+    #[test]
+    fn a_sent_parts_buffer_is_used_again_for_a_later_part() {
+        let mut g = gather();
+        g.write(8, b"abcdefgh").unwrap();
+        let first = g.take(PART).unwrap();
+        let buffer = first.body.as_ptr();
+        drop(first);
+        assert_eq!(g.spares.lock().len(), 1, "the sent part's buffer is back");
+        g.write(16, b"ijklmnop").unwrap();
+        assert!(g.spares.lock().is_empty(), "and taken by the next part");
+        let second = g.take(2 * PART).unwrap();
+        assert_eq!(&second.body[..], b"ijklmnop");
+        assert_eq!(second.body.as_ptr(), buffer, "the first part's buffer");
+        g.write(24, b"qrstuvwx").unwrap();
+        let third = g.take(3 * PART).unwrap();
+        assert_ne!(third.body.as_ptr(), buffer, "not while the second part holds it");
+        assert_eq!(&third.body[..], b"qrstuvwx");
+        drop((second, third));
+        assert_eq!(g.spares.lock().len(), SPARE_PARTS);
+        drop(g);
     }
 
     #[test]
