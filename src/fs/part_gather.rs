@@ -18,10 +18,10 @@ use parking_lot::Mutex;
 use std::sync::{Arc, Weak};
 use tokio::sync::OwnedSemaphorePermit;
 
-/// Buffers of sent parts kept for the next ones, beyond the transfer budget: a writer
-/// needs one as each upload ends, so two cover it, and they live no longer than the
-/// gathering.
-const SPARE_PARTS: usize = 2;
+/// Buffers of sent parts kept for the next ones, beyond the transfer budget (a part is at
+/// most a quarter of it): a writer gathers one part at a time, so one covers it, and it
+/// lives no longer than the gathering.
+const SPARE_PARTS: usize = 1;
 
 type Spares = Mutex<Vec<Vec<u8>>>;
 
