@@ -366,6 +366,11 @@ pub struct ConnectArgs {
     pub max_part_size: Option<u64>,
     #[arg(long, value_parser = parse_positive::<u32>, value_name = "N")]
     pub max_parts: Option<u32>,
+    /// Send upload bodies unsigned (UNSIGNED-PAYLOAD, the CRC32 checksum still signed)
+    /// instead of hashing them with SHA-256 for the signature; default: over HTTPS where
+    /// checksums are sent.
+    #[arg(long, value_name = "BOOL")]
+    pub unsigned_payload: Option<bool>,
     /// Whether the provider offers DeleteObjects (batch delete).
     #[arg(long, value_name = "BOOL")]
     pub delete_objects: Option<bool>,
@@ -454,6 +459,7 @@ impl ConnectArgs {
             delete_objects: self.delete_objects,
             upload_part_copy: self.upload_part_copy,
             rename_object: self.rename_object,
+            unsigned_payload: self.unsigned_payload,
             user_metadata: self.no_user_metadata.then_some(false),
             markers: self.markers.map(|m| match m {
                 MarkersArg::Supported => Markers::Supported,

@@ -254,6 +254,8 @@ pub struct Overrides {
     pub list_v1: Option<bool>,
     /// Both `put_if_match` and `complete_if_match`.
     pub conditional_writes: Option<bool>,
+    /// `Resolved::unsigned_uploads`; `None`: over HTTPS where a checksum goes along.
+    pub unsigned_payload: Option<bool>,
 }
 
 /// A profile applied to one source, with the command line's overrides: what the store and
@@ -267,6 +269,12 @@ pub struct Resolved {
     pub endpoint: Option<String>,
     /// `None`: the SDK's default region chain.
     pub region: Option<String>,
+    /// Upload bodies go with `UNSIGNED-PAYLOAD` instead of their SHA-256 in the signature,
+    /// a third of the daemon's CPU while it uploads. By default over HTTPS where a CRC32
+    /// header (signed) goes with each body, as aws-cli, boto3 and rclone do: TLS keeps the
+    /// body from being changed on the way and the provider checks the CRC. Over plain HTTP
+    /// the signature is a body's only protection, so only on request there.
+    pub unsigned_uploads: bool,
 }
 
 impl Resolved {
@@ -299,12 +307,20 @@ impl Resolved {
             RegionRule::Fixed(r) => Some(r.to_string()),
             RegionRule::Scope => Some(scope.clone()),
         });
+        // No endpoint: AWS's, always HTTPS.
+        let https = endpoint
+            .as_deref()
+            .is_none_or(|e| e.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://")));
+        let unsigned_uploads = o
+            .unsigned_payload
+            .unwrap_or(https && p.checksums == ChecksumPolicy::WhenSupported);
         Resolved {
             profile: p,
             bucket: source.bucket.clone(),
             prefix: source.prefix.clone(),
             endpoint: endpoint.map(|e| endpoint_with_path_slash(&e)),
             region,
+            unsigned_uploads,
         }
     }
 
@@ -376,6 +392,36 @@ mod tests {
         assert_eq!(r.profile.max_put_size, 500_000_000);
         assert!(!r.profile.delete_objects && !r.profile.upload_part_copy);
         assert_eq!(r.profile.hidden_prefixes, &[".s3compat_uploads/"]);
+    }
+
+    #[test]
+    fn upload_bodies_go_unsigned_over_https_with_a_checksum_or_when_asked() {
+        let unsigned = |src: &str, o: Overrides| resolve(src, o).unsigned_uploads;
+        assert!(unsigned("cw://b", Overrides::default()), "CoreWeave over HTTPS");
+        assert!(unsigned("s3://b", Overrides::default()), "AWS's own endpoints");
+        let endpoint = |url: &str| Overrides {
+            endpoint_url: Some(url.into()),
+            ..Overrides::default()
+        };
+        assert!(unsigned("s3://b", endpoint("HTTPS://minio.example:9000")));
+        assert!(!unsigned("s3://b", endpoint("http://cwlota.com")), "plain HTTP");
+        assert!(
+            !unsigned("runpod://EU-RO-1/vol", Overrides::default()),
+            "no checksum sent"
+        );
+        assert!(!unsigned("hf://ns/b", Overrides::default()), "no checksum sent");
+        let asked = |on: bool| Overrides {
+            unsigned_payload: Some(on),
+            ..endpoint("http://127.0.0.1:9000")
+        };
+        assert!(unsigned("s3://b", asked(true)));
+        assert!(!unsigned(
+            "cw://b",
+            Overrides {
+                unsigned_payload: Some(false),
+                ..Overrides::default()
+            }
+        ));
     }
 
     #[test]

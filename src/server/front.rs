@@ -31,6 +31,13 @@ impl Front {
     pub(crate) async fn handle(self, req: Request<Incoming>) -> Result<Response<ResponseBody>, HttpError> {
         let call = S3Call::classify(req.method(), req.uri(), req.headers());
         let _in_flight = self.stats.record(call.operation.name());
+        if req
+            .headers()
+            .get("x-amz-content-sha256")
+            .is_some_and(|v| v == "UNSIGNED-PAYLOAD")
+        {
+            self.stats.count_unsigned_payload();
+        }
         tokio::time::sleep(self.quirks.latency()).await;
         if let Some(refusal) = self.refusal(&call, &req) {
             return Ok(refusal);

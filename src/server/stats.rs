@@ -16,6 +16,8 @@ pub struct RequestStats {
     in_flight: Mutex<HashMap<&'static str, (u64, u64)>>,
     /// Bytes of object data sent in GetObject answers (their Content-Length).
     object_bytes_sent: std::sync::atomic::AtomicU64,
+    /// Requests whose body was not signed (`x-amz-content-sha256: UNSIGNED-PAYLOAD`).
+    unsigned_payloads: std::sync::atomic::AtomicU64,
 }
 
 /// A request being answered; counted in flight until dropped.
@@ -62,6 +64,16 @@ impl RequestStats {
         self.object_bytes_sent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Requests with an unsigned body since start or the last reset.
+    pub fn unsigned_payloads(&self) -> u64 {
+        self.unsigned_payloads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_unsigned_payload(&self) {
+        self.unsigned_payloads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(crate) fn count_object_bytes(&self, bytes: u64) {
         self.object_bytes_sent
             .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
@@ -69,6 +81,7 @@ impl RequestStats {
 
     pub fn reset(&self) {
         self.object_bytes_sent.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.unsigned_payloads.store(0, std::sync::atomic::Ordering::Relaxed);
         lock(&self.by_operation).clear();
         for (_, peak) in lock(&self.in_flight).values_mut() {
             *peak = 0;

@@ -283,6 +283,34 @@ fn a_rename_whose_part_copies_are_refused_is_sent_in_usual_parts() {
     assert!(s.backend().pending_uploads(BUCKET).is_empty(), "{stats:?}");
 }
 
+/// `--unsigned-payload true` sends upload bodies as UNSIGNED-PAYLOAD (the default over
+/// HTTPS; this server is plain HTTP, where bodies are signed unless asked): every
+/// PutObject and UploadPart, and the server takes them whole.
+#[test]
+fn upload_bodies_go_unsigned_when_asked_and_signed_over_http_by_default() {
+    let _turn = common::shared();
+    let s = server();
+    let small = pattern(300 << 10, 11);
+    let large = pattern(13 << 20, 12);
+    let m = Mount::new(&s, &["--part-size", "5MiB", "--unsigned-payload", "true"]);
+    fs::write(m.join("small"), &small).unwrap();
+    fs::write(m.join("large"), &large).unwrap();
+    m.sync();
+    let stats = s.stats().snapshot();
+    let bodies = s.stats().count("PutObject") + s.stats().count("UploadPart");
+    assert!(bodies >= 4, "{stats:?}");
+    assert_eq!(s.stats().unsigned_payloads(), bodies, "{stats:?}");
+    assert!(object(&s, "small").unwrap() == small && object(&s, "large").unwrap() == large);
+    drop(m);
+    s.stats().reset();
+    let m = Mount::new(&s, &["--part-size", "5MiB"]);
+    fs::write(m.join("signed"), &large).unwrap();
+    m.sync();
+    assert!(s.stats().count("UploadPart") >= 3, "{:?}", s.stats().snapshot());
+    assert_eq!(s.stats().unsigned_payloads(), 0, "{:?}", s.stats().snapshot());
+    assert!(object(&s, "signed").unwrap() == large);
+}
+
 /// Streamed parts are sent from memory, gathered as the writes arrive (`part_gather.rs`):
 /// writes that straddle part boundaries, and rewrites of bytes already gathered, must
 /// still reach the bucket exactly as written.

@@ -349,7 +349,8 @@ impl ObjectStore for S3Client {
         s.settings.metrics.sent(body.len() as u64);
         let out = s
             .send("PutObject", key, || {
-                s.client
+                let op = s
+                    .client
                     .put_object()
                     .bucket(&s.bucket)
                     .key(key)
@@ -358,7 +359,11 @@ impl ObjectStore for S3Client {
                     .set_metadata(hash_map(&opts.metadata))
                     .set_if_none_match(opts.if_none_match.then(|| "*".to_string()))
                     .set_if_match(opts.if_match.clone())
-                    .send()
+                    .customize();
+                match s.resolved.unsigned_uploads {
+                    true => op.disable_payload_signing().send(),
+                    false => op.send(),
+                }
             })
             .await?;
         Ok(out.e_tag().unwrap_or_default().to_string())
@@ -387,14 +392,19 @@ impl ObjectStore for S3Client {
         s.settings.metrics.sent(body.len() as u64);
         let out = s
             .send("UploadPart", key, || {
-                s.client
+                let op = s
+                    .client
                     .upload_part()
                     .bucket(&s.bucket)
                     .key(key)
                     .upload_id(upload_id)
                     .part_number(number)
                     .body(ByteStream::from(body.clone()))
-                    .send()
+                    .customize();
+                match s.resolved.unsigned_uploads {
+                    true => op.disable_payload_signing().send(),
+                    false => op.send(),
+                }
             })
             .await?;
         Ok(CompletedPart {
