@@ -269,12 +269,8 @@ pub struct Resolved {
     pub endpoint: Option<String>,
     /// `None`: the SDK's default region chain.
     pub region: Option<String>,
-    /// Upload bodies go with `UNSIGNED-PAYLOAD` instead of their SHA-256 in the signature,
-    /// a third of the daemon's CPU while it uploads. By default over HTTPS where a CRC32
-    /// header (signed) goes with each body, as aws-cli, boto3 and rclone do: TLS keeps the
-    /// body from being changed on the way and the provider checks the CRC. Over plain HTTP
-    /// the signature is a body's only protection, so only on request there.
-    pub unsigned_uploads: bool,
+    /// `--unsigned-payload`: see `unsigned_uploads`.
+    pub unsigned_payload: Option<bool>,
 }
 
 impl Resolved {
@@ -307,21 +303,26 @@ impl Resolved {
             RegionRule::Fixed(r) => Some(r.to_string()),
             RegionRule::Scope => Some(scope.clone()),
         });
-        // No endpoint: AWS's, always HTTPS.
-        let https = endpoint
-            .as_deref()
-            .is_none_or(|e| e.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://")));
-        let unsigned_uploads = o
-            .unsigned_payload
-            .unwrap_or(https && p.checksums == ChecksumPolicy::WhenSupported);
         Resolved {
             profile: p,
             bucket: source.bucket.clone(),
             prefix: source.prefix.clone(),
             endpoint: endpoint.map(|e| endpoint_with_path_slash(&e)),
             region,
-            unsigned_uploads,
+            unsigned_payload: o.unsigned_payload,
         }
+    }
+
+    /// Whether upload bodies go with `UNSIGNED-PAYLOAD` instead of their SHA-256 in the
+    /// signature (a third of the daemon's CPU while it uploads), `endpoint` being the one
+    /// requests go to (`None`: AWS's own, HTTPS). By default over HTTPS where a CRC32
+    /// header (signed) goes with each body, as aws-cli, boto3 and rclone do: TLS keeps the
+    /// body from being changed on the way and the provider checks the CRC. Over plain HTTP
+    /// the signature is a body's only protection, so only on request there.
+    pub fn unsigned_uploads(&self, endpoint: Option<&str>) -> bool {
+        let https = endpoint.is_none_or(|e| e.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://")));
+        self.unsigned_payload
+            .unwrap_or(https && self.profile.checksums == ChecksumPolicy::WhenSupported)
     }
 
     /// The part size for an object of (at most) `size` bytes: the preferred size, grown so
@@ -396,7 +397,10 @@ mod tests {
 
     #[test]
     fn upload_bodies_go_unsigned_over_https_with_a_checksum_or_when_asked() {
-        let unsigned = |src: &str, o: Overrides| resolve(src, o).unsigned_uploads;
+        let unsigned = |src: &str, o: Overrides| {
+            let r = resolve(src, o);
+            r.unsigned_uploads(r.endpoint.as_deref())
+        };
         assert!(unsigned("cw://b", Overrides::default()), "CoreWeave over HTTPS");
         assert!(unsigned("s3://b", Overrides::default()), "AWS's own endpoints");
         let endpoint = |url: &str| Overrides {
@@ -422,6 +426,11 @@ mod tests {
                 ..Overrides::default()
             }
         ));
+        let aws = resolve("s3://b", Overrides::default());
+        assert!(
+            !aws.unsigned_uploads(Some("http://10.0.0.5:9000")),
+            "an endpoint from the environment or the AWS profile counts too"
+        );
     }
 
     #[test]

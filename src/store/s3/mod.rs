@@ -95,6 +95,8 @@ struct Inner {
     follow_redirects: bool,
     bucket: String,
     resolved: Resolved,
+    /// `Resolved::unsigned_uploads` for the endpoint the SDK sends to.
+    unsigned_uploads: bool,
     settings: S3Settings,
     slots: Arc<Semaphore>,
     requests: AtomicU64,
@@ -213,6 +215,8 @@ impl S3Client {
                 http: HttpGets::new(settings.connect_timeout, settings.max_requests.max(1))?,
                 follow_redirects: resolved.profile.get_redirects,
                 bucket: resolved.bucket.clone(),
+                // An endpoint may also come from AWS_ENDPOINT_URL or the AWS profile.
+                unsigned_uploads: resolved.unsigned_uploads(resolved.endpoint.as_deref().or(sdk.endpoint_url())),
                 resolved: resolved.clone(),
                 slots: Arc::new(Semaphore::new(settings.max_requests.max(1))),
                 settings,
@@ -360,7 +364,7 @@ impl ObjectStore for S3Client {
                     .set_if_none_match(opts.if_none_match.then(|| "*".to_string()))
                     .set_if_match(opts.if_match.clone())
                     .customize();
-                match s.resolved.unsigned_uploads {
+                match s.unsigned_uploads {
                     true => op.disable_payload_signing().send(),
                     false => op.send(),
                 }
@@ -401,7 +405,7 @@ impl ObjectStore for S3Client {
                     .part_number(number)
                     .body(ByteStream::from(body.clone()))
                     .customize();
-                match s.resolved.unsigned_uploads {
+                match s.unsigned_uploads {
                     true => op.disable_payload_signing().send(),
                     false => op.send(),
                 }
