@@ -13,7 +13,7 @@ pub const RUNPOD_DATACENTERS: &[&str] = &[
 const KB: u64 = 1000;
 const MB: u64 = 1000 * KB;
 const GB: u64 = 1000 * MB;
-const MIB: u64 = 1 << 20;
+pub const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 const TIB: u64 = 1 << 40;
 

@@ -8,7 +8,7 @@ use super::budget::TransferBudget;
 use super::dirty::{FileData, Piece};
 use super::journal::Journal;
 use super::part_gather::PartGather;
-use crate::provider::Resolved;
+use crate::provider::{MIB, Resolved};
 use crate::store::{CompletedPart, Metadata, ObjectStore, PutOptions, StoreError, StoreResult};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -60,7 +60,6 @@ fn sync_staging_later(f: &mut FileData) {
 /// The largest part of a copy in one round (`Uploader::copy_part_size`): at 20 MB/s, a
 /// slow provider's server-side copy, 26 s, under the 60 s a request may wait for its answer.
 const MAX_COPY_PART: u64 = 512 * MIB;
-const MIB: u64 = 1 << 20;
 
 pub struct Uploader {
     store: Arc<dyn ObjectStore>,

@@ -783,7 +783,7 @@ fn a_write_and_a_truncate_during_a_whole_fetch_stay_as_made() {
     put(&s, "model.bin", data.clone());
     let cache = tempfile::tempdir().unwrap();
     let tensors = [5usize, 1, 7, 3, 6];
-    let read_tensors = |path: &Path| {
+    let open_reading_tensors = |path: &Path| {
         let file = std::fs::File::open(path).unwrap();
         let mut buf = vec![0u8; 4096];
         for i in tensors {
@@ -809,7 +809,7 @@ fn a_write_and_a_truncate_during_a_whole_fetch_stay_as_made() {
     let path = m.join("model.bin");
     assert!(std::fs::metadata(&path).unwrap().len() == len as u64);
     s.quirks().set_latency(Duration::from_millis(700));
-    let _reader = read_tensors(&path);
+    let _reader = open_reading_tensors(&path);
     let writer = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
     let mut expected = data.clone();
     let stamp = pattern(4096, 14);
@@ -837,7 +837,7 @@ fn a_write_and_a_truncate_during_a_whole_fetch_stay_as_made() {
     drop(writer);
     s.quirks().set_latency(Duration::ZERO);
     m.sync();
-    let _reader = read_tensors(&path);
+    let _reader = open_reading_tensors(&path);
     s.quirks().set_latency(Duration::from_millis(700));
     let cut = 1usize << 20;
     std::fs::OpenOptions::new()
