@@ -6,8 +6,8 @@ use crate::credentials::CredentialsFile;
 use crate::option_values::{parse_memory_limit, parse_nonzero_size, parse_positive, parse_ttl};
 use crate::provider::{ChecksumPolicy, Markers, Overrides, Resolved};
 use crate::source::Source;
-use crate::store::RetryPolicy;
 use crate::store::s3::S3Settings;
+use crate::store::{CaBundle, RetryPolicy};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -348,6 +348,10 @@ pub struct ConnectArgs {
     /// File with the access key and secret ('ACCESS:SECRET', or aws_access_key_id/aws_secret_access_key/aws_session_token lines); must not be world-readable; re-read when it changes.
     #[arg(long, value_name = "FILE")]
     pub credentials_file: Option<PathBuf>,
+    /// PEM file of CA certificates trusted for an https endpoint beside the system's (a
+    /// private CA's server).
+    #[arg(long, env = "AWS_CA_BUNDLE", value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
     /// Send request checksums always (when-supported) or only where the operation requires them.
     #[arg(long, value_enum)]
     pub checksums: Option<ChecksumArg>,
@@ -493,6 +497,7 @@ impl ConnectArgs {
             max_requests: self.max_requests,
             aws_profile: self.profile.clone(),
             credentials_file,
+            ca_bundle: self.ca_bundle.as_deref().map(CaBundle::load).transpose()?,
             ..S3Settings::default()
         })
     }

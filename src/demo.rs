@@ -164,6 +164,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         &source_text,
         &mountpoint,
         &options,
+        None,
         &mut Ready::announcing(announce),
     )
 }

@@ -12,7 +12,7 @@ use crate::metrics_endpoint;
 use crate::provider::Resolved;
 use crate::signals;
 use crate::store::s3::S3Store;
-use crate::store::{ListRequest, ObjectStore, RetryPolicy};
+use crate::store::{CaBundle, ListRequest, ObjectStore, RetryPolicy};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -81,6 +81,7 @@ pub fn run(args: MountArgs) -> ExitCode {
         logging::init(target, args.options.debug)?;
         let runtime = runtime()?;
         let metrics = settings.metrics.clone();
+        let ca_bundle = settings.ca_bundle.clone();
         let store = runtime.block_on(async {
             let store = S3Store::connect(&resolved, settings).await?;
             verify_bucket(&store, &resolved).await?;
@@ -98,6 +99,7 @@ pub fn run(args: MountArgs) -> ExitCode {
             &args.connect.source,
             &mountpoint,
             &args.options,
+            ca_bundle,
             &mut ready,
         )
     })();
@@ -256,6 +258,8 @@ pub fn serve(
     source: &str,
     mountpoint: &Path,
     options: &MountOptions,
+    // Trusted by the shared cache tier's connections too.
+    ca_bundle: Option<CaBundle>,
     ready: &mut Ready,
 ) -> Result<(), String> {
     match crate::limits::raise_open_files_limit() {
@@ -282,6 +286,7 @@ pub fn serve(
         &resolved,
         &store,
         options.memory_limit,
+        ca_bundle,
     ))?;
     let cache_dir = config.cache_dir.clone();
     let fs = Fs::new(store, resolved, config);

@@ -16,7 +16,7 @@ use crate::provider::{Overrides, Provider, Resolved};
 use crate::source::Source;
 use crate::store::pagination::Pagination;
 use crate::store::s3::{S3Settings, S3Store};
-use crate::store::{ListRequest, ObjectMeta, ObjectStore, RetryPolicy, StoreError};
+use crate::store::{CaBundle, ListRequest, ObjectMeta, ObjectStore, RetryPolicy, StoreError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -34,6 +34,7 @@ pub async fn connect(
     origin: &Resolved,
     origin_store: &Arc<dyn ObjectStore>,
     memory_limit: u64,
+    ca_bundle: Option<CaBundle>,
 ) -> Result<Option<Arc<SharedTier>>, String> {
     let Some(uri) = &args.shared_cache else {
         return Ok(None);
@@ -47,7 +48,7 @@ pub async fn connect(
         Some(path) => Some(CredentialsFile::open(path)?),
         None => None,
     };
-    let store = S3Store::connect(&tier, tier_settings(credentials_file)).await?;
+    let store = S3Store::connect(&tier, tier_settings(credentials_file, ca_bundle)).await?;
     let prefix = format!("{}s3vol-{}/", tier.prefix, source_id(origin));
     probe(&store, &tier.bucket, &prefix).await;
     Ok(Some(SharedTier::new(TierConfig {
@@ -83,7 +84,7 @@ fn resolve(uri: &str, endpoint_url: Option<String>, region: Option<String>) -> R
 }
 
 /// Short timeouts and no retries: a tier that does not answer at once is skipped.
-fn tier_settings(credentials_file: Option<CredentialsFile>) -> S3Settings {
+fn tier_settings(credentials_file: Option<CredentialsFile>, ca_bundle: Option<CaBundle>) -> S3Settings {
     S3Settings {
         retry: RetryPolicy {
             max_attempts: 1,
@@ -94,6 +95,7 @@ fn tier_settings(credentials_file: Option<CredentialsFile>) -> S3Settings {
         operation_timeout: Duration::from_secs(10),
         max_requests: 64,
         credentials_file,
+        ca_bundle,
         // The origin's request metrics stay the origin's.
         metrics: Arc::new(Metrics::default()),
         ..S3Settings::default()

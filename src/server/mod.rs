@@ -31,6 +31,7 @@ mod redirect;
 mod rope;
 mod s3_api;
 mod stats;
+mod tls;
 
 use std::future::Future;
 use std::io;
@@ -48,12 +49,14 @@ use s3s::service::S3ServiceBuilder;
 use s3s::validation::NameValidation;
 use tokio::net::TcpListener;
 use tokio::task::{AbortHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 
 pub use backend::{BackendError, MemoryBackend, StoredObject};
 pub use keys::{AcceptedKeys, KeyPair};
 pub use quirks::{InjectedFailure, Quirks, RequestFilter};
 pub use rope::Rope;
 pub use stats::RequestStats;
+pub use tls::TlsIdentity;
 
 use body::ResponseBody;
 use front::Front;
@@ -76,6 +79,8 @@ pub struct ServerConfig {
     pub secret_key: String,
     /// Smallest accepted size of every multipart part but the last (S3: 5 MiB).
     pub min_part_size: u64,
+    /// Serve the S3 endpoint over https with this identity (the CDN listener stays http).
+    pub tls: Option<TlsIdentity>,
 }
 
 impl Default for ServerConfig {
@@ -85,13 +90,14 @@ impl Default for ServerConfig {
             access_key: "s3vol-demo".to_owned(),
             secret_key: "s3vol-demo-secret".to_owned(),
             min_part_size: S3_MIN_PART_SIZE,
+            tls: None,
         }
     }
 }
 
 /// A server that runs until dropped or [`shutdown`](Self::shutdown).
 pub struct RunningServer {
-    /// `http://127.0.0.1:PORT`, for path-style clients.
+    /// `http://127.0.0.1:PORT` (`https://` with `ServerConfig::tls`), for path-style clients.
     pub endpoint: String,
     pub addr: SocketAddr,
     /// The CDN-like listener that `redirect_get` redirects downloads to.
@@ -150,6 +156,8 @@ pub async fn start(config: ServerConfig) -> io::Result<RunningServer> {
     let redirect_listener = TcpListener::bind((config.addr.ip(), 0)).await?;
     let addr = main_listener.local_addr()?;
     let redirect_addr = redirect_listener.local_addr()?;
+    let tls = config.tls.as_ref().map(TlsIdentity::acceptor).transpose()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
 
     let backend = Arc::new(MemoryBackend::new(config.min_part_size));
     let quirks = Arc::new(Quirks::default());
@@ -179,11 +187,11 @@ pub async fn start(config: ServerConfig) -> io::Result<RunningServer> {
     };
 
     let listeners = vec![
-        serve(main_listener, move |req| front.clone().handle(req)),
-        serve(redirect_listener, move |req| cdn.clone().handle(req)),
+        serve(main_listener, tls, move |req| front.clone().handle(req)),
+        serve(redirect_listener, None, move |req| cdn.clone().handle(req)),
     ];
     Ok(RunningServer {
-        endpoint: format!("http://{addr}"),
+        endpoint: format!("{scheme}://{addr}"),
         addr,
         redirect_addr,
         access_key: config.access_key,
@@ -214,9 +222,10 @@ pub fn start_blocking(config: ServerConfig) -> RunningServer {
     server
 }
 
-/// Accepts HTTP/1.1 (keep-alive) connections until aborted. Connections live in a
-/// `JoinSet` owned by the accept task, so aborting it also drops every connection.
-fn serve<H, F, E>(listener: TcpListener, handler: H) -> AbortHandle
+/// Accepts HTTP/1.1 (keep-alive) connections, through TLS when `tls` is given, until
+/// aborted. Connections live in a `JoinSet` owned by the accept task, so aborting it also
+/// drops every connection.
+fn serve<H, F, E>(listener: TcpListener, tls: Option<TlsAcceptor>, handler: H) -> AbortHandle
 where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<ResponseBody>, E>> + Send + 'static,
@@ -230,9 +239,18 @@ where
                 accepted = listener.accept() => {
                     if let Some((stream, _)) = backoff.accepted(accepted).await {
                         let service = service_fn(handler.clone());
+                        let tls = tls.clone();
                         connections.spawn(async move {
-                            // A client hanging up mid-request is its business, not an error here.
-                            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                            // A client hanging up mid-request, or refusing our certificate,
+                            // is its business, not an error here.
+                            let http = http1::Builder::new();
+                            let _ = match tls {
+                                Some(tls) => match tls.accept(stream).await {
+                                    Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
+                                    Err(_) => return,
+                                },
+                                None => http.serve_connection(TokioIo::new(stream), service).await,
+                            };
                         });
                     }
                 }

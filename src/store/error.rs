@@ -105,6 +105,27 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// A request that got no answer, `detail` its whole chain of causes: worth retrying, but
+/// for a TLS certificate this client refuses, which no retry cures and whose cure is ours.
+pub fn connection_failure(detail: String) -> StoreError {
+    const REFUSED: &str = "invalid peer certificate: ";
+    match detail.find(REFUSED) {
+        Some(at) => {
+            let cause = detail[at + REFUSED.len()..]
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .trim();
+            StoreError::Other(format!(
+                "the server's TLS certificate is not trusted ({cause}); for a server whose \
+                 certificate a private CA signed, give that CA's certificate with --ca-bundle FILE \
+                 (or AWS_CA_BUNDLE)"
+            ))
+        }
+        None => StoreError::Transient(detail),
+    }
+}
+
 /// What to say when an answer is a web page, not S3 (a wrong `--endpoint-url`, a captive
 /// portal). Some servers label empty or XML error bodies text/html (moto's 404 to a HEAD):
 /// the body decides.
@@ -172,6 +193,23 @@ pub fn classify(status: Option<u16>, code: Option<&str>, message: &str) -> Store
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_certificate_is_final_and_says_how_to_trust_it() {
+        let detail = "dispatch failure: io error: client error (Connect): TLS handshake failed: \
+                      invalid peer certificate: UnknownIssuer";
+        match connection_failure(detail.into()) {
+            StoreError::Other(m) => {
+                assert!(
+                    m.contains("not trusted (UnknownIssuer)") && m.contains("--ca-bundle"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let refused = "connection refused (os error 111)".to_string();
+        assert_eq!(connection_failure(refused.clone()), StoreError::Transient(refused));
+    }
 
     #[test]
     fn credential_errors_are_told_apart_and_all_eacces() {

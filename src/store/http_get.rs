@@ -4,8 +4,9 @@
 //! (`h1_get.rs`); an https:// one on hyper. An answer becomes a `GetResponse`, an
 //! `ObjectMeta` or one of our errors here.
 
+use super::CaBundle;
 use super::body::Body;
-use super::error::{classify, error_chain, web_page_answer};
+use super::error::{classify, connection_failure, error_chain, web_page_answer};
 use super::h1_get::H1Gets;
 use super::s3::total_from_content_range;
 use super::{GetResponse, Metadata, ObjectMeta, StoreError, StoreResult};
@@ -37,26 +38,32 @@ pub struct Answer {
 }
 
 impl HttpGets {
-    pub fn new(connect_timeout: Duration, max_idle: usize) -> Result<HttpGets, String> {
+    pub fn new(connect_timeout: Duration, max_idle: usize, ca_bundle: Option<&CaBundle>) -> Result<HttpGets, String> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(connect_timeout));
         // A GET is one small write; it must not wait for the last answer's ACK.
         http.set_nodelay(true);
         let provider = || rustls::crypto::aws_lc_rs::default_provider();
-        let tls = match hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_native_roots(provider()) {
-            Ok(tls) => tls,
-            Err(e) => {
-                // As the SDK does: an http:// endpoint still works, and an https:// one
-                // fails each request with the certificate it could not verify.
-                tracing::warn!("no system TLS root certificates ({e}): https endpoints cannot be verified");
-                let config = rustls::ClientConfig::builder_with_provider(provider().into())
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| format!("TLS set-up: {e}"))?
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
-            }
+        let with_roots = |roots: rustls::RootCertStore| -> Result<_, String> {
+            let config = rustls::ClientConfig::builder_with_provider(provider().into())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("TLS set-up: {e}"))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Ok(hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config))
+        };
+        let tls = match ca_bundle {
+            Some(bundle) => with_roots(bundle.with_system_roots())?,
+            None => match hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_native_roots(provider()) {
+                Ok(tls) => tls,
+                Err(e) => {
+                    // As the SDK does: an http:// endpoint still works, and an https:// one
+                    // fails each request with the certificate it could not verify.
+                    tracing::warn!("no system TLS root certificates ({e}): https endpoints cannot be verified");
+                    with_roots(rustls::RootCertStore::empty())?
+                }
+            },
         };
         let https = tls.https_or_http().enable_http1().wrap_connector(http);
         Ok(HttpGets {
@@ -90,7 +97,7 @@ impl HttpGets {
         let response = tokio::time::timeout(timeout, self.client.request(request))
             .await
             .map_err(|_| no_answer())?
-            .map_err(|e| StoreError::Transient(format!("{what}: {}", error_chain(&e))))?;
+            .map_err(|e| connection_failure(format!("{what}: {}", error_chain(&e))))?;
         let status = response.status().as_u16();
         let (parts, body) = response.into_parts();
         Ok(Answer {

@@ -1,6 +1,7 @@
 //! The object-store boundary: everything the filesystem needs from S3, and nothing of HTTP.
 
 mod body;
+mod ca_bundle;
 mod error;
 pub mod gate;
 mod h1_get;
@@ -12,6 +13,7 @@ mod retry;
 pub mod s3;
 
 pub use body::Body;
+pub use ca_bundle::CaBundle;
 pub use error::{StoreError, StoreResult};
 pub use gate::Gated;
 pub use retry::RetryPolicy;

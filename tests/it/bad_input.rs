@@ -449,3 +449,44 @@ fn endless_empty_listing_pages_end_in_an_error() {
     assert!(sent < 500, "{sent} listing requests for one ls");
     assert!(m.unmount().contains("empty pages in a row"));
 }
+
+/// An https endpoint whose certificate no trusted CA signed (a private CA's server, no
+/// `--ca-bundle`): refused at once, the certificate named as the cause, and the way out.
+#[test]
+fn an_https_endpoint_with_an_untrusted_certificate_is_refused_naming_the_certificate() {
+    let _turn = common::shared();
+    let s = common::tls_server();
+    put(&s, "kept", "kept");
+    let mp = Mountpoint::new();
+    let check = run(check_command(&s, &s.endpoint));
+    let mount = run(mount_command(&s, "s3://test", &mp, &s.endpoint, &[]));
+    for (what, o) in [("check", check), ("mount", mount)] {
+        let line = assert_names_the_endpoint(&o, &s.endpoint, what);
+        assert!(line.contains("certificate"), "{what}: name the certificate: {line:?}");
+        assert!(line.contains("--ca-bundle"), "{what}: say how to trust it: {line:?}");
+    }
+    mp.assert_untouched();
+    assert_eq!(object(&s, "kept").as_deref(), Some(&b"kept"[..]));
+}
+
+/// `--ca-bundle` naming a file that holds no certificate (a key, a typo'd path): refused
+/// before any request, the file named.
+#[test]
+fn a_ca_bundle_without_a_certificate_is_refused_naming_the_file() {
+    let _turn = common::shared();
+    let s = common::tls_server();
+    let key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/tls/server.key");
+    for (bundle, wanted) in [(key, "no certificate"), ("/nonexistent/ca.pem", "No such file")] {
+        let mp = Mountpoint::new();
+        let o = run(mount_command(
+            &s,
+            "s3://test",
+            &mp,
+            &s.endpoint,
+            &["--ca-bundle", bundle],
+        ));
+        assert_refused(&o, 1, &["CA bundle", bundle, wanted], bundle);
+        mp.assert_untouched();
+    }
+    assert_eq!(s.stats().snapshot().values().sum::<u64>(), 0, "no request sent");
+}

@@ -15,6 +15,7 @@ mod core_model;
 mod crash;
 mod disk_cache;
 mod faults;
+mod https;
 mod limits;
 mod load;
 mod metadata_by_get;

@@ -56,6 +56,8 @@ pub struct S3Settings {
     /// GETs and HEADs sent through the SDK as every other request, not signed by us
     /// (signed_reads.rs): a plain aws-sdk client, the benchmarks' raw baseline.
     pub sdk_reads: bool,
+    /// `--ca-bundle`: roots trusted beside the system's.
+    pub ca_bundle: Option<CaBundle>,
 }
 
 impl Default for S3Settings {
@@ -72,6 +74,7 @@ impl Default for S3Settings {
             credentials_file: None,
             metrics: Arc::new(Metrics::default()),
             sdk_reads: false,
+            ca_bundle: None,
         }
     }
 }
@@ -145,6 +148,9 @@ impl S3Client {
         if let Some(profile) = &settings.aws_profile {
             loader = loader.profile_name(profile);
         }
+        if let Some(bundle) = &settings.ca_bundle {
+            loader = loader.http_client(bundle.sdk_http_client()?);
+        }
         if let Some(region) = &resolved.region {
             loader = loader.region(Region::new(region.clone()));
         } else if resolved.endpoint.is_some() {
@@ -212,7 +218,11 @@ impl S3Client {
             inner: Arc::new(Inner {
                 client: Client::from_conf(config.build()),
                 signed_reads,
-                http: HttpGets::new(settings.connect_timeout, settings.max_requests.max(1))?,
+                http: HttpGets::new(
+                    settings.connect_timeout,
+                    settings.max_requests.max(1),
+                    settings.ca_bundle.as_ref(),
+                )?,
                 follow_redirects: resolved.profile.get_redirects,
                 bucket: resolved.bucket.clone(),
                 // An endpoint may also come from AWS_ENDPOINT_URL or the AWS profile.

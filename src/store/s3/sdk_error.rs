@@ -4,7 +4,7 @@
 
 use crate::store::StoreError;
 pub(super) use crate::store::error::error_chain;
-use crate::store::error::{classify, web_page_answer};
+use crate::store::error::{classify, connection_failure, web_page_answer};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
 /// Turns an SDK error into our error kinds, by HTTP status and S3 error code.
@@ -46,7 +46,7 @@ pub(super) fn store_error<E: ProvideErrorMetadata + std::error::Error + 'static>
             if df.is_user() {
                 StoreError::Other(detail)
             } else {
-                StoreError::Transient(detail)
+                connection_failure(detail)
             }
         }
         SdkError::ResponseError(re) => {

@@ -86,6 +86,25 @@ pub fn server() -> RunningServer {
     server
 }
 
+/// As [`server`], its S3 endpoint over https with a certificate of the test CA
+/// ([`TEST_CA`], `tests/it/tls/`).
+pub fn tls_server() -> RunningServer {
+    assert_in_turn();
+    let server = start_blocking(ServerConfig {
+        min_part_size: 0,
+        tls: Some(s3vol::server::TlsIdentity {
+            cert_chain_pem: include_bytes!("../tls/server.pem").to_vec(),
+            key_pem: include_bytes!("../tls/server.key").to_vec(),
+        }),
+        ..ServerConfig::default()
+    });
+    server.backend().create_bucket(BUCKET);
+    server
+}
+
+/// The CA that signed [`tls_server`]'s certificate, for `--ca-bundle`.
+pub const TEST_CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/tls/ca.pem");
+
 pub fn put(server: &RunningServer, key: &str, body: impl Into<bytes::Bytes>) {
     server
         .backend()
