@@ -53,12 +53,17 @@ impl CaBundle {
         if certificates.is_empty() {
             return Err("no certificate in it (a PEM file of `-----BEGIN CERTIFICATE-----` blocks is expected)".into());
         }
-        // Each must be usable as a root: refused now, not at the first connection.
-        let mut roots = RootCertStore::empty();
-        for (i, cert) in certificates.iter().enumerate() {
-            roots
-                .add(cert.clone())
-                .map_err(|e| format!("certificate {} of {}: {e}", i + 1, certificates.len()))?;
+        // A system bundle given as AWS_CA_BUNDLE may hold a root rustls cannot use (the
+        // SDK skips those too); one without any usable root is a mistake.
+        let (usable, unusable) = RootCertStore::empty().add_parsable_certificates(certificates.iter().cloned());
+        if usable == 0 {
+            return Err(format!("none of its {unusable} certificates can be used as a root"));
+        }
+        if unusable > 0 {
+            tracing::debug!(
+                "CA bundle: {unusable} of {} certificates skipped (not usable as roots)",
+                certificates.len()
+            );
         }
         Ok(CaBundle {
             pem: pem.into(),
@@ -96,10 +101,7 @@ impl CaBundle {
         }
         // A system root rustls cannot use is skipped, as the SDK does.
         roots.add_parsable_certificates(native.certs);
-        for cert in self.certificates.iter() {
-            // Checked in `from_pem`.
-            let _ = roots.add(cert.clone());
-        }
+        roots.add_parsable_certificates(self.certificates.iter().cloned());
         roots
     }
 }
@@ -120,7 +122,7 @@ mod tests {
     fn a_certificate_that_does_not_parse_is_refused() {
         let garbage = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         let e = CaBundle::from_pem(garbage).unwrap_err();
-        assert!(e.contains("certificate 1 of 1"), "{e}");
+        assert!(e.contains("none of its 1 certificates"), "{e}");
     }
 
     #[test]
@@ -130,6 +132,16 @@ mod tests {
         let alone = RootCertStore::empty().len();
         assert!(bundle.with_system_roots().len() > alone);
         bundle.sdk_http_client().unwrap();
+    }
+
+    /// Debian's bundle, which environments set as AWS_CA_BUNDLE for aws-cli.
+    #[test]
+    fn the_systems_whole_bundle_loads_where_there_is_one() {
+        let system = Path::new("/etc/ssl/certs/ca-certificates.crt");
+        if system.exists() {
+            let bundle = CaBundle::load(system).unwrap();
+            assert!(bundle.certificates.len() > 50, "{bundle:?}");
+        }
     }
 
     #[test]
