@@ -11,7 +11,8 @@
 //!
 //! Every subcommand prints one JSON object on stdout (`seconds` is always there). S3
 //! subcommands read `BENCH_ENDPOINT`, `BENCH_BUCKET`, `AWS_ACCESS_KEY_ID` and
-//! `AWS_SECRET_ACCESS_KEY` from the environment. Data is deterministic (seeded), so
+//! `AWS_SECRET_ACCESS_KEY` from the environment, and `BENCH_CA_BUNDLE` for an https endpoint
+//! that a private CA's certificate serves. Data is deterministic (seeded), so
 //! every tool moves the same bytes.
 
 use std::collections::VecDeque;
@@ -27,6 +28,7 @@ use futures::{StreamExt, TryStreamExt};
 use s3vol::credentials::StaticCredentials;
 use s3vol::provider::{Overrides, Resolved};
 use s3vol::source::Source;
+use s3vol::store::CaBundle;
 use s3vol::store::s3::{S3Settings, S3Store};
 use s3vol::store::{CompletedPart, ListRequest, ObjectStore, PutOptions, StoreResult};
 use serde_json::{Value, json};
@@ -157,6 +159,8 @@ async fn store() -> S3Store {
         }),
         // The baseline is a plain aws-sdk client: its GETs and HEADs too.
         sdk_reads: true,
+        ca_bundle: std::env::var_os("BENCH_CA_BUNDLE")
+            .map(|path| CaBundle::load(Path::new(&path)).unwrap_or_else(|e| fail(e))),
         ..S3Settings::default()
     };
     S3Store::connect(&Resolved::new(&source, &overrides), settings)

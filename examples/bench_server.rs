@@ -9,6 +9,9 @@
 //! curl http://10.77.0.2:9001/reset   # the same, then every counter back to zero
 //! ```
 //!
+//! With a certificate and its key (PEM) after those three, the S3 endpoint is https
+//! (`bench/run --tls`: the test CA's server certificate, `tests/it/tls/`).
+//!
 //! Credentials are the server's defaults ("s3vol-demo" / "s3vol-demo-secret"). Objects
 //! live in memory: the benchmark deletes what it wrote between workloads. Runs until
 //! killed.
@@ -17,14 +20,23 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 
-use s3vol::server::{RequestStats, ServerConfig, start_blocking};
+use s3vol::server::{RequestStats, ServerConfig, TlsIdentity, start_blocking};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (addr, bucket, stats_addr) = match args.as_slice() {
-        [addr, bucket, stats] => (parse_addr(addr), bucket.clone(), parse_addr(stats)),
+    let (addr, bucket, stats_addr, tls) = match args.as_slice() {
+        [addr, bucket, stats] => (parse_addr(addr), bucket.clone(), parse_addr(stats), None),
+        [addr, bucket, stats, cert, key] => (
+            parse_addr(addr),
+            bucket.clone(),
+            parse_addr(stats),
+            Some(TlsIdentity {
+                cert_chain_pem: read(cert),
+                key_pem: read(key),
+            }),
+        ),
         _ => {
-            eprintln!("usage: bench_server ADDR:PORT BUCKET STATS_ADDR:PORT");
+            eprintln!("usage: bench_server ADDR:PORT BUCKET STATS_ADDR:PORT [CERT.pem KEY.pem]");
             std::process::exit(2);
         }
     };
@@ -33,6 +45,7 @@ fn main() {
     let server = start_blocking(ServerConfig {
         addr,
         min_part_size: 0,
+        tls,
         ..ServerConfig::default()
     });
     server.backend().create_bucket(&bucket);
@@ -55,6 +68,13 @@ fn main() {
         }
     }
     drop(server);
+}
+
+fn read(path: &str) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| {
+        eprintln!("bench_server: {path}: {e}");
+        std::process::exit(2);
+    })
 }
 
 fn parse_addr(text: &str) -> SocketAddr {

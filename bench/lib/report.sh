@@ -70,11 +70,11 @@ write_meta() {
         --arg tarball "$TARBALL_MB MB, $TARBALL_FILES files: $TARBALL_NAMES" \
         --arg model_mib "$MODEL_MIB" --arg data_files "$DATA_FILES" --arg data_1m_files "$DATA_1M_FILES" --arg ckpt_mib "$CKPT_MIB" \
         --arg close_files "$CLOSE_FILES" --arg timeout "$TIMEOUT" --arg slow "$SLOW_SECONDS" \
-        --slurpfile link "$WORK/link.json" \
+        --slurpfile link "$WORK/link.json" --arg tls "$TLS" \
         --argjson fdatasync_start "$FDATASYNC_START" --argjson disk_read "$DISK_READ" \
         '{date: $date, quick: ($quick == "1"), runs: $runs, check_runs: $check_runs, servers: $servers,
           workloads: $workloads, tools: $tools, check_workloads: $check_workloads,
-          link: ({delay_ms_each_way: $delay, rate: $rate, qdisc: $qdisc} + $link[0]),
+          link: ({delay_ms_each_way: $delay, rate: $rate, qdisc: $qdisc, tls: ($tls == "1")} + $link[0]),
           versions: {s3vol: $s3vol, rclone: $rclone, s3fs: $s3fs, "mount-s3": $mount_s3, "s3s-fs": $s3s_fs, fio: $fio, iperf3: $iperf3,
                      kernel: $kernel, fuse: $fuse},
           machine: {cpus: $cpus, memory_gib: $mem, load_average_at_start: $load,

@@ -15,6 +15,8 @@ SERVER=""        # the server under test
 ENDPOINT=""
 SERVER_PID=""
 SERVER_LOG=""
+# The test CA and the server certificate it signed (bench/run --tls; s3s-fs stays http).
+TLS_DIR="$REPO/tests/it/tls"
 
 start_server() {
     SERVER=$1
@@ -32,8 +34,14 @@ start_server() {
                 "$root" >"$SERVER_LOG" 2>&1 &
             ;;
         bench)
+            local tls=()
             ENDPOINT="http://$NS_IP:9100"
-            ip netns exec "$NS" "$BENCH_SERVER" "$NS_IP:9100" "$BUCKET" "$NS_IP:9101" >"$SERVER_LOG" 2>&1 &
+            if ((TLS)); then
+                tls=("$TLS_DIR/server.pem" "$TLS_DIR/server.key")
+                ENDPOINT="https://$NS_IP:9100"
+                export BENCH_CA_BUNDLE="$TLS_DIR/ca.pem"
+            fi
+            ip netns exec "$NS" "$BENCH_SERVER" "$NS_IP:9100" "$BUCKET" "$NS_IP:9101" "${tls[@]}" >"$SERVER_LOG" 2>&1 &
             ;;
         *) die "unknown server $SERVER (s3s-fs or bench)" ;;
     esac
@@ -42,7 +50,7 @@ start_server() {
     export BENCH_ENDPOINT=$ENDPOINT BENCH_BUCKET=$BUCKET
     local i
     for i in $(seq 50); do
-        curl -s -o /dev/null "$ENDPOINT/" && return 0
+        curl -s -o /dev/null ${BENCH_CA_BUNDLE:+--cacert "$BENCH_CA_BUNDLE"} "$ENDPOINT/" && return 0
         kill -0 "$SERVER_PID" 2>/dev/null || die "$SERVER exited: $(tail -5 "$SERVER_LOG")"
         sleep 0.2
     done

@@ -31,6 +31,7 @@ mount_tool() {
             [[ "$tool" == s3vol-shared ]] &&
                 extra=(--shared-cache "s3://$TIER_BUCKET" --shared-cache-endpoint-url "$TIER_ENDPOINT")
             [[ "$tool" == s3vol-before ]] && bin=${S3VOL_BEFORE:?s3vol-before needs S3VOL_BEFORE=/path/to/an/earlier/s3vol}
+            [[ "$ENDPOINT" == https:* ]] && extra+=(--ca-bundle "$TLS_DIR/ca.pem")
             AWS_ACCESS_KEY_ID=$ACCESS_KEY AWS_SECRET_ACCESS_KEY=$SECRET_KEY \
                 "$bin" mount "s3://$BUCKET" "$MNT" --endpoint-url "$ENDPOINT" --force-path-style \
                 --region us-east-1 --cache-dir "$cache" -f "${extra[@]}" >"$log" 2>&1 &
@@ -38,6 +39,7 @@ mount_tool() {
         rclone-full | rclone)
             local extra=()
             [[ "$tool" == rclone-full ]] && extra=(--vfs-cache-mode full)
+            [[ "$ENDPOINT" == https:* ]] && extra+=(--ca-cert "$TLS_DIR/ca.pem")
             # env -u AWS_CA_BUNDLE: rclone 1.60 refuses to start with a custom CA bundle on a
             # plain-http endpoint ("LoadCustomCABundleError"); the link is http anyway.
             env -u AWS_CA_BUNDLE RCLONE_CONFIG_WAN_TYPE=s3 RCLONE_CONFIG_WAN_PROVIDER=Other RCLONE_CONFIG_WAN_ENV_AUTH=false \
@@ -49,7 +51,9 @@ mount_tool() {
         s3fs)
             printf '%s:%s\n' "$ACCESS_KEY" "$SECRET_KEY" >"$WORK/s3fs.passwd"
             chmod 600 "$WORK/s3fs.passwd"
-            s3fs "$BUCKET" "$MNT" -f -o "url=$ENDPOINT,use_path_request_style,endpoint=us-east-1,passwd_file=$WORK/s3fs.passwd" \
+            local tls=""
+            [[ "$ENDPOINT" == https:* ]] && tls=",no_check_certificate"
+            s3fs "$BUCKET" "$MNT" -f -o "url=$ENDPOINT,use_path_request_style,endpoint=us-east-1,passwd_file=$WORK/s3fs.passwd$tls" \
                 >"$log" 2>&1 &
             ;;
         mount-s3)

@@ -23,7 +23,7 @@ impl std::fmt::Debug for TlsIdentity {
 }
 
 impl TlsIdentity {
-    pub(super) fn acceptor(&self) -> io::Result<TlsAcceptor> {
+    pub(crate) fn acceptor(&self) -> io::Result<TlsAcceptor> {
         let invalid =
             |what: &str, e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, format!("{what}: {e}"));
         let chain = CertificateDer::pem_slice_iter(&self.cert_chain_pem)

@@ -1,10 +1,9 @@
-//! GETs over HTTP/1.1 on connections of our own, for plain-http endpoints, whose bodies
-//! are read straight into the caller's memory. hyper reads every body into a buffer of
-//! its own, from which the block cache copied each block into the block's buffer: 9-12 %
-//! of the daemon's CPU on a cold read of 1 MB files, and without that copy the epoch
-//! took 13 % less time (BENCHMARKS.md item 162). Here the socket reads into the block's
-//! buffer itself. Over TLS the bytes are decrypted into rustls's buffer anyway, so https
-//! endpoints keep hyper.
+//! GETs over HTTP/1.1 on connections of our own (`h1_conn.rs`: plain or TLS), whose
+//! bodies are read straight into the caller's memory. hyper reads every body into a buffer
+//! of its own, from which the block cache copied each block into the block's buffer: 9-12 %
+//! of the daemon's CPU on a cold read of 1 MB files, and without that copy the epoch took
+//! 13 % less time (BENCHMARKS.md item 162). Here the socket (or rustls, over TLS) reads
+//! into the block's buffer itself.
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
@@ -14,7 +13,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use super::h1_conn::{Conn, Connector, Endpoint};
 
 /// A response head larger than this is refused: S3's are under 2 KiB.
 const HEAD_LIMIT: usize = 64 * 1024;
@@ -38,12 +38,12 @@ pub struct H1Gets {
 struct Pool {
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
-    connect_timeout: Duration,
+    connector: Connector,
 }
 
 struct Idle {
-    authority: String,
-    stream: TcpStream,
+    endpoint: Endpoint,
+    stream: Conn,
     since: Instant,
 }
 
@@ -56,7 +56,7 @@ pub struct H1Response {
 /// A response's body, read from its connection; the connection goes back to the pool once
 /// the body is read to its end, and is closed if the body is dropped before.
 pub struct H1Body {
-    conn: Option<(String, TcpStream)>,
+    conn: Option<(Endpoint, Conn)>,
     /// Bytes read past the head, served before the socket.
     buffered: BytesMut,
     framing: Framing,
@@ -85,32 +85,36 @@ enum Failure {
 }
 
 impl H1Gets {
-    pub fn new(connect_timeout: Duration, max_idle: usize) -> H1Gets {
+    /// `tls`: how https:// endpoints are verified.
+    pub fn new(connect_timeout: Duration, max_idle: usize, tls: Arc<rustls::ClientConfig>) -> H1Gets {
         H1Gets {
             pool: Arc::new(Pool {
                 idle: Mutex::new(Vec::new()),
                 max_idle,
-                connect_timeout,
+                connector: Connector {
+                    timeout: connect_timeout,
+                    tls,
+                },
             }),
         }
     }
 
-    /// Sends `request` (its method, path, query and headers; an http:// URI) and reads its
-    /// answer's head. The caller bounds the wait.
+    /// Sends `request` (its method, path, query and headers; an http:// or https:// URI)
+    /// and reads its answer's head. The caller bounds the wait.
     pub async fn send<B>(&self, request: &http::Request<B>) -> io::Result<H1Response> {
-        let authority = authority(request.uri())?;
-        let head = request_head(request, &authority);
+        let endpoint = Endpoint::of(request.uri())?;
+        let head = request_head(request, &endpoint.authority);
         // An answer to a HEAD has the headers of a GET's and no body.
         let bodiless = request.method() == http::Method::HEAD;
         loop {
-            let (stream, reused) = match self.pool.checkout(&authority) {
+            let (stream, reused) = match self.pool.checkout(&endpoint) {
                 Some(stream) => (stream, true),
-                None => (self.pool.connect(&authority).await?, false),
+                None => (self.pool.connector.connect(&endpoint).await?, false),
             };
             match exchange(stream, &head, bodiless).await {
                 Ok((status, headers, buffered, stream, framing, keep_alive)) => {
                     let mut body = H1Body {
-                        conn: Some((authority, stream)),
+                        conn: Some((endpoint, stream)),
                         buffered,
                         framing,
                         keep_alive,
@@ -127,48 +131,28 @@ impl H1Gets {
 }
 
 impl Pool {
-    fn checkout(&self, authority: &str) -> Option<TcpStream> {
+    fn checkout(&self, endpoint: &Endpoint) -> Option<Conn> {
         let mut idle = self.idle.lock();
         idle.retain(|c| c.since.elapsed() < IDLE_FOR);
         loop {
-            let at = idle.iter().rposition(|c| c.authority == authority)?;
-            let stream = idle.swap_remove(at).stream;
-            // An idle connection has nothing to read: if it has, it is the server's close
-            // (or bytes no request asked for). No system call while the socket is quiet.
-            if matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            let at = idle.iter().rposition(|c| &c.endpoint == endpoint)?;
+            let mut stream = idle.swap_remove(at).stream;
+            if stream.is_quiet() {
                 return Some(stream);
             }
         }
     }
 
-    fn give_back(&self, authority: String, stream: TcpStream) {
+    fn give_back(&self, endpoint: Endpoint, stream: Conn) {
         let mut idle = self.idle.lock();
         if idle.len() < self.max_idle {
             idle.push(Idle {
-                authority,
+                endpoint,
                 stream,
                 since: Instant::now(),
             });
         }
     }
-
-    async fn connect(&self, authority: &str) -> io::Result<TcpStream> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(authority))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect to {authority}: timed out")))??;
-        // A GET is one small write; it must not wait for the last answer's ACK.
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    }
-}
-
-fn authority(uri: &http::Uri) -> io::Result<String> {
-    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{uri}: {what}"));
-    if uri.scheme_str() != Some("http") {
-        return Err(invalid("not an http:// URL"));
-    }
-    let host = uri.host().ok_or_else(|| invalid("no host"))?;
-    Ok(format!("{host}:{}", uri.port_u16().unwrap_or(80)))
 }
 
 fn request_head<B>(request: &http::Request<B>, authority: &str) -> Vec<u8> {
@@ -179,9 +163,14 @@ fn request_head<B>(request: &http::Request<B>, authority: &str) -> Vec<u8> {
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
     if !request.headers().contains_key(HOST) {
-        // The port only where it is not http's, as SigV4 signs it (`sigv4::host_of`).
+        // The port only where it is not the scheme's, as SigV4 signs it (`sigv4::host_of`).
+        let default = if request.uri().scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        };
         let host = match request.uri().port_u16() {
-            Some(port) if port != 80 => authority,
+            Some(port) if port != default => authority,
             _ => request.uri().host().unwrap_or(authority),
         };
         head.extend_from_slice(b"host: ");
@@ -198,11 +187,13 @@ fn request_head<B>(request: &http::Request<B>, authority: &str) -> Vec<u8> {
     head
 }
 
-type Exchanged = (u16, HeaderMap, BytesMut, TcpStream, Framing, bool);
+type Exchanged = (u16, HeaderMap, BytesMut, Conn, Framing, bool);
 
 /// Writes the request and reads the answer's head (skipping any 1xx).
-async fn exchange(mut stream: TcpStream, head: &[u8], bodiless: bool) -> Result<Exchanged, Failure> {
+async fn exchange(mut stream: Conn, head: &[u8], bodiless: bool) -> Result<Exchanged, Failure> {
     stream.write_all(head).await.map_err(Failure::BeforeAnswer)?;
+    // rustls may hold the last record until flushed.
+    stream.flush().await.map_err(Failure::BeforeAnswer)?;
     let mut buf = BytesMut::with_capacity(HEAD_READ);
     loop {
         let parsed = parse_head(&buf).map_err(Failure::During)?;
@@ -420,11 +411,11 @@ impl H1Body {
             self.framing = Framing::Done;
         }
         if self.framing == Framing::Done
-            && let Some((authority, stream)) = self.conn.take()
+            && let Some((endpoint, stream)) = self.conn.take()
             && self.keep_alive
             && self.buffered.is_empty()
         {
-            self.pool.give_back(authority, stream);
+            self.pool.give_back(endpoint, stream);
         }
     }
 }
@@ -432,7 +423,27 @@ impl H1Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::CaBundle;
+    use crate::store::ca_bundle::trusted_roots;
     use tokio::net::TcpListener;
+
+    trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+    impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+    /// A pool that trusts the test CA (`tests/it/tls/`) beside the system's roots.
+    fn gets() -> H1Gets {
+        let ca = CaBundle::from_pem(include_bytes!("../../tests/it/tls/ca.pem")).unwrap();
+        gets_trusting(trusted_roots(Some(&ca)))
+    }
+
+    fn gets_trusting(roots: rustls::RootCertStore) -> H1Gets {
+        let tls = rustls::ClientConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        H1Gets::new(Duration::from_secs(5), 4, Arc::new(tls))
+    }
 
     /// What the test server does with the next request.
     enum Say {
@@ -444,6 +455,20 @@ mod tests {
     /// A server that answers each request on a connection with the next of `answers`,
     /// counting connections.
     async fn server(answers: Vec<Say>) -> (String, Arc<Mutex<Vec<String>>>) {
+        serve(answers, false).await
+    }
+
+    /// As `server`, over TLS when `tls` (the test CA's certificate; TLS 1.3, whose server
+    /// sends session tickets after the handshake).
+    async fn serve(answers: Vec<Say>, tls: bool) -> (String, Arc<Mutex<Vec<String>>>) {
+        let acceptor = tls.then(|| {
+            crate::server::TlsIdentity {
+                cert_chain_pem: include_bytes!("../../tests/it/tls/server.pem").to_vec(),
+                key_pem: include_bytes!("../../tests/it/tls/server.key").to_vec(),
+            }
+            .acceptor()
+            .unwrap()
+        });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -451,8 +476,15 @@ mod tests {
         tokio::spawn(async move {
             let mut answers = answers.into_iter();
             let mut conn = 0;
-            'accept: while let Ok((mut s, _)) = listener.accept().await {
+            'accept: while let Ok((tcp, _)) = listener.accept().await {
                 conn += 1;
+                let mut s: Box<dyn Io> = match &acceptor {
+                    Some(acceptor) => match acceptor.accept(tcp).await {
+                        Ok(tls) => Box::new(tls),
+                        Err(_) => continue,
+                    },
+                    None => Box::new(tcp),
+                };
                 loop {
                     let mut req = Vec::new();
                     let mut b = [0u8; 4096];
@@ -471,6 +503,7 @@ mod tests {
                     };
                     for piece in answer.chunks(7) {
                         s.write_all(piece).await.unwrap();
+                        s.flush().await.unwrap();
                     }
                     if close {
                         continue 'accept;
@@ -478,7 +511,8 @@ mod tests {
                 }
             }
         });
-        (format!("http://{addr}"), seen)
+        let scheme = if tls { "https" } else { "http" };
+        (format!("{scheme}://{addr}"), seen)
     }
 
     fn get(url: &str) -> http::Request<()> {
@@ -510,7 +544,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_is_read_into_the_callers_buffer_and_its_connection_reused() {
         let (url, seen) = server(vec![ok("hello world, this is a body"), ok("second")]).await;
-        let gets = H1Gets::new(Duration::from_secs(5), 4);
+        let gets = gets();
         let mut a = gets.send(&get(&format!("{url}/b/k%20ey?x=1"))).await.unwrap();
         assert_eq!(a.status, 200);
         assert_eq!(a.headers["etag"], "\"e\"");
@@ -534,7 +568,7 @@ mod tests {
     async fn a_chunked_body_is_decoded() {
         let answer = b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\n<Erro\r\n0c\r\nr>NoSuchKey<\r\n0\r\nTrailer: t\r\n\r\n";
         let (url, seen) = server(vec![Say::Answer(answer.to_vec()), ok("next")]).await;
-        let gets = H1Gets::new(Duration::from_secs(5), 4);
+        let gets = gets();
         let mut a = gets.send(&get(&format!("{url}/k"))).await.unwrap();
         assert_eq!(a.status, 404);
         assert_eq!(read_all(&mut a.body, 3).await, b"<Error>NoSuchKey<");
@@ -548,7 +582,7 @@ mod tests {
     async fn a_connection_the_server_closed_is_replaced_and_the_get_sent_again() {
         // The first connection answers once and is closed instead of answering again.
         let (url, seen) = server(vec![ok("one"), Say::Close, ok("two")]).await;
-        let gets = H1Gets::new(Duration::from_secs(5), 4);
+        let gets = gets();
         let mut a = gets.send(&get(&format!("{url}/k"))).await.unwrap();
         assert_eq!(read_all(&mut a.body, 64).await, b"one");
         let mut b = gets.send(&get(&format!("{url}/k"))).await.unwrap();
@@ -562,7 +596,7 @@ mod tests {
     async fn a_body_dropped_early_or_marked_close_does_not_go_back_to_the_pool() {
         let close = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_vec();
         let (url, seen) = server(vec![ok("0123456789"), Say::Answer(close), ok("x")]).await;
-        let gets = H1Gets::new(Duration::from_secs(5), 4);
+        let gets = gets();
         let mut a = gets.send(&get(&format!("{url}/k"))).await.unwrap();
         let mut four = [0u8; 4];
         let n = a.body.read_into(&mut four).await.unwrap();
@@ -581,7 +615,7 @@ mod tests {
     async fn a_short_body_or_a_bad_head_is_an_error() {
         let short = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc".to_vec();
         let (url, _) = server(vec![Say::AnswerAndClose(short)]).await;
-        let gets = H1Gets::new(Duration::from_secs(5), 4);
+        let gets = gets();
         let mut a = gets.send(&get(&format!("{url}/k"))).await.unwrap();
         let mut buf = [0u8; 64];
         assert_eq!(a.body.read_into(&mut buf).await.unwrap(), 3);
@@ -592,7 +626,53 @@ mod tests {
         let (url, _) = server(vec![Say::Answer(b"SMTP ready\r\n\r\n".to_vec())]).await;
         let e = gets.send(&get(&format!("{url}/k"))).await.err().unwrap();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
-        let e = gets.send(&get("https://127.0.0.1:1/k")).await.err().unwrap();
+        let e = gets.send(&get("ftp://127.0.0.1:1/k")).await.err().unwrap();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+    }
+
+    #[tokio::test]
+    async fn over_tls_a_body_is_read_and_its_connection_reused_past_the_session_tickets() {
+        let (url, seen) = serve(vec![ok("hello over tls"), ok("again"), ok("third")], true).await;
+        assert!(url.starts_with("https://127.0.0.1:"));
+        let gets = gets();
+        let mut a = gets.send(&get(&format!("{url}/b/k"))).await.unwrap();
+        assert_eq!(read_all(&mut a.body, 5).await, b"hello over tls");
+        // An idle moment: the tickets the server sent after the handshake are waiting.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut b = gets.send(&get(&format!("{url}/b/k"))).await.unwrap();
+        assert_eq!(read_all(&mut b.body, 100).await, b"again");
+        let mut c = gets.send(&get(&format!("{url}/b/k"))).await.unwrap();
+        assert_eq!(c.body.next_chunk().await.unwrap().unwrap(), "third");
+        let seen = seen.lock();
+        assert!(
+            seen.iter().all(|s| s.starts_with("conn 1: ")),
+            "one connection: {seen:?}"
+        );
+        // The default port of the scheme stays out of Host, as SigV4 signs it.
+        assert!(seen[0].contains("host: 127.0.0.1:"), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn over_tls_a_connection_the_server_closed_is_replaced() {
+        let (url, seen) = serve(vec![ok("one"), Say::Close, ok("two")], true).await;
+        let gets = gets();
+        let mut a = gets.send(&get(&format!("{url}/k"))).await.unwrap();
+        assert_eq!(read_all(&mut a.body, 64).await, b"one");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut b = gets.send(&get(&format!("{url}/k"))).await.unwrap();
+        assert_eq!(read_all(&mut b.body, 64).await, b"two");
+        assert!(seen.lock().last().unwrap().starts_with("conn 2: "), "{:?}", seen.lock());
+    }
+
+    #[tokio::test]
+    async fn a_certificate_no_trusted_root_signed_is_refused_by_name() {
+        let (url, seen) = serve(vec![ok("secret")], true).await;
+        let e = gets_trusting(rustls::RootCertStore::empty())
+            .send(&get(&format!("{url}/k")))
+            .await
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("invalid peer certificate: UnknownIssuer"), "{e}");
+        assert!(seen.lock().is_empty(), "no request sent");
     }
 }

@@ -1,12 +1,13 @@
 //! GETs and HEADs with pooled connections: those that `s3/signed_reads.rs` signs, and a
-//! redirect's Location fetched without credentials (`redirect.rs`). An http:// URL goes
-//! on a connection of our own, whose body is read straight into the caller's memory
-//! (`h1_get.rs`); an https:// one on hyper. An answer becomes a `GetResponse`, an
-//! `ObjectMeta` or one of our errors here.
+//! redirect's Location fetched without credentials (`redirect.rs`), on connections of our
+//! own, plain or TLS, whose bodies are read straight into the caller's memory
+//! (`h1_get.rs`). An answer becomes a `GetResponse`, an `ObjectMeta` or one of our errors
+//! here.
 
 use super::CaBundle;
 use super::body::Body;
-use super::error::{classify, connection_failure, error_chain, web_page_answer};
+use super::ca_bundle::trusted_roots;
+use super::error::{classify, connection_failure, web_page_answer};
 use super::h1_get::H1Gets;
 use super::s3::total_from_content_range;
 use super::{GetResponse, Metadata, ObjectMeta, StoreError, StoreResult};
@@ -15,19 +16,15 @@ use futures::StreamExt;
 use http::HeaderMap;
 use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED};
 use http_body_util::Empty;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// An error answer's body is read this far for its S3 code and message.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 pub struct HttpGets {
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
-    plain: H1Gets,
+    connections: H1Gets,
 }
 
 /// An answer's status, headers and body.
@@ -39,39 +36,15 @@ pub struct Answer {
 
 impl HttpGets {
     pub fn new(connect_timeout: Duration, max_idle: usize, ca_bundle: Option<&CaBundle>) -> Result<HttpGets, String> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(connect_timeout));
-        // A GET is one small write; it must not wait for the last answer's ACK.
-        http.set_nodelay(true);
-        let provider = || rustls::crypto::aws_lc_rs::default_provider();
-        let with_roots = |roots: rustls::RootCertStore| -> Result<_, String> {
-            let config = rustls::ClientConfig::builder_with_provider(provider().into())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| format!("TLS set-up: {e}"))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            Ok(hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config))
-        };
-        let tls = match ca_bundle {
-            Some(bundle) => with_roots(bundle.with_system_roots())?,
-            None => match hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_native_roots(provider()) {
-                Ok(tls) => tls,
-                Err(e) => {
-                    // As the SDK does: an http:// endpoint still works, and an https:// one
-                    // fails each request with the certificate it could not verify.
-                    tracing::warn!("no system TLS root certificates ({e}): https endpoints cannot be verified");
-                    with_roots(rustls::RootCertStore::empty())?
-                }
-            },
-        };
-        let https = tls.https_or_http().enable_http1().wrap_connector(http);
+        let mut tls = rustls::ClientConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS set-up: {e}"))?
+            .with_root_certificates(trusted_roots(ca_bundle))
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(HttpGets {
             // No more idle connections kept than requests may be in flight at once.
-            client: Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(max_idle)
-                .build(https),
-            plain: H1Gets::new(connect_timeout, max_idle),
+            connections: H1Gets::new(connect_timeout, max_idle, Arc::new(tls)),
         })
     }
 
@@ -82,51 +55,16 @@ impl HttpGets {
         what: &str,
         timeout: Duration,
     ) -> StoreResult<Answer> {
-        let no_answer = || StoreError::Transient(format!("{what}: no answer in {timeout:?}"));
-        if request.uri().scheme_str() == Some("http") {
-            let answer = tokio::time::timeout(timeout, self.plain.send(&request))
-                .await
-                .map_err(|_| no_answer())?
-                .map_err(|e| StoreError::Transient(format!("{what}: {e}")))?;
-            return Ok(Answer {
-                status: answer.status,
-                headers: answer.headers,
-                body: Body::socket(answer.body, u64::MAX),
-            });
-        }
-        let response = tokio::time::timeout(timeout, self.client.request(request))
+        let answer = tokio::time::timeout(timeout, self.connections.send(&request))
             .await
-            .map_err(|_| no_answer())?
-            .map_err(|e| connection_failure(format!("{what}: {}", error_chain(&e))))?;
-        let status = response.status().as_u16();
-        let (parts, body) = response.into_parts();
+            .map_err(|_| StoreError::Transient(format!("{what}: no answer in {timeout:?}")))?
+            .map_err(|e| connection_failure(format!("{what}: {e}")))?;
         Ok(Answer {
-            status,
-            headers: parts.headers,
-            body: Body::chunks(Box::pin(frames(body, what))),
+            status: answer.status,
+            headers: answer.headers,
+            body: Body::socket(answer.body, u64::MAX),
         })
     }
-}
-
-/// A hyper body's data frames as chunks.
-fn frames(body: hyper::body::Incoming, what: &str) -> impl futures::Stream<Item = StoreResult<Bytes>> + Send + 'static {
-    let what = what.to_string();
-    let frames = http_body_util::BodyStream::new(body);
-    futures::stream::unfold((frames, what), |(mut frames, what)| async move {
-        loop {
-            match frames.next().await? {
-                Ok(frame) => {
-                    if let Ok(data) = frame.into_data() {
-                        return Some((Ok(data), (frames, what)));
-                    }
-                }
-                Err(e) => {
-                    let e = StoreError::Transient(format!("{what} body: {e}"));
-                    return Some((Err(e), (frames, what)));
-                }
-            }
-        }
-    })
 }
 
 /// A 2xx (or 416) answer to a GET of `range` as a `GetResponse`. `described` names the key

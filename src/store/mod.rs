@@ -4,6 +4,7 @@ mod body;
 mod ca_bundle;
 mod error;
 pub mod gate;
+mod h1_conn;
 mod h1_get;
 mod http_get;
 pub mod memory;
