@@ -20,7 +20,8 @@ const MAX_BUNDLE_BYTES: u64 = 16 << 20;
 
 #[derive(Clone)]
 pub struct CaBundle {
-    /// The file as read, for the SDK's trust store (which parses it itself).
+    /// The usable certificates again as PEM, for the SDK's trust store: it parses that
+    /// itself and panics on a certificate it cannot use as a root.
     pem: Arc<[u8]>,
     certificates: Arc<[CertificateDer<'static>]>,
 }
@@ -54,20 +55,24 @@ impl CaBundle {
             return Err("no certificate in it (a PEM file of `-----BEGIN CERTIFICATE-----` blocks is expected)".into());
         }
         // A system bundle given as AWS_CA_BUNDLE may hold a root rustls cannot use (the
-        // SDK skips those too); one without any usable root is a mistake.
-        let (usable, unusable) = RootCertStore::empty().add_parsable_certificates(certificates.iter().cloned());
-        if usable == 0 {
-            return Err(format!("none of its {unusable} certificates can be used as a root"));
+        // SDK skips those among the system's too); one without any usable root is a mistake.
+        let total = certificates.len();
+        let usable: Vec<_> = certificates
+            .into_iter()
+            .filter(|cert| RootCertStore::empty().add(cert.clone()).is_ok())
+            .collect();
+        if usable.is_empty() {
+            return Err(format!("none of its {total} certificates can be used as a root"));
         }
-        if unusable > 0 {
+        if usable.len() < total {
             tracing::debug!(
-                "CA bundle: {unusable} of {} certificates skipped (not usable as roots)",
-                certificates.len()
+                "CA bundle: {} of {total} certificates skipped (not usable as roots)",
+                total - usable.len()
             );
         }
         Ok(CaBundle {
-            pem: pem.into(),
-            certificates: certificates.into(),
+            pem: usable.iter().flat_map(|cert| pem_block(cert)).collect(),
+            certificates: usable.into(),
         })
     }
 
@@ -91,6 +96,18 @@ impl CaBundle {
             connector.build()
         }))
     }
+}
+
+/// One certificate as a PEM block, its base64 in lines of 64 characters.
+fn pem_block(cert: &CertificateDer<'_>) -> Vec<u8> {
+    let encoded = aws_smithy_types::base64::encode(cert.as_ref());
+    let mut pem = b"-----BEGIN CERTIFICATE-----\n".to_vec();
+    for line in encoded.as_bytes().chunks(64) {
+        pem.extend_from_slice(line);
+        pem.push(b'\n');
+    }
+    pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
+    pem
 }
 
 /// The roots connections of our own verify https endpoints against: the system's (as the
@@ -148,6 +165,24 @@ mod tests {
         if system.exists() {
             let bundle = CaBundle::load(system).unwrap();
             assert!(bundle.certificates.len() > 50, "{bundle:?}");
+        }
+    }
+
+    /// What the SDK is given parses, and every certificate in it is a root, as its
+    /// trust store requires (it panics otherwise).
+    #[test]
+    fn a_certificate_that_cannot_be_a_root_is_left_out_of_what_the_sdk_gets() {
+        let ca = include_bytes!("../../tests/it/tls/ca.pem");
+        let unusable = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let bundle = CaBundle::from_pem(&[&unusable[..], &ca[..]].concat()).unwrap();
+        assert_eq!(format!("{bundle:?}"), "CaBundle(1 certificates)");
+        let given: Vec<_> = CertificateDer::pem_slice_iter(&bundle.pem)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let original: Vec<_> = CertificateDer::pem_slice_iter(ca).collect::<Result<_, _>>().unwrap();
+        assert_eq!(given, original);
+        for cert in given {
+            RootCertStore::empty().add(cert).unwrap();
         }
     }
 
