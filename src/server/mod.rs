@@ -79,7 +79,7 @@ pub struct ServerConfig {
     pub secret_key: String,
     /// Smallest accepted size of every multipart part but the last (S3: 5 MiB).
     pub min_part_size: u64,
-    /// Serve the S3 endpoint over https with this identity (the CDN listener stays http).
+    /// Serve the S3 endpoint, and the CDN listener, over https with this identity.
     pub tls: Option<TlsIdentity>,
 }
 
@@ -162,7 +162,7 @@ pub async fn start(config: ServerConfig) -> io::Result<RunningServer> {
     let backend = Arc::new(MemoryBackend::new(config.min_part_size));
     let quirks = Arc::new(Quirks::default());
     let stats = Arc::new(RequestStats::default());
-    let redirect = Arc::new(RedirectTarget::new(redirect_addr));
+    let redirect = Arc::new(RedirectTarget::new(scheme, redirect_addr));
 
     let mut s3 = S3ServiceBuilder::new(S3Api::new(Arc::clone(&backend)));
     s3.set_validation(AnyBucketName);
@@ -187,8 +187,8 @@ pub async fn start(config: ServerConfig) -> io::Result<RunningServer> {
     };
 
     let listeners = vec![
-        serve(main_listener, tls, move |req| front.clone().handle(req)),
-        serve(redirect_listener, None, move |req| cdn.clone().handle(req)),
+        serve(main_listener, tls.clone(), move |req| front.clone().handle(req)),
+        serve(redirect_listener, tls, move |req| cdn.clone().handle(req)),
     ];
     Ok(RunningServer {
         endpoint: format!("{scheme}://{addr}"),

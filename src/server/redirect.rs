@@ -30,9 +30,10 @@ pub(crate) struct RedirectTarget {
 }
 
 impl RedirectTarget {
-    pub(crate) fn new(addr: SocketAddr) -> Self {
+    /// `scheme`: https when the server runs behind TLS, as a real CDN does.
+    pub(crate) fn new(scheme: &str, addr: SocketAddr) -> Self {
         Self {
-            origin: format!("http://{addr}"),
+            origin: format!("{scheme}://{addr}"),
             signature: format!("{:032x}", fastrand::u128(..)),
         }
     }

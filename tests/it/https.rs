@@ -66,3 +66,24 @@ fn a_bucket_behind_a_private_ca_is_read_written_and_renamed_over_https() {
     assert!(fs::read(m.join("dir/large")).unwrap() == large, "{}", m.log());
     assert!(fs::read(m.join("dir/small")).unwrap() == small);
 }
+
+/// Hugging Face over https: the gateway answers GETs with redirects to a CDN, another https
+/// endpoint, whose answers are fetched without credentials on connections of their own.
+#[test]
+fn hugging_face_reads_follow_redirects_to_an_https_cdn() {
+    let _turn = common::shared();
+    let s = tls_server();
+    s.backend().create_bucket("ns");
+    s.quirks().emulate_hugging_face();
+    let model = pattern(6 << 20, 41);
+    s.backend().put_object("ns", "model.bin", model.clone(), &[]).unwrap();
+    let m = Mount::source(&s, "hf://org/ns", &s.endpoint.clone(), &["--ca-bundle", TEST_CA]);
+    assert!(fs::read(m.join("model.bin")).unwrap() == model, "{}", m.log());
+    let mut middle = vec![0; 1000];
+    fs::File::open(m.join("model.bin"))
+        .unwrap()
+        .read_exact_at(&mut middle, 3_000_000)
+        .unwrap();
+    assert!(middle == model[3_000_000..3_001_000]);
+    assert!(s.stats().count("RedirectGet") > 0, "{:?}", s.stats().snapshot());
+}
