@@ -59,9 +59,11 @@ mount_tool() {
         mount-s3)
             # Its defaults (no local cache), with the flags that let it delete and
             # overwrite, which the write workloads need.
+            local extra=()
+            [[ "$ENDPOINT" == https:* ]] && extra=(--ca-bundle "$TLS_DIR/ca.pem")
             AWS_ACCESS_KEY_ID=$ACCESS_KEY AWS_SECRET_ACCESS_KEY=$SECRET_KEY \
                 "$MOUNT_S3" "$BUCKET" "$MNT" --endpoint-url "$ENDPOINT" --force-path-style \
-                --region us-east-1 --allow-delete --allow-overwrite --foreground >"$log" 2>&1 &
+                --region us-east-1 --allow-delete --allow-overwrite --foreground "${extra[@]}" >"$log" 2>&1 &
             ;;
         *) die "unknown tool $tool" ;;
     esac

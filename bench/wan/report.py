@@ -589,9 +589,9 @@ def main():
                f"{mbit('upload_mbit')} with 1, {mbit('upload_4_streams_mbit')} with 4")
     if link.get("tls"):
         out.append("- the S3 endpoint is https (`--tls`: the bench server with a certificate of the test CA, "
-                   "`tests/it/tls/`; TLS 1.3 with rustls on the server): s3vol trusts the CA with `--ca-bundle`, "
-                   "rclone with `--ca-cert`, the raw client the same CA; s3fs verifies nothing "
-                   "(`no_check_certificate`: it has no CA option); mount-s3 has no way to trust a private CA")
+                   "`tests/it/tls/`; TLS 1.3 with rustls on the server): s3vol and mount-s3 trust the CA with "
+                   "`--ca-bundle`, rclone with `--ca-cert`, the raw client the same CA; s3fs verifies nothing "
+                   "(`no_check_certificate`: it has no CA option)")
     for name, version in versions.items():
         out.append(f"- {name}: {version}")
     out.append(f"- sizes: big file {big}; random reads for {sizes_meta['random_seconds']} s each; "
