@@ -44,6 +44,18 @@ impl Endpoint {
     }
 }
 
+/// The TLS set-up of our connections: rustls with aws-lc, as the SDK's, verifying against
+/// `roots`, offering HTTP/1.1 only.
+pub fn client_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut config = rustls::ClientConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Opens connections, each bounded by the connect timeout, TLS handshake included.
 pub struct Connector {
     pub timeout: Duration,

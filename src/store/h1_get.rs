@@ -437,12 +437,11 @@ mod tests {
     }
 
     fn gets_trusting(roots: rustls::RootCertStore) -> H1Gets {
-        let tls = rustls::ClientConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        H1Gets::new(Duration::from_secs(5), 4, Arc::new(tls))
+        H1Gets::new(
+            Duration::from_secs(5),
+            4,
+            super::super::h1_conn::client_config(roots).unwrap(),
+        )
     }
 
     /// What the test server does with the next request.
@@ -648,7 +647,7 @@ mod tests {
             seen.iter().all(|s| s.starts_with("conn 1: ")),
             "one connection: {seen:?}"
         );
-        // The default port of the scheme stays out of Host, as SigV4 signs it.
+        // A port other than the scheme's own stays in Host, as SigV4 signs it.
         assert!(seen[0].contains("host: 127.0.0.1:"), "{seen:?}");
     }
 

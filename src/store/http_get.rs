@@ -8,6 +8,7 @@ use super::CaBundle;
 use super::body::Body;
 use super::ca_bundle::trusted_roots;
 use super::error::{classify, connection_failure, web_page_answer};
+use super::h1_conn::client_config;
 use super::h1_get::H1Gets;
 use super::s3::total_from_content_range;
 use super::{GetResponse, Metadata, ObjectMeta, StoreError, StoreResult};
@@ -17,7 +18,6 @@ use http::HeaderMap;
 use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED};
 use http_body_util::Empty;
 use std::ops::Range;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// An error answer's body is read this far for its S3 code and message.
@@ -36,15 +36,10 @@ pub struct Answer {
 
 impl HttpGets {
     pub fn new(connect_timeout: Duration, max_idle: usize, ca_bundle: Option<&CaBundle>) -> Result<HttpGets, String> {
-        let mut tls = rustls::ClientConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS set-up: {e}"))?
-            .with_root_certificates(trusted_roots(ca_bundle))
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = client_config(trusted_roots(ca_bundle))?;
         Ok(HttpGets {
             // No more idle connections kept than requests may be in flight at once.
-            connections: H1Gets::new(connect_timeout, max_idle, Arc::new(tls)),
+            connections: H1Gets::new(connect_timeout, max_idle, tls),
         })
     }
 
